@@ -6,6 +6,7 @@
 import type { Command } from './commands/command.js';
 
 const registry: Record<string, () => Promise<{ command: Command }>> = {
+  doctor: () => import('./commands/doctor.js'),
 };
 
 function usage(): string {

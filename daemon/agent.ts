@@ -1,0 +1,423 @@
+/**
+ * The update agent: builds the executor table over injected collaborators (boot control, slot
+ * writers, release finder, installer, health checks, outbox, policies, reboot, clock, store, logger)
+ * and drives the pure machine through the runner. One `Agent` per boot: after a reboot a new one is
+ * built and `runOnce()` resumes from the saved record and the slot that actually booted.
+ *
+ * Trade-off: the collaborators are narrow interfaces defined here (what the agent needs, nothing
+ * more); the real modules (hal, manifests, install, health, outbox, policies) satisfy them and are
+ * wired in one place (`compose.ts` / the CLI), so tests hand in simulations without module mocking.
+ *
+ * Programmatic use (what `slotflip update --once` and the demo do):
+ *
+ *   const result = await runUpdateCycle(() => new Agent({...deps}), { maxReboots: 4 });
+ *   // result.finished: history entries of attempts that ended (succeeded | rolledBack | failed)
+ *
+ * where `deps.reboot` power-cycles the emulated board (in production it asks the OS to reboot and
+ * the process ends; systemd starts a new daemon, which resumes).
+ */
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import { type BootControl, type SlotBootState, type SlotName } from '../hal/boot-control.js';
+import { SlotflipError } from '../hal/errors.js';
+import type { SlotWriter } from '../hal/slot-writer.js';
+import { selectRelease } from '../manifests/select.js';
+import type { PayloadInfo, Release } from '../manifests/types.js';
+import { resume, type Event, type HealthFailure, type HistoryEntry, type MachineState, type Phase, type Report, type TransitionOptions } from './machine.js';
+import { Runner, toErrorInfo, type DriveResult, type Executors } from './runner.js';
+import type { StateStore } from './state-store.js';
+
+/** Fetches and verifies release metadata (TUF). */
+export interface ReleaseFinder {
+  /** Refreshes trusted metadata and returns every verified slotflip release it lists. Never touches
+   * a slot. Throws coded errors (MANIFEST_*), `retryable` for transport problems. */
+  releases(): Promise<Release[]>;
+}
+
+/** Streams a payload into a slot. */
+export interface Installer {
+  /** Writes `release`'s image into `slot`, verifying every chunk before it is written. Resumable:
+   * calling it again after a crash re-hashes what is on the slot and continues. Not durable until it
+   * resolves (it flushes). Throws INSTALL_* errors, `retryable` for network problems. */
+  write(release: Release, slot: SlotWriter): Promise<void>;
+  /** Reads the slot back and checks the whole image's length and SHA-256. Read-only. Throws
+   * DAEMON_VERIFY_MISMATCH (or the installer's own code) when it does not match. */
+  verify(release: Release, slot: SlotWriter): Promise<void>;
+}
+
+export interface HealthResult {
+  ok: boolean;
+  /** failing checks (required ones make `ok` false; wanted ones are reported only). */
+  failures: HealthFailure[];
+}
+
+/** Post-boot health checks. */
+export interface HealthRunner {
+  /** Runs every configured check within the configured deadline. Never throws for a failing check
+   * (that is a result); throws only when the checks could not be run at all. */
+  run(): Promise<HealthResult>;
+}
+
+/** Where reports go (the persisted outbox). */
+export interface EventSink {
+  /** Appends durably (at-least-once delivery happens elsewhere). */
+  append(event: { type: string; [key: string]: unknown }): Promise<unknown>;
+}
+
+export type PolicyDecision = { ok: true } | { ok: false; reason: string; until?: number };
+
+/** Update policies (maintenance windows, update lock, free space). */
+export interface UpdatePolicies {
+  /** May an attempt at `release` start now (download/install windows, free space)? Read-only. */
+  mayStart(release: Release, now: number): Promise<PolicyDecision>;
+  /** May the device reboot into the trial now (reboot window, update lock)? Read-only. */
+  mayReboot(now: number): Promise<PolicyDecision>;
+}
+
+export interface AgentIdentity {
+  deviceId: string;
+  hardware: string;
+  channel: string;
+}
+
+export interface AgentDeps {
+  identity: AgentIdentity;
+  bootControl: BootControl;
+  slots: Record<SlotName, SlotWriter>;
+  releases: ReleaseFinder;
+  installer: Installer;
+  health: HealthRunner;
+  store: StateStore;
+  /** Reboots the device. In production the process ends soon after; in tests and the demo it
+   * power-cycles the emulated board and resolves. */
+  reboot: () => Promise<void>;
+  now: () => number;
+  log: Logger;
+  outbox?: EventSink;
+  policies?: UpdatePolicies;
+  /** trial boots before the bootloader falls back (config board.tries). */
+  tries?: number;
+  machine?: TransitionOptions;
+}
+
+export interface CycleResult {
+  /** phase when this run stopped ('idle' unless a reboot is pending or a retry is due). */
+  phase: Phase;
+  /** true when a reboot was issued (resume with a new Agent after it). */
+  rebooted: boolean;
+  /** attempts that ended during this run. */
+  finished: HistoryEntry[];
+  /** last check's result. */
+  lastCheck?: MachineState['lastCheck'];
+  events: Event['type'][];
+  bootedSlot: SlotName;
+}
+
+export interface SlotStatus {
+  slot: SlotName;
+  booted: boolean;
+  boot: SlotBootState | { error: string };
+  release?: { id: string; version: string; securityVersion: number };
+}
+
+export interface AgentStatus {
+  deviceId: string;
+  hardware: string;
+  channel: string;
+  phase: Phase;
+  bootedSlot: SlotName;
+  committedSecurityVersion: number;
+  slots: SlotStatus[];
+  attempt?: { number: number; releaseId: string; version: string; source: SlotName; target: SlotName; startedAt: number; transitions: number };
+  lastCheck?: MachineState['lastCheck'];
+  lastResult?: HistoryEntry;
+}
+
+const REPORT_TYPES: Record<Report['kind'], string> = {
+  updateStarted: 'UpdateStarted',
+  downloadInterrupted: 'DownloadInterrupted',
+  installed: 'UpdateInstalled',
+  rebooting: 'RebootStarted',
+  succeeded: 'UpdateCommitted',
+  rolledBack: 'UpdateRolledBack',
+  failed: 'UpdateFailed',
+};
+
+export class Agent {
+  private readonly runner: Runner;
+  private readonly log: Logger;
+
+  constructor(private readonly d: AgentDeps) {
+    this.log = d.log.child({ module: 'daemon.agent' });
+    this.runner = new Runner({ store: d.store, executors: this.executors(), now: d.now, log: d.log.child({ module: 'daemon.runner' }), ...(d.machine ? { machine: d.machine } : {}) });
+  }
+
+  /**
+   * One cycle: resume whatever the record says is in flight (post-boot validation included), then,
+   * when `check` is true and the machine is idle, look for a release and install it. Stops at a
+   * reboot (`rebooted: true`) or when nothing is left to do.
+   */
+  async runOnce(options: { check?: boolean } = {}): Promise<CycleResult> {
+    const start = await this.d.store.load();
+    const bootedSlot = await this.d.bootControl.bootedSlot();
+    let state: MachineState = start;
+    const events: Event['type'][] = [];
+    let rebooted = false;
+    const run = async (event: Event): Promise<DriveResult> => {
+      const r = await this.runner.drive(state, event);
+      state = r.state;
+      events.push(...r.events);
+      rebooted = r.rebooted;
+      return r;
+    };
+    if (start.phase !== 'idle') {
+      const target = start.attempt?.target;
+      const targetState = target ? await this.d.bootControl.slotState(target).catch(() => undefined) : undefined;
+      const event = resume(start, bootedSlot, targetState);
+      this.log.info({ phase: start.phase, bootedSlot, event: event?.type ?? null }, 'resuming');
+      if (event) await run(event);
+    }
+    if (!rebooted && state.phase === 'idle' && (options.check ?? true)) await run({ type: 'CheckRequested' });
+    const before = new Set(start.history.map((h) => h.attempt));
+    return {
+      phase: state.phase,
+      rebooted,
+      finished: state.history.filter((h) => !before.has(h.attempt)),
+      ...(state.lastCheck ? { lastCheck: state.lastCheck } : {}),
+      events,
+      bootedSlot,
+    };
+  }
+
+  /** What would be installed now, without changing anything. */
+  async check(): Promise<{ release: Release | null; reason?: string; releaseId?: string }> {
+    const state = await this.d.store.load();
+    const event = await this.findRelease(state.committedSecurityVersion);
+    if (event.type === 'ReleaseFound') {
+      const booted = await this.d.bootControl.bootedSlot();
+      const id = `${event.release.targetName}@${event.release.custom.payload.sha256.slice(0, 16)}`;
+      if (state.installed[booted]?.id === id) return { release: null, reason: `up to date: ${id} is running`, releaseId: id };
+      if (state.rolledBack.includes(id)) return { release: null, reason: `${id} rolled back before; waiting for a newer release`, releaseId: id };
+      return { release: event.release, releaseId: id };
+    }
+    if (event.type === 'NoReleaseFound') return { release: null, reason: event.reason };
+    if (event.type === 'CheckFailed') throw new SlotflipError(event.error.code, event.error.message, { retryable: event.error.retryable ?? false });
+    return { release: null };
+  }
+
+  async status(): Promise<AgentStatus> {
+    const s = await this.d.store.load();
+    const bootedSlot = await this.d.bootControl.bootedSlot();
+    const slots: SlotStatus[] = [];
+    for (const slot of ['A', 'B'] as const) {
+      const boot = await this.d.bootControl.slotState(slot).catch((e: unknown) => ({ error: toErrorInfo(e).message }));
+      const rel = s.installed[slot];
+      slots.push({ slot, booted: slot === bootedSlot, boot, ...(rel ? { release: { id: rel.id, version: rel.version, securityVersion: rel.securityVersion } } : {}) });
+    }
+    const a = s.attempt;
+    const last = s.history[s.history.length - 1];
+    return {
+      ...this.d.identity,
+      phase: s.phase,
+      bootedSlot,
+      committedSecurityVersion: s.committedSecurityVersion,
+      slots,
+      ...(a ? { attempt: { number: a.number, releaseId: a.ref.id, version: a.ref.version, source: a.source, target: a.target, startedAt: a.startedAt, transitions: s.transitions } } : {}),
+      ...(s.lastCheck ? { lastCheck: s.lastCheck } : {}),
+      ...(last ? { lastResult: last } : {}),
+    };
+  }
+
+  async history(): Promise<HistoryEntry[]> {
+    return (await this.d.store.load()).history;
+  }
+
+  /**
+   * Confirm the running slot now, without waiting for health checks (like `rauc status mark-good`).
+   * With a trial pending and the target booted, the attempt commits through the machine (and is
+   * reported as succeeded); with nothing pending, the booted slot is committed (idempotent).
+   */
+  async markGood(): Promise<CycleResult> {
+    const s = await this.d.store.load();
+    const booted = await this.d.bootControl.bootedSlot();
+    const a = s.attempt;
+    if (a && booted === a.target && (s.phase === 'rebooting' || s.phase === 'arming' || s.phase === 'validating')) {
+      const events: Event['type'][] = [];
+      // enter the commit as if the checks had passed (the machine records `manual`)
+      const r = await this.runner.drive({ ...s, phase: 'validating' }, { type: 'HealthChecksPassed', manual: true });
+      events.push(...r.events);
+      const before = new Set(s.history.map((h) => h.attempt));
+      return { phase: r.state.phase, rebooted: r.rebooted, finished: r.state.history.filter((h) => !before.has(h.attempt)), events, bootedSlot: booted };
+    }
+    if (s.phase !== 'idle') {
+      throw new SlotflipError('DAEMON_BUSY', `an update is in phase ${s.phase} and slot ${booted} is not its trial slot; wait for it or run \`slotflip rollback\``, { details: { phase: s.phase } });
+    }
+    await this.d.bootControl.commit(booted);
+    this.log.info({ slot: booted }, 'marked good');
+    return { phase: 'idle', rebooted: false, finished: [], events: [], bootedSlot: booted };
+  }
+
+  /** Abandon a pending trial: mark the trial slot bad and reboot into the committed one. Refuses
+   * (DAEMON_NOTHING_TO_ROLL_BACK) when no trial is pending. */
+  async rollback(reason = 'rollback requested by operator'): Promise<CycleResult> {
+    const s = await this.d.store.load();
+    const booted = await this.d.bootControl.bootedSlot();
+    if (!s.attempt || (s.phase !== 'validating' && s.phase !== 'rebooting')) {
+      throw new SlotflipError('DAEMON_NOTHING_TO_ROLL_BACK', `no trial boot is pending (phase ${s.phase}); the booted slot ${booted} is the committed one`, { details: { phase: s.phase } });
+    }
+    const r = await this.runner.drive(s, { type: 'RollbackRequested', reason });
+    const before = new Set(s.history.map((h) => h.attempt));
+    return { phase: r.state.phase, rebooted: r.rebooted, finished: r.state.history.filter((h) => !before.has(h.attempt)), events: r.events, bootedSlot: booted };
+  }
+
+  private async findRelease(committedSecurityVersion: number): Promise<Event> {
+    let list: Release[];
+    try {
+      list = await this.d.releases.releases();
+    } catch (e) {
+      return { type: 'CheckFailed', error: toErrorInfo(e) };
+    }
+    const sel = selectRelease(list, { ...this.d.identity, committedSecurityVersion }, this.d.now());
+    if (!sel.ok) return { type: 'NoReleaseFound', reason: `${sel.code}: ${sel.message}` };
+    const bootedSlot = await this.d.bootControl.bootedSlot();
+    return { type: 'ReleaseFound', release: sel.release, bootedSlot };
+  }
+
+  private executors(): Executors {
+    const d = this.d;
+    const boot = d.bootControl;
+    return {
+      check: async () => {
+        const state = await d.store.load();
+        const found = await this.findRelease(state.committedSecurityVersion);
+        if (found.type !== 'ReleaseFound' || !d.policies) return found;
+        const ok = await d.policies.mayStart(found.release, d.now());
+        return ok.ok ? found : { type: 'NoReleaseFound', reason: `policy: ${ok.reason}` };
+      },
+      markBad: async (e) => {
+        await boot.markBad(e.slot);
+        return { type: 'SlotMarkedBad' };
+      },
+      writeSlot: async (e) => {
+        try {
+          await d.installer.write(e.release, d.slots[e.slot]);
+          return { type: 'DownloadCompleted' };
+        } catch (err) {
+          return { type: 'DownloadFailed', error: toErrorInfo(err) };
+        }
+      },
+      verifySlot: async (e) => {
+        try {
+          await d.installer.verify(e.release, d.slots[e.slot]);
+          return { type: 'SlotVerified' };
+        } catch (err) {
+          return { type: 'VerificationFailed', error: toErrorInfo(err) };
+        }
+      },
+      armTrial: async (e) => {
+        await boot.armTrial(e.slot, d.tries ?? 3);
+        return { type: 'TrialArmed' };
+      },
+      reboot: async () => {
+        if (d.policies) {
+          const ok = await d.policies.mayReboot(d.now());
+          if (!ok.ok) return { type: 'RebootDeferred', reason: ok.reason, ...(ok.until !== undefined ? { until: ok.until } : {}) };
+        }
+        await d.reboot();
+        return { type: 'RebootIssued' };
+      },
+      runHealthChecks: async (e) => {
+        // confirm the expected slot really booted before judging it
+        const booted = await boot.bootedSlot();
+        if (booted !== e.slot) return { type: 'HealthCheckFailed', failures: [{ name: 'booted-slot', output: `expected slot ${e.slot} to be booted, found ${booted}`, required: true }] };
+        const r = await d.health.run();
+        return r.ok ? { type: 'HealthChecksPassed' } : { type: 'HealthCheckFailed', failures: r.failures };
+      },
+      commit: async (e) => {
+        await boot.commit(e.slot);
+        return { type: 'Committed' };
+      },
+      markBadAndReboot: async (e) => {
+        // mark the trial slot bad first: whatever happens to the reboot, the bootloader then
+        // chooses the committed slot
+        await boot.markBad(e.slot);
+        await d.reboot();
+        return { type: 'RebootIssued' };
+      },
+      abandon: async (e) => {
+        const booted = await boot.bootedSlot().catch(() => undefined);
+        if (booted !== undefined && booted !== e.slot) await boot.markBad(e.slot).catch((err: unknown) => this.log.warn({ err: toErrorInfo(err) }, 'abandon: markBad failed'));
+        return { type: 'Reported' };
+      },
+      report: async (e) => {
+        const r = e.report;
+        if (d.outbox) {
+          await d.outbox.append({
+            type: REPORT_TYPES[r.kind],
+            deviceId: d.identity.deviceId,
+            attempt: r.attempt,
+            releaseId: r.release.id,
+            version: r.release.version,
+            securityVersion: r.release.securityVersion,
+            at: new Date(r.at).toISOString(),
+            ...(r.reason ? { reason: r.reason } : {}),
+            ...(r.failures ? { failures: r.failures } : {}),
+          });
+        }
+        this.log.info({ report: REPORT_TYPES[r.kind], releaseId: r.release.id, attempt: r.attempt, reason: r.reason?.code }, 'report');
+        return { type: 'Reported' };
+      },
+    };
+  }
+}
+
+/**
+ * Runs one full update cycle across reboots: builds an Agent (one per boot), `runOnce()`, and while
+ * a reboot was issued (the `reboot` dependency has already power-cycled the emulated board), builds
+ * a new one and resumes. Returns when nothing is pending. `maxReboots` bounds the loop.
+ */
+export async function runUpdateCycle(makeAgent: () => Agent | Promise<Agent>, options: { maxReboots?: number; check?: boolean } = {}): Promise<CycleResult> {
+  const max = options.maxReboots ?? 6;
+  let agent = await makeAgent();
+  let r = await agent.runOnce({ check: options.check ?? true });
+  const finished = [...r.finished];
+  const events = [...r.events];
+  for (let reboots = 0; r.rebooted && reboots < max; reboots++) {
+    agent = await makeAgent();
+    r = await agent.runOnce({ check: false });
+    finished.push(...r.finished);
+    events.push(...r.events);
+  }
+  return { ...r, finished, events };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/** Reads `payload.size` bytes back from the slot and checks their SHA-256 (1 MiB reads). Read-only.
+ * Throws DAEMON_VERIFY_MISMATCH with the slot path when length or hash differ. */
+export async function verifySlotImage(slot: SlotWriter, payload: PayloadInfo): Promise<void> {
+  const cap = await slot.capacity();
+  if (cap < payload.size) {
+    throw new SlotflipError('DAEMON_VERIFY_MISMATCH', `slot ${slot.slot} (${slot.path}) holds ${cap} bytes, less than the image's ${payload.size}`, { details: { path: slot.path } });
+  }
+  const h = await slot.open();
+  try {
+    const hash = createHash('sha256');
+    const step = 1 << 20;
+    for (let off = 0; off < payload.size; off += step) {
+      const len = Math.min(step, payload.size - off);
+      const buf = await h.readAt(len, off);
+      if (buf.length !== len) throw new SlotflipError('DAEMON_VERIFY_MISMATCH', `slot ${slot.slot} (${slot.path}): short read at ${off}`, { details: { path: slot.path, offset: off } });
+      hash.update(buf);
+    }
+    const got = hash.digest('hex');
+    if (got !== payload.sha256) {
+      throw new SlotflipError('DAEMON_VERIFY_MISMATCH', `slot ${slot.slot} (${slot.path}) read back with SHA-256 ${got}, expected ${payload.sha256}; the write did not land, the image will be written again on the next attempt`, {
+        details: { path: slot.path, expected: payload.sha256, actual: got },
+      });
+    }
+  } finally {
+    await h.close();
+  }
+}
+

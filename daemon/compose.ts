@@ -1,0 +1,133 @@
+/**
+ * Wiring: builds an Agent's real collaborators from a validated Config. The CLI commands and the
+ * demo call `createAgent(config, overrides)`; every collaborator can be overridden (tests hand in an
+ * emulated reboot, a fixed clock, a log sink, a metadata map filled from MQTT).
+ *
+ * Trade-off: one function that knows every module, so no other module has to know more than its
+ * neighbours. Nothing here reads process.env or argv.
+ *
+ * Sources (config trust.sources, first one used for metadata):
+ * - `{type:'dir', path}`: a published repository directory (`metadata/`, `targets/`), e.g. a USB stick;
+ * - `{type:'http', url}`: the same layout under a URL (`<url>/metadata/`, `<url>/targets/`);
+ * - `{type:'mqtt'}`: retained metadata from the broker, through `overrides.metadata` (a Map the MQTT
+ *   transport fills). Payloads then come from `trust.payloadBaseUrls`.
+ */
+import { join } from 'node:path';
+import { mkdir } from 'node:fs/promises';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import type { Logger } from 'pino';
+import { execTool, runChecked, type ToolRunner } from '../hal/exec.js';
+import { SlotflipError } from '../hal/errors.js';
+import type { BootControl, SlotName } from '../hal/boot-control.js';
+import { createBootControl } from '../hal/registry.js';
+import { createSlotWriter } from '../hal/file-slot.js';
+import type { SlotWriter } from '../hal/slot-writer.js';
+import { TrustClient, dirSource, httpSource, memorySource, targetUrl, type MetadataSource } from '../manifests/client.js';
+import type { Release } from '../manifests/types.js';
+import { installPayload } from './install/index.js';
+import { runHealthChecks, type HealthDeps } from './health.js';
+import { Outbox } from './outbox.js';
+import { Agent, verifySlotImage, type AgentDeps, type EventSink, type HealthRunner, type Installer, type ReleaseFinder, type UpdatePolicies } from './agent.js';
+import { FileStateStore, type StateStore } from './state-store.js';
+import type { Config, SourceConfig } from './config.js';
+import { silentLogger } from './logger.js';
+
+export interface ComposeOverrides {
+  now?: () => number;
+  log?: Logger;
+  /** the reboot action; default: run `config.reboot.command`. */
+  reboot?: () => Promise<void>;
+  runner?: ToolRunner;
+  bootControl?: BootControl;
+  slots?: Record<SlotName, SlotWriter>;
+  /** retained metadata by file name (filled by the MQTT transport) for `{type:'mqtt'}` sources. */
+  metadata?: Map<string, Uint8Array>;
+  /** replaces the metadata source derived from the config (e.g. `slotflip install SOURCE`). */
+  source?: SourceConfig;
+  releases?: ReleaseFinder;
+  installer?: Installer;
+  health?: HealthRunner;
+  healthDeps?: HealthDeps;
+  outbox?: EventSink | null;
+  policies?: UpdatePolicies;
+  store?: StateStore;
+}
+
+/** Directories under stateDir. */
+export function statePaths(stateDir: string): { trusted: string; outbox: string; resume: string } {
+  return { trusted: join(stateDir, 'trusted'), outbox: join(stateDir, 'outbox'), resume: join(stateDir, 'install-resume.json') };
+}
+
+/** The metadata source and the payload locations for a source config. */
+export function sourceFor(src: SourceConfig, config: Config, metadata?: Map<string, Uint8Array>): { meta: MetadataSource; payload: (release: Release) => { urls: string[] } | { path: string } } {
+  const fromBases = (bases: string[]) => (release: Release) => {
+    if (bases.length === 0) throw new SlotflipError('DAEMON_NO_PAYLOAD_URL', 'no payload location: set trust.payloadBaseUrls in the config', { details: { field: '/trust/payloadBaseUrls' } });
+    return { urls: bases.map((b) => targetUrl(b, release)) };
+  };
+  switch (src.type) {
+    case 'dir': {
+      const targets = pathToFileURL(join(src.path, 'targets') + '/').href;
+      return { meta: dirSource(join(src.path, 'metadata')), payload: (release) => ({ path: fileURLToPath(targetUrl(targets, release)) }) };
+    }
+    case 'http': {
+      const base = src.url.endsWith('/') ? src.url : `${src.url}/`;
+      return { meta: httpSource(`${base}metadata/`), payload: fromBases(config.trust.payloadBaseUrls.length ? config.trust.payloadBaseUrls : [`${base}targets/`]) };
+    }
+    case 'mqtt':
+      return { meta: memorySource(metadata ?? new Map()), payload: fromBases(config.trust.payloadBaseUrls) };
+  }
+}
+
+/** Builds the agent for this boot. Creates the state directories. */
+export async function createAgent(config: Config, o: ComposeOverrides = {}): Promise<Agent> {
+  const now = o.now ?? Date.now;
+  const log = o.log ?? silentLogger();
+  const runner = o.runner ?? execTool;
+  const paths = statePaths(config.stateDir);
+  await mkdir(paths.trusted, { recursive: true });
+  await mkdir(paths.outbox, { recursive: true });
+
+  const src = sourceFor(o.source ?? config.trust.sources[0]!, config, o.metadata);
+  const trust = new TrustClient({ trustedDir: paths.trusted, shippedRootPath: config.trust.shippedRoot, source: src.meta, now });
+
+  const releases: ReleaseFinder = o.releases ?? { releases: async () => (await trust.refresh()).releases };
+  const installer: Installer = o.installer ?? {
+    async write(release, slot) {
+      await installPayload({ payload: release.custom.payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, logger: log.child({ module: 'daemon.install' }), now });
+    },
+    verify: (release, slot) => verifySlotImage(slot, release.custom.payload),
+  };
+  const health: HealthRunner = o.health ?? {
+    async run() {
+      const r = await runHealthChecks(config.health, { runner, now, ...o.healthDeps });
+      return {
+        ok: r.ok,
+        failures: r.results.filter((x) => !x.ok).map((x) => ({ name: x.name, output: x.output, required: x.required })),
+      };
+    },
+  };
+  const outbox = o.outbox === null ? undefined : (o.outbox ?? new Outbox({ dir: paths.outbox, now }));
+  const reboot = o.reboot ?? (async () => {
+    const [cmd, ...args] = config.reboot.command;
+    await runChecked(runner, 'DAEMON_REBOOT_FAILED', cmd!, args);
+  });
+  const deps: AgentDeps = {
+    identity: { deviceId: config.deviceId, hardware: config.hardware, channel: config.channel },
+    bootControl: o.bootControl ?? createBootControl(config.board.boot, { runner }),
+    slots: o.slots ?? {
+      A: createSlotWriter('A', { ...config.board.slots.A, runner }),
+      B: createSlotWriter('B', { ...config.board.slots.B, runner }),
+    },
+    releases,
+    installer,
+    health,
+    store: o.store ?? new FileStateStore({ stateDir: config.stateDir, now }),
+    reboot,
+    now,
+    log,
+    tries: config.board.tries,
+    ...(outbox ? { outbox } : {}),
+    ...(o.policies ? { policies: o.policies } : {}),
+  };
+  return new Agent(deps);
+}

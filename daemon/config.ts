@@ -1,0 +1,268 @@
+/**
+ * The daemon's config: one JSON file, validated once at start against one schema (ajv + ajv-formats),
+ * with every default in ONE object (`configDefaults`). An invalid config is refused with every
+ * problem listed by path (DAEMON_CONFIG_INVALID, `details.errors[] = { path, message }`); unknown
+ * keys are errors, as in RAUC.
+ *
+ * Trade-off: the schema fragments of other modules (broker, health, policies, boot backend) are
+ * imported and embedded, so each module owns its keys while the file is still checked in one pass.
+ *
+ * `hardware` is the board's compatible string, or `{ "path": FILE }` to read it (read-only, capped;
+ * a device-tree `compatible` file is NUL-separated: the first, most specific entry is used).
+ */
+import { Ajv, type ErrorObject } from 'ajv';
+import addFormatsModule from 'ajv-formats';
+import { readFileCapped } from '../hal/atomic-file.js';
+import { SlotflipError } from '../hal/errors.js';
+import { bootBackendSchema, type BootBackendConfig } from '../hal/registry.js';
+import { brokerConfigSchema, type BrokerConfig } from './mqtt.js';
+import { healthConfigSchema, healthConfigDefaults, type HealthConfig } from './health.js';
+import { policiesConfigSchema, policiesConfigDefaults, type PoliciesConfig } from './policies.js';
+
+export type SourceConfig = { type: 'mqtt' } | { type: 'http'; url: string } | { type: 'dir'; path: string };
+
+export interface SlotConfig {
+  /** file or block device holding the slot. */
+  path: string;
+  /** capacity in bytes for a file slot; block devices report their own. */
+  size?: number;
+}
+
+export interface Config {
+  deviceId: string;
+  /** resolved compatible string (read from `hardwarePath` when the file gave a path). */
+  hardware: string;
+  hardwarePath?: string;
+  channel: string;
+  stateDir: string;
+  trust: {
+    /** the root.json shipped inside the read-only OS image (trust anchor). */
+    shippedRoot: string;
+    sources: SourceConfig[];
+    /** where payloads are fetched (target paths are appended); tried in order. */
+    payloadBaseUrls: string[];
+  };
+  board: {
+    slots: { A: SlotConfig; B: SlotConfig };
+    boot: BootBackendConfig;
+    /** trial boots before the bootloader falls back. */
+    tries: number;
+  };
+  broker?: BrokerConfig;
+  health: HealthConfig;
+  policies: PoliciesConfig;
+  poll: { cron: string };
+  reboot: { command: string[] };
+  log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' };
+}
+
+/** Every default, in one place. */
+export const configDefaults = {
+  channel: 'stable',
+  stateDir: '/var/lib/slotflip',
+  trustSources: [{ type: 'mqtt' }] as SourceConfig[],
+  tries: 3,
+  poll: { cron: '17 */6 * * *' },
+  reboot: { command: ['systemctl', 'reboot'] },
+  log: { level: 'info' as const },
+  health: healthConfigDefaults,
+  policies: policiesConfigDefaults,
+} as const;
+
+const idPattern = '^[A-Za-z0-9._:-]+$';
+const absPath = { type: 'string', pattern: '^/', maxLength: 4096 } as const;
+const httpUrl = { type: 'string', format: 'uri', pattern: '^https?://' } as const;
+const slotSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['path'],
+  properties: { path: absPath, size: { type: 'integer', minimum: 1 } },
+} as const;
+
+export const configSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['deviceId', 'hardware', 'trust', 'board'],
+  properties: {
+    deviceId: { type: 'string', minLength: 1, maxLength: 128, pattern: idPattern },
+    hardware: {
+      oneOf: [
+        { type: 'string', minLength: 1, maxLength: 256 },
+        { type: 'object', additionalProperties: false, required: ['path'], properties: { path: absPath } },
+      ],
+    },
+    channel: { type: 'string', minLength: 1, maxLength: 64, pattern: idPattern, default: configDefaults.channel },
+    stateDir: { ...absPath, default: configDefaults.stateDir },
+    trust: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['shippedRoot'],
+      properties: {
+        shippedRoot: absPath,
+        sources: {
+          type: 'array',
+          minItems: 1,
+          default: configDefaults.trustSources,
+          items: {
+            type: 'object',
+            required: ['type'],
+            properties: { type: { enum: ['mqtt', 'http', 'dir'] } },
+            allOf: [
+              { if: { properties: { type: { const: 'mqtt' } } }, then: { additionalProperties: false, properties: { type: {} } } },
+              { if: { properties: { type: { const: 'http' } } }, then: { additionalProperties: false, required: ['url'], properties: { type: {}, url: httpUrl } } },
+              { if: { properties: { type: { const: 'dir' } } }, then: { additionalProperties: false, required: ['path'], properties: { type: {}, path: absPath } } },
+            ],
+          },
+        },
+        payloadBaseUrls: { type: 'array', items: httpUrl, default: [] },
+      },
+    },
+    board: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['slots', 'boot'],
+      properties: {
+        slots: { type: 'object', additionalProperties: false, required: ['A', 'B'], properties: { A: slotSchema, B: slotSchema } },
+        boot: bootBackendSchema,
+        tries: { type: 'integer', minimum: 1, maximum: 10, default: configDefaults.tries },
+      },
+    },
+    broker: brokerConfigSchema,
+    health: { ...healthConfigSchema, default: {} },
+    policies: { ...policiesConfigSchema, default: {} },
+    poll: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: { cron: { type: 'string', minLength: 9, maxLength: 200, default: configDefaults.poll.cron } },
+    },
+    reboot: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: { command: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 }, default: configDefaults.reboot.command } },
+    },
+    log: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: { level: { enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace'], default: configDefaults.log.level } },
+    },
+  },
+} as const;
+
+export interface ConfigProblem {
+  /** JSON pointer into the config file (`/board/slots/A/path`); `/` for the root. */
+  path: string;
+  message: string;
+}
+
+type AddFormats = (ajv: Ajv) => Ajv;
+const addFormats = ((addFormatsModule as unknown as { default?: AddFormats }).default ?? addFormatsModule) as unknown as AddFormats;
+
+let compiled: ReturnType<Ajv['compile']> | undefined;
+function validator(): ReturnType<Ajv['compile']> {
+  // compiled once per process: a pure function of the constant schema, not mutable state
+  if (!compiled) {
+    const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
+    addFormats(ajv);
+    compiled = ajv.compile(configSchema);
+  }
+  return compiled;
+}
+
+/** Validates a parsed config object (defaults filled in place of a deep copy). Pure: returns the
+ * problems (empty when valid) and the defaulted value. `hardware` is left unresolved. */
+export function validateConfig(input: unknown): { ok: true; value: Record<string, unknown> } | { ok: false; errors: ConfigProblem[] } {
+  const value = structuredClone(input);
+  const validate = validator();
+  if (validate(value)) return { ok: true, value: value as Record<string, unknown> };
+  return { ok: false, errors: formatErrors(validate.errors ?? []) };
+}
+
+/** A `oneOf` over a discriminated union reports every branch; keep only the branch whose `type`
+ * matched (its errors are the useful ones), or the oneOf summary when none did. */
+function pruneBranches(errors: ErrorObject[]): ErrorObject[] {
+  const branchOf = (e: ErrorObject): string | undefined => /^(.*\/oneOf\/\d+)\//.exec(e.schemaPath)?.[1];
+  const wrong = new Set(errors.filter((e) => e.keyword === 'const' && e.instancePath.endsWith('/type')).map(branchOf).filter((b): b is string => b !== undefined));
+  const kept = errors.filter((e) => {
+    const b = branchOf(e);
+    return b === undefined || !wrong.has(b);
+  });
+  const branchErrors = new Set(kept.map(branchOf).filter((b) => b !== undefined).map((b) => b!.replace(/\/\d+$/, '')));
+  return kept.filter((e) => !(e.keyword === 'oneOf' && branchErrors.has(e.schemaPath)));
+}
+
+function formatErrors(all: ErrorObject[]): ConfigProblem[] {
+  const out: ConfigProblem[] = [];
+  const seen = new Set<string>();
+  for (const e of pruneBranches(all)) {
+    // `if` wrappers repeat what their `then` branches said; the branch errors are the useful ones
+    if (e.keyword === 'if') continue;
+    let path = e.instancePath || '/';
+    let message = e.message ?? 'is invalid';
+    if (e.keyword === 'additionalProperties') {
+      const key = (e.params as { additionalProperty: string }).additionalProperty;
+      path = `${e.instancePath}/${key}`;
+      message = 'unknown key (remove it, or check its spelling)';
+    } else if (e.keyword === 'required') {
+      path = `${e.instancePath}/${(e.params as { missingProperty: string }).missingProperty}`;
+      message = 'is required';
+    } else if (e.keyword === 'enum') {
+      message = `must be one of ${JSON.stringify((e.params as { allowedValues: unknown[] }).allowedValues)}`;
+    }
+    const k = `${path}\0${message}`;
+    if (seen.has(k)) continue;
+    seen.add(k);
+    out.push({ path, message });
+  }
+  return out;
+}
+
+export interface LoadConfigOptions {
+  /** cap on the config file's size, bytes. */
+  maxBytes?: number;
+}
+
+/** Reads, validates and resolves the config at `path`. Throws DAEMON_CONFIG_INVALID (with
+ * `details.errors[]`) when it is not valid, DAEMON_CONFIG_READ when it cannot be read. */
+export async function loadConfig(path: string, options: LoadConfigOptions = {}): Promise<Config> {
+  let text: string;
+  try {
+    text = (await readFileCapped(path, options.maxBytes ?? 1 << 20)).toString('utf8');
+  } catch (cause) {
+    throw new SlotflipError('DAEMON_CONFIG_READ', `cannot read config ${path}; check the --config path and its permissions`, { cause, details: { path } });
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (cause) {
+    throw invalid(path, [{ path: '/', message: `not valid JSON: ${(cause as Error).message}` }]);
+  }
+  return resolveConfig(parsed, path);
+}
+
+/** Validates an already-parsed config and resolves `hardware` (reads the file it names). */
+export async function resolveConfig(parsed: unknown, source = '<config>'): Promise<Config> {
+  const r = validateConfig(parsed);
+  if (!r.ok) throw invalid(source, r.errors);
+  const v = r.value as unknown as Omit<Config, 'hardware'> & { hardware: string | { path: string } };
+  if (typeof v.hardware === 'string') return v as Config;
+  const hardwarePath = v.hardware.path;
+  let hardware: string;
+  try {
+    const raw = (await readFileCapped(hardwarePath, 4096)).toString('utf8');
+    hardware = raw.split('\0')[0]!.trim();
+  } catch (cause) {
+    throw invalid(source, [{ path: '/hardware/path', message: `cannot read ${hardwarePath}: ${(cause as NodeJS.ErrnoException).code ?? 'error'}` }]);
+  }
+  if (!hardware) throw invalid(source, [{ path: '/hardware/path', message: `${hardwarePath} holds no compatible string` }]);
+  return { ...v, hardware, hardwarePath } as Config;
+}
+
+function invalid(source: string, errors: ConfigProblem[]): SlotflipError {
+  const list = errors.map((e) => `  ${e.path}: ${e.message}`).join('\n');
+  return new SlotflipError('DAEMON_CONFIG_INVALID', `config ${source} is invalid (${errors.length} problem${errors.length === 1 ? '' : 's'}); fix these and start again:\n${list}`, {
+    details: { path: source, errors },
+  });
+}

@@ -1,0 +1,460 @@
+/**
+ * The update state machine: pure. `transition(state, event, now) → { state, effects }` decides; the
+ * runner (runner.ts) executes the effects and turns their outcomes back into events. No I/O, no logger,
+ * no clock of its own: `now` is an argument, so every decision is a table entry a test can state.
+ *
+ * Trade-off: the whole persisted record (phase, attempt, committed securityVersion, rolled-back
+ * releases, installed releases per slot, history) is the machine's state. One atomic file write
+ * therefore keeps all of it consistent, at the cost of rewriting the (bounded) history on every save.
+ *
+ * Phases, in order: idle → checking → preparing (mark target bad) → downloading → verifying → arming
+ * → rebooting (awaiting reboot per policy) → validating (trial boot: health checks) → committing
+ * → idle. Failure before the trial boot ends in `failed` (target stays marked bad, booted slot never
+ * touched); failure after it goes through rollingBack (mark target bad, reboot) to `rolledBack`.
+ * The outcome (succeeded | rolledBack | failed) is recorded in history and the machine returns to idle.
+ *
+ * INVARIANTS
+ * - The committed slot (the one booted when the attempt started, `attempt.source`) is never written,
+ *   marked bad or re-armed by an attempt.
+ * - The target is marked bad before any byte of it changes, and armed only after it verified.
+ * - `committedSecurityVersion` is raised only on `Committed`, never lowered.
+ * - A release that rolled back is never started again (it is in `rolledBack`) until a newer one
+ *   appears (a different release id).
+ * - Every transition of an attempt that changes phase or follows a restart counts; past
+ *   `maxTransitions` the attempt is abandoned (DAEMON_STATE_LOOP) and the committed slot left alone.
+ */
+import type { SlotName, SlotBootState } from '../hal/boot-control.js';
+import type { Release } from '../manifests/types.js';
+
+export type Phase =
+  | 'idle'
+  | 'checking'
+  | 'preparing'
+  | 'downloading'
+  | 'verifying'
+  | 'arming'
+  | 'rebooting'
+  | 'validating'
+  | 'committing'
+  | 'rollingBack';
+
+export const PHASES: readonly Phase[] = [
+  'idle', 'checking', 'preparing', 'downloading', 'verifying', 'arming', 'rebooting', 'validating', 'committing', 'rollingBack',
+];
+
+export type Outcome = 'succeeded' | 'rolledBack' | 'failed';
+
+/** An error as the machine and the reports see it: coded, without stack or cause. */
+export interface ErrorInfo {
+  code: string;
+  message: string;
+  retryable?: boolean;
+}
+
+/** One failed health check, with its (capped) output for the rollback report. */
+export interface HealthFailure {
+  name: string;
+  output: string;
+  required?: boolean;
+}
+
+/** What the history and reports say about a release. */
+export interface ReleaseRef {
+  /** stable id: `targetName@sha256-prefix` (see `releaseIdOf`). */
+  id: string;
+  targetName: string;
+  version: string;
+  securityVersion: number;
+}
+
+export interface Attempt {
+  /** sequence number of this attempt on this device (1, 2, ...). */
+  number: number;
+  release: Release;
+  ref: ReleaseRef;
+  /** the slot booted (and committed) when the attempt started: never touched. */
+  source: SlotName;
+  /** the slot being written. */
+  target: SlotName;
+  startedAt: number;
+  /** why the attempt is rolling back (set on entering rollingBack). */
+  reason?: ErrorInfo;
+  failures?: HealthFailure[];
+}
+
+export interface HistoryEntry {
+  attempt: number;
+  release: ReleaseRef;
+  source: SlotName;
+  target: SlotName;
+  outcome: Outcome;
+  startedAt: number;
+  endedAt: number;
+  reason?: ErrorInfo;
+  failures?: HealthFailure[];
+}
+
+export interface MachineState {
+  phase: Phase;
+  attempt: Attempt | null;
+  /** transitions counted for the current attempt (see INVARIANTS). */
+  transitions: number;
+  /** number of the last attempt started (attempt numbers never repeat). */
+  attempts: number;
+  /** highest securityVersion committed on this device. */
+  committedSecurityVersion: number;
+  /** ids of releases that rolled back (bounded, newest last). */
+  rolledBack: string[];
+  /** release known to be in each slot: set at commit, cleared when the slot is marked bad for writing. */
+  installed: Partial<Record<SlotName, ReleaseRef>>;
+  /** finished attempts, newest last, bounded. */
+  history: HistoryEntry[];
+  /** result of the last check (for `status`). */
+  lastCheck?: { at: number; result: 'found' | 'none' | 'failed'; detail?: string };
+}
+
+export const MAX_TRANSITIONS = 100;
+export const MAX_HISTORY = 50;
+export const MAX_ROLLED_BACK = 50;
+
+export function initialState(committedSecurityVersion = 0): MachineState {
+  return { phase: 'idle', attempt: null, transitions: 0, attempts: 0, committedSecurityVersion, rolledBack: [], installed: {}, history: [] };
+}
+
+/** A stable id for a release: the TUF target name plus a prefix of the image hash. */
+export function releaseIdOf(release: Release): string {
+  return `${release.targetName}@${release.custom.payload.sha256.slice(0, 16)}`;
+}
+
+export function releaseRefOf(release: Release): ReleaseRef {
+  return { id: releaseIdOf(release), targetName: release.targetName, version: release.custom.version, securityVersion: release.custom.securityVersion };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events: past-tense facts.
+
+export type Event =
+  | { type: 'CheckRequested' }
+  | { type: 'ReleaseFound'; release: Release; bootedSlot: SlotName }
+  | { type: 'NoReleaseFound'; reason: string }
+  | { type: 'CheckFailed'; error: ErrorInfo }
+  | { type: 'SlotMarkedBad' }
+  | { type: 'DownloadCompleted' }
+  | { type: 'DownloadFailed'; error: ErrorInfo }
+  | { type: 'SlotVerified' }
+  | { type: 'VerificationFailed'; error: ErrorInfo }
+  | { type: 'TrialArmed' }
+  | { type: 'RebootIssued' }
+  | { type: 'RebootDeferred'; reason: string; until?: number }
+  | { type: 'BootedInto'; slot: SlotName }
+  | { type: 'HealthChecksPassed'; manual?: boolean }
+  | { type: 'HealthCheckFailed'; failures: HealthFailure[] }
+  | { type: 'Committed' }
+  | { type: 'RollbackRequested'; reason: string }
+  | { type: 'Restarted' }
+  | { type: 'StepFailed'; error: ErrorInfo }
+  | { type: 'Reported' };
+
+export type EventType = Event['type'];
+
+// ---------------------------------------------------------------------------------------------
+// Effects: imperatives for the runner.
+
+export type ReportKind = 'updateStarted' | 'downloadInterrupted' | 'installed' | 'rebooting' | 'succeeded' | 'rolledBack' | 'failed';
+
+export interface Report {
+  kind: ReportKind;
+  attempt: number;
+  release: ReleaseRef;
+  at: number;
+  reason?: ErrorInfo;
+  failures?: HealthFailure[];
+}
+
+export type Effect =
+  | { type: 'check' }
+  | { type: 'markBad'; slot: SlotName }
+  | { type: 'writeSlot'; slot: SlotName; release: Release }
+  | { type: 'verifySlot'; slot: SlotName; release: Release }
+  | { type: 'armTrial'; slot: SlotName }
+  | { type: 'reboot' }
+  | { type: 'runHealthChecks'; slot: SlotName }
+  | { type: 'commit'; slot: SlotName }
+  | { type: 'markBadAndReboot'; slot: SlotName }
+  /** leave the committed slot alone; make the target unbootable unless it is the booted one. */
+  | { type: 'abandon'; slot: SlotName }
+  | { type: 'report'; report: Report };
+
+export type EffectType = Effect['type'];
+
+export interface TransitionResult {
+  state: MachineState;
+  effects: Effect[];
+  /** true when the event does not apply in this phase: state unchanged, nothing to do. */
+  ignored?: boolean;
+}
+
+export interface TransitionOptions {
+  maxTransitions?: number;
+  maxHistory?: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/** The one decision function. Pure and total: every (phase, event) pair has an answer. */
+export function transition(state: MachineState, event: Event, now: number, options: TransitionOptions = {}): TransitionResult {
+  const max = options.maxTransitions ?? MAX_TRANSITIONS;
+  const r = decide(state, event, now, options);
+  if (r.ignored || !state.attempt || !r.state.attempt) return r;
+  // Count transitions of a running attempt that move it or that follow a restart; a deferral does not.
+  const counts = r.state.phase !== state.phase || event.type === 'Restarted' || event.type === 'BootedInto';
+  if (!counts) return r;
+  const transitions = state.transitions + 1;
+  if (transitions > max) return abandon(state, now, options);
+  return { ...r, state: { ...r.state, transitions } };
+}
+
+function decide(s: MachineState, e: Event, now: number, o: TransitionOptions): TransitionResult {
+  const a = s.attempt;
+  switch (e.type) {
+    case 'CheckRequested':
+      if (s.phase !== 'idle') return ignore(s);
+      return { state: { ...s, phase: 'checking' }, effects: [{ type: 'check' }] };
+
+    case 'ReleaseFound': {
+      if (s.phase !== 'checking') return ignore(s);
+      const ref = releaseRefOf(e.release);
+      const skip = skipReason(s, ref, e.bootedSlot);
+      if (skip) return { state: { ...s, phase: 'idle', lastCheck: { at: now, result: 'none', detail: skip } }, effects: [] };
+      const attempt: Attempt = {
+        number: s.attempts + 1, release: e.release, ref, source: e.bootedSlot, target: other(e.bootedSlot), startedAt: now,
+      };
+      const installed = { ...s.installed };
+      delete installed[attempt.target]; // about to be overwritten
+      return {
+        state: { ...s, phase: 'preparing', attempt, attempts: attempt.number, transitions: 0, installed, lastCheck: { at: now, result: 'found', detail: ref.id } },
+        // mark bad before write: a half-written slot must never be bootable
+        effects: [report('updateStarted', attempt, now), { type: 'markBad', slot: attempt.target }],
+      };
+    }
+
+    case 'NoReleaseFound':
+      if (s.phase !== 'checking') return ignore(s);
+      return { state: { ...s, phase: 'idle', lastCheck: { at: now, result: 'none', detail: e.reason } }, effects: [] };
+
+    case 'CheckFailed':
+      if (s.phase !== 'checking') return ignore(s);
+      return { state: { ...s, phase: 'idle', lastCheck: { at: now, result: 'failed', detail: `${e.error.code}: ${e.error.message}` } }, effects: [] };
+
+    case 'SlotMarkedBad':
+      if (s.phase !== 'preparing' || !a) return ignore(s);
+      return { state: { ...s, phase: 'downloading' }, effects: [{ type: 'writeSlot', slot: a.target, release: a.release }] };
+
+    case 'DownloadCompleted':
+      if (s.phase !== 'downloading' || !a) return ignore(s);
+      return { state: { ...s, phase: 'verifying' }, effects: [{ type: 'verifySlot', slot: a.target, release: a.release }] };
+
+    case 'DownloadFailed':
+      if (s.phase !== 'downloading' || !a) return ignore(s);
+      // A retryable failure (network, server) keeps the attempt: the next cycle resumes the
+      // download, re-hashing what is already written. The transition counter bounds the retries.
+      if (e.error.retryable) return { state: s, effects: [report('downloadInterrupted', a, now, e.error)] };
+      return fail(s, e.error, now, o);
+
+    case 'SlotVerified':
+      if (s.phase !== 'verifying' || !a) return ignore(s);
+      return { state: { ...s, phase: 'arming' }, effects: [{ type: 'armTrial', slot: a.target }] };
+
+    case 'VerificationFailed':
+      if (s.phase !== 'verifying') return ignore(s);
+      return fail(s, e.error, now, o);
+
+    case 'TrialArmed':
+      if (s.phase !== 'arming' || !a) return ignore(s);
+      return { state: { ...s, phase: 'rebooting' }, effects: [report('installed', a, now), report('rebooting', a, now), { type: 'reboot' }] };
+
+    case 'RebootIssued':
+      // The machine is going down; the record already says where to resume.
+      if (s.phase !== 'rebooting' && s.phase !== 'rollingBack') return ignore(s);
+      return { state: s, effects: [] };
+
+    case 'RebootDeferred':
+      if (s.phase !== 'rebooting') return ignore(s);
+      return { state: s, effects: [] };
+
+    case 'BootedInto': {
+      if (!a) return ignore(s);
+      switch (s.phase) {
+        case 'arming': // a power cut right after the trial was armed: same as a reboot
+        case 'rebooting':
+        case 'validating':
+          if (e.slot === a.target) return { state: { ...s, phase: 'validating' }, effects: [{ type: 'runHealthChecks', slot: a.target }] };
+          return finish(s, 'rolledBack', now, { code: 'DAEMON_TRIAL_NOT_CONFIRMED', message: `trial boot never confirmed: the bootloader fell back to slot ${e.slot}` }, undefined, o);
+        case 'committing':
+          if (e.slot === a.target) return { state: s, effects: [{ type: 'commit', slot: a.target }] };
+          return finish(s, 'rolledBack', now, { code: 'DAEMON_COMMIT_INTERRUPTED', message: `commit was interrupted and the bootloader fell back to slot ${e.slot}` }, undefined, o);
+        case 'rollingBack':
+          if (e.slot === a.source) return finish(s, 'rolledBack', now, a.reason ?? { code: 'DAEMON_ROLLED_BACK', message: 'rolled back' }, a.failures, o);
+          return { state: s, effects: [{ type: 'markBadAndReboot', slot: a.target }] };
+        default:
+          return ignore(s);
+      }
+    }
+
+    case 'HealthChecksPassed':
+      if (s.phase !== 'validating' || !a) return ignore(s);
+      return { state: { ...s, phase: 'committing' }, effects: [{ type: 'commit', slot: a.target }] };
+
+    case 'HealthCheckFailed':
+      if (s.phase !== 'validating' || !a) return ignore(s);
+      return rollBack(s, {
+        code: 'DAEMON_HEALTH_CHECK_FAILED',
+        message: `health checks failed: ${e.failures.map((f) => f.name).join(', ') || 'unknown'}`,
+      }, e.failures);
+
+    case 'Committed': {
+      if (s.phase !== 'committing' || !a) return ignore(s);
+      // raise the anti-rollback counter only now, after the slot is permanent; never lower it
+      const committedSecurityVersion = Math.max(s.committedSecurityVersion, a.ref.securityVersion);
+      const next = { ...s, committedSecurityVersion, installed: { ...s.installed, [a.target]: a.ref } };
+      return finish(next, 'succeeded', now, undefined, undefined, o);
+    }
+
+    case 'RollbackRequested':
+      if (!a || (s.phase !== 'validating' && s.phase !== 'rebooting')) return ignore(s);
+      return rollBack(s, { code: 'DAEMON_ROLLBACK_REQUESTED', message: e.reason });
+
+    case 'Restarted':
+      // The daemon restarted in the same boot (or the power cut came before the target could
+      // boot): redo the phase's work. Every effect here is idempotent or resumes by re-hashing.
+      if (!a) return s.phase === 'checking' ? { state: { ...s, phase: 'idle' }, effects: [] } : ignore(s);
+      switch (s.phase) {
+        case 'preparing': return { state: s, effects: [{ type: 'markBad', slot: a.target }] };
+        case 'downloading': return { state: s, effects: [{ type: 'writeSlot', slot: a.target, release: a.release }] };
+        case 'verifying': return { state: s, effects: [{ type: 'verifySlot', slot: a.target, release: a.release }] };
+        case 'arming': return { state: s, effects: [{ type: 'armTrial', slot: a.target }] };
+        case 'rebooting': return { state: s, effects: [{ type: 'reboot' }] };
+        case 'rollingBack': return { state: s, effects: [{ type: 'markBadAndReboot', slot: a.target }] };
+        default: return ignore(s);
+      }
+
+    case 'StepFailed':
+      if (!a) return ignore(s);
+      return fail(s, e.error, now, o);
+
+    case 'Reported':
+      return ignore(s);
+  }
+}
+
+/** Why a found release is not started, or null to start it. */
+function skipReason(s: MachineState, ref: ReleaseRef, booted: SlotName): string | null {
+  if (s.installed[booted]?.id === ref.id) return `up to date: ${ref.id} is running`;
+  if (s.rolledBack.includes(ref.id)) return `${ref.id} rolled back before; waiting for a newer release`;
+  if (ref.securityVersion < s.committedSecurityVersion) {
+    return `${ref.id} has securityVersion ${ref.securityVersion}, below the committed ${s.committedSecurityVersion}`;
+  }
+  return null;
+}
+
+/** The shared failure path: before the trial boot the attempt simply fails (the target stays
+ * marked bad); once the target may have booted, roll back. */
+function fail(s: MachineState, error: ErrorInfo, now: number, o: TransitionOptions): TransitionResult {
+  switch (s.phase) {
+    case 'validating':
+    case 'committing':
+      return rollBack(s, error);
+    case 'rollingBack':
+      // rolling back itself failed: record it; the bootloader's counter is the last line of defence
+      return finish(s, 'failed', now, error, s.attempt?.failures, o);
+    default:
+      return finish(s, 'failed', now, error, undefined, o);
+  }
+}
+
+function rollBack(s: MachineState, reason: ErrorInfo, failures?: HealthFailure[]): TransitionResult {
+  const a = s.attempt!;
+  const attempt: Attempt = { ...a, reason, ...(failures ? { failures } : {}) };
+  return { state: { ...s, phase: 'rollingBack', attempt }, effects: [{ type: 'markBadAndReboot', slot: a.target }] };
+}
+
+/** Abandon a looping attempt: record failure, leave the committed slot alone. */
+function abandon(s: MachineState, now: number, o: TransitionOptions): TransitionResult {
+  const a = s.attempt!;
+  const reason = { code: 'DAEMON_STATE_LOOP', message: `attempt ${a.number} passed ${o.maxTransitions ?? MAX_TRANSITIONS} transitions in phase ${s.phase}; abandoned` };
+  const r = finish(s, 'failed', now, reason, undefined, o);
+  return { state: r.state, effects: [{ type: 'abandon', slot: a.target }, ...r.effects] };
+}
+
+function finish(s: MachineState, outcome: Outcome, now: number, reason: ErrorInfo | undefined, failures: HealthFailure[] | undefined, o: TransitionOptions): TransitionResult {
+  const a = s.attempt!;
+  const entry: HistoryEntry = {
+    attempt: a.number, release: a.ref, source: a.source, target: a.target, outcome, startedAt: a.startedAt, endedAt: now,
+    ...(reason ? { reason } : {}), ...(failures ? { failures } : {}),
+  };
+  const history = [...s.history, entry].slice(-(o.maxHistory ?? MAX_HISTORY));
+  const rolledBack = outcome === 'rolledBack' && !s.rolledBack.includes(a.ref.id) ? [...s.rolledBack, a.ref.id].slice(-MAX_ROLLED_BACK) : s.rolledBack;
+  const r: Report = { kind: outcome, attempt: a.number, release: a.ref, at: now, ...(reason ? { reason } : {}), ...(failures ? { failures } : {}) };
+  return {
+    state: { ...s, phase: 'idle', attempt: null, transitions: 0, history, rolledBack },
+    effects: [{ type: 'report', report: r }],
+  };
+}
+
+function report(kind: ReportKind, a: Attempt, now: number, reason?: ErrorInfo): Effect {
+  return { type: 'report', report: { kind, attempt: a.number, release: a.ref, at: now, ...(reason ? { reason } : {}) } };
+}
+
+function ignore(s: MachineState): TransitionResult {
+  return { state: s, effects: [], ignored: true };
+}
+
+function other(slot: SlotName): SlotName {
+  return slot === 'A' ? 'B' : 'A';
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Where to continue after the daemon starts, from the saved record and the slot that actually booted
+ * (and, while a trial is pending, the target's boot state: it tells "not rebooted yet" apart from
+ * "the bootloader fell back"). Returns null when there is nothing to resume.
+ *
+ * | saved phase                          | booted  | target state             | event                          |
+ * | idle                                 | any     | -                        | null                           |
+ * | checking                             | any     | -                        | Restarted (→ idle)             |
+ * | preparing, downloading, verifying    | source  | -                        | Restarted (redo the phase)     |
+ * | arming                               | source  | -                        | Restarted (re-arm, idempotent) |
+ * | arming, rebooting, validating        | target  | -                        | BootedInto target (validate)   |
+ * | rebooting                            | source  | trial + primary, tries>0 | Restarted (reboot again)       |
+ * | rebooting, validating                | source  | otherwise                | BootedInto source (rolled back: never confirmed) |
+ * | committing                           | target  | -                        | BootedInto target (re-commit)  |
+ * | committing                           | source  | -                        | BootedInto source (rolled back) |
+ * | rollingBack                          | source  | -                        | BootedInto source (rolled back) |
+ * | rollingBack                          | target  | -                        | Restarted (mark bad, reboot)   |
+ */
+export function resume(record: MachineState, bootedSlot: SlotName, targetState?: SlotBootState): Event | null {
+  const a = record.attempt;
+  if (record.phase === 'idle') return null;
+  if (!a) return { type: 'Restarted' };
+  switch (record.phase) {
+    case 'checking':
+      return { type: 'Restarted' };
+    case 'preparing':
+    case 'downloading':
+    case 'verifying':
+      return { type: 'Restarted' };
+    case 'arming':
+      return bootedSlot === a.target ? { type: 'BootedInto', slot: bootedSlot } : { type: 'Restarted' };
+    case 'rebooting':
+      if (bootedSlot === a.source && targetState?.state === 'trial' && targetState.primary && (targetState.triesLeft ?? 1) > 0) {
+        return { type: 'Restarted' };
+      }
+      return { type: 'BootedInto', slot: bootedSlot };
+    case 'validating':
+    case 'committing':
+      return { type: 'BootedInto', slot: bootedSlot };
+    case 'rollingBack':
+      return bootedSlot === a.source ? { type: 'BootedInto', slot: bootedSlot } : { type: 'Restarted' };
+  }
+}

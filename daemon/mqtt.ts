@@ -1,0 +1,485 @@
+/**
+ * MQTT transport (MQTT.js 5) — config schema fragment; the transport class follows below.
+ */
+
+/** Broker connection settings (config key `broker`). */
+export interface BrokerConfig {
+  /** broker URLs tried in order: `mqtt://host:1883`, `mqtts://host:8883`. */
+  urls: string[];
+  /** 4 = MQTT 3.1.1, 5 = MQTT 5. */
+  protocolVersion: 4 | 5;
+  /** MQTT client id; defaults to the device id when absent. */
+  clientId?: string;
+  /** mutual TLS: file paths of the CA bundle, the device certificate and its key (PEM). */
+  tls?: { ca?: string; cert?: string; key?: string; servername?: string };
+  /** file holding `{"username": "...", "password": "..."}` (JSON); never inline in the config. */
+  credentialsFile?: string;
+  keepaliveSeconds: number;
+  /** largest packet accepted or sent, bytes (also configure the broker's limit). */
+  maxPacketSize: number;
+  /** reconnect backoff: exponential from minMs to maxMs, with full jitter. */
+  reconnect: { minMs: number; maxMs: number };
+  /** give up a single connect attempt after this long. */
+  connectTimeoutMs: number;
+}
+
+export const brokerConfigDefaults = {
+  protocolVersion: 5,
+  keepaliveSeconds: 60,
+  maxPacketSize: 256 * 1024,
+  reconnect: { minMs: 1000, maxMs: 300_000 },
+  connectTimeoutMs: 30_000,
+} as const;
+
+/** JSON Schema (ajv, draft-07 keywords). Carries `default`s: compile with `useDefaults: true`. */
+export const brokerConfigSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['urls'],
+  properties: {
+    urls: {
+      type: 'array',
+      minItems: 1,
+      items: { type: 'string', pattern: '^(mqtt|mqtts|ws|wss)://[^\\s]+$' },
+    },
+    protocolVersion: { enum: [4, 5], default: brokerConfigDefaults.protocolVersion },
+    clientId: { type: 'string', minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9._:-]+$' },
+    tls: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        ca: { type: 'string', minLength: 1 },
+        cert: { type: 'string', minLength: 1 },
+        key: { type: 'string', minLength: 1 },
+        servername: { type: 'string', minLength: 1 },
+      },
+      dependencies: { cert: ['key'], key: ['cert'] },
+    },
+    credentialsFile: { type: 'string', minLength: 1 },
+    keepaliveSeconds: { type: 'integer', minimum: 5, maximum: 3600, default: brokerConfigDefaults.keepaliveSeconds },
+    maxPacketSize: { type: 'integer', minimum: 1024, maximum: 268435455, default: brokerConfigDefaults.maxPacketSize },
+    reconnect: {
+      type: 'object',
+      additionalProperties: false,
+      default: { ...brokerConfigDefaults.reconnect },
+      properties: {
+        minMs: { type: 'integer', minimum: 10, maximum: 3_600_000, default: brokerConfigDefaults.reconnect.minMs },
+        maxMs: { type: 'integer', minimum: 10, maximum: 86_400_000, default: brokerConfigDefaults.reconnect.maxMs },
+      },
+    },
+    connectTimeoutMs: { type: 'integer', minimum: 100, maximum: 600_000, default: brokerConfigDefaults.connectTimeoutMs },
+  },
+} as const;
+
+// ---------------------------------------------------------------------------------------------
+// Transport
+//
+// Trade-offs: MQTT.js's own reconnect (fixed interval) and its in-memory offline queue are turned off.
+// Each connection attempt builds a fresh client through the injectable factory, so a reconnect starts
+// from a clean slate; reconnects are scheduled here with exponential backoff and jitter; and events
+// are re-sent from the persisted outbox after every reconnect, which is what makes delivery
+// at-least-once across broker restarts and device reboots. Duplicates are possible; `seq` orders them.
+//
+// INVARIANTS: at most one live client; the delivery loop runs at most once at a time, only while
+// connected, and acks an outbox entry only after its PUBACK (reason < 0x80).
+
+import { EventEmitter } from 'node:events';
+import { connect as mqttConnect, type IClientOptions, type MqttClient, type IPublishPacket } from 'mqtt';
+import { pino, type Logger } from 'pino';
+import { readFileCapped } from '../hal/atomic-file.js';
+import { SlotflipError } from '../hal/errors.js';
+import type { Outbox, OutboxEntry } from './outbox.js';
+import { deviceTopics, metaFileOf, commandOf, META_FILTER, type DeviceTopics } from './topics.js';
+
+/** Builds one MQTT.js client for one connection attempt (tests inject a wrapper or a fake). */
+export type ClientFactory = (url: string, options: IClientOptions) => MqttClient;
+
+export interface TimerApi {
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export interface MqttTransportOptions {
+  config: BrokerConfig;
+  deviceId: string;
+  outbox: Outbox;
+  /** retained metadata lands here by file name (the trust layer's `memorySource(map)` reads it). */
+  metadata?: Map<string, Uint8Array>;
+  connect?: ClientFactory;
+  /** uniform [0, 1): backoff jitter. */
+  random?: () => number;
+  timers?: TimerApi;
+  logger?: Logger;
+  /** largest metadata file accepted, bytes; default 1 MiB (and never more than maxPacketSize). */
+  maxMetadataBytes?: number;
+  /** outbox events in flight at once (ordered on the wire); default 8. */
+  inflight?: number;
+}
+
+export interface MetadataUpdate {
+  file: string;
+  /** undefined when the retained message was cleared (empty payload). */
+  bytes: Uint8Array | undefined;
+  retained: boolean;
+}
+
+export interface MqttTransportEvents {
+  metadata: [MetadataUpdate];
+  command: [{ name: 'check'; payload: Uint8Array }];
+  connected: [{ url: string }];
+  disconnected: [{ url: string; error?: string }];
+  reconnectScheduled: [{ attempt: number; delayMs: number }];
+  delivered: [{ seq: number }];
+  /** a non-fatal problem (publish refused, oversize message, bad TLS file); the transport keeps going. */
+  problem: [SlotflipError];
+}
+
+export const KNOWN_COMMANDS = ['check'] as const;
+
+/**
+ * Exponential backoff with "equal jitter": the n-th consecutive retry (n from 0) waits between half
+ * and all of min(maxMs, minMs·2ⁿ). Never a fixed interval, never a thundering herd, never zero.
+ */
+export function backoffDelay(attempt: number, range: { minMs: number; maxMs: number }, random: () => number): number {
+  const base = Math.min(range.maxMs, range.minMs * 2 ** Math.min(attempt, 40));
+  return Math.round(base / 2 + (random() * base) / 2);
+}
+
+const defaultTimers: TimerApi = {
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
+};
+
+/** Bytes a PUBLISH adds around topic and payload (fixed header, lengths, packet id, v5 properties). */
+const PUBLISH_OVERHEAD = 32;
+
+export class MqttTransport extends EventEmitter<MqttTransportEvents> {
+  readonly topics: DeviceTopics;
+  readonly metadata: Map<string, Uint8Array>;
+  private readonly cfg: BrokerConfig;
+  private readonly deviceId: string;
+  private readonly outbox: Outbox;
+  private readonly factory: ClientFactory;
+  private readonly random: () => number;
+  private readonly timers: TimerApi;
+  private readonly log: Logger;
+  private readonly maxMetadataBytes: number;
+  private readonly inflight: number;
+  private client: MqttClient | undefined;
+  private generation = 0;
+  private attempt = 0;
+  private reconnectTimer: unknown;
+  private running = false;
+  private pumping = false;
+  private pumpAgain = false;
+  private stateJson: string | undefined;
+  private stateDirty = false;
+  private offAppend: (() => void) | undefined;
+  private isConnected = false;
+  /** rejects when the current connection closes, so no in-flight publish can wait forever. */
+  private closed: Promise<never> = new Promise<never>(() => undefined);
+  private signalClosed: (e: Error) => void = () => undefined;
+
+  constructor(opts: MqttTransportOptions) {
+    super();
+    this.cfg = opts.config;
+    this.deviceId = opts.deviceId;
+    this.topics = deviceTopics(opts.deviceId);
+    this.outbox = opts.outbox;
+    this.metadata = opts.metadata ?? new Map();
+    this.factory = opts.connect ?? ((url, o) => mqttConnect(url, o));
+    this.random = opts.random ?? Math.random;
+    this.timers = opts.timers ?? defaultTimers;
+    this.log = (opts.logger ?? pino({ level: 'silent' })).child({ module: 'daemon.mqtt' });
+    this.maxMetadataBytes = Math.min(opts.maxMetadataBytes ?? 1 << 20, this.cfg.maxPacketSize);
+    this.inflight = Math.max(1, opts.inflight ?? 8);
+  }
+
+  get connected(): boolean {
+    return this.isConnected;
+  }
+
+  /** Starts connecting in the background and returns at once. Idempotent. Never throws for a broker that is down. */
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.offAppend = this.outbox.onAppend(() => void this.pump());
+    void this.connectOnce();
+  }
+
+  /**
+   * Publishes `offline` (retained) when connected, disconnects cleanly and cancels reconnects.
+   * Idempotent. Undelivered events stay in the outbox for the next start.
+   */
+  async stop(timeoutMs = 2000): Promise<void> {
+    if (!this.running) return;
+    this.running = false;
+    this.offAppend?.();
+    if (this.reconnectTimer !== undefined) this.timers.clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = undefined;
+    const client = this.client;
+    this.client = undefined;
+    this.generation++;
+    this.isConnected = false;
+    if (!client) return;
+    if (client.connected) {
+      await withTimeout(client.publishAsync(this.topics.online, 'offline', { qos: 1, retain: true }), timeoutMs).catch(() => undefined);
+      await new Promise<void>((resolve) => client.end(false, {}, () => resolve()));
+    } else {
+      await new Promise<void>((resolve) => client.end(true, {}, () => resolve()));
+    }
+  }
+
+  /**
+   * Publishes the device state retained at `.../state` (QoS 1). When not connected, keeps only the
+   * newest state and publishes it on the next connection. Resolves true once the broker acked it.
+   */
+  async publishState(state: unknown): Promise<boolean> {
+    this.stateJson = JSON.stringify(state);
+    this.stateDirty = true;
+    return this.flushState();
+  }
+
+  /**
+   * Broker reachability for health checks: true when connected now or within `timeoutMs`.
+   * Never throws.
+   */
+  probe(timeoutMs: number): Promise<boolean> {
+    if (this.isConnected) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const done = (ok: boolean): void => {
+        this.timers.clearTimeout(timer);
+        this.off('connected', onConn);
+        resolve(ok);
+      };
+      const onConn = (): void => done(true);
+      const timer = this.timers.setTimeout(() => done(false), timeoutMs);
+      this.on('connected', onConn);
+    });
+  }
+
+  private async flushState(): Promise<boolean> {
+    const client = this.client;
+    if (!client || !this.isConnected || !this.stateDirty || this.stateJson === undefined) return !this.stateDirty;
+    const json = this.stateJson;
+    if (Buffer.byteLength(json) + this.topics.state.length + PUBLISH_OVERHEAD > this.cfg.maxPacketSize) {
+      this.problem('DAEMON_MQTT_OVERSIZE', `state is larger than broker.maxPacketSize (${this.cfg.maxPacketSize} bytes); raise the limit`, { topic: this.topics.state });
+      return false;
+    }
+    try {
+      await client.publishAsync(this.topics.state, json, { qos: 1, retain: true });
+      if (this.stateJson === json) this.stateDirty = false;
+      return true;
+    } catch (e) {
+      this.problem('DAEMON_MQTT_PUBLISH', `state publish to ${this.topics.state} failed; will retry after reconnect`, { topic: this.topics.state }, e);
+      return false;
+    }
+  }
+
+  private async clientOptions(): Promise<IClientOptions> {
+    const c = this.cfg;
+    const o: IClientOptions = {
+      protocolVersion: c.protocolVersion,
+      clientId: c.clientId ?? this.deviceId,
+      clean: true,
+      keepalive: c.keepaliveSeconds,
+      connectTimeout: c.connectTimeoutMs,
+      reconnectPeriod: 0,
+      resubscribe: false,
+      queueQoSZero: false,
+      will: { topic: this.topics.online, payload: Buffer.from('offline'), qos: 1, retain: true },
+      rejectUnauthorized: true,
+    };
+    if (c.protocolVersion === 5) o.properties = { maximumPacketSize: c.maxPacketSize, sessionExpiryInterval: 0 };
+    if (c.tls) {
+      if (c.tls.ca) o.ca = await this.readSmall(c.tls.ca, 'broker.tls.ca');
+      if (c.tls.cert) o.cert = await this.readSmall(c.tls.cert, 'broker.tls.cert');
+      if (c.tls.key) o.key = await this.readSmall(c.tls.key, 'broker.tls.key');
+      if (c.tls.servername) o.servername = c.tls.servername;
+    }
+    if (c.credentialsFile) {
+      const raw = await this.readSmall(c.credentialsFile, 'broker.credentialsFile');
+      let creds: { username?: unknown; password?: unknown };
+      try {
+        creds = JSON.parse(raw.toString('utf8')) as typeof creds;
+      } catch (cause) {
+        throw new SlotflipError('DAEMON_MQTT_CREDENTIALS', `${c.credentialsFile}: not JSON; expected {"username": "...", "password": "..."}`, { cause, details: { path: c.credentialsFile } });
+      }
+      if (typeof creds.username === 'string') o.username = creds.username;
+      if (typeof creds.password === 'string') o.password = creds.password;
+    }
+    return o;
+  }
+
+  private async readSmall(path: string, field: string): Promise<Buffer> {
+    try {
+      return await readFileCapped(path, 1 << 20);
+    } catch (cause) {
+      throw new SlotflipError('DAEMON_MQTT_FILE', `${field}: cannot read ${path}; check the path and permissions`, { cause, details: { path, field }, retryable: true });
+    }
+  }
+
+  private async connectOnce(): Promise<void> {
+    if (!this.running) return;
+    const gen = ++this.generation;
+    const url = this.cfg.urls[this.attempt % this.cfg.urls.length]!;
+    let client: MqttClient;
+    try {
+      const opts = await this.clientOptions();
+      if (!this.running || gen !== this.generation) return;
+      client = this.factory(url, opts);
+    } catch (e) {
+      this.problem('DAEMON_MQTT_CONNECT', `cannot prepare the connection to ${url}`, { url }, e);
+      this.scheduleReconnect(gen);
+      return;
+    }
+    this.client = client;
+    this.closed = new Promise<never>((_, reject) => { this.signalClosed = reject; });
+    this.closed.catch(() => undefined);
+    // Without TCP_NODELAY each small publish waits for a delayed ACK (40–90 ms on loopback).
+    (client.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
+    client.on('connect', () => {
+      if (gen !== this.generation) return;
+      this.attempt = 0;
+      this.isConnected = true;
+      this.log.info({ url }, 'broker connected');
+      void this.onConnected(client, gen, url);
+    });
+    client.on('message', (topic, payload, packet) => {
+      if (gen === this.generation) this.onMessage(topic, payload, packet);
+    });
+    client.on('error', (e) => {
+      if (gen === this.generation) this.log.warn({ url, err: e.message, code: (e as { code?: unknown }).code }, 'broker error');
+    });
+    client.on('close', () => {
+      if (gen !== this.generation) return;
+      const was = this.isConnected;
+      this.isConnected = false;
+      this.client = undefined;
+      this.signalClosed(new SlotflipError('DAEMON_MQTT_CLOSED', `connection to ${url} closed`, { retryable: true }));
+      client.end(true);
+      if (was) this.emit('disconnected', { url });
+      this.log.info({ url, wasConnected: was }, 'broker connection closed');
+      this.scheduleReconnect(gen);
+    });
+  }
+
+  private scheduleReconnect(gen: number): void {
+    if (!this.running || gen !== this.generation || this.reconnectTimer !== undefined) return;
+    const delayMs = backoffDelay(this.attempt, this.cfg.reconnect, this.random);
+    const attempt = ++this.attempt;
+    this.emit('reconnectScheduled', { attempt, delayMs });
+    this.reconnectTimer = this.timers.setTimeout(() => {
+      this.reconnectTimer = undefined;
+      void this.connectOnce();
+    }, delayMs);
+  }
+
+  private async onConnected(client: MqttClient, gen: number, url: string): Promise<void> {
+    try {
+      await client.publishAsync(this.topics.online, 'online', { qos: 1, retain: true });
+      const granted = await client.subscribeAsync({ [META_FILTER]: { qos: 1 }, [this.topics.cmdFilter]: { qos: 1 } });
+      for (const g of granted) if (g.qos >= 0x80) this.problem('DAEMON_MQTT_SUBSCRIBE', `broker refused subscription ${g.topic} (reason 0x${g.qos.toString(16)}); check the broker ACL`, { topic: g.topic });
+    } catch (e) {
+      if (gen === this.generation) this.problem('DAEMON_MQTT_SUBSCRIBE', `setting up the session on ${url} failed; reconnecting`, { url }, e);
+      return;
+    }
+    if (gen !== this.generation) return;
+    this.emit('connected', { url });
+    await this.flushState();
+    await this.pump();
+  }
+
+  private onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void {
+    const file = metaFileOf(topic);
+    if (file !== undefined) {
+      if (payload.length === 0) {
+        this.metadata.delete(file);
+        this.emit('metadata', { file, bytes: undefined, retained: packet.retain });
+        return;
+      }
+      if (payload.length > this.maxMetadataBytes) {
+        this.problem('DAEMON_MQTT_OVERSIZE', `metadata ${topic} is ${payload.length} bytes, more than the ${this.maxMetadataBytes} accepted; ignored`, { topic, size: payload.length });
+        return;
+      }
+      const bytes = Uint8Array.from(payload);
+      this.metadata.set(file, bytes);
+      this.emit('metadata', { file, bytes, retained: packet.retain });
+      return;
+    }
+    const name = commandOf(this.topics, topic);
+    if (name === 'check') {
+      this.emit('command', { name, payload: Uint8Array.from(payload) });
+      return;
+    }
+    this.log.debug({ topic }, 'message on an unknown topic ignored');
+  }
+
+  /** Sends pending outbox events in seq order, `inflight` at a time; acks each on PUBACK. */
+  private async pump(): Promise<void> {
+    if (this.pumping) {
+      this.pumpAgain = true;
+      return;
+    }
+    this.pumping = true;
+    try {
+      do {
+        this.pumpAgain = false;
+        const client = this.client;
+        if (!client || !this.isConnected) return;
+        const gen = this.generation;
+        const pending = await this.outbox.pending();
+        if (pending.length === 0) continue;
+        const { droppedUndelivered } = await this.outbox.stats();
+        for (let i = 0; i < pending.length; i += this.inflight) {
+          if (gen !== this.generation || !this.isConnected) return;
+          const batch = pending.slice(i, i + this.inflight);
+          const results = await Promise.allSettled(batch.map((e) => this.publishEvent(client, e, droppedUndelivered)));
+          let failed = false;
+          for (let j = 0; j < batch.length; j++) {
+            const r = results[j]!;
+            if (r.status === 'fulfilled') {
+              await this.outbox.ack(batch[j]!.seq);
+              this.emit('delivered', { seq: batch[j]!.seq });
+            } else {
+              failed = true;
+              const code = (r.reason as { code?: unknown })?.code;
+              this.problem('DAEMON_MQTT_PUBLISH', `event seq ${batch[j]!.seq} not accepted by the broker${typeof code === 'number' ? ` (reason 0x${code.toString(16)})` : ''}; kept in the outbox for retry`, { seq: batch[j]!.seq, topic: this.topics.events, reason: code }, r.reason);
+            }
+          }
+          if (failed) {
+            // A refused event stays pending: retry on the next append or reconnect, never drop it.
+            return;
+          }
+        }
+      } while (this.pumpAgain);
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private publishEvent(client: MqttClient, entry: OutboxEntry, droppedUndelivered: number): Promise<unknown> {
+    const body: Record<string, unknown> = { ...entry.event, seq: entry.seq, deviceId: this.deviceId };
+    if (droppedUndelivered > 0) body.droppedUndelivered = droppedUndelivered;
+    let json = JSON.stringify(body);
+    const room = this.cfg.maxPacketSize - this.topics.events.length - PUBLISH_OVERHEAD;
+    if (Buffer.byteLength(json) > room) {
+      // Too big to ever be delivered: send a truthful stub rather than block the outbox forever.
+      json = JSON.stringify({ type: entry.event.type, seq: entry.seq, deviceId: this.deviceId, truncated: true, originalBytes: Buffer.byteLength(json) });
+    }
+    return Promise.race([client.publishAsync(this.topics.events, json, { qos: 1 }), this.closed]);
+  }
+
+  private problem(code: string, message: string, details: Record<string, unknown>, cause?: unknown): void {
+    const err = new SlotflipError(code, message, { details, retryable: true, ...(cause === undefined ? {} : { cause }) });
+    this.log.warn({ code, ...details, err: cause instanceof Error ? cause.message : undefined }, 'mqtt problem');
+    this.emit('problem', err);
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error('timeout')), ms);
+    p.then((v) => { clearTimeout(t); resolve(v); }, (e: unknown) => { clearTimeout(t); reject(e); });
+  });
+}

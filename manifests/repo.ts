@@ -1,0 +1,598 @@
+/**
+ * The manufacturer's TUF repository: keys, signing, releases, publishing. Built on @tufjs/models
+ * (Metadata, Root, Targets, Snapshot, Timestamp) with Ed25519 keys from node:crypto.
+ *
+ * Layout of DIR:
+ *   keys/            private keys, PKCS#8 PEM, mode 0600 (dir 0700): root-1.pem … root-N.pem,
+ *                    targets.pem, snapshot.pem, timestamp.pem; retired/ keeps rotated-out keys.
+ *                    Root and targets keys belong offline (see manifests/README.md); only the
+ *                    operation that needs a key reads it, so the others may be absent.
+ *   repo.json        tool settings (expiry periods); not signed, not published.
+ *   repository/metadata/   N.root.json (every version, never deleted: devices walk the chain),
+ *                    root.json (copy of the newest, to ship in OS images), N.targets.json,
+ *                    N.snapshot.json, timestamp.json.
+ *   repository/targets/    payloads as `<dir>/<sha256>.<basename>`.
+ *
+ * consistent_snapshot is true: snapshot and targets are published under versioned names and
+ * payloads under hash-prefixed names, so a device or CDN never sees a half-updated mix, files are
+ * immutable (cache forever, resume downloads safely), and only timestamp.json changes in place.
+ * Every file is written atomically; timestamp.json is written last, so a reader sees either the old
+ * or the new consistent set.
+ *
+ * Trade-off: rollout changes (setRollout, and automatic halts) re-sign targets, so the machine that
+ * runs them needs the targets key; keep it on the release machine, not on the broker host.
+ */
+import { chmod, mkdir, readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { Key, MetaFile, Metadata, MetadataKind, Root, Snapshot, TargetFile, Targets, Timestamp } from '@tufjs/models';
+import { SlotflipError } from '../hal/errors.js';
+import { writeFileAtomic } from '../hal/atomic-file.js';
+import { generateSigningKey, privatePem, signingKeyFromPem, tufKey, tufSigner, type SigningKey } from './keys.js';
+import { buildPayload } from './payload.js';
+import { ISSUED_FIELD } from './client.js';
+import type { Compression, ReleaseCustom, Rollout } from './types.js';
+import { createHash } from 'node:crypto';
+
+export type TopRole = 'root' | 'targets' | 'snapshot' | 'timestamp';
+
+export interface ExpiryDays {
+  root: number;
+  targets: number;
+  snapshot: number;
+  timestamp: number;
+}
+
+export const DEFAULT_EXPIRY_DAYS: ExpiryDays = { root: 365, targets: 90, snapshot: 7, timestamp: 1 };
+
+export interface RepoOptions {
+  /** clock, ms since epoch (default Date.now). */
+  now?: () => number;
+}
+
+export interface InitRepoOptions extends RepoOptions {
+  /** number of root keys (default 3) and signatures required (default 2). */
+  rootKeys?: number;
+  rootThreshold?: number;
+  expiryDays?: Partial<ExpiryDays>;
+}
+
+export interface RepoSummary {
+  dir: string;
+  rootVersion: number;
+  targetsVersion: number;
+  snapshotVersion: number;
+  timestampVersion: number;
+  keyIds: Record<TopRole, string[]>;
+}
+
+const DAY = 86_400_000;
+const SPEC_VERSION = '1.0.31';
+
+function badArg(message: string, details?: Record<string, unknown>): SlotflipError {
+  return new SlotflipError('MANIFEST_BAD_ARGUMENT', message, { details });
+}
+
+const metaDir = (dir: string): string => join(dir, 'repository', 'metadata');
+const targetsDir = (dir: string): string => join(dir, 'repository', 'targets');
+const keysDir = (dir: string): string => join(dir, 'keys');
+
+function isoIn(now: number, days: number): string {
+  // TUF expects second precision with a Z suffix
+  return new Date(now + days * DAY).toISOString().replace(/\.\d{3}Z$/, 'Z');
+}
+
+function serialize(md: Metadata<Root | Targets | Snapshot | Timestamp>): Buffer {
+  return Buffer.from(JSON.stringify(md.toJSON(), null, 2) + '\n', 'utf8');
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function writeKey(dir: string, name: string, key: SigningKey): Promise<void> {
+  const path = join(keysDir(dir), `${name}.pem`);
+  await writeFile(path, privatePem(key), { mode: 0o600, flag: 'wx' });
+  await chmod(path, 0o600);
+}
+
+async function readKey(dir: string, name: string): Promise<SigningKey> {
+  const path = join(keysDir(dir), `${name}.pem`);
+  try {
+    return signingKeyFromPem(await readFile(path, 'utf8'));
+  } catch (cause) {
+    throw new SlotflipError('MANIFEST_KEY_MISSING', `signing key ${path} is missing or unreadable; mount the offline key store for this step`, { cause, details: { path } });
+  }
+}
+
+/** All keys in DIR/keys whose name starts with `prefix` (root-1, root-2, …). */
+async function readKeys(dir: string, prefix: string): Promise<SigningKey[]> {
+  let names: string[];
+  try {
+    names = await readdir(keysDir(dir));
+  } catch (cause) {
+    throw new SlotflipError('MANIFEST_KEY_MISSING', `key directory ${keysDir(dir)} is missing`, { cause });
+  }
+  const keys: SigningKey[] = [];
+  for (const n of names.filter((x) => x.startsWith(prefix) && x.endsWith('.pem')).sort()) keys.push(await readKey(dir, n.slice(0, -4)));
+  return keys;
+}
+
+async function readSettings(dir: string): Promise<ExpiryDays> {
+  try {
+    const raw = JSON.parse(await readFile(join(dir, 'repo.json'), 'utf8')) as { expiryDays?: Partial<ExpiryDays> };
+    return { ...DEFAULT_EXPIRY_DAYS, ...raw.expiryDays };
+  } catch (cause) {
+    throw new SlotflipError('MANIFEST_REPO_INVALID', `${join(dir, 'repo.json')} is missing or not JSON; is ${dir} a repository made by \`slotflip repo init\`?`, { cause });
+  }
+}
+
+interface Loaded<T extends Root | Targets | Snapshot | Timestamp> {
+  md: Metadata<T>;
+  bytes: Buffer;
+}
+
+async function latestVersion(dir: string, role: string): Promise<number> {
+  const names = await readdir(metaDir(dir)).catch((cause: unknown) => {
+    throw new SlotflipError('MANIFEST_REPO_INVALID', `${metaDir(dir)} is missing`, { cause });
+  });
+  let max = 0;
+  const re = new RegExp(`^(\\d+)\\.${role.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\.json$`);
+  for (const n of names) {
+    const m = re.exec(n);
+    if (m) max = Math.max(max, Number(m[1]));
+  }
+  if (max === 0) throw new SlotflipError('MANIFEST_REPO_INVALID', `no ${role} metadata in ${metaDir(dir)}`);
+  return max;
+}
+
+async function load(dir: string, file: string, kind: MetadataKind): Promise<Loaded<never>> {
+  const path = join(metaDir(dir), file);
+  try {
+    const bytes = await readFile(path);
+    const md = Metadata.fromJSON(kind as MetadataKind.Root, JSON.parse(bytes.toString('utf8')));
+    return { md, bytes } as unknown as Loaded<never>;
+  } catch (cause) {
+    throw new SlotflipError('MANIFEST_REPO_INVALID', `${path} is missing or invalid`, { cause, details: { path } });
+  }
+}
+
+async function loadRoot(dir: string): Promise<Loaded<Root>> {
+  return load(dir, `${await latestVersion(dir, 'root')}.root.json`, MetadataKind.Root);
+}
+async function loadTargets(dir: string): Promise<Loaded<Targets>> {
+  return load(dir, `${await latestVersion(dir, 'targets')}.targets.json`, MetadataKind.Targets);
+}
+async function loadSnapshot(dir: string): Promise<Loaded<Snapshot>> {
+  return load(dir, `${await latestVersion(dir, 'snapshot')}.snapshot.json`, MetadataKind.Snapshot);
+}
+async function loadTimestamp(dir: string): Promise<Loaded<Timestamp>> {
+  return load(dir, 'timestamp.json', MetadataKind.Timestamp);
+}
+
+function sha256(data: Uint8Array): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+async function writeMeta(dir: string, file: string, bytes: Buffer): Promise<void> {
+  await writeFileAtomic(join(metaDir(dir), file), bytes);
+}
+
+/** Signs and writes a new snapshot (listing `targetsBytes`' version) and then a new timestamp. */
+async function publishSnapshotAndTimestamp(dir: string, now: number, days: ExpiryDays, targets: Loaded<Targets>): Promise<void> {
+  const snapKey = await readKey(dir, 'snapshot');
+  const tsKey = await readKey(dir, 'timestamp');
+  const prev = await loadSnapshot(dir);
+  const meta: Record<string, MetaFile> = { ...prev.md.signed.meta };
+  meta['targets.json'] = new MetaFile({ version: targets.md.signed.version, length: targets.bytes.length, hashes: { sha256: sha256(targets.bytes) } });
+  const snap = new Metadata(new Snapshot({ version: prev.md.signed.version + 1, specVersion: SPEC_VERSION, expires: isoIn(now, days.snapshot), meta }));
+  snap.sign(tufSigner(snapKey), false);
+  const snapBytes = serialize(snap);
+  await writeMeta(dir, `${snap.signed.version}.snapshot.json`, snapBytes);
+  await writeTimestamp(dir, now, days, tsKey, { md: snap, bytes: snapBytes });
+}
+
+async function writeTimestamp(dir: string, now: number, days: ExpiryDays, key: SigningKey, snap: Loaded<Snapshot>): Promise<void> {
+  let version = 1;
+  try {
+    version = (await loadTimestamp(dir)).md.signed.version + 1;
+  } catch {
+    // first timestamp
+  }
+  const ts = new Metadata(
+    new Timestamp({
+      version,
+      specVersion: SPEC_VERSION,
+      expires: isoIn(now, days.timestamp),
+      snapshotMeta: new MetaFile({ version: snap.md.signed.version, length: snap.bytes.length, hashes: { sha256: sha256(snap.bytes) } }),
+      unrecognizedFields: { [ISSUED_FIELD]: new Date(now).toISOString() },
+    }),
+  );
+  ts.sign(tufSigner(key), false);
+  // timestamp last: it is what makes the new set visible
+  await writeMeta(dir, 'timestamp.json', serialize(ts));
+}
+
+/** A Root built through Root.fromJSON (the models package does not export its Role class). */
+function makeRoot(o: { version: number; expires: string; consistentSnapshot: boolean; keys: Record<string, Key>; roles: Record<string, { keyIDs: string[]; threshold: number }> }): Root {
+  return Root.fromJSON({
+    _type: 'root',
+    spec_version: SPEC_VERSION,
+    version: o.version,
+    expires: o.expires,
+    consistent_snapshot: o.consistentSnapshot,
+    keys: Object.fromEntries(Object.entries(o.keys).map(([id, k]) => [id, k.toJSON()])),
+    roles: Object.fromEntries(Object.entries(o.roles).map(([n, r]) => [n, { keyids: [...r.keyIDs], threshold: r.threshold }])),
+  });
+}
+
+async function writeRoot(dir: string, root: Metadata<Root>): Promise<void> {
+  const bytes = serialize(root);
+  await writeMeta(dir, `${root.signed.version}.root.json`, bytes);
+  await writeMeta(dir, 'root.json', bytes);
+}
+
+/** Summary of the repository's current versions and key ids. Read-only. */
+export async function repoSummary(dir: string): Promise<RepoSummary> {
+  const root = (await loadRoot(dir)).md.signed;
+  const keyIds = Object.fromEntries((['root', 'targets', 'snapshot', 'timestamp'] as const).map((r) => [r, root.roles[r]?.keyIDs ?? []])) as Record<TopRole, string[]>;
+  return {
+    dir,
+    rootVersion: root.version,
+    targetsVersion: (await loadTargets(dir)).md.signed.version,
+    snapshotVersion: (await loadSnapshot(dir)).md.signed.version,
+    timestampVersion: (await loadTimestamp(dir)).md.signed.version,
+    keyIds,
+  };
+}
+
+/**
+ * Creates keys and version-1 metadata in DIR. Refuses (MANIFEST_REPO_EXISTS) when DIR already holds
+ * a repository, so keys are never overwritten. Not atomic as a whole: a crash leaves a partial DIR
+ * that a re-run refuses; delete it and start again (nothing was published yet).
+ */
+export async function initRepo(dir: string, opts: InitRepoOptions = {}): Promise<RepoSummary> {
+  const now = (opts.now ?? Date.now)();
+  const nKeys = opts.rootKeys ?? 3;
+  const threshold = opts.rootThreshold ?? 2;
+  if (!Number.isInteger(nKeys) || nKeys < 1 || !Number.isInteger(threshold) || threshold < 1 || threshold > nKeys) {
+    throw badArg(`root threshold ${threshold} of ${nKeys} keys is invalid; need 1 <= threshold <= keys`);
+  }
+  if ((await exists(join(dir, 'repo.json'))) || (await exists(keysDir(dir)))) {
+    throw new SlotflipError('MANIFEST_REPO_EXISTS', `${dir} already holds a repository (repo.json or keys/); refusing to overwrite keys`, { details: { dir } });
+  }
+  const days: ExpiryDays = { ...DEFAULT_EXPIRY_DAYS, ...opts.expiryDays };
+  await mkdir(keysDir(dir), { recursive: true, mode: 0o700 });
+  await chmod(keysDir(dir), 0o700);
+  await mkdir(metaDir(dir), { recursive: true });
+  await mkdir(targetsDir(dir), { recursive: true });
+
+  const rootKeys = Array.from({ length: nKeys }, () => generateSigningKey());
+  const roleKeys = { targets: generateSigningKey(), snapshot: generateSigningKey(), timestamp: generateSigningKey() };
+  for (const [i, k] of rootKeys.entries()) await writeKey(dir, `root-${i + 1}`, k);
+  for (const [name, k] of Object.entries(roleKeys)) await writeKey(dir, name, k);
+  await writeFileAtomic(join(dir, 'repo.json'), JSON.stringify({ slotflipRepo: 1, expiryDays: days }, null, 2) + '\n');
+
+  const keys: Record<string, Key> = {};
+  for (const k of [...rootKeys, ...Object.values(roleKeys)]) keys[k.keyid] = tufKey(k);
+  const root = new Metadata(
+    makeRoot({
+      version: 1,
+      expires: isoIn(now, days.root),
+      consistentSnapshot: true,
+      keys,
+      roles: {
+        root: { keyIDs: rootKeys.map((k) => k.keyid), threshold },
+        targets: { keyIDs: [roleKeys.targets.keyid], threshold: 1 },
+        snapshot: { keyIDs: [roleKeys.snapshot.keyid], threshold: 1 },
+        timestamp: { keyIDs: [roleKeys.timestamp.keyid], threshold: 1 },
+      },
+    }),
+  );
+  for (const k of rootKeys) root.sign(tufSigner(k));
+  await writeRoot(dir, root);
+
+  const targets = new Metadata(new Targets({ version: 1, specVersion: SPEC_VERSION, expires: isoIn(now, days.targets) }));
+  targets.sign(tufSigner(roleKeys.targets), false);
+  const tBytes = serialize(targets);
+  await writeMeta(dir, '1.targets.json', tBytes);
+  const snap = new Metadata(
+    new Snapshot({
+      version: 1,
+      specVersion: SPEC_VERSION,
+      expires: isoIn(now, days.snapshot),
+      meta: { 'targets.json': new MetaFile({ version: 1, length: tBytes.length, hashes: { sha256: sha256(tBytes) } }) },
+    }),
+  );
+  snap.sign(tufSigner(roleKeys.snapshot), false);
+  const sBytes = serialize(snap);
+  await writeMeta(dir, '1.snapshot.json', sBytes);
+  await writeTimestamp(dir, now, days, roleKeys.timestamp, { md: snap, bytes: sBytes });
+  return repoSummary(dir);
+}
+
+export interface AddReleaseOptions extends RepoOptions {
+  /** image file to publish. */
+  image: string;
+  /** TUF target name; default `releases/<version>/<image basename><.zst|.gz>`. */
+  name?: string;
+  version: string;
+  securityVersion: number;
+  hardware: string[];
+  channel: string;
+  compression: Compression;
+  chunkSize: number;
+  devices?: string[];
+  rollout?: Rollout;
+  /** targets expiry override, days. */
+  expiresDays?: number;
+}
+
+export interface AddedRelease {
+  targetName: string;
+  /** payload path under repository/targets/. */
+  path: string;
+  length: number;
+  sha256: string;
+  targetsVersion: number;
+  custom: ReleaseCustom;
+}
+
+const TARGET_NAME = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._+-]+)*$/;
+
+function checkTargetName(name: string): void {
+  if (!TARGET_NAME.test(name) || name.split('/').some((p) => p === '.' || p === '..') || name.length > 255) {
+    throw badArg(`target name ${JSON.stringify(name)} is invalid: use letters, digits, ".", "_", "-", separated by "/"`);
+  }
+}
+
+function checkRollout(r: Rollout | undefined): void {
+  if (r === undefined) return;
+  const okPct = (p: number): boolean => typeof p === 'number' && p >= 0 && p <= 100;
+  if (!okPct(r.percent) || (r.waves ?? []).some((w) => !okPct(w.percent) || !Number.isFinite(Date.parse(w.at)))) {
+    throw badArg('rollout percentages must be 0..100 and wave times ISO-8601');
+  }
+}
+
+/** Re-signs targets with `mutate` applied, then snapshot and timestamp. */
+async function updateTargets(dir: string, now: number, expiresDays: number | undefined, mutate: (targets: Record<string, TargetFile>) => void): Promise<Loaded<Targets>> {
+  const days = await readSettings(dir);
+  const key = await readKey(dir, 'targets');
+  const prev = await loadTargets(dir);
+  const map: Record<string, TargetFile> = { ...prev.md.signed.targets };
+  mutate(map);
+  const next = new Metadata(
+    new Targets({
+      version: prev.md.signed.version + 1,
+      specVersion: SPEC_VERSION,
+      expires: isoIn(now, expiresDays ?? days.targets),
+      targets: map,
+      ...(prev.md.signed.delegations ? { delegations: prev.md.signed.delegations } : {}),
+    }),
+  );
+  next.sign(tufSigner(key), false);
+  const bytes = serialize(next);
+  await writeMeta(dir, `${next.signed.version}.targets.json`, bytes);
+  const loaded: Loaded<Targets> = { md: next, bytes };
+  await publishSnapshotAndTimestamp(dir, now, days, loaded);
+  return loaded;
+}
+
+/**
+ * Builds the payload from `image` (compress, chunk, index), places it under repository/targets/ as
+ * `<dir>/<sha256>.<basename>`, adds the target with its slotflip custom block, and re-signs targets,
+ * snapshot and timestamp. Needs the targets, snapshot and timestamp keys. Adding the same name again
+ * replaces the entry (a new targets version).
+ */
+export async function addRelease(dir: string, opts: AddReleaseOptions): Promise<AddedRelease> {
+  const now = (opts.now ?? Date.now)();
+  if (!opts.version) throw badArg('--version is required');
+  if (!Number.isSafeInteger(opts.securityVersion) || opts.securityVersion < 0) throw badArg('--security-version must be an integer >= 0');
+  if (!opts.hardware || opts.hardware.length === 0 || opts.hardware.some((h) => !h)) throw badArg('at least one --hardware compatible string is required');
+  if (!opts.channel) throw badArg('--channel is required');
+  checkRollout(opts.rollout);
+  const ext = opts.compression === 'zstd' ? '.zst' : opts.compression === 'gzip' ? '.gz' : '';
+  const targetName = opts.name ?? `releases/${opts.version}/${basename(opts.image)}${ext}`;
+  checkTargetName(targetName);
+  await readSettings(dir);
+  await readKey(dir, 'targets'); // fail before the (slow) build if the key is absent
+
+  const finalDir = join(targetsDir(dir), dirname(targetName));
+  await mkdir(finalDir, { recursive: true });
+  const staging = join(finalDir, `.build-${process.pid}-${now}.${basename(targetName)}`);
+  const built = await buildPayload(opts.image, staging, { compression: opts.compression, chunkSize: opts.chunkSize });
+  const finalPath = join(finalDir, `${built.sha256}.${basename(targetName)}`);
+  await rename(staging, finalPath);
+
+  const custom: ReleaseCustom = {
+    slotflip: 1,
+    hardware: [...opts.hardware],
+    version: opts.version,
+    securityVersion: opts.securityVersion,
+    channel: opts.channel,
+    ...(opts.devices && opts.devices.length > 0 ? { devices: [...opts.devices] } : {}),
+    ...(opts.rollout ? { rollout: opts.rollout } : {}),
+    payload: built.payload,
+  };
+  const loaded = await updateTargets(dir, now, opts.expiresDays, (map) => {
+    map[targetName] = new TargetFile({ path: targetName, length: built.length, hashes: { sha256: built.sha256 }, unrecognizedFields: { custom: custom as never } });
+  });
+  return { targetName, path: finalPath, length: built.length, sha256: built.sha256, targetsVersion: loaded.md.signed.version, custom };
+}
+
+/** Replaces (or with `undefined` removes) a release's rollout and re-signs targets, snapshot, timestamp. */
+export async function setRollout(dir: string, targetName: string, rollout: Rollout | undefined, opts: RepoOptions = {}): Promise<number> {
+  checkRollout(rollout);
+  const now = (opts.now ?? Date.now)();
+  const loaded = await updateTargets(dir, now, undefined, (map) => {
+    const t = map[targetName];
+    if (!t) throw new SlotflipError('MANIFEST_TARGET_NOT_FOUND', `no target ${targetName} in the repository`, { details: { targetName } });
+    const custom = { ...(t.custom as Record<string, unknown>) };
+    if (rollout) custom['rollout'] = rollout;
+    else delete custom['rollout'];
+    map[targetName] = new TargetFile({ path: t.path, length: t.length, hashes: t.hashes, unrecognizedFields: { ...t.unrecognizedFields, custom: custom as never } });
+  });
+  return loaded.md.signed.version;
+}
+
+export interface ResignResult {
+  timestampVersion: number;
+  /** set when the snapshot was re-signed too (it had less than half its validity left). */
+  snapshotVersion?: number;
+}
+
+/**
+ * Re-signs timestamp.json with a fresh expiry (for a cron job / systemd timer: needs only the
+ * timestamp key, plus the snapshot key when the snapshot has less than half its validity left).
+ * Idempotent apart from the version counter; each call is one atomic write (two with a snapshot).
+ */
+export async function resignTimestamp(dir: string, opts: RepoOptions = {}): Promise<ResignResult> {
+  const now = (opts.now ?? Date.now)();
+  const days = await readSettings(dir);
+  const tsKey = await readKey(dir, 'timestamp');
+  let snap = await loadSnapshot(dir);
+  const left = Date.parse(snap.md.signed.expires) - now;
+  let snapshotVersion: number | undefined;
+  if (left < (days.snapshot * DAY) / 2) {
+    const key = await readKey(dir, 'snapshot');
+    const next = new Metadata(new Snapshot({ version: snap.md.signed.version + 1, specVersion: SPEC_VERSION, expires: isoIn(now, days.snapshot), meta: snap.md.signed.meta }));
+    next.sign(tufSigner(key), false);
+    const bytes = serialize(next);
+    await writeMeta(dir, `${next.signed.version}.snapshot.json`, bytes);
+    snap = { md: next, bytes };
+    snapshotVersion = next.signed.version;
+  }
+  await writeTimestamp(dir, now, days, tsKey, snap);
+  const ts = (await loadTimestamp(dir)).md.signed.version;
+  return snapshotVersion === undefined ? { timestampVersion: ts } : { timestampVersion: ts, snapshotVersion };
+}
+
+/**
+ * Rotates a role's keys. `root`: all root keys are replaced by as many new ones; the new root is
+ * signed by a threshold of the old keys AND of the new ones (TUF 5.3.4/5.3.5). Other roles: the role
+ * gets a new key in a new root (signed by the current root keys), and its metadata (plus what lists
+ * it) is re-signed. Old private keys move to keys/retired/. Needs the root keys.
+ */
+export async function rotateKey(dir: string, role: TopRole, opts: RepoOptions = {}): Promise<RepoSummary> {
+  if (!['root', 'targets', 'snapshot', 'timestamp'].includes(role)) throw badArg(`unknown role ${role}; use root, targets, snapshot or timestamp`);
+  const now = (opts.now ?? Date.now)();
+  const days = await readSettings(dir);
+  const prev = await loadRoot(dir);
+  const oldRootKeys = await readKeys(dir, 'root-');
+  const r = prev.md.signed;
+  const oldRole = r.roles[role]!;
+  const stamp = `${now}`;
+  await mkdir(join(keysDir(dir), 'retired'), { recursive: true, mode: 0o700 });
+
+  const newKeys = role === 'root' ? oldRole.keyIDs.map(() => generateSigningKey()) : [generateSigningKey()];
+  const keys: Record<string, Key> = { ...r.keys };
+  for (const id of oldRole.keyIDs) {
+    const stillUsed = Object.entries(r.roles).some(([n, other]) => n !== role && other.keyIDs.includes(id));
+    if (!stillUsed) delete keys[id];
+  }
+  for (const k of newKeys) keys[k.keyid] = tufKey(k);
+  const roles: Record<string, { keyIDs: string[]; threshold: number }> = { ...r.roles, [role]: { keyIDs: newKeys.map((k) => k.keyid), threshold: oldRole.threshold } };
+  const next = new Metadata(makeRoot({ version: r.version + 1, expires: isoIn(now, days.root), consistentSnapshot: r.consistentSnapshot, keys, roles }));
+  const oldUsable = oldRootKeys.filter((k) => r.roles['root']!.keyIDs.includes(k.keyid));
+  if (oldUsable.length < r.roles['root']!.threshold) {
+    throw new SlotflipError('MANIFEST_KEY_MISSING', `only ${oldUsable.length} of the ${r.roles['root']!.threshold} root keys needed are in ${keysDir(dir)}; mount the offline root keys`);
+  }
+  for (const k of oldUsable) next.sign(tufSigner(k));
+  if (role === 'root') for (const k of newKeys) next.sign(tufSigner(k));
+
+  // retire old private keys, install new ones, then publish (a crash in between leaves the old
+  // root published and the new keys on disk: re-running rotate re-signs with whatever is present)
+  if (role === 'root') {
+    for (const [i] of oldRootKeys.entries()) await rename(join(keysDir(dir), `root-${i + 1}.pem`), join(keysDir(dir), 'retired', `root-${i + 1}-${stamp}.pem`)).catch(() => undefined);
+    for (const [i, k] of newKeys.entries()) await writeKey(dir, `root-${i + 1}`, k);
+  } else {
+    await rename(join(keysDir(dir), `${role}.pem`), join(keysDir(dir), 'retired', `${role}-${stamp}.pem`)).catch(() => undefined);
+    await writeKey(dir, role, newKeys[0]!);
+  }
+  await writeRoot(dir, next);
+
+  if (role === 'targets') {
+    await updateTargets(dir, now, undefined, () => undefined);
+  } else if (role === 'snapshot') {
+    await publishSnapshotAndTimestamp(dir, now, days, await loadTargets(dir));
+  } else if (role === 'timestamp') {
+    await writeTimestamp(dir, now, days, newKeys[0]!, await loadSnapshot(dir));
+  }
+  return repoSummary(dir);
+}
+
+export interface PublishOptions {
+  /** topic prefix (default `slotflip/v1/meta/`). */
+  prefix?: string;
+  username?: string;
+  password?: string;
+  /** TLS material (PEM contents or paths are accepted by the caller; here: contents). */
+  ca?: string | Buffer;
+  cert?: string | Buffer;
+  key?: string | Buffer;
+  /** connect timeout, ms (default 10 s). */
+  timeoutMs?: number;
+}
+
+export interface PublishResult {
+  published: string[];
+  /** retained topics cleared (older snapshot/targets versions). */
+  cleared: string[];
+}
+
+/**
+ * Publishes the repository's metadata to an MQTT broker as RETAINED QoS 1 messages, topic
+ * `<prefix><filename>` (default prefix `slotflip/v1/meta/`): every N.root.json, the current
+ * N.targets.json and N.snapshot.json, then timestamp.json LAST (a device that sees the new timestamp
+ * finds everything it references). Older snapshot/targets versions get an empty retained message,
+ * which deletes them from the broker. Idempotent.
+ */
+export async function publishToBroker(dir: string, brokerUrl: string, opts: PublishOptions = {}): Promise<PublishResult> {
+  const prefix = opts.prefix ?? 'slotflip/v1/meta/';
+  const names = await readdir(metaDir(dir)).catch((cause: unknown) => {
+    throw new SlotflipError('MANIFEST_REPO_INVALID', `${metaDir(dir)} is missing`, { cause });
+  });
+  const snapV = await latestVersion(dir, 'snapshot');
+  const targV = await latestVersion(dir, 'targets');
+  const roots = names.filter((n) => /^\d+\.root\.json$/.test(n)).sort((a, b) => parseInt(a) - parseInt(b));
+  const current = [...roots, `${targV}.targets.json`, `${snapV}.snapshot.json`];
+  const stale = names.filter((n) => /^\d+\.(snapshot|targets)\.json$/.test(n) && !current.includes(n));
+  const { connectAsync } = await import('mqtt');
+  let client;
+  try {
+    client = await connectAsync(brokerUrl, {
+      clean: true,
+      connectTimeout: opts.timeoutMs ?? 10_000,
+      reconnectPeriod: 0,
+      ...(opts.username !== undefined ? { username: opts.username } : {}),
+      ...(opts.password !== undefined ? { password: opts.password } : {}),
+      ...(opts.ca !== undefined ? { ca: opts.ca } : {}),
+      ...(opts.cert !== undefined ? { cert: opts.cert } : {}),
+      ...(opts.key !== undefined ? { key: opts.key } : {}),
+    });
+  } catch (cause) {
+    throw new SlotflipError('MANIFEST_PUBLISH_FAILED', `cannot connect to broker ${brokerUrl}; check the URL and credentials`, { cause, retryable: true, details: { brokerUrl } });
+  }
+  const published: string[] = [];
+  const cleared: string[] = [];
+  try {
+    for (const n of [...current, 'timestamp.json']) {
+      const topic = prefix + n;
+      await client.publishAsync(topic, await readFile(join(metaDir(dir), n)), { qos: 1, retain: true });
+      published.push(topic);
+    }
+    for (const n of stale) {
+      await client.publishAsync(prefix + n, Buffer.alloc(0), { qos: 1, retain: true });
+      cleared.push(prefix + n);
+    }
+  } catch (cause) {
+    throw new SlotflipError('MANIFEST_PUBLISH_FAILED', `publishing to ${brokerUrl} failed; the broker may deny retained publishes on ${prefix}#`, { cause, retryable: true, details: { brokerUrl } });
+  } finally {
+    await client.endAsync().catch(() => undefined);
+  }
+  return { published, cleared };
+}

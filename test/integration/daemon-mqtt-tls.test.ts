@@ -1,0 +1,114 @@
+// Mutual TLS with per-device certificates and per-device ACLs on a real Mosquitto.
+import t from 'tap';
+import { readFileSync } from 'node:fs';
+import { connectAsync, type IClientOptions, type MqttClient } from 'mqtt';
+import { startMosquitto } from '../harness/mosquitto.js';
+import { MqttTransport, brokerConfigDefaults, type BrokerConfig } from '../../daemon/mqtt.js';
+import { Outbox, MemoryOutboxStore } from '../../daemon/outbox.js';
+import { metaTopic } from '../../daemon/topics.js';
+
+async function waitFor<T>(fn: () => T | undefined | false, what: string, timeoutMs = 8000): Promise<T> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const v = fn();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const broker = await startMosquitto({ tls: { devices: ['dev1', 'dev2'], admins: ['fleet'] } });
+t.teardown(() => broker.stop());
+const certs = broker.certs!;
+const tlsUrl = broker.tlsUrl!;
+
+function tlsOpts(name: string, protocolVersion: 4 | 5): IClientOptions {
+  return {
+    protocolVersion,
+    clientId: `${name}-raw-${protocolVersion}`,
+    ca: readFileSync(certs.ca),
+    cert: readFileSync(certs.clients[name]!.cert),
+    key: readFileSync(certs.clients[name]!.key),
+    reconnectPeriod: 0,
+  };
+}
+
+function deviceConfig(name: string, over: Partial<BrokerConfig> = {}): BrokerConfig {
+  return { ...brokerConfigDefaults, urls: [tlsUrl], reconnect: { minMs: 50, maxMs: 200 }, tls: { ca: certs.ca, cert: certs.clients[name]!.cert, key: certs.clients[name]!.key }, ...over } as BrokerConfig;
+}
+
+async function collect(client: MqttClient, filter: string): Promise<string[]> {
+  const seen: string[] = [];
+  client.on('message', (topic, payload) => seen.push(`${topic} ${payload.toString()}`));
+  await client.subscribeAsync(filter, { qos: 1 });
+  return seen;
+}
+
+t.test('a client without a certificate is refused', async (t) => {
+  await t.rejects(connectAsync(tlsUrl, { ca: readFileSync(certs.ca), reconnectPeriod: 0, connectTimeout: 3000 }));
+});
+
+t.test('device transport over mutual TLS: metadata in, events out, online flag', async (t) => {
+  const fleet = await connectAsync(tlsUrl, tlsOpts('fleet', 5));
+  t.teardown(() => fleet.endAsync());
+  const seen = await collect(fleet, 'slotflip/v1/devices/dev1/#');
+  await fleet.publishAsync(metaTopic('root.json'), '{"root":1}', { qos: 1, retain: true });
+  const outbox = new Outbox({ store: new MemoryOutboxStore() });
+  const metadata = new Map<string, Uint8Array>();
+  const tr = new MqttTransport({ config: deviceConfig('dev1'), deviceId: 'dev1', outbox, metadata });
+  tr.start();
+  t.teardown(() => tr.stop());
+  await waitFor(() => metadata.get('root.json'), 'metadata over TLS');
+  await outbox.append({ type: 'UpdateCommitted', release: 'r1' });
+  await waitFor(() => seen.find((s) => s.startsWith('slotflip/v1/devices/dev1/events ')), 'event over TLS');
+  t.ok(seen.includes('slotflip/v1/devices/dev1/online online'));
+  t.match(JSON.parse(seen.find((s) => s.includes('/events '))!.split(' ')[1]!), { type: 'UpdateCommitted', seq: 1, deviceId: 'dev1' });
+  t.equal((await outbox.pending()).length, 0);
+});
+
+t.test('MQTT 5: a device cannot publish into another device subtree (PUBACK 0x87)', async (t) => {
+  const fleet = await connectAsync(tlsUrl, tlsOpts('fleet', 5));
+  t.teardown(() => fleet.endAsync());
+  const seen = await collect(fleet, 'slotflip/v1/devices/#');
+  const dev1 = await connectAsync(tlsUrl, tlsOpts('dev1', 5));
+  t.teardown(() => dev1.endAsync());
+  const err = await dev1.publishAsync('slotflip/v1/devices/dev2/events', 'forged', { qos: 1 }).then(() => undefined, (e: unknown) => e);
+  t.match(err, { code: 0x87 }, 'denied with reason 0x87 (not authorized)');
+  await t.rejects(dev1.publishAsync('slotflip/v1/meta/root.json', 'evil', { qos: 1 }), { code: 0x87 }, 'devices cannot write metadata');
+  await dev1.publishAsync('slotflip/v1/devices/dev1/events', 'own', { qos: 1 });
+  await waitFor(() => seen.includes('slotflip/v1/devices/dev1/events own'), 'own publish delivered');
+  t.notOk(seen.some((s) => s.includes('forged')), 'the forged event never reached anyone');
+  // Mosquitto grants the subscription but checks read access per message: dev1 never reads dev2's topics
+  const dev1Seen = await collect(dev1, 'slotflip/v1/devices/+/cmd/#');
+  await fleet.publishAsync('slotflip/v1/devices/dev2/cmd/check', 'for-dev2', { qos: 1 });
+  await fleet.publishAsync('slotflip/v1/devices/dev1/cmd/check', 'for-dev1', { qos: 1 });
+  await waitFor(() => dev1Seen.includes('slotflip/v1/devices/dev1/cmd/check for-dev1'), 'own command');
+  t.same(dev1Seen, ['slotflip/v1/devices/dev1/cmd/check for-dev1'], 'cannot read another device subtree');
+});
+
+t.test('MQTT 3.1.1: a denied publish is silently dropped by the broker', async (t) => {
+  const fleet = await connectAsync(tlsUrl, tlsOpts('fleet', 4));
+  t.teardown(() => fleet.endAsync());
+  const seen = await collect(fleet, 'slotflip/v1/devices/#');
+  const dev1 = await connectAsync(tlsUrl, tlsOpts('dev1', 4));
+  t.teardown(() => dev1.endAsync());
+  await dev1.publishAsync('slotflip/v1/devices/dev2/events', 'forged311', { qos: 1 });
+  await dev1.publishAsync('slotflip/v1/devices/dev1/events', 'own311', { qos: 1 });
+  await waitFor(() => seen.includes('slotflip/v1/devices/dev1/events own311'), 'own publish delivered');
+  t.notOk(seen.some((s) => s.includes('forged311')));
+});
+
+t.test('transport whose certificate does not match its device id: events refused and kept', async (t) => {
+  // dev1's certificate, configured as dev2: the ACL (%u = certificate CN) refuses dev2's topics
+  const outbox = new Outbox({ store: new MemoryOutboxStore() });
+  const tr = new MqttTransport({ config: deviceConfig('dev1', { clientId: 'dev1-misconfigured' }), deviceId: 'dev2', outbox });
+  const problems: Array<{ code: string; reason: unknown }> = [];
+  tr.on('problem', (p) => problems.push({ code: p.code, reason: p.details?.reason }));
+  tr.start();
+  t.teardown(() => tr.stop());
+  await waitFor(() => tr.connected, 'connected');
+  await outbox.append({ type: 'UpdateFailed' });
+  await waitFor(() => problems.find((p) => p.code === 'DAEMON_MQTT_PUBLISH'), 'publish refused');
+  t.match(problems.find((p) => p.code === 'DAEMON_MQTT_PUBLISH'), { reason: 0x87 });
+  t.same((await outbox.pending()).map((e) => e.seq), [1], 'a refused event is never acked or dropped');
+});

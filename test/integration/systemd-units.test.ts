@@ -1,0 +1,166 @@
+/**
+ * The shipped unit files against systemd's own tools (Debian package `systemd`):
+ * - `systemd-analyze verify --root=ROOT`: ROOT is a temp tree holding the units where an image puts
+ *   them (/etc/systemd/system), an executable /usr/bin/slotflip (verify refuses an ExecStart= that is
+ *   not executable) and the host's unit files (copied as regular files: the host's absolute symlinks
+ *   would resolve inside ROOT and loop). Any warning about our files fails the test, not only a
+ *   non-zero exit: verify exits 0 on unknown keys and unparsable values.
+ * - `systemd-analyze security --offline=yes`: the exposure figure of slotflip.service, alone and with
+ *   each board example's drop-in, must stay at or under 2.0 (printed as a test comment).
+ * - `systemd-tmpfiles --create --root=ROOT`: the state directory comes out root-only.
+ * - every example config is a valid slotflip config.
+ */
+import t from 'tap';
+import { execFile } from 'node:child_process';
+import { copyFileSync, chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { validateConfig } from '../../daemon/config.js';
+
+const execFileP = promisify(execFile);
+const SYSTEMD_DIR = join(import.meta.dirname, '../../systemd');
+const EXAMPLES_DIR = join(SYSTEMD_DIR, 'examples');
+const UNITS = ['slotflip.service', 'slotflip-health.service'];
+const HOST_UNITS = '/usr/lib/systemd/system';
+const MAX_EXPOSURE = 2.0;
+
+async function run(cmd: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const r = await execFileP(cmd, args, { timeout: 20_000, maxBuffer: 4 << 20 });
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (e) {
+    const err = e as { code?: number | string; stdout?: string; stderr?: string };
+    if (err.code === 'ENOENT') throw new Error(`${cmd} not found: install Debian's systemd package`);
+    return { code: typeof err.code === 'number' ? err.code : -1, stdout: err.stdout ?? '', stderr: err.stderr ?? '' };
+  }
+}
+
+/** A filesystem root with our units installed as on a device and the host's units beside them. */
+function makeRoot(dir: string, opts: { dropIn?: string; binary?: boolean; unitText?: Record<string, string> } = {}): string {
+  const root = join(dir, 'root');
+  rmSync(root, { recursive: true, force: true });
+  const etc = join(root, 'etc/systemd/system');
+  mkdirSync(etc, { recursive: true });
+  for (const u of UNITS) writeFileSync(join(etc, u), opts.unitText?.[u] ?? readFileSync(join(SYSTEMD_DIR, u)));
+  if (opts.dropIn) {
+    mkdirSync(join(etc, 'slotflip.service.d'), { recursive: true });
+    copyFileSync(opts.dropIn, join(etc, 'slotflip.service.d/board.conf'));
+  }
+  const lib = join(root, 'usr/lib/systemd/system');
+  mkdirSync(lib, { recursive: true });
+  for (const f of readdirSync(HOST_UNITS)) {
+    const p = join(HOST_UNITS, f);
+    if (statSync(p, { throwIfNoEntry: false })?.isFile()) copyFileSync(p, join(lib, f));
+  }
+  if (opts.binary ?? true) {
+    mkdirSync(join(root, 'usr/bin'), { recursive: true });
+    writeFileSync(join(root, 'usr/bin/slotflip'), '#!/bin/sh\nexit 0\n');
+    chmodSync(join(root, 'usr/bin/slotflip'), 0o755);
+  }
+  return root;
+}
+
+const ourWarnings = (stderr: string): string[] => stderr.split('\n').filter((l) => /slotflip/.test(l));
+
+async function verify(root: string): Promise<{ code: number; warnings: string[]; stderr: string }> {
+  const r = await run('systemd-analyze', ['verify', `--root=${root}`, ...UNITS]);
+  return { code: r.code, warnings: ourWarnings(r.stderr), stderr: r.stderr };
+}
+
+async function exposure(root: string, unit: string): Promise<number> {
+  const r = await run('systemd-analyze', ['security', '--offline=yes', `--root=${root}`, '--no-pager', unit]);
+  const m = /Overall exposure level for \S+: (\d+(?:\.\d+)?)/.exec(r.stdout + r.stderr);
+  if (!m) throw new Error(`no exposure figure in systemd-analyze security output:\n${r.stdout}\n${r.stderr}`);
+  return Number(m[1]);
+}
+
+const boards = readdirSync(EXAMPLES_DIR).filter((d) => statSync(join(EXAMPLES_DIR, d)).isDirectory()).sort();
+
+t.test('systemd-analyze verify accepts both units, and would catch a broken one', async (t) => {
+  const dir = t.testdir();
+  const good = await verify(makeRoot(dir));
+  t.equal(good.code, 0, `verify exits 0: ${good.stderr}`);
+  t.same(good.warnings, [], 'no warning about slotflip units');
+
+  const typo = readFileSync(join(SYSTEMD_DIR, 'slotflip.service'), 'utf8').replace('WatchdogSec=30s', 'WatchdogSec=30 seconds please');
+  const bad = await verify(makeRoot(dir, { unitText: { 'slotflip.service': typo } }));
+  t.ok(bad.warnings.some((l) => /WatchdogSec|parse/i.test(l)), 'a bad value shows up as a warning about our unit');
+
+  const missing = await verify(makeRoot(dir, { binary: false }));
+  t.not(missing.code, 0, 'a missing /usr/bin/slotflip fails verify');
+  t.ok(missing.warnings.some((l) => /not executable/.test(l)), 'and says why');
+});
+
+t.test(`systemd-analyze security: slotflip.service exposure <= ${MAX_EXPOSURE}`, async (t) => {
+  const dir = t.testdir();
+  const root = makeRoot(dir);
+  const figure = await exposure(root, 'slotflip.service');
+  t.comment(`slotflip.service exposure: ${figure}`);
+  t.ok(figure <= MAX_EXPOSURE, `slotflip.service exposure ${figure} <= ${MAX_EXPOSURE}`);
+  const health = await exposure(root, 'slotflip-health.service');
+  t.comment(`slotflip-health.service exposure: ${health}`);
+  t.ok(health <= MAX_EXPOSURE, `slotflip-health.service exposure ${health} <= ${MAX_EXPOSURE}`);
+
+  // the figure really depends on the sandbox: without it the unit scores far worse
+  const bare = '[Unit]\nDescription=x\n[Service]\nType=notify\nExecStart=/usr/bin/slotflip daemon\n';
+  const loose = await exposure(makeRoot(dir, { unitText: { 'slotflip.service': bare } }), 'slotflip.service');
+  t.ok(loose > 5, `an unsandboxed unit scores ${loose}`);
+});
+
+t.test('the unit carries the directives the README promises', async (t) => {
+  const unit = readFileSync(join(SYSTEMD_DIR, 'slotflip.service'), 'utf8');
+  const has = (line: string): boolean => unit.split('\n').some((l) => l.trim() === line);
+  for (const line of [
+    'Type=notify',
+    'NotifyAccess=main',
+    'ExecStart=/usr/bin/slotflip daemon --config /etc/slotflip/config.json',
+    'Wants=network-online.target',
+    'Restart=on-failure',
+    'ProtectSystem=strict',
+    'NoNewPrivileges=yes',
+    'PrivateTmp=yes',
+    'CapabilityBoundingSet=',
+    'SystemCallFilter=@system-service',
+  ]) {
+    t.ok(has(line), line);
+  }
+  t.notOk(/^Requires=.*network/m.test(unit), 'never Requires= the network: a dead network must not block a rollback');
+  t.ok(/^WatchdogSec=\d+s$/m.test(unit), 'a watchdog');
+  const health = readFileSync(join(SYSTEMD_DIR, 'slotflip-health.service'), 'utf8');
+  t.match(health, /^Before=boot-complete\.target$/m);
+  t.match(health, /^RequiredBy=boot-complete\.target$/m);
+  t.match(health, /^ExecStart=\/usr\/bin\/slotflip check --config \/etc\/slotflip\/config\.json$/m);
+});
+
+t.test('tmpfiles.d creates a root-only state directory', async (t) => {
+  const root = join(t.testdir(), 'root');
+  mkdirSync(join(root, 'usr/lib/tmpfiles.d'), { recursive: true });
+  copyFileSync(join(SYSTEMD_DIR, 'slotflip.tmpfiles.conf'), join(root, 'usr/lib/tmpfiles.d/slotflip.conf'));
+  const r = await run('systemd-tmpfiles', ['--create', `--root=${root}`, 'slotflip.conf']);
+  t.equal(r.code, 0, r.stderr);
+  const st = statSync(join(root, 'var/lib/slotflip'));
+  t.ok(st.isDirectory(), '/var/lib/slotflip exists');
+  t.equal(st.mode & 0o777, 0o700, 'mode 0700');
+  t.equal(st.uid, 0, 'owned by root');
+});
+
+t.test('board examples: drop-ins verify and keep the exposure low; configs are valid', async (t) => {
+  t.ok(boards.length >= 4, `examples present: ${boards.join(', ')}`);
+  const dir = t.testdir();
+  for (const board of boards) {
+    const base = join(EXAMPLES_DIR, board);
+    const dropIn = join(base, 'slotflip.service.d/board.conf');
+    t.ok(existsSync(dropIn), `${board}: has a drop-in`);
+    const root = makeRoot(dir, { dropIn });
+    const v = await verify(root);
+    t.equal(v.code, 0, `${board}: verify exits 0`);
+    t.same(v.warnings, [], `${board}: no warnings`);
+    const figure = await exposure(root, 'slotflip.service');
+    t.comment(`${board}: slotflip.service exposure with its drop-in: ${figure}`);
+    t.ok(figure <= MAX_EXPOSURE, `${board}: exposure ${figure} <= ${MAX_EXPOSURE}`);
+
+    const config = JSON.parse(readFileSync(join(base, 'config.json'), 'utf8')) as unknown;
+    const r = validateConfig(config);
+    t.ok(r.ok, `${board}: config.json is valid${r.ok ? '' : ': ' + JSON.stringify(r.errors)}`);
+  }
+});

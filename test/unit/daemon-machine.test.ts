@@ -1,0 +1,238 @@
+import t from 'tap';
+import {
+  transition, resume, initialState, releaseIdOf, releaseRefOf, MAX_TRANSITIONS,
+  type Event, type MachineState, type Phase, type Effect, type Attempt,
+} from '../../daemon/machine.js';
+import type { Release } from '../../manifests/types.js';
+
+function release(version: string, securityVersion = 1, sha = 'ab'.repeat(32)): Release {
+  return {
+    targetName: `releases/${version}/image.zst`,
+    length: 100,
+    hashes: { sha256: 'cd'.repeat(32) },
+    custom: {
+      slotflip: 1, hardware: ['acme,board'], version, securityVersion, channel: 'stable',
+      payload: { compression: 'zstd', size: 1024, sha256: sha, chunkSize: 512, chunks: [] },
+    },
+  };
+}
+
+const R1 = release('1.1.0', 2);
+const NOW = 1_700_000_000_000;
+
+function withAttempt(phase: Phase, extra: Partial<MachineState> = {}, attempt: Partial<Attempt> = {}): MachineState {
+  const a: Attempt = { number: 1, release: R1, ref: releaseRefOf(R1), source: 'A', target: 'B', startedAt: NOW - 1000, ...attempt };
+  return { ...initialState(1), phase, attempt: a, attempts: 1, transitions: 3, ...extra };
+}
+
+const types = (effects: Effect[]) => effects.map((e) => e.type);
+
+t.test('happy path: every phase does its work and ends committed', async (t) => {
+  let s = initialState(1);
+  const steps: [Event, Phase, string[]][] = [
+    [{ type: 'CheckRequested' }, 'checking', ['check']],
+    [{ type: 'ReleaseFound', release: R1, bootedSlot: 'A' }, 'preparing', ['report', 'markBad']],
+    [{ type: 'SlotMarkedBad' }, 'downloading', ['writeSlot']],
+    [{ type: 'DownloadCompleted' }, 'verifying', ['verifySlot']],
+    [{ type: 'SlotVerified' }, 'arming', ['armTrial']],
+    [{ type: 'TrialArmed' }, 'rebooting', ['report', 'report', 'reboot']],
+    [{ type: 'RebootIssued' }, 'rebooting', []],
+    [{ type: 'BootedInto', slot: 'B' }, 'validating', ['runHealthChecks']],
+    [{ type: 'HealthChecksPassed' }, 'committing', ['commit']],
+    [{ type: 'Committed' }, 'idle', ['report']],
+  ];
+  for (const [event, phase, effects] of steps) {
+    const r = transition(s, event, NOW);
+    t.notOk(r.ignored, `${event.type} applies in ${s.phase}`);
+    t.equal(r.state.phase, phase, `${event.type} → ${phase}`);
+    t.same(types(r.effects), effects, `${event.type} effects`);
+    s = r.state;
+  }
+  t.equal(s.committedSecurityVersion, 2, 'securityVersion raised at commit');
+  t.same(s.installed.B?.id, releaseIdOf(R1));
+  t.equal(s.history.length, 1);
+  t.equal(s.history[0]!.outcome, 'succeeded');
+  t.equal(s.attempt, null);
+  const last = transition(withAttempt('committing'), { type: 'Committed' }, NOW).effects[0]!;
+  t.match(last, { type: 'report', report: { kind: 'succeeded' } });
+});
+
+t.test('target is marked bad before writing, the booted slot is never a target', async (t) => {
+  for (const booted of ['A', 'B'] as const) {
+    const r = transition({ ...initialState(), phase: 'checking' }, { type: 'ReleaseFound', release: R1, bootedSlot: booted }, NOW);
+    const mark = r.effects.find((e) => e.type === 'markBad');
+    t.same(mark, { type: 'markBad', slot: booted === 'A' ? 'B' : 'A' });
+    t.equal(r.state.attempt?.source, booted);
+  }
+});
+
+t.test('shared failure path: before the trial the attempt fails, after it it rolls back', async (t) => {
+  const err = { code: 'X_FAIL', message: 'boom' };
+  const cases: [Phase, Event, Phase, string[]][] = [
+    ['preparing', { type: 'StepFailed', error: err }, 'idle', ['report']],
+    ['downloading', { type: 'DownloadFailed', error: err }, 'idle', ['report']],
+    ['verifying', { type: 'VerificationFailed', error: err }, 'idle', ['report']],
+    ['arming', { type: 'StepFailed', error: err }, 'idle', ['report']],
+    ['validating', { type: 'HealthCheckFailed', failures: [{ name: 'app', output: 'exit 3' }] }, 'rollingBack', ['markBadAndReboot']],
+    ['validating', { type: 'StepFailed', error: err }, 'rollingBack', ['markBadAndReboot']],
+    ['committing', { type: 'StepFailed', error: err }, 'rollingBack', ['markBadAndReboot']],
+    ['rollingBack', { type: 'StepFailed', error: err }, 'idle', ['report']],
+    ['rebooting', { type: 'RollbackRequested', reason: 'operator' }, 'rollingBack', ['markBadAndReboot']],
+  ];
+  for (const [phase, event, to, effects] of cases) {
+    const r = transition(withAttempt(phase), event, NOW);
+    t.equal(r.state.phase, to, `${phase} + ${event.type} → ${to}`);
+    t.same(types(r.effects), effects, `${phase} + ${event.type} effects`);
+    if (to === 'idle') {
+      t.equal(r.state.history.at(-1)?.outcome, 'failed');
+      t.equal(r.state.committedSecurityVersion, 1, 'security version untouched on failure');
+      t.same(r.state.rolledBack, [], 'a failed attempt is not a rollback');
+    }
+  }
+});
+
+t.test('a retryable download failure keeps the attempt for the next cycle', async (t) => {
+  const r = transition(withAttempt('downloading'), { type: 'DownloadFailed', error: { code: 'INSTALL_HTTP', message: 'reset', retryable: true } }, NOW);
+  t.equal(r.state.phase, 'downloading');
+  t.match(r.effects, [{ type: 'report', report: { kind: 'downloadInterrupted' } }]);
+  const again = transition(r.state, resume(r.state, 'A')!, NOW);
+  t.same(types(again.effects), ['writeSlot'], 'restart resumes the download');
+});
+
+t.test('health-check rollback: failures carried to history and the report; release remembered', async (t) => {
+  const failures = [{ name: 'app', output: 'exit 3: no database' }];
+  let r = transition(withAttempt('validating'), { type: 'HealthCheckFailed', failures }, NOW);
+  t.equal(r.state.attempt?.reason?.code, 'DAEMON_HEALTH_CHECK_FAILED');
+  r = transition(r.state, { type: 'RebootIssued' }, NOW);
+  t.equal(r.state.phase, 'rollingBack');
+  r = transition(r.state, resume(r.state, 'A')!, NOW);
+  t.equal(r.state.phase, 'idle');
+  const h = r.state.history.at(-1)!;
+  t.equal(h.outcome, 'rolledBack');
+  t.same(h.failures, failures);
+  t.match(r.effects, [{ type: 'report', report: { kind: 'rolledBack', failures, reason: { code: 'DAEMON_HEALTH_CHECK_FAILED' } } }]);
+  t.same(r.state.rolledBack, [releaseIdOf(R1)]);
+  t.equal(r.state.committedSecurityVersion, 1);
+
+  // the same release is not retried; a newer one is
+  const checking = { ...r.state, phase: 'checking' as const };
+  const same = transition(checking, { type: 'ReleaseFound', release: R1, bootedSlot: 'A' }, NOW);
+  t.equal(same.state.phase, 'idle');
+  t.match(same.state.lastCheck?.detail, /rolled back before/);
+  const newer = transition(checking, { type: 'ReleaseFound', release: release('1.1.1', 2, 'ef'.repeat(32)), bootedSlot: 'A' }, NOW);
+  t.equal(newer.state.phase, 'preparing');
+});
+
+t.test('releases below the committed securityVersion or already running are skipped', async (t) => {
+  const s: MachineState = { ...initialState(5), phase: 'checking' };
+  const low = transition(s, { type: 'ReleaseFound', release: release('2.0.0', 4), bootedSlot: 'A' }, NOW);
+  t.equal(low.state.phase, 'idle');
+  t.match(low.state.lastCheck?.detail, /below the committed 5/);
+  const running = { ...s, installed: { A: releaseRefOf(R1) } };
+  const up = transition(running, { type: 'ReleaseFound', release: R1, bootedSlot: 'A' }, NOW);
+  t.match(up.state.lastCheck?.detail, /up to date/);
+  const other = transition(running, { type: 'ReleaseFound', release: R1, bootedSlot: 'B' }, NOW);
+  t.match(other.state.lastCheck?.detail, /below/, 'release 1.1.0 (sv 2) < 5');
+});
+
+t.test('committed securityVersion is never lowered', async (t) => {
+  const r = transition(withAttempt('committing', { committedSecurityVersion: 9 }), { type: 'Committed' }, NOW);
+  t.equal(r.state.committedSecurityVersion, 9);
+});
+
+t.test('events that do not apply are ignored without changing state', async (t) => {
+  const all: Event[] = [
+    { type: 'CheckRequested' }, { type: 'ReleaseFound', release: R1, bootedSlot: 'A' }, { type: 'NoReleaseFound', reason: 'x' },
+    { type: 'CheckFailed', error: { code: 'E', message: 'm' } }, { type: 'SlotMarkedBad' }, { type: 'DownloadCompleted' },
+    { type: 'DownloadFailed', error: { code: 'E', message: 'm' } }, { type: 'SlotVerified' }, { type: 'VerificationFailed', error: { code: 'E', message: 'm' } },
+    { type: 'TrialArmed' }, { type: 'RebootIssued' }, { type: 'RebootDeferred', reason: 'window' }, { type: 'BootedInto', slot: 'B' },
+    { type: 'HealthChecksPassed' }, { type: 'HealthCheckFailed', failures: [] }, { type: 'Committed' }, { type: 'RollbackRequested', reason: 'r' },
+    { type: 'Restarted' }, { type: 'StepFailed', error: { code: 'E', message: 'm' } }, { type: 'Reported' },
+  ];
+  const applies: Record<string, Phase[]> = {
+    CheckRequested: ['idle'], ReleaseFound: ['checking'], NoReleaseFound: ['checking'], CheckFailed: ['checking'],
+    SlotMarkedBad: ['preparing'], DownloadCompleted: ['downloading'], DownloadFailed: ['downloading'], SlotVerified: ['verifying'],
+    VerificationFailed: ['verifying'], TrialArmed: ['arming'], RebootIssued: ['rebooting', 'rollingBack'], RebootDeferred: ['rebooting'],
+    BootedInto: ['arming', 'rebooting', 'validating', 'committing', 'rollingBack'], HealthChecksPassed: ['validating'],
+    HealthCheckFailed: ['validating'], Committed: ['committing'], RollbackRequested: ['validating', 'rebooting'],
+    Restarted: ['checking', 'preparing', 'downloading', 'verifying', 'arming', 'rebooting', 'rollingBack'],
+    StepFailed: ['preparing', 'downloading', 'verifying', 'arming', 'rebooting', 'validating', 'committing', 'rollingBack'], Reported: [],
+  };
+  for (const phase of ['idle', 'checking', 'preparing', 'downloading', 'verifying', 'arming', 'rebooting', 'validating', 'committing', 'rollingBack'] as Phase[]) {
+    const s = phase === 'idle' || phase === 'checking' ? { ...initialState(), phase } : withAttempt(phase);
+    for (const e of all) {
+      const r = transition(s, e, NOW);
+      const expected = applies[e.type]!.includes(phase);
+      t.equal(!r.ignored, expected, `${phase} + ${e.type} ${expected ? 'applies' : 'is ignored'}`);
+      if (r.ignored) t.equal(r.state, s);
+    }
+  }
+});
+
+t.test('transition counter: a looping attempt is abandoned with DAEMON_STATE_LOOP', async (t) => {
+  let s = withAttempt('validating', { transitions: 0 });
+  let r = transition(s, { type: 'BootedInto', slot: 'B' }, NOW, { maxTransitions: 5 });
+  for (let i = 0; i < 4; i++) {
+    t.equal(r.state.phase, 'validating');
+    s = r.state;
+    r = transition(s, { type: 'BootedInto', slot: 'B' }, NOW, { maxTransitions: 5 });
+  }
+  t.equal(r.state.transitions, 5);
+  r = transition(r.state, { type: 'BootedInto', slot: 'B' }, NOW, { maxTransitions: 5 });
+  t.equal(r.state.phase, 'idle');
+  t.same(types(r.effects), ['abandon', 'report']);
+  t.same(r.effects[0], { type: 'abandon', slot: 'B' }, 'only the target is touched');
+  t.equal(r.state.history.at(-1)?.reason?.code, 'DAEMON_STATE_LOOP');
+  t.equal(r.state.history.at(-1)?.outcome, 'failed');
+  t.equal(r.state.committedSecurityVersion, 1);
+  t.equal(MAX_TRANSITIONS, 100);
+  // a reboot deferral does not count
+  const d = transition(withAttempt('rebooting', { transitions: 7 }), { type: 'RebootDeferred', reason: 'lock held' }, NOW);
+  t.equal(d.state.transitions, 7);
+});
+
+t.test('history is bounded', async (t) => {
+  let s = initialState();
+  for (let i = 0; i < 60; i++) {
+    s = transition({ ...s, phase: 'preparing', attempt: { number: i + 1, release: R1, ref: releaseRefOf(R1), source: 'A', target: 'B', startedAt: NOW } }, { type: 'StepFailed', error: { code: 'E', message: 'm' } }, NOW).state;
+  }
+  t.equal(s.history.length, 50);
+  t.equal(s.history[0]!.attempt, 11);
+});
+
+t.test('resume table', async (t) => {
+  const trial = { state: 'trial' as const, triesLeft: 2, primary: true };
+  const fellBack = { state: 'bad' as const, primary: false };
+  const rows: [Phase, 'A' | 'B', typeof trial | typeof fellBack | undefined, Event | null, Phase | null, string[] | null][] = [
+    ['idle', 'A', undefined, null, null, null],
+    ['preparing', 'A', undefined, { type: 'Restarted' }, 'preparing', ['markBad']],
+    ['downloading', 'A', undefined, { type: 'Restarted' }, 'downloading', ['writeSlot']],
+    ['verifying', 'A', undefined, { type: 'Restarted' }, 'verifying', ['verifySlot']],
+    ['arming', 'A', undefined, { type: 'Restarted' }, 'arming', ['armTrial']],
+    ['arming', 'B', undefined, { type: 'BootedInto', slot: 'B' }, 'validating', ['runHealthChecks']],
+    ['rebooting', 'B', undefined, { type: 'BootedInto', slot: 'B' }, 'validating', ['runHealthChecks']],
+    ['rebooting', 'A', trial, { type: 'Restarted' }, 'rebooting', ['reboot']],
+    ['rebooting', 'A', fellBack, { type: 'BootedInto', slot: 'A' }, 'idle', ['report']],
+    ['validating', 'B', undefined, { type: 'BootedInto', slot: 'B' }, 'validating', ['runHealthChecks']],
+    ['validating', 'A', fellBack, { type: 'BootedInto', slot: 'A' }, 'idle', ['report']],
+    ['committing', 'B', undefined, { type: 'BootedInto', slot: 'B' }, 'committing', ['commit']],
+    ['committing', 'A', undefined, { type: 'BootedInto', slot: 'A' }, 'idle', ['report']],
+    ['rollingBack', 'A', undefined, { type: 'BootedInto', slot: 'A' }, 'idle', ['report']],
+    ['rollingBack', 'B', undefined, { type: 'Restarted' }, 'rollingBack', ['markBadAndReboot']],
+  ];
+  for (const [phase, booted, target, event, to, effects] of rows) {
+    const rec = phase === 'idle' ? initialState() : withAttempt(phase);
+    const ev = resume(rec, booted, target);
+    t.same(ev, event, `resume(${phase}, booted ${booted}${target ? `, target ${target.state}` : ''})`);
+    if (!ev) continue;
+    const r = transition(rec, ev, NOW);
+    t.equal(r.state.phase, to, `${phase} → ${to}`);
+    t.same(types(r.effects), effects);
+  }
+  // the bootloader fell back: reported as a rollback with the reason
+  const r = transition(withAttempt('rebooting'), resume(withAttempt('rebooting'), 'A', fellBack)!, NOW);
+  t.match(r.state.history.at(-1), { outcome: 'rolledBack', reason: { code: 'DAEMON_TRIAL_NOT_CONFIRMED', message: /trial boot never confirmed/ } });
+  t.match(r.effects, [{ type: 'report', report: { kind: 'rolledBack' } }]);
+  t.same(resume({ ...initialState(), phase: 'checking' }, 'A'), { type: 'Restarted' });
+  t.equal(transition({ ...initialState(), phase: 'checking' }, { type: 'Restarted' }, NOW).state.phase, 'idle');
+});
