@@ -7,6 +7,20 @@ import type { Command } from './commands/command.js';
 
 const registry: Record<string, () => Promise<{ command: Command }>> = {
   doctor: () => import('./commands/doctor.js'),
+  health: () => import('./commands/doctor.js').then((m) => ({ command: m.healthCommand })),
+  daemon: () => import('./commands/daemon.js'),
+  update: () => import('./commands/update.js'),
+  status: () => import('./commands/status.js'),
+  history: () => import('./commands/history.js'),
+  check: () => import('./commands/check.js'),
+  'mark-good': () => import('./commands/mark-good.js'),
+  rollback: () => import('./commands/rollback.js'),
+  install: () => import('./commands/install.js'),
+  repo: () => import('./commands/repo.js'),
+  release: () => import('./commands/release.js'),
+  verify: () => import('./commands/verify.js'),
+  'tuf-client': () => import('./commands/tuf-client.js'),
+  board: () => import('./commands/board.js'),
 };
 
 function usage(): string {

@@ -1,6 +1,13 @@
 /**
- * Post-boot health checks — config schema fragment; the runner follows below.
+ * Post-boot health checks (step 7 of the update): the `health` config fragment and
+ * `runHealthChecks`: commands, systemd units, HTTP endpoints, broker reachability, resource
+ * thresholds, greenboot-style `required.d` / `wanted.d` drop-ins, all within one deadline.
  */
+import { readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import si from 'systeminformation';
+import { execTool, type ToolRunner } from '../hal/exec.js';
+import { codeOf } from '../hal/errors.js';
 
 export type HealthCheckConfig =
   | { type: 'command'; name: string; argv: string[]; timeoutSeconds: number; expectExit?: number; required?: boolean }
@@ -128,12 +135,6 @@ export const healthConfigSchema = {
 // the deadline is reported failed with "deadline exceeded". Results come back in a fixed order:
 // config checks, then required.d, then wanted.d. systeminformation is only ever asked about this
 // machine (memory, a configured path, sensors, load): nothing from the network or a manifest reaches it.
-
-import { readdir, stat } from 'node:fs/promises';
-import { join } from 'node:path';
-import si from 'systeminformation';
-import { execTool, type ToolRunner } from '../hal/exec.js';
-import { codeOf } from '../hal/errors.js';
 
 export type HealthCheckKind = HealthCheckConfig['type'] | 'drop-in';
 

@@ -1,6 +1,16 @@
 /**
- * MQTT transport (MQTT.js 5) — config schema fragment; the transport class follows below.
+ * MQTT transport (MQTT.js 5, MQTT 3.1.1 and 5): the `broker` config fragment and `MqttTransport`,
+ * which keeps a device connected (mutual TLS, last will, backoff with jitter, TCP_NODELAY, bounded
+ * packets), fills the retained-metadata map, and delivers the persisted outbox at least once.
+ * Topic layout: daemon/topics.ts.
  */
+import { EventEmitter } from 'node:events';
+import { connect as mqttConnect, type IClientOptions, type MqttClient, type IPublishPacket } from 'mqtt';
+import { pino, type Logger } from 'pino';
+import { readFileCapped } from '../hal/atomic-file.js';
+import { SlotflipError } from '../hal/errors.js';
+import type { Outbox, OutboxEntry } from './outbox.js';
+import { deviceTopics, metaFileOf, commandOf, META_FILTER, type DeviceTopics } from './topics.js';
 
 /** Broker connection settings (config key `broker`). */
 export interface BrokerConfig {
@@ -17,7 +27,7 @@ export interface BrokerConfig {
   keepaliveSeconds: number;
   /** largest packet accepted or sent, bytes (also configure the broker's limit). */
   maxPacketSize: number;
-  /** reconnect backoff: exponential from minMs to maxMs, with full jitter. */
+  /** reconnect backoff: exponential from minMs to maxMs, with jitter (see backoffDelay). */
   reconnect: { minMs: number; maxMs: number };
   /** give up a single connect attempt after this long. */
   connectTimeoutMs: number;
@@ -82,14 +92,6 @@ export const brokerConfigSchema = {
 //
 // INVARIANTS: at most one live client; the delivery loop runs at most once at a time, only while
 // connected, and acks an outbox entry only after its PUBACK (reason < 0x80).
-
-import { EventEmitter } from 'node:events';
-import { connect as mqttConnect, type IClientOptions, type MqttClient, type IPublishPacket } from 'mqtt';
-import { pino, type Logger } from 'pino';
-import { readFileCapped } from '../hal/atomic-file.js';
-import { SlotflipError } from '../hal/errors.js';
-import type { Outbox, OutboxEntry } from './outbox.js';
-import { deviceTopics, metaFileOf, commandOf, META_FILTER, type DeviceTopics } from './topics.js';
 
 /** Builds one MQTT.js client for one connection attempt (tests inject a wrapper or a fake). */
 export type ClientFactory = (url: string, options: IClientOptions) => MqttClient;
@@ -176,6 +178,8 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
   private stateDirty = false;
   private offAppend: (() => void) | undefined;
   private isConnected = false;
+  private publishFailures = 0;
+  private retryTimer: unknown;
   /** rejects when the current connection closes, so no in-flight publish can wait forever. */
   private closed: Promise<never> = new Promise<never>(() => undefined);
   private signalClosed: (e: Error) => void = () => undefined;
@@ -217,6 +221,8 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
     this.offAppend?.();
     if (this.reconnectTimer !== undefined) this.timers.clearTimeout(this.reconnectTimer);
     this.reconnectTimer = undefined;
+    if (this.retryTimer !== undefined) this.timers.clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
     const client = this.client;
     this.client = undefined;
     this.generation++;
@@ -267,7 +273,7 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
       return false;
     }
     try {
-      await client.publishAsync(this.topics.state, json, { qos: 1, retain: true });
+      await Promise.race([client.publishAsync(this.topics.state, json, { qos: 1, retain: true }), this.closed]);
       if (this.stateJson === json) this.stateDirty = false;
       return true;
     } catch (e) {
@@ -435,27 +441,40 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
           if (gen !== this.generation || !this.isConnected) return;
           const batch = pending.slice(i, i + this.inflight);
           const results = await Promise.allSettled(batch.map((e) => this.publishEvent(client, e, droppedUndelivered)));
+          const ok = batch.filter((_, j) => results[j]!.status === 'fulfilled').map((e) => e.seq);
+          // one durable write per batch: cheaper on flash than one per event
+          if (ok.length > 0) await this.outbox.ack(ok);
+          for (const seq of ok) this.emit('delivered', { seq });
+          if (gen !== this.generation) return; // connection lost mid-batch: the rest is resent after reconnect
           let failed = false;
           for (let j = 0; j < batch.length; j++) {
             const r = results[j]!;
-            if (r.status === 'fulfilled') {
-              await this.outbox.ack(batch[j]!.seq);
-              this.emit('delivered', { seq: batch[j]!.seq });
-            } else {
+            if (r.status === 'rejected') {
               failed = true;
               const code = (r.reason as { code?: unknown })?.code;
               this.problem('DAEMON_MQTT_PUBLISH', `event seq ${batch[j]!.seq} not accepted by the broker${typeof code === 'number' ? ` (reason 0x${code.toString(16)})` : ''}; kept in the outbox for retry`, { seq: batch[j]!.seq, topic: this.topics.events, reason: code }, r.reason);
             }
           }
           if (failed) {
-            // A refused event stays pending: retry on the next append or reconnect, never drop it.
+            // A refused event stays pending, never dropped: retry with backoff (or on the next append/reconnect).
+            this.scheduleRetry();
             return;
           }
+          this.publishFailures = 0;
         }
       } while (this.pumpAgain);
     } finally {
       this.pumping = false;
     }
+  }
+
+  private scheduleRetry(): void {
+    if (!this.running || this.retryTimer !== undefined) return;
+    const delayMs = backoffDelay(this.publishFailures++, this.cfg.reconnect, this.random);
+    this.retryTimer = this.timers.setTimeout(() => {
+      this.retryTimer = undefined;
+      void this.pump();
+    }, delayMs);
   }
 
   private publishEvent(client: MqttClient, entry: OutboxEntry, droppedUndelivered: number): Promise<unknown> {

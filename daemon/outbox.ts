@@ -207,14 +207,15 @@ export class Outbox {
   }
 
   /**
-   * Marks `seq` delivered and persists that. Idempotent; acking an unknown or evicted seq is a no-op.
-   * A crash before it resolves means the event is delivered again (at least once).
+   * Marks `seq` (or every seq in a list, with one durable write) delivered. Idempotent; acking an
+   * unknown or evicted seq is a no-op. A crash before it resolves means those events are delivered
+   * again (at least once).
    */
-  ack(seq: number): Promise<void> {
+  ack(seq: number | readonly number[]): Promise<void> {
+    const wanted = new Set(typeof seq === 'number' ? [seq] : seq);
     return this.locked(async (s) => {
-      const i = s.entries.findIndex((e) => e.seq === seq);
-      if (i < 0 || s.entries[i]!.delivered) return;
-      const next: OutboxSnapshot = { ...s, entries: s.entries.map((e, j) => (j === i ? { ...e, delivered: true } : e)) };
+      if (!s.entries.some((e) => wanted.has(e.seq) && !e.delivered)) return;
+      const next: OutboxSnapshot = { ...s, entries: s.entries.map((e) => (wanted.has(e.seq) && !e.delivered ? { ...e, delivered: true } : e)) };
       await this.store.save(next);
       this.snap = next;
     });

@@ -1,6 +1,11 @@
 /**
- * Update policies — config schema fragment; the pure policy functions follow below.
+ * Update policies: the `policies` config fragment, maintenance windows (cron + duration) per phase,
+ * the update lock an application holds to defer a reboot (with a maximum deferral), minimum free
+ * space, and `createUpdatePolicies`, the object the agent asks.
  */
+import { createTask, validate as cronValidate } from 'node-cron';
+import { readFile } from 'node:fs/promises';
+import { execTool, type ToolRunner } from '../hal/exec.js';
 
 /** A window opens at every match of `cron` (node-cron syntax, 5 or 6 fields) and lasts `durationMinutes`. */
 export interface MaintenanceWindow {
@@ -63,10 +68,6 @@ export const policiesConfigSchema = {
 //
 // Windows have minute resolution: "now is inside a window" means some minute t in (now − D, now]
 // matches the cron expression (standard 5-field syntax, node-cron semantics and time zones).
-
-import { createTask, validate as cronValidate } from 'node-cron';
-import { readFile } from 'node:fs/promises';
-import { execTool, type ToolRunner } from '../hal/exec.js';
 
 export type PolicyPhase = 'download' | 'install' | 'reboot';
 
@@ -264,4 +265,55 @@ export function evaluatePolicies(phase: PolicyPhase, config: PoliciesConfig, inp
   out.allowed = reasons.length === 0;
   if (!out.allowed && retryAtMs !== undefined) out.retryAtMs = retryAtMs;
   return out;
+}
+
+/** Where the start of a reboot deferral is kept, so a daemon restart does not reset the clock. */
+export interface DeferralStore {
+  get(): Promise<number | undefined>;
+  /** undefined clears it. Should be durable (atomic write); the default keeps it in memory only. */
+  set(ms: number | undefined): Promise<void>;
+}
+
+export interface UpdatePoliciesDeps {
+  /** free MiB where the update's local state lives (resume file, trusted metadata). */
+  freeSpaceMiB?: () => Promise<number | undefined>;
+  lock?: LockDeps;
+  deferral?: DeferralStore;
+}
+
+export type AgentPolicyDecision = { ok: true; note?: string } | { ok: false; reason: string; until?: number };
+
+/**
+ * The agent-facing policy object (`mayStart`, `mayReboot`, as daemon/agent.ts's `UpdatePolicies`
+ * expects): an attempt needs both the download and the install window open (the payload streams
+ * straight into the slot) and the free space; a reboot needs the reboot window and a free update
+ * lock, or the lock's maximum deferral to have passed.
+ */
+export function createUpdatePolicies(config: PoliciesConfig, deps: UpdatePoliciesDeps = {}): {
+  mayStart(release: unknown, now: number): Promise<AgentPolicyDecision>;
+  mayReboot(now: number): Promise<AgentPolicyDecision>;
+} {
+  let memoryDeferral: number | undefined;
+  const deferral: DeferralStore = deps.deferral ?? { get: async () => memoryDeferral, set: async (ms) => { memoryDeferral = ms; } };
+  const toAgent = (d: PolicyDecision): AgentPolicyDecision =>
+    d.allowed ? (d.reasons.length ? { ok: true, note: d.reasons.join('; ') } : { ok: true }) : { ok: false, reason: d.reasons.join('; '), ...(d.retryAtMs === undefined ? {} : { until: d.retryAtMs }) };
+  return {
+    async mayStart(_release, now) {
+      const freeSpaceMiB = config.minFreeSpaceMiB > 0 ? await deps.freeSpaceMiB?.() : undefined;
+      const dl = evaluatePolicies('download', config, { nowMs: now, ...(freeSpaceMiB === undefined ? {} : { freeSpaceMiB }) });
+      if (!dl.allowed) return toAgent(dl);
+      return toAgent(evaluatePolicies('install', config, { nowMs: now }));
+    },
+    async mayReboot(now) {
+      const lock = config.updateLock ? await readUpdateLock(config.updateLock.path, deps.lock) : undefined;
+      const since = await deferral.get();
+      const d = evaluatePolicies('reboot', config, { nowMs: now, ...(lock ? { lock } : {}), ...(since === undefined ? {} : { deferredSinceMs: since }) });
+      if (d.allowed) {
+        if (since !== undefined) await deferral.set(undefined);
+      } else if (d.deferredSinceMs !== undefined && d.deferredSinceMs !== since) {
+        await deferral.set(d.deferredSinceMs);
+      }
+      return toAgent(d);
+    },
+  };
 }

@@ -26,7 +26,7 @@ import { encodeGrubEnvBlock, parseGrubEnvBlock } from './grub-env.js';
 import { emulatedSelect, formatEmulatedState, initialEmulatedState, readEmulatedState } from './backends/emulated.js';
 import { formatAutoboot, parseAutoboot } from './backends/rpi-tryboot.js';
 import { formatEntryName, loaderDefault, readSlotEntries, systemdBootFiles, systemdBootSelect } from './backends/systemd-boot.js';
-import { CUSTOM_REFERENCE_SCRIPT } from './backends/custom-reference.js';
+import { CUSTOM_REFERENCE_SCRIPT, formatCustomStateFile, parseCustomStateFile } from './backends/custom-reference.js';
 import { checkSlotImage, makeTestImage, readImageHeader, type TestImageHeader } from './image.js';
 
 export { makeTestImage, readImageHeader, type TestImageHeader };
@@ -77,6 +77,7 @@ export interface BoardDescription {
   uboot?: { envFile: string; envSize: number; redundant: boolean; fwEnvConfig: string; defaultEnv: Record<string, string> };
   grub?: { envFile: string; defaultEnv: Record<string, string> };
   emulated?: { stateFile: string };
+  custom?: { stateFile: string; script: string };
   rpi?: { bootDir: string; trybootFlagFile: string };
   systemdBoot?: { esp: string };
 }
@@ -148,18 +149,21 @@ export async function createBoard(dir: string, opts: CreateBoardOptions): Promis
   };
   const cmdline = (c: CmdlineConfig = {}): CmdlineConfig => ({ path: cmdlinePath, ...c });
   switch (opts.backend) {
-    case 'emulated':
-    case 'custom': {
+    case 'emulated': {
       const stateFile = join(dir, 'boot-state.json');
       await writeFileAtomic(stateFile, formatEmulatedState(initialEmulatedState()));
       desc.emulated = { stateFile };
-      if (opts.backend === 'emulated') desc.bootConfig = { type: 'emulated', stateFile, cmdline: cmdline() };
-      else {
-        const script = join(dir, 'custom-boot.mjs');
-        await writeFile(script, CUSTOM_REFERENCE_SCRIPT);
-        await chmod(script, 0o755);
-        desc.bootConfig = { type: 'custom', command: process.execPath, args: [script, stateFile, cmdlinePath] };
-      }
+      desc.bootConfig = { type: 'emulated', stateFile, cmdline: cmdline() };
+      break;
+    }
+    case 'custom': {
+      const stateFile = join(dir, 'custom-state');
+      await writeFileAtomic(stateFile, formatCustomStateFile(initialEmulatedState()));
+      const script = join(dir, 'custom-boot.sh');
+      await writeFile(script, CUSTOM_REFERENCE_SCRIPT);
+      await chmod(script, 0o755);
+      desc.custom = { stateFile, script };
+      desc.bootConfig = { type: 'custom', command: script, args: [stateFile, cmdlinePath] };
       break;
     }
     case 'uboot': {
@@ -406,9 +410,17 @@ const systemdBootLoader: Bootloader = async (b) => {
   return { slot, note, cmdline: options.trim() };
 };
 
+/** Custom boards: the same policy as the emulated bootloader, on the reference script's state file. */
+const customLoader: Bootloader = async (b) => {
+  const stateFile = b.custom!.stateFile;
+  const { slot, next } = emulatedSelect({ schema: 1, ...parseCustomStateFile(await readFile(stateFile, 'utf8')) });
+  await writeFileAtomic(stateFile, formatCustomStateFile(next));
+  return slot ? { slot, note: `slot ${slot} (${next.slots[slot].state})`, cmdline: cmdlineFor(slot) } : { slot: null, note: 'no good or armed slot', cmdline: '' };
+};
+
 const bootloaders: Record<BoardBackend, Bootloader> = {
   emulated: emulatedLoader,
-  custom: emulatedLoader,
+  custom: customLoader,
   uboot: ubootLoader,
   grub: grubLoader,
   'rpi-tryboot': rpiLoader,

@@ -16,7 +16,10 @@
  *   key can push the floor into the future (a denial of service, never an install); the floor is
  *   written only when it moved by at least 10 minutes, to spare flash.
  * - every trusted file written with writeFileAtomic (temp, fsync, rename, fsync dir), only after it
- *   verified; a rejected document leaves the trusted directory byte-identical.
+ *   verified, and by default only once the WHOLE refresh succeeded (staged in memory, then written
+ *   root → targets → snapshot → timestamp): any rejection leaves the trusted directory
+ *   byte-identical. A crash mid-commit leaves individually valid files that the next refresh
+ *   re-verifies (an old timestamp signed by rotated-out keys is simply ignored).
  * - size caps enforced by the source *before* parsing (and the snapshot/targets length from the
  *   parent when listed);
  * - thresholds counted over distinct public keys, not key ids;
@@ -31,7 +34,7 @@
  *
  * Not thread-safe: one refresh at a time per trusted directory (the daemon serialises them).
  */
-import { mkdir, readFile, stat } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { Metadata, MetadataKind, Root, Snapshot, Targets, Timestamp, type Key, type MetaFile, type TargetFile } from '@tufjs/models';
@@ -184,6 +187,13 @@ const FLOOR_FILE = 'trusted-time.json';
 const FLOOR_WRITE_STEP_MS = 10 * 60 * 1000;
 
 export interface RefreshOptions {
+  /** 'at-end' (default, devices): verified documents are staged in memory and written (each
+   * atomically: root, targets roles, snapshot, timestamp, time floor) only when the whole refresh
+   * succeeded, so any rejection leaves the trusted directory byte-identical. 'as-verified': each
+   * document is written as soon as it verified, literally as the TUF spec describes (the
+   * conformance CLI uses this). Both are crash-safe: every file is written atomically and the
+   * workflow re-verifies whatever it finds stored. */
+  persist?: 'at-end' | 'as-verified';
   /** also load every delegated targets role to list their releases (default true; the conformance
    * CLI passes false so a refresh fetches top-level metadata only). */
   delegations?: boolean;
@@ -242,6 +252,14 @@ export function parseMetadata(bytes: Uint8Array, kind: MetadataKind, where: stri
   if (typeof signed !== 'object' || signed === null) fail('MANIFEST_INVALID', `${where} has no "signed" object`, { where });
   const type = (signed as { _type?: unknown })._type;
   if (type !== kind) fail('MANIFEST_WRONG_ROLE', `${where} has _type ${JSON.stringify(type)}, expected "${kind}"`, { where, type });
+  const delegated = (signed as { delegations?: { roles?: unknown } }).delegations?.roles;
+  if (kind === MetadataKind.Targets && Array.isArray(delegated)) {
+    for (const r of delegated as { name?: unknown }[]) {
+      if (typeof r?.name === 'string' && ['root', 'timestamp', 'snapshot', 'targets'].includes(r.name)) {
+        fail('MANIFEST_DELEGATION_INVALID', `${where}: a delegated role may not be named "${r.name}"`, { where });
+      }
+    }
+  }
   let md: AnyMeta;
   try {
     md = Metadata.fromJSON(kind as MetadataKind.Root, data as never) as AnyMeta;
@@ -259,9 +277,6 @@ export function parseMetadata(bytes: Uint8Array, kind: MetadataKind, where: stri
   } else if (s instanceof Targets && s.delegations) {
     for (const r of Object.values(s.delegations.roles ?? {})) {
       checkRole(r.name, r);
-      if (['root', 'timestamp', 'snapshot', 'targets'].includes(r.name)) {
-        fail('MANIFEST_DELEGATION_INVALID', `${where}: delegated role may not be named "${r.name}"`, { where });
-      }
     }
   }
   return md;
@@ -336,6 +351,8 @@ export class TrustClient {
   private delegated = new Map<string, Metadata<Targets>>();
   private refTime = 0;
   private releaseList: Release[] = [];
+  /** documents verified in the running refresh, written at its end ('at-end' mode). */
+  private staged: Map<string, Uint8Array> | undefined;
 
   constructor(options: TrustClientOptions) {
     this.dir = options.trustedDir;
@@ -362,11 +379,32 @@ export class TrustClient {
 
   /**
    * Runs the TUF client workflow once: root chain, timestamp, snapshot, targets (and, by default,
-   * every delegated role). Each document is persisted atomically only after it verified, so a
-   * rejection (coded MANIFEST_*) leaves the trusted directory as it was, and the next valid metadata
-   * is still accepted. Safe to call again after any failure or crash.
+   * every delegated role). Documents are persisted atomically only after they verified (by
+   * default all at the end, see RefreshOptions.persist), so a rejection (coded MANIFEST_*) leaves
+   * the trusted directory as it was, and the next valid metadata is still accepted. Safe to call again after any failure or crash.
    */
   async refresh(options: RefreshOptions = {}): Promise<RefreshResult> {
+    this.staged = (options.persist ?? 'at-end') === 'at-end' ? new Map() : undefined;
+    try {
+      const result = await this.runRefresh(options);
+      await this.commit();
+      return result;
+    } finally {
+      this.staged = undefined;
+    }
+  }
+
+  private async commit(): Promise<void> {
+    const staged = this.staged;
+    if (!staged) return;
+    this.staged = undefined;
+    const order = (f: string): number => (f === 'root.json' ? 0 : f === 'snapshot.json' ? 2 : f === 'timestamp.json' ? 3 : f === FLOOR_FILE ? 4 : 1);
+    for (const file of [...staged.keys()].sort((a, b) => order(a) - order(b))) {
+      await writeFileAtomic(join(this.dir, file), staged.get(file)!);
+    }
+  }
+
+  private async runRefresh(options: RefreshOptions): Promise<RefreshResult> {
     const warnings: RefreshResult['warnings'] = [];
     this.snapshot = undefined;
     this.topTargets = undefined;
@@ -395,7 +433,10 @@ export class TrustClient {
         fail('MANIFEST_ROOT_VERSION', `${name} has version ${md.signed.version}, expected ${next}`, { name });
       }
       verifyThreshold('root', md.signed.roles['root'], md.signed.keys, md, `${name} (its own root keys)`);
-      await this.persist('root', bytes);
+      // An expired link may be an intermediate one (allowed) and is not persisted: a later unexpired
+      // link supersedes it, and if it is the final root the refresh fails below leaving the trusted
+      // directory untouched (a re-run walks the chain again).
+      if (!isExpired(md.signed.expires, this.refTime)) await this.persist('root', bytes);
       root = md;
       this.root = md;
       rotated++;
@@ -539,12 +580,15 @@ export class TrustClient {
     // a signed issue time later than its own expiry is nonsense: ignore it
     if (Number.isFinite(issued) && issued < Date.parse(ts.signed.expires)) next = Math.max(next, issued);
     if (next - old >= FLOOR_WRITE_STEP_MS) {
-      await writeFileAtomic(join(this.dir, FLOOR_FILE), JSON.stringify({ floor: new Date(next).toISOString() }) + '\n');
+      const bytes = Buffer.from(JSON.stringify({ floor: new Date(next).toISOString() }) + '\n');
+      if (this.staged) this.staged.set(FLOOR_FILE, bytes);
+      else await writeFileAtomic(join(this.dir, FLOOR_FILE), bytes);
     }
   }
 
   private async persist(role: string, bytes: Uint8Array): Promise<void> {
-    await writeFileAtomic(join(this.dir, roleFile(role)), bytes);
+    if (this.staged) this.staged.set(roleFile(role), bytes);
+    else await writeFileAtomic(join(this.dir, roleFile(role)), bytes);
   }
 
   private async readRootFile(path: string, where: string): Promise<{ md: Metadata<Root>; bytes: Uint8Array } | 'absent' | SlotflipError> {
@@ -692,18 +736,4 @@ export function verifyTargetBytes(target: { length: number; hashes: Record<strin
     }
     if (got !== want) fail('MANIFEST_TARGET_MISMATCH', `${where}: ${alg} differs from the signed metadata`, { where, alg });
   }
-}
-
-/** True when `path` exists and is a regular file. */
-export async function isFile(path: string): Promise<boolean> {
-  try {
-    return (await stat(path)).isFile();
-  } catch {
-    return false;
-  }
-}
-
-/** Reads a whole small file (a target already downloaded) for re-verification. */
-export async function readSmall(path: string, maxBytes: number): Promise<Uint8Array> {
-  return new Uint8Array(maxBytes < 0 ? await readFile(path) : await readFileCapped(path, maxBytes));
 }

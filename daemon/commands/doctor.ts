@@ -13,6 +13,9 @@
  *   (systemd/README.md, "Board drop-ins", says which grants each backend needs).
  * - Every check is independent: one failing (a dead broker) never hides the others. Only a config that
  *   cannot be loaded stops the run, since every other check reads it.
+ *
+ * Also here, at the end: `slotflip health`, the boot-health gate slotflip-health.service runs before
+ * boot-complete.target (the configured health checks, once; the exit status is the verdict).
  */
 import { parseArgs } from 'node:util';
 import { access, open, readFile, realpath, stat, unlink } from 'node:fs/promises';
@@ -27,6 +30,7 @@ import { createSlotWriter } from '../../hal/file-slot.js';
 import { createBootControl, type BootBackendConfig } from '../../hal/registry.js';
 import { parseMetadata, verifyThreshold } from '../../manifests/client.js';
 import { loadConfig, type Config } from '../config.js';
+import { runHealthChecks, type HealthDeps, type HealthReport } from '../health.js';
 import type { Command, CommandIO } from './command.js';
 
 export type CheckStatus = 'pass' | 'warn' | 'fail' | 'skip';
@@ -94,7 +98,9 @@ export async function findOnPath(cmd: string, path: string): Promise<string | un
   for (const c of candidates) {
     try {
       await access(c, fsc.X_OK);
-      if ((await stat(c)).isFile()) return c;
+      const st = await stat(c);
+      // root passes access(X_OK) for any file with an x bit; a file without any is no tool
+      if (st.isFile() && (st.mode & 0o111) !== 0) return c;
     } catch {
       // not here
     }
@@ -464,4 +470,92 @@ export function createDoctorCommand(opts: DoctorCommandOptions = {}): Command {
 }
 
 export const command: Command = createDoctorCommand();
+
+// ---------------------------------------------------------------------------------------------
+// `slotflip health`: the boot-health gate run by slotflip-health.service (Before=boot-complete.target).
+// It lives here, beside doctor, until it gets a file of its own: it is the systemd integration's
+// entry point, and `slotflip check` already means "which release would install now".
+
+const HEALTH_HELP = `usage: slotflip health --config FILE [--json]
+
+Runs the configured health checks (config "health": commands, systemd units, HTTP endpoints, broker
+reachability, resources, drop-in directories) once, within health.deadlineSeconds, and exits 0 when
+every required check passed, 1 when one failed. Changes nothing. slotflip-health.service runs it
+before boot-complete.target, so systemd-bless-boot and greenboot see the verdict.
+
+options:
+  --config FILE   the daemon's config (e.g. /etc/slotflip/config.json)
+  --json          print the report as JSON: { ok, deadlineExceeded, results: [...] }
+  -h, --help      this text
+
+exit status: 0 healthy, 1 unhealthy or the config cannot be loaded, 2 on a usage error.`;
+
+export interface HealthCommandOptions {
+  /** overrides for the checks' dependencies (tests). */
+  deps?: HealthDeps;
+  tcpConnect?: DoctorDeps['tcpConnect'];
+}
+
+/** Broker reachability for the `broker` check: a TCP connection to any configured broker URL. */
+export function brokerTcpProbe(urls: string[], connect: DoctorDeps['tcpConnect'] = tcpConnect): (timeoutMs: number) => Promise<boolean> {
+  return async (timeoutMs) => {
+    for (const url of urls) {
+      const ep = endpointOf(url);
+      if (!ep) continue;
+      try {
+        await connect(ep.host, ep.port, timeoutMs);
+        return true;
+      } catch {
+        // try the next one
+      }
+    }
+    return false;
+  };
+}
+
+export function formatHealth(r: HealthReport): string {
+  const lines = r.results.map((c) => {
+    const tag = c.ok ? 'PASS' : c.required ? 'FAIL' : 'WARN';
+    const out = c.ok || !c.output ? '' : `\n      ${c.output.trim().split('\n').slice(-5).join('\n      ')}`;
+    return `${tag}  ${c.name} (${c.kind}, ${c.durationMs} ms)${out}`;
+  });
+  if (r.deadlineExceeded) lines.push('deadline exceeded: unfinished checks count as failed');
+  lines.push(r.ok ? 'health: healthy' : 'health: UNHEALTHY');
+  return lines.join('\n');
+}
+
+export function createHealthCommand(opts: HealthCommandOptions = {}): Command {
+  return {
+    help: HEALTH_HELP,
+    async run(argv: string[], io: CommandIO): Promise<number> {
+      let values: { config?: string; json?: boolean };
+      try {
+        ({ values } = parseArgs({ args: argv, options: { config: { type: 'string' }, json: { type: 'boolean' } }, strict: true, allowPositionals: false }));
+      } catch (e) {
+        io.stderr.write(`slotflip health: ${errText(e)}\n\n${HEALTH_HELP}\n`);
+        return 2;
+      }
+      if (!values.config) {
+        io.stderr.write(`slotflip health: --config FILE is required\n\n${HEALTH_HELP}\n`);
+        return 2;
+      }
+      let config: Config;
+      try {
+        config = await loadConfig(values.config);
+      } catch (e) {
+        // no verdict without a config: unhealthy, so a broken config cannot pass a trial boot
+        io.stderr.write(`slotflip health: ${isCoded(e) ? `${e.code}: ` : ''}${errText(e)}\n`);
+        return 1;
+      }
+      const report = await runHealthChecks(config.health, {
+        brokerProbe: brokerTcpProbe(config.broker?.urls ?? [], opts.tcpConnect),
+        ...opts.deps,
+      });
+      io.stdout.write((values.json ? JSON.stringify(report, null, 2) : formatHealth(report)) + '\n');
+      return report.ok ? 0 : 1;
+    },
+  };
+}
+
+export const healthCommand: Command = createHealthCommand();
 

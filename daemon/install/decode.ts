@@ -1,69 +1,176 @@
 /**
- * Decompressors for one transfer: compressed bytes in, image bytes out.
+ * Decompressors for one transfer: compressed bytes in, image bytes out through a push callback.
  *
  * zstd runs as the `zstd` CLI (argv array, no shell): on this machine it is the fastest option by far
- * (see machine-facts) and it decompresses on the second core while Node hashes and writes. gzip uses
- * node:zlib (thread pool; concatenated members are one stream). A new decoder is started for every
- * transfer because a resumed transfer starts at a frame boundary.
+ * (see machine-facts) and it decompresses on the second core while Node hashes and writes. Its output
+ * goes through a FIFO read with a single reused 1 MiB buffer (`net.Socket` `onread`), so the hot path
+ * allocates nothing per read and memory stays flat; a local payload file is handed to zstd as its
+ * stdin descriptor, so Node never touches the compressed bytes at all. gzip uses node:zlib (the thread
+ * pool; concatenated members are one stream). A new decoder runs for every transfer because a resumed
+ * transfer starts at a frame boundary.
  */
 import { spawn } from 'node:child_process';
+import { closeSync, constants as fsc, openSync, unlinkSync } from 'node:fs';
+import net from 'node:net';
+import { join } from 'node:path';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { SlotflipError } from '../../hal/errors.js';
+import { execTool, runChecked, type ToolRunner } from '../../hal/exec.js';
 import type { Compression } from '../../manifests/types.js';
 
+/** Receives image bytes; must consume `piece` before returning (its memory is reused). Returning
+ * false pauses the decoder until `resume()`. */
+export type Sink = (piece: Buffer) => boolean;
+
 export interface Decoder {
-  input: Writable;
-  output: Readable;
-  /** resolves when the decoder finished cleanly; rejects with INSTALL_DECOMPRESS otherwise. */
+  /** where compressed bytes go; undefined when the decoder reads the source descriptor itself. */
+  input: Writable | undefined;
+  /** no more input: for a transfer that ended or broke off. Output of complete frames already given
+   * is still delivered before `done` settles. */
+  finishInput(): void;
+  /** starts delivering output to `sink`; call once. */
+  start(sink: Sink): void;
+  /** resumes delivery after the sink returned false. */
+  resume(): void;
+  /** resolves when all output was delivered and the decoder finished cleanly; rejects with
+   * INSTALL_DECOMPRESS when the data was corrupt or truncated. */
   done: Promise<void>;
   /** stops the decoder (kills the child process); idempotent. */
   kill(): void;
 }
 
-const BUF = 1 << 20;
+export interface DecoderOptions {
+  zstdPath?: string;
+  /** directory for the short-lived FIFO (unlinked as soon as both ends are open). */
+  fifoDir: string;
+  /** a descriptor positioned at the first compressed byte: zstd reads it directly. */
+  stdinFd?: number;
+  runner?: ToolRunner;
+}
 
-export function startDecoder(compression: Compression, zstdPath = 'zstd'): Decoder {
-  if (compression === 'none') {
-    const p = new PassThrough({ highWaterMark: BUF });
-    p.on('error', () => undefined); // only ever destroyed by us
-    const done = new Promise<void>((resolve) => p.on('end', resolve));
-    return { input: p, output: p, done, kill: () => p.destroy() };
-  }
-  if (compression === 'gzip') {
-    const z = createGunzip({ chunkSize: BUF });
-    const done = new Promise<void>((resolve, reject) => {
-      z.on('end', resolve);
-      z.on('error', (cause) => reject(new SlotflipError('INSTALL_DECOMPRESS', 'gzip: payload data is corrupt', { cause, retryable: true })));
-    });
-    done.catch(() => undefined);
-    return { input: z, output: z, done, kill: () => z.destroy() };
-  }
-  const child = spawn(zstdPath, ['-d', '-c', '-q', '--no-progress'], { stdio: ['pipe', 'pipe', 'pipe'] });
-  let killed = false;
-  let err = '';
-  child.stderr.on('data', (d: Buffer) => {
-    if (err.length < 2048) err += d.toString();
-  });
-  child.stdin.on('error', () => undefined); // EPIPE after zstd quit: reported through `done`
+const BUF = 1 << 20;
+let fifoSeq = 0;
+
+export async function startDecoder(compression: Compression, opts: DecoderOptions): Promise<Decoder> {
+  if (compression === 'zstd') return startZstd(opts);
+  const s: PassThrough | ReturnType<typeof createGunzip> = compression === 'gzip' ? createGunzip({ chunkSize: BUF }) : new PassThrough({ highWaterMark: BUF });
+  return streamDecoder(s, compression);
+}
+
+function streamDecoder(s: Writable & Readable, compression: Compression): Decoder {
+  let started = false;
   const done = new Promise<void>((resolve, reject) => {
-    child.on('error', (cause) => reject(new SlotflipError('INSTALL_DECOMPRESS', `${zstdPath}: cannot start; install zstd`, { cause, details: { cmd: zstdPath } })));
-    child.on('close', (code, signal) => {
-      if (code === 0) resolve();
-      else if (killed) reject(new SlotflipError('INSTALL_DECOMPRESS', `${zstdPath}: stopped`, { retryable: true }));
-      else reject(new SlotflipError('INSTALL_DECOMPRESS', `${zstdPath}: payload data is corrupt or truncated (${signal ?? `exit ${code}`}): ${err.trim().slice(0, 300)}`, { retryable: true, details: { cmd: zstdPath, code } }));
+    s.on('end', resolve);
+    s.on('error', (cause) => reject(new SlotflipError('INSTALL_DECOMPRESS', `${compression}: payload data is corrupt`, { cause, retryable: true })));
+    s.on('close', () => {
+      if (!s.readableEnded) reject(new SlotflipError('INSTALL_DECOMPRESS', `${compression}: stopped`, { retryable: true }));
     });
   });
   done.catch(() => undefined);
   return {
-    input: child.stdin,
-    output: child.stdout,
+    input: s,
+    finishInput() {
+      if (compression !== 'gzip') {
+        s.end();
+        return;
+      }
+      // zlib fails a truncated member at end() and drops output it has not delivered yet: flush and
+      // wait until everything decodable was taken before ending the input
+      const gz = s as ReturnType<typeof createGunzip>;
+      gz.flush(() => {
+        const wait = (): void => {
+          if (gz.destroyed) return;
+          if (gz.readableLength > 0) setTimeout(wait, 1);
+          else gz.end();
+        };
+        wait();
+      });
+    },
+    start(sink) {
+      if (started) return;
+      started = true;
+      s.on('data', (d: Buffer) => {
+        if (!sink(d)) s.pause();
+      });
+    },
+    resume: () => s.resume(),
+    done,
+    kill: () => s.destroy(),
+  };
+}
+
+async function startZstd(opts: DecoderOptions): Promise<Decoder> {
+  const bin = opts.zstdPath ?? 'zstd';
+  const fifo = join(opts.fifoDir, `.slotflip-zstd.${process.pid}.${++fifoSeq}.fifo`);
+  await runChecked(opts.runner ?? execTool, 'INSTALL_DECOMPRESS', 'mkfifo', ['-m', '600', fifo]);
+  let rfd: number;
+  let wfd: number;
+  try {
+    // reader first (non-blocking), so opening the writer returns at once
+    rfd = openSync(fifo, fsc.O_RDONLY | fsc.O_NONBLOCK);
+    wfd = openSync(fifo, fsc.O_WRONLY);
+  } finally {
+    unlinkSync(fifo);
+  }
+  const child = spawn(bin, ['-d', '-c', '-q'], { stdio: [opts.stdinFd ?? 'pipe', wfd, 'pipe'] });
+  closeSync(wfd);
+  let killed = false;
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => {
+    if (err.length < 2048) err += d.toString();
+  });
+  child.stdin?.on('error', () => undefined); // EPIPE after zstd quit: reported through `done`
+  const exited = new Promise<void>((resolve, reject) => {
+    child.on('error', (cause) => reject(new SlotflipError('INSTALL_DECOMPRESS', `${bin}: cannot start; install zstd or set its path`, { cause, details: { cmd: bin } })));
+    child.on('close', (code, signal) => {
+      if (code === 0) resolve();
+      else if (killed) reject(new SlotflipError('INSTALL_DECOMPRESS', `${bin}: stopped`, { retryable: true }));
+      else reject(new SlotflipError('INSTALL_DECOMPRESS', `${bin}: payload data is corrupt or truncated (${signal ?? `exit ${code}`}): ${err.trim().slice(0, 300)}`, { retryable: true, details: { cmd: bin, code } }));
+    });
+  });
+  exited.catch(() => undefined);
+  let sock: net.Socket | undefined;
+  let endResolve!: () => void;
+  let endReject!: (e: unknown) => void;
+  const ended = new Promise<void>((resolve, reject) => {
+    endResolve = resolve;
+    endReject = reject;
+  });
+  ended.catch(() => undefined);
+  // all output first (a failing zstd still wrote every complete frame before it), then the exit status
+  const done = ended.then(() => exited);
+  done.catch(() => undefined);
+  const readBuf = Buffer.allocUnsafe(BUF);
+  return {
+    input: child.stdin ?? undefined,
+    finishInput() {
+      child.stdin?.end();
+    },
+    start(sink) {
+      if (sock) return;
+      // `onread` (reused buffer) is supported by the Socket constructor but missing from its typings
+      const sockOpts: net.SocketConstructorOpts & { onread: { buffer: Buffer; callback: (n: number, b: Buffer) => boolean } } = {
+        fd: rfd,
+        readable: true,
+        writable: false,
+        onread: { buffer: readBuf, callback: (n, b) => sink(b.subarray(0, n)) },
+      };
+      sock = new net.Socket(sockOpts);
+      sock.on('end', endResolve);
+      sock.on('error', (cause) => endReject(new SlotflipError('INSTALL_DECOMPRESS', `${bin}: reading its output failed`, { cause, retryable: true })));
+      sock.on('close', () => endReject(new SlotflipError('INSTALL_DECOMPRESS', `${bin}: output closed early`, { retryable: true })));
+    },
+    resume: () => sock?.resume(),
     done,
     kill() {
       if (child.exitCode === null && child.signalCode === null) {
         killed = true;
         child.kill('SIGKILL');
       }
+      if (sock) sock.destroy();
+      else if (rfd >= 0) closeSync(rfd);
+      rfd = -1;
     },
   };
 }

@@ -1,78 +1,90 @@
 /**
- * SHA-256 on a worker thread, so hashing the read-back slot does not compete with the main thread's
- * per-chunk hashing (Node's crypto uses the CPU's SHA instructions; one thread does ~1.4–2 GB/s).
+ * The read-back: a worker thread reads the slot (by its path, through its own read-only descriptor)
+ * behind the fsync frontier and hashes the whole image, so this second pass over the data costs the
+ * main thread nothing and allocates nothing per chunk (one reused 1 MiB buffer: flat memory).
  *
- * Buffers are transferred, not copied, when they own their whole ArrayBuffer. The worker source is
- * inline so it runs the same from `.ts` sources (tests) and from `dist/`.
+ * The worker source is inline so it runs the same from `.ts` sources (tests) and from `dist/`.
  */
 import { Worker } from 'node:worker_threads';
+import { SlotflipError } from '../../hal/errors.js';
 
 const SRC = `
 const { parentPort } = require('node:worker_threads');
 const { createHash } = require('node:crypto');
-let h = createHash('sha256');
+const fs = require('node:fs');
+let fd = -1, h = createHash('sha256'), cursor = 0, failed = null;
+const buf = Buffer.allocUnsafe(1 << 20);
+function advance(upto) {
+  while (!failed && cursor < upto) {
+    const n = fs.readSync(fd, buf, 0, Math.min(buf.length, upto - cursor), cursor);
+    if (n === 0) { failed = { code: 'SHORT', message: 'slot ended at byte ' + cursor }; break; }
+    h.update(buf.subarray(0, n));
+    cursor += n;
+  }
+}
 parentPort.on('message', (m) => {
-  if (m.op === 'update') {
-    h.update(new Uint8Array(m.buf, m.off, m.len));
-    parentPort.postMessage({ op: 'ack' });
-  } else if (m.op === 'digest') {
-    parentPort.postMessage({ op: 'digest', hex: h.digest('hex') });
-    h = createHash('sha256');
+  try {
+    if (m.op === 'open') { fd = fs.openSync(m.path, 'r'); cursor = m.from || 0; }
+    else if (m.op === 'advance') advance(m.upto);
+    else if (m.op === 'finish') {
+      advance(m.upto);
+      parentPort.postMessage(failed ? { op: 'error', error: failed } : { op: 'digest', hex: h.digest('hex'), bytes: cursor });
+    }
+  } catch (e) {
+    failed = { code: e.code || 'ERROR', message: String(e.message) };
+    if (m.op === 'finish') parentPort.postMessage({ op: 'error', error: failed });
   }
 });
 `;
 
-export class WorkerHasher {
+export class ReadBackHasher {
   readonly #worker: Worker;
-  readonly #acks: Array<{ resolve: () => void; reject: (e: unknown) => void }> = [];
-  #digest: { resolve: (hex: string) => void; reject: (e: unknown) => void } | undefined;
-  #failed: unknown;
+  readonly #path: string;
+  #pending: { resolve: (r: { sha256: string; bytes: number }) => void; reject: (e: unknown) => void } | undefined;
+  #dead: unknown;
 
-  constructor() {
+  /** Starts hashing `path` from byte 0. */
+  constructor(path: string) {
+    this.#path = path;
     this.#worker = new Worker(SRC, { eval: true });
-    this.#worker.on('message', (m: { op: string; hex?: string }) => {
-      if (m.op === 'ack') this.#acks.shift()?.resolve();
-      else if (m.op === 'digest') {
-        const d = this.#digest;
-        this.#digest = undefined;
-        d?.resolve(m.hex!);
-      }
+    this.#worker.on('message', (m: { op: string; hex?: string; bytes?: number; error?: { code: string; message: string } }) => {
+      const p = this.#pending;
+      this.#pending = undefined;
+      if (m.op === 'digest') p?.resolve({ sha256: m.hex!, bytes: m.bytes! });
+      else p?.reject(this.#error(m.error!));
     });
-    this.#worker.on('error', (e) => this.#fail(e));
-    this.#worker.on('exit', (code) => this.#fail(new Error(`hash worker exited with ${code}`)));
+    this.#worker.on('error', (e) => this.#die(e));
+    this.#worker.on('exit', () => this.#die(new Error('read-back worker exited')));
+    this.#worker.postMessage({ op: 'open', path });
   }
 
-  #fail(e: unknown): void {
-    this.#failed ??= e;
-    for (const a of this.#acks.splice(0)) a.reject(e);
-    this.#digest?.reject(e);
-    this.#digest = undefined;
+  #error(e: { code: string; message: string }): SlotflipError {
+    return new SlotflipError('INSTALL_READBACK_MISMATCH', `reading slot ${this.#path} back failed (${e.code}: ${e.message}); the device may be failing`, { details: { path: this.#path, errno: e.code } });
   }
 
-  /** Hashes `data` next, in call order. Resolves once the worker is done with it. The caller must not
-   * touch `data` afterwards (its memory may have been transferred). */
-  update(data: Uint8Array): Promise<void> {
-    if (this.#failed !== undefined) return Promise.reject(this.#failed);
+  #die(e: unknown): void {
+    this.#dead ??= e;
+    this.#pending?.reject(e);
+    this.#pending = undefined;
+  }
+
+  /** Lets the worker read and hash up to byte `upto` (must be flushed already). Non-blocking. */
+  advance(upto: number): void {
+    if (this.#dead === undefined) this.#worker.postMessage({ op: 'advance', upto });
+  }
+
+  /** Reads and hashes up to `upto`, then resolves with the SHA-256 of bytes [0, upto). */
+  finish(upto: number): Promise<{ sha256: string; bytes: number }> {
+    if (this.#dead !== undefined) return Promise.reject(this.#dead);
     return new Promise((resolve, reject) => {
-      this.#acks.push({ resolve, reject });
-      const owns = data.byteOffset === 0 && data.buffer.byteLength === data.byteLength && data.buffer instanceof ArrayBuffer;
-      const buf = owns ? (data.buffer as ArrayBuffer) : new Uint8Array(data).buffer;
-      this.#worker.postMessage({ op: 'update', buf, off: 0, len: data.byteLength }, [buf]);
-    });
-  }
-
-  /** Hex digest of everything given so far; starts a new hash afterwards. */
-  digest(): Promise<string> {
-    if (this.#failed !== undefined) return Promise.reject(this.#failed);
-    return new Promise((resolve, reject) => {
-      this.#digest = { resolve, reject };
-      this.#worker.postMessage({ op: 'digest' });
+      this.#pending = { resolve, reject };
+      this.#worker.postMessage({ op: 'finish', upto });
     });
   }
 
   /** Stops the worker; idempotent. */
   async close(): Promise<void> {
-    this.#failed ??= new Error('hash worker closed');
+    this.#dead ??= new Error('read-back closed');
     await this.#worker.terminate();
   }
 }

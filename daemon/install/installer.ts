@@ -22,12 +22,14 @@
  * INSTALL_ABORTED.
  */
 import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import { SlotflipError, isCoded } from '../../hal/errors.js';
 import type { SlotHandle, SlotWriter } from '../../hal/slot-writer.js';
 import type { PayloadInfo } from '../../manifests/types.js';
-import { startDecoder } from './decode.js';
-import { WorkerHasher } from './hasher.js';
+import { startDecoder, type Decoder } from './decode.js';
+import { ReadBackHasher } from './hasher.js';
 import { readResumeHint, writeResumeHint } from './resume-state.js';
 import { fileSource, httpSource, type OpenedStream, type PayloadSource, type TlsOptions } from './source.js';
 
@@ -107,6 +109,8 @@ export interface InstallResult {
 }
 
 const MIB = 1 << 20;
+/** carry buffer size: at least one decoder read (1 MiB). */
+const BUF_CARRY = 1 << 20;
 
 /**
  * Installs `payload` into `slot`, resuming from the hint in `resumeStatePath` when it matches.
@@ -134,9 +138,9 @@ export async function installPayload(opts: InstallOptions): Promise<InstallResul
   throwIfAborted(signal);
 
   const handle = await opts.slot.open();
-  const hasher = new WorkerHasher();
+  const readBack = new ReadBackHasher(opts.slot.path);
   try {
-    const run = new InstallRun(opts, payload, payloadLength, source, handle, hasher, now, signal);
+    const run = new InstallRun(opts, payload, payloadLength, source, handle, readBack, now, signal);
     const resumedFrom = await run.verifyExisting(await readResumeHint(opts.resumeStatePath, payload, opts.slot.path));
     log?.info({ slot: opts.slot.slot, resumedFrom, chunks: payload.chunks.length, size: payload.size }, 'install started');
     await run.transferAll(resumedFrom);
@@ -153,7 +157,7 @@ export async function installPayload(opts: InstallOptions): Promise<InstallResul
     log?.info({ ...result }, 'install verified');
     return result;
   } finally {
-    await hasher.close().catch(() => undefined);
+    await readBack.close().catch(() => undefined);
     await handle.close().catch(() => undefined);
   }
 }
@@ -183,6 +187,11 @@ function toSource(spec: InstallSourceSpec, stallTimeoutMs: number | undefined): 
   return httpSource({ mirrors: spec.urls, tls: spec.tls, headers: spec.headers, connectTimeoutMs: spec.connectTimeoutMs ?? stallTimeoutMs });
 }
 
+/** A SlotflipError-shaped error with one of slotflip's code prefixes (Node's own errors carry `code` too). */
+function isOurs(e: unknown): e is SlotflipError {
+  return isCoded(e) && /^(INSTALL|HAL|MANIFEST|DAEMON)_/.test(e.code);
+}
+
 function throwIfAborted(signal: AbortSignal): void {
   if (signal.aborted) throw new SlotflipError('INSTALL_ABORTED', 'install aborted', {});
 }
@@ -203,7 +212,7 @@ class InstallRun {
   bytesWritten = 0;
   bytesReceived = 0;
   transfers = 0;
-  /** next chunk to hand to the writer. */
+  /** next chunk to verify and hand to the writer. */
   next = 0;
   readonly #chunkCount: number;
   readonly #pool: Buffer[] = [];
@@ -214,11 +223,21 @@ class InstallRun {
   #sinceFlush = 0;
   /** chunks [0, durable) are written and flushed. */
   #durable = 0;
-  #readCursor = 0;
-  #readLoop: Promise<void> | undefined;
   #rate = 0;
   #lastProgressAt = 0;
   #lastProgressBytes = 0;
+  // chunker state (per transfer)
+  #buf: Buffer | undefined;
+  #fill = 0;
+  #hash = createHash('sha256');
+  #carry: [Buffer, Buffer] = [Buffer.alloc(0), Buffer.alloc(0)];
+  #carrySide = 0;
+  #blocked = false;
+  #where = '';
+  /** set per transfer: stop the transfer with this error. */
+  #failTransfer: (e: unknown) => void = () => undefined;
+  /** set per transfer: the decoder may deliver again. */
+  #unblocked: () => void = () => undefined;
 
   constructor(
     private readonly opts: InstallOptions,
@@ -226,7 +245,7 @@ class InstallRun {
     private readonly payloadLength: number,
     private readonly source: PayloadSource,
     private readonly handle: SlotHandle,
-    private readonly hasher: WorkerHasher,
+    private readonly readBack: ReadBackHasher,
     private readonly now: () => number,
     private readonly signal: AbortSignal,
   ) {
@@ -252,14 +271,8 @@ class InstallRun {
     this.opts.logger?.debug({ hint, verified: i }, 'resume hint checked');
     this.#durable = i;
     this.#lastProgressBytes = Math.min(this.payload.size, i * this.payload.chunkSize);
-    this.#kickReadBack();
+    this.readBack.advance(this.#lastProgressBytes);
     return i;
-  }
-
-  async #acquire(): Promise<Buffer> {
-    const b = this.#pool.pop();
-    if (b) return b;
-    return new Promise((resolve) => this.#poolWaiters.push(resolve));
   }
 
   #release(b: Buffer): void {
@@ -274,12 +287,11 @@ class InstallRun {
 
   #setIoError(e: unknown): void {
     if (this.#ioError !== undefined) return;
-    this.#ioError = isCoded(e) ? e : new SlotflipError('INSTALL_SLOT_IO', `writing slot ${this.opts.slot.path} failed; check the device`, { cause: e, details: { path: this.opts.slot.path } });
-    // wake anyone waiting for a buffer so the error surfaces
-    for (const w of this.#poolWaiters.splice(0)) w(Buffer.allocUnsafe(0));
+    this.#ioError = isOurs(e) ? e : new SlotflipError('INSTALL_SLOT_IO', `writing slot ${this.opts.slot.path} failed; check the device`, { cause: e, details: { path: this.opts.slot.path } });
+    this.#failTransfer(this.#ioError);
   }
 
-  /** Queues a verified chunk for writing; buffers return to the pool when written. */
+  /** Queues a verified chunk for writing; its buffer returns to the pool once written. */
   #write(buf: Buffer, index: number): void {
     const len = this.#chunkLen(index);
     const offset = index * this.payload.chunkSize;
@@ -291,15 +303,15 @@ class InstallRun {
       .finally(() => this.#release(buf));
     this.bytesWritten += len;
     this.#sinceFlush += len;
-    const flushEvery = this.opts.flushEveryBytes ?? 64 * MIB;
-    if (this.#sinceFlush >= flushEvery || index === this.#chunkCount - 1) {
+    if (this.#sinceFlush >= (this.opts.flushEveryBytes ?? 64 * MIB) || index === this.#chunkCount - 1) {
       this.#sinceFlush = 0;
       this.#flush(index + 1);
     }
     this.#progress(Math.min(this.payload.size, (index + 1) * this.payload.chunkSize));
   }
 
-  /** fsync once every write before it completed, then persist the hint; later writes keep going. */
+  /** fsync once every write queued before it completed, then persist the hint and let the read-back
+   * advance; later writes keep going meanwhile (they are not claimed by this flush). */
   #flush(upto: number): void {
     const writes = this.#writeTail;
     this.#flushTail = Promise.all([this.#flushTail, writes])
@@ -308,34 +320,9 @@ class InstallRun {
         await this.handle.flush();
         await writeResumeHint(this.opts.resumeStatePath, this.payload, this.opts.slot.path, upto);
         this.#durable = upto;
-        this.#kickReadBack();
+        this.readBack.advance(Math.min(this.payload.size, upto * this.payload.chunkSize));
       })
       .catch((e: unknown) => this.#setIoError(e));
-  }
-
-  /** Reads back flushed chunks in order and feeds the whole-image hash (on the worker). */
-  #kickReadBack(): void {
-    if (this.#readLoop !== undefined) return;
-    this.#readLoop = (async () => {
-      let pending: Promise<void> = Promise.resolve();
-      while (this.#readCursor < this.#durable && this.#ioError === undefined) {
-        const i = this.#readCursor++;
-        const len = this.#chunkLen(i);
-        const data = await this.handle.readAt(len, i * this.payload.chunkSize);
-        if (data.length !== len) {
-          throw new SlotflipError('INSTALL_READBACK_MISMATCH', `slot ${this.opts.slot.path} returned ${data.length} bytes for chunk ${i} instead of ${len}; the device is too small or failing`, { details: { chunk: i, offset: i * this.payload.chunkSize } });
-        }
-        const p = this.hasher.update(data);
-        await pending; // at most two chunks with the worker
-        pending = p;
-      }
-      await pending;
-    })()
-      .catch((e: unknown) => this.#setIoError(e))
-      .finally(() => {
-        this.#readLoop = undefined;
-        if (this.#readCursor < this.#durable && this.#ioError === undefined) this.#kickReadBack();
-      });
   }
 
   #progress(bytes: number, force = false): void {
@@ -352,7 +339,127 @@ class InstallRun {
     this.opts.onProgress?.({ bytes, total: this.payload.size, rate: Math.round(this.#rate), etaSeconds: this.#rate > 0 ? left / this.#rate : left === 0 ? 0 : null });
   }
 
-  /** Runs transfers (with retries, backoff and mirror rotation) until every chunk is handed to the writer. */
+  // ---- chunker: image bytes → chunks → verify → write ----
+
+  /** Takes image bytes (consumed before returning). False: blocked until a buffer frees up; the
+   * rest was kept in a carry buffer and `#unblocked` is called when delivery may resume. Throws on a
+   * hash mismatch or excess data. */
+  #push(piece: Buffer): boolean {
+    if (this.#blocked) {
+      this.#stash(piece, 0);
+      return false;
+    }
+    this.#eat(piece, 0);
+    return !this.#blocked;
+  }
+
+  #stash(piece: Buffer, from: number): void {
+    const n = piece.length - from;
+    let c = this.#carry[this.#carrySide]!;
+    if (c.length < n) c = this.#carry[this.#carrySide] = Buffer.allocUnsafeSlow(Math.max(n, BUF_CARRY));
+    piece.copy(c, 0, from);
+    this.#carryLen = n;
+  }
+
+  #carryLen = 0;
+
+  #eat(piece: Buffer, from: number): void {
+    const { payload } = this;
+    let p = from;
+    while (p < piece.length) {
+      if (this.#buf === undefined) {
+        const b = this.#pool.pop();
+        if (b === undefined) {
+          this.#stash(piece, p);
+          this.#blocked = true;
+          this.#poolWaiters.push((buf) => this.#onBuffer(buf));
+          return;
+        }
+        this.#buf = b;
+      }
+      if (this.next >= this.#chunkCount) {
+        throw new SlotflipError('INSTALL_PAYLOAD_OVERSIZED', `${this.#where}: image data runs past the signed size ${payload.size}`, { retryable: true, details: { url: this.#where, size: payload.size } });
+      }
+      const len = this.#chunkLen(this.next);
+      const n = Math.min(len - this.#fill, piece.length - p);
+      const part = piece.subarray(p, p + n);
+      part.copy(this.#buf, this.#fill);
+      this.#hash.update(part);
+      this.#fill += n;
+      p += n;
+      if (this.#fill === len) {
+        const i = this.next;
+        const got = this.#hash.digest('hex');
+        this.#hash = createHash('sha256');
+        const want = payload.chunks[i]!.sha256;
+        if (got !== want) {
+          throw new SlotflipError('INSTALL_CHUNK_HASH_MISMATCH', `chunk ${i} (image offset ${i * payload.chunkSize}) from ${this.#where} has SHA-256 ${got} but the signed index says ${want}; nothing from it was written`, {
+            retryable: true,
+            details: { chunk: i, offset: i * payload.chunkSize, payloadOffset: payload.chunks[i]!.offset, url: this.#where },
+          });
+        }
+        const buf = this.#buf;
+        this.#buf = undefined;
+        this.#fill = 0;
+        this.next = i + 1;
+        this.#write(buf, i);
+      }
+    }
+  }
+
+  /** A pool buffer came back while blocked: continue with the carried bytes, then unblock. */
+  #onBuffer(buf: Buffer): void {
+    if (this.#ioError !== undefined) {
+      this.#pool.push(buf);
+      return;
+    }
+    if (!this.#blocked) {
+      this.#release(buf);
+      return;
+    }
+    this.#buf = buf;
+    this.#blocked = false;
+    const carried = this.#carry[this.#carrySide]!.subarray(0, this.#carryLen);
+    this.#carryLen = 0;
+    this.#carrySide ^= 1; // a re-block stashes into the other side while we read this one
+    try {
+      this.#eat(carried, 0);
+    } catch (e) {
+      this.#failTransfer(e);
+      return;
+    }
+    if (!this.#blocked) {
+      this.#unblocked();
+      for (const w of this.#idleWaiters.splice(0)) w();
+    }
+  }
+
+  readonly #idleWaiters: Array<() => void> = [];
+
+  /** Resolves once the chunker holds no carried bytes. */
+  #whenUnblocked(): Promise<void> {
+    if (!this.#blocked) return Promise.resolve();
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  }
+
+  /** Drops a partial chunk and the carry at the end of a transfer. */
+  #resetChunker(): void {
+    for (const w of this.#idleWaiters.splice(0)) w();
+    if (this.#buf !== undefined) this.#release(this.#buf);
+    this.#buf = undefined;
+    this.#fill = 0;
+    this.#hash = createHash('sha256');
+    this.#carryLen = 0;
+    if (this.#blocked) {
+      this.#blocked = false;
+      const i = this.#poolWaiters.findIndex(() => true);
+      if (i >= 0) this.#poolWaiters.splice(i, 1);
+    }
+  }
+
+  // ---- transfers ----
+
+  /** Runs transfers (retries, backoff with jitter, mirror rotation) until every chunk is written. */
   async transferAll(first: number): Promise<void> {
     this.next = first;
     const retry = this.opts.retry ?? {};
@@ -374,7 +481,7 @@ class InstallRun {
       } catch (e) {
         if (this.signal.aborted) throw new SlotflipError('INSTALL_ABORTED', 'install aborted', { cause: e });
         this.#checkIo();
-        const err = isCoded(e) ? e : new SlotflipError('INSTALL_NETWORK', 'transfer failed', { cause: e, retryable: true });
+        const err = isOurs(e) ? e : new SlotflipError('INSTALL_NETWORK', `transfer from ${this.#where} failed; resuming`, { cause: e, retryable: true, details: { url: this.#where } });
         const retryable = err.retryable === true && this.source.kind !== 'file';
         this.opts.logger?.warn({ err, mirror: mirror % this.source.count, chunk: this.next, failures }, 'transfer failed');
         if (!retryable) {
@@ -386,14 +493,12 @@ class InstallRun {
         if (failures >= maxAttempts) throw err;
         do mirror++;
         while (deadMirrors.has(mirror % this.source.count));
-        const delay = Math.min(cap, base * 2 ** (failures - 1)) * random();
-        await sleep(delay, this.signal);
-        continue;
+        await sleep(Math.min(cap, base * 2 ** (failures - 1)) * random(), this.signal);
       }
     }
   }
 
-  /** One transfer from chunk `first` to the end (or the first failure). */
+  /** One transfer from chunk `first` to the end, or to the first failure. */
   async #transfer(mirrorIndex: number, first: number): Promise<void> {
     const { payload } = this;
     const offset = payload.chunks[first]!.offset;
@@ -401,186 +506,180 @@ class InstallRun {
     const onAbort = (): void => ctl.abort();
     this.signal.addEventListener('abort', onAbort, { once: true });
     let opened: OpenedStream | undefined;
-    const decoder = startDecoder(payload.compression, this.opts.zstdPath);
-    let producerError: SlotflipError | undefined;
+    let decoder: Decoder | undefined;
     let timer: NodeJS.Timeout | undefined;
+    let producerError: unknown;
+    let consumerError: unknown;
     try {
       opened = await this.source.open(mirrorIndex, offset, this.payloadLength, ctl.signal);
       const src = opened;
-      const where = src.where;
-      let skip = offset - src.start;
-      let remaining = this.payloadLength - offset;
-
-      // producer: source → decoder, capped at the signed length, with a throughput watchdog
-      const wd = this.opts.watchdog ?? {};
-      const stallMs = wd.stallTimeoutMs ?? 30_000;
-      const minBps = wd.minBytesPerSecond ?? 0;
-      const windowMs = wd.windowMs ?? 60_000;
-      let paused = false;
-      let lastByteAt = this.now();
-      let windowStart = lastByteAt;
-      let windowBytes = 0;
-      let windowPaused = false;
-      const stopProducer = (e?: SlotflipError): void => {
-        if (e && !producerError) producerError = e;
-        if (timer) clearInterval(timer);
-        timer = undefined;
-        src.stream.removeAllListeners('data');
-        src.close();
-        // let the decoder drain what it has: complete chunks before a cut still get written
-        decoder.input.end();
-      };
-      timer = setInterval(() => {
-        const t = this.now();
-        if (paused) {
-          lastByteAt = t;
-          windowPaused = true;
-        }
-        if (t - lastByteAt > stallMs) {
-          stopProducer(new SlotflipError('INSTALL_STALLED', `${where}: no data for ${stallMs} ms; trying again`, { retryable: true, details: { url: where, stallTimeoutMs: stallMs } }));
-          return;
-        }
-        if (t - windowStart >= windowMs) {
-          const bps = (windowBytes * 1000) / (t - windowStart);
-          if (minBps > 0 && !windowPaused && bps < minBps) {
-            stopProducer(new SlotflipError('INSTALL_STALLED', `${where}: ${Math.round(bps)} B/s is below the minimum ${minBps} B/s; trying again`, { retryable: true, details: { url: where, bytesPerSecond: bps, minBytesPerSecond: minBps } }));
-            return;
-          }
-          windowStart = t;
-          windowBytes = 0;
-          windowPaused = paused;
-        }
-      }, Math.max(10, Math.min(1000, Math.floor(Math.min(stallMs, windowMs) / 4))));
-      src.stream.on('data', (d: Buffer) => {
-        lastByteAt = this.now();
-        windowBytes += d.length;
-        if (skip > 0) {
-          if (d.length <= skip) {
-            skip -= d.length;
-            return;
-          }
-          d = d.subarray(skip);
-          skip = 0;
-        }
-        let last = false;
-        if (d.length >= remaining) {
-          if (d.length > remaining) this.opts.logger?.warn({ url: where }, 'source sent more than the signed length; ignoring the excess');
-          d = d.subarray(0, remaining);
-          last = true;
-        }
-        remaining -= d.length;
-        this.bytesReceived += d.length;
-        if (!decoder.input.write(d)) {
-          paused = true;
-          src.stream.pause();
-          decoder.input.once('drain', () => {
-            paused = false;
-            src.stream.resume();
-          });
-        }
-        if (last) stopProducer();
-      });
-      src.stream.once('end', () => {
-        if (remaining > 0) stopProducer(new SlotflipError('INSTALL_PAYLOAD_TRUNCATED', `${where}: payload ended ${remaining} bytes short of the signed length ${this.payloadLength}`, { retryable: true, details: { url: where, missing: remaining, length: this.payloadLength } }));
-      });
-      src.stream.on('error', (cause) => {
-        if (remaining > 0) stopProducer(isCoded(cause) ? (cause as SlotflipError) : new SlotflipError('INSTALL_NETWORK', `${where}: transfer broke off (${(cause as NodeJS.ErrnoException).code ?? 'error'}); resuming`, { cause, retryable: true, details: { url: where } }));
-      });
-      src.stream.once('close', () => {
-        if (remaining > 0) stopProducer(new SlotflipError('INSTALL_NETWORK', `${where}: connection closed ${remaining} bytes early; resuming`, { retryable: true, details: { url: where, missing: remaining } }));
-      });
-      ctl.signal.addEventListener('abort', () => {
-        stopProducer(new SlotflipError('INSTALL_ABORTED', 'install aborted', {}));
-        decoder.kill();
-      });
-
-      // consumer: decoder → chunks → verify → write
-      await this.#consume(decoder.output, where);
-      if (producerError) throw producerError;
-      try {
-        await decoder.done;
-      } catch (e) {
-        throw new SlotflipError('INSTALL_DECOMPRESS', `${where}: ${payload.compression} data for chunk ${this.next} is corrupt`, { cause: e, retryable: true, details: { chunk: this.next, offset: payload.chunks[Math.min(this.next, payload.chunks.length - 1)]!.offset } });
+      this.#where = src.where;
+      const direct = src.fd !== undefined && payload.compression === 'zstd';
+      decoder = await startDecoder(payload.compression, { zstdPath: this.opts.zstdPath, fifoDir: dirname(this.opts.resumeStatePath), stdinFd: direct ? src.fd : undefined });
+      const dec = decoder;
+      if (direct) {
+        src.close(); // zstd holds its own copy of the descriptor
+        this.bytesReceived += this.payloadLength - offset;
       }
+      const stream = direct ? undefined : (src.stream ?? createReadStream('', { fd: src.fd!, highWaterMark: 1 << 20, autoClose: false }));
+
+      await new Promise<void>((resolve, reject) => {
+        let settled = false;
+        const settle = (e?: unknown): void => {
+          if (settled) return;
+          settled = true;
+          if (e === undefined) resolve();
+          else reject(e);
+        };
+        this.#failTransfer = (e) => {
+          consumerError ??= e;
+          stopProducer();
+          dec.kill();
+          settle(e);
+        };
+        this.#unblocked = () => dec.resume();
+        const stopProducer = (e?: unknown): void => {
+          if (e !== undefined) producerError ??= e;
+          if (timer) clearInterval(timer);
+          timer = undefined;
+          if (stream) {
+            stream.removeAllListeners('data');
+            stream.destroy();
+          }
+          src.close();
+          // let the decoder drain what it has: complete chunks before a cut still get written
+          dec.finishInput();
+        };
+        ctl.signal.addEventListener('abort', () => this.#failTransfer(new SlotflipError('INSTALL_ABORTED', 'install aborted', {})), { once: true });
+
+        dec.start((piece) => {
+          if (settled) return false;
+          try {
+            return this.#push(piece);
+          } catch (e) {
+            this.#failTransfer(e);
+            return false;
+          }
+        });
+        dec.done.then(
+          // the decoder may end while the last bytes still wait in the carry for a free buffer
+          () => this.#whenUnblocked().then(() => settle(producerError)),
+          (e: unknown) => this.#whenUnblocked().then(() => settle(producerError ?? e)),
+        );
+        if (!stream) return;
+
+        // producer: source stream → decoder, capped at the signed length, with a throughput watchdog
+        const where = src.where;
+        let skip = offset - src.start;
+        let remaining = this.payloadLength - offset;
+        const wd = this.opts.watchdog ?? {};
+        const stallMs = wd.stallTimeoutMs ?? 30_000;
+        const minBps = wd.minBytesPerSecond ?? 0;
+        const windowMs = wd.windowMs ?? 60_000;
+        let paused = false;
+        let lastByteAt = this.now();
+        let windowStart = lastByteAt;
+        let windowBytes = 0;
+        let windowPaused = false;
+        timer = setInterval(() => {
+          const t = this.now();
+          if (paused) {
+            lastByteAt = t;
+            windowPaused = true;
+          }
+          if (t - lastByteAt > stallMs) {
+            stopProducer(new SlotflipError('INSTALL_STALLED', `${where}: no data for ${stallMs} ms; trying again`, { retryable: true, details: { url: where, stallTimeoutMs: stallMs } }));
+            return;
+          }
+          if (t - windowStart >= windowMs) {
+            const bps = (windowBytes * 1000) / (t - windowStart);
+            if (minBps > 0 && !windowPaused && bps < minBps) {
+              stopProducer(new SlotflipError('INSTALL_STALLED', `${where}: ${Math.round(bps)} B/s is below the minimum ${minBps} B/s; trying again`, { retryable: true, details: { url: where, bytesPerSecond: Math.round(bps), minBytesPerSecond: minBps } }));
+              return;
+            }
+            windowStart = t;
+            windowBytes = 0;
+            windowPaused = paused;
+          }
+        }, Math.max(10, Math.min(1000, Math.floor(Math.min(stallMs, windowMs) / 4))));
+        const input = dec.input!;
+        stream.on('data', (d: Buffer) => {
+          lastByteAt = this.now();
+          windowBytes += d.length;
+          if (skip > 0) {
+            if (d.length <= skip) {
+              skip -= d.length;
+              return;
+            }
+            d = d.subarray(skip);
+            skip = 0;
+          }
+          let last = false;
+          if (d.length >= remaining) {
+            if (d.length > remaining) this.opts.logger?.warn({ url: where }, 'source sent more than the signed length; ignoring the excess');
+            d = d.subarray(0, remaining);
+            last = true;
+          }
+          remaining -= d.length;
+          this.bytesReceived += d.length;
+          if (!input.write(d) && !last) {
+            paused = true;
+            stream.pause();
+            input.once('drain', () => {
+              paused = false;
+              stream.resume();
+            });
+          }
+          if (last) stopProducer();
+        });
+        stream.once('end', () => {
+          if (remaining > 0) stopProducer(new SlotflipError('INSTALL_PAYLOAD_TRUNCATED', `${where}: payload ended ${remaining} bytes short of the signed length ${this.payloadLength}`, { retryable: true, details: { url: where, missing: remaining, length: this.payloadLength } }));
+        });
+        stream.on('error', (cause: unknown) => {
+          if (remaining > 0) stopProducer(isOurs(cause) ? cause : new SlotflipError('INSTALL_NETWORK', `${where}: transfer broke off (${(cause as NodeJS.ErrnoException).code ?? 'error'}); resuming`, { cause, retryable: true, details: { url: where } }));
+        });
+        stream.once('close', () => {
+          if (remaining > 0) stopProducer(new SlotflipError('INSTALL_NETWORK', `${where}: connection closed ${remaining} bytes early; resuming`, { retryable: true, details: { url: where, missing: remaining } }));
+        });
+      });
       if (this.next < this.#chunkCount) {
-        throw new SlotflipError('INSTALL_PAYLOAD_TRUNCATED', `${where}: image data ended inside chunk ${this.next} although all ${this.payloadLength} payload bytes arrived`, { retryable: true, details: { chunk: this.next, url: where } });
+        throw new SlotflipError('INSTALL_PAYLOAD_TRUNCATED', `${this.#where}: image data ended inside chunk ${this.next} although all ${this.payloadLength} payload bytes arrived`, { retryable: true, details: { chunk: this.next, url: this.#where } });
       }
     } catch (e) {
-      if (producerError && !isCoded(e, 'INSTALL_CHUNK_HASH_MISMATCH') && !isCoded(e, 'INSTALL_PAYLOAD_OVERSIZED')) throw producerError;
-      throw e;
+      // the most telling error first: a bad chunk, then what broke the transfer, then the decoder
+      const first = consumerError ?? producerError ?? e;
+      if (isCoded(first, 'INSTALL_DECOMPRESS')) {
+        throw new SlotflipError('INSTALL_DECOMPRESS', `${this.#where}: ${payload.compression} data for chunk ${this.next} (payload offset ${payload.chunks[Math.min(this.next, this.#chunkCount - 1)]!.offset}) is corrupt`, {
+          cause: first,
+          retryable: true,
+          details: { chunk: this.next, payloadOffset: payload.chunks[Math.min(this.next, this.#chunkCount - 1)]!.offset, url: this.#where },
+        });
+      }
+      throw first;
     } finally {
       if (timer) clearInterval(timer);
       this.signal.removeEventListener('abort', onAbort);
+      this.#failTransfer = () => undefined;
+      this.#unblocked = () => undefined;
       opened?.close();
-      decoder.kill();
-      decoder.output.destroy();
+      decoder?.kill();
+      this.#resetChunker();
     }
   }
 
-  async #consume(output: AsyncIterable<Buffer>, where: string): Promise<void> {
-    const { payload } = this;
-    let buf = await this.#acquire();
-    this.#checkIo();
-    let fill = 0;
-    let hash = createHash('sha256');
-    try {
-      for await (const piece of output) {
-        let p = 0;
-        while (p < piece.length) {
-          if (this.next >= this.#chunkCount) {
-            throw new SlotflipError('INSTALL_PAYLOAD_OVERSIZED', `${where}: image data runs past the signed size ${payload.size}`, { retryable: true, details: { url: where, size: payload.size } });
-          }
-          const len = this.#chunkLen(this.next);
-          const n = Math.min(len - fill, piece.length - p);
-          const part = piece.subarray(p, p + n);
-          part.copy(buf, fill);
-          hash.update(part);
-          fill += n;
-          p += n;
-          if (fill === len) {
-            const i = this.next;
-            const got = hash.digest('hex');
-            const want = payload.chunks[i]!.sha256;
-            if (got !== want) {
-              throw new SlotflipError('INSTALL_CHUNK_HASH_MISMATCH', `chunk ${i} (image offset ${i * payload.chunkSize}) from ${where} has SHA-256 ${got}, the signed index says ${want}; nothing from it was written`, {
-                retryable: true,
-                details: { chunk: i, offset: i * payload.chunkSize, payloadOffset: payload.chunks[i]!.offset, url: where },
-              });
-            }
-            this.#write(buf, i);
-            this.next = i + 1;
-            hash = createHash('sha256');
-            fill = 0;
-            buf = await this.#acquire();
-            this.#checkIo();
-          }
-        }
-      }
-    } finally {
-      this.#release(buf);
-    }
-  }
-
-  /** Waits for writes, the last flush and the read-back; compares the read-back hash. */
+  /** Waits for writes, the last flush and the read-back; compares the whole-image hash. */
   async finish(): Promise<string> {
     await this.#writeTail;
     await this.#flushTail;
     this.#checkIo();
-    if (this.#durable < this.#chunkCount) {
-      // nothing was written in this run (everything verified at resume): still flush once
-      await this.handle.flush();
-      this.#durable = this.#chunkCount;
-    }
-    this.#kickReadBack();
-    while (this.#readLoop !== undefined) await this.#readLoop;
-    this.#checkIo();
-    const got = await this.hasher.digest();
-    if (this.#readCursor * this.payload.chunkSize < this.payload.size || got !== this.payload.sha256) {
-      throw new SlotflipError('INSTALL_READBACK_MISMATCH', `slot ${this.opts.slot.path} reads back with SHA-256 ${got}, the signed image is ${this.payload.sha256}; the device may be failing`, {
-        details: { path: this.opts.slot.path, got, want: this.payload.sha256 },
+    if (this.#durable < this.#chunkCount) await this.handle.flush();
+    const { sha256, bytes } = await this.readBack.finish(this.payload.size);
+    if (bytes !== this.payload.size || sha256 !== this.payload.sha256) {
+      throw new SlotflipError('INSTALL_READBACK_MISMATCH', `slot ${this.opts.slot.path} reads back ${bytes} bytes with SHA-256 ${sha256}; the signed image is ${this.payload.size} bytes with ${this.payload.sha256}; the device may be failing`, {
+        details: { path: this.opts.slot.path, got: sha256, want: this.payload.sha256, bytes },
       });
     }
     this.#progress(this.payload.size, true);
-    return got;
+    return sha256;
   }
 }

@@ -6,8 +6,7 @@
  * byte caps live in the installer, which knows the signed payload length. A server is never trusted
  * for anything but bytes: every chunk is checked against the signed index anyway.
  */
-import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
 import type { Readable } from 'node:stream';
@@ -15,8 +14,11 @@ import { SlotflipError } from '../../hal/errors.js';
 
 export interface OpenedStream {
   /** bytes of the payload file starting at `start` (which may be below the requested offset when a
-   * server ignored the Range request; the caller skips the difference). */
-  stream: Readable;
+   * server ignored the Range request; the caller skips the difference). Exactly one of `stream` and
+   * `fd` is set. */
+  stream?: Readable;
+  /** a local file descriptor positioned at `start` (= the requested offset), readable to the end. */
+  fd?: number;
   start: number;
   /** what this stream is, for logs and error details (a URL or a path). */
   where: string;
@@ -172,18 +174,36 @@ export function fileSource(path: string): PayloadSource {
     kind: 'file',
     count: 1,
     async open(_index, offset, length) {
-      let size: number;
+      let fh;
       try {
-        size = (await stat(path)).size;
+        fh = await open(path, 'r');
       } catch (cause) {
         throw new SlotflipError('INSTALL_SOURCE_OPEN', `cannot read payload file ${path}; check the path`, { cause, details: { path } });
       }
-      if (size !== length) {
-        const code = size < length ? 'INSTALL_PAYLOAD_TRUNCATED' : 'INSTALL_PAYLOAD_OVERSIZED';
-        throw new SlotflipError(code, `${path} is ${size} bytes but the signed length is ${length}; the file is not this release's payload`, { details: { path, size, length } });
+      let closed = false;
+      const close = (): void => {
+        if (closed) return;
+        closed = true;
+        void fh.close().catch(() => undefined);
+      };
+      try {
+        const { size } = await fh.stat();
+        if (size !== length) {
+          const code = size < length ? 'INSTALL_PAYLOAD_TRUNCATED' : 'INSTALL_PAYLOAD_OVERSIZED';
+          throw new SlotflipError(code, `${path} is ${size} bytes but the signed length is ${length}; the file is not this release's payload`, { details: { path, size, length } });
+        }
+        // The descriptor's own position is what a child reading it sees: advance it to `offset`.
+        const skip = Buffer.allocUnsafe(Math.min(1 << 20, Math.max(1, offset)));
+        for (let left = offset; left > 0; ) {
+          const { bytesRead } = await fh.read(skip, 0, Math.min(skip.length, left), null);
+          if (bytesRead === 0) throw new SlotflipError('INSTALL_PAYLOAD_TRUNCATED', `${path} shrank while being read`, { details: { path } });
+          left -= bytesRead;
+        }
+      } catch (e) {
+        close();
+        throw e;
       }
-      const stream = createReadStream(path, { start: offset, highWaterMark: 1 << 20 });
-      return { stream, start: offset, where: path, close: () => stream.destroy() };
+      return { fd: fh.fd, start: offset, where: path, close };
     },
   };
 }

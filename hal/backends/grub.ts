@@ -51,7 +51,7 @@ export function greenbootConvention(opts: { slotVariable?: string } = {}): EnvCo
       const p = primarySlot(env);
       if (!counting(env)) return slot === p ? { state: 'good', primary: true } : { state: 'bad', primary: false };
       const left = envInt(env, 'boot_counter', 0);
-      if (left <= 0) return slot === p ? { state: 'bad', primary: false } : { state: 'good', primary: true };
+      if (left <= 0) return slot === p ? { state: 'trial', triesLeft: 0, primary: false } : { state: 'good', primary: true };
       return slot === p ? { state: 'trial', triesLeft: left, primary: true } : { state: 'good', primary: false };
     },
     markBad(env, slot): EnvChanges {

@@ -177,13 +177,12 @@ export function createSystemdBootBackend(cfg: SystemdBootBackendConfig): Backend
       const e = es[slot].entry;
       const primary = chosen === e && !isBadEntry(e);
       if (e.triesLeft === undefined) return { state: 'good', primary };
-      if (e.triesLeft === 0) return { state: 'bad', primary: false };
+      // `+0-N`: a trial that used its tries (stays 'trial' until committed or marked bad); `+0`: marked bad
+      if (e.triesLeft === 0) return e.triesDone ? { state: 'trial', triesLeft: 0, primary: false } : { state: 'bad', primary: false };
       return { state: 'trial', triesLeft: e.triesLeft, primary };
     },
     async markBad(slot) {
-      const e = (await readSlotEntries(f))[slot].entry;
-      if (isBadEntry(e)) return;
-      await renameEntry(slot, { base: e.base, triesLeft: 0, ...(e.triesDone === undefined ? {} : { triesDone: e.triesDone }) });
+      await renameEntry(slot, { base: f.ids[slot], triesLeft: 0 });
     },
     async armTrial(slot, tries) {
       // arm the entry first: until the default moves, the old slot keeps booting

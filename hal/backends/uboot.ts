@@ -55,9 +55,11 @@ export function raucUbootConvention(opts: { attempts?: number; trialVariable?: s
     name: 'rauc',
     maxTries: 99,
     state(env, slot) {
-      const isPrimary = primary(env) === slot;
-      if (!order(env).includes(slot) || left(env, slot) <= 0) return { state: 'bad', primary: false };
-      if (envGet(env, mark) === slot) return { state: 'trial', triesLeft: left(env, slot), primary: isPrimary };
+      const isPrimary = primary(env) === slot && left(env, slot) > 0;
+      if (!order(env).includes(slot)) return { state: 'bad', primary: false };
+      // an armed trial stays 'trial' (0 left) after its last try, until committed or marked bad
+      if (envGet(env, mark) === slot) return { state: 'trial', triesLeft: Math.max(0, left(env, slot)), primary: isPrimary };
+      if (left(env, slot) <= 0) return { state: 'bad', primary: false };
       return { state: 'good', primary: isPrimary };
     },
     markBad(env, slot) {
@@ -94,7 +96,7 @@ export function menderConvention(opts: { partitions?: { A: number; B: number } }
       const pending = envGet(env, 'upgrade_available') === '1';
       if (!pending) return slot === p ? { state: 'good', primary: true } : { state: 'bad', primary: false };
       const triesLeft = envInt(env, 'bootlimit', 1) - envInt(env, 'bootcount', 0);
-      if (triesLeft <= 0) return slot === p ? { state: 'bad', primary: false } : { state: 'good', primary: true };
+      if (triesLeft <= 0) return slot === p ? { state: 'trial', triesLeft: 0, primary: false } : { state: 'good', primary: true };
       return slot === p ? { state: 'trial', triesLeft, primary: true } : { state: 'good', primary: false };
     },
     markBad(env, slot): EnvChanges {

@@ -19,6 +19,8 @@ type PerRequest<T> = T | Array<T | undefined>;
 export interface HttpFaults {
   /** destroy the socket after this many body bytes. */
   cutAfter?: PerRequest<number>;
+  /** destroy the socket when the body reaches this offset in the file (for ranges covering it). */
+  cutAtOffset?: PerRequest<number>;
   /** answer 200 with the whole file even when a Range was asked for. */
   ignoreRange?: PerRequest<boolean>;
   /** answer with this status (and a short text body) instead of the file. */
@@ -163,7 +165,8 @@ export async function startHttpServer(options: { root: string; faults?: HttpFaul
       res.end();
       return;
     }
-    const cutAfter = pick(faults.cutAfter, n);
+    const cutAt = pick(faults.cutAtOffset, n);
+    const cutAfter = pick(faults.cutAfter, n) ?? (cutAt !== undefined && cutAt >= start ? cutAt - start : undefined);
     const stallAfter = pick(faults.stallAfter, n);
     const bps = pick(faults.bytesPerSecond, n);
     const fh = await open(file, 'r');
@@ -185,6 +188,8 @@ export async function startHttpServer(options: { root: string; faults?: HttpFaul
         if (cutAfter !== undefined) {
           want = Math.min(want, cutAfter - rec.bytesSent);
           if (want <= 0) {
+            // let what was written reach the kernel first, so the client sees exactly `cutAfter` bytes
+            await new Promise<void>((r) => res.write('', () => r()));
             res.socket?.destroy();
             return;
           }

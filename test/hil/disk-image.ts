@@ -113,13 +113,25 @@ export async function buildDisk(opts: BuildDiskOptions): Promise<DiskLayout> {
   await fh.close();
   await runChecked(runner, 'HIL_IMAGE', 'sfdisk', ['--quiet', '--no-reread', '--no-tell-kernel', opts.path], { input: sfdiskScript(layout) });
 
+  const boot = partition(layout, 'boot');
+  await writeAt(opts.path, boot.offset, await buildFatImage(opts.bootFiles ?? {}, boot.size, 'BOOT', runner));
+  for (const [slot, data] of Object.entries(opts.slots ?? {}) as Array<[SlotName, Uint8Array]>) {
+    const p = slotPartition(layout, slot);
+    if (data.length > p.size) throw new Error(`slot ${slot} payload ${data.length} B exceeds partition ${p.size} B`);
+    await writeAt(opts.path, p.offset, data);
+  }
+  return layout;
+}
+
+/** A FAT filesystem image of `sizeBytes` holding `files` (name may contain `/`), built with
+ * `mkfs.vfat -C` and mtools in a temp dir. */
+export async function buildFatImage(files: Record<string, Uint8Array | string>, sizeBytes: number, label: string, runner: ToolRunner = execTool): Promise<Buffer> {
   const work = await mkdtemp(join(tmpdir(), 'slotflip-hil-img-'));
   try {
-    const boot = partition(layout, 'boot');
-    const vfat = join(work, 'boot.vfat');
-    await runChecked(runner, 'HIL_IMAGE', 'mkfs.vfat', ['-C', '-n', 'BOOT', vfat, String(boot.size / 1024)]);
+    const vfat = join(work, 'fs.vfat');
+    await runChecked(runner, 'HIL_IMAGE', 'mkfs.vfat', ['-C', '-n', label, vfat, String(sizeBytes / 1024)]);
     const dirs = new Set<string>();
-    for (const [name, content] of Object.entries(opts.bootFiles ?? {})) {
+    for (const [name, content] of Object.entries(files)) {
       const parts = name.split('/');
       for (let i = 1; i < parts.length; i++) {
         const d = parts.slice(0, i).join('/');
@@ -132,16 +144,10 @@ export async function buildDisk(opts: BuildDiskOptions): Promise<DiskLayout> {
       await writeFile(src, content);
       await runChecked(runner, 'HIL_IMAGE', 'mcopy', ['-o', '-i', vfat, src, `::/${name}`]);
     }
-    await writeAt(opts.path, boot.offset, await readFile(vfat));
+    return await readFile(vfat);
   } finally {
     await rm(work, { recursive: true, force: true });
   }
-  for (const [slot, data] of Object.entries(opts.slots ?? {}) as Array<[SlotName, Uint8Array]>) {
-    const p = slotPartition(layout, slot);
-    if (data.length > p.size) throw new Error(`slot ${slot} payload ${data.length} B exceeds partition ${p.size} B`);
-    await writeAt(opts.path, p.offset, data);
-  }
-  return layout;
 }
 
 /** Positional write into an image file (no truncation), synced. */

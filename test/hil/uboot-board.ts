@@ -31,6 +31,8 @@ import { execTool, runChecked, type ToolRunner } from '../../hal/exec.js';
 import type { SlotName } from '../../hal/boot-control.js';
 import { buildDisk, diskLayout, slotPartition, readAt, writeAt, ENV_COPY_SIZE, ENV_OFFSETS, SECTOR, type DiskLayout } from './disk-image.js';
 import type { EmulatorTracker, PowerOnResult } from './emulator.js';
+import { createBootControl } from '../../hal/registry.js';
+import type { HilBoard } from './scenarios.js';
 
 export const UBOOT_BIN = '/usr/lib/u-boot/qemu_arm64/u-boot.bin';
 /** Debian's qemu_arm64 U-Boot: environment in flash bank 1, offset 0, one copy of this size. */
@@ -326,12 +328,12 @@ export function defaultInitialEnv(convention: UbootConvention): Record<string, s
     : { mender_boot_part: '2', mender_boot_part_hex: '2', upgrade_available: '0', bootcount: '0', bootlimit: '1' };
 }
 
-export function qemuArgs(flash: string, disk: string): string[] {
+export function qemuArgs(flash: string, disk?: string): string[] {
   return [
     '-M', 'virt', '-cpu', 'cortex-a57', '-m', '256', '-nographic', '-no-reboot',
     '-bios', UBOOT_BIN,
     '-drive', `if=pflash,unit=1,format=raw,file=${flash}`,
-    '-drive', `if=virtio,format=raw,file=${disk}`,
+    ...(disk === undefined ? [] : ['-drive', `if=virtio,format=raw,file=${disk}`]),
     '-serial', 'mon:stdio', '-monitor', 'none',
     '-nic', 'none',
   ];
@@ -367,4 +369,96 @@ export async function fwSetenv(config: string, vars: Record<string, string>, scr
   const file = join(scratchDir, `fw-setenv-${process.pid}.txt`);
   await writeFile(file, Object.entries(vars).map(([k, v]) => `${k}=${v}\n`).join(''));
   await runChecked(runner, 'HIL_FW_SETENV', 'fw_setenv', ['-c', config, '-s', file]);
+}
+
+export interface UbootHilBoardOptions {
+  dir: string;
+  convention: UbootConvention;
+  tracker: EmulatorTracker;
+  runner?: ToolRunner;
+}
+
+/** Kernel image name for a release version (the same release image goes into either slot). */
+export const kernelName = (version: string): string => `slotflip-${version}`;
+
+/**
+ * The U-Boot board as a `HilBoard`: the HAL's own `uboot` backend (createBootControl) writes the A/B
+ * environment through fw_setenv with the board's fw_env.config, and reads the booted slot from the
+ * kernel command line U-Boot printed (written to `<dir>/cmdline` after each boot).
+ */
+export async function createUbootHilBoard(opts: UbootHilBoardOptions): Promise<HilBoard & { board: UbootBoard; last?: UbootPowerOn }> {
+  const runner = opts.runner ?? execTool;
+  const board = await createUbootBoard({ dir: opts.dir, convention: opts.convention, runner });
+  await board.installKernel('A', kernelName('v1'));
+  await board.installKernel('B', kernelName('v1'));
+  const cmdlinePath = join(opts.dir, 'cmdline');
+  await writeFile(cmdlinePath, '');
+  const control = createBootControl({ type: 'uboot', convention: opts.convention, fwEnvConfig: board.fwEnvConfig, cmdline: { path: cmdlinePath, key: 'slotflip.slot' } }, { runner });
+  const kernelDir = join(opts.dir, 'kernels');
+  await mkdir(kernelDir, { recursive: true });
+  const hil: HilBoard & { board: UbootBoard; last?: UbootPowerOn } = {
+    label: `u-boot/${opts.convention}`,
+    control,
+    maxTries: control.maxTries,
+    board,
+    async powerOn() {
+      const r = await board.powerOn(opts.tracker);
+      hil.last = r;
+      const bootargs = /SLOTFLIP-BOOT slot=[AB] bootargs=([^\r\n]*)/.exec(r.console)?.[1] ?? '';
+      await writeFile(cmdlinePath, r.outcome.kind === 'booted' ? `${bootargs}\n` : '');
+      const base = { durationMs: r.durationMs, console: r.console };
+      switch (r.outcome.kind) {
+        case 'booted':
+          return { ...base, outcome: 'booted', slot: r.outcome.slot, image: r.outcome.image };
+        case 'bad-image':
+          return { ...base, outcome: 'bad-image', slot: r.outcome.slot };
+        case 'no-slot':
+          return { ...base, outcome: 'no-slot' };
+        default:
+          return { ...base, outcome: 'failed' };
+      }
+    },
+    writeImage: (slot, version) => board.installKernel(slot, kernelName(version)),
+    async writeCorruptImage(slot) {
+      const img = await buildKernelImage(kernelDir, kernelName('corrupt'), runner);
+      img[UIMAGE_HEADER + 100] ^= 0xff; // header intact, data CRC wrong: `iminfo`/`bootm` reject it
+      await board.writeSlotRaw(slot, img);
+    },
+    async writePartialImage(slot, version) {
+      const img = await buildKernelImage(kernelDir, kernelName(version), runner);
+      await board.writeSlotRaw(slot, img.subarray(0, Math.floor(img.length / 2)));
+    },
+    async snapshotEnv() {
+      return Buffer.concat(await readEnvCopies(board.disk));
+    },
+    async tearEnvWriteSince(before) {
+      const now = await readEnvCopies(board.disk);
+      const changed = ([0, 1] as const).filter((i) => !now[i].equals(before.subarray(i * ENV_COPY_SIZE, (i + 1) * ENV_COPY_SIZE)));
+      if (changed.length !== 1) throw new Error(`expected one environment copy to change, ${changed.length} did`);
+      const i = changed[0]!;
+      const old = before.subarray(i * ENV_COPY_SIZE, (i + 1) * ENV_COPY_SIZE);
+      const torn = tornCopy(old, now[i]);
+      await writeAt(board.disk, ENV_OFFSETS[i], torn);
+    },
+  };
+  return hil;
+}
+
+/** Size of a legacy uImage header. */
+export const UIMAGE_HEADER = 64;
+
+/** Pure: `next` written over `old` only up to the middle of the bytes that differ (a write that
+ * reached storage partly). Everything before the cut is new, everything after is old. */
+export function tornCopy(old: Buffer, next: Buffer): Buffer {
+  let first = -1;
+  let last = -1;
+  for (let j = 0; j < next.length; j++) {
+    if (old[j] !== next[j]) {
+      if (first < 0) first = j;
+      last = j;
+    }
+  }
+  if (first < 0) return Buffer.from(next);
+  const cut = Math.max(first + 1, Math.floor((first + last + 1) / 2));
+  return Buffer.concat([next.subarray(0, cut), old.subarray(cut)]);
 }

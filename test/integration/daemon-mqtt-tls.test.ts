@@ -110,5 +110,6 @@ t.test('transport whose certificate does not match its device id: events refused
   await outbox.append({ type: 'UpdateFailed' });
   await waitFor(() => problems.find((p) => p.code === 'DAEMON_MQTT_PUBLISH'), 'publish refused');
   t.match(problems.find((p) => p.code === 'DAEMON_MQTT_PUBLISH'), { reason: 0x87 });
+  await waitFor(() => problems.filter((p) => p.code === 'DAEMON_MQTT_PUBLISH').length >= 3, 'retried with backoff', 5000);
   t.same((await outbox.pending()).map((e) => e.seq), [1], 'a refused event is never acked or dropped');
 });

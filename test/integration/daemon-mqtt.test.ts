@@ -5,6 +5,10 @@ import { connectAsync, type MqttClient, type IClientOptions } from 'mqtt';
 import { startMosquitto, freePort } from '../harness/mosquitto.js';
 import { MqttTransport, brokerConfigDefaults, type BrokerConfig, type ClientFactory } from '../../daemon/mqtt.js';
 import { connect as mqttConnect } from 'mqtt';
+import { spawn } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Outbox, MemoryOutboxStore } from '../../daemon/outbox.js';
 import { deviceTopics, metaTopic } from '../../daemon/topics.js';
 
@@ -172,4 +176,54 @@ t.test('bounded packets: oversize event becomes a truthful stub, oversize metada
   await waitFor(() => metadata.get('ok.json'), 'small metadata');
   t.notOk(metadata.has('big.json'));
   t.ok(problems.includes('DAEMON_MQTT_OVERSIZE'));
+});
+
+t.test('daemon restart: events queued while the broker was unreachable are delivered by the next process', async (t) => {
+  const id = 'dev-reboot';
+  const dir = t.testdir();
+  const obs = await observe(broker.url, deviceTopics(id).events);
+  t.teardown(() => obs.client.endAsync());
+  const dead = await freePort();
+  const first = new Outbox(dir);
+  const tr1 = new MqttTransport({ config: config([`mqtt://127.0.0.1:${dead}`]), deviceId: id, outbox: first });
+  tr1.start();
+  for (const type of ['UpdateStarted', 'UpdateInstalled']) await first.append({ type });
+  await tr1.stop(); // "reboot" with the broker still unreachable
+  const second = new Outbox(dir); // a new process reads the same directory
+  const tr2 = new MqttTransport({ config: config([broker.url]), deviceId: id, outbox: second });
+  tr2.start();
+  t.teardown(() => tr2.stop());
+  t.equal(await second.append({ type: 'UpdateCommitted' }), 3, 'seq continues across the restart');
+  await waitFor(() => obs.seen.length >= 3, 'three events');
+  t.same(obs.seen.map((s) => [JSON.parse(s.payload).seq, JSON.parse(s.payload).type]), [[1, 'UpdateStarted'], [2, 'UpdateInstalled'], [3, 'UpdateCommitted']]);
+});
+
+t.test('last will: a daemon process killed with SIGKILL goes "offline"', async (t) => {
+  const id = 'dev-killed';
+  const topics = deviceTopics(id);
+  const obs = await observe(broker.url, topics.online);
+  t.teardown(() => obs.client.endAsync());
+  const here = fileURLToPath(new URL('.', import.meta.url));
+  const root = resolve(here, '../..');
+  const dir = t.testdir();
+  const child = join(dir, 'child.ts');
+  await writeFile(child, [
+    `import { MqttTransport, brokerConfigDefaults } from ${JSON.stringify(pathToFileURL(join(root, 'daemon/mqtt.ts')).href)};`,
+    `import { Outbox } from ${JSON.stringify(pathToFileURL(join(root, 'daemon/outbox.ts')).href)};`,
+    `const tr = new MqttTransport({ config: { ...brokerConfigDefaults, urls: [${JSON.stringify(broker.url)}] } as any, deviceId: ${JSON.stringify(id)}, outbox: new Outbox(${JSON.stringify(dir)}) });`,
+    `tr.on('connected', () => process.stdout.write('connected\\n'));`,
+    `tr.start();`,
+    `setInterval(() => undefined, 1000);`,
+  ].join('\n'));
+  const proc = spawn(process.execPath, ['--import', pathToFileURL(join(root, 'node_modules/@tapjs/typescript/dist/esm/import.mjs')).href, child], { stdio: ['ignore', 'pipe', 'inherit'], cwd: root });
+  t.teardown(() => { if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL'); });
+  let out = '';
+  proc.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
+  await waitFor(() => out.includes('connected'), 'child connected', 30_000);
+  await waitFor(() => obs.seen.find((s) => s.payload === 'online'), 'online');
+  const exited = new Promise((r) => proc.once('exit', r));
+  proc.kill('SIGKILL');
+  await exited;
+  await waitFor(() => obs.seen.find((s) => s.payload === 'offline'), 'will after SIGKILL', 5000);
+  t.same(obs.seen.map((s) => s.payload), ['online', 'offline']);
 });

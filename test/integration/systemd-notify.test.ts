@@ -99,9 +99,9 @@ t.test('READY=1 and WATCHDOG=1 reach the socket from the child pid; a hung loop 
     proc.kill('SIGKILL');
   });
 
-  const watchdogUsec = 600_000; // systemd would kill after 600 ms without a ping
-  const hangMs = 2000;
-  const child = await runChild([socketPath, String(watchdogUsec), String(hangMs), '1500', '1000']);
+  const watchdogUsec = 1_000_000; // systemd would kill after 1 s without a ping
+  const hangMs = 2500;
+  const child = await runChild([socketPath, String(watchdogUsec), String(hangMs), '2000', '1200']);
   t.equal(child.code, 0, `child exits cleanly: ${child.stderr}`);
   await waitFor(() => messages.some((m) => m.msg === 'STOPPING=1\n'), 5000);
 
@@ -120,7 +120,7 @@ t.test('READY=1 and WATCHDOG=1 reach the socket from the child pid; a hung loop 
   const pings = (from: number, to: number): Received[] => messages.slice(from, to).filter((m) => m.msg === 'WATCHDOG=1\n');
 
   const before = pings(0, iHang);
-  // 1500 ms at a 300 ms interval: ~6 pings (the first at once); allow for a slow machine.
+  // 2000 ms at a 500 ms interval: ~5 pings (the first at once); allow for a slow machine.
   t.ok(before.length >= 3, `pings while the loop turns (${before.length})`);
   const gapsBefore = before.slice(1).map((m, i) => (m.t - before[i]!.t) * 1000);
   t.ok(

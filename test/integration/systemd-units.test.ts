@@ -15,7 +15,9 @@ import { execFile } from 'node:child_process';
 import { copyFileSync, chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { Ajv } from 'ajv';
 import { validateConfig } from '../../daemon/config.js';
+import { bootBackendSchema } from '../../hal/registry.js';
 
 const execFileP = promisify(execFile);
 const SYSTEMD_DIR = join(import.meta.dirname, '../../systemd');
@@ -74,6 +76,7 @@ async function exposure(root: string, unit: string): Promise<number> {
   return Number(m[1]);
 }
 
+const checkBoot = new Ajv({ allErrors: true, strict: false }).compile(bootBackendSchema);
 const boards = readdirSync(EXAMPLES_DIR).filter((d) => statSync(join(EXAMPLES_DIR, d)).isDirectory()).sort();
 
 t.test('systemd-analyze verify accepts both units, and would catch a broken one', async (t) => {
@@ -120,7 +123,7 @@ t.test('the unit carries the directives the README promises', async (t) => {
     'NoNewPrivileges=yes',
     'PrivateTmp=yes',
     'CapabilityBoundingSet=',
-    'SystemCallFilter=@system-service',
+    'SystemCallFilter=@system-service @pkey',
   ]) {
     t.ok(has(line), line);
   }
@@ -129,7 +132,7 @@ t.test('the unit carries the directives the README promises', async (t) => {
   const health = readFileSync(join(SYSTEMD_DIR, 'slotflip-health.service'), 'utf8');
   t.match(health, /^Before=boot-complete\.target$/m);
   t.match(health, /^RequiredBy=boot-complete\.target$/m);
-  t.match(health, /^ExecStart=\/usr\/bin\/slotflip check --config \/etc\/slotflip\/config\.json$/m);
+  t.match(health, /^ExecStart=\/usr\/bin\/slotflip health --config \/etc\/slotflip\/config\.json$/m);
 });
 
 t.test('tmpfiles.d creates a root-only state directory', async (t) => {
@@ -162,5 +165,7 @@ t.test('board examples: drop-ins verify and keep the exposure low; configs are v
     const config = JSON.parse(readFileSync(join(base, 'config.json'), 'utf8')) as unknown;
     const r = validateConfig(config);
     t.ok(r.ok, `${board}: config.json is valid${r.ok ? '' : ': ' + JSON.stringify(r.errors)}`);
+    const boot = (config as { board: { boot: unknown } }).board.boot;
+    t.ok(checkBoot(boot), `${board}: board.boot is a valid ${(boot as { type: string }).type} backend config ${JSON.stringify(checkBoot.errors ?? [])}`);
   }
 });

@@ -4,7 +4,7 @@ import { writeFile } from 'node:fs/promises';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { Ajv } from 'ajv';
-import { windowStatus, evaluatePolicies, rebootDecision, readUpdateLock, validatePolicies, policiesConfigSchema, type MaintenanceWindow, type PoliciesConfig } from '../../daemon/policies.js';
+import { windowStatus, evaluatePolicies, createUpdatePolicies, rebootDecision, readUpdateLock, validatePolicies, policiesConfigSchema, type MaintenanceWindow, type PoliciesConfig } from '../../daemon/policies.js';
 
 const at = (iso: string): number => Date.parse(iso);
 const nightly: MaintenanceWindow = { cron: '0 2 * * *', durationMinutes: 120, timezone: 'Etc/UTC' };
@@ -94,7 +94,13 @@ t.test('readUpdateLock: pid presence and flock', async (t) => {
   const exited = new Promise((r) => holder.once('exit', r));
   killHolder();
   await exited;
-  t.match(await readUpdateLock(join(dir, 'empty')), { held: false });
+  // the group's `sleep` (holding the inherited fd) may be reaped a moment after flock itself
+  status = await readUpdateLock(join(dir, 'empty'));
+  for (let i = 0; i < 100 && status.held; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    status = await readUpdateLock(join(dir, 'empty'));
+  }
+  t.match(status, { held: false }, 'released when the holder dies');
   await writeFile(join(dir, 'x'), '');
   t.match(await readUpdateLock(join(dir, 'x'), { runner: { run: async () => { throw new Error('no flock'); } } }), { held: true }, 'without flock(1) an empty lock file counts as held');
 });
@@ -108,4 +114,23 @@ t.test('config: schema and cron validation', async (t) => {
   t.notOk(v({ updateLock: { path: 'relative', maxDeferralMinutes: 1 } }));
   t.same(validatePolicies(c as unknown as PoliciesConfig), []);
   t.same(validatePolicies({ minFreeSpaceMiB: 0, maintenanceWindows: { download: [{ cron: '0 3 * * * *', durationMinutes: 5 }, { cron: '99 3 * * *', durationMinutes: 5 }, { cron: '0 3 * * *', durationMinutes: 5, timezone: 'Mars/Olympus' }] } }).length, 3);
+});
+
+t.test('createUpdatePolicies: the agent-facing object', async (t) => {
+  const dir = t.testdir({ lock: `${process.pid}` });
+  const saved: Array<number | undefined> = [];
+  let stored: number | undefined;
+  const pol = createUpdatePolicies(
+    { maintenanceWindows: { install: [nightly] }, updateLock: { path: join(dir, 'lock'), maxDeferralMinutes: 10 }, minFreeSpaceMiB: 100 },
+    { freeSpaceMiB: async () => 50, deferral: { get: async () => stored, set: async (ms) => { stored = ms; saved.push(ms); } } },
+  );
+  t.match(await pol.mayStart({}, at('2026-03-04T02:30:00Z')), { ok: false, reason: /only 50 MiB free/ });
+  const pol2 = createUpdatePolicies({ maintenanceWindows: { install: [nightly] }, minFreeSpaceMiB: 0 });
+  t.same(await pol2.mayStart({}, at('2026-03-04T02:30:00Z')), { ok: true });
+  t.same(await pol2.mayStart({}, at('2026-03-04T12:00:00Z')), { ok: false, reason: 'outside the install maintenance window', until: at('2026-03-05T02:00:00Z') });
+  const t0 = at('2026-03-04T12:00:00Z');
+  t.match(await pol.mayReboot(t0), { ok: false, reason: /held by pid/, until: t0 + 600_000 });
+  t.match(await pol.mayReboot(t0 + 300_000), { ok: false, until: t0 + 600_000 }, 'the deferral clock is not reset');
+  t.match(await pol.mayReboot(t0 + 600_000), { ok: true, note: /rebooting anyway/ });
+  t.same(saved, [t0, undefined], 'deferral start persisted once, cleared when the reboot goes ahead');
 });

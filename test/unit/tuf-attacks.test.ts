@@ -84,9 +84,8 @@ const cases: Case[] = [
   { name: 'targets signed with the snapshot key', code: 'MANIFEST_SIGNATURE', attack: ({ sim }) => { sim.signers.set('targets', sim.signers.get('snapshot')!); update(sim); } },
   { name: 'fast-forward timestamp (v999) signed by an untrusted key', code: 'MANIFEST_SIGNATURE', attack: ({ sim }) => { sim.signers.set('timestamp', [generateSigningKey()]); sim.timestamp.version = 998; update(sim); } },
   { name: 'delegated role signed by the wrong key', code: 'MANIFEST_SIGNATURE', init: (sim) => { sim.delegate('targets', 'vendor', { paths: ['vendor/*'] }); }, attack: ({ sim }) => { sim.signers.set('vendor', [generateSigningKey()]); update(sim, ['vendor']); } },
-  { name: 'unsupported key type in root for timestamp', code: 'MANIFEST_SIGNATURE', attack: ({ sim }) => {
-    badRoot(sim, (r) => { const id = 'a'.repeat(64); r.keys[id] = { keytype: 'rsa', scheme: 'rsassa-pss-sha256', keyval: { public: 'not a pem' } }; r.roles['timestamp'] = { keyids: [id], threshold: 1 }; });
-    sim.signers.get('root')!; update(sim);
+  { name: 'new root lists only a key of an unsupported type for itself', code: 'MANIFEST_SIGNATURE', attack: ({ sim }) => {
+    badRoot(sim, (r) => { const id = 'a'.repeat(64); r.keys[id] = { keytype: 'rsa', scheme: 'rsassa-pss-sha256', keyval: { public: 'not a pem' } }; r.roles['root'] = { keyids: [id], threshold: 1 }; });
   } },
   // --- threshold tricks
   { name: 'duplicate signatures from one key', code: 'MANIFEST_INVALID', attack: ({ sim }) => { update(sim); tamper(sim, 'timestamp.json', (e) => { e.signatures.push({ ...e.signatures[0]! }); }); } },
@@ -104,7 +103,7 @@ const cases: Case[] = [
   { name: 'threshold 0 for root in a new root', code: 'MANIFEST_INVALID', attack: ({ sim }) => badRoot(sim, (r) => { r.roles['root']!.threshold = 0; }) },
   { name: 'threshold 0 for timestamp in a new root', code: 'MANIFEST_INVALID', attack: ({ sim }) => badRoot(sim, (r) => { r.roles['timestamp']!.threshold = 0; }) },
   { name: 'negative threshold', code: 'MANIFEST_INVALID', attack: ({ sim }) => badRoot(sim, (r) => { r.roles['snapshot']!.threshold = -1; }) },
-  { name: 'fractional threshold', code: 'MANIFEST_INVALID', attack: ({ sim }) => badRoot(sim, (r) => { r.roles['targets']!.threshold = 1.5 as number; }) },
+  { name: 'fractional threshold (canonical JSON cannot even sign it)', code: 'MANIFEST_INVALID', attack: ({ sim }) => { badRoot(sim, () => undefined); tamper(sim, '2.root.json', (e) => { ((e.signed['roles'] as Json)['targets'] as Json)['threshold'] = 1.5; }); } },
   { name: 'duplicate key ids in a role', code: 'MANIFEST_INVALID', attack: ({ sim }) => badRoot(sim, (r) => { const ids = r.roles['timestamp']!.keyids; ids.push(ids[0]!); }) },
   { name: 'new root without a snapshot role', code: 'MANIFEST_INVALID', attack: ({ sim }) => badRoot(sim, (r) => { delete r.roles['snapshot']; }) },
   // --- expiry and freeze
@@ -119,7 +118,7 @@ const cases: Case[] = [
   } },
   // --- rollback, replay, mix-and-match
   { name: 'replayed version-1 timestamp', code: 'MANIFEST_ROLLBACK', attack: (c) => { c.sim.files.set('timestamp.json', c.v1.get('timestamp.json')!); } },
-  { name: 'timestamp points at an older snapshot', code: 'MANIFEST_ROLLBACK', attack: ({ sim }) => { sim.snapshot.version = 0; sim.publishSnapshot(); sim.bump('timestamp'); sim.publishTimestamp(); } },
+  { name: 'timestamp points at an older snapshot', code: 'MANIFEST_ROLLBACK', attack: ({ sim }) => { sim.snapshot.version = 1; sim.publishSnapshot(); sim.bump('timestamp'); sim.publishTimestamp(); } },
   { name: 'snapshot lists an older targets', code: 'MANIFEST_ROLLBACK', attack: (c) => { c.sim.targets.get('targets')!.version = 1; c.sim.files.set('1.targets.json', c.v1.get('1.targets.json')!); c.sim.bump('snapshot'); c.sim.publishSnapshot(); c.sim.bump('timestamp'); c.sim.publishTimestamp(); } },
   { name: 'snapshot drops targets.json', code: 'MANIFEST_ROLLBACK', attack: ({ sim }) => { sim.targets.get('targets')!.version = 2; sim.files.delete('2.targets.json'); sim.bump('snapshot'); sim.publishSnapshot(); sim.bump('timestamp'); sim.publishTimestamp(); } },
   { name: 'mix-and-match: new timestamp, old snapshot bytes under the new name', code: 'MANIFEST_HASH_MISMATCH', attack: ({ sim }) => { const old = sim.files.get('2.snapshot.json')!; update(sim); sim.files.set('3.snapshot.json', old); } },

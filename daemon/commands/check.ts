@@ -1,0 +1,32 @@
+/**
+ * `slotflip check --config FILE [--json]`: refresh the signed metadata and say which release this
+ * device would install now, and why not when none. Changes nothing but the trusted metadata cache.
+ * Exit 0 when a release is available, 4 when there is nothing to install.
+ */
+import { COMMON_OPTIONS_HELP, openAgent, parseCommandArgs, write } from '../command-support.js';
+import type { Command } from './command.js';
+
+export const command: Command = {
+  help: [
+    'usage: slotflip check --config FILE [--json]',
+    '',
+    'Refresh the TUF metadata and show the release this device would install now (or why none).',
+    'Installs nothing. Exit codes: 0 a release is available, 4 nothing to install, 1 error.',
+    '',
+    'options:',
+    COMMON_OPTIONS_HELP,
+  ].join('\n'),
+  async run(argv, io) {
+    const p = parseCommandArgs(argv, io);
+    const { agent } = await openAgent(p);
+    const r = await agent.check();
+    if (p.json) {
+      write(io, JSON.stringify({ available: r.release !== null, releaseId: r.releaseId ?? null, version: r.release?.custom.version ?? null, securityVersion: r.release?.custom.securityVersion ?? null, reason: r.reason ?? null }));
+    } else if (r.release) {
+      write(io, `available: ${r.release.custom.version} (${r.releaseId}), securityVersion ${r.release.custom.securityVersion}`);
+    } else {
+      write(io, `nothing to install: ${r.reason ?? 'no release'}`);
+    }
+    return r.release ? 0 : 4;
+  },
+};

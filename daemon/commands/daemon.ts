@@ -1,0 +1,56 @@
+/**
+ * `slotflip daemon --config FILE`: run on a device for months. Resumes any update in flight, then
+ * checks on the poll schedule, on new metadata from the broker and on `check` commands; reports
+ * through the persisted outbox over MQTT. Logs are JSON lines on stdout (journald collects them).
+ * Stops cleanly on SIGTERM/SIGINT (the running effect chain finishes first).
+ */
+import { createNotifier, notifyOptionsFromEnv } from '../sd-notify.js';
+import { loadConfig } from '../config.js';
+import { commandLogger, parseCommandArgs } from '../command-support.js';
+import { UpdateService } from '../service.js';
+import type { Command } from './command.js';
+
+export const command: Command = {
+  help: [
+    'usage: slotflip daemon --config FILE',
+    '',
+    'Run the update daemon: resume a pending update, then check for releases on the poll schedule',
+    '(config poll.cron), on new metadata from the broker and on `check` commands; install, reboot',
+    'into a trial boot, validate, commit or roll back; report over MQTT. Stops on SIGTERM/SIGINT.',
+    '',
+    'options:',
+    '  --config FILE   device config (JSON); default $SLOTFLIP_CONFIG or /etc/slotflip/config.json',
+    '  -h, --help      this help',
+  ].join('\n'),
+  async run(argv, io) {
+    const p = parseCommandArgs(argv, io);
+    const config = await loadConfig(p.config);
+    const log = commandLogger(config, true);
+    const env = notifyOptionsFromEnv(io.env, process.pid);
+    const notifier = createNotifier({ socketPath: env.socketPath, watchdogUsec: env.watchdogUsec, onError: (e) => log.warn({ err: e.toJSON() }, 'sd_notify failed') });
+    const service = new UpdateService({
+      config,
+      log,
+      onCycle: (r) => {
+        const text = 'error' in r ? `last cycle failed: ${r.error}` : `phase ${r.phase}${r.finished.length ? `, ${r.finished.map((h) => h.outcome).join(', ')}` : ''}`;
+        notifier.status(text).catch(() => undefined);
+      },
+    });
+    const stopped = new Promise<void>((resolve) => {
+      const stop = (signal: string): void => {
+        log.info({ signal }, 'stopping');
+        notifier.stopping().catch(() => undefined);
+        service.stop().then(resolve, resolve);
+      };
+      process.once('SIGTERM', () => stop('SIGTERM'));
+      process.once('SIGINT', () => stop('SIGINT'));
+    });
+    log.info({ deviceId: config.deviceId, channel: config.channel, poll: config.poll.cron, broker: config.broker?.urls ?? null }, 'daemon starting');
+    notifier.startWatchdog();
+    await service.start();
+    await notifier.ready('running').catch(() => undefined);
+    await stopped;
+    notifier.stop();
+    return 0;
+  },
+};

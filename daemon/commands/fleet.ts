@@ -1,0 +1,245 @@
+/**
+ * `slotflip fleet rollout|watch`: the manufacturer's staged-rollout tools.
+ *
+ * - `rollout` re-signs a release's rollout (percentage, waves over time, halt/resume) in the
+ *   repository and optionally republishes the metadata retained on the broker.
+ * - `watch` keeps a live view of the fleet from the broker (retained state, events), prints it, and
+ *   with a halt policy halts the rollout automatically when the failure rate crosses the threshold.
+ *
+ * This module is the edge: it parses argv, reads files named on the command line, and wires the
+ * signal handlers; the logic lives in daemon/fleet/.
+ */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { pino, type Logger } from 'pino';
+import { readFileCapped } from '../../hal/atomic-file.js';
+import { SlotflipError } from '../../hal/errors.js';
+import { applyRollout, buildRollout, parsePercent, parseWave, readRollout } from '../fleet/rollout.js';
+import { FleetWatcher, type BrokerAuth } from '../fleet/watcher.js';
+import { formatSummary, haltPolicyProblem, type FleetSummary } from '../fleet/watch.js';
+import type { Command, CommandIO } from './command.js';
+
+const TLS_HELP = [
+  '  --ca FILE              CA bundle (PEM) for mqtts://',
+  '  --cert FILE            client certificate (PEM) for mutual TLS',
+  '  --key FILE             client key (PEM)',
+  '  --username NAME        broker user name',
+  '  --password-file FILE   file holding the broker password',
+].join('\n');
+
+const ROLLOUT_HELP = [
+  'usage: slotflip fleet rollout REPO --release TARGET (--percent P [--wave AT=P ...] | --halt | --resume | --show) [--broker URL] [--json]',
+  '',
+  'Change the staged rollout of a release: devices bucket themselves from their id and the release',
+  '(0..99) and install when their bucket is below the percentage in force, so no device list is needed.',
+  'Re-signs targets, snapshot and timestamp in REPO (needs those keys), then with --broker republishes',
+  'the metadata retained on the broker (timestamp last).',
+  '',
+  'options:',
+  '  --release TARGET       the release\'s target name, e.g. releases/1.2.0/image.img.zst',
+  '  --percent P            percentage in force now (0..100)',
+  '  --wave AT=P            from time AT on, P percent; AT is ISO-8601 (2026-12-01T08:00:00Z) or an',
+  '                         offset from now (+30m, +2h, +1d); repeatable; the latest wave passed wins',
+  '  --halt                 halt the rollout (nobody else installs), keeping its percentages',
+  '  --resume               clear a halt, keeping the percentages',
+  '  --show                 print the rollout in force; change nothing',
+  '  --broker URL           republish to this broker (mqtt://, mqtts://)',
+  TLS_HELP,
+  '  --json                 print the result as JSON',
+  '  -h, --help             this help',
+].join('\n');
+
+const WATCH_HELP = [
+  'usage: slotflip fleet watch --broker URL [--release TARGET] [--json] [--interval S] [--straggler-after S]',
+  '                            [--halt-on-failure-rate X --min-devices N --repo DIR] [--for S] [--exit-on-halt]',
+  '',
+  'Watch the fleet: counts per version and phase, failures with reasons, stragglers (devices offline or',
+  'silent for --straggler-after seconds). Prints a table every --interval seconds, or one JSON object',
+  'per line with --json. With --halt-on-failure-rate, when at least N devices attempted --release and',
+  'the share that rolled back or failed reaches X, the rollout is halted: REPO\'s targets are re-signed',
+  'with halted=true and republished retained to the broker. Exit status 3 when a halt was applied.',
+  '',
+  'options:',
+  '  --broker URL                 broker to watch (mqtt://, mqtts://)',
+  '  --release TARGET             release being rolled out (counts, and the one a halt applies to)',
+  '  --json                       JSON lines: {"type":"summary",...} and {"type":"halt",...}',
+  '  --interval S                 seconds between prints (default 5)',
+  '  --straggler-after S          silence after which a device is a straggler (default 3600)',
+  '  --halt-on-failure-rate X     0 < X <= 1, e.g. 0.2',
+  '  --min-devices N              attempts needed before a halt can trigger (default 10)',
+  '  --repo DIR                   repository to re-sign on a halt (needs targets/snapshot/timestamp keys)',
+  '  --for S                      stop after S seconds (default: until SIGINT/SIGTERM)',
+  '  --exit-on-halt               stop right after a halt',
+  '  --verbose                    log at info level on stderr (default warn)',
+  TLS_HELP,
+  '  -h, --help                   this help',
+].join('\n');
+
+type Options = NonNullable<ParseArgsConfig['options']>;
+const TLS_OPTIONS: Options = { ca: { type: 'string' }, cert: { type: 'string' }, key: { type: 'string' }, username: { type: 'string' }, 'password-file': { type: 'string' } };
+
+function parse(argv: string[], options: Options, positionals: boolean): { values: Record<string, string | boolean | string[] | undefined>; positionals: string[] } {
+  try {
+    const r = parseArgs({ args: argv, options, strict: true, allowPositionals: positionals });
+    return { values: r.values as Record<string, string | boolean | string[] | undefined>, positionals: r.positionals };
+  } catch (cause) {
+    throw new SlotflipError('DAEMON_USAGE', `${(cause as Error).message}; see --help`, { cause });
+  }
+}
+
+function usage(message: string): SlotflipError {
+  return new SlotflipError('DAEMON_USAGE', `${message}; see --help`);
+}
+
+async function readOptionFile(path: string, option: string): Promise<Buffer> {
+  try {
+    return await readFileCapped(path, 1 << 20);
+  } catch (cause) {
+    throw new SlotflipError('DAEMON_USAGE', `${option} ${path}: cannot read it; check the path and permissions`, { cause, details: { path } });
+  }
+}
+
+async function brokerAuth(v: Record<string, unknown>): Promise<BrokerAuth> {
+  const auth: BrokerAuth = {};
+  if (typeof v['ca'] === 'string') auth.ca = await readOptionFile(v['ca'], '--ca');
+  if (typeof v['cert'] === 'string') auth.cert = await readOptionFile(v['cert'], '--cert');
+  if (typeof v['key'] === 'string') auth.key = await readOptionFile(v['key'], '--key');
+  if ((auth.cert === undefined) !== (auth.key === undefined)) throw usage('--cert and --key go together');
+  if (typeof v['username'] === 'string') auth.username = v['username'];
+  if (typeof v['password-file'] === 'string') auth.password = (await readOptionFile(v['password-file'], '--password-file')).toString('utf8').replace(/\r?\n$/, '');
+  return auth;
+}
+
+function out(io: CommandIO, text: string): void {
+  io.stdout.write(text.endsWith('\n') ? text : text + '\n');
+}
+
+function seconds(v: unknown, option: string, def: number): number {
+  if (v === undefined) return def;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw usage(`${option} must be a positive number of seconds, got "${String(v)}"`);
+  return n;
+}
+
+export interface FleetCommandDeps {
+  now?: () => number;
+  /** resolves when the watch should stop (the CLI: SIGINT/SIGTERM). */
+  stopSignal?: Promise<void>;
+  log?: Logger;
+}
+
+async function rollout(argv: string[], io: CommandIO, deps: FleetCommandDeps): Promise<number> {
+  const p = parse(argv, {
+    release: { type: 'string' }, percent: { type: 'string' }, wave: { type: 'string', multiple: true },
+    halt: { type: 'boolean' }, resume: { type: 'boolean' }, show: { type: 'boolean' },
+    broker: { type: 'string' }, json: { type: 'boolean' }, ...TLS_OPTIONS,
+  }, true);
+  const v = p.values;
+  const now = deps.now ?? Date.now;
+  if (p.positionals.length !== 1) throw usage('give exactly one repository directory: slotflip fleet rollout REPO --release TARGET --percent P');
+  const repo = p.positionals[0]!;
+  const release = v['release'];
+  if (typeof release !== 'string' || release === '') throw usage('--release TARGET is required');
+  const modes = ['percent', 'halt', 'resume', 'show'].filter((k) => v[k] !== undefined && v[k] !== false);
+  if (modes.length !== 1) throw usage('give exactly one of --percent, --halt, --resume, --show');
+  const waves = (v['wave'] as string[] | undefined) ?? [];
+  if (waves.length > 0 && v['percent'] === undefined) throw usage('--wave goes with --percent');
+  const current = await readRollout(repo, release);
+  if (v['show']) {
+    out(io, v['json'] ? JSON.stringify({ targetName: release, rollout: current ?? null }) : `${release}: ${current ? JSON.stringify(current) : 'no rollout (every device may install)'}`);
+    return 0;
+  }
+  let next;
+  if (v['percent'] !== undefined) next = buildRollout(parsePercent(v['percent'] as string, '--percent'), waves.map((w) => parseWave(w, now())));
+  else if (v['halt']) next = { ...(current ?? { percent: 100 }), halted: true };
+  else {
+    const { halted: _drop, ...rest } = current ?? { percent: 100 };
+    next = rest;
+  }
+  const auth = typeof v['broker'] === 'string' ? await brokerAuth(v) : {};
+  const r = await applyRollout(repo, release, next, { now, ...(typeof v['broker'] === 'string' ? { broker: v['broker'], publish: auth } : {}) });
+  if (v['json']) out(io, JSON.stringify({ targetName: r.targetName, rollout: r.rollout, targetsVersion: r.targetsVersion, published: r.published?.published.length ?? 0 }));
+  else {
+    const waveText = (r.rollout.waves ?? []).map((w) => `, ${w.percent}% from ${w.at}`).join('');
+    out(io, `${release}: ${r.rollout.halted ? 'HALTED, ' : ''}${r.rollout.percent}% now${waveText}; signed targets v${r.targetsVersion}${r.published ? `; published ${r.published.published.length} files to ${v['broker'] as string}` : ''}`);
+  }
+  return 0;
+}
+
+async function watch(argv: string[], io: CommandIO, deps: FleetCommandDeps): Promise<number> {
+  const p = parse(argv, {
+    broker: { type: 'string' }, release: { type: 'string' }, json: { type: 'boolean' }, interval: { type: 'string' },
+    'straggler-after': { type: 'string' }, 'halt-on-failure-rate': { type: 'string' }, 'min-devices': { type: 'string' },
+    repo: { type: 'string' }, for: { type: 'string' }, 'exit-on-halt': { type: 'boolean' }, verbose: { type: 'boolean' }, ...TLS_OPTIONS,
+  }, false);
+  const v = p.values;
+  const now = deps.now ?? Date.now;
+  if (typeof v['broker'] !== 'string') throw usage('--broker URL is required');
+  const release = typeof v['release'] === 'string' ? v['release'] : undefined;
+  const json = v['json'] === true;
+  const intervalMs = seconds(v['interval'], '--interval', 5) * 1000;
+  const stragglerAfterMs = seconds(v['straggler-after'], '--straggler-after', 3600) * 1000;
+  let halt;
+  if (v['halt-on-failure-rate'] !== undefined) {
+    if (release === undefined) throw usage('--halt-on-failure-rate needs --release TARGET');
+    if (typeof v['repo'] !== 'string') throw usage('--halt-on-failure-rate needs --repo DIR (the repository to re-sign)');
+    const policy = { failureRate: Number(v['halt-on-failure-rate']), minDevices: v['min-devices'] === undefined ? 10 : Number(v['min-devices']) };
+    const problem = haltPolicyProblem(policy);
+    if (problem) throw usage(problem);
+    halt = { ...policy, repoDir: v['repo'] };
+    await readRollout(halt.repoDir, release); // fail now, not at the halt, when the release is unknown
+  } else if (v['min-devices'] !== undefined || v['repo'] !== undefined) throw usage('--min-devices and --repo go with --halt-on-failure-rate');
+  const log = deps.log ?? pino({ level: v['verbose'] ? 'info' : 'warn', base: { module: 'fleet' } }, pino.destination({ dest: 2, sync: true }));
+  const auth = await brokerAuth(v);
+
+  const print = (s: FleetSummary): void => out(io, json ? JSON.stringify({ type: 'summary', ...s }) : formatSummary(s));
+  let stopNow: () => void = () => undefined;
+  const stopped = new Promise<void>((resolve) => { stopNow = resolve; });
+  const watcher = new FleetWatcher({
+    brokerUrl: v['broker'], auth, stragglerAfterMs, now, log,
+    ...(release !== undefined ? { release } : {}),
+    ...(halt ? { halt } : {}),
+    onHalt: (h) => {
+      if (json) out(io, JSON.stringify({ type: 'halt', at: new Date(h.at).toISOString(), release: h.result.targetName, reason: h.decision.reason, stats: h.decision.stats, rollout: h.result.rollout, targetsVersion: h.result.targetsVersion }));
+      else out(io, `HALTED rollout of ${h.result.targetName}: ${h.decision.reason}; signed targets v${h.result.targetsVersion} with halted=true and republished to ${v['broker'] as string}`);
+      if (v['exit-on-halt']) stopNow();
+    },
+  });
+  await watcher.start();
+  const timer = setInterval(() => print(watcher.summary()), intervalMs);
+  const forMs = v['for'] !== undefined ? seconds(v['for'], '--for', 1) * 1000 : undefined;
+  const limit = forMs !== undefined ? setTimeout(stopNow, forMs) : undefined;
+  try {
+    await Promise.race([stopped, ...(deps.stopSignal ? [deps.stopSignal] : [])]);
+  } finally {
+    clearInterval(timer);
+    if (limit) clearTimeout(limit);
+    await watcher.stop();
+  }
+  print(watcher.summary());
+  return watcher.halted ? 3 : 0;
+}
+
+/** Runs `fleet <sub> ...` with injectable clock, stop signal and logger (tests). */
+export async function runFleet(argv: string[], io: CommandIO, deps: FleetCommandDeps = {}): Promise<number> {
+  const [sub, ...rest] = argv;
+  if (sub === 'rollout') {
+    if (rest.includes('--help') || rest.includes('-h')) return out(io, ROLLOUT_HELP), 0;
+    return rollout(rest, io, deps);
+  }
+  if (sub === 'watch') {
+    if (rest.includes('--help') || rest.includes('-h')) return out(io, WATCH_HELP), 0;
+    return watch(rest, io, deps);
+  }
+  throw usage(`unknown fleet subcommand ${sub === undefined ? '(none)' : JSON.stringify(sub)}: use rollout or watch`);
+}
+
+export const command: Command = {
+  help: ['usage: slotflip fleet rollout|watch ...', '', ROLLOUT_HELP, '', WATCH_HELP].join('\n'),
+  async run(argv, io) {
+    const stopSignal = new Promise<void>((resolve) => {
+      process.once('SIGINT', () => resolve());
+      process.once('SIGTERM', () => resolve());
+    });
+    return runFleet(argv, io, { stopSignal });
+  },
+};

@@ -1,0 +1,90 @@
+/**
+ * `slotflip release add DIR ...`: build a payload from an image (compress, chunk, index), add it as
+ * a signed TUF target with its slotflip custom block, re-sign targets, snapshot and timestamp.
+ */
+import { parseArgs } from 'node:util';
+import { SlotflipError } from '../../hal/errors.js';
+import { addRelease } from '../../manifests/repo.js';
+import { DEFAULT_CHUNK_SIZE } from '../../manifests/payload.js';
+import type { Compression } from '../../manifests/types.js';
+import type { Command } from './command.js';
+
+const HELP = [
+  'usage: slotflip release add DIR --image F --version V --security-version N --hardware H',
+  '                            [--hardware H2 ...] --channel C [options]',
+  '',
+  'Build a payload from image F and publish it as a signed release in repository DIR (needs the',
+  'targets, snapshot and timestamp keys). The payload lands in DIR/repository/targets/ as',
+  '<dir>/<sha256>.<name>; the target name defaults to releases/V/<image name>.zst (.gz, or none).',
+  '',
+  'options:',
+  '  --image F               image file (the whole root filesystem image)',
+  '  --version V             semver for people, e.g. 1.4.0',
+  '  --security-version N    anti-rollback counter; devices never install below their committed one',
+  '  --hardware H            exact compatible string of a board that may install it (repeatable)',
+  '  --channel C             release channel, e.g. stable, beta',
+  '  --compression X         zstd (default), gzip or none',
+  `  --chunk-size N          uncompressed chunk size in bytes (default ${DEFAULT_CHUNK_SIZE})`,
+  '  --device ID             only these device ids may install it (repeatable)',
+  '  --rollout P             staged rollout: only devices whose bucket is below P percent',
+  '  --name T                TUF target name instead of the default',
+  '  --expires-days D        targets metadata lifetime (default from repo.json, 90)',
+  '  --json                  machine-readable output',
+  '  -h, --help              this help',
+].join('\n');
+
+export const command: Command = {
+  help: HELP,
+  async run(argv, io) {
+    const { values, positionals } = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        image: { type: 'string' },
+        version: { type: 'string' },
+        'security-version': { type: 'string' },
+        hardware: { type: 'string', multiple: true },
+        channel: { type: 'string' },
+        compression: { type: 'string' },
+        'chunk-size': { type: 'string' },
+        device: { type: 'string', multiple: true },
+        rollout: { type: 'string' },
+        name: { type: 'string' },
+        'expires-days': { type: 'string' },
+        json: { type: 'boolean' },
+      },
+    });
+    const [sub, dir, ...extra] = positionals;
+    if (sub !== 'add' || !dir || extra.length > 0) {
+      io.stderr.write(`slotflip release: expected "add DIR"\n\n${HELP}\n`);
+      return 2;
+    }
+    const need = (v: string | undefined, flag: string): string => {
+      if (v === undefined || v === '') throw new SlotflipError('MANIFEST_BAD_ARGUMENT', `release add needs ${flag}`);
+      return v;
+    };
+    const int = (v: string, flag: string): number => {
+      if (!/^\d+$/.test(v)) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', `${flag} must be a non-negative integer, got ${JSON.stringify(v)}`);
+      return Number(v);
+    };
+    const compression = (values.compression ?? 'zstd') as Compression;
+    if (!['zstd', 'gzip', 'none'].includes(compression)) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', '--compression must be zstd, gzip or none');
+    const r = await addRelease(dir, {
+      image: need(values.image, '--image'),
+      version: need(values.version, '--version'),
+      securityVersion: int(need(values['security-version'], '--security-version'), '--security-version'),
+      hardware: values.hardware ?? [],
+      channel: need(values.channel, '--channel'),
+      compression,
+      chunkSize: values['chunk-size'] ? int(values['chunk-size'], '--chunk-size') : DEFAULT_CHUNK_SIZE,
+      ...(values.device ? { devices: values.device } : {}),
+      ...(values.rollout !== undefined ? { rollout: { percent: Number(values.rollout) } } : {}),
+      ...(values.name ? { name: values.name } : {}),
+      ...(values['expires-days'] ? { expiresDays: int(values['expires-days'], '--expires-days') } : {}),
+    });
+    if (values.json) io.stdout.write(JSON.stringify({ targetName: r.targetName, path: r.path, length: r.length, sha256: r.sha256, targetsVersion: r.targetsVersion, version: r.custom.version, securityVersion: r.custom.securityVersion, chunks: r.custom.payload.chunks.length }) + '\n');
+    else io.stdout.write(`added ${r.targetName} (${r.custom.version}, securityVersion ${r.custom.securityVersion}, ${r.custom.payload.chunks.length} chunks, ${r.length} bytes) in targets v${r.targetsVersion}\n`);
+    return 0;
+  },
+};

@@ -1,0 +1,37 @@
+/**
+ * `slotflip update --once --config FILE [--json]`: one check-install cycle, for cron-less setups and
+ * tests. First resumes whatever is in flight (after a trial boot that is the post-boot validation:
+ * health checks, then commit or roll back), then checks for a release and installs it. Stops when a
+ * reboot is issued; run it again after the reboot to validate.
+ *
+ * Exit codes: 0 done (updated, nothing to do, or rebooting), 3 an attempt failed or rolled back,
+ * 1 error (config, bootloader), 2 usage.
+ */
+import { SlotflipError } from '../../hal/errors.js';
+import { COMMON_OPTIONS_HELP, cycleExitCode, describeCycle, openAgent, parseCommandArgs, write } from '../command-support.js';
+import type { Command } from './command.js';
+
+export const command: Command = {
+  help: [
+    'usage: slotflip update --once [--no-check] --config FILE [--json]',
+    '',
+    'Run one update cycle: resume a pending update (validate a trial boot, commit or roll back),',
+    'then look for a release for this device and install it into the inactive slot, arm a trial',
+    'boot and reboot (when the reboot policy allows). Run again after the reboot to validate.',
+    '',
+    'options:',
+    '  --once          required: one cycle, then exit (the long-running form is `slotflip daemon`)',
+    '  --no-check      only resume pending work; do not look for a new release',
+    COMMON_OPTIONS_HELP,
+    '',
+    'exit codes: 0 done, 3 the attempt failed or rolled back, 1 error, 2 usage',
+  ].join('\n'),
+  async run(argv, io) {
+    const p = parseCommandArgs(argv, io, { once: { type: 'boolean', default: false }, 'no-check': { type: 'boolean', default: false } });
+    if (!p.values['once']) throw new SlotflipError('DAEMON_USAGE', 'update needs --once (the long-running form is `slotflip daemon`); see --help');
+    const { agent } = await openAgent(p);
+    const r = await agent.runOnce({ check: !p.values['no-check'] });
+    write(io, p.json ? JSON.stringify(r) : describeCycle(r));
+    return cycleExitCode(r);
+  },
+};

@@ -1,0 +1,447 @@
+/**
+ * The fleet's live view, folded from what devices publish on the broker: retained `state` and
+ * `online` flags, and at-least-once `events` (dropped when their `seq` was already seen). Pure: no
+ * I/O, no clock of its own (`now` is an argument), no logger. The MQTT part lives in watcher.ts.
+ *
+ * Trade-off: the view is updated IN PLACE (`foldMessage` mutates and returns the view it was given).
+ * A fleet of thousands sends thousands of messages; copying the device map per message would cost
+ * O(devices) each time for nothing, since only the watcher owns the view.
+ *
+ * Failure accounting follows what AWS IoT Jobs' abort config and hawkBit's rollout error thresholds
+ * do: the denominator is the number of devices that ATTEMPTED the release (any event or state naming
+ * it), the numerator those whose attempt rolled back or failed and did not later succeed. A halt is
+ * due when `failed / attempted >= failureRate` and `attempted >= minDevices` (so two early failures in
+ * a fleet of thousands do not stop a rollout on their own).
+ *
+ * Device state payloads are read tolerantly (the daemon's `AgentStatus` plus `version` and `at`):
+ * unknown fields are ignored, a payload that is not a JSON object counts as malformed, never throws.
+ */
+import { TOPIC_ROOT } from '../topics.js';
+
+export type AttemptOutcome = 'started' | 'installed' | 'succeeded' | 'rolledBack' | 'failed';
+
+const TERMINAL: ReadonlySet<AttemptOutcome> = new Set(['succeeded', 'rolledBack', 'failed']);
+
+/** Event `type` (daemon/agent.ts REPORT_TYPES) → what it says about the attempt. */
+const EVENT_OUTCOME: Record<string, AttemptOutcome> = {
+  UpdateStarted: 'started',
+  DownloadInterrupted: 'started',
+  UpdateInstalled: 'installed',
+  RebootStarted: 'installed',
+  UpdateCommitted: 'succeeded',
+  UpdateRolledBack: 'rolledBack',
+  UpdateFailed: 'failed',
+};
+
+export interface DeviceAttempt {
+  /** `targetName@sha256-prefix` as the device reports it. */
+  releaseId: string;
+  targetName: string;
+  version?: string;
+  outcome: AttemptOutcome;
+  /** true once any attempt at this release rolled back or failed (stays true unless it later succeeds). */
+  everFailed: boolean;
+  /** `CODE: message` of the last failure. */
+  reason?: string;
+  /** names of failed health checks of the last failure. */
+  failedChecks?: string[];
+  at: number;
+}
+
+export interface DeviceView {
+  deviceId: string;
+  /** undefined until an `online` message was seen. */
+  online?: boolean;
+  phase?: string;
+  /** version running on the booted slot, as the device last said. */
+  version?: string;
+  /** ms since epoch of the last message from (or about) this device. */
+  lastSeen: number;
+  /** highest event seq seen; events at or below it are duplicates. */
+  lastSeq: number;
+  /** per release target name: what is known of this device's attempt. */
+  releases: Record<string, DeviceAttempt>;
+}
+
+export interface FleetView {
+  devices: Map<string, DeviceView>;
+  /** messages folded (duplicates and malformed ones included). */
+  messages: number;
+  duplicates: number;
+  malformed: number;
+}
+
+export interface FleetMessage {
+  topic: string;
+  payload: Uint8Array | string;
+  /** true for a retained message delivered at subscription time (its receipt time says nothing). */
+  retained?: boolean;
+}
+
+export function emptyView(): FleetView {
+  return { devices: new Map(), messages: 0, duplicates: 0, malformed: 0 };
+}
+
+const DEVICE_PREFIX = `${TOPIC_ROOT}/devices/`;
+
+/** `{ deviceId, leaf }` for `slotflip/v1/devices/<id>/<leaf>`, else undefined. */
+export function parseDeviceTopic(topic: string): { deviceId: string; leaf: string } | undefined {
+  if (!topic.startsWith(DEVICE_PREFIX)) return undefined;
+  const rest = topic.slice(DEVICE_PREFIX.length).split('/');
+  if (rest.length !== 2 || !rest[0] || !rest[1]) return undefined;
+  return { deviceId: rest[0], leaf: rest[1] };
+}
+
+/** The release target name in a release id (`targetName@sha-prefix`). */
+export function targetOf(releaseId: string): string {
+  const at = releaseId.lastIndexOf('@');
+  return at > 0 ? releaseId.slice(0, at) : releaseId;
+}
+
+type Obj = Record<string, unknown>;
+const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+const str = (v: unknown): string | undefined => (typeof v === 'string' && v.length > 0 ? v : undefined);
+const num = (v: unknown): number | undefined => (typeof v === 'number' && Number.isFinite(v) ? v : undefined);
+
+function timeOf(v: unknown): number | undefined {
+  if (typeof v === 'number' && Number.isFinite(v)) return v;
+  if (typeof v === 'string') {
+    const t = Date.parse(v);
+    return Number.isFinite(t) ? t : undefined;
+  }
+  return undefined;
+}
+
+function reasonText(v: unknown): string | undefined {
+  if (!isObj(v)) return str(v);
+  const code = str(v['code']);
+  const message = str(v['message']);
+  return code && message ? `${code}: ${message}` : (code ?? message);
+}
+
+function checkNames(v: unknown): string[] | undefined {
+  if (!Array.isArray(v)) return undefined;
+  const names = v.filter(isObj).map((f) => str(f['name'])).filter((n): n is string => n !== undefined);
+  return names.length > 0 ? names : undefined;
+}
+
+function device(view: FleetView, deviceId: string, at: number): DeviceView {
+  let d = view.devices.get(deviceId);
+  if (!d) {
+    d = { deviceId, lastSeen: at, lastSeq: 0, releases: {} };
+    view.devices.set(deviceId, d);
+  }
+  return d;
+}
+
+/** Records `outcome` for `releaseId` on `d`. A terminal outcome is not replaced by an older
+ * non-terminal one (a retained state can lag behind the events). */
+function record(d: DeviceView, releaseId: string, outcome: AttemptOutcome, at: number, extra: { version?: string; reason?: string; failedChecks?: string[]; authoritative: boolean }): void {
+  const targetName = targetOf(releaseId);
+  const prev = d.releases[targetName];
+  if (prev && !extra.authoritative) {
+    // state-derived facts only fill gaps: never regress what events said
+    if (TERMINAL.has(prev.outcome) && prev.at >= at) return;
+    if (prev.outcome === outcome) return;
+    if (!TERMINAL.has(outcome) && prev.releaseId === releaseId && TERMINAL.has(prev.outcome)) return;
+  }
+  const failed = outcome === 'rolledBack' || outcome === 'failed';
+  const sameRelease = prev?.releaseId === releaseId;
+  const next: DeviceAttempt = {
+    releaseId,
+    targetName,
+    outcome,
+    everFailed: failed || (sameRelease && outcome !== 'succeeded' && (prev?.everFailed ?? false)),
+    at,
+  };
+  const version = extra.version ?? (sameRelease ? prev?.version : undefined);
+  if (version !== undefined) next.version = version;
+  const reason = failed ? extra.reason : sameRelease && outcome !== 'succeeded' ? prev?.reason : undefined;
+  if (reason !== undefined) next.reason = reason;
+  const checks = failed ? extra.failedChecks : sameRelease && outcome !== 'succeeded' ? prev?.failedChecks : undefined;
+  if (checks !== undefined) next.failedChecks = checks;
+  d.releases[targetName] = next;
+}
+
+function foldEvent(view: FleetView, d: DeviceView, ev: Obj, at: number): void {
+  const seq = num(ev['seq']);
+  if (seq !== undefined) {
+    if (seq <= d.lastSeq) {
+      view.duplicates++;
+      return;
+    }
+    d.lastSeq = seq;
+  }
+  const type = str(ev['type']);
+  const releaseId = str(ev['releaseId']);
+  const outcome = type ? EVENT_OUTCOME[type] : undefined;
+  if (!outcome || !releaseId) return;
+  const when = timeOf(ev['at']) ?? at;
+  const version = str(ev['version']);
+  const reason = reasonText(ev['reason']);
+  const failedChecks = checkNames(ev['failures']);
+  record(d, releaseId, outcome, when, { authoritative: true, ...(version ? { version } : {}), ...(reason ? { reason } : {}), ...(failedChecks ? { failedChecks } : {}) });
+  if (outcome === 'succeeded' && version) d.version = version;
+}
+
+function foldState(d: DeviceView, s: Obj, at: number): void {
+  const phase = str(s['phase']);
+  if (phase) d.phase = phase;
+  let version = str(s['version']);
+  if (!version && Array.isArray(s['slots'])) {
+    const booted = s['slots'].filter(isObj).find((x) => x['booted'] === true);
+    const rel = booted && isObj(booted['release']) ? booted['release'] : undefined;
+    version = rel ? str(rel['version']) : undefined;
+  }
+  if (version) d.version = version;
+  const last = s['lastResult'];
+  if (isObj(last) && isObj(last['release'])) {
+    const id = str(last['release']['id']);
+    const outcome = str(last['outcome']);
+    if (id && (outcome === 'succeeded' || outcome === 'rolledBack' || outcome === 'failed')) {
+      const v = str(last['release']['version']);
+      const reason = reasonText(last['reason']);
+      const failedChecks = checkNames(last['failures']);
+      record(d, id, outcome, timeOf(last['endedAt']) ?? at, { authoritative: false, ...(v ? { version: v } : {}), ...(reason ? { reason } : {}), ...(failedChecks ? { failedChecks } : {}) });
+    }
+  }
+  const attempt = s['attempt'];
+  if (isObj(attempt)) {
+    const id = str(attempt['releaseId']);
+    const v = str(attempt['version']);
+    if (id) record(d, id, 'started', timeOf(attempt['startedAt']) ?? at, { authoritative: false, ...(v ? { version: v } : {}) });
+  }
+}
+
+/**
+ * Folds one broker message into `view` (in place) and returns it. Messages on other topics are
+ * ignored; a payload that does not parse counts as malformed. Never throws.
+ */
+export function foldMessage(view: FleetView, msg: FleetMessage, now: number): FleetView {
+  const where = parseDeviceTopic(msg.topic);
+  if (!where) return view;
+  view.messages++;
+  const text = typeof msg.payload === 'string' ? msg.payload : Buffer.from(msg.payload.buffer, msg.payload.byteOffset, msg.payload.byteLength).toString('utf8');
+  if (where.leaf === 'online') {
+    if (text.length === 0) return view; // a cleared retained flag
+    const d = device(view, where.deviceId, now);
+    d.online = text === 'online';
+    if (!msg.retained) d.lastSeen = Math.max(d.lastSeen, now);
+    return view;
+  }
+  if (where.leaf !== 'state' && where.leaf !== 'events') return view;
+  if (text.length === 0) return view;
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    view.malformed++;
+    return view;
+  }
+  if (!isObj(body)) {
+    view.malformed++;
+    return view;
+  }
+  const stamped = timeOf(body['at']);
+  // a retained message's receipt time says nothing about when the device spoke
+  const seen = msg.retained ? (stamped ?? 0) : now;
+  const d = device(view, where.deviceId, seen);
+  d.lastSeen = Math.max(d.lastSeen, seen);
+  if (where.leaf === 'events') foldEvent(view, d, body, stamped ?? now);
+  else foldState(d, body, stamped ?? now);
+  return view;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export interface ReleaseStats {
+  targetName: string;
+  /** devices that attempted it (any event or state naming it). */
+  attempted: number;
+  /** attempted, not finished yet (started or installed, never failed). */
+  inProgress: number;
+  succeeded: number;
+  /** rolled back or failed, and not succeeded since. */
+  failed: number;
+  /** failed / attempted (0 when none attempted). */
+  failureRate: number;
+}
+
+export interface FailureEntry {
+  deviceId: string;
+  releaseId: string;
+  outcome: AttemptOutcome;
+  reason?: string;
+  failedChecks?: string[];
+  at: number;
+}
+
+export interface Straggler {
+  deviceId: string;
+  lastSeen: number;
+  silentMs: number;
+  online?: boolean;
+  version?: string;
+}
+
+export interface FleetSummary {
+  at: number;
+  devices: number;
+  online: number;
+  offline: number;
+  /** devices per running version (`unknown` when not reported). */
+  versions: Record<string, number>;
+  /** devices per update phase (`unknown` when not reported). */
+  phases: Record<string, number>;
+  /** stats of the watched release (when one is named). */
+  release?: ReleaseStats;
+  /** failed attempts (of the watched release, or of any release), newest first, capped. */
+  failures: FailureEntry[];
+  failuresTotal: number;
+  /** devices silent for longer than the straggler threshold, or offline; oldest first, capped. */
+  stragglers: Straggler[];
+  stragglersTotal: number;
+  messages: number;
+  duplicates: number;
+  malformed: number;
+}
+
+export interface SummaryOptions {
+  /** target name of the release being rolled out. */
+  release?: string;
+  /** a device silent this long is a straggler (ms). */
+  stragglerAfterMs: number;
+  /** entries listed in `failures` / `stragglers` (default 20). */
+  maxListed?: number;
+}
+
+const isFailed = (a: DeviceAttempt): boolean => a.outcome === 'rolledBack' || a.outcome === 'failed' || (a.everFailed && a.outcome !== 'succeeded');
+
+/** Counts for one release over the view. Pure. */
+export function releaseStats(view: FleetView, targetName: string): ReleaseStats {
+  let attempted = 0;
+  let succeeded = 0;
+  let failed = 0;
+  for (const d of view.devices.values()) {
+    const a = d.releases[targetName];
+    if (!a) continue;
+    attempted++;
+    if (isFailed(a)) failed++;
+    else if (a.outcome === 'succeeded') succeeded++;
+  }
+  return { targetName, attempted, inProgress: attempted - succeeded - failed, succeeded, failed, failureRate: attempted === 0 ? 0 : failed / attempted };
+}
+
+/** The view at `now`, summarised. Pure. */
+export function summarize(view: FleetView, now: number, opts: SummaryOptions): FleetSummary {
+  const max = opts.maxListed ?? 20;
+  const versions: Record<string, number> = {};
+  const phases: Record<string, number> = {};
+  const failures: FailureEntry[] = [];
+  const stragglers: Straggler[] = [];
+  let online = 0;
+  let offline = 0;
+  for (const d of view.devices.values()) {
+    if (d.online === true) online++;
+    else if (d.online === false) offline++;
+    const v = d.version ?? 'unknown';
+    versions[v] = (versions[v] ?? 0) + 1;
+    const p = d.phase ?? 'unknown';
+    phases[p] = (phases[p] ?? 0) + 1;
+    for (const a of Object.values(d.releases)) {
+      if (opts.release !== undefined && a.targetName !== opts.release) continue;
+      if (!isFailed(a)) continue;
+      failures.push({ deviceId: d.deviceId, releaseId: a.releaseId, outcome: a.outcome, at: a.at, ...(a.reason ? { reason: a.reason } : {}), ...(a.failedChecks ? { failedChecks: a.failedChecks } : {}) });
+    }
+    const silentMs = now - d.lastSeen;
+    if (d.online === false || silentMs >= opts.stragglerAfterMs) {
+      stragglers.push({ deviceId: d.deviceId, lastSeen: d.lastSeen, silentMs, ...(d.online !== undefined ? { online: d.online } : {}), ...(d.version ? { version: d.version } : {}) });
+    }
+  }
+  failures.sort((a, b) => b.at - a.at || (a.deviceId < b.deviceId ? -1 : 1));
+  stragglers.sort((a, b) => a.lastSeen - b.lastSeen || (a.deviceId < b.deviceId ? -1 : 1));
+  return {
+    at: now,
+    devices: view.devices.size,
+    online,
+    offline,
+    versions,
+    phases,
+    ...(opts.release !== undefined ? { release: releaseStats(view, opts.release) } : {}),
+    failures: failures.slice(0, max),
+    failuresTotal: failures.length,
+    stragglers: stragglers.slice(0, max),
+    stragglersTotal: stragglers.length,
+    messages: view.messages,
+    duplicates: view.duplicates,
+    malformed: view.malformed,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export interface HaltPolicy {
+  /** 0 < failureRate <= 1: halt when failed / attempted reaches it. */
+  failureRate: number;
+  /** at least this many devices must have attempted the release before a halt can trigger (>= 1). */
+  minDevices: number;
+}
+
+export type HaltDecision =
+  | { halt: true; reason: string; stats: ReleaseStats }
+  | { halt: false; reason: string; stats: ReleaseStats };
+
+/** Whether the rollout of `stats.targetName` must be halted now. Pure. */
+export function decideHalt(stats: ReleaseStats, policy: HaltPolicy): HaltDecision {
+  const pct = (x: number): string => `${Math.round(x * 1000) / 10}%`;
+  if (stats.attempted < policy.minDevices) {
+    return { halt: false, reason: `${stats.attempted} of the ${policy.minDevices} attempts needed before judging`, stats };
+  }
+  if (stats.failed > 0 && stats.failureRate >= policy.failureRate) {
+    return { halt: true, reason: `${stats.failed} of ${stats.attempted} devices failed ${stats.targetName} (${pct(stats.failureRate)} >= ${pct(policy.failureRate)})`, stats };
+  }
+  return { halt: false, reason: `failure rate ${pct(stats.failureRate)} below ${pct(policy.failureRate)}`, stats };
+}
+
+/** Checks a halt policy's numbers; returns a problem description or undefined. Pure. */
+export function haltPolicyProblem(p: HaltPolicy): string | undefined {
+  if (!(p.failureRate > 0 && p.failureRate <= 1)) return `--halt-on-failure-rate must be in (0, 1], got ${p.failureRate}`;
+  if (!Number.isSafeInteger(p.minDevices) || p.minDevices < 1) return `--min-devices must be a whole number >= 1, got ${p.minDevices}`;
+  return undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+function counts(r: Record<string, number>): string {
+  const e = Object.entries(r).sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
+  return e.length === 0 ? '-' : e.map(([k, n]) => `${k}=${n}`).join('  ');
+}
+
+function ago(ms: number): string {
+  if (ms < 0 || !Number.isFinite(ms)) return '?';
+  if (ms < 120_000) return `${Math.round(ms / 1000)}s`;
+  if (ms < 7_200_000) return `${Math.round(ms / 60_000)}m`;
+  return `${Math.round(ms / 3_600_000)}h`;
+}
+
+/** The compact human table `fleet watch` prints. Pure. */
+export function formatSummary(s: FleetSummary): string {
+  const lines = [
+    `${new Date(s.at).toISOString()}  devices ${s.devices} (online ${s.online}, offline ${s.offline})  messages ${s.messages}`,
+    `  versions: ${counts(s.versions)}`,
+    `  phases:   ${counts(s.phases)}`,
+  ];
+  if (s.release) {
+    const r = s.release;
+    lines.push(`  release ${r.targetName}: attempted ${r.attempted}, in progress ${r.inProgress}, succeeded ${r.succeeded}, failed ${r.failed} (${Math.round(r.failureRate * 1000) / 10}%)`);
+  }
+  if (s.failuresTotal > 0) {
+    lines.push(`  failures (${s.failuresTotal}):`);
+    for (const f of s.failures) lines.push(`    ${f.deviceId}  ${f.outcome}  ${f.releaseId}${f.reason ? `  ${f.reason}` : ''}${f.failedChecks ? `  [checks: ${f.failedChecks.join(', ')}]` : ''}`);
+  }
+  if (s.stragglersTotal > 0) {
+    lines.push(`  stragglers (${s.stragglersTotal}):`);
+    for (const g of s.stragglers) lines.push(`    ${g.deviceId}  silent ${ago(g.silentMs)}${g.online === false ? '  offline' : ''}${g.version ? `  on ${g.version}` : ''}`);
+  }
+  return lines.join('\n');
+}

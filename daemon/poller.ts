@@ -1,0 +1,110 @@
+/**
+ * Scheduled polling: the fallback when no broker pushes metadata, and the only trigger on
+ * brokerless devices. A node-cron schedule fires; the poll then waits a random jitter so a fleet
+ * sharing one schedule does not hit the server in the same second. Polls never overlap: a tick while
+ * a poll is still running (or waiting out its jitter) is skipped. `trigger()` polls now (the MQTT
+ * `cmd/check` command, `slotflip check`), without jitter.
+ */
+import { createTask, validate } from 'node-cron';
+
+export interface Schedule {
+  stop(): void;
+}
+
+/** Calls `fn` at each match of `cron`; the real one is node-cron. */
+export type Scheduler = (cron: string, fn: () => void, opts: { timezone?: string }) => Schedule;
+
+export const cronScheduler: Scheduler = (cron, fn, opts) => {
+  const task = createTask(cron, () => fn(), { ...(opts.timezone ? { timezone: opts.timezone } : {}), noOverlap: false });
+  void task.start();
+  return { stop: () => void task.destroy() };
+};
+
+export interface PollerOptions {
+  /** node-cron expression, e.g. "0 *\/6 * * *". */
+  cron: string;
+  timezone?: string;
+  /** upper bound of the random delay after each tick, seconds. */
+  jitterSeconds: number;
+  poll: () => Promise<void>;
+  scheduler?: Scheduler;
+  random?: () => number;
+  sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
+  /** called when a poll throws (the poller keeps running). */
+  onError?: (e: unknown) => void;
+}
+
+function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const t = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
+export class Poller {
+  private schedule: Schedule | undefined;
+  private busy: Promise<void> | undefined;
+  private readonly abort = new AbortController();
+  private ticks = 0;
+  private skipped = 0;
+
+  constructor(private readonly o: PollerOptions) {
+    if (!validate(o.cron)) throw new RangeError(`poller: "${o.cron}" is not a valid cron expression`);
+    if (!(o.jitterSeconds >= 0)) throw new RangeError('poller: jitterSeconds must be >= 0');
+  }
+
+  /** Starts the schedule. Idempotent. */
+  start(): void {
+    if (this.schedule || this.abort.signal.aborted) return;
+    this.schedule = (this.o.scheduler ?? cronScheduler)(this.o.cron, () => void this.tick(), this.o.timezone ? { timezone: this.o.timezone } : {});
+  }
+
+  /** Stops the schedule, cuts a pending jitter short (that poll is skipped) and waits for a running poll. */
+  async stop(): Promise<void> {
+    this.schedule?.stop();
+    this.schedule = undefined;
+    this.abort.abort();
+    await this.busy;
+  }
+
+  /** Polls now, unless a poll is already running (then resolves when that one ends). */
+  trigger(): Promise<void> {
+    return this.run(0);
+  }
+
+  stats(): { ticks: number; skipped: number } {
+    return { ticks: this.ticks, skipped: this.skipped };
+  }
+
+  private tick(): Promise<void> {
+    this.ticks++;
+    if (this.busy) {
+      this.skipped++;
+      return this.busy;
+    }
+    return this.run(Math.floor((this.o.random ?? Math.random)() * this.o.jitterSeconds * 1000));
+  }
+
+  private run(delayMs: number): Promise<void> {
+    if (this.busy) return this.busy;
+    const p = (async () => {
+      if (delayMs > 0) await (this.o.sleep ?? abortableSleep)(delayMs, this.abort.signal);
+      if (this.abort.signal.aborted) return;
+      try {
+        await this.o.poll();
+      } catch (e) {
+        this.o.onError?.(e);
+      }
+    })().finally(() => {
+      this.busy = undefined;
+    });
+    this.busy = p;
+    return p;
+  }
+}

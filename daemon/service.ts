@@ -1,0 +1,132 @@
+/**
+ * The long-running daemon (`slotflip daemon`): one update cycle at start (which resumes whatever the
+ * record says is in flight, post-boot validation included), then a cycle on every trigger — the poll
+ * schedule (node-cron), a new retained `timestamp.json` on the broker, a `check` command on the
+ * device's command topic. Cycles never overlap: a trigger during a cycle queues exactly one more.
+ * After every cycle the device's state (status + inventory when given) is published, retained.
+ *
+ * Trade-off: the MQTT transport is optional and never on the update's critical path: metadata from
+ * the broker lands in a map the trust layer reads, events go through the persisted outbox, so a
+ * broker that is down delays reports and push-triggers but breaks nothing; the poll schedule and
+ * HTTP/dir sources keep working.
+ *
+ * INVARIANTS: at most one cycle runs at a time; `stop()` waits for the running cycle to finish its
+ * current effect chain (it is never interrupted mid-write: the record makes that safe anyway).
+ */
+import cron from 'node-cron';
+import type { Logger } from 'pino';
+import { Outbox } from './outbox.js';
+import { MqttTransport } from './mqtt.js';
+import { createAgent, statePaths, type ComposeOverrides } from './compose.js';
+import type { Config } from './config.js';
+import type { CycleResult } from './agent.js';
+import { toErrorInfo } from './runner.js';
+
+export interface ServiceOptions {
+  config: Config;
+  log: Logger;
+  overrides?: ComposeOverrides;
+  /** extra fields for the published state (inventory). */
+  inventory?: () => Promise<Record<string, unknown>>;
+  /** disable the cron schedule (tests trigger cycles themselves). */
+  schedule?: boolean;
+  /** called after each cycle (tests, sd-notify STATUS=). */
+  onCycle?: (r: CycleResult | { error: string }) => void;
+  /** injected MQTT transport factory (tests); default builds one from config.broker. */
+  transport?: MqttTransport | null;
+}
+
+export class UpdateService {
+  private readonly log: Logger;
+  private running: Promise<void> | undefined;
+  private again = false;
+  private stopped = false;
+  private task: { stop(): void | Promise<void> } | undefined;
+  readonly outbox: Outbox;
+  readonly transport: MqttTransport | undefined;
+  readonly metadata = new Map<string, Uint8Array>();
+  cycles = 0;
+
+  constructor(private readonly o: ServiceOptions) {
+    this.log = o.log.child({ module: 'daemon.service' });
+    const now = o.overrides?.now ?? Date.now;
+    this.outbox = new Outbox({ dir: statePaths(o.config.stateDir).outbox, now });
+    if (o.transport !== undefined) this.transport = o.transport ?? undefined;
+    else if (o.config.broker) {
+      this.transport = new MqttTransport({ config: o.config.broker, deviceId: o.config.deviceId, outbox: this.outbox, metadata: this.metadata, logger: o.log });
+    }
+  }
+
+  /** Starts the transport and the schedule, and triggers the first cycle (await `idle()` for it). */
+  async start(): Promise<void> {
+    const t = this.transport;
+    if (t) {
+      t.on('metadata', (m) => {
+        if (m.file === 'timestamp.json') this.trigger('metadata');
+      });
+      t.on('command', (c) => {
+        if (c.name === 'check') this.trigger('command');
+      });
+      t.on('problem', (e) => this.log.warn({ err: e.toJSON() }, 'transport problem'));
+      t.start();
+    }
+    if (this.o.schedule ?? true) {
+      this.task = cron.schedule(this.o.config.poll.cron, () => this.trigger('schedule'), { name: 'slotflip-poll', noOverlap: true });
+    }
+    this.trigger('start');
+  }
+
+  /** Requests a cycle; coalesces with a running one (at most one more runs after it). */
+  trigger(reason: string): void {
+    if (this.stopped) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    this.running = this.loop(reason).finally(() => {
+      this.running = undefined;
+    });
+  }
+
+  /** Resolves when no cycle is running or queued. */
+  async idle(): Promise<void> {
+    while (this.running) await this.running;
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.task?.stop();
+    await this.idle();
+    await this.transport?.stop();
+  }
+
+  private async loop(reason: string): Promise<void> {
+    do {
+      this.again = false;
+      await this.cycle(reason);
+      reason = 'queued';
+    } while (this.again && !this.stopped);
+  }
+
+  private async cycle(reason: string): Promise<void> {
+    this.cycles++;
+    const log = this.log;
+    try {
+      const t = this.transport;
+      const healthDeps = t ? { brokerProbe: (ms: number) => t.probe(ms), ...this.o.overrides?.healthDeps } : this.o.overrides?.healthDeps;
+      const agent = await createAgent(this.o.config, { log: this.o.log, metadata: this.metadata, outbox: this.outbox, ...this.o.overrides, ...(healthDeps ? { healthDeps } : {}) });
+      const r = await agent.runOnce();
+      log.info({ reason, phase: r.phase, rebooted: r.rebooted, finished: r.finished.map((h) => h.outcome), lastCheck: r.lastCheck?.result }, 'cycle done');
+      this.o.onCycle?.(r);
+      if (this.transport) {
+        const status = await agent.status();
+        const extra = this.o.inventory ? await this.o.inventory().catch(() => ({})) : {};
+        await this.transport.publishState({ ...status, ...extra }).catch(() => false);
+      }
+    } catch (e) {
+      const err = toErrorInfo(e);
+      log.error({ reason, err }, 'cycle failed');
+      this.o.onCycle?.({ error: `${err.code}: ${err.message}` });
+    }
+  }
+}

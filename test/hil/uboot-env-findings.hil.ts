@@ -1,0 +1,4 @@
+import t from 'tap';
+import { registerEnvFindings } from './uboot-env-findings.js';
+
+registerEnvFindings(t);

@@ -1,0 +1,236 @@
+/**
+ * Fleet simulator: N emulated devices in this one process, each running the real device logic
+ * (test/sim/sim-device.ts: agent, TUF over retained MQTT metadata, HTTP installer, outbox, emulated
+ * board) against a real Mosquitto and a real HTTP payload server (behind a metering proxy). It runs a
+ * staged rollout (default 10% → 50% → 100%) with `slotflip fleet rollout`'s code path, follows it
+ * with `fleet watch`'s watcher, and prints: time to converge, broker messages per device, peak HTTP
+ * concurrency, memory per simulated device.
+ *
+ *   npm run build && node dist/test/sim/fleet-sim.js --devices 1000
+ *
+ * Options: --devices N (100), --stages 10,50,100, --image-kib K (64), --jitter-ms MS (max(2000, 10·N)),
+ * --compression gzip|zstd|none (gzip), --dir DIR (a fresh directory under /dev/shm, else the temp
+ * dir), --keep, --timeout-s S (900), --json, --verbose.
+ *
+ * Trade-off: device state lives on tmpfs by default. Every persisted write in the device logic
+ * fsyncs (record, outbox, boot state); on a real disk 1000 devices' fsyncs would measure the disk, not
+ * the fleet protocol. Pass --dir to measure with a disk.
+ */
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { pino } from 'pino';
+import { makeTestImage } from '../../hal/board.js';
+import { addRelease, initRepo, publishToBroker } from '../../manifests/repo.js';
+import { rolloutBucket } from '../../manifests/rollout.js';
+import type { Compression } from '../../manifests/types.js';
+import { applyRollout, buildRollout } from '../../daemon/fleet/rollout.js';
+import { FleetWatcher } from '../../daemon/fleet/watcher.js';
+import { formatSummary } from '../../daemon/fleet/watch.js';
+import { startMosquitto } from '../harness/mosquitto.js';
+import { startHttpServer } from '../harness/http-server.js';
+import { startHttpMeter } from './http-meter.js';
+import { SimDevice } from './sim-device.js';
+
+const MIB = 1024 * 1024;
+
+interface StageReport {
+  percent: number;
+  devicesInWave: number;
+  seconds: number;
+  peakHttpInFlight: number;
+}
+
+function opts() {
+  const { values } = parseArgs({
+    args: process.argv.slice(2),
+    strict: true,
+    options: {
+      devices: { type: 'string', default: '100' },
+      stages: { type: 'string', default: '10,50,100' },
+      'image-kib': { type: 'string', default: '64' },
+      'jitter-ms': { type: 'string' },
+      compression: { type: 'string', default: 'gzip' },
+      dir: { type: 'string' },
+      keep: { type: 'boolean', default: false },
+      'timeout-s': { type: 'string', default: '900' },
+      json: { type: 'boolean', default: false },
+      verbose: { type: 'boolean', default: false },
+    },
+  });
+  const devices = Number(values.devices);
+  const stages = values.stages.split(',').map(Number);
+  const imageKiB = Number(values['image-kib']);
+  if (!Number.isSafeInteger(devices) || devices < 1) throw new Error('--devices must be a whole number >= 1');
+  if (stages.length === 0 || stages.some((p) => !(p > 0 && p <= 100)) || stages.at(-1) !== 100) throw new Error('--stages must be percentages ending in 100, e.g. 10,50,100');
+  if (!Number.isSafeInteger(imageKiB) || imageKiB < 8) throw new Error('--image-kib must be a whole number >= 8');
+  if (!['gzip', 'zstd', 'none'].includes(values.compression)) throw new Error('--compression must be gzip, zstd or none');
+  return {
+    devices,
+    stages,
+    imageBytes: imageKiB * 1024,
+    jitterMs: values['jitter-ms'] !== undefined ? Number(values['jitter-ms']) : Math.max(2000, devices * 10),
+    compression: values.compression as Compression,
+    dir: values.dir,
+    keep: values.keep,
+    timeoutMs: Number(values['timeout-s']) * 1000,
+    json: values.json,
+    verbose: values.verbose,
+  };
+}
+
+async function procRssMiB(pid: number | undefined): Promise<number | undefined> {
+  if (pid === undefined) return undefined;
+  const text = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+  const m = /^VmRSS:\s+(\d+) kB/m.exec(text);
+  return m ? Number(m[1]) / 1024 : undefined;
+}
+
+async function inBatches<T>(items: T[], size: number, fn: (x: T) => Promise<unknown>): Promise<void> {
+  for (let i = 0; i < items.length; i += size) await Promise.all(items.slice(i, i + size).map(fn));
+}
+
+async function waitUntil(cond: () => boolean, deadline: number, what: string): Promise<void> {
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+const round = (x: number, d = 1): number => Math.round(x * 10 ** d) / 10 ** d;
+
+async function main(): Promise<number> {
+  const o = opts();
+  const shm = await stat('/dev/shm').then((s) => s.isDirectory(), () => false);
+  const dir = o.dir ?? (await mkdtemp(join(shm ? '/dev/shm' : tmpdir(), 'slotflip-sim-')));
+  const log = pino({ level: o.verbose ? 'warn' : 'error' }, pino.destination({ dest: 2, sync: false }));
+  const say = (s: string): void => {
+    if (!o.json) process.stderr.write(`[sim] ${s}\n`);
+  };
+  const cleanups: Array<() => Promise<unknown>> = [];
+  const deadline = Date.now() + o.timeoutMs;
+  let peakRss = 0;
+  const sampler = setInterval(() => { peakRss = Math.max(peakRss, process.memoryUsage().rss); }, 200);
+  try {
+    say(`${o.devices} devices, stages ${o.stages.join('% → ')}%, image ${o.imageBytes / 1024} KiB ${o.compression}, jitter ≤ ${o.jitterMs} ms, dir ${dir}`);
+    const broker = await startMosquitto({ dir: join(dir, 'broker') });
+    cleanups.push(() => broker.stop());
+    const repo = join(dir, 'repo');
+    await initRepo(repo, { rootKeys: 1, rootThreshold: 1 });
+    await publishToBroker(repo, broker.url);
+    const http = await startHttpServer({ root: join(repo, 'repository', 'targets') });
+    cleanups.push(() => http.stop());
+    const meter = await startHttpMeter(http.url);
+    cleanups.push(() => meter.stop());
+
+    const target = `releases/2.0.0/image.img${o.compression === 'zstd' ? '.zst' : o.compression === 'gzip' ? '.gz' : ''}`;
+    const watcher = new FleetWatcher({ brokerUrl: broker.url, release: target, stragglerAfterMs: 3_600_000, now: Date.now, log });
+    await watcher.start();
+    cleanups.push(() => watcher.stop());
+
+    // --- devices
+    const slotSize = o.imageBytes + 4096;
+    const ids = Array.from({ length: o.devices }, (_, i) => `sim-${String(i).padStart(5, '0')}`);
+    const devices = ids.map((id) => new SimDevice(id, join(dir, 'devices', id), {
+      brokerUrl: broker.url,
+      payloadBaseUrl: () => meter.url,
+      shippedRoot: join(repo, 'repository', 'metadata', '1.root.json'),
+      hardware: 'sim-board',
+      channel: 'stable',
+      slotSize,
+      jitterMs: o.jitterMs,
+      now: Date.now,
+      random: Math.random,
+      log,
+    }));
+    cleanups.push(() => inBatches(devices, 100, (d) => d.stop()));
+    const mem0 = process.memoryUsage();
+    const tStart = Date.now();
+    await inBatches(devices, 50, (d) => d.start(60_000));
+    await waitUntil(() => watcher.view.devices.size >= o.devices, deadline, 'every device to publish its state');
+    await Promise.all(devices.map((d) => d.idle()));
+    const mem1 = process.memoryUsage();
+    const brokerRss = await procRssMiB(broker.pid());
+    say(`devices up in ${round((Date.now() - tStart) / 1000)} s; rss +${round((mem1.rss - mem0.rss) / MIB)} MiB, heap +${round((mem1.heapUsed - mem0.heapUsed) / MIB)} MiB`);
+
+    // --- the release, staged
+    const imagePath = join(dir, 'image.img');
+    await writeFile(imagePath, makeTestImage({ version: '2.0.0', size: o.imageBytes }));
+    const upBefore = watcher.view.messages;
+    const downBefore = devices.reduce((n, d) => n + d.counters.metadataIn, 0);
+    const reqBefore = meter.stats().requests;
+    meter.resetPeak();
+    const t0 = Date.now();
+    await addRelease(repo, { image: imagePath, name: target, version: '2.0.0', securityVersion: 1, hardware: ['sim-board'], channel: 'stable', compression: o.compression, chunkSize: Math.min(16 * 1024, o.imageBytes), rollout: buildRollout(o.stages[0]!) });
+    await publishToBroker(repo, broker.url);
+    const stages: StageReport[] = [];
+    let peakHttp = 0;
+    for (const [i, percent] of o.stages.entries()) {
+      const ts = Date.now();
+      if (i > 0) await applyRollout(repo, target, buildRollout(percent), { broker: broker.url });
+      const inWave = ids.filter((id) => rolloutBucket(id, target) < percent).length;
+      const onNew = (): number => [...watcher.view.devices.values()].filter((d) => d.version === '2.0.0').length;
+      await waitUntil(() => onNew() >= inWave, deadline, `${inWave} devices on 2.0.0 at ${percent}%`);
+      const peak = meter.resetPeak();
+      peakHttp = Math.max(peakHttp, peak);
+      stages.push({ percent, devicesInWave: inWave, seconds: round((Date.now() - ts) / 1000, 2), peakHttpInFlight: peak });
+      say(`stage ${percent}%: ${inWave} devices on 2.0.0 after ${round((Date.now() - ts) / 1000, 2)} s, peak ${peak} HTTP requests in flight`);
+    }
+    const convergeS = (Date.now() - t0) / 1000;
+    await Promise.all(devices.map((d) => d.idle()));
+    // let the last events and states reach the watcher
+    await new Promise((r) => setTimeout(r, 500));
+    const mem2 = process.memoryUsage();
+    const up = watcher.view.messages - upBefore;
+    const down = devices.reduce((n, d) => n + d.counters.metadataIn, 0) - downBefore;
+    const http2 = meter.stats();
+    const summary = watcher.summary(10);
+    const cycleErrors = devices.reduce((n, d) => n + d.counters.cycleErrors, 0);
+    const report = {
+      devices: o.devices,
+      stages,
+      convergeSeconds: round(convergeS, 2),
+      jitterMs: o.jitterMs,
+      imageBytes: o.imageBytes,
+      compression: o.compression,
+      brokerMessagesPerDevice: { total: round((up + down) / o.devices, 2), deviceToBroker: round(up / o.devices, 2), brokerToDevice: round(down / o.devices, 2) },
+      http: { requests: http2.requests - reqBefore, peakInFlight: peakHttp, bytes: http2.bytes, statuses: http2.statuses },
+      memory: {
+        rssPerDeviceKiB: round((mem1.rss - mem0.rss) / 1024 / o.devices),
+        heapPerDeviceKiB: round((mem1.heapUsed - mem0.heapUsed) / 1024 / o.devices),
+        rssAfterRolloutMiB: round(mem2.rss / MIB),
+        peakRssMiB: round(Math.max(peakRss, mem2.rss) / MIB),
+        brokerRssMiB: brokerRss !== undefined ? round(brokerRss) : null,
+      },
+      outcome: { succeeded: summary.release?.succeeded ?? 0, failed: summary.release?.failed ?? 0, cycleErrors, versions: summary.versions },
+    };
+    if (o.json) process.stdout.write(JSON.stringify(report) + '\n');
+    else {
+      process.stdout.write([
+        formatSummary(summary),
+        '',
+        `fleet sim: ${o.devices} devices, staged ${o.stages.join('% → ')}%, image ${o.imageBytes / 1024} KiB ${o.compression}, check jitter ≤ ${o.jitterMs} ms`,
+        ...stages.map((s) => `  stage ${s.percent}%: ${s.devicesInWave} devices converged in ${s.seconds} s, peak ${s.peakHttpInFlight} HTTP requests in flight`),
+        `  time to converge (release published → all ${o.devices} devices report 2.0.0): ${report.convergeSeconds} s`,
+        `  broker messages per device during the rollout: ${report.brokerMessagesPerDevice.total} (${report.brokerMessagesPerDevice.deviceToBroker} device→broker, ${report.brokerMessagesPerDevice.brokerToDevice} broker→device)`,
+        `  HTTP: ${report.http.requests} payload requests, peak ${peakHttp} in flight`,
+        `  memory per simulated device: ${report.memory.rssPerDeviceKiB} KiB RSS, ${report.memory.heapPerDeviceKiB} KiB JS heap (process peak ${report.memory.peakRssMiB} MiB; broker ${report.memory.brokerRssMiB ?? '?'} MiB)`,
+        `  outcome: ${report.outcome.succeeded} succeeded, ${report.outcome.failed} failed, ${cycleErrors} cycle errors`,
+      ].join('\n') + '\n');
+    }
+    return report.outcome.succeeded === o.devices && cycleErrors === 0 ? 0 : 1;
+  } finally {
+    clearInterval(sampler);
+    for (const c of cleanups.reverse()) await c().catch(() => undefined);
+    if (!o.keep && o.dir === undefined) await rm(dir, { recursive: true, force: true });
+  }
+}
+
+main().then(
+  (code) => { process.exit(code); },
+  (e: unknown) => {
+    process.stderr.write(`fleet-sim: ${e instanceof Error ? e.stack ?? e.message : String(e)}\n`);
+    process.exit(1);
+  },
+);

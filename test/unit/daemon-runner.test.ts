@@ -1,0 +1,158 @@
+import t from 'tap';
+import { Writable } from 'node:stream';
+import { join } from 'node:path';
+import { readFile, writeFile } from 'node:fs/promises';
+import { pino } from 'pino';
+import { Runner, toErrorInfo, type Executors } from '../../daemon/runner.js';
+import { initialState, releaseRefOf, type Effect, type Event, type MachineState } from '../../daemon/machine.js';
+import { FileStateStore, MemoryStateStore, parseRecord, RECORD_FILE } from '../../daemon/state-store.js';
+import { SlotflipError } from '../../hal/errors.js';
+import type { Release } from '../../manifests/types.js';
+
+const R: Release = {
+  targetName: 'releases/1.1.0/image.zst', length: 10, hashes: { sha256: 'aa'.repeat(32) },
+  custom: { slotflip: 1, hardware: ['b'], version: '1.1.0', securityVersion: 3, channel: 'stable', payload: { compression: 'zstd', size: 10, sha256: 'bb'.repeat(32), chunkSize: 10, chunks: [] } },
+};
+
+function sink(lines: Record<string, unknown>[]): Writable {
+  return new Writable({ write(c, _e, cb) { for (const l of String(c).split('\n')) if (l) lines.push(JSON.parse(l) as Record<string, unknown>); cb(); } });
+}
+
+/** Executors that record what ran, in order, interleaved with the store's saves. */
+function recording(trace: string[], overrides: Partial<Executors> = {}): Executors {
+  const ok = (type: Event['type']) => async (e: Effect): Promise<Event> => {
+    trace.push(`effect:${e.type}`);
+    return { type } as Event;
+  };
+  const base: Executors = {
+    check: async () => { trace.push('effect:check'); return { type: 'ReleaseFound', release: R, bootedSlot: 'A' }; },
+    markBad: ok('SlotMarkedBad'),
+    writeSlot: ok('DownloadCompleted'),
+    verifySlot: ok('SlotVerified'),
+    armTrial: ok('TrialArmed'),
+    reboot: ok('RebootIssued'),
+    runHealthChecks: ok('HealthChecksPassed'),
+    commit: ok('Committed'),
+    markBadAndReboot: ok('RebootIssued'),
+    abandon: ok('Reported'),
+    report: async (e) => { trace.push(`report:${e.report.kind}`); return { type: 'Reported' }; },
+  };
+  return { ...base, ...overrides };
+}
+
+class TracingStore extends MemoryStateStore {
+  constructor(private readonly trace: string[]) { super(); }
+  override async save(state: MachineState) {
+    this.trace.push(`save:${state.phase}`);
+    return super.save(state);
+  }
+}
+
+t.test('the record is saved before each phase\'s work; a reboot ends the drive', async (t) => {
+  const trace: string[] = [];
+  const lines: Record<string, unknown>[] = [];
+  const store = new TracingStore(trace);
+  const runner = new Runner({ store, executors: recording(trace), now: () => 1000, log: pino({ level: 'info' }, sink(lines)) });
+  const r = await runner.drive(initialState(), { type: 'CheckRequested' });
+  t.equal(r.rebooted, true);
+  t.equal(r.state.phase, 'rebooting');
+  t.same(trace, [
+    'save:checking', 'effect:check',
+    'save:preparing', 'report:updateStarted', 'effect:markBad',
+    'save:downloading', 'effect:writeSlot',
+    'save:verifying', 'effect:verifySlot',
+    'save:arming', 'effect:armTrial',
+    'save:rebooting', 'report:installed', 'report:rebooting', 'effect:reboot',
+  ]);
+  t.equal((await store.load()).phase, 'rebooting');
+  const transitions = lines.filter((l) => l['msg'] === 'state transition');
+  t.same(transitions.map((l) => [l['from'], l['to'], l['event']]), [
+    ['idle', 'checking', 'CheckRequested'], ['checking', 'preparing', 'ReleaseFound'], ['preparing', 'downloading', 'SlotMarkedBad'],
+    ['downloading', 'verifying', 'DownloadCompleted'], ['verifying', 'arming', 'SlotVerified'], ['arming', 'rebooting', 'TrialArmed'],
+  ]);
+  t.match(transitions[1], { releaseId: 'releases/1.1.0/image.zst@bbbbbbbbbbbbbbbb', attempt: 1 });
+  t.notOk('releaseId' in transitions[0]!, 'no attempt yet on the first line');
+
+  // after the reboot: validate, commit
+  trace.length = 0;
+  const r2 = await runner.drive(await store.load(), { type: 'BootedInto', slot: 'B' });
+  t.same(trace, ['save:validating', 'effect:runHealthChecks', 'save:committing', 'effect:commit', 'save:idle', 'report:succeeded']);
+  t.equal(r2.state.committedSecurityVersion, 3);
+});
+
+t.test('a throwing executor takes the shared failure path with its code', async (t) => {
+  const trace: string[] = [];
+  const store = new MemoryStateStore();
+  const executors = recording(trace, {
+    markBad: async () => { throw new SlotflipError('HAL_BOOTENV_WRITE', 'fw_setenv failed', { retryable: false }); },
+    report: async () => { throw new Error('outbox disk full'); },
+  });
+  const runner = new Runner({ store, executors, now: () => 5, log: pino({ level: 'silent' }) });
+  const r = await runner.drive(initialState(), { type: 'CheckRequested' });
+  t.equal(r.state.phase, 'idle');
+  t.match(r.state.history, [{ outcome: 'failed', reason: { code: 'HAL_BOOTENV_WRITE', message: 'fw_setenv failed' } }]);
+  t.equal(r.rebooted, false);
+});
+
+t.test('a retryable download failure stops the drive and keeps the attempt', async (t) => {
+  const trace: string[] = [];
+  const store = new MemoryStateStore();
+  const executors = recording(trace, { writeSlot: async () => ({ type: 'DownloadFailed', error: { code: 'INSTALL_HTTP', message: 'reset', retryable: true } }) });
+  const runner = new Runner({ store, executors, now: () => 5, log: pino({ level: 'silent' }) });
+  const r = await runner.drive(initialState(), { type: 'CheckRequested' });
+  t.equal(r.state.phase, 'downloading');
+  t.equal((await store.load()).phase, 'downloading');
+  t.same(trace.slice(-1), ['report:downloadInterrupted']);
+});
+
+t.test('a loop across restarts is abandoned: DAEMON_STATE_LOOP, committed slot untouched', async (t) => {
+  const trace: string[] = [];
+  const store = new MemoryStateStore();
+  // every trial boot "crashes" during the health checks: the drive never gets further
+  const executors = recording(trace, { runHealthChecks: async (e) => { trace.push(`effect:${e.type}`); return { type: 'Reported' }; } });
+  const runner = new Runner({ store, executors, now: () => 5, log: pino({ level: 'silent' }), machine: { maxTransitions: 10 } });
+  await runner.drive(initialState(), { type: 'CheckRequested' });
+  let state: MachineState = await store.load();
+  for (let i = 0; i < 10 && state.phase !== 'idle'; i++) state = (await runner.drive(state, { type: 'BootedInto', slot: 'B' })).state;
+  t.equal(state.phase, 'idle');
+  t.match(state.history.at(-1), { outcome: 'failed', reason: { code: 'DAEMON_STATE_LOOP' } });
+  t.ok(trace.includes('effect:abandon'));
+  t.notOk(trace.includes('effect:commit'));
+});
+
+t.test('executor table is exhaustive (compile-time)', async (t) => {
+  // @ts-expect-error: a table without `commit` does not type-check
+  const missing: Executors = { ...recording([]), commit: undefined };
+  t.ok(missing);
+  t.same(toErrorInfo(new Error('x')), { code: 'DAEMON_UNEXPECTED', message: 'x', retryable: false });
+  t.same(toErrorInfo('s'), { code: 'DAEMON_UNEXPECTED', message: 's', retryable: false });
+});
+
+t.test('file state store: atomic, versioned, refuses what it cannot read', async (t) => {
+  const dir = t.testdir();
+  const store = new FileStateStore({ stateDir: dir, now: () => 42, initialSecurityVersion: 2 });
+  const fresh = await store.load();
+  t.match(fresh, { schema: 1, phase: 'idle', committedSecurityVersion: 2, saves: 0 });
+  const s: MachineState = { ...initialState(2), phase: 'downloading', attempt: { number: 1, release: R, ref: releaseRefOf(R), source: 'A', target: 'B', startedAt: 1 }, attempts: 1 };
+  const saved = await store.save(s);
+  t.match(saved, { schema: 1, savedAt: 42, saves: 1 });
+  const again = new FileStateStore({ stateDir: dir, now: () => 43 });
+  t.same(await again.load(), saved);
+  t.match(await again.save(s), { saves: 2 }, 'save counter continues across instances');
+
+  const path = join(dir, RECORD_FILE);
+  const good = await readFile(path, 'utf8');
+  await writeFile(path, good.slice(0, 20));
+  await t.rejects(again.load(), { code: 'DAEMON_STATE_CORRUPT', message: new RegExp(path) });
+  await writeFile(path, JSON.stringify({ ...JSON.parse(good), schema: 2 }));
+  await t.rejects(again.load(), { code: 'DAEMON_STATE_CORRUPT', message: /unknown schema 2/ });
+  t.throws(() => parseRecord(JSON.stringify({ ...JSON.parse(good), phase: 'flying' }), 'x'), { code: 'DAEMON_STATE_CORRUPT' });
+  t.throws(() => parseRecord(JSON.stringify({ ...JSON.parse(good), attempt: null }), 'x'), { message: /without an attempt/ });
+  t.throws(() => parseRecord('[]', 'x'), { message: /not an object/ });
+
+  // a write that fails (power cut, disk full) leaves the previous record
+  await writeFile(path, good);
+  const failing = new FileStateStore({ stateDir: dir, now: () => 44, writeFileAtomic: async () => { throw new SlotflipError('HAL_ATOMIC_WRITE', 'ENOSPC', { retryable: true }); } });
+  await t.rejects(failing.save({ ...s, phase: 'verifying' }), { code: 'HAL_ATOMIC_WRITE' });
+  t.equal((await failing.load()).phase, 'downloading');
+});
