@@ -13,10 +13,11 @@
  *   transport fills). Payloads then come from `trust.payloadBaseUrls`.
  */
 import { join } from 'node:path';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile, statfs } from 'node:fs/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { Logger } from 'pino';
 import { execTool, runChecked, type ToolRunner } from '../hal/exec.js';
+import { writeFileAtomic } from '../hal/atomic-file.js';
 import { SlotflipError } from '../hal/errors.js';
 import type { BootControl, SlotName } from '../hal/boot-control.js';
 import { createBootControl } from '../hal/registry.js';
@@ -24,9 +25,10 @@ import { createSlotWriter } from '../hal/file-slot.js';
 import type { SlotWriter } from '../hal/slot-writer.js';
 import { TrustClient, dirSource, httpSource, memorySource, targetUrl, type MetadataSource } from '../manifests/client.js';
 import type { Release } from '../manifests/types.js';
-import { installPayload } from './install/index.js';
+import { installPayload, type InstallProgress } from './install/index.js';
 import { runHealthChecks, type HealthDeps } from './health.js';
 import { Outbox } from './outbox.js';
+import { createUpdatePolicies, type DeferralStore } from './policies.js';
 import { Agent, verifySlotImage, type AgentDeps, type EventSink, type HealthRunner, type Installer, type ReleaseFinder, type UpdatePolicies } from './agent.js';
 import { FileStateStore, type StateStore } from './state-store.js';
 import type { Config, SourceConfig } from './config.js';
@@ -51,11 +53,40 @@ export interface ComposeOverrides {
   outbox?: EventSink | null;
   policies?: UpdatePolicies;
   store?: StateStore;
+  /** download progress of the installer (the CLI's progress bar, the demo). */
+  onInstallProgress?: (p: InstallProgress) => void;
 }
 
 /** Directories under stateDir. */
-export function statePaths(stateDir: string): { trusted: string; outbox: string; resume: string } {
-  return { trusted: join(stateDir, 'trusted'), outbox: join(stateDir, 'outbox'), resume: join(stateDir, 'install-resume.json') };
+export function statePaths(stateDir: string): { trusted: string; outbox: string; resume: string; deferral: string } {
+  return { trusted: join(stateDir, 'trusted'), outbox: join(stateDir, 'outbox'), resume: join(stateDir, 'install-resume.json'), deferral: join(stateDir, 'reboot-deferral.json') };
+}
+
+/** The reboot deferral's start, kept in a small file (atomic writes) so a restart does not reset it. */
+export function fileDeferralStore(path: string): DeferralStore {
+  return {
+    async get() {
+      try {
+        const v = (JSON.parse(await readFile(path, 'utf8')) as { since?: unknown }).since;
+        return typeof v === 'number' && Number.isFinite(v) ? v : undefined;
+      } catch {
+        return undefined;
+      }
+    },
+    async set(ms) {
+      await writeFileAtomic(path, JSON.stringify(ms === undefined ? {} : { since: ms }) + '\n');
+    },
+  };
+}
+
+/** Free MiB on the filesystem holding `dir`. */
+export async function freeSpaceMiB(dir: string): Promise<number | undefined> {
+  try {
+    const s = await statfs(dir);
+    return (s.bavail * s.bsize) / (1024 * 1024);
+  } catch {
+    return undefined;
+  }
 }
 
 /** The metadata source and the payload locations for a source config. */
@@ -93,7 +124,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   const releases: ReleaseFinder = o.releases ?? { releases: async () => (await trust.refresh()).releases };
   const installer: Installer = o.installer ?? {
     async write(release, slot) {
-      await installPayload({ payload: release.custom.payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, logger: log.child({ module: 'daemon.install' }), now });
+      await installPayload({ payload: release.custom.payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), logger: log.child({ module: 'daemon.install' }), now });
     },
     verify: (release, slot) => verifySlotImage(slot, release.custom.payload),
   };
@@ -127,7 +158,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
     log,
     tries: config.board.tries,
     ...(outbox ? { outbox } : {}),
-    ...(o.policies ? { policies: o.policies } : {}),
+    policies: o.policies ?? createUpdatePolicies(config.policies, { freeSpaceMiB: () => freeSpaceMiB(config.stateDir), deferral: fileDeferralStore(paths.deferral) }),
   };
   return new Agent(deps);
 }

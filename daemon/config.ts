@@ -17,7 +17,8 @@ import { SlotflipError } from '../hal/errors.js';
 import { bootBackendSchema, type BootBackendConfig } from '../hal/registry.js';
 import { brokerConfigSchema, type BrokerConfig } from './mqtt.js';
 import { healthConfigSchema, healthConfigDefaults, type HealthConfig } from './health.js';
-import { policiesConfigSchema, policiesConfigDefaults, type PoliciesConfig } from './policies.js';
+import cron from 'node-cron';
+import { policiesConfigSchema, policiesConfigDefaults, validatePolicies, type PoliciesConfig } from './policies.js';
 
 export type SourceConfig = { type: 'mqtt' } | { type: 'http'; url: string } | { type: 'dir'; path: string };
 
@@ -247,6 +248,8 @@ export async function resolveConfig(parsed: unknown, source = '<config>'): Promi
   const r = validateConfig(parsed);
   if (!r.ok) throw invalid(source, r.errors);
   const v = r.value as unknown as Omit<Config, 'hardware'> & { hardware: string | { path: string } };
+  const semantic = semanticProblems(v);
+  if (semantic.length) throw invalid(source, semantic);
   if (typeof v.hardware === 'string') return v as Config;
   const hardwarePath = v.hardware.path;
   let hardware: string;
@@ -258,6 +261,17 @@ export async function resolveConfig(parsed: unknown, source = '<config>'): Promi
   }
   if (!hardware) throw invalid(source, [{ path: '/hardware/path', message: `${hardwarePath} holds no compatible string` }]);
   return { ...v, hardware, hardwarePath } as Config;
+}
+
+/** What a schema cannot say: cron expressions (poll schedule, maintenance windows), time zones. */
+function semanticProblems(v: Pick<Config, 'poll' | 'policies'>): ConfigProblem[] {
+  const out: ConfigProblem[] = [];
+  if (!cron.validate(v.poll.cron)) out.push({ path: '/poll/cron', message: `"${v.poll.cron}" is not a valid cron expression` });
+  for (const p of validatePolicies(v.policies)) {
+    const i = p.indexOf(': ');
+    out.push(i > 0 ? { path: p.slice(0, i), message: p.slice(i + 2) } : { path: '/policies', message: p });
+  }
+  return out;
 }
 
 function invalid(source: string, errors: ConfigProblem[]): SlotflipError {

@@ -116,6 +116,7 @@ export interface MqttTransportOptions {
   maxMetadataBytes?: number;
   /** outbox events in flight at once (ordered on the wire); default 8. */
   inflight?: number;
+  now?: () => number;
 }
 
 export interface MetadataUpdate {
@@ -155,6 +156,12 @@ const defaultTimers: TimerApi = {
 /** Bytes a PUBLISH adds around topic and payload (fixed header, lengths, packet id, v5 properties). */
 const PUBLISH_OVERHEAD = 32;
 
+/**
+ * A connection must stay up this long before the backoff starts again from `minMs`; otherwise a
+ * broker that accepts and then drops (a duplicate client id, an ACL kick) would be hammered.
+ */
+export const STABLE_CONNECTION_MS = 30_000;
+
 export class MqttTransport extends EventEmitter<MqttTransportEvents> {
   readonly topics: DeviceTopics;
   readonly metadata: Map<string, Uint8Array>;
@@ -179,6 +186,8 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
   private offAppend: (() => void) | undefined;
   private isConnected = false;
   private publishFailures = 0;
+  private connectedAt = 0;
+  private readonly now: () => number;
   private retryTimer: unknown;
   /** rejects when the current connection closes, so no in-flight publish can wait forever. */
   private closed: Promise<never> = new Promise<never>(() => undefined);
@@ -197,6 +206,7 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
     this.log = (opts.logger ?? pino({ level: 'silent' })).child({ module: 'daemon.mqtt' });
     this.maxMetadataBytes = Math.min(opts.maxMetadataBytes ?? 1 << 20, this.cfg.maxPacketSize);
     this.inflight = Math.max(1, opts.inflight ?? 8);
+    this.now = opts.now ?? Date.now;
   }
 
   get connected(): boolean {
@@ -227,6 +237,7 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
     this.client = undefined;
     this.generation++;
     this.isConnected = false;
+    this.signalClosed(new SlotflipError('DAEMON_MQTT_CLOSED', 'transport stopped', { retryable: true }));
     if (!client) return;
     if (client.connected) {
       await withTimeout(client.publishAsync(this.topics.online, 'offline', { qos: 1, retain: true }), timeoutMs).catch(() => undefined);
@@ -346,7 +357,7 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
     (client.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
     client.on('connect', () => {
       if (gen !== this.generation) return;
-      this.attempt = 0;
+      this.connectedAt = this.now();
       this.isConnected = true;
       this.log.info({ url }, 'broker connected');
       void this.onConnected(client, gen, url);
@@ -360,6 +371,7 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
     client.on('close', () => {
       if (gen !== this.generation) return;
       const was = this.isConnected;
+      if (was && this.now() - this.connectedAt >= STABLE_CONNECTION_MS) this.attempt = 0;
       this.isConnected = false;
       this.client = undefined;
       this.signalClosed(new SlotflipError('DAEMON_MQTT_CLOSED', `connection to ${url} closed`, { retryable: true }));

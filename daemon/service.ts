@@ -34,6 +34,9 @@ export interface ServiceOptions {
   onCycle?: (r: CycleResult | { error: string }) => void;
   /** injected MQTT transport factory (tests); default builds one from config.broker. */
   transport?: MqttTransport | null;
+  /** when a cycle leaves work pending (reboot deferred by policy, download interrupted), try
+   * again after this long without waiting for the poll schedule; default 60 s. */
+  retryMs?: number;
 }
 
 export class UpdateService {
@@ -42,6 +45,7 @@ export class UpdateService {
   private again = false;
   private stopped = false;
   private task: { stop(): void | Promise<void> } | undefined;
+  private retryTimer: NodeJS.Timeout | undefined;
   readonly outbox: Outbox;
   readonly transport: MqttTransport | undefined;
   readonly metadata = new Map<string, Uint8Array>();
@@ -95,6 +99,7 @@ export class UpdateService {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
     await this.task?.stop();
     await this.idle();
     await this.transport?.stop();
@@ -118,6 +123,11 @@ export class UpdateService {
       const r = await agent.runOnce();
       log.info({ reason, phase: r.phase, rebooted: r.rebooted, finished: r.finished.map((h) => h.outcome), lastCheck: r.lastCheck?.result }, 'cycle done');
       this.o.onCycle?.(r);
+      if (!r.rebooted && r.phase !== 'idle' && !this.stopped) {
+        if (this.retryTimer) clearTimeout(this.retryTimer);
+        this.retryTimer = setTimeout(() => this.trigger('retry'), this.o.retryMs ?? 60_000);
+        this.retryTimer.unref();
+      }
       if (this.transport) {
         const status = await agent.status();
         const extra = this.o.inventory ? await this.o.inventory().catch(() => ({})) : {};

@@ -83,13 +83,15 @@ export function decodeEnvBlock(block: Uint8Array, redundant: boolean): EnvCopy {
   return redundant ? { crcOk, flag: buf[4], env } : { crcOk, env };
 }
 
-/** Encodes an environment into a block of `size` bytes (sorted names, as fw_setenv writes). Throws
- * HAL_BOOTENV_VALUE when it does not fit. */
-export function encodeEnvBlock(env: Env, size: number, redundant: boolean, flag = 1): Buffer {
+/** Encodes an environment into a block of `size` bytes — names sorted as U-Boot's saveenv and fw_setenv
+ * write them, or in the map's order (`sorted` false) as mkenvimage does. Throws HAL_BOOTENV_VALUE when
+ * it does not fit. */
+export function encodeEnvBlock(env: Env, size: number, redundant: boolean, flag = 1, sorted = true): Buffer {
   const head = redundant ? 5 : 4;
   const buf = Buffer.alloc(size, 0);
   let pos = head;
-  for (const name of [...env.keys()].sort()) {
+  const names = [...env.keys()];
+  for (const name of sorted ? names.sort() : names) {
     const entry = Buffer.from(`${name}=${env.get(name)}\0`, 'latin1');
     if (pos + entry.length + 1 > size) throw new SlotflipError('HAL_BOOTENV_VALUE', `environment does not fit in ${size} bytes`, { details: { size } });
     entry.copy(buf, pos);

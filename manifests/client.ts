@@ -29,7 +29,7 @@
  *   MQTT transport fills from retained messages).
  *
  * Trusted directory layout (also what the tuf-conformance CLI expects): root.json, timestamp.json,
- * snapshot.json, targets.json, `<encodeURIComponent(role)>.json` for delegated roles, and
+ * snapshot.json, targets.json, `<quoteRole(role)>.json` for delegated roles, and
  * trusted-time.json (the time floor). Files are the exact bytes that verified.
  *
  * Not thread-safe: one refresh at a time per trusted directory (the daemon serialises them).
@@ -56,7 +56,7 @@ export interface MetadataSource {
 }
 
 function checkName(name: string): void {
-  if (name.length === 0 || name.length > 512 || name.includes('/') || name.includes('\\') || name.startsWith('.')) {
+  if (name.length === 0 || name.length > 512 || name.includes('/') || name.includes('\\') || name.includes('\0') || name === '.' || name === '..') {
     throw new SlotflipError('MANIFEST_FETCH_FAILED', `refusing to fetch metadata named ${JSON.stringify(name)}: not a plain file name`, { details: { name } });
   }
 }
@@ -225,6 +225,9 @@ export interface TrustClientOptions {
   source: MetadataSource;
   now: () => number;
   limits?: Partial<TrustLimits>;
+  /** keep the persisted trusted-time floor (default true). The conformance CLI turns it off: its
+   * test suite fakes the clock forwards and back between runs. */
+  trustedTimeFloor?: boolean;
 }
 
 type AnyMeta = Metadata<Root | Timestamp | Snapshot | Targets>;
@@ -306,8 +309,14 @@ function isExpired(expires: string, at: number): boolean {
   return at >= Date.parse(expires);
 }
 
+/** Percent-encodes a role name for file names and URLs: everything but A-Z a-z 0-9 - . _ ~ (as
+ * python's quote(name, '')), so "../x", "/x", "?" or "#" never become paths, queries or fragments. */
+export function quoteRole(role: string): string {
+  return encodeURIComponent(role).replace(/[!'()*]/g, (c) => '%' + c.charCodeAt(0).toString(16).toUpperCase());
+}
+
 function roleFile(role: string): string {
-  return `${encodeURIComponent(role)}.json`;
+  return `${quoteRole(role)}.json`;
 }
 
 function verifyMetaFile(meta: MetaFile, bytes: Uint8Array, where: string): void {
@@ -344,6 +353,7 @@ export class TrustClient {
   private readonly source: MetadataSource;
   private readonly now: () => number;
   readonly limits: TrustLimits;
+  private readonly useFloor: boolean;
 
   private root: Metadata<Root> | undefined;
   private snapshot: Metadata<Snapshot> | undefined;
@@ -360,6 +370,7 @@ export class TrustClient {
     this.source = options.source;
     this.now = options.now;
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
+    this.useFloor = options.trustedTimeFloor ?? true;
   }
 
   /** The verified releases of the last successful refresh (empty before one). */
@@ -433,10 +444,9 @@ export class TrustClient {
         fail('MANIFEST_ROOT_VERSION', `${name} has version ${md.signed.version}, expected ${next}`, { name });
       }
       verifyThreshold('root', md.signed.roles['root'], md.signed.keys, md, `${name} (its own root keys)`);
-      // An expired link may be an intermediate one (allowed) and is not persisted: a later unexpired
-      // link supersedes it, and if it is the final root the refresh fails below leaving the trusted
-      // directory untouched (a re-run walks the chain again).
-      if (!isExpired(md.signed.expires, this.refTime)) await this.persist('root', bytes);
+      // 5.3.8 before 5.3.10: an expired link may be an intermediate one. With 'at-end' persistence
+      // an expired FINAL root is staged and discarded when the expiry check below fails.
+      await this.persist('root', bytes);
       root = md;
       this.root = md;
       rotated++;
@@ -565,6 +575,7 @@ export class TrustClient {
   }
 
   private async readFloor(): Promise<number> {
+    if (!this.useFloor) return 0;
     try {
       const raw = await readFileCapped(join(this.dir, FLOOR_FILE), 4096);
       const t = Date.parse((JSON.parse(raw.toString('utf8')) as { floor?: string }).floor ?? '');
@@ -575,6 +586,7 @@ export class TrustClient {
   }
 
   private async raiseFloor(old: number, ts: Metadata<Timestamp>): Promise<void> {
+    if (!this.useFloor) return;
     let next = this.refTime;
     const issued = Date.parse(String(ts.signed.unrecognizedFields[ISSUED_FIELD] ?? ''));
     // a signed issue time later than its own expiry is nonsense: ignore it
@@ -653,9 +665,10 @@ export class TrustClient {
     if (role === 'targets' && this.topTargets) return this.topTargets;
     const cached = this.delegated.get(role);
     if (cached) return cached;
+    // snapshot lists roles by their raw name; files and URLs use the quoted one
     const file = roleFile(role);
-    const meta = this.snapshot!.signed.meta[file];
-    if (!meta) fail(role === 'targets' ? 'MANIFEST_INVALID' : 'MANIFEST_DELEGATION_INVALID', `snapshot v${this.snapshot!.signed.version} does not list ${file}`, { role });
+    const meta = this.snapshot!.signed.meta[`${role}.json`];
+    if (!meta) fail(role === 'targets' ? 'MANIFEST_INVALID' : 'MANIFEST_DELEGATION_INVALID', `snapshot v${this.snapshot!.signed.version} does not list ${role}.json`, { role });
     const delegator = this.delegatorOf(parent);
     const check = (md: Metadata<Targets>, where: string): void => verifyThreshold(role, delegator.role(role), delegator.keys, md, where);
     const local = await this.loadLocal<Targets>(role, MetadataKind.Targets, (md) => check(md, `stored ${file}`));

@@ -266,7 +266,8 @@ export async function initRepo(dir: string, opts: InitRepoOptions = {}): Promise
     throw new SlotflipError('MANIFEST_REPO_EXISTS', `${dir} already holds a repository (repo.json or keys/); refusing to overwrite keys`, { details: { dir } });
   }
   const days: ExpiryDays = { ...DEFAULT_EXPIRY_DAYS, ...opts.expiryDays };
-  await mkdir(keysDir(dir), { recursive: true, mode: 0o700 });
+  await mkdir(dir, { recursive: true }); // default mode: repository/ must stay servable
+  await mkdir(keysDir(dir), { mode: 0o700 });
   await chmod(keysDir(dir), 0o700);
   await mkdir(metaDir(dir), { recursive: true });
   await mkdir(targetsDir(dir), { recursive: true });

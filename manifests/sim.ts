@@ -10,8 +10,7 @@
  */
 import { createHash } from 'node:crypto';
 import { canonicalJson, generateSigningKey, publicKeyJson, signBytes, type SigningKey } from './keys.js';
-import { memorySource, type MetadataSource } from './client.js';
-import { ISSUED_FIELD } from './client.js';
+import { ISSUED_FIELD, memorySource, quoteRole, type MetadataSource } from './client.js';
 import type { ReleaseCustom } from './types.js';
 
 export type Json = Record<string, unknown>;
@@ -136,7 +135,7 @@ export class RepoSim {
   }
 
   private fileName(role: string, version: number): string {
-    const enc = `${encodeURIComponent(role)}.json`;
+    const enc = `${quoteRole(role)}.json`;
     return this.root.consistent_snapshot ? `${version}.${enc}` : enc;
   }
 
@@ -154,7 +153,7 @@ export class RepoSim {
     for (const [role, doc] of this.targets) {
       const bytes = this.files.get(this.fileName(role, doc.version));
       if (!bytes) continue;
-      meta[`${encodeURIComponent(role)}.json`] = this.metaHashes ? { version: doc.version, length: bytes.length, hashes: { sha256: sha256(bytes) } } : { version: doc.version };
+      meta[`${role}.json`] = this.metaHashes ? { version: doc.version, length: bytes.length, hashes: { sha256: sha256(bytes) } } : { version: doc.version };
     }
     this.snapshot.meta = meta;
     const bytes = this.sign('snapshot', this.snapshot);

@@ -48,21 +48,28 @@ function out(io: CommandIO, json: boolean, obj: unknown, text: string): void {
 export const command: Command = {
   help: HELP,
   async run(argv: string[], io: CommandIO): Promise<number> {
-    const { values, positionals } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: true,
-      options: {
-        backend: { type: 'string' },
-        convention: { type: 'string' },
-        'slot-size': { type: 'string' },
-        'reboot-arg': { type: 'string' },
-        tryboot: { type: 'boolean', default: false },
-        health: { type: 'boolean', default: false },
-        json: { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-    });
+    let parsed;
+    try {
+      parsed = parseArgs({
+        args: argv,
+        strict: true,
+        allowPositionals: true,
+        options: {
+          backend: { type: 'string' },
+          convention: { type: 'string' },
+          'slot-size': { type: 'string' },
+          'reboot-arg': { type: 'string' },
+          tryboot: { type: 'boolean', default: false },
+          health: { type: 'boolean', default: false },
+          json: { type: 'boolean', default: false },
+          help: { type: 'boolean', short: 'h', default: false },
+        },
+      });
+    } catch (e) {
+      io.stderr.write(`slotflip board: ${(e as Error).message}\n`);
+      return 2;
+    }
+    const { values, positionals } = parsed;
     if (values.help) {
       io.stdout.write(HELP + '\n');
       return 0;

@@ -9,8 +9,10 @@
  *
  * Exit 0 on success, 1 on any failure. Metadata in DIR uses non-versioned names (root.json, …).
  * Here the trust anchor is DIR/root.json itself (no separate shipped root), documents are persisted
- * as each verifies (spec-literal), and a refresh fetches top-level metadata only; delegated roles
- * are fetched by `download` while searching for the target.
+ * as each verifies (spec-literal: the suite expects a verified new root to stay even when a later
+ * step fails), there is no trusted-time floor (the suite fakes the clock forwards and back), and a
+ * refresh fetches top-level metadata only; delegated roles are fetched by `download` while
+ * searching for the target.
  */
 import { mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -69,7 +71,7 @@ export const command: Command = {
       const url = values['metadata-url'];
       if (!url) throw new Error('--metadata-url is required');
       if (args.length > 0) throw new Error(`unexpected arguments: ${args.join(' ')}`);
-      const client = new TrustClient({ trustedDir: dir, shippedRootPath: join(dir, 'root.json'), source: httpSource(url), now: Date.now });
+      const client = new TrustClient({ trustedDir: dir, shippedRootPath: join(dir, 'root.json'), source: httpSource(url), now: Date.now, trustedTimeFloor: false });
       if (cmd === 'refresh') {
         await client.refresh({ delegations: false, persist: 'as-verified' });
         return 0;

@@ -31,7 +31,7 @@ export interface MosquittoOptions {
   maxPacketSize?: number;
   /** add the mutual-TLS listener with a certificate per device id. */
   tls?: { devices: string[]; admins?: string[] };
-  /** seconds to wait for the broker to accept connections. */
+  /** how long to wait for the broker to accept connections, ms (default 10 000). */
   startTimeoutMs?: number;
 }
 

@@ -227,3 +227,21 @@ t.test('last will: a daemon process killed with SIGKILL goes "offline"', async (
   await waitFor(() => obs.seen.find((s) => s.payload === 'offline'), 'will after SIGKILL', 5000);
   t.same(obs.seen.map((s) => s.payload), ['online', 'offline']);
 });
+
+t.test('flapping: two devices sharing a client id kick each other out, and back off instead of hammering', async (t) => {
+  const mk = (): { tr: MqttTransport; delays: number[] } => {
+    const delays: number[] = [];
+    const tr = new MqttTransport({ config: config([broker.url], { clientId: 'dup-id', reconnect: { minMs: 20, maxMs: 320 } }), deviceId: 'dev-dup', outbox: new Outbox({ store: new MemoryOutboxStore() }) });
+    tr.on('reconnectScheduled', (r) => delays.push(r.delayMs));
+    tr.start();
+    t.teardown(() => tr.stop());
+    return { tr, delays };
+  };
+  const a = mk();
+  const b = mk();
+  await waitFor(() => a.delays.length + b.delays.length >= 10, 'ten reconnects between them', 15_000);
+  await a.tr.stop();
+  await b.tr.stop();
+  const longest = Math.max(...a.delays, ...b.delays);
+  t.ok(longest >= 160, `delays grew towards the cap despite each connect succeeding: ${a.delays.join(',')} | ${b.delays.join(',')}`);
+});

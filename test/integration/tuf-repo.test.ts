@@ -25,6 +25,8 @@ t.test('init, add a release, a device refreshes from the directory and selects i
   for (const n of await readdir(join(repo, 'keys'))) {
     if (n.endsWith('.pem')) t.equal((await stat(join(repo, 'keys', n))).mode & 0o777, 0o600, `${n} is 0600`);
   }
+  t.equal((await stat(join(repo, 'keys'))).mode & 0o777, 0o700, 'keys/ is 0700');
+  t.equal((await stat(repo)).mode & 0o005, 0o005, 'the repository dir itself stays traversable for a web server');
   await t.rejects(initRepo(repo, { now: () => now }), { code: 'MANIFEST_REPO_EXISTS' });
 
   const image = join(dir, 'image.img');

@@ -187,6 +187,8 @@ async function main(): Promise<number> {
     const http2 = meter.stats();
     const summary = watcher.summary(10);
     const cycleErrors = devices.reduce((n, d) => n + d.counters.cycleErrors, 0);
+    const installMs = devices.reduce((n, d) => n + d.counters.installCycleMs, 0);
+    const installMaxMs = devices.reduce((n, d) => Math.max(n, d.counters.maxInstallCycleMs), 0);
     const report = {
       devices: o.devices,
       stages,
@@ -203,6 +205,7 @@ async function main(): Promise<number> {
         peakRssMiB: round(Math.max(peakRss, mem2.rss) / MIB),
         brokerRssMiB: brokerRss !== undefined ? round(brokerRss) : null,
       },
+      installCycle: { meanMs: Math.round(installMs / o.devices), maxMs: installMaxMs },
       outcome: { succeeded: summary.release?.succeeded ?? 0, failed: summary.release?.failed ?? 0, cycleErrors, versions: summary.versions },
     };
     if (o.json) process.stdout.write(JSON.stringify(report) + '\n');
@@ -216,6 +219,7 @@ async function main(): Promise<number> {
         `  broker messages per device during the rollout: ${report.brokerMessagesPerDevice.total} (${report.brokerMessagesPerDevice.deviceToBroker} device→broker, ${report.brokerMessagesPerDevice.brokerToDevice} broker→device)`,
         `  HTTP: ${report.http.requests} payload requests, peak ${peakHttp} in flight`,
         `  memory per simulated device: ${report.memory.rssPerDeviceKiB} KiB RSS, ${report.memory.heapPerDeviceKiB} KiB JS heap (process peak ${report.memory.peakRssMiB} MiB; broker ${report.memory.brokerRssMiB ?? '?'} MiB)`,
+        `  update cycle per device (check → install → reboot → validate → commit): mean ${report.installCycle.meanMs} ms, max ${report.installCycle.maxMs} ms`,
         `  outcome: ${report.outcome.succeeded} succeeded, ${report.outcome.failed} failed, ${cycleErrors} cycle errors`,
       ].join('\n') + '\n');
     }

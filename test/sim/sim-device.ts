@@ -54,13 +54,16 @@ export interface SimCounters {
   cycles: number;
   reboots: number;
   cycleErrors: number;
+  /** wall time spent in update cycles that installed something, ms (sum and max). */
+  installCycleMs: number;
+  maxInstallCycleMs: number;
 }
 
 /** The state the device publishes retained: the agent's status plus the running version and a time. */
 export type SimState = AgentStatus & { version?: string; at: string };
 
 export class SimDevice {
-  readonly counters: SimCounters = { metadataIn: 0, checks: 0, cycles: 0, reboots: 0, cycleErrors: 0 };
+  readonly counters: SimCounters = { metadataIn: 0, checks: 0, cycles: 0, reboots: 0, cycleErrors: 0, installCycleMs: 0, maxInstallCycleMs: 0 };
   readonly transport: MqttTransport;
   readonly outbox: Outbox;
   /** last state published. */
@@ -195,6 +198,8 @@ export class SimDevice {
   /** One update cycle across emulated reboots (like `runUpdateCycle`), publishing state after each boot. */
   private async cycle(): Promise<void> {
     this.counters.cycles++;
+    const started = Date.now();
+    const reboots = this.counters.reboots;
     try {
       let agent = await this.agent();
       this.counters.checks++;
@@ -205,6 +210,11 @@ export class SimDevice {
         r = await agent.runOnce({ check: false });
       }
       await this.publishState(agent);
+      if (this.counters.reboots > reboots) {
+        const ms = Date.now() - started;
+        this.counters.installCycleMs += ms;
+        this.counters.maxInstallCycleMs = Math.max(this.counters.maxInstallCycleMs, ms);
+      }
     } catch (e) {
       this.counters.cycleErrors++;
       this.log.error({ err: toErrorInfo(e) }, 'sim cycle failed');

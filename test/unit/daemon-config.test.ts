@@ -86,6 +86,15 @@ t.test('every problem is listed by path; unknown keys refused', async (t) => {
   t.notOk(paths.some((p) => p.startsWith('/board/boot/stateFile') || p === '/board/boot/envFile'), 'other boot backends\' branches are not reported');
 });
 
+t.test('cron expressions are checked: poll schedule and maintenance windows', async (t) => {
+  const errs = await problems(t, {
+    ...minimal,
+    poll: { cron: 'every tuesday' },
+    policies: { maintenanceWindows: { reboot: [{ cron: '0 3 * * 1-5', durationMinutes: 60 }, { cron: '99 3 * * *', durationMinutes: 60, timezone: 'Mars/Olympus' }] } },
+  });
+  t.same(errs.map((e) => e.path).sort(), ['/policies/maintenanceWindows/reboot/1/cron', '/policies/maintenanceWindows/reboot/1/timezone', '/poll/cron']);
+});
+
 t.test('missing required keys and bad JSON', async (t) => {
   const errs = await problems(t, {});
   t.same(errs.map((e) => e.path).sort(), ['/board', '/deviceId', '/hardware', '/trust']);

@@ -430,3 +430,61 @@ t.test('delegations', async (t) => {
     t.equal((await deep.findTarget('deep'))?.length, 4);
   });
 });
+
+t.test('as-verified persistence (the conformance CLI mode)', async (t) => {
+  const asVerified = { persist: 'as-verified' as const, delegations: false };
+  t.test('expired final root is persisted, nothing after it', async (t) => {
+    const c = await setup(t.testdir());
+    await c.client().refresh(asVerified);
+    c.sim.bump('root');
+    c.sim.publishRoot();
+    await c.client().refresh(asVerified);
+    c.sim.bump('root');
+    c.sim.root.expires = new Date(T0 - DAY).toISOString();
+    c.sim.publishRoot();
+    c.sim.update();
+    await t.rejects(c.client().refresh(asVerified), { code: 'MANIFEST_EXPIRED' });
+    t.equal(await c.version('root'), 3);
+    t.equal(await c.version('timestamp'), 1);
+    t.equal(await c.version('snapshot'), 1);
+  });
+  t.test('root bumps even though the snapshot threshold is not met', async (t) => {
+    const c = await setup(t.testdir());
+    await c.client().refresh(asVerified);
+    c.sim.bump('root');
+    c.sim.root.roles['snapshot']!.threshold = 2;
+    c.sim.publishRoot();
+    c.sim.update();
+    await t.rejects(c.client().refresh(asVerified), { code: 'MANIFEST_SIGNATURE' });
+    t.equal(await c.version('root'), 2);
+    t.equal(await c.version('timestamp'), 2, 'the verified timestamp stays');
+    t.equal(await c.version('snapshot'), 1);
+  });
+  t.test('the same failures leave the directory untouched in the default at-end mode', async (t) => {
+    const c = await setup(t.testdir());
+    await c.client().refresh();
+    c.sim.bump('root');
+    c.sim.root.roles['snapshot']!.threshold = 2;
+    c.sim.publishRoot();
+    c.sim.update();
+    await t.rejects(c.client().refresh(), { code: 'MANIFEST_SIGNATURE' });
+    t.equal(await c.version('root'), 1);
+    t.equal(await c.version('timestamp'), 1);
+  });
+});
+
+t.test('unusual delegated role names are quoted in URLs and file names', async (t) => {
+  for (const role of ['?', '#', '/delegatedrole', '../delegatedrole', "it's(1)*"]) {
+    const c = await setup(t.testdir(), {}, (sim) => {
+      sim.delegate('targets', role, { paths: ['*'] });
+    });
+    const client = c.client();
+    await client.refresh({ delegations: false });
+    t.equal(await client.findTarget('nonexistent target'), undefined, role);
+    const quoted = encodeURIComponent(role).replace(/[!'()*]/g, (ch) => '%' + ch.charCodeAt(0).toString(16).toUpperCase());
+    t.ok(c.sim.fetched.includes(`1.${quoted}.json`), `fetched 1.${quoted}.json`);
+    const files = (await readdir(c.trusted)).filter((n) => n !== 'trusted-time.json');
+    t.equal(files.length, 5, `${role}: five trusted roles, none outside the directory`);
+    t.ok(files.includes(`${quoted}.json`));
+  }
+});
