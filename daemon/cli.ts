@@ -21,6 +21,7 @@ const registry: Record<string, () => Promise<{ command: Command }>> = {
   verify: () => import('./commands/verify.js'),
   'tuf-client': () => import('./commands/tuf-client.js'),
   board: () => import('./commands/board.js'),
+  fleet: () => import('./commands/fleet.js'),
   demo: () => import('./commands/demo.js'),
 };
 

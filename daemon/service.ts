@@ -1,7 +1,7 @@
 /**
  * The long-running daemon (`slotflip daemon`): one update cycle at start (which resumes whatever the
  * record says is in flight, post-boot validation included), then a cycle on every trigger — the poll
- * schedule (node-cron), a new retained `timestamp.json` on the broker, a `check` command on the
+ * schedule (node-cron through the Poller, with jitter), a new retained `timestamp.json` on the broker, a `check` command on the
  * device's command topic. Cycles never overlap: a trigger during a cycle queues exactly one more.
  * After every cycle the device's state (status + inventory when given) is published, retained.
  *
@@ -13,9 +13,10 @@
  * INVARIANTS: at most one cycle runs at a time; `stop()` waits for the running cycle to finish its
  * current effect chain (it is never interrupted mid-write: the record makes that safe anyway).
  */
-import cron from 'node-cron';
 import type { Logger } from 'pino';
 import { Outbox } from './outbox.js';
+import { Poller } from './poller.js';
+import { collectInventory } from './inventory.js';
 import { MqttTransport } from './mqtt.js';
 import { createAgent, statePaths, type ComposeOverrides } from './compose.js';
 import type { Config } from './config.js';
@@ -30,6 +31,9 @@ export interface ServiceOptions {
   inventory?: () => Promise<Record<string, unknown>>;
   /** disable the cron schedule (tests trigger cycles themselves). */
   schedule?: boolean;
+  /** upper bound of the random delay after each scheduled tick, seconds (default 300), so a fleet
+   * sharing one schedule does not hit the server in the same second. */
+  jitterSeconds?: number;
   /** called after each cycle (tests, sd-notify STATUS=). */
   onCycle?: (r: CycleResult | { error: string }) => void;
   /** injected MQTT transport factory (tests); default builds one from config.broker. */
@@ -44,7 +48,7 @@ export class UpdateService {
   private running: Promise<void> | undefined;
   private again = false;
   private stopped = false;
-  private task: { stop(): void | Promise<void> } | undefined;
+  private poller: Poller | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
   readonly outbox: Outbox;
   readonly transport: MqttTransport | undefined;
@@ -75,7 +79,16 @@ export class UpdateService {
       t.start();
     }
     if (this.o.schedule ?? true) {
-      this.task = cron.schedule(this.o.config.poll.cron, () => this.trigger('schedule'), { name: 'slotflip-poll', noOverlap: true });
+      this.poller = new Poller({
+        cron: this.o.config.poll.cron,
+        jitterSeconds: this.o.jitterSeconds ?? 300,
+        poll: async () => {
+          this.trigger('schedule');
+          await this.idle();
+        },
+        onError: (e) => this.log.warn({ err: toErrorInfo(e) }, 'poll failed'),
+      });
+      this.poller.start();
     }
     this.trigger('start');
   }
@@ -100,7 +113,7 @@ export class UpdateService {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.retryTimer) clearTimeout(this.retryTimer);
-    await this.task?.stop();
+    await this.poller?.stop();
     await this.idle();
     await this.transport?.stop();
   }
@@ -130,8 +143,16 @@ export class UpdateService {
       }
       if (this.transport) {
         const status = await agent.status();
+        const last = status.lastResult;
+        const inventory = await collectInventory({
+          deviceId: status.deviceId,
+          hardware: status.hardware,
+          bootedSlot: status.bootedSlot,
+          slots: Object.fromEntries(status.slots.map((x) => [x.slot, { ...(x.release ? { version: x.release.version } : {}), ...('error' in x.boot ? {} : { boot: x.boot }) }])),
+          ...(last ? { lastResult: { outcome: last.outcome === 'succeeded' ? 'committed' : last.outcome === 'rolledBack' ? 'rolled-back' : 'failed', releaseId: last.release.id, version: last.release.version, ...(last.reason ? { code: last.reason.code } : {}), atMs: last.endedAt } } : {}),
+        }, { dataPath: this.o.config.stateDir }).catch(() => ({}));
         const extra = this.o.inventory ? await this.o.inventory().catch(() => ({})) : {};
-        await this.transport.publishState({ ...status, ...extra }).catch(() => false);
+        await this.transport.publishState({ ...status, inventory, ...extra }).catch(() => false);
       }
     } catch (e) {
       const err = toErrorInfo(e);

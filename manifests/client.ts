@@ -47,7 +47,7 @@ import { releaseFromTarget } from './release.js';
 // ---------------------------------------------------------------- sources
 
 /** Where metadata comes from. Names are file names as published: `timestamp.json`, `3.root.json`,
- * `7.snapshot.json`, `7.targets.json`, `2.<role>.json` (delegated role names URI-encoded). */
+ * `7.snapshot.json`, `7.targets.json`, `2.<role>.json` (delegated role names percent-encoded, quoteRole). */
 export interface MetadataSource {
   /** Returns the document, or undefined when it does not exist (404, no file, no retained message).
    * Must refuse with MANIFEST_TOO_LARGE before holding more than `maxBytes`; other failures throw
@@ -392,7 +392,9 @@ export class TrustClient {
    * Runs the TUF client workflow once: root chain, timestamp, snapshot, targets (and, by default,
    * every delegated role). Documents are persisted atomically only after they verified (by
    * default all at the end, see RefreshOptions.persist), so a rejection (coded MANIFEST_*) leaves
-   * the trusted directory as it was, and the next valid metadata is still accepted. Safe to call again after any failure or crash.
+   * the trusted directory as it was, and the next valid metadata is still accepted. Safe to call
+   * again after any failure or crash. Fails closed: a broken delegated role fails the whole refresh
+   * (a device never picks an older release because a newer one's metadata was withheld).
    */
   async refresh(options: RefreshOptions = {}): Promise<RefreshResult> {
     this.staged = (options.persist ?? 'at-end') === 'at-end' ? new Map() : undefined;
@@ -400,6 +402,13 @@ export class TrustClient {
       const result = await this.runRefresh(options);
       await this.commit();
       return result;
+    } catch (e) {
+      // nothing from a failed refresh may be used afterwards (findTarget, targets())
+      this.snapshot = undefined;
+      this.topTargets = undefined;
+      this.delegated.clear();
+      this.releaseList = [];
+      throw e;
     } finally {
       this.staged = undefined;
     }
@@ -719,9 +728,11 @@ export class TrustClient {
       seen.add(role);
       const md = await this.loadTargetsRole(role, parents.get(role)!);
       for (const p of Object.keys(md.signed.targets)) paths.add(p);
-      for (const child of Object.values(md.signed.delegations?.roles ?? {})) {
-        if (!parents.has(child.name)) parents.set(child.name, role);
-        stack.push(child.name);
+      const d = md.signed.delegations;
+      const children = [...Object.values(d?.roles ?? {}).map((r) => r.name), ...(d?.succinctRoles ? [...d.succinctRoles.getRoles()].filter((n) => this.snapshot!.signed.meta[`${n}.json`]) : [])];
+      for (const child of children) {
+        if (!parents.has(child)) parents.set(child, role);
+        stack.push(child);
       }
     }
     const out: Release[] = [];

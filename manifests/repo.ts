@@ -508,7 +508,9 @@ export async function rotateKey(dir: string, role: TopRole, opts: RepoOptions = 
   // retire old private keys, install new ones, then publish (a crash in between leaves the old
   // root published and the new keys on disk: re-running rotate re-signs with whatever is present)
   if (role === 'root') {
-    for (const [i] of oldRootKeys.entries()) await rename(join(keysDir(dir), `root-${i + 1}.pem`), join(keysDir(dir), 'retired', `root-${i + 1}-${stamp}.pem`)).catch(() => undefined);
+    for (const n of (await readdir(keysDir(dir))).filter((x) => /^root-.*\.pem$/.test(x))) {
+      await rename(join(keysDir(dir), n), join(keysDir(dir), 'retired', `${n.slice(0, -4)}-${stamp}.pem`));
+    }
     for (const [i, k] of newKeys.entries()) await writeKey(dir, `root-${i + 1}`, k);
   } else {
     await rename(join(keysDir(dir), `${role}.pem`), join(keysDir(dir), 'retired', `${role}-${stamp}.pem`)).catch(() => undefined);

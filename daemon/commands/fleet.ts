@@ -188,7 +188,7 @@ async function watch(argv: string[], io: CommandIO, deps: FleetCommandDeps): Pro
     halt = { ...policy, repoDir: v['repo'] };
     await readRollout(halt.repoDir, release); // fail now, not at the halt, when the release is unknown
   } else if (v['min-devices'] !== undefined || v['repo'] !== undefined) throw usage('--min-devices and --repo go with --halt-on-failure-rate');
-  const log = deps.log ?? pino({ level: v['verbose'] ? 'info' : 'warn', base: { module: 'fleet' } }, pino.destination({ dest: 2, sync: true }));
+  const log = deps.log ?? pino({ level: v['verbose'] ? 'info' : 'warn', base: { tool: 'slotflip fleet' } }, pino.destination({ dest: 2, sync: true }));
   const auth = await brokerAuth(v);
 
   const print = (s: FleetSummary): void => out(io, json ? JSON.stringify({ type: 'summary', ...s }) : formatSummary(s));
@@ -222,13 +222,13 @@ async function watch(argv: string[], io: CommandIO, deps: FleetCommandDeps): Pro
 /** Runs `fleet <sub> ...` with injectable clock, stop signal and logger (tests). */
 export async function runFleet(argv: string[], io: CommandIO, deps: FleetCommandDeps = {}): Promise<number> {
   const [sub, ...rest] = argv;
-  if (sub === 'rollout') {
-    if (rest.includes('--help') || rest.includes('-h')) return out(io, ROLLOUT_HELP), 0;
-    return rollout(rest, io, deps);
-  }
-  if (sub === 'watch') {
-    if (rest.includes('--help') || rest.includes('-h')) return out(io, WATCH_HELP), 0;
-    return watch(rest, io, deps);
+  const help = rest.includes('--help') || rest.includes('-h');
+  if (sub === 'rollout' || sub === 'watch') {
+    if (help) {
+      out(io, sub === 'rollout' ? ROLLOUT_HELP : WATCH_HELP);
+      return 0;
+    }
+    return sub === 'rollout' ? rollout(rest, io, deps) : watch(rest, io, deps);
   }
   throw usage(`unknown fleet subcommand ${sub === undefined ? '(none)' : JSON.stringify(sub)}: use rollout or watch`);
 }

@@ -96,17 +96,23 @@ export class FleetWatcher {
     this.client = client;
     (client.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
     client.on('message', (topic, payload, packet) => this.onMessage(topic, payload, packet.retain));
-    client.on('error', (e) => this.log.warn({ err: e.message, brokerUrl: this.o.brokerUrl }, 'broker error'));
+    let started = false;
+    // before the first CONNACK an error fails start() (reported once, by the caller)
+    client.on('error', (e) => {
+      if (started) this.log.warn({ err: e.message, brokerUrl: this.o.brokerUrl }, 'broker error');
+    });
     try {
       await new Promise<void>((resolve, reject) => {
-        const onConnect = (): void => { client.off('error', onError); resolve(); };
-        const onError = (e: Error): void => { client.off('connect', onConnect); reject(e); };
+        const timer = setTimeout(() => onError(new Error(`no CONNACK within ${options.connectTimeout} ms`)), options.connectTimeout);
+        const onConnect = (): void => { clearTimeout(timer); client.off('error', onError); resolve(); };
+        const onError = (e: Error): void => { clearTimeout(timer); client.off('connect', onConnect); reject(e); };
         client.once('connect', onConnect);
         client.once('error', onError);
       });
       const granted = await client.subscribeAsync(Object.fromEntries(FLEET_FILTERS.map((f) => [f, { qos: 1 as const }])));
       const refused = granted.filter((g) => g.qos >= 0x80).map((g) => g.topic);
       if (refused.length > 0) throw new Error(`subscriptions refused: ${refused.join(', ')}`);
+      started = true;
     } catch (cause) {
       await this.stop();
       throw new SlotflipError('DAEMON_FLEET_CONNECT', `cannot watch the fleet on ${this.o.brokerUrl}: check the URL, credentials and the broker's ACL for ${TOPIC_ROOT}/devices/#`, { cause, retryable: true, details: { brokerUrl: this.o.brokerUrl } });

@@ -29,8 +29,9 @@ export interface Decoder {
   /** no more input: for a transfer that ended or broke off. Output of complete frames already given
    * is still delivered before `done` settles. */
   finishInput(): void;
-  /** starts delivering output to `sink`; call once. */
-  start(sink: Sink): void;
+  /** starts delivering output to `sink`; call once. When `nextBuffer` is given and the decoder can,
+   * each read lands directly in the buffer it returns (zero copy); `sink` then gets a view of it. */
+  start(sink: Sink, nextBuffer?: () => Buffer): void;
   /** resumes delivery after the sink returned false. */
   resume(): void;
   /** resolves when all output was delivered and the decoder finished cleanly; rejects with
@@ -147,14 +148,14 @@ async function startZstd(opts: DecoderOptions): Promise<Decoder> {
     finishInput() {
       child.stdin?.end();
     },
-    start(sink) {
+    start(sink, nextBuffer) {
       if (sock) return;
       // `onread` (reused buffer) is supported by the Socket constructor but missing from its typings
-      const sockOpts: net.SocketConstructorOpts & { onread: { buffer: Buffer; callback: (n: number, b: Buffer) => boolean } } = {
+      const sockOpts: net.SocketConstructorOpts & { onread: { buffer: Buffer | (() => Buffer); callback: (n: number, b: Buffer) => boolean } } = {
         fd: rfd,
         readable: true,
         writable: false,
-        onread: { buffer: readBuf, callback: (n, b) => sink(b.subarray(0, n)) },
+        onread: { buffer: nextBuffer ?? readBuf, callback: (n, b) => sink(b.subarray(0, n)) },
       };
       sock = new net.Socket(sockOpts);
       sock.on('end', endResolve);

@@ -143,7 +143,13 @@ export async function installPayload(opts: InstallOptions): Promise<InstallResul
     const run = new InstallRun(opts, payload, payloadLength, source, handle, readBack, now, signal);
     const resumedFrom = await run.verifyExisting(await readResumeHint(opts.resumeStatePath, payload, opts.slot.path));
     log?.info({ slot: opts.slot.slot, resumedFrom, chunks: payload.chunks.length, size: payload.size }, 'install started');
-    await run.transferAll(resumedFrom);
+    try {
+      await run.transferAll(resumedFrom);
+    } catch (e) {
+      // keep what was verified: finish queued writes, flush, and record them for the next resume
+      await run.keepProgress();
+      throw e;
+    }
     const readBackSha256 = await run.finish();
     await writeResumeHint(opts.resumeStatePath, payload, opts.slot.path, payload.chunks.length, true);
     const result: InstallResult = {
@@ -363,9 +369,31 @@ class InstallRun {
 
   #carryLen = 0;
 
+  readonly #scratch = Buffer.allocUnsafeSlow(BUF_CARRY);
+
+  /** Where the decoder's next read should land: straight into the current chunk buffer when there is
+   * one (no copy), else a scratch buffer that `#eat` copies from. */
+  #readTarget(): Buffer {
+    if (!this.#blocked && this.next < this.#chunkCount) {
+      if (this.#buf === undefined) this.#buf = this.#pool.pop();
+      if (this.#buf !== undefined) return this.#buf.subarray(this.#fill, this.#chunkLen(this.next));
+    }
+    return this.#scratch;
+  }
+
   #eat(piece: Buffer, from: number): void {
     const { payload } = this;
     let p = from;
+    // a read that landed in place (see #readTarget): hash it where it is
+    if (from === 0 && this.#buf !== undefined && piece.buffer === this.#buf.buffer && piece.byteOffset === this.#buf.byteOffset + this.#fill && this.next < this.#chunkCount) {
+      const len = this.#chunkLen(this.next);
+      if (this.#fill + piece.length <= len) {
+        this.#hash.update(piece);
+        this.#fill += piece.length;
+        p = piece.length;
+        if (this.#fill === len) this.#completeChunk();
+      }
+    }
     while (p < piece.length) {
       if (this.#buf === undefined) {
         const b = this.#pool.pop();
@@ -387,24 +415,28 @@ class InstallRun {
       this.#hash.update(part);
       this.#fill += n;
       p += n;
-      if (this.#fill === len) {
-        const i = this.next;
-        const got = this.#hash.digest('hex');
-        this.#hash = createHash('sha256');
-        const want = payload.chunks[i]!.sha256;
-        if (got !== want) {
-          throw new SlotflipError('INSTALL_CHUNK_HASH_MISMATCH', `chunk ${i} (image offset ${i * payload.chunkSize}) from ${this.#where} has SHA-256 ${got} but the signed index says ${want}; nothing from it was written`, {
-            retryable: true,
-            details: { chunk: i, offset: i * payload.chunkSize, payloadOffset: payload.chunks[i]!.offset, url: this.#where },
-          });
-        }
-        const buf = this.#buf;
-        this.#buf = undefined;
-        this.#fill = 0;
-        this.next = i + 1;
-        this.#write(buf, i);
-      }
+      if (this.#fill === len) this.#completeChunk();
     }
+  }
+
+  /** The current chunk buffer is full: verify it against the signed index, then queue the write. */
+  #completeChunk(): void {
+    const { payload } = this;
+    const i = this.next;
+    const got = this.#hash.digest('hex');
+    this.#hash = createHash('sha256');
+    const want = payload.chunks[i]!.sha256;
+    if (got !== want) {
+      throw new SlotflipError('INSTALL_CHUNK_HASH_MISMATCH', `chunk ${i} (image offset ${i * payload.chunkSize}) from ${this.#where} has SHA-256 ${got} but the signed index says ${want}; nothing from it was written`, {
+        retryable: true,
+        details: { chunk: i, offset: i * payload.chunkSize, payloadOffset: payload.chunks[i]!.offset, url: this.#where },
+      });
+    }
+    const buf = this.#buf!;
+    this.#buf = undefined;
+    this.#fill = 0;
+    this.next = i + 1;
+    this.#write(buf, i);
   }
 
   /** A pool buffer came back while blocked: continue with the carried bytes, then unblock. */
@@ -552,15 +584,18 @@ class InstallRun {
         };
         ctl.signal.addEventListener('abort', () => this.#failTransfer(new SlotflipError('INSTALL_ABORTED', 'install aborted', {})), { once: true });
 
-        dec.start((piece) => {
-          if (settled) return false;
-          try {
-            return this.#push(piece);
-          } catch (e) {
-            this.#failTransfer(e);
-            return false;
-          }
-        });
+        dec.start(
+          (piece) => {
+            if (settled) return false;
+            try {
+              return this.#push(piece);
+            } catch (e) {
+              this.#failTransfer(e);
+              return false;
+            }
+          },
+          () => this.#readTarget(),
+        );
         dec.done.then(
           // the decoder may end while the last bytes still wait in the carry for a free buffer
           () => this.#whenUnblocked().then(() => settle(producerError)),
@@ -664,6 +699,19 @@ class InstallRun {
       opened?.close();
       decoder?.kill();
       this.#resetChunker();
+    }
+  }
+
+  /** After a failure: waits for queued writes, flushes and persists the hint (best effort). */
+  async keepProgress(): Promise<void> {
+    await this.#writeTail;
+    await this.#flushTail;
+    if (this.#ioError !== undefined || this.next <= this.#durable) return;
+    try {
+      await this.handle.flush();
+      await writeResumeHint(this.opts.resumeStatePath, this.payload, this.opts.slot.path, this.next);
+    } catch (e) {
+      this.opts.logger?.warn({ err: e }, 'could not record install progress');
     }
   }
 

@@ -11,6 +11,8 @@
 import { SlotflipError, isCoded } from '../errors.js';
 import { otherSlot, type BootControl, type SlotBootState, type SlotName } from '../boot-control.js';
 
+/** What a backend file implements: BootControl's methods with the same contract (see boot-control.ts),
+ * minus the checks `withGuards` adds. */
 export interface BackendCore {
   readonly backend: string;
   /** most trial boots this backend can count (1 for one-shot mechanisms). */
@@ -20,6 +22,7 @@ export interface BackendCore {
   markBad(slot: SlotName): Promise<void>;
   armTrial(slot: SlotName, tries: number): Promise<void>;
   commit(slot: SlotName): Promise<void>;
+  /** see BootControlExtras.rebootArgument; absent means a plain reboot starts a trial. */
   rebootArgument?(): Promise<string | undefined>;
 }
 

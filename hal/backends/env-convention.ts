@@ -11,12 +11,19 @@ export type Env = ReadonlyMap<string, string>;
 /** name → new value; '' deletes (U-Boot) or empties (GRUB) — both read as unset. */
 export type EnvChanges = Record<string, string>;
 
+/** A bootloader's variable convention. All methods are pure; the returned changes are applied in ONE
+ * write, so each must be complete on its own (a crash applies all of it or none). */
 export interface EnvConvention {
   readonly name: string;
+  /** most trial boots the convention can count. */
   readonly maxTries: number;
+  /** the slot's state as the bootloader script will see it on the next power-on. */
   state(env: Env, slot: SlotName): SlotBootState;
+  /** changes that make the script never choose `slot`; may throw HAL_BOOTENV_UNSUPPORTED. */
   markBad(env: Env, slot: SlotName): EnvChanges;
+  /** changes that make the script try `slot` first, `tries` times, then fall back. */
   armTrial(env: Env, slot: SlotName, tries: number): EnvChanges;
+  /** changes that make `slot` good and first; applying them twice changes nothing. */
   commit(env: Env, slot: SlotName): EnvChanges;
 }
 

@@ -14,6 +14,7 @@
  *   booted slot must be committed after every healthy boot (as `rauc status mark-good` does). A trial
  *   is also recorded in `slotflip_trial` (ignored by grub.cfg).
  */
+import { access, constants as fsConstants } from 'node:fs/promises';
 import { SlotflipError } from '../errors.js';
 import { otherSlot, type SlotName } from '../boot-control.js';
 import { execTool, runChecked, type ToolRunner } from '../exec.js';
@@ -115,12 +116,22 @@ export function raucGrubConvention(opts: { trialVariable?: string } = {}): EnvCo
 export function grubEditenvStore(cfg: Pick<GrubBackendConfig, 'envFile' | 'grubEditenv' | 'timeoutMs'>, runner: ToolRunner = execTool): EnvStore {
   const tool = cfg.grubEditenv ?? 'grub-editenv';
   const opts = { timeoutMs: cfg.timeoutMs ?? 30_000, maxOutputBytes: 64 * 1024 };
+  // grub-editenv creates a missing file even for `list`: never let a wrong path become a fresh env
+  const mustExist = async () => {
+    try {
+      await access(cfg.envFile, fsConstants.R_OK | fsConstants.W_OK);
+    } catch (cause) {
+      throw new SlotflipError('HAL_BOOTENV_READ', `grubenv ${cfg.envFile} is missing or not writable; create it with \`grub-editenv ${cfg.envFile} create\` or fix envFile`, { cause, details: { path: cfg.envFile } });
+    }
+  };
   return {
     async read() {
+      await mustExist();
       const r = await runChecked(runner, 'HAL_BOOTENV_READ', tool, [cfg.envFile, 'list'], opts);
       return parseGrubEditenvList(r.stdout);
     },
     async write(changes) {
+      await mustExist();
       const args: string[] = [];
       for (const [k, v] of Object.entries(changes)) {
         if (!isGrubName(k) || !isGrubValue(v)) throw new SlotflipError('HAL_BOOTENV_VALUE', `refusing to write grubenv variable ${JSON.stringify(k).slice(0, 40)}: bad name or value`, { details: { name: k } });

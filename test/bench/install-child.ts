@@ -47,7 +47,10 @@ async function main(): Promise<void> {
   // CPU of reaped children (the zstd decoder): utime/stime of waited-for children, in clock ticks
   const stat = (await readFile('/proc/self/stat', 'utf8')).split(') ')[1]!.split(' ');
   const childCpuMs = ((Number(stat[13]) + Number(stat[14])) * 1000) / 100;
-  process.stdout.write(`${JSON.stringify({ result, usage: { wallMs, userMs: ru.userCPUTime / 1000, systemMs: ru.systemCPUTime / 1000, childCpuMs, maxRssKiB: ru.maxRSS } })}\n`);
+  // peak RSS of this process image: VmHWM (getrusage's maxrss survives exec and shows the parent's)
+  const hwm = /VmHWM:\s+(\d+) kB/.exec(await readFile('/proc/self/status', 'utf8'));
+  const maxRssKiB = hwm ? Number(hwm[1]) : ru.maxRSS;
+  process.stdout.write(`${JSON.stringify({ result, usage: { wallMs, userMs: ru.userCPUTime / 1000, systemMs: ru.systemCPUTime / 1000, childCpuMs, maxRssKiB } })}\n`);
 }
 
 main().catch((e: unknown) => {

@@ -16,6 +16,8 @@ export interface PowerOnResult {
   code: number | null;
   signal: NodeJS.Signals | null;
   timedOut: boolean;
+  /** true when `until` matched and the run was ended by the tracker. */
+  stoppedOnMatch: boolean;
   durationMs: number;
 }
 
@@ -24,6 +26,9 @@ export interface RunOptions {
   cwd?: string;
   /** cap on captured console bytes. */
   maxOutputBytes?: number;
+  /** end the run (kill the process group) as soon as the console matches: a firmware that sits in
+   * a menu after an error never powers off by itself. */
+  until?: RegExp;
 }
 
 export class EmulatorTracker {
@@ -43,10 +48,19 @@ export class EmulatorTracker {
       });
       const chunks: Buffer[] = [];
       let size = 0;
+      let stoppedOnMatch = false;
       const take = (b: Buffer): void => {
         if (size >= cap) return;
         chunks.push(b.subarray(0, cap - size));
         size += b.length;
+        if (opts.until && !stoppedOnMatch && child.pid !== undefined && opts.until.test(Buffer.concat(chunks).toString('utf8'))) {
+          stoppedOnMatch = true;
+          try {
+            process.kill(-child.pid, 'SIGKILL');
+          } catch {
+            // already gone
+          }
+        }
       };
       child.stdout.on('data', take);
       child.stderr.on('data', take);
@@ -61,7 +75,8 @@ export class EmulatorTracker {
           console: Buffer.concat(chunks).toString('utf8'),
           code,
           signal,
-          timedOut: code === 124 || code === 137,
+          timedOut: !stoppedOnMatch && (code === 124 || code === 137),
+          stoppedOnMatch,
           durationMs: Date.now() - started,
         });
       });

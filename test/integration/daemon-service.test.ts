@@ -1,6 +1,6 @@
 /**
- * `slotflip daemon` as a separate process against a real Mosquitto and a real HTTP server, on an
- * emulated board. Metadata arrives as retained MQTT messages (the fleet's `publishToBroker`),
+ * `slotflip daemon` as a separate process against a real Mosquitto (mutual TLS with a per-device
+ * certificate and per-device ACLs) and a real HTTP server, on an emulated board. Metadata arrives as retained MQTT messages (the fleet's `publishToBroker`),
  * payloads over HTTP with Range. The configured reboot command only records the request: the test
  * then does what the machine would — the process dies (SIGKILL), the board power-cycles, systemd
  * starts the daemon again — and the new process validates the trial boot and commits.
@@ -22,7 +22,8 @@ const SLOT_SIZE = 256 * 1024;
 
 t.test('daemon process: MQTT metadata, HTTP payload, reboot by power cycle, commit reported', async (t) => {
   const dir = t.testdir();
-  const broker = await startMosquitto();
+  const broker = await startMosquitto({ tls: { devices: ['dev-p1'] } });
+  const dev = broker.certs!.clients['dev-p1']!;
   t.teardown(() => broker.stop());
   const boardDir = join(dir, 'board');
   const board = await createBoard(boardDir, { backend: 'emulated', slotSize: SLOT_SIZE, factoryVersion: '1.0.0' });
@@ -39,7 +40,8 @@ t.test('daemon process: MQTT metadata, HTTP payload, reboot by power cycle, comm
     stateDir: join(dir, 'state'),
     trust: { shippedRoot: join(repo, 'repository/metadata/1.root.json'), sources: [{ type: 'mqtt' }], payloadBaseUrls: [`${srv.url}targets/`] },
     board: { slots: { A: { path: board.slots.A, size: SLOT_SIZE }, B: { path: board.slots.B, size: SLOT_SIZE } }, boot: board.bootConfig, tries: 2 },
-    broker: { urls: [broker.url], reconnect: { minMs: 100, maxMs: 1000 } },
+    // the device: mutual TLS with its own certificate, confined by the broker's ACL to its subtree
+    broker: { urls: [broker.tlsUrl!], tls: { ca: broker.certs!.ca, cert: dev.cert, key: dev.key }, reconnect: { minMs: 100, maxMs: 1000 } },
     health: { deadlineSeconds: 30, checks: [{ type: 'broker', name: 'broker' }] },
     reboot: { command: [process.execPath, '-e', `require('fs').writeFileSync(${JSON.stringify(rebootFlag)}, 'now')`] },
     log: { level: 'info' },
@@ -96,7 +98,7 @@ t.test('daemon process: MQTT metadata, HTTP payload, reboot by power cycle, comm
   await daemon.waitFor((l) => l['msg'] === 'cycle done' && Array.isArray(l['finished']) && (l['finished'] as string[]).includes('succeeded'), 30_000, 'commit cycle');
   const until = Date.now() + 10_000;
   while (Date.now() < until && (state?.['bootedSlot'] !== 'B' || state?.['phase'] !== 'idle')) await new Promise((r) => setTimeout(r, 50));
-  t.match(state, { deviceId: 'dev-p1', bootedSlot: 'B', phase: 'idle', committedSecurityVersion: 1, lastResult: { outcome: 'succeeded' } });
+  t.match(state, { deviceId: 'dev-p1', bootedSlot: 'B', phase: 'idle', committedSecurityVersion: 1, lastResult: { outcome: 'succeeded' }, inventory: { bootedSlot: 'B', uptimeSeconds: Number, lastResult: { outcome: 'committed', version: '1.1.0' } } });
   t.equal((await boardStatus(boardDir)).booted, 'B');
 
   // a clean stop

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { connectAsync } from 'mqtt';
 import { pino } from 'pino';
 import { startMosquitto } from '../harness/mosquitto.js';
-import { addRelease, initRepo, publishToBroker } from '../../manifests/repo.js';
+import { addRelease, initRepo } from '../../manifests/repo.js';
 import { makeTestImage } from '../../hal/board.js';
 import { runFleet } from '../../daemon/commands/fleet.js';
 import { readRollout } from '../../daemon/fleet/rollout.js';

@@ -114,3 +114,12 @@ t.test('values that would need escaping are refused before any write', async (t)
   const bc = createBootControl({ type: 'grub', convention: 'greenboot', envFile: env.envFile, slotVariable: 'slot', cmdline: { path: join(dir, 'none') } });
   await t.rejects(bc.slotState('A'), { code: 'HAL_BOOTENV_PARSE' }, 'unset slot variable is a parse error, not a guess');
 });
+
+t.test('a missing grubenv is HAL_BOOTENV_READ and is not created', async (t) => {
+  const dir = t.testdir();
+  const envFile = join(dir, 'grubenv');
+  const bc = createBootControl({ type: 'grub', convention: 'greenboot', envFile, cmdline: { path: join(dir, 'cmdline') } });
+  await t.rejects(bc.slotState('A'), { code: 'HAL_BOOTENV_READ' });
+  await t.rejects(bc.commit('A'), { code: 'HAL_BOOTENV_READ' });
+  await t.rejects(readFile(envFile), { code: 'ENOENT' }, 'grub-editenv was never asked to create it');
+});

@@ -87,6 +87,7 @@ t.test('a one-bit-corrupt chunk is rejected at that chunk; nothing from it on is
     const img = await readFile(good.image);
     t.ok(slot.subarray(0, bad * CHUNK).equals(img.subarray(0, bad * CHUNK)), `${compression}: chunks before it written`);
     t.ok(slot.subarray(bad * CHUNK).every((b) => b === PATTERN), `${compression}: nothing from chunk ${bad} on written`);
+    t.equal(await readResumeHint(join(dir, 'resume.json'), good.payload, slotPath), bad, `${compression}: progress up to the bad chunk kept for a resume`);
   }
 });
 

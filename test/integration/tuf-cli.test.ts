@@ -40,7 +40,8 @@ t.test('help texts', async (t) => {
 t.test('manufacturer commands and verify', async (t) => {
   const dir = t.testdir();
   const repo = join(dir, 'repo');
-  t.equal((await run(repoCmd, ['init', repo, '--json'])).code, 0);
+  const init = await run(repoCmd, ['init', repo, '--json']);
+  t.equal(init.code, 0, init.err);
   t.match(await run(repoCmd, ['init', repo]), { code: 1, err: /MANIFEST_REPO_EXISTS/ });
   const image = join(dir, 'os.img');
   await writeFile(image, randomBytes(50_000));

@@ -1,5 +1,9 @@
+/**
+ * The manufacturer's repository tools on disk (init, release add, timestamp timer, rollout, key
+ * rotations of every role) followed by a device TrustClient reading the repository directory.
+ */
 import t from 'tap';
-import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { initRepo, addRelease, setRollout, resignTimestamp, rotateKey, repoSummary } from '../../manifests/repo.js';
@@ -26,7 +30,8 @@ t.test('init, add a release, a device refreshes from the directory and selects i
     if (n.endsWith('.pem')) t.equal((await stat(join(repo, 'keys', n))).mode & 0o777, 0o600, `${n} is 0600`);
   }
   t.equal((await stat(join(repo, 'keys'))).mode & 0o777, 0o700, 'keys/ is 0700');
-  t.equal((await stat(repo)).mode & 0o005, 0o005, 'the repository dir itself stays traversable for a web server');
+  await mkdir(join(dir, 'probe'));
+  t.equal((await stat(repo)).mode & 0o777, (await stat(join(dir, 'probe'))).mode & 0o777, 'the repository dir itself keeps the default mode (servable)');
   await t.rejects(initRepo(repo, { now: () => now }), { code: 'MANIFEST_REPO_EXISTS' });
 
   const image = join(dir, 'image.img');
@@ -83,4 +88,21 @@ t.test('init, add a release, a device refreshes from the directory and selects i
   const again = await client.refresh();
   t.equal(again.updated, false);
   t.equal(await hashDir(trusted), hash, 'an idle refresh changes nothing');
+});
+
+t.test('root rotation with only a threshold of the root keys mounted', async (t) => {
+  const dir = t.testdir();
+  const repo = join(dir, 'repo');
+  await initRepo(repo);
+  const { rename } = await import('node:fs/promises');
+  await rename(join(repo, 'keys', 'root-2.pem'), join(dir, 'root-2.pem')); // kept offline elsewhere
+  const s = await rotateKey(repo, 'root');
+  t.equal(s.rootVersion, 2);
+  t.same((await readdir(join(repo, 'keys'))).filter((n) => n.startsWith('root-')).sort(), ['root-1.pem', 'root-2.pem', 'root-3.pem']);
+  t.equal((await readdir(join(repo, 'keys', 'retired'))).length, 2);
+  const client = new TrustClient({ trustedDir: join(dir, 't'), shippedRootPath: join(repo, 'repository/metadata/1.root.json'), source: dirSource(join(repo, 'repository/metadata')), now: Date.now });
+  t.match(await client.refresh(), { rootVersion: 2 });
+  await rename(join(repo, 'keys', 'root-2.pem'), join(dir, 'new-root-2.pem'));
+  await rename(join(repo, 'keys', 'root-3.pem'), join(dir, 'new-root-3.pem'));
+  await t.rejects(rotateKey(repo, 'timestamp'), { code: 'MANIFEST_KEY_MISSING' }, 'one root key is below the threshold');
 });

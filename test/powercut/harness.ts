@@ -98,6 +98,7 @@ export interface Fixtures {
 /** Builds one signed repository per scenario, snapshots it before and after the follow-up release,
  * and serves them all from one HTTP server. */
 export async function buildFixtures(dir: string): Promise<Fixtures> {
+  await rm(dir, { recursive: true, force: true });
   const served = join(dir, 'served');
   await mkdir(served, { recursive: true });
   const roots = {} as Record<Scenario, string>;
@@ -143,7 +144,7 @@ export function planIteration(seed: number, opsHint = 45): IterationPlan {
   const cuts: IterationPlan['cuts'] = [];
   for (let i = 0; i < nCuts; i++) {
     if (r() < 0.8) cuts.push({ mode: 'op', killAt: intIn(r, 1, opsHint), cut: pickOf(r, ['before', 'after', 'torn'] as const) });
-    else cuts.push({ mode: 'delay', ms: intIn(r, 150, 1200) });
+    else cuts.push({ mode: 'delay', ms: intIn(r, 200, 2500) });
   }
   return { seed, kind, scenario, tries, cuts, r };
 }
@@ -156,7 +157,7 @@ export interface IterationResult {
   ms: number;
 }
 
-interface JournalEntry {
+export interface JournalEntry {
   n: number;
   op: string;
   slot?: string;
@@ -250,7 +251,7 @@ interface Observed {
 }
 
 /** Invariants that must hold at any power-on. */
-async function checkAtPowerOn(ctx: { boardDir: string; config: Config; fx: Fixtures; obs: Observed; label: string }, violations: string[]): Promise<void> {
+async function checkAtPowerOn(ctx: { boardDir: string; config: Config; fx: Fixtures; obs: Observed; label: string; tries: number }, violations: string[]): Promise<void> {
   const { boardDir, config, fx, obs, label } = ctx;
   const v = (m: string) => violations.push(`${label}: ${m}`);
   const pc = await powerCycle(boardDir);
@@ -258,7 +259,8 @@ async function checkAtPowerOn(ctx: { boardDir: string; config: Config; fx: Fixtu
     v(`board bricked: ${pc.reason}`);
     return;
   }
-  if (pc.attempts.length > 4) v(`boot took ${pc.attempts.length} attempts (reboot loop?): ${pc.attempts.map((a) => a.reason).join(' | ')}`);
+  // a trial gets `tries` attempts, then the committed slot comes up: more is a loop or a drained fallback
+  if (pc.attempts.length > ctx.tries + 1) v(`boot took ${pc.attempts.length} attempts (reboot loop?): ${pc.attempts.map((a) => a.reason).join(' | ')}`);
   if (!pc.version || !fx.known.has(pc.version)) v(`booted slot ${pc.booted} runs unknown image ${pc.version}`);
   const b = await loadBoard(boardDir);
   const head = await readFile(b.slots[pc.booted]);
@@ -343,8 +345,13 @@ async function writeConfig(path: string, o: { deviceId: string; stateDir: string
 }
 
 export async function runIteration(seed: number, h: HarnessOptions): Promise<IterationResult> {
+  return runPlan(planIteration(seed), h);
+}
+
+/** Runs one plan (a seeded one, or a named fault case's explicit cuts). */
+export async function runPlan(plan: IterationPlan, h: HarnessOptions): Promise<IterationResult> {
   const started = Date.now();
-  const plan = planIteration(seed);
+  const seed = plan.seed;
   const desc = `seed=${seed} board=${plan.kind.backend}${plan.kind.convention ? '/' + plan.kind.convention : ''} scenario=${plan.scenario} tries=${plan.tries} cuts=${plan.cuts.map((c) => (c.mode === 'op' ? `op${c.killAt}:${c.cut}` : `delay${c.ms}ms`)).join(',')}`;
   const violations: string[] = [];
   const dir = join(h.workDir, `it-${seed}`);
@@ -369,9 +376,9 @@ export async function runIteration(seed: number, h: HarnessOptions): Promise<Ite
       if (r.signal === 'SIGKILL') {
         cutsApplied++;
         await loseUnsynced(await readJournal(journal), stateDir, plan.r);
-        await checkAtPowerOn({ boardDir, config, fx, obs, label: `after cut ${i + 1}` }, violations);
+        await checkAtPowerOn({ boardDir, config, fx, obs, label: `after cut ${i + 1}`, tries: plan.tries }, violations);
       } else if (r.code !== 0) {
-        violations.push(`cut ${i + 1}: driver exited ${r.code}${r.signal ? ' ' + r.signal : ''} without being cut: ${r.stderr.trim().split('\n').slice(-3).join(' / ')}`);
+        violations.push(`cut ${i + 1}: driver exited ${r.code}${r.signal ? ' ' + r.signal : ''} without being cut: ${(r.stderr.split('\n').find((l) => /Error|driver:/.test(l)) ?? '').trim()} … ${r.stderr.trim().split('\n').slice(-2).join(' / ')}`);
       }
       if (violations.length) break;
     }
@@ -462,4 +469,24 @@ export async function runPowercut(o: { iterations: number; seed: number; paralle
   const bad = results.filter((r) => r.violations.length > 0);
   return { iterations: results.length, violations: bad.reduce((n, r) => n + r.violations.length, 0), failedSeeds: bad.map((r) => r.seed), cuts: results.reduce((n, r) => n + r.cutsApplied, 0), ms: Date.now() - started, results };
 }
+
+
+/** The operations an uncut update performs on a fresh board (for named cuts: find the op number of
+ * "the first environment write", "the commit", ...). Deterministic for a board kind and scenario. */
+export async function calibrate(kind: BoardKind, scenario: Scenario, tries: number, fx: Fixtures, workDir: string): Promise<JournalEntry[]> {
+  const dir = join(workDir, `calibrate-${kind.backend}-${kind.convention ?? 'none'}-${scenario}-${tries}`);
+  await rm(dir, { recursive: true, force: true });
+  const board = await createBoard(join(dir, 'board'), { backend: kind.backend, ...(kind.convention ? { convention: kind.convention } : {}), slotSize: SLOT_SIZE, factoryVersion: '1.0.0' });
+  const config = await writeConfig(join(dir, 'config.json'), { deviceId: 'calibrate', stateDir: join(dir, 'state'), root: fx.roots[scenario], url: `${fx.server.url}${scenario}/stage1/`, board, tries });
+  await drive({ config, boardDir: join(dir, 'board'), journal: join(dir, 'journal.jsonl') });
+  const j = await readJournal(join(dir, 'journal.jsonl'));
+  await rm(dir, { recursive: true, force: true });
+  return j;
+}
+
+/** An explicit plan (no random cuts); the lost-write model still draws from `seed`. */
+export function namedPlan(seed: number, kind: BoardKind, scenario: Scenario, tries: number, cuts: IterationPlan['cuts']): IterationPlan {
+  return { seed, kind, scenario, tries, cuts, r: rng(seed) };
+}
+
 

@@ -1,5 +1,5 @@
 /**
- * Fleet simulator: N emulated devices in this one process, each running the real device logic
+ * Fleet simulator: N emulated devices in a few processes (one per core, device-host.ts), each running the real device logic
  * (test/sim/sim-device.ts: agent, TUF over retained MQTT metadata, HTTP installer, outbox, emulated
  * board) against a real Mosquitto and a real HTTP payload server (behind a metering proxy). It runs a
  * staged rollout (default 10% → 50% → 100%) with `slotflip fleet rollout`'s code path, follows it
@@ -9,7 +9,7 @@
  *   npm run build && node dist/test/sim/fleet-sim.js --devices 1000
  *
  * Options: --devices N (100), --stages 10,50,100, --image-kib K (64), --jitter-ms MS (max(2000, 10·N)),
- * --compression gzip|zstd|none (gzip), --dir DIR (a fresh directory under /dev/shm, else the temp
+ * --compression gzip|zstd|none (gzip), --procs P (device host processes; default: the number of cores), --dir DIR (a fresh directory under /dev/shm, else the temp
  * dir), --keep, --timeout-s S (900), --json, --verbose.
  *
  * Trade-off: device state lives on tmpfs by default. Every persisted write in the device logic
@@ -17,7 +17,9 @@
  * the fleet protocol. Pass --dir to measure with a disk.
  */
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
+import { fork, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
@@ -31,7 +33,7 @@ import { formatSummary } from '../../daemon/fleet/watch.js';
 import { startMosquitto } from '../harness/mosquitto.js';
 import { startHttpServer } from '../harness/http-server.js';
 import { startHttpMeter } from './http-meter.js';
-import { SimDevice } from './sim-device.js';
+import type { HostReply, HostRequest, HostStats } from './device-host.js';
 
 const MIB = 1024 * 1024;
 
@@ -57,6 +59,7 @@ function opts() {
       'timeout-s': { type: 'string', default: '900' },
       json: { type: 'boolean', default: false },
       verbose: { type: 'boolean', default: false },
+      procs: { type: 'string' },
     },
   });
   const devices = Number(values.devices);
@@ -77,6 +80,7 @@ function opts() {
     timeoutMs: Number(values['timeout-s']) * 1000,
     json: values.json,
     verbose: values.verbose,
+    procs: Math.max(1, Math.min(devices, values.procs !== undefined ? Number(values.procs) : availableParallelism())),
   };
 }
 
@@ -87,15 +91,36 @@ async function procRssMiB(pid: number | undefined): Promise<number | undefined> 
   return m ? Number(m[1]) / 1024 : undefined;
 }
 
-async function inBatches<T>(items: T[], size: number, fn: (x: T) => Promise<unknown>): Promise<void> {
-  for (let i = 0; i < items.length; i += size) await Promise.all(items.slice(i, i + size).map(fn));
-}
-
 async function waitUntil(cond: () => boolean, deadline: number, what: string): Promise<void> {
   while (!cond()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+function ask<K extends HostReply['op']>(child: ChildProcess, m: HostRequest, op: K, timeoutMs: number): Promise<Extract<HostReply, { op: K }>> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => done(new Error(`device host ${child.pid}: no ${op} reply within ${timeoutMs} ms`)), timeoutMs);
+    const onMessage = (r: HostReply): void => {
+      if (r.op === 'error') done(new Error(`device host ${child.pid}: ${r.message}`));
+      else if (r.op === op) done(undefined, r as Extract<HostReply, { op: K }>);
+    };
+    const onExit = (code: number | null): void => done(new Error(`device host ${child.pid} exited (${code}) before replying ${op}`));
+    function done(e?: Error, r?: Extract<HostReply, { op: K }>): void {
+      clearTimeout(timer);
+      child.off('message', onMessage);
+      child.off('exit', onExit);
+      if (e) reject(e);
+      else resolve(r!);
+    }
+    child.on('message', onMessage);
+    child.once('exit', onExit);
+    child.send(m);
+  });
+}
+
+async function hostStats(hosts: ChildProcess[]): Promise<HostStats[]> {
+  return Promise.all(hosts.map((h) => ask(h, { op: 'stats' }, 'stats', 30_000).then((r) => r.stats)));
 }
 
 const round = (x: number, d = 1): number => Math.round(x * 10 ** d) / 10 ** d;
@@ -111,7 +136,7 @@ async function main(): Promise<number> {
   const cleanups: Array<() => Promise<unknown>> = [];
   const deadline = Date.now() + o.timeoutMs;
   let peakRss = 0;
-  const sampler = setInterval(() => { peakRss = Math.max(peakRss, process.memoryUsage().rss); }, 200);
+  const sampler = setInterval(() => { peakRss = Math.max(peakRss, process.memoryUsage.rss()); }, 250);
   try {
     say(`${o.devices} devices, stages ${o.stages.join('% → ')}%, image ${o.imageBytes / 1024} KiB ${o.compression}, jitter ≤ ${o.jitterMs} ms, dir ${dir}`);
     const broker = await startMosquitto({ dir: join(dir, 'broker') });
@@ -129,36 +154,31 @@ async function main(): Promise<number> {
     await watcher.start();
     cleanups.push(() => watcher.stop());
 
-    // --- devices
+    // --- devices, spread over `procs` host processes
     const slotSize = o.imageBytes + 4096;
     const ids = Array.from({ length: o.devices }, (_, i) => `sim-${String(i).padStart(5, '0')}`);
-    const devices = ids.map((id) => new SimDevice(id, join(dir, 'devices', id), {
-      brokerUrl: broker.url,
-      payloadBaseUrl: () => meter.url,
-      shippedRoot: join(repo, 'repository', 'metadata', '1.root.json'),
-      hardware: 'sim-board',
-      channel: 'stable',
-      slotSize,
-      jitterMs: o.jitterMs,
-      now: Date.now,
-      random: Math.random,
-      log,
-    }));
-    cleanups.push(() => inBatches(devices, 100, (d) => d.stop()));
-    const mem0 = process.memoryUsage();
+    const hostFile = fileURLToPath(new URL('./device-host.js', import.meta.url));
+    const hosts = Array.from({ length: o.procs }, () => fork(hostFile, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
+    cleanups.push(async () => {
+      await Promise.all(hosts.map((h) => ask(h, { op: 'stop' }, 'stopped', 60_000).catch(() => h.kill('SIGKILL'))));
+    });
     const tStart = Date.now();
-    await inBatches(devices, 50, (d) => d.start(60_000));
+    const started = await Promise.all(hosts.map((h, i) => ask(h, {
+      op: 'start',
+      ids: ids.filter((_, j) => j % o.procs === i),
+      env: { brokerUrl: broker.url, payloadBaseUrl: meter.url, shippedRoot: join(repo, 'repository', 'metadata', '1.root.json'), slotSize, jitterMs: o.jitterMs, dir: join(dir, 'devices'), verbose: o.verbose },
+    }, 'started', Math.max(120_000, o.devices * 500))));
     await waitUntil(() => watcher.view.devices.size >= o.devices, deadline, 'every device to publish its state');
-    await Promise.all(devices.map((d) => d.idle()));
-    const mem1 = process.memoryUsage();
+    const rssDelta = started.reduce((n, r) => n + r.rssAfter - r.rssBefore, 0);
+    const heapDelta = started.reduce((n, r) => n + r.heapAfter - r.heapBefore, 0);
     const brokerRss = await procRssMiB(broker.pid());
-    say(`devices up in ${round((Date.now() - tStart) / 1000)} s; rss +${round((mem1.rss - mem0.rss) / MIB)} MiB, heap +${round((mem1.heapUsed - mem0.heapUsed) / MIB)} MiB`);
+    say(`devices up in ${round((Date.now() - tStart) / 1000)} s in ${o.procs} processes; rss +${round(rssDelta / MIB)} MiB, heap +${round(heapDelta / MIB)} MiB`);
 
     // --- the release, staged
     const imagePath = join(dir, 'image.img');
     await writeFile(imagePath, makeTestImage({ version: '2.0.0', size: o.imageBytes }));
     const upBefore = watcher.view.messages;
-    const downBefore = devices.reduce((n, d) => n + d.counters.metadataIn, 0);
+    const downBefore = (await hostStats(hosts)).reduce((n, h) => n + h.metadataIn, 0);
     const reqBefore = meter.stats().requests;
     meter.resetPeak();
     const t0 = Date.now();
@@ -178,19 +198,23 @@ async function main(): Promise<number> {
       say(`stage ${percent}%: ${inWave} devices on 2.0.0 after ${round((Date.now() - ts) / 1000, 2)} s, peak ${peak} HTTP requests in flight`);
     }
     const convergeS = (Date.now() - t0) / 1000;
-    await Promise.all(devices.map((d) => d.idle()));
+    await waitUntil(() => [...watcher.view.devices.values()].every((d) => d.phase === 'idle'), deadline, 'every device to report idle');
     // let the last events and states reach the watcher
     await new Promise((r) => setTimeout(r, 500));
-    const mem2 = process.memoryUsage();
+    const hs = await hostStats(hosts);
+    const elu = hs.reduce((n, h) => n + h.elu, 0) / hs.length;
     const up = watcher.view.messages - upBefore;
-    const down = devices.reduce((n, d) => n + d.counters.metadataIn, 0) - downBefore;
+    const down = hs.reduce((n, h) => n + h.metadataIn, 0) - downBefore;
     const http2 = meter.stats();
     const summary = watcher.summary(10);
-    const cycleErrors = devices.reduce((n, d) => n + d.counters.cycleErrors, 0);
-    const installMs = devices.reduce((n, d) => n + d.counters.installCycleMs, 0);
-    const installMaxMs = devices.reduce((n, d) => Math.max(n, d.counters.maxInstallCycleMs), 0);
+    const cycleErrors = hs.reduce((n, h) => n + h.cycleErrors, 0);
+    const installMs = hs.reduce((n, h) => n + h.installCycleMs, 0);
+    const installMaxMs = hs.reduce((n, h) => Math.max(n, h.maxInstallCycleMs), 0);
     const report = {
       devices: o.devices,
+      processes: o.procs,
+      /** 1-minute load average when the rollout ended: other work on the machine skews every figure. */
+      loadAverage1m: round(loadavg()[0]!, 2),
       stages,
       convergeSeconds: round(convergeS, 2),
       jitterMs: o.jitterMs,
@@ -199,12 +223,16 @@ async function main(): Promise<number> {
       brokerMessagesPerDevice: { total: round((up + down) / o.devices, 2), deviceToBroker: round(up / o.devices, 2), brokerToDevice: round(down / o.devices, 2) },
       http: { requests: http2.requests - reqBefore, peakInFlight: peakHttp, bytes: http2.bytes, statuses: http2.statuses },
       memory: {
-        rssPerDeviceKiB: round((mem1.rss - mem0.rss) / 1024 / o.devices),
-        heapPerDeviceKiB: round((mem1.heapUsed - mem0.heapUsed) / 1024 / o.devices),
-        rssAfterRolloutMiB: round(mem2.rss / MIB),
-        peakRssMiB: round(Math.max(peakRss, mem2.rss) / MIB),
+        rssPerDeviceKiB: round(rssDelta / 1024 / o.devices),
+        heapPerDeviceKiB: round(heapDelta / 1024 / o.devices),
+        hostRssAfterRolloutMiB: round(hs.reduce((n, h) => n + h.rss, 0) / MIB),
+        hostPeakRssMiB: round(hs.reduce((n, h) => n + h.peakRss, 0) / MIB),
+        simulatorRssMiB: round(peakRss / MIB),
         brokerRssMiB: brokerRss !== undefined ? round(brokerRss) : null,
       },
+      /** share of the rollout during which this process's event loop was busy: near 1 means the
+       * simulator's own CPU, not the protocol, bounds the converge time. */
+      eventLoopUtilization: round(elu, 2),
       installCycle: { meanMs: Math.round(installMs / o.devices), maxMs: installMaxMs },
       outcome: { succeeded: summary.release?.succeeded ?? 0, failed: summary.release?.failed ?? 0, cycleErrors, versions: summary.versions },
     };
@@ -213,13 +241,15 @@ async function main(): Promise<number> {
       process.stdout.write([
         formatSummary(summary),
         '',
-        `fleet sim: ${o.devices} devices, staged ${o.stages.join('% → ')}%, image ${o.imageBytes / 1024} KiB ${o.compression}, check jitter ≤ ${o.jitterMs} ms`,
+        `fleet sim: ${o.devices} devices in ${o.procs} processes, staged ${o.stages.join('% → ')}%, image ${o.imageBytes / 1024} KiB ${o.compression}, check jitter ≤ ${o.jitterMs} ms`,
         ...stages.map((s) => `  stage ${s.percent}%: ${s.devicesInWave} devices converged in ${s.seconds} s, peak ${s.peakHttpInFlight} HTTP requests in flight`),
         `  time to converge (release published → all ${o.devices} devices report 2.0.0): ${report.convergeSeconds} s`,
         `  broker messages per device during the rollout: ${report.brokerMessagesPerDevice.total} (${report.brokerMessagesPerDevice.deviceToBroker} device→broker, ${report.brokerMessagesPerDevice.brokerToDevice} broker→device)`,
         `  HTTP: ${report.http.requests} payload requests, peak ${peakHttp} in flight`,
-        `  memory per simulated device: ${report.memory.rssPerDeviceKiB} KiB RSS, ${report.memory.heapPerDeviceKiB} KiB JS heap (process peak ${report.memory.peakRssMiB} MiB; broker ${report.memory.brokerRssMiB ?? '?'} MiB)`,
+        `  memory per simulated device: ${report.memory.rssPerDeviceKiB} KiB RSS, ${report.memory.heapPerDeviceKiB} KiB JS heap (device hosts' peak ${report.memory.hostPeakRssMiB} MiB in total; broker ${report.memory.brokerRssMiB ?? '?'} MiB)`,
         `  update cycle per device (check → install → reboot → validate → commit): mean ${report.installCycle.meanMs} ms, max ${report.installCycle.maxMs} ms`,
+        `  device hosts' event loops busy ${Math.round(elu * 100)}% of the rollout (near 100%: the simulator's CPU, not the protocol, bounds the converge time)`,
+        `  machine load average (1 min) at the end: ${report.loadAverage1m} on ${availableParallelism()} cores`,
         `  outcome: ${report.outcome.succeeded} succeeded, ${report.outcome.failed} failed, ${cycleErrors} cycle errors`,
       ].join('\n') + '\n');
     }

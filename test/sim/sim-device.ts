@@ -75,6 +75,7 @@ export class SimDevice {
   private busy: Promise<void> | undefined;
   private again = false;
   private stopped = false;
+  private factory: { reboots: number; version: string | undefined } | undefined;
   private readonly log: Logger;
 
   constructor(readonly id: string, readonly dir: string, private readonly env: SimEnv) {
@@ -225,9 +226,13 @@ export class SimDevice {
     const s = await agent.status();
     let version = s.slots.find((x) => x.booted)?.release?.version;
     if (!version) {
-      // factory image: no release record yet; the image header says what runs
-      const st = await boardStatus(this.boardDir);
-      version = st.booted ? st.images[st.booted].version : undefined;
+      // no release record for the booted slot: the factory image runs; its header says which (read
+      // once per boot, not per publish: hashing both slots for every state would dominate the sim)
+      if (this.factory?.reboots !== this.counters.reboots) {
+        const st = await boardStatus(this.boardDir);
+        this.factory = { reboots: this.counters.reboots, version: st.booted ? st.images[st.booted].version : undefined };
+      }
+      version = this.factory.version;
     }
     this.state = { ...s, ...(version ? { version } : {}), at: new Date(this.env.now()).toISOString() };
     await this.transport.publishState(this.state);

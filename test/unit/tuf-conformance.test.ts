@@ -488,3 +488,33 @@ t.test('unusual delegated role names are quoted in URLs and file names', async (
     t.ok(files.includes(`${quoted}.json`));
   }
 });
+
+t.test('succinct hash-bin delegations', async (t) => {
+  const key = generateSigningKey();
+  const path = 'releases/binned.img';
+  const { createHash } = await import('node:crypto');
+  const bin = `bin-${(parseInt(createHash('sha256').update(path).digest('hex').slice(0, 2), 16) >> 7).toString(16)}`;
+  const other = bin === 'bin-0' ? 'bin-1' : 'bin-0';
+  const c = await setup(t.testdir(), {}, (sim) => {
+    const top = sim.targets.get('targets')!;
+    (top as Record<string, unknown>)['delegations'] = {
+      keys: { [key.keyid]: { keytype: 'ed25519', scheme: 'ed25519', keyval: { public: key.publicHex } } },
+      succinct_roles: { keyids: [key.keyid], threshold: 1, bit_length: 1, name_prefix: 'bin' },
+    };
+    for (const b of ['bin-0', 'bin-1']) {
+      sim.targets.set(b, { _type: 'targets', spec_version: '1.0.31', version: 1, expires: new Date(T0 + 90 * DAY).toISOString(), targets: {} });
+      sim.signers.set(b, [key]);
+    }
+    sim.addTarget('decoy', Buffer.from('in the wrong bin'), undefined, other);
+    sim.addTarget(path, Buffer.from('binned'), undefined, bin);
+  });
+  const client = c.client();
+  await client.refresh();
+  t.equal((await client.findTarget(path))?.length, 6);
+  const decoyBin = `bin-${(parseInt(createHash('sha256').update('decoy').digest('hex').slice(0, 2), 16) >> 7).toString(16)}`;
+  const decoy = await client.findTarget('decoy');
+  if (decoyBin === other) t.equal(decoy?.length, 16, 'decoy sits in its own bin: found');
+  else t.equal(decoy, undefined, 'a target listed in a bin that does not own its hash is ignored');
+  const names = (await readdir(c.trusted)).sort();
+  t.ok(names.includes('bin-0.json') && names.includes('bin-1.json'), 'a full refresh visits every bin');
+});
