@@ -23,7 +23,7 @@ import { SlotflipError } from '../hal/errors.js';
 import type { SlotWriter } from '../hal/slot-writer.js';
 import { selectRelease } from '../manifests/select.js';
 import type { PayloadInfo, Release } from '../manifests/types.js';
-import { resume, type Event, type HealthFailure, type HistoryEntry, type MachineState, type Phase, type Report, type TransitionOptions } from './machine.js';
+import { releaseIdOf, resume, type Event, type HealthFailure, type HistoryEntry, type MachineState, type Phase, type Report, type TransitionOptions } from './machine.js';
 import { Runner, toErrorInfo, type DriveResult, type Executors } from './runner.js';
 import type { StateStore } from './state-store.js';
 
@@ -195,7 +195,7 @@ export class Agent {
     const event = await this.findRelease(state.committedSecurityVersion);
     if (event.type === 'ReleaseFound') {
       const booted = await this.d.bootControl.bootedSlot();
-      const id = `${event.release.targetName}@${event.release.custom.payload.sha256.slice(0, 16)}`;
+      const id = releaseIdOf(event.release);
       if (state.installed[booted]?.id === id) return { release: null, reason: `up to date: ${id} is running`, releaseId: id };
       if (state.rolledBack.includes(id)) return { release: null, reason: `${id} rolled back before; waiting for a newer release`, releaseId: id };
       return { release: event.release, releaseId: id };
@@ -243,7 +243,7 @@ export class Agent {
     const a = s.attempt;
     if (a && booted === a.target && (s.phase === 'rebooting' || s.phase === 'arming' || s.phase === 'validating')) {
       const events: Event['type'][] = [];
-      // enter the commit as if the checks had passed (the machine records `manual`)
+      // commit as if the checks had passed: the operator vouches for this boot
       const r = await this.runner.drive({ ...s, phase: 'validating' }, { type: 'HealthChecksPassed', manual: true });
       events.push(...r.events);
       const before = new Set(s.history.map((h) => h.attempt));

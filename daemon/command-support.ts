@@ -13,7 +13,9 @@ import { pino } from 'pino';
 import { SlotflipError } from '../hal/errors.js';
 import type { CommandIO } from './commands/command.js';
 import { loadConfig, type Config } from './config.js';
-import { createAgent, type ComposeOverrides } from './compose.js';
+import { createAgent, statePaths, type ComposeOverrides } from './compose.js';
+import { Outbox } from './outbox.js';
+import { MqttTransport } from './mqtt.js';
 import type { Agent, CycleResult } from './agent.js';
 import { createLogger } from './logger.js';
 
@@ -65,11 +67,47 @@ export function commandLogger(config: Config, toStdout = false): Logger {
   return createLogger({ deviceId: config.deviceId, version: packageVersion(), level: config.log.level, destination: pino.destination({ dest: toStdout ? 1 : 2, sync: true }) });
 }
 
-export async function openAgent(p: Parsed, overrides: ComposeOverrides = {}): Promise<{ config: Config; agent: Agent; log: Logger }> {
+export interface OpenedAgent {
+  config: Config;
+  agent: Agent;
+  log: Logger;
+  /** delivers queued events (bounded wait) and disconnects; no-op without a broker. */
+  close(): Promise<void>;
+}
+
+/**
+ * Loads the config and builds the agent. With `broker` set, a one-shot command also connects: it
+ * waits (bounded) for the retained metadata when the first source is `mqtt`, and on `close()`
+ * delivers the events it queued. A broker that cannot be reached only costs the wait.
+ */
+export async function openAgent(p: Parsed, overrides: ComposeOverrides = {}, opts: { connect?: boolean; waitMs?: number } = {}): Promise<OpenedAgent> {
   const config = await loadConfig(p.config);
   const log = overrides.log ?? commandLogger(config);
-  const agent = await createAgent(config, { ...overrides, log });
-  return { config, agent, log };
+  const source = overrides.source ?? config.trust.sources[0];
+  if (!(opts.connect ?? true) || !config.broker) {
+    const agent = await createAgent(config, { ...overrides, log });
+    return { config, agent, log, close: async () => undefined };
+  }
+  const outbox = new Outbox({ dir: statePaths(config.stateDir).outbox });
+  const metadata = new Map<string, Uint8Array>();
+  const transport = new MqttTransport({ config: config.broker, deviceId: config.deviceId, outbox, metadata, logger: log });
+  transport.start();
+  const waitMs = opts.waitMs ?? 10_000;
+  if (source?.type === 'mqtt') {
+    const until = Date.now() + waitMs;
+    while (!metadata.has('timestamp.json') && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+  }
+  const agent = await createAgent(config, { ...overrides, log, metadata, outbox });
+  return {
+    config,
+    agent,
+    log,
+    async close() {
+      const until = Date.now() + waitMs;
+      while (transport.connected && (await outbox.pending()).length > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+      await transport.stop();
+    },
+  };
 }
 
 export function write(io: CommandIO, text: string): void {

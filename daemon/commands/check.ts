@@ -18,8 +18,13 @@ export const command: Command = {
   ].join('\n'),
   async run(argv, io) {
     const p = parseCommandArgs(argv, io);
-    const { agent } = await openAgent(p);
-    const r = await agent.check();
+    const opened = await openAgent(p);
+    let r;
+    try {
+      r = await opened.agent.check();
+    } finally {
+      await opened.close();
+    }
     if (p.json) {
       write(io, JSON.stringify({ available: r.release !== null, releaseId: r.releaseId ?? null, version: r.release?.custom.version ?? null, securityVersion: r.release?.custom.securityVersion ?? null, reason: r.reason ?? null }));
     } else if (r.release) {

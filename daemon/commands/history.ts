@@ -9,7 +9,7 @@ export const command: Command = {
   help: ['usage: slotflip history --config FILE [--json]', '', 'List finished update attempts (succeeded, rolledBack, failed), oldest first. Read-only.', '', 'options:', COMMON_OPTIONS_HELP].join('\n'),
   async run(argv, io) {
     const p = parseCommandArgs(argv, io);
-    const { agent } = await openAgent(p);
+    const { agent } = await openAgent(p, {}, { connect: false });
     const h = await agent.history();
     if (p.json) {
       write(io, JSON.stringify(h));

@@ -35,8 +35,13 @@ export const command: Command = {
   async run(argv, io) {
     const p = parseCommandArgs(argv, io, {}, true);
     if (p.positionals.length !== 1) throw new SlotflipError('DAEMON_USAGE', 'install needs exactly one SOURCE (a directory or an http(s) URL); see --help');
-    const { agent } = await openAgent(p, { source: sourceFromArgument(p.positionals[0]!) });
-    const r = await agent.runOnce({ check: true });
+    const opened = await openAgent(p, { source: sourceFromArgument(p.positionals[0]!) });
+    let r;
+    try {
+      r = await opened.agent.runOnce({ check: true });
+    } finally {
+      await opened.close();
+    }
     write(io, p.json ? JSON.stringify(r) : describeCycle(r));
     return cycleExitCode(r);
   },

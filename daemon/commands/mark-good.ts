@@ -10,7 +10,7 @@ export const command: Command = {
   help: ['usage: slotflip mark-good --config FILE [--json]', '', 'Confirm the booted slot: commit a pending trial boot now (skipping the health checks), or re-commit the booted slot.', '', 'options:', COMMON_OPTIONS_HELP].join('\n'),
   async run(argv, io) {
     const p = parseCommandArgs(argv, io);
-    const { agent } = await openAgent(p);
+    const { agent } = await openAgent(p, {}, { connect: false });
     const r = await agent.markGood();
     write(io, p.json ? JSON.stringify(r) : r.finished.length ? describeCycle(r) : `slot ${r.bootedSlot} marked good`);
     return 0;

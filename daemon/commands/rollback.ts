@@ -19,7 +19,7 @@ export const command: Command = {
   ].join('\n'),
   async run(argv, io) {
     const p = parseCommandArgs(argv, io, { reason: { type: 'string' } });
-    const { agent } = await openAgent(p);
+    const { agent } = await openAgent(p, {}, { connect: false });
     const r = await agent.rollback((p.values['reason'] as string | undefined) ?? undefined);
     write(io, p.json ? JSON.stringify(r) : describeCycle(r));
     return 0;

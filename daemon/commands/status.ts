@@ -26,7 +26,7 @@ export const command: Command = {
   help: ['usage: slotflip status --config FILE [--json]', '', 'Show the booted slot, both slots\' boot state and release, the update phase and the last result. Read-only.', '', 'options:', COMMON_OPTIONS_HELP].join('\n'),
   async run(argv, io) {
     const p = parseCommandArgs(argv, io);
-    const { agent } = await openAgent(p);
+    const { agent } = await openAgent(p, {}, { connect: false });
     const s = await agent.status();
     write(io, p.json ? JSON.stringify(s) : formatStatus(s));
     return 0;

@@ -29,8 +29,13 @@ export const command: Command = {
   async run(argv, io) {
     const p = parseCommandArgs(argv, io, { once: { type: 'boolean', default: false }, 'no-check': { type: 'boolean', default: false } });
     if (!p.values['once']) throw new SlotflipError('DAEMON_USAGE', 'update needs --once (the long-running form is `slotflip daemon`); see --help');
-    const { agent } = await openAgent(p);
-    const r = await agent.runOnce({ check: !p.values['no-check'] });
+    const opened = await openAgent(p);
+    let r;
+    try {
+      r = await opened.agent.runOnce({ check: !p.values['no-check'] });
+    } finally {
+      await opened.close();
+    }
     write(io, p.json ? JSON.stringify(r) : describeCycle(r));
     return cycleExitCode(r);
   },

@@ -2,12 +2,13 @@
  * Decompressors for one transfer: compressed bytes in, image bytes out through a push callback.
  *
  * zstd runs as the `zstd` CLI (argv array, no shell): on this machine it is the fastest option by far
- * (see machine-facts) and it decompresses on the second core while Node hashes and writes. Its output
- * goes through a FIFO read with a single reused 1 MiB buffer (`net.Socket` `onread`), so the hot path
- * allocates nothing per read and memory stays flat; a local payload file is handed to zstd as its
- * stdin descriptor, so Node never touches the compressed bytes at all. gzip uses node:zlib (the thread
- * pool; concatenated members are one stream). A new decoder runs for every transfer because a resumed
- * transfer starts at a frame boundary.
+ * (see machine-facts) and it decompresses on the second core while Node hashes and writes. gzip goes
+ * through the same CLI by default (it detects the format; Debian builds it with zlib). Its output
+ * goes through a FIFO read with `net.Socket` `onread` straight into the installer's chunk buffers, so the
+ * hot path neither copies nor allocates per read and memory stays flat; a local payload file is
+ * handed to zstd as its stdin descriptor, so Node never touches the compressed bytes at all.
+ * `gzipDecoder: 'zlib'` uses node:zlib instead (thread pool; concatenated members are one stream).
+ * A new decoder runs for every transfer because a resumed transfer starts at a frame boundary.
  */
 import { spawn } from 'node:child_process';
 import { closeSync, constants as fsc, openSync, unlinkSync } from 'node:fs';
@@ -43,6 +44,9 @@ export interface Decoder {
 
 export interface DecoderOptions {
   zstdPath?: string;
+  /** gzip through the `zstd` CLI (Debian's decodes gzip too: another core, flat memory; default) or
+   * node:zlib (in-process; its output buffers are garbage, so peak RSS grows by tens of MiB). */
+  gzipDecoder?: 'zstd-cli' | 'zlib';
   /** directory for the short-lived FIFO (unlinked as soon as both ends are open). */
   fifoDir: string;
   /** a descriptor positioned at the first compressed byte: zstd reads it directly. */
@@ -53,8 +57,13 @@ export interface DecoderOptions {
 const BUF = 1 << 20;
 let fifoSeq = 0;
 
+/** True when the decoder for `compression` is a child process that can read a descriptor itself. */
+export function decodesInChild(compression: Compression, opts: Pick<DecoderOptions, 'gzipDecoder'>): boolean {
+  return compression === 'zstd' || (compression === 'gzip' && (opts.gzipDecoder ?? 'zstd-cli') === 'zstd-cli');
+}
+
 export async function startDecoder(compression: Compression, opts: DecoderOptions): Promise<Decoder> {
-  if (compression === 'zstd') return startZstd(opts);
+  if (decodesInChild(compression, opts)) return startZstd(opts);
   const s: PassThrough | ReturnType<typeof createGunzip> = compression === 'gzip' ? createGunzip({ chunkSize: BUF }) : new PassThrough({ highWaterMark: BUF });
   return streamDecoder(s, compression);
 }

@@ -28,7 +28,7 @@ import type { Logger } from 'pino';
 import { SlotflipError, isCoded } from '../../hal/errors.js';
 import type { SlotHandle, SlotWriter } from '../../hal/slot-writer.js';
 import type { PayloadInfo } from '../../manifests/types.js';
-import { startDecoder, type Decoder } from './decode.js';
+import { decodesInChild, startDecoder, type Decoder } from './decode.js';
 import { ReadBackHasher } from './hasher.js';
 import { readResumeHint, writeResumeHint } from './resume-state.js';
 import { fileSource, httpSource, type OpenedStream, type PayloadSource, type TlsOptions } from './source.js';
@@ -88,6 +88,12 @@ export interface InstallOptions {
   /** chunk buffers in the pool (default 4); memory ≈ (pool + 3) × chunkSize. */
   buffers?: number;
   zstdPath?: string;
+  /** gzip decoder: the `zstd` CLI (default: another core, flat memory) or node:zlib. */
+  gzipDecoder?: 'zstd-cli' | 'zlib';
+  /** how the slot is read back: through the SlotHandle's `readAt` (default; any SlotWriter, fault
+   * injection included) or by `slot.path` on a worker-owned descriptor (no allocation per read: lower
+   * peak memory; only for slots whose path is the slot itself, as with hal's file and device slots). */
+  readBack?: 'handle' | 'path';
   /** injectable clock, sleep and randomness (tests). */
   now?: () => number;
   sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
@@ -138,7 +144,7 @@ export async function installPayload(opts: InstallOptions): Promise<InstallResul
   throwIfAborted(signal);
 
   const handle = await opts.slot.open();
-  const readBack = new ReadBackHasher(opts.slot.path);
+  const readBack = new ReadBackHasher(opts.readBack === 'path' ? { path: opts.slot.path } : { path: opts.slot.path, readAt: (l, o) => handle.readAt(l, o) });
   try {
     const run = new InstallRun(opts, payload, payloadLength, source, handle, readBack, now, signal);
     const resumedFrom = await run.verifyExisting(await readResumeHint(opts.resumeStatePath, payload, opts.slot.path));
@@ -546,8 +552,13 @@ class InstallRun {
       opened = await this.source.open(mirrorIndex, offset, this.payloadLength, ctl.signal);
       const src = opened;
       this.#where = src.where;
-      const direct = src.fd !== undefined && payload.compression === 'zstd';
-      decoder = await startDecoder(payload.compression, { zstdPath: this.opts.zstdPath, fifoDir: dirname(this.opts.resumeStatePath), stdinFd: direct ? src.fd : undefined });
+      const direct = src.fd !== undefined && decodesInChild(payload.compression, this.opts);
+      decoder = await startDecoder(payload.compression, {
+        zstdPath: this.opts.zstdPath,
+        gzipDecoder: this.opts.gzipDecoder,
+        fifoDir: dirname(this.opts.resumeStatePath),
+        stdinFd: direct ? src.fd : undefined,
+      });
       const dec = decoder;
       if (direct) {
         src.close(); // zstd holds its own copy of the descriptor

@@ -4,7 +4,7 @@
  * one final JSON line `{"result":…,"usage":…}` or `{"error":…}` (exit 1).
  *
  *   install-child --payload built.json --source URL|PATH [--source URL …] --slot PATH
- *                 [--slot-size N] --state FILE [--progress] [--flush-mib N]
+ *                 [--slot-size N] --state FILE [--progress] [--flush-mib N] [--gzip-decoder zlib]
  */
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
@@ -22,6 +22,8 @@ async function main(): Promise<void> {
       state: { type: 'string' },
       progress: { type: 'boolean', default: false },
       'flush-mib': { type: 'string' },
+      'gzip-decoder': { type: 'string' },
+      'read-back': { type: 'string' },
     },
   });
   if (!values.payload || !values.source?.length || !values.slot || !values.state) {
@@ -40,6 +42,8 @@ async function main(): Promise<void> {
     resumeStatePath: values.state,
     flushEveryBytes: values['flush-mib'] !== undefined ? Number(values['flush-mib']) << 20 : undefined,
     retry: { baseDelayMs: 20, maxAttempts: 4 },
+    gzipDecoder: values['gzip-decoder'] === 'zlib' ? 'zlib' : 'zstd-cli',
+    readBack: values['read-back'] === 'path' ? 'path' : 'handle',
     onProgress: values.progress ? (p) => process.stdout.write(`${JSON.stringify({ progress: p })}\n`) : undefined,
   });
   const wallMs = Number(process.hrtime.bigint() - t0) / 1e6;

@@ -190,7 +190,8 @@ export async function startHttpServer(options: { root: string; faults?: HttpFaul
           if (want <= 0) {
             // let what was written reach the kernel first, so the client sees exactly `cutAfter` bytes
             await new Promise<void>((r) => res.write('', () => r()));
-            res.socket?.destroy();
+            (res.socket ?? req.socket).destroy();
+            res.destroy();
             return;
           }
         }

@@ -158,7 +158,7 @@ export interface GrubHilBoardOptions {
 }
 
 /** Modules the standalone EFI GRUB needs for grub.cfg (GPT, FAT, grubenv, hashsum, tests). */
-const EFI_GRUB_MODULES = 'part_gpt fat loadenv hashsum gcry_sha256 test echo halt configfile normal source cat';
+const EFI_GRUB_MODULES = 'part_gpt fat loadenv hashsum gcry_sha256 test echo halt configfile normal';
 
 /** A standalone x86_64-efi GRUB whose embedded config hands over to (hd0,gpt1)/grub/grub.cfg. */
 export async function buildStandaloneGrubEfi(dir: string, runner: ToolRunner = execTool): Promise<Buffer> {

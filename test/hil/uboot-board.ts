@@ -41,12 +41,6 @@ export const PFLASH_SIZE = 64 * 1024 * 1024;
 
 export type UbootConvention = 'rauc' | 'mender';
 
-/** Variables each convention keeps in the A/B environment (what boot.scr imports and exports). */
-export const CONVENTION_VARS: Record<UbootConvention, readonly string[]> = {
-  rauc: ['BOOT_ORDER', 'BOOT_A_LEFT', 'BOOT_B_LEFT'],
-  mender: ['mender_boot_part', 'mender_boot_part_hex', 'upgrade_available', 'bootcount', 'bootlimit'],
-};
-
 /** Mender's partition numbers for the slots (rootfs A = p2, B = p3, as in our layout). */
 export const MENDER_PART: Record<SlotName, number> = { A: 2, B: 3 };
 

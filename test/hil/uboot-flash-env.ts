@@ -55,7 +55,8 @@ export async function createFlashEnvBoard(dir: string, copies: 1 | 2, runner: To
     fwEnvConfig,
     control,
     async powerOn(tracker, timeoutMs = 20_000) {
-      const r = await tracker.run('qemu-system-aarch64', qemuArgs(flash), { timeoutMs });
+      // with its default environment U-Boot would go on to distro boot and wait at a prompt: stop there
+      const r = await tracker.run('qemu-system-aarch64', qemuArgs(flash), { timeoutMs, until: /using default environment/ });
       const m = /SLOTFLIP-FLASHENV order=([^\r\n]*?) a=(\S*) b=(\S*) trial=(\S*)/.exec(r.console);
       const seen = m ? { BOOT_ORDER: m[1]!, BOOT_A_LEFT: m[2]!, BOOT_B_LEFT: m[3]!, slotflip_trial: m[4]! } : undefined;
       return { ...r, seen, usedDefaultEnv: r.console.includes('using default environment') };

@@ -11,6 +11,7 @@ import { codeOf } from '../../hal/errors.js';
 import { buildPayload } from '../../manifests/payload.js';
 import { startHttpServer } from '../harness/http-server.js';
 import { createPathSlot } from '../bench/path-slot.js';
+import { createSlotWriter } from '../../hal/file-slot.js';
 import { makePayload, makeSlotFile, sha256File, writeImage } from '../bench/install-fixtures.js';
 
 const CHUNK = 32 << 10;
@@ -28,21 +29,21 @@ function base(dir: string, p: Awaited<ReturnType<typeof makePayload>>, slotPath:
   };
 }
 
-for (const compression of ['zstd', 'gzip', 'none'] as const) {
-  t.test(`${compression} from a local file`, async (t) => {
+for (const [compression, gzipDecoder] of [['zstd', undefined], ['gzip', 'zstd-cli'], ['gzip', 'zlib'], ['none', undefined]] as const) {
+  t.test(`${compression}${gzipDecoder ? ` (${gzipDecoder})` : ''} from a local file`, async (t) => {
     const dir = t.testdir();
     const p = await makePayload(dir, { size: SIZE, chunkSize: CHUNK, compression });
     const slotPath = join(dir, 'slot');
     await makeSlotFile(slotPath, SIZE);
     const events: Array<{ bytes: number; etaSeconds: number | null; rate: number }> = [];
-    const r = await installPayload({ ...base(dir, p, slotPath), onProgress: (e) => events.push(e) });
+    const r = await installPayload({ ...base(dir, p, slotPath), gzipDecoder, onProgress: (e) => events.push(e) });
     t.equal(r.transfers, 1);
     t.equal(await sha256File(slotPath), p.payload.sha256);
     t.equal(events.at(-1)!.bytes, SIZE);
     t.equal(events.at(-1)!.etaSeconds, 0);
 
     // running it again re-verifies what is there and fetches nothing
-    const again = await installPayload(base(dir, p, slotPath));
+    const again = await installPayload({ ...base(dir, p, slotPath), gzipDecoder });
     t.equal(again.resumedFromChunk, p.payload.chunks.length, 'every chunk verified on the slot');
     t.equal(again.transfers, 0);
     t.equal(again.bytesWritten, 0);
@@ -50,7 +51,7 @@ for (const compression of ['zstd', 'gzip', 'none'] as const) {
 }
 
 t.test('a one-bit-corrupt chunk is rejected at that chunk; nothing from it on is written', async (t) => {
-  for (const compression of ['none', 'zstd', 'gzip'] as const) {
+  for (const [compression, gzipDecoder] of [['none', undefined], ['zstd', undefined], ['gzip', 'zstd-cli'], ['gzip', 'zlib']] as const) {
     const dir = t.testdir();
     const good = await makePayload(dir, { size: SIZE, chunkSize: CHUNK, compression });
     const slotPath = join(dir, 'slot');
@@ -78,7 +79,7 @@ t.test('a one-bit-corrupt chunk is rejected at that chunk; nothing from it on is
         await writeFile(file, b);
       }
     }
-    const err = await installPayload({ ...base(dir, good, slotPath), source: { path: file } }).catch((e: unknown) => e);
+    const err = await installPayload({ ...base(dir, good, slotPath), source: { path: file }, gzipDecoder }).catch((e: unknown) => e);
     const code = codeOf(err);
     t.ok(code === 'INSTALL_CHUNK_HASH_MISMATCH' || (compression !== 'none' && code === 'INSTALL_DECOMPRESS'), `${compression}: ${code}`);
     t.match((err as { details: unknown }).details, { chunk: bad }, `${compression}: names chunk ${bad}`);
@@ -199,4 +200,50 @@ t.test('a payload file of the wrong size is refused', async (t) => {
   t.match(codeOf(err), /^INSTALL_PAYLOAD_(TRUNCATED|OVERSIZED)$/);
   const err2 = await installPayload({ ...base(dir, p, slotPath), source: { path: join(dir, 'nope') } }).catch((e: unknown) => e);
   t.equal(codeOf(err2), 'INSTALL_SOURCE_OPEN');
+});
+
+t.test("works with hal's file slot writer", async (t) => {
+  const dir = t.testdir();
+  const p = await makePayload(dir, { size: SIZE, chunkSize: CHUNK, compression: 'zstd' });
+  const slotPath = join(dir, 'slot');
+  await makeSlotFile(slotPath, SIZE + CHUNK);
+  const r = await installPayload({ ...base(dir, p, slotPath), slot: createSlotWriter('B', { path: slotPath }) });
+  t.equal(r.readBackSha256, p.payload.sha256);
+  const err = await installPayload({ ...base(dir, p, slotPath), slot: createSlotWriter('B', { path: slotPath, size: SIZE - 1 }) }).catch((e: unknown) => e);
+  t.equal(codeOf(err), 'INSTALL_SLOT_TOO_SMALL');
+});
+
+t.test('read-back: through readAt by default (faults seen), or by path', async (t) => {
+  const dir = t.testdir();
+  const p = await makePayload(dir, { size: SIZE, chunkSize: CHUNK, compression: 'zstd' });
+  const slotPath = join(dir, 'slot');
+  await makeSlotFile(slotPath, SIZE);
+  const inner = createPathSlot('A', slotPath);
+  const faulty = (mode: 'flip' | 'eio'): typeof inner => ({
+    ...inner,
+    slot: inner.slot,
+    path: inner.path,
+    capacity: () => inner.capacity(),
+    async open() {
+      const h = await inner.open();
+      return {
+        ...h,
+        async readAt(length: number, offset: number) {
+          if (mode === 'eio') throw Object.assign(new Error('EIO: i/o error, read'), { code: 'EIO' });
+          const b = await h.readAt(length, offset);
+          if (offset === 0) b[100] ^= 1;
+          return b;
+        },
+      };
+    },
+  });
+  for (const mode of ['flip', 'eio'] as const) {
+    await makeSlotFile(slotPath, SIZE);
+    await writeFile(join(dir, 'resume.json'), '{}');
+    const err = await installPayload({ ...base(dir, p, slotPath), slot: faulty(mode) }).catch((e: unknown) => e);
+    t.equal(codeOf(err), 'INSTALL_READBACK_MISMATCH', `${mode} on read-back is caught`);
+  }
+  await writeFile(join(dir, 'resume.json'), '{}');
+  const r = await installPayload({ ...base(dir, p, slotPath), slot: faulty('flip'), readBack: 'path' });
+  t.equal(r.readBackSha256, p.payload.sha256, 'path mode reads the slot file itself (readAt not used)');
 });

@@ -168,7 +168,7 @@ export interface JournalEntry {
   write?: boolean;
 }
 
-async function readJournal(path: string): Promise<JournalEntry[]> {
+export async function readJournal(path: string): Promise<JournalEntry[]> {
   let text = '';
   try {
     text = await readFile(path, 'utf8');
@@ -187,7 +187,7 @@ async function readJournal(path: string): Promise<JournalEntry[]> {
   return out;
 }
 
-function runDriver(driverPath: string, args: string[], delayMs?: number): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
+export function runDriver(driverPath: string, args: string[], delayMs?: number): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
   return new Promise((res, rej) => {
     const child = spawn(process.execPath, [driverPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
@@ -331,7 +331,7 @@ export interface HarnessOptions {
   keep?: boolean;
 }
 
-async function writeConfig(path: string, o: { deviceId: string; stateDir: string; root: string; url: string; board: Awaited<ReturnType<typeof loadBoard>>; tries: number }): Promise<Config> {
+export async function writeConfig(path: string, o: { deviceId: string; stateDir: string; root: string; url: string; board: Awaited<ReturnType<typeof loadBoard>>; tries: number }): Promise<Config> {
   const raw = {
     deviceId: o.deviceId,
     hardware: HARDWARE,

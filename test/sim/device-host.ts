@@ -32,6 +32,8 @@ export interface HostStats {
   elu: number;
   rss: number;
   peakRss: number;
+  /** CPU time (user + system) of this host since the last `stats` request, ms. */
+  cpuMs: number;
 }
 
 export type HostRequest = { op: 'start'; ids: string[]; env: HostEnv } | { op: 'stats' } | { op: 'stop' };
@@ -43,6 +45,7 @@ export type HostReply =
 
 let devices: SimDevice[] = [];
 let elu = performance.eventLoopUtilization();
+let cpu = process.cpuUsage();
 let peakRss = 0;
 const sampler = setInterval(() => { peakRss = Math.max(peakRss, process.memoryUsage.rss()); }, 250);
 sampler.unref();
@@ -81,6 +84,8 @@ async function handle(m: HostRequest): Promise<void> {
     case 'stats': {
       const u = performance.eventLoopUtilization(elu).utilization;
       elu = performance.eventLoopUtilization();
+      const c = process.cpuUsage(cpu);
+      cpu = process.cpuUsage();
       const sum = (f: (d: SimDevice) => number): number => devices.reduce((n, d) => n + f(d), 0);
       reply({
         op: 'stats',
@@ -93,6 +98,7 @@ async function handle(m: HostRequest): Promise<void> {
           elu: u,
           rss: process.memoryUsage.rss(),
           peakRss,
+          cpuMs: (c.user + c.system) / 1000,
         },
       });
       return;

@@ -11,6 +11,9 @@
  * Options: --devices N (100), --stages 10,50,100, --image-kib K (64), --jitter-ms MS (max(2000, 10·N)),
  * --compression gzip|zstd|none (gzip), --procs P (device host processes; default: the number of cores), --dir DIR (a fresh directory under /dev/shm, else the temp
  * dir), --keep, --timeout-s S (900), --json, --verbose.
+ * --bad publishes a release whose image fails its health check, with the watcher's halt policy on
+ * (--halt-rate X (0.5), --halt-min N (5)): the first wave rolls back, the rollout is halted, and the
+ * report says whether any device outside the first wave attempted it.
  *
  * Trade-off: device state lives on tmpfs by default. Every persisted write in the device logic
  * fsyncs (record, outbox, boot state); on a real disk 1000 devices' fsyncs would measure the disk, not
@@ -60,6 +63,9 @@ function opts() {
       json: { type: 'boolean', default: false },
       verbose: { type: 'boolean', default: false },
       procs: { type: 'string' },
+      bad: { type: 'boolean', default: false },
+      'halt-rate': { type: 'string', default: '0.5' },
+      'halt-min': { type: 'string', default: '5' },
     },
   });
   const devices = Number(values.devices);
@@ -80,6 +86,9 @@ function opts() {
     timeoutMs: Number(values['timeout-s']) * 1000,
     json: values.json,
     verbose: values.verbose,
+    bad: values.bad,
+    haltRate: Number(values['halt-rate']),
+    haltMin: Number(values['halt-min']),
     procs: Math.max(1, Math.min(devices, values.procs !== undefined ? Number(values.procs) : availableParallelism())),
   };
 }
@@ -150,7 +159,11 @@ async function main(): Promise<number> {
     cleanups.push(() => meter.stop());
 
     const target = `releases/2.0.0/image.img${o.compression === 'zstd' ? '.zst' : o.compression === 'gzip' ? '.gz' : ''}`;
-    const watcher = new FleetWatcher({ brokerUrl: broker.url, release: target, stragglerAfterMs: 3_600_000, now: Date.now, log });
+    const watcher = new FleetWatcher({
+      brokerUrl: broker.url, release: target, stragglerAfterMs: 3_600_000, now: Date.now, log,
+      // --bad: the watcher halts the rollout as `fleet watch --halt-on-failure-rate` would
+      ...(o.bad ? { halt: { failureRate: o.haltRate, minDevices: o.haltMin, repoDir: repo } } : {}),
+    });
     await watcher.start();
     cleanups.push(() => watcher.stop());
 
@@ -176,7 +189,8 @@ async function main(): Promise<number> {
 
     // --- the release, staged
     const imagePath = join(dir, 'image.img');
-    await writeFile(imagePath, makeTestImage({ version: '2.0.0', size: o.imageBytes }));
+    // --bad: the image boots but fails its health check, so every trial rolls back
+    await writeFile(imagePath, makeTestImage({ version: '2.0.0', size: o.imageBytes, healthy: !o.bad }));
     const upBefore = watcher.view.messages;
     const downBefore = (await hostStats(hosts)).reduce((n, h) => n + h.metadataIn, 0);
     const reqBefore = meter.stats().requests;
@@ -184,6 +198,47 @@ async function main(): Promise<number> {
     const t0 = Date.now();
     await addRelease(repo, { image: imagePath, name: target, version: '2.0.0', securityVersion: 1, hardware: ['sim-board'], channel: 'stable', compression: o.compression, chunkSize: Math.min(16 * 1024, o.imageBytes), rollout: buildRollout(o.stages[0]!) });
     await publishToBroker(repo, broker.url);
+
+    /** --bad: the first wave fails, the watcher halts the rollout; the later stages never come. */
+    async function badRelease(): Promise<number> {
+      const inWave = new Set(ids.filter((id) => rolloutBucket(id, target) < o.stages[0]!));
+      await waitUntil(() => watcher.halted !== undefined, deadline, 'the watcher to halt the rollout');
+      const haltS = (Date.now() - t0) / 1000;
+      // wait until every device has seen the halted metadata and is idle again
+      await new Promise((r) => setTimeout(r, o.jitterMs + 1000));
+      await waitUntil(() => [...watcher.view.devices.values()].every((d) => d.phase === 'idle'), deadline, 'every device to report idle');
+      const h = watcher.halted!;
+      const s = watcher.summary(5);
+      const attempted = [...watcher.view.devices.values()].filter((d) => d.releases[target] !== undefined).map((d) => d.deviceId);
+      const outside = attempted.filter((id) => !inWave.has(id));
+      const r = {
+        devices: o.devices,
+        firstWavePercent: o.stages[0],
+        devicesInFirstWave: inWave.size,
+        haltPolicy: { failureRate: o.haltRate, minDevices: o.haltMin },
+        haltAfterSeconds: round(haltS, 2),
+        haltDecision: h.decision.reason,
+        attempted: attempted.length,
+        attemptedOutsideFirstWave: outside.length,
+        payloadRequests: meter.stats().requests - reqBefore,
+        versions: s.versions,
+        failed: s.release?.failed ?? 0,
+        loadAverage1m: round(loadavg()[0]!, 2),
+      };
+      if (o.json) process.stdout.write(JSON.stringify(r) + '\n');
+      else {
+        process.stdout.write([
+          formatSummary(s),
+          '',
+          `fleet sim (bad release): ${o.devices} devices, first wave ${o.stages[0]}% = ${inWave.size} devices`,
+          `  halted ${r.haltAfterSeconds} s after publishing: ${r.haltDecision}`,
+          `  ${r.attempted} devices attempted it (${r.attemptedOutsideFirstWave} outside the first wave), ${r.failed} rolled back or failed; ${r.payloadRequests} payload requests`,
+          `  running now: ${Object.entries(r.versions).map(([v, n]) => `${v}=${n}`).join(' ')}`,
+        ].join('\n') + '\n');
+      }
+      return outside.length === 0 && (s.versions['2.0.0'] ?? 0) === 0 ? 0 : 1;
+    }
+    if (o.bad) return await badRelease();
     const stages: StageReport[] = [];
     let peakHttp = 0;
     for (const [i, percent] of o.stages.entries()) {
@@ -203,6 +258,7 @@ async function main(): Promise<number> {
     await new Promise((r) => setTimeout(r, 500));
     const hs = await hostStats(hosts);
     const elu = hs.reduce((n, h) => n + h.elu, 0) / hs.length;
+    const cpuMs = hs.reduce((n, h) => n + h.cpuMs, 0);
     const up = watcher.view.messages - upBefore;
     const down = hs.reduce((n, h) => n + h.metadataIn, 0) - downBefore;
     const http2 = meter.stats();
@@ -233,6 +289,9 @@ async function main(): Promise<number> {
       /** share of the rollout during which this process's event loop was busy: near 1 means the
        * simulator's own CPU, not the protocol, bounds the converge time. */
       eventLoopUtilization: round(elu, 2),
+      /** device-side CPU (all hosts, user + system) spent during the rollout, per device: three
+       * metadata refreshes and one install each. Independent of machine load, unlike the times. */
+      cpuMsPerDevice: Math.round(cpuMs / o.devices),
       installCycle: { meanMs: Math.round(installMs / o.devices), maxMs: installMaxMs },
       outcome: { succeeded: summary.release?.succeeded ?? 0, failed: summary.release?.failed ?? 0, cycleErrors, versions: summary.versions },
     };
@@ -248,6 +307,7 @@ async function main(): Promise<number> {
         `  HTTP: ${report.http.requests} payload requests, peak ${peakHttp} in flight`,
         `  memory per simulated device: ${report.memory.rssPerDeviceKiB} KiB RSS, ${report.memory.heapPerDeviceKiB} KiB JS heap (device hosts' peak ${report.memory.hostPeakRssMiB} MiB in total; broker ${report.memory.brokerRssMiB ?? '?'} MiB)`,
         `  update cycle per device (check → install → reboot → validate → commit): mean ${report.installCycle.meanMs} ms, max ${report.installCycle.maxMs} ms`,
+        `  device-side CPU per device during the rollout: ${report.cpuMsPerDevice} ms (3 metadata refreshes + 1 install, user + system)`,
         `  device hosts' event loops busy ${Math.round(elu * 100)}% of the rollout (near 100%: the simulator's CPU, not the protocol, bounds the converge time)`,
         `  machine load average (1 min) at the end: ${report.loadAverage1m} on ${availableParallelism()} cores`,
         `  outcome: ${report.outcome.succeeded} succeeded, ${report.outcome.failed} failed, ${cycleErrors} cycle errors`,
