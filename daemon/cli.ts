@@ -25,8 +25,29 @@ const registry: Record<string, () => Promise<{ command: Command }>> = {
   demo: () => import('./commands/demo.js'),
 };
 
+const summaries: Record<string, string> = {
+  board: 'create, power-cycle and inspect emulated boards',
+  check: 'show which release would be installed now',
+  daemon: 'run on a device: MQTT, polling, updates, health checks',
+  demo: 'the whole loop on this machine: a commit and a rollback',
+  doctor: "check this device's integration (bootloader, slots, trust root, broker)",
+  fleet: 'staged rollouts and a live fleet view with automatic halt',
+  health: 'run the configured health checks once (the boot-complete gate)',
+  history: 'past update attempts and their outcomes',
+  install: 'install a signed release from a repository directory or URL',
+  'mark-good': 'confirm the running slot',
+  release: 'sign and add a release to a repository',
+  repo: 'create, re-sign, rotate and publish a TUF repository',
+  rollback: 'go back to the other slot',
+  status: 'slots, versions, the update in flight',
+  'tuf-client': 'the TUF conformance client protocol',
+  update: 'one check-install cycle (--once)',
+  verify: 'refresh metadata and print the release selected for a device',
+};
+
 function usage(): string {
-  const rows = Object.keys(registry).sort().map((n) => `  ${n}`);
+  const width = Math.max(...Object.keys(registry).map((n) => n.length));
+  const rows = Object.keys(registry).sort().map((n) => `  ${n.padEnd(width)}  ${summaries[n] ?? ''}`.trimEnd());
   return ['usage: slotflip <command> [options]', '', 'commands:', ...rows, '', 'Run `slotflip <command> --help` for a command\'s options.'].join('\n');
 }
 
@@ -54,6 +75,8 @@ main(process.argv.slice(2)).then(
   (err: unknown) => {
     const e = err as { code?: string; message?: string };
     process.stderr.write(`slotflip: ${e.code ? e.code + ': ' : ''}${e.message ?? String(err)}\n`);
-    process.exitCode = 1;
+    // usage mistakes (unknown option, missing argument) exit 2, like the parser's own errors
+    const usageError = (e.code ?? '').endsWith('_USAGE') || e.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' || e.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' || e.code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL';
+    process.exitCode = usageError ? 2 : 1;
   },
 );
