@@ -98,6 +98,11 @@ export interface AgentDeps {
   /** trial boots before the bootloader falls back (config board.tries). */
   tries?: number;
   machine?: TransitionOptions;
+  /** Takes the device's exclusive update lock (compose: `<stateDir>/lock`); resolves to its release.
+   * Throws DAEMON_LOCKED when another process holds it. Every mutating entry point (`runOnce`,
+   * `markGood`, `rollback`) holds it while it runs; read-only ones (`status`, `check`, `history`)
+   * never take it. Absent: no locking (tests with a single in-memory agent). */
+  lock?: () => Promise<() => Promise<void>>;
 }
 
 export interface CycleResult {
@@ -157,9 +162,25 @@ export class Agent {
    * when `check` is true and the machine is idle, look for a release and install it. Stops at a
    * reboot (`rebooted: true`) or when nothing is left to do.
    */
-  async runOnce(options: { check?: boolean } = {}): Promise<CycleResult> {
-    const start = await this.d.store.load();
+  async runOnce(options: { check?: boolean; markGood?: boolean } = {}): Promise<CycleResult> {
+    return this.locked(() => this.runOnceLocked(options));
+  }
+
+  /** Runs `fn` holding the device's update lock (when one is configured). */
+  private async locked<T>(fn: () => Promise<T>): Promise<T> {
+    const release = this.d.lock ? await this.d.lock() : undefined;
+    try {
+      return await fn();
+    } finally {
+      await release?.();
+    }
+  }
+
+  private async runOnceLocked(options: { check?: boolean; markGood?: boolean }): Promise<CycleResult> {
+    const loaded = await this.d.store.load();
     const bootedSlot = await this.d.bootControl.bootedSlot();
+    // final reports a power cut kept from the outbox go out before anything else
+    const start = await this.runner.flushReports(loaded, this.log);
     let state: MachineState = start;
     const events: Event['type'][] = [];
     let rebooted = false;
@@ -178,6 +199,7 @@ export class Agent {
       if (event) await run(event);
     }
     if (!rebooted && state.phase === 'idle' && (options.check ?? true)) await run({ type: 'CheckRequested' });
+    if (!rebooted && state.phase === 'idle' && (options.markGood ?? true)) await this.markBootedGood(bootedSlot);
     const before = new Set(start.history.map((h) => h.attempt));
     return {
       phase: state.phase,
@@ -187,6 +209,25 @@ export class Agent {
       events,
       bootedSlot,
     };
+  }
+
+  /**
+   * Nothing in flight and the booted slot is the committed one: confirm it again, like RAUC's
+   * `rauc status mark-good` on every boot. RAUC-convention bootloaders count BOOT_x_LEFT down on
+   * every boot, also of the committed slot; without this, a few ordinary reboots drain it and the
+   * next update has no fallback. `commit` is idempotent and the backends write only when something
+   * changes, so on other conventions this is a read. Skipped when the booted slot is not good
+   * (a trial someone else armed, or the bootloader's fallback): that is not ours to confirm.
+   * Never fails the cycle: a boot environment that cannot be read is logged and left alone.
+   */
+  private async markBootedGood(booted: SlotName): Promise<void> {
+    try {
+      const st = await this.d.bootControl.slotState(booted);
+      if (st.state !== 'good') return;
+      await this.d.bootControl.commit(booted);
+    } catch (e) {
+      this.log.warn({ slot: booted, err: toErrorInfo(e) }, 'mark-good of the booted slot failed');
+    }
   }
 
   /** What would be installed now, without changing anything. */
@@ -238,6 +279,10 @@ export class Agent {
    * reported as succeeded); with nothing pending, the booted slot is committed (idempotent).
    */
   async markGood(): Promise<CycleResult> {
+    return this.locked(() => this.markGoodLocked());
+  }
+
+  private async markGoodLocked(): Promise<CycleResult> {
     const s = await this.d.store.load();
     const booted = await this.d.bootControl.bootedSlot();
     const a = s.attempt;
@@ -260,6 +305,10 @@ export class Agent {
   /** Abandon a pending trial: mark the trial slot bad and reboot into the committed one. Refuses
    * (DAEMON_NOTHING_TO_ROLL_BACK) when no trial is pending. */
   async rollback(reason = 'rollback requested by operator'): Promise<CycleResult> {
+    return this.locked(() => this.rollbackLocked(reason));
+  }
+
+  private async rollbackLocked(reason: string): Promise<CycleResult> {
     const s = await this.d.store.load();
     const booted = await this.d.bootControl.bootedSlot();
     if (!s.attempt || (s.phase !== 'validating' && s.phase !== 'rebooting')) {

@@ -30,15 +30,16 @@ import { runHealthChecks, type HealthDeps } from './health.js';
 import { Outbox } from './outbox.js';
 import { createUpdatePolicies, type DeferralStore } from './policies.js';
 import { Agent, verifySlotImage, type AgentDeps, type EventSink, type HealthRunner, type Installer, type ReleaseFinder, type UpdatePolicies } from './agent.js';
-import { FileStateStore, type StateStore } from './state-store.js';
+import { acquireStateLock, FileStateStore, type StateStore } from './state-store.js';
 import type { Config, SourceConfig } from './config.js';
 import { silentLogger } from './logger.js';
 
 export interface ComposeOverrides {
   now?: () => number;
   log?: Logger;
-  /** the reboot action; default: run `config.reboot.command`. */
-  reboot?: () => Promise<void>;
+  /** the reboot action; default: run `config.reboot.command`. Receives the boot backend's reboot
+   * argument when an armed trial needs one (`0 tryboot` on rpi-tryboot), else undefined. */
+  reboot?: (rebootArgument?: string) => Promise<void>;
   runner?: ToolRunner;
   bootControl?: BootControl;
   slots?: Record<SlotName, SlotWriter>;
@@ -122,9 +123,13 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   const trust = new TrustClient({ trustedDir: paths.trusted, shippedRootPath: config.trust.shippedRoot, source: src.meta, now });
 
   const releases: ReleaseFinder = o.releases ?? { releases: async () => (await trust.refresh()).releases };
+  // Read-back after the write: by path (a fresh descriptor on the file or block device, what the
+  // bench's memory figure assumes) for hal's own slot writers; through the slot handle's readAt when
+  // the slots were injected, so injected read faults (fault tests) stay on the read-back path.
+  const readBack: 'path' | 'handle' = o.slots ? 'handle' : 'path';
   const installer: Installer = o.installer ?? {
     async write(release, slot) {
-      await installPayload({ payload: release.custom.payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), logger: log.child({ module: 'daemon.install' }), now });
+      await installPayload({ payload: release.custom.payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, readBack, ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), logger: log.child({ module: 'daemon.install' }), now });
     },
     verify: (release, slot) => verifySlotImage(slot, release.custom.payload),
   };
@@ -138,13 +143,20 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
     },
   };
   const outbox = o.outbox === null ? undefined : (o.outbox ?? new Outbox({ dir: paths.outbox, now }));
-  const reboot = o.reboot ?? (async () => {
+  const bootControl: BootControl & { rebootArgument?: () => Promise<string | undefined> } = o.bootControl ?? createBootControl(config.board.boot, { runner });
+  // Some backends start an armed trial only with a reboot argument (rpi-tryboot: `0 tryboot`,
+  // from hal's GuardedBootControl.rebootArgument(); it is undefined unless a trial is armed, so the
+  // rollback reboot stays plain). It is appended to `config.reboot.command`'s argv as ONE argument
+  // (`systemctl reboot "0 tryboot"`), or handed to an injected `overrides.reboot(arg)`.
+  const reboot = async (): Promise<void> => {
+    const arg = bootControl.rebootArgument ? await bootControl.rebootArgument() : undefined;
+    if (o.reboot) return o.reboot(arg);
     const [cmd, ...args] = config.reboot.command;
-    await runChecked(runner, 'DAEMON_REBOOT_FAILED', cmd!, args);
-  });
+    await runChecked(runner, 'DAEMON_REBOOT_FAILED', cmd!, arg ? [...args, arg] : args);
+  };
   const deps: AgentDeps = {
     identity: { deviceId: config.deviceId, hardware: config.hardware, channel: config.channel },
-    bootControl: o.bootControl ?? createBootControl(config.board.boot, { runner }),
+    bootControl,
     slots: o.slots ?? {
       A: createSlotWriter('A', { ...config.board.slots.A, runner }),
       B: createSlotWriter('B', { ...config.board.slots.B, runner }),
@@ -157,6 +169,9 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
     now,
     log,
     tries: config.board.tries,
+    // one process at a time may drive the machine (two `update` runs, or `update --once` beside
+    // the daemon, would both write the slot); read-only commands never take it
+    lock: () => acquireStateLock({ stateDir: config.stateDir, now }),
     ...(outbox ? { outbox } : {}),
     policies: o.policies ?? createUpdatePolicies(config.policies, { freeSpaceMiB: () => freeSpaceMiB(config.stateDir), deferral: fileDeferralStore(paths.deferral) }),
   };

@@ -109,6 +109,12 @@ export interface MachineState {
   installed: Partial<Record<SlotName, ReleaseRef>>;
   /** finished attempts, newest last, bounded. */
   history: HistoryEntry[];
+  /** final reports of finished attempts not yet appended to the outbox. `finish()` puts the report
+   * here, in the same record that ends the attempt, so a power cut between that save and the outbox
+   * append cannot lose it: the runner appends these on every start/drive and then clears them
+   * (at-least-once: a cut after the append but before the clearing save appends it again; outbox
+   * consumers de-duplicate by seq). Optional: records written before this field existed lack it. */
+  pendingReports?: Report[];
   /** result of the last check (for `status`). */
   lastCheck?: { at: number; result: 'found' | 'none' | 'failed'; detail?: string };
 }
@@ -395,8 +401,10 @@ function finish(s: MachineState, outcome: Outcome, now: number, reason: ErrorInf
   const history = [...s.history, entry].slice(-(o.maxHistory ?? MAX_HISTORY));
   const rolledBack = outcome === 'rolledBack' && !s.rolledBack.includes(a.ref.id) ? [...s.rolledBack, a.ref.id].slice(-MAX_ROLLED_BACK) : s.rolledBack;
   const r: Report = { kind: outcome, attempt: a.number, release: a.ref, at: now, ...(reason ? { reason } : {}), ...(failures ? { failures } : {}) };
+  // the report rides in the record that ends the attempt (see MachineState.pendingReports); the
+  // effect names the same object, and the runner delivers it through the pending list
   return {
-    state: { ...s, phase: 'idle', attempt: null, transitions: 0, history, rolledBack },
+    state: { ...s, phase: 'idle', attempt: null, transitions: 0, history, rolledBack, pendingReports: [...(s.pendingReports ?? []), r] },
     effects: [{ type: 'report', report: r }],
   };
 }

@@ -13,7 +13,7 @@
  */
 import type { Logger } from 'pino';
 import { codeOf, isCoded } from '../hal/errors.js';
-import { transition, type Effect, type ErrorInfo, type Event, type MachineState, type TransitionOptions } from './machine.js';
+import { transition, type Effect, type ErrorInfo, type Event, type MachineState, type Report, type TransitionOptions } from './machine.js';
 import type { StateStore } from './state-store.js';
 
 export type Executors = { [K in Effect['type']]: (effect: Extract<Effect, { type: K }>) => Promise<Event> };
@@ -47,7 +47,8 @@ export class Runner {
    * final state; it is also what the store holds.
    */
   async drive(start: MachineState, first: Event): Promise<DriveResult> {
-    let state = start;
+    // reports a previous run saved but may not have appended (power cut) go out first
+    let state = await this.flushReports(start, this.o.log);
     const queue: Event[] = [first];
     const events: Event['type'][] = [];
     let rebooted = false;
@@ -75,13 +76,45 @@ export class Runner {
         rebooted = true;
         break;
       }
+      const pending = new Set<Report>(r.state.pendingReports ?? []);
       for (const effect of r.effects) {
+        // a report kept in the record is delivered by flushReports below, after the other effects
+        if (effect.type === 'report' && pending.has(effect.report)) continue;
         const next = await this.execute(effect, log);
         if (next.type === 'Reported') continue;
         queue.push(next);
       }
+      if (pending.size > 0) state = await this.flushReports(state, log);
     }
     return { state, rebooted, events };
+  }
+
+  /**
+   * Appends the record's `pendingReports` to the outbox (through the `report` executor), in order,
+   * then saves the record without the ones appended. At-least-once: a crash between an append and
+   * that save appends the report again on the next start (outbox consumers de-duplicate by seq). A
+   * report that cannot be appended stays pending (with the ones after it, to keep the order) and is
+   * retried on the next drive; it never fails the update. Returns the state the store now holds.
+   */
+  async flushReports(state: MachineState, log: Logger): Promise<MachineState> {
+    const pending = state.pendingReports;
+    if (!pending || pending.length === 0) return state;
+    const run = this.o.executors.report;
+    let sent = 0;
+    for (const report of pending) {
+      try {
+        await run({ type: 'report', report });
+        sent++;
+      } catch (e) {
+        log.error({ effect: 'report', err: toErrorInfo(e), kept: pending.length - sent }, 'report kept pending');
+        break;
+      }
+    }
+    if (sent === 0) return state;
+    const { pendingReports: _sent, ...rest } = state;
+    const next: MachineState = sent < pending.length ? { ...rest, pendingReports: pending.slice(sent) } : rest;
+    await this.o.store.save(next);
+    return next;
   }
 
   private attemptLog(state: MachineState): Logger {

@@ -10,6 +10,12 @@
  * broker that is down delays reports and push-triggers but breaks nothing; the poll schedule and
  * HTTP/dir sources keep working.
  *
+ * A cycle that throws (disk full: HAL_ATOMIC_WRITE; another process holds the state lock:
+ * DAEMON_LOCKED) is logged and retried after `retryMs`; the daemon never exits for it. The state
+ * lock (`<stateDir>/lock`) is held per cycle (inside `Agent.runOnce`), so `slotflip status` and other
+ * read-only commands work while the daemon runs, and `update --once` beside it cannot install at
+ * the same time.
+ *
  * INVARIANTS: at most one cycle runs at a time; `stop()` waits for the running cycle to finish its
  * current effect chain (it is never interrupted mid-write: the record makes that safe anyway).
  */
@@ -50,6 +56,7 @@ export class UpdateService {
   private stopped = false;
   private poller: Poller | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
+  private markedGood = false;
   readonly outbox: Outbox;
   readonly transport: MqttTransport | undefined;
   readonly metadata = new Map<string, Uint8Array>();
@@ -133,14 +140,13 @@ export class UpdateService {
       const t = this.transport;
       const healthDeps = t ? { brokerProbe: (ms: number) => t.probe(ms), ...this.o.overrides?.healthDeps } : this.o.overrides?.healthDeps;
       const agent = await createAgent(this.o.config, { log: this.o.log, metadata: this.metadata, outbox: this.outbox, ...this.o.overrides, ...(healthDeps ? { healthDeps } : {}) });
-      const r = await agent.runOnce();
+      // the booted committed slot is confirmed once per boot (this process lives for one boot):
+      // on the first cycle that ends idle (see Agent.markBootedGood)
+      const r = await agent.runOnce({ markGood: !this.markedGood });
+      if (!r.rebooted && r.phase === 'idle') this.markedGood = true;
       log.info({ reason, phase: r.phase, rebooted: r.rebooted, finished: r.finished.map((h) => h.outcome), lastCheck: r.lastCheck?.result }, 'cycle done');
       this.o.onCycle?.(r);
-      if (!r.rebooted && r.phase !== 'idle' && !this.stopped) {
-        if (this.retryTimer) clearTimeout(this.retryTimer);
-        this.retryTimer = setTimeout(() => this.trigger('retry'), this.o.retryMs ?? 60_000);
-        this.retryTimer.unref();
-      }
+      if (!r.rebooted && r.phase !== 'idle') this.scheduleRetry();
       if (this.transport) {
         const status = await agent.status();
         const last = status.lastResult;
@@ -155,9 +161,20 @@ export class UpdateService {
         await this.transport.publishState({ ...status, inventory, ...extra }).catch(() => false);
       }
     } catch (e) {
+      // e.g. HAL_ATOMIC_WRITE (disk full: the record cannot be saved) or DAEMON_LOCKED (an
+      // `update --once` holds the state lock): the daemon stays up and tries again later
       const err = toErrorInfo(e);
       log.error({ reason, err }, 'cycle failed');
       this.o.onCycle?.({ error: `${err.code}: ${err.message}` });
+      this.scheduleRetry();
     }
+  }
+
+  /** One more cycle after `retryMs` (default 60 s), without waiting for the poll schedule. */
+  private scheduleRetry(): void {
+    if (this.stopped) return;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = setTimeout(() => this.trigger('retry'), this.o.retryMs ?? 60_000);
+    this.retryTimer.unref();
   }
 }

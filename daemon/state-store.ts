@@ -8,10 +8,19 @@
  *
  * A record that cannot be parsed or has an unknown `schema` is NOT silently replaced: `load` throws
  * DAEMON_STATE_CORRUPT (with the path), because guessing would risk touching the committed slot.
+ *
+ * Schema: still 1. `pendingReports` was added as an optional field: a record without it (older
+ * daemon) loads as "nothing pending", and an older daemon (e.g. after rolling back to an older
+ * image) reading a newer record ignores it instead of refusing the whole record.
+ *
+ * Also here: the state directory's lock (`<stateDir>/lock`, see `acquireStateLock`): one process
+ * at a time may drive the machine on this device.
  */
-import { readFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { link, open, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../hal/atomic-file.js';
+import { fsyncDir } from '../hal/atomic-file.js';
 import { SlotflipError } from '../hal/errors.js';
 import { initialState, PHASES, type MachineState } from './machine.js';
 
@@ -96,6 +105,8 @@ export function parseRecord(text: string, path: string): UpdateRecord {
   if (!Number.isInteger(r.committedSecurityVersion) || (r.committedSecurityVersion as number) < 0) return bad('committedSecurityVersion is not a non-negative integer');
   if (!Number.isInteger(r.transitions) || !Number.isInteger(r.attempts)) return bad('transitions/attempts are not integers');
   if (!Array.isArray(r.history) || !Array.isArray(r.rolledBack) || typeof r.installed !== 'object' || r.installed === null) return bad('history, rolledBack or installed missing');
+  // optional (added without a schema change: older records lack it, older daemons ignore it)
+  if (r.pendingReports !== undefined && !Array.isArray(r.pendingReports)) return bad('pendingReports is not a list');
   return r as UpdateRecord;
 }
 
@@ -112,4 +123,152 @@ export class MemoryStateStore implements StateStore {
     this.saved = structuredClone({ ...state, schema: RECORD_SCHEMA, savedAt: 0, saves: this.saved.saves + 1 });
     return structuredClone(this.saved);
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export const LOCK_FILE = 'lock';
+/** an unreadable lock younger than this may be one being written: not taken over. */
+const FRESH_LOCK_MS = 10_000;
+
+interface LockContent {
+  pid: number;
+  /** kernel boot id when taken: a lock from an earlier boot is stale whatever its pid says. */
+  bootId?: string;
+  /** random: tells this lock apart from another one with the same pid (pid reuse). */
+  nonce: string;
+  at: number;
+  /** when the holding process started (ms since epoch, wall clock): tells this very process apart
+   * from a dead predecessor whose pid it reuses (containers restart daemons with the same pid). */
+  started?: number;
+}
+
+export interface StateLockOptions {
+  stateDir: string;
+  now?: () => number;
+  /** this process's pid (tests); default process.pid. */
+  pid?: number;
+  /** is `pid` a running process? default: `process.kill(pid, 0)`. */
+  isAlive?: (pid: number) => boolean;
+  /** current boot id; default reads /proc/sys/kernel/random/boot_id (undefined when unreadable). */
+  bootId?: () => Promise<string | undefined>;
+}
+
+/** Releases the lock (removes the file if it is still ours). Idempotent; never throws. */
+export type ReleaseLock = () => Promise<void>;
+
+async function readBootId(): Promise<string | undefined> {
+  try {
+    return (await readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function parseLock(text: string): LockContent | undefined {
+  try {
+    const v = JSON.parse(text) as Partial<LockContent>;
+    return Number.isSafeInteger(v.pid) && typeof v.nonce === 'string' ? (v as LockContent) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Takes the exclusive lock `<stateDir>/lock` (created with O_EXCL, holding this pid, the boot id and a
+ * nonce). When it exists and its holder is alive (same boot, pid running), refuses with DAEMON_LOCKED
+ * naming the pid. A stale lock (holder dead, earlier boot, or unreadable content) is taken over
+ * atomically: it is renamed aside (one rename: only one contender can move it), checked to be the
+ * very lock judged stale (otherwise put back with link(), which never overwrites), and the O_EXCL
+ * create is retried. A crash while holding the lock leaves a stale lock the next process takes over.
+ */
+export async function acquireStateLock(o: StateLockOptions): Promise<ReleaseLock> {
+  const path = join(o.stateDir, LOCK_FILE);
+  const pid = o.pid ?? process.pid;
+  const alive = o.isAlive ?? pidAlive;
+  const bootId = await (o.bootId ?? readBootId)();
+  const started = Math.round(Date.now() - process.uptime() * 1000);
+  const mine: LockContent = { pid, ...(bootId ? { bootId } : {}), nonce: randomBytes(8).toString('hex'), at: (o.now ?? Date.now)(), started };
+  const text = JSON.stringify(mine) + '\n';
+  for (let tries = 0; tries < 3; tries++) {
+    try {
+      const fh = await open(path, 'wx', 0o644);
+      try {
+        await fh.writeFile(text);
+        await fh.sync();
+      } catch (e) {
+        // e.g. ENOSPC: leave no empty lock behind
+        await fh.close().catch(() => undefined);
+        await unlink(path).catch(() => undefined);
+        throw e;
+      }
+      await fh.close();
+      await fsyncDir(o.stateDir).catch(() => undefined);
+      let released = false;
+      return async () => {
+        if (released) return;
+        released = true;
+        try {
+          const now = parseLock(await readFile(path, 'utf8'));
+          if (now?.nonce === mine.nonce) await unlink(path);
+        } catch {
+          // already gone: nothing to release
+        }
+      };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') {
+        throw new SlotflipError('DAEMON_LOCK_FAILED', `cannot create the state lock ${path}: ${(e as Error).message}; check that the state directory exists, is writable and has free space`, { cause: e, retryable: true, details: { path } });
+      }
+    }
+    let seen: string;
+    try {
+      seen = await readFile(path, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue; // released meanwhile: retry
+      throw e;
+    }
+    const holder = parseLock(seen);
+    if (!holder) {
+      // empty or torn: either a crash while taking it (stale) or a lock being written right now
+      const age = (o.now ?? Date.now)() - (await stat(path).then((st) => st.mtimeMs, () => 0));
+      if (age < FRESH_LOCK_MS) {
+        throw new SlotflipError('DAEMON_LOCKED', `${path} is being taken by another process right now; retry in a few seconds`, { retryable: true, details: { path } });
+      }
+    } else if (
+      (holder.bootId === undefined || bootId === undefined || holder.bootId === bootId) &&
+      // our own pid: live only when it is this very process (another agent in it holds the lock)
+      (holder.pid === pid ? holder.started !== undefined && Math.abs(holder.started - started) < 2000 : alive(holder.pid))
+    ) {
+      throw new SlotflipError('DAEMON_LOCKED', `${path} is held by process ${holder.pid} (another slotflip update or daemon is running on this device); wait for it to finish or stop it (e.g. \`systemctl stop slotflip\`), then retry. Read-only commands such as \`slotflip status\` work meanwhile`, {
+        retryable: true,
+        details: { path, pid: holder.pid },
+      });
+    }
+    // stale: move it aside, then make sure it is the one we judged stale
+    const aside = `${path}.stale-${pid}-${mine.nonce}`;
+    try {
+      await rename(path, aside);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue;
+      throw e;
+    }
+    const moved = await readFile(aside, 'utf8').catch(() => '');
+    if (moved !== seen) {
+      // we moved a fresh lock someone took in between: give it back (link never overwrites)
+      await link(aside, path).catch(() => undefined);
+      await unlink(aside).catch(() => undefined);
+      continue;
+    }
+    await unlink(aside).catch(() => undefined);
+  }
+  throw new SlotflipError('DAEMON_LOCKED', `${path}: could not take the state lock (another process keeps taking it); retry`, { retryable: true, details: { path } });
 }

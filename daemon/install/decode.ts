@@ -9,6 +9,13 @@
  * handed to zstd as its stdin descriptor, so Node never touches the compressed bytes at all.
  * `gzipDecoder: 'zlib'` uses node:zlib instead (thread pool; concatenated members are one stream).
  * A new decoder runs for every transfer because a resumed transfer starts at a frame boundary.
+ *
+ * Setting up is split in two: `prepareDecoder` does the asynchronous part (the FIFO) BEFORE the
+ * source is opened, and `PreparedDecoder.start` is synchronous. A caller that opens an HTTP response
+ * and then awaits anything before consuming it loses a connection reset that happens meanwhile: the
+ * response is destroyed with its buffered bytes, and its 'error'/'close' go to no listener (Node emits
+ * an IncomingMessage's 'error' only when it has listeners), so the cut is noticed only by the stall
+ * watchdog and the next transfer restarts from the first chunk instead of resuming.
  */
 import { spawn } from 'node:child_process';
 import { closeSync, constants as fsc, openSync, unlinkSync } from 'node:fs';
@@ -62,10 +69,37 @@ export function decodesInChild(compression: Compression, opts: Pick<DecoderOptio
   return compression === 'zstd' || (compression === 'gzip' && (opts.gzipDecoder ?? 'zstd-cli') === 'zstd-cli');
 }
 
+/** A decoder whose asynchronous setup is done; starting it does not yield to the event loop. */
+export interface PreparedDecoder {
+  /** starts the decoder synchronously (no await, no I/O callback in between). `stdinFd`: a descriptor
+   * positioned at the first compressed byte that the child reads itself (only when `decodesInChild`).
+   * Call at most once; afterwards the Decoder owns every resource. */
+  start(stdinFd?: number): Decoder;
+  /** frees what `prepareDecoder` set up when `start` was never called; idempotent, no-op after start. */
+  dispose(): void;
+}
+
+/** The asynchronous part of a decoder's setup (the FIFO for the `zstd` CLI); do it before opening the
+ * source so that nothing awaits between opening the source and consuming it. */
+export async function prepareDecoder(compression: Compression, opts: Omit<DecoderOptions, 'stdinFd'>): Promise<PreparedDecoder> {
+  if (decodesInChild(compression, opts)) return prepareZstd(opts);
+  let used = false;
+  return {
+    start() {
+      if (used) throw new Error('decoder already started');
+      used = true;
+      const s: PassThrough | ReturnType<typeof createGunzip> = compression === 'gzip' ? createGunzip({ chunkSize: BUF }) : new PassThrough({ highWaterMark: BUF });
+      return streamDecoder(s, compression);
+    },
+    dispose() {
+      used = true;
+    },
+  };
+}
+
+/** prepareDecoder + start in one step. */
 export async function startDecoder(compression: Compression, opts: DecoderOptions): Promise<Decoder> {
-  if (decodesInChild(compression, opts)) return startZstd(opts);
-  const s: PassThrough | ReturnType<typeof createGunzip> = compression === 'gzip' ? createGunzip({ chunkSize: BUF }) : new PassThrough({ highWaterMark: BUF });
-  return streamDecoder(s, compression);
+  return (await prepareDecoder(compression, opts)).start(opts.stdinFd);
 }
 
 function streamDecoder(s: Writable & Readable, compression: Compression): Decoder {
@@ -110,21 +144,49 @@ function streamDecoder(s: Writable & Readable, compression: Compression): Decode
   };
 }
 
-async function startZstd(opts: DecoderOptions): Promise<Decoder> {
-  const bin = opts.zstdPath ?? 'zstd';
+async function prepareZstd(opts: Omit<DecoderOptions, 'stdinFd'>): Promise<PreparedDecoder> {
   const fifo = join(opts.fifoDir, `.slotflip-zstd.${process.pid}.${++fifoSeq}.fifo`);
   await runChecked(opts.runner ?? execTool, 'INSTALL_DECOMPRESS', 'mkfifo', ['-m', '600', fifo]);
-  let rfd: number;
-  let wfd: number;
+  let rfd = -1;
+  let wfd = -1;
   try {
     // reader first (non-blocking), so opening the writer returns at once
     rfd = openSync(fifo, fsc.O_RDONLY | fsc.O_NONBLOCK);
     wfd = openSync(fifo, fsc.O_WRONLY);
+  } catch (e) {
+    if (rfd >= 0) closeSync(rfd);
+    throw e;
   } finally {
     unlinkSync(fifo);
   }
-  const child = spawn(bin, ['-d', '-c', '-q'], { stdio: [opts.stdinFd ?? 'pipe', wfd, 'pipe'] });
-  closeSync(wfd);
+  let used = false;
+  return {
+    start(stdinFd) {
+      if (used) throw new Error('decoder already started');
+      used = true;
+      return startZstd(opts, rfd, wfd, stdinFd);
+    },
+    dispose() {
+      if (used) return;
+      used = true;
+      closeSync(rfd);
+      closeSync(wfd);
+    },
+  };
+}
+
+function startZstd(opts: Omit<DecoderOptions, 'stdinFd'>, readFd: number, wfd: number, stdinFd: number | undefined): Decoder {
+  const bin = opts.zstdPath ?? 'zstd';
+  let rfd = readFd;
+  let child: ReturnType<typeof spawn>;
+  try {
+    child = spawn(bin, ['-d', '-c', '-q'], { stdio: [stdinFd ?? 'pipe', wfd, 'pipe'] });
+  } catch (e) {
+    closeSync(rfd);
+    throw e;
+  } finally {
+    closeSync(wfd);
+  }
   let killed = false;
   let err = '';
   child.stderr!.on('data', (d: Buffer) => {

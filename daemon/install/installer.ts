@@ -28,7 +28,7 @@ import type { Logger } from 'pino';
 import { SlotflipError, isCoded } from '../../hal/errors.js';
 import type { SlotHandle, SlotWriter } from '../../hal/slot-writer.js';
 import type { PayloadInfo } from '../../manifests/types.js';
-import { decodesInChild, startDecoder, type Decoder } from './decode.js';
+import { decodesInChild, prepareDecoder, type Decoder, type PreparedDecoder } from './decode.js';
 import { ReadBackHasher } from './hasher.js';
 import { readResumeHint, writeResumeHint } from './resume-state.js';
 import { fileSource, httpSource, type OpenedStream, type PayloadSource, type TlsOptions } from './source.js';
@@ -85,7 +85,8 @@ export interface InstallOptions {
   watchdog?: WatchdogOptions;
   /** fsync (and persist the resume hint) every this many image bytes (default 64 MiB). */
   flushEveryBytes?: number;
-  /** chunk buffers in the pool (default 4); memory ≈ (pool + 3) × chunkSize. */
+  /** chunk buffers in the pool (default 4); memory ≈ (pool + 3) × chunkSize, plus up to ~1 MiB of
+   * compressed input queued for the decoder on streamed (HTTP) sources. */
   buffers?: number;
   zstdPath?: string;
   /** gzip decoder: the `zstd` CLI (default: another core, flat memory) or node:zlib. */
@@ -115,6 +116,8 @@ export interface InstallResult {
 }
 
 const MIB = 1 << 20;
+/** compressed bytes queued at the decoder's input before the source is paused. */
+const PRODUCER_QUEUE = 1 << 20;
 /** carry buffer size: at least one decoder read (1 MiB). */
 const BUF_CARRY = 1 << 20;
 
@@ -543,22 +546,29 @@ class InstallRun {
     const ctl = new AbortController();
     const onAbort = (): void => ctl.abort();
     this.signal.addEventListener('abort', onAbort, { once: true });
+    let prepared: PreparedDecoder | undefined;
     let opened: OpenedStream | undefined;
     let decoder: Decoder | undefined;
     let timer: NodeJS.Timeout | undefined;
     let producerError: unknown;
     let consumerError: unknown;
     try {
+      // The decoder's asynchronous setup comes BEFORE the source is opened: from the moment an HTTP
+      // response is handed over until its listeners are attached below, nothing may await. A reset in
+      // such a gap destroys the response together with the bytes it buffered, and its 'error' and
+      // 'close' reach no listener: the cut would surface only through the stall watchdog, and the
+      // next transfer would restart from the first chunk instead of resuming.
+      prepared = await prepareDecoder(payload.compression, {
+        zstdPath: this.opts.zstdPath,
+        gzipDecoder: this.opts.gzipDecoder,
+        fifoDir: dirname(this.opts.resumeStatePath),
+      });
+      throwIfAborted(this.signal);
       opened = await this.source.open(mirrorIndex, offset, this.payloadLength, ctl.signal);
       const src = opened;
       this.#where = src.where;
       const direct = src.fd !== undefined && decodesInChild(payload.compression, this.opts);
-      decoder = await startDecoder(payload.compression, {
-        zstdPath: this.opts.zstdPath,
-        gzipDecoder: this.opts.gzipDecoder,
-        fifoDir: dirname(this.opts.resumeStatePath),
-        stdinFd: direct ? src.fd : undefined,
-      });
+      decoder = prepared.start(direct ? src.fd : undefined);
       const dec = decoder;
       if (direct) {
         src.close(); // zstd holds its own copy of the descriptor
@@ -668,7 +678,11 @@ class InstallRun {
           }
           remaining -= d.length;
           this.bytesReceived += d.length;
-          if (!input.write(d) && !last) {
+          // pause the response only when the decoder really lags (a queue of PRODUCER_QUEUE bytes), not
+          // at every write over the stream's small high-water mark: a reset while the response is
+          // paused discards what it buffered, which a resume would then fetch again
+          input.write(d);
+          if (input.writableLength >= PRODUCER_QUEUE && !last) {
             paused = true;
             stream.pause();
             input.once('drain', () => {
@@ -687,6 +701,11 @@ class InstallRun {
         stream.once('close', () => {
           if (remaining > 0) stopProducer(new SlotflipError('INSTALL_NETWORK', `${where}: connection closed ${remaining} bytes early; resuming`, { retryable: true, details: { url: where, missing: remaining } }));
         });
+        // a stream handed over already destroyed (a custom source) never sends more: fail now, not
+        // after the stall timeout (a second report through 'close' is ignored by stopProducer)
+        if (stream.destroyed) {
+          stopProducer(new SlotflipError('INSTALL_NETWORK', `${where}: connection closed ${remaining} bytes early; resuming`, { retryable: true, details: { url: where, missing: remaining } }));
+        }
       });
       if (this.next < this.#chunkCount) {
         throw new SlotflipError('INSTALL_PAYLOAD_TRUNCATED', `${this.#where}: image data ended inside chunk ${this.next} although all ${this.payloadLength} payload bytes arrived`, { retryable: true, details: { chunk: this.next, url: this.#where } });
@@ -708,7 +727,8 @@ class InstallRun {
       this.#failTransfer = () => undefined;
       this.#unblocked = () => undefined;
       opened?.close();
-      decoder?.kill();
+      if (decoder) decoder.kill();
+      else prepared?.dispose();
       this.#resetChunker();
     }
   }

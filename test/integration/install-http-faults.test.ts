@@ -31,9 +31,9 @@ interface TestLike {
   teardown(fn: () => unknown): void;
 }
 
-async function setup(t: TestLike, compression: Compression = 'zstd', faults: HttpFaults = {}): Promise<Env> {
+async function setup(t: TestLike, compression: Compression = 'zstd', faults: HttpFaults = {}, chunkSize = CHUNK): Promise<Env> {
   const dir = t.testdir();
-  const p = await makePayload(dir, { size: SIZE, chunkSize: CHUNK, compression });
+  const p = await makePayload(dir, { size: SIZE, chunkSize, compression });
   const srv = await startHttpServer({ root: dir, faults });
   t.teardown(() => srv.stop());
   const slotPath = join(dir, 'slot');
@@ -163,4 +163,32 @@ t.test('an endless body of garbage fails fast without writing', async (t) => {
   t.match((err2 as { details: unknown }).details, { chunk: 0 });
   const slot = await readFile(e.slotPath);
   t.ok(slot.every((b) => b === PATTERN), 'slot untouched');
+});
+
+t.test('a connection reset early in the payload is noticed at once and resumed with Range', async (t) => {
+  // Regression: the transfer used to await the decoder's setup (mkfifo for the zstd CLI) after the
+  // response arrived. A reset in that gap destroyed the response with its buffered bytes, and its
+  // 'error'/'close' reached no listener: the cut surfaced only through the stall watchdog, and the
+  // next transfer restarted from byte 0. Every decoder path is covered (gzip too runs the zstd CLI).
+  const decoders: Array<[Compression, 'zstd-cli' | 'zlib' | undefined]> = [['zstd', undefined], ['gzip', 'zstd-cli'], ['gzip', 'zlib']];
+  for (const [compression, gzipDecoder] of decoders) {
+    const name = `${compression}${gzipDecoder ? `/${gzipDecoder}` : ''}`;
+    // small chunks, so that whole frames and then the reset arrive in the first socket read or two
+    // (the response's buffers take them all, nothing holds the reset back)
+    const e = await setup(t, compression, {}, 16 << 10);
+    const c = e.p.payload.chunks;
+    const cuts = [c[1]!.offset + Math.floor(c[1]!.length / 2), c[2]!.offset + 100];
+    e.srv.faults.cutAtOffset = cuts;
+    const failures: string[] = [];
+    const logger = { warn: (o: { err?: { code?: string } }) => void failures.push(String(o.err?.code)), info: () => undefined, debug: () => undefined };
+    const t0 = Date.now();
+    const r = await e.install({ gzipDecoder, watchdog: { stallTimeoutMs: 20_000 }, logger: logger as unknown as InstallOptions['logger'] });
+    const ms = Date.now() - t0;
+    t.ok(ms < 5000, `${name}: resets noticed at once, not by the 20 s stall watchdog (${ms} ms)`);
+    t.same(failures, ['INSTALL_NETWORK', 'INSTALL_NETWORK'], `${name}: both transfers failed as network errors, none stalled`);
+    t.equal(r.transfers, cuts.length + 1, `${name}: one transfer per cut plus the last`);
+    t.same(e.srv.requests.map((q) => q.range), [undefined, `bytes=${c[1]!.offset}-`, `bytes=${c[2]!.offset}-`], `${name}: each resume asks for the first chunk that was not verified`);
+    t.equal(r.resumedFromChunk, 0);
+    t.ok(await e.slotMatches(), `${name}: slot holds the image`);
+  }
 });

@@ -1,11 +1,12 @@
 import t from 'tap';
 import { Writable } from 'node:stream';
 import { join } from 'node:path';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { pino } from 'pino';
 import { Runner, toErrorInfo, type Executors } from '../../daemon/runner.js';
 import { initialState, releaseRefOf, type Effect, type Event, type MachineState } from '../../daemon/machine.js';
-import { FileStateStore, MemoryStateStore, parseRecord, RECORD_FILE } from '../../daemon/state-store.js';
+import { acquireStateLock, FileStateStore, MemoryStateStore, parseRecord, RECORD_FILE } from '../../daemon/state-store.js';
 import { SlotflipError } from '../../hal/errors.js';
 import type { Release } from '../../manifests/types.js';
 
@@ -76,8 +77,41 @@ t.test('the record is saved before each phase\'s work; a reboot ends the drive',
   // after the reboot: validate, commit
   trace.length = 0;
   const r2 = await runner.drive(await store.load(), { type: 'BootedInto', slot: 'B' });
-  t.same(trace, ['save:validating', 'effect:runHealthChecks', 'save:committing', 'effect:commit', 'save:idle', 'report:succeeded']);
+  // the final report is saved with the idle record, appended, then cleared from it by a second save
+  t.same(trace, ['save:validating', 'effect:runHealthChecks', 'save:committing', 'effect:commit', 'save:idle', 'report:succeeded', 'save:idle']);
   t.equal(r2.state.committedSecurityVersion, 3);
+  t.equal((await store.load()).pendingReports, undefined, 'nothing left pending');
+});
+
+t.test('a final report survives a cut between the record and the outbox (at-least-once)', async (t) => {
+  const trace: string[] = [];
+  const store = new TracingStore(trace);
+  let cut = true;
+  const executors = recording(trace, {
+    writeSlot: async () => ({ type: 'DownloadFailed', error: { code: 'INSTALL_BAD', message: 'bad', retryable: false } }),
+    report: async (e) => {
+      if (cut && e.report.kind === 'failed') throw new Error('power cut');
+      trace.push(`report:${e.report.kind}`);
+      return { type: 'Reported' };
+    },
+  });
+  const runner = new Runner({ store, executors, now: () => 5, log: pino({ level: 'silent' }) });
+  const r = await runner.drive(initialState(), { type: 'CheckRequested' });
+  t.equal(r.state.phase, 'idle');
+  const saved = await store.load();
+  t.match(saved.pendingReports, [{ kind: 'failed', attempt: 1, reason: { code: 'INSTALL_BAD' } }], 'the record keeps the unsent final report');
+  t.match(saved.history, [{ outcome: 'failed' }]);
+  // next start: appended first, then cleared
+  cut = false;
+  trace.length = 0;
+  const flushed = await runner.flushReports(saved, pino({ level: 'silent' }));
+  t.same(trace, ['report:failed', 'save:idle']);
+  t.equal(flushed.pendingReports, undefined);
+  t.equal((await store.load()).pendingReports, undefined);
+  // nothing pending: no write
+  trace.length = 0;
+  await runner.flushReports(await store.load(), pino({ level: 'silent' }));
+  t.same(trace, []);
 });
 
 t.test('a throwing executor takes the shared failure path with its code', async (t) => {
@@ -155,4 +189,42 @@ t.test('file state store: atomic, versioned, refuses what it cannot read', async
   const failing = new FileStateStore({ stateDir: dir, now: () => 44, writeFileAtomic: async () => { throw new SlotflipError('HAL_ATOMIC_WRITE', 'ENOSPC', { retryable: true }); } });
   await t.rejects(failing.save({ ...s, phase: 'verifying' }), { code: 'HAL_ATOMIC_WRITE' });
   t.equal((await failing.load()).phase, 'downloading');
+});
+
+t.test('state lock: exclusive, names the holder, takes over a stale one, released', async (t) => {
+  const stateDir = t.testdir();
+  const lockPath = join(stateDir, 'lock');
+  const release = await acquireStateLock({ stateDir });
+  t.match(JSON.parse(await readFile(lockPath, 'utf8')), { pid: process.pid });
+  // a second agent in this very process: refused
+  await t.rejects(acquireStateLock({ stateDir }), { code: 'DAEMON_LOCKED', message: new RegExp(`process ${process.pid}`) });
+  // another live process (pid 1 is always alive) holds it: refused with its pid and what to do
+  await release();
+  await writeFile(lockPath, JSON.stringify({ pid: 1, nonce: 'x', at: 0 }));
+  await t.rejects(acquireStateLock({ stateDir, isAlive: () => true }), { code: 'DAEMON_LOCKED', message: /process 1 .*wait for it/ });
+  // the holder is dead: taken over
+  const r2 = await acquireStateLock({ stateDir, isAlive: () => false });
+  t.match(JSON.parse(await readFile(lockPath, 'utf8')), { pid: process.pid });
+  await r2();
+  await r2(); // idempotent
+  t.notOk(existsSync(lockPath), 'released');
+  // a lock from an earlier boot is stale whatever its pid
+  await writeFile(lockPath, JSON.stringify({ pid: 1, bootId: 'old-boot', nonce: 'y', at: 0 }));
+  const r3 = await acquireStateLock({ stateDir, isAlive: () => true, bootId: async () => 'this-boot' });
+  await r3();
+  // a dead predecessor with our pid (pid reuse after a restart) is stale too
+  await writeFile(lockPath, JSON.stringify({ pid: process.pid, nonce: 'z', at: 0, started: 1 }));
+  const r4 = await acquireStateLock({ stateDir });
+  await r4();
+  t.same((await readdir(stateDir)).filter((f) => f.startsWith('lock')), [], 'no lock or aside file left');
+});
+
+t.test('a record without pendingReports (older daemon) loads; a malformed one is refused', async (t) => {
+  const dir = t.testdir();
+  const store = new FileStateStore({ stateDir: dir, now: () => 1 });
+  const old = { schema: 1, savedAt: 1, saves: 1, ...initialState() };
+  await writeFile(join(dir, 'update-record.json'), JSON.stringify(old));
+  t.equal((await store.load()).pendingReports, undefined);
+  await writeFile(join(dir, 'update-record.json'), JSON.stringify({ ...old, pendingReports: 'x' }));
+  await t.rejects(store.load(), { code: 'DAEMON_STATE_CORRUPT', message: /pendingReports/ });
 });
