@@ -198,8 +198,9 @@ export class Agent {
       this.log.info({ phase: start.phase, bootedSlot, event: event?.type ?? null }, 'resuming');
       if (event) await run(event);
     }
-    if (!rebooted && state.phase === 'idle' && (options.check ?? true)) await run({ type: 'CheckRequested' });
+    // confirm the running slot before a new attempt arms a trial: the trial needs it as a good fallback
     if (!rebooted && state.phase === 'idle' && (options.markGood ?? true)) await this.markBootedGood(bootedSlot);
+    if (!rebooted && state.phase === 'idle' && (options.check ?? true)) await run({ type: 'CheckRequested' });
     const before = new Set(start.history.map((h) => h.attempt));
     return {
       phase: state.phase,
@@ -216,14 +217,18 @@ export class Agent {
    * `rauc status mark-good` on every boot. RAUC-convention bootloaders count BOOT_x_LEFT down on
    * every boot, also of the committed slot; without this, a few ordinary reboots drain it and the
    * next update has no fallback. `commit` is idempotent and the backends write only when something
-   * changes, so on other conventions this is a read. Skipped when the booted slot is not good
-   * (a trial someone else armed, or the bootloader's fallback): that is not ours to confirm.
+   * changes, so on other conventions this is a read. A booted slot that reads 'bad' while nothing
+   * is in flight is the slot the bootloader fell back to after its counter drained (e.g. during a
+   * failed trial's retries): it is running, it is the only working slot, and leaving it drained
+   * would leave the next update without a fallback (HAL_NO_FALLBACK), so it is confirmed too.
+   * Skipped only for a slot in 'trial' (armed by someone else, or a record that was lost): a
+   * trial is confirmed by the health checks, never here.
    * Never fails the cycle: a boot environment that cannot be read is logged and left alone.
    */
   private async markBootedGood(booted: SlotName): Promise<void> {
     try {
       const st = await this.d.bootControl.slotState(booted);
-      if (st.state !== 'good') return;
+      if (st.state === 'trial') return;
       await this.d.bootControl.commit(booted);
     } catch (e) {
       this.log.warn({ slot: booted, err: toErrorInfo(e) }, 'mark-good of the booted slot failed');
