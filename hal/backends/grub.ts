@@ -103,7 +103,16 @@ export function raucGrubConvention(opts: { trialVariable?: string } = {}): EnvCo
       return ch;
     },
     armTrial(env, slot) {
-      return { ORDER: [slot, ...order(env).filter((s) => s !== slot)].join(' '), [`${slot}_OK`]: '1', [`${slot}_TRY`]: '0', [mark]: slot };
+      // clear the fallback's TRY in the same write: with it set, grub.cfg finds no untried slot after
+      // the trial's one boot, resets every TRY flag and boots the trial again (an extra, unasked try)
+      const fallback = otherSlot(slot);
+      return {
+        ORDER: [slot, ...order(env).filter((s) => s !== slot)].join(' '),
+        [`${slot}_OK`]: '1',
+        [`${slot}_TRY`]: '0',
+        ...(flag(env, `${fallback}_OK`) ? { [`${fallback}_TRY`]: '0' } : {}),
+        [mark]: slot,
+      };
     },
     commit(env, slot) {
       const ch: EnvChanges = { ORDER: [slot, ...order(env).filter((s) => s !== slot)].join(' '), [`${slot}_OK`]: '1', [`${slot}_TRY`]: '0' };
