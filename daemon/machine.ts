@@ -253,6 +253,7 @@ function decide(s: MachineState, e: Event, now: number, o: TransitionOptions): T
       return { state: { ...s, phase: 'idle', lastCheck: { at: now, result: 'failed', detail: `${e.error.code}: ${e.error.message}` } }, effects: [] };
 
     case 'SlotMarkedBad':
+      if (s.phase === 'rollingBack' && a) return finish(s, 'rolledBack', now, a.reason ?? { code: 'DAEMON_ROLLED_BACK', message: 'rolled back' }, a.failures, o);
       if (s.phase !== 'preparing' || !a) return ignore(s);
       return { state: { ...s, phase: 'downloading' }, effects: [{ type: 'writeSlot', slot: a.target, release: a.release }] };
 
@@ -295,12 +296,14 @@ function decide(s: MachineState, e: Event, now: number, o: TransitionOptions): T
         case 'rebooting':
         case 'validating':
           if (e.slot === a.target) return { state: { ...s, phase: 'validating' }, effects: [{ type: 'runHealthChecks', slot: a.target }] };
-          return finish(s, 'rolledBack', now, { code: 'DAEMON_TRIAL_NOT_CONFIRMED', message: `trial boot never confirmed: the bootloader fell back to slot ${e.slot}` }, undefined, o);
+          return fellBack(s, { code: 'DAEMON_TRIAL_NOT_CONFIRMED', message: `trial boot never confirmed: the bootloader fell back to slot ${e.slot}` });
         case 'committing':
           if (e.slot === a.target) return { state: s, effects: [{ type: 'commit', slot: a.target }] };
-          return finish(s, 'rolledBack', now, { code: 'DAEMON_COMMIT_INTERRUPTED', message: `commit was interrupted and the bootloader fell back to slot ${e.slot}` }, undefined, o);
+          return fellBack(s, { code: 'DAEMON_COMMIT_INTERRUPTED', message: `commit was interrupted and the bootloader fell back to slot ${e.slot}` });
         case 'rollingBack':
-          if (e.slot === a.source) return finish(s, 'rolledBack', now, a.reason ?? { code: 'DAEMON_ROLLED_BACK', message: 'rolled back' }, a.failures, o);
+          // back on the committed slot: make sure the failed target is marked bad (idempotent)
+          // before the attempt ends, so no later boot can pick it again
+          if (e.slot === a.source) return { state: s, effects: [{ type: 'markBad', slot: a.target }] };
           return { state: s, effects: [{ type: 'markBadAndReboot', slot: a.target }] };
         default:
           return ignore(s);
@@ -376,6 +379,16 @@ function fail(s: MachineState, error: ErrorInfo, now: number, o: TransitionOptio
     default:
       return finish(s, 'failed', now, error, undefined, o);
   }
+}
+
+/**
+ * The bootloader already fell back to the committed slot: no reboot is needed, but the failed target
+ * must be marked bad before the attempt ends. Counting conventions (grub/rauc's TRY reset, RAUC's
+ * "no slot left: reset tries") would otherwise boot the unconfirmed trial again later.
+ */
+function fellBack(s: MachineState, reason: ErrorInfo): TransitionResult {
+  const a = s.attempt!;
+  return { state: { ...s, phase: 'rollingBack', attempt: { ...a, reason } }, effects: [{ type: 'markBad', slot: a.target }] };
 }
 
 function rollBack(s: MachineState, reason: ErrorInfo, failures?: HealthFailure[]): TransitionResult {

@@ -106,6 +106,9 @@ t.test('health-check rollback: failures carried to history and the report; relea
   r = transition(r.state, { type: 'RebootIssued' }, NOW);
   t.equal(r.state.phase, 'rollingBack');
   r = transition(r.state, resume(r.state, 'A')!, NOW);
+  t.equal(r.state.phase, 'rollingBack', 'back on the committed slot, the target is marked bad first');
+  t.same(types(r.effects), ['markBad']);
+  r = transition(r.state, { type: 'SlotMarkedBad' }, NOW);
   t.equal(r.state.phase, 'idle');
   const h = r.state.history.at(-1)!;
   t.equal(h.outcome, 'rolledBack');
@@ -151,7 +154,7 @@ t.test('events that do not apply are ignored without changing state', async (t) 
   ];
   const applies: Record<string, Phase[]> = {
     CheckRequested: ['idle'], ReleaseFound: ['checking'], NoReleaseFound: ['checking'], CheckFailed: ['checking'],
-    SlotMarkedBad: ['preparing'], DownloadCompleted: ['downloading'], DownloadFailed: ['downloading'], SlotVerified: ['verifying'],
+    SlotMarkedBad: ['preparing', 'rollingBack'], DownloadCompleted: ['downloading'], DownloadFailed: ['downloading'], SlotVerified: ['verifying'],
     VerificationFailed: ['verifying'], TrialArmed: ['arming'], RebootIssued: ['rebooting', 'rollingBack'], RebootDeferred: ['rebooting'],
     BootedInto: ['arming', 'rebooting', 'validating', 'committing', 'rollingBack'], HealthChecksPassed: ['validating'],
     HealthCheckFailed: ['validating'], Committed: ['committing'], RollbackRequested: ['validating', 'rebooting'],
@@ -212,12 +215,12 @@ t.test('resume table', async (t) => {
     ['arming', 'B', undefined, { type: 'BootedInto', slot: 'B' }, 'validating', ['runHealthChecks']],
     ['rebooting', 'B', undefined, { type: 'BootedInto', slot: 'B' }, 'validating', ['runHealthChecks']],
     ['rebooting', 'A', trial, { type: 'Restarted' }, 'rebooting', ['reboot']],
-    ['rebooting', 'A', fellBack, { type: 'BootedInto', slot: 'A' }, 'idle', ['report']],
+    ['rebooting', 'A', fellBack, { type: 'BootedInto', slot: 'A' }, 'rollingBack', ['markBad']],
     ['validating', 'B', undefined, { type: 'BootedInto', slot: 'B' }, 'validating', ['runHealthChecks']],
-    ['validating', 'A', fellBack, { type: 'BootedInto', slot: 'A' }, 'idle', ['report']],
+    ['validating', 'A', fellBack, { type: 'BootedInto', slot: 'A' }, 'rollingBack', ['markBad']],
     ['committing', 'B', undefined, { type: 'BootedInto', slot: 'B' }, 'committing', ['commit']],
-    ['committing', 'A', undefined, { type: 'BootedInto', slot: 'A' }, 'idle', ['report']],
-    ['rollingBack', 'A', undefined, { type: 'BootedInto', slot: 'A' }, 'idle', ['report']],
+    ['committing', 'A', undefined, { type: 'BootedInto', slot: 'A' }, 'rollingBack', ['markBad']],
+    ['rollingBack', 'A', undefined, { type: 'BootedInto', slot: 'A' }, 'rollingBack', ['markBad']],
     ['rollingBack', 'B', undefined, { type: 'Restarted' }, 'rollingBack', ['markBadAndReboot']],
   ];
   for (const [phase, booted, target, event, to, effects] of rows) {
@@ -229,8 +232,11 @@ t.test('resume table', async (t) => {
     t.equal(r.state.phase, to, `${phase} → ${to}`);
     t.same(types(r.effects), effects);
   }
-  // the bootloader fell back: reported as a rollback with the reason
-  const r = transition(withAttempt('rebooting'), resume(withAttempt('rebooting'), 'A', fellBack)!, NOW);
+  // the bootloader fell back: the target is marked bad, then it is reported as a rollback with the reason
+  const fb = transition(withAttempt('rebooting'), resume(withAttempt('rebooting'), 'A', fellBack)!, NOW);
+  t.same(fb.effects, [{ type: 'markBad', slot: 'B' }], 'the unconfirmed trial slot is marked bad before the attempt ends');
+  const r = transition(fb.state, { type: 'SlotMarkedBad' }, NOW);
+  t.equal(r.state.phase, 'idle');
   t.match(r.state.history.at(-1), { outcome: 'rolledBack', reason: { code: 'DAEMON_TRIAL_NOT_CONFIRMED', message: /trial boot never confirmed/ } });
   t.match(r.effects, [{ type: 'report', report: { kind: 'rolledBack' } }]);
   t.same(resume({ ...initialState(), phase: 'checking' }, 'A'), { type: 'Restarted' });
