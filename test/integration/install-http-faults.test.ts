@@ -5,61 +5,12 @@
 import t from 'tap';
 import { join } from 'node:path';
 import { copyFile, readFile, truncate, appendFile, writeFile } from 'node:fs/promises';
-import { installPayload, type InstallOptions, type InstallResult } from '../../daemon/install/index.js';
+import type { InstallOptions } from '../../daemon/install/index.js';
 import { codeOf } from '../../hal/errors.js';
-import { startHttpServer, type HttpFaults, type HttpServerHandle } from '../harness/http-server.js';
-import { createPathSlot } from '../bench/path-slot.js';
-import { makePayload, makeSlotFile, type PayloadFixture } from '../bench/install-fixtures.js';
+import { startHttpServer } from '../harness/http-server.js';
 import type { Compression } from '../../manifests/types.js';
 
-const CHUNK = 64 << 10;
-const SIZE = (2 << 20) + 12345; // 33 chunks, the last one short
-const PATTERN = 0xa5;
-
-interface Env {
-  dir: string;
-  p: PayloadFixture;
-  srv: HttpServerHandle;
-  slotPath: string;
-  install(extra?: Partial<InstallOptions>): Promise<InstallResult>;
-  slotMatches(): Promise<boolean>;
-}
-
-/** the part of tap's Test that setup needs */
-interface TestLike {
-  testdir(): string;
-  teardown(fn: () => unknown): void;
-}
-
-async function setup(t: TestLike, compression: Compression = 'zstd', faults: HttpFaults = {}, chunkSize = CHUNK): Promise<Env> {
-  const dir = t.testdir();
-  const p = await makePayload(dir, { size: SIZE, chunkSize, compression });
-  const srv = await startHttpServer({ root: dir, faults });
-  t.teardown(() => srv.stop());
-  const slotPath = join(dir, 'slot');
-  await makeSlotFile(slotPath, SIZE + 4096);
-  return {
-    dir,
-    p,
-    srv,
-    slotPath,
-    install: (extra = {}) =>
-      installPayload({
-        payload: p.payload,
-        length: p.length,
-        source: { urls: [srv.url + p.name] },
-        slot: createPathSlot('B', slotPath),
-        resumeStatePath: join(dir, 'resume.json'),
-        retry: { baseDelayMs: 1, maxDelayMs: 5, maxAttempts: 4 },
-        watchdog: { stallTimeoutMs: 5000 },
-        ...extra,
-      }),
-    async slotMatches() {
-      const [slot, img] = await Promise.all([readFile(slotPath), readFile(p.image)]);
-      return slot.subarray(0, SIZE).equals(img) && slot.subarray(SIZE).every((b) => b === PATTERN);
-    },
-  };
-}
+import { CHUNK, PATTERN, setup } from '../harness/install-env.js';
 
 t.test('mirrors: a 404 mirror and a 503 mirror fail over to a good one', async (t) => {
   const e = await setup(t, 'zstd');
