@@ -1,0 +1,171 @@
+/**
+ * Full-OS lane: a real Debian (debootstrap) boots under QEMU (OVMF → GRUB → Linux → systemd), the
+ * real slotflip daemon runs inside it under systemd with the units and sandbox from systemd/, learns
+ * of signed releases from the harness's Mosquitto, downloads them from the harness's HTTP server,
+ * writes the other slot, reboots for real, and commits — then a release whose application health
+ * check fails is installed, tried once by GRUB's greenboot counting, and rolled back.
+ *
+ * Nothing inside the guest is scripted for the test: the device acts on what the broker tells it.
+ * The harness only publishes releases, powers the board on again when the guest reboots, and reads:
+ * the slot GRUB chose (serial console), the device's events (MQTT), and the grubenv on the ESP.
+ *
+ * Needs root (debootstrap), Debian's mirror (the base is cached in $SLOTFLIP_HIL_CACHE, default
+ * ~/.cache/slotflip-hil), and `debootstrap qemu-system-x86 ovmf grub-efi-amd64-bin` besides the CI
+ * packages. Takes ~4-8 min under TCG (1-2 min more when the base is built). `npm run test:hil:fullos`.
+ */
+import t from 'tap';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import mqtt from 'mqtt';
+import { execTool, runChecked } from '../../hal/exec.js';
+import { addRelease, initRepo, publishToBroker } from '../../manifests/repo.js';
+import { serveRepository } from '../../manifests/serve.js';
+import { deviceTopics } from '../../daemon/topics.js';
+import { startMosquitto } from '../harness/mosquitto.js';
+import { EmulatorTracker } from './emulator.js';
+import { ensureBaseRootfs, hostSuite } from './fullos/rootfs.js';
+import { buildSlotImage, GUEST_DEVICE_ID, GUEST_HARDWARE, stageGuest, type ReleaseSpec } from './fullos/guest.js';
+import { createFullOsBoard, type FullOsBoard } from './fullos/board.js';
+
+const projectDir = join(import.meta.dirname, '..', '..');
+const cacheDir = process.env.SLOTFLIP_HIL_CACHE ?? join(homedir(), '.cache', 'slotflip-hil');
+const mirror = process.env.SLOTFLIP_HIL_MIRROR ?? 'http://deb.debian.org/debian';
+const SLOT_IMAGE_MIB = 600;
+/** one power-on may include a whole download + write under TCG */
+const POWER_ON_MS = 12 * 60_000;
+
+interface DeviceEvent {
+  seq: number;
+  type: string;
+  version?: string;
+  reason?: { code?: string; message?: string };
+  failures?: Array<{ name: string; output?: string }>;
+}
+
+t.test('full OS: Debian under systemd updates itself and rolls back a bad release', async (t) => {
+  const dir = t.testdir();
+  const tracker = new EmulatorTracker();
+  t.teardown(() => tracker.killAll());
+  const stamp = (): string => `${((Date.now() - started) / 1000).toFixed(0)} s`;
+  const started = Date.now();
+
+  // --- images -------------------------------------------------------------------------------
+  const base = await ensureBaseRootfs({ cacheDir, suite: await hostSuite(), mirror, log: (l) => t.comment(l) });
+  t.comment(`base Debian ${base.built ? 'built' : 'from cache'} (kernel ${base.kernel}) at ${stamp()}`);
+  const repoDir = join(dir, 'repo');
+  await initRepo(repoDir);
+  const staging = join(dir, 'staging');
+  await stageGuest({ baseDir: base.dir, dir: staging, projectDir, rootJson: join(repoDir, 'repository', 'metadata', '1.root.json') });
+  const image = async (spec: ReleaseSpec): Promise<string> => {
+    const out = join(dir, `rootfs-${spec.version}.ext4`);
+    await buildSlotImage(staging, spec, out, SLOT_IMAGE_MIB);
+    return out;
+  };
+  const factory = await image({ version: '1.0.0', healthy: true });
+  t.comment(`factory image built at ${stamp()}`);
+
+  // --- the fleet side: broker, repository server, event watcher ------------------------------
+  const broker = await startMosquitto({ persistence: true });
+  t.teardown(() => broker.stop());
+  const server = await serveRepository(join(repoDir, 'repository'), { host: '127.0.0.1' });
+  t.teardown(() => server.close());
+  const events: DeviceEvent[] = [];
+  const watcher = await mqtt.connectAsync(broker.url, { clientId: 'hil-fleet-watch' });
+  t.teardown(() => watcher.endAsync());
+  await watcher.subscribeAsync(deviceTopics(GUEST_DEVICE_ID).events, { qos: 1 });
+  watcher.on('message', (_topic, payload) => {
+    const e = JSON.parse(payload.toString()) as DeviceEvent;
+    if (!events.some((x) => x.seq === e.seq)) {
+      events.push(e);
+      t.comment(`${stamp()} device event #${e.seq} ${e.type} ${e.version ?? ''}${e.reason?.code ? ` ${e.reason.code}` : ''}`);
+    }
+  });
+  const publish = async (spec: ReleaseSpec, securityVersion: number): Promise<void> => {
+    const img = await image(spec);
+    await addRelease(repoDir, { image: img, version: spec.version, securityVersion, hardware: [GUEST_HARDWARE], channel: 'stable', compression: 'zstd', chunkSize: 4 << 20 });
+    await publishToBroker(repoDir, broker.url);
+    t.comment(`${stamp()} published ${spec.version}${spec.healthy ? '' : ' (its application health check fails)'}`);
+  };
+
+  // --- the board ----------------------------------------------------------------------------
+  const grubenv = join(dir, 'grubenv');
+  await runChecked(execTool, 'HIL_IMAGE', 'grub-editenv', [grubenv, 'create']);
+  await runChecked(execTool, 'HIL_IMAGE', 'grub-editenv', [grubenv, 'set', 'slotflip_slot=A', 'boot_success=1']);
+  const boardDir = join(dir, 'board');
+  await mkdir(boardDir, { recursive: true });
+  const board: FullOsBoard = await createFullOsBoard({ dir: boardDir, factoryImage: factory, grubenv, brokerPort: broker.port, httpPort: server.port, tracker });
+  const boots: string[] = [];
+  let consoles = 0;
+  const consoleLogs: string[] = [];
+  // a failed run shows what the guest said (its journal goes to the serial console), before the
+  // test directory is removed
+  t.teardown(() => {
+    if (t.passing()) return;
+    consoleLogs.forEach((c, i) => t.comment(`--- console of power-on ${i + 1} (last 120 lines) ---\n${c.split('\n').slice(-120).join('\n')}`));
+  });
+  const powerOn = async (why: string) => {
+    const r = await board.powerOn({ timeoutMs: POWER_ON_MS });
+    consoles++;
+    consoleLogs.push(r.console);
+    await writeFile(join(dir, `console-${consoles}.log`), r.console);
+    boots.push(r.grubSlot ?? '?');
+    t.comment(`${stamp()} power-on ${consoles} (${why}): GRUB booted ${r.grubSlot ?? 'nothing'}, ${(r.durationMs / 1000).toFixed(0)} s, ${r.timedOut ? 'TIMED OUT' : r.stoppedOnMatch ? 'stopped' : `guest reset (exit ${r.code})`}`);
+    return r;
+  };
+  const waitEvent = (type: string, version: string): Promise<DeviceEvent> =>
+    new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no ${type} for ${version} within ${POWER_ON_MS / 1000} s; events: ${events.map((e) => `${e.type}:${e.version}`).join(', ')}`)), POWER_ON_MS);
+      const poll = setInterval(() => {
+        const e = events.find((x) => x.type === type && x.version === version);
+        if (e) {
+          clearTimeout(timer);
+          clearInterval(poll);
+          resolve(e);
+        }
+      }, 200);
+    });
+
+  // --- good release: installed from A into B, trial boot, health checks, committed ----------
+  await publish({ version: '1.1.0', healthy: true }, 1);
+  const p1 = await powerOn('factory 1.0.0 in A; 1.1.0 is published');
+  t.equal(p1.grubSlot, 'A', 'first power-on boots the factory slot A');
+  t.notOk(p1.timedOut, 'the device rebooted by itself after installing 1.1.0');
+  t.ok(events.some((e) => e.type === 'UpdateInstalled' && e.version === '1.1.0'), 'the device reported 1.1.0 installed before rebooting');
+
+  // the trial boot: the device commits 1.1.0, then (still running) is offered 1.2.0 whose health check fails
+  const p2Run = powerOn('trial of 1.1.0');
+  const committed = await waitEvent('UpdateCommitted', '1.1.0');
+  t.ok(committed, 'the device committed 1.1.0 after its health checks passed in the trial boot');
+  const envAfterCommit = await board.readGrubenv();
+  t.equal(envAfterCommit.slotflip_slot, 'B', 'grubenv: B is the primary slot');
+  t.equal(envAfterCommit.boot_success, '1', 'grubenv: the boot is confirmed (no counting)');
+
+  await publish({ version: '1.2.0', healthy: false }, 2);
+  const p2 = await p2Run;
+  t.equal(p2.grubSlot, 'B', 'GRUB tried slot B for 1.1.0');
+  t.ok(events.some((e) => e.type === 'UpdateInstalled' && e.version === '1.2.0'), 'the device installed 1.2.0 into A and rebooted');
+
+  // bad release: GRUB tries A once; the health check fails; the device marks A bad and reboots into B
+  const p3 = await powerOn('trial of 1.2.0');
+  t.equal(p3.grubSlot, 'A', 'GRUB tried slot A for 1.2.0');
+  t.match(p3.console, /application self-test failed/, 'the release\'s own required health check failed in the trial boot');
+  const p4Run = powerOn('back to 1.1.0');
+  const rolledBack = await waitEvent('UpdateRolledBack', '1.2.0');
+  t.ok(rolledBack.failures?.some((f) => f.name.includes('50-application')), `the rollback names the failed check: ${JSON.stringify(rolledBack.failures)}`);
+  tracker.killAll(); // power off: the device has nothing left to do
+  const p4 = await p4Run;
+  t.equal(p4.grubSlot, 'B', 'GRUB booted slot B (1.1.0) again');
+  const envEnd = await board.readGrubenv();
+  t.equal(envEnd.slotflip_slot, 'B', 'grubenv: B stays primary');
+  t.equal(envEnd.boot_success, '1', 'grubenv: no trial pending');
+
+  t.same(boots, ['A', 'B', 'A', 'B'], 'the real bootloader booted A (factory), B (1.1.0 trial), A (1.2.0 trial), B (rolled back)');
+  t.same(
+    events.filter((e) => ['UpdateCommitted', 'UpdateRolledBack', 'UpdateFailed'].includes(e.type)).map((e) => `${e.type}:${e.version}`),
+    ['UpdateCommitted:1.1.0', 'UpdateRolledBack:1.2.0'],
+    'the fleet saw exactly one commit and one rollback',
+  );
+  t.equal(tracker.running, 0, 'no QEMU left running');
+  t.comment(`full-OS lane total ${stamp()}`);
+});
