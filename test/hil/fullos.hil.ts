@@ -3,7 +3,8 @@
  * real slotflip daemon runs inside it under systemd with the units and sandbox from systemd/, learns
  * of signed releases from the harness's Mosquitto, downloads them from the harness's HTTP server,
  * writes the other slot, reboots for real, and commits — then a release whose application health
- * check fails is installed, tried once by GRUB's greenboot counting, and rolled back.
+ * check fails is installed (with a power cut in the middle of writing it), tried once by GRUB's
+ * greenboot counting, and rolled back.
  *
  * Nothing inside the guest is scripted for the test: the device acts on what the broker tells it.
  * The harness only publishes releases, powers the board on again when the guest reboots, and reads:
@@ -34,6 +35,8 @@ const mirror = process.env.SLOTFLIP_HIL_MIRROR ?? 'http://deb.debian.org/debian'
 const SLOT_IMAGE_MIB = 600;
 /** one power-on may include a whole download + write under TCG */
 const POWER_ON_MS = 12 * 60_000;
+/** the install of a ~600 MiB image takes ~45 s under TCG: cut well inside it */
+const CUT_AFTER_MS = 15_000;
 
 interface DeviceEvent {
   seq: number;
@@ -142,25 +145,36 @@ t.test('full OS: Debian under systemd updates itself and rolls back a bad releas
   t.equal(envAfterCommit.boot_success, '1', 'grubenv: the boot is confirmed (no counting)');
 
   await publish({ version: '1.2.0', healthy: false }, 2);
+  // power cut while 1.2.0 streams into slot A: pull the plug a while after the download started
+  await waitEvent('UpdateStarted', '1.2.0');
+  await new Promise((r) => setTimeout(r, CUT_AFTER_MS));
+  const installedBeforeCut = events.some((e) => e.type === 'UpdateInstalled' && e.version === '1.2.0');
+  tracker.killAll();
   const p2 = await p2Run;
   t.equal(p2.grubSlot, 'B', 'GRUB tried slot B for 1.1.0');
-  t.ok(events.some((e) => e.type === 'UpdateInstalled' && e.version === '1.2.0'), 'the device installed 1.2.0 into A and rebooted');
+  t.notOk(installedBeforeCut, `the power was cut while 1.2.0 was still being written (${CUT_AFTER_MS / 1000} s into the install)`);
+
+  // after the cut: the half-written A was marked bad before its first byte changed, so B boots;
+  // the daemon resumes the install and reboots into the trial
+  const p3 = await powerOn('after the power cut during the install of 1.2.0');
+  t.equal(p3.grubSlot, 'B', 'after the power cut the bootloader boots the committed slot B, not the half-written A');
+  t.ok(events.some((e) => e.type === 'UpdateInstalled' && e.version === '1.2.0'), 'the device finished installing 1.2.0 after the power cut and rebooted');
 
   // bad release: GRUB tries A once; the health check fails; the device marks A bad and reboots into B
-  const p3 = await powerOn('trial of 1.2.0');
-  t.equal(p3.grubSlot, 'A', 'GRUB tried slot A for 1.2.0');
-  t.match(p3.console, /application self-test failed/, 'the release\'s own required health check failed in the trial boot');
-  const p4Run = powerOn('back to 1.1.0');
+  const p4 = await powerOn('trial of 1.2.0');
+  t.equal(p4.grubSlot, 'A', 'GRUB tried slot A for 1.2.0');
+  t.match(p4.console, /application self-test failed/, 'the release\'s own required health check failed in the trial boot');
+  const p5Run = powerOn('back to 1.1.0');
   const rolledBack = await waitEvent('UpdateRolledBack', '1.2.0');
   t.ok(rolledBack.failures?.some((f) => f.name.includes('50-application')), `the rollback names the failed check: ${JSON.stringify(rolledBack.failures)}`);
   tracker.killAll(); // power off: the device has nothing left to do
-  const p4 = await p4Run;
-  t.equal(p4.grubSlot, 'B', 'GRUB booted slot B (1.1.0) again');
+  const p5 = await p5Run;
+  t.equal(p5.grubSlot, 'B', 'GRUB booted slot B (1.1.0) again');
   const envEnd = await board.readGrubenv();
   t.equal(envEnd.slotflip_slot, 'B', 'grubenv: B stays primary');
   t.equal(envEnd.boot_success, '1', 'grubenv: no trial pending');
 
-  t.same(boots, ['A', 'B', 'A', 'B'], 'the real bootloader booted A (factory), B (1.1.0 trial), A (1.2.0 trial), B (rolled back)');
+  t.same(boots, ['A', 'B', 'B', 'A', 'B'], 'the real bootloader booted A (factory), B (1.1.0 trial), B (after the cut), A (1.2.0 trial), B (rolled back)');
   t.same(
     events.filter((e) => ['UpdateCommitted', 'UpdateRolledBack', 'UpdateFailed'].includes(e.type)).map((e) => `${e.type}:${e.version}`),
     ['UpdateCommitted:1.1.0', 'UpdateRolledBack:1.2.0'],
