@@ -17,13 +17,14 @@
  * the process ends; systemd starts a new daemon, which resumes).
  */
 import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { type BootControl, type SlotBootState, type SlotName } from '../hal/boot-control.js';
 import { SlotflipError } from '../hal/errors.js';
 import type { SlotWriter } from '../hal/slot-writer.js';
 import { selectRelease } from '../manifests/select.js';
 import type { PayloadInfo, Release } from '../manifests/types.js';
-import { releaseIdOf, resume, type Event, type HealthFailure, type HistoryEntry, type MachineState, type Phase, type Report, type TransitionOptions } from './machine.js';
+import { noRetryReason, releaseIdOf, resume, type ArmedTrial, type Event, type HealthFailure, type HistoryEntry, type MachineState, type Phase, type Report, type TransitionOptions } from './machine.js';
 import { Runner, toErrorInfo, type DriveResult, type Executors } from './runner.js';
 import type { StateStore } from './state-store.js';
 
@@ -103,6 +104,45 @@ export interface AgentDeps {
    * `markGood`, `rollback`) holds it while it runs; read-only ones (`status`, `check`, `history`)
    * never take it. Absent: no locking (tests with a single in-memory agent). */
   lock?: () => Promise<() => Promise<void>>;
+  /** The kernel's boot id (changes on every boot, never within one); undefined when unreadable.
+   * Default: reads /proc/sys/kernel/random/boot_id. Recorded when a trial is armed, so the next
+   * start can tell a real reboot from a daemon restart (see machine.ts `bootloaderIgnoredTrial`). */
+  bootId?: () => Promise<string | undefined>;
+  /** Whether this board's bootloader visibly consumes a try of an armed trial on each boot attempt.
+   * Default: per backend name (`TRIES_VISIBLE`); an unknown backend counts as not visible. */
+  triesVisible?: boolean;
+}
+
+/**
+ * Per boot backend (BootControl.backend): does every boot attempt of an armed trial change what
+ * `slotState(target)` reads? Only then can "the trial is exactly as armed after a real reboot" mean
+ * "the bootloader never read the environment".
+ * - uboot: RAUC's script counts BOOT_x_LEFT down, Mender's bootcount counts up (saved before booting);
+ * - grub: RAUC's grub.cfg sets x_TRY=1, greenboot counts boot_counter down (save_env);
+ * - systemd-boot: renames the entry `+N` → `+(N-1)-1` before booting it;
+ * - emulated: the board model counts triesLeft down;
+ * - rpi-tryboot: the tryboot flag is one-shot in the firmware, nothing on disk changes: never;
+ * - custom: the protocol says nothing about counting: never.
+ */
+export const TRIES_VISIBLE: Readonly<Record<string, boolean>> = {
+  uboot: true,
+  grub: true,
+  'systemd-boot': true,
+  emulated: true,
+  'rpi-tryboot': false,
+  custom: false,
+};
+
+const BOOT_ID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/** Reads the kernel's boot id; undefined when missing or not a UUID. Never throws. */
+async function procBootId(): Promise<string | undefined> {
+  try {
+    const id = (await readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim();
+    return BOOT_ID_RE.test(id) ? id : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export interface CycleResult {
@@ -166,6 +206,14 @@ export class Agent {
     return this.locked(() => this.runOnceLocked(options));
   }
 
+  private async bootId(): Promise<string | undefined> {
+    return (this.d.bootId ?? procBootId)().catch(() => undefined);
+  }
+
+  private triesVisible(): boolean {
+    return this.d.triesVisible ?? TRIES_VISIBLE[this.d.bootControl.backend] ?? false;
+  }
+
   /** Runs `fn` holding the device's update lock (when one is configured). */
   private async locked<T>(fn: () => Promise<T>): Promise<T> {
     const release = this.d.lock ? await this.d.lock() : undefined;
@@ -194,8 +242,9 @@ export class Agent {
     if (start.phase !== 'idle') {
       const target = start.attempt?.target;
       const targetState = target ? await this.d.bootControl.slotState(target).catch(() => undefined) : undefined;
-      const event = resume(start, bootedSlot, targetState);
-      this.log.info({ phase: start.phase, bootedSlot, event: event?.type ?? null }, 'resuming');
+      const bootId = await this.bootId();
+      const event = resume(start, bootedSlot, targetState, { ...(bootId !== undefined ? { bootId } : {}), triesVisible: this.triesVisible() });
+      this.log.info({ phase: start.phase, bootedSlot, event: event?.type ?? null, ...(event?.type === 'BootedInto' && event.evidence ? { bootloaderIgnoredTrial: true } : {}) }, 'resuming');
       if (event) await run(event);
     }
     // confirm the running slot before a new attempt arms a trial: the trial needs it as a good fallback
@@ -243,7 +292,7 @@ export class Agent {
       const booted = await this.d.bootControl.bootedSlot();
       const id = releaseIdOf(event.release);
       if (state.installed[booted]?.id === id) return { release: null, reason: `up to date: ${id} is running`, releaseId: id };
-      if (state.rolledBack.includes(id)) return { release: null, reason: `${id} rolled back before; waiting for a newer release`, releaseId: id };
+      if (state.rolledBack.includes(id)) return { release: null, reason: noRetryReason(state, id), releaseId: id };
       return { release: event.release, releaseId: id };
     }
     if (event.type === 'NoReleaseFound') return { release: null, reason: event.reason };
@@ -370,7 +419,13 @@ export class Agent {
       },
       armTrial: async (e) => {
         await boot.armTrial(e.slot, d.tries ?? 3);
-        return { type: 'TrialArmed' };
+        // what the trial looks like as armed, and in which boot: after the reboot, the same state in
+        // a different boot means the bootloader never read it (machine.ts bootloaderIgnoredTrial).
+        // Best effort: without it nothing is claimed later.
+        const target = await boot.slotState(e.slot).catch(() => undefined);
+        const bootId = await this.bootId();
+        const armed: ArmedTrial | undefined = target ? { target, ...(bootId !== undefined ? { bootId } : {}) } : undefined;
+        return armed ? { type: 'TrialArmed', armed } : { type: 'TrialArmed' };
       },
       reboot: async () => {
         if (d.policies) {

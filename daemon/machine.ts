@@ -11,6 +11,10 @@
  * → rebooting (awaiting reboot per policy) → validating (trial boot: health checks) → committing
  * → idle. Failure before the trial boot ends in `failed` (target stays marked bad, booted slot never
  * touched); failure after it goes through rollingBack (mark target bad, reboot) to `rolledBack`.
+ * One failure after the reboot is not the release's: the device came back in the source slot after a
+ * real reboot and the target's boot state is exactly as armed (no try consumed) — the bootloader never
+ * read what slotflip wrote (a misconfigured fw_env.config, say). That attempt also marks the target
+ * bad through rollingBack, but ends `failed` with DAEMON_BOOTLOADER_IGNORED_ENV (a device fault).
  * The outcome (succeeded | rolledBack | failed) is recorded in history and the machine returns to idle.
  *
  * INVARIANTS
@@ -18,8 +22,11 @@
  *   marked bad or re-armed by an attempt.
  * - The target is marked bad before any byte of it changes, and armed only after it verified.
  * - `committedSecurityVersion` is raised only on `Committed`, never lowered.
- * - A release that rolled back is never started again (it is in `rolledBack`) until a newer one
- *   appears (a different release id).
+ * - A release that rolled back, or whose trial the bootloader ignored, is never started again (it is
+ *   in `rolledBack`) until a newer one appears (a different release id): no reboot loops.
+ * - "The bootloader ignored the environment" is claimed only on unambiguous evidence (see
+ *   `bootloaderIgnoredTrial`): a boot id that changed since the trial was armed, a backend whose
+ *   consumed tries are visible, and the target's state still exactly as read right after arming.
  * - Every transition of an attempt that changes phase or follows a restart counts; past
  *   `maxTransitions` the attempt is abandoned (DAEMON_STATE_LOOP) and the committed slot left alone.
  */
@@ -67,6 +74,29 @@ export interface ReleaseRef {
   securityVersion: number;
 }
 
+/** What the agent read right after arming the trial (saved with the `rebooting` phase, before the
+ * reboot): the boot it was armed in and the target's boot state as armed. */
+export interface ArmedTrial {
+  /** kernel boot id when the trial was armed; absent when it could not be read. */
+  bootId?: string;
+  /** the target's boot state read back right after arming. */
+  target: SlotBootState;
+}
+
+/** Facts the agent gathered after a boot, for telling "the bootloader ignored the trial" apart from
+ * "the bootloader fell back" and "the daemon restarted without a reboot". Raw facts only: the machine
+ * decides (`bootloaderIgnoredTrial`). */
+export interface BootEvidence {
+  /** kernel boot id now; absent when it could not be read. */
+  bootId?: string;
+  /** the target's boot state now; absent when it could not be read. */
+  target?: SlotBootState;
+  /** true when this backend's bootloader visibly consumes a try of an armed trial on every boot
+   * attempt (RAUC BOOT_x_LEFT, Mender bootcount, grub x_TRY / boot_counter, systemd-boot +N-M, the
+   * emulated model); false when it cannot be seen (rpi-tryboot's one-shot firmware flag, custom). */
+  triesVisible: boolean;
+}
+
 export interface Attempt {
   /** sequence number of this attempt on this device (1, 2, ...). */
   number: number;
@@ -80,6 +110,10 @@ export interface Attempt {
   /** why the attempt is rolling back (set on entering rollingBack). */
   reason?: ErrorInfo;
   failures?: HealthFailure[];
+  /** set on entering rebooting: what the trial looked like when armed (see ArmedTrial). */
+  armed?: ArmedTrial;
+  /** outcome once the target is marked bad in rollingBack; absent means `rolledBack`. */
+  endsAs?: Outcome;
 }
 
 export interface HistoryEntry {
@@ -119,6 +153,15 @@ export interface MachineState {
   lastCheck?: { at: number; result: 'found' | 'none' | 'failed'; detail?: string };
 }
 
+/** The bootloader never acted on the trial slotflip armed (a device configuration fault, not the
+ * release's): see the module header and `bootloaderIgnoredTrial`. */
+export const BOOTLOADER_IGNORED_ENV = 'DAEMON_BOOTLOADER_IGNORED_ENV';
+
+/** Reason codes that say the DEVICE is misconfigured, not that the release is bad: fleet views count
+ * them apart from release failures (daemon/fleet/watch.ts). HAL_BOOTENV_CONFIG: the uboot backend
+ * refused a fw_env.config U-Boot cannot see (hal/uboot-env.ts `fwEnvConfigProblem`). */
+export const DEVICE_FAULT_CODES: readonly string[] = [BOOTLOADER_IGNORED_ENV, 'HAL_BOOTENV_CONFIG'];
+
 export const MAX_TRANSITIONS = 100;
 export const MAX_HISTORY = 50;
 export const MAX_ROLLED_BACK = 50;
@@ -149,10 +192,12 @@ export type Event =
   | { type: 'DownloadFailed'; error: ErrorInfo }
   | { type: 'SlotVerified' }
   | { type: 'VerificationFailed'; error: ErrorInfo }
-  | { type: 'TrialArmed' }
+  /** `armed`: the boot id and the target's state read right after arming (absent when unreadable). */
+  | { type: 'TrialArmed'; armed?: ArmedTrial }
   | { type: 'RebootIssued' }
   | { type: 'RebootDeferred'; reason: string; until?: number }
-  | { type: 'BootedInto'; slot: SlotName }
+  /** `evidence`: what the agent saw after the boot (see BootEvidence); absent means none. */
+  | { type: 'BootedInto'; slot: SlotName; evidence?: BootEvidence }
   | { type: 'HealthChecksPassed'; manual?: boolean }
   | { type: 'HealthCheckFailed'; failures: HealthFailure[] }
   | { type: 'Committed' }
@@ -253,7 +298,7 @@ function decide(s: MachineState, e: Event, now: number, o: TransitionOptions): T
       return { state: { ...s, phase: 'idle', lastCheck: { at: now, result: 'failed', detail: `${e.error.code}: ${e.error.message}` } }, effects: [] };
 
     case 'SlotMarkedBad':
-      if (s.phase === 'rollingBack' && a) return finish(s, 'rolledBack', now, a.reason ?? { code: 'DAEMON_ROLLED_BACK', message: 'rolled back' }, a.failures, o);
+      if (s.phase === 'rollingBack' && a) return finish(s, a.endsAs ?? 'rolledBack', now, a.reason ?? { code: 'DAEMON_ROLLED_BACK', message: 'rolled back' }, a.failures, o);
       if (s.phase !== 'preparing' || !a) return ignore(s);
       return { state: { ...s, phase: 'downloading' }, effects: [{ type: 'writeSlot', slot: a.target, release: a.release }] };
 
@@ -278,7 +323,12 @@ function decide(s: MachineState, e: Event, now: number, o: TransitionOptions): T
 
     case 'TrialArmed':
       if (s.phase !== 'arming' || !a) return ignore(s);
-      return { state: { ...s, phase: 'rebooting' }, effects: [report('installed', a, now), report('rebooting', a, now), { type: 'reboot' }] };
+      {
+        // saved with the rebooting phase, before the reboot: the post-boot evidence is compared to it
+        const { armed: _old, ...rest } = a;
+        const attempt: Attempt = e.armed ? { ...rest, armed: e.armed } : rest;
+        return { state: { ...s, phase: 'rebooting', attempt }, effects: [report('installed', attempt, now), report('rebooting', attempt, now), { type: 'reboot' }] };
+      }
 
     case 'RebootIssued':
       // The machine is going down; the record already says where to resume.
@@ -296,6 +346,7 @@ function decide(s: MachineState, e: Event, now: number, o: TransitionOptions): T
         case 'rebooting':
         case 'validating':
           if (e.slot === a.target) return { state: { ...s, phase: 'validating' }, effects: [{ type: 'runHealthChecks', slot: a.target }] };
+          if (s.phase === 'rebooting' && bootloaderIgnoredTrial(a, e.slot, e.evidence)) return ignoredEnv(s, e.slot);
           return fellBack(s, { code: 'DAEMON_TRIAL_NOT_CONFIRMED', message: `trial boot never confirmed: the bootloader fell back to slot ${e.slot}` });
         case 'committing':
           if (e.slot === a.target) return { state: s, effects: [{ type: 'commit', slot: a.target }] };
@@ -359,11 +410,20 @@ function decide(s: MachineState, e: Event, now: number, o: TransitionOptions): T
 /** Why a found release is not started, or null to start it. */
 function skipReason(s: MachineState, ref: ReleaseRef, booted: SlotName): string | null {
   if (s.installed[booted]?.id === ref.id) return `up to date: ${ref.id} is running`;
-  if (s.rolledBack.includes(ref.id)) return `${ref.id} rolled back before; waiting for a newer release`;
+  if (s.rolledBack.includes(ref.id)) return noRetryReason(s, ref.id);
   if (ref.securityVersion < s.committedSecurityVersion) {
     return `${ref.id} has securityVersion ${ref.securityVersion}, below the committed ${s.committedSecurityVersion}`;
   }
   return null;
+}
+
+/** Why a release in the no-retry list (`rolledBack`) is not started again. Pure. */
+export function noRetryReason(s: Pick<MachineState, 'history'>, id: string): string {
+  const last = [...s.history].reverse().find((h) => h.release.id === id);
+  if (last?.reason?.code === BOOTLOADER_IGNORED_ENV) {
+    return `the bootloader ignored ${id}'s trial before (${BOOTLOADER_IGNORED_ENV}); fix the boot configuration (run \`slotflip doctor\`); waiting for a newer release`;
+  }
+  return `${id} rolled back before; waiting for a newer release`;
 }
 
 /** The shared failure path: before the trial boot the attempt simply fails (the target stays
@@ -391,6 +451,41 @@ function fellBack(s: MachineState, reason: ErrorInfo): TransitionResult {
   return { state: { ...s, phase: 'rollingBack', attempt: { ...a, reason } }, effects: [{ type: 'markBad', slot: a.target }] };
 }
 
+/**
+ * True only on unambiguous evidence that the bootloader never acted on the armed trial: the device
+ * came back in the source slot after a REAL reboot (the boot id differs from the one the trial was
+ * armed in; a daemon restart in the same boot keeps it), on a backend whose bootloader visibly
+ * consumes a try on every boot attempt, and the target's boot state is still exactly what was read
+ * right after arming — a trial, primary, with every try left. Anything unknown (no boot id, no armed
+ * record, an unreadable state, a one-shot mechanism) is not evidence. Pure.
+ */
+export function bootloaderIgnoredTrial(a: Attempt, booted: SlotName, ev: BootEvidence | undefined): boolean {
+  const armed = a.armed;
+  if (!ev || !armed || booted !== a.source || !ev.triesVisible) return false;
+  if (armed.bootId === undefined || ev.bootId === undefined || armed.bootId === ev.bootId) return false;
+  const was = armed.target;
+  const now = ev.target;
+  if (!now || was.state !== 'trial' || !was.primary || was.triesLeft === undefined || was.triesLeft < 1) return false;
+  return now.state === 'trial' && now.primary && now.triesLeft === was.triesLeft;
+}
+
+/**
+ * The bootloader ignored the trial (see `bootloaderIgnoredTrial`): the release was never run, so this
+ * is the device's fault, not the release's. As after a fallback, the target is marked bad before the
+ * attempt ends (the bootloader may start reading the environment after a fix, and must not then boot
+ * an unconfirmed trial); the attempt then ends `failed` with DAEMON_BOOTLOADER_IGNORED_ENV.
+ */
+function ignoredEnv(s: MachineState, booted: SlotName): TransitionResult {
+  const a = s.attempt!;
+  const tries = a.armed?.target.triesLeft;
+  const reason: ErrorInfo = {
+    code: BOOTLOADER_IGNORED_ENV,
+    message: `the bootloader did not read the boot environment slotflip wrote: the device rebooted into slot ${booted} with slot ${a.target}'s trial untouched (${tries} ${tries === 1 ? 'try' : 'tries'} left, none consumed); `
+      + 'this is a device configuration fault, not a bad release: check fw_env.config (number of copies, offsets, sizes; /dev/mtdN, not /dev/mtdblockN, for a NOR-flash environment) or the grubenv / ESP path against the bootloader build, then run `slotflip doctor`',
+  };
+  return { state: { ...s, phase: 'rollingBack', attempt: { ...a, reason, endsAs: 'failed' } }, effects: [{ type: 'markBad', slot: a.target }] };
+}
+
 function rollBack(s: MachineState, reason: ErrorInfo, failures?: HealthFailure[]): TransitionResult {
   const a = s.attempt!;
   const attempt: Attempt = { ...a, reason, ...(failures ? { failures } : {}) };
@@ -412,7 +507,10 @@ function finish(s: MachineState, outcome: Outcome, now: number, reason: ErrorInf
     ...(reason ? { reason } : {}), ...(failures ? { failures } : {}),
   };
   const history = [...s.history, entry].slice(-(o.maxHistory ?? MAX_HISTORY));
-  const rolledBack = outcome === 'rolledBack' && !s.rolledBack.includes(a.ref.id) ? [...s.rolledBack, a.ref.id].slice(-MAX_ROLLED_BACK) : s.rolledBack;
+  // not retried automatically: a rollback, and a trial the bootloader ignored (retrying it would only
+  // download, arm and reboot again, ignored again, on every check)
+  const noRetry = outcome === 'rolledBack' || reason?.code === BOOTLOADER_IGNORED_ENV;
+  const rolledBack = noRetry && !s.rolledBack.includes(a.ref.id) ? [...s.rolledBack, a.ref.id].slice(-MAX_ROLLED_BACK) : s.rolledBack;
   const r: Report = { kind: outcome, attempt: a.number, release: a.ref, at: now, ...(reason ? { reason } : {}), ...(failures ? { failures } : {}) };
   // the report rides in the record that ends the attempt (see MachineState.pendingReports); the
   // effect names the same object, and the runner delivers it through the pending list
@@ -439,7 +537,9 @@ function other(slot: SlotName): SlotName {
 /**
  * Where to continue after the daemon starts, from the saved record and the slot that actually booted
  * (and, while a trial is pending, the target's boot state: it tells "not rebooted yet" apart from
- * "the bootloader fell back"). Returns null when there is nothing to resume.
+ * "the bootloader fell back"; with `boot` — the current boot id and whether the backend shows consumed
+ * tries — also "rebooted, but the bootloader ignored the trial"). Returns null when there is nothing to
+ * resume.
  *
  * | saved phase                          | booted  | target state             | event                          |
  * | idle                                 | any     | -                        | null                           |
@@ -447,6 +547,7 @@ function other(slot: SlotName): SlotName {
  * | preparing, downloading, verifying    | source  | -                        | Restarted (redo the phase)     |
  * | arming                               | source  | -                        | Restarted (re-arm, idempotent) |
  * | arming, rebooting, validating        | target  | -                        | BootedInto target (validate)   |
+ * | rebooting                            | source  | exactly as armed, after a real reboot, tries visible | BootedInto source + evidence (bootloader ignored the env: failed) |
  * | rebooting                            | source  | trial + primary, tries>0 | Restarted (reboot again)       |
  * | rebooting, validating                | source  | otherwise                | BootedInto source (rolled back: never confirmed) |
  * | committing                           | target  | -                        | BootedInto target (re-commit)  |
@@ -454,7 +555,7 @@ function other(slot: SlotName): SlotName {
  * | rollingBack                          | source  | -                        | BootedInto source (rolled back) |
  * | rollingBack                          | target  | -                        | Restarted (mark bad, reboot)   |
  */
-export function resume(record: MachineState, bootedSlot: SlotName, targetState?: SlotBootState): Event | null {
+export function resume(record: MachineState, bootedSlot: SlotName, targetState?: SlotBootState, boot?: Omit<BootEvidence, 'target'>): Event | null {
   const a = record.attempt;
   if (record.phase === 'idle') return null;
   if (!a) return { type: 'Restarted' };
@@ -467,11 +568,17 @@ export function resume(record: MachineState, bootedSlot: SlotName, targetState?:
       return { type: 'Restarted' };
     case 'arming':
       return bootedSlot === a.target ? { type: 'BootedInto', slot: bootedSlot } : { type: 'Restarted' };
-    case 'rebooting':
+    case 'rebooting': {
+      // a real reboot the bootloader did not act on: checked before the "not rebooted yet" rule,
+      // which the same untouched state would otherwise match (rebooting again and again until the
+      // transition bound abandons the attempt as DAEMON_STATE_LOOP)
+      const evidence: BootEvidence | undefined = boot ? { ...boot, ...(targetState ? { target: targetState } : {}) } : undefined;
+      if (bootloaderIgnoredTrial(a, bootedSlot, evidence)) return { type: 'BootedInto', slot: bootedSlot, evidence: evidence! };
       if (bootedSlot === a.source && targetState?.state === 'trial' && targetState.primary && (targetState.triesLeft ?? 1) > 0) {
         return { type: 'Restarted' };
       }
       return { type: 'BootedInto', slot: bootedSlot };
+    }
     case 'validating':
     case 'committing':
       return { type: 'BootedInto', slot: bootedSlot };

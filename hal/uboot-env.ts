@@ -117,3 +117,56 @@ export function pickRedundantCopy(a: EnvCopy, b: EnvCopy): 0 | 1 | undefined {
   if (fb === 255 && fa === 0) return 0;
   return fb > fa ? 1 : 0;
 }
+
+/** One environment copy as a legacy fw_env.config line names it. */
+export interface FwEnvCopy {
+  /** device or file path, e.g. `/dev/mtd1`, `/dev/mmcblk0`, `/boot/uboot.env`. */
+  device: string;
+  /** the line's remaining fields as written (offset, size, sector size, sectors). */
+  fields: string[];
+  /** 1-based line number in the file. */
+  line: number;
+}
+
+/**
+ * Parses a legacy fw_env.config (`DEVICE OFFSET SIZE [SECTOR_SIZE [SECTORS]]` per line, `#` comments,
+ * blank lines; one line per environment copy, two lines = redundant). Returns undefined when the text
+ * is not in that format (libubootenv also reads a YAML config): callers then cannot judge it. Pure.
+ */
+export function parseFwEnvConfig(text: string): FwEnvCopy[] | undefined {
+  const copies: FwEnvCopy[] = [];
+  for (const [i, raw] of text.split(/\r?\n/).entries()) {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#')) continue;
+    const [device, ...fields] = line.split(/\s+/);
+    if (!device || !device.startsWith('/') || fields.length > 4 || fields.some((f) => !/^(0x[0-9a-fA-F]+|\d+)$/.test(f))) return undefined;
+    copies.push({ device, fields, line: i + 1 });
+  }
+  return copies;
+}
+
+/** An MTD block-emulation device (`/dev/mtdblockN`): libubootenv treats it as a plain block device. */
+export function isMtdBlockDevice(path: string): boolean {
+  return /^\/dev\/mtdblock\d+$/.test(path);
+}
+
+/**
+ * What is wrong with a fw_env.config for slotflip, or undefined. Refused: two copies (a redundant
+ * environment) on `/dev/mtdblockN`. Through an mtdblock device libubootenv writes INCREMENTING flag
+ * bytes (1, 2, 3, ...); a NOR-flash U-Boot (env/flash.c) only understands 1/0 flags, so it takes
+ * neither copy and silently boots with its built-in default environment — fw_setenv and the
+ * fw_printenv read-back both succeed, and the bootloader never sees an A/B change. Through the MTD
+ * character device `/dev/mtdN` libubootenv writes the 1/0 flags U-Boot expects (and, on NAND, handles
+ * bad blocks). Pure.
+ */
+export function fwEnvConfigProblem(copies: readonly FwEnvCopy[]): { message: string; device: string; line: number } | undefined {
+  if (copies.length !== 2) return undefined;
+  const bad = copies.find((c) => isMtdBlockDevice(c.device));
+  if (!bad) return undefined;
+  const chr = bad.device.replace('/dev/mtdblock', '/dev/mtd');
+  return {
+    device: bad.device,
+    line: bad.line,
+    message: `two environment copies (redundant) on the MTD block device ${bad.device} (line ${bad.line}): libubootenv then writes incrementing flag bytes, which a NOR-flash U-Boot does not understand — it silently boots with its default environment and never sees an A/B change; use the MTD character device ${chr} instead of ${bad.device} on both lines`,
+  };
+}

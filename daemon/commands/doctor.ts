@@ -1,7 +1,9 @@
 /**
  * `slotflip doctor --config FILE [--json]`: checks a device's integration before the daemon relies on
  * it — config valid, bootloader tools on PATH, bootloader environment readable through the configured
- * backend (booted slot, both slots' boot state), slots present, sized and the inactive one unmounted,
+ * backend (booted slot, both slots' boot state; the uboot backend refuses a two-copy fw_env.config on
+ * /dev/mtdblockN, HAL_BOOTENV_CONFIG; a last update the bootloader ignored, DAEMON_BOOTLOADER_IGNORED_ENV,
+ * read from the update record, is a warning with what to compare), slots present, sized and the inactive one unmounted,
  * the shipped TUF root parseable and self-signed, broker and payload servers reachable over TCP, the
  * state directory writable. Each check says pass / warn / fail / skip and, when not passing, what to do.
  *
@@ -30,6 +32,8 @@ import { createSlotWriter } from '../../hal/file-slot.js';
 import { createBootControl, type BootBackendConfig } from '../../hal/registry.js';
 import { parseMetadata, verifyThreshold } from '../../manifests/client.js';
 import { loadConfig, type Config } from '../config.js';
+import { BOOTLOADER_IGNORED_ENV, type HistoryEntry } from '../machine.js';
+import { FileStateStore } from '../state-store.js';
 import { runHealthChecks, type HealthDeps, type HealthReport } from '../health.js';
 import type { Command, CommandIO } from './command.js';
 
@@ -82,6 +86,15 @@ const BOOT_FIXES: Record<string, string> = {
   HAL_BOOTENV_READ: 'check the environment location (fw_env.config offsets and sizes must match U-Boot\'s CONFIG_ENV_OFFSET/CONFIG_ENV_SIZE; the grubenv / autoboot.txt path must exist and be mounted)',
   HAL_BOOTENV_PARSE: 'the environment lacks or garbles the convention\'s variables: initialise it for the chosen convention (systemd/README.md, "Board drop-ins")',
   HAL_BOOTED_SLOT_UNKNOWN: 'the kernel command line must name the slot: set board.boot.cmdline (key/values) to match what the bootloader passes',
+  HAL_BOOTENV_CONFIG: 'point both fw_env.config lines at the MTD character device (/dev/mtdN, not /dev/mtdblockN): libubootenv then writes the 1/0 flags a NOR-flash U-Boot reads; then run doctor again',
+};
+
+/** What to check when the bootloader ignored a trial (DAEMON_BOOTLOADER_IGNORED_ENV), per backend. */
+const IGNORED_ENV_FIXES: Record<string, string> = {
+  uboot: 'compare fw_env.config with the U-Boot build: one line per copy only if U-Boot has CONFIG_SYS_REDUNDAND_ENVIRONMENT, offsets and sizes equal to CONFIG_ENV_OFFSET(_REDUND) / CONFIG_ENV_SIZE, the device U-Boot really loads from (CONFIG_ENV_IS_IN_*), /dev/mtdN (not mtdblock) for NOR flash; U-Boot printing "bad CRC, using default environment" on the console confirms it',
+  grub: 'check that envFile is the grubenv grub.cfg loads (load_env -f on the same partition and path) and that grub.cfg reads the convention\'s variables',
+  'systemd-boot': 'check that esp is the ESP the firmware boots from and that no EFI variable (LoaderEntryDefault / LoaderEntryOneShot, `bootctl set-default`) overrides loader.conf',
+  emulated: 'check that the board\'s stateFile is the one its bootloader reads',
 };
 
 function str(v: unknown): string | undefined {
@@ -222,10 +235,35 @@ async function checkBootEnv(config: Config, deps: DoctorDeps): Promise<{ check: 
       booted,
     };
   }
+  const ignored = await lastIgnoredTrial(config);
+  if (ignored) {
+    return {
+      check: {
+        id: 'boot-env',
+        // warn, not fail: it is history; after a fix it stays until the next attempt is not ignored
+        status: 'warn',
+        code: BOOTLOADER_IGNORED_ENV,
+        summary: `${desc}; the last update (${ignored.release.version}, attempt ${ignored.attempt}, ${new Date(ignored.endedAt).toISOString()}) was ignored by the bootloader: it rebooted into slot ${ignored.source} without consuming a try of slot ${ignored.target}`,
+        fix: `${IGNORED_ENV_FIXES[config.board.boot.type] ?? 'check that the bootloader reads the boot state the backend writes'}. Until the bootloader reads what slotflip writes, no update can switch slots (that release is not retried; the next one is). This warning stays until an update attempt is not ignored`,
+      },
+      booted,
+    };
+  }
   if (!SLOT_NAMES.some((s) => states[s]!.state === 'good')) {
     return { check: { id: 'boot-env', status: 'warn', summary: desc, fix: 'no slot is committed yet: a trial is pending; the daemon commits it after a healthy boot' }, booted };
   }
   return { check: { id: 'boot-env', status: 'pass', summary: desc }, booted };
+}
+
+/** The newest finished attempt, when it ended because the bootloader ignored its trial. Read-only;
+ * a missing or unreadable record is no finding here (state-dir reports the directory). */
+async function lastIgnoredTrial(config: Config): Promise<HistoryEntry | undefined> {
+  try {
+    const last = (await new FileStateStore({ stateDir: config.stateDir, now: Date.now }).load()).history.at(-1);
+    return last?.reason?.code === BOOTLOADER_IGNORED_ENV ? last : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 async function checkSlots(config: Config, booted: SlotName | undefined, deps: DoctorDeps): Promise<DoctorCheck> {
@@ -398,7 +436,8 @@ export function formatReport(r: DoctorReport): string {
 const HELP = `usage: slotflip doctor --config FILE [--json]
 
 Checks this device's slotflip integration, without changing anything: the config, the bootloader
-tools and environment (booted slot, both slots' boot state), the slots (present, sized, the inactive
+tools and environment (booted slot, both slots' boot state; for U-Boot, a fw_env.config the
+bootloader cannot see; whether the bootloader ignored the last update), the slots (present, sized, the inactive
 one not mounted), the shipped TUF root, TCP reachability of the broker and payload servers, and a
 writable state directory. Each check prints PASS, WARN, FAIL or SKIP and what to do.
 

@@ -13,10 +13,17 @@
  * due when `failed / attempted >= failureRate` and `attempted >= minDevices` (so two early failures in
  * a fleet of thousands do not stop a rollout on their own).
  *
+ * Device faults are not release failures: an attempt that failed with a code in DEVICE_FAULT_CODES
+ * (daemon/machine.ts; e.g. DAEMON_BOOTLOADER_IGNORED_ENV — the device's bootloader never read the
+ * trial, so the release never ran) is counted as `deviceFaults`, listed apart, and left out of both
+ * the numerator and the denominator of the failure rate: a misconfigured board must not halt a
+ * rollout, and says nothing about the release either way.
+ *
  * Device state payloads are read tolerantly (the daemon's `AgentStatus` plus `version` and `at`):
  * unknown fields are ignored, a payload that is not a JSON object counts as malformed, never throws.
  */
 import { TOPIC_ROOT } from '../topics.js';
+import { DEVICE_FAULT_CODES } from '../machine.js';
 
 export type AttemptOutcome = 'started' | 'installed' | 'succeeded' | 'rolledBack' | 'failed';
 
@@ -39,8 +46,12 @@ export interface DeviceAttempt {
   targetName: string;
   version?: string;
   outcome: AttemptOutcome;
-  /** true once any attempt at this release rolled back or failed (stays true unless it later succeeds). */
+  /** true once any attempt at this release rolled back or failed for a reason that is not a device
+   * fault (stays true unless it later succeeds). */
   everFailed: boolean;
+  /** true when the last failure was a device fault (DEVICE_FAULT_CODES) and no release failure or
+   * success came since: the device's configuration, not the release, is at fault. */
+  deviceFault?: boolean;
   /** `CODE: message` of the last failure. */
   reason?: string;
   /** names of failed health checks of the last failure. */
@@ -112,6 +123,10 @@ function timeOf(v: unknown): number | undefined {
   return undefined;
 }
 
+function reasonCode(v: unknown): string | undefined {
+  return isObj(v) ? str(v['code']) : undefined;
+}
+
 function reasonText(v: unknown): string | undefined {
   if (!isObj(v)) return str(v);
   const code = str(v['code']);
@@ -136,7 +151,7 @@ function device(view: FleetView, deviceId: string, at: number): DeviceView {
 
 /** Records `outcome` for `releaseId` on `d`. A terminal outcome is not replaced by an older
  * non-terminal one (a retained state can lag behind the events). */
-function record(d: DeviceView, releaseId: string, outcome: AttemptOutcome, at: number, extra: { version?: string; reason?: string; failedChecks?: string[]; authoritative: boolean }): void {
+function record(d: DeviceView, releaseId: string, outcome: AttemptOutcome, at: number, extra: { version?: string; reason?: string; reasonCode?: string; failedChecks?: string[]; authoritative: boolean }): void {
   const targetName = targetOf(releaseId);
   const prev = d.releases[targetName];
   if (prev && !extra.authoritative) {
@@ -146,14 +161,16 @@ function record(d: DeviceView, releaseId: string, outcome: AttemptOutcome, at: n
     if (!TERMINAL.has(outcome) && prev.releaseId === releaseId && TERMINAL.has(prev.outcome)) return;
   }
   const failed = outcome === 'rolledBack' || outcome === 'failed';
+  const fault = failed && extra.reasonCode !== undefined && DEVICE_FAULT_CODES.includes(extra.reasonCode);
   const sameRelease = prev?.releaseId === releaseId;
   const next: DeviceAttempt = {
     releaseId,
     targetName,
     outcome,
-    everFailed: failed || (sameRelease && outcome !== 'succeeded' && (prev?.everFailed ?? false)),
+    everFailed: (failed && !fault) || (sameRelease && outcome !== 'succeeded' && (prev?.everFailed ?? false)),
     at,
   };
+  if (fault || (!failed && sameRelease && outcome !== 'succeeded' && prev?.deviceFault)) next.deviceFault = true;
   const version = extra.version ?? (sameRelease ? prev?.version : undefined);
   if (version !== undefined) next.version = version;
   const reason = failed ? extra.reason : sameRelease && outcome !== 'succeeded' ? prev?.reason : undefined;
@@ -179,8 +196,9 @@ function foldEvent(view: FleetView, d: DeviceView, ev: Obj, at: number): void {
   const when = timeOf(ev['at']) ?? at;
   const version = str(ev['version']);
   const reason = reasonText(ev['reason']);
+  const code = reasonCode(ev['reason']);
   const failedChecks = checkNames(ev['failures']);
-  record(d, releaseId, outcome, when, { authoritative: true, ...(version ? { version } : {}), ...(reason ? { reason } : {}), ...(failedChecks ? { failedChecks } : {}) });
+  record(d, releaseId, outcome, when, { authoritative: true, ...(version ? { version } : {}), ...(reason ? { reason } : {}), ...(code ? { reasonCode: code } : {}), ...(failedChecks ? { failedChecks } : {}) });
   if (outcome === 'succeeded' && version) d.version = version;
 }
 
@@ -201,8 +219,9 @@ function foldState(d: DeviceView, s: Obj, at: number): void {
     if (id && (outcome === 'succeeded' || outcome === 'rolledBack' || outcome === 'failed')) {
       const v = str(last['release']['version']);
       const reason = reasonText(last['reason']);
+      const code = reasonCode(last['reason']);
       const failedChecks = checkNames(last['failures']);
-      record(d, id, outcome, timeOf(last['endedAt']) ?? at, { authoritative: false, ...(v ? { version: v } : {}), ...(reason ? { reason } : {}), ...(failedChecks ? { failedChecks } : {}) });
+      record(d, id, outcome, timeOf(last['endedAt']) ?? at, { authoritative: false, ...(v ? { version: v } : {}), ...(reason ? { reason } : {}), ...(code ? { reasonCode: code } : {}), ...(failedChecks ? { failedChecks } : {}) });
     }
   }
   const attempt = s['attempt'];
@@ -263,8 +282,11 @@ export interface ReleaseStats {
   succeeded: number;
   /** rolled back or failed, and not succeeded since. */
   failed: number;
-  /** failed / attempted (0 when none attempted). */
+  /** failed / (attempted - deviceFaults) (0 when none judged). */
   failureRate: number;
+  /** attempts that ended in a device fault (DEVICE_FAULT_CODES): neither failed nor in progress, and
+   * left out of failureRate and of the halt's minimum. Present only when > 0. */
+  deviceFaults?: number;
 }
 
 export interface FailureEntry {
@@ -298,6 +320,10 @@ export interface FleetSummary {
   /** failed attempts (of the watched release, or of any release), newest first, capped. */
   failures: FailureEntry[];
   failuresTotal: number;
+  /** attempts that failed for a device fault (not counted against the release), newest first,
+   * capped. Present only when there are any. */
+  deviceFaults?: FailureEntry[];
+  deviceFaultsTotal?: number;
   /** devices silent for longer than the straggler threshold, or offline; oldest first, capped. */
   stragglers: Straggler[];
   stragglersTotal: number;
@@ -315,21 +341,28 @@ export interface SummaryOptions {
   maxListed?: number;
 }
 
-const isFailed = (a: DeviceAttempt): boolean => a.outcome === 'rolledBack' || a.outcome === 'failed' || (a.everFailed && a.outcome !== 'succeeded');
+const isDeviceFault = (a: DeviceAttempt): boolean => a.deviceFault === true && !a.everFailed && a.outcome !== 'succeeded';
+const isFailed = (a: DeviceAttempt): boolean => !isDeviceFault(a) && (a.outcome === 'rolledBack' || a.outcome === 'failed' || (a.everFailed && a.outcome !== 'succeeded'));
 
 /** Counts for one release over the view. Pure. */
 export function releaseStats(view: FleetView, targetName: string): ReleaseStats {
   let attempted = 0;
   let succeeded = 0;
   let failed = 0;
+  let faults = 0;
   for (const d of view.devices.values()) {
     const a = d.releases[targetName];
     if (!a) continue;
     attempted++;
-    if (isFailed(a)) failed++;
+    if (isDeviceFault(a)) faults++;
+    else if (isFailed(a)) failed++;
     else if (a.outcome === 'succeeded') succeeded++;
   }
-  return { targetName, attempted, inProgress: attempted - succeeded - failed, succeeded, failed, failureRate: attempted === 0 ? 0 : failed / attempted };
+  const judged = attempted - faults;
+  return {
+    targetName, attempted, inProgress: judged - succeeded - failed, succeeded, failed, failureRate: judged === 0 ? 0 : failed / judged,
+    ...(faults > 0 ? { deviceFaults: faults } : {}),
+  };
 }
 
 /** The view at `now`, summarised. Pure. */
@@ -338,6 +371,7 @@ export function summarize(view: FleetView, now: number, opts: SummaryOptions): F
   const versions: Record<string, number> = {};
   const phases: Record<string, number> = {};
   const failures: FailureEntry[] = [];
+  const faults: FailureEntry[] = [];
   const stragglers: Straggler[] = [];
   let online = 0;
   let offline = 0;
@@ -350,8 +384,9 @@ export function summarize(view: FleetView, now: number, opts: SummaryOptions): F
     phases[p] = (phases[p] ?? 0) + 1;
     for (const a of Object.values(d.releases)) {
       if (opts.release !== undefined && a.targetName !== opts.release) continue;
-      if (!isFailed(a)) continue;
-      failures.push({ deviceId: d.deviceId, releaseId: a.releaseId, outcome: a.outcome, at: a.at, ...(a.reason ? { reason: a.reason } : {}), ...(a.failedChecks ? { failedChecks: a.failedChecks } : {}) });
+      const fault = isDeviceFault(a);
+      if (!fault && !isFailed(a)) continue;
+      (fault ? faults : failures).push({ deviceId: d.deviceId, releaseId: a.releaseId, outcome: a.outcome, at: a.at, ...(a.reason ? { reason: a.reason } : {}), ...(a.failedChecks ? { failedChecks: a.failedChecks } : {}) });
     }
     const silentMs = now - d.lastSeen;
     if (d.online === false || silentMs >= opts.stragglerAfterMs) {
@@ -359,6 +394,7 @@ export function summarize(view: FleetView, now: number, opts: SummaryOptions): F
     }
   }
   failures.sort((a, b) => b.at - a.at || (a.deviceId < b.deviceId ? -1 : 1));
+  faults.sort((a, b) => b.at - a.at || (a.deviceId < b.deviceId ? -1 : 1));
   stragglers.sort((a, b) => a.lastSeen - b.lastSeen || (a.deviceId < b.deviceId ? -1 : 1));
   return {
     at: now,
@@ -370,6 +406,7 @@ export function summarize(view: FleetView, now: number, opts: SummaryOptions): F
     ...(opts.release !== undefined ? { release: releaseStats(view, opts.release) } : {}),
     failures: failures.slice(0, max),
     failuresTotal: failures.length,
+    ...(faults.length > 0 ? { deviceFaults: faults.slice(0, max), deviceFaultsTotal: faults.length } : {}),
     stragglers: stragglers.slice(0, max),
     stragglersTotal: stragglers.length,
     messages: view.messages,
@@ -394,13 +431,17 @@ export type HaltDecision =
 /** Whether the rollout of `stats.targetName` must be halted now. Pure. */
 export function decideHalt(stats: ReleaseStats, policy: HaltPolicy): HaltDecision {
   const pct = (x: number): string => `${Math.round(x * 1000) / 10}%`;
-  if (stats.attempted < policy.minDevices) {
-    return { halt: false, reason: `${stats.attempted} of the ${policy.minDevices} attempts needed before judging`, stats };
+  // device faults say nothing about the release: they count neither as failures nor as attempts
+  const faults = stats.deviceFaults ?? 0;
+  const judged = stats.attempted - faults;
+  const aside = faults > 0 ? ` (${faults} device fault${faults === 1 ? '' : 's'} not counted)` : '';
+  if (judged < policy.minDevices) {
+    return { halt: false, reason: `${judged} of the ${policy.minDevices} attempts needed before judging${aside}`, stats };
   }
   if (stats.failed > 0 && stats.failureRate >= policy.failureRate) {
-    return { halt: true, reason: `${stats.failed} of ${stats.attempted} devices failed ${stats.targetName} (${pct(stats.failureRate)} >= ${pct(policy.failureRate)})`, stats };
+    return { halt: true, reason: `${stats.failed} of ${judged} devices failed ${stats.targetName} (${pct(stats.failureRate)} >= ${pct(policy.failureRate)})${aside}`, stats };
   }
-  return { halt: false, reason: `failure rate ${pct(stats.failureRate)} below ${pct(policy.failureRate)}`, stats };
+  return { halt: false, reason: `failure rate ${pct(stats.failureRate)} below ${pct(policy.failureRate)}${aside}`, stats };
 }
 
 /** Checks a halt policy's numbers; returns a problem description or undefined. Pure. */
@@ -433,11 +474,15 @@ export function formatSummary(s: FleetSummary): string {
   ];
   if (s.release) {
     const r = s.release;
-    lines.push(`  release ${r.targetName}: attempted ${r.attempted}, in progress ${r.inProgress}, succeeded ${r.succeeded}, failed ${r.failed} (${Math.round(r.failureRate * 1000) / 10}%)`);
+    lines.push(`  release ${r.targetName}: attempted ${r.attempted}, in progress ${r.inProgress}, succeeded ${r.succeeded}, failed ${r.failed} (${Math.round(r.failureRate * 1000) / 10}%)${r.deviceFaults ? `, device faults ${r.deviceFaults} (not counted)` : ''}`);
   }
   if (s.failuresTotal > 0) {
     lines.push(`  failures (${s.failuresTotal}):`);
     for (const f of s.failures) lines.push(`    ${f.deviceId}  ${f.outcome}  ${f.releaseId}${f.reason ? `  ${f.reason}` : ''}${f.failedChecks ? `  [checks: ${f.failedChecks.join(', ')}]` : ''}`);
+  }
+  if (s.deviceFaults && s.deviceFaultsTotal) {
+    lines.push(`  device faults (${s.deviceFaultsTotal}, the device's configuration, not counted against the release):`);
+    for (const f of s.deviceFaults) lines.push(`    ${f.deviceId}  ${f.outcome}  ${f.releaseId}${f.reason ? `  ${f.reason}` : ''}`);
   }
   if (s.stragglersTotal > 0) {
     lines.push(`  stragglers (${s.stragglersTotal}):`);

@@ -5,6 +5,13 @@
  * Every change is ONE `fw_setenv -s -` call (all variables in one write of the environment copy),
  * followed by a full `fw_printenv` read-back; a mismatch throws HAL_BOOTENV_VERIFY.
  *
+ * A read-back proves only that libubootenv reads what it wrote, not that U-Boot does. So before its
+ * first read or write the store checks fw_env.config once and refuses (HAL_BOOTENV_CONFIG) a
+ * configuration known to be invisible to U-Boot: two copies on `/dev/mtdblockN` (see
+ * `fwEnvConfigProblem` in hal/uboot-env.ts). The rest (copies, offsets and sizes matching the U-Boot
+ * build) cannot be seen from Linux; the daemon detects it after the trial reboot
+ * (DAEMON_BOOTLOADER_IGNORED_ENV).
+ *
  * Conventions (pure, exported for tests):
  * - `rauc` — RAUC's boot script: `BOOT_ORDER="A B"`, `BOOT_A_LEFT`/`BOOT_B_LEFT` counted down on
  *   every boot (good slots too: the booted slot must be committed again after each healthy boot, as
@@ -18,7 +25,8 @@
 import { SlotflipError } from '../errors.js';
 import { otherSlot, type SlotBootState, type SlotName } from '../boot-control.js';
 import { execTool, runChecked, type ToolRunner } from '../exec.js';
-import { formatSetenvScript, parseFwPrintenv } from '../uboot-env.js';
+import { formatSetenvScript, fwEnvConfigProblem, parseFwEnvConfig, parseFwPrintenv } from '../uboot-env.js';
+import { readFileCapped } from '../atomic-file.js';
 import { readBootedSlot, type CmdlineConfig } from '../cmdline.js';
 import { createEnvBackend, envGet, envInt, type Env, type EnvChanges, type EnvConvention, type EnvStore } from './env-convention.js';
 import type { BackendCore } from './core.js';
@@ -117,15 +125,45 @@ export function menderConvention(opts: { partitions?: { A: number; B: number } }
   };
 }
 
-/** Reads and writes the environment only through the real tools. */
+/**
+ * Checks fw_env.config for a layout U-Boot cannot see (see `fwEnvConfigProblem`). Throws
+ * HAL_BOOTENV_CONFIG naming the file, the line and the fix. Read-only. Returns true when the file
+ * was read and judged fine, false when it could not be judged: a file that cannot be read, or is not
+ * in the legacy format (YAML), is left to fw_printenv, which reports its own errors.
+ */
+export async function checkFwEnvConfig(path: string): Promise<boolean> {
+  let text: string;
+  try {
+    text = (await readFileCapped(path, 64 * 1024)).toString('utf8');
+  } catch {
+    return false;
+  }
+  const copies = parseFwEnvConfig(text);
+  if (!copies) return false;
+  const problem = fwEnvConfigProblem(copies);
+  if (problem) {
+    throw new SlotflipError('HAL_BOOTENV_CONFIG', `uboot: ${path}: ${problem.message}`, { details: { path, line: problem.line, device: problem.device } });
+  }
+  return true;
+}
+
+/** Reads and writes the environment only through the real tools, after `checkFwEnvConfig` passed
+ * (until it could judge the file once, and after every refusal, it checks again on the next call:
+ * fixing the file needs no restart). */
 export function fwEnvStore(cfg: Pick<UbootBackendConfig, 'fwEnvConfig' | 'fwPrintenv' | 'fwSetenv' | 'timeoutMs'>, runner: ToolRunner = execTool): EnvStore {
   const opts = { timeoutMs: cfg.timeoutMs ?? 30_000, maxOutputBytes: 1 << 20 };
+  let checked = false;
+  const check = async () => {
+    if (!checked) checked = await checkFwEnvConfig(cfg.fwEnvConfig);
+  };
   return {
     async read() {
+      await check();
       const r = await runChecked(runner, 'HAL_BOOTENV_READ', cfg.fwPrintenv ?? 'fw_printenv', ['-c', cfg.fwEnvConfig], opts);
       return parseFwPrintenv(r.stdout);
     },
     async write(changes) {
+      await check();
       await runChecked(runner, 'HAL_BOOTENV_WRITE', cfg.fwSetenv ?? 'fw_setenv', ['-c', cfg.fwEnvConfig, '-s', '-'], { ...opts, input: formatSetenvScript(changes) });
     },
   };

@@ -28,6 +28,13 @@ class SimBoard {
   };
   primary: SlotName = 'A';
   booted: SlotName = 'A';
+  /** power-ons so far: the kernel's boot id changes with every one (and never without one). */
+  boots = 0;
+  /** a bootloader that ignores the environment (wrong fw_env.config): it always boots this slot and
+   * changes nothing, whatever the OS writes. */
+  frozen: SlotName | undefined;
+  /** set once `frozen` was used: verdicts of that time are allowed to say "ignored". */
+  everFrozen = false;
   ops = 0;
   crashAt = Infinity;
   dead = false;
@@ -46,6 +53,12 @@ class SimBoard {
 
   /** The bootloader's selection on power-on (a planned reboot keeps any pending crash point). */
   powerCycle(): void {
+    this.boots++;
+    if (this.frozen) {
+      this.booted = this.frozen;
+      if (!this.slots[this.frozen].complete) this.violations.push(`booted slot ${this.frozen} holding a partial image`);
+      return;
+    }
     const other: SlotName = this.primary === 'A' ? 'B' : 'A';
     const p = this.slots[this.primary];
     let pick: SlotName;
@@ -172,6 +185,10 @@ function agentFor(w: World): Agent {
     now: () => 1_700_000_000_000,
     log,
     tries: w.tries,
+    // real boot ids and a bootloader whose tries are visible: the "bootloader ignored the trial"
+    // evidence is checked at every crash point, and this bootloader never ignores one
+    bootId: async () => `boot-${b.boots}`,
+    triesVisible: true,
   });
 }
 
@@ -188,6 +205,8 @@ async function checkInvariants(w: World): Promise<void> {
   if (booted.image !== 'factory' && !w.releases.some((r) => releaseIdOf(r) === booted.image)) throw new Error('booted an unknown image');
   const rec = await b.store.load();
   if (rec.phase !== 'idle') throw new Error(`left pending in phase ${rec.phase}`);
+  const claimed = rec.history.find((h) => h.reason?.code === 'DAEMON_BOOTLOADER_IGNORED_ENV');
+  if (claimed && !b.everFrozen) throw new Error(`attempt ${claimed.attempt} claimed the bootloader ignored its trial, but this bootloader never does`);
   if (booted.state !== 'good' || b.primary !== b.booted) throw new Error(`booted slot ${b.booted} is ${booted.state}, primary ${b.primary}`);
   if (rec.committedSecurityVersion !== securityOf(booted.image, w)) {
     throw new Error(`committed securityVersion ${rec.committedSecurityVersion} but running ${booted.image}`);
@@ -296,6 +315,41 @@ t.test('exhaustive sweep: a power cut at every operation of an update, every tri
     }
   }
   t.equal(cases, 240);
+});
+
+t.test('a bootloader that ignores the environment: a power cut at every operation, always safe, then the fixed board updates', async (t) => {
+  let claimed = 0;
+  for (const tries of [1, 2, 3]) {
+    for (let crash = 0; crash < 40; crash++) {
+      const w: World = { board: new SimBoard(), releases: [], healthy: new Set(), tries };
+      const b = w.board;
+      b.frozen = 'A';
+      b.everFrozen = true;
+      await new PublishCommand(true).run({}, w);
+      b.crashAt = b.ops + crash;
+      const r = await runUpdateCycle(() => agentFor(w), { maxReboots: 8 });
+      const crashed = b.dead;
+      if (crashed) await recover(w);
+      else {
+        b.crashAt = Infinity;
+        t.equal(r.finished.at(-1)?.reason?.code, 'DAEMON_BOOTLOADER_IGNORED_ENV', `tries ${tries}, no crash: claimed`);
+      }
+      await checkInvariants(w);
+      const rec = await b.store.load();
+      for (const h of rec.history) {
+        t.match(h, { outcome: 'failed', reason: { code: 'DAEMON_BOOTLOADER_IGNORED_ENV' } }, `tries ${tries}, crash at op ${crash}: the only verdict is the device fault`);
+        claimed++;
+      }
+      if (rec.history.length > 0) t.equal(b.slots.B.state, 'bad', 'the ignored trial slot is marked bad');
+      // the board is fixed (its bootloader reads the environment again): a newer release lands
+      b.frozen = undefined;
+      await new PublishCommand(true).run({}, w);
+      await new UpdateCommand(null).run({}, w);
+      t.equal(b.slots[b.booted].image, releaseIdOf(w.releases.at(-1)!), `tries ${tries}, crash at op ${crash}: after the fix the next update lands`);
+      if (!crashed) break; // the whole attempt ran uncut: later crash points cut nothing more
+    }
+  }
+  t.ok(claimed > 0);
 });
 
 t.test('the simulation catches an unsafe order (the model test can fail)', async (t) => {

@@ -1,8 +1,9 @@
 import t from 'tap';
 import {
-  transition, resume, initialState, releaseIdOf, releaseRefOf, MAX_TRANSITIONS,
-  type Event, type MachineState, type Phase, type Effect, type Attempt,
+  transition, resume, initialState, releaseIdOf, releaseRefOf, bootloaderIgnoredTrial, MAX_TRANSITIONS, BOOTLOADER_IGNORED_ENV, DEVICE_FAULT_CODES,
+  type Event, type MachineState, type Phase, type Effect, type Attempt, type BootEvidence,
 } from '../../daemon/machine.js';
+import type { SlotBootState } from '../../hal/boot-control.js';
 import type { Release } from '../../manifests/types.js';
 
 function release(version: string, securityVersion = 1, sha = 'ab'.repeat(32)): Release {
@@ -241,4 +242,109 @@ t.test('resume table', async (t) => {
   t.match(r.effects, [{ type: 'report', report: { kind: 'rolledBack' } }]);
   t.same(resume({ ...initialState(), phase: 'checking' }, 'A'), { type: 'Restarted' });
   t.equal(transition({ ...initialState(), phase: 'checking' }, { type: 'Restarted' }, NOW).state.phase, 'idle');
+});
+
+// ---------------------------------------------------------------------------------------------
+// The bootloader ignored the environment: a real reboot (boot id changed since arming) into the
+// source slot, on a backend whose tries are visible, with the target's state exactly as armed.
+
+const ARMED: SlotBootState = { state: 'trial', triesLeft: 3, primary: true };
+const armedAttempt = (phase: Phase, extra: Partial<MachineState> = {}) => withAttempt(phase, extra, { armed: { bootId: 'boot-1', target: ARMED } });
+
+t.test('TrialArmed records the armed state and boot id with the rebooting phase', async (t) => {
+  const r = transition(withAttempt('arming'), { type: 'TrialArmed', armed: { bootId: 'boot-1', target: ARMED } }, NOW);
+  t.equal(r.state.phase, 'rebooting');
+  t.same(r.state.attempt?.armed, { bootId: 'boot-1', target: ARMED });
+  t.same(types(r.effects), ['report', 'report', 'reboot']);
+  // re-armed after a restart without evidence: the stale record is dropped, nothing is claimed later
+  const again = transition({ ...armedAttempt('arming') }, { type: 'TrialArmed' }, NOW);
+  t.equal(again.state.attempt?.armed, undefined);
+});
+
+t.test('bootloaderIgnoredTrial: only unambiguous evidence', async (t) => {
+  const a = armedAttempt('rebooting').attempt!;
+  const ev = (o: Partial<BootEvidence> = {}): BootEvidence => ({ bootId: 'boot-2', target: { ...ARMED }, triesVisible: true, ...o });
+  t.ok(bootloaderIgnoredTrial(a, 'A', ev()), 'rebooted into the source, trial untouched');
+  const not: [string, Attempt, 'A' | 'B', BootEvidence | undefined][] = [
+    ['no evidence', a, 'A', undefined],
+    ['same boot (daemon restart, no reboot)', a, 'A', ev({ bootId: 'boot-1' })],
+    ['boot id unreadable now', a, 'A', { target: ARMED, triesVisible: true }],
+    ['boot id unknown when armed', { ...a, armed: { target: ARMED } }, 'A', ev()],
+    ['no armed record (older daemon, or armed before a power cut)', { ...a, armed: undefined } as Attempt, 'A', ev()],
+    ['tries not visible (rpi-tryboot, custom)', a, 'A', ev({ triesVisible: false })],
+    ['target state unreadable', a, 'A', { bootId: 'boot-2', triesVisible: true }],
+    ['a try was consumed', a, 'A', ev({ target: { state: 'trial', triesLeft: 2, primary: true } })],
+    ['tries drained (fell back)', a, 'A', ev({ target: { state: 'trial', triesLeft: 0, primary: false } })],
+    ['target bad', a, 'A', ev({ target: { state: 'bad', primary: false } })],
+    ['target no longer primary', a, 'A', ev({ target: { state: 'trial', triesLeft: 3, primary: false } })],
+    ['booted the target', a, 'B', ev()],
+    ['armed state was not a primary trial', { ...a, armed: { bootId: 'boot-1', target: { state: 'good', primary: true } } }, 'A', ev({ target: { state: 'good', primary: true } })],
+  ];
+  for (const [why, att, booted, e] of not) t.notOk(bootloaderIgnoredTrial(att, booted, e), why);
+});
+
+t.test('resume after a real reboot the bootloader ignored: distinct code, target marked bad, outcome failed', async (t) => {
+  const rec = armedAttempt('rebooting', { transitions: 5 });
+  const boot = { bootId: 'boot-2', triesVisible: true };
+  const ev = resume(rec, 'A', { ...ARMED }, boot);
+  t.same(ev, { type: 'BootedInto', slot: 'A', evidence: { ...boot, target: ARMED } });
+  let r = transition(rec, ev!, NOW);
+  t.equal(r.state.phase, 'rollingBack');
+  t.same(r.effects, [{ type: 'markBad', slot: 'B' }], 'the target is marked bad before the attempt ends; the source is not touched');
+  t.equal(r.state.attempt?.reason?.code, BOOTLOADER_IGNORED_ENV);
+  t.equal(r.state.attempt?.endsAs, 'failed');
+  // a power cut before the target was marked bad: the saved record resumes to the same markBad
+  const again = resume(r.state, 'A', { ...ARMED }, boot);
+  t.same(again, { type: 'BootedInto', slot: 'A' });
+  t.same(transition(r.state, again!, NOW).effects, [{ type: 'markBad', slot: 'B' }]);
+  r = transition(r.state, { type: 'SlotMarkedBad' }, NOW);
+  t.equal(r.state.phase, 'idle');
+  const h = r.state.history.at(-1)!;
+  t.equal(h.outcome, 'failed', 'not a rollback: the release never ran');
+  t.equal(h.reason?.code, BOOTLOADER_IGNORED_ENV);
+  t.match(h.reason?.message, /did not read the boot environment slotflip wrote.*device configuration fault.*fw_env\.config.*\/dev\/mtdN.*slotflip doctor/);
+  t.match(r.effects, [{ type: 'report', report: { kind: 'failed', reason: { code: BOOTLOADER_IGNORED_ENV } } }]);
+  t.equal(r.state.committedSecurityVersion, 1);
+  t.ok(DEVICE_FAULT_CODES.includes(BOOTLOADER_IGNORED_ENV));
+  // not retried automatically (it would only reboot into the same ignored trial); a newer one is tried
+  t.same(r.state.rolledBack, [releaseIdOf(R1)]);
+  const checking = { ...r.state, phase: 'checking' as const };
+  const same = transition(checking, { type: 'ReleaseFound', release: R1, bootedSlot: 'A' }, NOW);
+  t.equal(same.state.phase, 'idle');
+  t.match(same.state.lastCheck?.detail, /bootloader ignored .* trial before \(DAEMON_BOOTLOADER_IGNORED_ENV\).*slotflip doctor/);
+  t.equal(transition(checking, { type: 'ReleaseFound', release: release('1.1.1', 2, 'ef'.repeat(32)), bootedSlot: 'A' }, NOW).state.phase, 'preparing');
+  // marking bad fails: the attempt still ends failed (the reason of the step), nothing else touched
+  const broken = transition(transition(rec, ev!, NOW).state, { type: 'StepFailed', error: { code: 'HAL_BOOTENV_WRITE', message: 'x' } }, NOW);
+  t.equal(broken.state.phase, 'idle');
+  t.equal(broken.state.history.at(-1)?.outcome, 'failed');
+});
+
+t.test('resume: the other rebooting/source cases are unchanged', async (t) => {
+  const rec = armedAttempt('rebooting');
+  const visible = { triesVisible: true };
+  // daemon restart without a reboot: same boot id → reboot again (the reboot never happened)
+  t.same(resume(rec, 'A', { ...ARMED }, { ...visible, bootId: 'boot-1' }), { type: 'Restarted' });
+  // boot id unknown now → as before
+  t.same(resume(rec, 'A', { ...ARMED }, visible), { type: 'Restarted' });
+  // tries not visible (rpi-tryboot) → as before
+  t.same(resume(rec, 'A', { ...ARMED }, { bootId: 'boot-2', triesVisible: false }), { type: 'Restarted' });
+  // tries drained: the bootloader fell back → the existing rollback path
+  const drained = { state: 'trial' as const, triesLeft: 0, primary: false };
+  const fb = resume(rec, 'A', drained, { ...visible, bootId: 'boot-2' });
+  t.same(fb, { type: 'BootedInto', slot: 'A' });
+  let r = transition(rec, fb!, NOW);
+  t.equal(r.state.attempt?.reason?.code, 'DAEMON_TRIAL_NOT_CONFIRMED');
+  r = transition(r.state, { type: 'SlotMarkedBad' }, NOW);
+  t.equal(r.state.history.at(-1)?.outcome, 'rolledBack');
+  // booted the target: validate
+  t.same(resume(rec, 'B', { state: 'trial', triesLeft: 2, primary: true }, { ...visible, bootId: 'boot-2' }), { type: 'BootedInto', slot: 'B' });
+  // only the rebooting phase may claim it: validating means the target booted (the bootloader read it)
+  const val = armedAttempt('validating');
+  t.same(resume(val, 'A', { ...ARMED }, { ...visible, bootId: 'boot-2' }), { type: 'BootedInto', slot: 'A' });
+  const ev: Event = { type: 'BootedInto', slot: 'A', evidence: { bootId: 'boot-2', target: ARMED, triesVisible: true } };
+  t.equal(transition(val, ev, NOW).state.attempt?.reason?.code, 'DAEMON_TRIAL_NOT_CONFIRMED');
+  t.equal(transition(armedAttempt('arming'), ev, NOW).state.attempt?.reason?.code, 'DAEMON_TRIAL_NOT_CONFIRMED');
+  // the machine re-checks the evidence itself: a BootedInto whose evidence does not hold is a fallback
+  const weak: Event = { type: 'BootedInto', slot: 'A', evidence: { bootId: 'boot-1', target: ARMED, triesVisible: true } };
+  t.equal(transition(rec, weak, NOW).state.attempt?.reason?.code, 'DAEMON_TRIAL_NOT_CONFIRMED');
 });

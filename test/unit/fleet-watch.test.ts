@@ -169,3 +169,51 @@ t.test('rollout arguments', async (t) => {
   t.same(buildRollout(5), { percent: 5 });
   t.same(buildRollout(5, [], true), { percent: 5, halted: true });
 });
+
+t.test('device faults (the bootloader ignored the trial) are listed apart and never halt a rollout', async (t) => {
+  const IGNORED = { code: 'DAEMON_BOOTLOADER_IGNORED_ENV', message: 'the bootloader did not read the boot environment slotflip wrote' };
+  const policy = { failureRate: 0.3, minDevices: 3 };
+  const v = emptyView();
+  for (const id of ['a', 'b', 'c', 'd']) event(v, id, 'UpdateStarted');
+  for (const id of ['a', 'b', 'c']) event(v, id, 'UpdateFailed', { reason: IGNORED });
+  event(v, 'd', 'UpdateCommitted');
+  let stats = releaseStats(v, T);
+  t.same(stats, { targetName: T, attempted: 4, inProgress: 0, succeeded: 1, failed: 0, failureRate: 0, deviceFaults: 3 });
+  let d = decideHalt(stats, policy);
+  t.equal(d.halt, false, '3 misconfigured boards of 4 do not halt the release');
+  t.match(d.reason, /1 of the 3 attempts needed before judging \(3 device faults not counted\)/);
+  // the halt still works on release failures among the devices that could judge the release
+  for (const id of ['e', 'f']) event(v, id, 'UpdateStarted');
+  event(v, 'e', 'UpdateRolledBack', { reason: { code: 'DAEMON_HEALTH_CHECK_FAILED', message: 'app' } });
+  stats = releaseStats(v, T);
+  t.match(stats, { attempted: 6, inProgress: 1, succeeded: 1, failed: 1, failureRate: 1 / 3, deviceFaults: 3 });
+  d = decideHalt(stats, policy);
+  t.equal(d.halt, true);
+  t.match(d.reason, /1 of 3 devices failed .* \(3 device faults not counted\)/);
+
+  const s = summarize(v, 2000, { release: T, stragglerAfterMs: 1e9 });
+  t.same(s.failures.map((f) => f.deviceId), ['e'], 'release failures only');
+  t.equal(s.deviceFaultsTotal, 3);
+  t.same(s.deviceFaults?.map((f) => f.deviceId), ['a', 'b', 'c']);
+  const text = formatSummary(s);
+  t.match(text, /failed 1 \(33\.3%\), device faults 3 \(not counted\)/);
+  t.match(text, /device faults \(3, the device's configuration, not counted against the release\):\n {4}a {2}failed {2}\S+ {2}DAEMON_BOOTLOADER_IGNORED_ENV: the bootloader did not read/);
+  t.equal(summarize(emptyView(), 0, { stragglerAfterMs: 1 }).deviceFaults, undefined, 'absent when there are none');
+
+  // a device fault then a release failure counts as a failure; then a success clears both
+  event(v, 'a', 'UpdateStarted');
+  t.equal(releaseStats(v, T).deviceFaults, 3, 'a retry in flight is still the device fault');
+  event(v, 'a', 'UpdateRolledBack', { reason: { code: 'DAEMON_HEALTH_CHECK_FAILED', message: 'app' } });
+  t.match(releaseStats(v, T), { failed: 2, deviceFaults: 2 });
+  event(v, 'b', 'UpdateCommitted');
+  t.match(releaseStats(v, T), { succeeded: 2, deviceFaults: 1 });
+
+  // a late watcher learns it from the retained state alone
+  const late = emptyView();
+  foldMessage(late, { topic: topic('z', 'state'), payload: JSON.stringify({ phase: 'idle', lastResult: { release: { id: RID, version: '2.0.0' }, outcome: 'failed', endedAt: 5, reason: IGNORED } }), retained: true }, 10);
+  t.match(releaseStats(late, T), { attempted: 1, failed: 0, deviceFaults: 1 });
+  // the uboot backend's refusal of an mtdblock fw_env.config is a device fault too
+  const cfg = emptyView();
+  event(cfg, 'y', 'UpdateFailed', { reason: { code: 'HAL_BOOTENV_CONFIG', message: 'use /dev/mtd1' } });
+  t.match(releaseStats(cfg, T), { failed: 0, deviceFaults: 1 });
+});
