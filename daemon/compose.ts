@@ -40,6 +40,9 @@ export interface ComposeOverrides {
   /** the reboot action; default: run `config.reboot.command`. Receives the boot backend's reboot
    * argument when an armed trial needs one (`0 tryboot` on rpi-tryboot), else undefined. */
   reboot?: (rebootArgument?: string) => Promise<void>;
+  /** the kernel boot id (default: /proc/sys/kernel/random/boot_id): emulated boards give each
+   * power-on its own, so "a real reboot happened" is testable (AgentDeps.bootId). */
+  bootId?: () => Promise<string | undefined>;
   runner?: ToolRunner;
   bootControl?: BootControl;
   slots?: Record<SlotName, SlotWriter>;
@@ -173,6 +176,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
     // the daemon, would both write the slot); read-only commands never take it
     lock: () => acquireStateLock({ stateDir: config.stateDir, now }),
     ...(outbox ? { outbox } : {}),
+    ...(o.bootId ? { bootId: o.bootId } : {}),
     policies: o.policies ?? createUpdatePolicies(config.policies, { freeSpaceMiB: () => freeSpaceMiB(config.stateDir), deferral: fileDeferralStore(paths.deferral) }),
   };
   return new Agent(deps);
