@@ -4,10 +4,11 @@
  *   end the daemon: it is logged, reported through onCycle and retried after `retryMs`;
  * - a second process's lock in the state directory makes a cycle refuse (DAEMON_LOCKED) until it
  *   is gone; read-only `status` works meanwhile;
- * - the boot backend's reboot argument reaches the injected reboot.
+ * - the boot backend's reboot argument reaches the injected reboot, and the real `reboot.command`
+ *   (a recorder process standing in for `systemctl reboot`) as one appended argv element.
  */
 import t from 'tap';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { createBoard } from '../../hal/board.js';
@@ -96,4 +97,31 @@ t.test('the state lock: a held lock refuses a cycle, status still works; reboot 
   const r = await trialAgent.runOnce({ check: false });
   t.equal(r.rebooted, true);
   t.same(args, ['0 tryboot'], 'the reboot carried the backend\'s argument');
+});
+
+t.test('the real reboot command: the backend\'s argument is appended as ONE argv element, no shell', async (t) => {
+  const dir = t.testdir();
+  const base = await setup(dir);
+  const out = join(dir, 'reboot-argv.json');
+  // stands in for `systemctl reboot`: records the argv it was started with
+  const recorder = "const [out, ...rest] = process.argv.slice(1); require('fs').writeFileSync(out, JSON.stringify(rest))";
+  const config: Config = { ...base, reboot: { command: [process.execPath, '-e', recorder, out, 'reboot'] } };
+  const bcTrial: BootControl & { rebootArgument(): Promise<string | undefined> } = {
+    backend: 'fake',
+    bootedSlot: async () => 'A',
+    slotState: async (s) => (s === 'B' ? { state: 'trial', triesLeft: 2, primary: true } : { state: 'good', primary: false }),
+    markBad: async () => undefined,
+    armTrial: async () => undefined,
+    commit: async () => undefined,
+    rebootArgument: async () => '0 tryboot',
+  };
+  await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+  const store = new FileStateStore({ stateDir: config.stateDir, now: Date.now });
+  const rec = await store.load();
+  const release = { targetName: 'r/1.1.0', length: 1, hashes: { sha256: 'aa'.repeat(32) }, custom: { slotflip: 1, hardware: ['acme,board'], version: '1.1.0', securityVersion: 1, channel: 'stable', payload: { compression: 'none', size: 1, sha256: 'bb'.repeat(32), chunkSize: 1, chunks: [] } } } as never;
+  await store.save({ ...rec, phase: 'rebooting', attempts: 1, attempt: { number: 1, release, ref: { id: 'r@bb', targetName: 'r/1.1.0', version: '1.1.0', securityVersion: 1 }, source: 'A', target: 'B', startedAt: 0 } });
+  const agent = await createAgent(config, { releases: noReleases, outbox: null, bootControl: bcTrial });
+  const r = await agent.runOnce({ check: false });
+  t.equal(r.rebooted, true, 'the pending trial was rebooted into');
+  t.same(JSON.parse(await readFile(out, 'utf8')), ['reboot', '0 tryboot'], 'config.reboot.command ran with the tryboot argument appended as one element');
 });
