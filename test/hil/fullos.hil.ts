@@ -14,7 +14,7 @@
  * ~/.cache/slotflip-hil), and `debootstrap qemu-system-x86 ovmf grub-efi-amd64-bin` besides the CI
  * packages. Takes ~4-8 min under TCG (1-2 min more when the base is built). `npm run test:hil:fullos`.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -37,6 +37,8 @@ const SLOT_IMAGE_MIB = 600;
 const POWER_ON_MS = 12 * 60_000;
 /** the install of a ~600 MiB image takes ~45 s under TCG: cut well inside it */
 const CUT_AFTER_MS = 15_000;
+/** after a device-fault verdict, how long the harness watches for (unwanted) reboots */
+const IDLE_AFTER_VERDICT_MS = 60_000;
 
 interface DeviceEvent {
   seq: number;
@@ -46,7 +48,21 @@ interface DeviceEvent {
   failures?: Array<{ name: string; output?: string }>;
 }
 
-t.test('full OS: Debian under systemd updates itself and rolls back a bad release', async (t) => {
+type Tap = Test;
+
+interface Lane {
+  events: DeviceEvent[];
+  board: FullOsBoard;
+  tracker: EmulatorTracker;
+  boots: string[];
+  stamp(): string;
+  publish(spec: ReleaseSpec, securityVersion: number): Promise<void>;
+  powerOn(why: string): ReturnType<FullOsBoard['powerOn']>;
+  waitEvent(type: string, version: string): Promise<DeviceEvent>;
+}
+
+/** Builds the base (cached), the staged guest, the factory image, broker, repository, board. */
+async function setupLane(t: Tap, boardOpts: { grubReadsEnv?: string } = {}): Promise<Lane> {
   const dir = t.testdir();
   const tracker = new EmulatorTracker();
   t.teardown(() => tracker.killAll());
@@ -97,7 +113,7 @@ t.test('full OS: Debian under systemd updates itself and rolls back a bad releas
   await runChecked(execTool, 'HIL_IMAGE', 'grub-editenv', [grubenv, 'set', 'slotflip_slot=A', 'boot_success=1']);
   const boardDir = join(dir, 'board');
   await mkdir(boardDir, { recursive: true });
-  const board: FullOsBoard = await createFullOsBoard({ dir: boardDir, factoryImage: factory, grubenv, brokerPort: broker.port, httpPort: server.port, tracker });
+  const board: FullOsBoard = await createFullOsBoard({ dir: boardDir, factoryImage: factory, grubenv, brokerPort: broker.port, httpPort: server.port, tracker, ...boardOpts });
   const boots: string[] = [];
   let consoles = 0;
   const consoleLogs: string[] = [];
@@ -128,6 +144,11 @@ t.test('full OS: Debian under systemd updates itself and rolls back a bad releas
         }
       }, 200);
     });
+  return { events, board, tracker, boots, stamp, publish, powerOn, waitEvent };
+}
+
+t.test('full OS: Debian under systemd updates itself and rolls back a bad release', async (t) => {
+  const { events, board, tracker, boots, stamp, publish, powerOn, waitEvent } = await setupLane(t);
 
   // --- good release: installed from A into B, trial boot, health checks, committed ----------
   await publish({ version: '1.1.0', healthy: true }, 1);
@@ -182,4 +203,29 @@ t.test('full OS: Debian under systemd updates itself and rolls back a bad releas
   );
   t.equal(tracker.running, 0, 'no QEMU left running');
   t.comment(`full-OS lane total ${stamp()}`);
+});
+
+t.test('full OS: a board whose GRUB reads another grubenv — the update is reported as a device fault, no reboot loop', async (t) => {
+  // the classic integration bug: the daemon's config names one environment, the bootloader reads
+  // another (here: GRUB loads EFI/vendor/grubenv, a copy the factory wrote; the HAL writes
+  // EFI/slotflip/grubenv). Every write and read-back succeeds; the bootloader never sees the trial.
+  const { events, board, tracker, boots, stamp, publish, powerOn, waitEvent } = await setupLane(t, { grubReadsEnv: 'EFI/vendor/grubenv' });
+  await publish({ version: '1.1.0', healthy: true }, 1);
+  const p1 = await powerOn('factory 1.0.0 in A; 1.1.0 is published');
+  t.equal(p1.grubSlot, 'A', 'first power-on boots the factory slot A');
+  t.ok(events.some((e) => e.type === 'UpdateInstalled' && e.version === '1.1.0'), 'the device installed 1.1.0 and rebooted');
+  const p2Run = powerOn('the trial GRUB never sees');
+  const failed = await waitEvent('UpdateFailed', '1.1.0');
+  t.equal(failed.reason?.code, 'DAEMON_BOOTLOADER_IGNORED_ENV', `the device reports that the bootloader ignored its environment: ${failed.reason?.message ?? ''}`);
+  // no reboot loop: the device stays up in A (the power-on is still running well after the verdict)
+  await new Promise((r) => setTimeout(r, IDLE_AFTER_VERDICT_MS));
+  t.equal(tracker.running, 1, `the device did not reboot again in the ${IDLE_AFTER_VERDICT_MS / 1000} s after the verdict`);
+  tracker.killAll();
+  const p2 = await p2Run;
+  t.equal(p2.grubSlot, 'A', 'GRUB booted A: it never read the trial');
+  const env = await board.readGrubenv();
+  t.equal(env.slotflip_slot, 'A', 'the environment the HAL writes names A primary again (B marked bad)');
+  t.same(boots, ['A', 'A']);
+  t.notOk(events.some((e) => e.type === 'UpdateRolledBack'), 'not reported as a rollback: the release was never run');
+  t.comment(`device-fault lane total ${stamp()}`);
 });

@@ -33,8 +33,8 @@ export const FULLOS_LAYOUT: DiskLayout = diskLayout({ bootMiB: 32, slotMiB: 640,
 const GRUB_MODULES = 'part_gpt fat ext2 linux loadenv test echo normal configfile halt serial terminal gzio';
 
 /** Pure: the ESP's grub.cfg (greenboot counting, A/B in slotflip_slot, real kernel boot). */
-export function fullOsGrubConfig(layout: DiskLayout = FULLOS_LAYOUT): string {
-  const env = `(hd0,gpt1)/${ESP_GRUBENV}`;
+export function fullOsGrubConfig(layout: DiskLayout = FULLOS_LAYOUT, envPath: string = ESP_GRUBENV): string {
+  const env = `(hd0,gpt1)/${envPath}`;
   const table: string[] = [];
   for (let n = 1; n <= GREENBOOT_MAX_COUNTER; n++) table.push(`  elif [ "$boot_counter" = "${n}" ]; then`, `    set boot_counter=${n - 1}`);
   const pa = slotPartition(layout, 'A').number;
@@ -109,6 +109,9 @@ export interface FullOsBoardOptions {
   httpPort: number;
   tracker: EmulatorTracker;
   runner?: ToolRunner;
+  /** a MISCONFIGURED board: GRUB loads/saves this ESP path instead of the grubenv the daemon's config
+   * names (both start as the factory's copy). Default: the same file. */
+  grubReadsEnv?: string;
 }
 
 export interface FullOsBoard {
@@ -138,8 +141,9 @@ export async function createFullOsBoard(opts: FullOsBoardOptions): Promise<FullO
     layout,
     bootFiles: {
       'EFI/BOOT/BOOTX64.EFI': await buildGrubEfi(opts.dir, runner),
-      'EFI/slotflip/grub.cfg': fullOsGrubConfig(layout),
+      'EFI/slotflip/grub.cfg': fullOsGrubConfig(layout, opts.grubReadsEnv ?? ESP_GRUBENV),
       [ESP_GRUBENV]: await readFile(opts.grubenv),
+      ...(opts.grubReadsEnv ? { [opts.grubReadsEnv]: await readFile(opts.grubenv) } : {}),
     },
     runner,
   });
