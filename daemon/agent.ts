@@ -156,6 +156,9 @@ export interface CycleResult {
   lastCheck?: MachineState['lastCheck'];
   events: Event['type'][];
   bootedSlot: SlotName;
+  /** the reboot into the trial was deferred by a policy that said until when (ms since epoch): try
+   * again then, not sooner (see service.ts). Absent otherwise. */
+  retryAt?: number;
 }
 
 export interface SlotStatus {
@@ -232,11 +235,13 @@ export class Agent {
     let state: MachineState = start;
     const events: Event['type'][] = [];
     let rebooted = false;
+    let retryAt: number | undefined;
     const run = async (event: Event): Promise<DriveResult> => {
       const r = await this.runner.drive(state, event);
       state = r.state;
       events.push(...r.events);
       rebooted = r.rebooted;
+      retryAt = r.deferredUntil;
       return r;
     };
     if (start.phase !== 'idle') {
@@ -258,6 +263,7 @@ export class Agent {
       ...(state.lastCheck ? { lastCheck: state.lastCheck } : {}),
       events,
       bootedSlot,
+      ...(retryAt !== undefined && !rebooted && state.phase === 'rebooting' ? { retryAt } : {}),
     };
   }
 
@@ -440,7 +446,11 @@ export class Agent {
         const booted = await boot.bootedSlot();
         if (booted !== e.slot) return { type: 'HealthCheckFailed', failures: [{ name: 'booted-slot', output: `expected slot ${e.slot} to be booted, found ${booted}`, required: true }] };
         const r = await d.health.run();
-        return r.ok ? { type: 'HealthChecksPassed' } : { type: 'HealthCheckFailed', failures: r.failures };
+        if (!r.ok) return { type: 'HealthCheckFailed', failures: r.failures };
+        // the boot passed: whatever failed is a wanted check (required: false, wanted.d), reported
+        // with the commit instead of dropped
+        const warnings = r.failures.map((f) => ({ name: f.name, output: f.output }));
+        return warnings.length > 0 ? { type: 'HealthChecksPassed', warnings } : { type: 'HealthChecksPassed' };
       },
       commit: async (e) => {
         await boot.commit(e.slot);
@@ -471,9 +481,10 @@ export class Agent {
             at: new Date(r.at).toISOString(),
             ...(r.reason ? { reason: r.reason } : {}),
             ...(r.failures ? { failures: r.failures } : {}),
+            ...(r.warnings ? { warnings: r.warnings } : {}),
           });
         }
-        this.log.info({ report: REPORT_TYPES[r.kind], releaseId: r.release.id, attempt: r.attempt, reason: r.reason?.code }, 'report');
+        this.log.info({ report: REPORT_TYPES[r.kind], releaseId: r.release.id, attempt: r.attempt, reason: r.reason?.code, ...(r.warnings ? { warnings: r.warnings.map((w) => w.name) } : {}) }, 'report');
         return { type: 'Reported' };
       },
     };

@@ -16,6 +16,8 @@
  * read what slotflip wrote (a misconfigured fw_env.config, say). That attempt also marks the target
  * bad through rollingBack, but ends `failed` with DAEMON_BOOTLOADER_IGNORED_ENV (a device fault).
  * The outcome (succeeded | rolledBack | failed) is recorded in history and the machine returns to idle.
+ * A boot whose required checks passed commits even when `required: false` (wanted) checks failed;
+ * those ride along as `warnings` into history and the commit's report.
  *
  * INVARIANTS
  * - The committed slot (the one booted when the attempt started, `attempt.source`) is never written,
@@ -65,6 +67,16 @@ export interface HealthFailure {
   required?: boolean;
 }
 
+/** A failed `required: false` check of a boot that passed: not a failure of the release, but the
+ * fleet should know (output capped by the health runner, like a failure's). */
+export interface HealthWarning {
+  name: string;
+  output: string;
+}
+
+/** Warnings kept per attempt (the record and every report carry them). */
+export const MAX_WARNINGS = 16;
+
 /** What the history and reports say about a release. */
 export interface ReleaseRef {
   /** stable id: `targetName@sha256-prefix` (see `releaseIdOf`). */
@@ -110,6 +122,9 @@ export interface Attempt {
   /** why the attempt is rolling back (set on entering rollingBack). */
   reason?: ErrorInfo;
   failures?: HealthFailure[];
+  /** failed `required: false` checks (greenboot's wanted.d) of a boot that passed: reported with the
+   * outcome, never a reason to roll back. Set on HealthChecksPassed. */
+  warnings?: HealthWarning[];
   /** set on entering rebooting: what the trial looked like when armed (see ArmedTrial). */
   armed?: ArmedTrial;
   /** outcome once the target is marked bad in rollingBack; absent means `rolledBack`. */
@@ -126,6 +141,8 @@ export interface HistoryEntry {
   endedAt: number;
   reason?: ErrorInfo;
   failures?: HealthFailure[];
+  /** failed wanted checks of the boot that passed (see Attempt.warnings). */
+  warnings?: HealthWarning[];
 }
 
 export interface MachineState {
@@ -198,7 +215,8 @@ export type Event =
   | { type: 'RebootDeferred'; reason: string; until?: number }
   /** `evidence`: what the agent saw after the boot (see BootEvidence); absent means none. */
   | { type: 'BootedInto'; slot: SlotName; evidence?: BootEvidence }
-  | { type: 'HealthChecksPassed'; manual?: boolean }
+  /** `warnings`: failed `required: false` checks; the boot still passed. */
+  | { type: 'HealthChecksPassed'; manual?: boolean; warnings?: HealthWarning[] }
   | { type: 'HealthCheckFailed'; failures: HealthFailure[] }
   | { type: 'Committed' }
   | { type: 'RollbackRequested'; reason: string }
@@ -220,6 +238,7 @@ export interface Report {
   at: number;
   reason?: ErrorInfo;
   failures?: HealthFailure[];
+  warnings?: HealthWarning[];
 }
 
 export type Effect =
@@ -361,9 +380,15 @@ function decide(s: MachineState, e: Event, now: number, o: TransitionOptions): T
       }
     }
 
-    case 'HealthChecksPassed':
+    case 'HealthChecksPassed': {
       if (s.phase !== 'validating' || !a) return ignore(s);
-      return { state: { ...s, phase: 'committing' }, effects: [{ type: 'commit', slot: a.target }] };
+      // wanted checks that failed ride in the record to the commit's report: a passing boot must
+      // not lose them (a re-validation after a restart replaces them with its own)
+      const { warnings: _old, ...rest } = a;
+      const warnings = (e.warnings ?? []).slice(0, MAX_WARNINGS).map((w) => ({ name: w.name, output: w.output }));
+      const attempt: Attempt = warnings.length > 0 ? { ...rest, warnings } : rest;
+      return { state: { ...s, phase: 'committing', attempt }, effects: [{ type: 'commit', slot: a.target }] };
+    }
 
     case 'HealthCheckFailed':
       if (s.phase !== 'validating' || !a) return ignore(s);
@@ -502,16 +527,17 @@ function abandon(s: MachineState, now: number, o: TransitionOptions): Transition
 
 function finish(s: MachineState, outcome: Outcome, now: number, reason: ErrorInfo | undefined, failures: HealthFailure[] | undefined, o: TransitionOptions): TransitionResult {
   const a = s.attempt!;
+  const warnings = a.warnings && a.warnings.length > 0 ? a.warnings : undefined;
   const entry: HistoryEntry = {
     attempt: a.number, release: a.ref, source: a.source, target: a.target, outcome, startedAt: a.startedAt, endedAt: now,
-    ...(reason ? { reason } : {}), ...(failures ? { failures } : {}),
+    ...(reason ? { reason } : {}), ...(failures ? { failures } : {}), ...(warnings ? { warnings } : {}),
   };
   const history = [...s.history, entry].slice(-(o.maxHistory ?? MAX_HISTORY));
   // not retried automatically: a rollback, and a trial the bootloader ignored (retrying it would only
   // download, arm and reboot again, ignored again, on every check)
   const noRetry = outcome === 'rolledBack' || reason?.code === BOOTLOADER_IGNORED_ENV;
   const rolledBack = noRetry && !s.rolledBack.includes(a.ref.id) ? [...s.rolledBack, a.ref.id].slice(-MAX_ROLLED_BACK) : s.rolledBack;
-  const r: Report = { kind: outcome, attempt: a.number, release: a.ref, at: now, ...(reason ? { reason } : {}), ...(failures ? { failures } : {}) };
+  const r: Report = { kind: outcome, attempt: a.number, release: a.ref, at: now, ...(reason ? { reason } : {}), ...(failures ? { failures } : {}), ...(warnings ? { warnings } : {}) };
   // the report rides in the record that ends the attempt (see MachineState.pendingReports); the
   // effect names the same object, and the runner delivers it through the pending list
   return {

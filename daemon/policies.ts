@@ -226,8 +226,12 @@ export interface PolicyDecision {
   allowed: boolean;
   /** why not (or why allowed against a lock); empty when simply allowed. */
   reasons: string[];
-  /** earliest time worth asking again, when known. */
+  /** earliest time worth asking again, when known: nothing this decision depends on can change
+   * before it (a maintenance window opens then). Absent when the answer may change any moment (an
+   * update lock can be released at any time), so the caller keeps polling. */
   retryAtMs?: number;
+  /** reboot phase, lock held: when the lock will be overridden (rebooting anyway) at the latest. */
+  lockOverrideAtMs?: number;
   /** reboot phase: persist this while deferring. */
   deferredSinceMs?: number;
   /** reboot phase: the lock was overridden after the maximum deferral. */
@@ -253,7 +257,9 @@ export function evaluatePolicies(phase: PolicyPhase, config: PoliciesConfig, inp
     if (d.action === 'defer') {
       reasons.push(`update lock ${config.updateLock.path} ${input.lock.detail}`);
       out.deferredSinceMs = d.deferredSinceMs;
-      retryAtMs = retryAtMs === undefined ? d.overrideAtMs : Math.min(retryAtMs, d.overrideAtMs!);
+      // not a retry time: the application may release the lock any moment (the caller polls); with
+      // a closed window too, nothing changes before the window opens (retryAtMs stays the window's)
+      if (d.overrideAtMs !== undefined) out.lockOverrideAtMs = d.overrideAtMs;
     } else if (d.action === 'override' && reasons.length === 0) {
       out.lockOverridden = true;
       out.deferredSinceMs = d.deferredSinceMs;

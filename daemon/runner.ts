@@ -32,6 +32,10 @@ export interface DriveResult {
   rebooted: boolean;
   /** events handled, in order (for tests and `--json` output). */
   events: Event['type'][];
+  /** when the drive ended on a reboot a policy deferred: the policy's `until` (ms since epoch), if
+   * it named one. The caller schedules the next try then (service.ts `retryDelay`); nothing else
+   * depends on it, so a restart simply asks the policy again. */
+  deferredUntil?: number;
 }
 
 /** Safety net against a machine bug looping inside one drive (the persisted counter catches loops
@@ -52,11 +56,13 @@ export class Runner {
     const queue: Event[] = [first];
     const events: Event['type'][] = [];
     let rebooted = false;
+    let deferredUntil: number | undefined;
     let log = this.attemptLog(state);
     for (let steps = 0; queue.length > 0; steps++) {
       if (steps >= MAX_STEPS_PER_DRIVE) throw new Error(`runner: more than ${MAX_STEPS_PER_DRIVE} steps in one drive`);
       const event = queue.shift()!;
       events.push(event.type);
+      if (event.type === 'RebootDeferred') deferredUntil = event.until;
       const r = transition(state, event, this.o.now(), this.o.machine);
       if (r.ignored) {
         if (event.type !== 'Reported') log.warn({ phase: state.phase, event: event.type }, 'event ignored');
@@ -86,7 +92,7 @@ export class Runner {
       }
       if (pending.size > 0) state = await this.flushReports(state, log);
     }
-    return { state, rebooted, events };
+    return { state, rebooted, events, ...(deferredUntil !== undefined && !rebooted && state.phase === 'rebooting' ? { deferredUntil } : {}) };
   }
 
   /**

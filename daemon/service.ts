@@ -11,7 +11,11 @@
  * HTTP/dir sources keep working.
  *
  * A cycle that throws (disk full: HAL_ATOMIC_WRITE; another process holds the state lock:
- * DAEMON_LOCKED) is logged and retried after `retryMs`; the daemon never exits for it. The state
+ * DAEMON_LOCKED) is logged and retried after `retryMs`; the daemon never exits for it. A reboot a
+ * policy deferred (maintenance window, update lock) is retried at the policy's `until`, clamped to
+ * [retryBounds.minMs, retryBounds.maxMs] (default 10 s – 1 h, so a wall clock that jumps cannot stall
+ * it or make it spin); without an `until`, after `retryMs`. Nothing about the deferral is kept: after
+ * a restart the first cycle asks the policy again and schedules from its answer. The state
  * lock (`<stateDir>/lock`) is held per cycle (inside `Agent.runOnce`), so `slotflip status` and other
  * read-only commands work while the daemon runs, and `update --once` beside it cannot install at
  * the same time.
@@ -23,11 +27,12 @@ import type { Logger } from 'pino';
 import { Outbox } from './outbox.js';
 import { Poller } from './poller.js';
 import { collectInventory } from './inventory.js';
-import { MqttTransport } from './mqtt.js';
+import { MqttTransport, type TimerApi } from './mqtt.js';
 import { createAgent, statePaths, type ComposeOverrides } from './compose.js';
 import type { Config } from './config.js';
 import type { CycleResult } from './agent.js';
 import { toErrorInfo } from './runner.js';
+import { stateLastResult } from './topics.js';
 
 export interface ServiceOptions {
   config: Config;
@@ -44,10 +49,42 @@ export interface ServiceOptions {
   onCycle?: (r: CycleResult | { error: string }) => void;
   /** injected MQTT transport factory (tests); default builds one from config.broker. */
   transport?: MqttTransport | null;
-  /** when a cycle leaves work pending (reboot deferred by policy, download interrupted), try
-   * again after this long without waiting for the poll schedule; default 60 s. */
+  /** when a cycle leaves work pending (download interrupted, a reboot deferred without an `until`)
+   * or fails, try again after this long without waiting for the poll schedule; default 60 s. */
   retryMs?: number;
+  /** bounds of the wait for a policy's `until` (default 10 s and 1 h): see `retryDelay`. */
+  retryBounds?: RetryBounds;
+  /** timers for the retry (tests inject a fake); default the global ones. */
+  timers?: TimerApi;
 }
+
+export interface RetryBounds {
+  minMs: number;
+  maxMs: number;
+}
+
+export const DEFAULT_RETRY_BOUNDS: RetryBounds = { minMs: 10_000, maxMs: 3_600_000 };
+
+/**
+ * How long to wait before retrying a reboot a policy deferred until `until` (ms since epoch): until
+ * then, but never less than `minMs` (a window that opens "now", or a clock that jumped forward past
+ * it, must not make the daemon spin) nor more than `maxMs` (a clock that jumped backward, or a
+ * far-off `until`, is re-evaluated at least that often). Pure.
+ */
+export function retryDelay(until: number, now: number, bounds: RetryBounds = DEFAULT_RETRY_BOUNDS): number {
+  const wait = until - now;
+  if (!Number.isFinite(wait)) return bounds.maxMs;
+  return Math.min(bounds.maxMs, Math.max(bounds.minMs, Math.ceil(wait)));
+}
+
+const defaultTimers: TimerApi = {
+  setTimeout: (fn, ms) => {
+    const h = setTimeout(fn, ms);
+    h.unref();
+    return h;
+  },
+  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
+};
 
 export class UpdateService {
   private readonly log: Logger;
@@ -55,7 +92,11 @@ export class UpdateService {
   private again = false;
   private stopped = false;
   private poller: Poller | undefined;
-  private retryTimer: NodeJS.Timeout | undefined;
+  private retryTimer: unknown;
+  private readonly timers: TimerApi;
+  private readonly now: () => number;
+  /** when the scheduled retry is due (ms since epoch), for tests and logs. */
+  retryDueAt: number | undefined;
   private markedGood = false;
   readonly outbox: Outbox;
   readonly transport: MqttTransport | undefined;
@@ -65,6 +106,8 @@ export class UpdateService {
   constructor(private readonly o: ServiceOptions) {
     this.log = o.log.child({ module: 'daemon.service' });
     const now = o.overrides?.now ?? Date.now;
+    this.now = now;
+    this.timers = o.timers ?? defaultTimers;
     this.outbox = new Outbox({ dir: statePaths(o.config.stateDir).outbox, now });
     if (o.transport !== undefined) this.transport = o.transport ?? undefined;
     else if (o.config.broker) {
@@ -119,7 +162,9 @@ export class UpdateService {
 
   async stop(): Promise<void> {
     this.stopped = true;
-    if (this.retryTimer) clearTimeout(this.retryTimer);
+    if (this.retryTimer !== undefined) this.timers.clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    this.retryDueAt = undefined;
     await this.poller?.stop();
     await this.idle();
     await this.transport?.stop();
@@ -146,19 +191,22 @@ export class UpdateService {
       if (!r.rebooted && r.phase === 'idle') this.markedGood = true;
       log.info({ reason, phase: r.phase, rebooted: r.rebooted, finished: r.finished.map((h) => h.outcome), lastCheck: r.lastCheck?.result }, 'cycle done');
       this.o.onCycle?.(r);
-      if (!r.rebooted && r.phase !== 'idle') this.scheduleRetry();
+      if (!r.rebooted && r.phase !== 'idle') this.scheduleRetry(r.retryAt);
       if (this.transport) {
         const status = await agent.status();
         const last = status.lastResult;
+        // the last result is published once, at the top level, in the shape fleet watch reads
+        // (topics.ts StateLastResult); the inventory no longer carries a second, flat copy
         const inventory = await collectInventory({
           deviceId: status.deviceId,
           hardware: status.hardware,
           bootedSlot: status.bootedSlot,
           slots: Object.fromEntries(status.slots.map((x) => [x.slot, { ...(x.release ? { version: x.release.version } : {}), ...('error' in x.boot ? {} : { boot: x.boot }) }])),
-          ...(last ? { lastResult: { outcome: last.outcome === 'succeeded' ? 'committed' : last.outcome === 'rolledBack' ? 'rolled-back' : 'failed', releaseId: last.release.id, version: last.release.version, ...(last.reason ? { code: last.reason.code } : {}), atMs: last.endedAt } } : {}),
         }, { dataPath: this.o.config.stateDir }).catch(() => ({}));
         const extra = this.o.inventory ? await this.o.inventory().catch(() => ({})) : {};
-        await this.transport.publishState({ ...status, inventory, ...extra }).catch(() => false);
+        // `at`: when this state was true, so a watcher that only sees the retained copy can tell a
+        // device that reported a minute ago from one silent for a week
+        await this.transport.publishState({ ...status, at: new Date(this.now()).toISOString(), ...(last ? { lastResult: stateLastResult(last) } : {}), inventory, ...extra }).catch(() => false);
       }
     } catch (e) {
       // e.g. HAL_ATOMIC_WRITE (disk full: the record cannot be saved) or DAEMON_LOCKED (an
@@ -170,11 +218,19 @@ export class UpdateService {
     }
   }
 
-  /** One more cycle after `retryMs` (default 60 s), without waiting for the poll schedule. */
-  private scheduleRetry(): void {
+  /** One more cycle without waiting for the poll schedule: at `at` (a policy's `until`, bounded by
+   * `retryDelay`) when given, else after `retryMs` (default 60 s). Replaces a retry already due. */
+  private scheduleRetry(at?: number): void {
     if (this.stopped) return;
-    if (this.retryTimer) clearTimeout(this.retryTimer);
-    this.retryTimer = setTimeout(() => this.trigger('retry'), this.o.retryMs ?? 60_000);
-    this.retryTimer.unref();
+    if (this.retryTimer !== undefined) this.timers.clearTimeout(this.retryTimer);
+    const now = this.now();
+    const delay = at === undefined ? (this.o.retryMs ?? 60_000) : retryDelay(at, now, this.o.retryBounds);
+    if (at !== undefined) this.log.info({ until: at, delayMs: delay }, 'reboot deferred by policy: retry scheduled');
+    this.retryDueAt = now + delay;
+    this.retryTimer = this.timers.setTimeout(() => {
+      this.retryTimer = undefined;
+      this.retryDueAt = undefined;
+      this.trigger('retry');
+    }, delay);
   }
 }

@@ -1,9 +1,24 @@
 /**
  * `slotflip history --config FILE [--json]`: finished update attempts, oldest first (bounded), with
- * outcome, reason and failed checks. Read-only.
+ * outcome, reason, failed checks and warnings. Read-only.
  */
 import { COMMON_OPTIONS_HELP, openAgent, parseCommandArgs, write } from '../command-support.js';
+import type { HistoryEntry } from '../machine.js';
 import type { Command } from './command.js';
+import { lastLines } from './status.js';
+
+/** The human listing: one line per attempt, then its failed checks, then its warnings (failed
+ * `required: false` checks of a boot that still committed). Pure. */
+export function formatHistory(h: readonly HistoryEntry[]): string {
+  if (h.length === 0) return 'no update attempts yet';
+  const lines: string[] = [];
+  for (const e of h) {
+    lines.push(`#${e.attempt} ${new Date(e.endedAt).toISOString()} ${e.outcome} ${e.release.version} (${e.release.id}) ${e.source}→${e.target}${e.reason ? ` ${e.reason.code}: ${e.reason.message}` : ''}`);
+    for (const f of e.failures ?? []) lines.push(`    ${f.name}: ${lastLines(f.output)}`);
+    for (const w of e.warnings ?? []) lines.push(`    warning ${w.name}: ${lastLines(w.output)}`);
+  }
+  return lines.join('\n');
+}
 
 export const command: Command = {
   help: ['usage: slotflip history --config FILE [--json]', '', 'List finished update attempts (succeeded, rolledBack, failed), oldest first. Read-only.', '', 'options:', COMMON_OPTIONS_HELP].join('\n'),
@@ -15,11 +30,7 @@ export const command: Command = {
       write(io, JSON.stringify(h));
       return 0;
     }
-    if (h.length === 0) write(io, 'no update attempts yet');
-    for (const e of h) {
-      write(io, `#${e.attempt} ${new Date(e.endedAt).toISOString()} ${e.outcome} ${e.release.version} (${e.release.id}) ${e.source}→${e.target}${e.reason ? ` ${e.reason.code}: ${e.reason.message}` : ''}`);
-      for (const f of e.failures ?? []) write(io, `    ${f.name}: ${f.output.split('\n').slice(-3).join(' | ')}`);
-    }
+    write(io, formatHistory(h));
     return 0;
   },
 };

@@ -1,11 +1,16 @@
 /**
  * `slotflip status --config FILE [--json]`: where the device stands: booted slot, both slots' boot
  * state and release, the update phase and attempt, the committed securityVersion, the last check and
- * the last result. Read-only.
+ * the last result (with the failed checks of a rollback and the warnings of a commit). Read-only.
  */
 import { COMMON_OPTIONS_HELP, openAgent, parseCommandArgs, write } from '../command-support.js';
 import type { AgentStatus } from '../agent.js';
 import type { Command } from './command.js';
+
+/** The last few lines of a check's output, on one line. */
+export function lastLines(output: string, n = 3): string {
+  return output.split('\n').slice(-n).join(' | ');
+}
 
 export function formatStatus(s: AgentStatus): string {
   const lines = [
@@ -18,7 +23,14 @@ export function formatStatus(s: AgentStatus): string {
   }
   if (s.attempt) lines.push(`attempt ${s.attempt.number}: ${s.attempt.version} slot ${s.attempt.source} → ${s.attempt.target}, ${s.attempt.transitions} transitions`);
   if (s.lastCheck) lines.push(`last check ${new Date(s.lastCheck.at).toISOString()}: ${s.lastCheck.result}${s.lastCheck.detail ? ` (${s.lastCheck.detail})` : ''}`);
-  if (s.lastResult) lines.push(`last result: ${s.lastResult.outcome} ${s.lastResult.release.version}${s.lastResult.reason ? ` (${s.lastResult.reason.code})` : ''}`);
+  if (s.lastResult) {
+    const l = s.lastResult;
+    lines.push(`last result: ${l.outcome} ${l.release.version}${l.reason ? ` (${l.reason.code})` : ''}${l.warnings?.length ? ` with ${l.warnings.length} warning${l.warnings.length === 1 ? '' : 's'}` : ''}`);
+    // failed wanted (required: false) checks of a boot that passed: the device committed, but
+    // something the operator asked to hear about is not right
+    for (const w of l.warnings ?? []) lines.push(`  warning ${w.name}: ${lastLines(w.output)}`);
+    if (l.outcome !== 'succeeded') for (const f of l.failures ?? []) lines.push(`  failed ${f.name}: ${lastLines(f.output)}`);
+  }
   return lines.join('\n');
 }
 

@@ -19,10 +19,13 @@
  * the numerator and the denominator of the failure rate: a misconfigured board must not halt a
  * rollout, and says nothing about the release either way.
  *
- * Device state payloads are read tolerantly (the daemon's `AgentStatus` plus `version` and `at`):
- * unknown fields are ignored, a payload that is not a JSON object counts as malformed, never throws.
+ * Device state payloads are read tolerantly (the daemon's `AgentStatus` plus `at`; its `lastResult`
+ * through topics.ts `readLastResult`, the one definition the daemon writes with, which also reads the
+ * flat `inventory.lastResult` older daemons published): unknown fields are ignored, a payload that is
+ * not a JSON object counts as malformed, never throws. A watcher started after the devices reported
+ * learns their outcomes, device faults included, from the retained state alone.
  */
-import { TOPIC_ROOT } from '../topics.js';
+import { TOPIC_ROOT, readLastResult } from '../topics.js';
 import { DEVICE_FAULT_CODES } from '../machine.js';
 
 export type AttemptOutcome = 'started' | 'installed' | 'succeeded' | 'rolledBack' | 'failed';
@@ -56,6 +59,8 @@ export interface DeviceAttempt {
   reason?: string;
   /** names of failed health checks of the last failure. */
   failedChecks?: string[];
+  /** names of failed `required: false` checks of a boot that passed (succeeded with warnings). */
+  warnedChecks?: string[];
   at: number;
 }
 
@@ -151,7 +156,7 @@ function device(view: FleetView, deviceId: string, at: number): DeviceView {
 
 /** Records `outcome` for `releaseId` on `d`. A terminal outcome is not replaced by an older
  * non-terminal one (a retained state can lag behind the events). */
-function record(d: DeviceView, releaseId: string, outcome: AttemptOutcome, at: number, extra: { version?: string; reason?: string; reasonCode?: string; failedChecks?: string[]; authoritative: boolean }): void {
+function record(d: DeviceView, releaseId: string, outcome: AttemptOutcome, at: number, extra: { version?: string; reason?: string; reasonCode?: string; failedChecks?: string[]; warnedChecks?: string[]; authoritative: boolean }): void {
   const targetName = targetOf(releaseId);
   const prev = d.releases[targetName];
   if (prev && !extra.authoritative) {
@@ -177,6 +182,7 @@ function record(d: DeviceView, releaseId: string, outcome: AttemptOutcome, at: n
   if (reason !== undefined) next.reason = reason;
   const checks = failed ? extra.failedChecks : sameRelease && outcome !== 'succeeded' ? prev?.failedChecks : undefined;
   if (checks !== undefined) next.failedChecks = checks;
+  if (outcome === 'succeeded' && extra.warnedChecks) next.warnedChecks = extra.warnedChecks;
   d.releases[targetName] = next;
 }
 
@@ -198,7 +204,8 @@ function foldEvent(view: FleetView, d: DeviceView, ev: Obj, at: number): void {
   const reason = reasonText(ev['reason']);
   const code = reasonCode(ev['reason']);
   const failedChecks = checkNames(ev['failures']);
-  record(d, releaseId, outcome, when, { authoritative: true, ...(version ? { version } : {}), ...(reason ? { reason } : {}), ...(code ? { reasonCode: code } : {}), ...(failedChecks ? { failedChecks } : {}) });
+  const warnedChecks = checkNames(ev['warnings']);
+  record(d, releaseId, outcome, when, { authoritative: true, ...(version ? { version } : {}), ...(reason ? { reason } : {}), ...(code ? { reasonCode: code } : {}), ...(failedChecks ? { failedChecks } : {}), ...(warnedChecks ? { warnedChecks } : {}) });
   if (outcome === 'succeeded' && version) d.version = version;
 }
 
@@ -212,17 +219,15 @@ function foldState(d: DeviceView, s: Obj, at: number): void {
     version = rel ? str(rel['version']) : undefined;
   }
   if (version) d.version = version;
-  const last = s['lastResult'];
-  if (isObj(last) && isObj(last['release'])) {
-    const id = str(last['release']['id']);
-    const outcome = str(last['outcome']);
-    if (id && (outcome === 'succeeded' || outcome === 'rolledBack' || outcome === 'failed')) {
-      const v = str(last['release']['version']);
-      const reason = reasonText(last['reason']);
-      const code = reasonCode(last['reason']);
-      const failedChecks = checkNames(last['failures']);
-      record(d, id, outcome, timeOf(last['endedAt']) ?? at, { authoritative: false, ...(v ? { version: v } : {}), ...(reason ? { reason } : {}), ...(code ? { reasonCode: code } : {}), ...(failedChecks ? { failedChecks } : {}) });
-    }
+  // the current shape, else the flat one an older daemon left retained inside `inventory`
+  const inv = s['inventory'];
+  const last = readLastResult(s['lastResult']) ?? (isObj(inv) ? readLastResult(inv['lastResult']) : undefined);
+  if (last) {
+    record(d, last.releaseId, last.outcome, last.at ?? at, {
+      authoritative: false,
+      ...(last.version ? { version: last.version } : {}), ...(last.reasonText ? { reason: last.reasonText } : {}), ...(last.reasonCode ? { reasonCode: last.reasonCode } : {}),
+      ...(last.failedChecks ? { failedChecks: last.failedChecks } : {}), ...(last.warnedChecks ? { warnedChecks: last.warnedChecks } : {}),
+    });
   }
   const attempt = s['attempt'];
   if (isObj(attempt)) {
@@ -287,6 +292,8 @@ export interface ReleaseStats {
   /** attempts that ended in a device fault (DEVICE_FAULT_CODES): neither failed nor in progress, and
    * left out of failureRate and of the halt's minimum. Present only when > 0. */
   deviceFaults?: number;
+  /** succeeded, but with failed `required: false` checks (warnings). Present only when > 0. */
+  withWarnings?: number;
 }
 
 export interface FailureEntry {
@@ -350,18 +357,23 @@ export function releaseStats(view: FleetView, targetName: string): ReleaseStats 
   let succeeded = 0;
   let failed = 0;
   let faults = 0;
+  let warned = 0;
   for (const d of view.devices.values()) {
     const a = d.releases[targetName];
     if (!a) continue;
     attempted++;
     if (isDeviceFault(a)) faults++;
     else if (isFailed(a)) failed++;
-    else if (a.outcome === 'succeeded') succeeded++;
+    else if (a.outcome === 'succeeded') {
+      succeeded++;
+      if (a.warnedChecks) warned++;
+    }
   }
   const judged = attempted - faults;
   return {
     targetName, attempted, inProgress: judged - succeeded - failed, succeeded, failed, failureRate: judged === 0 ? 0 : failed / judged,
     ...(faults > 0 ? { deviceFaults: faults } : {}),
+    ...(warned > 0 ? { withWarnings: warned } : {}),
   };
 }
 
@@ -474,7 +486,7 @@ export function formatSummary(s: FleetSummary): string {
   ];
   if (s.release) {
     const r = s.release;
-    lines.push(`  release ${r.targetName}: attempted ${r.attempted}, in progress ${r.inProgress}, succeeded ${r.succeeded}, failed ${r.failed} (${Math.round(r.failureRate * 1000) / 10}%)${r.deviceFaults ? `, device faults ${r.deviceFaults} (not counted)` : ''}`);
+    lines.push(`  release ${r.targetName}: attempted ${r.attempted}, in progress ${r.inProgress}, succeeded ${r.succeeded}, failed ${r.failed} (${Math.round(r.failureRate * 1000) / 10}%)${r.deviceFaults ? `, device faults ${r.deviceFaults} (not counted)` : ''}${r.withWarnings ? `, ${r.withWarnings} succeeded with warnings` : ''}`);
   }
   if (s.failuresTotal > 0) {
     lines.push(`  failures (${s.failuresTotal}):`);

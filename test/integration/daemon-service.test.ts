@@ -98,7 +98,9 @@ t.test('daemon process: MQTT metadata, HTTP payload, reboot by power cycle, comm
   await daemon.waitFor((l) => l['msg'] === 'cycle done' && Array.isArray(l['finished']) && (l['finished'] as string[]).includes('succeeded'), 30_000, 'commit cycle');
   const until = Date.now() + 10_000;
   while (Date.now() < until && (state?.['bootedSlot'] !== 'B' || state?.['phase'] !== 'idle')) await new Promise((r) => setTimeout(r, 50));
-  t.match(state, { deviceId: 'dev-p1', bootedSlot: 'B', phase: 'idle', committedSecurityVersion: 1, lastResult: { outcome: 'succeeded' }, inventory: { bootedSlot: 'B', uptimeSeconds: Number, lastResult: { outcome: 'committed', version: '1.1.0' } } });
+  // one last result, in the shape fleet watch reads (topics.ts StateLastResult), stamped with `at`
+  t.match(state, { deviceId: 'dev-p1', bootedSlot: 'B', phase: 'idle', committedSecurityVersion: 1, at: /^\d{4}-\d\d-\d\dT/, lastResult: { outcome: 'succeeded', release: { version: '1.1.0' } }, inventory: { bootedSlot: 'B', uptimeSeconds: Number } });
+  t.notOk((state?.['inventory'] as Record<string, unknown>)['lastResult'], 'no second, flat copy inside the inventory');
   t.equal((await boardStatus(boardDir)).booted, 'B');
 
   // a clean stop

@@ -174,7 +174,8 @@ function agentFor(w: World): Agent {
     installer: b.installer(),
     health: {
       run: async () => (w.healthy.has(b.slots[b.booted].image)
-        ? { ok: true, failures: [] }
+        // a healthy boot also fails a wanted (required: false) check: a warning every commit carries
+        ? { ok: true, failures: [{ name: 'disk-space', output: 'low', required: false }] }
         : { ok: false, failures: [{ name: 'app', output: 'exit 1' }] }),
     },
     store: b.storeView(),
@@ -206,6 +207,10 @@ async function checkInvariants(w: World): Promise<void> {
   const rec = await b.store.load();
   if (rec.phase !== 'idle') throw new Error(`left pending in phase ${rec.phase}`);
   const claimed = rec.history.find((h) => h.reason?.code === 'DAEMON_BOOTLOADER_IGNORED_ENV');
+  // a commit is only reached through health checks that passed, whatever crashed in between: the
+  // wanted check's failure must survive into every success (kept in the record until the commit)
+  const lost = rec.history.find((h) => h.outcome === 'succeeded' && h.warnings?.[0]?.name !== 'disk-space');
+  if (lost) throw new Error(`attempt ${lost.attempt} succeeded without the failed wanted check's warning`);
   if (claimed && !b.everFrozen) throw new Error(`attempt ${claimed.attempt} claimed the bootloader ignored its trial, but this bootloader never does`);
   if (booted.state !== 'good' || b.primary !== b.booted) throw new Error(`booted slot ${b.booted} is ${booted.state}, primary ${b.primary}`);
   if (rec.committedSecurityVersion !== securityOf(booted.image, w)) {

@@ -150,7 +150,7 @@ t.test('events that do not apply are ignored without changing state', async (t) 
     { type: 'CheckFailed', error: { code: 'E', message: 'm' } }, { type: 'SlotMarkedBad' }, { type: 'DownloadCompleted' },
     { type: 'DownloadFailed', error: { code: 'E', message: 'm' } }, { type: 'SlotVerified' }, { type: 'VerificationFailed', error: { code: 'E', message: 'm' } },
     { type: 'TrialArmed' }, { type: 'RebootIssued' }, { type: 'RebootDeferred', reason: 'window' }, { type: 'BootedInto', slot: 'B' },
-    { type: 'HealthChecksPassed' }, { type: 'HealthCheckFailed', failures: [] }, { type: 'Committed' }, { type: 'RollbackRequested', reason: 'r' },
+    { type: 'HealthChecksPassed' }, { type: 'HealthChecksPassed', warnings: [{ name: 'w', output: 'o' }] }, { type: 'HealthCheckFailed', failures: [] }, { type: 'Committed' }, { type: 'RollbackRequested', reason: 'r' },
     { type: 'Restarted' }, { type: 'StepFailed', error: { code: 'E', message: 'm' } }, { type: 'Reported' },
   ];
   const applies: Record<string, Phase[]> = {

@@ -65,7 +65,7 @@ t.test('evaluatePolicies', async (t) => {
     ['download, space unknown', 'download', { nowMs: at('2026-03-04T02:10:00Z') }, { allowed: false, reasons: ['free space unknown'] }],
     ['install has no window: any time', 'install', { nowMs: at('2026-03-04T12:00:00Z') }, { allowed: true }],
     ['reboot in window, lock free', 'reboot', { nowMs: at('2026-03-07T12:35:00Z'), lock: free }, { allowed: true, reasons: [] }],
-    ['reboot in window, lock held', 'reboot', { nowMs: at('2026-03-07T12:35:00Z'), lock: held }, { allowed: false, deferredSinceMs: at('2026-03-07T12:35:00Z'), retryAtMs: at('2026-03-07T13:05:00Z') }],
+    ['reboot in window, lock held', 'reboot', { nowMs: at('2026-03-07T12:35:00Z'), lock: held }, { allowed: false, deferredSinceMs: at('2026-03-07T12:35:00Z'), lockOverrideAtMs: at('2026-03-07T13:05:00Z'), retryAtMs: undefined }],
     ['reboot, lock held past max deferral', 'reboot', { nowMs: at('2026-03-07T12:40:00Z'), lock: held, deferredSinceMs: at('2026-03-07T12:05:00Z') }, { allowed: true, lockOverridden: true }],
     ['reboot outside window, lock held long', 'reboot', { nowMs: at('2026-03-09T12:40:00Z'), lock: held, deferredSinceMs: at('2026-03-07T12:05:00Z') }, { allowed: false }],
   ];
@@ -129,8 +129,10 @@ t.test('createUpdatePolicies: the agent-facing object', async (t) => {
   t.same(await pol2.mayStart({}, at('2026-03-04T02:30:00Z')), { ok: true });
   t.same(await pol2.mayStart({}, at('2026-03-04T12:00:00Z')), { ok: false, reason: 'outside the install maintenance window', until: at('2026-03-05T02:00:00Z') });
   const t0 = at('2026-03-04T12:00:00Z');
-  t.match(await pol.mayReboot(t0), { ok: false, reason: /held by pid/, until: t0 + 600_000 });
-  t.match(await pol.mayReboot(t0 + 300_000), { ok: false, until: t0 + 600_000 }, 'the deferral clock is not reset');
+  // a held lock can be released any moment: no `until` (the daemon keeps polling, it does not sleep
+  // until the override)
+  t.match(await pol.mayReboot(t0), { ok: false, reason: /held by pid/, until: undefined });
+  t.match(await pol.mayReboot(t0 + 300_000), { ok: false }, 'still deferred');
   t.match(await pol.mayReboot(t0 + 600_000), { ok: true, note: /rebooting anyway/ });
   t.same(saved, [t0, undefined], 'deferral start persisted once, cleared when the reboot goes ahead');
 });
