@@ -6,6 +6,9 @@
  * counting, the Raspberry Pi firmware's tryboot) — and saves the environment back the way the
  * bootloader would (U-Boot `saveenv` to the other redundant copy, GRUB `save_env` in place, renames
  * on the ESP). The OS side uses the real backends (fw_setenv, grub-editenv) against the same files.
+ * systemd-boot follows src/boot/boot.c (menu order, a `default` glob that may pick a bad entry, the
+ * id rule of systemd ≥ 258 or ≤ 257 as the board's convention); the Pi firmware reads autoboot.txt's
+ * [tryboot] section only on the one power-on after `reboot "0 tryboot"`.
  *
  * The kernel "comes up" when the chosen slot holds a complete test image built to boot
  * (hal/image.ts); otherwise the attempt fails, the watchdog resets, and the bootloader's counters
@@ -14,7 +17,7 @@
  * Trade-off: the selection logic is a faithful re-implementation, not the bootloader binary; the QEMU
  * lane runs the real U-Boot and GRUB against the same env formats.
  */
-import { appendFile, mkdir, open, readFile, rename, writeFile, chmod } from 'node:fs/promises';
+import { appendFile, mkdir, open, readdir, readFile, rename, writeFile, chmod } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { SlotflipError } from './errors.js';
 import { writeFileAtomic, fsyncDir, readFileCapped } from './atomic-file.js';
@@ -25,7 +28,7 @@ import { decodeEnvBlock, encodeEnvBlock, pickRedundantCopy } from './uboot-env.j
 import { encodeGrubEnvBlock, parseGrubEnvBlock } from './grub-env.js';
 import { emulatedSelect, formatEmulatedState, initialEmulatedState, readEmulatedState } from './backends/emulated.js';
 import { formatAutoboot, parseAutoboot } from './backends/rpi-tryboot.js';
-import { formatEntryName, loaderDefault, readSlotEntries, systemdBootFiles, systemdBootSelect } from './backends/systemd-boot.js';
+import { firmwareLoaderDefault, sdbootChoose, sdbootEntry, sdbootNextName, systemdBootFiles, type SdbootEntry, type SdbootIdRule } from './backends/systemd-boot.js';
 import { CUSTOM_REFERENCE_SCRIPT, formatCustomStateFile, parseCustomStateFile } from './backends/custom-reference.js';
 import { checkSlotImage, makeTestImage, readImageHeader, type TestImageHeader } from './image.js';
 
@@ -37,14 +40,17 @@ const CONVENTIONS: Record<BoardBackend, readonly string[]> = {
   emulated: [],
   uboot: ['rauc', 'mender'],
   grub: ['greenboot', 'rauc'],
-  'systemd-boot': [],
+  // systemd-boot: which firmware the emulated ESP behaves like (how entry ids are formed, see
+  // hal/backends/systemd-boot.ts SdbootIdRule): v258 and later, or up to v257 (Debian 12 ships 252)
+  'systemd-boot': ['v258', 'v252'],
   'rpi-tryboot': [],
   custom: [],
 };
 
 export interface CreateBoardOptions {
   backend: BoardBackend;
-  /** uboot: rauc (default) | mender; grub: greenboot (default) | rauc. */
+  /** uboot: rauc (default) | mender; grub: greenboot (default) | rauc; systemd-boot: the firmware's
+   * id rule, v258 (default: ids without the boot counter) | v252 (ids are whole file names). */
   convention?: string;
   /** bytes per slot (≥ 8192). */
   slotSize: number;
@@ -216,6 +222,8 @@ export async function createBoard(dir: string, opts: CreateBoardOptions): Promis
       const entry = (s: SlotName) => `title slotflip slot ${s}\nlinux /${s}/vmlinuz\noptions root=${rootDev(s)} rootwait slotflip.slot=${s}\n`;
       await writeFile(join(entries, 'slotflip-a.conf'), entry('A'));
       await writeFile(join(entries, 'slotflip-b+0.conf'), entry('B'));
+      // the minimal layout (no sort-key/version, `default` naming A's entry) of boards set up before
+      // the backend kept a glob default: the backend's first write migrates it step by step
       await writeFile(join(esp, 'loader', 'loader.conf'), 'timeout 0\ndefault slotflip-a.conf\n');
       desc.systemdBoot = { esp };
       desc.bootConfig = { type: 'systemd-boot', esp, cmdline: cmdline() };
@@ -384,30 +392,38 @@ const rpiLoader: Bootloader = async (b, ctx) => {
   return { slot, note: `${tryboot ? 'tryboot' : 'normal'} boot, boot_partition=${part}`, cmdline: slot ? cmdlineFor(slot) : '' };
 };
 
+/** systemd-boot (boot.c): every `.conf` in loader/entries (not dot files, not `auto-*`), menu order,
+ * the first entry matching loader.conf's `default` glob whatever its counter (a bad `+0-N` entry
+ * included: systemd-boot skips a bad entry only when `default` does not pick it), else the first in
+ * menu order; a counting entry is renamed `+(LEFT-1)-(DONE+1)` (`+0-N` → `+0-(N+1)`) before it boots.
+ * The board's convention picks how ids are formed: `v258` strips the counter, `v252` keeps it. */
 const systemdBootLoader: Bootloader = async (b) => {
   const f = systemdBootFiles({ esp: b.systemdBoot!.esp });
-  const es = await readSlotEntries(f);
+  const rule: SdbootIdRule = b.convention === 'v252' ? 'file-name' : 'strip-counter';
   let conf = '';
   try {
     conf = await readFile(f.loaderConf, 'utf8');
   } catch {
     // no loader.conf: no default
   }
-  const chosen = systemdBootSelect([es.A.entry, es.B.entry], loaderDefault(conf));
-  const slot: SlotName | null = chosen === es.A.entry ? 'A' : chosen === es.B.entry ? 'B' : null;
-  if (!slot) return { slot: null, note: 'no entries', cmdline: '' };
-  const cur = es[slot];
-  let note = `entry ${cur.file}`;
-  let file = cur.file;
-  if (cur.entry.triesLeft !== undefined && cur.entry.triesLeft > 0) {
-    file = formatEntryName({ base: cur.entry.base, triesLeft: cur.entry.triesLeft - 1, triesDone: (cur.entry.triesDone ?? 0) + 1 });
-    await rename(join(f.entriesDir, cur.file), join(f.entriesDir, file));
-    await fsyncDir(f.entriesDir);
-    note += ` → ${file}`;
+  const entries: SdbootEntry[] = [];
+  for (const file of await readdir(f.entriesDir)) {
+    if (file.startsWith('.') || file.startsWith('auto-') || !file.toLowerCase().endsWith('.conf')) continue;
+    const e = sdbootEntry(file, await readFile(join(f.entriesDir, file), 'utf8'), rule);
+    if (e) entries.push(e);
   }
-  const text = await readFile(join(f.entriesDir, file), 'utf8');
-  const options = /^options\s+(.*)$/m.exec(text)?.[1] ?? '';
-  return { slot, note, cmdline: options.trim() };
+  const chosen = sdbootChoose(entries, firmwareLoaderDefault(conf));
+  if (!chosen) return { slot: null, note: 'no entries', cmdline: '' };
+  const slot: SlotName | null = chosen.base === f.ids.A ? 'A' : chosen.base === f.ids.B ? 'B' : null;
+  let note = `entry ${chosen.file}`;
+  const next = sdbootNextName(chosen);
+  if (next !== undefined) {
+    await rename(join(f.entriesDir, chosen.file), join(f.entriesDir, next));
+    await fsyncDir(f.entriesDir);
+    note += ` → ${next}`;
+  }
+  if (!slot) return { slot: null, note: `${note}: not a slot entry`, cmdline: '' };
+  return { slot, note, cmdline: (chosen.options ?? '').trim() };
 };
 
 /** Custom boards: the same policy as the emulated bootloader, on the reference script's state file. */

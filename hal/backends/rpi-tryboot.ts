@@ -80,7 +80,12 @@ export function parseTrybootFlag(buf: Uint8Array): boolean {
   return Buffer.from(buf.buffer, buf.byteOffset, 4).readUInt32BE(0) === 1;
 }
 
-export function createRpiTrybootBackend(cfg: RpiTrybootBackendConfig): BackendCore {
+/** The one write the backend does (a seam for the power-cut harness): replace a file atomically. */
+export interface RpiTrybootIo {
+  writeFile(path: string, data: string): Promise<void>;
+}
+
+export function createRpiTrybootBackend(cfg: RpiTrybootBackendConfig, io: RpiTrybootIo = { writeFile: (p, d) => writeFileAtomic(p, d) }): BackendCore {
   const parts = cfg.partitions ?? { A: 2, B: 3 };
   const file = join(cfg.bootDir, 'autoboot.txt');
   const flagFile = cfg.trybootFlagFile ?? '/proc/device-tree/chosen/bootloader/tryboot';
@@ -109,7 +114,7 @@ export function createRpiTrybootBackend(cfg: RpiTrybootBackendConfig): BackendCo
   const write = async (before: Autoboot, after: Autoboot) => {
     const text = formatAutoboot(after);
     if (text === formatAutoboot(before)) return;
-    await writeFileAtomic(file, text);
+    await io.writeFile(file, text);
     if ((await readFile(file, 'utf8')) !== text) throw new SlotflipError('HAL_BOOTENV_VERIFY', `${file} did not read back as written`, { details: { path: file } });
   };
   const slotOf = (p: number): SlotName => (p === parts.A ? 'A' : 'B');

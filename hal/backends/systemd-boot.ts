@@ -5,18 +5,24 @@
  * - one entry per slot, `loader/entries/<id>.conf` (ids from config, default `slotflip-a`/`slotflip-b`);
  * - boot counting in the file name: `<id>+LEFT[-DONE].conf`; systemd-boot renames it to
  *   `+(LEFT-1)-(DONE+1)` before booting it, and sorts `+0` entries (bad) after all others;
- * - blessing (what systemd-bless-boot does after boot-complete.target) drops the counter;
- * - `loader/loader.conf` `default <id>.conf` picks the primary entry.
+ * - blessing (what systemd-bless-boot does after boot-complete.target) drops the counter.
  *
- * armTrial and commit are two atomic steps each — rename the entry, then replace loader.conf — ordered
- * so that a crash between them leaves a state the contract accepts (the entry is armed or blessed
- * while the default still names the old good slot, which keeps booting).
+ * What the firmware really does (src/boot/boot.c, read for this module; `sdbootChoose` below): it
+ * boots the FIRST entry in menu order matching loader.conf's `default` glob, bad or not — a `default`
+ * that names one slot's entry keeps booting it after its tries ran out (a reboot loop: systemd issues
+ * #15256, #31215, #40192) — and only when `default` matches nothing does a bad entry lose to a good
+ * one. Up to systemd 257 the id is the whole file name (`default slotflip-b.conf` never matches
+ * `slotflip-b+3.conf`); from 258 the counter is stripped. So `default` names only the committed,
+ * blessed entry; while a trial is armed it is a glob matching both slot entries (`slotflip-*`), and
+ * which slot comes first is set by the entries' `sort-key`/`version` lines (see
+ * `createSystemdBootBackend`). Each change is one atomic rename or file replacement, ordered so that
+ * a crash between any two still boots the committed slot or the armed trial.
  */
 import { readdir, readFile, rename } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { SlotflipError } from '../errors.js';
-import { fsyncDir, writeFileAtomic } from '../atomic-file.js';
-import type { SlotBootState, SlotName } from '../boot-control.js';
+import { fsyncDir, readFileCapped, writeFileAtomic } from '../atomic-file.js';
+import { otherSlot, type SlotBootState, type SlotName } from '../boot-control.js';
 import { readBootedSlot, type CmdlineConfig } from '../cmdline.js';
 import type { BackendCore } from './core.js';
 
@@ -97,13 +103,117 @@ function globMatch(pattern: string, s: string): boolean {
 
 const isBadEntry = (e: EntryName) => e.triesLeft === 0;
 
-/** systemd-boot's choice among entries: entries with no tries left sort last; the first entry whose id
- * (`base.conf`) matches `default` and is not bad wins, else the first entry that is not bad, else the
- * first entry. Pure; used by the backend (primary) and the emulated board. */
-export function systemdBootSelect(entries: readonly EntryName[], defaultPattern: string | undefined): EntryName | undefined {
-  const sorted = [...entries].sort((a, b) => Number(isBadEntry(a)) - Number(isBadEntry(b)) || a.base.localeCompare(b.base));
-  const good = sorted.filter((e) => !isBadEntry(e));
-  return (defaultPattern === undefined ? undefined : good.find((e) => globMatch(defaultPattern, `${e.base}.conf`))) ?? good[0] ?? sorted[0];
+/** How systemd-boot derives an entry's id (what `default` in loader.conf is matched against):
+ * `strip-counter` — the file name without the `+LEFT[-DONE]` counter (systemd 258 and later,
+ * systemd PR #38897); `file-name` — the whole file name, counter included (up to systemd 257). */
+export type SdbootIdRule = 'strip-counter' | 'file-name';
+
+/** One Boot Loader Specification Type #1 entry as systemd-boot sees it. */
+export interface SdbootEntry extends EntryName {
+  /** current file name in loader/entries/. */
+  file: string;
+  /** lower-cased id matched against loader.conf's `default` pattern. */
+  id: string;
+  sortKey?: string;
+  version?: string;
+  machineId?: string;
+  options?: string;
+}
+
+/** Reads the keys of an entry file that matter for ordering (last occurrence wins, like
+ * systemd-boot's parser; `options` lines are joined with a space). Pure. */
+export function entryFields(text: string): Pick<SdbootEntry, 'sortKey' | 'version' | 'machineId' | 'options'> {
+  const out: Pick<SdbootEntry, 'sortKey' | 'version' | 'machineId' | 'options'> = {};
+  for (const raw of text.split('\n')) {
+    const m = /^\s*([A-Za-z-]+)[ \t]+(.*?)\s*$/.exec(raw);
+    if (!m || raw.trimStart().startsWith('#')) continue;
+    const [, key, value] = m as unknown as [string, string, string];
+    if (key === 'sort-key') out.sortKey = value;
+    else if (key === 'version') out.version = value;
+    else if (key === 'machine-id') out.machineId = value;
+    else if (key === 'options') out.options = out.options === undefined ? value : `${out.options} ${value}`;
+  }
+  return out;
+}
+
+/** An entry file (name and content) as systemd-boot's parser sees it; undefined when the name is not
+ * a `.conf` entry name this module understands. Pure. */
+export function sdbootEntry(file: string, text: string, rule: SdbootIdRule = 'strip-counter'): SdbootEntry | undefined {
+  const n = parseEntryName(file);
+  if (!n) return undefined;
+  const id = (rule === 'strip-counter' ? `${n.base}.conf` : file).toLowerCase();
+  return { ...n, file, id, ...entryFields(text) };
+}
+
+/** systemd's strverscmp_improved, reduced to what entry ids and versions here use: runs of digits
+ * compare as numbers, everything else by character code; a prefix sorts first. Pure. */
+export function verCmp(a: string | undefined, b: string | undefined): number {
+  if (a === b) return 0;
+  if (a === undefined) return -1;
+  if (b === undefined) return 1;
+  const sa = a.match(/\d+|\D/g) ?? [];
+  const sb = b.match(/\d+|\D/g) ?? [];
+  for (let i = 0; i < Math.min(sa.length, sb.length); i++) {
+    const x = sa[i]!;
+    const y = sb[i]!;
+    if (/^\d/.test(x) && /^\d/.test(y)) {
+      const nx = x.replace(/^0+(?=\d)/, '');
+      const ny = y.replace(/^0+(?=\d)/, '');
+      if (nx.length !== ny.length) return nx.length - ny.length;
+      if (nx !== ny) return nx < ny ? -1 : 1;
+    } else if (x !== y) return x < y ? -1 : 1;
+  }
+  return sa.length - sb.length;
+}
+
+const strcmp = (a: string | undefined, b: string | undefined) => (a === b ? 0 : a === undefined ? -1 : b === undefined ? 1 : a < b ? -1 : 1);
+
+/** systemd-boot's menu order (boot.c `boot_entry_compare`): entries with no tries left last; entries
+ * with a sort-key before those without; by sort-key, machine-id, version (newest first); then by id,
+ * newest first; then more tries left first, fewer tries done first. Pure. */
+export function sdbootCompare(a: SdbootEntry, b: SdbootEntry): number {
+  let r = Number(a.triesLeft === 0) - Number(b.triesLeft === 0);
+  if (r) return r;
+  r = Number(a.sortKey === undefined) - Number(b.sortKey === undefined);
+  if (r) return r;
+  if (a.sortKey !== undefined && b.sortKey !== undefined) {
+    r = strcmp(a.sortKey, b.sortKey) || strcmp(a.machineId, b.machineId) || -verCmp(a.version, b.version);
+    if (r) return r;
+  }
+  r = -verCmp(a.id, b.id);
+  if (r) return r;
+  if (a.triesLeft === undefined || b.triesLeft === undefined) return 0;
+  return b.triesLeft - a.triesLeft || (a.triesDone ?? 0) - (b.triesDone ?? 0);
+}
+
+/** systemd-boot's choice on a power-on without EFI variables (boot.c `config_select_default_entry`):
+ * the FIRST entry in menu order whose id matches loader.conf's `default` glob — whatever its boot
+ * counter says, a bad (`+0-N`) entry included — else the first entry in menu order. Pure. */
+export function sdbootChoose(entries: readonly SdbootEntry[], defaultPattern: string | undefined): SdbootEntry | undefined {
+  const sorted = [...entries].sort(sdbootCompare);
+  if (defaultPattern !== undefined) {
+    const hit = sorted.find((e) => globMatch(defaultPattern.toLowerCase(), e.id));
+    if (hit) return hit;
+  }
+  return sorted[0];
+}
+
+/** The name systemd-boot renames a counting entry to before booting it (`+0-N` too: it keeps
+ * counting tries done); undefined for an entry without a counter. Pure. */
+export function sdbootNextName(e: EntryName): string | undefined {
+  if (e.triesLeft === undefined) return undefined;
+  return formatEntryName({ base: e.base, triesLeft: Math.max(e.triesLeft - 1, 0), triesDone: (e.triesDone ?? 0) + 1 });
+}
+
+/** loader.conf's `default` as the firmware reads it: lenient (malformed lines are skipped), the last
+ * `default` line wins. Pure. */
+export function firmwareLoaderDefault(text: string): string | undefined {
+  let d: string | undefined;
+  for (const raw of text.split('\n')) {
+    const m = /^\s*default[ \t]+(\S.*?)\s*$/.exec(raw);
+    if (m) d = m[1];
+  }
+  return d;
 }
 
 export interface SystemdBootFiles {
@@ -149,32 +259,143 @@ async function readLoaderConf(path: string): Promise<string> {
   }
 }
 
-export function createSystemdBootBackend(cfg: SystemdBootBackendConfig): BackendCore {
+/** File operations the backend performs on the ESP, each atomic on its own (a seam for the
+ * power-cut harness, which cuts between them). */
+export interface SystemdBootIo {
+  /** renames an entry file within loader/entries and fsyncs the directory. */
+  rename(from: string, to: string): Promise<void>;
+  /** replaces a file atomically (temp, fsync, rename, fsync dir). */
+  writeFile(path: string, data: string): Promise<void>;
+}
+
+export const nodeSystemdBootIo: SystemdBootIo = {
+  async rename(from, to) {
+    await rename(from, to);
+    await fsyncDir(dirname(to));
+  },
+  writeFile: (path, data) => writeFileAtomic(path, data),
+};
+
+/** The loader.conf `default` glob slotflip sets while a trial is armed: the ids' common prefix and
+ * `*`, which matches both slot entries in every counter state under either id rule. Pure. */
+export function slotDefaultPattern(ids: { A: string; B: string }): string {
+  const a = ids.A.toLowerCase();
+  const b = ids.B.toLowerCase();
+  let i = 0;
+  while (i < a.length && i < b.length && a[i] === b[i]) i++;
+  return `${a.slice(0, i)}*`;
+}
+
+/** sdbootCompare without the boot counters and the id tie-break: which of two entries the menu puts
+ * first by sort-key, machine-id and version alone (0: undecided). Pure. */
+function orderKeyCmp(a: SdbootEntry, b: SdbootEntry): number {
+  const r = Number(a.sortKey === undefined) - Number(b.sortKey === undefined);
+  if (r || a.sortKey === undefined || b.sortKey === undefined) return r;
+  return strcmp(a.sortKey, b.sortKey) || strcmp(a.machineId, b.machineId) || -verCmp(a.version, b.version);
+}
+
+/** Entry text with `sort-key`, `machine-id` and `version` replaced (appended at the end). Pure. */
+function withOrderKeys(text: string, keys: { sortKey: string; machineId?: string; version: string }): string {
+  const kept = text.split('\n').filter((l) => !/^\s*(sort-key|machine-id|version)([ \t]|$)/.test(l));
+  while (kept.length > 0 && kept.at(-1)!.trim() === '') kept.pop();
+  kept.push(`sort-key ${keys.sortKey}`, ...(keys.machineId === undefined ? [] : [`machine-id ${keys.machineId}`]), `version ${keys.version}`);
+  return kept.join('\n') + '\n';
+}
+
+interface SlotEntryState {
+  file: string;
+  info: SdbootEntry;
+  text: string;
+}
+
+/**
+ * How the backend steers systemd-boot (what the firmware really does, see `sdbootChoose`): a
+ * `default` naming one slot's entry pins it even after its tries ran out. So `default` names only a
+ * committed (blessed, good) entry; while a trial is armed it is a glob matching BOTH slot entries, and
+ * the firmware boots the first entry in menu order with tries left — bad entries (`+0…`) sort last.
+ * The order between the two slot entries is set by their `sort-key` (same on both) and `version` (a
+ * generation number, newest first): slotflip owns these two lines of both slot entries.
+ *
+ * Every step is one atomic rename or file replacement, ordered so that a crash between any two still
+ * boots the committed slot, or the armed trial within its tries:
+ * - markBad: rename to `+0` (unpinning first if `default` names that slot);
+ * - armTrial: unpin (the pinned slot moved to the front, then `default` becomes the glob), rename to
+ *   `+0` (bad: sorts last), raise its version above the other's, rename to `+N`;
+ * - commit: drop the counter (bless), move it to the front, then pin it (`default <id>.conf`).
+ * An ESP laid out before this scheme (`default <id>.conf`, no sort-key/version) is the pinned state.
+ */
+export function createSystemdBootBackend(cfg: SystemdBootBackendConfig, io: SystemdBootIo = nodeSystemdBootIo): BackendCore {
   const f = systemdBootFiles(cfg);
+  const pattern = slotDefaultPattern(f.ids);
+  const readState = async () => {
+    const es = await readSlotEntries(f);
+    const slots = {} as Record<SlotName, SlotEntryState>;
+    for (const s of ['A', 'B'] as const) {
+      const path = join(f.entriesDir, es[s].file);
+      let text: string;
+      try {
+        text = (await readFileCapped(path, 64 * 1024)).toString('utf8');
+      } catch (cause) {
+        throw new SlotflipError('HAL_BOOTENV_READ', `cannot read loader entry ${path}`, { cause, details: { path } });
+      }
+      const info = sdbootEntry(es[s].file, text)!;
+      if (info.version !== undefined && !/^\d{1,9}$/.test(info.version)) {
+        throw new SlotflipError('HAL_BOOTENV_PARSE', `${path}: version ${JSON.stringify(info.version.slice(0, 40))} is not a whole number; slotflip keeps a generation number there (remove the line)`, { details: { path } });
+      }
+      slots[s] = { file: es[s].file, info, text };
+    }
+    return { slots, conf: await readLoaderConf(f.loaderConf) };
+  };
   const renameEntry = async (slot: SlotName, to: EntryName) => {
     const cur = (await readSlotEntries(f))[slot];
     const target = formatEntryName(to);
     if (cur.file === target) return;
-    await rename(join(f.entriesDir, cur.file), join(f.entriesDir, target));
-    await fsyncDir(f.entriesDir);
+    await io.rename(join(f.entriesDir, cur.file), join(f.entriesDir, target));
     const after = (await readSlotEntries(f))[slot];
     if (after.file !== target) throw new SlotflipError('HAL_BOOTENV_VERIFY', `${f.entriesDir}: slot ${slot} entry is ${after.file} after renaming to ${target}`, { details: { slot } });
   };
-  const setDefault = async (slot: SlotName) => {
-    const text = await readLoaderConf(f.loaderConf);
-    const id = `${f.ids[slot]}.conf`;
-    if (loaderDefault(text) === id) return;
-    await writeFileAtomic(f.loaderConf, setLoaderDefault(text, id));
-    if (loaderDefault(await readLoaderConf(f.loaderConf)) !== id) throw new SlotflipError('HAL_BOOTENV_VERIFY', `${f.loaderConf} did not read back default ${id}`, { details: { path: f.loaderConf } });
+  /** makes `slot` sort before the other slot's entry by sort-key/version (one entry write). */
+  const ensureFirst = async (slot: SlotName) => {
+    const { slots } = await readState();
+    const me = slots[slot];
+    const other = slots[otherSlot(slot)].info;
+    if (orderKeyCmp(me.info, other) < 0) return;
+    const text = withOrderKeys(me.text, { sortKey: other.sortKey ?? 'slotflip', ...(other.machineId === undefined ? {} : { machineId: other.machineId }), version: String(Number(other.version ?? '0') + 1) });
+    await io.writeFile(join(f.entriesDir, me.file), text);
+    const after = await readState();
+    if (orderKeyCmp(after.slots[slot].info, after.slots[otherSlot(slot)].info) >= 0) throw new SlotflipError('HAL_BOOTENV_VERIFY', `${f.entriesDir}: slot ${slot}'s entry does not sort first after rewriting its version`, { details: { slot } });
+  };
+  const writeDefault = async (conf: string, value: string) => {
+    await io.writeFile(f.loaderConf, setLoaderDefault(conf, value));
+    if (loaderDefault(await readLoaderConf(f.loaderConf)) !== value) throw new SlotflipError('HAL_BOOTENV_VERIFY', `${f.loaderConf} did not read back default ${value}`, { details: { path: f.loaderConf } });
+  };
+  /** `default` becomes the glob without changing which slot boots: the slot booting now (a good one)
+   * is moved to the front first. */
+  const unpin = async () => {
+    const { slots, conf } = await readState();
+    const d = loaderDefault(conf);
+    if (d === pattern) return;
+    const chosen = sdbootChoose([slots.A.info, slots.B.info], d);
+    const slotOf = (e: SdbootEntry | undefined): SlotName | undefined => (e === slots.A.info ? 'A' : e === slots.B.info ? 'B' : undefined);
+    const good = (s: SlotName) => slots[s].info.triesLeft === undefined;
+    const now = slotOf(chosen);
+    const keep: SlotName = now && good(now) ? now : good('A') ? 'A' : good('B') ? 'B' : (now ?? 'A');
+    await ensureFirst(keep);
+    await writeDefault((await readState()).conf, pattern);
+  };
+  /** true when loader.conf's `default` (other than the glob) would pick `slot`'s entry. */
+  const pins = (conf: string, slot: SlotName) => {
+    const d = loaderDefault(conf);
+    return d !== undefined && d !== pattern && globMatch(d.toLowerCase(), `${f.ids[slot]}.conf`.toLowerCase());
   };
   return {
     backend: 'systemd-boot',
     maxTries: 99,
     bootedSlot: () => readBootedSlot(cfg.cmdline ?? {}),
     async slotState(slot): Promise<SlotBootState> {
-      const es = await readSlotEntries(f);
-      const chosen = systemdBootSelect([es.A.entry, es.B.entry], loaderDefault(await readLoaderConf(f.loaderConf)));
-      const e = es[slot].entry;
+      const { slots, conf } = await readState();
+      const chosen = sdbootChoose([slots.A.info, slots.B.info], firmwareLoaderDefault(conf));
+      const e = slots[slot].info;
       const primary = chosen === e && !isBadEntry(e);
       if (e.triesLeft === undefined) return { state: 'good', primary };
       // `+0-N`: a trial that used its tries (stays 'trial' until committed or marked bad); `+0`: marked bad
@@ -182,16 +403,25 @@ export function createSystemdBootBackend(cfg: SystemdBootBackendConfig): Backend
       return { state: 'trial', triesLeft: e.triesLeft, primary };
     },
     async markBad(slot) {
+      if (pins((await readState()).conf, slot)) await unpin();
       await renameEntry(slot, { base: f.ids[slot], triesLeft: 0 });
     },
     async armTrial(slot, tries) {
-      // arm the entry first: until the default moves, the old slot keeps booting
+      const { slots, conf } = await readState();
+      const me = slots[slot].info;
+      if (loaderDefault(conf) === pattern && me.triesLeft === tries && me.triesDone === undefined && orderKeyCmp(me, slots[otherSlot(slot)].info) < 0) return; // armed already
+      await unpin();
+      // bad first: while its version moves it to the front, it must sort last
+      if (me.triesLeft !== 0) await renameEntry(slot, { base: f.ids[slot], triesLeft: 0 });
+      await ensureFirst(slot);
       await renameEntry(slot, { base: f.ids[slot], triesLeft: tries });
-      await setDefault(slot);
     },
     async commit(slot) {
       await renameEntry(slot, { base: f.ids[slot] });
-      await setDefault(slot);
+      await ensureFirst(slot);
+      const { conf } = await readState();
+      const id = `${f.ids[slot]}.conf`;
+      if (loaderDefault(conf) !== id) await writeDefault(conf, id);
     },
   };
 }

@@ -10,8 +10,10 @@
  *
  * Journal: one JSON line per operation, written synchronously BEFORE the operation runs:
  * `{"n":1,"op":"slot-write","slot":"B","path":...,"offset":0,"len":16384}`, `slot-flush`,
- * `state-save`, `outbox-append`, `boot-markBad|armTrial|commit`, `tool` (fw_setenv, grub-editenv ...;
- * `write: true` for environment writes), `reboot`. With `--kill-at N` the driver SIGKILLs itself at
+ * `state-save`, `outbox-append`, `boot-markBad|armTrial|commit`, `tool` (fw_setenv, grub-editenv,
+ * the custom backend's script ...; `write: true` for environment writes), `esp-rename` / `esp-write`
+ * (each file step of the systemd-boot and rpi-tryboot backends), `reboot` (with the backend's reboot
+ * argument, e.g. `0 tryboot`, handed to the emulated firmware). With `--kill-at N` the driver SIGKILLs itself at
  * operation N: `before` (the operation never ran), `after` (it completed), `torn` (a slot write lands
  * half; an environment write lands and then its newest copy is torn, as a cut in the middle of
  * that write leaves it). No environment variables: everything is an argument.
@@ -26,10 +28,15 @@ import { createAgent, statePaths } from '../../daemon/compose.js';
 import { runUpdateCycle, type CycleResult, type EventSink } from '../../daemon/agent.js';
 import { FileStateStore } from '../../daemon/state-store.js';
 import { Outbox } from '../../daemon/outbox.js';
-import { createBootControl } from '../../hal/registry.js';
+import { createBootControl, type BootBackendConfig } from '../../hal/registry.js';
+import { withGuards, type GuardedBootControl } from '../../hal/backends/core.js';
+import { createSystemdBootBackend } from '../../hal/backends/systemd-boot.js';
+import { createRpiTrybootBackend } from '../../hal/backends/rpi-tryboot.js';
+import { rename as fsRename, writeFile as fsWriteFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { createSlotWriter } from '../../hal/file-slot.js';
 import { execTool, type ToolRunner } from '../../hal/exec.js';
-import { writeFileAtomic } from '../../hal/atomic-file.js';
+import { fsyncDir, writeFileAtomic } from '../../hal/atomic-file.js';
 import { boardStatus, corruptEnv, powerCycle } from '../../hal/board.js';
 import type { BootControl, SlotName } from '../../hal/boot-control.js';
 import type { SlotWriter } from '../../hal/slot-writer.js';
@@ -74,6 +81,47 @@ export function boardHealth(boardDir: string): HealthRunner {
       return { ok, failures: ok ? [] : [{ name: 'app', output: `slot ${s.booted} runs ${img.version ?? '?'}: app failed to start`, required: true }] };
     },
   };
+}
+
+/** One ESP file operation of the systemd-boot / rpi-tryboot backends, journaled as its own op so a
+ * cut can land between the steps of one boot-control call. */
+type EspOp = (entry: Record<string, unknown>) => 'run' | 'kill-after' | 'torn';
+
+/**
+ * The ESP/boot-partition writes of systemd-boot and rpi-tryboot as cut points. Each is atomic on its
+ * own: a rename of an entry (one directory update), or a file replaced by temp + fsync + rename (the
+ * directory entry of `autoboot.txt` / `loader.conf` is rewritten in one sector). `torn` therefore
+ * cannot leave a half-written file the firmware reads: for a replacement it leaves a half temp file
+ * beside the target and the old content in place; for a rename it is the same as `before`. Not
+ * modelled: a FAT rename torn between adding the new directory entry and removing the old one (both
+ * names present, cross-linked).
+ */
+function espIo(op: EspOp, die: () => never) {
+  return {
+    async rename(from: string, to: string) {
+      const k = op({ op: 'esp-rename', path: from, to: basename(to), write: true });
+      if (k === 'torn') die();
+      await fsRename(from, to);
+      await fsyncDir(dirname(to));
+      if (k !== 'run') die();
+    },
+    async writeFile(path: string, data: string) {
+      const k = op({ op: 'esp-write', path, write: true });
+      if (k === 'torn') {
+        await fsWriteFile(join(dirname(path), `.${basename(path)}.99999.1.tmp`), data.slice(0, Math.floor(data.length / 2)));
+        die();
+      }
+      await writeFileAtomic(path, data);
+      if (k !== 'run') die();
+    },
+  };
+}
+
+/** The board's boot control; systemd-boot and rpi-tryboot get their file operations journaled. */
+function bootControlFor(cfg: BootBackendConfig, runner: ToolRunner, io: ReturnType<typeof espIo>): GuardedBootControl {
+  if (cfg.type === 'systemd-boot') return withGuards(createSystemdBootBackend(cfg, io));
+  if (cfg.type === 'rpi-tryboot') return withGuards(createRpiTrybootBackend(cfg, io));
+  return createBootControl(cfg, { runner });
 }
 
 export async function drive(o: DriverOptions): Promise<DriverResult> {
@@ -135,7 +183,7 @@ export async function drive(o: DriverOptions): Promise<DriverResult> {
     A: wrapSlot(createSlotWriter('A', { ...config.board.slots.A })),
     B: wrapSlot(createSlotWriter('B', { ...config.board.slots.B })),
   };
-  const inner = createBootControl(config.board.boot, { runner });
+  const inner = bootControlFor(config.board.boot, runner, espIo(op, die));
   const guardedCall = async <T>(name: string, slot: SlotName, fn: () => Promise<T>): Promise<T> => {
     const k = op({ op: `boot-${name}`, slot });
     const r = await fn();
@@ -149,7 +197,8 @@ export async function drive(o: DriverOptions): Promise<DriverResult> {
     markBad: (s) => guardedCall('markBad', s, () => inner.markBad(s)),
     armTrial: (s, t) => guardedCall('armTrial', s, () => inner.armTrial(s, t)),
     commit: (s) => guardedCall('commit', s, () => inner.commit(s)),
-  };
+    rebootArgument: () => inner.rebootArgument(),
+  } as BootControl & { rebootArgument: () => Promise<string | undefined> };
   const now = o.now ?? Date.now;
   const store = new FileStateStore({
     stateDir: config.stateDir,
@@ -169,10 +218,11 @@ export async function drive(o: DriverOptions): Promise<DriverResult> {
       return r;
     },
   };
-  const reboot = async (): Promise<void> => {
-    const k = op({ op: 'reboot' });
+  const reboot = async (rebootArgument?: string): Promise<void> => {
+    const k = op({ op: 'reboot', ...(rebootArgument ? { arg: rebootArgument } : {}) });
     reboots++;
-    await powerCycle(o.boardDir);
+    // the argument reaches the firmware (rpi-tryboot: `0 tryboot`, one shot); a cut passes none
+    await powerCycle(o.boardDir, rebootArgument ? { rebootArgument } : {});
     if (k !== 'run') die();
   };
   try {

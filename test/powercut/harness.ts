@@ -3,7 +3,8 @@
  * points, models what the cut loses, power-cycles the emulated board, and checks the invariants.
  *
  * One iteration (everything derived from its seed, printed on failure):
- * 1. A fresh emulated board (emulated, uboot rauc, uboot mender, grub greenboot or grub rauc) with
+ * 1. A fresh emulated board (emulated, uboot rauc, uboot mender, grub greenboot, grub rauc,
+ *    systemd-boot as firmware v258+ or v252 (how entry ids are formed), rpi-tryboot, custom) with
  *    factory image 1.0.0 committed in slot A; a fresh state directory; a scenario: `good` (1.1.0
  *    boots and is healthy), `unhealthy` (boots, health check fails: rollback) or `noboot` (the kernel
  *    never comes up: the bootloader falls back).
@@ -11,7 +12,10 @@
  *    middle of it) or after a random delay; then model lost unsynced writes: every slot write after
  *    the slot's last flush is kept, dropped (random bytes: the old contents are unknown) or torn;
  *    a torn temp file is left beside the record and the outbox; a torn environment write garbles the
- *    newest redundant copy (done by the driver at the cut). Power-cycle the board.
+ *    newest redundant copy (done by the driver at the cut). systemd-boot and rpi-tryboot change their
+ *    files in several atomic steps (entry renames, entry / loader.conf / autoboot.txt replacements):
+ *    each step is its own cut point (driver.ts `espIo`). Power-cycle the board (no reboot argument:
+ *    a cut never boots a Raspberry Pi tryboot trial).
  * 3. After each cut: the board boots (bounded attempts) a slot holding a fully verified known image
  *    (header and hash), never an unarmed target; the update record and the outbox parse; the
  *    committed securityVersion never decreases; the record's save counter never goes back.
@@ -43,14 +47,18 @@ export interface BoardKind {
   backend: BoardBackend;
   convention?: string;
 }
-/** Backends whose power-cycle (bootloader selection) logic exists in hal/board.ts and that keep an
- * environment the harness can tear. */
+/** Board kinds the harness draws from: every backend whose power-on selection hal/board.ts models
+ * (systemd-boot twice: the id rule changed in systemd 258, see hal/backends/systemd-boot.ts). */
 export const BOARD_KINDS: readonly BoardKind[] = [
   { backend: 'emulated' },
   { backend: 'uboot', convention: 'rauc' },
   { backend: 'uboot', convention: 'mender' },
   { backend: 'grub', convention: 'greenboot' },
   { backend: 'grub', convention: 'rauc' },
+  { backend: 'systemd-boot', convention: 'v258' },
+  { backend: 'systemd-boot', convention: 'v252' },
+  { backend: 'rpi-tryboot' },
+  { backend: 'custom' },
 ];
 export type Scenario = 'good' | 'unhealthy' | 'noboot';
 export const SCENARIOS: readonly Scenario[] = ['good', 'unhealthy', 'noboot'];
@@ -135,9 +143,9 @@ export interface IterationPlan {
 }
 
 /** Everything an iteration does follows from its seed. `opsHint` ~ ops of an uncut run. */
-export function planIteration(seed: number, opsHint = 45): IterationPlan {
+export function planIteration(seed: number, opsHint = 45, kinds: readonly BoardKind[] = BOARD_KINDS): IterationPlan {
   const r = rng(seed);
-  const kind = pickOf(r, BOARD_KINDS);
+  const kind = pickOf(r, kinds);
   const scenario = pickOf(r, SCENARIOS);
   const tries = intIn(r, 1, 3);
   const nCuts = intIn(r, 1, 3);
@@ -344,8 +352,17 @@ export async function writeConfig(path: string, o: { deviceId: string; stateDir:
   return resolveConfig(raw, path);
 }
 
-export async function runIteration(seed: number, h: HarnessOptions): Promise<IterationResult> {
-  return runPlan(planIteration(seed), h);
+export async function runIteration(seed: number, h: HarnessOptions, kinds?: readonly BoardKind[]): Promise<IterationResult> {
+  return runPlan(planIteration(seed, undefined, kinds), h);
+}
+
+export const kindLabel = (b: BoardKind): string => (b.convention ? `${b.backend}/${b.convention}` : b.backend);
+
+/** `backend/convention` as printed in a plan, or `backend` (its first kind) → the board kind. Throws on unknown names. */
+export function parseKind(name: string): BoardKind {
+  const k = BOARD_KINDS.find((b) => kindLabel(b) === name) ?? BOARD_KINDS.find((b) => b.backend === name);
+  if (!k) throw new Error(`powercut: unknown board kind ${JSON.stringify(name)}; use one of ${BOARD_KINDS.map(kindLabel).join(', ')}`);
+  return k;
 }
 
 /** Runs one plan (a seeded one, or a named fault case's explicit cuts). */
@@ -446,7 +463,7 @@ export interface RunSummary {
 }
 
 /** Runs `iterations` iterations with seeds derived from `seed`, `parallel` at a time. */
-export async function runPowercut(o: { iterations: number; seed: number; parallel?: number; workDir: string; driverPath?: string; keep?: boolean; onResult?: (r: IterationResult, i: number) => void }): Promise<RunSummary> {
+export async function runPowercut(o: { iterations: number; seed: number; parallel?: number; workDir: string; driverPath?: string; keep?: boolean; kinds?: readonly BoardKind[]; onResult?: (r: IterationResult, i: number) => void }): Promise<RunSummary> {
   const started = Date.now();
   await mkdir(o.workDir, { recursive: true });
   const fixtures = await buildFixtures(join(o.workDir, 'fixtures'));
@@ -457,7 +474,7 @@ export async function runPowercut(o: { iterations: number; seed: number; paralle
     const worker = async () => {
       while (next < seeds.length) {
         const i = next++;
-        const r = await runIteration(seeds[i]!, { workDir: o.workDir, fixtures, ...(o.driverPath ? { driverPath: o.driverPath } : {}), ...(o.keep ? { keep: o.keep } : {}) });
+        const r = await runIteration(seeds[i]!, { workDir: o.workDir, fixtures, ...(o.driverPath ? { driverPath: o.driverPath } : {}), ...(o.keep ? { keep: o.keep } : {}) }, o.kinds);
         results.push(r);
         o.onResult?.(r, i);
       }

@@ -1,5 +1,5 @@
 /**
- * `npm run test:powercut -- --iterations N --seed S [--parallel P] [--keep] [--work DIR]`
+ * `npm run test:powercut -- --iterations N --seed S [--parallel P] [--kinds K,K] [--keep] [--work DIR]`
  * (= `npm run build && node dist/test/powercut/run.js ...`): the power-cut harness (harness.ts).
  * Prints every failing iteration with its seed and plan, then a summary; exits 1 on any violation.
  * Re-run one failing iteration with `--only-seed SEED --keep` and inspect its directory.
@@ -8,7 +8,21 @@ import { parseArgs } from 'node:util';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { rm } from 'node:fs/promises';
-import { buildFixtures, runIteration, runPowercut } from './harness.js';
+import { BOARD_KINDS, buildFixtures, kindLabel, parseKind, runIteration, runPowercut } from './harness.js';
+
+const USAGE = `usage: node dist/test/powercut/run.js [options]
+  --iterations N   iterations (default 100), each a fresh board, update and 1-3 power cuts
+  --seed S         base seed (default: random, printed); iteration seeds derive from it
+  --parallel P     iterations at a time (default 2)
+  --kinds K,K      only these board kinds (default all: ${BOARD_KINDS.map(kindLabel).join(', ')});
+                   restricting kinds changes which plan a seed draws
+  --only-seed S    re-run one iteration seed (as printed on failure) and keep its directory
+                   (with the same --kinds as the run that printed it)
+  --keep           keep iteration directories
+  --work DIR       work directory (default: a new one under the system temp dir)
+  --quiet          no progress lines
+Prints every failing iteration (seed, plan, violations) and a summary; exits 1 on any violation.
+`;
 
 async function main(): Promise<number> {
   const { values } = parseArgs({
@@ -22,14 +36,21 @@ async function main(): Promise<number> {
       keep: { type: 'boolean', default: false },
       'only-seed': { type: 'string' },
       quiet: { type: 'boolean', default: false },
+      kinds: { type: 'string' },
+      help: { type: 'boolean', default: false },
     },
   });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const kinds = values.kinds ? values.kinds.split(',').map((k) => parseKind(k.trim())) : undefined;
   const seed = values.seed !== undefined ? Number(values.seed) : Math.floor(Math.random() * 2 ** 31);
   const work = values.work ?? join(tmpdir(), `slotflip-powercut-${process.pid}`);
   if (values['only-seed'] !== undefined) {
     const fx = await buildFixtures(join(work, 'fixtures'));
     try {
-      const r = await runIteration(Number(values['only-seed']), { workDir: work, fixtures: fx, keep: true });
+      const r = await runIteration(Number(values['only-seed']), { workDir: work, fixtures: fx, keep: true }, kinds);
       process.stdout.write(`${r.plan}\n${r.violations.length ? r.violations.map((v) => '  VIOLATION ' + v).join('\n') : '  ok'}\n  kept in ${join(work, `it-${r.seed}`)}\n`);
       return r.violations.length ? 1 : 0;
     } finally {
@@ -37,9 +58,9 @@ async function main(): Promise<number> {
     }
   }
   const iterations = Number(values.iterations);
-  process.stdout.write(`powercut: ${iterations} iterations, seed ${seed}, parallel ${values.parallel}, work ${work}\n`);
+  process.stdout.write(`powercut: ${iterations} iterations, seed ${seed}, parallel ${values.parallel}${values.kinds ? `, kinds ${values.kinds}` : ''}, work ${work}\n`);
   const s = await runPowercut({
-    iterations, seed, parallel: Number(values.parallel), workDir: work, keep: values.keep,
+    iterations, seed, parallel: Number(values.parallel), workDir: work, keep: values.keep, ...(kinds ? { kinds } : {}),
     onResult: (r, i) => {
       if (r.violations.length) process.stdout.write(`FAIL #${i} ${r.plan}\n${r.violations.map((v) => '  ' + v).join('\n')}\n`);
       else if (!values.quiet && (i + 1) % 50 === 0) process.stdout.write(`  ${i + 1} done\n`);

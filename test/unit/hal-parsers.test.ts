@@ -5,7 +5,7 @@ import fc from 'fast-check';
 import { decodeEnvBlock, encodeEnvBlock, formatSetenvScript, parseFwPrintenv, pickRedundantCopy, isEnvName } from '../../hal/uboot-env.js';
 import { encodeGrubEnvBlock, parseGrubEditenvList, parseGrubEnvBlock, GRUBENV_SIZE } from '../../hal/grub-env.js';
 import { formatAutoboot, parseAutoboot, parseTrybootFlag } from '../../hal/backends/rpi-tryboot.js';
-import { formatEntryName, parseEntryName, loaderDefault, setLoaderDefault, systemdBootSelect } from '../../hal/backends/systemd-boot.js';
+import { formatEntryName, parseEntryName, loaderDefault, setLoaderDefault } from '../../hal/backends/systemd-boot.js';
 import { parseCustomBooted, parseCustomState } from '../../hal/backends/custom.js';
 import { formatCustomStateFile, parseCustomStateFile } from '../../hal/backends/custom-reference.js';
 import { emulatedSelect, formatEmulatedState, parseEmulatedState, type EmulatedState } from '../../hal/backends/emulated.js';
@@ -142,12 +142,7 @@ t.test('systemd-boot: entry names and loader.conf', async (t) => {
   t.equal(setLoaderDefault('timeout 0\ndefault slotflip-a.conf\n', 'slotflip-b.conf'), 'timeout 0\ndefault slotflip-b.conf\n');
   t.equal(setLoaderDefault('', 'x.conf'), 'default x.conf\n');
   t.throws(() => loaderDefault('default\n'), { code: 'HAL_BOOTENV_PARSE' });
-  const a = { base: 'slotflip-a' };
-  const bTrial = { base: 'slotflip-b', triesLeft: 2 };
-  const bBad = { base: 'slotflip-b', triesLeft: 0, triesDone: 3 };
-  t.equal(systemdBootSelect([a, bTrial], 'slotflip-b.conf'), bTrial, 'default wins');
-  t.equal(systemdBootSelect([a, bBad], 'slotflip-b.conf'), a, 'a bad default falls back to a good entry');
-  t.equal(systemdBootSelect([a, bTrial], 'slotflip-*'), a, 'glob: first in sort order');
+  // the firmware's choice among entries (sdbootChoose) is tested in test/unit/sdboot-firmware.test.ts
 });
 
 t.test('custom protocol output is parsed strictly', async (t) => {
