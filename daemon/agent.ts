@@ -213,6 +213,14 @@ export class Agent {
     return (this.d.bootId ?? procBootId)().catch(() => undefined);
   }
 
+  /** True when the boot backend has a one-shot reboot argument pending (rpi-tryboot: an armed trial
+   * that only `reboot "0 tryboot"` starts). Never throws. */
+  private async oneShotPending(): Promise<boolean> {
+    const bc = this.d.bootControl as BootControl & { rebootArgument?: () => Promise<string | undefined> };
+    if (!bc.rebootArgument) return false;
+    return (await bc.rebootArgument().catch(() => undefined)) !== undefined;
+  }
+
   private triesVisible(): boolean {
     return this.d.triesVisible ?? TRIES_VISIBLE[this.d.bootControl.backend] ?? false;
   }
@@ -248,7 +256,8 @@ export class Agent {
       const target = start.attempt?.target;
       const targetState = target ? await this.d.bootControl.slotState(target).catch(() => undefined) : undefined;
       const bootId = await this.bootId();
-      const event = resume(start, bootedSlot, targetState, { ...(bootId !== undefined ? { bootId } : {}), triesVisible: this.triesVisible() });
+      const oneShotPending = await this.oneShotPending();
+      const event = resume(start, bootedSlot, targetState, { ...(bootId !== undefined ? { bootId } : {}), triesVisible: this.triesVisible(), ...(oneShotPending ? { oneShotPending } : {}) });
       this.log.info({ phase: start.phase, bootedSlot, event: event?.type ?? null, ...(event?.type === 'BootedInto' && event.evidence ? { bootloaderIgnoredTrial: true } : {}) }, 'resuming');
       if (event) await run(event);
     }

@@ -107,6 +107,10 @@ export interface BootEvidence {
    * attempt (RAUC BOOT_x_LEFT, Mender bootcount, grub x_TRY / boot_counter, systemd-boot +N-M, the
    * emulated model); false when it cannot be seen (rpi-tryboot's one-shot firmware flag, custom). */
   triesVisible: boolean;
+  /** true when the armed trial starts only with a one-shot reboot argument that is still pending
+   * (rpi-tryboot's `0 tryboot`): a normal boot, such as after a power cut before the reboot, never
+   * tries it, and nothing on disk tells whether it was tried. */
+  oneShotPending?: boolean;
 }
 
 export interface Attempt {
@@ -127,6 +131,9 @@ export interface Attempt {
   warnings?: HealthWarning[];
   /** set on entering rebooting: what the trial looked like when armed (see ArmedTrial). */
   armed?: ArmedTrial;
+  /** reboots into the trial requested so far (saved before each is issued); bounds re-issuing a
+   * one-shot trial reboot (MAX_ONE_SHOT_TRIAL_REBOOTS). */
+  trialReboots?: number;
   /** outcome once the target is marked bad in rollingBack; absent means `rolledBack`. */
   endsAs?: Outcome;
 }
@@ -178,6 +185,11 @@ export const BOOTLOADER_IGNORED_ENV = 'DAEMON_BOOTLOADER_IGNORED_ENV';
  * them apart from release failures (daemon/fleet/watch.ts). HAL_BOOTENV_CONFIG: the uboot backend
  * refused a fw_env.config U-Boot cannot see (hal/uboot-env.ts `fwEnvConfigProblem`). */
 export const DEVICE_FAULT_CODES: readonly string[] = [BOOTLOADER_IGNORED_ENV, 'HAL_BOOTENV_CONFIG'];
+
+/** A one-shot trial (rpi tryboot) whose reboot may have been lost (a power cut before it, a reset
+ * before the firmware read the flag) is re-issued until this many trial reboots were requested: a
+ * trial kernel that hangs before the daemon runs looks the same, so it gets at most this many boots. */
+export const MAX_ONE_SHOT_TRIAL_REBOOTS = 2;
 
 export const MAX_TRANSITIONS = 100;
 export const MAX_HISTORY = 50;
@@ -345,7 +357,7 @@ function decide(s: MachineState, e: Event, now: number, o: TransitionOptions): T
       {
         // saved with the rebooting phase, before the reboot: the post-boot evidence is compared to it
         const { armed: _old, ...rest } = a;
-        const attempt: Attempt = e.armed ? { ...rest, armed: e.armed } : rest;
+        const attempt: Attempt = { ...(e.armed ? { ...rest, armed: e.armed } : rest), trialReboots: 1 };
         return { state: { ...s, phase: 'rebooting', attempt }, effects: [report('installed', attempt, now), report('rebooting', attempt, now), { type: 'reboot' }] };
       }
 
@@ -355,8 +367,10 @@ function decide(s: MachineState, e: Event, now: number, o: TransitionOptions): T
       return { state: s, effects: [] };
 
     case 'RebootDeferred':
-      if (s.phase !== 'rebooting') return ignore(s);
-      return { state: s, effects: [] };
+      if (s.phase !== 'rebooting' || !a) return ignore(s);
+      // the reboot counted before it was requested did not happen: give it back (a crash between
+      // the two keeps it counted, the safe direction)
+      return { state: { ...s, attempt: { ...a, trialReboots: Math.max(0, (a.trialReboots ?? 1) - 1) } }, effects: [] };
 
     case 'BootedInto': {
       if (!a) return ignore(s);
@@ -418,7 +432,7 @@ function decide(s: MachineState, e: Event, now: number, o: TransitionOptions): T
         case 'downloading': return { state: s, effects: [{ type: 'writeSlot', slot: a.target, release: a.release }] };
         case 'verifying': return { state: s, effects: [{ type: 'verifySlot', slot: a.target, release: a.release }] };
         case 'arming': return { state: s, effects: [{ type: 'armTrial', slot: a.target }] };
-        case 'rebooting': return { state: s, effects: [{ type: 'reboot' }] };
+        case 'rebooting': return { state: { ...s, attempt: { ...a, trialReboots: (a.trialReboots ?? 1) + 1 } }, effects: [{ type: 'reboot' }] };
         case 'rollingBack': return { state: s, effects: [{ type: 'markBadAndReboot', slot: a.target }] };
         default: return ignore(s);
       }
@@ -575,6 +589,7 @@ function other(slot: SlotName): SlotName {
  * | arming, rebooting, validating        | target  | -                        | BootedInto target (validate)   |
  * | rebooting                            | source  | exactly as armed, after a real reboot, tries visible | BootedInto source + evidence (bootloader ignored the env: failed) |
  * | rebooting                            | source  | trial + primary, tries>0 | Restarted (reboot again)       |
+ * | rebooting                            | source  | trial, one-shot reboot pending, fewer than MAX_ONE_SHOT_TRIAL_REBOOTS requested | Restarted (re-issue the tryboot reboot) |
  * | rebooting, validating                | source  | otherwise                | BootedInto source (rolled back: never confirmed) |
  * | committing                           | target  | -                        | BootedInto target (re-commit)  |
  * | committing                           | source  | -                        | BootedInto source (rolled back) |
@@ -600,8 +615,11 @@ export function resume(record: MachineState, bootedSlot: SlotName, targetState?:
       // transition bound abandons the attempt as DAEMON_STATE_LOOP)
       const evidence: BootEvidence | undefined = boot ? { ...boot, ...(targetState ? { target: targetState } : {}) } : undefined;
       if (bootloaderIgnoredTrial(a, bootedSlot, evidence)) return { type: 'BootedInto', slot: bootedSlot, evidence: evidence! };
-      if (bootedSlot === a.source && targetState?.state === 'trial' && targetState.primary && (targetState.triesLeft ?? 1) > 0) {
-        return { type: 'Restarted' };
+      if (bootedSlot === a.source) {
+        if (targetState?.state === 'trial' && targetState.primary && (targetState.triesLeft ?? 1) > 0) return { type: 'Restarted' };
+        // a one-shot trial (rpi tryboot) a normal boot never tries: re-issue its reboot, a bounded
+        // number of times (a trial kernel that hung before the daemon ran looks the same)
+        if (boot?.oneShotPending && targetState?.state === 'trial' && (targetState.triesLeft ?? 0) > 0 && (a.trialReboots ?? 1) < MAX_ONE_SHOT_TRIAL_REBOOTS) return { type: 'Restarted' };
       }
       return { type: 'BootedInto', slot: bootedSlot };
     }
