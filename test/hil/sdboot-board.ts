@@ -13,7 +13,7 @@
  * here cannot mount FAT): before each power-on it is copied into the image with mtools, after it the
  * entry names systemd-boot left are copied back. One OVMF variable store per board (its NVRAM).
  */
-import { copyFile, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execTool, runChecked, type ToolRunner } from '../../hal/exec.js';
 import type { SlotName } from '../../hal/boot-control.js';
@@ -28,6 +28,14 @@ export const OVMF_VARS = '/usr/share/OVMF/OVMF_VARS_4M.fd';
 export const SYSTEMD_BOOT_EFI = '/usr/lib/systemd/boot/efi/systemd-bootx64.efi';
 const IDS = { A: 'slotflip-a', B: 'slotflip-b' } as const;
 const efiName = (slot: SlotName): string => `${slot.toLowerCase()}.efi`;
+/** entry file name without the boot counter and `.conf` (`slotflip-b+2-1.conf` → `slotflip-b`). */
+const entryId = (file: string): string => file.replace(/(\+\d+(-\d+)?)?\.conf$/, '');
+
+/** loader.conf and every entry file (name → content) of the host copy of the ESP's `loader/`. */
+interface LoaderSnapshot {
+  conf: string;
+  entries: Record<string, string>;
+}
 
 /** A GRUB EFI program standing in for slot `slot`'s kernel, reporting `version`. */
 export async function buildSlotEfi(dir: string, slot: SlotName, version: string, runner: ToolRunner = execTool): Promise<Buffer> {
@@ -98,6 +106,12 @@ export async function createSdbootHilBoard(opts: SdbootHilBoardOptions): Promise
     await mtools('mcopy', ['-n', '::/loader/entries/*', entriesDir]);
   };
 
+  const loaderSnapshot = async (): Promise<LoaderSnapshot> => {
+    const entries: Record<string, string> = {};
+    for (const f of (await readdir(entriesDir)).sort()) entries[f] = await readFile(join(entriesDir, f), 'utf8');
+    return { conf: await readFile(join(esp, 'loader', 'loader.conf'), 'utf8'), entries };
+  };
+
   return {
     label: 'systemd-boot/ovmf',
     control,
@@ -146,11 +160,27 @@ export async function createSdbootHilBoard(opts: SdbootHilBoardOptions): Promise
       await espFile(`EFI/slotflip/${efiName(slot)}`, efi.subarray(0, Math.floor(efi.length / 2)));
     },
     async snapshotEnv() {
-      return readFile(join(esp, 'loader', 'loader.conf'));
+      return Buffer.from(JSON.stringify(await loaderSnapshot()));
     },
     async tearEnvWriteSince(before) {
-      // armTrial is two steps (rename the entry, then replace loader.conf): power lost between them
-      await writeFile(join(esp, 'loader', 'loader.conf'), before);
+      // The HAL changes the ESP in several steps, each one atomic rename or file replacement (armTrial:
+      // entry → `+0`, its sort version raised, entry → `+N`). Power lost before the last step reached
+      // the ESP: every entry keeps the name it had before (what the renames did is lost) with the
+      // contents written since; if no entry was renamed, the last file replacement is lost instead.
+      const old = JSON.parse(before.toString('utf8')) as LoaderSnapshot;
+      const now = await loaderSnapshot();
+      let renamed = false;
+      for (const id of Object.values(IDS)) {
+        const was = Object.keys(old.entries).find((f) => entryId(f) === id);
+        const is = Object.keys(now.entries).find((f) => entryId(f) === id);
+        if (was && is && was !== is) {
+          await rename(join(entriesDir, is), join(entriesDir, was));
+          renamed = true;
+        }
+      }
+      if (renamed) return;
+      for (const [f, text] of Object.entries(old.entries)) if (now.entries[f] !== text) await writeFile(join(entriesDir, f), text);
+      await writeFile(join(esp, 'loader', 'loader.conf'), old.conf);
     },
   };
 }

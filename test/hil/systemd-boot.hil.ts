@@ -1,7 +1,7 @@
 /**
  * systemd-boot lane (`npm run test:hil`): OVMF + Debian's real systemd-bootx64.efi with boot counting
- * in entry file names, the HAL's own `systemd-boot` backend renaming entries. 3–15 s per power-on
- * under TCG, so this lane is not part of `npm test`.
+ * in entry file names, the HAL's own `systemd-boot` backend renaming entries. ~3 s per power-on under
+ * TCG; `npm test` runs the same scenarios split over test/integration/hil-sdboot-*.test.ts.
  */
 import t from 'tap';
 import { registerLane } from './tap-lanes.js';

@@ -1,6 +1,8 @@
 /**
- * Registers the HIL scenarios as tap subtests, so the same code serves the fast subset inside
- * `npm test` (test/integration/hil-*.test.ts) and the full lanes (`npm run test:hil`, test/hil/*.hil.ts).
+ * Registers the HIL scenarios as tap subtests, so the same code serves `npm test`
+ * (test/integration/hil-*.test.ts: every scenario of every bootloader-level lane, the OVMF lanes split
+ * into SCENARIO_GROUPS so each file stays short) and the lanes of `npm run test:hil` (test/hil/*.hil.ts,
+ * one file per lane). The scenarios of one file run HIL_JOBS at a time.
  *
  * Every subtest builds a fresh board in `t.testdir()`, and kills the emulators it started by pid in
  * `t.teardown`. Power-on times are printed as a TAP comment per scenario.
@@ -18,7 +20,26 @@ export interface LaneOptions {
   only?: readonly string[];
   /** per-scenario expectations that differ from the scenario's default (name → boots). */
   expectedBoots?: Record<string, string[]>;
+  /** scenarios run this many at a time, each on its own board with its own emulator; default
+   * HIL_JOBS. (tap runs test FILES one at a time on a 2-CPU machine: it leaves one CPU free.) */
+  jobs?: number;
 }
+
+/** Scenarios of one lane run in parallel by default: an emulator is one busy thread, the CI machine has 2 CPUs. */
+export const HIL_JOBS = 2;
+
+/**
+ * Every scenario in exactly one group (checked by test/integration/hil-grub.test.ts). A lane whose
+ * power-ons take seconds (OVMF) registers one group per test file: 9–11 power-ons, well under a minute.
+ */
+export const SCENARIO_GROUPS = {
+  /** 9 power-ons per lane. */
+  install: ['good update committed', 'corrupt image never booted'],
+  /** 8–11 power-ons (depends on the tries the convention counts). */
+  fallback: ['armed image that fails the bootloader check falls back', 'kernel that never comes up falls back after its tries'],
+  /** 11 power-ons. */
+  faults: ['health check fails then rollback', 'torn environment write keeps the old state', 'power cut while writing the image, then resume'],
+} as const satisfies Record<string, readonly string[]>;
 
 export function selectScenarios(only?: readonly string[]): ScenarioDef[] {
   if (!only) return [...SCENARIOS];
@@ -28,6 +49,8 @@ export function selectScenarios(only?: readonly string[]): ScenarioDef[] {
 }
 
 export function registerLane(t: Test, opts: LaneOptions): void {
+  // subtests created while t.jobs > 1 are buffered and run in parallel (tap's pool)
+  t.jobs = Math.max(t.jobs, opts.jobs ?? HIL_JOBS);
   for (const sc of selectScenarios(opts.only)) {
     t.test(`${opts.label}: ${sc.name}`, async (t) => {
       const tracker = new EmulatorTracker();
