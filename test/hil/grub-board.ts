@@ -47,6 +47,32 @@ const GRUBENV_MAGIC = '# GRUB Environment Block\n# WARNING: Do not edit this fil
 /** greenboot's counter can start at most here (the lookup table's size). */
 export const GREENBOOT_MAX_COUNTER = 9;
 
+/**
+ * Pure: greenboot's 08_fallback_counting as grub.cfg lines, with the A/B choice in `slotflip_slot`:
+ * loads the grubenv (`envFile`: a GRUB path; default the prefix's grubenv), sets `sf_boot` to the slot
+ * to boot, counts `boot_counter` down while `boot_success=0` (Debian's GRUB has no `decrement`: a
+ * lookup table) and falls back at 0. Shared by the bootloader-level and the full-OS boards.
+ */
+export function greenbootSelection(envFile?: string): string[] {
+  const f = envFile ? ` -f ${envFile}` : '';
+  const table: string[] = [];
+  for (let n = 1; n <= GREENBOOT_MAX_COUNTER; n++) table.push(`  elif [ "$boot_counter" = "${n}" ]; then`, `    set boot_counter=${n - 1}`);
+  return [
+    `load_env${f}`,
+    'set sf_boot=A',
+    'set sf_fallback=B',
+    'if [ "$slotflip_slot" = "B" ]; then set sf_boot=B; set sf_fallback=A; fi',
+    'if [ -n "$boot_counter" -a "$boot_success" = "0" ]; then',
+    '  if [ "$boot_counter" = "0" -o "$boot_counter" = "-1" ]; then',
+    '    set sf_boot=$sf_fallback',
+    '    set boot_counter=-1',
+    ...table,
+    '  fi',
+    `  save_env${f} boot_counter`,
+    'fi',
+  ];
+}
+
 /** Pure: grub.cfg for `convention` (slot partitions from `layout`). */
 export function grubConfig(convention: GrubConvention, layout: DiskLayout = diskLayout()): string {
   const pa = slotPartition(layout, 'A').number;
@@ -91,22 +117,7 @@ export function grubConfig(convention: GrubConvention, layout: DiskLayout = disk
       'if [ "$default" -eq 1 ]; then set sf_boot=B; else set sf_boot=A; fi',
     );
   } else {
-    const table: string[] = [];
-    for (let n = 1; n <= GREENBOOT_MAX_COUNTER; n++) table.push(`  elif [ "$boot_counter" = "${n}" ]; then`, `    set boot_counter=${n - 1}`);
-    lines.push(
-      'load_env',
-      'set sf_boot=A',
-      'set sf_fallback=B',
-      'if [ "$slotflip_slot" = "B" ]; then set sf_boot=B; set sf_fallback=A; fi',
-      'if [ -n "$boot_counter" -a "$boot_success" = "0" ]; then',
-      '  if [ "$boot_counter" = "0" -o "$boot_counter" = "-1" ]; then',
-      '    set sf_boot=$sf_fallback',
-      '    set boot_counter=-1',
-      ...table,
-      '  fi',
-      '  save_env boot_counter',
-      'fi',
-    );
+    lines.push(...greenbootSelection());
   }
   lines.push(
     `if [ "$sf_boot" = "B" ]; then set sf_part=gpt${pb}; else set sf_part=gpt${pa}; fi`,

@@ -7,8 +7,8 @@
  *   p2 A, p3 B    ext4 root filesystems (guest.ts), kernel and initramfs inside (/vmlinuz, /initrd.img)
  *   p4 data       ext4, mounted at /var/lib/slotflip: the daemon's state survives the slot switch
  *
- * grub.cfg is greenboot's 08_fallback_counting logic with the A/B choice in `slotflip_slot` (Debian's
- * GRUB has no `decrement`: a lookup table, as in ../grub-board.ts), then a real `linux`/`initrd`/`boot`
+ * grub.cfg is greenboot's 08_fallback_counting logic with the A/B choice in `slotflip_slot`
+ * (`greenbootSelection` from ../grub-board.ts, the same lines the bootloader-level lanes run), then a real `linux`/`initrd`/`boot`
  * with `slotflip.slot=X` on the kernel command line, where the HAL's grub backend reads the booted slot.
  * GRUB prints `SLOTFLIP-BOOT slot=X` on the serial console first: the harness reads the bootloader's
  * choice from there, never from the guest.
@@ -26,7 +26,7 @@ import { execTool, runChecked, type ToolRunner } from '../../../hal/exec.js';
 import type { SlotName } from '../../../hal/boot-control.js';
 import { buildDisk, diskLayout, partition, slotPartition, type DiskLayout } from '../disk-image.js';
 import type { EmulatorTracker, PowerOnResult } from '../emulator.js';
-import { GREENBOOT_MAX_COUNTER, OVMF_CODE_FD, OVMF_VARS_TEMPLATE, plainConsole } from '../grub-board.js';
+import { greenbootSelection, OVMF_CODE_FD, OVMF_VARS_TEMPLATE, plainConsole } from '../grub-board.js';
 import { ESP_GRUBENV, GUEST_BROKER, GUEST_HTTP } from './guest.js';
 
 export const FULLOS_LAYOUT: DiskLayout = diskLayout({ bootMiB: 32, slotMiB: 640, dataMiB: 32 });
@@ -35,25 +35,12 @@ const GRUB_MODULES = 'part_gpt fat ext2 linux loadenv test echo normal configfil
 /** Pure: the ESP's grub.cfg (greenboot counting, A/B in slotflip_slot, real kernel boot). */
 export function fullOsGrubConfig(layout: DiskLayout = FULLOS_LAYOUT, envPath: string = ESP_GRUBENV): string {
   const env = `(hd0,gpt1)/${envPath}`;
-  const table: string[] = [];
-  for (let n = 1; n <= GREENBOOT_MAX_COUNTER; n++) table.push(`  elif [ "$boot_counter" = "${n}" ]; then`, `    set boot_counter=${n - 1}`);
   const pa = slotPartition(layout, 'A').number;
   const pb = slotPartition(layout, 'B').number;
   return [
     '# slotflip full-OS HIL board (test/hil/fullos/board.ts): greenboot counting, A/B in slotflip_slot',
     'set timeout=0',
-    `load_env -f ${env}`,
-    'set sf_boot=A',
-    'set sf_fallback=B',
-    'if [ "$slotflip_slot" = "B" ]; then set sf_boot=B; set sf_fallback=A; fi',
-    'if [ -n "$boot_counter" -a "$boot_success" = "0" ]; then',
-    '  if [ "$boot_counter" = "0" -o "$boot_counter" = "-1" ]; then',
-    '    set sf_boot=$sf_fallback',
-    '    set boot_counter=-1',
-    ...table,
-    '  fi',
-    `  save_env -f ${env} boot_counter`,
-    'fi',
+    ...greenbootSelection(env),
     `if [ "$sf_boot" = "B" ]; then set sf_part=gpt${pb}; set sf_dev=/dev/vda${pb}; else set sf_part=gpt${pa}; set sf_dev=/dev/vda${pa}; fi`,
     'echo "SLOTFLIP-BOOT slot=$sf_boot counter=$boot_counter"',
     'linux (hd0,$sf_part)/vmlinuz root=$sf_dev rw console=ttyS0,115200 quiet slotflip.slot=$sf_boot',
