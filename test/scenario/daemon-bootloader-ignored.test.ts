@@ -12,76 +12,19 @@
  * - rpi-tryboot, whose one-shot firmware flag leaves no trace: never claimed.
  */
 import t from 'tap';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createBoard, powerCycle, boardStatus, makeTestImage, type BoardBackend } from '../../hal/board.js';
+import { powerCycle, boardStatus, type BoardBackend } from '../../hal/board.js';
 import { createBootControl } from '../../hal/registry.js';
-import { createSlotWriter } from '../../hal/file-slot.js';
 import { parseFwPrintenv } from '../../hal/uboot-env.js';
 import { execTool, runChecked } from '../../hal/exec.js';
-import { initRepo, addRelease } from '../../manifests/repo.js';
-import { TrustClient, dirSource } from '../../manifests/client.js';
-import { resolveConfig, type Config } from '../../daemon/config.js';
-import { sourceFor } from '../../daemon/compose.js';
-import { installPayload } from '../../daemon/install/index.js';
-import { Agent, runUpdateCycle, verifySlotImage } from '../../daemon/agent.js';
-import { FileStateStore } from '../../daemon/state-store.js';
-import { silentLogger } from '../../daemon/logger.js';
+import { runUpdateCycle } from '../../daemon/agent.js';
 import { BOOTLOADER_IGNORED_ENV, DEVICE_FAULT_CODES } from '../../daemon/machine.js';
 import { runDoctor } from '../../daemon/commands/doctor.js';
+import { agentDevice, type AgentDevice } from '../harness/agent-device.js';
 
-const SLOT_SIZE = 128 * 1024;
-
-interface Device {
-  config: Config;
-  boardDir: string;
-  /** the kernel's boot id: changes only when the test says the machine really rebooted. */
-  boot: { id: number };
-  events: { type: string; [k: string]: unknown }[];
-  agent: (reboot: () => Promise<void>) => Agent;
-}
-
-async function device(dir: string, backend: BoardBackend, opts: { convention?: string; boots?: boolean } = {}): Promise<Device> {
-  const boardDir = join(dir, 'board');
-  const board = await createBoard(boardDir, { backend, slotSize: SLOT_SIZE, factoryVersion: '1.0.0', ...(opts.convention ? { convention: opts.convention } : {}) });
-  const repo = join(dir, 'repo');
-  await initRepo(repo);
-  const image = join(dir, 'image.img');
-  await writeFile(image, makeTestImage({ version: '1.1.0', size: 40 * 1024, ...(opts.boots === false ? { boots: false } : {}) }));
-  await addRelease(repo, { image, version: '1.1.0', securityVersion: 1, hardware: ['acme,board'], channel: 'stable', compression: 'gzip', chunkSize: 8 * 1024 });
-  const config = await resolveConfig({
-    deviceId: 'dev-ign', hardware: 'acme,board', stateDir: join(dir, 'state'),
-    trust: { shippedRoot: join(repo, 'repository/metadata/1.root.json'), sources: [{ type: 'dir', path: join(repo, 'repository') }] },
-    board: { slots: { A: { path: board.slots.A, size: SLOT_SIZE }, B: { path: board.slots.B, size: SLOT_SIZE } }, boot: board.bootConfig, tries: 3 },
-  });
-  await mkdir(config.stateDir, { recursive: true });
-  await mkdir(join(dir, 'trusted'), { recursive: true });
-  const boot = { id: 1 };
-  const events: Device['events'] = [];
-  const src = sourceFor(config.trust.sources[0]!, config);
-  const agent = (reboot: () => Promise<void>) => {
-    const trust = new TrustClient({ trustedDir: join(dir, 'trusted'), shippedRootPath: config.trust.shippedRoot, source: dirSource(join(repo, 'repository', 'metadata')), now: Date.now });
-    return new Agent({
-      identity: { deviceId: config.deviceId, hardware: config.hardware, channel: config.channel },
-      bootControl: createBootControl(config.board.boot),
-      slots: { A: createSlotWriter('A', config.board.slots.A), B: createSlotWriter('B', config.board.slots.B) },
-      releases: { releases: async () => (await trust.refresh()).releases },
-      installer: {
-        write: async (release, slot) => { await installPayload({ payload: release.custom.payload, source: src.payload(release), slot, resumeStatePath: join(dir, 'state', 'resume.json'), length: release.length }); },
-        verify: (release, slot) => verifySlotImage(slot, release.custom.payload),
-      },
-      health: { run: async () => ({ ok: true, failures: [] }) },
-      store: new FileStateStore({ stateDir: config.stateDir, now: Date.now }),
-      outbox: { append: async (e) => { events.push(e); } },
-      reboot,
-      now: Date.now,
-      log: silentLogger(),
-      tries: 3,
-      bootId: async () => `0000000${boot.id}-0000-4000-8000-000000000000`,
-    });
-  };
-  return { config, boardDir, boot, events, agent };
-}
+type Device = AgentDevice;
+const device = (dir: string, backend: BoardBackend, opts: { convention?: string; boots?: boolean } = {}): Promise<Device> => agentDevice(dir, backend, opts);
 
 /** The machine reboots, but its bootloader never reads the environment slotflip wrote: it boots the
  * slot it always boots (the cmdline and every boot file stay as they are). */

@@ -62,7 +62,7 @@ class FakeTimers implements TimerApi {
     this.pending = this.pending.filter((p) => p.id !== h);
   }
   /** the one pending timer's delay (throws unless exactly one is pending) */
-  only(): number {
+  soleDelay(): number {
     if (this.pending.length !== 1) throw new Error(`expected exactly one retry pending, found ${this.pending.length}`);
     return this.pending[0]!.ms;
   }
@@ -123,7 +123,7 @@ t.test('a reboot outside its window is retried when the window opens, not every 
   await r.svc.idle();
   t.match(r.cycles, [{ phase: 'rebooting', rebooted: false, retryAt: at('2026-11-27T02:00:00Z') }], 'deferred until the window opens');
   t.same(r.reboots, []);
-  t.equal(r.timers.only(), 30 * MIN, 'the retry is due at 02:00, 30 minutes away (not 60 s)');
+  t.equal(r.timers.soleDelay(), 30 * MIN, 'the retry is due at 02:00, 30 minutes away (not 60 s)');
   t.equal(r.svc.retryDueAt, at('2026-11-27T02:00:00Z'));
 
   clock.now = at('2026-11-27T02:00:00Z');
@@ -141,19 +141,19 @@ t.test('far off or already past: the wait is capped at 1 h and floored at 10 s',
   const r = rig(config, store, clock);
   await r.svc.start();
   await r.svc.idle();
-  t.equal(r.timers.only(), 3_600_000, '5 h to the window: re-evaluated after 1 h at the latest');
+  t.equal(r.timers.soleDelay(), 3_600_000, '5 h to the window: re-evaluated after 1 h at the latest');
 
   // the wall clock jumps back a day (a bad RTC, then NTP): still at most an hour
   clock.now = at('2026-11-26T22:00:00Z');
   r.timers.fire();
   await r.svc.idle();
-  t.equal(r.timers.only(), 3_600_000, 'a clock that jumped back does not stall the retry');
+  t.equal(r.timers.soleDelay(), 3_600_000, 'a clock that jumped back does not stall the retry');
 
   // a few seconds before the window: floored at 10 s, and the window is open by then
   clock.now = at('2026-11-27T01:59:55Z');
   r.timers.fire();
   await r.svc.idle();
-  t.equal(r.timers.only(), 10_000, 'never sooner than 10 s');
+  t.equal(r.timers.soleDelay(), 10_000, 'never sooner than 10 s');
   t.same(r.reboots, []);
   clock.now = at('2026-11-27T02:00:05Z');
   r.timers.fire();
@@ -173,7 +173,7 @@ t.test('an update lock (released any moment) keeps retryMs, not the 24 h overrid
   await a.svc.idle();
   t.match(a.cycles, [{ phase: 'rebooting', rebooted: false }]);
   t.notOk('retryAt' in a.cycles[0]!, 'no until: the lock may go any moment');
-  t.equal(a.timers.only(), 60_000, 'polled every retryMs');
+  t.equal(a.timers.soleDelay(), 60_000, 'polled every retryMs');
   await rm(join(dir, 'lock'));
   clock.now += 60_000;
   a.timers.fire();
@@ -190,7 +190,7 @@ t.test('stop() cancels a retry; a restart schedules from the policy again', asyn
   const a = rig(config, store, clock, noUntil);
   await a.svc.start();
   await a.svc.idle();
-  t.equal(a.timers.only(), 60_000, 'no until: the default retryMs');
+  t.equal(a.timers.soleDelay(), 60_000, 'no until: the default retryMs');
   await a.svc.stop();
   t.equal(a.timers.pending.length, 0, 'stop() cancels the retry');
 
@@ -199,11 +199,11 @@ t.test('stop() cancels a retry; a restart schedules from the policy again', asyn
   const b = rig(config, store, clock, undefined, reboots);
   await b.svc.start();
   await b.svc.idle();
-  t.equal(b.timers.only(), 3_600_000, 'resumed in rebooting, deferred again, capped wait');
+  t.equal(b.timers.soleDelay(), 3_600_000, 'resumed in rebooting, deferred again, capped wait');
   clock.now = at('2026-11-28T01:45:00Z');
   b.timers.fire();
   await b.svc.idle();
-  t.equal(b.timers.only(), 15 * MIN, 'then exactly until 02:00');
+  t.equal(b.timers.soleDelay(), 15 * MIN, 'then exactly until 02:00');
   t.equal((await store.load()).phase, 'rebooting', 'the record still says where to resume');
   clock.now = at('2026-11-28T02:00:00Z');
   b.timers.fire();
