@@ -416,7 +416,11 @@ export async function runPlan(plan: IterationPlan, h: HarnessOptions): Promise<I
           if (rec.committedSecurityVersion !== 1) violations.push(`succeeded but committedSecurityVersion is ${rec.committedSecurityVersion}`);
         } else {
           if (booted.version !== '1.0.0') violations.push(`attempt ${last.outcome} but the board runs ${booted.version}, not the factory 1.0.0`);
-          if (rec.committedSecurityVersion !== 0) violations.push(`attempt ${last.outcome} but committedSecurityVersion is ${rec.committedSecurityVersion}`);
+          // an earlier attempt of the same release may have committed before a later cut made the
+          // bootloader fall back (RAUC's GRUB script: a boot not confirmed again is a failed try),
+          // after which the device tried it again: the committed securityVersion stays (never lowered)
+          const committedBefore = rec.history.some((h) => h.release.version === ver && h.outcome === 'succeeded');
+          if (rec.committedSecurityVersion !== (committedBefore ? 1 : 0)) violations.push(`attempt ${last.outcome} but committedSecurityVersion is ${rec.committedSecurityVersion} (${committedBefore ? 'an earlier attempt committed' : 'no attempt committed'})`);
           if (plan.scenario === 'good' && !['DAEMON_TRIAL_NOT_CONFIRMED', 'DAEMON_COMMIT_INTERRUPTED'].includes(last.reason?.code ?? '')) {
             violations.push(`a good release ended ${last.outcome} with ${last.reason?.code}: ${last.reason?.message}`);
           }
