@@ -6,16 +6,7 @@ import { startMosquitto } from '../harness/mosquitto.js';
 import { MqttTransport, brokerConfigDefaults, type BrokerConfig } from '../../daemon/mqtt.js';
 import { Outbox, MemoryOutboxStore } from '../../daemon/outbox.js';
 import { metaTopic } from '../../daemon/topics.js';
-
-async function waitFor<T>(fn: () => T | undefined | false, what: string, timeoutMs = 8000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const v = fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+import { waitFor } from '../harness/wait.js';
 
 const broker = await startMosquitto({ tls: { devices: ['dev1', 'dev2'], admins: ['fleet'] } });
 t.teardown(() => broker.stop());

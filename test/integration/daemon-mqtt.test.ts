@@ -11,16 +11,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Outbox, MemoryOutboxStore } from '../../daemon/outbox.js';
 import { deviceTopics, metaTopic } from '../../daemon/topics.js';
-
-async function waitFor<T>(fn: () => T | undefined | false, what: string, timeoutMs = 8000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const v = fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+import { waitFor } from '../harness/wait.js';
 
 interface Seen { topic: string; payload: string; retain: boolean }
 async function observe(url: string, filter: string, opts: IClientOptions = {}): Promise<{ client: MqttClient; seen: Seen[] }> {

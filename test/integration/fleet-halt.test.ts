@@ -16,16 +16,7 @@ import { makeTestImage } from '../../hal/board.js';
 import { FleetWatcher, type HaltRecord } from '../../daemon/fleet/watcher.js';
 import { readRollout } from '../../daemon/fleet/rollout.js';
 import { SimDevice } from '../sim/sim-device.js';
-
-async function waitFor<T>(fn: () => T | undefined | false, what: string, timeoutMs = 20_000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const v = fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
+import { waitFor } from '../harness/wait.js';
 
 t.test('a failing first wave is halted before the rollout widens', async (t) => {
   const root = t.testdir();

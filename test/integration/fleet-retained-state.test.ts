@@ -21,18 +21,9 @@ import { UpdateService } from '../../daemon/service.js';
 import { FleetWatcher } from '../../daemon/fleet/watcher.js';
 import { deviceTopics } from '../../daemon/topics.js';
 import type { CycleResult } from '../../daemon/agent.js';
+import { waitFor } from '../harness/wait.js';
 
 const SLOT_SIZE = 128 * 1024;
-
-async function waitFor<T>(fn: () => T | undefined | false, what: string, timeoutMs = 20_000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const v = fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 t.test('a watcher that connects after the devices finished sees their outcomes from retained state', async (t) => {
   const dir = t.testdir();
