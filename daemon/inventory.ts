@@ -15,21 +15,12 @@ export interface SlotInventory {
   boot?: SlotBootState;
 }
 
-export interface LastResult {
-  outcome: 'committed' | 'rolled-back' | 'failed' | 'none';
-  releaseId?: string;
-  version?: string;
-  code?: string;
-  atMs?: number;
-}
-
 /** A type alias (not an interface) so it is assignable to `Record<string, unknown>` state payloads. */
 export type Inventory = {
   deviceId: string;
   hardware?: string;
   bootedSlot?: SlotName;
   slots: Partial<Record<SlotName, SlotInventory>>;
-  lastResult?: LastResult;
   uptimeSeconds: number;
   bootId?: string;
   freeSpaceMiB?: number;
@@ -42,7 +33,6 @@ export interface InventoryInput {
   hardware?: string;
   bootedSlot?: SlotName;
   slots?: Partial<Record<SlotName, SlotInventory>>;
-  lastResult?: LastResult;
 }
 
 /** The systeminformation calls used (injectable for tests). */
@@ -98,7 +88,6 @@ export async function collectInventory(input: InventoryInput, deps: InventoryDep
     ...(input.hardware ? { hardware: input.hardware } : {}),
     ...(input.bootedSlot ? { bootedSlot: input.bootedSlot } : {}),
     slots: input.slots ?? {},
-    ...(input.lastResult ? { lastResult: input.lastResult } : {}),
     uptimeSeconds: Math.floor(info.time().uptime),
     ...(bootId ? { bootId } : {}),
     ...(free === undefined ? {} : { freeSpaceMiB: free }),

@@ -12,13 +12,12 @@ const fakeSi = (mounts: Array<{ mount: string; available: number }>): SystemInfo
 t.test('injected readings give an exact inventory', async (t) => {
   const dir = t.testdir({ boot_id: '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0\n' });
   const inv = await collectInventory(
-    { deviceId: 'dev1', hardware: 'acme,board-v2', bootedSlot: 'B', slots: { A: { version: '1.0.0', boot: { state: 'good', primary: false } }, B: { version: '1.1.0', boot: { state: 'trial', triesLeft: 2, primary: true } } }, lastResult: { outcome: 'committed', releaseId: 'r2', version: '1.1.0', atMs: 5 } },
+    { deviceId: 'dev1', hardware: 'acme,board-v2', bootedSlot: 'B', slots: { A: { version: '1.0.0', boot: { state: 'good', primary: false } }, B: { version: '1.1.0', boot: { state: 'trial', triesLeft: 2, primary: true } } } },
     { bootIdPath: join(dir, 'boot_id'), dataPath: '/var/lib/slotflip', si: fakeSi([{ mount: '/', available: 10 * 1048576 }, { mount: '/var', available: 300 * 1048576 }, { mount: '/var/lib/slotflip-other', available: 1 }]), now: () => 42 },
   );
   t.same(inv, {
     deviceId: 'dev1', hardware: 'acme,board-v2', bootedSlot: 'B',
     slots: { A: { version: '1.0.0', boot: { state: 'good', primary: false } }, B: { version: '1.1.0', boot: { state: 'trial', triesLeft: 2, primary: true } } },
-    lastResult: { outcome: 'committed', releaseId: 'r2', version: '1.1.0', atMs: 5 },
     uptimeSeconds: 1234, bootId: '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0', freeSpaceMiB: 300,
     os: { distro: 'TestOS', release: '1', kernel: '6.1.0', arch: 'arm64' }, collectedAtMs: 42,
   }, 'longest mount prefix wins, not a mere string prefix');
