@@ -24,7 +24,7 @@ import { SlotflipError } from '../hal/errors.js';
 import type { SlotWriter } from '../hal/slot-writer.js';
 import { selectRelease } from '../manifests/select.js';
 import type { PayloadInfo, Release } from '../manifests/types.js';
-import { noRetryReason, releaseIdOf, resume, type ArmedTrial, type Event, type HealthFailure, type HistoryEntry, type MachineState, type Phase, type Report, type TransitionOptions } from './machine.js';
+import { noRetryReason, releaseIdOf, resume, SOURCE_NOT_GOOD, type ArmedTrial, type ErrorInfo, type Event, type HealthFailure, type HistoryEntry, type MachineState, type Phase, type Report, type TransitionOptions } from './machine.js';
 import { Runner, toErrorInfo, type DriveResult, type Executors } from './runner.js';
 import type { StateStore } from './state-store.js';
 
@@ -176,7 +176,11 @@ export interface AgentStatus {
   bootedSlot: SlotName;
   committedSecurityVersion: number;
   slots: SlotStatus[];
-  attempt?: { number: number; releaseId: string; version: string; source: SlotName; target: SlotName; startedAt: number; transitions: number };
+  attempt?: {
+    number: number; releaseId: string; version: string; source: SlotName; target: SlotName; startedAt: number; transitions: number;
+    /** a failed step being retried: how often it failed, its last error, when it is tried again. */
+    stepFailures?: number; lastError?: ErrorInfo; retryAt?: number;
+  };
   lastCheck?: MachineState['lastCheck'];
   lastResult?: HistoryEntry;
 }
@@ -261,9 +265,12 @@ export class Agent {
       this.log.info({ phase: start.phase, bootedSlot, event: event?.type ?? null, ...(event?.type === 'BootedInto' && event.evidence ? { bootloaderIgnoredTrial: true } : {}) }, 'resuming');
       if (event) await run(event);
     }
-    // confirm the running slot before a new attempt arms a trial: the trial needs it as a good fallback
-    if (!rebooted && state.phase === 'idle' && (options.markGood ?? true)) await this.markBootedGood(bootedSlot);
+    // settle the running slot before a new attempt: a trial nobody is validating is validated now,
+    // and the committed slot is confirmed (the trial needs it as a good fallback)
+    if (!rebooted && state.phase === 'idle') rebooted = await this.settleBootedSlot(bootedSlot, options.markGood ?? true);
     if (!rebooted && state.phase === 'idle' && (options.check ?? true)) await run({ type: 'CheckRequested' });
+    // a failed step (arming, rebooting, committing, rolling back) is retried when the machine said
+    if (retryAt === undefined && !rebooted && state.attempt?.retryAt !== undefined) retryAt = state.attempt.retryAt;
     const before = new Set(start.history.map((h) => h.attempt));
     return {
       phase: state.phase,
@@ -272,31 +279,64 @@ export class Agent {
       ...(state.lastCheck ? { lastCheck: state.lastCheck } : {}),
       events,
       bootedSlot,
-      ...(retryAt !== undefined && !rebooted && state.phase === 'rebooting' ? { retryAt } : {}),
+      ...(retryAt !== undefined && !rebooted && state.phase !== 'idle' ? { retryAt } : {}),
     };
   }
 
   /**
-   * Nothing in flight and the booted slot is the committed one: confirm it again, like RAUC's
-   * `rauc status mark-good` on every boot. RAUC-convention bootloaders count BOOT_x_LEFT down on
-   * every boot, also of the committed slot; without this, a few ordinary reboots drain it and the
-   * next update has no fallback. `commit` is idempotent and the backends write only when something
-   * changes, so on other conventions this is a read. A booted slot that reads 'bad' while nothing
-   * is in flight is the slot the bootloader fell back to after its counter drained (e.g. during a
-   * failed trial's retries): it is running, it is the only working slot, and leaving it drained
-   * would leave the next update without a fallback (HAL_NO_FALLBACK), so it is confirmed too.
-   * Skipped only for a slot in 'trial' (armed by someone else, or a record that was lost): a
-   * trial is confirmed by the health checks, never here.
-   * Never fails the cycle: a boot environment that cannot be read is logged and left alone.
+   * Nothing is in flight: make the running slot a safe source before anything else happens.
+   *
+   * - A booted slot in `trial` with no attempt in flight (the record was lost, or someone else armed
+   *   it) is validated like a trial: health checks, then commit, or — when the other slot reads good —
+   *   mark it bad and reboot into the good one. It is never the source of an update (machine.ts).
+   * - With `markGood`, the committed slot is confirmed again, like RAUC's `rauc status mark-good` on
+   *   every boot: RAUC-convention bootloaders count BOOT_x_LEFT down on every boot, also of the
+   *   committed slot; without this, a few ordinary reboots drain it and the next update has no
+   *   fallback. `commit` is idempotent and the backends write only when something changes.
+   * - A booted slot that reads `bad` is confirmed ONLY when the other slot is not good: then it is the
+   *   slot the bootloader fell back to after its counter drained, the only working slot. When the other
+   *   slot reads good, the running slot was marked bad on purpose (a failed release whose reboot did
+   *   not happen): committing it would make a failed release permanent, so it is left alone and the
+   *   bootloader takes the good slot on the next boot.
+   * Returns true when it rebooted. Never fails the cycle: an unreadable environment is logged.
    */
-  private async markBootedGood(booted: SlotName): Promise<void> {
+  private async settleBootedSlot(booted: SlotName, markGood: boolean): Promise<boolean> {
+    const boot = this.d.bootControl;
+    const other: SlotName = booted === 'A' ? 'B' : 'A';
     try {
-      const st = await this.d.bootControl.slotState(booted);
-      if (st.state === 'trial') return;
-      await this.d.bootControl.commit(booted);
+      const st = await boot.slotState(booted);
+      const otherGood = (await boot.slotState(other).catch(() => undefined))?.state === 'good';
+      if (st.state === 'trial') return await this.validateStrayTrial(booted, otherGood);
+      if (!markGood) return false;
+      if (st.state === 'bad' && otherGood) {
+        this.log.warn({ slot: booted, fallback: other }, 'the running slot is marked bad and the other slot is good: not confirming it; the bootloader boots the good slot next time');
+        return false;
+      }
+      await boot.commit(booted);
     } catch (e) {
       this.log.warn({ slot: booted, err: toErrorInfo(e) }, 'mark-good of the booted slot failed');
     }
+    return false;
+  }
+
+  /** A booted trial with no attempt in flight: health checks decide, as for a trial slotflip armed. */
+  private async validateStrayTrial(booted: SlotName, otherGood: boolean): Promise<boolean> {
+    const log = this.log.child({ slot: booted });
+    log.warn('booted slot is an unconfirmed trial with no update in flight: validating it');
+    const r = await this.d.health.run().catch((e: unknown) => ({ ok: false, failures: [{ name: 'health', output: toErrorInfo(e).message }] }));
+    if (r.ok) {
+      await this.d.bootControl.commit(booted);
+      log.info('unconfirmed trial passed its health checks: committed');
+      return false;
+    }
+    if (!otherGood) {
+      log.error({ failures: r.failures.map((f) => f.name) }, 'unconfirmed trial failed its health checks, but the other slot is not good: left as it is');
+      return false;
+    }
+    await this.d.bootControl.markBad(booted);
+    log.warn({ failures: r.failures.map((f) => f.name) }, 'unconfirmed trial failed its health checks: marked bad, rebooting into the good slot');
+    await this.d.reboot();
+    return true;
   }
 
   /** What would be installed now, without changing anything. */
@@ -304,8 +344,9 @@ export class Agent {
     const state = await this.d.store.load();
     const event = await this.findRelease(state.committedSecurityVersion);
     if (event.type === 'ReleaseFound') {
-      const booted = await this.d.bootControl.bootedSlot();
+      const booted = event.bootedSlot;
       const id = releaseIdOf(event.release);
+      if (event.bootedState !== 'good') return { release: null, reason: `${SOURCE_NOT_GOOD}: booted slot ${booted} reads ${event.bootedState}; an update starts only from a good slot`, releaseId: id };
       if (state.installed[booted]?.id === id) return { release: null, reason: `up to date: ${id} is running`, releaseId: id };
       if (state.rolledBack.includes(id)) return { release: null, reason: noRetryReason(state, id), releaseId: id };
       return { release: event.release, releaseId: id };
@@ -332,7 +373,12 @@ export class Agent {
       bootedSlot,
       committedSecurityVersion: s.committedSecurityVersion,
       slots,
-      ...(a ? { attempt: { number: a.number, releaseId: a.ref.id, version: a.ref.version, source: a.source, target: a.target, startedAt: a.startedAt, transitions: s.transitions } } : {}),
+      ...(a ? {
+        attempt: {
+          number: a.number, releaseId: a.ref.id, version: a.ref.version, source: a.source, target: a.target, startedAt: a.startedAt, transitions: s.transitions,
+          ...(a.stepFailures !== undefined ? { stepFailures: a.stepFailures } : {}), ...(a.lastError ? { lastError: a.lastError } : {}), ...(a.retryAt !== undefined ? { retryAt: a.retryAt } : {}),
+        },
+      } : {}),
       ...(s.lastCheck ? { lastCheck: s.lastCheck } : {}),
       ...(last ? { lastResult: last } : {}),
     };
@@ -398,7 +444,9 @@ export class Agent {
     const sel = selectRelease(list, { ...this.d.identity, committedSecurityVersion }, this.d.now());
     if (!sel.ok) return { type: 'NoReleaseFound', reason: `${sel.code}: ${sel.message}` };
     const bootedSlot = await this.d.bootControl.bootedSlot();
-    return { type: 'ReleaseFound', release: sel.release, bootedSlot };
+    // unreadable counts as not good: an attempt must never start from a slot it cannot vouch for
+    const bootedState = (await this.d.bootControl.slotState(bootedSlot).catch(() => undefined))?.state ?? 'bad';
+    return { type: 'ReleaseFound', release: sel.release, bootedSlot, bootedState };
   }
 
   private executors(): Executors {

@@ -20,6 +20,19 @@
  * those ride along as `warnings` into history and the commit's report.
  *
  * INVARIANTS
+ * - An update starts only from a booted slot that reads `good`. A booted `trial` with no attempt in
+ *   flight (a lost record, a trial armed by someone else) is validated by the agent — health checks,
+ *   then commit or roll back — and is never the source of an attempt; a booted `bad` slot is never
+ *   a source either (`ReleaseFound` with any other `bootedState` ends the check: DAEMON_SOURCE_NOT_GOOD).
+ * - Once the target may be armed (arming, rebooting, committing, rollingBack) a failed step never
+ *   ends the attempt with the trial still armed: the step is retried with backoff (`StepFailed` keeps
+ *   the attempt, `retryAt` says when; a restart retries it too). Past `maxStepRetries` an attempt that
+ *   has not booted its target disarms it (mark bad) before it ends `failed`; a commit that keeps failing
+ *   rolls back; a rollback never gives up (the transition bound is its only end). Nothing here commits
+ *   a slot that reads `bad` (see Agent.markBootedGood for the one exception: the running slot when
+ *   no slot reads good, i.e. a counter the bootloader drained).
+ * - A release whose attempt failed at or after arming (the image was installed: the trial was armed
+ *   or could have been) joins the no-retry list like a rolled-back one: no arm/reboot loops.
  * - The committed slot (the one booted when the attempt started, `attempt.source`) is never written,
  *   marked bad or re-armed by an attempt.
  * - The target is marked bad before any byte of it changes, and armed only after it verified.
@@ -136,6 +149,13 @@ export interface Attempt {
   trialReboots?: number;
   /** outcome once the target is marked bad in rollingBack; absent means `rolledBack`. */
   endsAs?: Outcome;
+  /** failed tries of the current phase's step (arming, rebooting, committing, rollingBack): the step
+   * is retried, not the attempt ended (see INVARIANTS). Cleared when the phase changes. */
+  stepFailures?: number;
+  /** the last failed step's error (for `status` and the give-up reason). */
+  lastError?: ErrorInfo;
+  /** when the failed step should be tried again (ms since epoch; the service schedules it). */
+  retryAt?: number;
 }
 
 export interface HistoryEntry {
@@ -192,6 +212,19 @@ export const DEVICE_FAULT_CODES: readonly string[] = [BOOTLOADER_IGNORED_ENV, 'H
 export const MAX_ONE_SHOT_TRIAL_REBOOTS = 2;
 
 export const MAX_TRANSITIONS = 100;
+/** Failed tries of an arming, rebooting or committing step before the attempt gives up on it. */
+export const MAX_STEP_RETRIES = 5;
+/** Backoff of a failed step: base, doubled per failure, capped. */
+export const STEP_RETRY_BASE_MS = 30_000;
+export const STEP_RETRY_MAX_MS = 30 * 60_000;
+
+/** Delay before the `n`th retry (n ≥ 1) of a failed step: base · 2^(n-1), capped. Pure. */
+export function stepRetryDelay(n: number, baseMs = STEP_RETRY_BASE_MS, maxMs = STEP_RETRY_MAX_MS): number {
+  return Math.min(maxMs, baseMs * 2 ** Math.max(0, Math.min(30, n - 1)));
+}
+
+/** Boot states a slot may be in to be the source of an attempt: only `good`. */
+export const SOURCE_NOT_GOOD = 'DAEMON_SOURCE_NOT_GOOD';
 export const MAX_HISTORY = 50;
 export const MAX_ROLLED_BACK = 50;
 
@@ -213,7 +246,8 @@ export function releaseRefOf(release: Release): ReleaseRef {
 
 export type Event =
   | { type: 'CheckRequested' }
-  | { type: 'ReleaseFound'; release: Release; bootedSlot: SlotName }
+  /** `bootedState`: the booted slot's boot state when the release was found; only `good` may be a source. */
+  | { type: 'ReleaseFound'; release: Release; bootedSlot: SlotName; bootedState: SlotBootState['state'] }
   | { type: 'NoReleaseFound'; reason: string }
   | { type: 'CheckFailed'; error: ErrorInfo }
   | { type: 'SlotMarkedBad' }
@@ -279,6 +313,11 @@ export interface TransitionResult {
 export interface TransitionOptions {
   maxTransitions?: number;
   maxHistory?: number;
+  /** failed tries of an arming/rebooting/committing step before giving up (default MAX_STEP_RETRIES). */
+  maxStepRetries?: number;
+  /** backoff of a failed step (defaults STEP_RETRY_BASE_MS, STEP_RETRY_MAX_MS). */
+  stepRetryBaseMs?: number;
+  stepRetryMaxMs?: number;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -286,8 +325,13 @@ export interface TransitionOptions {
 /** The one decision function. Pure and total: every (phase, event) pair has an answer. */
 export function transition(state: MachineState, event: Event, now: number, options: TransitionOptions = {}): TransitionResult {
   const max = options.maxTransitions ?? MAX_TRANSITIONS;
-  const r = decide(state, event, now, options);
+  let r = decide(state, event, now, options);
   if (r.ignored || !state.attempt || !r.state.attempt) return r;
+  if (r.state.phase !== state.phase && r.state.attempt.stepFailures !== undefined) {
+    // a new phase starts with a clean step-retry count
+    const { stepFailures: _n, lastError: _e, retryAt: _t, ...attempt } = r.state.attempt;
+    r = { ...r, state: { ...r.state, attempt } };
+  }
   // Count transitions of a running attempt that move it or that follow a restart; a deferral does not.
   const counts = r.state.phase !== state.phase || event.type === 'Restarted' || event.type === 'BootedInto';
   if (!counts) return r;
@@ -306,6 +350,12 @@ function decide(s: MachineState, e: Event, now: number, o: TransitionOptions): T
     case 'ReleaseFound': {
       if (s.phase !== 'checking') return ignore(s);
       const ref = releaseRefOf(e.release);
+      if (e.bootedState !== 'good') {
+        // the source must be a confirmed slot: an attempt marks the other slot bad, and the booted
+        // one is then the device's only way back
+        const detail = `${SOURCE_NOT_GOOD}: booted slot ${e.bootedSlot} reads ${e.bootedState}; an update starts only from a good (committed) slot, so ${ref.id} waits until this boot is validated or rolled back`;
+        return { state: { ...s, phase: 'idle', lastCheck: { at: now, result: 'failed', detail } }, effects: [] };
+      }
       const skip = skipReason(s, ref, e.bootedSlot);
       if (skip) return { state: { ...s, phase: 'idle', lastCheck: { at: now, result: 'none', detail: skip } }, effects: [] };
       const attempt: Attempt = {
@@ -439,7 +489,7 @@ function decide(s: MachineState, e: Event, now: number, o: TransitionOptions): T
 
     case 'StepFailed':
       if (!a) return ignore(s);
-      return fail(s, e.error, now, o);
+      return stepFailed(s, e.error, now, o);
 
     case 'Reported':
       return ignore(s);
@@ -465,6 +515,41 @@ export function noRetryReason(s: Pick<MachineState, 'history'>, id: string): str
   return `${id} rolled back before; waiting for a newer release`;
 }
 
+/**
+ * A step's executor threw. Before anything was armed (checking … verifying) the attempt fails as
+ * before (the target stays marked bad; the booted slot was never touched). From arming on, the trial
+ * may be armed, so ending the attempt would leave it armed for the next power cut: the step is kept
+ * and retried with backoff (see INVARIANTS). Pure.
+ */
+function stepFailed(s: MachineState, error: ErrorInfo, now: number, o: TransitionOptions): TransitionResult {
+  const a = s.attempt!;
+  switch (s.phase) {
+    case 'arming':
+    case 'rebooting':
+    case 'committing':
+    case 'rollingBack': {
+      const n = (a.stepFailures ?? 0) + 1;
+      const max = o.maxStepRetries ?? MAX_STEP_RETRIES;
+      if (n <= max || s.phase === 'rollingBack') {
+        const attempt: Attempt = {
+          ...a, stepFailures: n, lastError: error, retryAt: now + stepRetryDelay(n, o.stepRetryBaseMs, o.stepRetryMaxMs),
+          // a reboot that failed did not happen: give back the trial reboot counted before it
+          ...(s.phase === 'rebooting' ? { trialReboots: Math.max(0, (a.trialReboots ?? 1) - 1) } : {}),
+        };
+        return { state: { ...s, attempt }, effects: [] };
+      }
+      const reason: ErrorInfo = { code: error.code, message: `${s.phase} failed ${n} times, last: ${error.message}`, ...(error.retryable !== undefined ? { retryable: error.retryable } : {}) };
+      // the target booted and passed its checks, but cannot be made permanent: roll it back
+      if (s.phase === 'committing') return rollBack(s, reason);
+      // arming / rebooting: the booted slot is still the source; disarm the target before the attempt
+      // ends, so no later power cut boots an unvalidated trial
+      return { state: { ...s, phase: 'rollingBack', attempt: { ...a, reason, endsAs: 'failed' } }, effects: [{ type: 'markBad', slot: a.target }] };
+    }
+    default:
+      return fail(s, error, now, o);
+  }
+}
+
 /** The shared failure path: before the trial boot the attempt simply fails (the target stays
  * marked bad); once the target may have booted, roll back. */
 function fail(s: MachineState, error: ErrorInfo, now: number, o: TransitionOptions): TransitionResult {
@@ -472,9 +557,6 @@ function fail(s: MachineState, error: ErrorInfo, now: number, o: TransitionOptio
     case 'validating':
     case 'committing':
       return rollBack(s, error);
-    case 'rollingBack':
-      // rolling back itself failed: record it; the bootloader's counter is the last line of defence
-      return finish(s, 'failed', now, error, s.attempt?.failures, o);
     default:
       return finish(s, 'failed', now, error, undefined, o);
   }
@@ -549,7 +631,10 @@ function finish(s: MachineState, outcome: Outcome, now: number, reason: ErrorInf
   const history = [...s.history, entry].slice(-(o.maxHistory ?? MAX_HISTORY));
   // not retried automatically: a rollback, and a trial the bootloader ignored (retrying it would only
   // download, arm and reboot again, ignored again, on every check)
-  const noRetry = outcome === 'rolledBack' || reason?.code === BOOTLOADER_IGNORED_ENV;
+  // nor an attempt that failed once its image was installed (arming on): it would download, arm and
+  // fail the same way on every check
+  const installed = s.phase === 'arming' || s.phase === 'rebooting' || s.phase === 'validating' || s.phase === 'committing' || s.phase === 'rollingBack';
+  const noRetry = outcome === 'rolledBack' || reason?.code === BOOTLOADER_IGNORED_ENV || (outcome === 'failed' && installed);
   const rolledBack = noRetry && !s.rolledBack.includes(a.ref.id) ? [...s.rolledBack, a.ref.id].slice(-MAX_ROLLED_BACK) : s.rolledBack;
   const r: Report = { kind: outcome, attempt: a.number, release: a.ref, at: now, ...(reason ? { reason } : {}), ...(failures ? { failures } : {}), ...(warnings ? { warnings } : {}) };
   // the report rides in the record that ends the attempt (see MachineState.pendingReports); the

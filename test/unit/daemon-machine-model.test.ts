@@ -37,6 +37,9 @@ class SimBoard {
   everFrozen = false;
   ops = 0;
   crashAt = Infinity;
+  /** persistent operations that fail once with a transient error instead of happening (an EIO on
+   * the boot environment, a reboot command that exits 1, a record save on a full disk). */
+  failAt = new Set<number>();
   dead = false;
   violations: string[] = [];
   store = new MemoryStateStore();
@@ -44,6 +47,10 @@ class SimBoard {
   /** Called before each persistent operation: false once the power is cut. */
   step(): boolean {
     if (this.dead) return false;
+    if (this.failAt.delete(this.ops)) {
+      this.ops++;
+      throw new SlotflipError('SIM_TRANSIENT', `transient failure at op ${this.ops - 1}`, { retryable: true });
+    }
     if (this.ops++ >= this.crashAt) {
       this.dead = true;
       return false;
@@ -101,6 +108,8 @@ class SimBoard {
         b.primary = slot;
       },
       async commit(slot) {
+        const o = b.slots[other(slot)];
+        if (b.slots[slot].state === 'bad' && o.state === 'good' && o.complete) b.violations.push(`committed slot ${slot}, which reads bad, while slot ${other(slot)} is good`);
         if (!b.step()) return;
         b.slots[slot].state = 'good';
         b.primary = slot;
@@ -302,6 +311,97 @@ t.test('crash at any step: always a verified slot, and the next update completes
     { numRuns: 300 },
   );
   t.equal(runs >= 300, true, 'ran the model');
+});
+
+/** The service's retry: run cycles (no new check) until nothing is pending, as `slotflip daemon` does
+ * after `retryAt`; a cycle that throws (a record save that failed) is simply run again. */
+async function settle(w: World): Promise<void> {
+  for (let round = 0; round < 40; round++) {
+    try {
+      const r = await runUpdateCycle(() => agentFor(w), { check: false, maxReboots: 8 });
+      if (r.phase === 'idle' && (await w.board.store.load()).phase === 'idle') return;
+    } catch {
+      // e.g. the record could not be saved: the daemon logs it and retries
+    }
+  }
+  throw new Error(`still pending in phase ${(await w.board.store.load()).phase} after 40 retries`);
+}
+
+/** One transient failure (not a power cut) at persistent operation `k` of an update, then a power
+ * cut or not, then the daemon's retries. */
+class FailStepCommand implements fc.AsyncCommand<object, World> {
+  constructor(readonly failAfter: number[], readonly cutAfter: number | null) {}
+  check(): boolean { return true; }
+  async run(_m: object, w: World): Promise<void> {
+    const b = w.board;
+    const base = b.ops;
+    for (const k of this.failAfter) b.failAt.add(base + k);
+    if (this.cutAfter !== null) b.crashAt = base + this.cutAfter;
+    try {
+      await runUpdateCycle(() => agentFor(w), { maxReboots: 8 });
+    } catch {
+      // a failed save: the service retries
+    }
+    b.failAt.clear();
+    if (b.dead) {
+      b.dead = false;
+      b.crashAt = Infinity;
+      b.powerCycle();
+    }
+    b.crashAt = Infinity;
+    await settle(w);
+    await checkInvariants(w);
+  }
+  toString(): string { return `failStep(${this.failAfter.join(',')}, cut ${this.cutAfter ?? 'never'})`; }
+}
+
+t.test('transient failures at any step (and a power cut after): never a state without a good slot, nothing commits a bad slot', async (t) => {
+  const commands = [
+    fc.boolean().map((h) => new PublishCommand(h)),
+    fc.option(fc.nat({ max: 24 }), { nil: null, freq: 3 }).map((c) => new UpdateCommand(c)),
+    fc.tuple(fc.array(fc.nat({ max: 24 }), { minLength: 1, maxLength: 3 }), fc.option(fc.nat({ max: 30 }), { nil: null })).map(([f, c]) => new FailStepCommand(f, c)),
+    fc.constant(new PowerCutCommand()),
+  ];
+  let runs = 0;
+  await fc.assert(
+    fc.asyncProperty(fc.integer({ min: 1, max: 3 }), fc.commands(commands, { maxCommands: 12 }), async (tries, cmds) => {
+      runs++;
+      const w: World = { board: new SimBoard(), releases: [], healthy: new Set(), tries };
+      await fc.asyncModelRun(() => ({ model: {}, real: w }), cmds);
+      const fresh = makeRelease(w.releases.length + 1, true);
+      w.releases.push(fresh);
+      w.healthy.add(releaseIdOf(fresh));
+      await runUpdateCycle(() => agentFor(w), { maxReboots: 8 });
+      await settle(w);
+      if (w.board.slots[w.board.booted].image !== releaseIdOf(fresh)) throw new Error(`final update not running: ${JSON.stringify((await w.board.store.load()).history.at(-1))}`);
+      await checkInvariants(w);
+    }),
+    { numRuns: 200 },
+  );
+  t.equal(runs >= 200, true, 'ran the model');
+});
+
+t.test('exhaustive sweep: one transient failure at every operation of an update, healthy and unhealthy', async (t) => {
+  let cases = 0;
+  for (const tries of [1, 3]) {
+    for (const healthy of [true, false]) {
+      for (let k = 0; k < 30; k++) {
+        const w: World = { board: new SimBoard(), releases: [], healthy: new Set(), tries };
+        await new PublishCommand(healthy).run({}, w);
+        await new FailStepCommand([k], null).run({}, w);
+        const rec = await w.board.store.load();
+        const last = rec.history.at(-1);
+        if (last?.outcome === 'succeeded') t.equal(w.board.slots[w.board.booted].image, releaseIdOf(w.releases[0]!), `k=${k}: running what it committed`);
+        else t.equal(w.board.slots[w.board.booted].image, 'factory', `tries ${tries}, ${healthy ? 'healthy' : 'unhealthy'}, failure at op ${k}: back on the factory slot`);
+        if (!healthy) t.not(last?.outcome, 'succeeded', `k=${k}: an unhealthy release never commits`);
+        await new PublishCommand(true).run({}, w);
+        await new UpdateCommand(null).run({}, w);
+        t.equal(w.board.slots[w.board.booted].image, releaseIdOf(w.releases.at(-1)!), `tries ${tries}, ${healthy ? 'healthy' : 'unhealthy'}, failure at op ${k}: next update lands`);
+        cases++;
+      }
+    }
+  }
+  t.equal(cases, 120);
 });
 
 t.test('exhaustive sweep: a power cut at every operation of an update, every tries setting', async (t) => {

@@ -1,6 +1,7 @@
 import t from 'tap';
 import {
   transition, resume, initialState, releaseIdOf, releaseRefOf, bootloaderIgnoredTrial, MAX_TRANSITIONS, BOOTLOADER_IGNORED_ENV, DEVICE_FAULT_CODES,
+  MAX_STEP_RETRIES, STEP_RETRY_MAX_MS, SOURCE_NOT_GOOD, stepRetryDelay,
   type Event, type MachineState, type Phase, type Effect, type Attempt, type BootEvidence,
 } from '../../daemon/machine.js';
 import type { SlotBootState } from '../../hal/boot-control.js';
@@ -32,7 +33,7 @@ t.test('happy path: every phase does its work and ends committed', async (t) => 
   let s = initialState(1);
   const steps: [Event, Phase, string[]][] = [
     [{ type: 'CheckRequested' }, 'checking', ['check']],
-    [{ type: 'ReleaseFound', release: R1, bootedSlot: 'A' }, 'preparing', ['report', 'markBad']],
+    [{ type: 'ReleaseFound', release: R1, bootedSlot: 'A', bootedState: 'good' }, 'preparing', ['report', 'markBad']],
     [{ type: 'SlotMarkedBad' }, 'downloading', ['writeSlot']],
     [{ type: 'DownloadCompleted' }, 'verifying', ['verifySlot']],
     [{ type: 'SlotVerified' }, 'arming', ['armTrial']],
@@ -60,7 +61,7 @@ t.test('happy path: every phase does its work and ends committed', async (t) => 
 
 t.test('target is marked bad before writing, the booted slot is never a target', async (t) => {
   for (const booted of ['A', 'B'] as const) {
-    const r = transition({ ...initialState(), phase: 'checking' }, { type: 'ReleaseFound', release: R1, bootedSlot: booted }, NOW);
+    const r = transition({ ...initialState(), phase: 'checking' }, { type: 'ReleaseFound', release: R1, bootedSlot: booted, bootedState: 'good' }, NOW);
     const mark = r.effects.find((e) => e.type === 'markBad');
     t.same(mark, { type: 'markBad', slot: booted === 'A' ? 'B' : 'A' });
     t.equal(r.state.attempt?.source, booted);
@@ -73,11 +74,13 @@ t.test('shared failure path: before the trial the attempt fails, after it it rol
     ['preparing', { type: 'StepFailed', error: err }, 'idle', ['report']],
     ['downloading', { type: 'DownloadFailed', error: err }, 'idle', ['report']],
     ['verifying', { type: 'VerificationFailed', error: err }, 'idle', ['report']],
-    ['arming', { type: 'StepFailed', error: err }, 'idle', ['report']],
+    // from arming on a failed step is retried, never ends the attempt with a trial armed
+    ['arming', { type: 'StepFailed', error: err }, 'arming', []],
+    ['rebooting', { type: 'StepFailed', error: err }, 'rebooting', []],
     ['validating', { type: 'HealthCheckFailed', failures: [{ name: 'app', output: 'exit 3' }] }, 'rollingBack', ['markBadAndReboot']],
     ['validating', { type: 'StepFailed', error: err }, 'rollingBack', ['markBadAndReboot']],
-    ['committing', { type: 'StepFailed', error: err }, 'rollingBack', ['markBadAndReboot']],
-    ['rollingBack', { type: 'StepFailed', error: err }, 'idle', ['report']],
+    ['committing', { type: 'StepFailed', error: err }, 'committing', []],
+    ['rollingBack', { type: 'StepFailed', error: err }, 'rollingBack', []],
     ['rebooting', { type: 'RollbackRequested', reason: 'operator' }, 'rollingBack', ['markBadAndReboot']],
   ];
   for (const [phase, event, to, effects] of cases) {
@@ -120,22 +123,22 @@ t.test('health-check rollback: failures carried to history and the report; relea
 
   // the same release is not retried; a newer one is
   const checking = { ...r.state, phase: 'checking' as const };
-  const same = transition(checking, { type: 'ReleaseFound', release: R1, bootedSlot: 'A' }, NOW);
+  const same = transition(checking, { type: 'ReleaseFound', release: R1, bootedSlot: 'A', bootedState: 'good' }, NOW);
   t.equal(same.state.phase, 'idle');
   t.match(same.state.lastCheck?.detail, /rolled back before/);
-  const newer = transition(checking, { type: 'ReleaseFound', release: release('1.1.1', 2, 'ef'.repeat(32)), bootedSlot: 'A' }, NOW);
+  const newer = transition(checking, { type: 'ReleaseFound', release: release('1.1.1', 2, 'ef'.repeat(32)), bootedSlot: 'A', bootedState: 'good' }, NOW);
   t.equal(newer.state.phase, 'preparing');
 });
 
 t.test('releases below the committed securityVersion or already running are skipped', async (t) => {
   const s: MachineState = { ...initialState(5), phase: 'checking' };
-  const low = transition(s, { type: 'ReleaseFound', release: release('2.0.0', 4), bootedSlot: 'A' }, NOW);
+  const low = transition(s, { type: 'ReleaseFound', release: release('2.0.0', 4), bootedSlot: 'A', bootedState: 'good' }, NOW);
   t.equal(low.state.phase, 'idle');
   t.match(low.state.lastCheck?.detail, /below the committed 5/);
   const running = { ...s, installed: { A: releaseRefOf(R1) } };
-  const up = transition(running, { type: 'ReleaseFound', release: R1, bootedSlot: 'A' }, NOW);
+  const up = transition(running, { type: 'ReleaseFound', release: R1, bootedSlot: 'A', bootedState: 'good' }, NOW);
   t.match(up.state.lastCheck?.detail, /up to date/);
-  const other = transition(running, { type: 'ReleaseFound', release: R1, bootedSlot: 'B' }, NOW);
+  const other = transition(running, { type: 'ReleaseFound', release: R1, bootedSlot: 'B', bootedState: 'good' }, NOW);
   t.match(other.state.lastCheck?.detail, /below/, 'release 1.1.0 (sv 2) < 5');
 });
 
@@ -146,7 +149,7 @@ t.test('committed securityVersion is never lowered', async (t) => {
 
 t.test('events that do not apply are ignored without changing state', async (t) => {
   const all: Event[] = [
-    { type: 'CheckRequested' }, { type: 'ReleaseFound', release: R1, bootedSlot: 'A' }, { type: 'NoReleaseFound', reason: 'x' },
+    { type: 'CheckRequested' }, { type: 'ReleaseFound', release: R1, bootedSlot: 'A', bootedState: 'good' }, { type: 'NoReleaseFound', reason: 'x' },
     { type: 'CheckFailed', error: { code: 'E', message: 'm' } }, { type: 'SlotMarkedBad' }, { type: 'DownloadCompleted' },
     { type: 'DownloadFailed', error: { code: 'E', message: 'm' } }, { type: 'SlotVerified' }, { type: 'VerificationFailed', error: { code: 'E', message: 'm' } },
     { type: 'TrialArmed' }, { type: 'RebootIssued' }, { type: 'RebootDeferred', reason: 'window' }, { type: 'BootedInto', slot: 'B' },
@@ -309,14 +312,15 @@ t.test('resume after a real reboot the bootloader ignored: distinct code, target
   // not retried automatically (it would only reboot into the same ignored trial); a newer one is tried
   t.same(r.state.rolledBack, [releaseIdOf(R1)]);
   const checking = { ...r.state, phase: 'checking' as const };
-  const same = transition(checking, { type: 'ReleaseFound', release: R1, bootedSlot: 'A' }, NOW);
+  const same = transition(checking, { type: 'ReleaseFound', release: R1, bootedSlot: 'A', bootedState: 'good' }, NOW);
   t.equal(same.state.phase, 'idle');
   t.match(same.state.lastCheck?.detail, /bootloader ignored .* trial before \(DAEMON_BOOTLOADER_IGNORED_ENV\).*slotflip doctor/);
-  t.equal(transition(checking, { type: 'ReleaseFound', release: release('1.1.1', 2, 'ef'.repeat(32)), bootedSlot: 'A' }, NOW).state.phase, 'preparing');
-  // marking bad fails: the attempt still ends failed (the reason of the step), nothing else touched
+  t.equal(transition(checking, { type: 'ReleaseFound', release: release('1.1.1', 2, 'ef'.repeat(32)), bootedSlot: 'A', bootedState: 'good' }, NOW).state.phase, 'preparing');
+  // marking bad fails: the attempt is kept and the step retried (the trial must not stay armed)
   const broken = transition(transition(rec, ev!, NOW).state, { type: 'StepFailed', error: { code: 'HAL_BOOTENV_WRITE', message: 'x' } }, NOW);
-  t.equal(broken.state.phase, 'idle');
-  t.equal(broken.state.history.at(-1)?.outcome, 'failed');
+  t.equal(broken.state.phase, 'rollingBack');
+  t.equal(broken.state.attempt?.stepFailures, 1);
+  t.same(resume(broken.state, 'A'), { type: 'BootedInto', slot: 'A' }, 'a restart retries the mark-bad');
 });
 
 t.test('resume: the other rebooting/source cases are unchanged', async (t) => {
@@ -347,4 +351,76 @@ t.test('resume: the other rebooting/source cases are unchanged', async (t) => {
   // the machine re-checks the evidence itself: a BootedInto whose evidence does not hold is a fallback
   const weak: Event = { type: 'BootedInto', slot: 'A', evidence: { bootId: 'boot-1', target: ARMED, triesVisible: true } };
   t.equal(transition(rec, weak, NOW).state.attempt?.reason?.code, 'DAEMON_TRIAL_NOT_CONFIRMED');
+});
+
+t.test('an update starts only from a good booted slot', async (t) => {
+  const checking = { ...initialState(1), phase: 'checking' as const };
+  for (const bootedState of ['trial', 'bad'] as const) {
+    const r = transition(checking, { type: 'ReleaseFound', release: R1, bootedSlot: 'B', bootedState }, NOW);
+    t.equal(r.state.phase, 'idle', `booted ${bootedState}: no attempt`);
+    t.same(r.effects, [], `booted ${bootedState}: nothing marked bad, nothing written`);
+    t.equal(r.state.lastCheck?.result, 'failed');
+    t.match(r.state.lastCheck?.detail, new RegExp(`^${SOURCE_NOT_GOOD}: booted slot B reads ${bootedState}`));
+  }
+  t.equal(transition(checking, { type: 'ReleaseFound', release: R1, bootedSlot: 'B', bootedState: 'good' }, NOW).state.phase, 'preparing');
+});
+
+t.test('a failed step after arming is retried with backoff, then disarmed; the release is not retried', async (t) => {
+  const err = { code: 'DAEMON_REBOOT_FAILED', message: 'reboot: exit 1' };
+  let s = withAttempt('rebooting', {}, { trialReboots: 1 });
+  const delays: number[] = [];
+  for (let n = 1; n <= MAX_STEP_RETRIES; n++) {
+    const r = transition(s, { type: 'StepFailed', error: err }, NOW);
+    t.equal(r.state.phase, 'rebooting', `failure ${n}: still rebooting`);
+    t.same(r.effects, [], `failure ${n}: nothing ended, nothing disarmed`);
+    t.equal(r.state.attempt?.stepFailures, n);
+    t.equal(r.state.attempt?.trialReboots, 0, 'the reboot that failed is given back');
+    delays.push(r.state.attempt!.retryAt! - NOW);
+    // the retry: a restart issues the reboot again
+    const again = transition(r.state, { type: 'Restarted' }, NOW);
+    t.same(types(again.effects), ['reboot']);
+    s = again.state;
+  }
+  t.same(delays, [1, 2, 3, 4, 5].map((n) => stepRetryDelay(n)), 'exponential backoff');
+  t.ok(delays.every((d, i) => i === 0 || d > delays[i - 1]!));
+  // one more: give up, but disarm first — the booted slot is still the source
+  const gaveUp = transition(s, { type: 'StepFailed', error: err }, NOW);
+  t.equal(gaveUp.state.phase, 'rollingBack');
+  t.same(gaveUp.effects, [{ type: 'markBad', slot: 'B' }]);
+  t.equal(gaveUp.state.attempt?.stepFailures, undefined, 'a new phase starts with a clean count');
+  const done = transition(gaveUp.state, { type: 'SlotMarkedBad' }, NOW);
+  t.equal(done.state.phase, 'idle');
+  t.match(done.state.history.at(-1), { outcome: 'failed', reason: { code: 'DAEMON_REBOOT_FAILED' } });
+  t.same(done.state.rolledBack, [releaseIdOf(R1)], 'installed but never tried: not retried until a newer release');
+  const checking = { ...done.state, phase: 'checking' as const };
+  t.equal(transition(checking, { type: 'ReleaseFound', release: R1, bootedSlot: 'A', bootedState: 'good' }, NOW).state.phase, 'idle');
+});
+
+t.test('a rollback whose mark-bad or reboot fails never ends while the failed slot may boot', async (t) => {
+  let s = withAttempt('rollingBack', {}, { reason: { code: 'DAEMON_HEALTH_CHECK_FAILED', message: 'app' } });
+  for (let n = 1; n <= MAX_STEP_RETRIES * 3; n++) {
+    const r = transition(s, { type: 'StepFailed', error: { code: 'HAL_BOOTENV_WRITE', message: 'EIO' } }, NOW);
+    t.equal(r.state.phase, 'rollingBack');
+    s = r.state;
+  }
+  t.equal(s.attempt?.stepFailures, MAX_STEP_RETRIES * 3);
+  t.ok(s.attempt!.retryAt! - NOW <= STEP_RETRY_MAX_MS, 'backoff is capped');
+  // still booted in the target: a restart marks it bad and reboots again
+  t.same(resume(s, 'B'), { type: 'Restarted' });
+  t.same(types(transition(s, { type: 'Restarted' }, NOW).effects), ['markBadAndReboot']);
+  // back on the source: mark bad (idempotent), then the attempt ends rolledBack
+  const back = transition(s, resume(s, 'A')!, NOW);
+  t.same(back.effects, [{ type: 'markBad', slot: 'B' }]);
+  t.equal(transition(back.state, { type: 'SlotMarkedBad' }, NOW).state.history.at(-1)?.outcome, 'rolledBack');
+});
+
+t.test('a commit that keeps failing rolls back; it never leaves the target half-confirmed', async (t) => {
+  let s = withAttempt('committing');
+  for (let n = 1; n <= MAX_STEP_RETRIES; n++) s = transition(s, { type: 'StepFailed', error: { code: 'HAL_BOOTENV_WRITE', message: 'EIO' } }, NOW).state;
+  t.equal(s.phase, 'committing');
+  t.same(resume(s, 'B'), { type: 'BootedInto', slot: 'B' }, 'a restart re-commits');
+  const r = transition(s, { type: 'StepFailed', error: { code: 'HAL_BOOTENV_WRITE', message: 'EIO' } }, NOW);
+  t.equal(r.state.phase, 'rollingBack');
+  t.same(types(r.effects), ['markBadAndReboot']);
+  t.equal(r.state.committedSecurityVersion, 1, 'nothing raised');
 });

@@ -26,7 +26,7 @@ function recording(trace: string[], overrides: Partial<Executors> = {}): Executo
     return { type } as Event;
   };
   const base: Executors = {
-    check: async () => { trace.push('effect:check'); return { type: 'ReleaseFound', release: R, bootedSlot: 'A' }; },
+    check: async () => { trace.push('effect:check'); return { type: 'ReleaseFound', release: R, bootedSlot: 'A', bootedState: 'good' }; },
     markBad: ok('SlotMarkedBad'),
     writeSlot: ok('DownloadCompleted'),
     verifySlot: ok('SlotVerified'),
