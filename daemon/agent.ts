@@ -444,8 +444,14 @@ export class Agent {
     const sel = selectRelease(list, { ...this.d.identity, committedSecurityVersion }, this.d.now());
     if (!sel.ok) return { type: 'NoReleaseFound', reason: `${sel.code}: ${sel.message}` };
     const bootedSlot = await this.d.bootControl.bootedSlot();
-    // unreadable counts as not good: an attempt must never start from a slot it cannot vouch for
-    const bootedState = (await this.d.bootControl.slotState(bootedSlot).catch(() => undefined))?.state ?? 'bad';
+    // an environment that cannot be read refuses the check itself (its HAL code says why): an attempt
+    // never starts from a slot it cannot vouch for, and nothing is touched
+    let bootedState: SlotBootState['state'];
+    try {
+      bootedState = (await this.d.bootControl.slotState(bootedSlot)).state;
+    } catch (e) {
+      return { type: 'CheckFailed', error: toErrorInfo(e) };
+    }
     return { type: 'ReleaseFound', release: sel.release, bootedSlot, bootedState };
   }
 
