@@ -21,7 +21,14 @@ export function formatStatus(s: AgentStatus): string {
     const boot = 'error' in slot.boot ? `unknown (${slot.boot.error})` : `${slot.boot.state}${slot.boot.primary ? ', primary' : ''}${slot.boot.triesLeft !== undefined ? `, ${slot.boot.triesLeft} tries left` : ''}`;
     lines.push(`  slot ${slot.slot}${slot.booted ? ' (booted)' : ''}: ${boot}; ${slot.release ? `${slot.release.version} (${slot.release.id})` : 'release unknown'}`);
   }
-  if (s.attempt) lines.push(`attempt ${s.attempt.number}: ${s.attempt.version} slot ${s.attempt.source} → ${s.attempt.target}, ${s.attempt.transitions} transitions`);
+  if (s.attempt) {
+    const a = s.attempt;
+    lines.push(`attempt ${a.number}: ${a.version} slot ${a.source} → ${a.target}, ${a.transitions} transitions`);
+    // a failed step being retried (arming, rebooting, committing, rolling back): say what and when
+    if (a.stepFailures && a.lastError) {
+      lines.push(`  ${s.phase} failed ${a.stepFailures} time${a.stepFailures === 1 ? '' : 's'} (${a.lastError.code}: ${a.lastError.message}); retried${a.retryAt !== undefined ? ` at ${new Date(a.retryAt).toISOString()}` : ''} by the daemon or the next \`slotflip update --once\``);
+    }
+  }
   if (s.lastCheck) lines.push(`last check ${new Date(s.lastCheck.at).toISOString()}: ${s.lastCheck.result}${s.lastCheck.detail ? ` (${s.lastCheck.detail})` : ''}`);
   if (s.lastResult) {
     const l = s.lastResult;
