@@ -115,7 +115,9 @@ export function runSequence(name: SequenceName, quick: string[]): void {
   const env = process.env.SLOTFLIP_E2E_KINDS?.split(',');
   const picked = env ?? (process.env.SLOTFLIP_E2E_FULL === '1' ? BOARD_KINDS.map(kindName) : quick);
   const kinds: BoardKind[] = BOARD_KINDS.filter((k) => picked.includes(kindName(k)));
-  t.test(name, { timeout: 150_000 * kinds.length }, async (t) => {
+  // a flow is ~15 CLI processes: ~20 s on an idle 2-core machine, minutes under load
+  t.setTimeout(240_000 * kinds.length);
+  t.test(name, async (t) => {
     for (const kind of kinds) {
       t.test(kindName(kind), async (t) => {
         const dev = await trialDevice(t.testdir(), kind);

@@ -9,6 +9,7 @@ import { BOARD_KINDS, kindName, slotOf, trialDevice } from './trial-device.js';
 
 const QUICK = ['emulated', 'uboot/rauc', 'grub/greenboot'];
 const picked = process.env.SLOTFLIP_E2E_FULL === '1' ? BOARD_KINDS.map(kindName) : QUICK;
+t.setTimeout(240_000 * picked.length);
 
 for (const kind of BOARD_KINDS.filter((k) => picked.includes(kindName(k)))) {
   t.test(`${kindName(kind)}: an unconfirmed trial without a record`, async (t) => {
