@@ -22,6 +22,7 @@
  * Trade-off: rollout changes (setRollout, and automatic halts) re-sign targets, so the machine that
  * runs them needs the targets key; keep it on the release machine, not on the broker host.
  */
+import { checkTargetName as checkTargetNameRule } from './validate.js';
 import { chmod, mkdir, readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Key, MetaFile, Metadata, MetadataKind, Root, Snapshot, TargetFile, Targets, Timestamp } from '@tufjs/models';
@@ -345,9 +346,13 @@ export interface AddedRelease {
 
 const TARGET_NAME = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._+-]+)*$/;
 
+/** The device's target-name rules (validate.ts, MANIFEST_TARGET_NAME), then the publishing tool's
+ * narrower alphabet, so a manufacturer never signs a name some device would refuse. */
 function checkTargetName(name: string): void {
-  if (!TARGET_NAME.test(name) || name.split('/').some((p) => p === '.' || p === '..') || name.length > 255) {
-    throw badArg(`target name ${JSON.stringify(name)} is invalid: use letters, digits, ".", "_", "-", separated by "/"`);
+  const c = checkTargetNameRule(name);
+  if (!c.ok) throw new SlotflipError(c.code, `${c.message}; use letters, digits, ".", "_", "-", separated by "/"`, { details: { name } });
+  if (!TARGET_NAME.test(name)) {
+    throw new SlotflipError('MANIFEST_TARGET_NAME', `target name ${JSON.stringify(name)} is invalid: use letters, digits, ".", "_", "-", separated by "/"`, { details: { name } });
   }
 }
 
