@@ -29,7 +29,7 @@ import { SlotflipError } from '../hal/errors.js';
 import { writeFileAtomic } from '../hal/atomic-file.js';
 import { generateSigningKey, privatePem, signEnvelope, signingKeyFromPem, tufKey, tufSigner, type SigningKey } from './keys.js';
 import { buildPayload } from './payload.js';
-import { ISSUED_FIELD, OFFLINE_FILE, OFFLINE_TYPE } from './client.js';
+import { ISSUED_FIELD, OFFLINE_FILE, OFFLINE_TYPE, TIME_RESET_FIELD } from './client.js';
 import { checkTargetName as checkTargetNameRule } from './validate.js';
 import type { Compression, ReleaseCustom, Rollout } from './types.js';
 import { createHash } from 'node:crypto';
@@ -530,6 +530,30 @@ export async function rotateKey(dir: string, role: TopRole, opts: RepoOptions = 
   } else if (role === 'timestamp') {
     await writeTimestamp(dir, now, days, newKeys[0]!, await loadSnapshot(dir));
   }
+  return repoSummary(dir);
+}
+
+/**
+ * Publishes a new root version, same keys and roles, whose signed part carries the trusted-time
+ * reset `at` (manifests/README.md "Trusted time"): every device that walks to it sets its time floor
+ * to `at`. The recovery for devices whose floor is wrong. Needs a threshold of the root keys; also
+ * re-signs the timestamp (the new root changes nothing else).
+ */
+export async function publishTimeReset(dir: string, at: number, opts: RepoOptions = {}): Promise<RepoSummary> {
+  const now = (opts.now ?? Date.now)();
+  if (!Number.isFinite(at)) throw badArg('--to must be an ISO-8601 time');
+  const days = await readSettings(dir);
+  const prev = (await loadRoot(dir)).md.signed;
+  const rootKeys = (await readKeys(dir, 'root-')).filter((k) => prev.roles['root']!.keyIDs.includes(k.keyid));
+  if (rootKeys.length < prev.roles['root']!.threshold) {
+    throw new SlotflipError('MANIFEST_KEY_MISSING', `only ${rootKeys.length} of the ${prev.roles['root']!.threshold} root keys needed are in ${keysDir(dir)}; mount the offline root keys`);
+  }
+  const root = makeRoot({ version: prev.version + 1, expires: isoIn(now, days.root), consistentSnapshot: prev.consistentSnapshot, keys: prev.keys, roles: prev.roles });
+  root.unrecognizedFields[TIME_RESET_FIELD] = new Date(at).toISOString() as never;
+  const next = new Metadata(root);
+  for (const k of rootKeys) next.sign(tufSigner(k));
+  await writeRoot(dir, next);
+  await resignTimestamp(dir, opts);
   return repoSummary(dir);
 }
 

@@ -15,6 +15,7 @@ import { readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createBoard, makeTestImage } from '../../hal/board.js';
+import { acquireStateLock } from '../../daemon/state-store.js';
 import { addRelease, exportBundle, initRepo, resignTimestamp } from '../../manifests/repo.js';
 import { canonicalJson, signBytes, signingKeyFromPem, type SigningKey } from '../../manifests/keys.js';
 
@@ -176,7 +177,9 @@ t.test('a wrong floor is recovered by a root-signed time reset', async (t) => {
   const stuck = await cli(['check', ...d.c]);
   t.equal(stuck.code, 5, 'a device whose floor is wrong refuses valid metadata with exit 5');
   t.match(stuck.err, /MANIFEST_EXPIRED/);
-  await forge(d.repo, { root: (s) => { s['x-slotflip-time-reset'] = new Date().toISOString(); } });
+  const reset = await cli(['repo', 'time-reset', d.repo, '--json']);
+  t.equal(reset.code, 0, reset.err);
+  t.match(JSON.parse(reset.out), { rootVersion: 2 });
   const r = await cli(['check', ...d.c]);
   t.equal(r.code, 0, `recovered: ${r.out}${r.err}`);
   const floor = Date.parse(JSON.parse(await readFile(join(d.trusted, 'trusted-time.json'), 'utf8')).floor);
@@ -266,6 +269,14 @@ t.test('install exits non-zero whenever nothing was installed', async (t) => {
   // MANIFEST_NO_RELEASE
   const empty = await device(join(d.dir, 'empty'), { release: false });
   await refusedInstall(t, empty, 4, /MANIFEST_NO_RELEASE/);
+  // another slotflip holds the device's lock: busy, exit 6, nothing touched
+  const releaseLock = await acquireStateLock({ stateDir: join(d.dir, 'state') });
+  const before = await hashTree(d.boardDir);
+  const busy = await cli(['install', join(d.repo, 'repository'), ...d.c]);
+  await releaseLock();
+  t.equal(busy.code, 6, `busy exits 6: ${busy.err}`);
+  t.match(busy.err, /DAEMON_LOCKED/);
+  t.equal(await hashTree(d.boardDir), before);
   // a chunk-hash failure leaves the attempt pending: incomplete, exit 3
   const payloads = join(d.repo, 'repository/targets/releases/1.1.0');
   for (const f of await readdir(payloads)) {
