@@ -79,6 +79,8 @@ export interface AgentIdentity {
   deviceId: string;
   hardware: string;
   channel: string;
+  /** bytes the smaller slot holds, when the config says: a larger image is refused at selection. */
+  slotSize?: number;
 }
 
 export interface AgentDeps {

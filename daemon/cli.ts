@@ -4,6 +4,7 @@
  * Adding a subcommand touches this map and one new file under daemon/commands/.
  */
 import type { Command } from './commands/command.js';
+import { exitCodeForError } from './exit-codes.js';
 
 const registry: Record<string, () => Promise<{ command: Command }>> = {
   doctor: () => import('./commands/doctor.js'),
@@ -75,8 +76,8 @@ main(process.argv.slice(2)).then(
   (err: unknown) => {
     const e = err as { code?: string; message?: string };
     process.stderr.write(`slotflip: ${e.code ? e.code + ': ' : ''}${e.message ?? String(err)}\n`);
-    // usage mistakes (unknown option, missing argument) exit 2, like the parser's own errors
-    const usageError = (e.code ?? '').endsWith('_USAGE') || e.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' || e.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' || e.code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL';
-    process.exitCode = usageError ? 2 : 1;
+    // one table (exit-codes.ts, README "Exit codes"): 2 usage, 4 nothing applicable, 5 metadata
+    // rejected, 6 busy, 1 anything else
+    process.exitCode = exitCodeForError(e.code);
   },
 );

@@ -114,11 +114,6 @@ export function write(io: CommandIO, text: string): void {
   io.stdout.write(text.endsWith('\n') ? text : text + '\n');
 }
 
-/** Exit code of an update cycle: 0 nothing failed, 3 an attempt failed or rolled back. */
-export function cycleExitCode(r: CycleResult): number {
-  return r.finished.some((h) => h.outcome !== 'succeeded') ? 3 : 0;
-}
-
 /** One-paragraph human summary of a cycle. */
 export function describeCycle(r: CycleResult): string {
   const lines: string[] = [];

@@ -93,6 +93,13 @@ export async function freeSpaceMiB(dir: string): Promise<number | undefined> {
   }
 }
 
+/** The smaller configured slot capacity (file slots), for selection's size check; block devices
+ * report their own size to the slot writer later. */
+function slotSizeOf(config: Config): { slotSize?: number } {
+  const { A, B } = config.board.slots;
+  return A.size !== undefined && B.size !== undefined ? { slotSize: Math.min(A.size, B.size) } : {};
+}
+
 /** The metadata source and the payload locations for a source config. */
 export function sourceFor(src: SourceConfig, config: Config, metadata?: Map<string, Uint8Array>): { meta: MetadataSource; payload: (release: Release) => { urls: string[] } | { path: string } } {
   const fromBases = (bases: string[]) => (release: Release) => {
@@ -158,7 +165,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
     await runChecked(runner, 'DAEMON_REBOOT_FAILED', cmd!, arg ? [...args, arg] : args);
   };
   const deps: AgentDeps = {
-    identity: { deviceId: config.deviceId, hardware: config.hardware, channel: config.channel },
+    identity: { deviceId: config.deviceId, hardware: config.hardware, channel: config.channel, ...slotSizeOf(config) },
     bootControl,
     slots: o.slots ?? {
       A: createSlotWriter('A', { ...config.board.slots.A, runner }),

@@ -43,6 +43,7 @@ import { readFileCapped, writeFileAtomic } from '../hal/atomic-file.js';
 import type { ManifestCode } from './codes.js';
 import type { Release } from './types.js';
 import { releaseFromTarget } from './release.js';
+import { checkKeyScheme } from './validate.js';
 
 // ---------------------------------------------------------------- sources
 
@@ -53,6 +54,9 @@ export interface MetadataSource {
    * Must refuse with MANIFEST_TOO_LARGE before holding more than `maxBytes`; other failures throw
    * MANIFEST_FETCH_FAILED (retryable). Read-only, idempotent. */
   fetch(name: string, maxBytes: number): Promise<Uint8Array | undefined>;
+  /** true for local media (a directory, a USB stick): only such a source may vouch for expired
+   * timestamp/snapshot metadata with an offline bundle's `offline.json` (see OFFLINE_FILE). */
+  readonly local?: boolean;
 }
 
 function checkName(name: string): void {
@@ -68,6 +72,7 @@ function tooLarge(where: string, maxBytes: number): SlotflipError {
 /** Reads metadata from a directory (a repository's metadata/ folder, a USB stick). */
 export function dirSource(dir: string): MetadataSource {
   return {
+    local: true,
     async fetch(name, maxBytes) {
       checkName(name);
       const path = join(dir, name);
@@ -183,8 +188,16 @@ export const DEFAULT_LIMITS: TrustLimits = {
 
 /** Signed, unrecognized timestamp field carrying the repository's signing time (ISO-8601). */
 export const ISSUED_FIELD = 'x-slotflip-issued';
+/** Signed, unrecognized ROOT field (ISO-8601): the recovery for a device whose time floor is wrong.
+ * A root version the device has not trusted before that carries it sets the floor to that time. */
+export const TIME_RESET_FIELD = 'x-slotflip-time-reset';
+/** An offline bundle's freshness statement, beside the metadata on local media (export.ts). */
+export const OFFLINE_FILE = 'offline.json';
+export const OFFLINE_TYPE = 'slotflip-offline';
 const FLOOR_FILE = 'trusted-time.json';
 const FLOOR_WRITE_STEP_MS = 10 * 60 * 1000;
+/** How far ahead of a plausible local clock a signed issue time may move the floor. */
+export const FLOOR_MAX_AHEAD_MS = 60 * 60 * 1000;
 
 export interface RefreshOptions {
   /** 'at-end' (default, devices): verified documents are staged in memory and written (each
@@ -275,9 +288,17 @@ export function parseMetadata(bytes: Uint8Array, kind: MetadataKind, where: stri
   const checkRole = (name: string, r: { keyIDs: string[]; threshold: number }): void => {
     if (!Number.isSafeInteger(r.threshold) || r.threshold < 1) fail('MANIFEST_INVALID', `${where}: role ${name} threshold must be an integer >= 1`, { where });
   };
+  const checkKeys = (keys: Record<string, Key>): void => {
+    for (const [keyid, k] of Object.entries(keys)) {
+      const c = checkKeyScheme(keyid, k.keyType, k.scheme);
+      if (!c.ok) fail(c.code, `${where}: ${c.message}`, { where, keyid });
+    }
+  };
   if (s instanceof Root) {
+    checkKeys(s.keys);
     for (const [n, r] of Object.entries(s.roles)) checkRole(n, r);
   } else if (s instanceof Targets && s.delegations) {
+    checkKeys(s.delegations.keys);
     for (const r of Object.values(s.delegations.roles ?? {})) {
       checkRole(r.name, r);
     }
@@ -363,6 +384,8 @@ export class TrustClient {
   private releaseList: Release[] = [];
   /** documents verified in the running refresh, written at its end ('at-end' mode). */
   private staged: Map<string, Uint8Array> | undefined;
+  /** the parsed offline statement of this refresh (null: none on the media). */
+  private offline: ReturnType<TrustClient['parseOffline']> | null | undefined;
 
   constructor(options: TrustClientOptions) {
     this.dir = options.trustedDir;
@@ -430,6 +453,7 @@ export class TrustClient {
     this.topTargets = undefined;
     this.delegated.clear();
     this.releaseList = [];
+    this.offline = undefined;
     await mkdir(this.dir, { recursive: true });
 
     // 5.1: one reference time for the whole refresh, never behind the persisted floor
@@ -442,6 +466,7 @@ export class TrustClient {
 
     // 5.3: root rotation chain
     let rotated = 0;
+    let timeReset: number | undefined;
     for (let i = 0; i < this.limits.maxRootRotations; i++) {
       const next: number = root.signed.version + 1;
       const name = `${next}.root.json`;
@@ -459,6 +484,15 @@ export class TrustClient {
       root = md;
       this.root = md;
       rotated++;
+      const reset = Date.parse(String(md.signed.unrecognizedFields[TIME_RESET_FIELD] ?? ''));
+      if (this.useFloor && Number.isFinite(reset)) timeReset = reset;
+    }
+    let floorBase = floor;
+    if (timeReset !== undefined) {
+      // recovery: the offline root keys say what the floor should be (it may go back)
+      warnings.push({ code: 'MANIFEST_TIME_RESET', message: `root v${root.signed.version} resets the trusted-time floor from ${new Date(floor).toISOString()} to ${new Date(timeReset).toISOString()}` });
+      floorBase = timeReset;
+      this.refTime = Math.max(this.now(), timeReset);
     }
     if (isExpired(root.signed.expires, this.refTime)) {
       fail('MANIFEST_EXPIRED', `root v${root.signed.version} expired at ${root.signed.expires} (trusted time ${new Date(this.refTime).toISOString()}); the repository must publish a new root`, { role: 'root' });
@@ -484,7 +518,7 @@ export class TrustClient {
         updated = false;
       }
     }
-    if (isExpired(finalTs.signed.expires, this.refTime)) {
+    if (isExpired(finalTs.signed.expires, this.refTime) && !(await this.offlineVouches('timestamp', finalTs.signed.version, tsBytes))) {
       fail('MANIFEST_EXPIRED', `timestamp v${finalTs.signed.version} expired at ${finalTs.signed.expires} (trusted time ${new Date(this.refTime).toISOString()}); the repository's timestamp timer must re-sign it`, { role: 'timestamp' });
     }
     if (updated) await this.persist('timestamp', tsBytes);
@@ -493,7 +527,7 @@ export class TrustClient {
     const snapMeta = finalTs.signed.snapshotMeta;
     const localSnap = await this.loadLocal<Snapshot>('snapshot', MetadataKind.Snapshot, (md) => this.verifyTop('snapshot', md));
     let snapshot: Metadata<Snapshot>;
-    if (localSnap && localSnap.signed.version === snapMeta.version && !isExpired(localSnap.signed.expires, this.refTime)) {
+    if (localSnap && localSnap.signed.version === snapMeta.version && (!isExpired(localSnap.signed.expires, this.refTime) || (this.source.local && await this.offlineVouches('snapshot', localSnap.signed.version, await this.storedBytes('snapshot'))))) {
       snapshot = localSnap;
     } else {
       const name = root.signed.consistentSnapshot ? `${snapMeta.version}.snapshot.json` : 'snapshot.json';
@@ -512,7 +546,7 @@ export class TrustClient {
           if (cur.version < info.version) fail('MANIFEST_ROLLBACK', `${name} lists ${file} v${cur.version}, older than the trusted v${info.version}`, { name, file });
         }
       }
-      if (isExpired(snap.signed.expires, this.refTime)) {
+      if (isExpired(snap.signed.expires, this.refTime) && !(await this.offlineVouches('snapshot', snap.signed.version, bytes))) {
         fail('MANIFEST_EXPIRED', `${name} expired at ${snap.signed.expires} (trusted time ${new Date(this.refTime).toISOString()})`, { role: 'snapshot' });
       }
       await this.persist('snapshot', bytes);
@@ -530,7 +564,7 @@ export class TrustClient {
       this.releaseList = this.releasesOf(targets, invalidTargets);
     }
 
-    await this.raiseFloor(floor, finalTs);
+    await this.raiseFloor(floorBase, finalTs, [root, snapshot, targets, finalTs], timeReset !== undefined);
     return {
       rootVersion: root.signed.version,
       timestampVersion: finalTs.signed.version,
@@ -594,17 +628,98 @@ export class TrustClient {
     }
   }
 
-  private async raiseFloor(old: number, ts: Metadata<Timestamp>): Promise<void> {
+  /**
+   * The trusted-time rule (manifests/README.md "Trusted time"). The floor moves to the verified
+   * timestamp's signed issue time, but never past
+   * - the earliest expiry in the chain just verified (root, snapshot, targets, timestamp), minus
+   *   1 ms: raising the floor can never by itself expire the metadata the device trusts now; and
+   * - when the local clock is plausible (no more than FLOOR_MAX_AHEAD_MS behind the old floor),
+   *   the clock + FLOOR_MAX_AHEAD_MS: an online key cannot carry the floor away from a device
+   *   whose clock works, not even step by step.
+   * A device whose clock is implausible (RTC reset) follows the chain bound only; a root-signed
+   * TIME_RESET_FIELD is the way back for a floor that is wrong anyway.
+   */
+  private async raiseFloor(old: number, ts: Metadata<Timestamp>, chain: AnyMeta[], force: boolean): Promise<void> {
     if (!this.useFloor) return;
     let next = this.refTime;
     const issued = Date.parse(String(ts.signed.unrecognizedFields[ISSUED_FIELD] ?? ''));
-    // a signed issue time later than its own expiry is nonsense: ignore it
-    if (Number.isFinite(issued) && issued < Date.parse(ts.signed.expires)) next = Math.max(next, issued);
-    if (next - old >= FLOOR_WRITE_STEP_MS) {
+    if (Number.isFinite(issued)) {
+      const now = this.now();
+      const ceiling = Math.min(...chain.map((md) => Date.parse(md.signed.expires) - 1));
+      const clockCap = now + FLOOR_MAX_AHEAD_MS >= old ? now + FLOOR_MAX_AHEAD_MS : Infinity;
+      next = Math.max(next, Math.min(issued, ceiling, clockCap));
+    }
+    if (force || next - old >= FLOOR_WRITE_STEP_MS) {
       const bytes = Buffer.from(JSON.stringify({ floor: new Date(next).toISOString() }) + '\n');
       if (this.staged) this.staged.set(FLOOR_FILE, bytes);
       else await writeFileAtomic(join(this.dir, FLOOR_FILE), bytes);
     }
+  }
+
+  /** The stored bytes of a top-level role (verified earlier by loadLocal). */
+  private async storedBytes(role: string): Promise<Uint8Array> {
+    return new Uint8Array(await readFileCapped(join(this.dir, roleFile(role)), this.limits.snapshotBytes));
+  }
+
+  /**
+   * True when local media carry an offline freshness statement (OFFLINE_FILE) that a threshold of
+   * the trusted root's *targets* keys signed, that has not itself expired at the trusted time, and
+   * that names exactly these bytes of `role` (version and sha256). Only a `local` source is asked.
+   * A statement that is present but wrong refuses the refresh with its own code.
+   */
+  private async offlineVouches(role: 'timestamp' | 'snapshot', version: number, bytes: Uint8Array): Promise<boolean> {
+    if (!this.source.local) return false;
+    if (this.offline === undefined) {
+      const raw = await this.source.fetch(OFFLINE_FILE, 64 * 1024);
+      this.offline = raw === undefined ? null : this.parseOffline(raw);
+    }
+    const o = this.offline;
+    if (o === null) return false;
+    if (isExpired(o.expires, this.refTime)) {
+      fail('MANIFEST_OFFLINE_EXPIRED', `the offline bundle expired at ${o.expires} (trusted time ${new Date(this.refTime).toISOString()}); export a new bundle with \`slotflip release export\``, { expires: o.expires });
+    }
+    const want = o[role];
+    const sha = createHash('sha256').update(bytes).digest('hex');
+    if (want.version !== version || want.sha256 !== sha) {
+      fail('MANIFEST_OFFLINE_INVALID', `${OFFLINE_FILE} vouches for ${role} v${want.version}, the bundle holds v${version} (or other bytes); export the bundle again`, { role });
+    }
+    return true;
+  }
+
+  private parseOffline(raw: Uint8Array): { expires: string; timestamp: { version: number; sha256: string }; snapshot: { version: number; sha256: string } } {
+    const bad = (why: string): never => fail('MANIFEST_OFFLINE_INVALID', `${OFFLINE_FILE}: ${why}`, { file: OFFLINE_FILE });
+    let doc: { signed?: Record<string, unknown>; signatures?: unknown };
+    try {
+      doc = JSON.parse(utf8.decode(raw)) as typeof doc;
+    } catch {
+      return bad('not valid UTF-8 JSON');
+    }
+    const signed = doc?.signed;
+    if (typeof signed !== 'object' || signed === null || signed['_type'] !== OFFLINE_TYPE) return bad(`"signed._type" is not "${OFFLINE_TYPE}"`);
+    const ref = (x: unknown): { version: number; sha256: string } => {
+      const r = x as { version?: unknown; sha256?: unknown } | undefined;
+      if (!r || !Number.isSafeInteger(r.version) || typeof r.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(r.sha256)) return bad('timestamp/snapshot must each carry an integer version and a sha256');
+      return { version: r.version as number, sha256: r.sha256 };
+    };
+    const expires = signed['expires'];
+    if (typeof expires !== 'string' || !Number.isFinite(Date.parse(expires))) return bad('"expires" is not a date');
+    const out = { expires, timestamp: ref(signed['timestamp']), snapshot: ref(signed['snapshot']) };
+    if (!Array.isArray(doc.signatures)) return bad('"signatures" is not a list');
+    const signatures: Record<string, { keyID: string; sig: string }> = {};
+    for (const sg of doc.signatures as { keyid?: unknown; sig?: unknown }[]) {
+      if (typeof sg?.keyid !== 'string' || typeof sg.sig !== 'string') return bad('a signature lacks keyid or sig');
+      if (signatures[sg.keyid]) return bad('duplicate signature key id');
+      signatures[sg.keyid] = { keyID: sg.keyid, sig: sg.sig };
+    }
+    const root = this.root!.signed;
+    // the longer-lived, offline-kept targets role vouches; same threshold as for targets metadata
+    const md = { signatures, signed: { toJSON: () => signed } } as unknown as AnyMeta;
+    try {
+      verifyThreshold('targets', root.roles['targets'], root.keys, md, OFFLINE_FILE);
+    } catch (e) {
+      return fail('MANIFEST_OFFLINE_INVALID', `${OFFLINE_FILE} is not signed by a threshold of the trusted targets keys`, { file: OFFLINE_FILE }, e);
+    }
+    return out;
   }
 
   private async persist(role: string, bytes: Uint8Array): Promise<void> {

@@ -27,9 +27,10 @@ import { basename, dirname, join } from 'node:path';
 import { Key, MetaFile, Metadata, MetadataKind, Root, Snapshot, TargetFile, Targets, Timestamp } from '@tufjs/models';
 import { SlotflipError } from '../hal/errors.js';
 import { writeFileAtomic } from '../hal/atomic-file.js';
-import { generateSigningKey, privatePem, signingKeyFromPem, tufKey, tufSigner, type SigningKey } from './keys.js';
+import { generateSigningKey, privatePem, signEnvelope, signingKeyFromPem, tufKey, tufSigner, type SigningKey } from './keys.js';
 import { buildPayload } from './payload.js';
-import { ISSUED_FIELD } from './client.js';
+import { ISSUED_FIELD, OFFLINE_FILE, OFFLINE_TYPE, TIME_RESET_FIELD } from './client.js';
+import { checkTargetName as checkTargetNameRule } from './validate.js';
 import type { Compression, ReleaseCustom, Rollout } from './types.js';
 import { createHash } from 'node:crypto';
 
@@ -345,9 +346,13 @@ export interface AddedRelease {
 
 const TARGET_NAME = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._+-]+)*$/;
 
+/** The device's target-name rules (validate.ts, MANIFEST_TARGET_NAME), then the publishing tool's
+ * narrower alphabet, so a manufacturer never signs a name some device would refuse. */
 function checkTargetName(name: string): void {
-  if (!TARGET_NAME.test(name) || name.split('/').some((p) => p === '.' || p === '..') || name.length > 255) {
-    throw badArg(`target name ${JSON.stringify(name)} is invalid: use letters, digits, ".", "_", "-", separated by "/"`);
+  const c = checkTargetNameRule(name);
+  if (!c.ok) throw new SlotflipError(c.code, `${c.message}; use letters, digits, ".", "_", "-", separated by "/"`, { details: { name } });
+  if (!TARGET_NAME.test(name)) {
+    throw new SlotflipError('MANIFEST_TARGET_NAME', `target name ${JSON.stringify(name)} is invalid: use letters, digits, ".", "_", "-", separated by "/"`, { details: { name } });
   }
 }
 
@@ -528,6 +533,30 @@ export async function rotateKey(dir: string, role: TopRole, opts: RepoOptions = 
   return repoSummary(dir);
 }
 
+/**
+ * Publishes a new root version, same keys and roles, whose signed part carries the trusted-time
+ * reset `at` (manifests/README.md "Trusted time"): every device that walks to it sets its time floor
+ * to `at`. The recovery for devices whose floor is wrong. Needs a threshold of the root keys; also
+ * re-signs the timestamp (the new root changes nothing else).
+ */
+export async function publishTimeReset(dir: string, at: number, opts: RepoOptions = {}): Promise<RepoSummary> {
+  const now = (opts.now ?? Date.now)();
+  if (!Number.isFinite(at)) throw badArg('--to must be an ISO-8601 time');
+  const days = await readSettings(dir);
+  const prev = (await loadRoot(dir)).md.signed;
+  const rootKeys = (await readKeys(dir, 'root-')).filter((k) => prev.roles['root']!.keyIDs.includes(k.keyid));
+  if (rootKeys.length < prev.roles['root']!.threshold) {
+    throw new SlotflipError('MANIFEST_KEY_MISSING', `only ${rootKeys.length} of the ${prev.roles['root']!.threshold} root keys needed are in ${keysDir(dir)}; mount the offline root keys`);
+  }
+  const root = makeRoot({ version: prev.version + 1, expires: isoIn(now, days.root), consistentSnapshot: prev.consistentSnapshot, keys: prev.keys, roles: prev.roles });
+  root.unrecognizedFields[TIME_RESET_FIELD] = new Date(at).toISOString() as never;
+  const next = new Metadata(root);
+  for (const k of rootKeys) next.sign(tufSigner(k));
+  await writeRoot(dir, next);
+  await resignTimestamp(dir, opts);
+  return repoSummary(dir);
+}
+
 export interface PublishOptions {
   /** topic prefix (default `slotflip/v1/meta/`). */
   prefix?: string;
@@ -598,4 +627,79 @@ export async function publishToBroker(dir: string, brokerUrl: string, opts: Publ
     await client.endAsync().catch(() => undefined);
   }
   return { published, cleared };
+}
+
+export interface ExportOptions extends RepoOptions {
+  /** how long the bundle's offline statement is valid, days (default 30; capped at the targets and
+   * root expiry). */
+  validDays?: number;
+  /** export only these target names (default: every target of the current targets metadata). */
+  targets?: string[];
+}
+
+export interface ExportResult {
+  out: string;
+  /** the offline statement's own expiry, ISO-8601. */
+  expires: string;
+  targets: string[];
+  files: number;
+}
+
+/**
+ * Writes an offline bundle for a USB stick to OUT (which must not hold one already):
+ *
+ *   OUT/metadata/  every N.root.json and root.json, the current N.targets.json and N.snapshot.json,
+ *                  timestamp.json, and offline.json (written last)
+ *   OUT/targets/   the exported payloads, `<dir>/<sha256>.<basename>` as in the repository
+ *
+ * offline.json is a statement signed by the TARGETS key (the offline, longer-lived role): "this
+ * timestamp (version, sha256) and this snapshot (version, sha256) are fresh until EXPIRES". A
+ * device accepts it only from local media (`slotflip install DIR`), and only to excuse the
+ * timestamp's and snapshot's own expiry: root and targets expiry, signatures, rollback and
+ * mix-and-match checks all still apply. Needs the targets key; signs nothing else.
+ */
+export async function exportBundle(dir: string, out: string, opts: ExportOptions = {}): Promise<ExportResult> {
+  const now = (opts.now ?? Date.now)();
+  const validDays = opts.validDays ?? 30;
+  if (!Number.isFinite(validDays) || validDays <= 0 || validDays > 366) throw badArg('--valid-days must be a number of days in 1..366');
+  if (await exists(join(out, 'metadata'))) throw badArg(`${out} already holds a bundle (metadata/); give an empty directory`, { out });
+  const key = await readKey(dir, 'targets');
+  const root = await loadRoot(dir);
+  const targets = await loadTargets(dir);
+  const snapshot = await loadSnapshot(dir);
+  const ts = await loadTimestamp(dir);
+  const names = opts.targets ?? Object.keys(targets.md.signed.targets).sort();
+  for (const n of names) if (!targets.md.signed.targets[n]) throw new SlotflipError('MANIFEST_TARGET_NOT_FOUND', `target ${JSON.stringify(n)} is not in targets v${targets.md.signed.version}`, { details: { target: n } });
+
+  const metaOut = join(out, 'metadata');
+  await mkdir(metaOut, { recursive: true });
+  let files = 0;
+  const copy = async (from: string, to: string): Promise<void> => {
+    await mkdir(dirname(to), { recursive: true });
+    await writeFileAtomic(to, await readFile(from));
+    files++;
+  };
+  for (const n of (await readdir(metaDir(dir))).filter((f) => /^\d+\.root\.json$/.test(f) || f === 'root.json')) await copy(join(metaDir(dir), n), join(metaOut, n));
+  await copy(join(metaDir(dir), `${targets.md.signed.version}.targets.json`), join(metaOut, `${targets.md.signed.version}.targets.json`));
+  await copy(join(metaDir(dir), `${snapshot.md.signed.version}.snapshot.json`), join(metaOut, `${snapshot.md.signed.version}.snapshot.json`));
+  for (const n of names) {
+    const t = targets.md.signed.targets[n]!;
+    const file = join(dirname(n), `${t.hashes['sha256']}.${basename(n)}`);
+    await copy(join(targetsDir(dir), file), join(out, 'targets', file));
+  }
+  await copy(join(metaDir(dir), 'timestamp.json'), join(metaOut, 'timestamp.json'));
+
+  const expiresMs = Math.min(now + validDays * 86_400_000, Date.parse(targets.md.signed.expires), Date.parse(root.md.signed.expires));
+  const expires = new Date(expiresMs).toISOString().replace(/\.\d{3}Z$/, 'Z');
+  const statement = signEnvelope({
+    _type: OFFLINE_TYPE,
+    version: 1,
+    issued: new Date(now).toISOString().replace(/\.\d{3}Z$/, 'Z'),
+    expires,
+    timestamp: { version: ts.md.signed.version, sha256: sha256(ts.bytes) },
+    snapshot: { version: snapshot.md.signed.version, sha256: sha256(snapshot.bytes) },
+  }, [key]);
+  // offline.json last: a bundle without it is a plain (online-only) repository copy
+  await writeFileAtomic(join(metaOut, OFFLINE_FILE), Buffer.from(JSON.stringify(statement, null, 1) + '\n'));
+  return { out, expires, targets: names, files: files + 1 };
 }

@@ -3,10 +3,15 @@
  * channel, device list, securityVersion, rollout) and a rejection names the last filter that emptied
  * the candidate list, with a stable code. Among the survivors the highest securityVersion wins, then
  * the highest semver. A securityVersion below the committed one is refused whatever its semver says.
+ * The winner is then judged structurally (validate.ts: target name, chunk index, size against the
+ * slot): everything that can be refused from metadata alone is refused here, before `preparing`
+ * changes any device state. A malformed winner is refused (MANIFEST_TARGET_NAME /
+ * MANIFEST_INDEX_INVALID), never silently replaced by an older release.
  */
 import type { DeviceIdentity, Release } from './types.js';
 import { rolloutAllows, rolloutBucket } from './rollout.js';
 import type { ManifestCode } from './codes.js';
+import { checkReleaseStructure } from './validate.js';
 
 export type Selection =
   | { ok: true; release: Release }
@@ -83,5 +88,9 @@ export function selectRelease(releases: readonly Release[], device: DeviceIdenti
     }
     return { ok: false, code: 'MANIFEST_ROLLOUT_PENDING', message: `device bucket ${rolloutBucket(device.deviceId, best.targetName)} is not yet within the rollout of ${best.targetName}` };
   }
-  return { ok: true, release: [...allowed].sort(compareReleases)[0]! };
+  const best = [...allowed].sort(compareReleases)[0]!;
+  // fail closed: a malformed winner is refused, never silently replaced by an older release
+  const sound = checkReleaseStructure(best, device.slotSize);
+  if (!sound.ok) return sound;
+  return { ok: true, release: best };
 }

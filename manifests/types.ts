@@ -75,4 +75,6 @@ export interface DeviceIdentity {
   channel: string;
   /** highest securityVersion this device has committed. */
   committedSecurityVersion: number;
+  /** bytes the smaller of the two slots holds, when known: a larger image is refused at selection. */
+  slotSize?: number;
 }

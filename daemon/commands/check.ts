@@ -1,17 +1,20 @@
 /**
  * `slotflip check --config FILE [--json]`: refresh the signed metadata and say which release this
  * device would install now, and why not when none. Changes nothing but the trusted metadata cache.
- * Exit 0 when a release is available, 4 when there is nothing to install.
+ * Exit 0 when a release is available, 4 when there is nothing to install, 5 when the metadata or the
+ * selected release's description was rejected (daemon/exit-codes.ts).
  */
 import { COMMON_OPTIONS_HELP, openAgent, parseCommandArgs, write } from '../command-support.js';
 import type { Command } from './command.js';
+import { EXIT, exitCodeForRefusal } from '../exit-codes.js';
 
 export const command: Command = {
   help: [
     'usage: slotflip check --config FILE [--json]',
     '',
     'Refresh the TUF metadata and show the release this device would install now (or why none).',
-    'Installs nothing. Exit codes: 0 a release is available, 4 nothing to install, 1 error.',
+    'Installs nothing. Exit codes: 0 a release is available, 4 nothing to install, 5 the signed',
+    'metadata was rejected, 6 busy, 1 error, 2 usage.',
     '',
     'options:',
     COMMON_OPTIONS_HELP,
@@ -32,6 +35,8 @@ export const command: Command = {
     } else {
       write(io, `nothing to install: ${r.reason ?? 'no release'}`);
     }
-    return r.release ? 0 : 4;
+    if (r.release) return EXIT.done;
+    const code = /^(MANIFEST_[A-Z_]+):/.exec(r.reason ?? '')?.[1];
+    return code ? exitCodeForRefusal(code) : EXIT.nothing;
   },
 };

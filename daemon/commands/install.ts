@@ -8,8 +8,9 @@
  */
 import { resolve } from 'node:path';
 import { SlotflipError } from '../../hal/errors.js';
-import { COMMON_OPTIONS_HELP, cycleExitCode, describeCycle, openAgent, parseCommandArgs, write } from '../command-support.js';
+import { COMMON_OPTIONS_HELP, describeCycle, openAgent, parseCommandArgs, write } from '../command-support.js';
 import type { SourceConfig } from '../config.js';
+import { cycleExitCode } from '../exit-codes.js';
 import type { Command } from './command.js';
 
 export function sourceFromArgument(arg: string): SourceConfig {
@@ -30,7 +31,9 @@ export const command: Command = {
     'options:',
     COMMON_OPTIONS_HELP,
     '',
-    'exit codes: 0 done, 3 the attempt failed or rolled back, 1 error, 2 usage',
+    'exit codes: 0 installed and armed (rebooting or reboot pending), 1 error, 2 usage,',
+    '  3 the attempt failed, rolled back or stopped before it was armed, 4 no release applies',
+    '  (or it already runs), 5 the signed metadata was rejected, 6 busy (another slotflip holds the lock)',
   ].join('\n'),
   async run(argv, io) {
     const p = parseCommandArgs(argv, io, {}, true);
@@ -43,6 +46,6 @@ export const command: Command = {
       await opened.close();
     }
     write(io, p.json ? JSON.stringify(r) : describeCycle(r));
-    return cycleExitCode(r);
+    return cycleExitCode(r, 'install');
   },
 };

@@ -7,7 +7,7 @@ import { COMMON_OPTIONS_HELP, describeCycle, openAgent, parseCommandArgs, write 
 import type { Command } from './command.js';
 
 export const command: Command = {
-  help: ['usage: slotflip mark-good --config FILE [--json]', '', 'Confirm the booted slot: commit a pending trial boot now (skipping the health checks), or re-commit the booted slot.', '', 'options:', COMMON_OPTIONS_HELP].join('\n'),
+  help: ['usage: slotflip mark-good --config FILE [--json]', '', 'Confirm the booted slot: commit a pending trial boot now (skipping the health checks), or re-commit the booted slot.', '', 'options:', COMMON_OPTIONS_HELP, '', 'exit codes: 0 marked good, 6 busy (an update in flight, or another slotflip holds the lock), 1 error, 2 usage'].join('\n'),
   async run(argv, io) {
     const p = parseCommandArgs(argv, io);
     const { agent } = await openAgent(p, {}, { connect: false });

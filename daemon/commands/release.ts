@@ -1,10 +1,12 @@
 /**
  * `slotflip release add DIR ...`: build a payload from an image (compress, chunk, index), add it as
  * a signed TUF target with its slotflip custom block, re-sign targets, snapshot and timestamp.
+ * `slotflip release export DIR --out OUT`: write an offline bundle for a USB stick (repo.ts
+ * exportBundle; format in manifests/README.md "Offline bundles").
  */
 import { parseArgs } from 'node:util';
 import { SlotflipError } from '../../hal/errors.js';
-import { addRelease } from '../../manifests/repo.js';
+import { addRelease, exportBundle } from '../../manifests/repo.js';
 import { DEFAULT_CHUNK_SIZE } from '../../manifests/payload.js';
 import type { Compression } from '../../manifests/types.js';
 import type { Command } from './command.js';
@@ -12,6 +14,7 @@ import type { Command } from './command.js';
 const HELP = [
   'usage: slotflip release add DIR --image F --version V --security-version N --hardware H',
   '                            [--hardware H2 ...] --channel C [options]',
+  '       slotflip release export DIR --out OUT [--valid-days D] [--target T ...] [--json]',
   '',
   'Build a payload from image F and publish it as a signed release in repository DIR (needs the',
   'targets, snapshot and timestamp keys). The payload lands in DIR/repository/targets/ as',
@@ -29,6 +32,15 @@ const HELP = [
   '  --rollout P             staged rollout: only devices whose bucket is below P percent',
   '  --name T                TUF target name instead of the default',
   '  --expires-days D        targets metadata lifetime (default from repo.json, 90)',
+  '',
+  'export: write an offline bundle to OUT (an empty directory, e.g. on a USB stick): the current',
+  'metadata, the payloads, and offline.json, signed with the targets key, which lets a device',
+  'install from that stick (`slotflip install OUT`) after the 1-day timestamp has expired, until',
+  'the bundle\'s own expiry. Needs the targets key.',
+  '  --out OUT               bundle directory',
+  '  --valid-days D          offline validity, days (default 30; never beyond the targets expiry)',
+  '  --target T              export only this target (repeatable; default: all current targets)',
+  '',
   '  --json                  machine-readable output',
   '  -h, --help              this help',
 ].join('\n');
@@ -52,13 +64,24 @@ export const command: Command = {
         rollout: { type: 'string' },
         name: { type: 'string' },
         'expires-days': { type: 'string' },
+        out: { type: 'string' },
+        'valid-days': { type: 'string' },
+        target: { type: 'string', multiple: true },
         json: { type: 'boolean' },
       },
     });
     const [sub, dir, ...extra] = positionals;
-    if (sub !== 'add' || !dir || extra.length > 0) {
-      io.stderr.write(`slotflip release: expected "add DIR"\n\n${HELP}\n`);
+    if ((sub !== 'add' && sub !== 'export') || !dir || extra.length > 0) {
+      io.stderr.write(`slotflip release: expected "add DIR" or "export DIR --out OUT"\n\n${HELP}\n`);
       return 2;
+    }
+    if (sub === 'export') {
+      if (!values.out) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', 'release export needs --out OUT');
+      const days = values['valid-days'] === undefined ? undefined : Number(values['valid-days']);
+      const r = await exportBundle(dir, values.out, { ...(days !== undefined ? { validDays: days } : {}), ...(values.target ? { targets: values.target } : {}) });
+      if (values.json) io.stdout.write(JSON.stringify(r) + '\n');
+      else io.stdout.write(`exported ${r.targets.length} target${r.targets.length === 1 ? '' : 's'} to ${r.out} (${r.files} files); offline until ${r.expires}\n`);
+      return 0;
     }
     const need = (v: string | undefined, flag: string): string => {
       if (v === undefined || v === '') throw new SlotflipError('MANIFEST_BAD_ARGUMENT', `release add needs ${flag}`);

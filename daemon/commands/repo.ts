@@ -6,7 +6,7 @@
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { SlotflipError } from '../../hal/errors.js';
-import { initRepo, publishToBroker, resignTimestamp, rotateKey, setRollout, type TopRole } from '../../manifests/repo.js';
+import { initRepo, publishTimeReset, publishToBroker, resignTimestamp, rotateKey, setRollout, type TopRole } from '../../manifests/repo.js';
 import type { Rollout } from '../../manifests/types.js';
 import type { Command, CommandIO } from './command.js';
 
@@ -26,6 +26,10 @@ const HELP = [
   '  rotate DIR --role root|targets|snapshot|timestamp',
   '        replace a role\'s keys with new ones in a new root version (needs the root keys; a root',
   '        rotation is signed by the old and the new root keys).',
+  '  time-reset DIR [--to ISO-8601]',
+  '        publish a new root version (same keys; needs the root keys) carrying a trusted-time reset:',
+  '        devices whose time floor is wrong (MANIFEST_EXPIRED on valid metadata) set it to that time',
+  '        (default: now). See manifests/README.md "Trusted time".',
   '  rollout DIR --target NAME (--percent P | --halt | --clear)',
   '        change a release\'s staged rollout (re-signs targets: needs the targets key).',
   '  publish DIR --broker URL [--prefix P] [--username U] [--ca F] [--cert F] [--key F]',
@@ -62,6 +66,7 @@ export const command: Command = {
         ca: { type: 'string' },
         cert: { type: 'string' },
         key: { type: 'string' },
+        to: { type: 'string' },
         json: { type: 'boolean' },
       },
     });
@@ -90,6 +95,12 @@ export const command: Command = {
         if (!role) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', 'repo rotate needs --role root|targets|snapshot|timestamp');
         const s = await rotateKey(dir, role);
         out(io, json, s, `rotated ${role}: root v${s.rootVersion}, ${role} key ${s.keyIds[role].join(', ')}`);
+        return 0;
+      }
+      case 'time-reset': {
+        const at = values.to === undefined ? Date.now() : Date.parse(values.to);
+        const s = await publishTimeReset(dir, at);
+        out(io, json, s, `root v${s.rootVersion} resets the devices' trusted time to ${new Date(at).toISOString()}`);
         return 0;
       }
       case 'rollout': {

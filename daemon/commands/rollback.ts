@@ -16,6 +16,8 @@ export const command: Command = {
     'options:',
     '  --reason TEXT   recorded in the history and the report (default: "rollback requested by operator")',
     COMMON_OPTIONS_HELP,
+    '',
+    'exit codes: 0 rolling back, 4 nothing to roll back, 6 busy (another slotflip holds the lock), 1 error, 2 usage',
   ].join('\n'),
   async run(argv, io) {
     const p = parseCommandArgs(argv, io, { reason: { type: 'string' } });

@@ -4,12 +4,13 @@
  * health checks, then commit or roll back), then checks for a release and installs it. Stops when a
  * reboot is issued; run it again after the reboot to validate.
  *
- * Exit codes: 0 done (updated, nothing to do, or rebooting), 3 an attempt failed or rolled back,
- * 1 error (config, bootloader), 2 usage.
+ * Exit codes (daemon/exit-codes.ts): 0 done (updated, nothing to do, or rebooting), 3 an attempt
+ * failed, rolled back or is unfinished, 5 metadata rejected, 6 busy, 1 error, 2 usage.
  */
 import { SlotflipError } from '../../hal/errors.js';
-import { COMMON_OPTIONS_HELP, cycleExitCode, describeCycle, openAgent, parseCommandArgs, write } from '../command-support.js';
+import { COMMON_OPTIONS_HELP, describeCycle, openAgent, parseCommandArgs, write } from '../command-support.js';
 import type { Command } from './command.js';
+import { cycleExitCode } from '../exit-codes.js';
 
 export const command: Command = {
   help: [
@@ -24,7 +25,8 @@ export const command: Command = {
     '  --no-check      only resume pending work; do not look for a new release',
     COMMON_OPTIONS_HELP,
     '',
-    'exit codes: 0 done, 3 the attempt failed or rolled back, 1 error, 2 usage',
+    'exit codes: 0 done (installed and rebooting, committed, or up to date), 1 error, 2 usage,',
+    '  3 the attempt failed, rolled back or is unfinished, 5 the signed metadata was rejected, 6 busy',
   ].join('\n'),
   async run(argv, io) {
     const p = parseCommandArgs(argv, io, { once: { type: 'boolean', default: false }, 'no-check': { type: 'boolean', default: false } });
@@ -37,6 +39,6 @@ export const command: Command = {
       await opened.close();
     }
     write(io, p.json ? JSON.stringify(r) : describeCycle(r));
-    return cycleExitCode(r);
+    return cycleExitCode(r, 'update', !p.values['no-check']);
   },
 };

@@ -12,6 +12,7 @@ import { SlotflipError, codeOf } from '../../hal/errors.js';
 import { TrustClient, dirSource, httpSource, type MetadataSource } from '../../manifests/client.js';
 import { selectRelease } from '../../manifests/select.js';
 import type { Command } from './command.js';
+import { EXIT, exitCodeForRefusal } from '../exit-codes.js';
 
 const HELP = [
   'usage: slotflip verify --root ROOT --repo URL|DIR --hardware H [--channel C] [--device-id ID]',
@@ -19,8 +20,9 @@ const HELP = [
   '',
   'Refresh the signed metadata exactly as a device does (root chain, timestamp, snapshot, targets,',
   'delegations; expiry, rollback and size checks) and print the release a device with this hardware',
-  'and channel would install, or the stable MANIFEST_* code saying why not. Exit 0 when a release is',
-  'selected, 1 otherwise.',
+  'and channel would install, or the stable MANIFEST_* code saying why not. Exit codes: 0 a release',
+  'is selected, 4 no release applies to this device, 5 the metadata (or the selected release\'s',
+  'description) was rejected, 1 error, 2 usage.',
   '',
   'options:',
   '  --root ROOT                      trusted root.json (the one shipped in the OS image)',
@@ -93,7 +95,7 @@ export const command: Command = {
         const code = codeOf(e);
         const message = (e as Error).message;
         io.stdout.write((json ? JSON.stringify({ ok: false, code, message }) : `rejected: ${code}: ${message}`) + '\n');
-        return 1;
+        return code === undefined || !code.startsWith('MANIFEST_') ? EXIT.error : exitCodeForRefusal(code);
       }
       const device = { deviceId: values['device-id'] ?? 'verify', hardware: values.hardware, channel: values.channel ?? 'stable', committedSecurityVersion: committed };
       const sel = selectRelease(refreshed.releases, device, Date.now());
@@ -110,7 +112,7 @@ export const command: Command = {
         return 0;
       }
       io.stdout.write((json ? JSON.stringify({ ok: false, code: sel.code, message: sel.message, metadata: meta, invalidTargets: refreshed.invalidTargets, warnings: refreshed.warnings }) : `rejected: ${sel.code}: ${sel.message}`) + '\n');
-      return 1;
+      return exitCodeForRefusal(sel.code);
     } finally {
       if (!values.state) await rm(state, { recursive: true, force: true });
     }

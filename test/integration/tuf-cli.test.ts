@@ -56,13 +56,13 @@ t.test('manufacturer commands and verify', async (t) => {
   t.equal(v.code, 0, v.out + v.err);
   t.match(JSON.parse(v.out), { ok: true, release: { targetName: added.targetName, version: '3.1.0', securityVersion: 4 }, metadata: { root: 1, targets: 2 } });
   const wrongHw = await run(verifyCmd, ['--root', root, '--repo', repo, '--hardware', 'acme,c', '--channel', 'beta', '--json']);
-  t.match({ exit: wrongHw.code, ...JSON.parse(wrongHw.out) }, { exit: 1, ok: false }, 'wrong hardware');
+  t.match({ exit: wrongHw.code, ...JSON.parse(wrongHw.out) }, { exit: 4, ok: false }, 'wrong hardware');
   t.equal(JSON.parse(wrongHw.out).code, 'MANIFEST_HARDWARE_MISMATCH');
   const downgrade = await run(verifyCmd, ['--root', root, '--repo', repo, '--hardware', 'acme,a', '--channel', 'beta', '--committed-security-version', '5']);
-  t.match(downgrade, { code: 1, out: /MANIFEST_SECURITY_DOWNGRADE/ });
+  t.match(downgrade, { code: 4, out: /MANIFEST_SECURITY_DOWNGRADE/ });
 
   t.match(await run(repoCmd, ['rollout', repo, '--target', added.targetName, '--halt']), { code: 0 });
-  t.match(await run(verifyCmd, ['--root', root, '--repo', repo, '--hardware', 'acme,a', '--channel', 'beta']), { code: 1, out: /MANIFEST_ROLLOUT_HALTED/ });
+  t.match(await run(verifyCmd, ['--root', root, '--repo', repo, '--hardware', 'acme,a', '--channel', 'beta']), { code: 4, out: /MANIFEST_ROLLOUT_HALTED/ });
   t.match(await run(repoCmd, ['rollout', repo, '--target', added.targetName, '--clear']), { code: 0 });
   t.match(await run(repoCmd, ['timestamp', repo]), { code: 0, out: /timestamp v5/ });
   t.match(await run(repoCmd, ['rotate', repo, '--role', 'root']), { code: 0, out: /root v2/ });
@@ -80,7 +80,7 @@ t.test('manufacturer commands and verify', async (t) => {
   t.equal(http.code, 0, http.out);
   t.match(JSON.parse(http.out).release.url, new RegExp(`^${server.url}targets/releases/3.1.0/[0-9a-f]{64}\\.os\\.img\\.gz$`));
   const bad = await run(verifyCmd, ['--root', join(dir, 'nope.json'), '--repo', repo, '--hardware', 'acme,a', '--json']);
-  t.match({ exit: bad.code, ...JSON.parse(bad.out) }, { exit: 1, ok: false, code: 'MANIFEST_NO_TRUSTED_ROOT' });
+  t.match({ exit: bad.code, ...JSON.parse(bad.out) }, { exit: 5, ok: false, code: 'MANIFEST_NO_TRUSTED_ROOT' });
 });
 
 t.test('tuf-client conformance protocol', async (t) => {

@@ -158,7 +158,7 @@ function makeRelease(n: number, healthy: boolean): Release {
     targetName: `releases/1.${n}.0/image.zst`, length: 1, hashes: { sha256: sha },
     custom: {
       slotflip: 1, hardware: ['sim,board'], version: `1.${n}.0`, securityVersion: n, channel: 'stable',
-      payload: { compression: 'none', size: 1, sha256: sha, chunkSize: 1, chunks: [] },
+      payload: { compression: 'none', size: 1, sha256: sha, chunkSize: 1, chunks: [{ sha256: sha, offset: 0, length: 1 }] },
     },
   };
 }

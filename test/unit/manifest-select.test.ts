@@ -16,7 +16,7 @@ const sha = 'a'.repeat(64);
 function rel(name: string, c: Partial<ReleaseCustom> = {}): Release {
   return {
     targetName: name,
-    length: 10,
+    length: 1,
     hashes: { sha256: sha },
     custom: { slotflip: 1, hardware: ['acme,a'], version: '1.0.0', securityVersion: 1, channel: 'stable', payload: { compression: 'none', size: 1, sha256: sha, chunkSize: 4096, chunks: [{ sha256: sha, offset: 0, length: 1 }] }, ...c },
   };
@@ -42,6 +42,16 @@ t.test('selection table', async (t) => {
     { name: 'downgraded newest skipped, older allowed one chosen', releases: [rel('a', { version: '3.0.0', securityVersion: 0 }), rel('b', { version: '2.0.0', securityVersion: 1 })], want: 'b' },
     { name: 'held newest skipped for an allowed one', releases: [rel('a', { version: '3.0.0', securityVersion: 2, rollout: { percent: 0 } }), rel('b', { version: '2.0.0' })], want: 'b' },
     { name: 'multi-hardware release', releases: [rel('a', { hardware: ['acme,b', 'acme,a'] })], want: 'a' },
+    // judged from metadata alone, before any device state changes (issue 15)
+    ...['/etc/slotflip/img.zst', 'releases/../../../evil/img.zst', 'releases/./img', 'a\0b', 'a\\b', 'a\nb', 'a//b', 'x'.repeat(256)].map((n) => ({ name: `target name ${JSON.stringify(n.slice(0, 40))}`, releases: [rel(n)], want: 'MANIFEST_TARGET_NAME' })),
+    { name: 'a bad name wins: refused, not replaced by an older release', releases: [rel('../a', { version: '2.0.0' }), rel('b')], want: 'MANIFEST_TARGET_NAME' },
+    { name: 'overlapping chunks', releases: [{ ...rel('a', { payload: { compression: 'none', size: 2, sha256: sha, chunkSize: 1, chunks: [{ sha256: sha, offset: 0, length: 1 }, { sha256: sha, offset: 0, length: 1 }] } }), length: 2 }], want: 'MANIFEST_INDEX_INVALID' },
+    { name: 'zero-length chunk', releases: [{ ...rel('a', { payload: { compression: 'none', size: 1, sha256: sha, chunkSize: 1, chunks: [{ sha256: sha, offset: 0, length: 0 }] } }), length: 0 }], want: 'MANIFEST_INDEX_INVALID' },
+    { name: 'chunk count disagrees with size', releases: [rel('a', { payload: { compression: 'none', size: 9000, sha256: sha, chunkSize: 4096, chunks: [{ sha256: sha, offset: 0, length: 1 }] } })], want: 'MANIFEST_INDEX_INVALID' },
+    { name: 'chunks do not add up to the signed length', releases: [{ ...rel('a'), length: 5 }], want: 'MANIFEST_INDEX_INVALID' },
+    { name: 'non-integer offset', releases: [rel('a', { payload: { compression: 'none', size: 1, sha256: sha, chunkSize: 4096, chunks: [{ sha256: sha, offset: 0.5, length: 1 }] } })], want: 'MANIFEST_INDEX_INVALID' },
+    { name: 'unknown compression', releases: [rel('a', { payload: { compression: 'xz' as never, size: 1, sha256: sha, chunkSize: 4096, chunks: [{ sha256: sha, offset: 0, length: 1 }] } })], want: 'MANIFEST_INDEX_INVALID' },
+    { name: 'image larger than the slot', releases: [rel('a', { payload: { compression: 'none', size: 1, sha256: sha, chunkSize: 4096, chunks: [{ sha256: sha, offset: 0, length: 1 }] } })], device: { slotSize: 0 }, want: 'MANIFEST_INDEX_INVALID' },
   ];
   for (const c of cases) {
     const s = selectRelease(c.releases, { ...dev, ...c.device }, NOW);

@@ -106,6 +106,12 @@ const cases: Case[] = [
   { name: 'fractional threshold (canonical JSON cannot even sign it)', code: 'MANIFEST_INVALID', attack: ({ sim }) => { badRoot(sim, () => undefined); tamper(sim, '2.root.json', (e) => { ((e.signed['roles'] as Json)['targets'] as Json)['threshold'] = 1.5; }); } },
   { name: 'duplicate key ids in a role', code: 'MANIFEST_INVALID', attack: ({ sim }) => badRoot(sim, (r) => { const ids = r.roles['timestamp']!.keyids; ids.push(ids[0]!); }) },
   { name: 'new root without a snapshot role', code: 'MANIFEST_INVALID', attack: ({ sim }) => badRoot(sim, (r) => { delete r.roles['snapshot']; }) },
+  // --- keytype/scheme pairs (issue 15): exactly python-tuf's pairs, nothing else
+  { name: 'timestamp key: ed25519 keytype with an ecdsa scheme', code: 'MANIFEST_KEY_UNSUPPORTED', attack: ({ sim }) => badRoot(sim, (r) => { (r.keys[r.roles['timestamp']!.keyids[0]!] as Json)['scheme'] = 'ecdsa-sha2-nistp256'; }) },
+  { name: 'snapshot key: unknown scheme', code: 'MANIFEST_KEY_UNSUPPORTED', attack: ({ sim }) => badRoot(sim, (r) => { (r.keys[r.roles['snapshot']!.keyids[0]!] as Json)['scheme'] = 'ed25519-sha512'; }) },
+  { name: 'targets key: unknown keytype', code: 'MANIFEST_KEY_UNSUPPORTED', attack: ({ sim }) => badRoot(sim, (r) => { (r.keys[r.roles['targets']!.keyids[0]!] as Json)['keytype'] = 'ed448'; }) },
+  { name: 'ecdsa keytype with an rsa scheme', code: 'MANIFEST_KEY_UNSUPPORTED', attack: ({ sim }) => badRoot(sim, (r) => { const k = r.keys[r.roles['timestamp']!.keyids[0]!] as Json; k['keytype'] = 'ecdsa'; k['scheme'] = 'rsassa-pss-sha256'; }) },
+  { name: 'delegation key with a mismatched scheme', code: 'MANIFEST_KEY_UNSUPPORTED', attack: ({ sim }) => { sim.delegate('targets', 'role-x'); const d = sim.targets.get('targets')!.delegations!; (Object.values(d.keys)[0] as Json)['scheme'] = 'rsassa-pss-sha256'; update(sim); } },
   // --- expiry and freeze
   { name: 'expired new timestamp', code: 'MANIFEST_EXPIRED', attack: ({ sim }) => badTimestamp(sim, (s) => { s['expires'] = '2026-05-01T00:00:00Z'; }) },
   { name: 'expired new snapshot', code: 'MANIFEST_EXPIRED', attack: ({ sim }) => { sim.periods['snapshot'] = -1; update(sim); } },
@@ -210,3 +216,31 @@ for (const cs of cases) {
     t.equal(next.targetsVersion, 3, 'the next valid metadata is accepted');
   });
 }
+
+t.test('a compromised timestamp key cannot push the trusted time beyond reach (issue 15)', async (t) => {
+  const dir = t.testdir();
+  const sim = new RepoSim(T0);
+  const shipped = join(dir, 'shipped-root.json');
+  await writeFile(shipped, sim.publishAll());
+  const trusted = join(dir, 'trusted');
+  let clock = T0;
+  const refresh = (): ReturnType<TrustClient['refresh']> => new TrustClient({ trustedDir: trusted, shippedRootPath: shipped, source: sim.source(), now: () => clock }).refresh();
+  await refresh();
+  const floor = async (): Promise<number> => Date.parse((JSON.parse(await readFile(join(trusted, 'trusted-time.json'), 'utf8')) as { floor: string }).floor);
+  // working clock: at most an hour ahead, and repeating the attack does not ratchet it
+  for (let i = 0; i < 5; i++) {
+    badTimestamp(sim, (s) => { s['x-slotflip-issued'] = '9999-01-01T00:00:00Z'; s['expires'] = '9999-01-02T00:00:00Z'; });
+    await refresh();
+  }
+  t.ok((await floor()) <= T0 + 60 * 60_000, 'floor within an hour of the clock');
+  sim.bump('timestamp');
+  sim.publishTimestamp();
+  t.ok(await refresh(), 'the next legitimate timestamp is accepted');
+  // no usable clock (RTC reset): bounded by the trusted chain's earliest expiry, never beyond it
+  clock = 0;
+  badTimestamp(sim, (s) => { s['x-slotflip-issued'] = '9999-01-01T00:00:00Z'; s['expires'] = '9999-01-02T00:00:00Z'; });
+  await refresh();
+  const snapExpires = Date.parse(sim.snapshot.expires);
+  t.ok((await floor()) < snapExpires, 'floor stays below the snapshot expiry');
+  t.ok(await refresh(), 'the trusted metadata is still valid at the new floor');
+});
