@@ -24,7 +24,7 @@ import { SlotflipError } from '../hal/errors.js';
 import type { SlotWriter } from '../hal/slot-writer.js';
 import { selectRelease } from '../manifests/select.js';
 import type { PayloadInfo, Release } from '../manifests/types.js';
-import { noRetryReason, releaseIdOf, resume, SOURCE_NOT_GOOD, type ArmedTrial, type ErrorInfo, type Event, type HealthFailure, type HistoryEntry, type MachineState, type Phase, type Report, type TransitionOptions } from './machine.js';
+import { noRetryReason, releaseIdOf, releaseRefOf, resume, skipReason, SOURCE_NOT_GOOD, type ArmedTrial, type ErrorInfo, type Event, type HealthFailure, type HistoryEntry, type MachineState, type Phase, type Report, type TransitionOptions } from './machine.js';
 import { Runner, toErrorInfo, type DriveResult, type Executors } from './runner.js';
 import type { StateStore } from './state-store.js';
 
@@ -44,6 +44,10 @@ export interface Installer {
   /** Reads the slot back and checks the whole image's length and SHA-256. Read-only. Throws
    * DAEMON_VERIFY_MISMATCH (or the installer's own code) when it does not match. */
   verify(release: Release, slot: SlotWriter): Promise<void>;
+  /** Checks what can be checked without touching the device — the payload is there with the signed
+   * length, its first chunk decodes to the signed hash — BEFORE the target is marked bad (it usually
+   * holds the previous good release). Throws INSTALL_* errors; never writes. Optional. */
+  preflight?(release: Release): Promise<void>;
 }
 
 export interface HealthResult {
@@ -464,9 +468,22 @@ export class Agent {
       check: async () => {
         const state = await d.store.load();
         const found = await this.findRelease(state.committedSecurityVersion);
-        if (found.type !== 'ReleaseFound' || !d.policies) return found;
-        const ok = await d.policies.mayStart(found.release, d.now());
-        return ok.ok ? found : { type: 'NoReleaseFound', reason: `policy: ${ok.reason}` };
+        if (found.type !== 'ReleaseFound') return found;
+        if (d.policies) {
+          const ok = await d.policies.mayStart(found.release, d.now());
+          if (!ok.ok) return { type: 'NoReleaseFound', reason: `policy: ${ok.reason}` };
+        }
+        // only for a release the machine would start: then prove the payload before the target
+        // (the device's fallback) is marked bad
+        const wouldStart = found.bootedState === 'good' && skipReason(state, releaseRefOf(found.release), found.bootedSlot) === null;
+        if (wouldStart && d.installer.preflight) {
+          try {
+            await d.installer.preflight(found.release);
+          } catch (e) {
+            return { type: 'CheckFailed', error: toErrorInfo(e) };
+          }
+        }
+        return found;
       },
       markBad: async (e) => {
         await boot.markBad(e.slot);

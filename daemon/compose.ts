@@ -25,7 +25,8 @@ import { createSlotWriter } from '../hal/file-slot.js';
 import type { SlotWriter } from '../hal/slot-writer.js';
 import { TrustClient, dirSource, httpSource, memorySource, targetUrl, type MetadataSource } from '../manifests/client.js';
 import type { Release } from '../manifests/types.js';
-import { installPayload, type InstallProgress } from './install/index.js';
+import { fileSource, httpSource as payloadHttpSource, installPayload, type InstallProgress } from './install/index.js';
+import { preflightPayload } from './install/preflight.js';
 import { runHealthChecks, type HealthDeps } from './health.js';
 import { Outbox } from './outbox.js';
 import { createUpdatePolicies, type DeferralStore } from './policies.js';
@@ -142,6 +143,21 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
       await installPayload({ payload: release.custom.payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, readBack, ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), logger: log.child({ module: 'daemon.install' }), now });
     },
     verify: (release, slot) => verifySlotImage(slot, release.custom.payload),
+    async preflight(release) {
+      const spec = src.payload(release);
+      const sources = 'path' in spec ? [fileSource(spec.path)] : spec.urls.map((u) => payloadHttpSource({ mirrors: [u] }));
+      // any mirror that serves the signed payload will do; otherwise the first mirror's answer
+      let first: unknown;
+      for (const source of sources) {
+        try {
+          await preflightPayload({ payload: release.custom.payload, length: release.length, source });
+          return;
+        } catch (e) {
+          first ??= e;
+        }
+      }
+      throw first;
+    },
   };
   const health: HealthRunner = o.health ?? {
     async run() {

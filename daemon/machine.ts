@@ -496,8 +496,8 @@ function decide(s: MachineState, e: Event, now: number, o: TransitionOptions): T
   }
 }
 
-/** Why a found release is not started, or null to start it. */
-function skipReason(s: MachineState, ref: ReleaseRef, booted: SlotName): string | null {
+/** Why a found release is not started, or null to start it (the agent asks before its preflight). Pure. */
+export function skipReason(s: MachineState, ref: ReleaseRef, booted: SlotName): string | null {
   if (s.installed[booted]?.id === ref.id) return `up to date: ${ref.id} is running`;
   if (s.rolledBack.includes(ref.id)) return noRetryReason(s, ref.id);
   if (ref.securityVersion < s.committedSecurityVersion) {

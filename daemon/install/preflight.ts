@@ -1,0 +1,132 @@
+/**
+ * Preflight: what can be learned about a payload without touching the device, checked before the
+ * inactive slot is marked bad. That slot usually holds the previous good release (the device's last
+ * way back), so a release that cannot be installed must be refused while it is still intact.
+ *
+ * It opens the payload at offset 0 with the signed length (a missing file, a server error, or a file
+ * shorter or longer than signed is refused by the source itself: INSTALL_HTTP_STATUS,
+ * INSTALL_PAYLOAD_TRUNCATED, INSTALL_PAYLOAD_OVERSIZED), reads exactly the first chunk's compressed
+ * frame, decompresses it (capped at one chunk) and compares its SHA-256 with the signed index
+ * (INSTALL_CHUNK_HASH_MISMATCH, INSTALL_DECOMPRESS). Cost: one request, one chunk. Nothing is written.
+ *
+ * Trade-off: only the first chunk is proven; a payload corrupt further on is still caught chunk by
+ * chunk before each write (after the mark-bad). Proving all of it first would download it twice.
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { read as readFd } from 'node:fs';
+import { promisify } from 'node:util';
+import { gunzipSync } from 'node:zlib';
+import { SlotflipError } from '../../hal/errors.js';
+import type { PayloadInfo } from '../../manifests/types.js';
+import type { OpenedStream, PayloadSource } from './source.js';
+
+const readP = promisify(readFd);
+
+export interface PreflightOptions {
+  payload: PayloadInfo;
+  /** the signed payload (compressed file) length. */
+  length: number;
+  source: PayloadSource;
+  /** mirror to ask (default 0). */
+  index?: number;
+  zstdPath?: string;
+  /** whole preflight, ms (default 60 000). */
+  timeoutMs?: number;
+}
+
+/** Throws a coded INSTALL_* error when the payload cannot be installed as signed; resolves otherwise. */
+export async function preflightPayload(o: PreflightOptions): Promise<void> {
+  const first = o.payload.chunks[0];
+  if (!first) return; // structure is judged at selection (manifests/validate.ts)
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(), o.timeoutMs ?? 60_000);
+  let opened: OpenedStream | undefined;
+  try {
+    opened = await o.source.open(o.index ?? 0, 0, o.length, ac.signal);
+    const frame = await readExactly(opened, first.offset, first.length, ac.signal);
+    const cap = Math.min(o.payload.chunkSize, o.payload.size);
+    const image = await decompress(o.payload.compression, frame, cap, o.zstdPath);
+    const got = createHash('sha256').update(image).digest('hex');
+    if (got !== first.sha256) {
+      throw new SlotflipError('INSTALL_CHUNK_HASH_MISMATCH', `${opened.where}: chunk 0 decodes to SHA-256 ${got}, the signed index says ${first.sha256}; the payload on the server is not the one that was signed (nothing was changed on this device)`, {
+        details: { where: opened.where, chunk: 0, expected: first.sha256, actual: got },
+      });
+    }
+  } finally {
+    clearTimeout(timer);
+    opened?.close();
+  }
+}
+
+/** Reads `[offset, offset+len)` of the payload from an opened stream or descriptor, then stops. */
+async function readExactly(s: OpenedStream, offset: number, len: number, signal: AbortSignal): Promise<Buffer> {
+  const out = Buffer.alloc(len);
+  if (s.fd !== undefined) {
+    let got = 0;
+    while (got < len) {
+      const { bytesRead } = await readP(s.fd, out, got, len - got, offset + got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    if (got < len) throw new SlotflipError('INSTALL_PAYLOAD_TRUNCATED', `${s.where}: ends inside chunk 0`, { details: { where: s.where } });
+    return out;
+  }
+  const stream = s.stream!;
+  let pos = s.start; // a server that ignored Range starts at 0
+  let got = 0;
+  await new Promise<void>((resolve, reject) => {
+    const onAbort = () => reject(new SlotflipError('INSTALL_STALLED', `${s.where}: the first chunk did not arrive in time`, { retryable: true, details: { where: s.where } }));
+    signal.addEventListener('abort', onAbort, { once: true });
+    const done = (e?: Error) => {
+      signal.removeEventListener('abort', onAbort);
+      stream.removeAllListeners('data');
+      if (e) reject(e);
+      else resolve();
+    };
+    stream.on('data', (b: Buffer) => {
+      const from = Math.max(0, offset - pos);
+      const until = Math.min(b.length, offset + len - pos);
+      if (until > from) {
+        b.copy(out, got, from, until);
+        got += until - from;
+      }
+      pos += b.length;
+      if (got >= len) done();
+    });
+    stream.once('end', () => (got >= len ? done() : done(new SlotflipError('INSTALL_PAYLOAD_TRUNCATED', `${s.where}: ends inside chunk 0`, { details: { where: s.where } }))));
+    stream.once('error', (cause) => done(new SlotflipError('INSTALL_NETWORK', `${s.where}: transfer failed while reading chunk 0`, { cause, retryable: true, details: { where: s.where } })));
+  });
+  return out;
+}
+
+async function decompress(compression: PayloadInfo['compression'], frame: Buffer, cap: number, zstdPath = 'zstd'): Promise<Buffer> {
+  const corrupt = (cause?: unknown) => new SlotflipError('INSTALL_DECOMPRESS', `${compression}: chunk 0 of the payload is corrupt (nothing was changed on this device)`, { ...(cause ? { cause } : {}) });
+  if (compression === 'none') return frame;
+  if (compression === 'gzip') {
+    try {
+      return gunzipSync(frame, { maxOutputLength: cap });
+    } catch (e) {
+      throw corrupt(e);
+    }
+  }
+  // zstd: the CLI the installer uses too, argv only; output capped at one chunk
+  return new Promise<Buffer>((resolve, reject) => {
+    const child = spawn(zstdPath, ['-d', '-c', '-q'], { stdio: ['pipe', 'pipe', 'ignore'] });
+    const parts: Buffer[] = [];
+    let size = 0;
+    child.stdout.on('data', (b: Buffer) => {
+      size += b.length;
+      if (size > cap) {
+        child.kill('SIGKILL');
+        reject(corrupt());
+        return;
+      }
+      parts.push(b);
+    });
+    child.on('error', (cause) => reject(new SlotflipError('INSTALL_DECOMPRESS', `zstd: cannot run ${zstdPath}`, { cause })));
+    child.on('close', (code) => (code === 0 && size <= cap ? resolve(Buffer.concat(parts)) : reject(corrupt())));
+    child.stdin.on('error', () => undefined);
+    child.stdin.end(frame);
+  });
+}
