@@ -138,7 +138,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   };
   const health: HealthRunner = o.health ?? {
     async run() {
-      const r = await runHealthChecks(config.health, { runner, now, ...o.healthDeps });
+      const r = await runHealthChecks(config.health, { runner, ...o.healthDeps });
       return {
         ok: r.ok,
         failures: r.results.filter((x) => !x.ok).map((x) => ({ name: x.name, output: x.output, required: x.required })),

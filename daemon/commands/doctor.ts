@@ -31,7 +31,7 @@ import { SLOT_NAMES, otherSlot, type BootControl, type SlotBootState, type SlotN
 import { createSlotWriter } from '../../hal/file-slot.js';
 import { createBootControl, type BootBackendConfig } from '../../hal/registry.js';
 import { parseMetadata, verifyThreshold } from '../../manifests/client.js';
-import { loadConfig, type Config } from '../config.js';
+import { loadConfig, requireHealthChecks, type Config } from '../config.js';
 import { BOOTLOADER_IGNORED_ENV, type HistoryEntry } from '../machine.js';
 import { FileStateStore } from '../state-store.js';
 import { runHealthChecks, type HealthDeps, type HealthReport } from '../health.js';
@@ -581,12 +581,16 @@ export function createHealthCommand(opts: HealthCommandOptions = {}): Command {
       let config: Config;
       try {
         config = await loadConfig(values.config);
+        requireHealthChecks(config, values.config);
       } catch (e) {
         // no verdict without a config: unhealthy, so a broken config cannot pass a trial boot
         io.stderr.write(`slotflip health: ${isCoded(e) ? `${e.code}: ` : ''}${errText(e)}\n`);
         return 1;
       }
       const report = await runHealthChecks(config.health, {
+        // this command runs as one of the boot's jobs (Before=boot-complete.target): waiting for
+        // the system to settle would wait for itself
+        settle: false,
         brokerProbe: brokerTcpProbe(config.broker?.urls ?? [], opts.tcpConnect),
         ...opts.deps,
       });
