@@ -27,9 +27,10 @@ import { TrustClient, dirSource, httpSource, memorySource, targetUrl, type Metad
 import type { Release } from '../manifests/types.js';
 import { installPayload, type InstallProgress } from './install/index.js';
 import { runHealthChecks, type HealthDeps } from './health.js';
+import { verifySlotImage } from './install/read-back.js';
 import { Outbox } from './outbox.js';
 import { createUpdatePolicies, type DeferralStore } from './policies.js';
-import { Agent, verifySlotImage, type AgentDeps, type EventSink, type HealthRunner, type Installer, type ReleaseFinder, type UpdatePolicies } from './agent.js';
+import { Agent, type AgentDeps, type EventSink, type HealthRunner, type Installer, type ReleaseFinder, type UpdatePolicies } from './agent.js';
 import { acquireStateLock, FileStateStore, type StateStore } from './state-store.js';
 import type { Config, SourceConfig } from './config.js';
 import { silentLogger } from './logger.js';
@@ -126,15 +127,16 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   const trust = new TrustClient({ trustedDir: paths.trusted, shippedRootPath: config.trust.shippedRoot, source: src.meta, now });
 
   const releases: ReleaseFinder = o.releases ?? { releases: async () => (await trust.refresh()).releases };
-  // Read-back after the write: by path (a fresh descriptor on the file or block device, what the
-  // bench's memory figure assumes) for hal's own slot writers; through the slot handle's readAt when
+  // Read-back after the write: by path (a fresh O_DIRECT descriptor on the file or block device, so
+  // the medium is read, not the page cache; what the bench's memory figure assumes) for hal's own
+  // slot writers; through the slot handle's readAt when
   // the slots were injected, so injected read faults (fault tests) stay on the read-back path.
   const readBack: 'path' | 'handle' = o.slots ? 'handle' : 'path';
   const installer: Installer = o.installer ?? {
     async write(release, slot) {
       await installPayload({ payload: release.custom.payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, readBack, ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), logger: log.child({ module: 'daemon.install' }), now });
     },
-    verify: (release, slot) => verifySlotImage(slot, release.custom.payload),
+    verify: (release, slot) => verifySlotImage(slot, release.custom.payload, { source: readBack, log: log.child({ module: 'daemon.install.read-back' }) }),
   };
   const health: HealthRunner = o.health ?? {
     async run() {
