@@ -34,6 +34,7 @@ import { Agent, type AgentDeps, type EventSink, type HealthRunner, type Installe
 import { acquireStateLock, FileStateStore, type StateStore } from './state-store.js';
 import type { Config, SourceConfig } from './config.js';
 import { silentLogger } from './logger.js';
+import { guardTrials, kernelBootId, trialGuardDir } from './trial-guard.js';
 
 export interface ComposeOverrides {
   now?: () => number;
@@ -148,7 +149,13 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
     },
   };
   const outbox = o.outbox === null ? undefined : (o.outbox ?? new Outbox({ dir: paths.outbox, now }));
-  const bootControl: BootControl & { rebootArgument?: () => Promise<string | undefined> } = o.bootControl ?? createBootControl(config.board.boot, { runner });
+  // wrapped by the trial guard: the marker systemd's slotflip-trial-failed.service reads, so a trial
+  // whose daemon cannot run still ends in a reboot (trial-guard.ts, systemd/README.md)
+  const bootControl: BootControl & { rebootArgument?: () => Promise<string | undefined> } = guardTrials(o.bootControl ?? createBootControl(config.board.boot, { runner }), {
+    dir: trialGuardDir(config.stateDir),
+    bootId: o.bootId ?? kernelBootId,
+    log: log.child({ module: 'daemon.trial-guard' }),
+  });
   // Some backends start an armed trial only with a reboot argument (rpi-tryboot: `0 tryboot`,
   // from hal's GuardedBootControl.rebootArgument(); it is undefined unless a trial is armed, so the
   // rollback reboot stays plain). It is appended to `config.reboot.command`'s argv as ONE argument
