@@ -95,7 +95,7 @@ t.test('the daemon side: armed before the trial, cleared at commit or when the t
   t.notOk(existsSync(join(dir, 'armed')), 'cleared at commit');
   t.notOk(existsSync(join(dir, 'reboots')), 'and the count with it');
 
-  const failing = { ...fakeBoot(), armTrial: async () => Promise.reject(new Error('fw_setenv failed')) };
+  const failing: BootControl = { ...fakeBoot(), armTrial: async () => Promise.reject(new Error('fw_setenv failed')) };
   const bc2 = guardTrials(failing, { dir, bootId: async () => bootId, log });
   await t.rejects(bc2.armTrial('B', 3), /fw_setenv/);
   t.ok(existsSync(join(dir, 'armed')), 'written before the arm: an armed trial is never unguarded');
