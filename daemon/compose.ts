@@ -63,6 +63,16 @@ export interface ComposeOverrides {
   onInstallProgress?: (p: InstallProgress) => void;
 }
 
+/** `busctl` argv (the parameter is appended) asking systemd-logind to store the reboot parameter. */
+export const LOGIND_SET_REBOOT_PARAMETER = ['call', 'org.freedesktop.login1', '/org/freedesktop/login1', 'org.freedesktop.login1.Manager', 'SetRebootParameter', 's'] as const;
+
+/** config.reboot.parameter, defaulted: 'logind' for systemctl, 'append' for anything else. */
+export function rebootParameterMode(r: Config['reboot']): 'logind' | 'append' {
+  if (r.parameter) return r.parameter;
+  const cmd = r.command[0] ?? '';
+  return cmd === 'systemctl' || cmd.endsWith('/systemctl') ? 'logind' : 'append';
+}
+
 /** Directories under stateDir. */
 export function statePaths(stateDir: string): { trusted: string; outbox: string; resume: string; deferral: string } {
   return { trusted: join(stateDir, 'trusted'), outbox: join(stateDir, 'outbox'), resume: join(stateDir, 'install-resume.json'), deferral: join(stateDir, 'reboot-deferral.json') };
@@ -158,13 +168,29 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   });
   // Some backends start an armed trial only with a reboot argument (rpi-tryboot: `0 tryboot`,
   // from hal's GuardedBootControl.rebootArgument(); it is undefined unless a trial is armed, so the
-  // rollback reboot stays plain). It is appended to `config.reboot.command`'s argv as ONE argument
-  // (`systemctl reboot "0 tryboot"`), or handed to an injected `overrides.reboot(arg)`.
+  // rollback reboot stays plain). It reaches the kernel one of two ways (config reboot.parameter):
+  // - 'logind' (default for systemctl): `busctl call ... SetRebootParameter s ARG` makes logind
+  //   write /run/systemd/reboot-param in ITS context, then `config.reboot.command` runs unchanged.
+  //   `systemctl reboot ARG` would write that file itself, and /run/systemd is read-only inside
+  //   slotflip.service's sandbox: every trial reboot failed (issue 22, 7). Root is privileged for
+  //   logind (no polkit, no capability needed); the D-Bus socket is reachable under ProtectSystem=.
+  // - 'append': ARG is appended to the command's argv as ONE argument (a custom reboot script).
+  // An injected `overrides.reboot(arg)` gets the argument as is.
   const reboot = async (): Promise<void> => {
     const arg = bootControl.rebootArgument ? await bootControl.rebootArgument() : undefined;
     if (o.reboot) return o.reboot(arg);
     const [cmd, ...args] = config.reboot.command;
-    await runChecked(runner, 'DAEMON_REBOOT_FAILED', cmd!, arg ? [...args, arg] : args);
+    if (arg === undefined) {
+      await runChecked(runner, 'DAEMON_REBOOT_FAILED', cmd!, args);
+      return;
+    }
+    if (rebootParameterMode(config.reboot) === 'append') {
+      await runChecked(runner, 'DAEMON_REBOOT_FAILED', cmd!, [...args, arg]);
+      return;
+    }
+    // no parameter stored, no reboot: a plain reboot would not start the trial it was meant to
+    await runChecked(runner, 'DAEMON_REBOOT_FAILED', 'busctl', [...LOGIND_SET_REBOOT_PARAMETER, arg]);
+    await runChecked(runner, 'DAEMON_REBOOT_FAILED', cmd!, args);
   };
   const deps: AgentDeps = {
     identity: { deviceId: config.deviceId, hardware: config.hardware, channel: config.channel },

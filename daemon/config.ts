@@ -53,7 +53,15 @@ export interface Config {
   health: HealthConfig;
   policies: PoliciesConfig;
   poll: { cron: string };
-  reboot: { command: string[] };
+  reboot: {
+    command: string[];
+    /** how a backend's reboot argument (rpi-tryboot: `0 tryboot`) reaches the kernel: 'logind'
+     * asks systemd-logind to store it (SetRebootParameter over D-Bus, `busctl`), then runs `command`
+     * as is; 'append' appends it to `command`'s argv. Default: 'logind' when `command` is
+     * systemctl (whose own `systemctl reboot ARG` writes /run/systemd/reboot-param itself, which
+     * the unit's sandbox makes read-only), 'append' for any other command. */
+    parameter?: 'logind' | 'append';
+  };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' };
 }
 
@@ -141,7 +149,10 @@ export const configSchema = {
       type: 'object',
       additionalProperties: false,
       default: {},
-      properties: { command: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 }, default: configDefaults.reboot.command } },
+      properties: {
+        command: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 }, default: configDefaults.reboot.command },
+        parameter: { enum: ['logind', 'append'] },
+      },
     },
     log: {
       type: 'object',
