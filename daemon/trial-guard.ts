@@ -12,7 +12,8 @@
  *                        bootloader to exhaust its counter and fall back, and no more)
  *   armedBootId=<uuid>   the boot that armed it: in that same boot the trial has not started yet
  *                        (a reboot deferred by policy), so the guard leaves the device alone
- * and `<stateDir>/trial/reboots` counts the reboots the guard issued.
+ * and `<stateDir>/trial/reboots` counts the reboots the guard issued (`rebooted-in`: the boot that
+ * counted the last one).
  *
  * Lifecycle, by wrapping the boot backend (so every path through the state machine is covered):
  * - written (count reset) just BEFORE `armTrial`: a power cut between the two leaves a marker and no
@@ -84,6 +85,7 @@ export function guardTrials<B extends BootControl>(bc: B, o: TrialGuardOptions):
     try {
       await mkdir(o.dir, { recursive: true, mode: 0o700 });
       await rm(join(o.dir, 'reboots'), { force: true });
+      await rm(join(o.dir, 'rebooted-in'), { force: true });
       await writeFileAtomic(join(o.dir, 'armed'), text);
     } catch (err) {
       o.log.warn({ err: { code: (err as NodeJS.ErrnoException).code, message: (err as Error).message }, dir: o.dir }, 'trial guard: cannot write the marker; this trial is guarded by the bootloader only');
@@ -93,6 +95,7 @@ export function guardTrials<B extends BootControl>(bc: B, o: TrialGuardOptions):
     try {
       await rm(join(o.dir, 'armed'), { force: true });
       await rm(join(o.dir, 'reboots'), { force: true });
+      await rm(join(o.dir, 'rebooted-in'), { force: true });
       o.log.debug({ why }, 'trial guard cleared');
     } catch (err) {
       o.log.warn({ err: { code: (err as NodeJS.ErrnoException).code, message: (err as Error).message }, dir: o.dir }, 'trial guard: cannot remove the marker');

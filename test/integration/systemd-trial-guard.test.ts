@@ -22,10 +22,15 @@ import { guardTrials, readTrialMarker, kernelBootId } from '../../daemon/trial-g
 const SCRIPT = join(import.meta.dirname, '../../systemd/slotflip-trial-reboot');
 const OTHER_BOOT = '00000000-1111-2222-3333-444444444444';
 
-function script(why: string, dir: string, env: { subState?: string; active?: boolean } = {}, binDir?: string): Promise<{ code: number; out: string }> {
+function script(why: string, dir: string, env: { subState?: string; active?: boolean; bootIdFile?: string } = {}, binDir?: string): Promise<{ code: number; out: string }> {
   return new Promise((resolve) => {
     execFile('/bin/sh', [SCRIPT, why, dir], {
-      env: { PATH: `${binDir ?? ''}:/usr/bin:/bin`, FAKE_SUBSTATE: env.subState ?? 'running', FAKE_ACTIVE: env.active ? '0' : '3' },
+      env: {
+        PATH: `${binDir ?? ''}:/usr/bin:/bin`,
+        FAKE_SUBSTATE: env.subState ?? 'running',
+        FAKE_ACTIVE: env.active ? '0' : '3',
+        ...(env.bootIdFile ? { SLOTFLIP_BOOT_ID_FILE: env.bootIdFile } : {}),
+      },
       timeout: 10_000,
     }, (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code) : 0, out: stdout + stderr }));
   });
@@ -120,12 +125,20 @@ t.test('the systemd side: the script reads the daemon\'s marker and decides', as
   t.match(await script('health', dir, { active: true }, bin), { code: 1, out: /rolls the trial back itself/ }, 'a running daemon rolls back itself (markBad + reboot)');
   t.equal(existsSync(join(dir, 'reboots')), false, 'nothing counted for skipped runs');
 
-  t.match(await script('daemon', dir, { subState: 'failed' }, bin), { code: 0, out: /rebooting \(1 of 3\)/ }, 'daemon given up on: reboot');
-  t.match(await script('health', dir, { active: false }, bin), { code: 0, out: /rebooting \(2 of 3\)/ }, 'failed verdict, no daemon: reboot');
-  t.match(await script('deadline', dir, {}, bin), { code: 0, out: /rebooting \(3 of 3\)/ }, 'unjudged at the deadline: reboot');
-  t.equal((await readFile(join(dir, 'reboots'), 'utf8')).trim(), '3', 'every reboot counted (synced before it happens)');
-  for (let i = 0; i < 3; i++) {
-    t.match(await script('daemon', dir, { subState: 'failed' }, bin), { code: 1, out: /already rebooted 3 of 3/ }, 'bounded: no reboot loop, whatever keeps failing');
+  // play several boots: the script reads the boot id from this file
+  const bootIdFile = join(root, 'boot_id');
+  const boot = (n: number) => writeFile(bootIdFile, `${String(n).padStart(8, '0')}-1111-2222-3333-444444444444\n`);
+  await boot(1);
+  t.match(await script('daemon', dir, { subState: 'failed', bootIdFile }, bin), { code: 0, out: /rebooting \(1 of 3\)/ }, 'daemon given up on: reboot');
+  t.match(await script('deadline', dir, { bootIdFile }, bin), { code: 0, out: /already counted: rebooting/ }, 'a second trigger in the same boot shares that reboot');
+  await boot(2);
+  t.match(await script('health', dir, { active: false, bootIdFile }, bin), { code: 0, out: /rebooting \(2 of 3\)/ }, 'failed verdict, no daemon: reboot');
+  await boot(3);
+  t.match(await script('deadline', dir, { bootIdFile }, bin), { code: 0, out: /rebooting \(3 of 3\)/ }, 'unjudged at the deadline: reboot');
+  t.equal((await readFile(join(dir, 'reboots'), 'utf8')).trim(), '3', 'every reboot counted (synced before it happens), once per boot');
+  for (let i = 4; i < 7; i++) {
+    await boot(i);
+    t.match(await script('daemon', dir, { subState: 'failed', bootIdFile }, bin), { code: 1, out: /already rebooted 3 of 3/ }, 'bounded: no reboot loop, whatever keeps failing');
   }
 
   // a fresh arm resets the count
