@@ -16,14 +16,13 @@
  * where `deps.reboot` power-cycles the emulated board (in production it asks the OS to reboot and
  * the process ends; systemd starts a new daemon, which resumes).
  */
-import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { type BootControl, type SlotBootState, type SlotName } from '../hal/boot-control.js';
 import { SlotflipError } from '../hal/errors.js';
 import type { SlotWriter } from '../hal/slot-writer.js';
 import { selectRelease } from '../manifests/select.js';
-import type { PayloadInfo, Release } from '../manifests/types.js';
+import type { Release } from '../manifests/types.js';
 import { noRetryReason, releaseIdOf, releaseRefOf, resume, skipReason, SOURCE_NOT_GOOD, type ArmedTrial, type ErrorInfo, type Event, type HealthFailure, type HistoryEntry, type MachineState, type Phase, type Report, type TransitionOptions } from './machine.js';
 import { Runner, toErrorInfo, type DriveResult, type Executors } from './runner.js';
 import type { StateStore } from './state-store.js';
@@ -593,33 +592,4 @@ export async function runUpdateCycle(makeAgent: () => Agent | Promise<Agent>, op
   return { ...r, finished, events };
 }
 
-// ---------------------------------------------------------------------------------------------
-
-/** Reads `payload.size` bytes back from the slot and checks their SHA-256 (1 MiB reads). Read-only.
- * Throws DAEMON_VERIFY_MISMATCH with the slot path when length or hash differ. */
-export async function verifySlotImage(slot: SlotWriter, payload: PayloadInfo): Promise<void> {
-  const cap = await slot.capacity();
-  if (cap < payload.size) {
-    throw new SlotflipError('DAEMON_VERIFY_MISMATCH', `slot ${slot.slot} (${slot.path}) holds ${cap} bytes, less than the image's ${payload.size}`, { details: { path: slot.path } });
-  }
-  const h = await slot.open();
-  try {
-    const hash = createHash('sha256');
-    const step = 1 << 20;
-    for (let off = 0; off < payload.size; off += step) {
-      const len = Math.min(step, payload.size - off);
-      const buf = await h.readAt(len, off);
-      if (buf.length !== len) throw new SlotflipError('DAEMON_VERIFY_MISMATCH', `slot ${slot.slot} (${slot.path}): short read at ${off}`, { details: { path: slot.path, offset: off } });
-      hash.update(buf);
-    }
-    const got = hash.digest('hex');
-    if (got !== payload.sha256) {
-      throw new SlotflipError('DAEMON_VERIFY_MISMATCH', `slot ${slot.slot} (${slot.path}) read back with SHA-256 ${got}, expected ${payload.sha256}; the write did not land, the image will be written again on the next attempt`, {
-        details: { path: slot.path, expected: payload.sha256, actual: got },
-      });
-    }
-  } finally {
-    await h.close();
-  }
-}
-
+export { verifySlotImage } from './install/read-back.js';

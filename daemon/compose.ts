@@ -28,12 +28,14 @@ import type { Release } from '../manifests/types.js';
 import { fileSource, httpSource as payloadHttpSource, installPayload, type InstallProgress } from './install/index.js';
 import { preflightPayload } from './install/preflight.js';
 import { runHealthChecks, type HealthDeps } from './health.js';
+import { verifySlotImage } from './install/read-back.js';
 import { Outbox } from './outbox.js';
 import { createUpdatePolicies, type DeferralStore } from './policies.js';
-import { Agent, verifySlotImage, type AgentDeps, type EventSink, type HealthRunner, type Installer, type ReleaseFinder, type UpdatePolicies } from './agent.js';
+import { Agent, type AgentDeps, type EventSink, type HealthRunner, type Installer, type ReleaseFinder, type UpdatePolicies } from './agent.js';
 import { acquireStateLock, FileStateStore, type StateStore } from './state-store.js';
 import type { Config, SourceConfig } from './config.js';
 import { silentLogger } from './logger.js';
+import { guardTrials, kernelBootId, trialGuardDir } from './trial-guard.js';
 
 export interface ComposeOverrides {
   now?: () => number;
@@ -60,6 +62,16 @@ export interface ComposeOverrides {
   store?: StateStore;
   /** download progress of the installer (the CLI's progress bar, the demo). */
   onInstallProgress?: (p: InstallProgress) => void;
+}
+
+/** `busctl` argv (the parameter is appended) asking systemd-logind to store the reboot parameter. */
+export const LOGIND_SET_REBOOT_PARAMETER = ['call', 'org.freedesktop.login1', '/org/freedesktop/login1', 'org.freedesktop.login1.Manager', 'SetRebootParameter', 's'] as const;
+
+/** config.reboot.parameter, defaulted: 'logind' for systemctl, 'append' for anything else. */
+export function rebootParameterMode(r: Config['reboot']): 'logind' | 'append' {
+  if (r.parameter) return r.parameter;
+  const cmd = r.command[0] ?? '';
+  return cmd === 'systemctl' || cmd.endsWith('/systemctl') ? 'logind' : 'append';
 }
 
 /** Directories under stateDir. */
@@ -134,15 +146,16 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   const trust = new TrustClient({ trustedDir: paths.trusted, shippedRootPath: config.trust.shippedRoot, source: src.meta, now });
 
   const releases: ReleaseFinder = o.releases ?? { releases: async () => (await trust.refresh()).releases };
-  // Read-back after the write: by path (a fresh descriptor on the file or block device, what the
-  // bench's memory figure assumes) for hal's own slot writers; through the slot handle's readAt when
+  // Read-back after the write: by path (a fresh O_DIRECT descriptor on the file or block device, so
+  // the medium is read, not the page cache; what the bench's memory figure assumes) for hal's own
+  // slot writers; through the slot handle's readAt when
   // the slots were injected, so injected read faults (fault tests) stay on the read-back path.
   const readBack: 'path' | 'handle' = o.slots ? 'handle' : 'path';
   const installer: Installer = o.installer ?? {
     async write(release, slot) {
       await installPayload({ payload: release.custom.payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, readBack, ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), logger: log.child({ module: 'daemon.install' }), now });
     },
-    verify: (release, slot) => verifySlotImage(slot, release.custom.payload),
+    verify: (release, slot) => verifySlotImage(slot, release.custom.payload, { source: readBack, log: log.child({ module: 'daemon.install.read-back' }) }),
     async preflight(release) {
       const spec = src.payload(release);
       const sources = 'path' in spec ? [fileSource(spec.path)] : spec.urls.map((u) => payloadHttpSource({ mirrors: [u] }));
@@ -161,7 +174,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   };
   const health: HealthRunner = o.health ?? {
     async run() {
-      const r = await runHealthChecks(config.health, { runner, now, ...o.healthDeps });
+      const r = await runHealthChecks(config.health, { runner, ...o.healthDeps });
       return {
         ok: r.ok,
         failures: r.results.filter((x) => !x.ok).map((x) => ({ name: x.name, output: x.output, required: x.required })),
@@ -169,16 +182,38 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
     },
   };
   const outbox = o.outbox === null ? undefined : (o.outbox ?? new Outbox({ dir: paths.outbox, now }));
-  const bootControl: BootControl & { rebootArgument?: () => Promise<string | undefined> } = o.bootControl ?? createBootControl(config.board.boot, { runner });
+  // wrapped by the trial guard: the marker systemd's slotflip-trial-failed.service reads, so a trial
+  // whose daemon cannot run still ends in a reboot (trial-guard.ts, systemd/README.md)
+  const bootControl: BootControl & { rebootArgument?: () => Promise<string | undefined> } = guardTrials(o.bootControl ?? createBootControl(config.board.boot, { runner }), {
+    dir: trialGuardDir(config.stateDir),
+    bootId: o.bootId ?? kernelBootId,
+    log: log.child({ module: 'daemon.trial-guard' }),
+  });
   // Some backends start an armed trial only with a reboot argument (rpi-tryboot: `0 tryboot`,
   // from hal's GuardedBootControl.rebootArgument(); it is undefined unless a trial is armed, so the
-  // rollback reboot stays plain). It is appended to `config.reboot.command`'s argv as ONE argument
-  // (`systemctl reboot "0 tryboot"`), or handed to an injected `overrides.reboot(arg)`.
+  // rollback reboot stays plain). It reaches the kernel one of two ways (config reboot.parameter):
+  // - 'logind' (default for systemctl): `busctl call ... SetRebootParameter s ARG` makes logind
+  //   write /run/systemd/reboot-param in ITS context, then `config.reboot.command` runs unchanged.
+  //   `systemctl reboot ARG` would write that file itself, and /run/systemd is read-only inside
+  //   slotflip.service's sandbox: every trial reboot failed (issue 22, 7). Root is privileged for
+  //   logind (no polkit, no capability needed); the D-Bus socket is reachable under ProtectSystem=.
+  // - 'append': ARG is appended to the command's argv as ONE argument (a custom reboot script).
+  // An injected `overrides.reboot(arg)` gets the argument as is.
   const reboot = async (): Promise<void> => {
     const arg = bootControl.rebootArgument ? await bootControl.rebootArgument() : undefined;
     if (o.reboot) return o.reboot(arg);
     const [cmd, ...args] = config.reboot.command;
-    await runChecked(runner, 'DAEMON_REBOOT_FAILED', cmd!, arg ? [...args, arg] : args);
+    if (arg === undefined) {
+      await runChecked(runner, 'DAEMON_REBOOT_FAILED', cmd!, args);
+      return;
+    }
+    if (rebootParameterMode(config.reboot) === 'append') {
+      await runChecked(runner, 'DAEMON_REBOOT_FAILED', cmd!, [...args, arg]);
+      return;
+    }
+    // no parameter stored, no reboot: a plain reboot would not start the trial it was meant to
+    await runChecked(runner, 'DAEMON_REBOOT_FAILED', 'busctl', [...LOGIND_SET_REBOOT_PARAMETER, arg]);
+    await runChecked(runner, 'DAEMON_REBOOT_FAILED', cmd!, args);
   };
   const deps: AgentDeps = {
     identity: { deviceId: config.deviceId, hardware: config.hardware, channel: config.channel, ...slotSizeOf(config) },

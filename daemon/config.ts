@@ -16,7 +16,7 @@ import { readFileCapped } from '../hal/atomic-file.js';
 import { SlotflipError } from '../hal/errors.js';
 import { bootBackendSchema, type BootBackendConfig } from '../hal/registry.js';
 import { brokerConfigSchema, type BrokerConfig } from './mqtt.js';
-import { healthConfigSchema, healthConfigDefaults, type HealthConfig } from './health.js';
+import { healthConfigSchema, healthConfigDefaults, healthHasChecks, type HealthConfig } from './health.js';
 import cron from 'node-cron';
 import { policiesConfigSchema, policiesConfigDefaults, validatePolicies, type PoliciesConfig } from './policies.js';
 
@@ -53,7 +53,15 @@ export interface Config {
   health: HealthConfig;
   policies: PoliciesConfig;
   poll: { cron: string };
-  reboot: { command: string[] };
+  reboot: {
+    command: string[];
+    /** how a backend's reboot argument (rpi-tryboot: `0 tryboot`) reaches the kernel: 'logind'
+     * asks systemd-logind to store it (SetRebootParameter over D-Bus, `busctl`), then runs `command`
+     * as is; 'append' appends it to `command`'s argv. Default: 'logind' when `command` is
+     * systemctl (whose own `systemctl reboot ARG` writes /run/systemd/reboot-param itself, which
+     * the unit's sandbox makes read-only), 'append' for any other command. */
+    parameter?: 'logind' | 'append';
+  };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' };
 }
 
@@ -141,7 +149,10 @@ export const configSchema = {
       type: 'object',
       additionalProperties: false,
       default: {},
-      properties: { command: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 }, default: configDefaults.reboot.command } },
+      properties: {
+        command: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 }, default: configDefaults.reboot.command },
+        parameter: { enum: ['logind', 'append'] },
+      },
     },
     log: {
       type: 'object',
@@ -279,4 +290,20 @@ function invalid(source: string, errors: ConfigProblem[]): SlotflipError {
   return new SlotflipError('DAEMON_CONFIG_INVALID', `config ${source} is invalid (${errors.length} problem${errors.length === 1 ? '' : 's'}); fix these and start again:\n${list}`, {
     details: { path: source, errors },
   });
+}
+
+/**
+ * The device-side commands that judge a boot (`slotflip daemon`, `slotflip health`) refuse a health
+ * config that checks nothing: a trial committed on zero checks is a rubber stamp nobody asked for.
+ * `"health": { "allowNoChecks": true }` says it was meant. Throws DAEMON_HEALTH_NO_CHECKS naming the
+ * config file and the field. (Not part of `loadConfig`: the manufacturer's and read-only commands
+ * judge no boot and keep working on such a config.)
+ */
+export function requireHealthChecks(config: Pick<Config, 'health'>, source: string): void {
+  if (config.health.allowNoChecks === true || healthHasChecks(config.health)) return;
+  throw new SlotflipError(
+    'DAEMON_HEALTH_NO_CHECKS',
+    `config ${source}: /health configures no check (no checks, no dropInDirs.required, no settle.bootComplete), so every trial boot would be committed unjudged; add checks (e.g. "settle": { "timeoutSeconds": 600, "bootComplete": true }), or set "health": { "allowNoChecks": true } if that is really what you want`,
+    { details: { path: source, field: '/health' } },
+  );
 }

@@ -2,6 +2,16 @@
  * Post-boot health checks (step 7 of the update): the `health` config fragment and
  * `runHealthChecks`: commands, systemd units, HTTP endpoints, broker reachability, resource
  * thresholds, greenboot-style `required.d` / `wanted.d` drop-ins, all within one deadline.
+ *
+ * Time is measured on a monotonic clock (`performance.now()`): on a board without an RTC, NTP steps
+ * the wall clock forward by months in the middle of a boot, and a deadline computed from `Date.now`
+ * would leave the checks after the step no time at all (a false rollback).
+ *
+ * Settling (`settle`): the daemon starts early in the boot (multi-user.target is ordered after it),
+ * so its checks wait first for systemd to finish starting the system (`is-system-running` leaves
+ * `initializing`/`starting`), then read boot-complete.target's verdict (greenboot's required checks
+ * and slotflip-health.service are `RequiredBy=` it). `slotflip health` itself runs *before*
+ * boot-complete.target as one of the boot's jobs, so it never settles (it would wait for itself).
  */
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -26,15 +36,33 @@ export type HealthCheckConfig =
       maxLoad1?: number;
     };
 
+export interface SettleConfig {
+  /** how long to wait for the system to finish starting before the checks run; past it the boot is
+   * judged unhealthy (a boot that never settles is not a good boot). */
+  timeoutSeconds: number;
+  /** then require boot-complete.target to be active (greenboot's and slotflip-health's verdict). */
+  bootComplete?: boolean;
+}
+
 export interface HealthConfig {
   /** every check must finish within this many seconds in total; unfinished checks fail. */
   deadlineSeconds: number;
   checks: HealthCheckConfig[];
   /** greenboot-style drop-in dirs: executables in `required` must pass; `wanted` failures are only reported. */
   dropInDirs?: { required?: string; wanted?: string };
+  /** wait for the system to settle before the checks (daemon only, never `slotflip health`). */
+  settle?: SettleConfig;
+  /** a config with nothing to check is refused (DAEMON_HEALTH_NO_CHECKS) unless this is true. */
+  allowNoChecks?: boolean;
 }
 
 export const healthConfigDefaults = { deadlineSeconds: 300, checks: [] as HealthCheckConfig[] };
+
+/** Does this health config judge anything? A trial boot committed on zero checks is a silent
+ * rubber stamp, so the device-side commands refuse such a config unless `allowNoChecks` says so. */
+export function healthHasChecks(h: HealthConfig): boolean {
+  return h.checks.length > 0 || h.dropInDirs?.required !== undefined || h.settle?.bootComplete === true;
+}
 
 const nameProp = { type: 'string', minLength: 1, maxLength: 128 } as const;
 const requiredProp = { type: 'boolean' } as const;
@@ -123,6 +151,16 @@ export const healthConfigSchema = {
         wanted: { type: 'string', pattern: '^/' },
       },
     },
+    settle: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['timeoutSeconds'],
+      properties: {
+        timeoutSeconds: { type: 'integer', minimum: 1, maximum: 3600 },
+        bootComplete: { type: 'boolean' },
+      },
+    },
+    allowNoChecks: { type: 'boolean' },
   },
 } as const;
 
@@ -136,7 +174,7 @@ export const healthConfigSchema = {
 // config checks, then required.d, then wanted.d. systeminformation is only ever asked about this
 // machine (memory, a configured path, sensors, load): nothing from the network or a manifest reaches it.
 
-export type HealthCheckKind = HealthCheckConfig['type'] | 'drop-in';
+export type HealthCheckKind = HealthCheckConfig['type'] | 'drop-in' | 'settle';
 
 export interface HealthCheckResult {
   name: string;
@@ -173,7 +211,16 @@ export interface HealthDeps {
   resources?: ResourceProbe;
   /** systemctl executable; default "systemctl". */
   systemctl?: string;
-  now?: () => number;
+  /** MONOTONIC milliseconds (default `performance.now()`), never the wall clock: an NTP step must
+   * not eat the deadline. */
+  clock?: () => number;
+  /** waits `ms` (default setTimeout); the settle loop polls with it. */
+  sleep?: (ms: number) => Promise<void>;
+  /** run `config.settle` first (default true); false for `slotflip health`, which is itself one of
+   * the jobs the system waits for. */
+  settle?: boolean;
+  /** settle poll interval, ms; default 2000. */
+  settlePollMs?: number;
   /** cap on each result's output, characters; default 4096. */
   outputCap?: number;
 }
@@ -226,12 +273,19 @@ class DeadlineExceeded extends Error {}
  * what the checked commands themselves do.
  */
 export async function runHealthChecks(config: HealthConfig, deps: HealthDeps = {}): Promise<HealthReport> {
-  const now = deps.now ?? Date.now;
+  const now = deps.clock ?? (() => performance.now());
   const runner = deps.runner ?? execTool;
   const cap = deps.outputCap ?? 4096;
+  const settled = config.settle && deps.settle !== false
+    ? await settle(config.settle, deps, now, runner).catch((e: unknown): HealthCheckResult[] => [
+        { name: 'system settled', kind: 'settle', required: true, ok: false, output: `${codeOf(e, 'ERROR')}: ${(e as Error)?.message ?? String(e)}`, durationMs: 0 },
+      ])
+    : [];
+  if (settled.some((r) => !r.ok)) return { ok: false, results: settled, deadlineExceeded: false };
   const start = now();
   const deadlineAt = start + config.deadlineSeconds * 1000;
-  const remaining = (): number => Math.max(0, deadlineAt - now());
+  // whole ms: tools take integer timeouts, and performance.now() is fractional
+  const remaining = (): number => Math.max(0, Math.floor(deadlineAt - now()));
   let deadlineExceeded = false;
 
   let deadlineTimer: NodeJS.Timeout | undefined;
@@ -254,7 +308,7 @@ export async function runHealthChecks(config: HealthConfig, deps: HealthDeps = {
         r = { ok: false, output: `${codeOf(e, 'ERROR')}: ${(e as Error)?.message ?? String(e)}` };
       }
     }
-    return { name, kind, required, ok: r.ok, output: capTail(r.output, cap), durationMs: Math.max(0, now() - t0) };
+    return { name, kind, required, ok: r.ok, output: capTail(r.output, cap), durationMs: Math.max(0, Math.round(now() - t0)) };
   };
 
   const runArgv = async (argv: readonly string[], timeoutMs: number, expectExit: number): Promise<{ ok: boolean; output: string }> => {
@@ -316,11 +370,66 @@ export async function runHealthChecks(config: HealthConfig, deps: HealthDeps = {
       dropIns(config.dropInDirs?.required, true),
       dropIns(config.dropInDirs?.wanted, false),
     ]);
-    const results = [...checks, ...req, ...wanted];
+    const results = [...settled, ...checks, ...req, ...wanted];
     return { ok: results.every((r) => r.ok || !r.required), results, deadlineExceeded };
   } finally {
     clearTimeout(deadlineTimer);
   }
+}
+
+const STARTING = new Set(['initializing', 'starting']);
+
+/**
+ * Waits until systemd has finished starting the system (`systemctl is-system-running` is no longer
+ * `initializing`/`starting`, the same condition `--wait` blocks on) within `timeoutSeconds` on the
+ * monotonic clock, then optionally reads boot-complete.target's verdict. Returns one result per step;
+ * a failed one ends the health run (the checks would race a boot still in progress).
+ */
+async function settle(cfg: SettleConfig, deps: HealthDeps, now: () => number, runner: ToolRunner): Promise<HealthCheckResult[]> {
+  const systemctl = deps.systemctl ?? 'systemctl';
+  const sleep = deps.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+  const poll = deps.settlePollMs ?? 2000;
+  const t0 = now();
+  const until = t0 + cfg.timeoutSeconds * 1000;
+  let state = '';
+  let polls = 0;
+  for (;;) {
+    const r = await runner.run(systemctl, ['is-system-running'], { timeoutMs: 10_000, maxOutputBytes: 4096 });
+    polls++;
+    state = r.stdout.trim().split('\n')[0] ?? '';
+    if (state !== '' && !STARTING.has(state)) break;
+    const left = until - now();
+    if (left <= 0) break;
+    await sleep(Math.min(poll, left));
+  }
+  const ms = (): number => Math.max(0, Math.round(now() - t0));
+  // running: all units up; degraded: some unit failed (the checks and boot-complete judge which)
+  const settledOk = state === 'running' || state === 'degraded';
+  const out: HealthCheckResult[] = [{
+    name: 'system settled',
+    kind: 'settle',
+    required: true,
+    ok: settledOk,
+    output: STARTING.has(state) || state === ''
+      ? `system still ${state || 'not answering'} after ${cfg.timeoutSeconds} s (${polls} polls of systemctl is-system-running); raise health.settle.timeoutSeconds if this board boots slowly`
+      : `systemctl is-system-running: ${state}`,
+    durationMs: ms(),
+  }];
+  if (!settledOk || !cfg.bootComplete) return out;
+  const t1 = now();
+  const r = await runner.run(systemctl, ['is-active', '--', 'boot-complete.target'], { timeoutMs: 10_000, maxOutputBytes: 4096 });
+  const active = r.stdout.trim().split('\n')[0] ?? '';
+  out.push({
+    name: 'boot-complete.target',
+    kind: 'settle',
+    required: true,
+    ok: active === 'active',
+    output: active === 'active'
+      ? 'boot-complete.target active'
+      : `boot-complete.target is ${active || 'unknown'}: a unit RequiredBy= it failed (slotflip-health.service, greenboot-healthcheck.service, ...); see systemctl list-dependencies --reverse boot-complete.target`,
+    durationMs: Math.max(0, Math.round(now() - t1)),
+  });
+  return out;
 }
 
 async function httpCheck(url: string, expectStatus: number, timeoutMs: number, doFetch: typeof fetch, cap: number): Promise<{ ok: boolean; output: string }> {

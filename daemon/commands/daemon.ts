@@ -5,7 +5,7 @@
  * Stops cleanly on SIGTERM/SIGINT (the running effect chain finishes first).
  */
 import { createNotifier, notifyOptionsFromEnv } from '../sd-notify.js';
-import { loadConfig } from '../config.js';
+import { loadConfig, requireHealthChecks } from '../config.js';
 import { commandLogger, parseCommandArgs } from '../command-support.js';
 import { UpdateService } from '../service.js';
 import type { Command } from './command.js';
@@ -25,6 +25,7 @@ export const command: Command = {
   async run(argv, io) {
     const p = parseCommandArgs(argv, io);
     const config = await loadConfig(p.config);
+    requireHealthChecks(config, p.config);
     const log = commandLogger(config, true);
     const env = notifyOptionsFromEnv(io.env, process.pid);
     const notifier = createNotifier({ socketPath: env.socketPath, watchdogUsec: env.watchdogUsec, onError: (e) => log.warn({ err: e.toJSON() }, 'sd_notify failed') });

@@ -31,16 +31,16 @@ import { SLOT_NAMES, otherSlot, type BootControl, type SlotBootState, type SlotN
 import { createSlotWriter } from '../../hal/file-slot.js';
 import { createBootControl, type BootBackendConfig } from '../../hal/registry.js';
 import { parseMetadata, verifyThreshold } from '../../manifests/client.js';
-import { loadConfig, type Config } from '../config.js';
+import { loadConfig, requireHealthChecks, type Config } from '../config.js';
 import { BOOTLOADER_IGNORED_ENV, type HistoryEntry } from '../machine.js';
 import { FileStateStore } from '../state-store.js';
-import { runHealthChecks, type HealthDeps, type HealthReport } from '../health.js';
+import { healthHasChecks, runHealthChecks, type HealthDeps, type HealthReport } from '../health.js';
 import type { Command, CommandIO } from './command.js';
 
 export type CheckStatus = 'pass' | 'warn' | 'fail' | 'skip';
 
 export interface DoctorCheck {
-  /** stable id for scripts: config, boot-tools, boot-env, slots, trust-root, broker, payload-servers, state-dir. */
+  /** stable id for scripts: config, health, boot-tools, boot-env, slots, trust-root, broker, payload-servers, state-dir. */
   id: string;
   status: CheckStatus;
   /** what was found, one line. */
@@ -178,6 +178,26 @@ async function mountsBySource(file: string): Promise<Map<string, string[]>> {
 const fmtBytes = (n: number): string => (n >= 1 << 30 ? `${(n / (1 << 30)).toFixed(2)} GiB` : `${(n / (1 << 20)).toFixed(1)} MiB`);
 const fmtState = (s: SlotBootState): string =>
   `${s.state}${s.state === 'trial' && s.triesLeft !== undefined ? ` (${s.triesLeft} left)` : ''}${s.primary ? ', primary' : ''}`;
+
+/** Units whose state a daemon check would race: ordered after slotflip.service, or reached only
+ * after the health gate itself. */
+const RACING_UNITS = new Set(['multi-user.target', 'graphical.target', 'default.target', 'boot-complete.target']);
+
+/** The health config as the daemon will judge a trial boot with it (pure). */
+export function checkHealthConfig(config: Config): DoctorCheck {
+  const h = config.health;
+  if (!healthHasChecks(h) && h.allowNoChecks !== true) {
+    return { id: 'health', status: 'fail', code: 'DAEMON_HEALTH_NO_CHECKS', summary: '/health configures no check: the daemon refuses to start', fix: 'add "settle": { "timeoutSeconds": 600, "bootComplete": true } and your application\'s checks, or "allowNoChecks": true' };
+  }
+  const racing = h.checks.filter((c) => c.type === 'systemd-unit' && RACING_UNITS.has(c.unit)).map((c) => (c as { unit: string }).unit);
+  if (racing.length > 0) {
+    return { id: 'health', status: 'warn', summary: `systemd-unit check on ${racing.join(', ')} races its own start (ordered after slotflip.service / the health gate): healthy boots roll back`, fix: 'remove it and use "settle": { "timeoutSeconds": 600, "bootComplete": true }' };
+  }
+  const what = `${h.checks.length} check${h.checks.length === 1 ? '' : 's'}${h.dropInDirs?.required ? ', required.d' : ''}${h.settle ? `, settle ${h.settle.timeoutSeconds} s${h.settle.bootComplete ? ' + boot-complete.target' : ''}` : ''}, deadline ${h.deadlineSeconds} s`;
+  if (!healthHasChecks(h)) return { id: 'health', status: 'warn', summary: 'no checks: every trial boot is committed unjudged (allowNoChecks)', fix: 'add checks unless this is really meant' };
+  if (!h.settle) return { id: 'health', status: 'warn', summary: `${what}; no settle: checks start right after the daemon's READY=1, on a half-started system`, fix: 'add "settle": { "timeoutSeconds": 600, "bootComplete": true }' };
+  return { id: 'health', status: 'pass', summary: what };
+}
 
 async function checkBootTools(config: Config, deps: DoctorDeps): Promise<DoctorCheck> {
   const boot = config.board.boot as unknown as Record<string, unknown>;
@@ -406,6 +426,7 @@ async function checkStateDir(dir: string): Promise<DoctorCheck> {
 /** Runs every check against a loaded config. Never throws for a failing check; the report says it. */
 export async function runDoctor(config: Config, configPath: string, deps: DoctorDeps): Promise<DoctorReport> {
   const checks: DoctorCheck[] = [{ id: 'config', status: 'pass', summary: `${configPath} is valid (device ${config.deviceId}, hardware ${config.hardware})` }];
+  checks.push(checkHealthConfig(config));
   checks.push(await checkBootTools(config, deps));
   const env = await checkBootEnv(config, deps);
   checks.push(env.check);
@@ -435,7 +456,8 @@ export function formatReport(r: DoctorReport): string {
 
 const HELP = `usage: slotflip doctor --config FILE [--json]
 
-Checks this device's slotflip integration, without changing anything: the config, the bootloader
+Checks this device's slotflip integration, without changing anything: the config, its health checks
+(none at all fails; a check racing its own start or no settle warns), the bootloader
 tools and environment (booted slot, both slots' boot state; for U-Boot, a fw_env.config the
 bootloader cannot see; whether the bootloader ignored the last update), the slots (present, sized, the inactive
 one not mounted), the shipped TUF root, TCP reachability of the broker and payload servers, and a
@@ -581,12 +603,16 @@ export function createHealthCommand(opts: HealthCommandOptions = {}): Command {
       let config: Config;
       try {
         config = await loadConfig(values.config);
+        requireHealthChecks(config, values.config);
       } catch (e) {
         // no verdict without a config: unhealthy, so a broken config cannot pass a trial boot
         io.stderr.write(`slotflip health: ${isCoded(e) ? `${e.code}: ` : ''}${errText(e)}\n`);
         return 1;
       }
       const report = await runHealthChecks(config.health, {
+        // this command runs as one of the boot's jobs (Before=boot-complete.target): waiting for
+        // the system to settle would wait for itself
+        settle: false,
         brokerProbe: brokerTcpProbe(config.broker?.urls ?? [], opts.tcpConnect),
         ...opts.deps,
       });

@@ -3,28 +3,60 @@
  * behind the fsync frontier and hashes the whole image, so this second pass over the data costs the
  * main thread nothing and allocates nothing per chunk (one reused 1 MiB buffer: flat memory).
  *
+ * By path the descriptor is O_DIRECT: a buffered read right after the write would hash the page
+ * cache (the bytes just written), not what the medium kept, and flash that acknowledged fsync and
+ * kept nothing would pass. O_DIRECT needs 4096-aligned offsets, lengths and buffer: reads cover the
+ * aligned window around [cursor, upto) and hash only the part asked for; the buffer is a view of
+ * WebAssembly memory, which V8 maps page-aligned (a 1 MiB Buffer comes from malloc, 16-byte aligned).
+ * Where O_DIRECT is refused (tmpfs, some FUSE/overlay filesystems: EINVAL at open or first read) it
+ * falls back to buffered reads and reports that (`direct`, and a debug log when given a logger).
+ *
  * The worker source is inline so it runs the same from `.ts` sources (tests) and from `dist/`.
  */
 import { Worker } from 'node:worker_threads';
+import type { Logger } from 'pino';
 import { SlotflipError } from '../../hal/errors.js';
 
 const SRC = `
 const { parentPort } = require('node:worker_threads');
 const { createHash } = require('node:crypto');
 const fs = require('node:fs');
-let fd = -1, h = createHash('sha256'), cursor = 0, failed = null, ring = null;
-const buf = Buffer.allocUnsafe(1 << 20);
+const ALIGN = 4096;
+let fd = -1, h = createHash('sha256'), cursor = 0, failed = null, ring = null, direct = false, path = '';
+const buf = Buffer.from(new WebAssembly.Memory({ initial: 16, maximum: 16 }).buffer, 0, 1 << 20);
+function buffered(reason) {
+  if (fd >= 0) fs.closeSync(fd);
+  fd = fs.openSync(path, 'r');
+  direct = false;
+  parentPort.postMessage({ op: 'direct', direct: false, reason });
+}
 function advance(upto) {
   while (!failed && cursor < upto) {
-    const n = fs.readSync(fd, buf, 0, Math.min(buf.length, upto - cursor), cursor);
-    if (n === 0) { failed = { code: 'SHORT', message: 'slot ended at byte ' + cursor }; break; }
-    h.update(buf.subarray(0, n));
-    cursor += n;
+    if (!direct) {
+      const n = fs.readSync(fd, buf, 0, Math.min(buf.length, upto - cursor), cursor);
+      if (n === 0) { failed = { code: 'SHORT', message: 'slot ended at byte ' + cursor }; break; }
+      h.update(buf.subarray(0, n));
+      cursor += n;
+      continue;
+    }
+    const base = cursor - (cursor % ALIGN);
+    const span = Math.min(buf.length, Math.ceil((upto - base) / ALIGN) * ALIGN);
+    let n;
+    try { n = fs.readSync(fd, buf, 0, span, base); }
+    catch (e) { if (e.code === 'EINVAL') { buffered('read with O_DIRECT: EINVAL'); continue; } throw e; }
+    const end = Math.min(base + n, upto);
+    if (end <= cursor) { failed = { code: 'SHORT', message: 'slot ended at byte ' + cursor }; break; }
+    h.update(buf.subarray(cursor - base, end - base));
+    cursor = end;
   }
 }
 parentPort.on('message', (m) => {
   try {
-    if (m.op === 'open') { fd = fs.openSync(m.path, 'r'); cursor = m.from || 0; }
+    if (m.op === 'open') {
+      path = m.path; cursor = m.from || 0;
+      try { fd = fs.openSync(m.path, fs.constants.O_RDONLY | fs.constants.O_DIRECT); direct = true; parentPort.postMessage({ op: 'direct', direct: true }); }
+      catch (e) { if (e.code !== 'EINVAL') throw e; buffered('open with O_DIRECT: EINVAL'); }
+    }
     else if (m.op === 'advance') advance(m.upto);
     else if (m.op === 'ring') ring = m.sab;
     else if (m.op === 'update') { h.update(new Uint8Array(ring, m.slot * m.slotSize, m.len)); cursor += m.len; parentPort.postMessage({ op: 'ack', slot: m.slot }); }
@@ -42,7 +74,7 @@ parentPort.on('message', (m) => {
 /** How the read-back gets at the slot: its path (a worker-owned descriptor, no allocation per read),
  * or the SlotHandle's `readAt` (honours any SlotWriter, fault-injecting ones included; each read
  * allocates, which costs peak memory). */
-export type ReadBackSource = { path: string } | { path: string; readAt: (length: number, offset: number) => Promise<Buffer> };
+export type ReadBackSource = ({ path: string } | { path: string; readAt: (length: number, offset: number) => Promise<Buffer> }) & { log?: Logger };
 
 const READ_PIECE = 1 << 20;
 
@@ -58,13 +90,25 @@ export class ReadBackHasher {
   #target = 0;
   #loop: Promise<void> | undefined;
   #readError: unknown;
+  #direct: boolean | undefined;
+
+  /** By path: true once the slot is read with O_DIRECT (the medium, not the page cache), false after
+   * a fallback to buffered reads; undefined before the worker opened it, and in readAt mode. */
+  get direct(): boolean | undefined {
+    return this.#direct;
+  }
 
   /** Starts hashing the slot from byte 0. */
   constructor(source: ReadBackSource) {
     this.#path = source.path;
     this.#readAt = 'readAt' in source ? source.readAt : undefined;
     this.#worker = new Worker(SRC, { eval: true });
-    this.#worker.on('message', (m: { op: string; hex?: string; bytes?: number; error?: { code: string; message: string } }) => {
+    this.#worker.on('message', (m: { op: string; hex?: string; bytes?: number; error?: { code: string; message: string }; direct?: boolean; reason?: string }) => {
+      if (m.op === 'direct') {
+        this.#direct = m.direct === true;
+        if (!this.#direct) source.log?.debug({ path: source.path, reason: m.reason }, 'read-back: O_DIRECT not supported here, reading through the page cache');
+        return;
+      }
       if (m.op === 'ack') {
         this.#acks.shift()?.();
         return;

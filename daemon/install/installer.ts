@@ -147,7 +147,7 @@ export async function installPayload(opts: InstallOptions): Promise<InstallResul
   throwIfAborted(signal);
 
   const handle = await opts.slot.open();
-  const readBack = new ReadBackHasher(opts.readBack === 'path' ? { path: opts.slot.path } : { path: opts.slot.path, readAt: (l, o) => handle.readAt(l, o) });
+  const readBack = new ReadBackHasher(opts.readBack === 'path' ? { path: opts.slot.path, ...(log ? { log } : {}) } : { path: opts.slot.path, readAt: (l, o) => handle.readAt(l, o) });
   try {
     const run = new InstallRun(opts, payload, payloadLength, source, handle, readBack, now, signal);
     const resumedFrom = await run.verifyExisting(await readResumeHint(opts.resumeStatePath, payload, opts.slot.path));

@@ -62,7 +62,7 @@ interface Lane {
 }
 
 /** Builds the base (cached), the staged guest, the factory image, broker, repository, board. */
-async function setupLane(t: Tap, boardOpts: { grubReadsEnv?: string } = {}): Promise<Lane> {
+async function setupLane(t: Tap, boardOpts: { grubReadsEnv?: string } = {}, factorySpec: Partial<ReleaseSpec> = {}): Promise<Lane> {
   const dir = t.testdir();
   const tracker = new EmulatorTracker();
   t.teardown(() => tracker.killAll());
@@ -81,7 +81,7 @@ async function setupLane(t: Tap, boardOpts: { grubReadsEnv?: string } = {}): Pro
     await buildSlotImage(staging, spec, out, SLOT_IMAGE_MIB);
     return out;
   };
-  const factory = await image({ version: '1.0.0', healthy: true });
+  const factory = await image({ version: '1.0.0', healthy: true, ...factorySpec });
   t.comment(`factory image built at ${stamp()}`);
 
   // --- the fleet side: broker, repository server, event watcher ------------------------------
@@ -104,7 +104,7 @@ async function setupLane(t: Tap, boardOpts: { grubReadsEnv?: string } = {}): Pro
     const img = await image(spec);
     await addRelease(repoDir, { image: img, version: spec.version, securityVersion, hardware: [GUEST_HARDWARE], channel: 'stable', compression: 'zstd', chunkSize: 4 << 20 });
     await publishToBroker(repoDir, broker.url);
-    t.comment(`${stamp()} published ${spec.version}${spec.healthy ? '' : ' (its application health check fails)'}`);
+    t.comment(`${stamp()} published ${spec.version}${spec.healthy ? '' : ' (its application health check fails)'}${spec.daemonKilled ? ' (its daemon is SIGKILLed at every start)' : ''}`);
   };
 
   // --- the board ----------------------------------------------------------------------------
@@ -228,4 +228,68 @@ t.test('full OS: a board whose GRUB reads another grubenv — the update is repo
   t.same(boots, ['A', 'A']);
   t.notOk(events.some((e) => e.type === 'UpdateRolledBack'), 'not reported as a rollback: the release was never run');
   t.comment(`device-fault lane total ${stamp()}`);
+});
+
+// Trial guard (issue 22, 4; systemd/README.md "Trial guard"): the units, not the daemon, end a
+// trial whose daemon cannot run. The guest config arms 2 tries (greenboot boot_counter 2).
+/** bound stated for one trial boot that the guard reboots: boot (~45 s) + 5 killed starts 10 s apart
+ * until systemd gives up (~50 s) + the reboot, with room for a loaded 2-core TCG host */
+const GUARDED_TRIAL_BOOT_MS = 5 * 60_000;
+
+t.test('full OS: a trial whose daemon is SIGKILLed at every start reboots on its own and comes back on the old slot', async (t) => {
+  const { events, tracker, boots, stamp, publish, powerOn } = await setupLane(t);
+  await publish({ version: '1.1.0', healthy: true, daemonKilled: true }, 1);
+  const p1 = await powerOn('factory 1.0.0 in A; 1.1.0 (daemon killed at start) is published');
+  t.equal(p1.grubSlot, 'A');
+  t.ok(events.some((e) => e.type === 'UpdateInstalled' && e.version === '1.1.0'), 'installed, trial armed, rebooted');
+
+  const trialStart = Date.now();
+  const p2 = await powerOn('trial 1 of 1.1.0: nobody judges it');
+  t.equal(p2.grubSlot, 'B', 'GRUB tried B');
+  t.notOk(p2.timedOut, 'the trial boot ended by itself');
+  t.match(p2.console, /slotflip-hil: daemon killed/, 'the daemon was killed at start');
+  t.match(p2.console, /slotflip-trial-reboot: trial of slot B cannot be judged by slotflip \(daemon\): rebooting \(1 of 2\)/, 'the guard rebooted it (1 of 2)');
+  t.ok(p2.durationMs < GUARDED_TRIAL_BOOT_MS, `trial boot 1 lasted ${(p2.durationMs / 1000).toFixed(0)} s (bound ${GUARDED_TRIAL_BOOT_MS / 1000} s)`);
+  const p3 = await powerOn('trial 2 of 1.1.0');
+  t.equal(p3.grubSlot, 'B', 'GRUB tried B again (boot_counter 1)');
+  t.notOk(p3.timedOut);
+  t.match(p3.console, /rebooting \(2 of 2\)/, 'the guard rebooted it (2 of 2)');
+  t.ok(p3.durationMs < GUARDED_TRIAL_BOOT_MS, `trial boot 2 lasted ${(p3.durationMs / 1000).toFixed(0)} s`);
+
+  const p4Run = powerOn('counter exhausted: back on the committed slot');
+  // the old slot's daemon finds the trial over (how it words it is the state machine's business)
+  const verdict = await new Promise<(typeof events)[number]>((resolve, reject) => {
+    const deadline = Date.now() + 3 * GUARDED_TRIAL_BOOT_MS;
+    const poll = setInterval(() => {
+      const e = events.find((x) => (x.type === 'UpdateRolledBack' || x.type === 'UpdateFailed') && x.version === '1.1.0');
+      if (e || Date.now() > deadline) clearInterval(poll);
+      if (e) resolve(e);
+      else if (Date.now() > deadline) reject(new Error(`no verdict on 1.1.0 from the old slot; events: ${events.map((x) => `${x.type}:${x.version}`).join(', ')}`));
+    }, 200);
+  });
+  t.comment(`${stamp()} the old slot's daemon reported ${verdict.type} ${verdict.reason?.code ?? ''}; trial to verdict ${((Date.now() - trialStart) / 1000).toFixed(0)} s`);
+  t.ok(Date.now() - trialStart < 3 * GUARDED_TRIAL_BOOT_MS, `from the trial boot to the old slot's verdict within ${(3 * GUARDED_TRIAL_BOOT_MS) / 1000} s`);
+  await new Promise((r) => setTimeout(r, IDLE_AFTER_VERDICT_MS));
+  t.equal(tracker.running, 1, `back on A the device stays up (watched ${IDLE_AFTER_VERDICT_MS / 1000} s after the verdict)`);
+  tracker.killAll();
+  const p4 = await p4Run;
+  t.equal(p4.grubSlot, 'A', 'the bootloader fell back to A');
+  t.same(boots, ['A', 'B', 'B', 'A'], 'A (install), B, B (two guarded trial boots = the armed tries), A');
+  t.comment(`guarded-trial lane total ${stamp()}`);
+});
+
+t.test('full OS: a committed slot whose daemon is SIGKILLed at every start is not reboot-looped', async (t) => {
+  const { tracker, boots, stamp, powerOn } = await setupLane(t, {}, { daemonKilled: true });
+  // no release: the device runs its committed factory slot, whose daemon dies at every start
+  const run = powerOn('committed 1.0.0 with a daemon killed at start');
+  // 5 starts 10 s apart after a ~45 s boot: systemd gives up well within 3 min; watch past that
+  const watchMs = 4 * 60_000;
+  await new Promise((r) => setTimeout(r, watchMs));
+  t.equal(tracker.running, 1, `no reboot in ${watchMs / 1000} s of a crash-looping daemon on a committed slot`);
+  tracker.killAll();
+  const p = await run;
+  t.match(p.console, /slotflip-hil: daemon killed/, 'the daemon was killed at start');
+  t.match(p.console, /slotflip\.service: (Start request repeated too quickly|Failed with result)/, 'systemd gave up on it (and triggered the guard, which found no trial)');
+  t.same(boots, ['A']);
+  t.comment(`committed crash-loop lane total ${stamp()}`);
 });

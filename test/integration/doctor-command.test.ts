@@ -89,6 +89,7 @@ async function device(dir: string, brokerPort: number): Promise<Device> {
       boot: { type: 'uboot', convention: 'rauc', fwEnvConfig: join(dir, 'fw_env.config'), cmdline: { path: join(dir, 'cmdline'), key: 'rauc.slot' } },
     },
     broker: { urls: [`mqtt://127.0.0.1:${brokerPort}`] },
+    health: { settle: { timeoutSeconds: 600, bootComplete: true }, checks: [{ type: 'broker' }] },
   };
   const configPath = join(dir, 'config.json');
   const d: Device = { dir, configPath, config, mounts, write: () => writeFileSync(configPath, JSON.stringify(d.config, null, 2)) };
@@ -114,9 +115,9 @@ t.test('a well-integrated device passes every check', async (t) => {
   t.equal(r.code, 0, `exit 0: ${r.out}`);
   const report = r.report!;
   t.equal(report.ok, true);
-  t.same(report.checks.map((c) => c.id), ['config', 'boot-tools', 'boot-env', 'slots', 'trust-root', 'broker', 'payload-servers', 'state-dir']);
+  t.same(report.checks.map((c) => c.id), ['config', 'health', 'boot-tools', 'boot-env', 'slots', 'trust-root', 'broker', 'payload-servers', 'state-dir']);
   const c = byId(report);
-  for (const id of ['config', 'boot-tools', 'boot-env', 'slots', 'trust-root', 'broker', 'state-dir']) t.equal(c[id]!.status, 'pass', `${id}: ${c[id]!.summary}`);
+  for (const id of ['config', 'health', 'boot-tools', 'boot-env', 'slots', 'trust-root', 'broker', 'state-dir']) t.equal(c[id]!.status, 'pass', `${id}: ${c[id]!.summary}`);
   t.equal(c['payload-servers']!.status, 'skip', 'no payload server configured');
   t.match(c['boot-tools']!.summary, /fw_printenv/);
   t.match(c['boot-env']!.summary, /booted A; A good, primary; B good/, 'environment read through the real fw_printenv');
@@ -245,4 +246,24 @@ t.test('the CLI entry runs doctor (registry wiring)', async (t) => {
   const code = await new Promise<number | null>((r) => child.once('exit', r));
   t.equal(code, 0, `exit 0: ${err}${out}`);
   t.equal((JSON.parse(out) as DoctorReport).ok, true);
+});
+
+t.test('health config: no checks fails, a racing unit or no settle warns (issue 22, 5)', async (t) => {
+  const broker = await listen();
+  t.teardown(() => broker.server.close());
+  const d = await device(t.testdir(), broker.port);
+  const cases: Array<[unknown, string, RegExp]> = [
+    [{}, 'fail', /no check/],
+    [{ allowNoChecks: true }, 'warn', /unjudged/],
+    [{ settle: { timeoutSeconds: 600 }, checks: [{ type: 'systemd-unit', unit: 'multi-user.target' }] }, 'warn', /races its own start/],
+    [{ checks: [{ type: 'broker' }] }, 'warn', /no settle/],
+  ];
+  for (const [health, status, summary] of cases) {
+    d.config.health = health;
+    d.write();
+    const c = byId((await doctor(d)).report!).health!;
+    t.equal(c.status, status, JSON.stringify(health));
+    t.match(c.summary, summary);
+    if (status === 'fail') t.equal(c.code, 'DAEMON_HEALTH_NO_CHECKS');
+  }
 });

@@ -9,6 +9,8 @@
  *   each board example's drop-in, must stay at or under 2.0 (printed as a test comment).
  * - `systemd-tmpfiles --create --root=ROOT`: the state directory comes out root-only.
  * - every example config is a valid slotflip config.
+ * - the trial guard (issue 22, 4): slotflip-trial-failed@.service, slotflip-trial-deadline.timer and
+ *   the hooks into the two services verify and stay sandboxed; the preset enables the timer.
  */
 import t from 'tap';
 import { execFile } from 'node:child_process';
@@ -22,7 +24,9 @@ import { bootBackendSchema } from '../../hal/registry.js';
 const execFileP = promisify(execFile);
 const SYSTEMD_DIR = join(import.meta.dirname, '../../systemd');
 const EXAMPLES_DIR = join(SYSTEMD_DIR, 'examples');
-const UNITS = ['slotflip.service', 'slotflip-health.service'];
+const UNITS = ['slotflip.service', 'slotflip-health.service', 'slotflip-trial-failed@.service', 'slotflip-trial-deadline.timer'];
+/** what verify loads (a template only as an instance). */
+const VERIFY = ['slotflip.service', 'slotflip-health.service', 'slotflip-trial-failed@daemon.service', 'slotflip-trial-failed@health.service', 'slotflip-trial-failed@deadline.service', 'slotflip-trial-deadline.timer'];
 const HOST_UNITS = '/usr/lib/systemd/system';
 const MAX_EXPOSURE = 2.0;
 
@@ -59,13 +63,15 @@ function makeRoot(dir: string, opts: { dropIn?: string; binary?: boolean; unitTe
     writeFileSync(join(root, 'usr/bin/slotflip'), '#!/bin/sh\nexit 0\n');
     chmodSync(join(root, 'usr/bin/slotflip'), 0o755);
   }
+  mkdirSync(join(root, 'usr/lib/slotflip'), { recursive: true });
+  copyFileSync(join(SYSTEMD_DIR, 'slotflip-trial-reboot'), join(root, 'usr/lib/slotflip/slotflip-trial-reboot'));
   return root;
 }
 
 const ourWarnings = (stderr: string): string[] => stderr.split('\n').filter((l) => /slotflip/.test(l));
 
 async function verify(root: string): Promise<{ code: number; warnings: string[]; stderr: string }> {
-  const r = await run('systemd-analyze', ['verify', `--root=${root}`, ...UNITS]);
+  const r = await run('systemd-analyze', ['verify', `--root=${root}`, ...VERIFY]);
   return { code: r.code, warnings: ourWarnings(r.stderr), stderr: r.stderr };
 }
 
@@ -103,6 +109,9 @@ t.test(`systemd-analyze security: slotflip.service exposure <= ${MAX_EXPOSURE}`,
   const health = await exposure(root, 'slotflip-health.service');
   t.comment(`slotflip-health.service exposure: ${health}`);
   t.ok(health <= MAX_EXPOSURE, `slotflip-health.service exposure ${health} <= ${MAX_EXPOSURE}`);
+  const guard = await exposure(root, 'slotflip-trial-failed@daemon.service');
+  t.comment(`slotflip-trial-failed@.service exposure: ${guard}`);
+  t.ok(guard <= 1.0, `slotflip-trial-failed@.service exposure ${guard} <= 1.0 (a shell script, systemctl, no network)`);
 
   // the figure really depends on the sandbox: without it the unit scores far worse
   const bare = '[Unit]\nDescription=x\n[Service]\nType=notify\nExecStart=/usr/bin/slotflip daemon\n';
@@ -133,6 +142,33 @@ t.test('the unit carries the directives the README promises', async (t) => {
   t.match(health, /^Before=boot-complete\.target$/m);
   t.match(health, /^RequiredBy=boot-complete\.target$/m);
   t.match(health, /^ExecStart=\/usr\/bin\/slotflip health --config \/etc\/slotflip\/config\.json$/m);
+});
+
+t.test('the trial guard is wired as the README says (issue 22, 4)', async (t) => {
+  const read = (f: string): string => readFileSync(join(SYSTEMD_DIR, f), 'utf8');
+  const lines = (f: string): string[] => read(f).split('\n').map((l) => l.trim());
+  t.ok(lines('slotflip.service').includes('OnFailure=slotflip-trial-failed@daemon.service'), 'a daemon systemd gave up on triggers the guard');
+  t.ok(lines('slotflip.service').some((l) => /^WatchdogSec=\d+s$/.test(l)), 'a hung daemon is killed (and counts towards the start limit)');
+  t.ok(lines('slotflip.service').includes('Restart=on-failure') && lines('slotflip.service').includes('StartLimitBurst=5'), 'crash loops end in "failed" (start limit)');
+  t.notOk(lines('slotflip.service').some((l) => /^(FailureAction|StartLimitAction)=/.test(l)), 'no unconditional reboot: a committed device must not be reboot-looped');
+  t.ok(lines('slotflip-health.service').includes('OnFailure=slotflip-trial-failed@health.service'), 'a failed verdict triggers the guard');
+  const guard = lines('slotflip-trial-failed@.service');
+  t.ok(guard.includes('ConditionPathExists=/var/lib/slotflip/trial/armed'), 'only while a trial is armed');
+  t.ok(guard.includes('ExecCondition=/usr/lib/slotflip/slotflip-trial-reboot %i /var/lib/slotflip/trial'), 'the script decides, given why');
+  t.ok(guard.includes('SuccessAction=reboot'), 'PID 1 reboots');
+  t.notOk(guard.some((l) => /^ExecStart=.*slotflip (daemon|health)/.test(l)), 'no slotflip (Node) code in the decision');
+  const timer = lines('slotflip-trial-deadline.timer');
+  t.ok(timer.includes('Unit=slotflip-trial-failed@deadline.service'));
+  const onBoot = timer.find((l) => l.startsWith('OnBootSec='));
+  t.match(onBoot, /^OnBootSec=\d+min$/);
+  // the deadline must leave the examples' settle + checks their time
+  for (const board of boards) {
+    const h = (JSON.parse(read(`examples/${board}/config.json`)) as { health: { deadlineSeconds?: number; settle?: { timeoutSeconds: number } } }).health;
+    const need = (h.settle?.timeoutSeconds ?? 0) + (h.deadlineSeconds ?? 300);
+    t.ok(Number(/\d+/.exec(onBoot!)![0]) * 60 > need, `${board}: deadline ${onBoot} > settle + checks (${need} s)`);
+  }
+  t.match(read('80-slotflip.preset'), /^enable slotflip-trial-deadline\.timer$/m, 'the preset enables the deadline timer');
+  t.ok((statSync(join(SYSTEMD_DIR, 'slotflip-trial-reboot')).mode & 0o111) !== 0, 'the script is executable');
 });
 
 t.test('tmpfiles.d creates a root-only state directory', async (t) => {

@@ -107,7 +107,8 @@ export async function stageGuest(opts: StageOptions): Promise<void> {
 
   // systemd units, drop-in, tmpfiles, preset: the files in systemd/, unchanged
   const sd = join(opts.projectDir, 'systemd');
-  for (const u of ['slotflip.service', 'slotflip-health.service']) await copyFile(join(sd, u), join(root, 'usr/lib/systemd/system', u));
+  for (const u of ['slotflip.service', 'slotflip-health.service', 'slotflip-trial-failed@.service', 'slotflip-trial-deadline.timer']) await copyFile(join(sd, u), join(root, 'usr/lib/systemd/system', u));
+  await put(root, 'usr/lib/slotflip/slotflip-trial-reboot', await readFile(join(sd, 'slotflip-trial-reboot')), 0o755);
   const dropIn = (await readFile(join(sd, 'examples/x86-grub-efi/slotflip.service.d/board.conf'), 'utf8')).replaceAll('/dev/nvme0n1p2', '/dev/vda2').replaceAll('/dev/nvme0n1p3', '/dev/vda3');
   await put(root, 'usr/lib/systemd/system/slotflip.service.d/board.conf', dropIn);
   await put(root, 'usr/lib/tmpfiles.d/slotflip.conf', await readFile(join(sd, 'slotflip.tmpfiles.conf')));
@@ -122,7 +123,7 @@ export async function stageGuest(opts: StageOptions): Promise<void> {
   await put(root, 'etc/hostname', `${GUEST_DEVICE_ID}\n`);
   await put(root, 'etc/systemd/network/20-wired.network', '[Match]\nName=en*\n\n[Network]\nDHCP=ipv4\n');
   await put(root, 'etc/systemd/journald.conf.d/console.conf', '[Journal]\nForwardToConsole=yes\nTTYPath=/dev/ttyS0\nMaxLevelConsole=info\n');
-  await runChecked(runner, 'HIL_ROOTFS', 'systemctl', [`--root=${root}`, 'preset', 'slotflip.service', 'slotflip-health.service']);
+  await runChecked(runner, 'HIL_ROOTFS', 'systemctl', [`--root=${root}`, 'preset', 'slotflip.service', 'slotflip-health.service', 'slotflip-trial-deadline.timer']);
   await runChecked(runner, 'HIL_ROOTFS', 'systemctl', [`--root=${root}`, 'enable', 'systemd-networkd.service', 'systemd-networkd-wait-online.service']);
 }
 
@@ -130,7 +131,13 @@ export interface ReleaseSpec {
   version: string;
   /** false: the release's required application health check fails on every boot. */
   healthy: boolean;
+  /** true: in this image slotflip.service's process is SIGKILLed at every start (a drop-in replaces
+   * ExecStart= with a shell that kills itself), so the daemon never judges anything. */
+  daemonKilled?: boolean;
 }
+
+/** The drop-in that makes `daemonKilled` images' daemon die by SIGKILL at every start. */
+export const KILLED_DAEMON_DROPIN = 'etc/systemd/system/slotflip.service.d/zz-hil-killed.conf';
 
 /** Pure: the release-specific files. */
 export function releaseFiles(spec: ReleaseSpec): Record<string, { content: string; mode: number }> {
@@ -138,12 +145,16 @@ export function releaseFiles(spec: ReleaseSpec): Record<string, { content: strin
   return {
     'etc/slotflip-release': { content: `${spec.version}\n`, mode: 0o644 },
     'etc/greenboot/check/required.d/50-application.sh': { content: check, mode: 0o755 },
+    // `$$$$` is systemd's escape for the shell's `$$` (its own pid): the process SIGKILLs itself
+    ...(spec.daemonKilled ? { [KILLED_DAEMON_DROPIN]: { content: "[Service]\nExecStart=\nExecStart=/bin/sh -c 'echo slotflip-hil: daemon killed; kill -KILL $$$$'\n", mode: 0o644 } } : {}),
   };
 }
 
 /** Writes `spec`'s files into the staging tree and builds an ext4 image of it (`mkfs.ext4 -d`, no
  * mount, no root needed for this step). */
 export async function buildSlotImage(stagingDir: string, spec: ReleaseSpec, out: string, sizeMiB: number, runner: ToolRunner = execTool): Promise<void> {
+  // the staging tree is shared by every image: drop what an earlier release spec added
+  await rm(join(stagingDir, KILLED_DAEMON_DROPIN), { force: true });
   for (const [path, f] of Object.entries(releaseFiles(spec))) await put(stagingDir, path, f.content, f.mode);
   await rm(out, { force: true });
   await runChecked(runner, 'HIL_ROOTFS', 'mkfs.ext4', ['-q', '-F', '-L', `slotflip-${spec.version}`, '-E', 'root_owner=0:0', '-d', stagingDir, out, `${sizeMiB}M`], { timeoutMs: 5 * 60_000 });

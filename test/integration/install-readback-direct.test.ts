@@ -1,0 +1,188 @@
+/**
+ * Issue 22, sequence 9: the read-back reads the MEDIUM, not the page cache. A loop device stands in
+ * for flash that acknowledged the write and kept something else: the image is written and fsynced
+ * through /dev/loopN (its page cache now holds the written bytes), then one byte is changed in the
+ * backing file underneath, which the block device's page cache never sees. A buffered read still
+ * returns the written bytes (shown, so the test cannot pass vacuously); the read-back must not.
+ * Needs root and a free loop device; skipped otherwise. Also: on tmpfs (no O_DIRECT) the read-back
+ * falls back, says so in a debug log, and still catches a changed byte.
+ */
+import t, { type Test } from 'tap';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { constants, existsSync } from 'node:fs';
+import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import pino from 'pino';
+import { verifySlotImage } from '../../daemon/install/read-back.js';
+import { ReadBackHasher } from '../../daemon/install/hasher.js';
+import { createSlotWriter } from '../../hal/file-slot.js';
+import { codeOf } from '../../hal/errors.js';
+import type { PayloadInfo } from '../../manifests/types.js';
+
+const CHUNK = 64 << 10;
+const SIZE = 5 * CHUNK + 777; // 6 chunks, the last one short and unaligned
+const DEVICE = 8 << 20;
+const BAD = 2 * CHUNK + 4321; // inside chunk 2
+
+function image(): Buffer {
+  const b = Buffer.alloc(SIZE);
+  for (let i = 0; i < SIZE; i++) b[i] = (i * 31 + (i >> 9)) & 0xff;
+  return b;
+}
+
+function payloadOf(img: Buffer): PayloadInfo {
+  const chunks = [];
+  for (let off = 0; off < img.length; off += CHUNK) chunks.push({ sha256: createHash('sha256').update(img.subarray(off, off + CHUNK)).digest('hex'), offset: off, length: CHUNK });
+  return { compression: 'none', size: img.length, sha256: createHash('sha256').update(img).digest('hex'), chunkSize: CHUNK, chunks };
+}
+
+async function writeThrough(path: string, img: Buffer): Promise<void> {
+  const fh = await open(path, 'r+');
+  try {
+    await fh.write(img, 0, img.length, 0);
+    await fh.sync();
+    // read it once more through the cache, as any buffered read-back would
+    await fh.read(Buffer.alloc(img.length), 0, img.length, 0);
+  } finally {
+    await fh.close();
+  }
+}
+
+async function flipUnderneath(backing: string, at: number): Promise<number> {
+  const fh = await open(backing, 'r+');
+  try {
+    const one = Buffer.alloc(1);
+    await fh.read(one, 0, 1, at);
+    const changed = one[0]! ^ 0x5a;
+    await fh.write(Buffer.from([changed]), 0, 1, at);
+    await fh.sync();
+    return changed;
+  } finally {
+    await fh.close();
+  }
+}
+
+async function bufferedByte(path: string, at: number): Promise<number> {
+  const fh = await open(path, 'r');
+  try {
+    const one = Buffer.alloc(1);
+    await fh.read(one, 0, 1, at);
+    return one[0]!;
+  } finally {
+    await fh.close();
+  }
+}
+
+function loopAvailable(): boolean {
+  try {
+    return process.getuid?.() === 0 && existsSync('/dev/loop-control') && execFileSync('losetup', ['-f'], { encoding: 'utf8' }).trim().startsWith('/dev/loop');
+  } catch {
+    return false;
+  }
+}
+
+async function withLoop(t: Test): Promise<{ dev: string; backing: string }> {
+  const backing = join(t.testdir(), 'flash.img');
+  const fh = await open(backing, 'w');
+  await fh.truncate(DEVICE);
+  await fh.close();
+  const dev = execFileSync('losetup', ['-f', '--show', backing], { encoding: 'utf8' }).trim();
+  // hold the device open for the whole test, as the installer holds its slot handle: the kernel
+  // drops a block device's page cache at its LAST close, which would hide what this test is about
+  const holder = await open(dev, 'r');
+  t.teardown(async () => {
+    await holder.close();
+    execFileSync('losetup', ['-d', dev]);
+  });
+  return { dev, backing };
+}
+
+t.test('read-back after the write sees a byte the medium changed underneath the page cache', { skip: loopAvailable() ? false : 'needs root and a loop device' }, async (t) => {
+  const { dev, backing } = await withLoop(t);
+  const img = image();
+  const payload = payloadOf(img);
+  await writeThrough(dev, img);
+  const changed = await flipUnderneath(backing, BAD);
+  t.equal(await bufferedByte(dev, BAD), img[BAD], 'premise: a buffered read of the slot still returns the written byte (page cache)');
+
+  const slot = createSlotWriter('B', { path: dev });
+  // Verify step: by path (what compose uses for hal's slot writers) reads the medium
+  const err = await verifySlotImage(slot, payload, { source: 'path' }).then(() => undefined, (e: unknown) => e);
+  t.equal(codeOf(err, ''), 'DAEMON_VERIFY_MISMATCH', 'the changed byte is caught');
+  t.match((err as { details: unknown }).details, { path: dev, chunk: 2, offset: 2 * CHUNK, expected: payload.chunks[2]!.sha256, direct: true }, 'names the chunk and its offset');
+  t.match((err as Error).message, /chunk 2 \(bytes 131072\.\.196607\)/);
+  t.equal(await bufferedByte(dev, BAD), img[BAD], 'while the page cache still says all is well');
+
+  // the installer's whole-image read-back (worker, by path): hashes what the medium holds
+  await writeThrough(dev, img); // written again: medium and cache agree ...
+  t.equal(await flipUnderneath(backing, BAD), changed, '... until the medium changes underneath again');
+  const hasher = new ReadBackHasher({ path: dev });
+  try {
+    hasher.advance(3 * CHUNK + 100); // an unaligned flush frontier
+    const r = await hasher.finish(SIZE);
+    const medium = Buffer.from(img);
+    medium[BAD] = changed;
+    t.equal(r.bytes, SIZE);
+    t.equal(hasher.direct, true, 'read with O_DIRECT');
+    t.not(r.sha256, payload.sha256, 'not the hash of what was written (that is what INSTALL_READBACK_MISMATCH compares against)');
+    t.equal(r.sha256, createHash('sha256').update(medium).digest('hex'), 'the hash of what the medium holds');
+  } finally {
+    await hasher.close();
+  }
+});
+
+t.test('an intact slot passes the direct read-back (aligned windows, unaligned last chunk)', { skip: loopAvailable() ? false : 'needs root and a loop device' }, async (t) => {
+  const { dev } = await withLoop(t);
+  const img = image();
+  await writeThrough(dev, img);
+  await verifySlotImage(createSlotWriter('A', { path: dev }), payloadOf(img), { source: 'path' });
+  const hasher = new ReadBackHasher({ path: dev });
+  try {
+    for (const upto of [1, 4095, 4097, CHUNK + 3, 4 * CHUNK]) hasher.advance(upto);
+    t.equal((await hasher.finish(SIZE)).sha256, payloadOf(img).sha256);
+  } finally {
+    await hasher.close();
+  }
+});
+
+async function directRefused(path: string): Promise<boolean> {
+  try {
+    await (await open(path, constants.O_RDONLY | constants.O_DIRECT)).close();
+    return false;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EINVAL';
+  }
+}
+
+t.test('tmpfs: where O_DIRECT is refused, falls back, says so in a debug log, still names a changed chunk', { skip: existsSync('/dev/shm') ? false : 'no /dev/shm' }, async (t) => {
+  const dir = await mkdtemp('/dev/shm/slotflip-readback-');
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const path = join(dir, 'slot.img');
+  await writeFile(path, 'x');
+  // Linux >= 6.6 gives tmpfs O_DIRECT; then the direct path runs here too
+  const refused = await directRefused(path);
+  t.comment(refused ? 'tmpfs refuses O_DIRECT on this kernel: testing the fallback' : 'tmpfs accepts O_DIRECT on this kernel (>= 6.6): testing the direct path on it');
+  const img = image();
+  const payload = payloadOf(img);
+  const bad = Buffer.from(img);
+  bad[SIZE - 5] = bad[SIZE - 5]! ^ 1; // in the last, short chunk
+  await writeFile(path, bad);
+  const lines: Record<string, unknown>[] = [];
+  const log = pino({ level: 'debug' }, new Writable({ write(c, _e, cb) { lines.push(JSON.parse(String(c))); cb(); } }));
+  const err = await verifySlotImage(createSlotWriter('A', { path, size: SIZE }), payload, { source: 'path', log }).then(() => undefined, (e: unknown) => e);
+  t.equal(codeOf(err, ''), 'DAEMON_VERIFY_MISMATCH');
+  t.match((err as { details: unknown }).details, { chunk: 5, offset: 5 * CHUNK, direct: !refused });
+  if (refused) t.match(lines, [{ level: 20, path, msg: /O_DIRECT not supported/ }], 'the fallback is logged at debug');
+  else t.same(lines, [], 'no fallback, nothing logged');
+
+  await writeFile(path, img);
+  const hasher = new ReadBackHasher({ path, log });
+  try {
+    t.equal((await hasher.finish(SIZE)).sha256, payload.sha256, 'hashes the file');
+    t.equal(hasher.direct, !refused);
+  } finally {
+    await hasher.close();
+  }
+});
