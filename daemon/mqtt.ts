@@ -529,7 +529,7 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
         else this.metaProblem({ code: r.code, file, topic, message: r.message });
         return;
       }
-      this.emit('metadata', { file, bytes: payload.length === 0 ? undefined : bytes, retained: packet.retain });
+      if (r.changed) this.emit('metadata', { file, bytes: payload.length === 0 ? undefined : bytes, retained: packet.retain });
       return;
     }
     const name = commandOf(this.topics, topic);

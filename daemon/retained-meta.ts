@@ -26,7 +26,8 @@ export interface MetaProblem {
   at: number;
 }
 
-export type AcceptResult = { ok: true } | { ok: false; code: string; message: string };
+/** `changed` false: the same bytes were already held (a second matching subscription, a resend). */
+export type AcceptResult = { ok: true; changed: boolean } | { ok: false; code: string; message: string };
 
 interface Held {
   bytes: Uint8Array;
@@ -62,10 +63,12 @@ export class RetainedMeta {
 
   /** Takes a retained copy (or refuses it, saying why). An empty payload deletes. */
   accept(file: string, layout: MetaLayout, topic: string, bytes: Uint8Array): AcceptResult {
+    const prev = this.held.get(file)?.[layout];
     if (bytes.byteLength === 0) {
       this.remove(file, layout);
-      return { ok: true };
+      return { ok: true, changed: prev !== undefined };
     }
+    if (prev && Buffer.from(prev.bytes).equals(bytes)) return { ok: true, changed: false };
     const m = ROLE_FILE.exec(file);
     if (!m) return { ok: false, code: 'DAEMON_MQTT_META_UNWANTED', message: `${topic}: not a TUF metadata file name; ignored` };
     const version = m[1] ? Number(m[1]) : undefined;
@@ -90,7 +93,6 @@ export class RetainedMeta {
       }
       if (role !== 'root') for (const f of same) this.removeAll(f);
     }
-    const prev = this.held.get(file)?.[layout];
     const after = this.total - (prev?.bytes.byteLength ?? 0) + bytes.byteLength;
     if (after > this.limits.maxTotalBytes) {
       return { ok: false, code: 'DAEMON_MQTT_META_CAP', message: `${topic}: holding it would exceed the ${this.limits.maxTotalBytes} bytes kept from the broker (broker.maxRetainedMetadataBytes); it is fetched over HTTP instead` };
@@ -99,7 +101,7 @@ export class RetainedMeta {
     this.held.set(file, { ...this.held.get(file), [layout]: { bytes, layout, topic } });
     if (role === 'root') this.trimRoots();
     this.refresh(file);
-    return { ok: true };
+    return { ok: true, changed: true };
   }
 
   /** Forgets a copy the trust client rejected and refuses the same bytes from now on. */

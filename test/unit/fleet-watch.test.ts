@@ -6,7 +6,7 @@ import { buildRollout, parsePercent, parseWave } from '../../daemon/fleet/rollou
 
 const T = 'releases/2.0.0/image.img.gz';
 const RID = `${T}@0123456789abcdef`;
-const topic = (id: string, leaf: string): string => `slotflip/v1/devices/${id}/${leaf}`;
+const topic = (id: string, leaf: string): string => `slotflip/v2/devices/${id}/${leaf}`;
 let seqs: Record<string, number> = {};
 
 function event(view: FleetView, id: string, type: string, extra: Record<string, unknown> = {}, now = 1000): void {
@@ -19,9 +19,9 @@ t.beforeEach(() => {
 });
 
 t.test('topics and release ids', async (t) => {
-  t.same(parseDeviceTopic('slotflip/v1/devices/d1/state'), { deviceId: 'd1', leaf: 'state' });
+  t.same(parseDeviceTopic('slotflip/v2/devices/d1/state'), { deviceId: 'd1', leaf: 'state' });
   t.equal(parseDeviceTopic('slotflip/v1/meta/timestamp.json'), undefined);
-  t.equal(parseDeviceTopic('slotflip/v1/devices/d1/cmd/check'), undefined);
+  t.equal(parseDeviceTopic('slotflip/v2/devices/d1/cmd/check'), undefined);
   t.equal(targetOf(RID), T);
   t.equal(targetOf('plain'), 'plain');
 });
