@@ -273,8 +273,9 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
 
   private metaProblem(p: Omit<MetaProblem, 'at'>): void {
     const full: MetaProblem = { ...p, at: this.now() };
+    // once per distinct cause, not on every check
     if (!this.problems.add(full)) return;
-    this.log.warn({ code: p.code, file: p.file, topic: p.topic, msg2: p.message }, 'broker metadata problem');
+    this.problem(p.code, p.message, { ...(p.file ? { file: p.file } : {}), ...(p.topic ? { topic: p.topic } : {}) });
     this.emit('report');
   }
 
@@ -610,7 +611,7 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
 
   private problem(code: string, message: string, details: Record<string, unknown>, cause?: unknown): void {
     const err = new SlotflipError(code, message, { details, retryable: true, ...(cause === undefined ? {} : { cause }) });
-    this.log.warn({ code, ...details, err: cause instanceof Error ? cause.message : undefined }, 'mqtt problem');
+    this.log.warn({ code, ...details, problem: message, err: cause instanceof Error ? cause.message : undefined }, 'mqtt problem');
     this.emit('problem', err);
   }
 }

@@ -570,9 +570,34 @@ export interface PublishResult {
 
 type MqttClientLike = import('mqtt').MqttClient;
 
+/**
+ * MQTT.js's connectAsync never settles when the broker closes the socket without a CONNACK (how
+ * RabbitMQ before 3.13 answers MQTT 5) and reconnects are off: the process would just exit. This one
+ * rejects on that close.
+ */
+export async function connectOrFail(url: string, options: import('mqtt').IClientOptions): Promise<MqttClientLike> {
+  const { connect } = await import('mqtt');
+  const client = connect(url, { ...options, reconnectPeriod: 0 });
+  return new Promise((resolve, reject) => {
+    const fail = (e: Error): void => {
+      client.off('connect', ok);
+      client.end(true);
+      reject(e);
+    };
+    const ok = (): void => {
+      client.off('error', fail);
+      client.off('close', closed);
+      resolve(client);
+    };
+    const closed = (): void => fail(Object.assign(new Error('connection closed before CONNACK'), { code: 'CLOSED_BEFORE_CONNACK' }));
+    client.once('connect', ok);
+    client.once('error', fail);
+    client.once('close', closed);
+  });
+}
+
 /** Connects with MQTT 5, and with 3.1.1 when the broker refuses 5 (closes without CONNACK). */
 async function connectPublisher(brokerUrl: string, opts: PublishOptions): Promise<{ client: MqttClientLike; version: 4 | 5 }> {
-  const { connectAsync } = await import('mqtt');
   const base = {
     clean: true,
     connectTimeout: opts.timeoutMs ?? 10_000,
@@ -587,7 +612,7 @@ async function connectPublisher(brokerUrl: string, opts: PublishOptions): Promis
   let first: unknown;
   for (const version of versions) {
     try {
-      return { client: await connectAsync(brokerUrl, { ...base, protocolVersion: version }), version };
+      return { client: await connectOrFail(brokerUrl, { ...base, protocolVersion: version }), version };
     } catch (cause) {
       first ??= cause;
       const code = (cause as { code?: unknown }).code;

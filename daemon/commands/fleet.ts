@@ -18,6 +18,7 @@ import { FleetWatcher, type BrokerAuth } from '../fleet/watcher.js';
 import { formatSummary, haltPolicyProblem, type FleetSummary } from '../fleet/watch.js';
 import type { Command, CommandIO } from './command.js';
 import { deviceTopics, isTopicLevel } from '../topics.js';
+import { connectOrFail } from '../../manifests/repo.js';
 
 const TLS_HELP = [
   '  --ca FILE              CA bundle (PEM) for mqtts://',
@@ -242,11 +243,10 @@ async function check(argv: string[], io: CommandIO): Promise<number> {
   if (devices.length === 0) throw usage('fleet check needs at least one --device ID');
   for (const d of devices) if (!isTopicLevel(d)) throw usage(`--device ${JSON.stringify(d)} is not a device id ([A-Za-z0-9._:-])`);
   const auth = await brokerAuth(v);
-  const { connectAsync } = await import('mqtt');
   let client;
   try {
     // MQTT 3.1.1: every broker speaks it, and a command needs nothing of MQTT 5
-    client = await connectAsync(v['broker'], { protocolVersion: 4, clean: true, reconnectPeriod: 0, connectTimeout: 10_000, ...auth });
+    client = await connectOrFail(v['broker'], { protocolVersion: 4, clean: true, connectTimeout: 10_000, ...auth });
   } catch (cause) {
     throw new SlotflipError('DAEMON_FLEET_CONNECT', `cannot connect to ${v['broker']}: check the URL and credentials`, { cause, retryable: true, details: { brokerUrl: v['broker'] } });
   }
