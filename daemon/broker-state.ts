@@ -7,7 +7,7 @@
  * Trade-off: both files are advisory; a missing or unreadable one means "nothing known".
  */
 import { join } from 'node:path';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { writeFileAtomic } from '../hal/atomic-file.js';
 import type { ProtocolMemory } from './mqtt.js';
 import type { MetaProblem } from './retained-meta.js';
@@ -34,6 +34,7 @@ export async function readBrokerReport(stateDir: string): Promise<BrokerReport |
 }
 
 export async function writeBrokerReport(stateDir: string, r: BrokerReport): Promise<void> {
+  await mkdir(stateDir, { recursive: true });
   await writeFileAtomic(brokerStatePath(stateDir), JSON.stringify(r) + '\n');
 }
 
@@ -55,6 +56,7 @@ export function fileProtocolMemory(stateDir: string): ProtocolMemory {
     async save(url, version) {
       const all = await read();
       if (all[url] === version) return;
+      await mkdir(stateDir, { recursive: true });
       await writeFileAtomic(path, JSON.stringify({ ...all, [url]: version }) + '\n');
     },
   };
