@@ -451,14 +451,14 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
       const code = (e as { code?: unknown }).code;
       if (!this.isConnected && (code === 0x84 || (version === 4 && code === 1))) refusal = `CONNACK refused: ${e.message} (code ${String(code)})`;
       if (code === 149 || /max(imum)? ?packet ?size|exceeded/i.test(e.message)) {
-        this.problem('DAEMON_MQTT_OVERSIZE', `the broker sent a message larger than broker.maxPacketSize (${this.cfg.maxPacketSize} bytes): the client disconnected; the repository over HTTP is used for metadata. Keep every published message at most 64 KiB (repo publish enforces it)`, { url, reason: code });
+        this.metaProblem({ code: 'DAEMON_MQTT_OVERSIZE', message: `${url}: the broker sent a message larger than broker.maxPacketSize (${this.cfg.maxPacketSize} bytes) and the client disconnected; metadata comes from the HTTP repository meanwhile. Keep every published message at most 64 KiB (repo publish enforces it) or raise maxPacketSize` });
       }
       this.log.warn({ url, err: e.message, code }, 'broker error');
     });
     client.on('disconnect', (packet) => {
       if (gen !== this.generation) return;
       const rc = (packet as { reasonCode?: number }).reasonCode;
-      if (rc === 149) this.problem('DAEMON_MQTT_OVERSIZE', `the broker disconnected: packet too large (reason 0x95, broker.maxPacketSize ${this.cfg.maxPacketSize} bytes)`, { url, reason: rc });
+      if (rc === 149) this.metaProblem({ code: 'DAEMON_MQTT_OVERSIZE', message: `${url}: the broker disconnected: packet too large (reason 0x95, broker.maxPacketSize ${this.cfg.maxPacketSize} bytes)` });
     });
     client.on('close', () => {
       if (gen !== this.generation) return;
