@@ -6,6 +6,7 @@
  * Logs of one-shot commands go to stderr (stdout carries the result, JSON with `--json`); the
  * long-running daemon logs to stdout for journald.
  */
+import { fileProtocolMemory } from './broker-state.js';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
@@ -90,14 +91,14 @@ export async function openAgent(p: Parsed, overrides: ComposeOverrides = {}, opt
   }
   const outbox = new Outbox({ dir: statePaths(config.stateDir).outbox });
   const metadata = new Map<string, Uint8Array>();
-  const transport = new MqttTransport({ config: config.broker, deviceId: config.deviceId, outbox, metadata, logger: log });
+  const transport = new MqttTransport({ config: config.broker, deviceId: config.deviceId, outbox, metadata, logger: log, protocolMemory: fileProtocolMemory(config.stateDir) });
   transport.start();
   const waitMs = opts.waitMs ?? 10_000;
   if (source?.type === 'mqtt') {
     const until = Date.now() + waitMs;
     while (!metadata.has('timestamp.json') && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
   }
-  const agent = await createAgent(config, { ...overrides, log, metadata, outbox });
+  const agent = await createAgent(config, { brokerMeta: transport, ...overrides, log, metadata, outbox });
   return {
     config,
     agent,

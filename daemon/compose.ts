@@ -30,6 +30,7 @@ import { preflightPayload } from './install/preflight.js';
 import { runHealthChecks, type HealthDeps } from './health.js';
 import { verifySlotImage } from './install/read-back.js';
 import { Outbox } from './outbox.js';
+import { brokerFirstSource, refreshWithFallback, type BrokerFirstSource, type BrokerMetaHooks } from './meta-source.js';
 import { createUpdatePolicies, type DeferralStore } from './policies.js';
 import { Agent, type AgentDeps, type EventSink, type HealthRunner, type Installer, type ReleaseFinder, type UpdatePolicies } from './agent.js';
 import { acquireStateLock, FileStateStore, type StateStore } from './state-store.js';
@@ -53,6 +54,8 @@ export interface ComposeOverrides {
   metadata?: Map<string, Uint8Array>;
   /** replaces the metadata source derived from the config (e.g. `slotflip install SOURCE`). */
   source?: SourceConfig;
+  /** the MQTT transport's hooks for broker copies that failed or passed verification. */
+  brokerMeta?: BrokerMetaHooks;
   releases?: ReleaseFinder;
   installer?: Installer;
   health?: HealthRunner;
@@ -114,7 +117,7 @@ function slotSizeOf(config: Config): { slotSize?: number } {
 }
 
 /** The metadata source and the payload locations for a source config. */
-export function sourceFor(src: SourceConfig, config: Config, metadata?: Map<string, Uint8Array>): { meta: MetadataSource; payload: (release: Release) => { urls: string[] } | { path: string } } {
+export function sourceFor(src: SourceConfig, config: Config, metadata?: Map<string, Uint8Array>): { meta: MetadataSource; payload: (release: Release) => { urls: string[] } | { path: string }; brokerFirst?: BrokerFirstSource } {
   const fromBases = (bases: string[]) => (release: Release) => {
     if (bases.length === 0) throw new SlotflipError('DAEMON_NO_PAYLOAD_URL', 'no payload location: set trust.payloadBaseUrls in the config', { details: { field: '/trust/payloadBaseUrls' } });
     return { urls: bases.map((b) => targetUrl(b, release)) };
@@ -128,8 +131,17 @@ export function sourceFor(src: SourceConfig, config: Config, metadata?: Map<stri
       const base = src.url.endsWith('/') ? src.url : `${src.url}/`;
       return { meta: httpSource(`${base}metadata/`), payload: fromBases(config.trust.payloadBaseUrls.length ? config.trust.payloadBaseUrls : [`${base}targets/`]) };
     }
-    case 'mqtt':
+    case 'mqtt': {
+      // the broker is a fast path: with a repository listed after it, that repository backs it
+      // (files the broker lacks, a newer timestamp, copies that fail verification)
+      const repo = config.trust.sources.find((s) => s.type === 'http' || s.type === 'dir');
+      if (repo) {
+        const behind = sourceFor(repo, config);
+        const brokerFirst = brokerFirstSource(metadata ?? new Map(), behind.meta);
+        return { meta: brokerFirst, brokerFirst, payload: config.trust.payloadBaseUrls.length ? fromBases(config.trust.payloadBaseUrls) : behind.payload };
+      }
       return { meta: memorySource(metadata ?? new Map()), payload: fromBases(config.trust.payloadBaseUrls) };
+    }
   }
 }
 
@@ -145,7 +157,10 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   const src = sourceFor(o.source ?? config.trust.sources[0]!, config, o.metadata);
   const trust = new TrustClient({ trustedDir: paths.trusted, shippedRootPath: config.trust.shippedRoot, source: src.meta, now });
 
-  const releases: ReleaseFinder = o.releases ?? { releases: async () => (await trust.refresh()).releases };
+  const brokerFirst = o.source ? undefined : src.brokerFirst;
+  const releases: ReleaseFinder = o.releases ?? {
+    releases: async () => (brokerFirst ? await refreshWithFallback(brokerFirst, o.brokerMeta, () => trust.refresh()) : await trust.refresh()).releases,
+  };
   // Read-back after the write: by path (a fresh O_DIRECT descriptor on the file or block device, so
   // the medium is read, not the page cache; what the bench's memory figure assumes) for hal's own
   // slot writers; through the slot handle's readAt when

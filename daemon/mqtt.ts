@@ -10,14 +10,16 @@ import { pino, type Logger } from 'pino';
 import { readFileCapped } from '../hal/atomic-file.js';
 import { SlotflipError } from '../hal/errors.js';
 import type { Outbox, OutboxEntry } from './outbox.js';
-import { deviceTopics, metaFileOf, commandOf, META_FILTER, type DeviceTopics } from './topics.js';
+import { deviceTopics, metaFileOfTopic, commandOf, META_FILTERS, type DeviceTopics } from './topics.js';
+import { RetainedMeta, ProblemLog, type MetaProblem } from './retained-meta.js';
 
 /** Broker connection settings (config key `broker`). */
 export interface BrokerConfig {
   /** broker URLs tried in order: `mqtt://host:1883`, `mqtts://host:8883`. */
   urls: string[];
-  /** 4 = MQTT 3.1.1, 5 = MQTT 5. */
-  protocolVersion: 4 | 5;
+  /** 4 = MQTT 3.1.1 only, 5 = MQTT 5 only; absent (default): MQTT 5, falling back to 3.1.1 when the
+   * broker refuses 5 (RabbitMQ before 3.13), and remembering what worked (ProtocolMemory). */
+  protocolVersion?: 4 | 5;
   /** MQTT client id; defaults to the device id when absent. */
   clientId?: string;
   /** mutual TLS: file paths of the CA bundle, the device certificate and its key (PEM). */
@@ -31,14 +33,20 @@ export interface BrokerConfig {
   reconnect: { minMs: number; maxMs: number };
   /** give up a single connect attempt after this long. */
   connectTimeoutMs: number;
+  /** retained metadata held in memory from the broker, all files together, bytes. */
+  maxRetainedMetadataBytes: number;
+  /** refresh metadata over HTTP when MQTT has delivered no new timestamp for this long, seconds
+   * (the broker is a fast path: a clustered broker may never deliver a retained release). */
+  httpRefreshSeconds: number;
 }
 
 export const brokerConfigDefaults = {
-  protocolVersion: 5,
   keepaliveSeconds: 60,
   maxPacketSize: 256 * 1024,
   reconnect: { minMs: 1000, maxMs: 300_000 },
   connectTimeoutMs: 30_000,
+  maxRetainedMetadataBytes: 2 * 1024 * 1024,
+  httpRefreshSeconds: 900,
 } as const;
 
 /** JSON Schema (ajv, draft-07 keywords). Carries `default`s: compile with `useDefaults: true`. */
@@ -52,7 +60,7 @@ export const brokerConfigSchema = {
       minItems: 1,
       items: { type: 'string', pattern: '^(mqtt|mqtts|ws|wss)://[^\\s]+$' },
     },
-    protocolVersion: { enum: [4, 5], default: brokerConfigDefaults.protocolVersion },
+    protocolVersion: { enum: [4, 5] },
     clientId: { type: 'string', minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9._:-]+$' },
     tls: {
       type: 'object',
@@ -78,6 +86,8 @@ export const brokerConfigSchema = {
       },
     },
     connectTimeoutMs: { type: 'integer', minimum: 100, maximum: 600_000, default: brokerConfigDefaults.connectTimeoutMs },
+    maxRetainedMetadataBytes: { type: 'integer', minimum: 65536, maximum: 67108864, default: brokerConfigDefaults.maxRetainedMetadataBytes },
+    httpRefreshSeconds: { type: 'integer', minimum: 10, maximum: 604800, default: brokerConfigDefaults.httpRefreshSeconds },
   },
 } as const;
 
@@ -95,6 +105,12 @@ export const brokerConfigSchema = {
 
 /** Builds one MQTT.js client for one connection attempt (tests inject a wrapper or a fake). */
 export type ClientFactory = (url: string, options: IClientOptions) => MqttClient;
+
+/** Remembers, per broker URL, the protocol version that worked (a file in the state directory). */
+export interface ProtocolMemory {
+  load(url: string): Promise<4 | 5 | undefined>;
+  save(url: string, version: 4 | 5): Promise<void>;
+}
 
 export interface TimerApi {
   setTimeout(fn: () => void, ms: number): unknown;
@@ -114,6 +130,8 @@ export interface MqttTransportOptions {
   logger?: Logger;
   /** largest metadata file accepted, bytes; default 1 MiB (and never more than maxPacketSize). */
   maxMetadataBytes?: number;
+  /** where the protocol that worked is remembered (default: nowhere, MQTT 5 first every start). */
+  protocolMemory?: ProtocolMemory;
   /** outbox events in flight at once (ordered on the wire); default 8. */
   inflight?: number;
   now?: () => number;
@@ -135,6 +153,8 @@ export interface MqttTransportEvents {
   delivered: [{ seq: number }];
   /** a non-fatal problem (publish refused, oversize message, bad TLS file); the transport keeps going. */
   problem: [SlotflipError];
+  /** the broker's retained metadata problems changed (see `brokerReport`). */
+  report: [];
 }
 
 export const KNOWN_COMMANDS = ['check'] as const;
@@ -165,6 +185,13 @@ export const STABLE_CONNECTION_MS = 30_000;
 export class MqttTransport extends EventEmitter<MqttTransportEvents> {
   readonly topics: DeviceTopics;
   readonly metadata: Map<string, Uint8Array>;
+  private readonly retained: RetainedMeta;
+  private readonly problems = new ProblemLog();
+  private readonly memory: ProtocolMemory | undefined;
+  /** the protocol version of the next attempt; undefined until the memory was read. */
+  private protocol: 4 | 5 | undefined;
+  private protocolInUse: 4 | 5 | undefined;
+  private brokerUrl: string | undefined;
   private readonly cfg: BrokerConfig;
   private readonly deviceId: string;
   private readonly outbox: Outbox;
@@ -200,6 +227,9 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
     this.topics = deviceTopics(opts.deviceId);
     this.outbox = opts.outbox;
     this.metadata = opts.metadata ?? new Map();
+    this.retained = new RetainedMeta(this.metadata, { maxTotalBytes: this.cfg.maxRetainedMetadataBytes ?? brokerConfigDefaults.maxRetainedMetadataBytes, maxRoots: 32 });
+    this.memory = opts.protocolMemory;
+    this.protocol = this.cfg.protocolVersion;
     this.factory = opts.connect ?? ((url, o) => mqttConnect(url, o));
     this.random = opts.random ?? Math.random;
     this.timers = opts.timers ?? defaultTimers;
@@ -211,6 +241,42 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
 
   get connected(): boolean {
     return this.isConnected;
+  }
+
+  /** What `status` and the retained state say about the broker: the protocol in use and the
+   * metadata problems seen (each once), newest last. */
+  brokerReport(): { url?: string; protocolVersion?: 4 | 5; connected: boolean; retainedMetadataBytes: number; problems: MetaProblem[] } {
+    return {
+      ...(this.brokerUrl ? { url: this.brokerUrl } : {}),
+      ...(this.protocolInUse ? { protocolVersion: this.protocolInUse } : {}),
+      connected: this.isConnected,
+      retainedMetadataBytes: this.retained.bytesHeld,
+      problems: this.problems.list(),
+    };
+  }
+
+  /**
+   * The trust client rejected the broker's copy of `file` (code, message): drop it, refuse the same
+   * bytes from now on (the repository over HTTP is used instead), and log that once at warn.
+   */
+  distrustMetadata(file: string, code: string, message: string): void {
+    const topic = this.retained.distrust(file);
+    this.metaProblem({ code, file, ...(topic ? { topic } : {}), message: `${message}; the broker's copy is dropped and the repository over HTTP used instead until the manufacturer republishes it` });
+  }
+
+  /** A broker copy of `file` verified: forget its past problems. */
+  metadataVerified(file: string): void {
+    const before = this.problems.list().length;
+    this.problems.clearFile(file);
+    if (this.problems.list().length !== before) this.emit('report');
+  }
+
+  private metaProblem(p: Omit<MetaProblem, 'at'>): void {
+    const full: MetaProblem = { ...p, at: this.now() };
+    // once per distinct cause, not on every check
+    if (!this.problems.add(full)) return;
+    this.problem(p.code, p.message, { ...(p.file ? { file: p.file } : {}), ...(p.topic ? { topic: p.topic } : {}) });
+    this.emit('report');
   }
 
   /** Starts connecting in the background and returns at once. Idempotent. Never throws for a broker that is down. */
@@ -293,10 +359,10 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
     }
   }
 
-  private async clientOptions(): Promise<IClientOptions> {
+  private async clientOptions(version: 4 | 5): Promise<IClientOptions> {
     const c = this.cfg;
     const o: IClientOptions = {
-      protocolVersion: c.protocolVersion,
+      protocolVersion: version,
       clientId: c.clientId ?? this.deviceId,
       clean: true,
       keepalive: c.keepaliveSeconds,
@@ -307,7 +373,7 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
       will: { topic: this.topics.online, payload: Buffer.from('offline'), qos: 1, retain: true },
       rejectUnauthorized: true,
     };
-    if (c.protocolVersion === 5) o.properties = { maximumPacketSize: c.maxPacketSize, sessionExpiryInterval: 0 };
+    if (version === 5) o.properties = { maximumPacketSize: c.maxPacketSize, sessionExpiryInterval: 0 };
     if (c.tls) {
       if (c.tls.ca) o.ca = await this.readSmall(c.tls.ca, 'broker.tls.ca');
       if (c.tls.cert) o.cert = await this.readSmall(c.tls.cert, 'broker.tls.cert');
@@ -341,8 +407,11 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
     const gen = ++this.generation;
     const url = this.cfg.urls[this.attempt % this.cfg.urls.length]!;
     let client: MqttClient;
+    let version: 4 | 5;
     try {
-      const opts = await this.clientOptions();
+      if (this.protocol === undefined) this.protocol = (await this.memory?.load(url).catch(() => undefined)) ?? 5;
+      version = this.protocol;
+      const opts = await this.clientOptions(version);
       if (!this.running || gen !== this.generation) return;
       client = this.factory(url, opts);
     } catch (e) {
@@ -355,22 +424,58 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
     this.closed.catch(() => undefined);
     // Without TCP_NODELAY each small publish waits for a delayed ACK (40–90 ms on loopback).
     (client.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
+    // a socket that opened and closed again without a CONNACK is how brokers that speak only
+    // MQTT 3.1.1 (RabbitMQ before 3.13) answer an MQTT 5 CONNECT
+    let socketOpen = false;
+    let refusal: string | undefined;
+    const stream = client.stream as unknown as { on?: (ev: string, fn: () => void) => void } | undefined;
+    stream?.on?.('connect', () => { socketOpen = true; });
+    stream?.on?.('secureConnect', () => { socketOpen = true; });
+    let sawConnack = false;
+    client.on('packetreceive', (packet) => { if (packet.cmd === 'connack') sawConnack = true; });
     client.on('connect', () => {
       if (gen !== this.generation) return;
       this.connectedAt = this.now();
       this.isConnected = true;
-      this.log.info({ url }, 'broker connected');
+      this.protocolInUse = version;
+      this.brokerUrl = url;
+      if (this.cfg.protocolVersion === undefined) void this.memory?.save(url, version).catch(() => undefined);
+      this.log.info({ url, protocolVersion: version }, 'broker connected');
       void this.onConnected(client, gen, url);
     });
     client.on('message', (topic, payload, packet) => {
       if (gen === this.generation) this.onMessage(topic, payload, packet);
     });
     client.on('error', (e) => {
-      if (gen === this.generation) this.log.warn({ url, err: e.message, code: (e as { code?: unknown }).code }, 'broker error');
+      if (gen !== this.generation) return;
+      const code = (e as { code?: unknown }).code;
+      if (!this.isConnected && (code === 0x84 || (version === 4 && code === 1))) refusal = `CONNACK refused: ${e.message} (code ${String(code)})`;
+      if (code === 149 || /max(imum)? ?packet ?size|exceeded/i.test(e.message)) {
+        this.metaProblem({ code: 'DAEMON_MQTT_OVERSIZE', message: `${url}: the broker sent a message larger than broker.maxPacketSize (${this.cfg.maxPacketSize} bytes) and the client disconnected; metadata comes from the HTTP repository meanwhile. Keep every published message at most 64 KiB (repo publish enforces it) or raise maxPacketSize` });
+      }
+      this.log.warn({ url, err: e.message, code }, 'broker error');
+    });
+    client.on('disconnect', (packet) => {
+      if (gen !== this.generation) return;
+      const rc = (packet as { reasonCode?: number }).reasonCode;
+      if (rc === 149) this.metaProblem({ code: 'DAEMON_MQTT_OVERSIZE', message: `${url}: the broker disconnected: packet too large (reason 0x95, broker.maxPacketSize ${this.cfg.maxPacketSize} bytes)` });
     });
     client.on('close', () => {
       if (gen !== this.generation) return;
       const was = this.isConnected;
+      if (!was && version === 5 && this.cfg.protocolVersion === undefined && ((socketOpen && !sawConnack) || refusal !== undefined)) {
+        // fall back at once: the broker answered, it just does not speak MQTT 5
+        const answer = refusal ?? 'connection closed before CONNACK';
+        this.log.warn({ url, protocol: 'MQTT 5', answer, fallback: 'MQTT 3.1.1' }, 'broker refused MQTT 5 (' + answer + '): falling back to MQTT 3.1.1');
+        this.protocol = 4;
+        this.isConnected = false;
+        this.client = undefined;
+        this.signalClosed(new SlotflipError('DAEMON_MQTT_CLOSED', `connection to ${url} closed`, { retryable: true }));
+        client.end(true);
+        void this.connectOnce();
+        return;
+      }
+      if (!was && socketOpen) this.log.warn({ url, protocol: version === 5 ? 'MQTT 5' : 'MQTT 3.1.1', answer: refusal ?? 'connection closed before CONNACK' }, 'broker closed the connection before accepting it (check credentials, client id and the broker log)');
       if (was && this.now() - this.connectedAt >= STABLE_CONNECTION_MS) this.attempt = 0;
       this.isConnected = false;
       this.client = undefined;
@@ -396,7 +501,9 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
   private async onConnected(client: MqttClient, gen: number, url: string): Promise<void> {
     try {
       await client.publishAsync(this.topics.online, 'online', { qos: 1, retain: true });
-      const granted = await client.subscribeAsync({ [META_FILTER]: { qos: 1 }, [this.topics.cmdFilter]: { qos: 1 } });
+      const subs: Record<string, { qos: 1 }> = { [this.topics.cmdFilter]: { qos: 1 } };
+      for (const f of META_FILTERS) subs[f] = { qos: 1 };
+      const granted = await client.subscribeAsync(subs);
       for (const g of granted) if (g.qos >= 0x80) this.problem('DAEMON_MQTT_SUBSCRIBE', `broker refused subscription ${g.topic} (reason 0x${g.qos.toString(16)}); check the broker ACL`, { topic: g.topic });
     } catch (e) {
       if (gen === this.generation) this.problem('DAEMON_MQTT_SUBSCRIBE', `setting up the session on ${url} failed; reconnecting`, { url }, e);
@@ -409,20 +516,21 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
   }
 
   private onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void {
-    const file = metaFileOf(topic);
-    if (file !== undefined) {
-      if (payload.length === 0) {
-        this.metadata.delete(file);
-        this.emit('metadata', { file, bytes: undefined, retained: packet.retain });
-        return;
-      }
+    const meta = metaFileOfTopic(topic);
+    if (meta !== undefined) {
+      const { file, layout } = meta;
       if (payload.length > this.maxMetadataBytes) {
-        this.problem('DAEMON_MQTT_OVERSIZE', `metadata ${topic} is ${payload.length} bytes, more than the ${this.maxMetadataBytes} accepted; ignored`, { topic, size: payload.length });
+        this.metaProblem({ code: 'DAEMON_MQTT_OVERSIZE', file, topic, message: `metadata ${topic} is ${payload.length} bytes, more than the ${this.maxMetadataBytes} accepted; ignored (fetched over HTTP instead)` });
         return;
       }
       const bytes = Uint8Array.from(payload);
-      this.metadata.set(file, bytes);
-      this.emit('metadata', { file, bytes, retained: packet.retain });
+      const r = this.retained.accept(file, layout, topic, bytes);
+      if (!r.ok) {
+        if (r.code === 'DAEMON_MQTT_META_UNWANTED') this.log.debug({ topic, code: r.code }, r.message);
+        else this.metaProblem({ code: r.code, file, topic, message: r.message });
+        return;
+      }
+      if (r.changed) this.emit('metadata', { file, bytes: payload.length === 0 ? undefined : bytes, retained: packet.retain });
       return;
     }
     const name = commandOf(this.topics, topic);
@@ -503,7 +611,7 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
 
   private problem(code: string, message: string, details: Record<string, unknown>, cause?: unknown): void {
     const err = new SlotflipError(code, message, { details, retryable: true, ...(cause === undefined ? {} : { cause }) });
-    this.log.warn({ code, ...details, err: cause instanceof Error ? cause.message : undefined }, 'mqtt problem');
+    this.log.warn({ code, ...details, problem: message, err: cause instanceof Error ? cause.message : undefined }, 'mqtt problem');
     this.emit('problem', err);
   }
 }

@@ -33,6 +33,7 @@ import type { Config } from './config.js';
 import type { CycleResult } from './agent.js';
 import { toErrorInfo } from './runner.js';
 import { stateLastResult } from './topics.js';
+import { fileProtocolMemory, writeBrokerReport } from './broker-state.js';
 
 export interface ServiceOptions {
   config: Config;
@@ -98,6 +99,8 @@ export class UpdateService {
   /** when the scheduled retry is due (ms since epoch), for tests and logs. */
   retryDueAt: number | undefined;
   private markedGood = false;
+  private lastPushAt = 0;
+  private refreshTimer: unknown;
   readonly outbox: Outbox;
   readonly transport: MqttTransport | undefined;
   readonly metadata = new Map<string, Uint8Array>();
@@ -111,7 +114,7 @@ export class UpdateService {
     this.outbox = new Outbox({ dir: statePaths(o.config.stateDir).outbox, now });
     if (o.transport !== undefined) this.transport = o.transport ?? undefined;
     else if (o.config.broker) {
-      this.transport = new MqttTransport({ config: o.config.broker, deviceId: o.config.deviceId, outbox: this.outbox, metadata: this.metadata, logger: o.log });
+      this.transport = new MqttTransport({ config: o.config.broker, deviceId: o.config.deviceId, outbox: this.outbox, metadata: this.metadata, logger: o.log, protocolMemory: fileProtocolMemory(o.config.stateDir) });
     }
   }
 
@@ -120,8 +123,19 @@ export class UpdateService {
     const t = this.transport;
     if (t) {
       t.on('metadata', (m) => {
-        if (m.file === 'timestamp.json') this.trigger('metadata');
+        if (m.file === 'timestamp.json') {
+          this.lastPushAt = this.now();
+          this.trigger('metadata');
+        }
       });
+      // a reconnect may have missed a release (a cluster node that replicates nothing retained):
+      // check, which reads timestamp.json from the repository too
+      let connects = 0;
+      t.on('connected', () => {
+        if (connects++ > 0) this.trigger('connected');
+      });
+      t.on('report', () => void writeBrokerReport(this.o.config.stateDir, t.brokerReport()).catch(() => undefined));
+      this.scheduleHttpRefresh();
       t.on('command', (c) => {
         if (c.name === 'check') this.trigger('command');
       });
@@ -165,6 +179,8 @@ export class UpdateService {
     if (this.retryTimer !== undefined) this.timers.clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
     this.retryDueAt = undefined;
+    if (this.refreshTimer !== undefined) this.timers.clearTimeout(this.refreshTimer);
+    this.refreshTimer = undefined;
     await this.poller?.stop();
     await this.idle();
     await this.transport?.stop();
@@ -184,7 +200,7 @@ export class UpdateService {
     try {
       const t = this.transport;
       const healthDeps = t ? { brokerProbe: (ms: number) => t.probe(ms), ...this.o.overrides?.healthDeps } : this.o.overrides?.healthDeps;
-      const agent = await createAgent(this.o.config, { log: this.o.log, metadata: this.metadata, outbox: this.outbox, ...this.o.overrides, ...(healthDeps ? { healthDeps } : {}) });
+      const agent = await createAgent(this.o.config, { log: this.o.log, metadata: this.metadata, outbox: this.outbox, ...(t ? { brokerMeta: t } : {}), ...this.o.overrides, ...(healthDeps ? { healthDeps } : {}) });
       // the booted committed slot is confirmed once per boot (this process lives for one boot):
       // on the first cycle that ends idle (see Agent.markBootedGood)
       const r = await agent.runOnce({ markGood: !this.markedGood });
@@ -206,7 +222,9 @@ export class UpdateService {
         const extra = this.o.inventory ? await this.o.inventory().catch(() => ({})) : {};
         // `at`: when this state was true, so a watcher that only sees the retained copy can tell a
         // device that reported a minute ago from one silent for a week
-        await this.transport.publishState({ ...status, at: new Date(this.now()).toISOString(), ...(last ? { lastResult: stateLastResult(last) } : {}), inventory, ...extra }).catch(() => false);
+        const broker = this.transport.brokerReport();
+        await writeBrokerReport(this.o.config.stateDir, broker).catch(() => undefined);
+        await this.transport.publishState({ ...status, at: new Date(this.now()).toISOString(), ...(last ? { lastResult: stateLastResult(last) } : {}), broker, inventory, ...extra }).catch(() => false);
       }
     } catch (e) {
       // e.g. HAL_ATOMIC_WRITE (disk full: the record cannot be saved) or DAEMON_LOCKED (an
@@ -216,6 +234,18 @@ export class UpdateService {
       this.o.onCycle?.({ error: `${err.code}: ${err.message}` });
       this.scheduleRetry();
     }
+  }
+
+  /** When MQTT has pushed no new timestamp for `broker.httpRefreshSeconds`, a cycle (which reads
+   * timestamp.json from the repository as well): MQTT is the fast path, never the only one. */
+  private scheduleHttpRefresh(): void {
+    const every = (this.o.config.broker?.httpRefreshSeconds ?? 900) * 1000;
+    this.refreshTimer = this.timers.setTimeout(() => {
+      this.refreshTimer = undefined;
+      if (this.stopped) return;
+      if (this.now() - this.lastPushAt >= every) this.trigger('http-refresh');
+      this.scheduleHttpRefresh();
+    }, every);
   }
 
   /** One more cycle without waiting for the poll schedule: at `at` (a policy's `until`, bounded by

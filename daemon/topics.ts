@@ -1,45 +1,71 @@
 /**
- * MQTT topic layout, version 1. Everything lives under `slotflip/v1/` so a future layout can sit
- * beside it, and everything a device writes is under its own subtree so a broker ACL such as
- * Mosquitto's `pattern readwrite slotflip/v1/devices/%u/#` confines each device (certificate CN =
- * device id) to itself.
+ * MQTT topic layout, version 2. Everything lives under `slotflip/v2/`; every topic level is
+ * `[A-Za-z0-9_-]` (RabbitMQ turns `.` into a level separator), and everything a device writes is under
+ * its own subtree so a broker ACL such as Mosquitto's `pattern readwrite slotflip/v2/devices/%u/#`
+ * confines each device (certificate CN = device id) to itself.
  *
  * <!-- README: MQTT topics -->
  * | topic | direction | QoS | retained | payload |
  * | --- | --- | --- | --- | --- |
- * | `slotflip/v1/meta/<file>` | fleet → devices | 1 | yes | a TUF metadata file verbatim (`root.json`, `1.root.json`, `timestamp.json`, `snapshot.json`, `targets.json`); an empty retained message deletes it |
- * | `slotflip/v1/devices/<id>/online` | device → fleet | 1 | yes | `online`; the broker publishes the last will `offline` when the device vanishes, the device publishes `offline` on a clean stop |
- * | `slotflip/v1/devices/<id>/state` | device → fleet | 1 | yes | JSON: `at` (ISO 8601, when published, as in events), current phase, slots and versions, `lastResult` (see `StateLastResult`), inventory |
- * | `slotflip/v1/devices/<id>/events` | device → fleet | 1 | no | JSON `{ "seq": N, "deviceId": "<id>", "type": "...", ... }`; delivered at least once and in `seq` order from a persisted outbox: consumers drop duplicates by `seq` |
- * | `slotflip/v1/devices/<id>/cmd/check` | fleet → device | 1 | no | any payload: check for updates now |
+ * | `slotflip/v2/meta/<level>` | fleet → devices | 1 | yes | a TUF metadata file verbatim: `timestamp` = `timestamp.json`, `<N>_root` = `<N>.root.json`, `<N>_snapshot`, `<N>_targets`; an empty retained message deletes it. A fast path only: devices fetch whatever is missing, stale or broken over HTTP |
+ * | `slotflip/v2/devices/<id>/online` | device → fleet | 1 | yes | `online`; the broker publishes the last will `offline` when the device vanishes, the device publishes `offline` on a clean stop |
+ * | `slotflip/v2/devices/<id>/state` | device → fleet | 1 | yes | JSON: `at` (ISO 8601, when published, as in events), current phase, slots and versions, `lastResult` (see `StateLastResult`), `broker` (protocol in use, metadata problems), inventory |
+ * | `slotflip/v2/devices/<id>/events` | device → fleet | 1 | no | JSON `{ "seq": N, "deviceId": "<id>", "type": "...", ... }`; delivered at least once and in `seq` order from a persisted outbox: consumers drop duplicates by `seq` |
+ * | `slotflip/v2/devices/<id>/cmd/check` | fleet → device | 1 | no | any payload: refresh metadata (over HTTP too) and check for updates now |
  *
- * `<id>` and `<file>` are single topic levels of `[A-Za-z0-9._:-]` (no `+`, `#`, `/`).
+ * `<id>` is the device id with every character outside `[A-Za-z0-9_-]` written `_xx` (its hex
+ * code): `gw.7` → `gw_2e7`. Layout v1 (`slotflip/v1/meta/<file.json>`, `slotflip/v1/devices/<id>/...`)
+ * is still read (meta by devices, after v2; device topics by `fleet watch`) and written by
+ * `repo publish --layouts v1,v2` during a transition.
  * <!-- /README -->
  */
+import { META_PREFIXES, metaFileOfTopic, type MetaLayout } from '../manifests/meta-topics.js';
 
-export const TOPIC_ROOT = 'slotflip/v1';
+import { metaTopic as metaTopicOf } from '../manifests/meta-topics.js';
 
-const LEVEL = /^[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,127}$/;
+export { META_PREFIXES, MAX_MESSAGE_BYTES, metaLevel, metaFileOfLevel, metaFileOfTopic, type MetaLayout } from '../manifests/meta-topics.js';
 
-/** True when `s` is safe as one topic level (device id, metadata file name). */
+/** The topic of a metadata file (v2 by default); throws RangeError when the file has none. */
+export function metaTopic(file: string, layout: MetaLayout = 'v2'): string {
+  const t = metaTopicOf(file, layout);
+  if (t === undefined) throw new RangeError(`metadata file name "${file}" has no ${layout} topic level`);
+  return t;
+}
+
+export const TOPIC_ROOT = 'slotflip/v2';
+export const TOPIC_ROOT_V1 = 'slotflip/v1';
+
+const V1_LEVEL = /^[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,127}$/;
+
+/** True when `s` is a device id that has topic levels (config's id pattern). */
 export function isTopicLevel(s: string): boolean {
-  return LEVEL.test(s) && s !== '.' && !s.includes('..');
+  return V1_LEVEL.test(s) && s !== '.' && !s.includes('..');
 }
 
-export const META_PREFIX = `${TOPIC_ROOT}/meta/`;
-/** subscription filter for every metadata file. */
-export const META_FILTER = `${META_PREFIX}+`;
-
-export function metaTopic(file: string): string {
-  if (!isTopicLevel(file)) throw new RangeError(`metadata file name "${file}" is not a single safe topic level`);
-  return META_PREFIX + file;
+/** The v2 topic level of a device id: characters outside `[A-Za-z0-9_-]` become `_xx` (hex). */
+export function deviceLevel(deviceId: string): string {
+  return deviceId.replace(/[^A-Za-z0-9_-]/g, (c) => `_${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
 }
 
-/** The metadata file name a topic carries, or undefined when the topic is not a metadata topic. */
+/** The device id a v2 device level stands for (inverse of deviceLevel for ids in the config's pattern). */
+export function deviceIdOfLevel(level: string): string {
+  return level.replace(/_(2e|3a)/g, (_, h: string) => String.fromCharCode(parseInt(h, 16)));
+}
+
+export const META_PREFIX = META_PREFIXES.v2;
+/** subscription filters for metadata, v2 first: the wildcard, and `timestamp` exactly (RabbitMQ
+ * before 3.13 sends retained messages only to subscriptions without wildcards), then v1. */
+export const META_FILTERS: readonly string[] = [`${META_PREFIXES.v2}+`, `${META_PREFIXES.v2}timestamp`, `${META_PREFIXES.v1}+`];
+/** the v2 wildcard filter. */
+export const META_FILTER = `${META_PREFIXES.v2}+`;
+
+/** The metadata file name a topic carries (either layout), or undefined. */
 export function metaFileOf(topic: string): string | undefined {
-  if (!topic.startsWith(META_PREFIX)) return undefined;
-  const file = topic.slice(META_PREFIX.length);
-  return isTopicLevel(file) ? file : undefined;
+  return metaFileOfTopic(topic)?.file;
+}
+
+export function metaLayoutOf(topic: string): MetaLayout | undefined {
+  return metaFileOfTopic(topic)?.layout;
 }
 
 export interface DeviceTopics {
@@ -52,9 +78,9 @@ export interface DeviceTopics {
   cmdFilter: string;
 }
 
-export function deviceTopics(deviceId: string): DeviceTopics {
+export function deviceTopics(deviceId: string, layout: MetaLayout = 'v2'): DeviceTopics {
   if (!isTopicLevel(deviceId)) throw new RangeError(`device id "${deviceId}" is not a single safe topic level`);
-  const root = `${TOPIC_ROOT}/devices/${deviceId}`;
+  const root = layout === 'v2' ? `${TOPIC_ROOT}/devices/${deviceLevel(deviceId)}` : `${TOPIC_ROOT_V1}/devices/${deviceId}`;
   return { root, online: `${root}/online`, state: `${root}/state`, events: `${root}/events`, cmdCheck: `${root}/cmd/check`, cmdFilter: `${root}/cmd/+` };
 }
 

@@ -31,6 +31,7 @@ import { generateSigningKey, privatePem, signEnvelope, signingKeyFromPem, tufKey
 import { buildPayload } from './payload.js';
 import { ISSUED_FIELD, OFFLINE_FILE, OFFLINE_TYPE, TIME_RESET_FIELD } from './client.js';
 import { checkTargetName as checkTargetNameRule } from './validate.js';
+import { META_PREFIXES, MAX_MESSAGE_BYTES, metaTopic, type MetaLayout } from './meta-topics.js';
 import type { Compression, ReleaseCustom, Rollout } from './types.js';
 import { createHash } from 'node:crypto';
 
@@ -558,7 +559,10 @@ export async function publishTimeReset(dir: string, at: number, opts: RepoOption
 }
 
 export interface PublishOptions {
-  /** topic prefix (default `slotflip/v1/meta/`). */
+  /** topic layouts written (default both: `v2` for devices of this version, `v1` for devices not yet
+   * updated; publish `['v2']` once the fleet has moved). See meta-topics.ts. */
+  layouts?: MetaLayout[];
+  /** legacy: a v1-style prefix (`<prefix><file name>`) instead of `layouts`. */
   prefix?: string;
   username?: string;
   password?: string;
@@ -568,65 +572,171 @@ export interface PublishOptions {
   key?: string | Buffer;
   /** connect timeout, ms (default 10 s). */
   timeoutMs?: number;
+  /** largest message published, bytes (default 64 KiB: Azure's retained cap, half AWS IoT's). */
+  maxMessageBytes?: number;
+  /** a file over `maxMessageBytes`: 'refuse' (default: MANIFEST_PUBLISH_OVERSIZE before anything is
+   * published) or 'skip' (publish the rest; devices fetch the skipped file over HTTP). */
+  oversize?: 'refuse' | 'skip';
+  /** also clear retained topics under the meta prefixes that are not part of this repository
+   * (default true). Brokers that send no retained messages to wildcard subscriptions (RabbitMQ
+   * before 3.13) show none, so there only known older versions are cleared. */
+  clearStrays?: boolean;
+  /** 5 (default, falling back to 4 when the broker refuses it) or 4. */
+  protocolVersion?: 4 | 5;
 }
 
 export interface PublishResult {
   published: string[];
-  /** retained topics cleared (older snapshot/targets versions). */
+  /** retained topics cleared (older snapshot/targets versions, strays not in this repository). */
   cleared: string[];
+  /** files not published because they exceed `maxMessageBytes` (oversize 'skip'). */
+  skipped: { file: string; bytes: number }[];
+  /** the protocol the broker accepted. */
+  protocolVersion: 4 | 5;
+  /** the largest message published, bytes. */
+  largestMessageBytes: number;
+}
+
+type MqttClientLike = import('mqtt').MqttClient;
+
+/**
+ * MQTT.js's connectAsync never settles when the broker closes the socket without a CONNACK (how
+ * RabbitMQ before 3.13 answers MQTT 5) and reconnects are off: the process would just exit. This one
+ * rejects on that close.
+ */
+export async function connectOrFail(url: string, options: import('mqtt').IClientOptions): Promise<MqttClientLike> {
+  const { connect } = await import('mqtt');
+  const client = connect(url, { ...options, reconnectPeriod: 0 });
+  return new Promise((resolve, reject) => {
+    const fail = (e: Error): void => {
+      client.off('connect', ok);
+      client.end(true);
+      reject(e);
+    };
+    const ok = (): void => {
+      client.off('error', fail);
+      client.off('close', closed);
+      resolve(client);
+    };
+    const closed = (): void => fail(Object.assign(new Error('connection closed before CONNACK'), { code: 'CLOSED_BEFORE_CONNACK' }));
+    client.once('connect', ok);
+    client.once('error', fail);
+    client.once('close', closed);
+  });
+}
+
+/** Connects with MQTT 5, and with 3.1.1 when the broker refuses 5 (closes without CONNACK). */
+async function connectPublisher(brokerUrl: string, opts: PublishOptions): Promise<{ client: MqttClientLike; version: 4 | 5 }> {
+  const base = {
+    clean: true,
+    connectTimeout: opts.timeoutMs ?? 10_000,
+    reconnectPeriod: 0,
+    ...(opts.username !== undefined ? { username: opts.username } : {}),
+    ...(opts.password !== undefined ? { password: opts.password } : {}),
+    ...(opts.ca !== undefined ? { ca: opts.ca } : {}),
+    ...(opts.cert !== undefined ? { cert: opts.cert } : {}),
+    ...(opts.key !== undefined ? { key: opts.key } : {}),
+  };
+  const versions: (4 | 5)[] = opts.protocolVersion ? [opts.protocolVersion] : [5, 4];
+  let first: unknown;
+  for (const version of versions) {
+    try {
+      return { client: await connectOrFail(brokerUrl, { ...base, protocolVersion: version }), version };
+    } catch (cause) {
+      first ??= cause;
+      const code = (cause as { code?: unknown }).code;
+      // a broker that is not there will not speak 3.1.1 either
+      if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EHOSTUNREACH') break;
+    }
+  }
+  throw new SlotflipError('MANIFEST_PUBLISH_FAILED', `cannot connect to broker ${brokerUrl} (MQTT ${versions.map((v) => (v === 5 ? '5' : '3.1.1')).join(', then ')}); check the URL and credentials`, { cause: first, retryable: true, details: { brokerUrl } });
+}
+
+/** Retained topics under `filters` right now (those the broker sends to wildcard subscriptions). */
+async function retainedTopics(client: MqttClientLike, filters: string[], settleMs = 400, maxMs = 3000): Promise<Set<string>> {
+  const seen = new Set<string>();
+  let last = Date.now();
+  const onMessage = (topic: string, payload: Buffer, packet: { retain?: boolean }): void => {
+    if (packet.retain && payload.length > 0) seen.add(topic);
+    last = Date.now();
+  };
+  client.on('message', onMessage);
+  try {
+    await client.subscribeAsync(filters, { qos: 1 });
+    const start = Date.now();
+    last = Date.now();
+    while (Date.now() - last < settleMs && Date.now() - start < maxMs) await new Promise((r) => setTimeout(r, 50));
+    await client.unsubscribeAsync(filters).catch(() => undefined);
+  } finally {
+    client.off('message', onMessage);
+  }
+  return seen;
 }
 
 /**
- * Publishes the repository's metadata to an MQTT broker as RETAINED QoS 1 messages, topic
- * `<prefix><filename>` (default prefix `slotflip/v1/meta/`): every N.root.json, the current
- * N.targets.json and N.snapshot.json, then timestamp.json LAST (a device that sees the new timestamp
- * finds everything it references). Older snapshot/targets versions get an empty retained message,
- * which deletes them from the broker. Idempotent.
+ * Publishes the repository's metadata to an MQTT broker as RETAINED QoS 1 messages, in each topic
+ * layout (meta-topics.ts): every N.root.json, the current N.targets.json and N.snapshot.json, then
+ * timestamp.json LAST (a device that sees the new timestamp finds everything it references). Older
+ * snapshot/targets versions, and retained topics under the meta prefixes that are not part of this
+ * repository (garbage, another repository's files), get an empty retained message, which deletes
+ * them from the broker. No message is larger than `maxMessageBytes` (default 64 KiB): a larger file
+ * is refused (MANIFEST_PUBLISH_OVERSIZE, nothing published) or, with `oversize: 'skip'`, left to
+ * HTTP. Idempotent.
  */
 export async function publishToBroker(dir: string, brokerUrl: string, opts: PublishOptions = {}): Promise<PublishResult> {
-  const prefix = opts.prefix ?? 'slotflip/v1/meta/';
+  const topicsOf = (file: string): string[] => {
+    if (opts.prefix !== undefined) return [opts.prefix + file];
+    return (opts.layouts ?? ['v2', 'v1']).map((l) => metaTopic(file, l)).filter((x): x is string => x !== undefined);
+  };
+  const prefixes = opts.prefix !== undefined ? [opts.prefix] : (opts.layouts ?? ['v2', 'v1']).map((l) => META_PREFIXES[l]);
+  const max = opts.maxMessageBytes ?? MAX_MESSAGE_BYTES;
   const names = await readdir(metaDir(dir)).catch((cause: unknown) => {
     throw new SlotflipError('MANIFEST_REPO_INVALID', `${metaDir(dir)} is missing`, { cause });
   });
   const snapV = await latestVersion(dir, 'snapshot');
   const targV = await latestVersion(dir, 'targets');
   const roots = names.filter((n) => /^\d+\.root\.json$/.test(n)).sort((a, b) => parseInt(a) - parseInt(b));
-  const current = [...roots, `${targV}.targets.json`, `${snapV}.snapshot.json`];
+  const current = [...roots, `${targV}.targets.json`, `${snapV}.snapshot.json`, 'timestamp.json'];
   const stale = names.filter((n) => /^\d+\.(snapshot|targets)\.json$/.test(n) && !current.includes(n));
-  const { connectAsync } = await import('mqtt');
-  let client;
-  try {
-    client = await connectAsync(brokerUrl, {
-      clean: true,
-      connectTimeout: opts.timeoutMs ?? 10_000,
-      reconnectPeriod: 0,
-      ...(opts.username !== undefined ? { username: opts.username } : {}),
-      ...(opts.password !== undefined ? { password: opts.password } : {}),
-      ...(opts.ca !== undefined ? { ca: opts.ca } : {}),
-      ...(opts.cert !== undefined ? { cert: opts.cert } : {}),
-      ...(opts.key !== undefined ? { key: opts.key } : {}),
-    });
-  } catch (cause) {
-    throw new SlotflipError('MANIFEST_PUBLISH_FAILED', `cannot connect to broker ${brokerUrl}; check the URL and credentials`, { cause, retryable: true, details: { brokerUrl } });
+  // every message is sized before anything is published: a refusal leaves the broker as it was
+  const files: { file: string; bytes: Buffer }[] = [];
+  const skipped: PublishResult['skipped'] = [];
+  for (const file of current) {
+    const bytes = await readFile(join(metaDir(dir), file));
+    if (bytes.byteLength > max) {
+      if ((opts.oversize ?? 'refuse') === 'refuse') {
+        throw new SlotflipError('MANIFEST_PUBLISH_OVERSIZE', `${file} is ${bytes.byteLength} bytes, more than the ${max} allowed in one MQTT message (AWS IoT Core takes 128 KB, Azure 64 KB retained; Mosquitto withholds what exceeds a client's maximum packet size); nothing was published. Publish with --oversize skip to leave it to HTTP (devices fetch what the broker lacks from the repository), or prune old releases`, { details: { file, bytes: bytes.byteLength, maxMessageBytes: max } });
+      }
+      skipped.push({ file, bytes: bytes.byteLength });
+      continue;
+    }
+    files.push({ file, bytes });
   }
+  const { client, version } = await connectPublisher(brokerUrl, opts);
   const published: string[] = [];
   const cleared: string[] = [];
+  let largest = 0;
   try {
-    for (const n of [...current, 'timestamp.json']) {
-      const topic = prefix + n;
-      await client.publishAsync(topic, await readFile(join(metaDir(dir), n)), { qos: 1, retain: true });
-      published.push(topic);
+    const wanted = new Set(files.flatMap((f) => topicsOf(f.file)));
+    const strays = (opts.clearStrays ?? true) ? await retainedTopics(client, prefixes.map((p) => `${p}#`)) : new Set<string>();
+    for (const { file, bytes } of files) {
+      for (const topic of topicsOf(file)) {
+        await client.publishAsync(topic, bytes, { qos: 1, retain: true });
+        largest = Math.max(largest, bytes.byteLength);
+        published.push(topic);
+      }
     }
-    for (const n of stale) {
-      await client.publishAsync(prefix + n, Buffer.alloc(0), { qos: 1, retain: true });
-      cleared.push(prefix + n);
+    const toClear = new Set<string>([...stale.flatMap(topicsOf), ...skipped.flatMap((s) => topicsOf(s.file)), ...[...strays].filter((t) => !wanted.has(t))]);
+    for (const topic of toClear) {
+      await client.publishAsync(topic, Buffer.alloc(0), { qos: 1, retain: true });
+      cleared.push(topic);
     }
   } catch (cause) {
-    throw new SlotflipError('MANIFEST_PUBLISH_FAILED', `publishing to ${brokerUrl} failed; the broker may deny retained publishes on ${prefix}#`, { cause, retryable: true, details: { brokerUrl } });
+    throw new SlotflipError('MANIFEST_PUBLISH_FAILED', `publishing to ${brokerUrl} failed; the broker may deny retained publishes on ${prefixes.map((p) => `${p}#`).join(', ')}`, { cause, retryable: true, details: { brokerUrl } });
   } finally {
     await client.endAsync().catch(() => undefined);
   }
-  return { published, cleared };
+  return { published, cleared, skipped, protocolVersion: version, largestMessageBytes: largest };
 }
 
 export interface ExportOptions extends RepoOptions {

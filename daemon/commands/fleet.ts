@@ -17,6 +17,8 @@ import { applyRollout, buildRollout, parsePercent, parseWave, readRollout } from
 import { FleetWatcher, type BrokerAuth } from '../fleet/watcher.js';
 import { formatSummary, haltPolicyProblem, type FleetSummary } from '../fleet/watch.js';
 import type { Command, CommandIO } from './command.js';
+import { deviceTopics, isTopicLevel } from '../topics.js';
+import { connectOrFail } from '../../manifests/repo.js';
 
 const TLS_HELP = [
   '  --ca FILE              CA bundle (PEM) for mqtts://',
@@ -219,6 +221,46 @@ async function watch(argv: string[], io: CommandIO, deps: FleetCommandDeps): Pro
   return watcher.halted ? 3 : 0;
 }
 
+const CHECK_HELP = [
+  'usage: slotflip fleet check --broker URL --device ID [--device ID ...]',
+  '',
+  'Nudges devices: publishes a `check` command (QoS 1, not retained) to each device\'s',
+  'slotflip/v2/devices/<id>/cmd/check (and the v1 topic, for devices not yet updated). The device',
+  'refreshes its metadata (over HTTP as well as from the broker), checks for updates and publishes',
+  'its state again: the way to reach devices on a cluster node that never saw a retained release.',
+  '',
+  'options:',
+  '  --broker URL           broker (mqtt://, mqtts://)',
+  '  --device ID            device id (repeatable)',
+  TLS_HELP,
+  '  -h, --help             this help',
+].join('\n');
+
+async function check(argv: string[], io: CommandIO): Promise<number> {
+  const { values: v } = parse(argv, { broker: { type: 'string' }, device: { type: 'string', multiple: true }, ...TLS_OPTIONS }, false);
+  if (typeof v['broker'] !== 'string') throw usage('fleet check needs --broker URL');
+  const devices = (v['device'] as string[] | undefined) ?? [];
+  if (devices.length === 0) throw usage('fleet check needs at least one --device ID');
+  for (const d of devices) if (!isTopicLevel(d)) throw usage(`--device ${JSON.stringify(d)} is not a device id ([A-Za-z0-9._:-])`);
+  const auth = await brokerAuth(v);
+  let client;
+  try {
+    // MQTT 3.1.1: every broker speaks it, and a command needs nothing of MQTT 5
+    client = await connectOrFail(v['broker'], { protocolVersion: 4, clean: true, connectTimeout: 10_000, ...auth });
+  } catch (cause) {
+    throw new SlotflipError('DAEMON_FLEET_CONNECT', `cannot connect to ${v['broker']}: check the URL and credentials`, { cause, retryable: true, details: { brokerUrl: v['broker'] } });
+  }
+  try {
+    for (const d of devices) {
+      for (const layout of ['v2', 'v1'] as const) await client.publishAsync(deviceTopics(d, layout).cmdCheck, 'check', { qos: 1 });
+      out(io, `check sent to ${d} (${deviceTopics(d).cmdCheck})`);
+    }
+  } finally {
+    await client.endAsync().catch(() => undefined);
+  }
+  return 0;
+}
+
 /** Runs `fleet <sub> ...` with injectable clock, stop signal and logger (tests). */
 export async function runFleet(argv: string[], io: CommandIO, deps: FleetCommandDeps = {}): Promise<number> {
   const [sub, ...rest] = argv;
@@ -230,11 +272,18 @@ export async function runFleet(argv: string[], io: CommandIO, deps: FleetCommand
     }
     return sub === 'rollout' ? rollout(rest, io, deps) : watch(rest, io, deps);
   }
-  throw usage(`unknown fleet subcommand ${sub === undefined ? '(none)' : JSON.stringify(sub)}: use rollout or watch`);
+  if (sub === 'check') {
+    if (help) {
+      out(io, CHECK_HELP);
+      return 0;
+    }
+    return check(rest, io);
+  }
+  throw usage(`unknown fleet subcommand ${sub === undefined ? '(none)' : JSON.stringify(sub)}: use rollout, watch or check`);
 }
 
 export const command: Command = {
-  help: ['usage: slotflip fleet rollout|watch ...', '', ROLLOUT_HELP, '', WATCH_HELP].join('\n'),
+  help: ['usage: slotflip fleet rollout|watch|check ...', '', ROLLOUT_HELP, '', WATCH_HELP, '', CHECK_HELP].join('\n'),
   async run(argv, io) {
     const stopSignal = new Promise<void>((resolve) => {
       process.once('SIGINT', () => resolve());

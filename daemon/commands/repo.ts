@@ -32,9 +32,14 @@ const HELP = [
   '        (default: now). See manifests/README.md "Trusted time".',
   '  rollout DIR --target NAME (--percent P | --halt | --clear)',
   '        change a release\'s staged rollout (re-signs targets: needs the targets key).',
-  '  publish DIR --broker URL [--prefix P] [--username U] [--ca F] [--cert F] [--key F]',
-  '        put the metadata on the broker as retained messages, topic slotflip/v1/meta/<file>',
-  '        (password from $SLOTFLIP_BROKER_PASSWORD).',
+  '  publish DIR --broker URL [--layouts v2,v1] [--max-message-bytes N] [--oversize refuse|skip]',
+  '              [--keep-strays] [--protocol 4|5] [--username U] [--ca F] [--cert F] [--key F]',
+  '        put the metadata on the broker as retained messages: slotflip/v2/meta/<level> (timestamp,',
+  '        <N>_root, <N>_snapshot, <N>_targets) and, for devices not yet on v2, slotflip/v1/meta/<file>.',
+  '        No message exceeds --max-message-bytes (default 65536): a larger file is refused (exit 1,',
+  '        MANIFEST_PUBLISH_OVERSIZE), or with --oversize skip left to HTTP. Retained topics under the',
+  '        meta prefixes that are not part of DIR are cleared (and listed) unless --keep-strays.',
+  '        MQTT 5, or 3.1.1 when the broker refuses 5. Password from $SLOTFLIP_BROKER_PASSWORD.',
   '',
   'options:',
   '  --json          machine-readable output',
@@ -62,6 +67,11 @@ export const command: Command = {
         clear: { type: 'boolean' },
         broker: { type: 'string' },
         prefix: { type: 'string' },
+        layouts: { type: 'string' },
+        'max-message-bytes': { type: 'string' },
+        oversize: { type: 'string' },
+        'keep-strays': { type: 'boolean' },
+        protocol: { type: 'string' },
         username: { type: 'string' },
         ca: { type: 'string' },
         cert: { type: 'string' },
@@ -116,15 +126,29 @@ export const command: Command = {
       }
       case 'publish': {
         if (!values.broker) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', 'repo publish needs --broker URL');
+        const layouts = values.layouts?.split(',').map((x) => x.trim());
+        if (layouts && (layouts.length === 0 || layouts.some((l) => l !== 'v1' && l !== 'v2'))) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', `--layouts ${values.layouts}: expected v2, v1 or v2,v1`);
+        const maxBytes = values['max-message-bytes'] !== undefined ? Number(values['max-message-bytes']) : undefined;
+        if (maxBytes !== undefined && (!Number.isSafeInteger(maxBytes) || maxBytes < 1024)) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', `--max-message-bytes ${values['max-message-bytes']}: expected an integer >= 1024`);
+        if (values.oversize !== undefined && values.oversize !== 'refuse' && values.oversize !== 'skip') throw new SlotflipError('MANIFEST_BAD_ARGUMENT', `--oversize ${values.oversize}: expected refuse or skip`);
+        if (values.protocol !== undefined && values.protocol !== '4' && values.protocol !== '5') throw new SlotflipError('MANIFEST_BAD_ARGUMENT', `--protocol ${values.protocol}: expected 4 (MQTT 3.1.1) or 5`);
         const r = await publishToBroker(dir, values.broker, {
           ...(values.prefix ? { prefix: values.prefix } : {}),
+          ...(layouts ? { layouts: layouts as ('v1' | 'v2')[] } : {}),
+          ...(maxBytes !== undefined ? { maxMessageBytes: maxBytes } : {}),
+          ...(values.oversize ? { oversize: values.oversize as 'refuse' | 'skip' } : {}),
+          ...(values['keep-strays'] ? { clearStrays: false } : {}),
+          ...(values.protocol ? { protocolVersion: Number(values.protocol) as 4 | 5 } : {}),
           ...(values.username ? { username: values.username } : {}),
           ...(io.env['SLOTFLIP_BROKER_PASSWORD'] ? { password: io.env['SLOTFLIP_BROKER_PASSWORD'] } : {}),
           ...(values.ca ? { ca: await readFile(values.ca) } : {}),
           ...(values.cert ? { cert: await readFile(values.cert) } : {}),
           ...(values.key ? { key: await readFile(values.key) } : {}),
         });
-        out(io, json, r, `published ${r.published.length} retained messages${r.cleared.length ? `, cleared ${r.cleared.length} stale ones` : ''}`);
+        const lines = [`published ${r.published.length} retained messages (MQTT ${r.protocolVersion === 5 ? '5' : '3.1.1'}, largest ${r.largestMessageBytes} bytes)`];
+        for (const c of r.cleared) lines.push(`cleared retained ${c} (not part of this repository's current metadata)`);
+        for (const k of r.skipped) lines.push(`skipped ${k.file}: ${k.bytes} bytes, over the message cap; devices fetch it over HTTP`);
+        out(io, json, r, lines.join('\n'));
         return 0;
       }
       default:

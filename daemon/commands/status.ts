@@ -6,6 +6,7 @@
 import { COMMON_OPTIONS_HELP, openAgent, parseCommandArgs, write } from '../command-support.js';
 import type { AgentStatus } from '../agent.js';
 import type { Command } from './command.js';
+import { formatBrokerReport, readBrokerReport } from '../broker-state.js';
 
 /** The last few lines of a check's output, on one line. */
 export function lastLines(output: string, n = 3): string {
@@ -45,9 +46,11 @@ export const command: Command = {
   help: ['usage: slotflip status --config FILE [--json]', '', 'Show the booted slot, both slots\' boot state and release, the update phase and the last result. Read-only.', '', 'options:', COMMON_OPTIONS_HELP].join('\n'),
   async run(argv, io) {
     const p = parseCommandArgs(argv, io);
-    const { agent } = await openAgent(p, {}, { connect: false });
+    const { agent, config } = await openAgent(p, {}, { connect: false });
     const s = await agent.status();
-    write(io, p.json ? JSON.stringify(s) : formatStatus(s));
+    // what the daemon last saw of its broker (protocol, metadata problems): daemon/broker-state.ts
+    const broker = config.broker ? await readBrokerReport(config.stateDir) : undefined;
+    write(io, p.json ? JSON.stringify(broker ? { ...s, broker } : s) : [formatStatus(s), ...(broker ? formatBrokerReport(broker) : [])].join('\n'));
     return 0;
   },
 };

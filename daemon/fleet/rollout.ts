@@ -119,7 +119,9 @@ export interface ApplyRolloutResult {
 export async function applyRollout(dir: string, targetName: string, rollout: Rollout, opts: ApplyRolloutOptions = {}): Promise<ApplyRolloutResult> {
   const targetsVersion = await setRollout(dir, targetName, rollout, opts.now ? { now: opts.now } : {});
   const result: ApplyRolloutResult = { targetName, rollout, targetsVersion };
-  if (opts.broker !== undefined) result.published = await publishToBroker(dir, opts.broker, opts.publish ?? {});
+  // a halt must reach devices even when targets.json has outgrown one MQTT message (a large chunk
+  // index): the oversized file is left to HTTP rather than the whole republish refused
+  if (opts.broker !== undefined) result.published = await publishToBroker(dir, opts.broker, { oversize: 'skip', ...opts.publish });
   return result;
 }
 

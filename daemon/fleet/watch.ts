@@ -25,7 +25,7 @@
  * not a JSON object counts as malformed, never throws. A watcher started after the devices reported
  * learns their outcomes, device faults included, from the retained state alone.
  */
-import { TOPIC_ROOT, readLastResult } from '../topics.js';
+import { TOPIC_ROOT, TOPIC_ROOT_V1, deviceIdOfLevel, readLastResult } from '../topics.js';
 import { DEVICE_FAULT_CODES } from '../machine.js';
 
 export type AttemptOutcome = 'started' | 'installed' | 'succeeded' | 'rolledBack' | 'failed';
@@ -77,6 +77,10 @@ export interface DeviceView {
   lastSeq: number;
   /** per release target name: what is known of this device's attempt. */
   releases: Record<string, DeviceAttempt>;
+  /** true once a `state` message (retained or live) was seen: a device known only from its events
+   * is on a broker that did not deliver its retained state (a cluster node that keeps retained
+   * messages to itself, RabbitMQ's wildcard subscriptions), not a missing device. */
+  stateSeen?: boolean;
 }
 
 export interface FleetView {
@@ -99,13 +103,16 @@ export function emptyView(): FleetView {
 }
 
 const DEVICE_PREFIX = `${TOPIC_ROOT}/devices/`;
+const DEVICE_PREFIX_V1 = `${TOPIC_ROOT_V1}/devices/`;
 
-/** `{ deviceId, leaf }` for `slotflip/v1/devices/<id>/<leaf>`, else undefined. */
+/** `{ deviceId, leaf }` for `slotflip/v2/devices/<level>/<leaf>` (or a v1 device topic, from
+ * devices not yet updated), else undefined. */
 export function parseDeviceTopic(topic: string): { deviceId: string; leaf: string } | undefined {
-  if (!topic.startsWith(DEVICE_PREFIX)) return undefined;
-  const rest = topic.slice(DEVICE_PREFIX.length).split('/');
+  const v2 = topic.startsWith(DEVICE_PREFIX);
+  if (!v2 && !topic.startsWith(DEVICE_PREFIX_V1)) return undefined;
+  const rest = topic.slice((v2 ? DEVICE_PREFIX : DEVICE_PREFIX_V1).length).split('/');
   if (rest.length !== 2 || !rest[0] || !rest[1]) return undefined;
-  return { deviceId: rest[0], leaf: rest[1] };
+  return { deviceId: v2 ? deviceIdOfLevel(rest[0]) : rest[0], leaf: rest[1] };
 }
 
 /** The release target name in a release id (`targetName@sha-prefix`). */
@@ -272,7 +279,10 @@ export function foldMessage(view: FleetView, msg: FleetMessage, now: number): Fl
   const d = device(view, where.deviceId, seen);
   d.lastSeen = Math.max(d.lastSeen, seen);
   if (where.leaf === 'events') foldEvent(view, d, body, stamped ?? now);
-  else foldState(d, body, stamped ?? now);
+  else {
+    d.stateSeen = true;
+    foldState(d, body, stamped ?? now);
+  }
   return view;
 }
 
@@ -334,6 +344,10 @@ export interface FleetSummary {
   /** devices silent for longer than the straggler threshold, or offline; oldest first, capped. */
   stragglers: Straggler[];
   stragglersTotal: number;
+  /** devices heard from (events, online flag) whose state never arrived: the broker did not deliver
+   * the retained state (see DeviceView.stateSeen); capped. Present only when there are any. */
+  withoutState?: string[];
+  withoutStateTotal?: number;
   messages: number;
   duplicates: number;
   malformed: number;
@@ -385,6 +399,7 @@ export function summarize(view: FleetView, now: number, opts: SummaryOptions): F
   const failures: FailureEntry[] = [];
   const faults: FailureEntry[] = [];
   const stragglers: Straggler[] = [];
+  const withoutState: string[] = [];
   let online = 0;
   let offline = 0;
   for (const d of view.devices.values()) {
@@ -392,7 +407,8 @@ export function summarize(view: FleetView, now: number, opts: SummaryOptions): F
     else if (d.online === false) offline++;
     const v = d.version ?? 'unknown';
     versions[v] = (versions[v] ?? 0) + 1;
-    const p = d.phase ?? 'unknown';
+    if (!d.stateSeen) withoutState.push(d.deviceId);
+    const p = d.phase ?? (d.stateSeen ? 'unknown' : 'no-state');
     phases[p] = (phases[p] ?? 0) + 1;
     for (const a of Object.values(d.releases)) {
       if (opts.release !== undefined && a.targetName !== opts.release) continue;
@@ -421,6 +437,7 @@ export function summarize(view: FleetView, now: number, opts: SummaryOptions): F
     ...(faults.length > 0 ? { deviceFaults: faults.slice(0, max), deviceFaultsTotal: faults.length } : {}),
     stragglers: stragglers.slice(0, max),
     stragglersTotal: stragglers.length,
+    ...(withoutState.length > 0 ? { withoutState: withoutState.sort().slice(0, max), withoutStateTotal: withoutState.length } : {}),
     messages: view.messages,
     duplicates: view.duplicates,
     malformed: view.malformed,
@@ -495,6 +512,10 @@ export function formatSummary(s: FleetSummary): string {
   if (s.deviceFaults && s.deviceFaultsTotal) {
     lines.push(`  device faults (${s.deviceFaultsTotal}, the device's configuration, not counted against the release):`);
     for (const f of s.deviceFaults) lines.push(`    ${f.deviceId}  ${f.outcome}  ${f.releaseId}${f.reason ? `  ${f.reason}` : ''}`);
+  }
+  if (s.withoutState && s.withoutStateTotal) {
+    lines.push(`  seen without retained state (${s.withoutStateTotal}): events or online flags arrived, the retained state did not (a clustered broker keeps retained messages on the node that received them; RabbitMQ sends none to wildcard subscriptions). Not missing: \`slotflip fleet check --device ID\` makes a device publish its state again`);
+    for (const id of s.withoutState) lines.push(`    ${id}`);
   }
   if (s.stragglersTotal > 0) {
     lines.push(`  stragglers (${s.stragglersTotal}):`);

@@ -16,12 +16,13 @@ import { connect as mqttConnect, type IClientOptions, type MqttClient } from 'mq
 import type { Logger } from 'pino';
 import { SlotflipError } from '../../hal/errors.js';
 import type { PublishOptions } from '../../manifests/repo.js';
-import { TOPIC_ROOT } from '../topics.js';
+import { TOPIC_ROOT, TOPIC_ROOT_V1 } from '../topics.js';
 import { toErrorInfo } from '../runner.js';
 import { haltRollout, type ApplyRolloutResult } from './rollout.js';
 import { decideHalt, emptyView, foldMessage, releaseStats, summarize, type FleetSummary, type FleetView, type HaltDecision, type HaltPolicy } from './watch.js';
 
-export const FLEET_FILTERS = [`${TOPIC_ROOT}/devices/+/state`, `${TOPIC_ROOT}/devices/+/events`, `${TOPIC_ROOT}/devices/+/online`];
+/** v2 device topics, and v1 ones from devices not yet updated. */
+export const FLEET_FILTERS = [TOPIC_ROOT, TOPIC_ROOT_V1].flatMap((root) => [`${root}/devices/+/state`, `${root}/devices/+/events`, `${root}/devices/+/online`]);
 
 export interface BrokerAuth {
   username?: string;

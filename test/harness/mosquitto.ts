@@ -7,8 +7,8 @@
  * Listeners (per_listener_settings true):
  * - plain `url` (mqtt://127.0.0.1:PORT): anonymous, no ACL — the test's own "fleet operator" and observer;
  * - `tlsUrl` (mqtts://127.0.0.1:TLSPORT): client certificate required, the certificate CN becomes the
- *   username, and the ACL confines each device to `slotflip/v1/devices/<CN>/#` plus read access to
- *   `slotflip/v1/meta/#`. Users listed in `tls.admins` get `slotflip/#`.
+ *   username, and the ACL confines each device to `slotflip/v2/devices/<CN>/#` plus read access to
+ *   `slotflip/v2/meta/#` and `slotflip/v1/meta/#`. Users listed in `tls.admins` get `slotflip/#`.
  *
  * `stop()` kills only this broker's pid. `restart()` stops and starts it again on the same ports and
  * the same persistence directory (to test delivery across a broker restart).
@@ -145,8 +145,9 @@ export async function startMosquitto(opts: MosquittoOptions = {}): Promise<Mosqu
   if (opts.tls && certs && tlsPort) {
     const acl = [
       ...(opts.tls.admins ?? []).flatMap((a) => [`user ${a}`, 'topic readwrite slotflip/#', '']),
+      'pattern read slotflip/v2/meta/#',
       'pattern read slotflip/v1/meta/#',
-      'pattern readwrite slotflip/v1/devices/%u/#',
+      'pattern readwrite slotflip/v2/devices/%u/#',
       '',
     ];
     await writeFile(join(dir, 'acl'), acl.join('\n'));

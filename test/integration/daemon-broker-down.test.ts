@@ -74,7 +74,7 @@ t.test('update while the broker is down; events delivered in order when it retur
   t.teardown(() => observer.endAsync());
   const events: { seq: number; type: string }[] = [];
   observer.on('message', (_topic, payload) => events.push(JSON.parse(payload.toString()) as { seq: number; type: string }));
-  await observer.subscribeAsync('slotflip/v1/devices/dev-bd/events', { qos: 1 });
+  await observer.subscribeAsync('slotflip/v2/devices/dev-bd/events', { qos: 1 });
   const third = await boot();
   t.teardown(() => third.service.stop());
   const until = Date.now() + 20_000;

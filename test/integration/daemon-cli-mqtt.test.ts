@@ -43,7 +43,7 @@ t.test('update --once with MQTT-only metadata reports its events before exiting'
   t.teardown(() => observer.endAsync());
   const events: string[] = [];
   observer.on('message', (_topic, payload) => events.push((JSON.parse(payload.toString()) as { type: string }).type));
-  await observer.subscribeAsync('slotflip/v1/devices/dev-m/events', { qos: 1 });
+  await observer.subscribeAsync('slotflip/v2/devices/dev-m/events', { qos: 1 });
 
   const config = (brokerUrl: string) => ({
     deviceId: 'dev-m', hardware: 'acme,board', stateDir: join(dir, 'state'),

@@ -42,17 +42,17 @@ t.test('a client without a certificate is refused', async (t) => {
 t.test('device transport over mutual TLS: metadata in, events out, online flag', async (t) => {
   const fleet = await connectAsync(tlsUrl, tlsOpts('fleet', 5));
   t.teardown(() => fleet.endAsync());
-  const seen = await collect(fleet, 'slotflip/v1/devices/dev1/#');
-  await fleet.publishAsync(metaTopic('root.json'), '{"root":1}', { qos: 1, retain: true });
+  const seen = await collect(fleet, 'slotflip/v2/devices/dev1/#');
+  await fleet.publishAsync(metaTopic('2.root.json'), '{"root":1}', { qos: 1, retain: true });
   const outbox = new Outbox({ store: new MemoryOutboxStore() });
   const metadata = new Map<string, Uint8Array>();
   const tr = new MqttTransport({ config: deviceConfig('dev1'), deviceId: 'dev1', outbox, metadata });
   tr.start();
   t.teardown(() => tr.stop());
-  await waitFor(() => metadata.get('root.json'), 'metadata over TLS');
+  await waitFor(() => metadata.get('2.root.json'), 'metadata over TLS');
   await outbox.append({ type: 'UpdateCommitted', release: 'r1' });
-  await waitFor(() => seen.find((s) => s.startsWith('slotflip/v1/devices/dev1/events ')), 'event over TLS');
-  t.ok(seen.includes('slotflip/v1/devices/dev1/online online'));
+  await waitFor(() => seen.find((s) => s.startsWith('slotflip/v2/devices/dev1/events ')), 'event over TLS');
+  t.ok(seen.includes('slotflip/v2/devices/dev1/online online'));
   t.match(JSON.parse(seen.find((s) => s.includes('/events '))!.split(' ')[1]!), { type: 'UpdateCommitted', seq: 1, deviceId: 'dev1' });
   t.equal((await outbox.pending()).length, 0);
 });
@@ -60,32 +60,32 @@ t.test('device transport over mutual TLS: metadata in, events out, online flag',
 t.test('MQTT 5: a device cannot publish into another device subtree (PUBACK 0x87)', async (t) => {
   const fleet = await connectAsync(tlsUrl, tlsOpts('fleet', 5));
   t.teardown(() => fleet.endAsync());
-  const seen = await collect(fleet, 'slotflip/v1/devices/#');
+  const seen = await collect(fleet, 'slotflip/v2/devices/#');
   const dev1 = await connectAsync(tlsUrl, tlsOpts('dev1', 5));
   t.teardown(() => dev1.endAsync());
-  const err = await dev1.publishAsync('slotflip/v1/devices/dev2/events', 'forged', { qos: 1 }).then(() => undefined, (e: unknown) => e);
+  const err = await dev1.publishAsync('slotflip/v2/devices/dev2/events', 'forged', { qos: 1 }).then(() => undefined, (e: unknown) => e);
   t.match(err, { code: 0x87 }, 'denied with reason 0x87 (not authorized)');
   await t.rejects(dev1.publishAsync('slotflip/v1/meta/root.json', 'evil', { qos: 1 }), { code: 0x87 }, 'devices cannot write metadata');
-  await dev1.publishAsync('slotflip/v1/devices/dev1/events', 'own', { qos: 1 });
-  await waitFor(() => seen.includes('slotflip/v1/devices/dev1/events own'), 'own publish delivered');
+  await dev1.publishAsync('slotflip/v2/devices/dev1/events', 'own', { qos: 1 });
+  await waitFor(() => seen.includes('slotflip/v2/devices/dev1/events own'), 'own publish delivered');
   t.notOk(seen.some((s) => s.includes('forged')), 'the forged event never reached anyone');
   // Mosquitto grants the subscription but checks read access per message: dev1 never reads dev2's topics
-  const dev1Seen = await collect(dev1, 'slotflip/v1/devices/+/cmd/#');
-  await fleet.publishAsync('slotflip/v1/devices/dev2/cmd/check', 'for-dev2', { qos: 1 });
-  await fleet.publishAsync('slotflip/v1/devices/dev1/cmd/check', 'for-dev1', { qos: 1 });
-  await waitFor(() => dev1Seen.includes('slotflip/v1/devices/dev1/cmd/check for-dev1'), 'own command');
-  t.same(dev1Seen, ['slotflip/v1/devices/dev1/cmd/check for-dev1'], 'cannot read another device subtree');
+  const dev1Seen = await collect(dev1, 'slotflip/v2/devices/+/cmd/#');
+  await fleet.publishAsync('slotflip/v2/devices/dev2/cmd/check', 'for-dev2', { qos: 1 });
+  await fleet.publishAsync('slotflip/v2/devices/dev1/cmd/check', 'for-dev1', { qos: 1 });
+  await waitFor(() => dev1Seen.includes('slotflip/v2/devices/dev1/cmd/check for-dev1'), 'own command');
+  t.same(dev1Seen, ['slotflip/v2/devices/dev1/cmd/check for-dev1'], 'cannot read another device subtree');
 });
 
 t.test('MQTT 3.1.1: a denied publish is silently dropped by the broker', async (t) => {
   const fleet = await connectAsync(tlsUrl, tlsOpts('fleet', 4));
   t.teardown(() => fleet.endAsync());
-  const seen = await collect(fleet, 'slotflip/v1/devices/#');
+  const seen = await collect(fleet, 'slotflip/v2/devices/#');
   const dev1 = await connectAsync(tlsUrl, tlsOpts('dev1', 4));
   t.teardown(() => dev1.endAsync());
-  await dev1.publishAsync('slotflip/v1/devices/dev2/events', 'forged311', { qos: 1 });
-  await dev1.publishAsync('slotflip/v1/devices/dev1/events', 'own311', { qos: 1 });
-  await waitFor(() => seen.includes('slotflip/v1/devices/dev1/events own311'), 'own publish delivered');
+  await dev1.publishAsync('slotflip/v2/devices/dev2/events', 'forged311', { qos: 1 });
+  await dev1.publishAsync('slotflip/v2/devices/dev1/events', 'own311', { qos: 1 });
+  await waitFor(() => seen.includes('slotflip/v2/devices/dev1/events own311'), 'own publish delivered');
   t.notOk(seen.some((s) => s.includes('forged311')));
 });
 

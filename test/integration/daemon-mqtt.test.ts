@@ -53,14 +53,14 @@ for (const protocolVersion of [4, 5] as const) {
     t.ok(await tr.probe(1000), 'probe says reachable');
     await waitFor(() => obs.seen.find((s) => s.topic === topics.online && s.payload === 'online'), 'online flag');
 
-    await admin.publishAsync(metaTopic('targets.json'), '{"t":2}', { qos: 1, retain: true });
-    await waitFor(() => metadata.get('targets.json'), 'live metadata');
-    await admin.publishAsync(metaTopic('targets.json'), '', { qos: 1, retain: true });
-    await waitFor(() => !metadata.has('targets.json'), 'cleared metadata removed from the map');
+    await admin.publishAsync(metaTopic('3.targets.json'), '{"t":2}', { qos: 1, retain: true });
+    await waitFor(() => metadata.get('3.targets.json'), 'live metadata');
+    await admin.publishAsync(metaTopic('3.targets.json'), '', { qos: 1, retain: true });
+    await waitFor(() => !metadata.has('3.targets.json'), 'cleared metadata removed from the map');
     await admin.publishAsync(`slotflip/v1/meta/../evil`, 'x', { qos: 1 });
     await admin.publishAsync(topics.cmdCheck, 'now', { qos: 1 });
     await waitFor(() => commands.length === 1, 'check command');
-    t.same(metaEvents, ['timestamp.json:true:{"signed":1}', 'targets.json:false:{"t":2}', 'targets.json:false:-']);
+    t.same(metaEvents, ['timestamp.json:true:{"signed":1}', '3.targets.json:false:{"t":2}', '3.targets.json:false:-']);
     t.notOk([...metadata.keys()].some((k) => k.includes('/') || k.includes('..')), 'unsafe names never enter the map');
 
     t.equal(await tr.publishState({ phase: 'idle', n: 1 }), true);
@@ -162,10 +162,10 @@ t.test('bounded packets: oversize event becomes a truthful stub, oversize metada
   t.match(JSON.parse(obs.seen[1]!.payload), { type: 'Small', seq: 2 });
   const admin = await connectAsync(broker.url);
   t.teardown(() => admin.endAsync());
-  await admin.publishAsync(metaTopic('big.json'), 'y'.repeat(3000), { qos: 1 });
-  await admin.publishAsync(metaTopic('ok.json'), 'z', { qos: 1 });
-  await waitFor(() => metadata.get('ok.json'), 'small metadata');
-  t.notOk(metadata.has('big.json'));
+  await admin.publishAsync(metaTopic('2.big.json'), JSON.stringify({ y: 'y'.repeat(3000) }), { qos: 1 });
+  await admin.publishAsync(metaTopic('1.ok.json'), '{"z":1}', { qos: 1 });
+  await waitFor(() => metadata.get('1.ok.json'), 'small metadata');
+  t.notOk(metadata.has('2.big.json'));
   t.ok(problems.includes('DAEMON_MQTT_OVERSIZE'));
 });
 

@@ -56,7 +56,7 @@ t.test('daemon process: MQTT metadata, HTTP payload, reboot by power cycle, comm
     if (topic.endsWith('/events')) events.push(JSON.parse(payload.toString()) as Record<string, unknown>);
     if (topic.endsWith('/state') && payload.length) state = JSON.parse(payload.toString()) as Record<string, unknown>;
   });
-  await observer.subscribeAsync(['slotflip/v1/devices/dev-p1/events', 'slotflip/v1/devices/dev-p1/state'], { qos: 1 });
+  await observer.subscribeAsync(['slotflip/v2/devices/dev-p1/events', 'slotflip/v2/devices/dev-p1/state'], { qos: 1 });
   const waitEvent = async (type: string, ms = 60_000) => {
     const until = Date.now() + ms;
     while (Date.now() < until) {

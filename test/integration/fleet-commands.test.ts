@@ -89,13 +89,13 @@ t.test('fleet watch: JSON lines, and an automatic halt from device events', asyn
   const dev = await connectAsync(broker.url);
   t.teardown(() => dev.endAsync());
   const rid = `${T}@00112233aabbccdd`;
-  await dev.publishAsync('slotflip/v1/devices/w1/state', JSON.stringify({ phase: 'idle', version: '1.0.0' }), { qos: 1, retain: true });
+  await dev.publishAsync('slotflip/v2/devices/w1/state', JSON.stringify({ phase: 'idle', version: '1.0.0' }), { qos: 1, retain: true });
 
   const c = capture();
   const watching = runFleet(['watch', '--broker', broker.url, '--release', T, '--json', '--interval', '0.2', '--halt-on-failure-rate', '0.5', '--min-devices', '2', '--repo', repo, '--exit-on-halt', '--for', '20'], c.io, { log: pino({ level: 'silent' }) });
   await new Promise((r) => setTimeout(r, 500));
   const ev = (id: string, seq: number, type: string, extra: object = {}): Promise<unknown> =>
-    dev.publishAsync(`slotflip/v1/devices/${id}/events`, JSON.stringify({ seq, deviceId: id, type, releaseId: rid, version: '2.0.0', ...extra }), { qos: 1 });
+    dev.publishAsync(`slotflip/v2/devices/${id}/events`, JSON.stringify({ seq, deviceId: id, type, releaseId: rid, version: '2.0.0', ...extra }), { qos: 1 });
   await ev('w1', 1, 'UpdateStarted');
   await ev('w2', 1, 'UpdateStarted');
   await ev('w2', 2, 'UpdateCommitted');

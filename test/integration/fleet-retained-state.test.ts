@@ -49,7 +49,7 @@ t.test('a watcher that connects after the devices finished sees their outcomes f
     if (topic.endsWith('/events')) events.push(body);
     else latest.set(topic, body);
   });
-  await listener.subscribeAsync(['slotflip/v1/devices/+/events', 'slotflip/v1/devices/+/state'], { qos: 1 });
+  await listener.subscribeAsync(['slotflip/v2/devices/+/events', 'slotflip/v2/devices/+/state'], { qos: 1 });
 
   // one device's whole update: install, reboot (power cycle), validate in the "next boot", stop
   const runDevice = async (id: string, requiredExit: number): Promise<CycleResult[]> => {

@@ -31,7 +31,7 @@ t.test('options: v5, mutual TLS files, credentials file, will, no MQTT.js reconn
   t.match(o, {
     protocolVersion: 5, clientId: 'dev9', clean: true, keepalive: 60, reconnectPeriod: 0, rejectUnauthorized: true,
     username: 'u1', password: 'p1', properties: { maximumPacketSize: 262144, sessionExpiryInterval: 0 },
-    will: { topic: 'slotflip/v1/devices/dev9/online', qos: 1, retain: true },
+    will: { topic: 'slotflip/v2/devices/dev9/online', qos: 1, retain: true },
   });
   t.equal(String(o.will!.payload), 'offline');
   t.same([String(o.ca), String(o.cert), String(o.key)], ['CA', 'CERT', 'KEY']);

@@ -10,7 +10,7 @@ import { BOOTLOADER_IGNORED_ENV, DEVICE_FAULT_CODES, type HistoryEntry } from '.
 
 const T = 'releases/2.0.0/image.img.zst';
 const RID = `${T}@0123456789abcdef`;
-const topic = (id: string): string => `slotflip/v1/devices/${id}/state`;
+const topic = (id: string): string => `slotflip/v2/devices/${id}/state`;
 const ref = { id: RID, targetName: T, version: '2.0.0', securityVersion: 3 };
 
 const entry = (over: Partial<HistoryEntry> = {}): HistoryEntry => ({ attempt: 4, release: ref, source: 'A', target: 'B', outcome: 'succeeded', startedAt: 1000, endedAt: 5000, ...over });

@@ -6,7 +6,7 @@ import { buildRollout, parsePercent, parseWave } from '../../daemon/fleet/rollou
 
 const T = 'releases/2.0.0/image.img.gz';
 const RID = `${T}@0123456789abcdef`;
-const topic = (id: string, leaf: string): string => `slotflip/v1/devices/${id}/${leaf}`;
+const topic = (id: string, leaf: string): string => `slotflip/v2/devices/${id}/${leaf}`;
 let seqs: Record<string, number> = {};
 
 function event(view: FleetView, id: string, type: string, extra: Record<string, unknown> = {}, now = 1000): void {
@@ -19,9 +19,9 @@ t.beforeEach(() => {
 });
 
 t.test('topics and release ids', async (t) => {
-  t.same(parseDeviceTopic('slotflip/v1/devices/d1/state'), { deviceId: 'd1', leaf: 'state' });
+  t.same(parseDeviceTopic('slotflip/v2/devices/d1/state'), { deviceId: 'd1', leaf: 'state' });
   t.equal(parseDeviceTopic('slotflip/v1/meta/timestamp.json'), undefined);
-  t.equal(parseDeviceTopic('slotflip/v1/devices/d1/cmd/check'), undefined);
+  t.equal(parseDeviceTopic('slotflip/v2/devices/d1/cmd/check'), undefined);
   t.equal(targetOf(RID), T);
   t.equal(targetOf('plain'), 'plain');
 });
@@ -216,4 +216,21 @@ t.test('device faults (the bootloader ignored the trial) are listed apart and ne
   const cfg = emptyView();
   event(cfg, 'y', 'UpdateFailed', { reason: { code: 'HAL_BOOTENV_CONFIG', message: 'use /dev/mtd1' } });
   t.match(releaseStats(cfg, T), { failed: 0, deviceFaults: 1 });
+});
+
+t.test('a device seen by its events but without retained state is listed as such, not as missing', async (t) => {
+  const v = emptyView();
+  event(v, 'gw.7', 'UpdateStarted');
+  foldMessage(v, { topic: 'slotflip/v2/devices/gw_2e7/events', payload: JSON.stringify({ seq: 9, deviceId: 'gw.7', type: 'UpdateInstalled', releaseId: RID }) }, 1000);
+  foldMessage(v, { topic: topic('s', 'state'), payload: JSON.stringify({ phase: 'idle', at: new Date(1000).toISOString() }), retained: true }, 1000);
+  foldMessage(v, { topic: 'slotflip/v1/devices/old/online', payload: 'online', retained: true }, 1000);
+  t.same(parseDeviceTopic('slotflip/v2/devices/gw_2e7/state'), { deviceId: 'gw.7', leaf: 'state' }, 'v2 device level decoded');
+  t.same(parseDeviceTopic('slotflip/v1/devices/old/state'), { deviceId: 'old', leaf: 'state' }, 'v1 devices still read');
+  const s = summarize(v, 2000, { stragglerAfterMs: 3_600_000 });
+  t.same(s.withoutState, ['gw.7', 'old']);
+  t.equal(s.withoutStateTotal, 2);
+  t.equal(s.phases['no-state'], 2, 'not "unknown": the state exists, the broker did not deliver it');
+  t.match(formatSummary(s), /seen without retained state \(2\).*fleet check --device ID/s);
+  const s2 = summarize(emptyView(), 2000, { stragglerAfterMs: 1 });
+  t.equal(s2.withoutState, undefined, 'absent when every device has a state');
 });

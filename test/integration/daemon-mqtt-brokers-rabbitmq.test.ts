@@ -1,0 +1,10 @@
+/**
+ * The broker lane, single node, RabbitMQ 3.10 from Debian started by the harness as a child process on
+ * loopback, driven with the built CLI: protocol fallback, v2 retained metadata, push → install →
+ * commit, install from the HTTP repository after `fleet check` and by a late joiner. The body is
+ * test/harness/single-node-lane.ts; the two-node cluster is `npm run test:brokers`.
+ */
+import t from 'tap';
+import { brokerSkip, singleNodeLane } from '../harness/single-node-lane.js';
+
+t.test('rabbitmq: fallback, v2 retained metadata, push → install → commit, HTTP refresh', { skip: await brokerSkip('rabbitmq') }, (t) => singleNodeLane(t, 'rabbitmq'));
