@@ -6,8 +6,9 @@
  * INVARIANTS
  * - No byte reaches the slot unless its chunk's SHA-256 matched the signed index first.
  * - The slot's capacity is checked before it is opened; a too-small slot is never written.
- * - The resume hint only ever claims chunks that were written and flushed; resuming re-hashes them
- *   on the slot and restarts at the first that does not match (the hint is never trusted alone).
+ * - The resume hint only ever claims chunks that were written and flushed; resuming re-hashes the
+ *   slot from chunk 0 (past the hint too: a killed process's writes outlive it in the page cache)
+ *   and restarts at the first chunk that does not match (the hint is never trusted alone).
  * - Memory is bounded by a fixed pool of chunk buffers plus stream buffers, whatever the image size.
  * - Compressed bytes read are capped by the signed payload length; image bytes by the signed size.
  *
@@ -274,14 +275,26 @@ class InstallRun {
     return Math.min(this.payload.chunkSize, this.payload.size - i * this.payload.chunkSize);
   }
 
-  /** Re-hashes chunks [0, hint) on the slot; returns the first index that does not match. */
+  /**
+   * Re-hashes the chunks already on the slot, from chunk 0 up to the first that does not match the
+   * signed index, and returns that index: the download resumes there. The scan does not stop at the
+   * hint: the hint is persisted only at a flush (every `flushEveryBytes`), but a process that died
+   * (SIGKILL, OOM, a crash) left every chunk it wrote in the page cache, and a power cut leaves
+   * whatever the kernel had written back; a chunk that hashes right IS the signed chunk, wherever it
+   * came from. Chunks found past the hint are flushed and recorded before the download goes on, so
+   * the hint still only claims flushed chunks.
+   */
   async verifyExisting(hint: number): Promise<number> {
     let i = 0;
-    for (; i < hint; i++) {
+    for (; i < this.#chunkCount; i++) {
       throwIfAborted(this.signal);
       const len = this.#chunkLen(i);
       const data = await this.handle.readAt(len, i * this.payload.chunkSize);
       if (data.length !== len || createHash('sha256').update(data).digest('hex') !== this.payload.chunks[i]!.sha256) break;
+    }
+    if (i > hint) {
+      await this.handle.flush();
+      await writeResumeHint(this.opts.resumeStatePath, this.payload, this.opts.slot.path, i);
     }
     this.opts.logger?.debug({ hint, verified: i }, 'resume hint checked');
     this.#durable = i;
