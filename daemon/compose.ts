@@ -59,6 +59,9 @@ export interface ComposeOverrides {
   store?: StateStore;
   /** download progress of the installer (the CLI's progress bar, the demo). */
   onInstallProgress?: (p: InstallProgress) => void;
+  /** the per-cycle state lock; default `<stateDir>/lock` taken for each `runOnce`. `null`: none,
+   * because the caller holds the lock for its whole life (the daemon, see UpdateService). */
+  lock?: (() => Promise<() => Promise<void>>) | null;
 }
 
 /** Directories under stateDir. */
@@ -173,8 +176,9 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
     log,
     tries: config.board.tries,
     // one process at a time may drive the machine (two `update` runs, or `update --once` beside
-    // the daemon, would both write the slot); read-only commands never take it
-    lock: () => acquireStateLock({ stateDir: config.stateDir, now }),
+    // the daemon, would both write the slot); read-only commands never take it; the daemon holds it
+    // for its whole life instead (UpdateService.start) and passes `lock: null`
+    lock: o.lock === null ? undefined : (o.lock ?? (() => acquireStateLock({ stateDir: config.stateDir, now }))),
     ...(outbox ? { outbox } : {}),
     ...(o.bootId ? { bootId: o.bootId } : {}),
     policies: o.policies ?? createUpdatePolicies(config.policies, { freeSpaceMiB: () => freeSpaceMiB(config.stateDir), deferral: fileDeferralStore(paths.deferral) }),
