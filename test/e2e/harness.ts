@@ -25,8 +25,9 @@ import { makeTestImage } from '../../hal/image.js';
 import type { HttpServerHandle } from '../harness/http-server.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-/** the built CLI; `npm test` builds it first (`pretest`). */
-export const CLI = join(ROOT, 'dist/daemon/cli.js');
+/** the built CLI; `npm test` builds it first (`pretest`). SLOTFLIP_E2E_CLI points the lane at
+ * another build (e.g. of the main branch, to show a test fails there). */
+export const CLI = process.env.SLOTFLIP_E2E_CLI ?? join(ROOT, 'dist/daemon/cli.js');
 
 /** Throws a clear message when the CLI was not built (run `npm run build`). */
 export function requireBuilt(): void {
