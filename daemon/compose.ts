@@ -31,7 +31,7 @@ import { Outbox } from './outbox.js';
 import { createUpdatePolicies, type DeferralStore } from './policies.js';
 import { Agent, verifySlotImage, type AgentDeps, type EventSink, type HealthRunner, type Installer, type ReleaseFinder, type UpdatePolicies } from './agent.js';
 import { acquireStateLock, FileStateStore, type StateStore } from './state-store.js';
-import type { Config, SourceConfig } from './config.js';
+import { configDefaults, type Config, type SourceConfig } from './config.js';
 import { silentLogger } from './logger.js';
 
 export interface ComposeOverrides {
@@ -133,9 +133,11 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   // bench's memory figure assumes) for hal's own slot writers; through the slot handle's readAt when
   // the slots were injected, so injected read faults (fault tests) stay on the read-back path.
   const readBack: 'path' | 'handle' = o.slots ? 'handle' : 'path';
+  const dl = config.download ?? configDefaults.download;
+  const budget = { maxChunkFailures: dl.maxChunkFailures, maxBytesFactor: dl.maxBytesFactor, maxMs: dl.maxMinutes * 60_000 };
   const installer: Installer = o.installer ?? {
     async write(release, slot) {
-      await installPayload({ payload: release.custom.payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, readBack, ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), logger: log.child({ module: 'daemon.install' }), now });
+      await installPayload({ payload: release.custom.payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, readBack, budget, ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), logger: log.child({ module: 'daemon.install' }), now });
     },
     verify: (release, slot) => verifySlotImage(slot, release.custom.payload),
   };
