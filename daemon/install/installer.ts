@@ -37,7 +37,7 @@ import type { SlotHandle, SlotWriter } from '../../hal/slot-writer.js';
 import type { PayloadInfo } from '../../manifests/types.js';
 import { decodesInChild, prepareDecoder, type Decoder, type PreparedDecoder } from './decode.js';
 import { ReadBackHasher } from './hasher.js';
-import { readResumeRecord, writeResumeHint, type SpentBudget } from './resume-state.js';
+import { readResumeRecord, writeResumeHint, type ResumeExtra, type SpentBudget } from './resume-state.js';
 import { fileSource, httpSource, type OpenedStream, type PayloadSource, type TlsOptions } from './source.js';
 
 export interface InstallProgress {
@@ -170,12 +170,12 @@ export async function installPayload(opts: InstallOptions): Promise<InstallResul
   const readBack = new ReadBackHasher(opts.readBack === 'path' ? { path: opts.slot.path } : { path: opts.slot.path, readAt: (l, o) => handle.readAt(l, o) });
   try {
     const record = await readResumeRecord(opts.resumeStatePath, payload, opts.slot.path);
-    const run = new InstallRun(opts, payload, payloadLength, source, handle, readBack, now, signal, record.spent);
+    const run = new InstallRun(opts, payload, payloadLength, source, handle, readBack, now, signal, record.spent, record.corruptChunk);
     // no record for this payload on this slot: a fresh install, nothing of it can be on the slot yet;
     // record that it started, so a run killed before its first flush is resumed by re-hashing
-    if (!record.found) await writeResumeHint(opts.resumeStatePath, payload, opts.slot.path, 0, false, record.spent);
+    if (!record.found) await writeResumeHint(opts.resumeStatePath, payload, opts.slot.path, 0, false, { spent: record.spent });
     const resumedFrom = record.found ? await run.verifyExisting(record.nextChunk) : 0;
-    log?.info({ slot: opts.slot.slot, resumedFrom, chunks: payload.chunks.length, size: payload.size, spentBytes: record.spent.bytes }, 'install started');
+    log?.info({ slot: opts.slot.slot, resumedFrom, chunks: payload.chunks.length, size: payload.size, spentBytes: record.spent.bytes, ...(record.corruptChunk !== undefined ? { corruptChunk: record.corruptChunk } : {}) }, 'install started');
     try {
       await run.transferAll(resumedFrom);
     } catch (e) {
@@ -270,6 +270,8 @@ class InstallRun {
   readonly #runStartedAt: number;
   readonly #maxBytes: number;
   readonly #maxMs: number;
+  /** a chunk an earlier attempt found corrupt on every mirror (until it verifies). */
+  #corruptChunk: number | undefined;
   #rate = 0;
   #lastProgressAt = 0;
   #lastProgressBytes = 0;
@@ -296,7 +298,9 @@ class InstallRun {
     private readonly now: () => number,
     private readonly signal: AbortSignal,
     spent: SpentBudget,
+    corruptChunk: number | undefined,
   ) {
+    this.#corruptChunk = corruptChunk;
     this.#chunkCount = payload.chunks.length;
     this.#spent = spent;
     this.#spentBytesBase = spent.bytes;
@@ -336,7 +340,7 @@ class InstallRun {
     }
     if (i > hint) {
       await this.handle.flush();
-      await writeResumeHint(this.opts.resumeStatePath, this.payload, this.opts.slot.path, i, false, this.#spentNow());
+      await writeResumeHint(this.opts.resumeStatePath, this.payload, this.opts.slot.path, i, false, this.#extra());
     }
     this.opts.logger?.debug({ hint, verified: i }, 'resume hint checked');
     this.#durable = i;
@@ -388,7 +392,7 @@ class InstallRun {
       .then(async () => {
         if (this.#ioError !== undefined) return;
         await this.handle.flush();
-        await writeResumeHint(this.opts.resumeStatePath, this.payload, this.opts.slot.path, upto, false, this.#spentNow());
+        await writeResumeHint(this.opts.resumeStatePath, this.payload, this.opts.slot.path, upto, false, this.#extra());
         this.#durable = upto;
         this.readBack.advance(Math.min(this.payload.size, upto * this.payload.chunkSize));
       })
@@ -555,6 +559,11 @@ class InstallRun {
 
   // ---- budget ----
 
+  /** The record's extra fields: the spent budget (unless the attempt ended) and a known-corrupt chunk. */
+  #extra(withSpent = true): ResumeExtra {
+    return { ...(withSpent ? { spent: this.#spentNow() } : {}), ...(this.#corruptChunk !== undefined && this.next <= this.#corruptChunk ? { corruptChunk: this.#corruptChunk } : {}) };
+  }
+
   /** What this attempt has spent so far (earlier runs included). */
   #spentNow(): SpentBudget {
     return { bytes: this.#spentBytesBase + this.bytesReceived, ms: this.#spentMsBase + (this.now() - this.#runStartedAt), chunkFailures: this.#spent.chunkFailures };
@@ -588,7 +597,7 @@ class InstallRun {
     try {
       await this.#writeTail;
       await this.#flushTail;
-      await writeResumeHint(this.opts.resumeStatePath, this.payload, this.opts.slot.path, this.#durable, false, this.#spentNow());
+      await writeResumeHint(this.opts.resumeStatePath, this.payload, this.opts.slot.path, this.#durable, false, this.#extra());
     } catch (e) {
       this.opts.logger?.warn({ err: e }, 'could not record the download budget');
     }
@@ -613,6 +622,13 @@ class InstallRun {
     // a chunk that failed verification or decompression: the next transfer fetches it alone, so a
     // payload corrupt at the source costs one chunk per retry, not the rest of the file
     let suspect: number | undefined;
+    const known = this.#corruptChunk;
+    if (known !== undefined && this.next <= known) {
+      // every mirror served this chunk corrupt when the last attempt ended: ask each once more (the
+      // payload may have been republished), alone, instead of a full budget of retries per mirror
+      for (let j = 0; j < count; j++) this.#spent.chunkFailures[`${known}@${j}`] = Math.max(this.#chunkFailures(known, j), maxChunkFailures - 1);
+      if (this.next === known) suspect = known;
+    }
     while (this.next < this.#chunkCount) {
       throwIfAborted(this.signal);
       this.#checkIo();
@@ -648,6 +664,7 @@ class InstallRun {
               }
             }
             if (next === undefined) {
+              this.#corruptChunk = chunk;
               const tried = Array.from({ length: count }, (_, j) => this.#chunkFailures(chunk, j));
               throw new SlotflipError('INSTALL_PAYLOAD_CORRUPT', `chunk ${chunk} (image offset ${chunk * this.payload.chunkSize}) failed verification ${tried.reduce((a, b) => a + b, 0)} times from ${count} mirror${count === 1 ? '' : 's'} (last: ${this.#where}); the payload on the server does not match the signed release: republish it, then retry with \`slotflip check\``, {
                 cause: err,
@@ -888,7 +905,7 @@ class InstallRun {
     try {
       if (this.next > this.#durable) await this.handle.flush();
       const upto = Math.max(this.next, this.#durable);
-      await writeResumeHint(this.opts.resumeStatePath, this.payload, this.opts.slot.path, upto, false, endAttempt ? undefined : this.#spentNow());
+      await writeResumeHint(this.opts.resumeStatePath, this.payload, this.opts.slot.path, upto, false, endAttempt ? this.#extra(false) : this.#extra());
     } catch (e) {
       this.opts.logger?.warn({ err: e }, 'could not record install progress');
     }

@@ -34,6 +34,15 @@ export interface ResumeRecord {
   complete: boolean;
   /** absent: nothing spent (a new attempt, or one the installer ended itself). */
   spent?: SpentBudget;
+  /** a chunk that every mirror served corrupt when an earlier attempt ended (INSTALL_PAYLOAD_CORRUPT):
+   * the next attempt asks each mirror for it once, alone, before anything else is fetched again. */
+  corruptChunk?: number;
+}
+
+/** What a record carries besides the watermark. */
+export interface ResumeExtra {
+  spent?: SpentBudget;
+  corruptChunk?: number;
 }
 
 /** Reads the hint; returns 0 when the file is missing, unreadable or for another payload/slot. */
@@ -43,7 +52,7 @@ export async function readResumeHint(path: string, payload: PayloadInfo, slotPat
 
 /** Reads the hint and the spent budget (zero when missing, unreadable or for another payload/slot);
  * `found`: a record for this payload on this slot exists (an install of it was started before). */
-export async function readResumeRecord(path: string, payload: PayloadInfo, slotPath: string): Promise<{ found: boolean; nextChunk: number; spent: SpentBudget }> {
+export async function readResumeRecord(path: string, payload: PayloadInfo, slotPath: string): Promise<{ found: boolean; nextChunk: number; spent: SpentBudget; corruptChunk?: number }> {
   const none = { found: false, nextChunk: 0, spent: emptyBudget() };
   let rec: Partial<ResumeRecord>;
   try {
@@ -54,12 +63,17 @@ export async function readResumeRecord(path: string, payload: PayloadInfo, slotP
   if (rec.schema !== 1 || rec.imageSha256 !== payload.sha256 || rec.size !== payload.size || rec.chunkSize !== payload.chunkSize || rec.slotPath !== slotPath) return none;
   const n = rec.nextChunk;
   const nextChunk = typeof n === 'number' && Number.isInteger(n) && n >= 0 ? Math.min(n, payload.chunks.length) : 0;
-  return { found: true, nextChunk, spent: parseSpent(rec.spent) };
+  const c = rec.corruptChunk;
+  const corruptChunk = typeof c === 'number' && Number.isInteger(c) && c >= 0 && c < payload.chunks.length ? c : undefined;
+  return { found: true, nextChunk, spent: parseSpent(rec.spent), ...(corruptChunk !== undefined ? { corruptChunk } : {}) };
 }
 
 /** Atomically records that chunks [0, nextChunk) are on the slot and flushed, and the spent budget. */
-export async function writeResumeHint(path: string, payload: PayloadInfo, slotPath: string, nextChunk: number, complete = false, spent?: SpentBudget): Promise<void> {
-  const rec: ResumeRecord = { schema: 1, imageSha256: payload.sha256, size: payload.size, chunkSize: payload.chunkSize, slotPath, nextChunk, complete, ...(spent ? { spent } : {}) };
+export async function writeResumeHint(path: string, payload: PayloadInfo, slotPath: string, nextChunk: number, complete = false, extra: ResumeExtra = {}): Promise<void> {
+  const rec: ResumeRecord = {
+    schema: 1, imageSha256: payload.sha256, size: payload.size, chunkSize: payload.chunkSize, slotPath, nextChunk, complete,
+    ...(extra.spent ? { spent: extra.spent } : {}), ...(extra.corruptChunk !== undefined ? { corruptChunk: extra.corruptChunk } : {}),
+  };
   await writeFileAtomic(path, `${JSON.stringify(rec)}\n`);
 }
 

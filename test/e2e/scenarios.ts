@@ -7,7 +7,7 @@
 import { join } from 'node:path';
 import { startHttpServer, type HttpServerHandle } from '../harness/http-server.js';
 import {
-  addRelease, bytesServed, createBoard, initFleet, publishToBroker, requestsOf, slotSha256, startDaemon, until, writeDeviceConfig,
+  addRelease, bytesServed, createBoard, deviceStatus, initFleet, publishToBroker, requestsOf, slotSha256, startDaemon, until, writeDeviceConfig,
   type Board, type Daemon, type Fleet, type PublishedRelease,
 } from './harness.js';
 
@@ -30,7 +30,7 @@ export interface SetupOptions {
   /** image size (default 8 MiB) and chunk size (default 128 KiB). */
   size?: number;
   chunkSize?: number;
-  /** server throttle, bytes/s per request (default 4 MiB/s: a download takes ~2 s). */
+  /** server throttle, bytes/s per request (default 4 MiB/s: a download takes ~2 s); 0: none. */
   bytesPerSecond?: number;
   /** extra config keys for the device. */
   extra?: Record<string, unknown>;
@@ -44,9 +44,12 @@ export async function setupDownload(dir: string, o: SetupOptions): Promise<Downl
   const chunkSize = o.chunkSize ?? 128 * 1024;
   const fleet = await initFleet(dir);
   const rel = await addRelease(fleet, dir, { version: '1.1.0', securityVersion: 1, size, chunkSize });
-  const srv = await startHttpServer({ root: fleet.repository, faults: { bytesPerSecond: o.bytesPerSecond ?? 4 * MIB } });
+  // 0: unthrottled
+  const bps = o.bytesPerSecond ?? 4 * MIB;
+  const faults = () => (bps > 0 ? { bytesPerSecond: bps } : {});
+  const srv = await startHttpServer({ root: fleet.repository, faults: faults() });
   const mirrorsSrv: HttpServerHandle[] = [];
-  for (let i = 1; i < (o.mirrors ?? 1); i++) mirrorsSrv.push(await startHttpServer({ root: fleet.repository, faults: { bytesPerSecond: o.bytesPerSecond ?? 4 * MIB } }));
+  for (let i = 1; i < (o.mirrors ?? 1); i++) mirrorsSrv.push(await startHttpServer({ root: fleet.repository, faults: faults() }));
   await publishToBroker(fleet, o.brokerUrl);
   const board = await createBoard(join(dir, 'board'), size + MIB);
   const stateDir = join(dir, 'state');
@@ -106,3 +109,61 @@ export async function resumeAfterKill(env: DownloadEnv, points: number[], timeou
 }
 
 export type { Daemon };
+
+export interface CorruptFigures {
+  payload: number;
+  /** payload bytes sent by all mirrors together. */
+  served: number;
+  ratio: number;
+  requests: number;
+  mirrorsUsed: number;
+  /** bytes served in `quietMs` after the attempt ended (or after the timeout). */
+  servedAfterEnd: number;
+  transferFailures: number;
+  durationMs: number;
+  maxRssKiB: number;
+  rssAtFirstFailureKiB: number;
+  rssGrowthKiB: number;
+}
+
+/**
+ * Runs the daemon against a corrupt payload until a cycle ends an attempt (or `timeoutMs`), then
+ * watches `quietMs` more for further downloads. Never throws for a daemon that does not give up:
+ * the figures say what it cost. `finished` is the device's last result (`slotflip status`).
+ */
+export async function corruptRun(env: DownloadEnv & { mirrorsSrv: HttpServerHandle[] }, o: { timeoutMs?: number; quietMs?: number } = {}): Promise<{ figures: CorruptFigures; finished: unknown; status: Record<string, unknown> }> {
+  const servers = [env.srv, ...env.mirrorsSrv];
+  const served = (): number => servers.reduce((n, s) => n + bytesServed(s, env.rel.urlPath), 0);
+  const started = Date.now();
+  const d = startDaemon(env.configPath, { rssEveryMs: 100 });
+  let rssAtFirstFailure = 0;
+  void d.waitFor((l) => l.msg === 'transfer failed', o.timeoutMs ?? 30_000).then(() => { rssAtFirstFailure = d.rss.at(-1) ?? 0; }, () => undefined);
+  let status: Record<string, unknown> = {};
+  try {
+    await d.waitFor((l) => l.msg === 'cycle done' && Array.isArray(l.finished) && l.finished.length > 0, o.timeoutMs ?? 30_000, 'an attempt that ends').catch(() => undefined);
+    const durationMs = Date.now() - started;
+    const atEnd = served();
+    await new Promise((r) => setTimeout(r, o.quietMs ?? 3000));
+    const after = served() - atEnd;
+    status = await deviceStatus(env.configPath);
+    const total = served();
+    const rssAfter = d.rss.filter((_, i) => i >= d.rss.findIndex((k) => k === rssAtFirstFailure));
+    const maxRss = Math.max(0, ...d.rss);
+    const figures: CorruptFigures = {
+      payload: env.rel.length,
+      served: total,
+      ratio: Math.round((total / env.rel.length) * 1000) / 1000,
+      requests: servers.reduce((n, s) => n + requestsOf(s, env.rel.urlPath), 0),
+      mirrorsUsed: servers.filter((s) => requestsOf(s, env.rel.urlPath) > 0).length,
+      servedAfterEnd: after,
+      transferFailures: d.lines.filter((l) => l.msg === 'transfer failed').length,
+      durationMs,
+      maxRssKiB: maxRss,
+      rssAtFirstFailureKiB: rssAtFirstFailure,
+      rssGrowthKiB: rssAtFirstFailure > 0 ? Math.max(0, ...rssAfter) - rssAtFirstFailure : maxRss,
+    };
+    return { figures, finished: status.lastResult, status };
+  } finally {
+    await d.stop();
+  }
+}
