@@ -19,12 +19,14 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { open, readdir, readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { makeTestImage } from '../../hal/image.js';
 import type { HttpServerHandle } from '../harness/http-server.js';
 
-export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const HERE = fileURLToPath(new URL('.', import.meta.url));
+/** the checkout: two levels up from test/e2e/, three from its build in dist/test/e2e/. */
+export const ROOT = resolve(HERE, /[/\\]dist[/\\]test[/\\]e2e[/\\]?$/.test(HERE) ? '../../..' : '../..');
 /** the built CLI; `npm test` builds it first (`pretest`). SLOTFLIP_E2E_CLI points the lane at
  * another build (e.g. of the main branch, to show a test fails there). */
 export const CLI = process.env.SLOTFLIP_E2E_CLI ?? join(ROOT, 'dist/daemon/cli.js');
