@@ -43,6 +43,7 @@ import { acquireStateLock, type ReleaseLock } from './state-store.js';
 import type { Config } from './config.js';
 import type { CycleResult } from './agent.js';
 import { toErrorInfo } from './runner.js';
+import { isCoded } from '../hal/errors.js';
 import { stateLastResult } from './topics.js';
 
 export interface ServiceOptions {
@@ -155,8 +156,15 @@ export class UpdateService {
   async start(): Promise<void> {
     if (this.o.processLock) {
       // before the broker: a second daemon must not connect with the same client id at all
-      await mkdir(this.o.config.stateDir, { recursive: true, mode: 0o700 });
-      this.releaseLock = await acquireStateLock({ stateDir: this.o.config.stateDir, now: this.now });
+      try {
+        await mkdir(this.o.config.stateDir, { recursive: true, mode: 0o700 });
+        this.releaseLock = await acquireStateLock({ stateDir: this.o.config.stateDir, now: this.now });
+      } catch (e) {
+        if (isCoded(e, 'DAEMON_LOCKED')) throw e;
+        // the lock cannot be created (a full or read-only state disk): no other daemon holds it, so
+        // run and report; each cycle tries to take it first and fails (and is retried) until it can
+        this.log.error({ err: toErrorInfo(e) }, 'cannot take the state lock; every cycle will try again');
+      }
     }
     const t = this.transport;
     if (t) {
@@ -225,6 +233,7 @@ export class UpdateService {
     this.cycles++;
     const log = this.log;
     try {
+      if (this.o.processLock && !this.releaseLock) this.releaseLock = await acquireStateLock({ stateDir: this.o.config.stateDir, now: this.now });
       const t = this.transport;
       const healthDeps = t ? { brokerProbe: (ms: number) => t.probe(ms), ...this.o.overrides?.healthDeps } : this.o.overrides?.healthDeps;
       const agent = await createAgent(this.o.config, { log: this.o.log, metadata: this.metadata, outbox: this.outbox, ...(this.o.processLock ? { lock: null } : {}), ...this.o.overrides, ...(healthDeps ? { healthDeps } : {}) });

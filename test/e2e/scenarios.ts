@@ -36,6 +36,8 @@ export interface SetupOptions {
   extra?: Record<string, unknown>;
   /** a second (or more) mirror serving the same repository. */
   mirrors?: number;
+  /** the device's state directory (default DIR/state). */
+  stateDir?: string;
 }
 
 /** Manufacturer: repo init, release add, HTTP server, repo publish. Device: board create, config. */
@@ -52,7 +54,7 @@ export async function setupDownload(dir: string, o: SetupOptions): Promise<Downl
   for (let i = 1; i < (o.mirrors ?? 1); i++) mirrorsSrv.push(await startHttpServer({ root: fleet.repository, faults: faults() }));
   await publishToBroker(fleet, o.brokerUrl);
   const board = await createBoard(join(dir, 'board'), size + MIB);
-  const stateDir = join(dir, 'state');
+  const stateDir = o.stateDir ?? join(dir, 'state');
   const configPath = await writeDeviceConfig(join(dir, 'config.json'), {
     deviceId: o.deviceId, board, fleet, stateDir, brokerUrl: o.brokerUrl,
     payloadBaseUrls: [srv, ...mirrorsSrv].map((s) => `${s.url}targets/`),
