@@ -26,6 +26,8 @@
  * `start()` BEFORE the broker is contacted and held until `stop()`, so a second daemon on the same
  * state directory refuses to start (DAEMON_LOCKED naming the holder's pid) instead of running
  * cycles and fighting over the MQTT client id; without it, per cycle (inside `Agent.runOnce`).
+ * A lock that cannot be CREATED (a full or read-only state disk: DAEMON_LOCK_FAILED; no live holder)
+ * does not stop the daemon: it runs and reports, and each cycle tries to take the lock first.
  * Either way `slotflip status` and other read-only commands work while the daemon runs, and
  * `update --once` beside it refuses with DAEMON_LOCKED.
  *
