@@ -9,7 +9,9 @@
  *
  * Prints one JSON line per run and a summary table; exits 1 when a bound is broken.
  * Options: --iterations N (default 0), --seed S (default: time), --size MIB (image, default 16),
- * --chunk KIB (default 128).
+ * --chunk KIB (default 128), --rate MIB/s (the server's throttle per request, default 8: a fast
+ * device link; on loopback without a throttle a SIGKILL also loses what sat in the kernel's socket
+ * buffers, several MiB, which a real link's bandwidth-delay product keeps far smaller).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -20,14 +22,13 @@ import { corruptPayload } from './harness.js';
 import { corruptRun, resumeAfterKill, setupDownload, MIB } from './scenarios.js';
 
 const { values } = parseArgs({
-  options: { iterations: { type: 'string', default: '0' }, seed: { type: 'string' }, size: { type: 'string', default: '16' }, chunk: { type: 'string', default: '128' }, keep: { type: 'boolean', default: false } },
+  options: { rate: { type: 'string', default: '8' }, iterations: { type: 'string', default: '0' }, seed: { type: 'string' }, size: { type: 'string', default: '16' }, chunk: { type: 'string', default: '128' }, keep: { type: 'boolean', default: false } },
 });
 const iterations = Number(values.iterations);
 let seed = Number(values.seed ?? Date.now() % 1_000_000);
 const size = Number(values.size) * MIB;
 const chunkSize = Number(values.chunk) * 1024;
-// a download of about 2 s per run, whatever the size
-const bytesPerSecond = Math.max(MIB, Math.round(size / 2));
+const bytesPerSecond = Math.round(Number(values.rate) * MIB);
 
 function random(): number {
   // mulberry32: seeded, so a failing run can be repeated with --seed
@@ -81,7 +82,7 @@ try {
   if (!values.keep) await rm(root, { recursive: true, force: true });
 }
 
-console.log(`\nslotflip e2e figures (image ${size / MIB} MiB, chunk ${chunkSize / 1024} KiB, seed ${values.seed ?? '(time)'})`);
+console.log(`\nslotflip e2e figures (image ${size / MIB} MiB, chunk ${chunkSize / 1024} KiB, kill runs throttled to ${values.rate} MiB/s, corrupt run unthrottled, seed ${values.seed ?? '(time)'})`);
 console.log('| run | payload bytes | served bytes | served/payload | bound | max RSS MiB | ok |');
 console.log('| --- | ---: | ---: | ---: | --- | ---: | --- |');
 for (const r of rows) console.log(`| ${r.run} | ${r.payload} | ${r.served} | ${r.ratio} | ${r.bound} | ${r.maxRssMiB} | ${r.ok ? 'yes' : 'NO'} |`);

@@ -68,6 +68,7 @@ export interface ResumeFigures {
   served: number;
   /** served / payload. */
   ratio: number;
+  /** (1 + 0.05 k) × payload + k chunks for k kills. */
   bound: number;
   requests: number;
   maxRssKiB: number;
@@ -103,7 +104,8 @@ export async function resumeAfterKill(env: DownloadEnv, points: number[], timeou
     payload: rel.length,
     served,
     ratio: Math.round((served / rel.length) * 1000) / 1000,
-    bound: Math.ceil(1.05 * rel.length + env.chunkSize),
+    // per kill: 5 % of the payload and one chunk (what was in flight when the process died)
+    bound: Math.ceil((1 + 0.05 * points.length) * rel.length + points.length * env.chunkSize),
     requests: requestsOf(srv, rel.urlPath),
     maxRssKiB: maxRss,
   };
