@@ -34,7 +34,7 @@ import { brokerFirstSource, refreshWithFallback, type BrokerFirstSource, type Br
 import { createUpdatePolicies, type DeferralStore } from './policies.js';
 import { Agent, type AgentDeps, type EventSink, type HealthRunner, type Installer, type ReleaseFinder, type UpdatePolicies } from './agent.js';
 import { acquireStateLock, FileStateStore, type StateStore } from './state-store.js';
-import type { Config, SourceConfig } from './config.js';
+import { configDefaults, type Config, type SourceConfig } from './config.js';
 import { silentLogger } from './logger.js';
 import { guardTrials, kernelBootId, trialGuardDir } from './trial-guard.js';
 
@@ -65,6 +65,9 @@ export interface ComposeOverrides {
   store?: StateStore;
   /** download progress of the installer (the CLI's progress bar, the demo). */
   onInstallProgress?: (p: InstallProgress) => void;
+  /** the per-cycle state lock; default `<stateDir>/lock` taken for each `runOnce`. `null`: none,
+   * because the caller holds the lock for its whole life (the daemon, see UpdateService). */
+  lock?: (() => Promise<() => Promise<void>>) | null;
 }
 
 /** `busctl` argv (the parameter is appended) asking systemd-logind to store the reboot parameter. */
@@ -166,9 +169,11 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   // slot writers; through the slot handle's readAt when
   // the slots were injected, so injected read faults (fault tests) stay on the read-back path.
   const readBack: 'path' | 'handle' = o.slots ? 'handle' : 'path';
+  const dl = config.download ?? configDefaults.download;
+  const budget = { maxChunkFailures: dl.maxChunkFailures, maxBytesFactor: dl.maxBytesFactor, maxMs: dl.maxMinutes * 60_000 };
   const installer: Installer = o.installer ?? {
     async write(release, slot) {
-      await installPayload({ payload: release.custom.payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, readBack, ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), logger: log.child({ module: 'daemon.install' }), now });
+      await installPayload({ payload: release.custom.payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, readBack, budget, ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), logger: log.child({ module: 'daemon.install' }), now });
     },
     verify: (release, slot) => verifySlotImage(slot, release.custom.payload, { source: readBack, log: log.child({ module: 'daemon.install.read-back' }) }),
     async preflight(release) {
@@ -246,8 +251,9 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
     log,
     tries: config.board.tries,
     // one process at a time may drive the machine (two `update` runs, or `update --once` beside
-    // the daemon, would both write the slot); read-only commands never take it
-    lock: () => acquireStateLock({ stateDir: config.stateDir, now }),
+    // the daemon, would both write the slot); read-only commands never take it; the daemon holds it
+    // for its whole life instead (UpdateService.start) and passes `lock: null`
+    lock: o.lock === null ? undefined : (o.lock ?? (() => acquireStateLock({ stateDir: config.stateDir, now }))),
     ...(outbox ? { outbox } : {}),
     ...(o.bootId ? { bootId: o.bootId } : {}),
     policies: o.policies ?? createUpdatePolicies(config.policies, { freeSpaceMiB: () => freeSpaceMiB(config.stateDir), deferral: fileDeferralStore(paths.deferral) }),

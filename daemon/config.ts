@@ -53,6 +53,24 @@ export interface Config {
   health: HealthConfig;
   policies: PoliciesConfig;
   poll: { cron: string };
+  /** the wait before a failed or interrupted cycle is retried, doubling per further failure in a row
+   * (with jitter) up to `maxDelaySeconds` (see UpdateService). Always set by `resolveConfig`;
+   * optional for configs built in code (`configDefaults` then apply). */
+  retry?: { delaySeconds: number; maxDelaySeconds: number };
+  /** the download budget of one update attempt (see daemon/install/installer.ts `BudgetOptions`).
+   * Always set by `resolveConfig`; optional for configs built in code (`configDefaults` apply). */
+  download?: {
+    /** verification or decompression failures of one chunk from one mirror before the next mirror
+     * is tried; when every mirror failed it this often the attempt ends failed
+     * (INSTALL_PAYLOAD_CORRUPT). */
+    maxChunkFailures: number;
+    /** payload bytes one attempt may receive, as a multiple of the payload's length (one chunk of
+     * slack on top); past it the attempt ends failed (INSTALL_BUDGET_EXHAUSTED). */
+    maxBytesFactor: number;
+    /** time one attempt may spend downloading, minutes, summed over restarts; past it the attempt
+     * ends failed (INSTALL_BUDGET_EXHAUSTED). */
+    maxMinutes: number;
+  };
   reboot: {
     command: string[];
     /** how a backend's reboot argument (rpi-tryboot: `0 tryboot`) reaches the kernel: 'logind'
@@ -72,6 +90,8 @@ export const configDefaults = {
   trustSources: [{ type: 'mqtt' }] as SourceConfig[],
   tries: 3,
   poll: { cron: '17 */6 * * *' },
+  retry: { delaySeconds: 60, maxDelaySeconds: 3600 },
+  download: { maxChunkFailures: 3, maxBytesFactor: 3, maxMinutes: 24 * 60 },
   reboot: { command: ['systemctl', 'reboot'] },
   log: { level: 'info' as const },
   health: healthConfigDefaults,
@@ -145,6 +165,25 @@ export const configSchema = {
       default: {},
       properties: { cron: { type: 'string', minLength: 9, maxLength: 200, default: configDefaults.poll.cron } },
     },
+    retry: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        delaySeconds: { type: 'integer', minimum: 1, maximum: 86_400, default: configDefaults.retry.delaySeconds },
+        maxDelaySeconds: { type: 'integer', minimum: 1, maximum: 7 * 86_400, default: configDefaults.retry.maxDelaySeconds },
+      },
+    },
+    download: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        maxChunkFailures: { type: 'integer', minimum: 1, maximum: 100, default: configDefaults.download.maxChunkFailures },
+        maxBytesFactor: { type: 'number', minimum: 1.1, maximum: 1000, default: configDefaults.download.maxBytesFactor },
+        maxMinutes: { type: 'integer', minimum: 1, maximum: 30 * 24 * 60, default: configDefaults.download.maxMinutes },
+      },
+    },
     reboot: {
       type: 'object',
       additionalProperties: false,
@@ -188,8 +227,12 @@ function validator(): ReturnType<Ajv['compile']> {
 export function validateConfig(input: unknown): { ok: true; value: Record<string, unknown> } | { ok: false; errors: ConfigProblem[] } {
   const value = structuredClone(input);
   const validate = validator();
-  if (validate(value)) return { ok: true, value: value as Record<string, unknown> };
-  return { ok: false, errors: formatErrors(validate.errors ?? []) };
+  const valid = validate(value);
+  // what the schema cannot say (cron expressions, time windows) is checked in the same run, on
+  // whatever parts are well-formed, so one run lists every problem
+  const errors = [...(valid ? [] : formatErrors(validate.errors ?? [])), ...semanticProblems(value)];
+  if (valid && errors.length === 0) return { ok: true, value: value as Record<string, unknown> };
+  return { ok: false, errors };
 }
 
 /** A `oneOf` over a discriminated union reports every branch; keep only the branch whose `type`
@@ -259,8 +302,6 @@ export async function resolveConfig(parsed: unknown, source = '<config>'): Promi
   const r = validateConfig(parsed);
   if (!r.ok) throw invalid(source, r.errors);
   const v = r.value as unknown as Omit<Config, 'hardware'> & { hardware: string | { path: string } };
-  const semantic = semanticProblems(v);
-  if (semantic.length) throw invalid(source, semantic);
   if (typeof v.hardware === 'string') return v as Config;
   const hardwarePath = v.hardware.path;
   let hardware: string;
@@ -274,15 +315,44 @@ export async function resolveConfig(parsed: unknown, source = '<config>'): Promi
   return { ...v, hardware, hardwarePath } as Config;
 }
 
-/** What a schema cannot say: cron expressions (poll schedule, maintenance windows), time zones. */
-function semanticProblems(v: Pick<Config, 'poll' | 'policies'>): ConfigProblem[] {
+/** What a schema cannot say: cron expressions (poll schedule, maintenance windows), time zones,
+ * the retry delays' order. Runs on a value the schema may have rejected: every part is checked only
+ * where it has the right shape (the schema reports the rest). */
+function semanticProblems(v: unknown): ConfigProblem[] {
   const out: ConfigProblem[] = [];
-  if (!cron.validate(v.poll.cron)) out.push({ path: '/poll/cron', message: `"${v.poll.cron}" is not a valid cron expression` });
-  for (const p of validatePolicies(v.policies)) {
+  if (typeof v !== 'object' || v === null) return out;
+  const o = v as Record<string, unknown>;
+  const poll = o.poll as Record<string, unknown> | undefined;
+  if (poll && typeof poll.cron === 'string' && poll.cron.length >= 9 && !cron.validate(poll.cron)) {
+    out.push({ path: '/poll/cron', message: `"${poll.cron}" is not a valid cron expression` });
+  }
+  const retry = o.retry as Record<string, unknown> | undefined;
+  if (retry && typeof retry.delaySeconds === 'number' && typeof retry.maxDelaySeconds === 'number' && retry.maxDelaySeconds < retry.delaySeconds) {
+    out.push({ path: '/retry/maxDelaySeconds', message: `must be at least /retry/delaySeconds (${retry.delaySeconds})` });
+  }
+  for (const p of validatePolicies(wellFormedWindows(o.policies))) {
     const i = p.indexOf(': ');
     out.push(i > 0 ? { path: p.slice(0, i), message: p.slice(i + 2) } : { path: '/policies', message: p });
   }
   return out;
+}
+
+/** The policies with only the maintenance windows whose `cron` is a string kept (a window the
+ * schema rejects for its shape is reported there): what `validatePolicies` can read safely. The
+ * windows' indexes are kept (others become placeholders), so the paths stay right. */
+function wellFormedWindows(policies: unknown): PoliciesConfig {
+  const mw = (policies as { maintenanceWindows?: unknown } | undefined)?.maintenanceWindows;
+  if (typeof mw !== 'object' || mw === null) return {} as PoliciesConfig;
+  const windows: Record<string, unknown[]> = {};
+  for (const [phase, list] of Object.entries(mw)) {
+    if (!Array.isArray(list)) continue;
+    windows[phase] = list.map((w: unknown) => {
+      const x = (typeof w === 'object' && w !== null ? w : {}) as { cron?: unknown; timezone?: unknown };
+      if (typeof x.cron !== 'string') return { cron: '* * * * *', durationMinutes: 1 };
+      return { cron: x.cron, durationMinutes: 1, ...(typeof x.timezone === 'string' ? { timezone: x.timezone } : {}) };
+    });
+  }
+  return { maintenanceWindows: windows } as unknown as PoliciesConfig;
 }
 
 function invalid(source: string, errors: ConfigProblem[]): SlotflipError {

@@ -11,14 +11,25 @@
  * HTTP/dir sources keep working.
  *
  * A cycle that throws (disk full: HAL_ATOMIC_WRITE; another process holds the state lock:
- * DAEMON_LOCKED) is logged and retried after `retryMs`; the daemon never exits for it. A reboot a
+ * DAEMON_LOCKED), or ends with its download interrupted, is logged and retried after `retryMs`
+ * (config `retry.delaySeconds`, default 60 s), doubling with every further such cycle in a row up to
+ * `retryMaxMs` (`retry.maxDelaySeconds`, default 1 h), with jitter (each wait is drawn from [½, 1] of
+ * the doubled delay), so a device whose server keeps failing does not pull the same bytes every
+ * minute; the daemon never exits for it. A reboot a
  * policy deferred (maintenance window, update lock) is retried at the policy's `until`, clamped to
  * [retryBounds.minMs, retryBounds.maxMs] (default 10 s – 1 h, so a wall clock that jumps cannot stall
- * it or make it spin); without an `until`, after `retryMs`. Nothing about the deferral is kept: after
- * a restart the first cycle asks the policy again and schedules from its answer. The state
- * lock (`<stateDir>/lock`) is held per cycle (inside `Agent.runOnce`), so `slotflip status` and other
- * read-only commands work while the daemon runs, and `update --once` beside it cannot install at
- * the same time.
+ * it or make it spin); without an `until`, after `retryMs` (no doubling: nothing failed). Nothing
+ * about the deferral is kept: after a restart the first cycle asks the policy again and schedules
+ * from its answer.
+ *
+ * The state lock (`<stateDir>/lock`): with `processLock` (what `slotflip daemon` uses) it is taken in
+ * `start()` BEFORE the broker is contacted and held until `stop()`, so a second daemon on the same
+ * state directory refuses to start (DAEMON_LOCKED naming the holder's pid) instead of running
+ * cycles and fighting over the MQTT client id; without it, per cycle (inside `Agent.runOnce`).
+ * A lock that cannot be CREATED (a full or read-only state disk: DAEMON_LOCK_FAILED; no live holder)
+ * does not stop the daemon: it runs and reports, and each cycle tries to take the lock first.
+ * Either way `slotflip status` and other read-only commands work while the daemon runs, and
+ * `update --once` beside it refuses with DAEMON_LOCKED.
  *
  * INVARIANTS: at most one cycle runs at a time; `stop()` waits for the running cycle to finish its
  * current effect chain (it is never interrupted mid-write: the record makes that safe anyway).
@@ -27,11 +38,14 @@ import type { Logger } from 'pino';
 import { Outbox } from './outbox.js';
 import { Poller } from './poller.js';
 import { collectInventory } from './inventory.js';
+import { mkdir } from 'node:fs/promises';
 import { MqttTransport, type TimerApi } from './mqtt.js';
 import { createAgent, statePaths, type ComposeOverrides } from './compose.js';
+import { acquireStateLock, type ReleaseLock } from './state-store.js';
 import type { Config } from './config.js';
 import type { CycleResult } from './agent.js';
 import { toErrorInfo } from './runner.js';
+import { isCoded } from '../hal/errors.js';
 import { stateLastResult } from './topics.js';
 import { fileProtocolMemory, writeBrokerReport } from './broker-state.js';
 
@@ -51,8 +65,16 @@ export interface ServiceOptions {
   /** injected MQTT transport factory (tests); default builds one from config.broker. */
   transport?: MqttTransport | null;
   /** when a cycle leaves work pending (download interrupted, a reboot deferred without an `until`)
-   * or fails, try again after this long without waiting for the poll schedule; default 60 s. */
+   * or fails, try again after this long without waiting for the poll schedule; default the config's
+   * `retry.delaySeconds` (60 s). Doubles (with jitter) for each further failed or interrupted cycle
+   * in a row, up to `retryMaxMs`. */
   retryMs?: number;
+  /** cap of the doubled retry delay; default the config's `retry.maxDelaySeconds` (1 h). */
+  retryMaxMs?: number;
+  /** randomness for the retry jitter (tests); default Math.random. */
+  random?: () => number;
+  /** hold the state lock from `start()` to `stop()` (the daemon) instead of per cycle. */
+  processLock?: boolean;
   /** bounds of the wait for a policy's `until` (default 10 s and 1 h): see `retryDelay`. */
   retryBounds?: RetryBounds;
   /** timers for the retry (tests inject a fake); default the global ones. */
@@ -78,6 +100,18 @@ export function retryDelay(until: number, now: number, bounds: RetryBounds = DEF
   return Math.min(bounds.maxMs, Math.max(bounds.minMs, Math.ceil(wait)));
 }
 
+/**
+ * The wait before retrying after `streak` failed (or download-interrupted) cycles in a row: `baseMs`
+ * doubled per further failure, capped at `maxMs`, then jittered into [½, 1] of that (`random` in
+ * [0, 1)), so a fleet that failed together does not come back together. Streak 0 (nothing failed,
+ * e.g. a reboot deferred without an `until`) is `baseMs` exactly. Pure.
+ */
+export function backoffDelay(streak: number, baseMs: number, maxMs: number, random: number): number {
+  if (streak <= 0) return baseMs;
+  const d = Math.min(maxMs, baseMs * 2 ** Math.min(streak - 1, 30));
+  return Math.max(1, Math.round(d / 2 + (d / 2) * Math.min(Math.max(random, 0), 1)));
+}
+
 const defaultTimers: TimerApi = {
   setTimeout: (fn, ms) => {
     const h = setTimeout(fn, ms);
@@ -101,6 +135,9 @@ export class UpdateService {
   private markedGood = false;
   private lastPushAt = 0;
   private refreshTimer: unknown;
+  /** failed or download-interrupted cycles in a row (the retry backoff's exponent). */
+  private failureStreak = 0;
+  private releaseLock: ReleaseLock | undefined;
   readonly outbox: Outbox;
   readonly transport: MqttTransport | undefined;
   readonly metadata = new Map<string, Uint8Array>();
@@ -118,8 +155,22 @@ export class UpdateService {
     }
   }
 
-  /** Starts the transport and the schedule, and triggers the first cycle (await `idle()` for it). */
+  /** Takes the process-lifetime lock (with `processLock`; throws DAEMON_LOCKED when another live
+   * process holds it), then starts the transport and the schedule, and triggers the first cycle
+   * (await `idle()` for it). */
   async start(): Promise<void> {
+    if (this.o.processLock) {
+      // before the broker: a second daemon must not connect with the same client id at all
+      try {
+        await mkdir(this.o.config.stateDir, { recursive: true, mode: 0o700 });
+        this.releaseLock = await acquireStateLock({ stateDir: this.o.config.stateDir, now: this.now });
+      } catch (e) {
+        if (isCoded(e, 'DAEMON_LOCKED')) throw e;
+        // the lock cannot be created (a full or read-only state disk): no other daemon holds it, so
+        // run and report; each cycle tries to take it first and fails (and is retried) until it can
+        this.log.error({ err: toErrorInfo(e) }, 'cannot take the state lock; every cycle will try again');
+      }
+    }
     const t = this.transport;
     if (t) {
       t.on('metadata', (m) => {
@@ -184,6 +235,8 @@ export class UpdateService {
     await this.poller?.stop();
     await this.idle();
     await this.transport?.stop();
+    await this.releaseLock?.();
+    this.releaseLock = undefined;
   }
 
   private async loop(reason: string): Promise<void> {
@@ -198,15 +251,18 @@ export class UpdateService {
     this.cycles++;
     const log = this.log;
     try {
+      if (this.o.processLock && !this.releaseLock) this.releaseLock = await acquireStateLock({ stateDir: this.o.config.stateDir, now: this.now });
       const t = this.transport;
       const healthDeps = t ? { brokerProbe: (ms: number) => t.probe(ms), ...this.o.overrides?.healthDeps } : this.o.overrides?.healthDeps;
-      const agent = await createAgent(this.o.config, { log: this.o.log, metadata: this.metadata, outbox: this.outbox, ...(t ? { brokerMeta: t } : {}), ...this.o.overrides, ...(healthDeps ? { healthDeps } : {}) });
+      const agent = await createAgent(this.o.config, { log: this.o.log, metadata: this.metadata, outbox: this.outbox, ...(t ? { brokerMeta: t } : {}), ...(this.o.processLock ? { lock: null } : {}), ...this.o.overrides, ...(healthDeps ? { healthDeps } : {}) });
       // the booted committed slot is confirmed once per boot (this process lives for one boot):
       // on the first cycle that ends idle (see Agent.markBootedGood)
       const r = await agent.runOnce({ markGood: !this.markedGood });
       if (!r.rebooted && r.phase === 'idle') this.markedGood = true;
       log.info({ reason, phase: r.phase, rebooted: r.rebooted, finished: r.finished.map((h) => h.outcome), lastCheck: r.lastCheck?.result }, 'cycle done');
       this.o.onCycle?.(r);
+      // a download that stopped short (server, network, budget) counts as a failure for the backoff
+      this.failureStreak = !r.rebooted && r.phase === 'downloading' ? this.failureStreak + 1 : 0;
       if (!r.rebooted && r.phase !== 'idle') this.scheduleRetry(r.retryAt);
       if (this.transport) {
         const status = await agent.status();
@@ -232,6 +288,7 @@ export class UpdateService {
       const err = toErrorInfo(e);
       log.error({ reason, err }, 'cycle failed');
       this.o.onCycle?.({ error: `${err.code}: ${err.message}` });
+      this.failureStreak++;
       this.scheduleRetry();
     }
   }
@@ -249,13 +306,17 @@ export class UpdateService {
   }
 
   /** One more cycle without waiting for the poll schedule: at `at` (a policy's `until`, bounded by
-   * `retryDelay`) when given, else after `retryMs` (default 60 s). Replaces a retry already due. */
+   * `retryDelay`) when given, else after `backoffDelay` of the failure streak. Replaces a retry
+   * already due. */
   private scheduleRetry(at?: number): void {
     if (this.stopped) return;
     if (this.retryTimer !== undefined) this.timers.clearTimeout(this.retryTimer);
     const now = this.now();
-    const delay = at === undefined ? (this.o.retryMs ?? 60_000) : retryDelay(at, now, this.o.retryBounds);
+    const base = this.o.retryMs ?? (this.o.config.retry?.delaySeconds ?? 60) * 1000;
+    const cap = this.o.retryMaxMs ?? (this.o.config.retry?.maxDelaySeconds ?? 3600) * 1000;
+    const delay = at === undefined ? backoffDelay(this.failureStreak, base, cap, (this.o.random ?? Math.random)()) : retryDelay(at, now, this.o.retryBounds);
     if (at !== undefined) this.log.info({ until: at, delayMs: delay }, 'reboot deferred by policy: retry scheduled');
+    else if (this.failureStreak > 0) this.log.info({ failuresInARow: this.failureStreak, delayMs: delay }, 'retry scheduled');
     this.retryDueAt = now + delay;
     this.retryTimer = this.timers.setTimeout(() => {
       this.retryTimer = undefined;

@@ -3,6 +3,10 @@
  * checks on the poll schedule, on new metadata from the broker and on `check` commands; reports
  * through the persisted outbox over MQTT. Logs are JSON lines on stdout (journald collects them).
  * Stops cleanly on SIGTERM/SIGINT (the running effect chain finishes first).
+ *
+ * One daemon per state directory: the state lock is taken before anything else starts (broker
+ * included) and held for the process's life; a second daemon exits 1 with DAEMON_LOCKED naming the
+ * holder's pid. A lock left by a dead process is taken over.
  */
 import { createNotifier, notifyOptionsFromEnv } from '../sd-notify.js';
 import { loadConfig, requireHealthChecks } from '../config.js';
@@ -21,6 +25,9 @@ export const command: Command = {
     'options:',
     '  --config FILE   device config (JSON); default $SLOTFLIP_CONFIG or /etc/slotflip/config.json',
     '  -h, --help      this help',
+    '',
+    'One daemon per state directory: a second one exits 1 with DAEMON_LOCKED (naming the pid that',
+    'holds it); a lock left by a dead process is taken over.',
   ].join('\n'),
   async run(argv, io) {
     const p = parseCommandArgs(argv, io);
@@ -32,6 +39,7 @@ export const command: Command = {
     const service = new UpdateService({
       config,
       log,
+      processLock: true,
       onCycle: (r) => {
         const text = 'error' in r ? `last cycle failed: ${r.error}` : `phase ${r.phase}${r.finished.length ? `, ${r.finished.map((h) => h.outcome).join(', ')}` : ''}`;
         notifier.status(text).catch(() => undefined);
@@ -47,8 +55,9 @@ export const command: Command = {
       process.once('SIGINT', () => stop('SIGINT'));
     });
     log.info({ deviceId: config.deviceId, channel: config.channel, poll: config.poll.cron, broker: config.broker?.urls ?? null }, 'daemon starting');
-    notifier.startWatchdog();
+    // DAEMON_LOCKED ends the command here (exit 1), before the broker or the watchdog are started
     await service.start();
+    notifier.startWatchdog();
     await notifier.ready('running').catch(() => undefined);
     await stopped;
     notifier.stop();

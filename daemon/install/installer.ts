@@ -6,10 +6,17 @@
  * INVARIANTS
  * - No byte reaches the slot unless its chunk's SHA-256 matched the signed index first.
  * - The slot's capacity is checked before it is opened; a too-small slot is never written.
- * - The resume hint only ever claims chunks that were written and flushed; resuming re-hashes them
- *   on the slot and restarts at the first that does not match (the hint is never trusted alone).
+ * - The resume hint only ever claims chunks that were written and flushed; resuming re-hashes the
+ *   slot from chunk 0 (past the hint too: a killed process's writes outlive it in the page cache)
+ *   and restarts at the first chunk that does not match (the hint is never trusted alone).
  * - Memory is bounded by a fixed pool of chunk buffers plus stream buffers, whatever the image size.
  * - Compressed bytes read are capped by the signed payload length; image bytes by the signed size.
+ * - One attempt spends a bounded download budget (bytes and time, summed over runs and restarts in
+ *   the resume record): a chunk that fails verification or decompression is fetched again ALONE
+ *   (one chunk's range, with backoff and jitter) up to `maxChunkFailures` times per mirror, then
+ *   from the next mirror; when every mirror failed it, the attempt ends (INSTALL_PAYLOAD_CORRUPT,
+ *   not retryable). Past the byte or time budget it ends with INSTALL_BUDGET_EXHAUSTED (not
+ *   retryable). Either way the spent budget is cleared, so a later attempt starts afresh.
  *
  * Concurrency: zstd decompresses in its own process, the main thread copies and hashes chunks, writes
  * and fsyncs run on libuv's thread pool, and the read-back is hashed on a worker thread. The
@@ -19,7 +26,7 @@
  * Error codes (stable): INSTALL_BAD_INDEX, INSTALL_SLOT_TOO_SMALL, INSTALL_CHUNK_HASH_MISMATCH,
  * INSTALL_PAYLOAD_TRUNCATED, INSTALL_PAYLOAD_OVERSIZED, INSTALL_DECOMPRESS, INSTALL_HTTP_STATUS,
  * INSTALL_NETWORK, INSTALL_STALLED, INSTALL_SOURCE_OPEN, INSTALL_SLOT_IO, INSTALL_READBACK_MISMATCH,
- * INSTALL_ABORTED.
+ * INSTALL_ABORTED, INSTALL_PAYLOAD_CORRUPT, INSTALL_BUDGET_EXHAUSTED.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -30,7 +37,7 @@ import type { SlotHandle, SlotWriter } from '../../hal/slot-writer.js';
 import type { PayloadInfo } from '../../manifests/types.js';
 import { decodesInChild, prepareDecoder, type Decoder, type PreparedDecoder } from './decode.js';
 import { ReadBackHasher } from './hasher.js';
-import { readResumeHint, writeResumeHint } from './resume-state.js';
+import { readResumeRecord, writeResumeHint, type ResumeExtra, type SpentBudget } from './resume-state.js';
 import { fileSource, httpSource, type OpenedStream, type PayloadSource, type TlsOptions } from './source.js';
 
 export interface InstallProgress {
@@ -58,6 +65,18 @@ export interface RetryOptions {
   maxDelayMs?: number;
 }
 
+/** The download budget of one attempt (config `download`). */
+export interface BudgetOptions {
+  /** verification or decompression failures of one chunk from one mirror before the next mirror
+   * (default 3); all mirrors spent: INSTALL_PAYLOAD_CORRUPT. */
+  maxChunkFailures?: number;
+  /** payload bytes one attempt may receive, as a multiple of the payload length, plus one chunk
+   * (default 3); past it: INSTALL_BUDGET_EXHAUSTED. */
+  maxBytesFactor?: number;
+  /** time one attempt may spend in transfers, ms (default 24 h); past it: INSTALL_BUDGET_EXHAUSTED. */
+  maxMs?: number;
+}
+
 export interface WatchdogOptions {
   /** fail the transfer (INSTALL_STALLED, retried) after this long without a byte, ms (default 30 000). */
   stallTimeoutMs?: number;
@@ -83,6 +102,7 @@ export interface InstallOptions {
   logger?: Logger;
   retry?: RetryOptions;
   watchdog?: WatchdogOptions;
+  budget?: BudgetOptions;
   /** fsync (and persist the resume hint) every this many image bytes (default 64 MiB). */
   flushEveryBytes?: number;
   /** chunk buffers in the pool (default 4); memory ≈ (pool + 3) × chunkSize, plus up to ~1 MiB of
@@ -149,14 +169,19 @@ export async function installPayload(opts: InstallOptions): Promise<InstallResul
   const handle = await opts.slot.open();
   const readBack = new ReadBackHasher(opts.readBack === 'path' ? { path: opts.slot.path, ...(log ? { log } : {}) } : { path: opts.slot.path, readAt: (l, o) => handle.readAt(l, o) });
   try {
-    const run = new InstallRun(opts, payload, payloadLength, source, handle, readBack, now, signal);
-    const resumedFrom = await run.verifyExisting(await readResumeHint(opts.resumeStatePath, payload, opts.slot.path));
-    log?.info({ slot: opts.slot.slot, resumedFrom, chunks: payload.chunks.length, size: payload.size }, 'install started');
+    const record = await readResumeRecord(opts.resumeStatePath, payload, opts.slot.path);
+    const run = new InstallRun(opts, payload, payloadLength, source, handle, readBack, now, signal, record.spent, record.corruptChunk);
+    // no record for this payload on this slot: a fresh install, nothing of it can be on the slot yet;
+    // record that it started, so a run killed before its first flush is resumed by re-hashing
+    if (!record.found) await writeResumeHint(opts.resumeStatePath, payload, opts.slot.path, 0, false, { spent: record.spent });
+    const resumedFrom = record.found ? await run.verifyExisting(record.nextChunk) : 0;
+    log?.info({ slot: opts.slot.slot, resumedFrom, chunks: payload.chunks.length, size: payload.size, spentBytes: record.spent.bytes, ...(record.corruptChunk !== undefined ? { corruptChunk: record.corruptChunk } : {}) }, 'install started');
     try {
       await run.transferAll(resumedFrom);
     } catch (e) {
-      // keep what was verified: finish queued writes, flush, and record them for the next resume
-      await run.keepProgress();
+      // keep what was verified: finish queued writes, flush, and record them for the next resume;
+      // an attempt the budget ended leaves no spent budget behind (the next attempt starts afresh)
+      await run.keepProgress(isCoded(e, 'INSTALL_PAYLOAD_CORRUPT') || isCoded(e, 'INSTALL_BUDGET_EXHAUSTED'));
       throw e;
     }
     const readBackSha256 = await run.finish();
@@ -238,6 +263,15 @@ class InstallRun {
   #sinceFlush = 0;
   /** chunks [0, durable) are written and flushed. */
   #durable = 0;
+  // the attempt's download budget (see BudgetOptions): what earlier runs spent, and the caps
+  readonly #spent: SpentBudget;
+  readonly #spentBytesBase: number;
+  readonly #spentMsBase: number;
+  readonly #runStartedAt: number;
+  readonly #maxBytes: number;
+  readonly #maxMs: number;
+  /** a chunk an earlier attempt found corrupt on every mirror (until it verifies). */
+  #corruptChunk: number | undefined;
   #rate = 0;
   #lastProgressAt = 0;
   #lastProgressBytes = 0;
@@ -263,8 +297,19 @@ class InstallRun {
     private readonly readBack: ReadBackHasher,
     private readonly now: () => number,
     private readonly signal: AbortSignal,
+    spent: SpentBudget,
+    corruptChunk: number | undefined,
   ) {
+    this.#corruptChunk = corruptChunk;
     this.#chunkCount = payload.chunks.length;
+    this.#spent = spent;
+    this.#spentBytesBase = spent.bytes;
+    this.#spentMsBase = spent.ms;
+    this.#runStartedAt = now();
+    const b = opts.budget ?? {};
+    const maxChunk = payload.chunks.reduce((m, c) => Math.max(m, c.length), 0);
+    this.#maxBytes = Math.ceil((b.maxBytesFactor ?? 3) * payloadLength + maxChunk);
+    this.#maxMs = b.maxMs ?? 24 * 3_600_000;
     const n = Math.max(2, opts.buffers ?? 4);
     for (let i = 0; i < n; i++) this.#pool.push(Buffer.allocUnsafeSlow(payload.chunkSize));
     this.#lastProgressAt = now();
@@ -274,14 +319,28 @@ class InstallRun {
     return Math.min(this.payload.chunkSize, this.payload.size - i * this.payload.chunkSize);
   }
 
-  /** Re-hashes chunks [0, hint) on the slot; returns the first index that does not match. */
+  /**
+   * Re-hashes the chunks already on the slot, from chunk 0 up to the first that does not match the
+   * signed index, and returns that index: the download resumes there. The scan does not stop at the
+   * hint: the hint is persisted only at a flush (every `flushEveryBytes`), but a process that died
+   * (SIGKILL, OOM, a crash) left every chunk it wrote in the page cache, and a power cut leaves
+   * whatever the kernel had written back; a chunk that hashes right IS the signed chunk, wherever it
+   * came from. Chunks found past the hint are flushed and recorded before the download goes on, so
+   * the hint still only claims flushed chunks. Only called when a record says this payload's install
+   * started on this slot (a fresh install reads nothing back before writing).
+   */
   async verifyExisting(hint: number): Promise<number> {
     let i = 0;
-    for (; i < hint; i++) {
+    for (; i < this.#chunkCount; i++) {
       throwIfAborted(this.signal);
       const len = this.#chunkLen(i);
-      const data = await this.handle.readAt(len, i * this.payload.chunkSize);
-      if (data.length !== len || createHash('sha256').update(data).digest('hex') !== this.payload.chunks[i]!.sha256) break;
+      // a chunk that cannot be read is fetched and written again (the read-back judges the slot)
+      const data = await this.handle.readAt(len, i * this.payload.chunkSize).catch(() => undefined);
+      if (data === undefined || data.length !== len || createHash('sha256').update(data).digest('hex') !== this.payload.chunks[i]!.sha256) break;
+    }
+    if (i > hint) {
+      await this.handle.flush();
+      await writeResumeHint(this.opts.resumeStatePath, this.payload, this.opts.slot.path, i, false, this.#extra());
     }
     this.opts.logger?.debug({ hint, verified: i }, 'resume hint checked');
     this.#durable = i;
@@ -333,7 +392,7 @@ class InstallRun {
       .then(async () => {
         if (this.#ioError !== undefined) return;
         await this.handle.flush();
-        await writeResumeHint(this.opts.resumeStatePath, this.payload, this.opts.slot.path, upto);
+        await writeResumeHint(this.opts.resumeStatePath, this.payload, this.opts.slot.path, upto, false, this.#extra());
         this.#durable = upto;
         this.readBack.advance(Math.min(this.payload.size, upto * this.payload.chunkSize));
       })
@@ -498,6 +557,52 @@ class InstallRun {
     }
   }
 
+  // ---- budget ----
+
+  /** The record's extra fields: the spent budget (unless the attempt ended) and a known-corrupt chunk. */
+  #extra(withSpent = true): ResumeExtra {
+    return { ...(withSpent ? { spent: this.#spentNow() } : {}), ...(this.#corruptChunk !== undefined && this.next <= this.#corruptChunk ? { corruptChunk: this.#corruptChunk } : {}) };
+  }
+
+  /** What this attempt has spent so far (earlier runs included). */
+  #spentNow(): SpentBudget {
+    return { bytes: this.#spentBytesBase + this.bytesReceived, ms: this.#spentMsBase + (this.now() - this.#runStartedAt), chunkFailures: this.#spent.chunkFailures };
+  }
+
+  /** INSTALL_BUDGET_EXHAUSTED when the attempt spent more bytes or time than allowed, else undefined. */
+  #overBudget(): SlotflipError | undefined {
+    const spent = this.#spentNow();
+    if (spent.bytes <= this.#maxBytes && spent.ms <= this.#maxMs) return undefined;
+    const what = spent.bytes > this.#maxBytes ? `${spent.bytes} bytes (the budget is ${this.#maxBytes} for a ${this.payloadLength}-byte payload)` : `${Math.round(spent.ms / 1000)} s downloading (the budget is ${Math.round(this.#maxMs / 1000)} s)`;
+    return new SlotflipError('INSTALL_BUDGET_EXHAUSTED', `this update attempt received ${what} without finishing; giving up on it: check the payload server and the link, raise config download.maxBytesFactor / maxMinutes if the link is just poor, or retry with \`slotflip check\``, {
+      retryable: false,
+      details: { bytes: spent.bytes, maxBytes: this.#maxBytes, ms: spent.ms, maxMs: this.#maxMs, url: this.#where },
+    });
+  }
+
+  /** Counts a verification/decompression failure of `chunk` from mirror `m`; returns the count. */
+  #countChunkFailure(chunk: number, m: number): number {
+    const key = `${chunk}@${m}`;
+    const n = (this.#spent.chunkFailures[key] ?? 0) + 1;
+    this.#spent.chunkFailures[key] = n;
+    return n;
+  }
+
+  #chunkFailures(chunk: number, m: number): number {
+    return this.#spent.chunkFailures[`${chunk}@${m}`] ?? 0;
+  }
+
+  /** Persists the spent budget now (best effort): a process killed between retries keeps the count. */
+  async #persistSpent(): Promise<void> {
+    try {
+      await this.#writeTail;
+      await this.#flushTail;
+      await writeResumeHint(this.opts.resumeStatePath, this.payload, this.opts.slot.path, this.#durable, false, this.#extra());
+    } catch (e) {
+      this.opts.logger?.warn({ err: e }, 'could not record the download budget');
+    }
+  }
+
   // ---- transfers ----
 
   /** Runs transfers (retries, backoff with jitter, mirror rotation) until every chunk is written. */
@@ -509,22 +614,70 @@ class InstallRun {
     const cap = retry.maxDelayMs ?? 30_000;
     const random = this.opts.random ?? Math.random;
     const sleep = this.opts.sleep ?? defaultSleep;
+    const maxChunkFailures = Math.max(1, this.opts.budget?.maxChunkFailures ?? 3);
+    const count = this.source.count;
     const deadMirrors = new Set<number>();
     let failures = 0;
     let mirror = 0;
+    // a chunk that failed verification or decompression: the next transfer fetches it alone, so a
+    // payload corrupt at the source costs one chunk per retry, not the rest of the file
+    let suspect: number | undefined;
+    const known = this.#corruptChunk;
+    if (known !== undefined && this.next <= known) {
+      // every mirror served this chunk corrupt when the last attempt ended: ask each once more (the
+      // payload may have been republished), alone, instead of a full budget of retries per mirror
+      for (let j = 0; j < count; j++) this.#spent.chunkFailures[`${known}@${j}`] = Math.max(this.#chunkFailures(known, j), maxChunkFailures - 1);
+      if (this.next === known) suspect = known;
+    }
     while (this.next < this.#chunkCount) {
       throwIfAborted(this.signal);
       this.#checkIo();
+      const over = this.#overBudget();
+      if (over) throw over;
       const before = this.next;
       try {
         this.transfers++;
-        await this.#transfer(mirror % this.source.count, this.next);
+        await this.#transfer(mirror % count, this.next, suspect === this.next ? this.next + 1 : this.#chunkCount);
+        if (suspect !== undefined && this.next > suspect) suspect = undefined;
       } catch (e) {
         if (this.signal.aborted) throw new SlotflipError('INSTALL_ABORTED', 'install aborted', { cause: e });
         this.#checkIo();
         const err = isOurs(e) ? e : new SlotflipError('INSTALL_NETWORK', `transfer from ${this.#where} failed; resuming`, { cause: e, retryable: true, details: { url: this.#where } });
+        if (err.code === 'INSTALL_BUDGET_EXHAUSTED') throw err;
         const retryable = err.retryable === true && this.source.kind !== 'file';
-        this.opts.logger?.warn({ err, mirror: mirror % this.source.count, chunk: this.next, failures }, 'transfer failed');
+        this.opts.logger?.warn({ err, mirror: mirror % count, chunk: this.next, failures }, 'transfer failed');
+        if (retryable && (err.code === 'INSTALL_CHUNK_HASH_MISMATCH' || err.code === 'INSTALL_DECOMPRESS')) {
+          // the bytes arrived but are wrong: retrying the same mirror helps only against a transient
+          // fault (a bad cache node, a flaky proxy); a few tries, then the next mirror, then give up
+          const chunk = this.next;
+          const m = mirror % count;
+          const n = this.#countChunkFailure(chunk, m);
+          suspect = chunk;
+          failures = 0;
+          if (n >= maxChunkFailures) {
+            let next: number | undefined;
+            for (let k = 1; k <= count; k++) {
+              const j = (m + k) % count;
+              if (!deadMirrors.has(j) && this.#chunkFailures(chunk, j) < maxChunkFailures) {
+                next = j;
+                break;
+              }
+            }
+            if (next === undefined) {
+              this.#corruptChunk = chunk;
+              const tried = Array.from({ length: count }, (_, j) => this.#chunkFailures(chunk, j));
+              throw new SlotflipError('INSTALL_PAYLOAD_CORRUPT', `chunk ${chunk} (image offset ${chunk * this.payload.chunkSize}) failed verification ${tried.reduce((a, b) => a + b, 0)} times from ${count} mirror${count === 1 ? '' : 's'} (last: ${this.#where}); the payload on the server does not match the signed release: republish it, then retry with \`slotflip check\``, {
+                cause: err,
+                retryable: false,
+                details: { chunk, offset: chunk * this.payload.chunkSize, mirrors: count, failures: tried, url: this.#where, last: err.code },
+              });
+            }
+            mirror = next;
+          }
+          await this.#persistSpent();
+          await sleep(Math.min(cap, base * 2 ** (n - 1)) * (0.5 + 0.5 * random()), this.signal);
+          continue;
+        }
         if (!retryable) {
           if (this.source.kind === 'file') throw err;
           deadMirrors.add(mirror % this.source.count);
@@ -533,16 +686,17 @@ class InstallRun {
         failures = this.next > before ? 1 : failures + 1;
         if (failures >= maxAttempts) throw err;
         do mirror++;
-        while (deadMirrors.has(mirror % this.source.count));
+        while (deadMirrors.has(mirror % count));
         await sleep(Math.min(cap, base * 2 ** (failures - 1)) * random(), this.signal);
       }
     }
   }
 
-  /** One transfer from chunk `first` to the end, or to the first failure. */
-  async #transfer(mirrorIndex: number, first: number): Promise<void> {
+  /** One transfer of chunks [first, last), or up to the first failure. */
+  async #transfer(mirrorIndex: number, first: number, last: number): Promise<void> {
     const { payload } = this;
     const offset = payload.chunks[first]!.offset;
+    const end = last < this.#chunkCount ? payload.chunks[last]!.offset : this.payloadLength;
     const ctl = new AbortController();
     const onAbort = (): void => ctl.abort();
     this.signal.addEventListener('abort', onAbort, { once: true });
@@ -564,7 +718,7 @@ class InstallRun {
         fifoDir: dirname(this.opts.resumeStatePath),
       });
       throwIfAborted(this.signal);
-      opened = await this.source.open(mirrorIndex, offset, this.payloadLength, ctl.signal);
+      opened = await this.source.open(mirrorIndex, offset, this.payloadLength, ctl.signal, end);
       const src = opened;
       this.#where = src.where;
       const direct = src.fd !== undefined && decodesInChild(payload.compression, this.opts);
@@ -627,7 +781,7 @@ class InstallRun {
         // producer: source stream → decoder, capped at the signed length, with a throughput watchdog
         const where = src.where;
         let skip = offset - src.start;
-        let remaining = this.payloadLength - offset;
+        let remaining = end - offset;
         const wd = this.opts.watchdog ?? {};
         const stallMs = wd.stallTimeoutMs ?? 30_000;
         const minBps = wd.minBytesPerSecond ?? 0;
@@ -642,6 +796,11 @@ class InstallRun {
           if (paused) {
             lastByteAt = t;
             windowPaused = true;
+          }
+          const over = this.#overBudget();
+          if (over) {
+            stopProducer(over);
+            return;
           }
           if (t - lastByteAt > stallMs) {
             stopProducer(new SlotflipError('INSTALL_STALLED', `${where}: no data for ${stallMs} ms; trying again`, { retryable: true, details: { url: where, stallTimeoutMs: stallMs } }));
@@ -672,12 +831,16 @@ class InstallRun {
           }
           let last = false;
           if (d.length >= remaining) {
-            if (d.length > remaining) this.opts.logger?.warn({ url: where }, 'source sent more than the signed length; ignoring the excess');
+            if (d.length > remaining && end === this.payloadLength) this.opts.logger?.warn({ url: where }, 'source sent more than the signed length; ignoring the excess');
             d = d.subarray(0, remaining);
             last = true;
           }
           remaining -= d.length;
           this.bytesReceived += d.length;
+          if (this.#spentBytesBase + this.bytesReceived > this.#maxBytes) {
+            stopProducer(this.#overBudget());
+            return;
+          }
           // pause the response only when the decoder really lags (a queue of PRODUCER_QUEUE bytes), not
           // at every write over the stream's small high-water mark: a reset while the response is
           // paused discards what it buffered, which a resume would then fetch again
@@ -707,8 +870,8 @@ class InstallRun {
           stopProducer(new SlotflipError('INSTALL_NETWORK', `${where}: connection closed ${remaining} bytes early; resuming`, { retryable: true, details: { url: where, missing: remaining } }));
         }
       });
-      if (this.next < this.#chunkCount) {
-        throw new SlotflipError('INSTALL_PAYLOAD_TRUNCATED', `${this.#where}: image data ended inside chunk ${this.next} although all ${this.payloadLength} payload bytes arrived`, { retryable: true, details: { chunk: this.next, url: this.#where } });
+      if (this.next < last) {
+        throw new SlotflipError('INSTALL_PAYLOAD_TRUNCATED', `${this.#where}: image data ended inside chunk ${this.next} although all ${end - offset} requested payload bytes arrived`, { retryable: true, details: { chunk: this.next, url: this.#where } });
       }
     } catch (e) {
       // the most telling error first: a bad chunk, then what broke the transfer, then the decoder
@@ -733,14 +896,16 @@ class InstallRun {
     }
   }
 
-  /** After a failure: waits for queued writes, flushes and persists the hint (best effort). */
-  async keepProgress(): Promise<void> {
+  /** After a failure: waits for queued writes, flushes and persists the hint and the spent budget
+   * (best effort); `endAttempt`: the attempt is over, record no spent budget. */
+  async keepProgress(endAttempt = false): Promise<void> {
     await this.#writeTail;
     await this.#flushTail;
-    if (this.#ioError !== undefined || this.next <= this.#durable) return;
+    if (this.#ioError !== undefined) return;
     try {
-      await this.handle.flush();
-      await writeResumeHint(this.opts.resumeStatePath, this.payload, this.opts.slot.path, this.next);
+      if (this.next > this.#durable) await this.handle.flush();
+      const upto = Math.max(this.next, this.#durable);
+      await writeResumeHint(this.opts.resumeStatePath, this.payload, this.opts.slot.path, upto, false, endAttempt ? this.#extra(false) : this.#extra());
     } catch (e) {
       this.opts.logger?.warn({ err: e }, 'could not record install progress');
     }

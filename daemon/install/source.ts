@@ -33,10 +33,13 @@ export interface PayloadSource {
   /**
    * Opens the payload file at byte `offset` from location `index`. `length` is the signed payload
    * length: a location whose file is shorter or longer is refused (INSTALL_PAYLOAD_TRUNCATED /
-   * INSTALL_PAYLOAD_OVERSIZED). Throws INSTALL_HTTP_STATUS, INSTALL_NETWORK, INSTALL_SOURCE_OPEN.
+   * INSTALL_PAYLOAD_OVERSIZED). `end` (exclusive, default `length`): the caller needs only bytes
+   * before it, so an HTTP source asks for `bytes=offset-(end-1)`; a source may still deliver more
+   * (a server that ignores Range, a file): the caller stops reading at `end`.
+   * Throws INSTALL_HTTP_STATUS, INSTALL_NETWORK, INSTALL_SOURCE_OPEN.
    * Has no side effects beyond the request; safe to call again.
    */
-  open(index: number, offset: number, length: number, signal: AbortSignal): Promise<OpenedStream>;
+  open(index: number, offset: number, length: number, signal: AbortSignal, end?: number): Promise<OpenedStream>;
 }
 
 export interface TlsOptions {
@@ -81,13 +84,14 @@ export function httpSource(options: HttpSourceOptions): PayloadSource {
   return {
     kind: 'http',
     count: urls.length,
-    open(index, offset, length, signal) {
+    open(index, offset, length, signal, end) {
       const mi = index % urls.length;
       const url = urls[mi]!;
       const where = url.href;
       const headers: Record<string, string> = { ...options.headers, 'accept-encoding': 'identity' };
-      if (offset > 0) {
-        headers.range = `bytes=${offset}-`;
+      const bounded = end !== undefined && end > offset && end < length;
+      if (offset > 0 || bounded) {
+        headers.range = bounded ? `bytes=${offset}-${end - 1}` : `bytes=${offset}-`;
         const etag = etags.get(mi);
         if (etag !== undefined) headers['if-range'] = etag;
       }

@@ -70,10 +70,12 @@ function etagOf(st: { ino: number; size: number; mtimeMs: number }): string {
   return `"${st.ino.toString(16)}-${st.size.toString(16)}-${Math.round(st.mtimeMs * 1000).toString(16)}"`;
 }
 
-export async function startHttpServer(options: { root: string; faults?: HttpFaults }): Promise<HttpServerHandle> {
+/** `port`: listen there (e.g. the port of a server stopped before: "the server restarted"); default an
+ * ephemeral port. `requests`: append to this list (a restarted server keeps one byte count). */
+export async function startHttpServer(options: { root: string; faults?: HttpFaults; port?: number; requests?: RequestRecord[] }): Promise<HttpServerHandle> {
   const root = resolve(options.root);
   const faults: HttpFaults = options.faults ?? {};
-  const requests: RequestRecord[] = [];
+  const requests: RequestRecord[] = options.requests ?? [];
   let stopping = false;
 
   const server = http.createServer((req, res) => {
@@ -219,7 +221,7 @@ export async function startHttpServer(options: { root: string; faults?: HttpFaul
     }
   }
 
-  server.listen(0, '127.0.0.1');
+  server.listen(options.port ?? 0, '127.0.0.1');
   await once(server, 'listening');
   const port = (server.address() as AddressInfo).port;
   return {

@@ -58,7 +58,8 @@ t.test('SIGKILL mid-install, then resume in a new process', async (t) => {
   const second = await runChild(args);
   t.equal(second.code, 0);
   const result = second.lines.at(-1)!.result as { resumedFromChunk: number; transfers: number };
-  t.equal(result.resumedFromChunk, hint.nextChunk, 'resumed at the hint after re-hashing the chunks below it');
+  // the killed process's writes past the last flush are still in the page cache: the re-hash finds them
+  t.ok(result.resumedFromChunk >= hint.nextChunk, `resumed at or past the hint (${result.resumedFromChunk} >= ${hint.nextChunk}) after re-hashing the slot`);
   const resumeReq = srv.requests[1]!;
   t.equal(resumeReq.range, `bytes=${p.payload.chunks[result.resumedFromChunk]!.offset}-`);
   t.equal(await sha256File(slotPath), p.payload.sha256);

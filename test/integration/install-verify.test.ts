@@ -92,7 +92,7 @@ t.test('a one-bit-corrupt chunk is rejected at that chunk; nothing from it on is
   }
 });
 
-t.test('a corrupt chunk served over HTTP fails after the retry budget, naming the chunk', async (t) => {
+t.test('a corrupt chunk served over HTTP is fetched alone a bounded number of times, then the attempt ends naming the chunk', async (t) => {
   const dir = t.testdir();
   const p = await makePayload(dir, { size: SIZE, chunkSize: CHUNK, compression: 'none' });
   const b = await readFile(p.file);
@@ -103,10 +103,15 @@ t.test('a corrupt chunk served over HTTP fails after the retry budget, naming th
   const slotPath = join(dir, 'slot');
   await makeSlotFile(slotPath, SIZE);
   const err = await installPayload({ ...base(dir, p, slotPath), source: { urls: [srv.url + p.name] } }).catch((e: unknown) => e);
-  t.equal(codeOf(err), 'INSTALL_CHUNK_HASH_MISMATCH');
-  t.match((err as { details: unknown }).details, { chunk: 20, offset: 20 * CHUNK });
-  t.equal(srv.requests.length, 3, 'retried up to the budget');
-  t.same(srv.requests.slice(1).map((q) => q.range), [`bytes=${20 * CHUNK}-`, `bytes=${20 * CHUNK}-`], 'retries start at the bad chunk');
+  t.equal(codeOf(err), 'INSTALL_PAYLOAD_CORRUPT');
+  t.equal((err as { retryable?: boolean }).retryable, false, 'not retryable: the attempt ends');
+  t.match((err as { details: unknown }).details, { chunk: 20, offset: 20 * CHUNK, mirrors: 1, failures: [3], last: 'INSTALL_CHUNK_HASH_MISMATCH' });
+  t.equal(srv.requests.length, 3, 'retried up to the budget (3 failures per mirror)');
+  t.same(srv.requests.slice(1).map((q) => q.range), [`bytes=${20 * CHUNK}-${21 * CHUNK - 1}`, `bytes=${20 * CHUNK}-${21 * CHUNK - 1}`], 'retries fetch the bad chunk alone');
+  t.ok(srv.requests.slice(1).every((q) => q.bytesSent <= CHUNK), 'each retry costs at most one chunk');
+  const rec = JSON.parse(await readFile(join(dir, 'resume.json'), 'utf8')) as { nextChunk: number; spent?: unknown };
+  t.equal(rec.nextChunk, 20, 'progress before the bad chunk kept');
+  t.equal(rec.spent, undefined, 'the ended attempt leaves no spent budget: a later attempt starts afresh');
 });
 
 t.test('a slot that is too small is refused before anything is read or written', async (t) => {

@@ -42,6 +42,8 @@ t.test('a minimal config gets every default from the one defaults object', async
   t.equal(c.policies.minFreeSpaceMiB, 0);
   t.equal(c.log.level, 'info');
   t.equal(c.broker, undefined, 'no broker unless configured');
+  t.same(c.retry, { delaySeconds: 60, maxDelaySeconds: 3600 }, 'retry delay: 60 s doubling up to 1 h');
+  t.same(c.download, { maxChunkFailures: 3, maxBytesFactor: 3, maxMinutes: 1440 }, 'download budget per attempt');
   t.same(minimal.trust, { shippedRoot: '/usr/share/slotflip/root.json' }, 'input not mutated');
 });
 
@@ -93,6 +95,25 @@ t.test('cron expressions are checked: poll schedule and maintenance windows', as
     policies: { maintenanceWindows: { reboot: [{ cron: '0 3 * * 1-5', durationMinutes: 60 }, { cron: '99 3 * * *', durationMinutes: 60, timezone: 'Mars/Olympus' }] } },
   });
   t.same(errs.map((e) => e.path).sort(), ['/policies/maintenanceWindows/reboot/1/cron', '/policies/maintenanceWindows/reboot/1/timezone', '/poll/cron']);
+});
+
+t.test('cron problems are listed in the same run as schema problems (issue 14)', async (t) => {
+  const errs = await problems(t, {
+    ...minimal,
+    deviceId: 'has spaces',
+    log: { level: 'loud' },
+    colour: 'blue',
+    poll: { cron: '61 * * * * *' },
+    retry: { delaySeconds: 0, maxDelaySeconds: 10 },
+    download: { maxChunkFailures: 0 },
+    policies: { maintenanceWindows: { reboot: [{ cron: '0 25 * * *', durationMinutes: 60 }, { cron: 5, durationMinutes: 60 }] } },
+  });
+  t.same(errs.map((e) => e.path).sort(), ['/colour', '/deviceId', '/download/maxChunkFailures', '/log/level', '/policies/maintenanceWindows/reboot/0/cron', '/policies/maintenanceWindows/reboot/1/cron', '/poll/cron', '/retry/delaySeconds']);
+});
+
+t.test('retry delays must not shrink', async (t) => {
+  const errs = await problems(t, { ...minimal, retry: { delaySeconds: 600, maxDelaySeconds: 60 } });
+  t.same(errs, [{ path: '/retry/maxDelaySeconds', message: 'must be at least /retry/delaySeconds (600)' }]);
 });
 
 t.test('missing required keys and bad JSON', async (t) => {

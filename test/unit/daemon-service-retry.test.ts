@@ -12,7 +12,7 @@ import { pino } from 'pino';
 import type { BootControl, SlotBootState, SlotName } from '../../hal/boot-control.js';
 import type { Release } from '../../manifests/types.js';
 import { resolveConfig, type Config } from '../../daemon/config.js';
-import { UpdateService, retryDelay, DEFAULT_RETRY_BOUNDS } from '../../daemon/service.js';
+import { UpdateService, backoffDelay, retryDelay, DEFAULT_RETRY_BOUNDS } from '../../daemon/service.js';
 import { MemoryStateStore } from '../../daemon/state-store.js';
 import { initialState, releaseRefOf, type MachineState } from '../../daemon/machine.js';
 import type { UpdatePolicies, CycleResult } from '../../daemon/agent.js';
@@ -210,4 +210,45 @@ t.test('stop() cancels a retry; a restart schedules from the policy again', asyn
   await b.svc.idle();
   t.same(reboots, [at('2026-11-28T02:00:00Z')]);
   await b.svc.stop();
+});
+
+t.test('backoffDelay: doubles per failure in a row, capped, jittered into [1/2, 1]', async (t) => {
+  t.equal(backoffDelay(0, 60_000, 3_600_000, 0.3), 60_000, 'nothing failed: the base, no jitter');
+  t.equal(backoffDelay(1, 60_000, 3_600_000, 1), 60_000);
+  t.equal(backoffDelay(1, 60_000, 3_600_000, 0), 30_000, 'jitter never below half');
+  t.equal(backoffDelay(3, 60_000, 3_600_000, 1), 240_000, 'doubled twice');
+  t.equal(backoffDelay(40, 60_000, 3_600_000, 1), 3_600_000, 'capped');
+  t.equal(backoffDelay(40, 60_000, 3_600_000, 0), 1_800_000, 'cap jittered too');
+});
+
+t.test('failed cycles in a row back off from config retry.delaySeconds to retry.maxDelaySeconds; a good cycle resets', async (t) => {
+  const dir = t.testdir();
+  const base = await setup(dir);
+  const config: Config = { ...base, retry: { delaySeconds: 5, maxDelaySeconds: 12 } };
+  let broken = true;
+  const real = new MemoryStateStore(initialState(0));
+  const store = { load: async () => { if (broken) throw Object.assign(new Error('EIO'), { code: 'HAL_ATOMIC_WRITE', retryable: true }); return real.load(); }, save: (s: MachineState) => real.save(s) };
+  const timers = new FakeTimers();
+  const svc = new UpdateService({
+    config, log: pino({ level: 'silent' }), schedule: false, transport: null, timers, random: () => 1,
+    overrides: { store: store as never, bootControl: board(), releases: { releases: async () => [] }, outbox: null, reboot: async () => undefined },
+  });
+  await svc.start();
+  await svc.idle();
+  const delays: number[] = [];
+  for (let i = 0; i < 4; i++) {
+    delays.push(timers.soleDelay());
+    timers.fire();
+    await svc.idle();
+  }
+  t.same(delays, [5000, 10_000, 12_000, 12_000], 'from the config: 5 s, doubled, capped at 12 s');
+  broken = false;
+  timers.fire();
+  await svc.idle();
+  t.equal(timers.pending.length, 0, 'a good cycle that ends idle schedules nothing');
+  broken = true;
+  svc.trigger('test');
+  await svc.idle();
+  t.equal(timers.soleDelay(), 5000, 'the next failure starts again at the base');
+  await svc.stop();
 });

@@ -1,0 +1,25 @@
+/**
+ * Resume after the process dies (issue 14): a real `slotflip daemon` downloading a release from a
+ * real HTTP server is SIGKILLed at 25 %, 50 % and 75 % of the payload, then started again. It must
+ * resume from what is already on the slot (re-hashed), not from chunk 0: the server's byte counter
+ * says the device paid for at most 1.05 × the payload plus one chunk, and slot B holds the image.
+ */
+import t from 'tap';
+import { startMosquitto } from '../harness/mosquitto.js';
+import { resumeAfterKill, setupDownload } from './scenarios.js';
+
+const broker = await startMosquitto();
+t.teardown(() => broker.stop());
+
+for (const pct of [25, 50, 75]) {
+  t.test(`SIGKILL at ${pct} % of the download resumes from the slot (<= 1.05x payload + 1 chunk served)`, async (t) => {
+    const dir = t.testdir();
+    const env = await setupDownload(dir, { brokerUrl: broker.url, deviceId: `dev-kill-${pct}` });
+    t.teardown(() => env.srv.stop());
+    const r = await resumeAfterKill(env, [pct / 100]);
+    t.comment(JSON.stringify({ killAt: pct, ...r.figures }));
+    t.equal(r.slotSha256, env.rel.imageSha256, 'slot B holds the image after the resumed download');
+    t.ok(r.resumedFromChunk > 0, `resumed from chunk ${r.resumedFromChunk}, not 0`);
+    t.ok(r.figures.served <= r.figures.bound, `served ${r.figures.served} bytes <= ${r.figures.bound} (1.05x payload ${env.rel.length} + one chunk)`);
+  });
+}
