@@ -182,6 +182,11 @@ async function readKeys(dir: string, prefix: string, access: KeyAccess | undefin
   return keys;
 }
 
+function missingAsNone(e: unknown): Signer[] {
+  if ((e as { code?: string }).code === 'MANIFEST_KEY_MISSING') return [];
+  throw e;
+}
+
 async function readSettings(dir: string): Promise<ExpiryDays> {
   return (await readRepoJson(dir)).days;
 }
@@ -780,7 +785,9 @@ export async function rotateKey(dir: string, role: TopRole, opts: RotateOptions 
   for (const [i, p] of newPublic.entries()) keys[newIds[i]!] = Key.fromJSON(newIds[i]!, p as never);
   const roles: Record<string, { keyIDs: string[]; threshold: number }> = { ...r.roles, [role]: { keyIDs: newIds, threshold } };
   const next = new Metadata(makeRoot({ version: r.version + 1, expires: isoIn(now, days.root), consistentSnapshot: r.consistentSnapshot, keys, roles }));
-  const localRoot = held ? await readKeys(dir, 'root-', opts.keys).catch(() => [] as Signer[]) : await readKeys(dir, 'root-', opts.keys);
+  // held apart: usually no root key here at all (only a missing key directory is forgiven; a wrong
+  // passphrase for a root key that is here still fails)
+  const localRoot = held ? await readKeys(dir, 'root-', opts.keys).catch(missingAsNone) : await readKeys(dir, 'root-', opts.keys);
   const oldUsable = localRoot.filter((k) => r.roles['root']!.keyIDs.includes(k.keyid));
 
   if (held) {
@@ -834,7 +841,7 @@ export async function publishTimeReset(dir: string, at: number, opts: RepoOption
   const waiting = await loadPendingRoot(dir);
   if (waiting) throw new SlotflipError('MANIFEST_ROOT_PENDING', `root v${waiting.md.signed.version} in ${pendingDir(dir)} still waits for root key holders' signatures; finish it first`, { details: { version: waiting.md.signed.version } });
   const prev = (await loadRoot(dir)).md.signed;
-  const rootKeys = (await readKeys(dir, 'root-', opts.keys).catch((e: unknown) => { if (rootHolders) return [] as Signer[]; throw e; })).filter((k) => prev.roles['root']!.keyIDs.includes(k.keyid));
+  const rootKeys = (rootHolders ? await readKeys(dir, 'root-', opts.keys).catch(missingAsNone) : await readKeys(dir, 'root-', opts.keys)).filter((k) => prev.roles['root']!.keyIDs.includes(k.keyid));
   if (!rootHolders && rootKeys.length < prev.roles['root']!.threshold) {
     throw new SlotflipError('MANIFEST_KEY_MISSING', `only ${rootKeys.length} of the ${prev.roles['root']!.threshold} root keys needed are in ${keysDir(dir)}; mount the offline root keys`);
   }
