@@ -215,6 +215,18 @@ t.test('root keys held apart, targets key in an HSM, a rotation to new holders; 
   r = await verify(shipped, repo);
   t.equal(r.code, 0, r.out + r.err);
   t.match(JSON.parse(r.out), { ok: true, release: { version: '1.2.0' }, metadata: { root: 3 } });
+
+  // a trusted-time reset is a root version too: pending until the holders signed it
+  r = await cli(['repo', 'time-reset', repo, '--json']);
+  t.equal(r.code, 0, r.err);
+  t.match(JSON.parse(r.out), { rootVersion: 3, pendingRoot: { version: 4, published: false } });
+  // both holders at one machine, one command (the passphrase opens erin.pem; dave.pem is plain)
+  r = await cli(['repo', 'sign-root', repo, '--key', h4.pem, '--key', h5.pem, '--json'], { env: { SLOTFLIP_KEY_PASSPHRASE: 'erin-secret' } });
+  t.equal(r.code, 0, r.err);
+  t.match(JSON.parse(r.out), { version: 4, newKeys: { have: 2, need: 2 }, trustedKeys: { have: 2, need: 2 }, published: true });
+  r = await verify(shipped, repo);
+  t.equal(r.code, 0, r.out + r.err);
+  t.match(JSON.parse(r.out), { metadata: { root: 4 }, warnings: [{ code: 'MANIFEST_TIME_RESET' }] });
 });
 
 t.test('encrypted repository keys: the right passphrase signs, a wrong or missing one is MANIFEST_KEY_PASSPHRASE', async (t) => {
