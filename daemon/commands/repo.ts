@@ -1,6 +1,8 @@
 /**
  * `slotflip repo ...`: the manufacturer's repository tools (manifests/repo.ts): create keys and
- * metadata, re-sign the timestamp (for a timer), rotate keys, change a rollout, publish to a broker.
+ * metadata, re-sign the timestamp (for a timer), rotate keys, change a rollout, publish to a broker;
+ * key custody: holders' keys (keygen), pending roots they sign (sign-root), encrypted key files
+ * (passphrase from --passphrase-fd or $SLOTFLIP_KEY_PASSPHRASE, never argv), external signers.
  * Root and targets keys belong offline; see manifests/README.md for key handling.
  */
 import { readFileSync } from 'node:fs';
@@ -16,7 +18,7 @@ import type { Rollout } from '../../manifests/types.js';
 import type { Command, CommandIO } from './command.js';
 
 const HELP = [
-  'usage: slotflip repo <subcommand> DIR [options]',
+  'usage: slotflip repo <subcommand> DIR [options]   (keygen: no DIR)',
   '',
   'Manage a signed (TUF) release repository in DIR. Metadata is written under DIR/repository/metadata/,',
   'payloads under DIR/repository/targets/; serve DIR/repository with any static HTTP server or CDN.',
