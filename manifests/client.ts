@@ -588,9 +588,12 @@ export class TrustClient {
     if (!this.topTargets) fail('MANIFEST_NOT_FOUND', 'findTarget before a successful refresh');
     const stack: { role: string; parent: string }[] = [{ role: 'targets', parent: 'root' }];
     const visited = new Set<string>();
-    while (stack.length > 0 && visited.size <= this.limits.maxDelegations) {
+    while (stack.length > 0) {
       const { role, parent } = stack.pop()!;
       if (visited.has(role)) continue;
+      // the top-level targets plus maxDelegations delegated roles; stopping quietly here could miss
+      // the release the device is looking for, so running out is a coded failure (fail closed)
+      if (visited.size > this.limits.maxDelegations) this.delegationLimit(role, parent, path);
       const md = await this.loadTargetsRole(role, parent);
       const hit = md.signed.targets[path];
       if (hit) return hit;
@@ -611,6 +614,14 @@ export class TrustClient {
   }
 
   // ---------------------------------------------------------------- internals
+
+  private delegationLimit(role: string, parent: string, path?: string): never {
+    fail(
+      'MANIFEST_DELEGATION_LIMIT',
+      `delegation limit reached: ${this.limits.maxDelegations} delegated roles visited${path === undefined ? '' : ` looking up ${path}`}, role "${role}" (delegated by "${parent}") not visited; flatten the repository's delegations`,
+      { role, parent, limit: this.limits.maxDelegations, ...(path === undefined ? {} : { path }) },
+    );
+  }
 
   private verifyTop(role: 'timestamp' | 'snapshot' | 'targets', md: AnyMeta): void {
     const root = this.root!.signed;
@@ -839,7 +850,7 @@ export class TrustClient {
     while (stack.length > 0) {
       const role = stack.pop()!;
       if (seen.has(role)) continue;
-      if (seen.size >= this.limits.maxDelegations + 1) break;
+      if (seen.size >= this.limits.maxDelegations + 1) this.delegationLimit(role, parents.get(role)!);
       seen.add(role);
       const md = await this.loadTargetsRole(role, parents.get(role)!);
       for (const p of Object.keys(md.signed.targets)) paths.add(p);

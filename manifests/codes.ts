@@ -40,6 +40,10 @@ export const MANIFEST_CODES = {
   MANIFEST_OFFLINE_INVALID: 'an offline bundle\'s offline.json is malformed, not signed by a threshold of the targets keys, or does not vouch for the metadata beside it',
   MANIFEST_OFFLINE_EXPIRED: 'an offline bundle is past its own offline expiry (export a new one)',
   MANIFEST_TIME_RESET: 'a new root carried a signed trusted-time reset and the device\'s time floor was set back to it (warning)',
+  MANIFEST_DELEGATION_LIMIT: 'a lookup reached the delegation limit (32 delegated roles by default) with roles left to visit; refused instead of possibly missing a release',
+  MANIFEST_KEY_PASSPHRASE: 'an encrypted key file could not be decrypted: wrong or missing passphrase (give it with --passphrase-fd N or $SLOTFLIP_KEY_PASSPHRASE)',
+  MANIFEST_SIGNER_FAILED: 'an external signer (or the key it holds) failed: it exited non-zero, timed out, printed no hex signature, or signed with a key other than the one it names',
+  MANIFEST_ROOT_PENDING: 'a root version is waiting for more root key holders\' signatures (repo sign-root); the operation needs the trusted root first',
 } as const;
 
 export type ManifestCode = keyof typeof MANIFEST_CODES;

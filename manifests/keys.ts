@@ -1,7 +1,8 @@
 /**
  * Ed25519 signing keys for TUF metadata, and OLPC canonical JSON (the bytes TUF signs).
  * Key ids are the standard TUF ones: sha256 of the canonical JSON of the public key object, so other
- * TUF tools compute the same ids. Private keys are PKCS#8 PEM; nothing here touches the disk.
+ * TUF tools compute the same ids. Private keys are PKCS#8 PEM, optionally encrypted with a passphrase
+ * (node:crypto's PEM encryption); nothing here touches the disk. External signers: signers.ts.
  */
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign as edSign, type KeyObject } from 'node:crypto';
 import { Key, Signature } from '@tufjs/models';
@@ -38,7 +39,7 @@ export function publicKeyJson(publicHex: string): { keytype: 'ed25519'; scheme: 
 }
 
 export function keyIdOf(publicHex: string): string {
-  return createHash('sha256').update(canonicalJson(publicKeyJson(publicHex))).digest('hex');
+  return keyIdOfJson(publicKeyJson(publicHex));
 }
 
 function rawPublicHex(pub: KeyObject): string {
@@ -52,15 +53,74 @@ export function generateSigningKey(): SigningKey {
   return { keyid: keyIdOf(publicHex), publicHex, privateKey };
 }
 
-export function signingKeyFromPem(pem: string): SigningKey {
-  const privateKey = createPrivateKey(pem);
+/** True when `pem` is an encrypted PKCS#8 key (`-----BEGIN ENCRYPTED PRIVATE KEY-----`). */
+export function isEncryptedPem(pem: string): boolean {
+  return /-----BEGIN ENCRYPTED PRIVATE KEY-----/.test(pem);
+}
+
+/**
+ * Reads an Ed25519 private key, plain or encrypted PKCS#8 PEM. An encrypted key without a passphrase,
+ * or with the wrong one, is MANIFEST_KEY_PASSPHRASE (`where` names the file in the message).
+ */
+export function signingKeyFromPem(pem: string, passphrase?: string, where = 'key file'): SigningKey {
+  let privateKey: KeyObject;
+  if (isEncryptedPem(pem)) {
+    if (passphrase === undefined || passphrase === '') {
+      throw new SlotflipError('MANIFEST_KEY_PASSPHRASE', `${where} is encrypted and no passphrase was given; pass it with --passphrase-fd N or $SLOTFLIP_KEY_PASSPHRASE`, { details: { where } });
+    }
+    try {
+      privateKey = createPrivateKey({ key: pem, format: 'pem', passphrase });
+    } catch (cause) {
+      throw new SlotflipError('MANIFEST_KEY_PASSPHRASE', `${where} could not be decrypted: wrong passphrase (or a damaged file)`, { cause, details: { where } });
+    }
+  } else {
+    privateKey = createPrivateKey(pem);
+  }
   if (privateKey.asymmetricKeyType !== 'ed25519') throw new SlotflipError('MANIFEST_KEY_MISSING', 'key file does not hold an Ed25519 private key');
   const publicHex = rawPublicHex(createPublicKey(privateKey));
   return { keyid: keyIdOf(publicHex), publicHex, privateKey };
 }
 
-export function privatePem(key: SigningKey): string {
+/** PKCS#8 PEM; with a non-empty passphrase, encrypted (AES-256-CBC, PBKDF2 as OpenSSL does it). */
+export function privatePem(key: SigningKey, passphrase?: string): string {
+  if (passphrase !== undefined && passphrase !== '') {
+    return key.privateKey.export({ format: 'pem', type: 'pkcs8', cipher: 'aes-256-cbc', passphrase }).toString();
+  }
   return key.privateKey.export({ format: 'pem', type: 'pkcs8' }).toString();
+}
+
+/** A TUF public key object of any supported type (ed25519 hex, ecdsa/rsa PEM). */
+export interface PublicKeyJson {
+  keytype: string;
+  scheme: string;
+  keyval: { public: string };
+}
+
+/** TUF key id of any public key object: sha256 of its canonical JSON. */
+export function keyIdOfJson(pub: PublicKeyJson): string {
+  return createHash('sha256').update(canonicalJson(pub)).digest('hex');
+}
+
+/**
+ * The TUF public key object for a PEM SPKI public key (what `pkcs11-tool --read-object --type
+ * pubkey`, `openssl pkey -pubout` or a cloud KMS print): Ed25519 → ed25519/ed25519 with the raw key
+ * in hex; EC P-256 → ecdsa/ecdsa-sha2-nistp256 with the PEM; P-384 → ecdsa-sha2-nistp384.
+ */
+export function publicJsonFromPem(pem: string): PublicKeyJson {
+  let pub: KeyObject;
+  try {
+    pub = createPublicKey(pem);
+  } catch (cause) {
+    throw new SlotflipError('MANIFEST_BAD_ARGUMENT', 'not a PEM public key', { cause });
+  }
+  if (pub.asymmetricKeyType === 'ed25519') return publicKeyJson(rawPublicHex(pub));
+  if (pub.asymmetricKeyType === 'ec') {
+    const curve = pub.asymmetricKeyDetails?.namedCurve;
+    const spki = pub.export({ format: 'pem', type: 'spki' }).toString();
+    if (curve === 'prime256v1') return { keytype: 'ecdsa', scheme: 'ecdsa-sha2-nistp256', keyval: { public: spki } };
+    if (curve === 'secp384r1') return { keytype: 'ecdsa', scheme: 'ecdsa-sha2-nistp384', keyval: { public: spki } };
+  }
+  throw new SlotflipError('MANIFEST_KEY_UNSUPPORTED', `public key type ${pub.asymmetricKeyType ?? 'unknown'} is not supported for signing; use Ed25519 or ECDSA P-256/P-384`);
 }
 
 /** @tufjs/models Key for the public half. */

@@ -22,12 +22,13 @@
  * Trade-off: rollout changes (setRollout, and automatic halts) re-sign targets, so the machine that
  * runs them needs the targets key; keep it on the release machine, not on the broker host.
  */
-import { chmod, mkdir, readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Key, MetaFile, Metadata, MetadataKind, Root, Snapshot, TargetFile, Targets, Timestamp } from '@tufjs/models';
 import { SlotflipError } from '../hal/errors.js';
 import { writeFileAtomic } from '../hal/atomic-file.js';
-import { generateSigningKey, privatePem, signEnvelope, signingKeyFromPem, tufKey, tufSigner, type SigningKey } from './keys.js';
+import { canonicalJson, generateSigningKey, keyIdOfJson, privatePem, publicJsonFromPem, signingKeyFromPem, type PublicKeyJson, type SigningKey } from './keys.js';
+import { externalSigner, localSigner, parseSignerSpec, signMetadata, validSignatures, type ExternalSignerSpec, type Signer } from './signers.js';
 import { buildPayload } from './payload.js';
 import { ISSUED_FIELD, OFFLINE_FILE, OFFLINE_TYPE, TIME_RESET_FIELD } from './client.js';
 import { checkTargetName as checkTargetNameRule } from './validate.js';
@@ -46,9 +47,18 @@ export interface ExpiryDays {
 
 export const DEFAULT_EXPIRY_DAYS: ExpiryDays = { root: 365, targets: 90, snapshot: 7, timestamp: 1 };
 
+/** How the tools reach private keys (manifests/README.md "Key custody"). */
+export interface KeyAccess {
+  /** passphrase of encrypted key files; when set, keys this tool writes are encrypted with it. */
+  passphrase?: string;
+  /** environment handed to external signers (a PIN, KMS credentials); default none. */
+  env?: NodeJS.ProcessEnv;
+}
+
 export interface RepoOptions {
   /** clock, ms since epoch (default Date.now). */
   now?: () => number;
+  keys?: KeyAccess;
 }
 
 export interface InitRepoOptions extends RepoOptions {
@@ -56,6 +66,11 @@ export interface InitRepoOptions extends RepoOptions {
   rootKeys?: number;
   rootThreshold?: number;
   expiryDays?: Partial<ExpiryDays>;
+  /** root keys held apart: their public keys only (no root key is generated or stored here); root
+   * v1 is then PENDING until a threshold of holders signed it (signPendingRoot). */
+  rootPublicKeys?: PublicKeyJson[];
+  /** external signers for the online/release roles instead of generated key files. */
+  signers?: Partial<Record<'targets' | 'snapshot' | 'timestamp', ExternalSignerSpec>>;
 }
 
 export interface RepoSummary {
@@ -65,6 +80,17 @@ export interface RepoSummary {
   snapshotVersion: number;
   timestampVersion: number;
   keyIds: Record<TopRole, string[]>;
+  /** a root version waiting for root key holders' signatures (repo sign-root), if any. */
+  pendingRoot?: PendingRootStatus;
+}
+
+export interface PendingRootStatus {
+  version: number;
+  /** valid signatures so far / needed, from the new root's keys and (rotation) the trusted root's. */
+  newKeys: { have: number; need: number; missing: string[] };
+  trustedKeys?: { have: number; need: number; missing: string[] };
+  /** the root became the trusted one (published) with this signature. */
+  published: boolean;
 }
 
 const DAY = 86_400_000;
@@ -96,38 +122,80 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-async function writeKey(dir: string, name: string, key: SigningKey): Promise<void> {
-  const path = join(keysDir(dir), `${name}.pem`);
-  await writeFile(path, privatePem(key), { mode: 0o600, flag: 'wx' });
+const pendingDir = (dir: string): string => join(dir, 'pending');
+
+async function writeKey(dir: string, name: string, key: SigningKey, access: KeyAccess | undefined, sub = ''): Promise<void> {
+  const path = join(keysDir(dir), sub, `${name}.pem`);
+  await writeFile(path, privatePem(key, access?.passphrase), { mode: 0o600, flag: 'wx' });
   await chmod(path, 0o600);
 }
 
-async function readKey(dir: string, name: string): Promise<SigningKey> {
-  const path = join(keysDir(dir), `${name}.pem`);
-  try {
-    return signingKeyFromPem(await readFile(path, 'utf8'));
-  } catch (cause) {
-    throw new SlotflipError('MANIFEST_KEY_MISSING', `signing key ${path} is missing or unreadable; mount the offline key store for this step`, { cause, details: { path } });
-  }
+async function writeSignerSpec(dir: string, name: string, spec: ExternalSignerSpec, sub = ''): Promise<void> {
+  await writeFileAtomic(join(keysDir(dir), sub, `${name}.signer.json`), JSON.stringify(spec, null, 2) + '\n');
 }
 
-/** All keys in DIR/keys whose name starts with `prefix` (root-1, root-2, …). */
-async function readKeys(dir: string, prefix: string): Promise<SigningKey[]> {
+/** Reads a private key file (plain or encrypted PEM): a signer. */
+export async function signerFromKeyFile(path: string, access: KeyAccess | undefined): Promise<Signer> {
+  let pem: string;
+  try {
+    pem = await readFile(path, 'utf8');
+  } catch (cause) {
+    throw new SlotflipError('MANIFEST_KEY_MISSING', `signing key ${path} is missing or unreadable`, { cause, details: { path } });
+  }
+  return localSigner(signingKeyFromPem(pem, access?.passphrase, path), path);
+}
+
+/** Reads an external signer file (`NAME.signer.json`): a signer for `role`. */
+export async function signerFromSpecFile(path: string, role: string, access: KeyAccess | undefined): Promise<Signer> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await readFile(path, 'utf8'));
+  } catch (cause) {
+    throw new SlotflipError('MANIFEST_KEY_MISSING', `external signer file ${path} is missing or not JSON`, { cause, details: { path } });
+  }
+  return externalSigner(parseSignerSpec(raw, path), role, access?.env ?? {}, path);
+}
+
+/**
+ * The signer for key NAME in DIR/keys (or keys/SUB): `NAME.pem` (plain or encrypted) or
+ * `NAME.signer.json` (an external signer). Missing both: MANIFEST_KEY_MISSING.
+ */
+async function readKey(dir: string, name: string, access: KeyAccess | undefined, sub = ''): Promise<Signer> {
+  const base = join(keysDir(dir), sub, name);
+  const role = name.replace(/-\d+$/, '');
+  if (await exists(`${base}.pem`)) return signerFromKeyFile(`${base}.pem`, access);
+  if (await exists(`${base}.signer.json`)) return signerFromSpecFile(`${base}.signer.json`, role, access);
+  throw new SlotflipError('MANIFEST_KEY_MISSING', `signing key ${base}.pem (or an external signer ${base}.signer.json) is missing; mount the offline key store for this step`, { details: { path: `${base}.pem` } });
+}
+
+/** All keys in DIR/keys whose name starts with `prefix` (root-1, root-2, …), files or signers. */
+async function readKeys(dir: string, prefix: string, access: KeyAccess | undefined): Promise<Signer[]> {
   let names: string[];
   try {
     names = await readdir(keysDir(dir));
   } catch (cause) {
     throw new SlotflipError('MANIFEST_KEY_MISSING', `key directory ${keysDir(dir)} is missing`, { cause });
   }
-  const keys: SigningKey[] = [];
-  for (const n of names.filter((x) => x.startsWith(prefix) && x.endsWith('.pem')).sort()) keys.push(await readKey(dir, n.slice(0, -4)));
+  const keys: Signer[] = [];
+  for (const n of names.filter((x) => x.startsWith(prefix) && (x.endsWith('.pem') || x.endsWith('.signer.json'))).sort()) {
+    keys.push(await readKey(dir, n.replace(/\.(pem|signer\.json)$/, ''), access));
+  }
   return keys;
 }
 
+function missingAsNone(e: unknown): Signer[] {
+  if ((e as { code?: string }).code === 'MANIFEST_KEY_MISSING') return [];
+  throw e;
+}
+
 async function readSettings(dir: string): Promise<ExpiryDays> {
+  return (await readRepoJson(dir)).days;
+}
+
+async function readRepoJson(dir: string): Promise<{ days: ExpiryDays; rootHolders: boolean }> {
   try {
-    const raw = JSON.parse(await readFile(join(dir, 'repo.json'), 'utf8')) as { expiryDays?: Partial<ExpiryDays> };
-    return { ...DEFAULT_EXPIRY_DAYS, ...raw.expiryDays };
+    const raw = JSON.parse(await readFile(join(dir, 'repo.json'), 'utf8')) as { expiryDays?: Partial<ExpiryDays>; rootCustody?: string };
+    return { days: { ...DEFAULT_EXPIRY_DAYS, ...raw.expiryDays }, rootHolders: raw.rootCustody === 'holders' };
   } catch (cause) {
     throw new SlotflipError('MANIFEST_REPO_INVALID', `${join(dir, 'repo.json')} is missing or not JSON; is ${dir} a repository made by \`slotflip repo init\`?`, { cause });
   }
@@ -185,20 +253,20 @@ async function writeMeta(dir: string, file: string, bytes: Buffer): Promise<void
 }
 
 /** Signs and writes a new snapshot (listing `targetsBytes`' version) and then a new timestamp. */
-async function publishSnapshotAndTimestamp(dir: string, now: number, days: ExpiryDays, targets: Loaded<Targets>): Promise<void> {
-  const snapKey = await readKey(dir, 'snapshot');
-  const tsKey = await readKey(dir, 'timestamp');
+async function publishSnapshotAndTimestamp(dir: string, now: number, days: ExpiryDays, targets: Loaded<Targets>, access: KeyAccess | undefined): Promise<void> {
+  const snapKey = await readKey(dir, 'snapshot', access);
+  const tsKey = await readKey(dir, 'timestamp', access);
   const prev = await loadSnapshot(dir);
   const meta: Record<string, MetaFile> = { ...prev.md.signed.meta };
   meta['targets.json'] = new MetaFile({ version: targets.md.signed.version, length: targets.bytes.length, hashes: { sha256: sha256(targets.bytes) } });
   const snap = new Metadata(new Snapshot({ version: prev.md.signed.version + 1, specVersion: SPEC_VERSION, expires: isoIn(now, days.snapshot), meta }));
-  snap.sign(tufSigner(snapKey), false);
+  await signMetadata(snap, [snapKey], false);
   const snapBytes = serialize(snap);
   await writeMeta(dir, `${snap.signed.version}.snapshot.json`, snapBytes);
   await writeTimestamp(dir, now, days, tsKey, { md: snap, bytes: snapBytes });
 }
 
-async function writeTimestamp(dir: string, now: number, days: ExpiryDays, key: SigningKey, snap: Loaded<Snapshot>): Promise<void> {
+async function writeTimestamp(dir: string, now: number, days: ExpiryDays, key: Signer, snap: Loaded<Snapshot>): Promise<void> {
   let version = 1;
   try {
     version = (await loadTimestamp(dir)).md.signed.version + 1;
@@ -214,7 +282,7 @@ async function writeTimestamp(dir: string, now: number, days: ExpiryDays, key: S
       unrecognizedFields: { [ISSUED_FIELD]: new Date(now).toISOString() },
     }),
   );
-  ts.sign(tufSigner(key), false);
+  await signMetadata(ts, [key], false);
   // timestamp last: it is what makes the new set visible
   await writeMeta(dir, 'timestamp.json', serialize(ts));
 }
@@ -238,17 +306,22 @@ async function writeRoot(dir: string, root: Metadata<Root>): Promise<void> {
   await writeMeta(dir, 'root.json', bytes);
 }
 
-/** Summary of the repository's current versions and key ids. Read-only. */
+/** Summary of the repository's current versions and key ids (rootVersion 0: no trusted root yet,
+ * the first one is pending). Read-only. */
 export async function repoSummary(dir: string): Promise<RepoSummary> {
-  const root = (await loadRoot(dir)).md.signed;
+  const trusted = await trustedRootOrUndefined(dir);
+  const pendingRoot = await pendingRootStatus(dir);
+  const root = trusted?.signed ?? (await loadPendingRoot(dir))?.md.signed;
+  if (!root) throw new SlotflipError('MANIFEST_REPO_INVALID', `no root metadata in ${metaDir(dir)} or ${pendingDir(dir)}`);
   const keyIds = Object.fromEntries((['root', 'targets', 'snapshot', 'timestamp'] as const).map((r) => [r, root.roles[r]?.keyIDs ?? []])) as Record<TopRole, string[]>;
   return {
     dir,
-    rootVersion: root.version,
+    rootVersion: trusted?.signed.version ?? 0,
     targetsVersion: (await loadTargets(dir)).md.signed.version,
     snapshotVersion: (await loadSnapshot(dir)).md.signed.version,
     timestampVersion: (await loadTimestamp(dir)).md.signed.version,
     keyIds,
+    ...(pendingRoot ? { pendingRoot } : {}),
   };
 }
 
@@ -274,14 +347,30 @@ export async function initRepo(dir: string, opts: InitRepoOptions = {}): Promise
   await mkdir(metaDir(dir), { recursive: true });
   await mkdir(targetsDir(dir), { recursive: true });
 
-  const rootKeys = Array.from({ length: nKeys }, () => generateSigningKey());
-  const roleKeys = { targets: generateSigningKey(), snapshot: generateSigningKey(), timestamp: generateSigningKey() };
-  for (const [i, k] of rootKeys.entries()) await writeKey(dir, `root-${i + 1}`, k);
-  for (const [name, k] of Object.entries(roleKeys)) await writeKey(dir, name, k);
-  await writeFileAtomic(join(dir, 'repo.json'), JSON.stringify({ slotflipRepo: 1, expiryDays: days }, null, 2) + '\n');
+  const access = opts.keys;
+  // root keys held apart: only their public halves reach this machine
+  const rootKeys = opts.rootPublicKeys ? [] : Array.from({ length: nKeys }, () => generateSigningKey());
+  const rootPublic = opts.rootPublicKeys ?? rootKeys.map((k) => localSigner(k).publicJson);
+  const roleSigners = {} as Record<'targets' | 'snapshot' | 'timestamp', Signer>;
+  for (const [i, k] of rootKeys.entries()) await writeKey(dir, `root-${i + 1}`, k, access);
+  for (const role of ['targets', 'snapshot', 'timestamp'] as const) {
+    const spec = opts.signers?.[role];
+    if (spec) {
+      await writeSignerSpec(dir, role, spec);
+      roleSigners[role] = externalSigner(spec, role, access?.env ?? {}, join(keysDir(dir), `${role}.signer.json`));
+    } else {
+      const k = generateSigningKey();
+      await writeKey(dir, role, k, access);
+      roleSigners[role] = localSigner(k, join(keysDir(dir), `${role}.pem`));
+    }
+  }
+  await writeFileAtomic(join(dir, 'repo.json'), JSON.stringify({ slotflipRepo: 1, expiryDays: days, ...(opts.rootPublicKeys ? { rootCustody: 'holders' } : {}) }, null, 2) + '\n');
 
   const keys: Record<string, Key> = {};
-  for (const k of [...rootKeys, ...Object.values(roleKeys)]) keys[k.keyid] = tufKey(k);
+  const rootIds = rootPublic.map((pub) => keyIdOfJson(pub));
+  if (new Set(rootIds).size !== rootIds.length) throw badArg('the same root public key was given twice');
+  for (const [i, pub] of rootPublic.entries()) keys[rootIds[i]!] = Key.fromJSON(rootIds[i]!, pub as never);
+  for (const sg of Object.values(roleSigners)) keys[sg.keyid] = Key.fromJSON(sg.keyid, sg.publicJson as never);
   const root = new Metadata(
     makeRoot({
       version: 1,
@@ -289,18 +378,23 @@ export async function initRepo(dir: string, opts: InitRepoOptions = {}): Promise
       consistentSnapshot: true,
       keys,
       roles: {
-        root: { keyIDs: rootKeys.map((k) => k.keyid), threshold },
-        targets: { keyIDs: [roleKeys.targets.keyid], threshold: 1 },
-        snapshot: { keyIDs: [roleKeys.snapshot.keyid], threshold: 1 },
-        timestamp: { keyIDs: [roleKeys.timestamp.keyid], threshold: 1 },
+        root: { keyIDs: rootIds, threshold },
+        targets: { keyIDs: [roleSigners.targets.keyid], threshold: 1 },
+        snapshot: { keyIDs: [roleSigners.snapshot.keyid], threshold: 1 },
+        timestamp: { keyIDs: [roleSigners.timestamp.keyid], threshold: 1 },
       },
     }),
   );
-  for (const k of rootKeys) root.sign(tufSigner(k));
-  await writeRoot(dir, root);
+  if (opts.rootPublicKeys) {
+    // pending until a threshold of the holders signed it (signPendingRoot): no trusted root yet
+    await writePendingRoot(dir, root, {});
+  } else {
+    await signMetadata(root, rootKeys.map((k) => localSigner(k)));
+    await writeRoot(dir, root);
+  }
 
   const targets = new Metadata(new Targets({ version: 1, specVersion: SPEC_VERSION, expires: isoIn(now, days.targets) }));
-  targets.sign(tufSigner(roleKeys.targets), false);
+  await signMetadata(targets, [roleSigners.targets], false);
   const tBytes = serialize(targets);
   await writeMeta(dir, '1.targets.json', tBytes);
   const snap = new Metadata(
@@ -311,11 +405,158 @@ export async function initRepo(dir: string, opts: InitRepoOptions = {}): Promise
       meta: { 'targets.json': new MetaFile({ version: 1, length: tBytes.length, hashes: { sha256: sha256(tBytes) } }) },
     }),
   );
-  snap.sign(tufSigner(roleKeys.snapshot), false);
+  await signMetadata(snap, [roleSigners.snapshot], false);
   const sBytes = serialize(snap);
   await writeMeta(dir, '1.snapshot.json', sBytes);
-  await writeTimestamp(dir, now, days, roleKeys.timestamp, { md: snap, bytes: sBytes });
+  await writeTimestamp(dir, now, days, roleSigners.timestamp, { md: snap, bytes: sBytes });
   return repoSummary(dir);
+}
+
+// ---------------------------------------------------------------- pending roots (root keys held apart)
+
+/** What finishing a pending root must also do (a role rotation re-signs that role's metadata). */
+interface PendingAfter {
+  role?: Exclude<TopRole, 'root'>;
+}
+
+async function writePendingRoot(dir: string, root: Metadata<Root>, after: PendingAfter): Promise<void> {
+  await mkdir(pendingDir(dir), { recursive: true, mode: 0o700 });
+  await writeFileAtomic(join(pendingDir(dir), `${root.signed.version}.root.json`), serialize(root));
+  await writeFileAtomic(join(pendingDir(dir), `${root.signed.version}.after.json`), JSON.stringify(after) + '\n');
+}
+
+async function loadPendingRoot(dir: string): Promise<{ md: Metadata<Root>; after: PendingAfter } | undefined> {
+  const names = await readdir(pendingDir(dir)).catch(() => [] as string[]);
+  const v = names.map((n) => /^(\d+)\.root\.json$/.exec(n)?.[1]).filter((x): x is string => x !== undefined).map(Number).sort((a, b) => a - b)[0];
+  if (v === undefined) return undefined;
+  const path = join(pendingDir(dir), `${v}.root.json`);
+  try {
+    const md = Metadata.fromJSON(MetadataKind.Root, JSON.parse(await readFile(path, 'utf8'))) as Metadata<Root>;
+    const after = JSON.parse(await readFile(join(pendingDir(dir), `${v}.after.json`), 'utf8').catch(() => '{}')) as PendingAfter;
+    return { md, after };
+  } catch (cause) {
+    throw new SlotflipError('MANIFEST_REPO_INVALID', `${path} is not a valid root`, { cause, details: { path } });
+  }
+}
+
+async function trustedRootOrUndefined(dir: string): Promise<Metadata<Root> | undefined> {
+  const names = await readdir(metaDir(dir)).catch(() => [] as string[]);
+  return names.some((n) => /^\d+\.root\.json$/.test(n)) ? (await loadRoot(dir)).md : undefined;
+}
+
+function pendingStatus(md: Metadata<Root>, prev: Metadata<Root> | undefined, published: boolean): PendingRootStatus {
+  const count = (signedBy: Metadata<Root>, keysOf: Root): { have: number; need: number; missing: string[] } => {
+    const role = keysOf.roles['root']!;
+    const ok = validSignatures(signedBy, role.keyIDs, keysOf.keys);
+    return { have: ok.length, need: role.threshold, missing: role.keyIDs.filter((id) => !ok.includes(id)) };
+  };
+  const status: PendingRootStatus = { version: md.signed.version, newKeys: count(md, md.signed), published };
+  if (prev) status.trustedKeys = count(md, prev.signed);
+  return status;
+}
+
+const complete = (st: PendingRootStatus): boolean => st.newKeys.have >= st.newKeys.need && (!st.trustedKeys || st.trustedKeys.have >= st.trustedKeys.need);
+
+/**
+ * Adds the signature of one root key holder to the pending root (repo init with --root-pubkey, or
+ * a rotation without the root keys). Once a threshold of the new root's keys AND (for a rotation) a
+ * threshold of the trusted root's keys signed, the pending root becomes the trusted root: it is
+ * published as N.root.json / root.json and, for a role rotation, that role's metadata is re-signed
+ * with its new key. Needs only the holder's key (and, to finish a role rotation, that role's new
+ * key on this machine). A key that belongs to neither root is MANIFEST_BAD_ARGUMENT.
+ */
+export async function signPendingRoot(dir: string, signers: readonly Signer[], opts: RepoOptions = {}): Promise<PendingRootStatus> {
+  const pending = await loadPendingRoot(dir);
+  if (!pending) throw badArg(`${dir} has no pending root to sign (${pendingDir(dir)} is empty)`);
+  const { md, after } = pending;
+  const prev = md.signed.version > 1 ? await trustedRootOrUndefined(dir) : undefined;
+  if (md.signed.version > 1 && prev?.signed.version !== md.signed.version - 1) {
+    throw new SlotflipError('MANIFEST_REPO_INVALID', `pending root v${md.signed.version} does not follow the trusted root v${prev?.signed.version ?? 0}`);
+  }
+  for (const sg of signers) {
+    const ours = md.signed.roles['root']!.keyIDs.includes(sg.keyid) || (prev?.signed.roles['root']!.keyIDs.includes(sg.keyid) ?? false);
+    if (!ours) throw badArg(`key ${sg.keyid} (${sg.where}) is not a root key of pending root v${md.signed.version}${prev ? ` or of trusted root v${prev.signed.version}` : ''}`, { keyid: sg.keyid });
+  }
+  await signMetadata(md, signers);
+  const st = pendingStatus(md, prev, false);
+  if (!complete(st)) {
+    await writePendingRoot(dir, md, after);
+    return st;
+  }
+  await finishPendingRoot(dir, md, after, opts);
+  return { ...st, published: true };
+}
+
+/** Status of the pending root, if any (read-only). */
+export async function pendingRootStatus(dir: string): Promise<PendingRootStatus | undefined> {
+  const pending = await loadPendingRoot(dir);
+  if (!pending) return undefined;
+  return pendingStatus(pending.md, pending.md.signed.version > 1 ? await trustedRootOrUndefined(dir) : undefined, false);
+}
+
+async function finishPendingRoot(dir: string, md: Metadata<Root>, after: PendingAfter, opts: RepoOptions): Promise<void> {
+  const now = (opts.now ?? Date.now)();
+  const days = await readSettings(dir);
+  const role = after.role;
+  // check the new role key is here before the root that names it is published
+  const newRoleKey = role ? await readKey(dir, role, opts.keys, 'pending') : undefined;
+  await writeRoot(dir, md);
+  if (role && newRoleKey) await installPendingRoleKey(dir, role, `${now}`);
+  await rm(join(pendingDir(dir), `${md.signed.version}.root.json`), { force: true });
+  await rm(join(pendingDir(dir), `${md.signed.version}.after.json`), { force: true });
+  if (role && newRoleKey) await resignRole(dir, role, newRoleKey, now, days, opts.keys);
+}
+
+/** Moves keys/pending/ROLE.{pem,signer.json} into place, retiring the current one. */
+async function installPendingRoleKey(dir: string, role: string, stamp: string): Promise<void> {
+  await mkdir(join(keysDir(dir), 'retired'), { recursive: true, mode: 0o700 });
+  for (const ext of ['.pem', '.signer.json']) {
+    await rename(join(keysDir(dir), `${role}${ext}`), join(keysDir(dir), 'retired', `${role}-${stamp}${ext}`)).catch(() => undefined);
+  }
+  for (const ext of ['.pem', '.signer.json']) {
+    if (await exists(join(keysDir(dir), 'pending', `${role}${ext}`))) await rename(join(keysDir(dir), 'pending', `${role}${ext}`), join(keysDir(dir), `${role}${ext}`));
+  }
+}
+
+/** After a new root named a new key for `role`: re-sign that role's metadata (and what lists it). */
+async function resignRole(dir: string, role: Exclude<TopRole, 'root'>, key: Signer, now: number, days: ExpiryDays, access: KeyAccess | undefined): Promise<void> {
+  if (role === 'targets') await updateTargets(dir, now, undefined, access, () => undefined);
+  else if (role === 'snapshot') await publishSnapshotAndTimestamp(dir, now, days, await loadTargets(dir), access);
+  else await writeTimestamp(dir, now, days, key, await loadSnapshot(dir));
+}
+
+/**
+ * A new Ed25519 key for one holder, written to OUT (0600; encrypted when a passphrase is given) and
+ * its TUF public key object to OUT's `.pub` sibling (give that file to `repo init --root-pubkey`).
+ * Refuses to overwrite either file.
+ */
+export async function generateKeyFile(out: string, access: KeyAccess | undefined): Promise<{ keyid: string; key: string; pub: string }> {
+  const pubPath = out.replace(/\.pem$/, '') + '.pub';
+  if ((await exists(out)) || (await exists(pubPath))) throw badArg(`${out} or ${pubPath} already exists; refusing to overwrite a key`);
+  const k = generateSigningKey();
+  await writeFile(out, privatePem(k, access?.passphrase), { mode: 0o600, flag: 'wx' });
+  await chmod(out, 0o600);
+  const pub = localSigner(k).publicJson;
+  await writeFile(pubPath, JSON.stringify(pub, null, 2) + '\n', { flag: 'wx' });
+  return { keyid: k.keyid, key: out, pub: pubPath };
+}
+
+/** Reads a public key file for --root-pubkey: a TUF key object (`.pub` from keygen) or a PEM public key. */
+export async function readPublicKeyFile(path: string): Promise<PublicKeyJson> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (cause) {
+    throw badArg(`public key file ${path} is unreadable`, { path, cause: String(cause) });
+  }
+  if (/-----BEGIN PUBLIC KEY-----/.test(text)) return publicJsonFromPem(text);
+  try {
+    const o = JSON.parse(text) as PublicKeyJson;
+    if (typeof o.keytype === 'string' && typeof o.scheme === 'string' && typeof o.keyval?.public === 'string') return { keytype: o.keytype, scheme: o.scheme, keyval: { public: o.keyval.public } };
+  } catch {
+    // reported below
+  }
+  throw badArg(`${path} is neither a TUF public key object ({"keytype", "scheme", "keyval": {"public"}}) nor a PEM public key`, { path });
 }
 
 export interface AddReleaseOptions extends RepoOptions {
@@ -366,9 +607,9 @@ function checkRollout(r: Rollout | undefined): void {
 }
 
 /** Re-signs targets with `mutate` applied, then snapshot and timestamp. */
-async function updateTargets(dir: string, now: number, expiresDays: number | undefined, mutate: (targets: Record<string, TargetFile>) => void): Promise<Loaded<Targets>> {
+async function updateTargets(dir: string, now: number, expiresDays: number | undefined, access: KeyAccess | undefined, mutate: (targets: Record<string, TargetFile>) => void): Promise<Loaded<Targets>> {
   const days = await readSettings(dir);
-  const key = await readKey(dir, 'targets');
+  const key = await readKey(dir, 'targets', access);
   const prev = await loadTargets(dir);
   const map: Record<string, TargetFile> = { ...prev.md.signed.targets };
   mutate(map);
@@ -381,11 +622,11 @@ async function updateTargets(dir: string, now: number, expiresDays: number | und
       ...(prev.md.signed.delegations ? { delegations: prev.md.signed.delegations } : {}),
     }),
   );
-  next.sign(tufSigner(key), false);
+  await signMetadata(next, [key], false);
   const bytes = serialize(next);
   await writeMeta(dir, `${next.signed.version}.targets.json`, bytes);
   const loaded: Loaded<Targets> = { md: next, bytes };
-  await publishSnapshotAndTimestamp(dir, now, days, loaded);
+  await publishSnapshotAndTimestamp(dir, now, days, loaded, access);
   return loaded;
 }
 
@@ -406,7 +647,7 @@ export async function addRelease(dir: string, opts: AddReleaseOptions): Promise<
   const targetName = opts.name ?? `releases/${opts.version}/${basename(opts.image)}${ext}`;
   checkTargetName(targetName);
   await readSettings(dir);
-  await readKey(dir, 'targets'); // fail before the (slow) build if the key is absent
+  await readKey(dir, 'targets', opts.keys); // fail before the (slow) build if the key is absent
 
   const finalDir = join(targetsDir(dir), dirname(targetName));
   await mkdir(finalDir, { recursive: true });
@@ -425,7 +666,7 @@ export async function addRelease(dir: string, opts: AddReleaseOptions): Promise<
     ...(opts.rollout ? { rollout: opts.rollout } : {}),
     payload: built.payload,
   };
-  const loaded = await updateTargets(dir, now, opts.expiresDays, (map) => {
+  const loaded = await updateTargets(dir, now, opts.expiresDays, opts.keys, (map) => {
     map[targetName] = new TargetFile({ path: targetName, length: built.length, hashes: { sha256: built.sha256 }, unrecognizedFields: { custom: custom as never } });
   });
   return { targetName, path: finalPath, length: built.length, sha256: built.sha256, targetsVersion: loaded.md.signed.version, custom };
@@ -435,7 +676,7 @@ export async function addRelease(dir: string, opts: AddReleaseOptions): Promise<
 export async function setRollout(dir: string, targetName: string, rollout: Rollout | undefined, opts: RepoOptions = {}): Promise<number> {
   checkRollout(rollout);
   const now = (opts.now ?? Date.now)();
-  const loaded = await updateTargets(dir, now, undefined, (map) => {
+  const loaded = await updateTargets(dir, now, undefined, opts.keys, (map) => {
     const t = map[targetName];
     if (!t) throw new SlotflipError('MANIFEST_TARGET_NOT_FOUND', `no target ${targetName} in the repository`, { details: { targetName } });
     const custom = { ...(t.custom as Record<string, unknown>) };
@@ -460,14 +701,14 @@ export interface ResignResult {
 export async function resignTimestamp(dir: string, opts: RepoOptions = {}): Promise<ResignResult> {
   const now = (opts.now ?? Date.now)();
   const days = await readSettings(dir);
-  const tsKey = await readKey(dir, 'timestamp');
+  const tsKey = await readKey(dir, 'timestamp', opts.keys);
   let snap = await loadSnapshot(dir);
   const left = Date.parse(snap.md.signed.expires) - now;
   let snapshotVersion: number | undefined;
   if (left < (days.snapshot * DAY) / 2) {
-    const key = await readKey(dir, 'snapshot');
+    const key = await readKey(dir, 'snapshot', opts.keys);
     const next = new Metadata(new Snapshot({ version: snap.md.signed.version + 1, specVersion: SPEC_VERSION, expires: isoIn(now, days.snapshot), meta: snap.md.signed.meta }));
-    next.sign(tufSigner(key), false);
+    await signMetadata(next, [key], false);
     const bytes = serialize(next);
     await writeMeta(dir, `${next.signed.version}.snapshot.json`, bytes);
     snap = { md: next, bytes };
@@ -478,81 +719,141 @@ export async function resignTimestamp(dir: string, opts: RepoOptions = {}): Prom
   return snapshotVersion === undefined ? { timestampVersion: ts } : { timestampVersion: ts, snapshotVersion };
 }
 
+export interface RotateOptions extends RepoOptions {
+  /** root rotation with keys held apart: the new holders' public keys (no private root key here). */
+  rootPublicKeys?: PublicKeyJson[];
+  /** root rotation: the new threshold (default: the current one). */
+  rootThreshold?: number;
+  /** targets/snapshot/timestamp: the new key is held by this external signer. */
+  signer?: ExternalSignerSpec;
+  /** produce a pending root even when the root keys are here (they sign it; holders add theirs). */
+  pending?: boolean;
+}
+
 /**
- * Rotates a role's keys. `root`: all root keys are replaced by as many new ones; the new root is
- * signed by a threshold of the old keys AND of the new ones (TUF 5.3.4/5.3.5). Other roles: the role
- * gets a new key in a new root (signed by the current root keys), and its metadata (plus what lists
- * it) is re-signed. Old private keys move to keys/retired/. Needs the root keys.
+ * Rotates a role's keys. `root`: all root keys are replaced; the new root must be signed by a
+ * threshold of the old keys AND of the new ones (TUF 5.3.4/5.3.5). Other roles: the role gets a new
+ * key in a new root (signed by the current root keys), and its metadata (plus what lists it) is
+ * re-signed. Old private keys move to keys/retired/.
+ *
+ * With the root keys in keys/ (a repository made without --root-pubkey) the new root is published
+ * at once. With root keys held apart (or `pending`), the new root is written to DIR/pending/ signed
+ * by whatever root keys are here (usually none) and the new role key waits in keys/pending/; each
+ * holder then runs signPendingRoot, and the signature that completes both thresholds publishes it.
  */
-export async function rotateKey(dir: string, role: TopRole, opts: RepoOptions = {}): Promise<RepoSummary> {
+export async function rotateKey(dir: string, role: TopRole, opts: RotateOptions = {}): Promise<RepoSummary> {
   if (!['root', 'targets', 'snapshot', 'timestamp'].includes(role)) throw badArg(`unknown role ${role}; use root, targets, snapshot or timestamp`);
   const now = (opts.now ?? Date.now)();
-  const days = await readSettings(dir);
+  const { days, rootHolders } = await readRepoJson(dir);
+  const waiting = await loadPendingRoot(dir);
+  if (waiting) throw new SlotflipError('MANIFEST_ROOT_PENDING', `root v${waiting.md.signed.version} in ${pendingDir(dir)} still waits for root key holders' signatures; finish it with \`slotflip repo sign-root ${dir} --key HOLDER.pem\` first`, { details: { version: waiting.md.signed.version } });
+  const held = rootHolders || opts.pending === true || opts.rootPublicKeys !== undefined;
   const prev = await loadRoot(dir);
-  const oldRootKeys = await readKeys(dir, 'root-');
   const r = prev.md.signed;
   const oldRole = r.roles[role]!;
   const stamp = `${now}`;
   await mkdir(join(keysDir(dir), 'retired'), { recursive: true, mode: 0o700 });
 
-  const newKeys = role === 'root' ? oldRole.keyIDs.map(() => generateSigningKey()) : [generateSigningKey()];
+  // the new keys: generated here, or public halves only (holders, external signer)
+  const generated: SigningKey[] = [];
+  let newPublic: PublicKeyJson[];
+  let newSigner: Signer | undefined;
+  if (role === 'root') {
+    if (opts.rootPublicKeys) newPublic = opts.rootPublicKeys;
+    else if (held) throw badArg('the root keys of this repository are held apart: give the new holders\' public keys with --root-pubkey FILE (one per holder)');
+    else {
+      for (const _ of oldRole.keyIDs) generated.push(generateSigningKey());
+      newPublic = generated.map((k) => localSigner(k).publicJson);
+    }
+  } else if (opts.signer) {
+    newSigner = externalSigner(opts.signer, role, opts.keys?.env ?? {}, `external signer for ${role}`);
+    newPublic = [newSigner.publicJson];
+  } else {
+    generated.push(generateSigningKey());
+    newSigner = localSigner(generated[0]!);
+    newPublic = [newSigner.publicJson];
+  }
+  const newIds = newPublic.map((p) => keyIdOfJson(p));
+  const threshold = role === 'root' ? (opts.rootThreshold ?? oldRole.threshold) : oldRole.threshold;
+  if (!Number.isInteger(threshold) || threshold < 1 || threshold > newIds.length || new Set(newIds).size !== newIds.length) {
+    throw badArg(`threshold ${threshold} of ${newIds.length} distinct ${role} keys is invalid`);
+  }
   const keys: Record<string, Key> = { ...r.keys };
   for (const id of oldRole.keyIDs) {
     const stillUsed = Object.entries(r.roles).some(([n, other]) => n !== role && other.keyIDs.includes(id));
     if (!stillUsed) delete keys[id];
   }
-  for (const k of newKeys) keys[k.keyid] = tufKey(k);
-  const roles: Record<string, { keyIDs: string[]; threshold: number }> = { ...r.roles, [role]: { keyIDs: newKeys.map((k) => k.keyid), threshold: oldRole.threshold } };
+  for (const [i, p] of newPublic.entries()) keys[newIds[i]!] = Key.fromJSON(newIds[i]!, p as never);
+  const roles: Record<string, { keyIDs: string[]; threshold: number }> = { ...r.roles, [role]: { keyIDs: newIds, threshold } };
   const next = new Metadata(makeRoot({ version: r.version + 1, expires: isoIn(now, days.root), consistentSnapshot: r.consistentSnapshot, keys, roles }));
-  const oldUsable = oldRootKeys.filter((k) => r.roles['root']!.keyIDs.includes(k.keyid));
+  // held apart: usually no root key here at all (only a missing key directory is forgiven; a wrong
+  // passphrase for a root key that is here still fails)
+  const localRoot = held ? await readKeys(dir, 'root-', opts.keys).catch(missingAsNone) : await readKeys(dir, 'root-', opts.keys);
+  const oldUsable = localRoot.filter((k) => r.roles['root']!.keyIDs.includes(k.keyid));
+
+  if (held) {
+    await signMetadata(next, oldUsable);
+    await mkdir(join(keysDir(dir), 'pending'), { recursive: true, mode: 0o700 });
+    if (role !== 'root') {
+      for (const ext of ['.pem', '.signer.json']) await rm(join(keysDir(dir), 'pending', `${role}${ext}`), { force: true });
+      if (opts.signer) await writeSignerSpec(dir, role, opts.signer, 'pending');
+      else await writeKey(dir, role, generated[0]!, opts.keys, 'pending');
+    }
+    await writePendingRoot(dir, next, role === 'root' ? {} : { role });
+    const st = await pendingRootStatus(dir);
+    if (st && complete(st)) await finishPendingRoot(dir, next, role === 'root' ? {} : { role }, opts);
+    return repoSummary(dir);
+  }
+
   if (oldUsable.length < r.roles['root']!.threshold) {
     throw new SlotflipError('MANIFEST_KEY_MISSING', `only ${oldUsable.length} of the ${r.roles['root']!.threshold} root keys needed are in ${keysDir(dir)}; mount the offline root keys`);
   }
-  for (const k of oldUsable) next.sign(tufSigner(k));
-  if (role === 'root') for (const k of newKeys) next.sign(tufSigner(k));
+  await signMetadata(next, oldUsable);
+  if (role === 'root') await signMetadata(next, generated.map((k) => localSigner(k)));
 
   // retire old private keys, install new ones, then publish (a crash in between leaves the old
   // root published and the new keys on disk: re-running rotate re-signs with whatever is present)
   if (role === 'root') {
-    for (const n of (await readdir(keysDir(dir))).filter((x) => /^root-.*\.pem$/.test(x))) {
-      await rename(join(keysDir(dir), n), join(keysDir(dir), 'retired', `${n.slice(0, -4)}-${stamp}.pem`));
+    for (const n of (await readdir(keysDir(dir))).filter((x) => /^root-.*\.(pem|signer\.json)$/.test(x))) {
+      await rename(join(keysDir(dir), n), join(keysDir(dir), 'retired', n.replace(/\.(pem|signer\.json)$/, `-${stamp}.$1`)));
     }
-    for (const [i, k] of newKeys.entries()) await writeKey(dir, `root-${i + 1}`, k);
+    for (const [i, k] of generated.entries()) await writeKey(dir, `root-${i + 1}`, k, opts.keys);
   } else {
-    await rename(join(keysDir(dir), `${role}.pem`), join(keysDir(dir), 'retired', `${role}-${stamp}.pem`)).catch(() => undefined);
-    await writeKey(dir, role, newKeys[0]!);
+    for (const ext of ['.pem', '.signer.json']) await rename(join(keysDir(dir), `${role}${ext}`), join(keysDir(dir), 'retired', `${role}-${stamp}${ext}`)).catch(() => undefined);
+    if (opts.signer) await writeSignerSpec(dir, role, opts.signer);
+    else await writeKey(dir, role, generated[0]!, opts.keys);
   }
   await writeRoot(dir, next);
-
-  if (role === 'targets') {
-    await updateTargets(dir, now, undefined, () => undefined);
-  } else if (role === 'snapshot') {
-    await publishSnapshotAndTimestamp(dir, now, days, await loadTargets(dir));
-  } else if (role === 'timestamp') {
-    await writeTimestamp(dir, now, days, newKeys[0]!, await loadSnapshot(dir));
-  }
+  if (role !== 'root') await resignRole(dir, role, newSigner!, now, days, opts.keys);
   return repoSummary(dir);
 }
 
 /**
  * Publishes a new root version, same keys and roles, whose signed part carries the trusted-time
  * reset `at` (manifests/README.md "Trusted time"): every device that walks to it sets its time floor
- * to `at`. The recovery for devices whose floor is wrong. Needs a threshold of the root keys; also
- * re-signs the timestamp (the new root changes nothing else).
+ * to `at`. The recovery for devices whose floor is wrong. Needs a threshold of the root keys (with
+ * root keys held apart: the root is pending until the holders signed it); also re-signs the
+ * timestamp (the new root changes nothing else).
  */
 export async function publishTimeReset(dir: string, at: number, opts: RepoOptions = {}): Promise<RepoSummary> {
   const now = (opts.now ?? Date.now)();
   if (!Number.isFinite(at)) throw badArg('--to must be an ISO-8601 time');
-  const days = await readSettings(dir);
+  const { days, rootHolders } = await readRepoJson(dir);
+  const waiting = await loadPendingRoot(dir);
+  if (waiting) throw new SlotflipError('MANIFEST_ROOT_PENDING', `root v${waiting.md.signed.version} in ${pendingDir(dir)} still waits for root key holders' signatures; finish it first`, { details: { version: waiting.md.signed.version } });
   const prev = (await loadRoot(dir)).md.signed;
-  const rootKeys = (await readKeys(dir, 'root-')).filter((k) => prev.roles['root']!.keyIDs.includes(k.keyid));
-  if (rootKeys.length < prev.roles['root']!.threshold) {
+  const rootKeys = (rootHolders ? await readKeys(dir, 'root-', opts.keys).catch(missingAsNone) : await readKeys(dir, 'root-', opts.keys)).filter((k) => prev.roles['root']!.keyIDs.includes(k.keyid));
+  if (!rootHolders && rootKeys.length < prev.roles['root']!.threshold) {
     throw new SlotflipError('MANIFEST_KEY_MISSING', `only ${rootKeys.length} of the ${prev.roles['root']!.threshold} root keys needed are in ${keysDir(dir)}; mount the offline root keys`);
   }
   const root = makeRoot({ version: prev.version + 1, expires: isoIn(now, days.root), consistentSnapshot: prev.consistentSnapshot, keys: prev.keys, roles: prev.roles });
   root.unrecognizedFields[TIME_RESET_FIELD] = new Date(at).toISOString() as never;
   const next = new Metadata(root);
-  for (const k of rootKeys) next.sign(tufSigner(k));
+  await signMetadata(next, rootKeys);
+  if (rootHolders) {
+    await writePendingRoot(dir, next, {});
+    return repoSummary(dir);
+  }
   await writeRoot(dir, next);
   await resignTimestamp(dir, opts);
   return repoSummary(dir);
@@ -773,7 +1074,7 @@ export async function exportBundle(dir: string, out: string, opts: ExportOptions
   const validDays = opts.validDays ?? 30;
   if (!Number.isFinite(validDays) || validDays <= 0 || validDays > 366) throw badArg('--valid-days must be a number of days in 1..366');
   if (await exists(join(out, 'metadata'))) throw badArg(`${out} already holds a bundle (metadata/); give an empty directory`, { out });
-  const key = await readKey(dir, 'targets');
+  const key = await readKey(dir, 'targets', opts.keys);
   const root = await loadRoot(dir);
   const targets = await loadTargets(dir);
   const snapshot = await loadSnapshot(dir);
@@ -801,14 +1102,15 @@ export async function exportBundle(dir: string, out: string, opts: ExportOptions
 
   const expiresMs = Math.min(now + validDays * 86_400_000, Date.parse(targets.md.signed.expires), Date.parse(root.md.signed.expires));
   const expires = new Date(expiresMs).toISOString().replace(/\.\d{3}Z$/, 'Z');
-  const statement = signEnvelope({
+  const signedPart = {
     _type: OFFLINE_TYPE,
     version: 1,
     issued: new Date(now).toISOString().replace(/\.\d{3}Z$/, 'Z'),
     expires,
     timestamp: { version: ts.md.signed.version, sha256: sha256(ts.bytes) },
     snapshot: { version: snapshot.md.signed.version, sha256: sha256(snapshot.bytes) },
-  }, [key]);
+  };
+  const statement = { signed: signedPart, signatures: [{ keyid: key.keyid, sig: await key.sign(Buffer.from(canonicalJson(signedPart), 'utf8')) }] };
   // offline.json last: a bundle without it is a plain (online-only) repository copy
   await writeFileAtomic(join(metaOut, OFFLINE_FILE), Buffer.from(JSON.stringify(statement, null, 1) + '\n'));
   return { out, expires, targets: names, files: files + 1 };

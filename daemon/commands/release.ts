@@ -75,10 +75,12 @@ export const command: Command = {
       io.stderr.write(`slotflip release: expected "add DIR" or "export DIR --out OUT"\n\n${HELP}\n`);
       return 2;
     }
+    // encrypted key files: passphrase from $SLOTFLIP_KEY_PASSPHRASE; external signers get the environment
+    const keys = { ...(io.env['SLOTFLIP_KEY_PASSPHRASE'] ? { passphrase: io.env['SLOTFLIP_KEY_PASSPHRASE'] } : {}), env: io.env };
     if (sub === 'export') {
       if (!values.out) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', 'release export needs --out OUT');
       const days = values['valid-days'] === undefined ? undefined : Number(values['valid-days']);
-      const r = await exportBundle(dir, values.out, { ...(days !== undefined ? { validDays: days } : {}), ...(values.target ? { targets: values.target } : {}) });
+      const r = await exportBundle(dir, values.out, { keys, ...(days !== undefined ? { validDays: days } : {}), ...(values.target ? { targets: values.target } : {}) });
       if (values.json) io.stdout.write(JSON.stringify(r) + '\n');
       else io.stdout.write(`exported ${r.targets.length} target${r.targets.length === 1 ? '' : 's'} to ${r.out} (${r.files} files); offline until ${r.expires}\n`);
       return 0;
@@ -94,6 +96,7 @@ export const command: Command = {
     const compression = (values.compression ?? 'zstd') as Compression;
     if (!['zstd', 'gzip', 'none'].includes(compression)) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', '--compression must be zstd, gzip or none');
     const r = await addRelease(dir, {
+      keys,
       image: need(values.image, '--image'),
       version: need(values.version, '--version'),
       securityVersion: int(need(values['security-version'], '--security-version'), '--security-version'),

@@ -1,31 +1,51 @@
 /**
  * `slotflip repo ...`: the manufacturer's repository tools (manifests/repo.ts): create keys and
- * metadata, re-sign the timestamp (for a timer), rotate keys, change a rollout, publish to a broker.
+ * metadata, re-sign the timestamp (for a timer), rotate keys, change a rollout, publish to a broker;
+ * key custody: holders' keys (keygen), pending roots they sign (sign-root), encrypted key files
+ * (passphrase from --passphrase-fd or $SLOTFLIP_KEY_PASSPHRASE, never argv), external signers.
  * Root and targets keys belong offline; see manifests/README.md for key handling.
  */
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { SlotflipError } from '../../hal/errors.js';
-import { initRepo, publishTimeReset, publishToBroker, resignTimestamp, rotateKey, setRollout, type TopRole } from '../../manifests/repo.js';
+import {
+  generateKeyFile, initRepo, publishTimeReset, publishToBroker, readPublicKeyFile, resignTimestamp, rotateKey, setRollout, signerFromKeyFile, signerFromSpecFile, signPendingRoot,
+  type KeyAccess, type PendingRootStatus, type TopRole,
+} from '../../manifests/repo.js';
+import { parseSignerSpec, type ExternalSignerSpec, type Signer } from '../../manifests/signers.js';
 import type { Rollout } from '../../manifests/types.js';
 import type { Command, CommandIO } from './command.js';
 
 const HELP = [
-  'usage: slotflip repo <subcommand> DIR [options]',
+  'usage: slotflip repo <subcommand> DIR [options]   (keygen: no DIR)',
   '',
   'Manage a signed (TUF) release repository in DIR. Metadata is written under DIR/repository/metadata/,',
   'payloads under DIR/repository/targets/; serve DIR/repository with any static HTTP server or CDN.',
   '',
   'subcommands:',
-  '  init DIR [--root-keys N] [--root-threshold M]',
-  '        create Ed25519 keys (root M-of-N, default 2-of-3; one key each for targets, snapshot,',
-  '        timestamp) under DIR/keys/ (mode 0600) and version-1 metadata. Refuses an existing repo.',
+  '  keygen --out HOLDER.pem',
+  '        a new Ed25519 key for one root key holder, on the holder\'s own machine: HOLDER.pem (0600,',
+  '        encrypted when a passphrase is given) and HOLDER.pub (public; give it to init/rotate).',
+  '  init DIR [--root-keys N] [--root-threshold M] [--root-pubkey F ...] [--signer ROLE=FILE ...]',
+  '        create keys (root M-of-N, default 2-of-3; one key each for targets, snapshot, timestamp)',
+  '        under DIR/keys/ (mode 0600; encrypted when a passphrase is given) and version-1 metadata.',
+  '        --root-pubkey (once per holder): root keys held apart, none is created here; root v1 is',
+  '        PENDING (DIR/pending/) until M holders ran sign-root. --signer targets=F (or snapshot,',
+  '        timestamp): that role\'s key is held by an external signer (F: see manifests/README.md).',
+  '        Refuses an existing repo.',
+  '  sign-root DIR (--key HOLDER.pem | --signer F) ...',
+  '        add root key holders\' signatures to the pending root; the signature that completes the',
+  '        threshold(s) publishes it as the trusted root (N.root.json, root.json).',
   '  timestamp DIR',
   '        re-sign timestamp.json (and snapshot.json when it has less than half its validity left).',
   '        Run it from a timer well inside the timestamp lifetime (1 day): e.g. every 6 hours.',
-  '  rotate DIR --role root|targets|snapshot|timestamp',
-  '        replace a role\'s keys with new ones in a new root version (needs the root keys; a root',
-  '        rotation is signed by the old and the new root keys).',
+  '  rotate DIR --role root|targets|snapshot|timestamp [--root-pubkey F ...] [--root-threshold M]',
+  '             [--signer F] [--pending]',
+  '        replace a role\'s keys with new ones in a new root version, signed by the old root keys (a',
+  '        root rotation by the old and the new ones). Root keys held apart (or --pending): the new',
+  '        root is pending until the holders ran sign-root. --root-pubkey: the new root holders\'',
+  '        public keys; --signer F: the role\'s new key is held by an external signer.',
   '  time-reset DIR [--to ISO-8601]',
   '        publish a new root version (same keys; needs the root keys) carrying a trusted-time reset:',
   '        devices whose time floor is wrong (MANIFEST_EXPIRED on valid metadata) set it to that time',
@@ -42,9 +62,53 @@ const HELP = [
   '        MQTT 5, or 3.1.1 when the broker refuses 5. Password from $SLOTFLIP_BROKER_PASSWORD.',
   '',
   'options:',
+  '  --passphrase-fd N   read the key passphrase from file descriptor N (or set',
+  '                      $SLOTFLIP_KEY_PASSPHRASE); never on the command line',
   '  --json          machine-readable output',
   '  -h, --help      this help',
 ].join('\n');
+
+/** The key passphrase: from a file descriptor (first line) or $SLOTFLIP_KEY_PASSPHRASE; never argv. */
+function keyAccess(fd: string | undefined, io: CommandIO): KeyAccess {
+  let passphrase: string | undefined;
+  if (fd !== undefined) {
+    const n = Number(fd);
+    if (!Number.isInteger(n) || n < 0) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', '--passphrase-fd needs a file descriptor number');
+    try {
+      passphrase = readFileSync(n, 'utf8').split(/\r?\n/)[0];
+    } catch (cause) {
+      throw new SlotflipError('MANIFEST_BAD_ARGUMENT', `--passphrase-fd ${n}: cannot read the passphrase`, { cause });
+    }
+  } else if (io.env['SLOTFLIP_KEY_PASSPHRASE'] !== undefined && io.env['SLOTFLIP_KEY_PASSPHRASE'] !== '') {
+    passphrase = io.env['SLOTFLIP_KEY_PASSPHRASE'];
+  }
+  // external signers get the caller's environment (PINs, KMS credentials), minus the passphrase
+  const env = { ...io.env };
+  delete env['SLOTFLIP_KEY_PASSPHRASE'];
+  return { ...(passphrase !== undefined ? { passphrase } : {}), env };
+}
+
+async function readSpec(path: string): Promise<ExternalSignerSpec> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await readFile(path, 'utf8'));
+  } catch (cause) {
+    throw new SlotflipError('MANIFEST_BAD_ARGUMENT', `external signer file ${path} is unreadable or not JSON`, { cause });
+  }
+  return parseSignerSpec(raw, path);
+}
+
+function pendingText(st: PendingRootStatus): string {
+  const part = (name: string, p: { have: number; need: number }): string => `${p.have} of ${p.need} ${name}`;
+  const parts = [part('new root keys', st.newKeys), ...(st.trustedKeys ? [part('trusted root keys', st.trustedKeys)] : [])];
+  return st.published ? `root v${st.version} is complete (${parts.join(', ')}) and published as the trusted root` : `root v${st.version} is pending: ${parts.join(', ')} signed`;
+}
+
+/** publish takes one TLS --key (the option repeats for sign-root). */
+function oneKey(keys: string[]): string {
+  if (keys.length !== 1) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', 'repo publish takes one --key FILE');
+  return keys[0]!;
+}
 
 function out(io: CommandIO, json: boolean, value: unknown, text: string): void {
   io.stdout.write((json ? JSON.stringify(value) : text) + '\n');
@@ -75,41 +139,90 @@ export const command: Command = {
         username: { type: 'string' },
         ca: { type: 'string' },
         cert: { type: 'string' },
-        key: { type: 'string' },
+        key: { type: 'string', multiple: true },
         to: { type: 'string' },
+        out: { type: 'string' },
+        'root-pubkey': { type: 'string', multiple: true },
+        signer: { type: 'string', multiple: true },
+        pending: { type: 'boolean' },
+        'passphrase-fd': { type: 'string' },
         json: { type: 'boolean' },
       },
     });
     const [sub, dir, ...extra] = positionals;
     const json = values.json ?? false;
+    if (sub === 'keygen' && !dir) {
+      if (!values.out) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', 'repo keygen needs --out HOLDER.pem');
+      const access = keyAccess(values['passphrase-fd'], io);
+      const r = await generateKeyFile(values.out, access);
+      out(io, json, { ...r, encrypted: access.passphrase !== undefined }, `key ${r.keyid}: private ${r.key}${access.passphrase !== undefined ? ' (encrypted)' : ''}, public ${r.pub}`);
+      return 0;
+    }
     if (!sub || !dir || extra.length > 0) {
       io.stderr.write(`slotflip repo: expected a subcommand and DIR\n\n${HELP}\n`);
       return 2;
     }
     switch (sub) {
       case 'init': {
+        const rootPublicKeys = values['root-pubkey'] ? await Promise.all(values['root-pubkey'].map((f) => readPublicKeyFile(f))) : undefined;
+        const signers: Partial<Record<'targets' | 'snapshot' | 'timestamp', ExternalSignerSpec>> = {};
+        for (const sv of values.signer ?? []) {
+          const m = /^(targets|snapshot|timestamp)=(.+)$/.exec(sv);
+          if (!m) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', `--signer ${sv}: expected targets=FILE, snapshot=FILE or timestamp=FILE`);
+          signers[m[1] as 'targets'] = await readSpec(m[2]!);
+        }
         const s = await initRepo(dir, {
-          ...(values['root-keys'] ? { rootKeys: Number(values['root-keys']) } : {}),
-          ...(values['root-threshold'] ? { rootThreshold: Number(values['root-threshold']) } : {}),
+          ...(values['root-keys'] ? { rootKeys: Number(values['root-keys']) } : rootPublicKeys ? { rootKeys: rootPublicKeys.length } : {}),
+          ...(values['root-threshold'] ? { rootThreshold: Number(values['root-threshold']) } : rootPublicKeys && rootPublicKeys.length < 2 ? { rootThreshold: 1 } : {}),
+          ...(rootPublicKeys ? { rootPublicKeys } : {}),
+          signers,
+          keys: keyAccess(values['passphrase-fd'], io),
         });
-        out(io, json, s, `initialised ${dir}: root ${s.keyIds.root.length} keys; metadata in ${dir}/repository/metadata; ship ${dir}/repository/metadata/root.json in the OS image`);
+        out(io, json, s, s.pendingRoot
+          ? `initialised ${dir}: root ${s.keyIds.root.length} keys held apart; ${pendingText(s.pendingRoot)}: each holder runs \`slotflip repo sign-root ${dir} --key HOLDER.pem\``
+          : `initialised ${dir}: root ${s.keyIds.root.length} keys; metadata in ${dir}/repository/metadata; ship ${dir}/repository/metadata/root.json in the OS image`);
+        return 0;
+      }
+      case 'sign-root': {
+        const access = keyAccess(values['passphrase-fd'], io);
+        const signers: Signer[] = [];
+        for (const k of values.key ?? []) signers.push(await signerFromKeyFile(k, access));
+        for (const f of values.signer ?? []) signers.push(await signerFromSpecFile(f, 'root', access));
+        if (signers.length === 0) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', 'repo sign-root needs --key HOLDER.pem or --signer FILE');
+        const st = await signPendingRoot(dir, signers, { keys: access });
+        out(io, json, st, pendingText(st) + (st.published ? `; ship ${dir}/repository/metadata/root.json in the next OS image` : ''));
         return 0;
       }
       case 'timestamp': {
-        const r = await resignTimestamp(dir);
+        const r = await resignTimestamp(dir, { keys: keyAccess(values['passphrase-fd'], io) });
         out(io, json, r, `timestamp v${r.timestampVersion}${r.snapshotVersion ? `, snapshot v${r.snapshotVersion}` : ''}`);
         return 0;
       }
       case 'rotate': {
         const role = values.role as TopRole | undefined;
         if (!role) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', 'repo rotate needs --role root|targets|snapshot|timestamp');
-        const s = await rotateKey(dir, role);
-        out(io, json, s, `rotated ${role}: root v${s.rootVersion}, ${role} key ${s.keyIds[role].join(', ')}`);
+        const rootPublicKeys = values['root-pubkey'] ? await Promise.all(values['root-pubkey'].map((f) => readPublicKeyFile(f))) : undefined;
+        if ((values.signer ?? []).length > 1) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', 'repo rotate takes one --signer FILE');
+        const signer = values.signer?.[0] ? await readSpec(values.signer[0]) : undefined;
+        const s = await rotateKey(dir, role, {
+          keys: keyAccess(values['passphrase-fd'], io),
+          ...(rootPublicKeys ? { rootPublicKeys } : {}),
+          ...(values['root-threshold'] ? { rootThreshold: Number(values['root-threshold']) } : {}),
+          ...(signer ? { signer } : {}),
+          ...(values.pending ? { pending: true } : {}),
+        });
+        out(io, json, s, s.pendingRoot
+          ? `rotating ${role}: ${pendingText(s.pendingRoot)}; root key holders run \`slotflip repo sign-root ${dir} --key HOLDER.pem\``
+          : `rotated ${role}: root v${s.rootVersion}, ${role} key ${s.keyIds[role].join(', ')}`);
         return 0;
       }
       case 'time-reset': {
         const at = values.to === undefined ? Date.now() : Date.parse(values.to);
-        const s = await publishTimeReset(dir, at);
+        const s = await publishTimeReset(dir, at, { keys: keyAccess(values['passphrase-fd'], io) });
+        if (s.pendingRoot) {
+          out(io, json, s, `time reset: ${pendingText(s.pendingRoot)}; root key holders run \`slotflip repo sign-root ${dir} --key HOLDER.pem\``);
+          return 0;
+        }
         out(io, json, s, `root v${s.rootVersion} resets the devices' trusted time to ${new Date(at).toISOString()}`);
         return 0;
       }
@@ -120,7 +233,7 @@ export const command: Command = {
         else if (values.halt) rollout = { percent: values.percent ? Number(values.percent) : 0, halted: true };
         else if (values.percent !== undefined) rollout = { percent: Number(values.percent) };
         else throw new SlotflipError('MANIFEST_BAD_ARGUMENT', 'repo rollout needs --percent P, --halt or --clear');
-        const v = await setRollout(dir, values.target, rollout);
+        const v = await setRollout(dir, values.target, rollout, { keys: keyAccess(values['passphrase-fd'], io) });
         out(io, json, { targetsVersion: v, rollout: rollout ?? null }, `targets v${v}: rollout of ${values.target} is now ${rollout ? JSON.stringify(rollout) : 'cleared'}`);
         return 0;
       }
@@ -143,7 +256,7 @@ export const command: Command = {
           ...(io.env['SLOTFLIP_BROKER_PASSWORD'] ? { password: io.env['SLOTFLIP_BROKER_PASSWORD'] } : {}),
           ...(values.ca ? { ca: await readFile(values.ca) } : {}),
           ...(values.cert ? { cert: await readFile(values.cert) } : {}),
-          ...(values.key ? { key: await readFile(values.key) } : {}),
+          ...(values.key ? { key: await readFile(oneKey(values.key)) } : {}),
         });
         const lines = [`published ${r.published.length} retained messages (MQTT ${r.protocolVersion === 5 ? '5' : '3.1.1'}, largest ${r.largestMessageBytes} bytes)`];
         for (const c of r.cleared) lines.push(`cleared retained ${c} (not part of this repository's current metadata)`);

@@ -424,7 +424,8 @@ t.test('delegations', async (t) => {
     });
     const shallow = new TrustClient({ trustedDir: c.trusted, shippedRootPath: join(c.trusted, '..', 'shipped-root.json'), source: c.sim.source(), now: () => c.sim.now, limits: { maxDelegations: 3 } });
     await shallow.refresh({ delegations: false });
-    t.equal(await shallow.findTarget('deep'), undefined);
+    // issue 19: running out of delegations is a coded failure, never a quiet "not found"
+    await t.rejects(shallow.findTarget('deep'), { code: 'MANIFEST_DELEGATION_LIMIT', message: /limit reached: 3 delegated roles.*"r3"/ });
     const deep = c.client();
     await deep.refresh({ delegations: false });
     t.equal((await deep.findTarget('deep'))?.length, 4);
