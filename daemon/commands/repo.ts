@@ -9,12 +9,14 @@ import { SlotflipError } from '../../hal/errors.js';
 import { initRepo, publishTimeReset, publishToBroker, resignTimestamp, rotateKey, setRollout, type TopRole } from '../../manifests/repo.js';
 import type { Rollout } from '../../manifests/types.js';
 import type { Command, CommandIO } from './command.js';
+import { REPO_SERVE_HELP, runRepoServe } from './repo-serve.js';
 
 const HELP = [
   'usage: slotflip repo <subcommand> DIR [options]',
   '',
   'Manage a signed (TUF) release repository in DIR. Metadata is written under DIR/repository/metadata/,',
-  'payloads under DIR/repository/targets/; serve DIR/repository with any static HTTP server or CDN.',
+  'payloads under DIR/repository/targets/; serve DIR/repository with `slotflip repo serve DIR` or any static HTTP server or CDN with Range',
+  'support (nginx, S3-style object stores); devices\' payloadBaseUrls point at <served URL>/targets/.',
   '',
   'subcommands:',
   '  init DIR [--root-keys N] [--root-threshold M]',
@@ -35,6 +37,7 @@ const HELP = [
   '  publish DIR --broker URL [--prefix P] [--username U] [--ca F] [--cert F] [--key F]',
   '        put the metadata on the broker as retained messages, topic slotflip/v1/meta/<file>',
   '        (password from $SLOTFLIP_BROKER_PASSWORD).',
+  REPO_SERVE_HELP,
   '',
   'options:',
   '  --json          machine-readable output',
@@ -48,6 +51,8 @@ function out(io: CommandIO, json: boolean, value: unknown, text: string): void {
 export const command: Command = {
   help: HELP,
   async run(argv, io) {
+    // its own options and a long-running process: see repo-serve.ts
+    if (argv[0] === 'serve') return runRepoServe(argv.slice(1), io);
     const { values, positionals } = parseArgs({
       args: argv,
       allowPositionals: true,
