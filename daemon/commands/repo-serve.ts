@@ -50,12 +50,12 @@ export async function runRepoServe(argv: string[], io: CommandIO): Promise<numbe
   }
   const { values, positionals } = parsed;
   if (positionals.length !== 1) throw new SlotflipError('DAEMON_USAGE', 'repo serve: expected exactly one DIR (the directory `slotflip repo init` made); see slotflip repo --help');
+  const port = intOption('port', values.port, 8080, 0, 65535);
+  const maxConcurrent = intOption('max-concurrent', values['max-concurrent'], DEFAULT_MAX_CONCURRENT, 1, 100_000);
   const dir = resolve(positionals[0]!);
   const root = join(dir, 'repository');
   const meta = await stat(join(root, 'metadata')).catch(() => undefined);
   if (!meta?.isDirectory()) throw new SlotflipError('MANIFEST_REPO_INVALID', `repo serve: ${root}/metadata is not a directory; give the directory \`slotflip repo init\` created`, { details: { path: root } });
-  const port = intOption('port', values.port, 8080, 0, 65535);
-  const maxConcurrent = intOption('max-concurrent', values['max-concurrent'], DEFAULT_MAX_CONCURRENT, 1, 100_000);
   const host = values.bind ?? '127.0.0.1';
 
   const log = pino({ base: { module: 'manifests.serve', version: packageVersion() } }, pino.destination({ dest: 1, sync: true }));
