@@ -98,6 +98,8 @@ export class UpdateService {
   /** when the scheduled retry is due (ms since epoch), for tests and logs. */
   retryDueAt: number | undefined;
   private markedGood = false;
+  /** the detail of the failed check last logged at warn (see warnFailedCheck). */
+  private warnedCheck: string | undefined;
   readonly outbox: Outbox;
   readonly transport: MqttTransport | undefined;
   readonly metadata = new Map<string, Uint8Array>();
@@ -190,6 +192,7 @@ export class UpdateService {
       const r = await agent.runOnce({ markGood: !this.markedGood });
       if (!r.rebooted && r.phase === 'idle') this.markedGood = true;
       log.info({ reason, phase: r.phase, rebooted: r.rebooted, finished: r.finished.map((h) => h.outcome), lastCheck: r.lastCheck?.result }, 'cycle done');
+      this.warnFailedCheck(r.lastCheck);
       this.o.onCycle?.(r);
       if (!r.rebooted && r.phase !== 'idle') this.scheduleRetry(r.retryAt);
       if (this.transport) {
@@ -216,6 +219,24 @@ export class UpdateService {
       this.o.onCycle?.({ error: `${err.code}: ${err.message}` });
       this.scheduleRetry();
     }
+  }
+
+  /**
+   * A check that failed (metadata unparseable, unverifiable, expired, unreachable) is a `warn` line
+   * in the journal, not only in `slotflip status`: once per distinct detail (the `MANIFEST_*` code and
+   * message), so a device polling against the same broken repository does not repeat it every cycle.
+   * A check that succeeds again re-arms it.
+   */
+  private warnFailedCheck(check: CycleResult['lastCheck']): void {
+    if (check?.result !== 'failed') {
+      if (check) this.warnedCheck = undefined;
+      return;
+    }
+    const detail = check.detail ?? '';
+    if (detail === this.warnedCheck) return;
+    this.warnedCheck = detail;
+    const code = /^([A-Z][A-Z0-9_]+):/.exec(detail)?.[1];
+    this.log.warn({ ...(code ? { code } : {}), detail, at: new Date(check.at).toISOString() }, 'check failed');
   }
 
   /** One more cycle without waiting for the poll schedule: at `at` (a policy's `until`, bounded by
