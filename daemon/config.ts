@@ -53,7 +53,9 @@ export interface Config {
   health: HealthConfig;
   policies: PoliciesConfig;
   poll: { cron: string };
-  reboot: { command: string[] };
+  /** `graceSeconds`: how long the daemon waits, after `command` exited 0, for the shutdown to stop
+   * it; past that the reboot step fails with DAEMON_REBOOT_DID_NOT_HAPPEN and is retried. */
+  reboot: { command: string[]; graceSeconds?: number };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' };
 }
 
@@ -64,7 +66,7 @@ export const configDefaults = {
   trustSources: [{ type: 'mqtt' }] as SourceConfig[],
   tries: 3,
   poll: { cron: '17 */6 * * *' },
-  reboot: { command: ['systemctl', 'reboot'] },
+  reboot: { command: ['systemctl', 'reboot'], graceSeconds: 300 },
   log: { level: 'info' as const },
   health: healthConfigDefaults,
   policies: policiesConfigDefaults,
@@ -141,7 +143,10 @@ export const configSchema = {
       type: 'object',
       additionalProperties: false,
       default: {},
-      properties: { command: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 }, default: configDefaults.reboot.command } },
+      properties: {
+        command: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 }, default: configDefaults.reboot.command },
+        graceSeconds: { type: 'integer', minimum: 1, maximum: 86_400, default: configDefaults.reboot.graceSeconds },
+      },
     },
     log: {
       type: 'object',

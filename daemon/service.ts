@@ -29,10 +29,11 @@ import { Poller } from './poller.js';
 import { collectInventory } from './inventory.js';
 import { MqttTransport, type TimerApi } from './mqtt.js';
 import { createAgent, statePaths, type ComposeOverrides } from './compose.js';
-import type { Config } from './config.js';
+import { configDefaults, type Config } from './config.js';
 import type { CycleResult } from './agent.js';
 import { toErrorInfo } from './runner.js';
 import { stateLastResult } from './topics.js';
+import { SlotflipError } from '../hal/errors.js';
 
 export interface ServiceOptions {
   config: Config;
@@ -54,6 +55,9 @@ export interface ServiceOptions {
   retryMs?: number;
   /** bounds of the wait for a policy's `until` (default 10 s and 1 h): see `retryDelay`. */
   retryBounds?: RetryBounds;
+  /** after the reboot command exited 0, how long to wait for the shutdown to stop the daemon before
+   * the reboot step fails with DAEMON_REBOOT_DID_NOT_HAPPEN; default config.reboot.graceSeconds. */
+  rebootGraceMs?: number;
   /** timers for the retry (tests inject a fake); default the global ones. */
   timers?: TimerApi;
 }
@@ -100,6 +104,8 @@ export class UpdateService {
   private markedGood = false;
   /** the detail of the failed check last logged at warn (see warnFailedCheck). */
   private warnedCheck: string | undefined;
+  /** waits for a shutdown after a reboot command (see awaitShutdown): released by stop(). */
+  private readonly shutdownWaiters = new Set<() => void>();
   readonly outbox: Outbox;
   readonly transport: MqttTransport | undefined;
   readonly metadata = new Map<string, Uint8Array>();
@@ -164,6 +170,8 @@ export class UpdateService {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    // a shutdown after our reboot command: the reboot is happening, the cycle ends without waiting
+    for (const release of [...this.shutdownWaiters]) release();
     if (this.retryTimer !== undefined) this.timers.clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
     this.retryDueAt = undefined;
@@ -186,7 +194,7 @@ export class UpdateService {
     try {
       const t = this.transport;
       const healthDeps = t ? { brokerProbe: (ms: number) => t.probe(ms), ...this.o.overrides?.healthDeps } : this.o.overrides?.healthDeps;
-      const agent = await createAgent(this.o.config, { log: this.o.log, metadata: this.metadata, outbox: this.outbox, ...this.o.overrides, ...(healthDeps ? { healthDeps } : {}) });
+      const agent = await createAgent(this.o.config, { log: this.o.log, metadata: this.metadata, outbox: this.outbox, awaitShutdown: () => this.awaitShutdown(), ...this.o.overrides, ...(healthDeps ? { healthDeps } : {}) });
       // the booted committed slot is confirmed once per boot (this process lives for one boot):
       // on the first cycle that ends idle (see Agent.markBootedGood)
       const r = await agent.runOnce({ markGood: !this.markedGood });
@@ -219,6 +227,34 @@ export class UpdateService {
       this.o.onCycle?.({ error: `${err.code}: ${err.message}` });
       this.scheduleRetry();
     }
+  }
+
+  /**
+   * After `reboot.command` exited 0 the system should go down and stop this process (SIGTERM: stop()
+   * releases the wait, the record already says `rebooting`, the next boot resumes). When it is still
+   * up after the grace period (a command that only schedules, a shutdown an inhibitor blocked, a
+   * wrapper that exits 0 without rebooting), the reboot did not happen: log it at error and fail the
+   * step, so the machine retries the reboot with backoff and, when it keeps not happening, disarms
+   * the trial and ends the attempt `failed` (README "What a failed step does").
+   */
+  private awaitShutdown(): Promise<void> {
+    if (this.stopped) return Promise.resolve();
+    const graceMs = this.o.rebootGraceMs ?? (this.o.config.reboot.graceSeconds ?? configDefaults.reboot.graceSeconds) * 1000;
+    return new Promise<void>((resolve, reject) => {
+      const release = (): void => {
+        this.timers.clearTimeout(timer);
+        this.shutdownWaiters.delete(release);
+        resolve();
+      };
+      const timer = this.timers.setTimeout(() => {
+        this.shutdownWaiters.delete(release);
+        const command = this.o.config.reboot.command;
+        const err = new SlotflipError('DAEMON_REBOOT_DID_NOT_HAPPEN', `the reboot command ${JSON.stringify(command)} exited 0 but the system was still up ${Math.round(graceMs / 1000)} s later; the reboot is retried. Check that the command reboots (not only schedules) and that no shutdown inhibitor blocks it (systemd-inhibit --list); reboot.graceSeconds sets the wait`, { retryable: true, details: { command, graceMs } });
+        this.log.error({ err: err.toJSON() }, 'reboot did not happen');
+        reject(err);
+      }, graceMs);
+      this.shutdownWaiters.add(release);
+    });
   }
 
   /**
