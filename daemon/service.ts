@@ -200,7 +200,7 @@ export class UpdateService {
       const r = await agent.runOnce({ markGood: !this.markedGood });
       if (!r.rebooted && r.phase === 'idle') this.markedGood = true;
       log.info({ reason, phase: r.phase, rebooted: r.rebooted, finished: r.finished.map((h) => h.outcome), lastCheck: r.lastCheck?.result }, 'cycle done');
-      this.warnFailedCheck(r.lastCheck);
+      this.warnFailedCheck(r.lastCheck, reason);
       this.o.onCycle?.(r);
       if (!r.rebooted && r.phase !== 'idle') this.scheduleRetry(r.retryAt);
       if (this.transport) {
@@ -261,14 +261,20 @@ export class UpdateService {
    * A check that failed (metadata unparseable, unverifiable, expired, unreachable) is a `warn` line
    * in the journal, not only in `slotflip status`: once per distinct detail (the `MANIFEST_*` code and
    * message), so a device polling against the same broken repository does not repeat it every cycle.
-   * A check that succeeds again re-arms it.
+   * A check that succeeds again re-arms it. The start cycle of an MQTT device usually runs before the
+   * broker delivered the retained metadata: that MANIFEST_NOT_FOUND is normal (the arrival triggers
+   * the next check) and stays at info; a later one is a warning.
    */
-  private warnFailedCheck(check: CycleResult['lastCheck']): void {
+  private warnFailedCheck(check: CycleResult['lastCheck'], reason: string): void {
     if (check?.result !== 'failed') {
       if (check) this.warnedCheck = undefined;
       return;
     }
     const detail = check.detail ?? '';
+    if (reason === 'start' && this.transport && this.o.config.trust.sources[0]?.type === 'mqtt' && detail.startsWith('MANIFEST_NOT_FOUND:') && !this.metadata.has('timestamp.json')) {
+      this.log.info({ detail }, 'check before the retained metadata arrived');
+      return;
+    }
     if (detail === this.warnedCheck) return;
     this.warnedCheck = detail;
     const code = /^([A-Z][A-Z0-9_]+):/.exec(detail)?.[1];

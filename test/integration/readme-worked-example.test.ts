@@ -77,4 +77,6 @@ t.test('the README worked example runs verbatim: keys, release, publish, serve, 
   t.ok(served.some((l) => l.msg === 'request' && l.path?.startsWith('/targets/') && (l.status === 200 || l.status === 206)), 'the payload came from `slotflip repo serve`');
   const daemonLog = await logs('daemon.log');
   t.match(daemonLog, /"msg":"daemon starting"/, 'the daemon ran');
+  const full = await readFile(join(work, 'daemon.log'), 'utf8');
+  t.notMatch(full, /"msg":"check failed"/, 'no check warning: a start before the retained metadata arrived is not one');
 });
