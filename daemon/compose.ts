@@ -44,6 +44,10 @@ export interface ComposeOverrides {
   /** the reboot action; default: run `config.reboot.command`. Receives the boot backend's reboot
    * argument when an armed trial needs one (`0 tryboot` on rpi-tryboot), else undefined. */
   reboot?: (rebootArgument?: string) => Promise<void>;
+  /** called after `config.reboot.command` exited 0 (not after an injected `reboot`): resolves when
+   * the shutdown is under way, throws (DAEMON_REBOOT_DID_NOT_HAPPEN) when the system stayed up, which
+   * fails the reboot step (retried with backoff). The daemon gives it; one-shot commands return at once. */
+  awaitShutdown?: () => Promise<void>;
   /** the kernel boot id (default: /proc/sys/kernel/random/boot_id): emulated boards give each
    * power-on its own, so "a real reboot happened" is testable (AgentDeps.bootId). */
   bootId?: () => Promise<string | undefined>;
@@ -225,15 +229,14 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
     const [cmd, ...args] = config.reboot.command;
     if (arg === undefined) {
       await runChecked(runner, 'DAEMON_REBOOT_FAILED', cmd!, args);
-      return;
-    }
-    if (rebootParameterMode(config.reboot) === 'append') {
+    } else if (rebootParameterMode(config.reboot) === 'append') {
       await runChecked(runner, 'DAEMON_REBOOT_FAILED', cmd!, [...args, arg]);
-      return;
+    } else {
+      // no parameter stored, no reboot: a plain reboot would not start the trial it was meant to
+      await runChecked(runner, 'DAEMON_REBOOT_FAILED', 'busctl', [...LOGIND_SET_REBOOT_PARAMETER, arg]);
+      await runChecked(runner, 'DAEMON_REBOOT_FAILED', cmd!, args);
     }
-    // no parameter stored, no reboot: a plain reboot would not start the trial it was meant to
-    await runChecked(runner, 'DAEMON_REBOOT_FAILED', 'busctl', [...LOGIND_SET_REBOOT_PARAMETER, arg]);
-    await runChecked(runner, 'DAEMON_REBOOT_FAILED', cmd!, args);
+    await o.awaitShutdown?.();
   };
   const deps: AgentDeps = {
     identity: { deviceId: config.deviceId, hardware: config.hardware, channel: config.channel, ...slotSizeOf(config) },

@@ -79,6 +79,9 @@ export interface Config {
      * systemctl (whose own `systemctl reboot ARG` writes /run/systemd/reboot-param itself, which
      * the unit's sandbox makes read-only), 'append' for any other command. */
     parameter?: 'logind' | 'append';
+    /** how long the daemon waits, after `command` exited 0, for the shutdown to stop it; past that
+     * the reboot step fails with DAEMON_REBOOT_DID_NOT_HAPPEN and is retried. */
+    graceSeconds?: number;
   };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' };
 }
@@ -92,7 +95,7 @@ export const configDefaults = {
   poll: { cron: '17 */6 * * *' },
   retry: { delaySeconds: 60, maxDelaySeconds: 3600 },
   download: { maxChunkFailures: 3, maxBytesFactor: 3, maxMinutes: 24 * 60 },
-  reboot: { command: ['systemctl', 'reboot'] },
+  reboot: { command: ['systemctl', 'reboot'], graceSeconds: 300 },
   log: { level: 'info' as const },
   health: healthConfigDefaults,
   policies: policiesConfigDefaults,
@@ -191,6 +194,7 @@ export const configSchema = {
       properties: {
         command: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 }, default: configDefaults.reboot.command },
         parameter: { enum: ['logind', 'append'] },
+        graceSeconds: { type: 'integer', minimum: 1, maximum: 86_400, default: configDefaults.reboot.graceSeconds },
       },
     },
     log: {

@@ -42,12 +42,13 @@ import { mkdir } from 'node:fs/promises';
 import { MqttTransport, type TimerApi } from './mqtt.js';
 import { createAgent, statePaths, type ComposeOverrides } from './compose.js';
 import { acquireStateLock, type ReleaseLock } from './state-store.js';
-import type { Config } from './config.js';
+import { configDefaults, type Config } from './config.js';
 import type { CycleResult } from './agent.js';
 import { toErrorInfo } from './runner.js';
 import { isCoded } from '../hal/errors.js';
 import { stateLastResult } from './topics.js';
 import { fileProtocolMemory, writeBrokerReport } from './broker-state.js';
+import { SlotflipError } from '../hal/errors.js';
 
 export interface ServiceOptions {
   config: Config;
@@ -77,6 +78,9 @@ export interface ServiceOptions {
   processLock?: boolean;
   /** bounds of the wait for a policy's `until` (default 10 s and 1 h): see `retryDelay`. */
   retryBounds?: RetryBounds;
+  /** after the reboot command exited 0, how long to wait for the shutdown to stop the daemon before
+   * the reboot step fails with DAEMON_REBOOT_DID_NOT_HAPPEN; default config.reboot.graceSeconds. */
+  rebootGraceMs?: number;
   /** timers for the retry (tests inject a fake); default the global ones. */
   timers?: TimerApi;
 }
@@ -138,6 +142,10 @@ export class UpdateService {
   /** failed or download-interrupted cycles in a row (the retry backoff's exponent). */
   private failureStreak = 0;
   private releaseLock: ReleaseLock | undefined;
+  /** the detail of the failed check last logged at warn (see warnFailedCheck). */
+  private warnedCheck: string | undefined;
+  /** waits for a shutdown after a reboot command (see awaitShutdown): released by stop(). */
+  private readonly shutdownWaiters = new Set<() => void>();
   readonly outbox: Outbox;
   readonly transport: MqttTransport | undefined;
   readonly metadata = new Map<string, Uint8Array>();
@@ -227,6 +235,8 @@ export class UpdateService {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    // a shutdown after our reboot command: the reboot is happening, the cycle ends without waiting
+    for (const release of [...this.shutdownWaiters]) release();
     if (this.retryTimer !== undefined) this.timers.clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
     this.retryDueAt = undefined;
@@ -254,12 +264,13 @@ export class UpdateService {
       if (this.o.processLock && !this.releaseLock) this.releaseLock = await acquireStateLock({ stateDir: this.o.config.stateDir, now: this.now });
       const t = this.transport;
       const healthDeps = t ? { brokerProbe: (ms: number) => t.probe(ms), ...this.o.overrides?.healthDeps } : this.o.overrides?.healthDeps;
-      const agent = await createAgent(this.o.config, { log: this.o.log, metadata: this.metadata, outbox: this.outbox, ...(t ? { brokerMeta: t } : {}), ...(this.o.processLock ? { lock: null } : {}), ...this.o.overrides, ...(healthDeps ? { healthDeps } : {}) });
+      const agent = await createAgent(this.o.config, { log: this.o.log, metadata: this.metadata, outbox: this.outbox, awaitShutdown: () => this.awaitShutdown(), ...(t ? { brokerMeta: t } : {}), ...(this.o.processLock ? { lock: null } : {}), ...this.o.overrides, ...(healthDeps ? { healthDeps } : {}) });
       // the booted committed slot is confirmed once per boot (this process lives for one boot):
       // on the first cycle that ends idle (see Agent.markBootedGood)
       const r = await agent.runOnce({ markGood: !this.markedGood });
       if (!r.rebooted && r.phase === 'idle') this.markedGood = true;
       log.info({ reason, phase: r.phase, rebooted: r.rebooted, finished: r.finished.map((h) => h.outcome), lastCheck: r.lastCheck?.result }, 'cycle done');
+      this.warnFailedCheck(r.lastCheck, reason);
       this.o.onCycle?.(r);
       // a download that stopped short (server, network, budget) counts as a failure for the backoff
       this.failureStreak = !r.rebooted && r.phase === 'downloading' ? this.failureStreak + 1 : 0;
@@ -305,6 +316,58 @@ export class UpdateService {
     }, every);
   }
 
+  /**
+   * After `reboot.command` exited 0 the system should go down and stop this process (SIGTERM: stop()
+   * releases the wait, the record already says `rebooting`, the next boot resumes). When it is still
+   * up after the grace period (a command that only schedules, a shutdown an inhibitor blocked, a
+   * wrapper that exits 0 without rebooting), the reboot did not happen: log it at error and fail the
+   * step, so the machine retries the reboot with backoff and, when it keeps not happening, disarms
+   * the trial and ends the attempt `failed` (README "What a failed step does").
+   */
+  private awaitShutdown(): Promise<void> {
+    if (this.stopped) return Promise.resolve();
+    const graceMs = this.o.rebootGraceMs ?? (this.o.config.reboot.graceSeconds ?? configDefaults.reboot.graceSeconds) * 1000;
+    return new Promise<void>((resolve, reject) => {
+      const release = (): void => {
+        this.timers.clearTimeout(timer);
+        this.shutdownWaiters.delete(release);
+        resolve();
+      };
+      const timer = this.timers.setTimeout(() => {
+        this.shutdownWaiters.delete(release);
+        const command = this.o.config.reboot.command;
+        const err = new SlotflipError('DAEMON_REBOOT_DID_NOT_HAPPEN', `the reboot command ${JSON.stringify(command)} exited 0 but the system was still up ${Math.round(graceMs / 1000)} s later; the reboot is retried. Check that the command reboots (not only schedules) and that no shutdown inhibitor blocks it (systemd-inhibit --list); reboot.graceSeconds sets the wait`, { retryable: true, details: { command, graceMs } });
+        this.log.error({ err: err.toJSON() }, 'reboot did not happen');
+        reject(err);
+      }, graceMs);
+      this.shutdownWaiters.add(release);
+    });
+  }
+
+  /**
+   * A check that failed (metadata unparseable, unverifiable, expired, unreachable) is a `warn` line
+   * in the journal, not only in `slotflip status`: once per distinct detail (the `MANIFEST_*` code and
+   * message), so a device polling against the same broken repository does not repeat it every cycle.
+   * A check that succeeds again re-arms it. The start cycle of an MQTT device usually runs before the
+   * broker delivered the retained metadata: that MANIFEST_NOT_FOUND is normal (the arrival triggers
+   * the next check) and stays at info; a later one is a warning.
+   */
+  private warnFailedCheck(check: CycleResult['lastCheck'], reason: string): void {
+    if (check?.result !== 'failed') {
+      if (check) this.warnedCheck = undefined;
+      return;
+    }
+    const detail = check.detail ?? '';
+    if (reason === 'start' && this.transport && this.o.config.trust.sources[0]?.type === 'mqtt' && detail.startsWith('MANIFEST_NOT_FOUND:') && !this.metadata.has('timestamp.json')) {
+      this.log.info({ detail }, 'check before the retained metadata arrived');
+      return;
+    }
+    if (detail === this.warnedCheck) return;
+    this.warnedCheck = detail;
+    const code = /^([A-Z][A-Z0-9_]+):/.exec(detail)?.[1];
+    this.log.warn({ ...(code ? { code } : {}), detail, at: new Date(check.at).toISOString() }, 'check failed');
+  }
+
   /** One more cycle without waiting for the poll schedule: at `at` (a policy's `until`, bounded by
    * `retryDelay`) when given, else after `backoffDelay` of the failure streak. Replaces a retry
    * already due. */
@@ -315,7 +378,7 @@ export class UpdateService {
     const base = this.o.retryMs ?? (this.o.config.retry?.delaySeconds ?? 60) * 1000;
     const cap = this.o.retryMaxMs ?? (this.o.config.retry?.maxDelaySeconds ?? 3600) * 1000;
     const delay = at === undefined ? backoffDelay(this.failureStreak, base, cap, (this.o.random ?? Math.random)()) : retryDelay(at, now, this.o.retryBounds);
-    if (at !== undefined) this.log.info({ until: at, delayMs: delay }, 'reboot deferred by policy: retry scheduled');
+    if (at !== undefined) this.log.info({ until: at, delayMs: delay }, 'retry scheduled at a set time (a policy deferral or a failed step)');
     else if (this.failureStreak > 0) this.log.info({ failuresInARow: this.failureStreak, delayMs: delay }, 'retry scheduled');
     this.retryDueAt = now + delay;
     this.retryTimer = this.timers.setTimeout(() => {

@@ -8,6 +8,7 @@
  */
 import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
+import { writeFileAtomic } from './atomic-file.js';
 import { SlotflipError } from './errors.js';
 
 export const IMAGE_MAGIC = 'SLOTFLIP-TEST-IMAGE\n';
@@ -55,6 +56,20 @@ export function makeTestImage(opts: TestImageOptions): Buffer {
   const head = Buffer.alloc(IMAGE_HEADER_BYTES);
   head.write(IMAGE_MAGIC + JSON.stringify(header) + '\n', 'utf8');
   return Buffer.concat([head, b]);
+}
+
+/** Largest image `writeTestImage` builds (it is built in memory). */
+export const MAX_TEST_IMAGE_BYTES = 1024 ** 3;
+
+/**
+ * Writes a test image to `path` (`slotflip board image`): atomic (temp file, fsync, rename), so a
+ * crash leaves the old file or the whole new one. Images are built in memory: at most 1 GiB.
+ */
+export async function writeTestImage(path: string, opts: TestImageOptions): Promise<TestImageHeader> {
+  if (opts.size > MAX_TEST_IMAGE_BYTES) throw new SlotflipError('HAL_BAD_ARGUMENT', `test image size ${opts.size} is more than ${MAX_TEST_IMAGE_BYTES} bytes`, { details: { size: opts.size } });
+  const image = makeTestImage(opts);
+  await writeFileAtomic(path, image);
+  return readImageHeader(image)!;
 }
 
 /** Parses the header at the start of `buf` (strict); undefined when absent or malformed. Pure. */

@@ -1,11 +1,22 @@
 /**
- * A small static server for a published repository (`metadata/`, `targets/`): GET and HEAD with
- * single byte ranges, strong ETags and If-Range, so devices can resume payload downloads against it.
- * For labs, demos and small fleets; a fleet that outgrows one machine puts the same directory on a
- * CDN or object store. Serves only regular files under `root`; no directory listings.
+ * A static server for a published repository (`metadata/`, `targets/`): GET and HEAD with single
+ * byte ranges, strong ETags, If-Range and If-None-Match, so devices can resume payload downloads
+ * against it. `slotflip repo serve` runs it for a lab or a small fleet; the demo and tests embed it.
+ * A fleet that outgrows one machine puts the same directory on a CDN or object store.
+ *
+ * What it refuses: anything but GET/HEAD (405), paths that leave `root` — `..`, encoded slashes,
+ * NUL, symlinks pointing outside (404, the same answer as a missing file, so nothing is learnt about
+ * the host), directories (no listings), dotfiles. At most `maxConcurrent` responses are in flight;
+ * beyond that a request gets 503 with `Retry-After: 1` at once (devices retry with backoff), so a
+ * fleet waking together cannot exhaust file descriptors or memory: each response streams with a
+ * 1 MiB buffer.
+ *
+ * Trade-off: no multi-range (`bytes=a-b,c-d`) answers — a multi-range request gets the whole file
+ * (200), which RFC 9110 allows and every slotflip client handles; no compression (payloads are
+ * compressed already, and a Content-Encoding would break byte ranges).
  */
 import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { realpath, stat } from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { resolve, sep } from 'node:path';
@@ -14,18 +25,51 @@ export interface RepoServer {
   /** base URL with a trailing slash, e.g. `http://127.0.0.1:41234/`. */
   url: string;
   port: number;
-  /** stops accepting and closes every open connection; idempotent. */
-  close(): Promise<void>;
+  /** stops accepting; responses in flight may finish for `graceMs` (default 0), then every
+   * connection is closed. Idempotent. */
+  close(graceMs?: number): Promise<void>;
 }
 
-/** Parses a single `bytes=a-b` / `bytes=a-` / `bytes=-n` range against `size`; undefined when absent or unsatisfiable. */
+/** One access-log entry, handed to `onRequest` when a response finished (or the client went away). */
+export interface AccessLogEntry {
+  method: string;
+  /** the request path as sent (query string dropped). */
+  path: string;
+  status: number;
+  /** body bytes written. */
+  bytes: number;
+  /** the Range header, when one was sent. */
+  range?: string;
+  remote?: string;
+  userAgent?: string;
+  durationMs: number;
+  /** false when the connection closed before the response was complete. */
+  complete: boolean;
+}
+
+export interface ServeOptions {
+  /** listen address; default 127.0.0.1. */
+  host?: string;
+  /** default 0: a free port. */
+  port?: number;
+  /** responses in flight at most; more get 503 + Retry-After (default 64). */
+  maxConcurrent?: number;
+  /** access log: called once per request when it finished. */
+  onRequest?: (entry: AccessLogEntry) => void;
+}
+
+export const DEFAULT_MAX_CONCURRENT = 64;
+
+/** Parses a single `bytes=a-b` / `bytes=a-` / `bytes=-n` range against `size`; undefined when absent
+ * or not a single byte range (answered with the whole file), 'invalid' when unsatisfiable. Pure. */
 export function parseRange(header: string | undefined, size: number): { start: number; end: number } | 'invalid' | undefined {
   if (!header) return undefined;
   const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
-  if (!m || (m[1] === '' && m[2] === '')) return 'invalid';
+  if (!m) return /^bytes=/.test(header.trim()) && header.includes(',') ? undefined : 'invalid';
+  if (m[1] === '' && m[2] === '') return 'invalid';
   if (m[1] === '') {
     const n = Number(m[2]);
-    if (n === 0) return 'invalid';
+    if (n === 0 || size === 0) return 'invalid';
     return { start: Math.max(0, size - n), end: size - 1 };
   }
   const start = Number(m[1]);
@@ -34,48 +78,102 @@ export function parseRange(header: string | undefined, size: number): { start: n
   return { start, end };
 }
 
-export async function serveRepository(root: string, opts: { host?: string; port?: number } = {}): Promise<RepoServer> {
+/** The file under `base` a request path names, or undefined when it must not be served. */
+async function fileFor(base: string, realBase: string, rawUrl: string): Promise<{ path: string; size: number; etag: string; mtime: Date } | undefined> {
+  let pathname: string;
+  try {
+    pathname = new URL(rawUrl, 'http://x').pathname;
+    // an encoded slash or backslash would let one segment name several
+    if (/%2f|%5c/i.test(pathname)) return undefined;
+    pathname = decodeURIComponent(pathname);
+  } catch {
+    return undefined;
+  }
+  if (pathname.includes('\0') || pathname.split('/').some((s) => s.startsWith('.'))) return undefined;
+  const path = resolve(base, '.' + pathname);
+  if (!path.startsWith(base + sep)) return undefined;
+  // a symlink inside the tree may point anywhere: serve only what really lies under the root
+  const real = await realpath(path).catch(() => undefined);
+  if (!real || !real.startsWith(realBase + sep)) return undefined;
+  const st = await stat(real).catch(() => undefined);
+  if (!st?.isFile()) return undefined;
+  const etag = `"${st.ino.toString(16)}-${st.size.toString(16)}-${Math.trunc(st.mtimeMs).toString(16)}"`;
+  return { path: real, size: st.size, etag, mtime: st.mtime };
+}
+
+export async function serveRepository(root: string, opts: ServeOptions = {}): Promise<RepoServer> {
   const base = resolve(root);
+  const realBase = await realpath(base);
+  const maxConcurrent = opts.maxConcurrent ?? DEFAULT_MAX_CONCURRENT;
+  let inFlight = 0;
   const server = http.createServer((req, res) => {
+    const started = performance.now();
+    let bytes = 0;
+    let counted = false;
+    const write = res.write.bind(res) as (chunk: Buffer, ...rest: unknown[]) => boolean;
+    res.write = ((chunk: Buffer, ...rest: unknown[]) => {
+      bytes += chunk.length;
+      return write(chunk, ...rest);
+    }) as typeof res.write;
+    res.once('close', () => {
+      if (counted) inFlight--;
+      opts.onRequest?.({
+        method: req.method ?? '',
+        path: (req.url ?? '').split('?')[0]!,
+        status: res.statusCode,
+        bytes,
+        ...(req.headers.range ? { range: req.headers.range } : {}),
+        ...(req.socket.remoteAddress ? { remote: req.socket.remoteAddress } : {}),
+        ...(req.headers['user-agent'] ? { userAgent: req.headers['user-agent'] } : {}),
+        durationMs: Math.round(performance.now() - started),
+        complete: res.writableFinished,
+      });
+    });
     void (async () => {
       if (req.method !== 'GET' && req.method !== 'HEAD') {
         res.writeHead(405, { allow: 'GET, HEAD' }).end();
         return;
       }
-      let path: string;
-      try {
-        path = resolve(base, '.' + decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname));
-      } catch {
-        res.writeHead(400).end();
+      if (inFlight >= maxConcurrent) {
+        res.writeHead(503, { 'retry-after': '1' }).end();
         return;
       }
-      if (path !== base && !path.startsWith(base + sep)) {
+      inFlight++;
+      counted = true;
+      const file = await fileFor(base, realBase, req.url ?? '/');
+      if (!file) {
         res.writeHead(404).end();
         return;
       }
-      const st = await stat(path).catch(() => undefined);
-      if (!st?.isFile()) {
-        res.writeHead(404).end();
+      const headers: http.OutgoingHttpHeaders = {
+        etag: file.etag,
+        'last-modified': file.mtime.toUTCString(),
+        'accept-ranges': 'bytes',
+        'content-type': file.path.endsWith('.json') ? 'application/json' : 'application/octet-stream',
+        // metadata changes in place (timestamp.json): caches must revalidate; payloads never change
+        'cache-control': file.path.endsWith('.json') ? 'no-cache' : 'public, max-age=86400',
+      };
+      if (req.headers['if-none-match'] !== undefined && req.headers['if-none-match'].split(/\s*,\s*/).includes(file.etag)) {
+        res.writeHead(304, headers).end();
         return;
       }
-      const etag = `"${st.ino.toString(16)}-${st.size.toString(16)}-${Math.trunc(st.mtimeMs).toString(16)}"`;
       const ifRange = req.headers['if-range'];
-      const rangeHeader = ifRange === undefined || ifRange === etag ? req.headers.range : undefined;
-      const range = parseRange(rangeHeader, st.size);
-      const headers: http.OutgoingHttpHeaders = { etag, 'accept-ranges': 'bytes', 'content-type': 'application/octet-stream' };
+      const rangeHeader = ifRange === undefined || ifRange === file.etag ? req.headers.range : undefined;
+      const range = parseRange(rangeHeader, file.size);
       if (range === 'invalid') {
-        res.writeHead(416, { ...headers, 'content-range': `bytes */${st.size}` }).end();
+        res.writeHead(416, { ...headers, 'content-range': `bytes */${file.size}` }).end();
         return;
       }
-      const { start, end } = range ?? { start: 0, end: st.size - 1 };
-      const length = st.size === 0 ? 0 : end - start + 1;
-      res.writeHead(range ? 206 : 200, { ...headers, 'content-length': length, ...(range ? { 'content-range': `bytes ${start}-${end}/${st.size}` } : {}) });
+      const { start, end } = range ?? { start: 0, end: file.size - 1 };
+      const length = file.size === 0 ? 0 : end - start + 1;
+      res.writeHead(range ? 206 : 200, { ...headers, 'content-length': length, ...(range ? { 'content-range': `bytes ${start}-${end}/${file.size}` } : {}) });
       if (req.method === 'HEAD' || length === 0) {
         res.end();
         return;
       }
-      const stream = createReadStream(path, { start, end, highWaterMark: 1 << 20 });
+      const stream = createReadStream(file.path, { start, end, highWaterMark: 1 << 20 });
       stream.on('error', () => res.destroy());
+      res.once('close', () => stream.destroy());
       stream.pipe(res);
     })().catch(() => res.destroy());
   });
@@ -90,10 +188,14 @@ export async function serveRepository(root: string, opts: { host?: string; port?
   return {
     url: `http://${host.includes(':') ? `[${host}]` : host}:${port}/`,
     port,
-    close() {
+    close(graceMs = 0) {
       closed ??= new Promise<void>((ok) => {
-        server.close(() => ok());
-        server.closeAllConnections();
+        server.close(() => {
+          clearTimeout(timer);
+          ok();
+        });
+        server.closeIdleConnections();
+        const timer = setTimeout(() => server.closeAllConnections(), graceMs);
       });
       return closed;
     },

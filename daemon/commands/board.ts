@@ -5,13 +5,15 @@
  *   slotflip board power-cycle DIR [--tryboot | --reboot-arg ARG] [--json]
  *   slotflip board status DIR [--json]
  *   slotflip board probe DIR --health
+ *   slotflip board image OUT --version V --size N [--unhealthy | --no-boot]
  */
 import { parseArgs } from 'node:util';
 import { BOARD_BACKENDS, boardStatus, createBoard, powerCycle, type BoardBackend } from '../../hal/board.js';
 import { SlotflipError } from '../../hal/errors.js';
+import { writeTestImage } from '../../hal/image.js';
 import type { Command, CommandIO } from './command.js';
 
-const HELP = `usage: slotflip board <create|power-cycle|status|probe> DIR [options]
+const HELP = `usage: slotflip board <create|power-cycle|status|probe|image> DIR [options]
 
 Emulated A/B boards: two slot image files and a bootloader environment in the real tool's format.
 A power cycle runs that bootloader's own slot selection (tries counted down, fallback when exhausted)
@@ -29,14 +31,20 @@ and records which slot booted in DIR/cmdline and DIR/boot.log.
       Booted slot, the image in each slot, the last boot attempt.
   probe DIR --health
       Health check for the demo: exit 0 iff the booted slot's image says healthy, 1 otherwise.
+  image OUT --version V --size N [--unhealthy | --no-boot]
+      Write a release image an emulated board can boot (hal/image.ts: a 4096-byte header naming the
+      version, then a body whose hash the header carries). Emulated boards boot only such images: any
+      other file, or one torn by a power cut, never comes up. N: whole image size (K, M, G allowed),
+      more than 4K and at most the slot size. --unhealthy: it boots but \`board probe --health\` fails
+      (a release that rolls back); --no-boot: the kernel never comes up (the bootloader falls back).
 
 options:
   --json      machine-readable output
   -h, --help  this text`;
 
-function parseSize(s: string): number {
+function parseSize(s: string, option = '--slot-size'): number {
   const m = /^(\d+)([KMG]?)i?B?$/i.exec(s.trim());
-  if (!m) throw new SlotflipError('DAEMON_BAD_ARGUMENT', `--slot-size ${JSON.stringify(s)}: expected a byte count like 1048576 or 64M`);
+  if (!m) throw new SlotflipError('DAEMON_BAD_ARGUMENT', `${option} ${JSON.stringify(s)}: expected a byte count like 1048576 or 64M`);
   const mult = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }[m[2]!.toUpperCase() as '' | 'K' | 'M' | 'G'];
   return Number(m[1]) * mult;
 }
@@ -61,6 +69,10 @@ export const command: Command = {
           'reboot-arg': { type: 'string' },
           tryboot: { type: 'boolean', default: false },
           health: { type: 'boolean', default: false },
+          version: { type: 'string' },
+          size: { type: 'string' },
+          unhealthy: { type: 'boolean', default: false },
+          'no-boot': { type: 'boolean', default: false },
           json: { type: 'boolean', default: false },
           help: { type: 'boolean', short: 'h', default: false },
         },
@@ -127,6 +139,27 @@ export const command: Command = {
         const healthy = s.booted !== null && s.images[s.booted].boots && s.images[s.booted].healthy === true;
         out(io, json, { booted: s.booted, healthy }, healthy ? `slot ${s.booted} healthy` : `unhealthy (booted: ${s.booted ?? 'none'})`);
         return healthy ? 0 : 1;
+      }
+      case 'image': {
+        only(['version', 'size', 'unhealthy', 'no-boot']);
+        if (!values.version || !values.size) {
+          io.stderr.write('slotflip board image: --version and --size are required\n');
+          return 2;
+        }
+        if (values.unhealthy && values['no-boot']) {
+          io.stderr.write('slotflip board image: --unhealthy and --no-boot exclude each other\n');
+          return 2;
+        }
+        const size = parseSize(values.size, '--size');
+        let h;
+        try {
+          h = await writeTestImage(dir, { version: values.version, size, healthy: !values.unhealthy, boots: !values['no-boot'] });
+        } catch (e) {
+          if ((e as { code?: string }).code === 'HAL_BAD_ARGUMENT') throw new SlotflipError('DAEMON_BAD_ARGUMENT', `board image: ${(e as Error).message}`, { cause: e });
+          throw e;
+        }
+        out(io, json, { path: dir, ...h }, `wrote ${dir}: image ${h.version}, ${h.size} bytes${h.boots ? '' : ', does not boot'}${h.healthy ? '' : ', unhealthy'}`);
+        return 0;
       }
       default:
         io.stderr.write(`slotflip board: unknown subcommand "${sub}"\n\n${HELP}\n`);

@@ -16,12 +16,14 @@ import {
 import { parseSignerSpec, type ExternalSignerSpec, type Signer } from '../../manifests/signers.js';
 import type { Rollout } from '../../manifests/types.js';
 import type { Command, CommandIO } from './command.js';
+import { REPO_SERVE_HELP, runRepoServe } from './repo-serve.js';
 
 const HELP = [
   'usage: slotflip repo <subcommand> DIR [options]   (keygen: no DIR)',
   '',
   'Manage a signed (TUF) release repository in DIR. Metadata is written under DIR/repository/metadata/,',
-  'payloads under DIR/repository/targets/; serve DIR/repository with any static HTTP server or CDN.',
+  'payloads under DIR/repository/targets/; serve DIR/repository with `slotflip repo serve DIR` or any static HTTP server or CDN with Range',
+  'support (nginx, S3-style object stores); devices\' payloadBaseUrls point at <served URL>/targets/.',
   '',
   'subcommands:',
   '  keygen --out HOLDER.pem',
@@ -60,6 +62,7 @@ const HELP = [
   '        MANIFEST_PUBLISH_OVERSIZE), or with --oversize skip left to HTTP. Retained topics under the',
   '        meta prefixes that are not part of DIR are cleared (and listed) unless --keep-strays.',
   '        MQTT 5, or 3.1.1 when the broker refuses 5. Password from $SLOTFLIP_BROKER_PASSWORD.',
+  REPO_SERVE_HELP,
   '',
   'options:',
   '  --passphrase-fd N   read the key passphrase from file descriptor N (or set',
@@ -117,6 +120,8 @@ function out(io: CommandIO, json: boolean, value: unknown, text: string): void {
 export const command: Command = {
   help: HELP,
   async run(argv, io) {
+    // its own options and a long-running process: see repo-serve.ts
+    if (argv[0] === 'serve') return runRepoServe(argv.slice(1), io);
     const { values, positionals } = parseArgs({
       args: argv,
       allowPositionals: true,
