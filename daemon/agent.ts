@@ -23,7 +23,7 @@ import { SlotflipError } from '../hal/errors.js';
 import type { SlotWriter } from '../hal/slot-writer.js';
 import { selectRelease } from '../manifests/select.js';
 import type { Release } from '../manifests/types.js';
-import { noRetryReason, releaseIdOf, releaseRefOf, resume, skipReason, SOURCE_NOT_GOOD, type ArmedTrial, type ErrorInfo, type Event, type HealthFailure, type HistoryEntry, type MachineState, type Phase, type Report, type TransitionOptions } from './machine.js';
+import { forgetFailed, noRetryReason, releaseIdOf, releaseRefOf, resume, skipReason, SOURCE_NOT_GOOD, type ArmedTrial, type ErrorInfo, type Event, type HealthFailure, type HistoryEntry, type MachineState, type Phase, type Report, type TransitionOptions } from './machine.js';
 import { Runner, toErrorInfo, type DriveResult, type Executors } from './runner.js';
 import type { StateStore } from './state-store.js';
 
@@ -116,6 +116,10 @@ export interface AgentDeps {
   /** Whether this board's bootloader visibly consumes a try of an armed trial on each boot attempt.
    * Default: per backend name (`TRIES_VISIBLE`); an unknown backend counts as not visible. */
   triesVisible?: boolean;
+  /** An operator's request to try failed releases again (`slotflip check --retry` leaves it in the
+   * state directory, since a running daemon holds the lock): taken, applied (`forgetFailed`) and
+   * cleared at the start of the next cycle. Absent: no such requests. */
+  retryRequest?: { pending(): Promise<boolean>; clear(): Promise<void> };
 }
 
 /**
@@ -245,7 +249,13 @@ export class Agent {
   }
 
   private async runOnceLocked(options: { check?: boolean; markGood?: boolean }): Promise<CycleResult> {
-    const loaded = await this.d.store.load();
+    let loaded = await this.d.store.load();
+    if (this.d.retryRequest && (await this.d.retryRequest.pending())) {
+      const { state, cleared } = forgetFailed(loaded);
+      if (cleared.length > 0) loaded = await this.d.store.save(state);
+      await this.d.retryRequest.clear();
+      this.log.info({ cleared }, 'operator asked to retry failed releases');
+    }
     const bootedSlot = await this.d.bootControl.bootedSlot();
     // final reports a power cut kept from the outbox go out before anything else
     const start = await this.runner.flushReports(loaded, this.log);
@@ -345,8 +355,10 @@ export class Agent {
   }
 
   /** What would be installed now, without changing anything. */
-  async check(): Promise<{ release: Release | null; reason?: string; releaseId?: string }> {
-    const state = await this.d.store.load();
+  async check(options: { retryFailed?: boolean } = {}): Promise<{ release: Release | null; reason?: string; releaseId?: string }> {
+    const loaded = await this.d.store.load();
+    // with --retry the request is already on disk: answer as the next cycle will see it
+    const state = options.retryFailed ? forgetFailed(loaded).state : loaded;
     const event = await this.findRelease(state.committedSecurityVersion);
     if (event.type === 'ReleaseFound') {
       const booted = event.bootedSlot;

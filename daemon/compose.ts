@@ -13,7 +13,7 @@
  *   transport fills). Payloads then come from `trust.payloadBaseUrls`.
  */
 import { join } from 'node:path';
-import { mkdir, readFile, statfs } from 'node:fs/promises';
+import { mkdir, readFile, rm, stat, statfs } from 'node:fs/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { Logger } from 'pino';
 import { execTool, runChecked, type ToolRunner } from '../hal/exec.js';
@@ -85,8 +85,17 @@ export function rebootParameterMode(r: Config['reboot']): 'logind' | 'append' {
 }
 
 /** Directories under stateDir. */
-export function statePaths(stateDir: string): { trusted: string; outbox: string; resume: string; deferral: string } {
-  return { trusted: join(stateDir, 'trusted'), outbox: join(stateDir, 'outbox'), resume: join(stateDir, 'install-resume.json'), deferral: join(stateDir, 'reboot-deferral.json') };
+export function statePaths(stateDir: string): { trusted: string; outbox: string; resume: string; deferral: string; retryRequest: string } {
+  return {
+    trusted: join(stateDir, 'trusted'), outbox: join(stateDir, 'outbox'), resume: join(stateDir, 'install-resume.json'), deferral: join(stateDir, 'reboot-deferral.json'),
+    retryRequest: join(stateDir, 'retry-failed-requested'),
+  };
+}
+
+/** `slotflip check --retry`: leaves the request for the next cycle (the daemon may hold the lock). */
+export async function requestRetryOfFailed(stateDir: string, now: number): Promise<void> {
+  await mkdir(stateDir, { recursive: true });
+  await writeFileAtomic(statePaths(stateDir).retryRequest, JSON.stringify({ requestedAt: new Date(now).toISOString() }) + '\n');
 }
 
 /** The reboot deferral's start, kept in a small file (atomic writes) so a restart does not reset it. */
@@ -253,6 +262,10 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
     now,
     log,
     tries: config.board.tries,
+    retryRequest: {
+      pending: () => stat(paths.retryRequest).then(() => true, () => false),
+      clear: () => rm(paths.retryRequest, { force: true }),
+    },
     // one process at a time may drive the machine (two `update` runs, or `update --once` beside
     // the daemon, would both write the slot); read-only commands never take it; the daemon holds it
     // for its whole life instead (UpdateService.start) and passes `lock: null`

@@ -223,6 +223,11 @@ export function stepRetryDelay(n: number, baseMs = STEP_RETRY_BASE_MS, maxMs = S
   return Math.min(maxMs, baseMs * 2 ** Math.max(0, Math.min(30, n - 1)));
 }
 
+/** Failure codes of an attempt that ended before arming and still keep its release out of later
+ * checks: the payload is corrupt at every mirror (retrying downloads it again for nothing). An
+ * operator clears them with `slotflip check --retry` (see `forgetFailed`). */
+export const NO_RETRY_FAILURE_CODES: readonly string[] = ['INSTALL_PAYLOAD_CORRUPT'];
+
 /** Boot states a slot may be in to be the source of an attempt: only `good`. */
 export const SOURCE_NOT_GOOD = 'DAEMON_SOURCE_NOT_GOOD';
 export const MAX_HISTORY = 50;
@@ -512,7 +517,22 @@ export function noRetryReason(s: Pick<MachineState, 'history'>, id: string): str
   if (last?.reason?.code === BOOTLOADER_IGNORED_ENV) {
     return `the bootloader ignored ${id}'s trial before (${BOOTLOADER_IGNORED_ENV}); fix the boot configuration (run \`slotflip doctor\`); waiting for a newer release`;
   }
+  if (last?.outcome === 'failed') {
+    return `${id} failed before (${last.reason?.code ?? 'unknown'}); waiting for a newer release, or run \`slotflip check --retry\` once the cause is fixed`;
+  }
   return `${id} rolled back before; waiting for a newer release`;
+}
+
+/**
+ * The operator asked to try failed releases again (`slotflip check --retry`): releases whose last
+ * attempt ended `failed` leave the no-retry list; rolled-back ones (their trial failed its health
+ * checks) stay until a newer release appears. Pure.
+ */
+export function forgetFailed(s: MachineState): { state: MachineState; cleared: string[] } {
+  const lastOutcome = (id: string) => [...s.history].reverse().find((h) => h.release.id === id)?.outcome;
+  const cleared = s.rolledBack.filter((id) => lastOutcome(id) === 'failed');
+  if (cleared.length === 0) return { state: s, cleared };
+  return { state: { ...s, rolledBack: s.rolledBack.filter((id) => !cleared.includes(id)) }, cleared };
 }
 
 /**
@@ -634,7 +654,7 @@ function finish(s: MachineState, outcome: Outcome, now: number, reason: ErrorInf
   // nor an attempt that failed once its image was installed (arming on): it would download, arm and
   // fail the same way on every check
   const installed = s.phase === 'arming' || s.phase === 'rebooting' || s.phase === 'validating' || s.phase === 'committing' || s.phase === 'rollingBack';
-  const noRetry = outcome === 'rolledBack' || reason?.code === BOOTLOADER_IGNORED_ENV || (outcome === 'failed' && installed);
+  const noRetry = outcome === 'rolledBack' || reason?.code === BOOTLOADER_IGNORED_ENV || (outcome === 'failed' && (installed || NO_RETRY_FAILURE_CODES.includes(reason?.code ?? '')));
   const rolledBack = noRetry && !s.rolledBack.includes(a.ref.id) ? [...s.rolledBack, a.ref.id].slice(-MAX_ROLLED_BACK) : s.rolledBack;
   const r: Report = { kind: outcome, attempt: a.number, release: a.ref, at: now, ...(reason ? { reason } : {}), ...(failures ? { failures } : {}), ...(warnings ? { warnings } : {}) };
   // the report rides in the record that ends the attempt (see MachineState.pendingReports); the

@@ -7,12 +7,16 @@
 import { COMMON_OPTIONS_HELP, openAgent, parseCommandArgs, write } from '../command-support.js';
 import type { Command } from './command.js';
 import { EXIT, exitCodeForRefusal } from '../exit-codes.js';
+import { requestRetryOfFailed } from '../compose.js';
 
 export const command: Command = {
   help: [
-    'usage: slotflip check --config FILE [--json]',
+    'usage: slotflip check --config FILE [--retry] [--json]',
     '',
     'Refresh the TUF metadata and show the release this device would install now (or why none).',
+    'With --retry, releases whose last attempt FAILED (e.g. INSTALL_PAYLOAD_CORRUPT: corrupt at every',
+    'mirror) are tried again: the request is left in the state directory and the daemon (or the next',
+    '`slotflip update --once`) takes it at its next cycle. Rolled-back releases stay skipped.',
     'Installs nothing. Exit codes: 0 a release is available, 4 nothing to install, 5 the signed',
     'metadata was rejected, 6 busy, 1 error, 2 usage.',
     '',
@@ -20,11 +24,13 @@ export const command: Command = {
     COMMON_OPTIONS_HELP,
   ].join('\n'),
   async run(argv, io) {
-    const p = parseCommandArgs(argv, io);
+    const p = parseCommandArgs(argv, io, { retry: { type: 'boolean', default: false } });
+    const retryFailed = Boolean(p.values['retry']);
     const opened = await openAgent(p);
     let r;
     try {
-      r = await opened.agent.check();
+      if (retryFailed) await requestRetryOfFailed(opened.config.stateDir, Date.now());
+      r = await opened.agent.check({ retryFailed });
     } finally {
       await opened.close();
     }

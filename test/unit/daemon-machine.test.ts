@@ -1,7 +1,7 @@
 import t from 'tap';
 import {
   transition, resume, initialState, releaseIdOf, releaseRefOf, bootloaderIgnoredTrial, MAX_TRANSITIONS, BOOTLOADER_IGNORED_ENV, DEVICE_FAULT_CODES,
-  MAX_STEP_RETRIES, STEP_RETRY_MAX_MS, SOURCE_NOT_GOOD, stepRetryDelay,
+  MAX_STEP_RETRIES, STEP_RETRY_MAX_MS, SOURCE_NOT_GOOD, stepRetryDelay, forgetFailed,
   type Event, type MachineState, type Phase, type Effect, type Attempt, type BootEvidence,
 } from '../../daemon/machine.js';
 import type { SlotBootState } from '../../hal/boot-control.js';
@@ -423,4 +423,24 @@ t.test('a commit that keeps failing rolls back; it never leaves the target half-
   t.equal(r.state.phase, 'rollingBack');
   t.same(types(r.effects), ['markBadAndReboot']);
   t.equal(r.state.committedSecurityVersion, 1, 'nothing raised');
+});
+
+t.test('a payload corrupt at every mirror is not retried until an operator asks', async (t) => {
+  const corrupt = { code: 'INSTALL_PAYLOAD_CORRUPT', message: 'chunk 3 corrupt at every mirror', retryable: false };
+  const r = transition(withAttempt('downloading'), { type: 'DownloadFailed', error: corrupt }, NOW);
+  t.match(r.state.history.at(-1), { outcome: 'failed', reason: { code: 'INSTALL_PAYLOAD_CORRUPT' } });
+  t.same(r.state.rolledBack, [releaseIdOf(R1)]);
+  const checking = { ...r.state, phase: 'checking' as const };
+  const again = transition(checking, { type: 'ReleaseFound', release: R1, bootedSlot: 'A', bootedState: 'good' }, NOW);
+  t.equal(again.state.phase, 'idle');
+  t.match(again.state.lastCheck?.detail, /failed before \(INSTALL_PAYLOAD_CORRUPT\).*slotflip check --retry/);
+  // an ordinary download failure is retried as before
+  const plain = transition(withAttempt('downloading'), { type: 'DownloadFailed', error: { code: 'INSTALL_SLOT_IO', message: 'EIO' } }, NOW);
+  t.same(plain.state.rolledBack, []);
+  // the operator's --retry clears failed releases, never rolled-back ones
+  const rolled = { ...r.state, rolledBack: [...r.state.rolledBack, 'other@x'], history: [...r.state.history, { ...r.state.history.at(-1)!, attempt: 9, release: { ...r.state.history.at(-1)!.release, id: 'other@x' }, outcome: 'rolledBack' as const }] };
+  const f = forgetFailed(rolled);
+  t.same(f.cleared, [releaseIdOf(R1)]);
+  t.same(f.state.rolledBack, ['other@x']);
+  t.equal(transition({ ...f.state, phase: 'checking' }, { type: 'ReleaseFound', release: R1, bootedSlot: 'A', bootedState: 'good' }, NOW).state.phase, 'preparing');
 });
