@@ -162,8 +162,11 @@ export async function writeDeviceConfig(path: string, o: DeviceOptions): Promise
     trust: { shippedRoot: o.fleet.shippedRoot, sources, payloadBaseUrls: o.payloadBaseUrls },
     board: { slots: { A: { path: o.board.slots.A, size: o.board.slotSize }, B: { path: o.board.slots.B, size: o.board.slotSize } }, boot: o.board.bootConfig, tries: 2 },
     ...(o.brokerUrl ? { broker: { urls: [o.brokerUrl], reconnect: { minMs: 100, maxMs: 1000 }, connectTimeoutMs: 2000 } } : {}),
+    // the board's own health probe (the booted image says whether it is healthy), as a device
+    // owner would wire an application check
+    health: { deadlineSeconds: 60, checks: [{ type: 'command', name: 'application', argv: [process.execPath, CLI, 'board', 'probe', o.board.dir, '--health'], timeoutSeconds: 30 }] },
     // the test plays the reboot: the daemon's reboot command does nothing, the test power-cycles
-    reboot: { command: [process.execPath, '-e', '0'] },
+    reboot: { command: [process.execPath, '-e', '0'], graceSeconds: 1 },
     log: { level: 'debug' },
     ...o.extra,
   };

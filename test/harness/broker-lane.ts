@@ -81,6 +81,7 @@ export async function makeDevice(dir: string, id: string, repo: Repo, brokerUrl:
     trust: { shippedRoot: join(repo.dir, 'repository/metadata/1.root.json'), sources: [{ type: 'mqtt' }, { type: 'http', url: repo.url }] },
     board: { slots: { A: { path: board.slots.A, size: SLOT_SIZE }, B: { path: board.slots.B, size: SLOT_SIZE } }, boot: board.bootConfig },
     broker: { urls: [brokerUrl], reconnect: { minMs: 200, maxMs: 2000 }, connectTimeoutMs: 5000, ...(credentialsFile ? { credentialsFile } : {}) },
+    health: { deadlineSeconds: 60, checks: [{ type: 'command', name: 'application', argv: [process.execPath, BUILT_CLI, 'board', 'probe', boardDir, '--health'], timeoutSeconds: 30 }] },
     reboot: { command: [process.execPath, '-e', '0'] },
     log: { level: 'info' },
     ...opts.extra,

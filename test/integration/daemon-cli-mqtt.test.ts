@@ -69,12 +69,13 @@ t.test('update --once with MQTT-only metadata reports its events before exiting'
   while (events.length < 4 && Date.now() < until2) await new Promise((r) => setTimeout(r, 20));
   t.same(events.at(-1), 'UpdateCommitted');
 
-  // an unreachable broker: the command still runs (nothing new to do) after the bounded wait
+  // an unreachable broker: the command still runs after the bounded wait; with no metadata it could
+  // not check, and says so (exit 5: metadata rejected or not obtained; daemon/exit-codes.ts)
   const deadCfg = join(dir, 'config-dead.json');
   await writeFile(deadCfg, JSON.stringify(config(`mqtt://127.0.0.1:${await freePort()}`)));
   const started = Date.now();
   const r3 = await run(['--once', '--config', deadCfg, '--json']);
-  t.equal(r3.code, 0);
+  t.equal(r3.code, 5);
   t.match(r3.out, { phase: 'idle', finished: [] });
   t.ok(Date.now() - started < 30_000, 'bounded wait');
 });

@@ -78,6 +78,7 @@ t.test('reboot command exits 0, the machine stays up: error, step failed, reboot
     deviceId: 'dev-1', hardware: 'acme,e2e', stateDir: join(dir, 'state'),
     trust: { shippedRoot: join(repo, 'repository/metadata/1.root.json'), sources: [{ type: 'dir', path: join(repo, 'repository') }] },
     board: { slots: { A: { path: desc.slots.A, size: 262144 }, B: { path: desc.slots.B, size: 262144 } }, boot: desc.bootConfig, tries: 2 },
+    health: { checks: [{ type: 'command', name: 'application', argv: [process.execPath, CLI, 'board', 'probe', board, '--health'], timeoutSeconds: 30 }] },
     reboot: { command: [script], graceSeconds },
     log: { level: 'info' },
   });
