@@ -6,6 +6,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 
+// npm ci --omit=dev and xz under a loaded 2-core CI machine: ~90 s seen, past the suite's 180 s default is possible
+t.setTimeout(600_000);
+
 const hasDpkg = spawnSync('dpkg-deb', ['--version']).status === 0;
 
 t.test('the .deb builds, carries files.list and the app, installs into a temporary root and runs', { skip: hasDpkg ? false : 'no dpkg-deb' }, async (t) => {
