@@ -1,13 +1,13 @@
 /**
  * Decompressors for one transfer: compressed bytes in, image bytes out through a push callback.
  *
- * zstd runs as the `zstd` CLI (argv array, no shell) when it is installed: it decompresses on the second
- * core while Node hashes and writes, and it beat node:zlib's built-in zstd on time at half the peak RSS
- * (test/bench/zstd-decode-bench.ts, 256 MiB in 4 MiB frames: 0.82 s and 61 MiB against 0.89 s and 129 MiB). Without the CLI (`zstdDecoder: 'auto'`,
- * the default) the built-in one decodes (thread pool; Node 24 and later: Node 22's stops after the
- * first frame, see `builtinZstd`), so a device image needs no zstd package; `'cli'` / `'zlib'` force
- * one. gzip goes
- * through the same CLI by default (it detects the format; Debian builds it with zlib). Its output
+ * zstd runs as the `zstd` CLI (argv array, no shell) when it is installed: it decompresses on the
+ * second core while Node hashes and writes, and it beat node:zlib's built-in zstd on time at half the
+ * peak RSS (test/bench/zstd-decode-bench.ts, 256 MiB in 4 MiB frames: 0.82 s and 61 MiB against
+ * 0.89 s and 129 MiB). Without the CLI (`zstdDecoder: 'auto'`, the default) the built-in one decodes
+ * (thread pool; Node 24 and later: Node 22's stops after the first frame, see `builtinZstd`), so a
+ * device image needs no zstd package; `'cli'` / `'zlib'` force one. gzip goes through the same CLI
+ * by default (it detects the format; Debian builds it with zlib). Its output
  * goes through a FIFO read with `net.Socket` `onread` straight into the installer's chunk buffers, so the
  * hot path neither copies nor allocates per read and memory stays flat; a local payload file is
  * handed to zstd as its stdin descriptor, so Node never touches the compressed bytes at all.
@@ -58,9 +58,9 @@ export interface DecoderOptions {
   /** gzip through the `zstd` CLI (Debian's decodes gzip too: another core, flat memory; default) or
    * node:zlib (in-process; its output buffers are garbage, so peak RSS grows by tens of MiB). */
   gzipDecoder?: 'zstd-cli' | 'zlib';
-  /** zstd through the `zstd` CLI, node:zlib's built-in zstd (Node >= 24, see `builtinZstd`), or 'auto' (default): the
-   * CLI when `zstdPath` (default `zstd`, looked up on PATH) is there, else the built-in one. Without
-   * the CLI, 'auto' decodes gzip with node:zlib too. */
+  /** zstd through the `zstd` CLI, node:zlib's built-in zstd (Node >= 24, see `builtinZstd`), or
+   * 'auto' (default): the CLI when `zstdPath` (default `zstd`, looked up on PATH) is there, else the
+   * built-in one. Without the CLI, 'auto' decodes gzip with node:zlib too. */
   zstdDecoder?: 'auto' | 'cli' | 'zlib';
   /** directory for the short-lived FIFO (unlinked as soon as both ends are open). */
   fifoDir: string;
