@@ -5,6 +5,7 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import t from 'tap';
+import { setup } from '../harness/install-env.js';
 import { builtinZstd, decodesInChild, startDecoder, zstdDecoderFor, type DecoderOptions } from '../../daemon/install/decode.js';
 
 const FRAME = 256 * 1024;
@@ -67,4 +68,15 @@ t.test("'auto' uses the CLI when it is there and the built-in decoder when it is
   const { out, err } = await decode(payload, { zstdPath: missing, fifoDir: t.testdir() });
   t.equal(err, undefined);
   t.ok(out.equals(image));
+});
+
+t.test('without the zstd CLI the installer streams through the built-in decoder, resuming after cuts', { skip: builtinZstd ? false : `node ${process.version}: no built-in zstd for concatenated frames` }, async (t) => {
+  const e = await setup(t, 'zstd');
+  const c = e.p.payload.chunks;
+  e.srv.faults.cutAtOffset = [Math.floor(c[3]!.offset + c[3]!.length / 2), c[10]!.offset + c[10]!.length];
+  const r = await e.install({ zstdPath: join(e.dir, 'no-zstd'), retry: { baseDelayMs: 1, maxAttempts: 3 } });
+  t.equal(r.transfers, 3, 'one transfer per cut plus the last');
+  t.equal(r.readBackSha256, e.p.payload.sha256);
+  t.ok(await e.slotMatches(), 'slot holds the image');
+  t.ok(e.srv.requests.slice(1).every((q) => q.range !== undefined), 'resumed with Range');
 });
