@@ -1,9 +1,13 @@
 /**
  * Decompressors for one transfer: compressed bytes in, image bytes out through a push callback.
  *
- * zstd runs as the `zstd` CLI (argv array, no shell): on this machine it is the fastest option by far
- * (see machine-facts) and it decompresses on the second core while Node hashes and writes. gzip goes
- * through the same CLI by default (it detects the format; Debian builds it with zlib). Its output
+ * zstd runs as the `zstd` CLI (argv array, no shell) when it is installed: it decompresses on the
+ * second core while Node hashes and writes, and it beat node:zlib's built-in zstd on time at half the
+ * peak RSS (test/bench/zstd-decode-bench.ts, 256 MiB in 4 MiB frames: 0.82 s and 61 MiB against
+ * 0.89 s and 129 MiB). Without the CLI (`zstdDecoder: 'auto'`, the default) the built-in one decodes
+ * (thread pool; Node 24 and later: Node 22's stops after the first frame, see `builtinZstd`), so a
+ * device image needs no zstd package; `'cli'` / `'zlib'` force one. gzip goes through the same CLI
+ * by default (it detects the format; Debian builds it with zlib). Its output
  * goes through a FIFO read with `net.Socket` `onread` straight into the installer's chunk buffers, so the
  * hot path neither copies nor allocates per read and memory stays flat; a local payload file is
  * handed to zstd as its stdin descriptor, so Node never touches the compressed bytes at all.
@@ -18,11 +22,11 @@
  * watchdog and the next transfer restarts from the first chunk instead of resuming.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, constants as fsc, openSync, unlinkSync } from 'node:fs';
+import { accessSync, closeSync, constants as fsc, openSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
-import { join } from 'node:path';
+import { delimiter, isAbsolute, join } from 'node:path';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
-import { createGunzip } from 'node:zlib';
+import zlib, { createGunzip } from 'node:zlib';
 import { SlotflipError } from '../../hal/errors.js';
 import { execTool, runChecked, type ToolRunner } from '../../hal/exec.js';
 import type { Compression } from '../../manifests/types.js';
@@ -54,6 +58,10 @@ export interface DecoderOptions {
   /** gzip through the `zstd` CLI (Debian's decodes gzip too: another core, flat memory; default) or
    * node:zlib (in-process; its output buffers are garbage, so peak RSS grows by tens of MiB). */
   gzipDecoder?: 'zstd-cli' | 'zlib';
+  /** zstd through the `zstd` CLI, node:zlib's built-in zstd (Node >= 24, see `builtinZstd`), or
+   * 'auto' (default): the CLI when `zstdPath` (default `zstd`, looked up on PATH) is there, else the
+   * built-in one. Without the CLI, 'auto' decodes gzip with node:zlib too. */
+  zstdDecoder?: 'auto' | 'cli' | 'zlib';
   /** directory for the short-lived FIFO (unlinked as soon as both ends are open). */
   fifoDir: string;
   /** a descriptor positioned at the first compressed byte: zstd reads it directly. */
@@ -64,9 +72,58 @@ export interface DecoderOptions {
 const BUF = 1 << 20;
 let fifoSeq = 0;
 
+type ZstdDecompressFactory = (opts?: zlib.ZlibOptions) => Writable & Readable & { flush(cb: () => void): void };
+/** node:zlib's zstd (Node >= 22.15 / 23.8); undefined on older Node. Looked up at run time: the
+ * project's @types/node predates it. */
+const createZstdDecompress = (zlib as unknown as { createZstdDecompress?: ZstdDecompressFactory }).createZstdDecompress;
+
+/** True when this Node has a built-in zstd decoder that reads concatenated frames (the payload
+ * format). Node 22's (22.23 here) stops after the first frame without an error, so it is probed once
+ * with two one-byte frames ('a', 'b') rather than trusted by version. */
+export const builtinZstd = ((): boolean => {
+  const sync = (zlib as unknown as { zstdDecompressSync?: (b: Buffer) => Buffer }).zstdDecompressSync;
+  if (!createZstdDecompress || !sync) return false;
+  try {
+    return sync(Buffer.from('28b52ffd0458090000615b6e8ca928b52ffd0458090000629b9ff31a', 'hex')).toString() === 'ab';
+  } catch {
+    return false;
+  }
+})();
+
+const cliFound = new Map<string, boolean>();
+/** Whether `bin` names an executable, looked up the way spawn's execvp does (PATH for a bare name);
+ * cached per name for the process's lifetime. */
+function zstdCliFound(bin: string): boolean {
+  let found = cliFound.get(bin);
+  if (found !== undefined) return found;
+  const executable = (p: string): boolean => {
+    try {
+      accessSync(p, fsc.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  // the same lookup execvp does when spawn starts the CLI: PATH is the process's own, not configuration
+  found = bin.includes('/') ? executable(isAbsolute(bin) ? bin : join(process.cwd(), bin)) : (process.env.PATH ?? '/usr/bin:/bin').split(delimiter).some((d) => d !== '' && executable(join(d, bin)));
+  cliFound.set(bin, found);
+  return found;
+}
+
+/** Which zstd decoder `opts` selects: 'auto' falls back to the built-in one only when the CLI is
+ * missing and this Node has one (otherwise the CLI's start-up error names what to install). */
+export function zstdDecoderFor(opts: Pick<DecoderOptions, 'zstdDecoder' | 'zstdPath'>): 'cli' | 'zlib' {
+  const want = opts.zstdDecoder ?? 'auto';
+  if (want === 'zlib' && !builtinZstd) throw new SlotflipError('INSTALL_DECOMPRESS', `zstd: node ${process.version} has no built-in zstd that reads concatenated frames (Node 24 does); install the zstd CLI and set zstdDecoder to cli`);
+  if (want !== 'auto') return want;
+  return builtinZstd && !zstdCliFound(opts.zstdPath ?? 'zstd') ? 'zlib' : 'cli';
+}
+
 /** True when the decoder for `compression` is a child process that can read a descriptor itself. */
-export function decodesInChild(compression: Compression, opts: Pick<DecoderOptions, 'gzipDecoder'>): boolean {
-  return compression === 'zstd' || (compression === 'gzip' && (opts.gzipDecoder ?? 'zstd-cli') === 'zstd-cli');
+export function decodesInChild(compression: Compression, opts: Pick<DecoderOptions, 'gzipDecoder' | 'zstdDecoder' | 'zstdPath'>): boolean {
+  if (compression === 'none') return false;
+  if (compression === 'gzip' && (opts.gzipDecoder ?? 'zstd-cli') !== 'zstd-cli') return false;
+  return zstdDecoderFor(opts) === 'cli';
 }
 
 /** A decoder whose asynchronous setup is done; starting it does not yield to the event loop. */
@@ -88,7 +145,8 @@ export async function prepareDecoder(compression: Compression, opts: Omit<Decode
     start() {
       if (used) throw new Error('decoder already started');
       used = true;
-      const s: PassThrough | ReturnType<typeof createGunzip> = compression === 'gzip' ? createGunzip({ chunkSize: BUF }) : new PassThrough({ highWaterMark: BUF });
+      const s: Writable & Readable =
+        compression === 'gzip' ? createGunzip({ chunkSize: BUF }) : compression === 'zstd' ? createZstdDecompress!({ chunkSize: BUF }) : new PassThrough({ highWaterMark: BUF });
       return streamDecoder(s, compression);
     },
     dispose() {
@@ -115,12 +173,12 @@ function streamDecoder(s: Writable & Readable, compression: Compression): Decode
   return {
     input: s,
     finishInput() {
-      if (compression !== 'gzip') {
+      if (compression === 'none') {
         s.end();
         return;
       }
-      // zlib fails a truncated member at end() and drops output it has not delivered yet: flush and
-      // wait until everything decodable was taken before ending the input
+      // zlib fails a truncated member (gzip) or frame (zstd) at end() and drops output it has not
+      // delivered yet: flush and wait until everything decodable was taken before ending the input
       const gz = s as ReturnType<typeof createGunzip>;
       gz.flush(() => {
         const wait = (): void => {
