@@ -7,10 +7,16 @@
  */
 import { parseArgs } from 'node:util';
 import { SlotflipError } from '../../hal/errors.js';
-import { loadConfig, configDefaults } from '../config.js';
 import { applyFactoryReset, requestFactoryReset, MARKER, type ResetStep } from '../factory-reset.js';
-import { write } from '../command-support.js';
-import type { Command } from './command.js';
+import type { Command, CommandIO } from './command.js';
+
+// `--apply` runs early at boot on a slow board: it loads no config code (ajv, pino, mqtt); the
+// request path imports config.js only when it runs
+const DEFAULT_DATA_DIR = '/data';
+
+function write(io: CommandIO, text: string): void {
+  io.stdout.write(text + '\n');
+}
 
 const STEPS: ResetStep[] = ['keep', 'wipe', 'defaults', 'restore', 'dropKeep', 'dropMarker'];
 
@@ -19,7 +25,7 @@ export const command: Command = {
     'usage: slotflip factory-reset --config FILE [--keep-identity] [--json]',
     '       slotflip factory-reset --apply DATA_DIR [--defaults DIR] [--json]',
     '',
-    'Request: leave a marker (' + MARKER + ') in the data dir (config /data/dir, default ' + configDefaults.data.dir + ');',
+    'Request: leave a marker (' + MARKER + ') in the data dir (config /data/dir, default ' + DEFAULT_DATA_DIR + ');',
     'at the next boot slotflip-factory-reset.service wipes the data dir and re-creates it from the',
     "image's defaults. Reboot to apply. A power cut during the apply repeats it at the next boot.",
     '',
@@ -59,6 +65,7 @@ export const command: Command = {
       return 0;
     }
     if (v.defaults !== undefined) throw new SlotflipError('DAEMON_USAGE', '--defaults goes with --apply; see --help');
+    const { loadConfig, configDefaults } = await import('../config.js');
     const config = await loadConfig(v.config ?? io.env['SLOTFLIP_CONFIG'] ?? '/etc/slotflip/config.json');
     const data = config.data ?? { dir: configDefaults.data.dir, identity: [...configDefaults.data.identity] };
     const marker = await requestFactoryReset(data.dir, v['keep-identity'] ? 'keep-identity' : 'full', data.identity, Date.now());
