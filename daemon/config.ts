@@ -93,6 +93,10 @@ export interface Config {
      * (its config, client certificate) and slotflip's trust and anti-rollback state. */
     identity: string[];
   };
+  /** a data migration run on the first boot of every trial slot, before its health checks, after a
+   * snapshot of `paths` (relative to data.dir); restored when the attempt does not commit
+   * (daemon/migration.ts). Absent: no migration. */
+  migration?: { argv: string[]; paths: string[]; maxBytes: number; timeoutSeconds: number };
 }
 
 /** Every default, in one place. */
@@ -226,6 +230,17 @@ export const configSchema = {
           items: { type: 'string', minLength: 1, maxLength: 1024, pattern: '^(?!/)(?!.*(^|/)\\.\\.(/|$)).+$' },
           default: configDefaults.data.identity,
         },
+      },
+    },
+    migration: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['argv', 'paths'],
+      properties: {
+        argv: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 } },
+        paths: { type: 'array', minItems: 1, maxItems: 64, items: { type: 'string', minLength: 1, maxLength: 1024, pattern: '^(?!/)(?!.*(^|/)\\.\\.(/|$)).+$' } },
+        maxBytes: { type: 'integer', minimum: 0, default: 64 * 1024 * 1024 },
+        timeoutSeconds: { type: 'integer', minimum: 1, maximum: 86_400, default: 300 },
       },
     },
   },
