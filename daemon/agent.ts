@@ -124,8 +124,8 @@ export interface AgentDeps {
    * health checks (a returned failure fails them); `settle` runs after each cycle and restores or
    * drops the snapshot of an attempt that ended. Both idempotent. Absent: no migration. */
   migration?: {
-    beforeChecks(attempt: number, releaseId: string): Promise<HealthFailure | undefined>;
-    settle(history: HistoryEntry[]): Promise<unknown>;
+    beforeChecks(attempt: number, releaseId: string, slot: SlotName): Promise<HealthFailure | undefined>;
+    settle(bootedSlot: SlotName, history: HistoryEntry[]): Promise<unknown>;
   };
 }
 
@@ -296,7 +296,7 @@ export class Agent {
     // issue 18: the snapshot of an attempt that ended goes now: restored first unless it committed
     // (the old slot must run on the data it knows); one still in flight stays
     if (this.d.migration && !rebooted) {
-      const done = await this.d.migration.settle(state.history);
+      const done = await this.d.migration.settle(bootedSlot, state.history);
       if (done) this.log.info({ snapshot: done }, 'migration snapshot settled');
     }
     const before = new Set(start.history.map((h) => h.attempt));
@@ -554,7 +554,7 @@ export class Agent {
         // issue 18: the data migration first (snapshot, then run); a failed one is a failed check
         const attempt = d.migration ? (await d.store.load()).attempt : undefined;
         if (d.migration && attempt) {
-          const failed = await d.migration.beforeChecks(attempt.number, attempt.ref.id);
+          const failed = await d.migration.beforeChecks(attempt.number, attempt.ref.id, e.slot);
           if (failed) return { type: 'HealthCheckFailed', failures: [failed] };
         }
         const r = await d.health.run();

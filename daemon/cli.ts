@@ -24,6 +24,7 @@ const registry: Record<string, () => Promise<{ command: Command }>> = {
   board: () => import('./commands/board.js'),
   fleet: () => import('./commands/fleet.js'),
   'factory-reset': () => import('./commands/factory-reset.js'),
+  migration: () => import('./commands/migration.js'),
   demo: () => import('./commands/demo.js'),
 };
 
@@ -38,6 +39,7 @@ const summaries: Record<string, string> = {
   health: 'run the configured health checks once (the boot-complete gate)',
   history: 'past update attempts and their outcomes',
   install: 'install a signed release from a repository directory or URL',
+  migration: 'restore or drop the data-migration snapshot (early boot)',
   'mark-good': 'confirm the running slot',
   release: 'sign and add a release to a repository',
   repo: 'create, re-sign, rotate and publish a TUF repository',

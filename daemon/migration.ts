@@ -39,6 +39,8 @@ export interface MigrationConfig {
 interface Meta {
   attempt: number;
   releaseId: string;
+  /** the trial slot the migration ran on: booting any other slot means the attempt is over. */
+  target: string;
   complete: boolean;
   /** the paths that existed at snapshot time (the others are removed by a restore). */
   present: string[];
@@ -82,7 +84,7 @@ export class Migrations {
    * migration that already succeeded for this attempt is not run again; one that was cut is undone
    * from the snapshot and run again. Returns the failure to report as a failed check, or undefined.
    */
-  async beforeChecks(attempt: number, releaseId: string): Promise<HealthFailure | undefined> {
+  async beforeChecks(attempt: number, releaseId: string, target: string): Promise<HealthFailure | undefined> {
     const c = this.o.config;
     if (!c) return undefined;
     let m = await this.readMeta();
@@ -105,7 +107,7 @@ export class Migrations {
         await cp(from, join(tmp, 'data', p), { recursive: true, preserveTimestamps: true, verbatimSymlinks: true });
         present.push(p);
       }
-      m = { attempt, releaseId, complete: true, present };
+      m = { attempt, releaseId, target, complete: true, present };
       await writeFileAtomic(join(tmp, 'meta.json'), JSON.stringify(m) + '\n');
       // rename only when complete: a snapshot dir that exists is a whole one
       await rename(tmp, this.o.snapshotDir);
@@ -119,23 +121,28 @@ export class Migrations {
   }
 
   /**
-   * After the record settled (every cycle): the snapshot of an attempt that ended `succeeded` is
-   * deleted; of one that ended otherwise, restored then deleted (the old slot runs on the data it
-   * knows). An attempt still in flight keeps it. Returns what was done.
+   * Restores or drops the snapshot once its attempt is decided, from facts readable early at boot
+   * (before the update record is resumed, so `slotflip migration settle` can run before the apps):
+   * - a slot other than the migration's target booted: the trial is over without that slot
+   *   (rolled back, or the bootloader fell back): restore, then delete: the old slot runs on the
+   *   data it knows;
+   * - the target booted and the record's history says the attempt succeeded: delete;
+   * - otherwise (the trial is still being judged) keep it. Idempotent; returns what was done.
    */
-  async settle(history: HistoryEntry[]): Promise<'restored' | 'dropped' | undefined> {
+  async settle(bootedSlot: string, history: HistoryEntry[]): Promise<'restored' | 'dropped' | undefined> {
     await rm(`${this.o.snapshotDir}.tmp`, { recursive: true, force: true });
     const m = await this.readMeta();
     if (!m) return undefined;
-    const h = history.find((e) => e.attempt === m.attempt);
-    if (!h) return undefined;
-    if (h.outcome !== 'succeeded' && m.complete) {
+    const restore = bootedSlot !== m.target || history.some((e) => e.attempt === m.attempt && e.outcome !== 'succeeded');
+    const drop = history.some((e) => e.attempt === m.attempt && e.outcome === 'succeeded');
+    if (!restore && !drop) return undefined;
+    if (restore && m.complete) {
       this.o.onStep?.('restore');
       await this.restoreFrom(m);
     }
     // deleting the snapshot last: a cut before this restores again (idempotent)
     await rm(this.o.snapshotDir, { recursive: true, force: true });
-    return h.outcome !== 'succeeded' ? 'restored' : 'dropped';
+    return restore ? 'restored' : 'dropped';
   }
 
   private async restoreFrom(m: Meta): Promise<void> {

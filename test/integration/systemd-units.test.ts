@@ -26,7 +26,7 @@ const SYSTEMD_DIR = join(import.meta.dirname, '../../systemd');
 const EXAMPLES_DIR = join(SYSTEMD_DIR, 'examples');
 // issue 18: the factory reset and the reference data-partition layout (systemd/state/) load together
 // (an ordering cycle between the reset and the mounts it must precede is a warning about our unit)
-const STATE_UNITS = ['slotflip-factory-reset.service', 'state/data.mount', 'state/var.mount', 'state/etc.mount', 'state/etc-slotflip.mount'];
+const STATE_UNITS = ['slotflip-factory-reset.service', 'slotflip-migration-settle.service', 'state/data.mount', 'state/var.mount', 'state/etc.mount', 'state/etc-slotflip.mount'];
 const UNITS = ['slotflip.service', 'slotflip-health.service', 'slotflip-trial-failed@.service', 'slotflip-trial-deadline.timer', ...STATE_UNITS];
 /** what verify loads (a template only as an instance). */
 const VERIFY = ['slotflip.service', 'slotflip-health.service', 'slotflip-trial-failed@daemon.service', 'slotflip-trial-failed@health.service', 'slotflip-trial-failed@deadline.service', 'slotflip-trial-deadline.timer', ...STATE_UNITS.map((u) => basename(u))];

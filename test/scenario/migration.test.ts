@@ -6,6 +6,7 @@
  * - it succeeds: the trial commits on migrated data, the snapshot is dropped;
  * - it fails after writing half its work: the health check fails, the device rolls back, and on the
  *   old slot the snapshot is restored (db "v1", no new.txt) and deleted;
+ *   (`slotflip migration settle`, the early-boot unit, does it before the daemon runs);
  * - the power goes in the middle of it (the migration SIGKILLs slotflip, then the board is
  *   power-cycled): the next start restores the snapshot and runs it again, and the trial commits;
  *   a torn snapshot (`migration-snapshot.tmp` left by a cut during the copy) is discarded.
@@ -100,6 +101,11 @@ t.test('a migration that fails halfway: failed health check, rollback, snapshot 
   t.equal(await d.db(), 'half', 'the trial slot left half-migrated data behind');
   t.ok(existsSync(join(d.snapshot, 'meta.json')), 'the snapshot waits for the old slot');
   await powerCycle(d.boardDir);
+  // early at the old slot's boot, before the apps (slotflip-migration-settle.service)
+  r = await cli(['migration', 'settle', ...d.c]);
+  t.equal(r.code, 0, r.err);
+  t.same(JSON.parse(r.out), { bootedSlot: 'A', snapshot: 'restored' });
+  t.equal(await d.db(), 'v1', 'restored before the daemon resumed the record');
   r = await cli(['update', '--once', '--no-check', ...d.c]);
   t.equal(r.code, 3, 'a rolled-back attempt exits 3');
   const out = JSON.parse(r.out) as { finished: { outcome: string; failures?: { name: string; output: string }[] }[]; bootedSlot: string };
@@ -118,6 +124,8 @@ t.test('a power cut in the middle of the migration (and a torn snapshot): restor
   t.equal(r.signal, 'SIGKILL', 'slotflip died in the middle of the migration');
   t.equal(await d.db(), 'half');
   await powerCycle(d.boardDir);
+  r = await cli(['migration', 'settle', ...d.c]);
+  t.same(JSON.parse(r.out), { bootedSlot: 'B', snapshot: null }, 'the trial slot booted again: the snapshot stays for the re-run');
   r = await cli(['update', '--once', '--no-check', ...d.c]);
   t.equal(r.code, 0, r.err);
   t.match(JSON.parse(r.out), { bootedSlot: 'B', finished: [{ outcome: 'succeeded' }] });
