@@ -159,7 +159,7 @@ export async function applyFactoryReset(o: ApplyOptions): Promise<ApplyResult> {
 }
 
 /** fsync every regular file and directory under `dir` (skipping `skip` at the top level). */
-async function syncTree(dir: string, skip: Set<string> = new Set()): Promise<void> {
+export async function syncTree(dir: string, skip: Set<string> = new Set()): Promise<void> {
   for (const e of await readdir(dir, { withFileTypes: true })) {
     if (skip.has(e.name)) continue;
     const p = join(dir, e.name);

@@ -21,10 +21,11 @@
  * the signed image) is validated by `isImagePath` for when it can.
  */
 import { execFile } from 'node:child_process';
-import { cp, lstat, mkdir, readdir, readFile, rename, rm } from 'node:fs/promises';
-import { isAbsolute, join, normalize } from 'node:path';
+import { cp, lstat, mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
+import { dirname, isAbsolute, join, normalize } from 'node:path';
 import { fsyncDir, writeFileAtomic } from '../hal/atomic-file.js';
 import type { HealthFailure, HistoryEntry } from './machine.js';
+import { syncTree } from './factory-reset.js';
 
 export interface MigrationConfig {
   /** the migration command (argv, never a shell string); runs with SLOTFLIP_DATA_DIR set. */
@@ -107,6 +108,7 @@ export class Migrations {
         await cp(from, join(tmp, 'data', p), { recursive: true, preserveTimestamps: true, verbatimSymlinks: true });
         present.push(p);
       }
+      await syncTree(join(tmp, 'data'));
       m = { attempt, releaseId, target, complete: true, present };
       await writeFileAtomic(join(tmp, 'meta.json'), JSON.stringify(m) + '\n');
       // rename only when complete: a snapshot dir that exists is a whole one
@@ -150,8 +152,22 @@ export class Migrations {
       const live = join(this.o.dataDir, p);
       await rm(live, { recursive: true, force: true });
       if (m.present.includes(p)) await cp(join(this.copy, p), live, { recursive: true, force: true, preserveTimestamps: true, verbatimSymlinks: true });
+      // on disk before the snapshot may go (settle deletes it right after)
+      const st = await lstat(live).catch(() => undefined);
+      if (st?.isDirectory()) await syncTree(live);
+      else if (st?.isFile()) await syncFile(live);
+      // the parent may not exist (a path that was absent, under a dir the migration never made)
+      await fsyncDir(dirname(live)).catch((e: NodeJS.ErrnoException) => { if (e.code !== 'ENOENT') throw e; });
     }
-    await fsyncDir(this.o.dataDir);
+  }
+}
+
+async function syncFile(path: string): Promise<void> {
+  const fh = await open(path, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
   }
 }
 
