@@ -120,6 +120,13 @@ export interface AgentDeps {
    * state directory, since a running daemon holds the lock): taken, applied (`forgetFailed`) and
    * cleared at the start of the next cycle. Absent: no such requests. */
   retryRequest?: { pending(): Promise<boolean>; clear(): Promise<void> };
+  /** A data migration (daemon/migration.ts): `beforeChecks` runs on the trial's boot before its
+   * health checks (a returned failure fails them); `settle` runs after each cycle and restores or
+   * drops the snapshot of an attempt that ended. Both idempotent. Absent: no migration. */
+  migration?: {
+    beforeChecks(attempt: number, releaseId: string, slot: SlotName): Promise<HealthFailure | undefined>;
+    settle(bootedSlot: SlotName, history: HistoryEntry[]): Promise<unknown>;
+  };
 }
 
 /**
@@ -286,6 +293,12 @@ export class Agent {
     if (!rebooted && state.phase === 'idle' && (options.check ?? true)) await run({ type: 'CheckRequested' });
     // a failed step (arming, rebooting, committing, rolling back) is retried when the machine said
     if (retryAt === undefined && !rebooted && state.attempt?.retryAt !== undefined) retryAt = state.attempt.retryAt;
+    // issue 18: the snapshot of an attempt that ended goes now: restored first unless it committed
+    // (the old slot must run on the data it knows); one still in flight stays
+    if (this.d.migration && !rebooted) {
+      const done = await this.d.migration.settle(bootedSlot, state.history);
+      if (done) this.log.info({ snapshot: done }, 'migration snapshot settled');
+    }
     const before = new Set(start.history.map((h) => h.attempt));
     return {
       phase: state.phase,
@@ -538,6 +551,12 @@ export class Agent {
         // confirm the expected slot really booted before judging it
         const booted = await boot.bootedSlot();
         if (booted !== e.slot) return { type: 'HealthCheckFailed', failures: [{ name: 'booted-slot', output: `expected slot ${e.slot} to be booted, found ${booted}`, required: true }] };
+        // issue 18: the data migration first (snapshot, then run); a failed one is a failed check
+        const attempt = d.migration ? (await d.store.load()).attempt : undefined;
+        if (d.migration && attempt) {
+          const failed = await d.migration.beforeChecks(attempt.number, attempt.ref.id, e.slot);
+          if (failed) return { type: 'HealthCheckFailed', failures: [failed] };
+        }
         const r = await d.health.run();
         if (!r.ok) return { type: 'HealthCheckFailed', failures: r.failures };
         // the boot passed: whatever failed is a wanted check (required: false, wanted.d), reported

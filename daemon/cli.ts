@@ -23,6 +23,8 @@ const registry: Record<string, () => Promise<{ command: Command }>> = {
   'tuf-client': () => import('./commands/tuf-client.js'),
   board: () => import('./commands/board.js'),
   fleet: () => import('./commands/fleet.js'),
+  'factory-reset': () => import('./commands/factory-reset.js'),
+  migration: () => import('./commands/migration.js'),
   demo: () => import('./commands/demo.js'),
 };
 
@@ -32,10 +34,12 @@ const summaries: Record<string, string> = {
   daemon: 'run on a device: MQTT, polling, updates, health checks',
   demo: 'the whole loop on this machine: a commit and a rollback',
   doctor: "check this device's integration (bootloader, slots, trust root, broker)",
+  'factory-reset': 'wipe the data partition at the next boot (or apply a pending reset)',
   fleet: 'staged rollouts and a live fleet view with automatic halt',
   health: 'run the configured health checks once (the boot-complete gate)',
   history: 'past update attempts and their outcomes',
   install: 'install a signed release from a repository directory or URL',
+  migration: 'restore or drop the data-migration snapshot (early boot)',
   'mark-good': 'confirm the running slot',
   release: 'sign and add a release to a repository',
   repo: 'create, re-sign, rotate and publish a TUF repository',

@@ -84,6 +84,19 @@ export interface Config {
     graceSeconds?: number;
   };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' };
+  /** the data partition (README "Device state"): what `slotflip factory-reset` wipes at the next
+   * boot. Always set by `resolveConfig`; optional for configs built in code. */
+  data?: {
+    /** where the data partition is mounted (it holds /var, the /etc overrides, slotflip's state). */
+    dir: string;
+    /** paths relative to `dir` that `factory-reset --keep-identity` keeps: the device's identity
+     * (its config, client certificate) and slotflip's trust and anti-rollback state. */
+    identity: string[];
+  };
+  /** a data migration run on the first boot of every trial slot, before its health checks, after a
+   * snapshot of `paths` (relative to data.dir); restored when the attempt does not commit
+   * (daemon/migration.ts). Absent: no migration. */
+  migration?: { argv: string[]; paths: string[]; maxBytes: number; timeoutSeconds: number };
 }
 
 /** Every default, in one place. */
@@ -97,6 +110,7 @@ export const configDefaults = {
   download: { maxChunkFailures: 3, maxBytesFactor: 3, maxMinutes: 24 * 60 },
   reboot: { command: ['systemctl', 'reboot'], graceSeconds: 300 },
   log: { level: 'info' as const },
+  data: { dir: '/data', identity: ['etc/upper/slotflip', 'var/lib/slotflip'] },
   health: healthConfigDefaults,
   policies: policiesConfigDefaults,
 } as const;
@@ -202,6 +216,32 @@ export const configSchema = {
       additionalProperties: false,
       default: {},
       properties: { level: { enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace'], default: configDefaults.log.level } },
+    },
+    data: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        dir: { ...absPath, default: configDefaults.data.dir },
+        // relative to dir, no ".." segment (the reset must never reach outside the data partition)
+        identity: {
+          type: 'array',
+          maxItems: 64,
+          items: { type: 'string', minLength: 1, maxLength: 1024, pattern: '^(?!/)(?!.*(^|/)\\.\\.(/|$)).+$' },
+          default: configDefaults.data.identity,
+        },
+      },
+    },
+    migration: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['argv', 'paths'],
+      properties: {
+        argv: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 } },
+        paths: { type: 'array', minItems: 1, maxItems: 64, items: { type: 'string', minLength: 1, maxLength: 1024, pattern: '^(?!/)(?!.*(^|/)\\.\\.(/|$)).+$' } },
+        maxBytes: { type: 'integer', minimum: 0, default: 64 * 1024 * 1024 },
+        timeoutSeconds: { type: 'integer', minimum: 1, maximum: 86_400, default: 300 },
+      },
     },
   },
 } as const;

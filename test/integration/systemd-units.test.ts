@@ -15,7 +15,7 @@
 import t from 'tap';
 import { execFile } from 'node:child_process';
 import { copyFileSync, chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
 import { Ajv } from 'ajv';
 import { validateConfig } from '../../daemon/config.js';
@@ -24,9 +24,12 @@ import { bootBackendSchema } from '../../hal/registry.js';
 const execFileP = promisify(execFile);
 const SYSTEMD_DIR = join(import.meta.dirname, '../../systemd');
 const EXAMPLES_DIR = join(SYSTEMD_DIR, 'examples');
-const UNITS = ['slotflip.service', 'slotflip-health.service', 'slotflip-trial-failed@.service', 'slotflip-trial-deadline.timer'];
+// issue 18: the factory reset and the reference data-partition layout (systemd/state/) load together
+// (an ordering cycle between the reset and the mounts it must precede is a warning about our unit)
+const STATE_UNITS = ['slotflip-factory-reset.service', 'slotflip-migration-settle.service', 'state/data.mount', 'state/var.mount', 'state/etc.mount', 'state/etc-slotflip.mount'];
+const UNITS = ['slotflip.service', 'slotflip-health.service', 'slotflip-trial-failed@.service', 'slotflip-trial-deadline.timer', ...STATE_UNITS];
 /** what verify loads (a template only as an instance). */
-const VERIFY = ['slotflip.service', 'slotflip-health.service', 'slotflip-trial-failed@daemon.service', 'slotflip-trial-failed@health.service', 'slotflip-trial-failed@deadline.service', 'slotflip-trial-deadline.timer'];
+const VERIFY = ['slotflip.service', 'slotflip-health.service', 'slotflip-trial-failed@daemon.service', 'slotflip-trial-failed@health.service', 'slotflip-trial-failed@deadline.service', 'slotflip-trial-deadline.timer', ...STATE_UNITS.map((u) => basename(u))];
 const HOST_UNITS = '/usr/lib/systemd/system';
 const MAX_EXPOSURE = 2.0;
 
@@ -47,7 +50,7 @@ function makeRoot(dir: string, opts: { dropIn?: string; binary?: boolean; unitTe
   rmSync(root, { recursive: true, force: true });
   const etc = join(root, 'etc/systemd/system');
   mkdirSync(etc, { recursive: true });
-  for (const u of UNITS) writeFileSync(join(etc, u), opts.unitText?.[u] ?? readFileSync(join(SYSTEMD_DIR, u)));
+  for (const u of UNITS) writeFileSync(join(etc, basename(u)), opts.unitText?.[u] ?? readFileSync(join(SYSTEMD_DIR, u)));
   if (opts.dropIn) {
     mkdirSync(join(etc, 'slotflip.service.d'), { recursive: true });
     copyFileSync(opts.dropIn, join(etc, 'slotflip.service.d/board.conf'));

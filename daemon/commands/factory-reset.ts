@@ -1,0 +1,75 @@
+/**
+ * `slotflip factory-reset --config FILE [--keep-identity] [--json]`: request a reset of the data
+ * partition at the next boot (an atomic marker file in `data.dir`; nothing is wiped now).
+ * `slotflip factory-reset --apply DIR [--defaults DIR] [--json]`: apply a pending request (what
+ * slotflip-factory-reset.service runs early at boot, before local-fs.target; reads no config).
+ * See daemon/factory-reset.ts for the power-cut-safe order.
+ */
+import { parseArgs } from 'node:util';
+import { SlotflipError } from '../../hal/errors.js';
+import { applyFactoryReset, requestFactoryReset, MARKER, type ResetStep } from '../factory-reset.js';
+import type { Command, CommandIO } from './command.js';
+
+// `--apply` runs early at boot on a slow board: it loads no config code (ajv, pino, mqtt); the
+// request path imports config.js only when it runs
+const DEFAULT_DATA_DIR = '/data';
+
+function write(io: CommandIO, text: string): void {
+  io.stdout.write(text + '\n');
+}
+
+const STEPS: ResetStep[] = ['keep', 'wipe', 'defaults', 'restore', 'dropKeep', 'dropMarker'];
+
+export const command: Command = {
+  help: [
+    'usage: slotflip factory-reset --config FILE [--keep-identity] [--json]',
+    '       slotflip factory-reset --apply DATA_DIR [--defaults DIR] [--json]',
+    '',
+    'Request: leave a marker (' + MARKER + ') in the data dir (config /data/dir, default ' + DEFAULT_DATA_DIR + ');',
+    'at the next boot slotflip-factory-reset.service wipes the data dir and re-creates it from the',
+    "image's defaults. Reboot to apply. A power cut during the apply repeats it at the next boot.",
+    '',
+    'options:',
+    '  --config FILE      device config (JSON); default $SLOTFLIP_CONFIG or /etc/slotflip/config.json',
+    "  --keep-identity    keep the config's /data/identity paths (device identity, slotflip's trust",
+    '                     and anti-rollback state); without it everything goes, and the device starts',
+    "                     again from the image's defaults and shipped trust root, as from the factory",
+    '  --apply DATA_DIR   apply a pending request now (early boot only: nothing may use DATA_DIR)',
+    "  --defaults DIR     the image's defaults for the data dir (e.g. /usr/share/factory/data)",
+    '  --json             print the result as JSON',
+    '',
+    'exit codes: 0 requested / applied (or nothing pending), 1 error, 2 usage',
+  ].join('\n'),
+  async run(argv, io) {
+    let v;
+    try {
+      v = parseArgs({
+        args: argv,
+        strict: true,
+        options: { config: { type: 'string' }, 'keep-identity': { type: 'boolean', default: false }, apply: { type: 'string' }, defaults: { type: 'string' }, json: { type: 'boolean', default: false } },
+      }).values;
+    } catch (cause) {
+      throw new SlotflipError('DAEMON_USAGE', `${(cause as Error).message}; see --help`, { cause });
+    }
+    if (v.apply !== undefined) {
+      if (v.config !== undefined || v['keep-identity']) throw new SlotflipError('DAEMON_USAGE', '--apply reads the mode from the marker: it takes no --config or --keep-identity; see --help');
+      // test seam (power-cut scenarios): die as a power cut would, right before the named step
+      const cut = io.env['SLOTFLIP_TEST_RESET_CUT'] as ResetStep | undefined;
+      if (cut !== undefined && !STEPS.includes(cut)) throw new SlotflipError('DAEMON_USAGE', `SLOTFLIP_TEST_RESET_CUT: "${cut}" is none of ${STEPS.join(', ')}`);
+      const r = await applyFactoryReset({
+        dataDir: v.apply,
+        ...(v.defaults !== undefined ? { defaultsDir: v.defaults } : {}),
+        beforeStep: (s) => { if (s === cut) process.kill(process.pid, 'SIGKILL'); },
+      });
+      write(io, v.json ? JSON.stringify(r) : r.applied ? `factory reset of ${v.apply} done (${r.mode}${r.kept?.length ? `, kept ${r.kept.join(', ')}` : ''})` : 'no factory reset pending');
+      return 0;
+    }
+    if (v.defaults !== undefined) throw new SlotflipError('DAEMON_USAGE', '--defaults goes with --apply; see --help');
+    const { loadConfig, configDefaults } = await import('../config.js');
+    const config = await loadConfig(v.config ?? io.env['SLOTFLIP_CONFIG'] ?? '/etc/slotflip/config.json');
+    const data = config.data ?? { dir: configDefaults.data.dir, identity: [...configDefaults.data.identity] };
+    const marker = await requestFactoryReset(data.dir, v['keep-identity'] ? 'keep-identity' : 'full', data.identity, Date.now());
+    write(io, v.json ? JSON.stringify({ dataDir: data.dir, ...marker }) : `factory reset (${marker.mode}) of ${data.dir} requested; it runs at the next boot`);
+    return 0;
+  },
+};

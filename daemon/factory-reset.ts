@@ -1,0 +1,177 @@
+/**
+ * Factory reset of the data partition: requested on the running system, applied at the next boot
+ * before anything mounts or reads the data (slotflip-factory-reset.service, `DefaultDependencies=no`,
+ * `Before=local-fs.target`).
+ *
+ * Trade-off: the apply is a fixed sequence of idempotent steps, always run from the first, driven
+ * by one marker file on the data partition that is removed LAST. A power cut at any point leaves the
+ * marker, so the next boot runs the whole sequence again; every step gives the same result whether
+ * it ran before, half ran, or never ran. This costs a repeated wipe after a cut (cheap) and buys a
+ * reset that cannot end half-done with the marker gone.
+ *
+ * Steps of `applyFactoryReset`:
+ * 1. keep (only `keep-identity`): copy the marker's `keep` paths into `.slotflip-factory-reset.keep`
+ *    (built as `.keep.tmp`, fsynced, renamed: it exists only when complete). Skipped when `.keep`
+ *    already exists (an earlier run's cut after this step: the live copies may be wiped already).
+ * 2. wipe: remove every entry of the data dir except the marker and `.keep`.
+ * 3. defaults: copy the image's defaults tree (`/usr/share/factory/data` style) into the data dir.
+ * 4. restore: copy `.keep` over the data dir.
+ * 5. sync the data dir, remove `.keep` (a cut after this: step 1 copies the restored identity again).
+ * 6. remove the marker, fsync the directory: the reset is done.
+ *
+ * The apply reads no config (it runs before /etc is assembled): everything it needs is in the marker.
+ */
+import { cp, mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { isAbsolute, join, normalize } from 'node:path';
+import { SlotflipError } from '../hal/errors.js';
+import { fsyncDir, writeFileAtomic } from '../hal/atomic-file.js';
+
+export const MARKER = '.slotflip-factory-reset';
+const KEEP = `${MARKER}.keep`;
+const KEEP_TMP = `${MARKER}.keep.tmp`;
+
+export type ResetMode = 'full' | 'keep-identity';
+
+export interface ResetMarker {
+  schema: 1;
+  mode: ResetMode;
+  /** paths relative to the data dir kept across a `keep-identity` reset (empty for `full`). */
+  keep: string[];
+  requestedAt: string;
+}
+
+/** A relative path inside the data dir: no leading `/`, no `..` segment, not the marker's own files. */
+export function isKeepPath(p: string): boolean {
+  if (p.length === 0 || isAbsolute(p)) return false;
+  const n = normalize(p);
+  return !n.split('/').includes('..') && n !== '.' && !n.startsWith(MARKER);
+}
+
+/**
+ * Leaves the reset request for the next boot: one atomic write of the marker (the old request, if
+ * any, is replaced whole). Nothing is wiped now: the running system keeps using its data until the
+ * reboot. Idempotent.
+ */
+export async function requestFactoryReset(dataDir: string, mode: ResetMode, keep: string[], now: number): Promise<ResetMarker> {
+  for (const p of keep) {
+    if (!isKeepPath(p)) throw new SlotflipError('DAEMON_BAD_ARGUMENT', `factory reset: keep path "${p}" must be relative to the data dir ${dataDir} and must not contain ".."; fix /data/identity in the config`, { details: { path: p } });
+  }
+  await mkdir(dataDir, { recursive: true });
+  const marker: ResetMarker = { schema: 1, mode, keep: mode === 'keep-identity' ? keep : [], requestedAt: new Date(now).toISOString() };
+  await writeFileAtomic(join(dataDir, MARKER), JSON.stringify(marker) + '\n');
+  return marker;
+}
+
+/** The pending request, if any (a marker that does not parse still means "reset": mode full). */
+export async function readResetMarker(dataDir: string): Promise<ResetMarker | undefined> {
+  let text: string;
+  try {
+    text = await readFile(join(dataDir, MARKER), 'utf8');
+  } catch (cause) {
+    if ((cause as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new SlotflipError('DAEMON_FACTORY_RESET_IO', `factory reset: cannot read ${join(dataDir, MARKER)}`, { cause });
+  }
+  try {
+    const m = JSON.parse(text) as Partial<ResetMarker>;
+    const keep = Array.isArray(m.keep) ? m.keep.filter((p): p is string => typeof p === 'string' && isKeepPath(p)) : [];
+    return { schema: 1, mode: m.mode === 'keep-identity' ? 'keep-identity' : 'full', keep: m.mode === 'keep-identity' ? keep : [], requestedAt: String(m.requestedAt ?? '') };
+  } catch {
+    // a torn or garbled marker (it is written atomically, so only a foreign writer makes one):
+    // the user asked for a reset; the safe reading keeps nothing
+    return { schema: 1, mode: 'full', keep: [], requestedAt: '' };
+  }
+}
+
+export type ResetStep = 'keep' | 'wipe' | 'defaults' | 'restore' | 'dropKeep' | 'dropMarker';
+
+export interface ApplyOptions {
+  dataDir: string;
+  /** the image's defaults for the data dir (read-only); missing = start empty. */
+  defaultsDir?: string;
+  /** called before each step starts (tests cut the power here). */
+  beforeStep?: (step: ResetStep) => void | Promise<void>;
+}
+
+export interface ApplyResult {
+  applied: boolean;
+  mode?: ResetMode;
+  kept?: string[];
+}
+
+async function exists(p: string): Promise<boolean> {
+  return stat(p).then(() => true, () => false);
+}
+
+/** Applies a pending reset (see the module header); without a marker it does nothing. Idempotent. */
+export async function applyFactoryReset(o: ApplyOptions): Promise<ApplyResult> {
+  const marker = await readResetMarker(o.dataDir);
+  if (!marker) return { applied: false };
+  const step = async (s: ResetStep) => o.beforeStep?.(s);
+  const at = (name: string) => join(o.dataDir, name);
+  const kept: string[] = [];
+  try {
+    await step('keep');
+    if (marker.mode === 'keep-identity' && !(await exists(at(KEEP)))) {
+      await rm(at(KEEP_TMP), { recursive: true, force: true });
+      await mkdir(at(KEEP_TMP));
+      for (const p of marker.keep) {
+        if (!(await exists(at(p)))) continue;
+        await cp(at(p), join(at(KEEP_TMP), p), { recursive: true, preserveTimestamps: true, verbatimSymlinks: true });
+      }
+      await syncTree(at(KEEP_TMP));
+      // rename only when complete: `.keep` present means "the identity is safe, wipe away"
+      await rename(at(KEEP_TMP), at(KEEP));
+      await fsyncDir(o.dataDir);
+    }
+    await step('wipe');
+    for (const e of await readdir(o.dataDir)) {
+      if (e === MARKER || e === KEEP) continue;
+      await rm(at(e), { recursive: true, force: true });
+    }
+    await fsyncDir(o.dataDir);
+    await step('defaults');
+    if (o.defaultsDir && (await exists(o.defaultsDir))) {
+      await cp(o.defaultsDir, o.dataDir, { recursive: true, force: true, verbatimSymlinks: true });
+    }
+    await step('restore');
+    if (await exists(at(KEEP))) {
+      for (const p of marker.keep) {
+        if (!(await exists(join(at(KEEP), p)))) continue;
+        await rm(at(p), { recursive: true, force: true });
+        await cp(join(at(KEEP), p), at(p), { recursive: true, force: true, preserveTimestamps: true, verbatimSymlinks: true });
+        kept.push(p);
+      }
+    }
+    // everything on disk before the marker goes: a cut after this point must find a finished tree
+    await syncTree(o.dataDir, new Set([MARKER, KEEP]));
+    await step('dropKeep');
+    await rm(at(KEEP), { recursive: true, force: true });
+    await fsyncDir(o.dataDir);
+    await step('dropMarker');
+    // LAST: removing the marker is what makes the reset done
+    await rm(at(MARKER), { force: true });
+    await fsyncDir(o.dataDir);
+  } catch (cause) {
+    if ((cause as { code?: string }).code?.startsWith('DAEMON_')) throw cause;
+    throw new SlotflipError('DAEMON_FACTORY_RESET_IO', `factory reset of ${o.dataDir} failed (${(cause as NodeJS.ErrnoException).code ?? 'error'}); the marker stays, so the next boot tries again; check the data partition (fsck, free space)`, { cause, details: { dataDir: o.dataDir } });
+  }
+  return { applied: true, mode: marker.mode, kept };
+}
+
+/** fsync every regular file and directory under `dir` (skipping `skip` at the top level). */
+export async function syncTree(dir: string, skip: Set<string> = new Set()): Promise<void> {
+  for (const e of await readdir(dir, { withFileTypes: true })) {
+    if (skip.has(e.name)) continue;
+    const p = join(dir, e.name);
+    if (e.isDirectory()) await syncTree(p);
+    else if (e.isFile()) {
+      const fh = await open(p, 'r');
+      try {
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+    }
+  }
+  await fsyncDir(dir);
+}
