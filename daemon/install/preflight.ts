@@ -43,7 +43,8 @@ export async function preflightPayload(o: PreflightOptions): Promise<void> {
   const timer = setTimeout(() => ac.abort(), o.timeoutMs ?? 60_000);
   let opened: OpenedStream | undefined;
   try {
-    opened = await o.source.open(o.index ?? 0, 0, o.length, ac.signal);
+    // just the first frame (a bounded Range): the source still checks the file's total length
+    opened = await o.source.open(o.index ?? 0, first.offset, o.length, ac.signal, first.offset + first.length);
     const frame = await readExactly(opened, first.offset, first.length, ac.signal);
     const cap = Math.min(o.payload.chunkSize, o.payload.size);
     const image = await decompress(o.payload.compression, frame, cap, o.zstdPath);

@@ -27,7 +27,7 @@ t.test('a corrupt payload ends the attempt failed (INSTALL_PAYLOAD_CORRUPT) afte
   t.teardown(() => observer.endAsync());
   const events: Array<{ type: string; reason?: { code?: string } }> = [];
   observer.on('message', (_topic, payload) => events.push(JSON.parse(payload.toString()) as { type: string }));
-  await observer.subscribeAsync('slotflip/v1/devices/dev-corrupt/events', { qos: 1 });
+  await observer.subscribeAsync('slotflip/v2/devices/dev-corrupt/events', { qos: 1 });
 
   const r = await corruptRun(env, { quietMs: 4000 });
   t.comment(JSON.stringify(r.figures));

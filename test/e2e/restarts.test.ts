@@ -25,7 +25,7 @@ t.test('HTTP server and broker restarted mid-download: resumed with Range (<= 1.
   t.teardown(() => observer.endAsync(true));
   const events: string[] = [];
   observer.on('message', (_topic, payload) => events.push((JSON.parse(payload.toString()) as { type: string }).type));
-  await observer.subscribeAsync('slotflip/v1/devices/dev-restart/events', { qos: 1 });
+  await observer.subscribeAsync('slotflip/v2/devices/dev-restart/events', { qos: 1 });
 
   const d = startDaemon(env.configPath);
   t.teardown(() => d.kill());
