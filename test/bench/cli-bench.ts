@@ -254,16 +254,23 @@ async function main(): Promise<void> {
       await writeFile(slotA, '');
       await truncate(slotA, inp.imageBytes);
 
-      server = spawn('node', [CLI, 'repo', 'serve', inp.repo, '--port', String(port), '--bind', '127.0.0.1'], { stdio: ['ignore', 'pipe', 'ignore'] });
+      // its access log (stdout) and banner (stderr) are read and dropped, so the pipes never fill
+      server = spawn('node', [CLI, 'repo', 'serve', inp.repo, '--port', String(port), '--bind', '127.0.0.1'], { stdio: ['ignore', 'pipe', 'pipe'] });
       await new Promise<void>((resolve, reject) => {
-        server!.stdout!.on('data', (d: Buffer) => d.toString().includes('serving') && resolve());
+        const seen = (d: Buffer): void => void (/serving|listening/.test(d.toString()) && resolve());
+        server!.stdout!.on('data', seen);
+        server!.stderr!.on('data', seen);
         server!.once('exit', (c) => reject(new Error(`repo serve exited ${c}`)));
       });
 
       const board = join(dir, 'board');
       const state = join(dir, 'state');
       const config = join(dir, 'device.json');
-      await mkdir(board, { recursive: true });
+      // an emulated board (booted slot A) for its boot state and cmdline; its own slot files are unused
+      await rm(board, { recursive: true, force: true });
+      sh('node', [CLI, 'board', 'create', board, '--backend', 'emulated', '--slot-size', '64K']);
+      await copyFile(join(board, 'boot-state.json'), join(board, 'boot-state.json.orig'));
+      await copyFile(join(board, 'cmdline'), join(board, 'cmdline.orig'));
       await writeFile(
         config,
         JSON.stringify({
@@ -281,8 +288,8 @@ async function main(): Promise<void> {
 
       const runCli = async (extraNode: string[] = []): Promise<Sample> => {
         await rm(state, { recursive: true, force: true });
-        await rm(join(board, 'boot-state.json'), { force: true });
-        await rm(join(board, 'cmdline'), { force: true });
+        await copyFile(join(board, 'boot-state.json.orig'), join(board, 'boot-state.json'));
+        await copyFile(join(board, 'cmdline.orig'), join(board, 'cmdline'));
         const r = await measured(['node', ...extraNode, CLI, 'install', `http://127.0.0.1:${port}/`, '--config', config, '--json'], join(dir, 'time.txt'));
         if (r.code !== 0) throw new Error(`slotflip install exited ${r.code}: ${r.out.slice(0, 400)}\n${r.err.slice(-2000)}`);
         const verified = /"readBackSha256":"([0-9a-f]{64})"/.exec(r.err);

@@ -2,7 +2,7 @@
  * Thread 1: read the payload (concatenated zstd frames) → libzstd streaming decompress into 1 MiB
  * buffers → OpenSSL SHA-256 of the image. Thread 2: pwrite each 1 MiB buffer at its offset,
  * fdatasync every 64 MiB and at the end. With a 4th argument "rb" the slot is then read back and
- * hashed again (what slotflip's read-back does). Prints {"sha256":..,"bytes":..,"readBackSha256":..}.
+ * hashed again with O_DIRECT (what slotflip's read-back does). Prints {"sha256":..,"bytes":..,"readBackSha256":..}.
  *   gcc -O2 -pthread -o floor floor.c -lzstd -lcrypto     (Debian: gcc libzstd-dev libssl-dev)
  *   floor PAYLOAD SLOT [rb]
  */
@@ -96,15 +96,20 @@ int main(int argc, char **argv) {
   EVP_DigestFinal_ex(h, md, &ml);
   hex(md, sha);
   if (argc > 3) {
-    int fd = open(argv[2], O_RDONLY);
+    /* O_DIRECT like slotflip's read-back: the medium, not the page cache (aligned 1 MiB reads) */
+    int fd = open(argv[2], O_RDONLY | O_DIRECT);
+    if (fd < 0) fd = open(argv[2], O_RDONLY);
+    unsigned char *rbuf;
+    if (posix_memalign((void **)&rbuf, 4096, BS)) return 1;
     EVP_DigestInit_ex(h, EVP_sha256(), NULL);
-    unsigned long long left = total;
+    unsigned long long left = total, off = 0;
     while (left > 0) {
-      size_t want = left < BS ? left : BS, g = 0;
-      while (g < want) { ssize_t r = read(fd, bufs[0] + g, want - g); if (r <= 0) break; g += r; }
-      if (g == 0) break;
-      EVP_DigestUpdate(h, bufs[0], g);
+      ssize_t r = pread(fd, rbuf, BS, off);
+      if (r <= 0) break;
+      size_t g = (unsigned long long)r < left ? (size_t)r : left;
+      EVP_DigestUpdate(h, rbuf, g);
       left -= g;
+      off += r;
     }
     EVP_DigestFinal_ex(h, md, &ml);
     hex(md, rbsha);
