@@ -240,7 +240,7 @@ async function main(): Promise<void> {
   };
   print(`# slotflip CLI install bench  node ${process.version}  ${new Date().toISOString()}  loadavg at start ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
   print(`# CLI = node dist/daemon/cli.js install http://127.0.0.1:${port}/ --config F  (repo serve, loop-device slot B, zstd 4 MiB chunks); floor = test/bench/floor.c; floor+rb also reads the slot back`);
-  print(`# wall incl. a final sync; CPU = user+sys of the process tree; RSS = peak tree VmRSS (50 ms samples); medians of ${rounds} alternating rounds`);
+  print(`# wall incl. a final sync; CPU = user+sys of the process tree; RSS = peak tree VmRSS (50 ms samples); medians of ${rounds} alternating rounds (order CLI, floor, floor+rb rotated each round)`);
   try {
     for (const gib of sizes) {
       const inp = await ensureInputs(dir, gib, values.tree);
@@ -307,10 +307,10 @@ async function main(): Promise<void> {
       const cli: Sample[] = [];
       const fl: Sample[] = [];
       const flrb: Sample[] = [];
+      // the order rotates each round (whatever runs right after another writer pays for its leftovers)
+      const order: Array<() => Promise<void>> = [async () => void cli.push(await runCli()), async () => void fl.push(await runFloor(false)), async () => void flrb.push(await runFloor(true))];
       for (let i = 0; i < rounds; i++) {
-        cli.push(await runCli());
-        fl.push(await runFloor(false));
-        flrb.push(await runFloor(true));
+        for (let k = 0; k < order.length; k++) await order[(i + k) % order.length]!();
       }
       const m = (xs: Sample[], k: 'wallS' | 'cpuS' | 'rssMiB'): number => median(xs.map((x) => x[k]));
       const mb = inp.imageBytes / 1e6;
