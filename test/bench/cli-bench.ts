@@ -1,0 +1,366 @@
+/**
+ * `npm run bench`: what a device runs, timed. The BUILT CLI (`node dist/daemon/cli.js install
+ * http://127.0.0.1:PORT/ --config F`) pulls a signed release from `slotflip repo serve` into a
+ * loop-device slot B, beside a C floor (test/bench/floor.c: libzstd → OpenSSL SHA-256 → 1 MiB pwrite,
+ * fdatasync; two threads) writing the same loop device, alternating CLI / floor / floor+read-back
+ * in one run.
+ *
+ * Needs: root (losetup), gcc, libzstd-dev, libssl-dev, e2fsprogs (mke2fs -d), /usr/bin/time (Debian
+ * package `time`), ~3× the image size free in --dir.
+ *
+ *   node dist/test/bench/cli-bench.js [--sizes 1[,4]] [--rounds 3] [--tree /usr/share] [--dir DIR]
+ *                                     [--profile] [--module]
+ *
+ * Per run: wall (spawn → exit → a final `sync`), CPU seconds of the process tree (user+sys from
+ * /usr/bin/time: wait4's rusage includes reaped descendants), peak tree RSS (sum of VmRSS over the
+ * tree, sampled every 50 ms), and for the CLI the phase split from its JSON log (runner `effect done`
+ * ms: check = TUF refresh, writeSlot = download+decompress+hash+write (+ the pipelined read-back
+ * behind the fsync frontier), verifySlot = whole-slot read-back, armTrial, reboot (`true` here),
+ * plus start = spawn → first log line). Medians and the ratios CLI / floor.
+ * The image: an ext4 of --size GiB made with `mke2fs -d TREE`, compressed by `slotflip release add`
+ * (zstd, default chunk size); inputs are cached in --dir.
+ * --profile: one more CLI run under `node --cpu-prof`; prints the top self-time functions per thread
+ *   and the GC / SHA-256 shares. --module: afterwards also runs the older module-level bench
+ *   (install-bench.js: the installer module in a child process, file slot, no HTTP) as a second table.
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { copyFile, mkdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { loadavg, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+const GIB = 1 << 30;
+const HERE = dirname(fileURLToPath(import.meta.url));
+const ROOT = join(HERE, '..', '..', '..');
+const CLI = join(ROOT, 'dist', 'daemon', 'cli.js');
+const HARDWARE = 'bench,slotflip';
+
+interface Sample {
+  wallS: number;
+  cpuS: number;
+  rssMiB: number;
+  phases?: Record<string, number>;
+}
+
+/** PIDs of the tree under `root` (root excluded: it is /usr/bin/time). */
+function descendants(root: number): number[] {
+  const parent = new Map<number, number>();
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const s = readFileSync(`/proc/${d}/stat`, 'utf8');
+      const after = s.slice(s.lastIndexOf(')') + 2).split(' ');
+      parent.set(Number(d), Number(after[1]));
+    } catch {
+      /* gone */
+    }
+  }
+  const out: number[] = [];
+  const want = new Set([root]);
+  let grew = true;
+  while (grew) {
+    grew = false;
+    for (const [pid, pp] of parent) {
+      if (want.has(pp) && !want.has(pid)) {
+        want.add(pid);
+        out.push(pid);
+        grew = true;
+      }
+    }
+  }
+  return out;
+}
+
+function treeRssKiB(root: number): number {
+  let sum = 0;
+  for (const pid of descendants(root)) {
+    try {
+      const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+      if (m) sum += Number(m[1]);
+    } catch {
+      /* gone */
+    }
+  }
+  return sum;
+}
+
+/** Runs argv under /usr/bin/time, samples tree RSS every 50 ms, then `sync`; wall includes the sync. */
+function measured(argv: string[], timeFile: string, env?: NodeJS.ProcessEnv): Promise<{ out: string; err: string; code: number; t0: number; sample: Sample }> {
+  return new Promise((resolve, reject) => {
+    const t0Ms = Date.now();
+    const t0 = process.hrtime.bigint();
+    const child = spawn('/usr/bin/time', ['-f', '%U %S', '-o', timeFile, ...argv], { stdio: ['ignore', 'pipe', 'pipe'], env: env ?? process.env });
+    let out = '';
+    let err = '';
+    let peak = 0;
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const timer = setInterval(() => {
+      if (child.pid) peak = Math.max(peak, treeRssKiB(child.pid));
+    }, 50);
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearInterval(timer);
+      execFileSync('sync');
+      const wallS = Number(process.hrtime.bigint() - t0) / 1e9;
+      const [u, s] = readFileSync(timeFile, 'utf8').trim().split('\n').at(-1)!.split(' ').map(Number);
+      resolve({ out, err, code: code ?? -1, t0: t0Ms, sample: { wallS, cpuS: u! + s!, rssMiB: peak / 1024 } });
+    });
+  });
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+
+function sh(cmd: string, args: string[]): string {
+  return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+interface Inputs {
+  repo: string;
+  sha256: string;
+  payload: string;
+  imageBytes: number;
+}
+
+async function ensureInputs(dir: string, gib: number, tree: string): Promise<Inputs> {
+  const image = join(dir, `rootfs-${gib}g.ext4`);
+  const repo = join(dir, `repo-${gib}g`);
+  const done = join(repo, 'bench.json');
+  if (existsSync(done)) return JSON.parse(await readFile(done, 'utf8')) as Inputs;
+  await rm(repo, { recursive: true, force: true });
+  process.stderr.write(`making a ${gib} GiB ext4 image from ${tree}…\n`);
+  await rm(image, { force: true });
+  sh('mke2fs', ['-q', '-F', '-t', 'ext4', '-d', tree, '-E', 'root_owner=0:0', image, `${gib * 1024}M`]);
+  process.stderr.write('slotflip repo init + release add (zstd, default chunk size)…\n');
+  sh('node', [CLI, 'repo', 'init', repo]);
+  const t0 = Date.now();
+  const r = JSON.parse(sh('node', [CLI, 'release', 'add', repo, '--image', image, '--version', '1.0.0', '--security-version', '1', '--hardware', HARDWARE, '--channel', 'stable', '--json'])) as { path: string; length: number };
+  process.stderr.write(`  release add ${((Date.now() - t0) / 1000).toFixed(1)} s, payload ${(r.length / 2 ** 20).toFixed(0)} MiB\n`);
+  const sha256 = sh('sha256sum', [image]).split(' ')[0]!;
+  const inputs: Inputs = { repo, sha256, payload: r.path.startsWith('/') ? r.path : join(process.cwd(), r.path), imageBytes: gib * GIB };
+  await writeFile(done, JSON.stringify(inputs));
+  await rm(image, { force: true });
+  return inputs;
+}
+
+function parsePhases(stderr: string, t0: number): Record<string, number> {
+  const ph: Record<string, number> = {};
+  let first = 0;
+  for (const line of stderr.split('\n')) {
+    if (!line.startsWith('{')) continue;
+    try {
+      const j = JSON.parse(line) as { time?: number; msg?: string; effect?: string; ms?: number };
+      if (!first && j.time) first = j.time;
+      if (j.msg === 'effect done' && j.effect && typeof j.ms === 'number') ph[j.effect] = (ph[j.effect] ?? 0) + j.ms / 1000;
+    } catch {
+      /* not JSON */
+    }
+  }
+  if (first) ph.start = (first - t0) / 1000;
+  return ph;
+}
+
+interface ProfNode { id: number; callFrame: { functionName: string; url: string; lineNumber: number }; children?: number[] }
+interface Prof { nodes: ProfNode[]; samples: number[]; timeDeltas: number[] }
+
+function summarizeProfile(file: string, top = 12): string[] {
+  const p = JSON.parse(readFileSync(file, 'utf8')) as Prof;
+  const byId = new Map(p.nodes.map((n) => [n.id, n]));
+  const self = new Map<string, number>();
+  let total = 0;
+  for (let i = 0; i < p.samples.length; i++) {
+    const n = byId.get(p.samples[i]!)!;
+    const dt = p.timeDeltas[i] ?? 0;
+    const url = n.callFrame.url.replace(/^file:\/\/.*?\/(dist|node_modules)\//, '$1/');
+    const key = `${n.callFrame.functionName || '(anonymous)'} ${url ? `${url.split('/').slice(-2).join('/')}:${n.callFrame.lineNumber + 1}` : ''}`.trim();
+    self.set(key, (self.get(key) ?? 0) + dt);
+    total += dt;
+  }
+  const busy = total - (self.get('(idle)') ?? 0);
+  const sorted = [...self.entries()].filter(([k]) => k !== '(idle)').sort((a, b) => b[1] - a[1]);
+  const pct = (x: number): string => `${((100 * x) / Math.max(1, busy)).toFixed(1)} %`;
+  const gc = self.get('(garbage collector)') ?? 0;
+  const hash = sorted.filter(([k]) => /^(update|digest) .*crypto\/hash/.test(k) || /^(update|digest)$/.test(k)).reduce((a, [, v]) => a + v, 0);
+  const lines = [`  busy ${(busy / 1e6).toFixed(2)} s of ${(total / 1e6).toFixed(2)} s sampled; GC ${pct(gc)}; Hash.update/digest (SHA-256, native) ${pct(hash)}`];
+  for (const [k, v] of sorted.slice(0, top)) lines.push(`    ${pct(v).padStart(7)}  ${(v / 1e6).toFixed(2).padStart(6)} s  ${k}`);
+  return lines;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      sizes: { type: 'string', default: '1' },
+      rounds: { type: 'string', default: '3' },
+      tree: { type: 'string', default: '/usr/share' },
+      dir: { type: 'string', default: join(tmpdir(), 'slotflip-bench-cli') },
+      port: { type: 'string', default: '18431' },
+      profile: { type: 'boolean', default: false },
+      module: { type: 'boolean', default: false },
+    },
+  });
+  const sizes = values.sizes.split(',').map(Number).filter((n) => n > 0);
+  const rounds = Math.max(1, Number(values.rounds));
+  const dir = values.dir;
+  const port = Number(values.port);
+  await mkdir(dir, { recursive: true });
+  if (!existsSync(CLI)) throw new Error(`${CLI} missing: run npm run build`);
+  if (!existsSync('/usr/bin/time')) throw new Error('/usr/bin/time missing (Debian: apt-get install time)');
+
+  const floor = join(dir, 'floor');
+  try {
+    sh('gcc', ['-O2', '-pthread', '-o', floor, join(ROOT, 'test', 'bench', 'floor.c'), '-lzstd', '-lcrypto']);
+  } catch (e) {
+    throw new Error(`cannot build the C floor (needs gcc libzstd-dev libssl-dev): ${String((e as { stderr?: string }).stderr ?? e)}`);
+  }
+
+  const loops: string[] = [];
+  let server: ReturnType<typeof spawn> | undefined;
+  const cleanup = (): void => {
+    server?.kill('SIGTERM');
+    for (const l of loops.splice(0)) {
+      try {
+        execFileSync('losetup', ['-d', l]);
+      } catch {
+        process.stderr.write(`could not detach ${l}; run: losetup -d ${l}\n`);
+      }
+    }
+  };
+  process.once('SIGINT', () => (cleanup(), process.exit(130)));
+  process.once('SIGTERM', () => (cleanup(), process.exit(143)));
+
+  const lines: string[] = [];
+  const print = (s: string): void => {
+    lines.push(s);
+    process.stdout.write(`${s}\n`);
+  };
+  print(`# slotflip CLI install bench  node ${process.version}  ${new Date().toISOString()}  loadavg at start ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
+  print(`# CLI = node dist/daemon/cli.js install http://127.0.0.1:${port}/ --config F  (repo serve, loop-device slot B, zstd 4 MiB chunks); floor = test/bench/floor.c; floor+rb also reads the slot back`);
+  print(`# wall incl. a final sync; CPU = user+sys of the process tree; RSS = peak tree VmRSS (50 ms samples); medians of ${rounds} alternating rounds (order CLI, floor, floor+rb rotated each round)`);
+  try {
+    for (const gib of sizes) {
+      const inp = await ensureInputs(dir, gib, values.tree);
+      const backing = join(dir, `slot-b-${gib}g.raw`);
+      await writeFile(backing, '');
+      await truncate(backing, inp.imageBytes);
+      const dev = sh('losetup', ['-f', '--show', backing]).trim();
+      loops.push(dev);
+      // slot A: a sparse file (booted, never written)
+      const slotA = join(dir, 'slot-a.img');
+      await writeFile(slotA, '');
+      await truncate(slotA, inp.imageBytes);
+
+      // its access log (stdout) and banner (stderr) are read and dropped, so the pipes never fill
+      server = spawn('node', [CLI, 'repo', 'serve', inp.repo, '--port', String(port), '--bind', '127.0.0.1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      await new Promise<void>((resolve, reject) => {
+        const seen = (d: Buffer): void => void (/serving|listening/.test(d.toString()) && resolve());
+        server!.stdout!.on('data', seen);
+        server!.stderr!.on('data', seen);
+        server!.once('exit', (c) => reject(new Error(`repo serve exited ${c}`)));
+      });
+
+      const board = join(dir, 'board');
+      const state = join(dir, 'state');
+      const config = join(dir, 'device.json');
+      // an emulated board (booted slot A) for its boot state and cmdline; its own slot files are unused
+      await rm(board, { recursive: true, force: true });
+      sh('node', [CLI, 'board', 'create', board, '--backend', 'emulated', '--slot-size', '64K']);
+      await copyFile(join(board, 'boot-state.json'), join(board, 'boot-state.json.orig'));
+      await copyFile(join(board, 'cmdline'), join(board, 'cmdline.orig'));
+      await writeFile(
+        config,
+        JSON.stringify({
+          deviceId: 'bench-0001',
+          hardware: HARDWARE,
+          stateDir: state,
+          trust: { shippedRoot: join(inp.repo, 'repository', 'metadata', '1.root.json'), sources: [{ type: 'http', url: `http://127.0.0.1:${port}/` }] },
+          board: {
+            slots: { A: { path: slotA, size: inp.imageBytes }, B: { path: dev } },
+            boot: { type: 'emulated', stateFile: join(board, 'boot-state.json'), cmdline: { path: join(board, 'cmdline') } },
+          },
+          reboot: { command: ['true'] },
+        }),
+      );
+
+      const runCli = async (extraNode: string[] = []): Promise<Sample> => {
+        await rm(state, { recursive: true, force: true });
+        await copyFile(join(board, 'boot-state.json.orig'), join(board, 'boot-state.json'));
+        await copyFile(join(board, 'cmdline.orig'), join(board, 'cmdline'));
+        const r = await measured(['node', ...extraNode, CLI, 'install', `http://127.0.0.1:${port}/`, '--config', config, '--json'], join(dir, 'time.txt'));
+        if (r.code !== 0) throw new Error(`slotflip install exited ${r.code}: ${r.out.slice(0, 400)}\n${r.err.slice(-2000)}`);
+        const verified = /"readBackSha256":"([0-9a-f]{64})"/.exec(r.err);
+        if (verified?.[1] !== inp.sha256) throw new Error(`install read back ${verified?.[1]}, image is ${inp.sha256}`);
+        return { ...r.sample, phases: parsePhases(r.err, r.t0) };
+      };
+      const runFloor = async (rb: boolean): Promise<Sample> => {
+        const r = await measured([floor, inp.payload, dev, ...(rb ? ['rb'] : [])], join(dir, 'time.txt'));
+        const j = JSON.parse(r.out) as { sha256: string; readBackSha256: string };
+        if (r.code !== 0 || j.sha256 !== inp.sha256 || (rb && j.readBackSha256 !== inp.sha256)) throw new Error(`floor failed: ${r.out} ${r.err}`);
+        return r.sample;
+      };
+
+      await runFloor(false); // warm-up (not measured): payload into the page cache
+      const cli: Sample[] = [];
+      const fl: Sample[] = [];
+      const flrb: Sample[] = [];
+      // the order rotates each round (whatever runs right after another writer pays for its leftovers)
+      const order: Array<() => Promise<void>> = [async () => void cli.push(await runCli()), async () => void fl.push(await runFloor(false)), async () => void flrb.push(await runFloor(true))];
+      for (let i = 0; i < rounds; i++) {
+        for (let k = 0; k < order.length; k++) await order[(i + k) % order.length]!();
+      }
+      const m = (xs: Sample[], k: 'wallS' | 'cpuS' | 'rssMiB'): number => median(xs.map((x) => x[k]));
+      const mb = inp.imageBytes / 1e6;
+      print('');
+      print(`## ${gib} GiB ext4 image (${values.tree}), payload ${(Number(sh('stat', ['-c', '%s', inp.payload])) / 2 ** 20).toFixed(0)} MiB zstd, slot ${dev}`);
+      print('what       | wall s | MB/s  | CPU s | peak RSS MiB | wall/floor | wall/floor+rb | CPU/floor');
+      const row = (name: string, xs: Sample[]): void =>
+        print(`${name.padEnd(10)} | ${m(xs, 'wallS').toFixed(2).padStart(6)} | ${(mb / m(xs, 'wallS')).toFixed(0).padStart(5)} | ${m(xs, 'cpuS').toFixed(2).padStart(5)} | ${m(xs, 'rssMiB').toFixed(0).padStart(12)} | ${(m(xs, 'wallS') / m(fl, 'wallS')).toFixed(2).padStart(10)} | ${(m(xs, 'wallS') / m(flrb, 'wallS')).toFixed(2).padStart(13)} | ${(m(xs, 'cpuS') / m(fl, 'cpuS')).toFixed(2).padStart(9)}`);
+      row('CLI', cli);
+      row('floor', fl);
+      row('floor+rb', flrb);
+      const keys = ['start', 'check', 'markBad', 'writeSlot', 'verifySlot', 'armTrial', 'reboot'];
+      print(`CLI phases (median s): ${keys.map((k) => `${k} ${median(cli.map((x) => x.phases?.[k] ?? 0)).toFixed(2)}`).join(', ')}`);
+      print('  (check = TUF refresh; writeSlot = download+decompress+hash+write+fsync, pipelined read-back; verifySlot = whole-slot read-back; armTrial = arm; start = spawn → first log line)');
+      print(`# runs wall s: CLI ${cli.map((x) => x.wallS.toFixed(2)).join(' ')} | floor ${fl.map((x) => x.wallS.toFixed(2)).join(' ')} | floor+rb ${flrb.map((x) => x.wallS.toFixed(2)).join(' ')}`);
+      print(`# runs CPU s:  CLI ${cli.map((x) => x.cpuS.toFixed(2)).join(' ')} | floor ${fl.map((x) => x.cpuS.toFixed(2)).join(' ')} | floor+rb ${flrb.map((x) => x.cpuS.toFixed(2)).join(' ')}`);
+
+      if (values.profile && gib === sizes[0]) {
+        const pdir = join(dir, 'cpuprof');
+        await rm(pdir, { recursive: true, force: true });
+        const s = await runCli(['--cpu-prof', '--cpu-prof-dir', pdir]);
+        print(`## one CLI run under node --cpu-prof (wall ${s.wallS.toFixed(2)} s, CPU ${s.cpuS.toFixed(2)} s; profiles in ${pdir})`);
+        for (const f of readdirSync(pdir).sort()) {
+          print(`  ${f}`);
+          for (const l of summarizeProfile(join(pdir, f))) print(l);
+        }
+      }
+      server.kill('SIGTERM');
+      server = undefined;
+      cleanup();
+      await rm(backing, { force: true });
+      await rm(slotA, { force: true });
+      await copyFile(config, join(dir, `device-${gib}g.json`));
+    }
+  } finally {
+    cleanup();
+  }
+  print(`# loadavg at end ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
+  await writeFile(join(dir, 'results.txt'), `${lines.join('\n')}\n`);
+
+  if (values.module) {
+    print('');
+    print('## second table: MODULE-LEVEL figures (older bench: the installer module in a child process, no CLI, no HTTP, no TUF; C reference with zstd CLI)');
+    const out = sh('node', [join(HERE, 'install-bench.js'), '--sizes', String(sizes[0]), '--rounds', String(rounds), '--dir', join(dir, 'module')]);
+    for (const l of out.trim().split('\n')) print(l);
+    await writeFile(join(dir, 'results.txt'), `${lines.join('\n')}\n`);
+  }
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`${String((e as Error).stack ?? e)}\n`);
+  process.exitCode = 1;
+});
