@@ -42,7 +42,10 @@ export function exitCodeForError(code: string | undefined): number {
 
 /** Manufacturer-tool codes that say nothing about a device's metadata. */
 function isToolCode(c: string): boolean {
-  return ['MANIFEST_REPO_EXISTS', 'MANIFEST_REPO_INVALID', 'MANIFEST_KEY_MISSING', 'MANIFEST_PAYLOAD_BUILD', 'MANIFEST_PUBLISH_FAILED'].includes(c);
+  return [
+    'MANIFEST_REPO_EXISTS', 'MANIFEST_REPO_INVALID', 'MANIFEST_KEY_MISSING', 'MANIFEST_PAYLOAD_BUILD', 'MANIFEST_PUBLISH_FAILED',
+    'MANIFEST_PUBLISH_OVERSIZE', 'MANIFEST_KEY_PASSPHRASE', 'MANIFEST_SIGNER_FAILED', 'MANIFEST_ROOT_PENDING',
+  ].includes(c);
 }
 
 /** Exit code for a selection/refresh outcome code (verify, check): 4 not applicable, 5 rejected. */

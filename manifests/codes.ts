@@ -34,6 +34,7 @@ export const MANIFEST_CODES = {
   MANIFEST_KEY_MISSING: 'a signing key file needed for this operation is missing or unreadable (keep offline keys offline; mount them for this step)',
   MANIFEST_PAYLOAD_BUILD: 'building a payload from an image failed (unreadable image, bad chunk size or compression, compressor error)',
   MANIFEST_PUBLISH_FAILED: 'publishing metadata to the broker failed',
+  MANIFEST_PUBLISH_OVERSIZE: 'a metadata file is larger than one MQTT message may be (--max-message-bytes, default 64 KiB); nothing was published',
   MANIFEST_KEY_UNSUPPORTED: 'metadata declares a key whose keytype/scheme pair is not one the TUF reference implementation accepts (e.g. an ed25519 key with an ecdsa scheme)',
   MANIFEST_TARGET_NAME: 'a target name is not a safe relative path (absolute, "." or ".." segments, backslash, NUL or control characters, too long)',
   MANIFEST_INDEX_INVALID: 'a release\'s payload description is structurally wrong (chunk count, contiguity, zero or non-integer lengths, size beyond the slot, compression)',
