@@ -18,12 +18,12 @@
  */
 import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
-import { type BootControl, type SlotBootState, type SlotName } from '../hal/boot-control.js';
+import { otherSlot, type BootControl, type SlotBootState, type SlotName } from '../hal/boot-control.js';
 import { SlotflipError } from '../hal/errors.js';
 import type { SlotWriter } from '../hal/slot-writer.js';
 import { selectRelease } from '../manifests/select.js';
 import type { Release } from '../manifests/types.js';
-import { forgetFailed, noRetryReason, releaseIdOf, releaseRefOf, resume, skipReason, SOURCE_NOT_GOOD, type ArmedTrial, type ErrorInfo, type Event, type HealthFailure, type HistoryEntry, type MachineState, type Phase, type Report, type TransitionOptions } from './machine.js';
+import { forgetFailed, releaseIdOf, releaseRefOf, resume, startRefusal, type ArmedTrial, type ErrorInfo, type Event, type HealthFailure, type HistoryEntry, type MachineState, type Phase, type Report, type TransitionOptions } from './machine.js';
 import { Runner, toErrorInfo, type DriveResult, type Executors } from './runner.js';
 import type { StateStore } from './state-store.js';
 
@@ -330,7 +330,7 @@ export class Agent {
    */
   private async settleBootedSlot(booted: SlotName, markGood: boolean): Promise<boolean> {
     const boot = this.d.bootControl;
-    const other: SlotName = booted === 'A' ? 'B' : 'A';
+    const other = otherSlot(booted);
     try {
       const st = await boot.slotState(booted);
       const otherGood = (await boot.slotState(other).catch(() => undefined))?.state === 'good';
@@ -374,12 +374,10 @@ export class Agent {
     const state = options.retryFailed ? forgetFailed(loaded).state : loaded;
     const event = await this.findRelease(state.committedSecurityVersion);
     if (event.type === 'ReleaseFound') {
-      const booted = event.bootedSlot;
       const id = releaseIdOf(event.release);
-      if (event.bootedState !== 'good') return { release: null, reason: `${SOURCE_NOT_GOOD}: booted slot ${booted} reads ${event.bootedState}; an update starts only from a good slot`, releaseId: id };
-      if (state.installed[booted]?.id === id) return { release: null, reason: `up to date: ${id} is running`, releaseId: id };
-      if (state.rolledBack.includes(id)) return { release: null, reason: noRetryReason(state, id), releaseId: id };
-      return { release: event.release, releaseId: id };
+      // the machine's own rule, so `check` says exactly what the next cycle will do
+      const refusal = startRefusal(state, releaseRefOf(event.release), event.bootedSlot, event.bootedState);
+      return refusal ? { release: null, reason: refusal.detail, releaseId: id } : { release: event.release, releaseId: id };
     }
     if (event.type === 'NoReleaseFound') return { release: null, reason: event.reason };
     if (event.type === 'CheckFailed') throw new SlotflipError(event.error.code, event.error.message, { retryable: event.error.retryable ?? false });
@@ -499,8 +497,7 @@ export class Agent {
         }
         // only for a release the machine would start: then prove the payload before the target
         // (the device's fallback) is marked bad
-        const wouldStart = found.bootedState === 'good' && skipReason(state, releaseRefOf(found.release), found.bootedSlot) === null;
-        if (wouldStart && d.installer.preflight) {
+        if (d.installer.preflight && startRefusal(state, releaseRefOf(found.release), found.bootedSlot, found.bootedState) === null) {
           try {
             await d.installer.preflight(found.release);
           } catch (e) {

@@ -355,14 +355,8 @@ function decide(s: MachineState, e: Event, now: number, o: TransitionOptions): T
     case 'ReleaseFound': {
       if (s.phase !== 'checking') return ignore(s);
       const ref = releaseRefOf(e.release);
-      if (e.bootedState !== 'good') {
-        // the source must be a confirmed slot: an attempt marks the other slot bad, and the booted
-        // one is then the device's only way back
-        const detail = `${SOURCE_NOT_GOOD}: booted slot ${e.bootedSlot} reads ${e.bootedState}; an update starts only from a good (committed) slot, so ${ref.id} waits until this boot is validated or rolled back`;
-        return { state: { ...s, phase: 'idle', lastCheck: { at: now, result: 'failed', detail } }, effects: [] };
-      }
-      const skip = skipReason(s, ref, e.bootedSlot);
-      if (skip) return { state: { ...s, phase: 'idle', lastCheck: { at: now, result: 'none', detail: skip } }, effects: [] };
+      const refusal = startRefusal(s, ref, e.bootedSlot, e.bootedState);
+      if (refusal) return { state: { ...s, phase: 'idle', lastCheck: { at: now, ...refusal } }, effects: [] };
       const attempt: Attempt = {
         number: s.attempts + 1, release: e.release, ref, source: e.bootedSlot, target: other(e.bootedSlot), startedAt: now,
       };
@@ -501,8 +495,22 @@ function decide(s: MachineState, e: Event, now: number, o: TransitionOptions): T
   }
 }
 
-/** Why a found release is not started, or null to start it (the agent asks before its preflight). Pure. */
-export function skipReason(s: MachineState, ref: ReleaseRef, booted: SlotName): string | null {
+/**
+ * Why a found release is not started, or null to start it: the one rule the machine (`ReleaseFound`),
+ * the agent's preflight and the read-only `check` all ask. A source that is not `good` is a failed
+ * check (the device cannot update now); the other refusals are "nothing to do". Pure.
+ */
+export function startRefusal(s: MachineState, ref: ReleaseRef, booted: SlotName, bootedState: SlotBootState['state']): { result: 'failed' | 'none'; detail: string } | null {
+  if (bootedState !== 'good') {
+    // the source must be a confirmed slot: an attempt marks the other slot bad, and the booted one is
+    // then the device's only way back
+    return { result: 'failed', detail: `${SOURCE_NOT_GOOD}: booted slot ${booted} reads ${bootedState}; an update starts only from a good (committed) slot, so ${ref.id} waits until this boot is validated or rolled back` };
+  }
+  const skip = skipReason(s, ref, booted);
+  return skip ? { result: 'none', detail: skip } : null;
+}
+
+function skipReason(s: MachineState, ref: ReleaseRef, booted: SlotName): string | null {
   if (s.installed[booted]?.id === ref.id) return `up to date: ${ref.id} is running`;
   if (s.rolledBack.includes(ref.id)) return noRetryReason(s, ref.id);
   if (ref.securityVersion < s.committedSecurityVersion) {
