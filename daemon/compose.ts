@@ -25,7 +25,7 @@ import { createSlotWriter } from '../hal/file-slot.js';
 import type { SlotWriter } from '../hal/slot-writer.js';
 import { TrustClient, dirSource, httpSource, memorySource, targetUrl, type MetadataSource } from '../manifests/client.js';
 import type { Release } from '../manifests/types.js';
-import { fileSource, httpSource as payloadHttpSource, installPayload, type InstallProgress } from './install/index.js';
+import { installPayload, toSource, type InstallProgress } from './install/index.js';
 import { preflightPayload } from './install/preflight.js';
 import { runHealthChecks, type HealthDeps } from './health.js';
 import { verifySlotImage } from './install/read-back.js';
@@ -191,13 +191,13 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
     },
     verify: (release, slot) => verifySlotImage(slot, release.custom.payload, { source: readBack, log: log.child({ module: 'daemon.install.read-back' }) }),
     async preflight(release) {
-      const spec = src.payload(release);
-      const sources = 'path' in spec ? [fileSource(spec.path)] : spec.urls.map((u) => payloadHttpSource({ mirrors: [u] }));
-      // any mirror that serves the signed payload will do; otherwise the first mirror's answer
+      // the source the install will read; any mirror that serves the signed payload will do,
+      // otherwise the first mirror's answer
+      const source = toSource(src.payload(release), undefined);
       let first: unknown;
-      for (const source of sources) {
+      for (let index = 0; index < source.count; index++) {
         try {
-          await preflightPayload({ payload: release.custom.payload, length: release.length, source });
+          await preflightPayload({ payload: release.custom.payload, length: release.length, source, index });
           return;
         } catch (e) {
           first ??= e;

@@ -221,7 +221,8 @@ export function validateIndex(payload: PayloadInfo, length?: number): number {
   return off;
 }
 
-function toSource(spec: InstallSourceSpec, stallTimeoutMs: number | undefined): PayloadSource {
+/** The payload source an install (or its preflight) reads: a file, HTTP mirrors, or one given. */
+export function toSource(spec: InstallSourceSpec, stallTimeoutMs: number | undefined): PayloadSource {
   if ('open' in spec) return spec;
   if ('path' in spec) return fileSource(spec.path);
   return httpSource({ mirrors: spec.urls, tls: spec.tls, headers: spec.headers, connectTimeoutMs: spec.connectTimeoutMs ?? stallTimeoutMs });
