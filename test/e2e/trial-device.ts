@@ -15,13 +15,14 @@ import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chmod, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { makeTestImage } from '../../hal/image.js';
 import { startHttpServer, type HttpServerHandle } from '../harness/http-server.js';
+import { CLI, slotflip, type CliResult } from './harness.js';
+
+export { CLI };
 
 const execFileP = promisify(execFile);
-export const CLI = fileURLToPath(new URL('../../dist/daemon/cli.js', import.meta.url));
 const SLOT_SIZE = 256 * 1024;
 const HARDWARE = 'acme,e2e';
 
@@ -44,22 +45,8 @@ export const BOARD_KINDS: BoardKind[] = [
 
 export const kindName = (k: BoardKind): string => (k.convention ? `${k.backend}/${k.convention}` : k.backend);
 
-export interface CliResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs the built CLI; never throws for a non-zero exit. */
-export async function cli(args: string[], timeoutMs = 60_000): Promise<CliResult> {
-  try {
-    const r = await execFileP(process.execPath, [CLI, ...args], { timeout: timeoutMs, maxBuffer: 16 << 20 });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (e) {
-    const err = e as { code?: number | string; stdout?: string; stderr?: string };
-    return { code: typeof err.code === 'number' ? err.code : -1, stdout: err.stdout ?? '', stderr: err.stderr ?? String(e) };
-  }
-}
+/** Runs the built CLI (the e2e lane's runner); never throws for a non-zero exit. */
+export const cli = (args: string[]): Promise<CliResult> => slotflip(args);
 
 async function must(args: string[]): Promise<string> {
   const r = await cli(args);
