@@ -7,4 +7,9 @@
 import t from 'tap';
 import { brokerSkip, singleNodeLane } from '../harness/single-node-lane.js';
 
-t.test('rabbitmq: fallback, v2 retained metadata, push → install → commit, HTTP refresh', { skip: await brokerSkip('rabbitmq') }, (t) => singleNodeLane(t, 'rabbitmq'));
+t.test('rabbitmq: fallback, v2 retained metadata, push → install → commit, HTTP refresh', async (t) => {
+  // npm test installs the broker (test/ci/deps.sh): one missing is a broken set-up, never a silent skip
+  const missing = await brokerSkip('rabbitmq');
+  if (missing) return t.fail(missing);
+  return singleNodeLane(t, 'rabbitmq');
+});
