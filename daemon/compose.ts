@@ -185,11 +185,24 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   const readBack: 'path' | 'handle' = o.slots ? 'handle' : 'path';
   const dl = config.download ?? configDefaults.download;
   const budget = { maxChunkFailures: dl.maxChunkFailures, maxBytesFactor: dl.maxBytesFactor, maxMs: dl.maxMinutes * 60_000 };
+  // the install that finished last in THIS process read its slot back from the medium (behind each
+  // flush, whole-image SHA-256, the first differing chunk named): the verify step that follows it
+  // takes that result instead of reading and hashing the slot a second time; after a restart (or for
+  // anything else) the verify step reads the slot itself
+  let readBackDone: { slotPath: string; imageSha256: string } | undefined;
   const installer: Installer = o.installer ?? {
     async write(release, slot) {
-      await installPayload({ payload: release.custom.payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, readBack, budget, ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), logger: log.child({ module: 'daemon.install' }), now });
+      readBackDone = undefined;
+      const r = await installPayload({ payload: release.custom.payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, readBack, budget, ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), logger: log.child({ module: 'daemon.install' }), now,
+        ...(typeof release.hashes['sha256'] === 'string' ? { targetSha256: release.hashes['sha256'] } : {}) });
+      readBackDone = { slotPath: slot.path, imageSha256: r.readBackSha256 };
     },
-    verify: (release, slot) => verifySlotImage(slot, release.custom.payload, { source: readBack, log: log.child({ module: 'daemon.install.read-back' }) }),
+    async verify(release, slot) {
+      const done = readBackDone;
+      readBackDone = undefined;
+      if (done !== undefined && done.slotPath === slot.path && done.imageSha256 === release.custom.payload.sha256) return;
+      await verifySlotImage(slot, release.custom.payload, { source: readBack, log: log.child({ module: 'daemon.install.read-back' }) });
+    },
     async preflight(release) {
       // the source the install will read; any mirror that serves the signed payload will do,
       // otherwise the first mirror's answer

@@ -12,6 +12,8 @@ export interface ChunkEntry {
   offset: number;
   /** length in bytes of the compressed frame. */
   length: number;
+  /** SHA-256 (hex) of the compressed frame bytes (payload[offset, offset+length)); format v2 only. */
+  packedSha256?: string;
 }
 
 /** The payload: the uncompressed image cut into fixed-size chunks, each compressed independently

@@ -18,6 +18,18 @@
  *   not retryable). Past the byte or time budget it ends with INSTALL_BUDGET_EXHAUSTED (not
  *   retryable). Either way the spent budget is cleared, so a later attempt starts afresh.
  *
+ * - The compressed bytes are checked too, as they stream (no extra pass), before their chunk is
+ *   written: with a v2 index every frame's SHA-256 (`packedSha256`) is compared when its last byte
+ *   arrives, and a chunk is handed to the writer only once its frame matched (a frame that does not
+ *   is never passed on to the decoder: INSTALL_PACKED_HASH_MISMATCH, counted as a corrupt chunk).
+ *   With a v1 index (no `packedSha256`) the payload file's own signed SHA-256 (`targetSha256`, the
+ *   TUF target hash) is computed over the whole compressed stream, and the LAST chunk is written only
+ *   once it matched (INSTALL_PAYLOAD_HASH_MISMATCH: that mirror is spent at once, then
+ *   INSTALL_PAYLOAD_CORRUPT). A transfer that resumes mid-file continues the hash from the state saved
+ *   at that frame's boundary in this process; a resumed install (new process) or a new mirror re-reads
+ *   bytes [0, resume offset) to hash them without decoding or writing them, and an install found
+ *   complete on the slot at resume still streams the file once to hash it: the check is never skipped.
+ *
  * Concurrency: zstd decompresses in its own process, the main thread copies and hashes chunks, writes
  * and fsyncs run on libuv's thread pool, and the read-back is hashed on a worker thread. The
  * whole-image SHA-256 is computed over the bytes READ BACK from the slot after they were flushed, which
@@ -26,9 +38,10 @@
  * Error codes (stable): INSTALL_BAD_INDEX, INSTALL_SLOT_TOO_SMALL, INSTALL_CHUNK_HASH_MISMATCH,
  * INSTALL_PAYLOAD_TRUNCATED, INSTALL_PAYLOAD_OVERSIZED, INSTALL_DECOMPRESS, INSTALL_HTTP_STATUS,
  * INSTALL_NETWORK, INSTALL_STALLED, INSTALL_SOURCE_OPEN, INSTALL_SLOT_IO, INSTALL_READBACK_MISMATCH,
- * INSTALL_ABORTED, INSTALL_PAYLOAD_CORRUPT, INSTALL_BUDGET_EXHAUSTED.
+ * INSTALL_ABORTED, INSTALL_PAYLOAD_CORRUPT, INSTALL_BUDGET_EXHAUSTED, INSTALL_PACKED_HASH_MISMATCH,
+ * INSTALL_PAYLOAD_HASH_MISMATCH.
  */
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
@@ -37,6 +50,7 @@ import type { SlotHandle, SlotWriter } from '../../hal/slot-writer.js';
 import type { PayloadInfo } from '../../manifests/types.js';
 import { decodesInChild, prepareDecoder, type Decoder, type PreparedDecoder } from './decode.js';
 import { ReadBackHasher } from './hasher.js';
+import { verifySlotImage } from './read-back.js';
 import { readResumeRecord, writeResumeHint, type ResumeExtra, type SpentBudget } from './resume-state.js';
 import { fileSource, httpSource, type OpenedStream, type PayloadSource, type TlsOptions } from './source.js';
 
@@ -97,6 +111,9 @@ export interface InstallOptions {
   resumeStatePath: string;
   /** signed payload file length (Release.length); checked against the chunk index when given. */
   length?: number;
+  /** signed SHA-256 (hex) of the payload FILE (Release.hashes.sha256, the TUF target hash): checked
+   * over the compressed stream when the index has no per-frame `packedSha256` (v1). */
+  targetSha256?: string;
   onProgress?: (p: InstallProgress) => void;
   signal?: AbortSignal;
   logger?: Logger;
@@ -151,6 +168,9 @@ const BUF_CARRY = 1 << 20;
 export async function installPayload(opts: InstallOptions): Promise<InstallResult> {
   const payload = opts.payload;
   const payloadLength = validateIndex(payload, opts.length);
+  if (opts.targetSha256 !== undefined && !/^[0-9a-f]{64}$/.test(opts.targetSha256)) {
+    throw new SlotflipError('INSTALL_BAD_INDEX', 'the payload target\'s signed sha256 is not 64 hex digits; the release metadata is wrong', { details: { targetSha256: opts.targetSha256 } });
+  }
   const now = opts.now ?? Date.now;
   const startedAt = now();
   const log = opts.logger;
@@ -215,6 +235,8 @@ export function validateIndex(payload: PayloadInfo, length?: number): number {
   let off = 0;
   chunks.forEach((c, i) => {
     if (c.offset !== off || !Number.isSafeInteger(c.length) || c.length <= 0 || !/^[0-9a-f]{64}$/.test(c.sha256)) throw bad(`chunk ${i} is not contiguous or malformed`, { chunk: i });
+    // v2 carries a compressed-frame hash on every chunk, v1 on none: a mix is a broken index
+    if ((c.packedSha256 !== undefined) !== (chunks[0]!.packedSha256 !== undefined) || (c.packedSha256 !== undefined && !/^[0-9a-f]{64}$/.test(c.packedSha256))) throw bad(`chunk ${i}'s packedSha256 is missing or malformed`, { chunk: i });
     off += c.length;
   });
   if (length !== undefined && length !== off) throw bad(`chunks add up to ${off} bytes but the signed length is ${length}`, { length, sum: off });
@@ -284,6 +306,25 @@ class InstallRun {
   #carrySide = 0;
   #blocked = false;
   #where = '';
+  // checks of the compressed bytes (see INVARIANTS): v2 per frame, v1 the whole payload file
+  readonly #packed: boolean;
+  readonly #targetSha: string | undefined;
+  /** v2: frames [first, #packedOk) of this transfer matched their packedSha256. */
+  #packedOk = 0;
+  /** v2: the frame being hashed, and its hash so far. */
+  #frameIdx = 0;
+  #frameHash: Hash = createHash('sha256');
+  /** v1: SHA-256 of payload bytes [0, #wholeAt) (undefined: not contiguous, cannot complete). */
+  #whole: Hash | undefined;
+  #wholeAt = 0;
+  /** v1: the next frame boundary at which to save the hash's state. */
+  #wholeFrame = 0;
+  /** v1: the hash's state at the start of frame k (frames a later transfer may restart at). */
+  readonly #snapshots = new Map<number, Hash>();
+  /** v1: the whole payload file hashed to its signed SHA-256 in this transfer. */
+  #targetOk = false;
+  /** chunks whose SHA-256 matched but whose compressed bytes are not yet proven (in order). */
+  readonly #held: Array<{ buf: Buffer; index: number }> = [];
   /** set per transfer: stop the transfer with this error. */
   #failTransfer: (e: unknown) => void = () => undefined;
   /** set per transfer: the decoder may deliver again. */
@@ -303,6 +344,8 @@ class InstallRun {
   ) {
     this.#corruptChunk = corruptChunk;
     this.#chunkCount = payload.chunks.length;
+    this.#packed = payload.chunks[0]?.packedSha256 !== undefined;
+    this.#targetSha = this.#packed ? undefined : opts.targetSha256;
     this.#spent = spent;
     this.#spentBytesBase = spent.bytes;
     this.#spentMsBase = spent.ms;
@@ -505,7 +548,129 @@ class InstallRun {
     this.#buf = undefined;
     this.#fill = 0;
     this.next = i + 1;
-    this.#write(buf, i);
+    // verify before write covers the compressed bytes too: a chunk whose frame (v2) or, for the last
+    // chunk, whose payload file (v1) is not proven yet waits for the producer's verdict
+    if (this.#held.length > 0 || !this.#frameOk(i)) this.#held.push({ buf, index: i });
+    else this.#write(buf, i);
+  }
+
+  // ---- checks of the compressed bytes ----
+
+  /** Whether chunk `i`'s compressed bytes passed their check (always, without one). */
+  #frameOk(i: number): boolean {
+    if (this.#packed) return i < this.#packedOk;
+    if (this.#targetSha !== undefined) return i < this.#chunkCount - 1 || this.#targetOk;
+    return true;
+  }
+
+  /** Hands held chunks whose compressed bytes are now proven to the writer, in order. */
+  #releaseHeld(): void {
+    while (this.#held.length > 0 && this.#frameOk(this.#held[0]!.index)) {
+      const h = this.#held.shift()!;
+      this.#write(h.buf, h.index);
+    }
+  }
+
+  /** Sets up the checks for a transfer starting at chunk `first` (payload offset `offset`); returns
+   * where to open the payload: `offset`, or 0 when the v1 file hash must (re-)read the bytes before
+   * it (a new process or another mirror: the hash state at that frame is not known here). */
+  #startChecks(first: number, offset: number): number {
+    this.#packedOk = first;
+    this.#frameIdx = first;
+    this.#frameHash = createHash('sha256');
+    if (this.#targetSha === undefined) return offset;
+    this.#targetOk = false;
+    const saved = this.#snapshots.get(first);
+    if (offset > 0 && saved !== undefined) {
+      this.#whole = saved.copy();
+      this.#wholeAt = offset;
+      this.#wholeFrame = first;
+      return offset;
+    }
+    this.#whole = createHash('sha256');
+    this.#wholeAt = 0;
+    this.#wholeFrame = 0;
+    this.#snapshots.clear();
+    return 0;
+  }
+
+  /** v2: hashes payload bytes [at, at + d.length) frame by frame; returns how many leading bytes may go
+   * on to the decoder: all, or those before the first frame that does not match (with the error). */
+  #checkPacked(d: Buffer, at: number): { pass: number; error?: SlotflipError } {
+    const { chunks } = this.payload;
+    let p = 0;
+    while (p < d.length && this.#frameIdx < this.#chunkCount) {
+      const k = this.#frameIdx;
+      const c = chunks[k]!;
+      const end = c.offset + c.length;
+      const take = Math.min(d.length - p, end - (at + p));
+      this.#frameHash.update(d.subarray(p, p + take));
+      p += take;
+      if (at + p < end) break;
+      const got = this.#frameHash.digest('hex');
+      this.#frameHash = createHash('sha256');
+      this.#frameIdx = k + 1;
+      if (got !== c.packedSha256) {
+        return {
+          pass: Math.max(0, c.offset - at),
+          error: new SlotflipError('INSTALL_PACKED_HASH_MISMATCH', `chunk ${k} (payload bytes ${c.offset}..${end - 1}) from ${this.#where}: its compressed frame has SHA-256 ${got} but the signed index says ${c.packedSha256}; the mirror serves bytes that were not signed, nothing from it was written`, {
+            retryable: true,
+            details: { chunk: k, payloadOffset: c.offset, length: c.length, expected: c.packedSha256, actual: got, url: this.#where },
+          }),
+        };
+      }
+      this.#packedOk = k + 1;
+    }
+    return { pass: d.length };
+  }
+
+  /** v1: adds payload bytes [at, at + piece.length) to the file hash, saving its state at each frame
+   * boundary (a retry of that frame continues from there instead of re-reading the file). */
+  #hashWhole(piece: Buffer, at: number): void {
+    if (this.#whole === undefined || at + piece.length <= this.#wholeAt) return; // (bytes hashed already: a server that ignored the Range)
+    if (at < this.#wholeAt) {
+      piece = piece.subarray(this.#wholeAt - at);
+      at = this.#wholeAt;
+    }
+    if (at !== this.#wholeAt) {
+      this.#whole = undefined; // a gap: this transfer cannot prove the file
+      return;
+    }
+    const { chunks } = this.payload;
+    let p = 0;
+    for (;;) {
+      const k = this.#wholeFrame;
+      if (k < this.#chunkCount && this.#wholeAt === chunks[k]!.offset) {
+        this.#snapshots.set(k, this.#whole.copy());
+        // keep the states a retry may need: from the first chunk not yet handed to the writer
+        const keep = this.#held[0]?.index ?? this.next;
+        for (const j of this.#snapshots.keys()) if (j < keep) this.#snapshots.delete(j);
+        this.#wholeFrame = k + 1;
+      }
+      if (p >= piece.length) break;
+      const b = this.#wholeFrame < this.#chunkCount ? chunks[this.#wholeFrame]!.offset : this.payloadLength;
+      const take = Math.min(piece.length - p, b - this.#wholeAt);
+      if (take <= 0) break; // past the signed length: the caller trims it
+      this.#whole.update(piece.subarray(p, p + take));
+      this.#wholeAt += take;
+      p += take;
+    }
+  }
+
+  /** v1, at the payload's last byte: compares the file hash with the signed target's. */
+  #checkTarget(): SlotflipError | undefined {
+    if (this.#targetSha === undefined || this.#targetOk) return undefined;
+    const complete = this.#whole !== undefined && this.#wholeAt === this.payloadLength;
+    const got = complete ? this.#whole!.digest('hex') : undefined;
+    this.#whole = undefined;
+    if (got === this.#targetSha) {
+      this.#targetOk = true;
+      return undefined;
+    }
+    return new SlotflipError('INSTALL_PAYLOAD_HASH_MISMATCH', `${this.#where}: the payload file ${got !== undefined ? `has SHA-256 ${got}` : 'could not be hashed whole'} but its signed target says ${this.#targetSha} (same length): the mirror serves a file that was not signed; its last chunk was not written`, {
+      retryable: true,
+      details: { expected: this.#targetSha, actual: got, url: this.#where, length: this.payloadLength },
+    });
   }
 
   /** A pool buffer came back while blocked: continue with the carried bytes, then unblock. */
@@ -555,6 +720,11 @@ class InstallRun {
       this.#blocked = false;
       const i = this.#poolWaiters.findIndex(() => true);
       if (i >= 0) this.#poolWaiters.splice(i, 1);
+    }
+    // chunks whose compressed bytes were never proven are dropped, unwritten: fetched again
+    if (this.#held.length > 0) {
+      this.next = Math.min(this.next, this.#held[0]!.index);
+      for (const h of this.#held.splice(0)) this.#release(h.buf);
     }
   }
 
@@ -609,6 +779,10 @@ class InstallRun {
   /** Runs transfers (retries, backoff with jitter, mirror rotation) until every chunk is written. */
   async transferAll(first: number): Promise<void> {
     this.next = first;
+    // v1: a resumed install found every chunk on the slot, but the payload file's own hash is proven
+    // only by streaming it: fetch the last chunk again (the file is re-read from 0 and hashed on the
+    // way, the chunk is verified and rewritten with the same bytes) instead of skipping the check
+    if (this.#targetSha !== undefined && first >= this.#chunkCount && this.#chunkCount > 0) this.next = this.#chunkCount - 1;
     const retry = this.opts.retry ?? {};
     const maxAttempts = retry.maxAttempts ?? 6;
     const base = retry.baseDelayMs ?? 500;
@@ -647,11 +821,17 @@ class InstallRun {
         if (err.code === 'INSTALL_BUDGET_EXHAUSTED') throw err;
         const retryable = err.retryable === true && this.source.kind !== 'file';
         this.opts.logger?.warn({ err, mirror: mirror % count, chunk: this.next, failures }, 'transfer failed');
-        if (retryable && (err.code === 'INSTALL_CHUNK_HASH_MISMATCH' || err.code === 'INSTALL_DECOMPRESS')) {
+        if (retryable && (err.code === 'INSTALL_CHUNK_HASH_MISMATCH' || err.code === 'INSTALL_DECOMPRESS' || err.code === 'INSTALL_PACKED_HASH_MISMATCH' || err.code === 'INSTALL_PAYLOAD_HASH_MISMATCH')) {
           // the bytes arrived but are wrong: retrying the same mirror helps only against a transient
           // fault (a bad cache node, a flaky proxy); a few tries, then the next mirror, then give up
           const chunk = this.next;
           const m = mirror % count;
+          if (err.code === 'INSTALL_PAYLOAD_HASH_MISMATCH') {
+            // v1: the file differs from the signed one and no frame says where: another try costs the
+            // whole file, so this mirror is spent at once, and the next one is hashed from byte 0
+            this.#snapshots.clear();
+            this.#spent.chunkFailures[`${chunk}@${m}`] = Math.max(this.#chunkFailures(chunk, m), maxChunkFailures - 1);
+          }
           const n = this.#countChunkFailure(chunk, m);
           suspect = chunk;
           failures = 0;
@@ -667,7 +847,8 @@ class InstallRun {
             if (next === undefined) {
               this.#corruptChunk = chunk;
               const tried = Array.from({ length: count }, (_, j) => this.#chunkFailures(chunk, j));
-              throw new SlotflipError('INSTALL_PAYLOAD_CORRUPT', `chunk ${chunk} (image offset ${chunk * this.payload.chunkSize}) failed verification ${tried.reduce((a, b) => a + b, 0)} times from ${count} mirror${count === 1 ? '' : 's'} (last: ${this.#where}); the payload on the server does not match the signed release: republish it, then retry with \`slotflip check\``, {
+              const what = err.code === 'INSTALL_PAYLOAD_HASH_MISMATCH' ? 'the payload file (its signed SHA-256)' : `chunk ${chunk} (image offset ${chunk * this.payload.chunkSize})`;
+              throw new SlotflipError('INSTALL_PAYLOAD_CORRUPT', `${what} failed verification ${tried.reduce((a, b) => a + b, 0)} times from ${count} mirror${count === 1 ? '' : 's'} (last: ${this.#where}); the payload on the server does not match the signed release: republish it, then retry with \`slotflip check\``, {
                 cause: err,
                 retryable: false,
                 details: { chunk, offset: chunk * this.payload.chunkSize, mirrors: count, failures: tried, url: this.#where, last: err.code },
@@ -698,6 +879,8 @@ class InstallRun {
     const { payload } = this;
     const offset = payload.chunks[first]!.offset;
     const end = last < this.#chunkCount ? payload.chunks[last]!.offset : this.payloadLength;
+    const openAt = this.#startChecks(first, offset);
+    const checking = this.#packed || this.#targetSha !== undefined;
     const ctl = new AbortController();
     const onAbort = (): void => ctl.abort();
     this.signal.addEventListener('abort', onAbort, { once: true });
@@ -719,10 +902,11 @@ class InstallRun {
         fifoDir: dirname(this.opts.resumeStatePath),
       });
       throwIfAborted(this.signal);
-      opened = await this.source.open(mirrorIndex, offset, this.payloadLength, ctl.signal, end);
+      opened = await this.source.open(mirrorIndex, openAt, this.payloadLength, ctl.signal, end);
       const src = opened;
       this.#where = src.where;
-      const direct = src.fd !== undefined && decodesInChild(payload.compression, this.opts);
+      // zstd reads a local file itself only when no compressed byte needs checking in here
+      const direct = src.fd !== undefined && !checking && decodesInChild(payload.compression, this.opts);
       decoder = prepared.start(direct ? src.fd : undefined);
       const dec = decoder;
       if (direct) {
@@ -783,6 +967,8 @@ class InstallRun {
         const where = src.where;
         let skip = offset - src.start;
         let remaining = end - offset;
+        /** payload offset of the next byte the stream delivers. */
+        let pos = src.start;
         const wd = this.opts.watchdog ?? {};
         const stallMs = wd.stallTimeoutMs ?? 30_000;
         const minBps = wd.minBytesPerSecond ?? 0;
@@ -822,13 +1008,18 @@ class InstallRun {
         stream.on('data', (d: Buffer) => {
           lastByteAt = this.now();
           windowBytes += d.length;
+          let at = pos;
+          pos += d.length;
           if (skip > 0) {
-            if (d.length <= skip) {
-              skip -= d.length;
-              return;
-            }
-            d = d.subarray(skip);
-            skip = 0;
+            // bytes before the first frame wanted: a server that ignored the Range, or (v1) the part
+            // of the file re-read only to hash it; neither is decoded nor written
+            const n = Math.min(skip, d.length);
+            this.#hashWhole(d.subarray(0, n), at);
+            if (openAt < offset) this.bytesReceived += n;
+            skip -= n;
+            at += n;
+            if (n === d.length) return;
+            d = d.subarray(n);
           }
           let last = false;
           if (d.length >= remaining) {
@@ -842,10 +1033,29 @@ class InstallRun {
             stopProducer(this.#overBudget());
             return;
           }
+          // the compressed bytes are checked as they pass, before the decoder gets them
+          let refused: SlotflipError | undefined;
+          if (this.#packed) {
+            const r = this.#checkPacked(d, at);
+            if (r.error) {
+              refused = r.error;
+              d = d.subarray(0, r.pass);
+            }
+          } else if (this.#targetSha !== undefined) {
+            this.#hashWhole(d, at);
+            if (last && end === this.payloadLength) refused = this.#checkTarget();
+            if (refused) d = d.subarray(0, 0);
+          }
+          if (refused) {
+            if (d.length > 0) input.write(d);
+            stopProducer(refused);
+            return;
+          }
           // pause the response only when the decoder really lags (a queue of PRODUCER_QUEUE bytes), not
           // at every write over the stream's small high-water mark: a reset while the response is
           // paused discards what it buffered, which a resume would then fetch again
           input.write(d);
+          if (this.#held.length > 0) this.#releaseHeld();
           if (input.writableLength >= PRODUCER_QUEUE && !last) {
             paused = true;
             stream.pause();
@@ -871,6 +1081,9 @@ class InstallRun {
           stopProducer(new SlotflipError('INSTALL_NETWORK', `${where}: connection closed ${remaining} bytes early; resuming`, { retryable: true, details: { url: where, missing: remaining } }));
         }
       });
+      if (this.#held.length > 0) {
+        throw new SlotflipError('INSTALL_PAYLOAD_TRUNCATED', `${this.#where}: the compressed bytes of chunk ${this.#held[0]!.index} did not all arrive`, { retryable: true, details: { chunk: this.#held[0]!.index, url: this.#where } });
+      }
       if (this.next < last) {
         throw new SlotflipError('INSTALL_PAYLOAD_TRUNCATED', `${this.#where}: image data ended inside chunk ${this.next} although all ${end - offset} requested payload bytes arrived`, { retryable: true, details: { chunk: this.next, url: this.#where } });
       }
@@ -920,8 +1133,15 @@ class InstallRun {
     if (this.#durable < this.#chunkCount) await this.handle.flush();
     const { sha256, bytes } = await this.readBack.finish(this.payload.size);
     if (bytes !== this.payload.size || sha256 !== this.payload.sha256) {
-      throw new SlotflipError('INSTALL_READBACK_MISMATCH', `slot ${this.opts.slot.path} reads back ${bytes} bytes with SHA-256 ${sha256}; the signed image is ${this.payload.size} bytes with ${this.payload.sha256}; the device may be failing`, {
-        details: { path: this.opts.slot.path, got: sha256, want: this.payload.sha256, bytes },
+      // the slow path, only on a mismatch: read the slot once more chunk by chunk (the same way, by
+      // path with O_DIRECT or through the handle) to name the first chunk that differs
+      const named = await verifySlotImage(this.opts.slot, this.payload, { source: this.opts.readBack === 'path' ? 'path' : 'handle' }).then(
+        () => undefined,
+        (e: unknown) => (isCoded(e) ? ((e as SlotflipError).details as { chunk?: number; offset?: number; expected?: string; actual?: string } | undefined) : undefined),
+      );
+      const where = named?.chunk !== undefined ? `; chunk ${named.chunk} (bytes from ${named.offset}) reads back with SHA-256 ${named.actual}, signed ${named.expected}` : '';
+      throw new SlotflipError('INSTALL_READBACK_MISMATCH', `slot ${this.opts.slot.path} reads back ${bytes} bytes with SHA-256 ${sha256}; the signed image is ${this.payload.size} bytes with ${this.payload.sha256}${where}; the write did not land (failing flash?): the image will be written again on the next attempt`, {
+        details: { path: this.opts.slot.path, got: sha256, want: this.payload.sha256, bytes, ...(named?.chunk !== undefined ? { chunk: named.chunk, offset: named.offset, expected: named.expected, actual: named.actual } : {}) },
       });
     }
     this.#progress(this.payload.size, true);

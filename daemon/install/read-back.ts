@@ -44,7 +44,8 @@ export interface VerifyOptions {
   log?: Logger;
 }
 
-/** Reads bytes [offset, offset+length) of the slot; `direct` says whether the page cache was bypassed. */
+/** Reads bytes [offset, offset+length) of the slot; `direct` says whether the page cache was bypassed.
+ * The result may be a view of a buffer the next read reuses: consume it before reading again. */
 interface Reader {
   read(length: number, offset: number): Promise<Buffer>;
   close(): Promise<void>;
@@ -72,9 +73,9 @@ async function pathReader(path: string, log: Logger | undefined): Promise<Reader
     },
     async read(length, offset) {
       if (!direct) {
-        const out = Buffer.allocUnsafe(length);
-        const { bytesRead } = await fh.read(out, 0, length, offset);
-        return out.subarray(0, bytesRead);
+        if (length > buf.length) throw new Error(`read-back piece of ${length} bytes exceeds the buffer`);
+        const { bytesRead } = await fh.read(buf, 0, length, offset);
+        return buf.subarray(0, bytesRead);
       }
       // aligned window around [offset, offset+length); the caller's pieces are aligned except the
       // last, which ends at the image's size
@@ -93,7 +94,8 @@ async function pathReader(path: string, log: Logger | undefined): Promise<Reader
         return reader.read(length, offset);
       }
       const end = Math.min(base + n, offset + length);
-      return Buffer.from(buf.subarray(offset - base, Math.max(offset - base, end - base)));
+      // a view, not a copy: no allocation per read (the caller consumes it before the next read)
+      return buf.subarray(offset - base, Math.max(offset - base, end - base));
     },
     close: () => fh.close(),
   };
