@@ -8,7 +8,7 @@
  * Needs: root (losetup), gcc, libzstd-dev, libssl-dev, e2fsprogs (mke2fs -d), /usr/bin/time (Debian
  * package `time`), ~3× the image size free in --dir.
  *
- *   node dist/test/bench/cli-bench.js [--sizes 1[,4]] [--rounds 3] [--tree /usr/share] [--dir DIR]
+ *   node dist/test/bench/cli-bench.js [--sizes 1,4] [--rounds 3] [--tree /usr/share] [--dir DIR]
  *                                     [--profile] [--module]
  *
  * Per run: wall (spawn → exit → a final `sync`), CPU seconds of the process tree (user+sys from
@@ -194,7 +194,7 @@ function summarizeProfile(file: string, top = 12): string[] {
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
-      sizes: { type: 'string', default: '1' },
+      sizes: { type: 'string', default: '1,4' },
       rounds: { type: 'string', default: '3' },
       tree: { type: 'string', default: '/usr/share' },
       dir: { type: 'string', default: join(tmpdir(), 'slotflip-bench-cli') },
@@ -324,7 +324,7 @@ async function main(): Promise<void> {
       row('floor+rb', flrb);
       const keys = ['start', 'check', 'markBad', 'writeSlot', 'verifySlot', 'armTrial', 'reboot'];
       print(`CLI phases (median s): ${keys.map((k) => `${k} ${median(cli.map((x) => x.phases?.[k] ?? 0)).toFixed(2)}`).join(', ')}`);
-      print('  (check = TUF refresh; writeSlot = download+decompress+hash+write+fsync, pipelined read-back; verifySlot = whole-slot read-back; armTrial = arm; start = spawn → first log line)');
+      print('  (check = TUF refresh; writeSlot = download + compressed-byte check + decompress + chunk hash + write + fsync, with the O_DIRECT read-back and whole-image hash pipelined behind the fsync frontier; verifySlot = 0 when it takes that read-back (same process), else a second whole-slot read-back; armTrial = arm; start = spawn → first log line)');
       print(`# runs wall s: CLI ${cli.map((x) => x.wallS.toFixed(2)).join(' ')} | floor ${fl.map((x) => x.wallS.toFixed(2)).join(' ')} | floor+rb ${flrb.map((x) => x.wallS.toFixed(2)).join(' ')}`);
       print(`# runs CPU s:  CLI ${cli.map((x) => x.cpuS.toFixed(2)).join(' ')} | floor ${fl.map((x) => x.cpuS.toFixed(2)).join(' ')} | floor+rb ${flrb.map((x) => x.cpuS.toFixed(2)).join(' ')}`);
 
