@@ -1,0 +1,93 @@
+/**
+ * Issue 24: the daemon's verify step now takes the installer's own read-back (same process) instead
+ * of reading the slot a second time, so the INSTALLER's read-back must catch what the verify step
+ * caught: bytes that changed on the medium after they were written and flushed, with the chunk named.
+ * - through the slot handle (any SlotWriter; no root needed): a slot whose reads return something
+ *   else than was written for one chunk (flash that acknowledged the write and kept other bytes);
+ * - by path with O_DIRECT on a loop device (root): one byte of the backing file is changed right after
+ *   the final flush, underneath the block device's page cache, which still holds the written bytes.
+ */
+import t from 'tap';
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { join } from 'node:path';
+import { installPayload } from '../../daemon/install/index.js';
+import { codeOf } from '../../hal/errors.js';
+import { createSlotWriter } from '../../hal/file-slot.js';
+import type { SlotHandle, SlotWriter } from '../../hal/slot-writer.js';
+import { makePayload, makeSlotFile } from '../bench/install-fixtures.js';
+
+const CHUNK = 64 << 10;
+const SIZE = 6 * CHUNK + 777; // 7 chunks, the last one short
+const BAD = 3 * CHUNK + 1234; // inside chunk 3
+
+/** Wraps a slot writer: `onHandle` may replace methods of the handle it opens. */
+function wrapped(inner: SlotWriter, onHandle: (h: SlotHandle) => SlotHandle): SlotWriter {
+  return { slot: inner.slot, path: inner.path, capacity: () => inner.capacity(), open: async () => onHandle(await inner.open()) };
+}
+
+t.test('through the handle: a chunk that reads back different from what was written is caught and named', async (t) => {
+  const dir = t.testdir();
+  const p = await makePayload(dir, { size: SIZE, chunkSize: CHUNK, compression: 'zstd' });
+  const slotPath = join(dir, 'slot');
+  await makeSlotFile(slotPath, SIZE);
+  const slot = wrapped(createSlotWriter('B', { path: slotPath }), (h) => ({
+    writeAt: (d, o) => h.writeAt(d, o),
+    flush: () => h.flush(),
+    close: () => h.close(),
+    async readAt(length, offset) {
+      const b = await h.readAt(length, offset);
+      if (offset <= BAD && BAD < offset + b.length) b[BAD - offset] ^= 0x10; // the medium kept another bit
+      return b;
+    },
+  }));
+  const err = await installPayload({ payload: p.payload, length: p.length, source: { path: p.file }, slot, resumeStatePath: join(dir, 'resume.json'), readBack: 'handle' }).catch((e: unknown) => e);
+  t.equal(codeOf(err), 'INSTALL_READBACK_MISMATCH', 'the install does not resolve');
+  t.match((err as { details: unknown }).details, { path: slotPath, chunk: 3, offset: 3 * CHUNK, expected: p.payload.chunks[3]!.sha256 }, 'names the chunk that differs');
+  t.match((err as Error).message, /chunk 3 \(bytes from 196608\) reads back with SHA-256/);
+});
+
+function loopAvailable(): boolean {
+  try {
+    return process.getuid?.() === 0 && existsSync('/dev/loop-control') && execFileSync('losetup', ['-f'], { encoding: 'utf8' }).trim().startsWith('/dev/loop');
+  } catch {
+    return false;
+  }
+}
+
+t.test('by path (O_DIRECT): a byte the medium changed after the last flush is caught and named', { skip: loopAvailable() ? false : 'needs root and a loop device' }, async (t) => {
+  const dir = t.testdir();
+  const p = await makePayload(dir, { size: SIZE, chunkSize: CHUNK, compression: 'zstd' });
+  const backing = join(dir, 'flash.img');
+  await makeSlotFile(backing, 1 << 20);
+  const dev = execFileSync('losetup', ['-f', '--show', backing], { encoding: 'utf8' }).trim();
+  t.teardown(() => execFileSync('losetup', ['-d', dev]));
+  let flips = 0;
+  const slot = wrapped(createSlotWriter('B', { path: dev }), (h) => ({
+    writeAt: (d, o) => h.writeAt(d, o),
+    readAt: (l, o) => h.readAt(l, o),
+    close: () => h.close(),
+    async flush() {
+      await h.flush();
+      if (flips > 0) return;
+      // after the flush that covers the whole image, change one byte underneath the page cache
+      const fh = await open(backing, 'r+');
+      try {
+        const one = Buffer.alloc(1);
+        await fh.read(one, 0, 1, BAD);
+        one[0] ^= 0x5a;
+        await fh.write(one, 0, 1, BAD);
+        await fh.sync();
+        flips++;
+      } finally {
+        await fh.close();
+      }
+    },
+  }));
+  // one flush for the whole image (flushEveryBytes above its size): the change lands after it
+  const err = await installPayload({ payload: p.payload, length: p.length, source: { path: p.file }, slot, resumeStatePath: join(dir, 'resume.json'), readBack: 'path', flushEveryBytes: 1 << 30 }).catch((e: unknown) => e);
+  t.equal(flips, 1, 'the medium changed after the flush');
+  t.equal(codeOf(err), 'INSTALL_READBACK_MISMATCH', 'caught by the installer\'s O_DIRECT read-back');
+  t.match((err as { details: unknown }).details, { path: dev, chunk: 3, offset: 3 * CHUNK, expected: p.payload.chunks[3]!.sha256 }, 'names the chunk that differs');
+});
