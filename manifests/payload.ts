@@ -51,7 +51,8 @@ export interface BuiltPayload {
 
 /**
  * Reads `imagePath`, writes the chunked payload to `outPath` (atomically: temp file, fsync, rename)
- * and returns the chunk index plus the payload file's length and hash. Throws MANIFEST_PAYLOAD_BUILD
+ * and returns the chunk index (every chunk with `packedSha256`, the SHA-256 of its compressed frame)
+ * plus the payload file's length and hash. Throws MANIFEST_PAYLOAD_BUILD
  * when the image cannot be read or a compressor fails; `outPath` is then left untouched.
  */
 export async function buildPayload(imagePath: string, outPath: string, opts: BuildPayloadOptions): Promise<BuiltPayload> {
@@ -108,7 +109,8 @@ export async function buildPayload(imagePath: string, outPath: string, opts: Bui
     for (let i = 0; i < chunkCount; i++) {
       const { raw, packed } = await inflight.shift()!;
       fill();
-      chunks.push({ sha256: createHash('sha256').update(raw).digest('hex'), offset, length: packed.length });
+      // packedSha256: the frame's own hash, taken from the bytes being written (no second pass)
+      chunks.push({ sha256: createHash('sha256').update(raw).digest('hex'), offset, length: packed.length, packedSha256: createHash('sha256').update(packed).digest('hex') });
       imageHash.update(raw);
       fileHash.update(packed);
       await output.write(packed, 0, packed.length, offset);

@@ -104,7 +104,7 @@ export const command: Command = {
         const r = sel.release;
         const url = client.targetUrl(targetsBase, r);
         if (json) {
-          io.stdout.write(JSON.stringify({ ok: true, release: { targetName: r.targetName, version: r.custom.version, securityVersion: r.custom.securityVersion, channel: r.custom.channel, length: r.length, hashes: r.hashes, chunks: r.custom.payload.chunks.length, url }, metadata: meta, invalidTargets: refreshed.invalidTargets, warnings: refreshed.warnings }) + '\n');
+          io.stdout.write(JSON.stringify({ ok: true, release: { targetName: r.targetName, version: r.custom.version, securityVersion: r.custom.securityVersion, channel: r.custom.channel, length: r.length, hashes: r.hashes, format: r.custom.slotflip, ...(r.custom.slotflip === 1 ? { chunks: r.custom.payload.chunks.length } : { index: r.index ?? null }), url }, metadata: meta, invalidTargets: refreshed.invalidTargets, warnings: refreshed.warnings }) + '\n');
         } else {
           io.stdout.write(`selected ${r.targetName}: version ${r.custom.version}, securityVersion ${r.custom.securityVersion}, ${r.length} bytes\n  payload ${url}\n  metadata root v${meta.root}, timestamp v${meta.timestamp}, snapshot v${meta.snapshot}, targets v${meta.targets}\n`);
           for (const w of [...refreshed.warnings, ...refreshed.invalidTargets]) io.stdout.write(`  warning ${w.code}: ${w.message}\n`);

@@ -22,6 +22,7 @@ import { resolveConfig, type Config } from '../../daemon/config.js';
 import { createAgent, sourceFor, statePaths, type ComposeOverrides } from '../../daemon/compose.js';
 import { runUpdateCycle, verifySlotImage, type Installer } from '../../daemon/agent.js';
 import { installPayload } from '../../daemon/install/index.js';
+import { IndexResolver, indexCacheDir } from '../../daemon/install/index-file.js';
 import { Outbox } from '../../daemon/outbox.js';
 import { startHttpServer, type HttpServerHandle } from '../harness/http-server.js';
 import { boardHealth } from '../powercut/driver.js';
@@ -57,9 +58,10 @@ async function device(t: Test, fx: Fixtures, o: { stage?: string; served?: strin
   let reboots = 0;
   // the product's installer wiring (compose.ts), with short retry delays so the test stays fast
   const src = sourceFor(config.trust.sources[0]!, config);
+  const index = new IndexResolver({ locate: (target) => src.payload(target), cacheDir: indexCacheDir(config.stateDir) });
   const installer: Installer = {
-    write: async (release, slot) => { await installPayload({ payload: release.custom.payload, source: src.payload(release), slot, resumeStatePath: statePaths(config.stateDir).resume, length: release.length, retry: { baseDelayMs: 20, maxDelayMs: 100 } }); },
-    verify: (release, slot) => verifySlotImage(slot, release.custom.payload),
+    write: async (release, slot) => { await installPayload({ payload: await index.payloadOf(release), source: src.payload(release), slot, resumeStatePath: statePaths(config.stateDir).resume, length: release.length, retry: { baseDelayMs: 20, maxDelayMs: 100 } }); },
+    verify: async (release, slot) => verifySlotImage(slot, await index.payloadOf(release)),
   };
   const agent = (over: ComposeOverrides = {}) => createAgent(config, { reboot: async () => { reboots++; await powerCycle(boardDir); }, health: boardHealth(boardDir), installer, ...over });
   const state = async () => {

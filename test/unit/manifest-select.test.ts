@@ -8,12 +8,12 @@ import fc from 'fast-check';
 import { selectRelease, compareSemver } from '../../manifests/select.js';
 import { rolloutAllows, rolloutBucket, rolloutPercent } from '../../manifests/rollout.js';
 import { MANIFEST_CODES } from '../../manifests/codes.js';
-import type { DeviceIdentity, Release, ReleaseCustom } from '../../manifests/types.js';
+import type { DeviceIdentity, Release, ReleaseCustomV1 } from '../../manifests/types.js';
 
 const NOW = Date.parse('2026-06-01T00:00:00Z');
 const sha = 'a'.repeat(64);
 
-function rel(name: string, c: Partial<ReleaseCustom> = {}): Release {
+function rel(name: string, c: Partial<ReleaseCustomV1> = {}): Release {
   return {
     targetName: name,
     length: 1,
