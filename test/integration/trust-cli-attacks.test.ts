@@ -330,9 +330,11 @@ t.test('offline bundles: a week-old stick installs, an expired one is refused', 
   // exported through the CLI, installed at once
   const fresh = await device(join(dir, 'fresh'));
   const stick = join(dir, 'fresh-stick');
-  const ex = await cli(['release', 'export', fresh.repo, '--out', stick, '--valid-days', '30', '--json']);
+  // only the release is named: its format 2 chunk index goes along (the stick could not install without it)
+  const ex = await cli(['release', 'export', fresh.repo, '--out', stick, '--valid-days', '30', '--target', 'releases/1.1.0/os.img.gz', '--json']);
   t.equal(ex.code, 0, ex.err);
-  t.match(JSON.parse(ex.out), { targets: ['releases/1.1.0/os.img.gz'] });
+  t.same(JSON.parse(ex.out).targets, ['releases/1.1.0/os.img.gz', 'releases/1.1.0/os.img.gz.index']);
+  t.ok((await readdir(join(stick, 'targets/releases/1.1.0'))).some((n) => n.endsWith('.os.img.gz.index')), 'the index file is on the stick');
   t.ok(existsSync(join(stick, 'metadata', 'offline.json')));
   const r0 = await cli(['install', stick, ...fresh.c]);
   t.equal(r0.code, 0, r0.out + r0.err);
