@@ -1038,7 +1038,7 @@ export async function publishToBroker(dir: string, brokerUrl: string, opts: Publ
     const bytes = await readFile(join(metaDir(dir), file));
     if (bytes.byteLength > max) {
       if ((opts.oversize ?? 'refuse') === 'refuse') {
-        throw new SlotflipError('MANIFEST_PUBLISH_OVERSIZE', `${file} is ${bytes.byteLength} bytes, more than the ${max} allowed in one MQTT message (AWS IoT Core takes 128 KB, Azure 64 KB retained; Mosquitto withholds what exceeds a client's maximum packet size); nothing was published. Publish with --oversize skip to leave it to HTTP (devices fetch what the broker lacks from the repository), or prune old releases`, { details: { file, bytes: bytes.byteLength, maxMessageBytes: max } });
+        throw new SlotflipError('MANIFEST_PUBLISH_OVERSIZE', `${file} is ${bytes.byteLength} bytes, more than the ${max} allowed in one MQTT message (AWS IoT Core takes 128 KB, Azure 64 KB retained; Mosquitto withholds what exceeds a client's maximum packet size); nothing was published. Publish with --oversize skip to leave it to HTTP (devices fetch what the broker lacks from the repository), prune old releases (\`slotflip repo prune DIR --keep N\`), or publish releases in format 2 (the default; not \`release add --inline-index\`)`, { details: { file, bytes: bytes.byteLength, maxMessageBytes: max } });
       }
       skipped.push({ file, bytes: bytes.byteLength });
       continue;

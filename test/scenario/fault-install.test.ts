@@ -28,15 +28,17 @@ import { startHttpServer, type HttpServerHandle } from '../harness/http-server.j
 import { boardHealth } from '../powercut/driver.js';
 import { buildFixtures, checkOutboxTruth, HARDWARE, SLOT_SIZE, type Fixtures } from '../powercut/harness.js';
 
-/** A per-request knob that applies only to payload (targets/) requests, by their own index. */
+/** A per-request knob that applies only to payload requests (under targets/, not the format 2 chunk
+ * index beside the payload), by their own index. */
 function onPayload<T>(srv: HttpServerHandle, value: (k: number) => T | undefined): T[] {
+  const isPayload = (path: string): boolean => path.includes('/targets/') && !path.endsWith('.index');
   return new Proxy([] as T[], {
     get(target, prop, recv) {
       if (typeof prop === 'string' && /^\d+$/.test(prop)) {
         const n = Number(prop);
         const rec = srv.requests[n];
-        if (!rec || !rec.path.includes('/targets/')) return undefined;
-        const k = srv.requests.slice(0, n).filter((r) => r.path.includes('/targets/')).length;
+        if (!rec || !isPayload(rec.path)) return undefined;
+        const k = srv.requests.slice(0, n).filter((r) => isPayload(r.path)).length;
         return value(k);
       }
       return Reflect.get(target, prop, recv);
@@ -90,7 +92,7 @@ t.test('install faults', async (t) => {
     // the reset must be noticed at once (not after the 30 s stall watchdog)
     t.ok(Date.now() - started < 15_000, `the reset was noticed promptly (${Date.now() - started} ms)`);
     t.match(r.finished, [{ outcome: 'succeeded', release: { version } }]);
-    const payload = d.srv.requests.filter((q) => q.path.includes('/targets/'));
+    const payload = d.srv.requests.filter((q) => q.path.includes('/targets/') && !q.path.endsWith('.index'));
     t.ok(payload.length >= 2, 'the payload was requested again');
     t.ok(payload.slice(1).every((q) => q.status === 200 || q.status === 206), `re-requested: ${JSON.stringify(payload.map((q) => [q.range, q.status]))}`);
     t.same(await d.truth(), []);
