@@ -3,6 +3,8 @@
  * real HTTP server is SIGKILLed at 25 %, 50 % and 75 % of the payload, then started again. It must
  * resume from what is already on the slot (re-hashed), not from chunk 0: the server's byte counter
  * says the device paid for at most 1.05 × the payload plus one chunk, and slot B holds the image.
+ * The release's chunk index (format 2) is fetched once: the restarted daemon re-verifies its cached
+ * copy in the state directory instead of fetching it again.
  */
 import t from 'tap';
 import { startMosquitto } from '../harness/mosquitto.js';
@@ -20,6 +22,7 @@ for (const pct of [25, 50, 75]) {
     t.comment(JSON.stringify({ killAt: pct, ...r.figures }));
     t.equal(r.slotSha256, env.rel.imageSha256, 'slot B holds the image after the resumed download');
     t.ok(r.resumedFromChunk > 0, `resumed from chunk ${r.resumedFromChunk}, not 0`);
+    t.equal(env.srv.requests.filter((q) => q.path.endsWith('.index')).length, 1, 'the chunk index was fetched once: the restarted daemon used its verified cache');
     t.ok(r.figures.served <= r.figures.bound, `served ${r.figures.served} bytes <= ${r.figures.bound} (1.05x payload ${env.rel.length} + one chunk)`);
   });
 }
