@@ -33,7 +33,7 @@ import { readFileCapped, writeFileAtomic } from '../../hal/atomic-file.js';
 import { parseIndexFile } from '../../manifests/chunk-index.js';
 import type { PayloadInfo, Release, TargetRef } from '../../manifests/types.js';
 import { toSource, type InstallSourceSpec } from './installer.js';
-import type { OpenedStream } from './source.js';
+import type { OpenedStream, PayloadSource } from './source.js';
 
 const readP = promisify(readFd);
 const SHA256 = /^[0-9a-f]{64}$/;
@@ -132,13 +132,9 @@ export class IndexResolver {
 
   /** Mirror after mirror: the first whose bytes match the signed length and hash. */
   private async fetch(ref: TargetRef, sha: string): Promise<Buffer> {
-    let spec: InstallSourceSpec;
-    try {
-      spec = this.o.locate(ref);
-    } catch (cause) {
-      throw new SlotflipError('MANIFEST_INDEX_FETCH', `chunk index ${ref.targetName}: no location to fetch it from; set trust.payloadBaseUrls`, { cause, details: { target: ref.targetName } });
-    }
-    const source = toSource(spec, this.o.timeoutMs);
+    // a configuration without payload locations fails here with the payload's own code
+    // (DAEMON_NO_PAYLOAD_URL, INSTALL_SOURCE_OPEN): the same answer the payload would get
+    const source: PayloadSource = toSource(this.o.locate(ref), this.o.timeoutMs);
     const failures: { where: string; code: string; message: string }[] = [];
     let mismatch = false;
     for (let i = 0; i < source.count; i++) {
