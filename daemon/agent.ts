@@ -47,6 +47,9 @@ export interface Installer {
    * length, its first chunk decodes to the signed hash — BEFORE the target is marked bad (it usually
    * holds the previous good release). Throws INSTALL_* errors; never writes. Optional. */
   preflight?(release: Release): Promise<void>;
+  /** Drops what was kept for attempts no longer in flight (a format 2 release's cached chunk index),
+   * keeping `inFlight`'s. Idempotent; never throws. Called at the end of every cycle. Optional. */
+  settle?(inFlight: Release | undefined): Promise<void>;
 }
 
 export interface HealthResult {
@@ -299,6 +302,8 @@ export class Agent {
       const done = await this.d.migration.settle(bootedSlot, state.history);
       if (done) this.log.info({ snapshot: done }, 'migration snapshot settled');
     }
+    // what the installer kept for an attempt that ended (the cached chunk index) goes now
+    if (!rebooted) await this.d.installer.settle?.(state.phase === 'idle' ? undefined : state.attempt?.release);
     const before = new Set(start.history.map((h) => h.attempt));
     return {
       phase: state.phase,

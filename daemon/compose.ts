@@ -27,6 +27,7 @@ import { TrustClient, dirSource, httpSource, memorySource, targetUrl, type Metad
 import type { Release } from '../manifests/types.js';
 import { installPayload, toSource, type InstallProgress } from './install/index.js';
 import { preflightPayload } from './install/preflight.js';
+import { IndexResolver, indexCacheDir } from './install/index-file.js';
 import { runHealthChecks, type HealthDeps } from './health.js';
 import { verifySlotImage } from './install/read-back.js';
 import { Outbox } from './outbox.js';
@@ -134,8 +135,8 @@ function slotSizeOf(config: Config): { slotSize?: number } {
 }
 
 /** The metadata source and the payload locations for a source config. */
-export function sourceFor(src: SourceConfig, config: Config, metadata?: Map<string, Uint8Array>): { meta: MetadataSource; payload: (release: Release) => { urls: string[] } | { path: string }; brokerFirst?: BrokerFirstSource } {
-  const fromBases = (bases: string[]) => (release: Release) => {
+export function sourceFor(src: SourceConfig, config: Config, metadata?: Map<string, Uint8Array>): { meta: MetadataSource; payload: (target: TargetLocation) => { urls: string[] } | { path: string }; brokerFirst?: BrokerFirstSource } {
+  const fromBases = (bases: string[]) => (release: TargetLocation) => {
     if (bases.length === 0) throw new SlotflipError('DAEMON_NO_PAYLOAD_URL', 'no payload location: set trust.payloadBaseUrls in the config', { details: { field: '/trust/payloadBaseUrls' } });
     return { urls: bases.map((b) => targetUrl(b, release)) };
   };
@@ -162,6 +163,9 @@ export function sourceFor(src: SourceConfig, config: Config, metadata?: Map<stri
   }
 }
 
+/** What locates a target file (a payload or a chunk index) on a mirror or a disk. */
+type TargetLocation = Pick<Release, 'targetName' | 'hashes'>;
+
 /** Builds the agent for this boot. Creates the state directories. */
 export async function createAgent(config: Config, o: ComposeOverrides = {}): Promise<Agent> {
   const now = o.now ?? Date.now;
@@ -185,6 +189,9 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   const readBack: 'path' | 'handle' = o.slots ? 'handle' : 'path';
   const dl = config.download ?? configDefaults.download;
   const budget = { maxChunkFailures: dl.maxChunkFailures, maxBytesFactor: dl.maxBytesFactor, maxMs: dl.maxMinutes * 60_000 };
+  // format 2: the chunk index is a target file of its own, fetched from the payload's locations,
+  // verified against the signed metadata and cached in the state dir for resume (install/index-file.ts)
+  const index = new IndexResolver({ locate: (target) => src.payload(target), cacheDir: indexCacheDir(config.stateDir), log: log.child({ module: 'daemon.install.index' }) });
   // the install that finished last in THIS process read its slot back from the medium (behind each
   // flush, whole-image SHA-256, the first differing chunk named): the verify step that follows it
   // takes that result instead of reading and hashing the slot a second time; after a restart (or for
@@ -193,24 +200,29 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   const installer: Installer = o.installer ?? {
     async write(release, slot) {
       readBackDone = undefined;
-      const r = await installPayload({ payload: release.custom.payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, readBack, budget, ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), logger: log.child({ module: 'daemon.install' }), now,
+      const payload = await index.payloadOf(release);
+      const r = await installPayload({ payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, readBack, budget, ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), logger: log.child({ module: 'daemon.install' }), now,
         ...(typeof release.hashes['sha256'] === 'string' ? { targetSha256: release.hashes['sha256'] } : {}) });
       readBackDone = { slotPath: slot.path, imageSha256: r.readBackSha256 };
     },
     async verify(release, slot) {
       const done = readBackDone;
       readBackDone = undefined;
-      if (done !== undefined && done.slotPath === slot.path && done.imageSha256 === release.custom.payload.sha256) return;
-      await verifySlotImage(slot, release.custom.payload, { source: readBack, log: log.child({ module: 'daemon.install.read-back' }) });
+      const payload = await index.payloadOf(release);
+      if (done !== undefined && done.slotPath === slot.path && done.imageSha256 === payload.sha256) return;
+      await verifySlotImage(slot, payload, { source: readBack, log: log.child({ module: 'daemon.install.read-back' }) });
     },
     async preflight(release) {
+      // the index first: a release whose chunk index is missing, tampered with or wrong is refused
+      // here, before the target slot is marked bad
+      const payload = await index.payloadOf(release);
       // the source the install will read; any mirror that serves the signed payload will do,
       // otherwise the first mirror's answer
       const source = toSource(src.payload(release), undefined);
       let first: unknown;
-      for (let index = 0; index < source.count; index++) {
+      for (let i = 0; i < source.count; i++) {
         try {
-          await preflightPayload({ payload: release.custom.payload, length: release.length, source, index });
+          await preflightPayload({ payload, length: release.length, source, index: i });
           return;
         } catch (e) {
           first ??= e;
@@ -218,6 +230,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
       }
       throw first;
     },
+    settle: (inFlight) => index.settle(inFlight),
   };
   const health: HealthRunner = o.health ?? {
     async run() {

@@ -42,8 +42,8 @@ import { SlotflipError, isCoded } from '../hal/errors.js';
 import { readFileCapped, writeFileAtomic } from '../hal/atomic-file.js';
 import type { ManifestCode } from './codes.js';
 import type { Release } from './types.js';
-import { releaseFromTarget } from './release.js';
-import { checkKeyScheme } from './validate.js';
+import { indexTargetOf, releaseFromTarget, withIndexTarget } from './release.js';
+import { checkKeyScheme, checkTargetName } from './validate.js';
 
 // ---------------------------------------------------------------- sources
 
@@ -834,8 +834,10 @@ export class TrustClient {
     const out: Release[] = [];
     for (const t of Object.values(md.signed.targets)) {
       const r = releaseFromTarget(t);
-      if (r.kind === 'release') out.push(r.release);
-      else if (r.kind === 'invalid') invalid.push({ targetName: t.path, code: 'MANIFEST_CUSTOM_INVALID', message: r.message });
+      if (r.kind === 'release') {
+        const idx = indexTargetOf(r.release);
+        out.push(idx === undefined ? r.release : withIndexTarget(r.release, md.signed.targets[idx]));
+      } else if (r.kind === 'invalid') invalid.push({ targetName: t.path, code: 'MANIFEST_CUSTOM_INVALID', message: r.message });
     }
     return out;
   }
@@ -866,8 +868,12 @@ export class TrustClient {
       const t = await this.findTarget(p);
       if (!t) continue;
       const r = releaseFromTarget(t);
-      if (r.kind === 'release') out.push(r.release);
-      else if (r.kind === 'invalid') invalid.push({ targetName: p, code: 'MANIFEST_CUSTOM_INVALID', message: r.message });
+      if (r.kind === 'release') {
+        // format 2: the chunk index's signed length and hashes, resolved like any target (a name
+        // outside every role's paths stays unresolved: selection refuses MANIFEST_INDEX_NOT_FOUND)
+        const idx = indexTargetOf(r.release);
+        out.push(idx === undefined ? r.release : withIndexTarget(r.release, checkTargetName(idx).ok ? await this.findTarget(idx) : undefined));
+      } else if (r.kind === 'invalid') invalid.push({ targetName: p, code: 'MANIFEST_CUSTOM_INVALID', message: r.message });
     }
     return out;
   }

@@ -51,7 +51,8 @@ export interface BuiltPayload {
 
 /**
  * Reads `imagePath`, writes the chunked payload to `outPath` (atomically: temp file, fsync, rename)
- * and returns the chunk index plus the payload file's length and hash. Throws MANIFEST_PAYLOAD_BUILD
+ * and returns the chunk index (every chunk with `packedSha256`, the SHA-256 of its compressed frame)
+ * plus the payload file's length and hash. Throws MANIFEST_PAYLOAD_BUILD
  * when the image cannot be read or a compressor fails; `outPath` is then left untouched.
  */
 export async function buildPayload(imagePath: string, outPath: string, opts: BuildPayloadOptions): Promise<BuiltPayload> {
@@ -82,7 +83,15 @@ export async function buildPayload(imagePath: string, outPath: string, opts: Bui
     const chunks: ChunkEntry[] = [];
     let offset = 0;
 
-    const readAndCompress = async (index: number): Promise<{ raw: Buffer; packed: Buffer }> => {
+    // All-zero chunks (unused space in filesystem images, sparse files) are common: their frame and
+    // hashes are computed once per length and reused, instead of one compressor run each.
+    const zero = Buffer.alloc(Math.min(chunkSize, size));
+    const zeroFrames = new Map<number, Promise<Built>>();
+    const build = async (raw: Buffer): Promise<Built> => {
+      const packed = await compress(raw);
+      return { packed, sha256: createHash('sha256').update(raw).digest('hex'), packedSha256: createHash('sha256').update(packed).digest('hex') };
+    };
+    const readAndCompress = async (index: number): Promise<{ raw: Buffer } & Built> => {
       const len = Math.min(chunkSize, size - index * chunkSize);
       const raw = Buffer.allocUnsafe(len);
       let got = 0;
@@ -91,11 +100,19 @@ export async function buildPayload(imagePath: string, outPath: string, opts: Bui
         if (bytesRead === 0) throw new SlotflipError('MANIFEST_PAYLOAD_BUILD', `image ${imagePath} shrank while being read`, { details: { imagePath, index } });
         got += bytesRead;
       }
-      return { raw, packed: await compress(raw) };
+      if (raw.equals(zero.subarray(0, len))) {
+        let frame = zeroFrames.get(len);
+        if (!frame) {
+          frame = build(raw);
+          zeroFrames.set(len, frame);
+        }
+        return { raw, ...(await frame) };
+      }
+      return { raw, ...(await build(raw)) };
     };
 
     // A sliding window of `concurrency` chunks in flight; results are consumed strictly in order.
-    const inflight: Promise<{ raw: Buffer; packed: Buffer }>[] = [];
+    const inflight: Promise<{ raw: Buffer } & Built>[] = [];
     let next = 0;
     const fill = (): void => {
       while (next < chunkCount && inflight.length < concurrency) {
@@ -106,9 +123,10 @@ export async function buildPayload(imagePath: string, outPath: string, opts: Bui
     };
     fill();
     for (let i = 0; i < chunkCount; i++) {
-      const { raw, packed } = await inflight.shift()!;
+      const { raw, packed, sha256, packedSha256 } = await inflight.shift()!;
       fill();
-      chunks.push({ sha256: createHash('sha256').update(raw).digest('hex'), offset, length: packed.length });
+      // packedSha256: the frame's own hash, taken from the bytes being written (no second pass)
+      chunks.push({ sha256, offset, length: packed.length, packedSha256 });
       imageHash.update(raw);
       fileHash.update(packed);
       await output.write(packed, 0, packed.length, offset);
@@ -135,6 +153,13 @@ export async function buildPayload(imagePath: string, outPath: string, opts: Bui
 }
 
 type Compressor = (raw: Buffer) => Promise<Buffer>;
+
+/** One chunk, compressed and hashed (raw and compressed). */
+interface Built {
+  packed: Buffer;
+  sha256: string;
+  packedSha256: string;
+}
 
 function compressorFor(compression: Compression, opts: BuildPayloadOptions): Compressor {
   if (compression === 'none') return async (raw) => raw;

@@ -30,6 +30,10 @@ import { writeFileAtomic } from '../hal/atomic-file.js';
 import { canonicalJson, generateSigningKey, keyIdOfJson, privatePem, publicJsonFromPem, signingKeyFromPem, type PublicKeyJson, type SigningKey } from './keys.js';
 import { externalSigner, localSigner, parseSignerSpec, signMetadata, validSignatures, type ExternalSignerSpec, type Signer } from './signers.js';
 import { buildPayload } from './payload.js';
+import { encodeIndexFile, indexTargetName } from './chunk-index.js';
+import { releaseFromTarget } from './release.js';
+import { compareReleases } from './select.js';
+import { rolloutAllows } from './rollout.js';
 import { ISSUED_FIELD, OFFLINE_FILE, OFFLINE_TYPE, TIME_RESET_FIELD } from './client.js';
 import { checkTargetName as checkTargetNameRule } from './validate.js';
 import { META_PREFIXES, MAX_MESSAGE_BYTES, metaTopic, type MetaLayout } from './meta-topics.js';
@@ -574,6 +578,10 @@ export interface AddReleaseOptions extends RepoOptions {
   rollout?: Rollout;
   /** targets expiry override, days. */
   expiresDays?: number;
+  /** 2 (default): the chunk index is a target file of its own (`<name>.index`), targets.json stays
+   * small. 1: the chunk list inline in the custom block, for fleets whose devices run a daemon that
+   * predates format 2 (manifests/README.md "Moving a fleet to format 2"). */
+  format?: 1 | 2;
 }
 
 export interface AddedRelease {
@@ -584,6 +592,10 @@ export interface AddedRelease {
   sha256: string;
   targetsVersion: number;
   custom: ReleaseCustom;
+  /** number of chunks in the payload. */
+  chunks: number;
+  /** format 2: the index target, its file under repository/targets/, length and SHA-256. */
+  index?: { targetName: string; path: string; length: number; sha256: string };
 }
 
 const TARGET_NAME = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._+-]+)*$/;
@@ -633,8 +645,10 @@ async function updateTargets(dir: string, now: number, expiresDays: number | und
 /**
  * Builds the payload from `image` (compress, chunk, index), places it under repository/targets/ as
  * `<dir>/<sha256>.<basename>`, adds the target with its slotflip custom block, and re-signs targets,
- * snapshot and timestamp. Needs the targets, snapshot and timestamp keys. Adding the same name again
- * replaces the entry (a new targets version).
+ * snapshot and timestamp. Format 2 (default) also writes the chunk index file
+ * (`<dir>/<sha256>.<basename>.index`, canonical JSON, chunk-index.ts) and adds it as a target of its
+ * own; format 1 puts the chunk list inline. Needs the targets, snapshot and timestamp keys. Adding
+ * the same name again replaces the entry (a new targets version).
  */
 export async function addRelease(dir: string, opts: AddReleaseOptions): Promise<AddedRelease> {
   const now = (opts.now ?? Date.now)();
@@ -645,7 +659,10 @@ export async function addRelease(dir: string, opts: AddReleaseOptions): Promise<
   checkRollout(opts.rollout);
   const ext = opts.compression === 'zstd' ? '.zst' : opts.compression === 'gzip' ? '.gz' : '';
   const targetName = opts.name ?? `releases/${opts.version}/${basename(opts.image)}${ext}`;
+  const format = opts.format ?? 2;
+  if (format !== 1 && format !== 2) throw badArg(`format ${String(format)}: use 2 (default) or 1 (inline chunk index, for daemons before format 2)`);
   checkTargetName(targetName);
+  if (format === 2) checkTargetName(indexTargetName(targetName));
   await readSettings(dir);
   await readKey(dir, 'targets', opts.keys); // fail before the (slow) build if the key is absent
 
@@ -656,20 +673,35 @@ export async function addRelease(dir: string, opts: AddReleaseOptions): Promise<
   const finalPath = join(finalDir, `${built.sha256}.${basename(targetName)}`);
   await rename(staging, finalPath);
 
-  const custom: ReleaseCustom = {
-    slotflip: 1,
+  const base = {
     hardware: [...opts.hardware],
     version: opts.version,
     securityVersion: opts.securityVersion,
     channel: opts.channel,
     ...(opts.devices && opts.devices.length > 0 ? { devices: [...opts.devices] } : {}),
     ...(opts.rollout ? { rollout: opts.rollout } : {}),
-    payload: built.payload,
   };
+  const { compression, size, sha256: imageSha256, chunkSize } = built.payload;
+  const indexName = indexTargetName(targetName);
+  let custom: ReleaseCustom;
+  let index: AddedRelease['index'];
+  if (format === 1) {
+    // format 1's schema allows no other chunk field: older daemons refuse packedSha256
+    custom = { slotflip: 1, ...base, payload: { compression, size, sha256: imageSha256, chunkSize, chunks: built.payload.chunks.map((c) => ({ sha256: c.sha256, offset: c.offset, length: c.length })) } };
+  } else {
+    const bytes = encodeIndexFile(targetName, built.payload);
+    const indexSha = sha256(bytes);
+    const indexPath = join(finalDir, `${indexSha}.${basename(indexName)}`);
+    await writeFileAtomic(indexPath, bytes);
+    index = { targetName: indexName, path: indexPath, length: bytes.length, sha256: indexSha };
+    custom = { slotflip: 2, ...base, payload: { compression, size, sha256: imageSha256, chunkSize, index: { target: indexName } } };
+  }
   const loaded = await updateTargets(dir, now, opts.expiresDays, opts.keys, (map) => {
     map[targetName] = new TargetFile({ path: targetName, length: built.length, hashes: { sha256: built.sha256 }, unrecognizedFields: { custom: custom as never } });
+    if (index) map[indexName] = new TargetFile({ path: indexName, length: index.length, hashes: { sha256: index.sha256 } });
+    else delete map[indexName]; // re-added as format 1: the old index goes with the old entry
   });
-  return { targetName, path: finalPath, length: built.length, sha256: built.sha256, targetsVersion: loaded.md.signed.version, custom };
+  return { targetName, path: finalPath, length: built.length, sha256: built.sha256, targetsVersion: loaded.md.signed.version, custom, chunks: built.payload.chunks.length, ...(index ? { index } : {}) };
 }
 
 /** Replaces (or with `undefined` removes) a release's rollout and re-signs targets, snapshot, timestamp. */
@@ -1006,7 +1038,7 @@ export async function publishToBroker(dir: string, brokerUrl: string, opts: Publ
     const bytes = await readFile(join(metaDir(dir), file));
     if (bytes.byteLength > max) {
       if ((opts.oversize ?? 'refuse') === 'refuse') {
-        throw new SlotflipError('MANIFEST_PUBLISH_OVERSIZE', `${file} is ${bytes.byteLength} bytes, more than the ${max} allowed in one MQTT message (AWS IoT Core takes 128 KB, Azure 64 KB retained; Mosquitto withholds what exceeds a client's maximum packet size); nothing was published. Publish with --oversize skip to leave it to HTTP (devices fetch what the broker lacks from the repository), or prune old releases`, { details: { file, bytes: bytes.byteLength, maxMessageBytes: max } });
+        throw new SlotflipError('MANIFEST_PUBLISH_OVERSIZE', `${file} is ${bytes.byteLength} bytes, more than the ${max} allowed in one MQTT message (AWS IoT Core takes 128 KB, Azure 64 KB retained; Mosquitto withholds what exceeds a client's maximum packet size); nothing was published. Publish with --oversize skip to leave it to HTTP (devices fetch what the broker lacks from the repository), prune old releases (\`slotflip repo prune DIR --keep N\`), or publish releases in format 2 (the default; not \`release add --inline-index\`)`, { details: { file, bytes: bytes.byteLength, maxMessageBytes: max } });
       }
       skipped.push({ file, bytes: bytes.byteLength });
       continue;
@@ -1061,7 +1093,8 @@ export interface ExportResult {
  *
  *   OUT/metadata/  every N.root.json and root.json, the current N.targets.json and N.snapshot.json,
  *                  timestamp.json, and offline.json (written last)
- *   OUT/targets/   the exported payloads, `<dir>/<sha256>.<basename>` as in the repository
+ *   OUT/targets/   the exported payloads, `<dir>/<sha256>.<basename>` as in the repository, and
+ *                  the chunk index file of every exported format 2 release
  *
  * offline.json is a statement signed by the TARGETS key (the offline, longer-lived role): "this
  * timestamp (version, sha256) and this snapshot (version, sha256) are fresh until EXPIRES". A
@@ -1079,8 +1112,13 @@ export async function exportBundle(dir: string, out: string, opts: ExportOptions
   const targets = await loadTargets(dir);
   const snapshot = await loadSnapshot(dir);
   const ts = await loadTimestamp(dir);
-  const names = opts.targets ?? Object.keys(targets.md.signed.targets).sort();
-  for (const n of names) if (!targets.md.signed.targets[n]) throw new SlotflipError('MANIFEST_TARGET_NOT_FOUND', `target ${JSON.stringify(n)} is not in targets v${targets.md.signed.version}`, { details: { target: n } });
+  const listed = opts.targets ?? Object.keys(targets.md.signed.targets).sort();
+  for (const n of listed) if (!targets.md.signed.targets[n]) throw new SlotflipError('MANIFEST_TARGET_NOT_FOUND', `target ${JSON.stringify(n)} is not in targets v${targets.md.signed.version}`, { details: { target: n } });
+  // a format 2 release is installable only with its chunk index: it goes along
+  const names = [...new Set(listed.flatMap((n) => {
+    const idx = indexOfCustom(targets.md.signed.targets[n]!.custom);
+    return idx && targets.md.signed.targets[idx] ? [n, idx] : [n];
+  }))].sort();
 
   const metaOut = join(out, 'metadata');
   await mkdir(metaOut, { recursive: true });
@@ -1114,4 +1152,82 @@ export async function exportBundle(dir: string, out: string, opts: ExportOptions
   // offline.json last: a bundle without it is a plain (online-only) repository copy
   await writeFileAtomic(join(metaOut, OFFLINE_FILE), Buffer.from(JSON.stringify(statement, null, 1) + '\n'));
   return { out, expires, targets: names, files: files + 1 };
+}
+
+/** The index target a slotflip custom block names (format 2), else undefined. */
+function indexOfCustom(custom: unknown): string | undefined {
+  const c = custom as { slotflip?: unknown; payload?: { index?: { target?: unknown } } } | undefined;
+  const t = c?.slotflip === 2 ? c.payload?.index?.target : undefined;
+  return typeof t === 'string' ? t : undefined;
+}
+
+export interface PruneOptions extends RepoOptions {
+  /** releases kept per (hardware, channel), newest first (by the devices' own order: securityVersion,
+   * then semver); at least 1. */
+  keep: number;
+  /** list what would go, change nothing. */
+  dryRun?: boolean;
+}
+
+export interface PruneResult {
+  /** release targets removed from the targets metadata (their index targets go with them). */
+  removed: string[];
+  /** release targets kept. */
+  kept: string[];
+  /** the new targets version (undefined: nothing removed, nothing signed). */
+  targetsVersion?: number;
+}
+
+/**
+ * Removes old releases from the targets metadata so it stays small (every device fetches it, and
+ * every MQTT message stays under the broker's cap). For each (hardware compatible string, channel)
+ * the releases are ranked as devices rank them (manifests/select.ts compareReleases); a release stays
+ * when, in ANY group it belongs to, it is among the `keep` best OR no better release of that group is
+ * available to every device of it right now: a release whose `devices` list, rollout percentage,
+ * schedule or halt keeps some devices away makes the next one down what those devices install, so it
+ * is never pruned from under them. Format 2 index targets go with their release; targets that are
+ * not slotflip releases are left alone. Payload and index FILES stay in repository/targets/ (devices
+ * in the middle of an install still fetch them; they are content-addressed, delete them later by hand).
+ * Needs the targets, snapshot and timestamp keys; one new targets version when anything goes.
+ */
+export async function pruneReleases(dir: string, opts: PruneOptions): Promise<PruneResult> {
+  const now = (opts.now ?? Date.now)();
+  if (!Number.isSafeInteger(opts.keep) || opts.keep < 1) throw badArg(`--keep ${String(opts.keep)}: keep at least 1 release per hardware and channel`);
+  const current = (await loadTargets(dir)).md.signed.targets;
+  const releases = Object.values(current).flatMap((t) => {
+    const r = releaseFromTarget(t);
+    return r.kind === 'release' ? [r.release] : [];
+  });
+  const groups = new Map<string, typeof releases>();
+  for (const r of releases) {
+    for (const hw of r.custom.hardware) {
+      const key = JSON.stringify([hw, r.custom.channel]);
+      groups.set(key, [...(groups.get(key) ?? []), r]);
+    }
+  }
+  // available to every device of its group now: no device list, rollout (if any) at 100 % now and not
+  // halted (a later wave could lower it again: a schedule counts as not for everyone)
+  const forEveryone = (r: (typeof releases)[number]): boolean => r.custom.devices === undefined && (r.custom.rollout === undefined || (rolloutAllows(r.custom.rollout, 99, now) && (r.custom.rollout.waves ?? []).every((w) => w.percent >= 100)));
+  const keep = new Set<string>();
+  for (const list of groups.values()) {
+    const ranked = [...list].sort(compareReleases);
+    let coveredAll = false;
+    for (const [i, r] of ranked.entries()) {
+      if (i < opts.keep || !coveredAll) keep.add(r.targetName);
+      if (forEveryone(r)) coveredAll = true;
+      if (i >= opts.keep - 1 && coveredAll) break;
+    }
+  }
+  const removed = releases.map((r) => r.targetName).filter((n) => !keep.has(n)).sort();
+  const kept = releases.map((r) => r.targetName).filter((n) => keep.has(n)).sort();
+  if (removed.length === 0 || opts.dryRun) return { removed, kept };
+  const loaded = await updateTargets(dir, now, undefined, opts.keys, (map) => {
+    for (const n of removed) {
+      const idx = indexOfCustom(map[n]?.custom);
+      delete map[n];
+      // an index target another kept release still names stays
+      if (idx && !kept.some((k) => indexOfCustom(map[k]?.custom) === idx)) delete map[idx];
+    }
+  });
+  return { removed, kept, targetsVersion: loaded.md.signed.version };
 }

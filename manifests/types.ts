@@ -2,6 +2,13 @@
  * What an A/B updater needs from a release, carried in the TUF target's `custom` field.
  * Everything here is authenticated by the signed targets metadata, the chunk index included, so every
  * chunk can be verified before it is written.
+ *
+ * Two formats (manifests/README.md "Format v2"):
+ * - v1 (`slotflip: 1`): the chunk list inline in the payload target's custom block (~190 bytes per
+ *   chunk in targets.json, every release): what daemons before format v2 understand.
+ * - v2 (`slotflip: 2`, the default): the custom block names an index target (`<payload>.index`), a
+ *   TUF target file of its own (length and hashes in the signed targets metadata) holding the chunk
+ *   list; targets.json stays a few hundred bytes per release whatever the image size.
  */
 export type Compression = 'zstd' | 'gzip' | 'none';
 
@@ -12,7 +19,9 @@ export interface ChunkEntry {
   offset: number;
   /** length in bytes of the compressed frame. */
   length: number;
-  /** SHA-256 (hex) of the compressed frame bytes (payload[offset, offset+length)); format v2 only. */
+  /** SHA-256 (hex) of the chunk's compressed frame bytes (payload[offset, offset+length)): the
+   * signed hash of what is fetched, checked before the frame is decoded. Present in format v2 index
+   * files (required there); absent in v1 inline chunk lists (their schema forbids it). */
   packedSha256?: string;
 }
 
@@ -44,9 +53,35 @@ export interface Rollout {
   halted?: boolean;
 }
 
-export interface ReleaseCustom {
-  /** format version of this custom block. */
-  slotflip: 1;
+/** Format v2: the payload described without its chunk list, which lives in the index target. */
+export interface PayloadRef {
+  compression: Compression;
+  /** uncompressed image size in bytes. */
+  size: number;
+  /** SHA-256 (hex) of the whole uncompressed image. */
+  sha256: string;
+  /** uncompressed chunk size in bytes. */
+  chunkSize: number;
+  /** the TUF target holding the chunk index (ChunkIndexFile), e.g. `releases/1.1.0/image.zst.index`. */
+  index: { target: string };
+}
+
+/** Format v2's index target file: canonical JSON, a signed TUF target of its own. */
+export interface ChunkIndexFile {
+  slotflip: 2;
+  /** the payload target this index describes. */
+  payloadTarget: string;
+  compression: Compression;
+  size: number;
+  sha256: string;
+  chunkSize: number;
+  /** every chunk, with `packedSha256`. */
+  chunks: ChunkEntry[];
+  /** optional delta section (delta updates); validated by its own module, ignored here. */
+  delta?: Record<string, unknown>;
+}
+
+interface ReleaseCustomBase {
   /** exact compatible strings of boards that may install it (no wildcards). */
   hardware: string[];
   /** semver, for people. */
@@ -57,7 +92,27 @@ export interface ReleaseCustom {
   /** explicit targeting: when present, only these device ids. */
   devices?: string[];
   rollout?: Rollout;
+}
+
+/** Format v1: the chunk list inline. */
+export interface ReleaseCustomV1 extends ReleaseCustomBase {
+  slotflip: 1;
   payload: PayloadInfo;
+}
+
+/** Format v2: the chunk list in the index target. */
+export interface ReleaseCustomV2 extends ReleaseCustomBase {
+  slotflip: 2;
+  payload: PayloadRef;
+}
+
+export type ReleaseCustom = ReleaseCustomV1 | ReleaseCustomV2;
+
+/** A signed TUF target as the device fetches it: name, length and hashes from the targets metadata. */
+export interface TargetRef {
+  targetName: string;
+  length: number;
+  hashes: Record<string, string>;
 }
 
 /** A verified, applicable release as handed to the installer. */
@@ -68,6 +123,9 @@ export interface Release {
   length: number;
   hashes: Record<string, string>;
   custom: ReleaseCustom;
+  /** format v2: the index target named by `custom.payload.index`, with its signed length and hashes
+   * (looked up by the TUF client in the same signed metadata). Absent for v1. */
+  index?: TargetRef;
 }
 
 export interface DeviceIdentity {

@@ -8,7 +8,7 @@
  * changes, rather than discovered while a slot is being written.
  */
 import type { ManifestCode } from './codes.js';
-import type { Release } from './types.js';
+import type { ChunkEntry, Release } from './types.js';
 
 export type Check = { ok: true } | { ok: false; code: ManifestCode; message: string };
 
@@ -62,38 +62,77 @@ export function checkTargetName(name: string): Check {
 
 const SHA256 = /^[0-9a-f]{64}$/;
 const MAX_CHUNK = 256 * 1024 * 1024;
+/** Largest index target a device fetches (format v2): ~190 bytes per chunk, so 64 MiB is ~350,000
+ * chunks — a 1.3 TiB image in 4 MiB chunks, or 20 GiB in 64 KiB ones. */
+export const MAX_INDEX_BYTES = 64 * 1024 * 1024;
+
+type Bad = (why: string) => Check;
+
+/** compression, size, chunkSize and image hash of a payload description (v1 or v2), and the slot. */
+function checkPayloadHeader(p: { compression?: unknown; size?: unknown; chunkSize?: unknown; sha256?: unknown }, bad: Bad, slotSize?: number): Check {
+  if (!['zstd', 'gzip', 'none'].includes(p.compression as string)) return bad(`unknown compression ${JSON.stringify(p.compression)}`);
+  if (!Number.isSafeInteger(p.size) || (p.size as number) < 0) return bad('payload size is not a non-negative integer');
+  if (!Number.isSafeInteger(p.chunkSize) || (p.chunkSize as number) <= 0 || (p.chunkSize as number) > MAX_CHUNK) return bad(`chunkSize ${String(p.chunkSize)} is not an integer in 1..${MAX_CHUNK}`);
+  if (typeof p.sha256 !== 'string' || !SHA256.test(p.sha256)) return bad('image sha256 is not 64 lower-case hex digits');
+  if (slotSize !== undefined && (p.size as number) > slotSize) return bad(`the image is ${String(p.size)} bytes, the slot holds ${slotSize}`);
+  return OK;
+}
+
+/**
+ * A chunk list against its payload: count = ceil(size / chunkSize); contiguous from offset 0 with
+ * non-zero lengths; hashes well-formed (`packedSha256` too, and required when `requirePacked`); the
+ * compressed lengths add up to the signed payload length. Pure.
+ */
+export function checkChunkList(chunks: unknown, size: number, chunkSize: number, payloadLength: number, requirePacked: boolean, bad: Bad): Check {
+  if (!Array.isArray(chunks)) return bad('no chunk list');
+  const want = Math.ceil(size / chunkSize);
+  if (chunks.length !== want) return bad(`${chunks.length} chunks listed, ${size} bytes in ${chunkSize}-byte chunks need ${want}`);
+  let off = 0;
+  for (let i = 0; i < chunks.length; i++) {
+    const c = chunks[i] as Partial<ChunkEntry> | null;
+    if (typeof c !== 'object' || c === null) return bad(`chunk ${i} is not an object`);
+    if (!Number.isSafeInteger(c.offset) || !Number.isSafeInteger(c.length)) return bad(`chunk ${i} offset/length are not integers`);
+    if (c.length! <= 0) return bad(`chunk ${i} has length ${c.length}`);
+    if (c.offset !== off) return bad(`chunk ${i} starts at ${c.offset}, expected ${off} (chunks overlap or leave a gap)`);
+    if (typeof c.sha256 !== 'string' || !SHA256.test(c.sha256)) return bad(`chunk ${i} sha256 is not 64 lower-case hex digits`);
+    if (c.packedSha256 !== undefined || requirePacked) {
+      if (typeof c.packedSha256 !== 'string' || !SHA256.test(c.packedSha256)) return bad(`chunk ${i} packedSha256 is ${c.packedSha256 === undefined ? 'missing' : 'not 64 lower-case hex digits'}`);
+    }
+    off += c.length!;
+    if (!Number.isSafeInteger(off)) return bad('chunk lengths overflow');
+  }
+  if (off !== payloadLength) return bad(`chunks add up to ${off} bytes, the signed payload length is ${payloadLength}`);
+  return OK;
+}
 
 /**
  * The whole payload description of a release, judged from metadata alone: compression known;
- * size, chunkSize, every offset and length safe integers; chunk count = ceil(size / chunkSize);
- * chunks contiguous from offset 0 with non-zero lengths; their sum equal to the signed target
- * length; the image no larger than the slot (when `slotSize` is known); hashes well-formed.
+ * size, chunkSize, every offset and length safe integers; the image no larger than the slot (when
+ * `slotSize` is known); hashes well-formed. Format v1: the inline chunk list (checkChunkList).
+ * Format v2: the index target is named, a safe target name, and was found in the signed metadata
+ * with a length within MAX_INDEX_BYTES; its chunk list is judged when it is fetched
+ * (chunk-index.ts parseIndexFile), still before any device state changes.
  */
 export function checkReleaseStructure(release: Release, slotSize?: number): Check {
   const name = checkTargetName(release.targetName);
   if (!name.ok) return name;
   const bad = (why: string): Check => ({ ok: false, code: 'MANIFEST_INDEX_INVALID', message: `release ${release.targetName}: ${why}; the release metadata is wrong, nothing was changed` });
-  const p = release.custom?.payload as Partial<Release['custom']['payload']> | undefined;
+  const custom = release.custom as Partial<Release['custom']> | undefined;
+  const p = custom?.payload as Record<string, unknown> | undefined;
   if (!p || typeof p !== 'object') return bad('no payload description');
-  if (!['zstd', 'gzip', 'none'].includes(p.compression as string)) return bad(`unknown compression ${JSON.stringify(p.compression)}`);
-  if (!Number.isSafeInteger(p.size) || p.size! < 0) return bad('payload size is not a non-negative integer');
-  if (!Number.isSafeInteger(p.chunkSize) || p.chunkSize! <= 0 || p.chunkSize! > MAX_CHUNK) return bad(`chunkSize ${String(p.chunkSize)} is not an integer in 1..${MAX_CHUNK}`);
-  if (typeof p.sha256 !== 'string' || !SHA256.test(p.sha256)) return bad('image sha256 is not 64 lower-case hex digits');
-  if (slotSize !== undefined && p.size! > slotSize) return bad(`the image is ${p.size} bytes, the slot holds ${slotSize}`);
-  if (!Array.isArray(p.chunks)) return bad('no chunk list');
-  const want = Math.ceil(p.size! / p.chunkSize!);
-  if (p.chunks.length !== want) return bad(`${p.chunks.length} chunks listed, ${p.size} bytes in ${p.chunkSize}-byte chunks need ${want}`);
-  let off = 0;
-  for (let i = 0; i < p.chunks.length; i++) {
-    const c = p.chunks[i]!;
-    if (typeof c !== 'object' || c === null) return bad(`chunk ${i} is not an object`);
-    if (!Number.isSafeInteger(c.offset) || !Number.isSafeInteger(c.length)) return bad(`chunk ${i} offset/length are not integers`);
-    if (c.length <= 0) return bad(`chunk ${i} has length ${c.length}`);
-    if (c.offset !== off) return bad(`chunk ${i} starts at ${c.offset}, expected ${off} (chunks overlap or leave a gap)`);
-    if (typeof c.sha256 !== 'string' || !SHA256.test(c.sha256)) return bad(`chunk ${i} sha256 is not 64 lower-case hex digits`);
-    off += c.length;
-    if (!Number.isSafeInteger(off)) return bad('chunk lengths overflow');
+  const header = checkPayloadHeader(p, bad, slotSize);
+  if (!header.ok) return header;
+  if (custom?.slotflip === 2) {
+    const idx = p['index'] as { target?: unknown } | undefined;
+    if (typeof idx?.target !== 'string') return bad('format 2 names no index target');
+    const idxName = checkTargetName(idx.target);
+    if (!idxName.ok) return idxName;
+    if (!release.index || release.index.targetName !== idx.target) {
+      return { ok: false, code: 'MANIFEST_INDEX_NOT_FOUND', message: `release ${release.targetName}: its chunk index ${idx.target} is not a target of the signed metadata; the repository is incomplete (republish the release), nothing was changed` };
+    }
+    if (!Number.isSafeInteger(release.index.length) || release.index.length <= 0 || release.index.length > MAX_INDEX_BYTES) return bad(`index target ${idx.target} has length ${release.index.length}, outside 1..${MAX_INDEX_BYTES}`);
+    if (typeof release.index.hashes?.['sha256'] !== 'string' || !SHA256.test(release.index.hashes['sha256'])) return bad(`index target ${idx.target} has no sha256 in the signed metadata`);
+    return OK;
   }
-  if (off !== release.length) return bad(`chunks add up to ${off} bytes, the signed payload length is ${release.length}`);
-  return OK;
+  return checkChunkList(p['chunks'], p['size'] as number, p['chunkSize'] as number, release.length, false, bad);
 }

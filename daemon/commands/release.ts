@@ -19,6 +19,7 @@ const HELP = [
   'Build a payload from image F and publish it as a signed release in repository DIR (needs the',
   'targets, snapshot and timestamp keys). The payload lands in DIR/repository/targets/ as',
   '<dir>/<sha256>.<name>; the target name defaults to releases/V/<image name>.zst (.gz, or none).',
+  'Its chunk index (every chunk\'s SHA-256 and its compressed frame\'s) is the target <name>.index.',
   '',
   'options:',
   '  --image F               image file (the whole root filesystem image)',
@@ -32,6 +33,9 @@ const HELP = [
   '  --rollout P             staged rollout: only devices whose bucket is below P percent',
   '  --name T                TUF target name instead of the default',
   '  --expires-days D        targets metadata lifetime (default from repo.json, 90)',
+  '  --inline-index          format 1: the chunk index inline in targets.json (~190 bytes per chunk),',
+  '                          for devices whose daemon predates format 2; default: format 2, the index',
+  '                          is a signed target file of its own (<target>.index) fetched over HTTP',
   '',
   'export: write an offline bundle to OUT (an empty directory, e.g. on a USB stick): the current',
   'metadata, the payloads, and offline.json, signed with the targets key, which lets a device',
@@ -67,6 +71,7 @@ export const command: Command = {
         out: { type: 'string' },
         'valid-days': { type: 'string' },
         target: { type: 'string', multiple: true },
+        'inline-index': { type: 'boolean' },
         json: { type: 'boolean' },
       },
     });
@@ -108,9 +113,10 @@ export const command: Command = {
       ...(values.rollout !== undefined ? { rollout: { percent: Number(values.rollout) } } : {}),
       ...(values.name ? { name: values.name } : {}),
       ...(values['expires-days'] ? { expiresDays: int(values['expires-days'], '--expires-days') } : {}),
+      ...(values['inline-index'] ? { format: 1 as const } : {}),
     });
-    if (values.json) io.stdout.write(JSON.stringify({ targetName: r.targetName, path: r.path, length: r.length, sha256: r.sha256, targetsVersion: r.targetsVersion, version: r.custom.version, securityVersion: r.custom.securityVersion, chunks: r.custom.payload.chunks.length }) + '\n');
-    else io.stdout.write(`added ${r.targetName} (${r.custom.version}, securityVersion ${r.custom.securityVersion}, ${r.custom.payload.chunks.length} chunks, ${r.length} bytes) in targets v${r.targetsVersion}\n`);
+    if (values.json) io.stdout.write(JSON.stringify({ targetName: r.targetName, path: r.path, length: r.length, sha256: r.sha256, targetsVersion: r.targetsVersion, version: r.custom.version, securityVersion: r.custom.securityVersion, format: r.custom.slotflip, chunks: r.chunks, ...(r.index ? { index: r.index } : {}) }) + '\n');
+    else io.stdout.write(`added ${r.targetName} (${r.custom.version}, securityVersion ${r.custom.securityVersion}, ${r.chunks} chunks, ${r.length} bytes) in targets v${r.targetsVersion}${r.index ? `; chunk index ${r.index.targetName} (${r.index.length} bytes)` : ' (format 1: chunk index inline)'}\n`);
     return 0;
   },
 };

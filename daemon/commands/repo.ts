@@ -10,7 +10,7 @@ import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { SlotflipError } from '../../hal/errors.js';
 import {
-  generateKeyFile, initRepo, publishTimeReset, publishToBroker, readPublicKeyFile, resignTimestamp, rotateKey, setRollout, signerFromKeyFile, signerFromSpecFile, signPendingRoot,
+  generateKeyFile, initRepo, publishTimeReset, publishToBroker, pruneReleases, readPublicKeyFile, resignTimestamp, rotateKey, setRollout, signerFromKeyFile, signerFromSpecFile, signPendingRoot,
   type KeyAccess, type PendingRootStatus, type TopRole,
 } from '../../manifests/repo.js';
 import { parseSignerSpec, type ExternalSignerSpec, type Signer } from '../../manifests/signers.js';
@@ -62,6 +62,12 @@ const HELP = [
   '        MANIFEST_PUBLISH_OVERSIZE), or with --oversize skip left to HTTP. Retained topics under the',
   '        meta prefixes that are not part of DIR are cleared (and listed) unless --keep-strays.',
   '        MQTT 5, or 3.1.1 when the broker refuses 5. Password from $SLOTFLIP_BROKER_PASSWORD.',
+  '  prune DIR --keep N [--dry-run]',
+  '        remove old releases from the targets metadata (re-signs targets: needs the targets key) so',
+  '        it stays small: per hardware and channel the N best releases stay (as devices rank them:',
+  '        securityVersion, then semver), and every release some device of that group may still be',
+  '        pointed at (below a partial rollout, a halted one or an explicit device list). Index targets',
+  '        go with their release; payload files stay on disk (delete them once no device installs them).',
   REPO_SERVE_HELP,
   '',
   'options:',
@@ -150,6 +156,8 @@ export const command: Command = {
         'root-pubkey': { type: 'string', multiple: true },
         signer: { type: 'string', multiple: true },
         pending: { type: 'boolean' },
+        keep: { type: 'string' },
+        'dry-run': { type: 'boolean' },
         'passphrase-fd': { type: 'string' },
         json: { type: 'boolean' },
       },
@@ -240,6 +248,13 @@ export const command: Command = {
         else throw new SlotflipError('MANIFEST_BAD_ARGUMENT', 'repo rollout needs --percent P, --halt or --clear');
         const v = await setRollout(dir, values.target, rollout, { keys: keyAccess(values['passphrase-fd'], io) });
         out(io, json, { targetsVersion: v, rollout: rollout ?? null }, `targets v${v}: rollout of ${values.target} is now ${rollout ? JSON.stringify(rollout) : 'cleared'}`);
+        return 0;
+      }
+      case 'prune': {
+        if (values.keep === undefined || !/^\d+$/.test(values.keep)) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', 'repo prune needs --keep N (releases kept per hardware and channel, at least 1)');
+        const r = await pruneReleases(dir, { keep: Number(values.keep), dryRun: values['dry-run'] ?? false, keys: keyAccess(values['passphrase-fd'], io) });
+        const verb = values['dry-run'] ? 'would remove' : 'removed';
+        out(io, json, r, [`${verb} ${r.removed.length} release${r.removed.length === 1 ? '' : 's'}, kept ${r.kept.length}${r.targetsVersion !== undefined ? ` (targets v${r.targetsVersion})` : ''}`, ...r.removed.map((n) => `  ${verb} ${n}`)].join('\n'));
         return 0;
       }
       case 'publish': {

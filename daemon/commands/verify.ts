@@ -6,7 +6,7 @@
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { SlotflipError, codeOf } from '../../hal/errors.js';
 import { TrustClient, dirSource, httpSource, type MetadataSource } from '../../manifests/client.js';
@@ -19,7 +19,8 @@ const HELP = [
   '                       [--committed-security-version N] [--state DIR] [--json]',
   '',
   'Refresh the signed metadata exactly as a device does (root chain, timestamp, snapshot, targets,',
-  'delegations; expiry, rollback and size checks) and print the release a device with this hardware',
+  'delegations; expiry, rollback and size checks; a format 2 release\'s chunk index fetched and',
+  'checked against its signed hash) and print the release a device with this hardware',
   'and channel would install, or the stable MANIFEST_* code saying why not. Exit codes: 0 a release',
   'is selected, 4 no release applies to this device, 5 the metadata (or the selected release\'s',
   'description) was rejected, 1 error, 2 usage.',
@@ -103,8 +104,27 @@ export const command: Command = {
       if (sel.ok) {
         const r = sel.release;
         const url = client.targetUrl(targetsBase, r);
+        if (r.custom.slotflip === 2) {
+          // format 2: fetch and judge the chunk index exactly as a device does before it changes anything
+          const { IndexResolver } = await import('../install/index-file.js');
+          const where = (target: { targetName: string; hashes: Record<string, string> }): { urls: string[] } | { path: string } => {
+            const u = client.targetUrl(targetsBase, target);
+            return u.startsWith('file:') ? { path: fileURLToPath(u) } : { urls: [u] };
+          };
+          const resolver = new IndexResolver({ locate: where, cacheDir: join(state, 'verify-index') });
+          try {
+            await resolver.payloadOf(r);
+          } catch (e) {
+            const code = codeOf(e);
+            const message = (e as Error).message;
+            io.stdout.write((json ? JSON.stringify({ ok: false, code, message, metadata: meta }) : `rejected: ${code}: ${message}`) + '\n');
+            return code.startsWith('MANIFEST_') ? exitCodeForRefusal(code) : EXIT.error;
+          } finally {
+            await resolver.settle(undefined);
+          }
+        }
         if (json) {
-          io.stdout.write(JSON.stringify({ ok: true, release: { targetName: r.targetName, version: r.custom.version, securityVersion: r.custom.securityVersion, channel: r.custom.channel, length: r.length, hashes: r.hashes, chunks: r.custom.payload.chunks.length, url }, metadata: meta, invalidTargets: refreshed.invalidTargets, warnings: refreshed.warnings }) + '\n');
+          io.stdout.write(JSON.stringify({ ok: true, release: { targetName: r.targetName, version: r.custom.version, securityVersion: r.custom.securityVersion, channel: r.custom.channel, length: r.length, hashes: r.hashes, format: r.custom.slotflip, ...(r.custom.slotflip === 1 ? { chunks: r.custom.payload.chunks.length } : { index: r.index ?? null }), url }, metadata: meta, invalidTargets: refreshed.invalidTargets, warnings: refreshed.warnings }) + '\n');
         } else {
           io.stdout.write(`selected ${r.targetName}: version ${r.custom.version}, securityVersion ${r.custom.securityVersion}, ${r.length} bytes\n  payload ${url}\n  metadata root v${meta.root}, timestamp v${meta.timestamp}, snapshot v${meta.snapshot}, targets v${meta.targets}\n`);
           for (const w of [...refreshed.warnings, ...refreshed.invalidTargets]) io.stdout.write(`  warning ${w.code}: ${w.message}\n`);

@@ -7,6 +7,8 @@
  * payload target's signed SHA-256 over the compressed stream: a new process cannot continue that
  * hash, so it re-reads the part before the kill point once to hash it (issue 19; not decoded, not
  * written): its bound adds those bytes. A v2 release keeps the 1.05x bound.
+ * The release's chunk index (format 2) is fetched once: the restarted daemon re-verifies its cached
+ * copy in the state directory instead of fetching it again.
  */
 import t from 'tap';
 import { readdir } from 'node:fs/promises';
@@ -26,6 +28,7 @@ for (const pct of [25, 50, 75]) {
     t.comment(JSON.stringify({ killAt: pct, ...r.figures }));
     t.equal(r.slotSha256, env.rel.imageSha256, 'slot B holds the image after the resumed download');
     t.ok(r.resumedFromChunk > 0, `resumed from chunk ${r.resumedFromChunk}, not 0`);
+    t.equal(env.srv.requests.filter((q) => q.path.endsWith('.index')).length, 1, 'the chunk index was fetched once: the restarted daemon used its verified cache');
     const v1 = !(await readdir(dirname(env.rel.payloadPath))).some((f) => f.endsWith('.index'));
     const bound = r.figures.bound + (v1 ? Math.ceil((pct / 100 + 0.1) * env.rel.length) + env.chunkSize : 0);
     t.ok(r.figures.served <= bound, `served ${r.figures.served} bytes <= ${bound} (1.05x payload ${env.rel.length} + one chunk${v1 ? ' + the v1 prefix re-read for the target hash' : ''})`);

@@ -76,8 +76,9 @@ export interface TrialDevice {
   configPath: string;
   slots: { A: string; B: string };
   server: HttpServerHandle;
-  /** signs and adds a release (an image in the emulated board's format) to the served repository. */
-  publish(version: string, securityVersion: number, healthy: boolean): Promise<void>;
+  /** signs and adds a release (an image in the emulated board's format) to the served repository;
+   * `extra`: more `release add` options (e.g. `--inline-index`). */
+  publish(version: string, securityVersion: number, healthy: boolean, extra?: string[]): Promise<void>;
   /** `slotflip update --once [--no-check]`: one cycle, as a cron job or the daemon would run it. */
   update(check?: boolean): Promise<CliResult>;
   status(): Promise<StatusView>;
@@ -128,10 +129,10 @@ export async function trialDevice(dir: string, kind: BoardKind): Promise<TrialDe
 
   const dev: TrialDevice = {
     dir, boardDir, configPath, slots: desc.slots, server,
-    async publish(version, securityVersion, healthy) {
+    async publish(version, securityVersion, healthy, extra = []) {
       const image = join(dir, `image-${version}.img`);
       await writeFile(image, makeTestImage({ version, size: 160 * 1024, healthy }));
-      await must(['release', 'add', repo, '--image', image, '--version', version, '--security-version', String(securityVersion), '--hardware', HARDWARE, '--channel', 'stable', '--chunk-size', '32768']);
+      await must(['release', 'add', repo, '--image', image, '--version', version, '--security-version', String(securityVersion), '--hardware', HARDWARE, '--channel', 'stable', '--chunk-size', '32768', ...extra]);
     },
     async update(check = true) {
       const before = (await readReboots()).length;

@@ -17,6 +17,7 @@ import { TrustClient, dirSource } from '../../manifests/client.js';
 import { resolveConfig, type Config } from '../../daemon/config.js';
 import { sourceFor } from '../../daemon/compose.js';
 import { installPayload } from '../../daemon/install/index.js';
+import { IndexResolver, indexCacheDir } from '../../daemon/install/index-file.js';
 import { Agent, verifySlotImage } from '../../daemon/agent.js';
 import { FileStateStore } from '../../daemon/state-store.js';
 import { silentLogger } from '../../daemon/logger.js';
@@ -61,6 +62,7 @@ export async function agentDevice(dir: string, backend: BoardBackend, opts: Agen
   const boot = { id: 1 };
   const events: AgentDevice['events'] = [];
   const src = sourceFor(config.trust.sources[0]!, config);
+  const index = new IndexResolver({ locate: (target) => src.payload(target), cacheDir: indexCacheDir(config.stateDir) });
   const agent = (reboot: (rebootArgument?: string) => Promise<void>) => {
     const trust = new TrustClient({ trustedDir: join(dir, 'trusted'), shippedRootPath: config.trust.shippedRoot, source: dirSource(join(repo, 'repository', 'metadata')), now: Date.now });
     const control = createBootControl(config.board.boot) as ReturnType<typeof createBootControl> & { rebootArgument?: () => Promise<string | undefined> };
@@ -70,8 +72,8 @@ export async function agentDevice(dir: string, backend: BoardBackend, opts: Agen
       slots: { A: createSlotWriter('A', config.board.slots.A), B: createSlotWriter('B', config.board.slots.B) },
       releases: { releases: async () => (await trust.refresh()).releases },
       installer: {
-        write: async (release, slot) => { await installPayload({ payload: release.custom.payload, source: src.payload(release), slot, resumeStatePath: join(dir, 'state', 'resume.json'), length: release.length }); },
-        verify: (release, slot) => verifySlotImage(slot, release.custom.payload),
+        write: async (release, slot) => { await installPayload({ payload: await index.payloadOf(release), source: src.payload(release), slot, resumeStatePath: join(dir, 'state', 'resume.json'), length: release.length }); },
+        verify: async (release, slot) => verifySlotImage(slot, await index.payloadOf(release)),
       },
       health: { run: async () => ({ ok: true, failures: [] }) },
       store: new FileStateStore({ stateDir: config.stateDir, now: Date.now }),

@@ -119,14 +119,14 @@ interface Device {
   c: string[];
 }
 
-async function device(dir: string, opts: { now?: number; release?: boolean } = {}): Promise<Device> {
+async function device(dir: string, opts: { now?: number; release?: boolean; format?: 1 | 2 } = {}): Promise<Device> {
   const repo = join(dir, 'repo');
   const now = opts.now ?? Date.now();
   await initRepo(repo, { now: () => now });
   if (opts.release ?? true) {
     const image = join(dir, 'os.img');
     await writeFile(image, makeTestImage({ version: '1.1.0', size: 100 * 1024 }));
-    await addRelease(repo, { image, version: '1.1.0', securityVersion: 1, hardware: [HW], channel: 'stable', compression: 'gzip', chunkSize: 16 * 1024, now: () => now });
+    await addRelease(repo, { image, version: '1.1.0', securityVersion: 1, hardware: [HW], channel: 'stable', compression: 'gzip', chunkSize: 16 * 1024, now: () => now, ...(opts.format ? { format: opts.format } : {}) });
   }
   const boardDir = join(dir, 'board');
   const board = await createBoard(boardDir, { backend: 'emulated', slotSize: SLOT_SIZE, factoryVersion: '1.0.0' });
@@ -240,12 +240,48 @@ const indexAttacks: [string, (p: Json) => void][] = [
   ['an image larger than the slot', (p) => { p['size'] = SLOT_SIZE * 4; p['chunkSize'] = SLOT_SIZE * 4; p['chunks'] = [{ ...p['chunks'][0], length: p['chunks'].reduce((n: number, c: Json) => n + c['length'], 0) }]; }],
   ['a gap between chunks', (p) => { p['chunks'][1]['offset'] += 1; }],
 ];
+
+/**
+ * Format 2: the chunk list is in the index target. Rewrites the index file (mutated, canonical,
+ * under its new hash-prefixed name) and signs targets listing its new length and hash, with the
+ * payload's custom block mutated the same way for the fields it carries (size, chunkSize).
+ */
+async function forgeIndex(repo: string, mutate: (p: Json) => void): Promise<void> {
+  const targets = (await latest(repo, 'targets')).signed['targets'] as Json;
+  const [idxName, idxEntry] = Object.entries(targets).find(([n]) => n.endsWith('.index'))!;
+  const dir = join(repo, 'repository/targets', idxName.split('/').slice(0, -1).join('/'));
+  const base = idxName.split('/').at(-1)!;
+  const index = JSON.parse(await readFile(join(dir, `${idxEntry['hashes']['sha256']}.${base}`), 'utf8')) as Json;
+  mutate(index);
+  const bytes = Buffer.from(canonicalJson(index), 'utf8');
+  await writeFile(join(dir, `${sha(bytes)}.${base}`), bytes);
+  await forge(repo, {
+    targets: (s) => {
+      s['targets'][idxName] = { length: bytes.length, hashes: { sha256: sha(bytes) } };
+      const payload = (Object.entries(s['targets'] as Json).find(([n]) => !n.endsWith('.index'))![1] as Json)['custom']['payload'];
+      payload['size'] = index['size'];
+      payload['chunkSize'] = index['chunkSize'];
+    },
+  });
+}
+
 for (const [what, mutate] of indexAttacks) {
-  t.test(`${what}: refused at selection, before the slot is marked bad`, async (t) => {
-    const d = await device(t.testdir());
+  t.test(`${what} (format 1, inline): refused at selection, before the slot is marked bad`, async (t) => {
+    const d = await device(t.testdir(), { format: 1 });
     await forge(d.repo, { targets: (s) => { mutate((Object.values(s['targets'] as Json)[0] as Json)['custom']['payload']); } });
     if (!what.includes('slot')) {
       // verify knows no slot; everything else is judged from the metadata alone
+      const v = await cli(verifyArgs(d));
+      t.equal(v.code, 5, v.out);
+      t.match(JSON.parse(v.out), { ok: false, code: 'MANIFEST_INDEX_INVALID' });
+    }
+    await refusedInstall(t, d, 5, /MANIFEST_INDEX_INVALID/);
+  });
+  t.test(`${what} (format 2, a signed index file): refused before the slot is marked bad`, async (t) => {
+    const d = await device(t.testdir());
+    await forgeIndex(d.repo, mutate);
+    if (!what.includes('slot')) {
+      // verify fetches and judges the index as a device does
       const v = await cli(verifyArgs(d));
       t.equal(v.code, 5, v.out);
       t.match(JSON.parse(v.out), { ok: false, code: 'MANIFEST_INDEX_INVALID' });
@@ -279,7 +315,7 @@ t.test('install exits non-zero whenever nothing was installed', async (t) => {
   t.equal(await hashTree(d.boardDir), before);
   // a chunk-hash failure leaves the attempt pending: incomplete, exit 3
   const payloads = join(d.repo, 'repository/targets/releases/1.1.0');
-  for (const f of await readdir(payloads)) {
+  for (const f of (await readdir(payloads)).filter((n) => !n.endsWith('.index'))) {
     const b = await readFile(join(payloads, f));
     b[b.length - 10] ^= 0xff;
     await writeFile(join(payloads, f), b);
@@ -294,9 +330,11 @@ t.test('offline bundles: a week-old stick installs, an expired one is refused', 
   // exported through the CLI, installed at once
   const fresh = await device(join(dir, 'fresh'));
   const stick = join(dir, 'fresh-stick');
-  const ex = await cli(['release', 'export', fresh.repo, '--out', stick, '--valid-days', '30', '--json']);
+  // only the release is named: its format 2 chunk index goes along (the stick could not install without it)
+  const ex = await cli(['release', 'export', fresh.repo, '--out', stick, '--valid-days', '30', '--target', 'releases/1.1.0/os.img.gz', '--json']);
   t.equal(ex.code, 0, ex.err);
-  t.match(JSON.parse(ex.out), { targets: ['releases/1.1.0/os.img.gz'] });
+  t.same(JSON.parse(ex.out).targets, ['releases/1.1.0/os.img.gz', 'releases/1.1.0/os.img.gz.index']);
+  t.ok((await readdir(join(stick, 'targets/releases/1.1.0'))).some((n) => n.endsWith('.os.img.gz.index')), 'the index file is on the stick');
   t.ok(existsSync(join(stick, 'metadata', 'offline.json')));
   const r0 = await cli(['install', stick, ...fresh.c]);
   t.equal(r0.code, 0, r0.out + r0.err);

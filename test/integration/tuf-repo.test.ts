@@ -38,7 +38,7 @@ t.test('init, add a release, a device refreshes from the directory and selects i
   await writeFile(image, randomBytes(40_000));
   const added = await addRelease(repo, { now: () => now, image, version: '1.1.0', securityVersion: 2, hardware: ['acme,board-a'], channel: 'stable', compression: 'gzip', chunkSize: 8192 });
   t.equal(added.targetName, 'releases/1.1.0/image.img.gz');
-  t.equal(added.custom.payload.chunks.length, 5);
+  t.equal(added.chunks, 5);
   t.match(added.path, new RegExp(`targets/releases/1.1.0/${added.sha256}\\.image\\.img\\.gz$`));
 
   const trusted = join(dir, 'trusted');

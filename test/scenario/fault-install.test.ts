@@ -22,20 +22,23 @@ import { resolveConfig, type Config } from '../../daemon/config.js';
 import { createAgent, sourceFor, statePaths, type ComposeOverrides } from '../../daemon/compose.js';
 import { runUpdateCycle, verifySlotImage, type Installer } from '../../daemon/agent.js';
 import { installPayload } from '../../daemon/install/index.js';
+import { IndexResolver, indexCacheDir } from '../../daemon/install/index-file.js';
 import { Outbox } from '../../daemon/outbox.js';
 import { startHttpServer, type HttpServerHandle } from '../harness/http-server.js';
 import { boardHealth } from '../powercut/driver.js';
 import { buildFixtures, checkOutboxTruth, HARDWARE, SLOT_SIZE, type Fixtures } from '../powercut/harness.js';
 
-/** A per-request knob that applies only to payload (targets/) requests, by their own index. */
+/** A per-request knob that applies only to payload requests (under targets/, not the format 2 chunk
+ * index beside the payload), by their own index. */
 function onPayload<T>(srv: HttpServerHandle, value: (k: number) => T | undefined): T[] {
+  const isPayload = (path: string): boolean => path.includes('/targets/') && !path.endsWith('.index');
   return new Proxy([] as T[], {
     get(target, prop, recv) {
       if (typeof prop === 'string' && /^\d+$/.test(prop)) {
         const n = Number(prop);
         const rec = srv.requests[n];
-        if (!rec || !rec.path.includes('/targets/')) return undefined;
-        const k = srv.requests.slice(0, n).filter((r) => r.path.includes('/targets/')).length;
+        if (!rec || !isPayload(rec.path)) return undefined;
+        const k = srv.requests.slice(0, n).filter((r) => isPayload(r.path)).length;
         return value(k);
       }
       return Reflect.get(target, prop, recv);
@@ -57,9 +60,10 @@ async function device(t: Test, fx: Fixtures, o: { stage?: string; served?: strin
   let reboots = 0;
   // the product's installer wiring (compose.ts), with short retry delays so the test stays fast
   const src = sourceFor(config.trust.sources[0]!, config);
+  const index = new IndexResolver({ locate: (target) => src.payload(target), cacheDir: indexCacheDir(config.stateDir) });
   const installer: Installer = {
-    write: async (release, slot) => { await installPayload({ payload: release.custom.payload, source: src.payload(release), slot, resumeStatePath: statePaths(config.stateDir).resume, length: release.length, retry: { baseDelayMs: 20, maxDelayMs: 100 } }); },
-    verify: (release, slot) => verifySlotImage(slot, release.custom.payload),
+    write: async (release, slot) => { await installPayload({ payload: await index.payloadOf(release), source: src.payload(release), slot, resumeStatePath: statePaths(config.stateDir).resume, length: release.length, retry: { baseDelayMs: 20, maxDelayMs: 100 } }); },
+    verify: async (release, slot) => verifySlotImage(slot, await index.payloadOf(release)),
   };
   const agent = (over: ComposeOverrides = {}) => createAgent(config, { reboot: async () => { reboots++; await powerCycle(boardDir); }, health: boardHealth(boardDir), installer, ...over });
   const state = async () => {
@@ -88,7 +92,7 @@ t.test('install faults', async (t) => {
     // the reset must be noticed at once (not after the 30 s stall watchdog)
     t.ok(Date.now() - started < 15_000, `the reset was noticed promptly (${Date.now() - started} ms)`);
     t.match(r.finished, [{ outcome: 'succeeded', release: { version } }]);
-    const payload = d.srv.requests.filter((q) => q.path.includes('/targets/'));
+    const payload = d.srv.requests.filter((q) => q.path.includes('/targets/') && !q.path.endsWith('.index'));
     t.ok(payload.length >= 2, 'the payload was requested again');
     t.ok(payload.slice(1).every((q) => q.status === 200 || q.status === 206), `re-requested: ${JSON.stringify(payload.map((q) => [q.range, q.status]))}`);
     t.same(await d.truth(), []);

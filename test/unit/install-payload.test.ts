@@ -37,10 +37,34 @@ for (const compression of ['zstd', 'gzip', 'none'] as const) {
       const raw = compression === 'none' ? frame : compression === 'gzip' ? gunzipSync(frame) : execFileSync('zstd', ['-d', '-c', '-q'], { input: frame });
       const want = img.subarray(i * CHUNK, Math.min(size, (i + 1) * CHUNK));
       t.ok(Buffer.from(raw).equals(want) && c.sha256 === sha(want), `chunk ${i}`);
+      t.equal(c.packedSha256, sha(frame), `chunk ${i}: packedSha256 is the hash of its compressed frame`);
     });
     t.same((await readdir(dir)).sort(), ['img', 'payload'], 'no temp files left');
   });
 }
+
+t.test('all-zero chunks (free space, sparse images) share one frame per length and decode like any other', async (t) => {
+  const dir = t.testdir();
+  const size = 6 * CHUNK + 500; // chunks 1, 2, 4 and the short last one are zeros
+  const img = Buffer.alloc(size);
+  for (const i of [0, 3, 5]) img.fill(i + 1, i * CHUNK, i * CHUNK + 100);
+  await writeFile(join(dir, 'img'), img);
+  for (const compression of ['zstd', 'gzip', 'none'] as const) {
+    const out = join(dir, `payload-${compression}`);
+    const r = await buildPayload(join(dir, 'img'), out, { compression, chunkSize: CHUNK, concurrency: 3 });
+    const file = await readFile(out);
+    t.equal(r.payload.sha256, sha(img), `${compression}: image hash`);
+    const [z1, z2, z4, last] = [1, 2, 4, 6].map((i) => r.payload.chunks[i]!);
+    t.equal(z1.packedSha256, z2.packedSha256, `${compression}: equal zero chunks, equal frames`);
+    t.equal(z1.sha256, z4.sha256);
+    t.equal(last.sha256, sha(Buffer.alloc(500)), `${compression}: the short zero tail has its own frame`);
+    r.payload.chunks.forEach((c, i) => {
+      const frame = file.subarray(c.offset, c.offset + c.length);
+      const raw = compression === 'none' ? frame : compression === 'gzip' ? gunzipSync(frame) : execFileSync('zstd', ['-d', '-c', '-q'], { input: frame });
+      t.ok(Buffer.from(raw).equals(img.subarray(i * CHUNK, Math.min(size, (i + 1) * CHUNK))) && c.packedSha256 === sha(frame), `${compression}: chunk ${i}`);
+    });
+  }
+});
 
 t.test('an empty image gives an empty payload', async (t) => {
   const dir = t.testdir();

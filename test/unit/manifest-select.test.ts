@@ -8,12 +8,12 @@ import fc from 'fast-check';
 import { selectRelease, compareSemver } from '../../manifests/select.js';
 import { rolloutAllows, rolloutBucket, rolloutPercent } from '../../manifests/rollout.js';
 import { MANIFEST_CODES } from '../../manifests/codes.js';
-import type { DeviceIdentity, Release, ReleaseCustom } from '../../manifests/types.js';
+import type { DeviceIdentity, Release, ReleaseCustomV1 } from '../../manifests/types.js';
 
 const NOW = Date.parse('2026-06-01T00:00:00Z');
 const sha = 'a'.repeat(64);
 
-function rel(name: string, c: Partial<ReleaseCustom> = {}): Release {
+function rel(name: string, c: Partial<ReleaseCustomV1> = {}): Release {
   return {
     targetName: name,
     length: 1,
@@ -92,4 +92,21 @@ t.test('property: never below the committed securityVersion', async (t) => {
     }),
   );
   t.pass('property held');
+});
+
+t.test('format 2: the index target must be in the signed metadata, a safe name, of sane length', async (t) => {
+  const v2 = (index?: Release['index'], target = 'r/1.0.0/img.zst.index'): Release => ({
+    targetName: 'r/1.0.0/img.zst',
+    length: 10,
+    hashes: { sha256: sha },
+    custom: { slotflip: 2, hardware: ['acme,a'], version: '1.0.0', securityVersion: 1, channel: 'stable', payload: { compression: 'zstd', size: 8192, sha256: sha, chunkSize: 4096, index: { target } } },
+    ...(index ? { index } : {}),
+  });
+  const idx = { targetName: 'r/1.0.0/img.zst.index', length: 300, hashes: { sha256: sha } };
+  t.match(selectRelease([v2(idx)], dev, NOW), { ok: true }, 'with its index target');
+  t.match(selectRelease([v2()], dev, NOW), { ok: false, code: 'MANIFEST_INDEX_NOT_FOUND' }, 'index target not listed');
+  t.match(selectRelease([v2({ ...idx, length: 0 })], dev, NOW), { ok: false, code: 'MANIFEST_INDEX_INVALID' }, 'empty index');
+  t.match(selectRelease([v2({ ...idx, length: 65 * 1024 * 1024 })], dev, NOW), { ok: false, code: 'MANIFEST_INDEX_INVALID' }, 'index over the 64 MiB cap');
+  t.match(selectRelease([v2({ ...idx, hashes: {} })], dev, NOW), { ok: false, code: 'MANIFEST_INDEX_INVALID' }, 'no sha256 for the index');
+  t.match(selectRelease([v2({ ...idx, targetName: '../x' }, '../x')], dev, NOW), { ok: false, code: 'MANIFEST_TARGET_NAME' }, 'unsafe index name');
 });
