@@ -6,8 +6,9 @@
  * It opens the payload at offset 0 with the signed length (a missing file, a server error, or a file
  * shorter or longer than signed is refused by the source itself: INSTALL_HTTP_STATUS,
  * INSTALL_PAYLOAD_TRUNCATED, INSTALL_PAYLOAD_OVERSIZED), reads exactly the first chunk's compressed
- * frame, decompresses it (capped at one chunk) and compares its SHA-256 with the signed index
- * (INSTALL_CHUNK_HASH_MISMATCH, INSTALL_DECOMPRESS). Cost: one request, one chunk. Nothing is written.
+ * frame, checks its compressed bytes against the frame's signed `packedSha256` (format 2:
+ * INSTALL_PACKED_HASH_MISMATCH), decompresses it (capped at one chunk) and compares its SHA-256 with
+ * the signed index (INSTALL_CHUNK_HASH_MISMATCH, INSTALL_DECOMPRESS). Cost: one request, one chunk. Nothing is written.
  *
  * Trade-off: only the first chunk is proven; a payload corrupt further on is still caught chunk by
  * chunk before each write (after the mark-bad). Proving all of it first would download it twice.
@@ -46,6 +47,16 @@ export async function preflightPayload(o: PreflightOptions): Promise<void> {
     // just the first frame (a bounded Range): the source still checks the file's total length
     opened = await o.source.open(o.index ?? 0, first.offset, o.length, ac.signal, first.offset + first.length);
     const frame = await readExactly(opened, first.offset, first.length, ac.signal);
+    // format 2: the frame's own signed hash first (the TUF promise: the bytes fetched are the bytes
+    // signed), before anything decodes it
+    if (first.packedSha256 !== undefined) {
+      const packed = createHash('sha256').update(frame).digest('hex');
+      if (packed !== first.packedSha256) {
+        throw new SlotflipError('INSTALL_PACKED_HASH_MISMATCH', `${opened.where}: chunk 0's compressed frame (payload bytes ${first.offset}..${first.offset + first.length}) has SHA-256 ${packed}, the signed index says ${first.packedSha256}; the payload on the server is not the one that was signed (nothing was changed on this device)`, {
+          details: { where: opened.where, chunk: 0, payloadOffset: first.offset, expected: first.packedSha256, actual: packed },
+        });
+      }
+    }
     const cap = Math.min(o.payload.chunkSize, o.payload.size);
     const image = await decompress(o.payload.compression, frame, cap, o.zstdPath);
     const got = createHash('sha256').update(image).digest('hex');

@@ -91,13 +91,14 @@ export async function initFleet(dir: string): Promise<Fleet> {
 }
 
 /** Builds a test image (incompressible body) and adds it with `slotflip release add`. */
-export async function addRelease(fleet: Fleet, dir: string, o: { version: string; securityVersion: number; size: number; chunkSize: number; compression?: 'zstd' | 'gzip' | 'none' }): Promise<PublishedRelease> {
+export async function addRelease(fleet: Fleet, dir: string, o: { version: string; securityVersion: number; size: number; chunkSize: number; compression?: 'zstd' | 'gzip' | 'none'; inlineIndex?: boolean }): Promise<PublishedRelease> {
   const image = join(dir, `image-${o.version}.img`);
   const bytes = makeTestImage({ version: o.version, size: o.size });
   await writeFile(image, bytes);
   const r = await slotflipJson<{ path: string; length: number; chunks: number; targetName: string }>([
     'release', 'add', fleet.repo, '--image', image, '--version', o.version, '--security-version', String(o.securityVersion),
     '--hardware', HARDWARE, '--channel', 'stable', '--chunk-size', String(o.chunkSize), '--compression', o.compression ?? 'zstd', '--json',
+    ...(o.inlineIndex ? ['--inline-index'] : []),
   ]);
   const payloadPath = r.path.startsWith('/') ? r.path : join(process.cwd(), r.path);
   const urlPath = '/' + payloadPath.slice(fleet.repository.length + 1);

@@ -48,7 +48,10 @@ function opts(dir: string, p: PayloadFixture, payload: PayloadInfo, slotPath: st
 
 async function fixture(t: Test): Promise<{ dir: string; p: PayloadFixture; slotPath: string; signedSha: string }> {
   const dir = t.testdir();
-  const p = await makePayload(dir, { size: SIZE, chunkSize: CHUNK, compression: 'gzip' });
+  const built = await makePayload(dir, { size: SIZE, chunkSize: CHUNK, compression: 'gzip' });
+  // the v1 form (inline chunk list, no per-frame hashes): `release add` writes format 2 with
+  // packedSha256 by default; the v2 cases add them back with withPacked
+  const p: PayloadFixture = { ...built, payload: { ...built.payload, chunks: built.payload.chunks.map(({ packedSha256: _, ...c }) => c) } };
   const slotPath = join(dir, 'slot');
   await makeSlotFile(slotPath, SIZE);
   t.equal(p.sha256, await sha256File(p.file), 'premise: the signed target hash is the payload file\'s');
