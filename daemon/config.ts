@@ -92,6 +92,9 @@ export interface Config {
     /** paths relative to `dir` that `factory-reset --keep-identity` keeps: the device's identity
      * (its config, client certificate) and slotflip's trust and anti-rollback state. */
     identity: string[];
+    /** where the booted slot's root file system is: `/` on a device; a release's migration
+     * (`custom.migration.path`) is looked up under it. Emulated boards and tests point it elsewhere. */
+    imageRoot?: string;
   };
   /** a data migration run on the first boot of every trial slot, before its health checks, after a
    * snapshot of `paths` (relative to data.dir); restored when the attempt does not commit
@@ -230,6 +233,7 @@ export const configSchema = {
           items: { type: 'string', minLength: 1, maxLength: 1024, pattern: '^(?!/)(?!.*(^|/)\\.\\.(/|$)).+$' },
           default: configDefaults.data.identity,
         },
+        imageRoot: { ...absPath, default: '/' },
       },
     },
     migration: {

@@ -5,6 +5,7 @@
 import { Ajv } from 'ajv';
 import type { TargetFile } from '@tufjs/models';
 import type { Release, ReleaseCustom } from './types.js';
+import { releaseMigrationSchema } from './migration.js';
 
 const sha256 = { type: 'string', pattern: '^[0-9a-f]{64}$' } as const;
 const nonNeg = { type: 'integer', minimum: 0 } as const;
@@ -39,6 +40,7 @@ export const releaseCustomSchema = {
         },
       },
     },
+    migration: releaseMigrationSchema,
     payload: {
       type: 'object',
       additionalProperties: false,

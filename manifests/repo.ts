@@ -33,7 +33,8 @@ import { buildPayload } from './payload.js';
 import { ISSUED_FIELD, OFFLINE_FILE, OFFLINE_TYPE, TIME_RESET_FIELD } from './client.js';
 import { checkTargetName as checkTargetNameRule } from './validate.js';
 import { META_PREFIXES, MAX_MESSAGE_BYTES, metaTopic, type MetaLayout } from './meta-topics.js';
-import type { Compression, ReleaseCustom, Rollout } from './types.js';
+import type { Compression, ReleaseCustom, ReleaseMigration, Rollout } from './types.js';
+import { migrationProblem } from './migration.js';
 import { createHash } from 'node:crypto';
 
 export type TopRole = 'root' | 'targets' | 'snapshot' | 'timestamp';
@@ -572,6 +573,8 @@ export interface AddReleaseOptions extends RepoOptions {
   chunkSize: number;
   devices?: string[];
   rollout?: Rollout;
+  /** a data migration the image ships (manifests/migration.ts); checked before anything is built. */
+  migration?: ReleaseMigration;
   /** targets expiry override, days. */
   expiresDays?: number;
 }
@@ -643,6 +646,8 @@ export async function addRelease(dir: string, opts: AddReleaseOptions): Promise<
   if (!opts.hardware || opts.hardware.length === 0 || opts.hardware.some((h) => !h)) throw badArg('at least one --hardware compatible string is required');
   if (!opts.channel) throw badArg('--channel is required');
   checkRollout(opts.rollout);
+  const migrationBad = opts.migration ? migrationProblem(opts.migration) : null;
+  if (migrationBad) throw badArg(`${migrationBad} (--migration, --migration-snapshot, --migration-timeout)`, { migration: opts.migration });
   const ext = opts.compression === 'zstd' ? '.zst' : opts.compression === 'gzip' ? '.gz' : '';
   const targetName = opts.name ?? `releases/${opts.version}/${basename(opts.image)}${ext}`;
   checkTargetName(targetName);
@@ -664,6 +669,7 @@ export async function addRelease(dir: string, opts: AddReleaseOptions): Promise<
     channel: opts.channel,
     ...(opts.devices && opts.devices.length > 0 ? { devices: [...opts.devices] } : {}),
     ...(opts.rollout ? { rollout: opts.rollout } : {}),
+    ...(opts.migration ? { migration: { path: opts.migration.path, ...(opts.migration.timeoutSeconds !== undefined ? { timeoutSeconds: opts.migration.timeoutSeconds } : {}), snapshot: [...opts.migration.snapshot] } } : {}),
     payload: built.payload,
   };
   const loaded = await updateTargets(dir, now, opts.expiresDays, opts.keys, (map) => {

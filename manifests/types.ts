@@ -56,6 +56,18 @@ export interface ReleaseCustom {
   devices?: string[];
   rollout?: Rollout;
   payload: PayloadInfo;
+  /** a data migration shipped in the image (manifests/migration.ts, daemon/migration.ts). */
+  migration?: ReleaseMigration;
+}
+
+/** `custom.migration`: run from the new slot's root on the trial's first boot, before its checks. */
+export interface ReleaseMigration {
+  /** absolute path of an executable inside the image (never under the data partition). */
+  path: string;
+  /** default and cap: the health deadline. */
+  timeoutSeconds?: number;
+  /** paths relative to the data partition it may change: snapshotted before, restored on rollback. */
+  snapshot: string[];
 }
 
 /** A verified, applicable release as handed to the installer. */
