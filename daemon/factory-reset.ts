@@ -11,7 +11,8 @@
  *
  * Modes (what survives; the marker says which, `slotflip factory-reset` flags choose):
  * - `full` (default): everything goes except slotflip's security state: the anti-rollback floor
- *   (the committed securityVersion, carried into a fresh idle update record: no history, no attempt)
+ *   (the committed securityVersion, carried into a fresh idle update record: no history, no attempt,
+ *   only what each slot holds, since the slots are not reset)
  *   and the trust anchors (`<stateDir>/trusted`, the rotated TUF root chain). A reset must not make
  *   a device installable with a release its owner's keys already superseded.
  * - `keep-identity`: as `full`, and the config's `data.identity` paths (device config, client
@@ -39,7 +40,7 @@ import { isAbsolute, join, normalize } from 'node:path';
 import { SlotflipError } from '../hal/errors.js';
 import { fsyncDir, writeFileAtomic } from '../hal/atomic-file.js';
 import { initialState } from './machine.js';
-import { parseRecord, RECORD_FILE, RECORD_SCHEMA } from './state-store.js';
+import { parseRecord, RECORD_FILE, RECORD_SCHEMA, type UpdateRecord } from './state-store.js';
 
 export const MARKER = '.slotflip-factory-reset';
 const KEEP = `${MARKER}.keep`;
@@ -162,9 +163,12 @@ export async function applyFactoryReset(o: ApplyOptions): Promise<ApplyResult> {
         // the security state first: identity paths that overlap it (the whole state dir) win
         const sec = marker.securityDir;
         if (await exists(at(join(sec, TRUST_DIR)))) await cp(at(join(sec, TRUST_DIR)), join(at(KEEP_TMP), sec, TRUST_DIR), { recursive: true, preserveTimestamps: true, verbatimSymlinks: true });
-        const floor = Math.max(marker.floor ?? 0, await recordFloor(at(join(sec, RECORD_FILE))));
+        const live = await readRecord(at(join(sec, RECORD_FILE)));
+        const floor = Math.max(marker.floor ?? 0, live?.committedSecurityVersion ?? 0);
         await mkdir(join(at(KEEP_TMP), sec), { recursive: true });
-        await writeFileAtomic(join(at(KEEP_TMP), sec, RECORD_FILE), JSON.stringify({ schema: RECORD_SCHEMA, savedAt: 0, saves: 0, ...initialState(floor) }) + '\n');
+        // the slots are not reset: what each holds stays known (`installed`), or the device would
+        // download the release it is running again
+        await writeFileAtomic(join(at(KEEP_TMP), sec, RECORD_FILE), JSON.stringify({ schema: RECORD_SCHEMA, savedAt: 0, saves: 0, ...initialState(floor), installed: live?.installed ?? {} }) + '\n');
       }
       for (const p of marker.keep) {
         if (!(await exists(at(p)))) continue;
@@ -215,14 +219,19 @@ function keptPaths(m: ResetMarker): string[] {
   return [...(m.securityDir !== undefined ? [join(m.securityDir, TRUST_DIR), join(m.securityDir, RECORD_FILE)] : []), ...m.keep];
 }
 
-/** The committed securityVersion of the record at `path`; 0 when there is none or it is unreadable
- * (the marker's floor then stands). */
-export async function recordFloor(path: string): Promise<number> {
+/** The update record at `path`, or undefined when there is none or it is unreadable (the marker's
+ * floor then stands). */
+async function readRecord(path: string): Promise<UpdateRecord | undefined> {
   try {
-    return parseRecord(await readFile(path, 'utf8'), path).committedSecurityVersion;
+    return parseRecord(await readFile(path, 'utf8'), path);
   } catch {
-    return 0;
+    return undefined;
   }
+}
+
+/** The committed securityVersion of the record at `path`; 0 when there is none or it is unreadable. */
+export async function recordFloor(path: string): Promise<number> {
+  return (await readRecord(path))?.committedSecurityVersion ?? 0;
 }
 
 /** fsync every regular file and directory under `dir` (skipping `skip` at the top level). */

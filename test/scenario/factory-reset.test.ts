@@ -16,7 +16,7 @@ import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createBoard, powerCycle, makeTestImage } from '../../hal/board.js';
-import { initRepo, addRelease } from '../../manifests/repo.js';
+import { initRepo, addRelease, setRollout } from '../../manifests/repo.js';
 
 const CLI = process.env['SLOTFLIP_CLI'] ?? fileURLToPath(new URL('../../dist/daemon/cli.js', import.meta.url));
 const STEPS = ['keep', 'wipe', 'defaults', 'restore', 'dropKeep', 'dropMarker'];
@@ -232,16 +232,22 @@ t.test('after a full reset the device still updates, never below its floor; --fo
   const after = await tree(data);
   t.equal(after['var/lib/app/README'], 'empty', "the image's defaults");
   t.equal(after['var/lib/app/db.sqlite'], undefined, 'owner data gone');
-  t.same(Object.keys(after).filter((p) => p.startsWith('var/lib/slotflip/')).filter((p) => !p.startsWith('var/lib/slotflip/trusted/')), ['var/lib/slotflip/trusted/', 'var/lib/slotflip/update-record.json'], 'of slotflip state only the trust anchors and a fresh record stay');
+  t.same(Object.keys(after).filter((p) => p.startsWith('var/lib/slotflip/') && p !== 'var/lib/slotflip/' && !/^var\/lib\/slotflip\/trusted\/./.test(p)), ['var/lib/slotflip/trusted/', 'var/lib/slotflip/update-record.json'], 'of slotflip state only the trust anchors and a fresh record stay');
+  t.match(JSON.parse(after['var/lib/slotflip/update-record.json']!), { phase: 'idle', history: [], committedSecurityVersion: 3, installed: { B: { version: '1.1.0' } } }, 'the record keeps the floor and what the slots hold');
 
   let st = await cli(['status', '--config', cfg, '--json']);
   t.equal(st.code, 0, st.err);
-  t.match(JSON.parse(st.out), { bootedSlot: 'B', phase: 'idle', committedSecurityVersion: 3, history: [] });
-  // a signed release below the floor (an old, vulnerable build) is still refused after the reset
-  await publish('1.0.9', 2);
+  t.match(JSON.parse(st.out), { bootedSlot: 'B', phase: 'idle', committedSecurityVersion: 3 });
+  // a signed release below the floor (a newer semver cut from an old, vulnerable branch) is still
+  // refused after the reset; a device that forgot its floor would install it (1.1.0 is halted)
+  await setRollout(repo, 'releases/1.1.0/1.1.0.img.gz', { percent: 100, halted: true });
+  await publish('1.3.0', 2);
   const old = await cli(['update', '--once', '--config', cfg, '--json']);
-  t.not(old.code, 0, 'nothing installable');
-  t.match(JSON.parse(old.out), { rebooted: false, lastCheck: { code: 'MANIFEST_SECURITY_DOWNGRADE' } });
+  t.equal(old.code, 0, old.err);
+  const oldOut = JSON.parse(old.out) as { rebooted: boolean; lastCheck?: { result: string; detail?: string } };
+  t.match(oldOut, { rebooted: false, finished: [] });
+  // without the floor 1.3.0 would be the one allowed release; with it the only secure one is the halted 1.1.0
+  t.match(oldOut.lastCheck, { result: 'none', detail: /MANIFEST_ROLLOUT_HALTED.*1\.1\.0/ }, '1.3.0 (securityVersion 2 < floor 3) is not a candidate');
   await publish('1.2.0', 4);
   await cycle('1.2.0');
 
