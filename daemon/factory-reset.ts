@@ -36,7 +36,7 @@
  * The apply reads no config (it runs before /etc is assembled): everything it needs is in the marker.
  */
 import { cp, mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
-import { isAbsolute, join, normalize } from 'node:path';
+import { isAbsolute, join, normalize, relative, resolve } from 'node:path';
 import { SlotflipError } from '../hal/errors.js';
 import { fsyncDir, writeFileAtomic } from '../hal/atomic-file.js';
 import { initialState } from './machine.js';
@@ -212,6 +212,25 @@ export async function applyFactoryReset(o: ApplyOptions): Promise<ApplyResult> {
     throw new SlotflipError('DAEMON_FACTORY_RESET_IO', `factory reset of ${o.dataDir} failed (${(cause as NodeJS.ErrnoException).code ?? 'error'}); the marker stays, so the next boot tries again; check the data partition (fsck, free space)`, { cause, details: { dataDir: o.dataDir } });
   }
   return { applied: true, mode: marker.mode, kept };
+}
+
+/**
+ * Where slotflip's state dir lies on the data partition, relative to `dataDir`, or undefined when it
+ * is not on it (then a reset never touches it). Found by identity (device and inode), not by name:
+ * the reference layout binds `/var` (or `/var/lib/slotflip`) from `<dataDir>/var...`, so
+ * `/var/lib/slotflip` is `<dataDir>/var/lib/slotflip` though neither path contains the other.
+ */
+export async function stateDirOnData(dataDir: string, stateDir: string): Promise<string | undefined> {
+  const rel = relative(resolve(dataDir), resolve(stateDir));
+  const inside = rel !== '' && !rel.startsWith('..') && !isAbsolute(rel) ? rel : undefined;
+  const st = await stat(stateDir).catch(() => undefined);
+  if (!st) return inside;
+  for (const c of [inside, resolve(stateDir).replace(/^\/+/, '')]) {
+    if (c === undefined) continue;
+    const there = await stat(join(dataDir, c)).catch(() => undefined);
+    if (there && there.dev === st.dev && there.ino === st.ino) return c;
+  }
+  return undefined;
 }
 
 /** What `.keep` holds, in restore order (the security state, then the identity paths over it). */

@@ -7,8 +7,8 @@
  */
 import { parseArgs } from 'node:util';
 import { SlotflipError } from '../../hal/errors.js';
-import { isAbsolute, join, relative, resolve } from 'node:path';
-import { applyFactoryReset, recordFloor, requestFactoryReset, MARKER, type ResetStep } from '../factory-reset.js';
+import { join } from 'node:path';
+import { applyFactoryReset, recordFloor, requestFactoryReset, stateDirOnData, MARKER, type ResetStep } from '../factory-reset.js';
 import { RECORD_FILE } from '../state-store.js';
 import type { Command, CommandIO } from './command.js';
 
@@ -77,9 +77,8 @@ export const command: Command = {
     const data = config.data ?? { dir: configDefaults.data.dir, identity: [...configDefaults.data.identity] };
     // the floor and trust anchors live in the state dir: kept when it lies on the data partition
     // (outside it, the reset never touches them)
-    const rel = relative(resolve(data.dir), resolve(config.stateDir));
-    const onData = rel !== '' && !rel.startsWith('..') && !isAbsolute(rel);
-    const security = { ...(onData ? { dir: rel } : {}), floor: await recordFloor(join(config.stateDir, RECORD_FILE)) };
+    const onData = await stateDirOnData(data.dir, config.stateDir);
+    const security = { ...(onData !== undefined ? { dir: onData } : {}), floor: await recordFloor(join(config.stateDir, RECORD_FILE)) };
     const mode = v['keep-identity'] ? 'keep-identity' : v['forget-security'] ? 'as-shipped' : 'full';
     const marker = await requestFactoryReset(data.dir, mode, data.identity, Date.now(), security);
     write(io, v.json ? JSON.stringify({ dataDir: data.dir, ...marker }) : `factory reset (${marker.mode}) of ${data.dir} requested; it runs at the next boot`);
