@@ -14,7 +14,9 @@
  *   (the committed securityVersion, carried into a fresh idle update record: no history, no attempt,
  *   only what each slot holds, since the slots are not reset)
  *   and the trust anchors (`<stateDir>/trusted`, the rotated TUF root chain). A reset must not make
- *   a device installable with a release its owner's keys already superseded.
+ *   a device installable with a release its owner's keys already superseded. The outbox
+ *   (`<stateDir>/outbox`: undelivered events, the sequence number the fleet deduplicates by) stays
+ *   too: a reset device's events must not look like replays.
  * - `keep-identity`: as `full`, and the config's `data.identity` paths (device config, client
  *   certificate, by default slotflip's whole state dir) are kept as they are.
  * - `as-shipped` (`--forget-security`): nothing survives; the device trusts the root shipped in the
@@ -23,7 +25,7 @@
  *
  * Steps of `applyFactoryReset`:
  * 1. keep: copy what survives into `.slotflip-factory-reset.keep` (built as `.keep.tmp`, fsynced,
- *    renamed: it exists only when complete): the security state (the trust dir, and a fresh record
+ *    renamed: it exists only when complete): the security state (the trust dir, the outbox, a fresh record
  *    holding the floor = the higher of the live record's and the marker's) then the identity paths.
  *    Skipped when `.keep` already exists (an earlier run's cut after this step: the live copies may
  *    be wiped already).
@@ -50,6 +52,9 @@ export type ResetMode = 'full' | 'keep-identity' | 'as-shipped';
 export const RESET_MODES: readonly ResetMode[] = ['full', 'keep-identity', 'as-shipped'];
 /** The trust anchors under the state dir (daemon/compose.ts statePaths.trusted). */
 const TRUST_DIR = 'trusted';
+/** The outbox (statePaths.outbox): events not yet delivered and the sequence number the fleet
+ * deduplicates by; a reset must not make the device's events look like replays. */
+const OUTBOX_DIR = 'outbox';
 
 export interface ResetMarker {
   schema: 1;
@@ -162,7 +167,9 @@ export async function applyFactoryReset(o: ApplyOptions): Promise<ApplyResult> {
       if (marker.securityDir !== undefined) {
         // the security state first: identity paths that overlap it (the whole state dir) win
         const sec = marker.securityDir;
-        if (await exists(at(join(sec, TRUST_DIR)))) await cp(at(join(sec, TRUST_DIR)), join(at(KEEP_TMP), sec, TRUST_DIR), { recursive: true, preserveTimestamps: true, verbatimSymlinks: true });
+        for (const d of [TRUST_DIR, OUTBOX_DIR]) {
+          if (await exists(at(join(sec, d)))) await cp(at(join(sec, d)), join(at(KEEP_TMP), sec, d), { recursive: true, preserveTimestamps: true, verbatimSymlinks: true });
+        }
         const live = await readRecord(at(join(sec, RECORD_FILE)));
         const floor = Math.max(marker.floor ?? 0, live?.committedSecurityVersion ?? 0);
         await mkdir(join(at(KEEP_TMP), sec), { recursive: true });
@@ -235,7 +242,7 @@ export async function stateDirOnData(dataDir: string, stateDir: string): Promise
 
 /** What `.keep` holds, in restore order (the security state, then the identity paths over it). */
 function keptPaths(m: ResetMarker): string[] {
-  return [...(m.securityDir !== undefined ? [join(m.securityDir, TRUST_DIR), join(m.securityDir, RECORD_FILE)] : []), ...m.keep];
+  return [...(m.securityDir !== undefined ? [join(m.securityDir, TRUST_DIR), join(m.securityDir, OUTBOX_DIR), join(m.securityDir, RECORD_FILE)] : []), ...m.keep];
 }
 
 /** The update record at `path`, or undefined when there is none or it is unreadable (the marker's

@@ -61,6 +61,7 @@ const USER_DATA = {
   'etc/upper/slotflip/client.key': 'device key',
   'etc/upper/hostname': 'renamed-by-owner',
   'var/lib/slotflip/trusted/root.json': 'root v3',
+  'var/lib/slotflip/outbox/000041.json': '{"seq":41}',
   'var/lib/slotflip/update-record.json': JSON.stringify({ schema: 1, savedAt: 1, saves: 7, phase: 'idle', attempt: null, transitions: 9, attempts: 2, committedSecurityVersion: 4, rolledBack: [], installed: {}, history: [] }),
   'var/lib/app/db.sqlite': 'owner data',
   'var/log/app.log': 'logs',
@@ -107,6 +108,7 @@ for (const mode of ['full', 'keep-identity', 'as-shipped'] as const) {
     t.equal(want['var/lib/app/db.sqlite'], undefined, 'user data is gone');
     t.equal(want['etc/upper/hostname'], 'factory-hostname', "the image's defaults are back");
     t.equal(want['var/lib/slotflip/trusted/root.json'], keeps ? 'root v3' : undefined, `trust anchors ${keeps ? 'kept' : 'forgotten (--forget-security)'}`);
+    t.equal(want['var/lib/slotflip/outbox/000041.json'], keeps ? '{"seq":41}' : undefined, `the outbox (undelivered events, their sequence) ${keeps ? 'kept' : 'forgotten'}`);
     const record = want['var/lib/slotflip/update-record.json'];
     if (mode === 'full') t.same(JSON.parse(record!), FRESH_RECORD, 'a fresh idle record that keeps the anti-rollback floor (4), nothing else');
     else if (mode === 'keep-identity') t.equal(record, USER_DATA['var/lib/slotflip/update-record.json'], 'the identity paths keep the whole record');
@@ -232,7 +234,7 @@ t.test('after a full reset the device still updates, never below its floor; --fo
   const after = await tree(data);
   t.equal(after['var/lib/app/README'], 'empty', "the image's defaults");
   t.equal(after['var/lib/app/db.sqlite'], undefined, 'owner data gone');
-  t.same(Object.keys(after).filter((p) => p.startsWith('var/lib/slotflip/') && p !== 'var/lib/slotflip/' && !/^var\/lib\/slotflip\/trusted\/./.test(p)), ['var/lib/slotflip/trusted/', 'var/lib/slotflip/update-record.json'], 'of slotflip state only the trust anchors and a fresh record stay');
+  t.same(Object.keys(after).filter((p) => p.startsWith('var/lib/slotflip/') && p !== 'var/lib/slotflip/' && !/^var\/lib\/slotflip\/(trusted|outbox)\/./.test(p)).sort(), ['var/lib/slotflip/outbox/', 'var/lib/slotflip/trusted/', 'var/lib/slotflip/update-record.json'], 'of slotflip state only the trust anchors, the outbox and a fresh record stay');
   t.match(JSON.parse(after['var/lib/slotflip/update-record.json']!), { phase: 'idle', history: [], committedSecurityVersion: 3, installed: { B: { version: '1.1.0' } } }, 'the record keeps the floor and what the slots hold');
 
   let st = await cli(['status', '--config', cfg, '--json']);
