@@ -95,6 +95,8 @@ export interface Config {
     /** where the booted slot's root file system is: `/` on a device; a release's migration
      * (`custom.migration.path`) is looked up under it. Emulated boards and tests point it elsewhere. */
     imageRoot?: string;
+    /** the size budget of the snapshot taken before a release's data migration (bytes). */
+    snapshotMaxBytes?: number;
   };
   /** a data migration run on the first boot of every trial slot, before its health checks, after a
    * snapshot of `paths` (relative to data.dir); restored when the attempt does not commit
@@ -234,6 +236,7 @@ export const configSchema = {
           default: configDefaults.data.identity,
         },
         imageRoot: { ...absPath, default: '/' },
+        snapshotMaxBytes: { type: 'integer', minimum: 0, default: 64 * 1024 * 1024 },
       },
     },
     migration: {

@@ -103,7 +103,7 @@ export interface MigrationsOptions {
   config?: MigrationConfig;
   /** where the booted slot's root file system is: `/` on a device (default); a directory in tests. */
   imageRoot?: string;
-  /** the snapshot budget for a release's migration (default: config.maxBytes, else 64 MiB). */
+  /** the snapshot budget for a release's migration (config data.snapshotMaxBytes; default 64 MiB). */
   maxBytes?: number;
   /** the trial's health deadline: a release's migration gets this long at most (default 300 s). */
   deadlineSeconds?: number;
@@ -156,7 +156,7 @@ export class Migrations {
       return fail(`DAEMON_MIGRATION_NOT_IN_IMAGE: the release names the migration ${where}, but the booted image has no such file (${(cause as NodeJS.ErrnoException).code ?? 'error'}); the image must ship it`);
     }
     const deadline = this.o.deadlineSeconds ?? DEFAULT_TIMEOUT_SECONDS;
-    return { from: 'release', argv: [full], paths: named.snapshot, maxBytes: this.o.maxBytes ?? c?.maxBytes ?? DEFAULT_SNAPSHOT_MAX_BYTES, timeoutSeconds: Math.min(named.timeoutSeconds ?? deadline, deadline) };
+    return { from: 'release', argv: [full], paths: named.snapshot, maxBytes: this.o.maxBytes ?? DEFAULT_SNAPSHOT_MAX_BYTES, timeoutSeconds: Math.min(named.timeoutSeconds ?? deadline, deadline) };
   }
 
   /**
@@ -175,7 +175,7 @@ export class Migrations {
     } else {
       this.o.onStep?.('snapshot');
       const size = await sizeOf(plan.paths.map((p) => join(this.o.dataDir, p)));
-      const budget = plan.from === 'config' ? 'migration.maxBytes' : 'the snapshot budget (config migration.maxBytes)';
+      const budget = plan.from === 'config' ? 'migration.maxBytes' : 'data.snapshotMaxBytes';
       if (size > plan.maxBytes) return fail(`DAEMON_MIGRATION_SNAPSHOT_TOO_LARGE: the paths ${plan.paths.join(', ')} under ${this.o.dataDir} hold ${size} bytes, more than ${budget} (${plan.maxBytes}); raise it or name fewer paths`);
       await rm(this.o.snapshotDir, { recursive: true, force: true });
       const tmp = `${this.o.snapshotDir}.tmp`;
@@ -259,6 +259,7 @@ export function createMigrations(config: Pick<Config, 'stateDir' | 'data' | 'mig
     snapshotDir: join(config.stateDir, 'migration-snapshot'),
     imageRoot: config.data?.imageRoot ?? '/',
     deadlineSeconds: config.health.deadlineSeconds,
+    ...(config.data?.snapshotMaxBytes !== undefined ? { maxBytes: config.data.snapshotMaxBytes } : {}),
     ...(config.migration ? { config: config.migration } : {}),
   });
 }

@@ -77,6 +77,8 @@ async function releaseDevice(dir: string, script: string) {
   await put(data, { 'var/lib/app/db': 'v1', 'var/lib/app/sub/index': 'i1', 'etc/upper/app.conf': 'conf1', 'var/log/app.log': 'log' });
   const exe = join(root, 'usr/lib/app/migrate-2');
   await mkdir(dirname(exe), { recursive: true });
+  // the script has no extension and the project is "type": "module": say how Node should read it
+  await writeFile(join(root, 'package.json'), '{"type":"commonjs"}\n');
   await writeFile(exe, `#!${process.execPath}\n${script}`);
   await chmod(exe, 0o755);
   const named = { path: '/usr/lib/app/migrate-2', snapshot: ['var/lib/app', 'etc/upper/app.conf', 'var/lib/app2'] };
@@ -109,7 +111,7 @@ async function tree(dir: string, skip = 'var/lib/slotflip'): Promise<Record<stri
 
 // migrates v1 → v2 (refusing anything else), adds var/lib/app2, rewrites the config, appends a log
 const MIGRATE = `
-const fs = require('node:fs');
+const fs = process.getBuiltinModule('node:fs');
 const d = process.env.SLOTFLIP_DATA_DIR;
 if (fs.readFileSync(d + '/var/lib/app/db', 'utf8') !== 'v1') { console.log('unknown data'); process.exit(3); }
 fs.writeFileSync(d + '/var/lib/app/db', 'half');
