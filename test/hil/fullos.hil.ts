@@ -66,7 +66,8 @@ interface Lane {
   boots: string[];
   stamp(): string;
   publish(spec: ReleaseSpec, securityVersion: number): Promise<void>;
-  powerOn(why: string): ReturnType<FullOsBoard['powerOn']>;
+  /** `until`: stop (power off) as soon as the console matches. */
+  powerOn(why: string, until?: RegExp): ReturnType<FullOsBoard['powerOn']>;
   waitEvent(type: string, version: string): Promise<DeviceEvent>;
 }
 
@@ -135,8 +136,8 @@ async function setupLane(t: Tap, boardOpts: { grubReadsEnv?: string } = {}, fact
     if (t.passing()) return;
     consoleLogs.forEach((c, i) => t.comment(`--- console of power-on ${i + 1} (last 120 lines) ---\n${c.split('\n').slice(-120).join('\n')}`));
   });
-  const powerOn = async (why: string) => {
-    const r = await board.powerOn({ timeoutMs: POWER_ON_MS });
+  const powerOn = async (why: string, until?: RegExp) => {
+    const r = await board.powerOn({ timeoutMs: POWER_ON_MS, ...(until ? { until } : {}) });
     consoles++;
     consoleLogs.push(r.console);
     await writeFile(join(dir, `console-${consoles}.log`), r.console);
@@ -297,6 +298,23 @@ t.test('full OS: data migrates with a release and rolls back with it; a factory 
   t.match(await record(), { phase: 'idle', committedSecurityVersion: 3 });
   t.same(boots, ['A', 'B', 'A', 'B', 'B', 'A'], 'A (factory), B (1.1.0), A (1.2.0 trial), B (rolled back), B (reset), A (1.3.0)');
   t.comment(`state lane total ${stamp()}`);
+});
+
+t.test('full OS: a data partition flashed with only the reset marker is made from the image defaults at first boot', async (t) => {
+  // systemd/README.md "Data partition and factory reset", step 3: the factory line may flash nothing
+  // but the marker; slotflip-factory-reset.service (from the .deb) builds the tree before the binds
+  const { board, powerOn, stamp } = await setupLane(t, {}, { app: true });
+  await board.writeData('/.slotflip-factory-reset', '{"schema":1,"mode":"full","keep":[]}\n');
+  await board.writeData('/leftover', 'from the factory line\n');
+  const p = await powerOn('first boot with a pending reset', /hil-app: 1\.0\.0 runs on db/);
+  t.ok(p.stoppedOnMatch, 'the application ran');
+  t.match(p.console, /Finished slotflip-factory-reset\.service/, 'the reset unit ran at boot');
+  t.match(p.console, /hil-app: 1\.0\.0 runs on db schema 1 \(created by 1\.0\.0\)/);
+  t.equal(await board.readData('/.slotflip-factory-reset'), undefined, 'marker gone: the reset is done');
+  t.equal(await board.readData('/leftover'), undefined, 'what the data partition held is wiped');
+  t.equal(await board.readData('/var/lib/app/README'), 'application data (factory default)\n', "the image's defaults");
+  t.equal(await board.readData('/var/lib/app/boots'), '1.0.0\n', 'the application wrote through the bind made after the reset');
+  t.comment(`first-boot reset lane total ${stamp()}`);
 });
 
 // Trial guard (issue 22, 4; systemd/README.md "Trial guard"): the units, not the daemon, end a
