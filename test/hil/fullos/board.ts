@@ -118,6 +118,14 @@ export interface FullOsBoard {
   writeData(path: string, content: string): Promise<void>;
 }
 
+/** Replays the ext4 journal of a powered-off guest's partition image: debugfs reads the file system
+ * as checkpointed, and what the guest fsynced may still be only in the journal. */
+async function replayJournal(img: string, runner: ToolRunner = execTool): Promise<void> {
+  const r = await runner.run('e2fsck', ['-fy', '-E', 'journal_only', img], { timeoutMs: 60_000 });
+  // 0 nothing to do, 1 journal replayed / errors corrected
+  if (r.code !== 0 && r.code !== 1) throw new Error(`e2fsck -E journal_only ${img}: exit ${r.code}: ${r.stderr.slice(0, 500)}`);
+}
+
 /** The partition [offset, offset + size) of `disk` as a file of its own. */
 async function copyOut(disk: string, offset: number, size: number, out: string): Promise<void> {
   const src = await open(disk, 'r');
@@ -192,12 +200,15 @@ export async function createFullOsBoard(opts: FullOsBoardOptions): Promise<FullO
     },
     async readData(path) {
       await copyOut(disk, data.offset, data.size, dataImg);
+      await replayJournal(dataImg);
       const r = await runner.run('debugfs', ['-R', `cat ${path}`, dataImg], { maxOutputBytes: 4 << 20 });
       // debugfs exits 0 either way; a missing file is reported on stderr
       return r.code === 0 && !/File not found/.test(r.stderr) ? r.stdout : undefined;
     },
     async writeData(path, content) {
       await copyOut(disk, data.offset, data.size, dataImg);
+      // a write into a file system whose journal is not replayed would be undone at the next mount
+      await replayJournal(dataImg);
       const src = join(opts.dir, 'data-write.tmp');
       await writeFile(src, content);
       await runChecked(runner, 'HIL_IMAGE', 'debugfs', ['-w', '-R', `rm ${path}`, dataImg]).catch(() => undefined);

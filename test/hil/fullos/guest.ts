@@ -151,6 +151,7 @@ const APP_START = `#!/bin/sh
 v=$(cat /etc/slotflip-release)
 echo "$v" >> /var/lib/app/boots
 test -e /var/lib/app/db || echo "schema 1 (created by $v)" > /var/lib/app/db
+sync
 echo "hil-app: $v runs on db $(cat /var/lib/app/db)"
 `;
 const MIGRATE = `#!/bin/sh
