@@ -22,7 +22,7 @@ import { otherSlot, type BootControl, type SlotBootState, type SlotName } from '
 import { SlotflipError } from '../hal/errors.js';
 import type { SlotWriter } from '../hal/slot-writer.js';
 import { selectRelease } from '../manifests/select.js';
-import type { Release } from '../manifests/types.js';
+import type { Release, ReleaseMigration } from '../manifests/types.js';
 import { forgetFailed, releaseIdOf, releaseRefOf, resume, startRefusal, type ArmedTrial, type ErrorInfo, type Event, type HealthFailure, type HistoryEntry, type MachineState, type Phase, type Report, type TransitionOptions } from './machine.js';
 import { Runner, toErrorInfo, type DriveResult, type Executors } from './runner.js';
 import type { StateStore } from './state-store.js';
@@ -123,11 +123,12 @@ export interface AgentDeps {
    * state directory, since a running daemon holds the lock): taken, applied (`forgetFailed`) and
    * cleared at the start of the next cycle. Absent: no such requests. */
   retryRequest?: { pending(): Promise<boolean>; clear(): Promise<void> };
-  /** A data migration (daemon/migration.ts): `beforeChecks` runs on the trial's boot before its
+  /** A data migration (daemon/migration.ts): the release's own (`custom.migration`, passed as
+   * `named`) or the config's. `beforeChecks` runs on the trial's boot before its
    * health checks (a returned failure fails them); `settle` runs after each cycle and restores or
    * drops the snapshot of an attempt that ended. Both idempotent. Absent: no migration. */
   migration?: {
-    beforeChecks(attempt: number, releaseId: string, slot: SlotName): Promise<HealthFailure | undefined>;
+    beforeChecks(attempt: number, releaseId: string, slot: SlotName, named?: ReleaseMigration): Promise<HealthFailure | undefined>;
     settle(bootedSlot: SlotName, history: HistoryEntry[]): Promise<unknown>;
   };
 }
@@ -556,7 +557,7 @@ export class Agent {
         // issue 18: the data migration first (snapshot, then run); a failed one is a failed check
         const attempt = d.migration ? (await d.store.load()).attempt : undefined;
         if (d.migration && attempt) {
-          const failed = await d.migration.beforeChecks(attempt.number, attempt.ref.id, e.slot);
+          const failed = await d.migration.beforeChecks(attempt.number, attempt.ref.id, e.slot, attempt.release.custom.migration);
           if (failed) return { type: 'HealthCheckFailed', failures: [failed] };
         }
         const r = await d.health.run();

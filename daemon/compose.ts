@@ -36,7 +36,7 @@ import { createUpdatePolicies, type DeferralStore } from './policies.js';
 import { Agent, type AgentDeps, type EventSink, type HealthRunner, type Installer, type ReleaseFinder, type UpdatePolicies } from './agent.js';
 import { acquireStateLock, FileStateStore, type StateStore } from './state-store.js';
 import { configDefaults, type Config, type SourceConfig } from './config.js';
-import { Migrations } from './migration.js';
+import { createMigrations } from './migration.js';
 import { silentLogger } from './logger.js';
 import { guardTrials, kernelBootId, trialGuardDir } from './trial-guard.js';
 
@@ -299,9 +299,10 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
     lock: o.lock === null ? undefined : (o.lock ?? (() => acquireStateLock({ stateDir: config.stateDir, now }))),
     ...(outbox ? { outbox } : {}),
     ...(o.bootId ? { bootId: o.bootId } : {}),
-    // issue 18: a configured data migration runs before the trial's health checks; its snapshot
-    // lives in the state dir (on the data partition) and is restored when the attempt does not commit
-    ...(config.migration ? { migration: new Migrations({ dataDir: (config.data ?? configDefaults.data).dir, snapshotDir: join(config.stateDir, 'migration-snapshot'), config: config.migration }) } : {}),
+    // issue 18: the release's data migration (or the config's) runs before the trial's health
+    // checks; its snapshot lives in the state dir (on the data partition) and is restored when the
+    // attempt does not commit
+    migration: createMigrations(config),
     policies: o.policies ?? createUpdatePolicies(config.policies, { freeSpaceMiB: () => freeSpaceMiB(config.stateDir), deferral: fileDeferralStore(paths.deferral) }),
   };
   return new Agent(deps);

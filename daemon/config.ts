@@ -92,6 +92,11 @@ export interface Config {
     /** paths relative to `dir` that `factory-reset --keep-identity` keeps: the device's identity
      * (its config, client certificate) and slotflip's trust and anti-rollback state. */
     identity: string[];
+    /** where the booted slot's root file system is: `/` on a device; a release's migration
+     * (`custom.migration.path`) is looked up under it. Emulated boards and tests point it elsewhere. */
+    imageRoot?: string;
+    /** the size budget of the snapshot taken before a release's data migration (bytes). */
+    snapshotMaxBytes?: number;
   };
   /** a data migration run on the first boot of every trial slot, before its health checks, after a
    * snapshot of `paths` (relative to data.dir); restored when the attempt does not commit
@@ -230,6 +235,8 @@ export const configSchema = {
           items: { type: 'string', minLength: 1, maxLength: 1024, pattern: '^(?!/)(?!.*(^|/)\\.\\.(/|$)).+$' },
           default: configDefaults.data.identity,
         },
+        imageRoot: { ...absPath, default: '/' },
+        snapshotMaxBytes: { type: 'integer', minimum: 0, default: 64 * 1024 * 1024 },
       },
     },
     migration: {

@@ -9,35 +9,73 @@
  * it ran before, half ran, or never ran. This costs a repeated wipe after a cut (cheap) and buys a
  * reset that cannot end half-done with the marker gone.
  *
+ * Modes (what survives; the marker says which, `slotflip factory-reset` flags choose):
+ * - `full` (default): everything goes except slotflip's security state: the anti-rollback floor
+ *   (the committed securityVersion, carried into a fresh idle update record: no history, no attempt,
+ *   only what each slot holds, since the slots are not reset)
+ *   and the trust anchors (`<stateDir>/trusted`, the rotated TUF root chain). A reset must not make
+ *   a device installable with a release its owner's keys already superseded. The outbox
+ *   (`<stateDir>/outbox`: undelivered events, the sequence number the fleet deduplicates by) stays
+ *   too: a reset device's events must not look like replays.
+ * - `keep-identity`: as `full`, and the config's `data.identity` paths (device config, client
+ *   certificate, by default slotflip's whole state dir) are kept as they are.
+ * - `as-shipped` (`--forget-security`): nothing survives; the device trusts the root shipped in the
+ *   image again and its floor starts at the config's initial one. For refurbishing a device whose
+ *   keys are reissued, never as the field default.
+ *
  * Steps of `applyFactoryReset`:
- * 1. keep (only `keep-identity`): copy the marker's `keep` paths into `.slotflip-factory-reset.keep`
- *    (built as `.keep.tmp`, fsynced, renamed: it exists only when complete). Skipped when `.keep`
- *    already exists (an earlier run's cut after this step: the live copies may be wiped already).
+ * 1. keep: copy what survives into `.slotflip-factory-reset.keep` (built as `.keep.tmp`, fsynced,
+ *    renamed: it exists only when complete): the security state (the trust dir, the outbox, a fresh record
+ *    holding the floor = the higher of the live record's and the marker's) then the identity paths.
+ *    Skipped when `.keep` already exists (an earlier run's cut after this step: the live copies may
+ *    be wiped already).
  * 2. wipe: remove every entry of the data dir except the marker and `.keep`.
  * 3. defaults: copy the image's defaults tree (`/usr/share/factory/data` style) into the data dir.
  * 4. restore: copy `.keep` over the data dir.
- * 5. sync the data dir, remove `.keep` (a cut after this: step 1 copies the restored identity again).
+ * 5. sync the data dir, remove `.keep` (a cut after this: step 1 copies the restored state again).
  * 6. remove the marker, fsync the directory: the reset is done.
  *
  * The apply reads no config (it runs before /etc is assembled): everything it needs is in the marker.
  */
 import { cp, mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
-import { isAbsolute, join, normalize } from 'node:path';
+import { isAbsolute, join, normalize, relative, resolve } from 'node:path';
 import { SlotflipError } from '../hal/errors.js';
 import { fsyncDir, writeFileAtomic } from '../hal/atomic-file.js';
+import { initialState } from './machine.js';
+import { parseRecord, RECORD_FILE, RECORD_SCHEMA, type UpdateRecord } from './state-store.js';
 
 export const MARKER = '.slotflip-factory-reset';
 const KEEP = `${MARKER}.keep`;
 const KEEP_TMP = `${MARKER}.keep.tmp`;
 
-export type ResetMode = 'full' | 'keep-identity';
+export type ResetMode = 'full' | 'keep-identity' | 'as-shipped';
+export const RESET_MODES: readonly ResetMode[] = ['full', 'keep-identity', 'as-shipped'];
+/** The trust anchors under the state dir (daemon/compose.ts statePaths.trusted). */
+const TRUST_DIR = 'trusted';
+/** The outbox (statePaths.outbox): events not yet delivered and the sequence number the fleet
+ * deduplicates by; a reset must not make the device's events look like replays. */
+const OUTBOX_DIR = 'outbox';
 
 export interface ResetMarker {
   schema: 1;
   mode: ResetMode;
-  /** paths relative to the data dir kept across a `keep-identity` reset (empty for `full`). */
+  /** paths relative to the data dir kept across a `keep-identity` reset (empty otherwise). */
   keep: string[];
+  /** slotflip's state dir relative to the data dir, whose floor and trust anchors survive (every
+   * mode but `as-shipped`; absent when the state dir is not on the data partition: then the reset
+   * never touches it). */
+  securityDir?: string;
+  /** the committed securityVersion when the reset was requested (the apply keeps the higher of
+   * this and the record's at boot, so a lost or torn record never lowers the floor). */
+  floor?: number;
   requestedAt: string;
+}
+
+/** What a reset keeps of slotflip's security state. */
+export interface SecurityState {
+  /** the state dir relative to the data dir, or undefined when it lies outside it. */
+  dir?: string;
+  floor: number;
 }
 
 /** A relative path inside the data dir: no leading `/`, no `..` segment, not the marker's own files. */
@@ -52,12 +90,20 @@ export function isKeepPath(p: string): boolean {
  * any, is replaced whole). Nothing is wiped now: the running system keeps using its data until the
  * reboot. Idempotent.
  */
-export async function requestFactoryReset(dataDir: string, mode: ResetMode, keep: string[], now: number): Promise<ResetMarker> {
+export async function requestFactoryReset(dataDir: string, mode: ResetMode, keep: string[], now: number, security?: SecurityState): Promise<ResetMarker> {
   for (const p of keep) {
     if (!isKeepPath(p)) throw new SlotflipError('DAEMON_BAD_ARGUMENT', `factory reset: keep path "${p}" must be relative to the data dir ${dataDir} and must not contain ".."; fix /data/identity in the config`, { details: { path: p } });
   }
+  if (security?.dir !== undefined && !isKeepPath(security.dir)) throw new SlotflipError('DAEMON_BAD_ARGUMENT', `factory reset: the state dir "${security.dir}" must be relative to the data dir ${dataDir}`, { details: { path: security.dir } });
   await mkdir(dataDir, { recursive: true });
-  const marker: ResetMarker = { schema: 1, mode, keep: mode === 'keep-identity' ? keep : [], requestedAt: new Date(now).toISOString() };
+  const keepsSecurity = mode !== 'as-shipped' && security?.dir !== undefined;
+  const marker: ResetMarker = {
+    schema: 1,
+    mode,
+    keep: mode === 'keep-identity' ? keep : [],
+    ...(keepsSecurity ? { securityDir: security.dir, floor: security.floor } : {}),
+    requestedAt: new Date(now).toISOString(),
+  };
   await writeFileAtomic(join(dataDir, MARKER), JSON.stringify(marker) + '\n');
   return marker;
 }
@@ -74,7 +120,11 @@ export async function readResetMarker(dataDir: string): Promise<ResetMarker | un
   try {
     const m = JSON.parse(text) as Partial<ResetMarker>;
     const keep = Array.isArray(m.keep) ? m.keep.filter((p): p is string => typeof p === 'string' && isKeepPath(p)) : [];
-    return { schema: 1, mode: m.mode === 'keep-identity' ? 'keep-identity' : 'full', keep: m.mode === 'keep-identity' ? keep : [], requestedAt: String(m.requestedAt ?? '') };
+    const mode: ResetMode = m.mode === 'keep-identity' || m.mode === 'as-shipped' ? m.mode : 'full';
+    const security = mode !== 'as-shipped' && typeof m.securityDir === 'string' && isKeepPath(m.securityDir)
+      ? { securityDir: m.securityDir, floor: Number.isSafeInteger(m.floor) && (m.floor as number) >= 0 ? (m.floor as number) : 0 }
+      : {};
+    return { schema: 1, mode, keep: mode === 'keep-identity' ? keep : [], ...security, requestedAt: String(m.requestedAt ?? '') };
   } catch {
     // a torn or garbled marker (it is written atomically, so only a foreign writer makes one):
     // the user asked for a reset; the safe reading keeps nothing
@@ -111,9 +161,22 @@ export async function applyFactoryReset(o: ApplyOptions): Promise<ApplyResult> {
   const kept: string[] = [];
   try {
     await step('keep');
-    if (marker.mode === 'keep-identity' && !(await exists(at(KEEP)))) {
+    if ((marker.keep.length > 0 || marker.securityDir !== undefined) && !(await exists(at(KEEP)))) {
       await rm(at(KEEP_TMP), { recursive: true, force: true });
       await mkdir(at(KEEP_TMP));
+      if (marker.securityDir !== undefined) {
+        // the security state first: identity paths that overlap it (the whole state dir) win
+        const sec = marker.securityDir;
+        for (const d of [TRUST_DIR, OUTBOX_DIR]) {
+          if (await exists(at(join(sec, d)))) await cp(at(join(sec, d)), join(at(KEEP_TMP), sec, d), { recursive: true, preserveTimestamps: true, verbatimSymlinks: true });
+        }
+        const live = await readRecord(at(join(sec, RECORD_FILE)));
+        const floor = Math.max(marker.floor ?? 0, live?.committedSecurityVersion ?? 0);
+        await mkdir(join(at(KEEP_TMP), sec), { recursive: true });
+        // the slots are not reset: what each holds stays known (`installed`), or the device would
+        // download the release it is running again
+        await writeFileAtomic(join(at(KEEP_TMP), sec, RECORD_FILE), JSON.stringify({ schema: RECORD_SCHEMA, savedAt: 0, saves: 0, ...initialState(floor), installed: live?.installed ?? {} }) + '\n');
+      }
       for (const p of marker.keep) {
         if (!(await exists(at(p)))) continue;
         await cp(at(p), join(at(KEEP_TMP), p), { recursive: true, preserveTimestamps: true, verbatimSymlinks: true });
@@ -135,7 +198,7 @@ export async function applyFactoryReset(o: ApplyOptions): Promise<ApplyResult> {
     }
     await step('restore');
     if (await exists(at(KEEP))) {
-      for (const p of marker.keep) {
+      for (const p of keptPaths(marker)) {
         if (!(await exists(join(at(KEEP), p)))) continue;
         await rm(at(p), { recursive: true, force: true });
         await cp(join(at(KEEP), p), at(p), { recursive: true, force: true, preserveTimestamps: true, verbatimSymlinks: true });
@@ -156,6 +219,45 @@ export async function applyFactoryReset(o: ApplyOptions): Promise<ApplyResult> {
     throw new SlotflipError('DAEMON_FACTORY_RESET_IO', `factory reset of ${o.dataDir} failed (${(cause as NodeJS.ErrnoException).code ?? 'error'}); the marker stays, so the next boot tries again; check the data partition (fsck, free space)`, { cause, details: { dataDir: o.dataDir } });
   }
   return { applied: true, mode: marker.mode, kept };
+}
+
+/**
+ * Where slotflip's state dir lies on the data partition, relative to `dataDir`, or undefined when it
+ * is not on it (then a reset never touches it). Found by identity (device and inode), not by name:
+ * the reference layout binds `/var` (or `/var/lib/slotflip`) from `<dataDir>/var...`, so
+ * `/var/lib/slotflip` is `<dataDir>/var/lib/slotflip` though neither path contains the other.
+ */
+export async function stateDirOnData(dataDir: string, stateDir: string): Promise<string | undefined> {
+  const rel = relative(resolve(dataDir), resolve(stateDir));
+  const inside = rel !== '' && !rel.startsWith('..') && !isAbsolute(rel) ? rel : undefined;
+  const st = await stat(stateDir).catch(() => undefined);
+  if (!st) return inside;
+  for (const c of [inside, resolve(stateDir).replace(/^\/+/, '')]) {
+    if (c === undefined) continue;
+    const there = await stat(join(dataDir, c)).catch(() => undefined);
+    if (there && there.dev === st.dev && there.ino === st.ino) return c;
+  }
+  return undefined;
+}
+
+/** What `.keep` holds, in restore order (the security state, then the identity paths over it). */
+function keptPaths(m: ResetMarker): string[] {
+  return [...(m.securityDir !== undefined ? [join(m.securityDir, TRUST_DIR), join(m.securityDir, OUTBOX_DIR), join(m.securityDir, RECORD_FILE)] : []), ...m.keep];
+}
+
+/** The update record at `path`, or undefined when there is none or it is unreadable (the marker's
+ * floor then stands). */
+async function readRecord(path: string): Promise<UpdateRecord | undefined> {
+  try {
+    return parseRecord(await readFile(path, 'utf8'), path);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The committed securityVersion of the record at `path`; 0 when there is none or it is unreadable. */
+export async function recordFloor(path: string): Promise<number> {
+  return (await readRecord(path))?.committedSecurityVersion ?? 0;
 }
 
 /** fsync every regular file and directory under `dir` (skipping `skip` at the top level). */

@@ -9,6 +9,7 @@
 import { Ajv } from 'ajv';
 import type { TargetFile } from '@tufjs/models';
 import type { Release, ReleaseCustom } from './types.js';
+import { releaseMigrationSchema } from './migration.js';
 
 const sha256 = { type: 'string', pattern: '^[0-9a-f]{64}$' } as const;
 const nonNeg = { type: 'integer', minimum: 0 } as const;
@@ -19,6 +20,7 @@ const commonProperties = {
   securityVersion: { type: 'integer', minimum: 0, maximum: 2 ** 31 - 1 },
   channel: { type: 'string', minLength: 1, maxLength: 128 },
   devices: { type: 'array', maxItems: 100000, items: { type: 'string', minLength: 1, maxLength: 256 } },
+  migration: releaseMigrationSchema,
   rollout: {
     type: 'object',
     additionalProperties: false,

@@ -37,7 +37,8 @@ import { rolloutAllows } from './rollout.js';
 import { ISSUED_FIELD, OFFLINE_FILE, OFFLINE_TYPE, TIME_RESET_FIELD } from './client.js';
 import { checkTargetName as checkTargetNameRule } from './validate.js';
 import { META_PREFIXES, MAX_MESSAGE_BYTES, metaTopic, type MetaLayout } from './meta-topics.js';
-import type { Compression, ReleaseCustom, Rollout } from './types.js';
+import type { Compression, ReleaseCustom, ReleaseMigration, Rollout } from './types.js';
+import { migrationProblem } from './migration.js';
 import { createHash } from 'node:crypto';
 
 export type TopRole = 'root' | 'targets' | 'snapshot' | 'timestamp';
@@ -576,6 +577,8 @@ export interface AddReleaseOptions extends RepoOptions {
   chunkSize: number;
   devices?: string[];
   rollout?: Rollout;
+  /** a data migration the image ships (manifests/migration.ts); checked before anything is built. */
+  migration?: ReleaseMigration;
   /** targets expiry override, days. */
   expiresDays?: number;
   /** 2 (default): the chunk index is a target file of its own (`<name>.index`), targets.json stays
@@ -657,6 +660,8 @@ export async function addRelease(dir: string, opts: AddReleaseOptions): Promise<
   if (!opts.hardware || opts.hardware.length === 0 || opts.hardware.some((h) => !h)) throw badArg('at least one --hardware compatible string is required');
   if (!opts.channel) throw badArg('--channel is required');
   checkRollout(opts.rollout);
+  const migrationBad = opts.migration ? migrationProblem(opts.migration) : null;
+  if (migrationBad) throw badArg(`${migrationBad} (--migration, --migration-snapshot, --migration-timeout)`, { migration: opts.migration });
   const ext = opts.compression === 'zstd' ? '.zst' : opts.compression === 'gzip' ? '.gz' : '';
   const targetName = opts.name ?? `releases/${opts.version}/${basename(opts.image)}${ext}`;
   const format = opts.format ?? 2;
@@ -680,6 +685,7 @@ export async function addRelease(dir: string, opts: AddReleaseOptions): Promise<
     channel: opts.channel,
     ...(opts.devices && opts.devices.length > 0 ? { devices: [...opts.devices] } : {}),
     ...(opts.rollout ? { rollout: opts.rollout } : {}),
+    ...(opts.migration ? { migration: { path: opts.migration.path, ...(opts.migration.timeoutSeconds !== undefined ? { timeoutSeconds: opts.migration.timeoutSeconds } : {}), snapshot: [...opts.migration.snapshot] } } : {}),
   };
   const { compression, size, sha256: imageSha256, chunkSize } = built.payload;
   const indexName = indexTargetName(targetName);

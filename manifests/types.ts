@@ -92,12 +92,24 @@ interface ReleaseCustomBase {
   /** explicit targeting: when present, only these device ids. */
   devices?: string[];
   rollout?: Rollout;
+  /** a data migration shipped in the image (manifests/migration.ts, daemon/migration.ts). */
+  migration?: ReleaseMigration;
 }
 
 /** Format v1: the chunk list inline. */
 export interface ReleaseCustomV1 extends ReleaseCustomBase {
   slotflip: 1;
   payload: PayloadInfo;
+}
+
+/** `custom.migration`: run from the new slot's root on the trial's first boot, before its checks. */
+export interface ReleaseMigration {
+  /** absolute path of an executable inside the image (never under the data partition). */
+  path: string;
+  /** default and cap: the health deadline. */
+  timeoutSeconds?: number;
+  /** paths relative to the data partition it may change: snapshotted before, restored on rollback. */
+  snapshot: string[];
 }
 
 /** Format v2: the chunk list in the index target. */

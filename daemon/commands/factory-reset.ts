@@ -7,7 +7,9 @@
  */
 import { parseArgs } from 'node:util';
 import { SlotflipError } from '../../hal/errors.js';
-import { applyFactoryReset, requestFactoryReset, MARKER, type ResetStep } from '../factory-reset.js';
+import { join } from 'node:path';
+import { applyFactoryReset, recordFloor, requestFactoryReset, stateDirOnData, MARKER, type ResetStep } from '../factory-reset.js';
+import { RECORD_FILE } from '../state-store.js';
 import type { Command, CommandIO } from './command.js';
 
 // `--apply` runs early at boot on a slow board: it loads no config code (ajv, pino, mqtt); the
@@ -22,7 +24,7 @@ const STEPS: ResetStep[] = ['keep', 'wipe', 'defaults', 'restore', 'dropKeep', '
 
 export const command: Command = {
   help: [
-    'usage: slotflip factory-reset --config FILE [--keep-identity] [--json]',
+    'usage: slotflip factory-reset --config FILE [--keep-identity | --forget-security] [--json]',
     '       slotflip factory-reset --apply DATA_DIR [--defaults DIR] [--json]',
     '',
     'Request: leave a marker (' + MARKER + ') in the data dir (config /data/dir, default ' + DEFAULT_DATA_DIR + ');',
@@ -31,9 +33,13 @@ export const command: Command = {
     '',
     'options:',
     '  --config FILE      device config (JSON); default $SLOTFLIP_CONFIG or /etc/slotflip/config.json',
-    "  --keep-identity    keep the config's /data/identity paths (device identity, slotflip's trust",
-    '                     and anti-rollback state); without it everything goes, and the device starts',
-    "                     again from the image's defaults and shipped trust root, as from the factory",
+    "  (default)          everything goes but slotflip's anti-rollback floor (committed securityVersion)",
+    '                     and trust anchors (the rotated root): the device starts again from the',
+    "                     image's defaults, idle, and never accepts a release below its floor",
+    "  --keep-identity    also keep the config's /data/identity paths (device config, client",
+    "                     certificate, slotflip's state dir as it is)",
+    '  --forget-security  keep nothing, not even the floor and trust anchors: the device trusts the root',
+    '                     shipped in the image again and may install any release it signs (refurbishing)',
     '  --apply DATA_DIR   apply a pending request now (early boot only: nothing may use DATA_DIR)',
     "  --defaults DIR     the image's defaults for the data dir (e.g. /usr/share/factory/data)",
     '  --json             print the result as JSON',
@@ -46,13 +52,13 @@ export const command: Command = {
       v = parseArgs({
         args: argv,
         strict: true,
-        options: { config: { type: 'string' }, 'keep-identity': { type: 'boolean', default: false }, apply: { type: 'string' }, defaults: { type: 'string' }, json: { type: 'boolean', default: false } },
+        options: { config: { type: 'string' }, 'keep-identity': { type: 'boolean', default: false }, 'forget-security': { type: 'boolean', default: false }, apply: { type: 'string' }, defaults: { type: 'string' }, json: { type: 'boolean', default: false } },
       }).values;
     } catch (cause) {
       throw new SlotflipError('DAEMON_USAGE', `${(cause as Error).message}; see --help`, { cause });
     }
     if (v.apply !== undefined) {
-      if (v.config !== undefined || v['keep-identity']) throw new SlotflipError('DAEMON_USAGE', '--apply reads the mode from the marker: it takes no --config or --keep-identity; see --help');
+      if (v.config !== undefined || v['keep-identity'] || v['forget-security']) throw new SlotflipError('DAEMON_USAGE', '--apply reads the mode from the marker: it takes no --config, --keep-identity or --forget-security; see --help');
       // test seam (power-cut scenarios): die as a power cut would, right before the named step
       const cut = io.env['SLOTFLIP_TEST_RESET_CUT'] as ResetStep | undefined;
       if (cut !== undefined && !STEPS.includes(cut)) throw new SlotflipError('DAEMON_USAGE', `SLOTFLIP_TEST_RESET_CUT: "${cut}" is none of ${STEPS.join(', ')}`);
@@ -65,10 +71,16 @@ export const command: Command = {
       return 0;
     }
     if (v.defaults !== undefined) throw new SlotflipError('DAEMON_USAGE', '--defaults goes with --apply; see --help');
+    if (v['keep-identity'] && v['forget-security']) throw new SlotflipError('DAEMON_USAGE', '--keep-identity and --forget-security exclude each other: keeping the identity keeps the security state with it; see --help');
     const { loadConfig, configDefaults } = await import('../config.js');
     const config = await loadConfig(v.config ?? io.env['SLOTFLIP_CONFIG'] ?? '/etc/slotflip/config.json');
     const data = config.data ?? { dir: configDefaults.data.dir, identity: [...configDefaults.data.identity] };
-    const marker = await requestFactoryReset(data.dir, v['keep-identity'] ? 'keep-identity' : 'full', data.identity, Date.now());
+    // the floor and trust anchors live in the state dir: kept when it lies on the data partition
+    // (outside it, the reset never touches them)
+    const onData = await stateDirOnData(data.dir, config.stateDir);
+    const security = { ...(onData !== undefined ? { dir: onData } : {}), floor: await recordFloor(join(config.stateDir, RECORD_FILE)) };
+    const mode = v['keep-identity'] ? 'keep-identity' : v['forget-security'] ? 'as-shipped' : 'full';
+    const marker = await requestFactoryReset(data.dir, mode, data.identity, Date.now(), security);
     write(io, v.json ? JSON.stringify({ dataDir: data.dir, ...marker }) : `factory reset (${marker.mode}) of ${data.dir} requested; it runs at the next boot`);
     return 0;
   },

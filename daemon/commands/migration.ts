@@ -8,10 +8,9 @@
 import { SlotflipError } from '../../hal/errors.js';
 import { createBootControl } from '../../hal/registry.js';
 import { parseCommandArgs, write } from '../command-support.js';
-import { loadConfig, configDefaults } from '../config.js';
+import { loadConfig } from '../config.js';
 import { FileStateStore } from '../state-store.js';
-import { Migrations } from '../migration.js';
-import { join } from 'node:path';
+import { createMigrations } from '../migration.js';
 import type { Command } from './command.js';
 
 export const command: Command = {
@@ -20,11 +19,9 @@ export const command: Command = {
     const p = parseCommandArgs(argv, io, {}, true);
     if (p.positionals.length !== 1 || p.positionals[0] !== 'settle') throw new SlotflipError('DAEMON_USAGE', 'expected `slotflip migration settle --config FILE`; see --help');
     const config = await loadConfig(p.config);
-    const dataDir = (config.data ?? configDefaults.data).dir;
-    const snapshotDir = join(config.stateDir, 'migration-snapshot');
     const booted = await createBootControl(config.board.boot, {}).bootedSlot();
     const state = await new FileStateStore({ stateDir: config.stateDir, now: Date.now }).load();
-    const done = await new Migrations({ dataDir, snapshotDir, ...(config.migration ? { config: config.migration } : {}) }).settle(booted, state.history);
+    const done = await createMigrations(config).settle(booted, state.history);
     write(io, p.json ? JSON.stringify({ bootedSlot: booted, snapshot: done ?? null }) : done ? `migration snapshot ${done} (booted slot ${booted})` : 'no migration snapshot to settle');
     return 0;
   },

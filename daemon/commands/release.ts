@@ -31,6 +31,11 @@ const HELP = [
   `  --chunk-size N          uncompressed chunk size in bytes (default ${DEFAULT_CHUNK_SIZE})`,
   '  --device ID             only these device ids may install it (repeatable)',
   '  --rollout P             staged rollout: only devices whose bucket is below P percent',
+  '  --migration PATH        data migration: an executable inside the image, run from the new slot on',
+  '                          its first boot before the health checks (argument array, no shell)',
+  '  --migration-snapshot P  a data-partition path (relative) the migration may change: snapshotted',
+  '                          first, restored if the trial rolls back (repeatable; needed with --migration)',
+  '  --migration-timeout S   seconds the migration may take (default and cap: the health deadline)',
   '  --name T                TUF target name instead of the default',
   '  --expires-days D        targets metadata lifetime (default from repo.json, 90)',
   '  --inline-index          format 1: the chunk index inline in targets.json (~190 bytes per chunk),',
@@ -66,6 +71,9 @@ export const command: Command = {
         'chunk-size': { type: 'string' },
         device: { type: 'string', multiple: true },
         rollout: { type: 'string' },
+        migration: { type: 'string' },
+        'migration-snapshot': { type: 'string', multiple: true },
+        'migration-timeout': { type: 'string' },
         name: { type: 'string' },
         'expires-days': { type: 'string' },
         out: { type: 'string' },
@@ -100,6 +108,12 @@ export const command: Command = {
     };
     const compression = (values.compression ?? 'zstd') as Compression;
     if (!['zstd', 'gzip', 'none'].includes(compression)) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', '--compression must be zstd, gzip or none');
+    if (values.migration === undefined && (values['migration-snapshot'] || values['migration-timeout'])) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', '--migration-snapshot and --migration-timeout need --migration PATH');
+    const migration = values.migration === undefined ? undefined : {
+      path: values.migration,
+      snapshot: values['migration-snapshot'] ?? [],
+      ...(values['migration-timeout'] !== undefined ? { timeoutSeconds: int(values['migration-timeout'], '--migration-timeout') } : {}),
+    };
     const r = await addRelease(dir, {
       keys,
       image: need(values.image, '--image'),
@@ -111,6 +125,7 @@ export const command: Command = {
       chunkSize: values['chunk-size'] ? int(values['chunk-size'], '--chunk-size') : DEFAULT_CHUNK_SIZE,
       ...(values.device ? { devices: values.device } : {}),
       ...(values.rollout !== undefined ? { rollout: { percent: Number(values.rollout) } } : {}),
+      ...(migration ? { migration } : {}),
       ...(values.name ? { name: values.name } : {}),
       ...(values['expires-days'] ? { expiresDays: int(values['expires-days'], '--expires-days') } : {}),
       ...(values['inline-index'] ? { format: 1 as const } : {}),

@@ -132,6 +132,7 @@ t.test('the unit carries the directives the README promises', async (t) => {
     'Wants=network-online.target',
     'Restart=on-failure',
     'ProtectSystem=strict',
+    'ReadWritePaths=-/data',
     'NoNewPrivileges=yes',
     'PrivateTmp=yes',
     'CapabilityBoundingSet=',

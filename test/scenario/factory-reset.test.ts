@@ -16,7 +16,7 @@ import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createBoard, powerCycle, makeTestImage } from '../../hal/board.js';
-import { initRepo, addRelease } from '../../manifests/repo.js';
+import { initRepo, addRelease, setRollout } from '../../manifests/repo.js';
 
 const CLI = process.env['SLOTFLIP_CLI'] ?? fileURLToPath(new URL('../../dist/daemon/cli.js', import.meta.url));
 const STEPS = ['keep', 'wipe', 'defaults', 'restore', 'dropKeep', 'dropMarker'];
@@ -61,6 +61,8 @@ const USER_DATA = {
   'etc/upper/slotflip/client.key': 'device key',
   'etc/upper/hostname': 'renamed-by-owner',
   'var/lib/slotflip/trusted/root.json': 'root v3',
+  'var/lib/slotflip/outbox/000041.json': '{"seq":41}',
+  'var/lib/slotflip/update-record.json': JSON.stringify({ schema: 1, savedAt: 1, saves: 7, phase: 'idle', attempt: null, transitions: 9, attempts: 2, committedSecurityVersion: 4, rolledBack: [], installed: {}, history: [] }),
   'var/lib/app/db.sqlite': 'owner data',
   'var/log/app.log': 'logs',
 };
@@ -83,35 +85,47 @@ async function fixture(dir: string): Promise<{ data: string; defaults: string; c
   return { data, defaults, cfg };
 }
 
-async function expected(dir: string, keepIdentity: boolean): Promise<Record<string, string>> {
+type Mode = 'full' | 'keep-identity' | 'as-shipped';
+const FLAGS: Record<Mode, string[]> = { full: [], 'keep-identity': ['--keep-identity'], 'as-shipped': ['--forget-security'] };
+/** the record a reset that keeps the floor leaves: fresh and idle, floor 4 */
+const FRESH_RECORD = { schema: 1, savedAt: 0, saves: 0, phase: 'idle', attempt: null, transitions: 0, attempts: 0, committedSecurityVersion: 4, rolledBack: [], installed: {}, history: [] };
+
+async function expected(dir: string, mode: Mode): Promise<Record<string, string>> {
   const ref = join(dir, 'reference');
   const f = await fixture(ref);
-  const req = await cli(['factory-reset', '--config', f.cfg, ...(keepIdentity ? ['--keep-identity'] : [])]);
+  const req = await cli(['factory-reset', '--config', f.cfg, ...FLAGS[mode]]);
   const done = await cli(['factory-reset', '--apply', f.data, '--defaults', f.defaults]);
   if (req.code !== 0 || done.code !== 0) throw new Error(`reference reset failed: ${req.err}${done.err}`);
   return tree(f.data);
 }
 
-for (const keepIdentity of [false, true]) {
-  const mode = keepIdentity ? 'keep-identity' : 'full';
-  t.test(`${mode}: a power cut before each step, then (keep-identity) another, then a clean run`, async (t) => {
+for (const mode of ['full', 'keep-identity', 'as-shipped'] as const) {
+  const keeps = mode !== 'as-shipped';
+  t.test(`${mode}: a power cut before each step, then ${keeps ? 'another, ' : ''}then a clean run`, async (t) => {
     const dir = t.testdir();
-    const want = await expected(dir, keepIdentity);
+    const want = await expected(dir, mode);
     t.notOk(MARKER in want, 'the reference reset removed its marker');
     t.equal(want['var/lib/app/db.sqlite'], undefined, 'user data is gone');
     t.equal(want['etc/upper/hostname'], 'factory-hostname', "the image's defaults are back");
-    t.equal(want['var/lib/slotflip/trusted/root.json'], keepIdentity ? 'root v3' : undefined, `slotflip trust state ${keepIdentity ? 'kept' : 'wiped'}`);
-    t.equal(want['etc/upper/slotflip/client.key'], keepIdentity ? 'device key' : undefined);
+    t.equal(want['var/lib/slotflip/trusted/root.json'], keeps ? 'root v3' : undefined, `trust anchors ${keeps ? 'kept' : 'forgotten (--forget-security)'}`);
+    t.equal(want['var/lib/slotflip/outbox/000041.json'], keeps ? '{"seq":41}' : undefined, `the outbox (undelivered events, their sequence) ${keeps ? 'kept' : 'forgotten'}`);
+    const record = want['var/lib/slotflip/update-record.json'];
+    if (mode === 'full') t.same(JSON.parse(record!), FRESH_RECORD, 'a fresh idle record that keeps the anti-rollback floor (4), nothing else');
+    else if (mode === 'keep-identity') t.equal(record, USER_DATA['var/lib/slotflip/update-record.json'], 'the identity paths keep the whole record');
+    else t.equal(record, undefined, 'no record: the floor starts again from the config');
+    t.equal(want['etc/upper/slotflip/client.key'], mode === 'keep-identity' ? 'device key' : undefined);
 
-    for (const step of STEPS) {
+    // as-shipped runs the same steps with nothing kept (the old full reset): two cuts are enough
+    for (const step of keeps ? STEPS : ['wipe', 'defaults']) {
       const f = await fixture(join(dir, `cut-${step}`));
-      const req = await cli(['factory-reset', '--config', f.cfg, ...(keepIdentity ? ['--keep-identity'] : []), '--json']);
-      t.match(JSON.parse(req.out), { mode, dataDir: f.data });
+      const req = await cli(['factory-reset', '--config', f.cfg, ...FLAGS[mode], '--json']);
+      t.match(JSON.parse(req.out), { mode, dataDir: f.data, ...(keeps ? { securityDir: 'var/lib/slotflip', floor: 4 } : {}) });
+      if (!keeps) t.notOk('floor' in JSON.parse(req.out), 'as-shipped: no floor in the marker');
       t.match(await tree(f.data), USER_DATA, 'requesting wipes nothing');
       const cut = await cli(['factory-reset', '--apply', f.data, '--defaults', f.defaults], { SLOTFLIP_TEST_RESET_CUT: step });
       t.equal(cut.signal, 'SIGKILL', `power cut before ${step}`);
       t.ok(existsSync(join(f.data, MARKER)), `the marker survives a cut before ${step}`);
-      if (keepIdentity) {
+      if (keeps) {
         const again = await cli(['factory-reset', '--apply', f.data, '--defaults', f.defaults], { SLOTFLIP_TEST_RESET_CUT: 'keep' });
         t.equal(again.signal, 'SIGKILL', 'a second cut at the next boot');
       }
@@ -125,9 +139,26 @@ for (const keepIdentity of [false, true]) {
   });
 }
 
+t.test('full: the floor survives a torn record (the marker carries it) and is never lowered', async (t) => {
+  const dir = t.testdir();
+  const f = await fixture(dir);
+  t.equal((await cli(['factory-reset', '--config', f.cfg])).code, 0);
+  // after the request the record is torn (a foreign writer, a bad sector): the marker still has 4
+  await writeFile(join(f.data, 'var/lib/slotflip/update-record.json'), '{"schema":1,"pha');
+  t.equal((await cli(['factory-reset', '--apply', f.data, '--defaults', f.defaults])).code, 0);
+  t.same(JSON.parse(await readFile(join(f.data, 'var/lib/slotflip/update-record.json'), 'utf8')), FRESH_RECORD, 'floor 4 from the marker');
+  // a commit between the request and the reboot raised the floor to 6: the record's wins
+  const g = await fixture(join(dir, 'raised'));
+  t.equal((await cli(['factory-reset', '--config', g.cfg])).code, 0);
+  await writeFile(join(g.data, 'var/lib/slotflip/update-record.json'), JSON.stringify({ ...FRESH_RECORD, committedSecurityVersion: 6, history: [{}] }));
+  t.equal((await cli(['factory-reset', '--apply', g.data, '--defaults', g.defaults])).code, 0);
+  t.same(JSON.parse(await readFile(join(g.data, 'var/lib/slotflip/update-record.json'), 'utf8')), { ...FRESH_RECORD, committedSecurityVersion: 6 });
+  t.equal((await cli(['factory-reset', '--config', g.cfg, '--keep-identity', '--forget-security'])).code, 2, 'the two flags exclude each other');
+});
+
 t.test('keep-identity: a cut in the middle of the keep copy and in the middle of the wipe', async (t) => {
   const dir = t.testdir();
-  const want = await expected(dir, true);
+  const want = await expected(dir, 'keep-identity');
   // torn keep copy: `.keep.tmp` half built, live tree intact (the rename never happened)
   const a = await fixture(join(dir, 'torn-keep'));
   await cli(['factory-reset', '--config', a.cfg, '--keep-identity']);
@@ -158,7 +189,7 @@ t.test('refusals: --apply with --config, a keep path that leaves the data dir', 
   t.ok((await stat(join(f.data, 'var/log/app.log'))).isFile(), 'nothing touched');
 });
 
-t.test('after a full reset the device still updates (state dir wiped with the data)', async (t) => {
+t.test('after a full reset the device still updates, never below its floor; --forget-security forgets the floor', async (t) => {
   const dir = t.testdir();
   const SLOT = 256 * 1024;
   const boardDir = join(dir, 'board');
@@ -192,18 +223,40 @@ t.test('after a full reset the device still updates (state dir wiped with the da
     t.equal(r.code, 0, r.err);
     t.match(JSON.parse(r.out), { phase: 'idle', finished: [{ outcome: 'succeeded', release: { version } }] });
   };
-  await publish('1.1.0', 1);
+  await publish('1.1.0', 3);
   await cycle('1.1.0');
   t.ok(existsSync(join(data, 'var/lib/slotflip/trusted')), 'the state dir lives on the data partition');
+  await put(data, { 'var/lib/app/db.sqlite': 'owner data' });
 
   t.equal((await cli(['factory-reset', '--config', cfg])).code, 0);
   await powerCycle(boardDir); // the reboot that applies it
   t.equal((await cli(['factory-reset', '--apply', data, '--defaults', defaults])).code, 0);
-  t.same(await tree(data), { 'var/': '', 'var/lib/': '', 'var/lib/app/': '', 'var/lib/app/README': 'empty' }, 'slotflip state wiped with the rest');
+  const after = await tree(data);
+  t.equal(after['var/lib/app/README'], 'empty', "the image's defaults");
+  t.equal(after['var/lib/app/db.sqlite'], undefined, 'owner data gone');
+  t.same(Object.keys(after).filter((p) => p.startsWith('var/lib/slotflip/') && p !== 'var/lib/slotflip/' && !/^var\/lib\/slotflip\/(trusted|outbox)\/./.test(p)).sort(), ['var/lib/slotflip/outbox/', 'var/lib/slotflip/trusted/', 'var/lib/slotflip/update-record.json'], 'of slotflip state only the trust anchors, the outbox and a fresh record stay');
+  t.match(JSON.parse(after['var/lib/slotflip/update-record.json']!), { phase: 'idle', history: [], committedSecurityVersion: 3, installed: { B: { version: '1.1.0' } } }, 'the record keeps the floor and what the slots hold');
 
-  const st = await cli(['status', '--config', cfg, '--json']);
+  let st = await cli(['status', '--config', cfg, '--json']);
   t.equal(st.code, 0, st.err);
-  t.match(JSON.parse(st.out), { bootedSlot: 'B', phase: 'idle' });
-  await publish('1.2.0', 2);
+  t.match(JSON.parse(st.out), { bootedSlot: 'B', phase: 'idle', committedSecurityVersion: 3 });
+  // a signed release below the floor (a newer semver cut from an old, vulnerable branch) is still
+  // refused after the reset; a device that forgot its floor would install it (1.1.0 is halted)
+  await setRollout(repo, 'releases/1.1.0/1.1.0.img.gz', { percent: 100, halted: true });
+  await publish('1.3.0', 2);
+  const old = await cli(['update', '--once', '--config', cfg, '--json']);
+  t.equal(old.code, 0, old.err);
+  const oldOut = JSON.parse(old.out) as { rebooted: boolean; lastCheck?: { result: string; detail?: string } };
+  t.match(oldOut, { rebooted: false, finished: [] });
+  // without the floor 1.3.0 would be the one allowed release; with it the only secure one is the halted 1.1.0
+  t.match(oldOut.lastCheck, { result: 'none', detail: /MANIFEST_ROLLOUT_HALTED.*1\.1\.0/ }, '1.3.0 (securityVersion 2 < floor 3) is not a candidate');
+  await publish('1.2.0', 4);
   await cycle('1.2.0');
+
+  t.equal((await cli(['factory-reset', '--config', cfg, '--forget-security'])).code, 0);
+  await powerCycle(boardDir);
+  t.equal((await cli(['factory-reset', '--apply', data, '--defaults', defaults])).code, 0);
+  t.same(await tree(data), { 'var/': '', 'var/lib/': '', 'var/lib/app/': '', 'var/lib/app/README': 'empty' }, 'as shipped: slotflip state wiped with the rest');
+  st = await cli(['status', '--config', cfg, '--json']);
+  t.match(JSON.parse(st.out), { bootedSlot: 'A', phase: 'idle', committedSecurityVersion: 0 });
 });

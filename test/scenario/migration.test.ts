@@ -48,14 +48,23 @@ function cli(args: string[]): Promise<{ code: number | null; signal: string | nu
   });
 }
 
-async function device(t: Tap, dir: string, mode: string) {
+/** `named`: the release names the migration (custom.migration: an executable in the image root,
+ * data.imageRoot) instead of the device config. */
+async function device(t: Tap, dir: string, mode: string, named = false) {
   const boardDir = join(dir, 'board');
   const board = await createBoard(boardDir, { backend: 'emulated', slotSize: SLOT, factoryVersion: '1.0.0' });
   const repo = join(dir, 'repo');
   await initRepo(repo);
   const image = join(dir, '2.0.0.img');
   await writeFile(image, makeTestImage({ version: '2.0.0', size: 100 * 1024 }));
-  await addRelease(repo, { image, version: '2.0.0', securityVersion: 1, hardware: ['acme,board'], channel: 'stable', compression: 'gzip', chunkSize: 16 * 1024 });
+  // the new slot's root file system as the daemon sees it on its trial boot (an emulated board's
+  // slot holds no file system): the migration the release names is an executable in it
+  const imageRoot = join(dir, 'slot-root');
+  await mkdir(join(imageRoot, 'usr/lib/app'), { recursive: true });
+  // the script has no extension and the project is "type": "module": say how Node should read it
+  await writeFile(join(imageRoot, 'package.json'), '{"type":"commonjs"}\n');
+  await writeFile(join(imageRoot, 'usr/lib/app/migrate-2'), `#!${process.execPath}\nprocess.argv.push(${JSON.stringify(join(dir, 'mode'))});\n${MIGRATE.replace("import { readFileSync, writeFileSync, existsSync } from 'node:fs';", "const { readFileSync, writeFileSync, existsSync } = process.getBuiltinModule('node:fs');")}`, { mode: 0o755 });
+  await addRelease(repo, { image, version: '2.0.0', securityVersion: 1, hardware: ['acme,board'], channel: 'stable', compression: 'gzip', chunkSize: 16 * 1024, ...(named ? { migration: { path: '/usr/lib/app/migrate-2', snapshot: ['app'] } } : {}) });
   const data = join(dir, 'data');
   await mkdir(join(data, 'app'), { recursive: true });
   await writeFile(join(data, 'app/db.txt'), 'v1');
@@ -69,8 +78,8 @@ async function device(t: Tap, dir: string, mode: string) {
     board: { slots: { A: { path: board.slots.A, size: SLOT }, B: { path: board.slots.B, size: SLOT } }, boot: board.bootConfig, tries: 3 },
     reboot: { command: [process.execPath, '-e', '0'] },
     health: { deadlineSeconds: 60, checks: [{ type: 'command', name: 'app', argv: [process.execPath, CLI, 'board', 'probe', boardDir, '--health'], timeoutSeconds: 30 }] },
-    data: { dir: data },
-    migration: { argv: [process.execPath, join(dir, 'migrate.mjs'), join(dir, 'mode')], paths: ['app'], maxBytes: 1 << 20, timeoutSeconds: 30 },
+    data: { dir: data, imageRoot, snapshotMaxBytes: 1 << 20 },
+    ...(named ? {} : { migration: { argv: [process.execPath, join(dir, 'migrate.mjs'), join(dir, 'mode')], paths: ['app'], maxBytes: 1 << 20, timeoutSeconds: 30 } }),
     log: { level: 'warn' },
   }));
   const c = ['--config', cfg, '--json'];
@@ -113,6 +122,30 @@ t.test('a migration that fails halfway: failed health check, rollback, snapshot 
   t.equal(await d.db(), 'v1', 'the old slot runs on the data it knows');
   t.notOk(existsSync(join(d.data, 'app/new.txt')));
   t.notOk(existsSync(d.snapshot), 'snapshot deleted after the restore');
+});
+
+t.test("a release's own migration (custom.migration, in the image) that fails halfway: rollback, the old slot restores it without a config migration", async (t) => {
+  const d = await device(t, t.testdir(), 'fail', true);
+  let r = await cli(['update', '--once', '--no-check', ...d.c]);
+  t.match(JSON.parse(r.out), { phase: 'rollingBack', rebooted: true });
+  t.equal(await d.db(), 'half', "the release's migration ran on the trial slot");
+  await powerCycle(d.boardDir);
+  r = await cli(['migration', 'settle', ...d.c]);
+  t.same(JSON.parse(r.out), { bootedSlot: 'A', snapshot: 'restored' });
+  t.equal(await d.db(), 'v1');
+  r = await cli(['update', '--once', '--no-check', ...d.c]);
+  t.equal(r.code, 3);
+  t.match(JSON.parse(r.out), { finished: [{ outcome: 'rolledBack', failures: [{ name: 'migration', output: /migrate-2 exited 1: migration broke halfway/ }] }] });
+  t.notOk(existsSync(d.snapshot));
+});
+
+t.test("a release's own migration that succeeds commits on migrated data", async (t) => {
+  const d = await device(t, t.testdir(), 'ok', true);
+  const r = await cli(['update', '--once', '--no-check', ...d.c]);
+  t.equal(r.code, 0, r.err);
+  t.match(JSON.parse(r.out), { finished: [{ outcome: 'succeeded', release: { version: '2.0.0' } }] });
+  t.equal(await d.db(), 'v2');
+  t.notOk(existsSync(d.snapshot));
 });
 
 t.test('a power cut in the middle of the migration (and a torn snapshot): restored, run again, committed', async (t) => {

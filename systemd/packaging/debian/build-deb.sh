@@ -6,6 +6,9 @@
 #
 #   npm run package:deb [-- --with-node] [-- --out DIR]
 #   bash systemd/packaging/debian/build-deb.sh [--out DIR] [--with-node] [--no-build] [--keep-stage]
+#                                              [--compression xz|gzip|none]
+# (--compression: dpkg-deb's -Z, default xz; test lanes that install the package at once use none:
+# the same files, without minutes of xz on a loaded machine)
 #
 # Node on the device: Depends: nodejs (>= 22). Debian 12 ships nodejs 18, Debian 13 ships 20: such a
 # device needs Node 22+ from elsewhere, or the --with-node build, which carries Node
@@ -17,12 +20,14 @@ out=$repo/dist/deb
 with_node=0
 build=1
 keep=0
+compression=xz
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift 2 ;;
     --with-node) with_node=1; shift ;;
     --no-build) build=0; shift ;;
     --keep-stage) keep=1; shift ;;
+    --compression) case "$2" in xz|gzip|none) compression=$2; shift 2 ;; *) echo "build-deb: --compression takes xz, gzip or none" >&2; exit 2 ;; esac ;;
     *) echo "build-deb: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -103,7 +108,7 @@ CONTROL
 
 mkdir -p "$out"
 deb=$out/slotflip_${version}_$arch.deb
-dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null
+dpkg-deb --root-owner-group "-Z$compression" --build "$root" "$deb" >/dev/null
 echo "build-deb: staged tree $(du -sh --exclude=DEBIAN "$root" | cut -f1) (node_modules $(du -sh "$app/node_modules" | cut -f1)), .deb $(du -h "$deb" | cut -f1)" >&2
 [ "$keep" = 1 ] && echo "build-deb: staging tree kept in $root" >&2
 echo "$deb"

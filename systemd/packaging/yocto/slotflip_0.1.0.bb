@@ -19,7 +19,7 @@ RDEPENDS:${PN} += "nodejs (>= 22)"
 # one of, per board: libubootenv-bin (fw_printenv/fw_setenv), grub-editenv
 RRECOMMENDS:${PN} += "zstd"
 
-SYSTEMD_SERVICE:${PN} = "slotflip.service slotflip-health.service"
+SYSTEMD_SERVICE:${PN} = "slotflip.service slotflip-health.service slotflip-trial-deadline.timer slotflip-factory-reset.service slotflip-migration-settle.service"
 SYSTEMD_AUTO_ENABLE = "enable"
 
 do_install:append() {
@@ -34,6 +34,11 @@ do_install:append() {
     install -D -m 0755 ${S}/systemd/packaging/slotflip.sh ${D}${bindir}/slotflip
     install -D -m 0644 ${S}/systemd/slotflip.service ${D}${systemd_system_unitdir}/slotflip.service
     install -D -m 0644 ${S}/systemd/slotflip-health.service ${D}${systemd_system_unitdir}/slotflip-health.service
+    install -D -m 0644 ${S}/systemd/slotflip-trial-failed@.service ${D}${systemd_system_unitdir}/slotflip-trial-failed@.service
+    install -D -m 0644 ${S}/systemd/slotflip-trial-deadline.timer ${D}${systemd_system_unitdir}/slotflip-trial-deadline.timer
+    install -D -m 0644 ${S}/systemd/slotflip-factory-reset.service ${D}${systemd_system_unitdir}/slotflip-factory-reset.service
+    install -D -m 0644 ${S}/systemd/slotflip-migration-settle.service ${D}${systemd_system_unitdir}/slotflip-migration-settle.service
+    install -D -m 0755 ${S}/systemd/slotflip-trial-reboot ${D}${nonarch_libdir}/slotflip/slotflip-trial-reboot
     install -D -m 0644 ${S}/systemd/80-slotflip.preset ${D}${systemd_unitdir}/system-preset/80-slotflip.preset
     install -D -m 0644 ${S}/systemd/slotflip.tmpfiles.conf ${D}${nonarch_libdir}/tmpfiles.d/slotflip.conf
     install -D -m 0644 ${S}/systemd/examples/x86-grub-efi/config.json ${D}${sysconfdir}/slotflip/config.example.json

@@ -5,7 +5,9 @@
  *   p1 ESP (FAT)  /EFI/BOOT/BOOTX64.EFI   standalone GRUB (grub-mkstandalone) → /EFI/slotflip/grub.cfg
  *                 /EFI/slotflip/grubenv  greenboot's boot_counter/boot_success + slotflip_slot
  *   p2 A, p3 B    ext4 root filesystems (guest.ts), kernel and initramfs inside (/vmlinuz, /initrd.img)
- *   p4 data       ext4, mounted at /var/lib/slotflip: the daemon's state survives the slot switch
+ *   p4 data       ext4, mounted at /data (made from the image's /usr/share/factory/data):
+ *                 /var/lib/slotflip and /var/lib/app are bound from it, so the daemon's state and the
+ *                 application's data survive the slot switch
  *
  * grub.cfg is greenboot's 08_fallback_counting logic with the A/B choice in `slotflip_slot`
  * (`greenbootSelection` from ../grub-board.ts, the same lines the bootloader-level lanes run), then a real `linux`/`initrd`/`boot`
@@ -99,6 +101,8 @@ export interface FullOsBoardOptions {
   /** a MISCONFIGURED board: GRUB loads/saves this ESP path instead of the grubenv the daemon's config
    * names (both start as the factory's copy). Default: the same file. */
   grubReadsEnv?: string;
+  /** the data partition's first-boot contents (`mkfs.ext4 -d`); default: empty. */
+  dataTree?: string;
 }
 
 export interface FullOsBoard {
@@ -108,6 +112,36 @@ export interface FullOsBoard {
   powerOn(opts: { timeoutMs: number; until?: RegExp }): Promise<PowerOnResult & { grubSlot?: SlotName }>;
   /** The grubenv on the ESP as it is now (read from the image with mtools). */
   readGrubenv(): Promise<Record<string, string>>;
+  /** A file on the data partition as it is now (powered off; debugfs), or undefined if absent. */
+  readData(path: string): Promise<string | undefined>;
+  /** Writes a file onto the data partition (powered off; debugfs -w), replacing it. */
+  writeData(path: string, content: string): Promise<void>;
+}
+
+/** Replays the ext4 journal of a powered-off guest's partition image: debugfs reads the file system
+ * as checkpointed, and what the guest fsynced may still be only in the journal. */
+async function replayJournal(img: string, runner: ToolRunner = execTool): Promise<void> {
+  const r = await runner.run('e2fsck', ['-fy', '-E', 'journal_only', img], { timeoutMs: 60_000 });
+  // 0 nothing to do, 1 journal replayed / errors corrected
+  if (r.code !== 0 && r.code !== 1) throw new Error(`e2fsck -E journal_only ${img}: exit ${r.code}: ${r.stderr.slice(0, 500)}`);
+}
+
+/** The partition [offset, offset + size) of `disk` as a file of its own. */
+async function copyOut(disk: string, offset: number, size: number, out: string): Promise<void> {
+  const src = await open(disk, 'r');
+  const dst = await open(out, 'w');
+  try {
+    const buf = Buffer.alloc(1 << 20);
+    for (let done = 0; done < size; ) {
+      const { bytesRead } = await src.read(buf, 0, Math.min(buf.length, size - done), offset + done);
+      if (bytesRead === 0) break;
+      await dst.write(buf, 0, bytesRead);
+      done += bytesRead;
+    }
+  } finally {
+    await src.close();
+    await dst.close();
+  }
 }
 
 /** The per-connection pipe QEMU's guestfwd `cmd:` runs: stdin/stdout ↔ 127.0.0.1:PORT. */
@@ -137,7 +171,7 @@ export async function createFullOsBoard(opts: FullOsBoardOptions): Promise<FullO
   await copyInto(disk, slotPartition(layout, 'A').offset, opts.factoryImage, slotPartition(layout, 'A').size);
   const dataImg = join(opts.dir, 'data.ext4');
   const data = partition(layout, 'data');
-  await runChecked(runner, 'HIL_IMAGE', 'mkfs.ext4', ['-q', '-F', '-L', 'slotflip-data', dataImg, `${data.size / 1024}k`]);
+  await runChecked(runner, 'HIL_IMAGE', 'mkfs.ext4', ['-q', '-F', '-L', 'slotflip-data', '-E', 'root_owner=0:0', ...(opts.dataTree ? ['-d', opts.dataTree] : []), dataImg, `${data.size / 1024}k`]);
   await copyInto(disk, data.offset, dataImg, data.size);
 
   const vars = join(opts.dir, 'OVMF_VARS.fd');
@@ -163,6 +197,23 @@ export async function createFullOsBoard(opts: FullOsBoardOptions): Promise<FullO
       const text = plainConsole(r.console);
       const m = /SLOTFLIP-BOOT slot=([AB])/.exec(text);
       return { ...r, console: text, ...(m ? { grubSlot: m[1] as SlotName } : {}) };
+    },
+    async readData(path) {
+      await copyOut(disk, data.offset, data.size, dataImg);
+      await replayJournal(dataImg);
+      const r = await runner.run('debugfs', ['-R', `cat ${path}`, dataImg], { maxOutputBytes: 4 << 20 });
+      // debugfs exits 0 either way; a missing file is reported on stderr
+      return r.code === 0 && !/File not found/.test(r.stderr) ? r.stdout : undefined;
+    },
+    async writeData(path, content) {
+      await copyOut(disk, data.offset, data.size, dataImg);
+      // a write into a file system whose journal is not replayed would be undone at the next mount
+      await replayJournal(dataImg);
+      const src = join(opts.dir, 'data-write.tmp');
+      await writeFile(src, content);
+      await runChecked(runner, 'HIL_IMAGE', 'debugfs', ['-w', '-R', `rm ${path}`, dataImg]).catch(() => undefined);
+      await runChecked(runner, 'HIL_IMAGE', 'debugfs', ['-w', '-R', `write ${src} ${path}`, dataImg]);
+      await copyInto(disk, data.offset, dataImg, data.size);
     },
     async readGrubenv() {
       const r = await runChecked(runner, 'HIL_IMAGE', 'mtype', ['-i', `${disk}@@${esp.offset}`, `::/${ESP_GRUBENV}`]);

@@ -1,27 +1,31 @@
 /**
- * Turns the cached Debian base into slot images of a device running slotflip, installed exactly as
- * systemd/README.md ("What goes where") tells an image builder to:
+ * Turns the cached Debian base into slot images of a device running slotflip, installed as a
+ * Debian image build would (systemd/packaging/README.md):
  *
- *   /usr/bin/node                        the host's Node binary (same Debian release, same glibc)
- *   /usr/lib/slotflip/                   dist/{daemon,hal,manifests}, package.json, production node_modules
- *   /usr/bin/slotflip                    symlink to /usr/lib/slotflip/dist/daemon/cli.js (mode 0755)
- *   /usr/lib/systemd/system/…            slotflip.service, slotflip-health.service, and the board drop-in
- *                                        made from systemd/examples/x86-grub-efi (device paths → /dev/vdaN)
- *   /usr/lib/tmpfiles.d/slotflip.conf, /usr/lib/systemd/system-preset/80-slotflip.preset
+ *   slotflip                             `dpkg --root=STAGING -i` of the .deb that `npm run package:deb
+ *                                        -- --with-node` builds (Node 24 in /usr/lib/slotflip/node: Debian
+ *                                        12 ships Node 18): /usr/bin/slotflip, /usr/lib/slotflip, every
+ *                                        unit, tmpfiles, preset, the example config. No file copied by hand.
+ *   /usr/lib/systemd/system/slotflip.service.d/board.conf
+ *                                        the board drop-in made from systemd/examples/x86-grub-efi
  *   /usr/share/slotflip/root.json        the repository's root (trust.shippedRoot)
  *   /etc/slotflip/config.json            grub backend, greenboot convention, as the x86-grub-efi example
- *   /var/lib/slotflip                    mount point of the data partition (p4): state survives slot switches
+ *   /data                                mount point of the data partition (p4), the state model of
+ *                                        systemd/README.md: /var/lib/slotflip and /var/lib/app are bound
+ *                                        from /data/var/lib/…, after slotflip-factory-reset.service
+ *   /usr/share/factory/data              the data partition's first-boot contents (a reset re-creates them)
  *   /boot/efi                            mount point of the ESP (p1): the grubenv the HAL writes
  *
  * Units are enabled with the host's `systemctl --root=STAGING preset`, as an image build would. The
  * journal is forwarded to the serial console so a failed run shows the guest's own logs.
  *
- * Per release only two things differ: /etc/slotflip-release (the version) and the greenboot-style
+ * Per release only a few things differ: /etc/slotflip-release (the version), the greenboot-style
  * required health check /etc/greenboot/check/required.d/50-application.sh (exit 0, or exit 1 for a
- * release whose application is broken). Nothing in the guest knows it is a test.
+ * release whose application is broken), and optionally an application that keeps data on the data
+ * partition and the data migration a release ships. Nothing in the guest knows it is a test.
  */
-import { chmod, copyFile, cp, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
-import { dirname, join, relative } from 'node:path';
+import { chmod, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { execTool, runChecked, type ToolRunner } from '../../../hal/exec.js';
 
 export const GUEST_DEVICE_ID = 'hil-debian-01';
@@ -33,6 +37,8 @@ export const ESP_GRUBENV = 'EFI/slotflip/grubenv';
 
 export interface StageOptions {
   baseDir: string;
+  /** the slotflip .deb to install (buildDeb). */
+  deb: string;
   /** staging directory (replaced). */
   dir: string;
   /** the repository checkout: dist/ must be built, node_modules installed. */
@@ -77,14 +83,17 @@ async function put(root: string, path: string, content: string | Buffer, mode = 
   await chmod(p, mode);
 }
 
-/** Production dependencies as paths relative to the project (npm's own view of the tree). */
-async function productionModules(projectDir: string, runner: ToolRunner): Promise<string[]> {
-  const r = await runChecked(runner, 'HIL_ROOTFS', 'npm', ['ls', '--omit=dev', '--all', '--parseable'], { cwd: projectDir, maxOutputBytes: 4 << 20 });
-  return r.stdout
-    .split('\n')
-    .filter((l) => l.startsWith(projectDir + '/node_modules/'))
-    .map((l) => relative(projectDir, l));
+/** Builds the .deb exactly as `npm run package:deb -- --with-node` does (dist/ already built),
+ * uncompressed (the lane installs it at once). Returns its path. */
+export async function buildDeb(projectDir: string, outDir: string, runner: ToolRunner = execTool): Promise<string> {
+  const r = await runChecked(runner, 'HIL_ROOTFS', 'bash', [join(projectDir, 'systemd/packaging/debian/build-deb.sh'), '--no-build', '--with-node', '--compression', 'none', '--out', outDir], { cwd: projectDir, timeoutMs: 15 * 60_000, maxOutputBytes: 4 << 20 });
+  const deb = r.stdout.trim().split('\n').pop() ?? '';
+  if (!deb.endsWith('.deb')) throw new Error(`build-deb printed no .deb path: ${r.stdout.slice(-500)}`);
+  return deb;
 }
+
+/** The data partition's first-boot contents (also what a factory reset re-creates). */
+export const FACTORY_DATA = 'usr/share/factory/data';
 
 /** Copies the base and installs slotflip into it. Release-specific files come later (buildSlotImage). */
 export async function stageGuest(opts: StageOptions): Promise<void> {
@@ -95,35 +104,25 @@ export async function stageGuest(opts: StageOptions): Promise<void> {
   await runChecked(runner, 'HIL_ROOTFS', 'cp', ['-a', '--reflink=auto', '--', opts.baseDir, root], { timeoutMs: 5 * 60_000 });
   await rm(join(root, '.slotflip-base-complete'), { force: true });
 
-  // Node and slotflip
-  await copyFile(process.execPath, join(root, 'usr/bin/node'));
-  await chmod(join(root, 'usr/bin/node'), 0o755);
-  const app = join(root, 'usr/lib/slotflip');
-  for (const d of ['daemon', 'hal', 'manifests']) await cp(join(opts.projectDir, 'dist', d), join(app, 'dist', d), { recursive: true });
-  await copyFile(join(opts.projectDir, 'package.json'), join(app, 'package.json'));
-  for (const m of await productionModules(opts.projectDir, runner)) await cp(join(opts.projectDir, m), join(app, m), { recursive: true, verbatimSymlinks: true });
-  await chmod(join(app, 'dist/daemon/cli.js'), 0o755);
-  await symlink('../lib/slotflip/dist/daemon/cli.js', join(root, 'usr/bin/slotflip'));
-
-  // systemd units, drop-in, tmpfiles, preset: the files in systemd/, unchanged
+  // slotflip from its package, as an image build installs it (no maintainer scripts to run)
+  await runChecked(runner, 'HIL_ROOTFS', 'dpkg', [`--root=${root}`, '-i', opts.deb], { timeoutMs: 5 * 60_000 });
   const sd = join(opts.projectDir, 'systemd');
-  for (const u of ['slotflip.service', 'slotflip-health.service', 'slotflip-trial-failed@.service', 'slotflip-trial-deadline.timer']) await copyFile(join(sd, u), join(root, 'usr/lib/systemd/system', u));
-  await put(root, 'usr/lib/slotflip/slotflip-trial-reboot', await readFile(join(sd, 'slotflip-trial-reboot')), 0o755);
   const dropIn = (await readFile(join(sd, 'examples/x86-grub-efi/slotflip.service.d/board.conf'), 'utf8')).replaceAll('/dev/nvme0n1p2', '/dev/vda2').replaceAll('/dev/nvme0n1p3', '/dev/vda3');
   await put(root, 'usr/lib/systemd/system/slotflip.service.d/board.conf', dropIn);
-  await put(root, 'usr/lib/tmpfiles.d/slotflip.conf', await readFile(join(sd, 'slotflip.tmpfiles.conf')));
-  await put(root, 'usr/lib/systemd/system-preset/80-slotflip.preset', await readFile(join(sd, '80-slotflip.preset')));
   await put(root, 'usr/share/slotflip/root.json', await readFile(opts.rootJson));
   await put(root, 'etc/slotflip/config.json', JSON.stringify(guestConfig(opts), null, 2) + '\n', 0o600);
 
   // the board: ESP and data partition, network, console
   await mkdir(join(root, 'boot/efi'), { recursive: true });
-  await mkdir(join(root, 'var/lib/slotflip'), { recursive: true });
-  await put(root, 'etc/fstab', ['/dev/vda1 /boot/efi vfat umask=0077 0 2', '/dev/vda4 /var/lib/slotflip ext4 defaults 0 2', ''].join('\n'));
+  for (const d of ['data', 'var/lib/slotflip', 'var/lib/app', `${FACTORY_DATA}/var/lib/slotflip`]) await mkdir(join(root, d), { recursive: true });
+  await put(root, `${FACTORY_DATA}/var/lib/app/README`, 'application data (factory default)\n');
+  // the data partition, and the parts of /var bound from it once a pending factory reset is done
+  const bind = (what: string) => `/data${what} ${what} none bind,x-systemd.requires-mounts-for=/data,x-systemd.after=slotflip-factory-reset.service 0 0`;
+  await put(root, 'etc/fstab', ['/dev/vda1 /boot/efi vfat umask=0077 0 2', '/dev/vda4 /data ext4 defaults 0 2', bind('/var/lib/slotflip'), bind('/var/lib/app'), ''].join('\n'));
   await put(root, 'etc/hostname', `${GUEST_DEVICE_ID}\n`);
   await put(root, 'etc/systemd/network/20-wired.network', '[Match]\nName=en*\n\n[Network]\nDHCP=ipv4\n');
   await put(root, 'etc/systemd/journald.conf.d/console.conf', '[Journal]\nForwardToConsole=yes\nTTYPath=/dev/ttyS0\nMaxLevelConsole=info\n');
-  await runChecked(runner, 'HIL_ROOTFS', 'systemctl', [`--root=${root}`, 'preset', 'slotflip.service', 'slotflip-health.service', 'slotflip-trial-deadline.timer']);
+  await runChecked(runner, 'HIL_ROOTFS', 'systemctl', [`--root=${root}`, 'preset', 'slotflip.service', 'slotflip-health.service', 'slotflip-trial-deadline.timer', 'slotflip-factory-reset.service', 'slotflip-migration-settle.service']);
   await runChecked(runner, 'HIL_ROOTFS', 'systemctl', [`--root=${root}`, 'enable', 'systemd-networkd.service', 'systemd-networkd-wait-online.service']);
 }
 
@@ -134,7 +133,34 @@ export interface ReleaseSpec {
   /** true: in this image slotflip.service's process is SIGKILLed at every start (a drop-in replaces
    * ExecStart= with a shell that kills itself), so the daemon never judges anything. */
   daemonKilled?: boolean;
+  /** true: the image runs the application (hil-app.service): at every boot it appends the version
+   * to /var/lib/app/boots and creates /var/lib/app/db ("schema 1 (created by V)") if absent. */
+  app?: boolean;
+  /** true: the image ships the data migration MIGRATION_PATH (schema 1 → 2 of /var/lib/app/db); the
+   * release names it (custom.migration). */
+  migration?: boolean;
 }
+
+/** The migration an image with `migration: true` ships, and what its release names. */
+export const MIGRATION_PATH = '/usr/lib/hil-app/migrate-2';
+export const RELEASE_MIGRATION = { path: MIGRATION_PATH, snapshot: ['var/lib/app'] };
+
+const APP_UNIT = 'usr/lib/systemd/system/hil-app.service';
+const APP_WANTS = 'etc/systemd/system/multi-user.target.wants/hil-app.service';
+const APP_START = `#!/bin/sh
+v=$(cat /etc/slotflip-release)
+echo "$v" >> /var/lib/app/boots
+test -e /var/lib/app/db || echo "schema 1 (created by $v)" > /var/lib/app/db
+sync
+echo "hil-app: $v runs on db $(cat /var/lib/app/db)"
+`;
+const MIGRATE = `#!/bin/sh
+db="$SLOTFLIP_DATA_DIR/var/lib/app/db"
+case "$(cat "$db")" in "schema 1"*) ;; *) echo "unknown data: $(cat "$db")"; exit 3 ;; esac
+echo "schema 2 (migrated by $SLOTFLIP_RELEASE_ID)" > "$db.new" && mv "$db.new" "$db" || exit 1
+logger -t hil-migrate "migrated $db to schema 2"
+echo migrated
+`;
 
 /** The drop-in that makes `daemonKilled` images' daemon die by SIGKILL at every start. */
 export const KILLED_DAEMON_DROPIN = 'etc/systemd/system/slotflip.service.d/zz-hil-killed.conf';
@@ -147,6 +173,13 @@ export function releaseFiles(spec: ReleaseSpec): Record<string, { content: strin
     'etc/greenboot/check/required.d/50-application.sh': { content: check, mode: 0o755 },
     // `$$$$` is systemd's escape for the shell's `$$` (its own pid): the process SIGKILLs itself
     ...(spec.daemonKilled ? { [KILLED_DAEMON_DROPIN]: { content: "[Service]\nExecStart=\nExecStart=/bin/sh -c 'echo slotflip-hil: daemon killed; kill -KILL $$$$'\n", mode: 0o644 } } : {}),
+    ...(spec.app
+      ? {
+          'usr/lib/hil-app/start': { content: APP_START, mode: 0o755 },
+          [APP_UNIT]: { content: '[Unit]\nDescription=HIL application (data in /var/lib/app)\nRequiresMountsFor=/var/lib/app\nAfter=slotflip-migration-settle.service\n\n[Service]\nType=oneshot\nExecStart=/usr/lib/hil-app/start\n\n[Install]\nWantedBy=multi-user.target\n', mode: 0o644 },
+        }
+      : {}),
+    ...(spec.migration ? { [MIGRATION_PATH.slice(1)]: { content: MIGRATE, mode: 0o755 } } : {}),
   };
 }
 
@@ -154,8 +187,13 @@ export function releaseFiles(spec: ReleaseSpec): Record<string, { content: strin
  * mount, no root needed for this step). */
 export async function buildSlotImage(stagingDir: string, spec: ReleaseSpec, out: string, sizeMiB: number, runner: ToolRunner = execTool): Promise<void> {
   // the staging tree is shared by every image: drop what an earlier release spec added
-  await rm(join(stagingDir, KILLED_DAEMON_DROPIN), { force: true });
+  for (const p of [KILLED_DAEMON_DROPIN, 'usr/lib/hil-app', APP_UNIT, APP_WANTS]) await rm(join(stagingDir, p), { recursive: true, force: true });
   for (const [path, f] of Object.entries(releaseFiles(spec))) await put(stagingDir, path, f.content, f.mode);
+  // enabled as `systemctl enable` would (WantedBy=multi-user.target)
+  if (spec.app) {
+    await mkdir(dirname(join(stagingDir, APP_WANTS)), { recursive: true });
+    await symlink(`/${APP_UNIT}`, join(stagingDir, APP_WANTS));
+  }
   await rm(out, { force: true });
   await runChecked(runner, 'HIL_ROOTFS', 'mkfs.ext4', ['-q', '-F', '-L', `slotflip-${spec.version}`, '-E', 'root_owner=0:0', '-d', stagingDir, out, `${sizeMiB}M`], { timeoutMs: 5 * 60_000 });
 }

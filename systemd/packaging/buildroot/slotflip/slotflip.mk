@@ -28,6 +28,7 @@ define SLOTFLIP_INSTALL_TARGET_CMDS
 	find $(TARGET_DIR)/usr/lib/slotflip/dist -name '*.map' -delete
 	cp -a $(@D)/package.json $(@D)/node_modules $(TARGET_DIR)/usr/lib/slotflip/
 	$(INSTALL) -D -m 0755 $(@D)/systemd/packaging/slotflip.sh $(TARGET_DIR)/usr/bin/slotflip
+	$(INSTALL) -D -m 0755 $(@D)/systemd/slotflip-trial-reboot $(TARGET_DIR)/usr/lib/slotflip/slotflip-trial-reboot
 	$(INSTALL) -D -m 0644 $(@D)/systemd/80-slotflip.preset $(TARGET_DIR)/usr/lib/systemd/system-preset/80-slotflip.preset
 	$(INSTALL) -D -m 0644 $(@D)/systemd/slotflip.tmpfiles.conf $(TARGET_DIR)/usr/lib/tmpfiles.d/slotflip.conf
 	$(INSTALL) -D -m 0644 $(@D)/systemd/examples/x86-grub-efi/config.json $(TARGET_DIR)/etc/slotflip/config.example.json
@@ -38,6 +39,10 @@ endef
 define SLOTFLIP_INSTALL_INIT_SYSTEMD
 	$(INSTALL) -D -m 0644 $(@D)/systemd/slotflip.service $(TARGET_DIR)/usr/lib/systemd/system/slotflip.service
 	$(INSTALL) -D -m 0644 $(@D)/systemd/slotflip-health.service $(TARGET_DIR)/usr/lib/systemd/system/slotflip-health.service
+	$(INSTALL) -D -m 0644 $(@D)/systemd/slotflip-trial-failed@.service $(TARGET_DIR)/usr/lib/systemd/system/slotflip-trial-failed@.service
+	$(INSTALL) -D -m 0644 $(@D)/systemd/slotflip-trial-deadline.timer $(TARGET_DIR)/usr/lib/systemd/system/slotflip-trial-deadline.timer
+	$(INSTALL) -D -m 0644 $(@D)/systemd/slotflip-factory-reset.service $(TARGET_DIR)/usr/lib/systemd/system/slotflip-factory-reset.service
+	$(INSTALL) -D -m 0644 $(@D)/systemd/slotflip-migration-settle.service $(TARGET_DIR)/usr/lib/systemd/system/slotflip-migration-settle.service
 endef
 
 $(eval $(generic-package))
