@@ -620,4 +620,3 @@ export async function runUpdateCycle(makeAgent: () => Agent | Promise<Agent>, op
   return { ...r, finished, events };
 }
 
-export { verifySlotImage } from './install/read-back.js';

@@ -25,19 +25,31 @@ import { createSlotWriter } from '../hal/file-slot.js';
 import type { SlotWriter } from '../hal/slot-writer.js';
 import { TrustClient, dirSource, httpSource, memorySource, targetUrl, type MetadataSource } from '../manifests/client.js';
 import type { Release } from '../manifests/types.js';
-import { installPayload, toSource, type InstallProgress } from './install/index.js';
-import { preflightPayload } from './install/preflight.js';
+import type { InstallProgress } from './install/index.js';
 import { runHealthChecks, type HealthDeps } from './health.js';
-import { verifySlotImage } from './install/read-back.js';
 import { Outbox } from './outbox.js';
 import { brokerFirstSource, refreshWithFallback, type BrokerFirstSource, type BrokerMetaHooks } from './meta-source.js';
 import { createUpdatePolicies, type DeferralStore } from './policies.js';
 import { Agent, type AgentDeps, type EventSink, type HealthRunner, type Installer, type ReleaseFinder, type UpdatePolicies } from './agent.js';
 import { acquireStateLock, FileStateStore, type StateStore } from './state-store.js';
 import { configDefaults, type Config, type SourceConfig } from './config.js';
-import { Migrations } from './migration.js';
 import { silentLogger } from './logger.js';
 import { guardTrials, kernelBootId, trialGuardDir } from './trial-guard.js';
+
+// The install path (installer, decoder, hasher, HTTP source, read-back, preflight) and the data
+// migration are loaded on first use: a daemon sits idle for weeks between updates and should not
+// carry their code (issue 16, bench:memory; test/unit/daemon-module-graph.test.ts keeps it so).
+type InstallModule = typeof import('./install/index.js');
+const installModule = (): Promise<InstallModule> => import('./install/index.js');
+async function installPayload(...a: Parameters<InstallModule['installPayload']>): ReturnType<InstallModule['installPayload']> {
+  return (await installModule()).installPayload(...a);
+}
+async function verifySlotImage(...a: Parameters<typeof import('./install/read-back.js').verifySlotImage>): ReturnType<typeof import('./install/read-back.js').verifySlotImage> {
+  return (await import('./install/read-back.js')).verifySlotImage(...a);
+}
+async function preflightPayload(...a: Parameters<typeof import('./install/preflight.js').preflightPayload>): ReturnType<typeof import('./install/preflight.js').preflightPayload> {
+  return (await import('./install/preflight.js')).preflightPayload(...a);
+}
 
 export interface ComposeOverrides {
   now?: () => number;
@@ -193,7 +205,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
     async preflight(release) {
       // the source the install will read; any mirror that serves the signed payload will do,
       // otherwise the first mirror's answer
-      const source = toSource(src.payload(release), undefined);
+      const source = (await installModule()).toSource(src.payload(release), undefined);
       let first: unknown;
       for (let index = 0; index < source.count; index++) {
         try {
@@ -275,7 +287,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
     ...(o.bootId ? { bootId: o.bootId } : {}),
     // issue 18: a configured data migration runs before the trial's health checks; its snapshot
     // lives in the state dir (on the data partition) and is restored when the attempt does not commit
-    ...(config.migration ? { migration: new Migrations({ dataDir: (config.data ?? configDefaults.data).dir, snapshotDir: join(config.stateDir, 'migration-snapshot'), config: config.migration }) } : {}),
+    ...(config.migration ? { migration: new (await import('./migration.js')).Migrations({ dataDir: (config.data ?? configDefaults.data).dir, snapshotDir: join(config.stateDir, 'migration-snapshot'), config: config.migration }) } : {}),
     policies: o.policies ?? createUpdatePolicies(config.policies, { freeSpaceMiB: () => freeSpaceMiB(config.stateDir), deferral: fileDeferralStore(paths.deferral) }),
   };
   return new Agent(deps);
