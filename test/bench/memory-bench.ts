@@ -238,14 +238,17 @@ interface Env {
   deviceId: string;
 }
 
-async function setupEnv(dir: string, broker: Mosquitto, o: { deviceId: string; slotSize: number }): Promise<Env> {
+async function setupEnv(dir: string, broker: Mosquitto, o: { deviceId: string; slotSize: number; httpBehindBroker?: boolean }): Promise<Env> {
   await mkdir(dir, { recursive: true });
   const repo = join(dir, 'repo');
   if (!existsSync(join(repo, 'repository'))) await run(['repo', 'init', repo, '--json']);
   const serve = startCli(['repo', 'serve', repo, '--port', '0']);
+  // --oversize skip (here and in publish()): a targets.json with an inline chunk list of a multi-GiB
+  // image exceeds one MQTT message; the install devices have the repository behind the broker
+  // (trust.sources [mqtt, http]) and read it from there
   const listening = await serve.waitFor((l) => typeof l.url === 'string', 20_000, 'listening');
   const url = String(listening.url).replace(/\/?$/, '/');
-  await run(['repo', 'publish', repo, '--broker', broker.url]);
+  await run(['repo', 'publish', repo, '--broker', broker.url, '--oversize', 'skip']);
   const boardDir = join(dir, 'board');
   await rm(boardDir, { recursive: true, force: true });
   const board = JSON.parse(await run(['board', 'create', boardDir, '--backend', 'emulated', '--slot-size', String(o.slotSize), '--json'])) as { slots: { A: string; B: string }; bootConfig: Record<string, unknown> };
@@ -256,7 +259,7 @@ async function setupEnv(dir: string, broker: Mosquitto, o: { deviceId: string; s
     deviceId: o.deviceId,
     hardware: HARDWARE,
     stateDir,
-    trust: { shippedRoot: join(repo, 'repository/metadata/1.root.json'), sources: [{ type: 'mqtt' }], payloadBaseUrls: [`${url}targets/`] },
+    trust: { shippedRoot: join(repo, 'repository/metadata/1.root.json'), sources: o.httpBehindBroker ? [{ type: 'mqtt' }, { type: 'http', url }] : [{ type: 'mqtt' }], payloadBaseUrls: [`${url}targets/`] },
     board: { slots: { A: { path: board.slots.A, size: o.slotSize }, B: { path: board.slots.B, size: o.slotSize } }, boot: board.bootConfig, tries: 2 },
     broker: { urls: [broker.url], reconnect: { minMs: 100, maxMs: 1000 }, connectTimeoutMs: 2000 },
     health: { deadlineSeconds: 60, checks: [{ type: 'command', name: 'application', argv: ['/bin/true'], timeoutSeconds: 30 }] },
@@ -272,8 +275,6 @@ async function addRelease(env: Env, image: string, version: string): Promise<{ l
 }
 
 async function publish(env: Env, broker: Mosquitto): Promise<void> {
-  // --oversize skip: a targets.json with an inline chunk list of a multi-GiB image exceeds one MQTT
-  // message; the device then reads it from the repository over HTTP
   await run(['repo', 'publish', env.repo, '--broker', broker.url, '--oversize', 'skip']);
 }
 
@@ -349,7 +350,7 @@ async function install(root: string, cache: string, broker: Mosquitto, gib: numb
     say(`writing a ${gib} GiB image ...`);
     await writeImage(image, size, 7);
   }
-  const env = await setupEnv(join(root, `install-${gib}g`), broker, { deviceId: `bench-install-${String(gib).replace('.', '-')}`, slotSize: size + MIB });
+  const env = await setupEnv(join(root, `install-${gib}g`), broker, { deviceId: `bench-install-${String(gib).replace('.', '-')}`, slotSize: size + MIB, httpBehindBroker: true });
   try {
     const added = join(env.dir, 'release.json');
     if (!existsSync(added)) {
