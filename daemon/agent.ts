@@ -626,4 +626,3 @@ export async function runUpdateCycle(makeAgent: () => Agent | Promise<Agent>, op
   return { ...r, finished, events };
 }
 
-export { verifySlotImage } from './install/read-back.js';

@@ -13,7 +13,7 @@
  *   transport fills). Payloads then come from `trust.payloadBaseUrls`.
  */
 import { join } from 'node:path';
-import { mkdir, readFile, rm, stat, statfs } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat, statfs } from 'node:fs/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { Logger } from 'pino';
 import { execTool, runChecked, type ToolRunner } from '../hal/exec.js';
@@ -25,20 +25,32 @@ import { createSlotWriter } from '../hal/file-slot.js';
 import type { SlotWriter } from '../hal/slot-writer.js';
 import { TrustClient, dirSource, httpSource, memorySource, targetUrl, type MetadataSource } from '../manifests/client.js';
 import type { Release } from '../manifests/types.js';
-import { installPayload, toSource, type InstallProgress } from './install/index.js';
-import { preflightPayload } from './install/preflight.js';
-import { IndexResolver, indexCacheDir } from './install/index-file.js';
+import type { InstallProgress } from './install/index.js';
+import type { IndexResolver as IndexResolverType } from './install/index-file.js';
 import { runHealthChecks, type HealthDeps } from './health.js';
-import { verifySlotImage } from './install/read-back.js';
 import { Outbox } from './outbox.js';
 import { brokerFirstSource, refreshWithFallback, type BrokerFirstSource, type BrokerMetaHooks } from './meta-source.js';
 import { createUpdatePolicies, type DeferralStore } from './policies.js';
 import { Agent, type AgentDeps, type EventSink, type HealthRunner, type Installer, type ReleaseFinder, type UpdatePolicies } from './agent.js';
 import { acquireStateLock, FileStateStore, type StateStore } from './state-store.js';
 import { configDefaults, type Config, type SourceConfig } from './config.js';
-import { createMigrations } from './migration.js';
 import { silentLogger } from './logger.js';
 import { guardTrials, kernelBootId, trialGuardDir } from './trial-guard.js';
+
+// The install path (installer, decoder, hasher, HTTP source, read-back, preflight) and the data
+// migration are loaded on first use: a daemon sits idle for weeks between updates and should not
+// carry their code (issue 16, bench:memory; test/unit/daemon-module-graph.test.ts keeps it so).
+type InstallModule = typeof import('./install/index.js');
+const installModule = (): Promise<InstallModule> => import('./install/index.js');
+async function installPayload(...a: Parameters<InstallModule['installPayload']>): ReturnType<InstallModule['installPayload']> {
+  return (await installModule()).installPayload(...a);
+}
+async function verifySlotImage(...a: Parameters<typeof import('./install/read-back.js').verifySlotImage>): ReturnType<typeof import('./install/read-back.js').verifySlotImage> {
+  return (await import('./install/read-back.js')).verifySlotImage(...a);
+}
+async function preflightPayload(...a: Parameters<typeof import('./install/preflight.js').preflightPayload>): ReturnType<typeof import('./install/preflight.js').preflightPayload> {
+  return (await import('./install/preflight.js')).preflightPayload(...a);
+}
 
 export interface ComposeOverrides {
   now?: () => number;
@@ -167,6 +179,20 @@ export function sourceFor(src: SourceConfig, config: Config, metadata?: Map<stri
 type TargetLocation = Pick<Release, 'targetName' | 'hashes'>;
 
 /** Builds the agent for this boot. Creates the state directories. */
+/** The data migration (daemon/migration.ts) behind a loader: the module is imported when a trial
+ * needs it, or when a snapshot on disk needs settling; an idle device never loads it. */
+function lazyMigrations(config: Config): NonNullable<AgentDeps['migration']> {
+  const snapshotDir = join(config.stateDir, 'migration-snapshot'); // = createMigrations' snapshotDir
+  let m: Promise<import('./migration.js').Migrations> | undefined;
+  const get = () => (m ??= import('./migration.js').then((mod) => mod.createMigrations(config)));
+  const exists = (p: string) => stat(p).then(() => true, () => false);
+  return {
+    beforeChecks: async (...a) => (await get()).beforeChecks(...a),
+    // nothing on disk (neither the snapshot nor its half-made .tmp): nothing to restore or drop
+    settle: async (booted, history) => ((await exists(snapshotDir)) || (await exists(`${snapshotDir}.tmp`)) ? (await get()).settle(booted, history) : undefined),
+  };
+}
+
 export async function createAgent(config: Config, o: ComposeOverrides = {}): Promise<Agent> {
   const now = o.now ?? Date.now;
   const log = o.log ?? silentLogger();
@@ -191,7 +217,15 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   const budget = { maxChunkFailures: dl.maxChunkFailures, maxBytesFactor: dl.maxBytesFactor, maxMs: dl.maxMinutes * 60_000 };
   // format 2: the chunk index is a target file of its own, fetched from the payload's locations,
   // verified against the signed metadata and cached in the state dir for resume (install/index-file.ts)
-  const index = new IndexResolver({ locate: (target) => src.payload(target), cacheDir: indexCacheDir(config.stateDir), log: log.child({ module: 'daemon.install.index' }) });
+  // (loaded on first use, with the rest of the install path: an idle daemon never needs it)
+  const indexCache = join(config.stateDir, 'install-index'); // = indexCacheDir(stateDir)
+  let resolver: Promise<IndexResolverType> | undefined;
+  const index = {
+    resolver: () => (resolver ??= import('./install/index-file.js').then((m) => new m.IndexResolver({ locate: (target) => src.payload(target), cacheDir: indexCache, log: log.child({ module: 'daemon.install.index' }) }))),
+    payloadOf: async (release: Release) => (await index.resolver()).payloadOf(release),
+    // an empty or absent cache has nothing to settle: the module stays unloaded
+    settle: async (inFlight: Release | undefined) => ((await readdir(indexCache).catch(() => [])).length > 0 ? (await index.resolver()).settle(inFlight) : undefined),
+  };
   // the install that finished last in THIS process read its slot back from the medium (behind each
   // flush, whole-image SHA-256, the first differing chunk named): the verify step that follows it
   // takes that result instead of reading and hashing the slot a second time; after a restart (or for
@@ -218,7 +252,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
       const payload = await index.payloadOf(release);
       // the source the install will read; any mirror that serves the signed payload will do,
       // otherwise the first mirror's answer
-      const source = toSource(src.payload(release), undefined);
+      const source = (await installModule()).toSource(src.payload(release), undefined);
       let first: unknown;
       for (let i = 0; i < source.count; i++) {
         try {
@@ -301,8 +335,8 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
     ...(o.bootId ? { bootId: o.bootId } : {}),
     // issue 18: the release's data migration (or the config's) runs before the trial's health
     // checks; its snapshot lives in the state dir (on the data partition) and is restored when the
-    // attempt does not commit
-    migration: createMigrations(config),
+    // attempt does not commit. Loaded on first use (an idle device never needs it)
+    migration: lazyMigrations(config),
     policies: o.policies ?? createUpdatePolicies(config.policies, { freeSpaceMiB: () => freeSpaceMiB(config.stateDir), deferral: fileDeferralStore(paths.deferral) }),
   };
   return new Agent(deps);

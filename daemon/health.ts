@@ -15,7 +15,6 @@
  */
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import si from 'systeminformation';
 import { execTool, type ToolRunner } from '../hal/exec.js';
 import { codeOf } from '../hal/errors.js';
 
@@ -227,25 +226,31 @@ export interface HealthDeps {
 
 const MIB = 1024 * 1024;
 
+/** systeminformation, loaded on the first resource reading: only a trial boot's resource checks
+ * need it, and an idle daemon should not carry it (issue 16, bench:memory). */
+async function si(): Promise<typeof import('systeminformation')> {
+  return (await import('systeminformation')).default;
+}
+
 /** Resource readings from systeminformation. */
 export function systemResources(): ResourceProbe {
   return {
     async freeMemoryMiB() {
-      return (await si.mem()).available / MIB;
+      return (await (await si()).mem()).available / MIB;
     },
     async freeDiskMiB(path) {
-      const mounts = await si.fsSize();
+      const mounts = await (await si()).fsSize();
       const match = mounts
         .filter((m) => path === m.mount || path.startsWith(m.mount.endsWith('/') ? m.mount : `${m.mount}/`))
         .sort((a, b) => b.mount.length - a.mount.length)[0];
       return match ? match.available / MIB : undefined;
     },
     async temperatureC() {
-      const t = await si.cpuTemperature();
+      const t = await (await si()).cpuTemperature();
       return typeof t.main === 'number' && t.main > -273 ? t.main : undefined;
     },
     async load1() {
-      return (await si.currentLoad()).avgLoad;
+      return (await (await si()).currentLoad()).avgLoad;
     },
   };
 }

@@ -18,7 +18,8 @@ import { resolveConfig, type Config } from '../../daemon/config.js';
 import { sourceFor } from '../../daemon/compose.js';
 import { installPayload } from '../../daemon/install/index.js';
 import { IndexResolver, indexCacheDir } from '../../daemon/install/index-file.js';
-import { Agent, verifySlotImage } from '../../daemon/agent.js';
+import { Agent } from '../../daemon/agent.js';
+import { verifySlotImage } from '../../daemon/install/read-back.js';
 import { FileStateStore } from '../../daemon/state-store.js';
 import { silentLogger } from '../../daemon/logger.js';
 

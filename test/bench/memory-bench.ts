@@ -1,0 +1,424 @@
+/**
+ * `npm run bench:memory`: the daemon's memory, measured from outside (issue 16). The BUILT
+ * `slotflip daemon --config F` runs as a real process against a real Mosquitto (test/harness/mosquitto.ts)
+ * with its payloads served over HTTP by `slotflip repo serve`, on an emulated board with file slots
+ * (`slotflip board create`), set up through the CLI as a manufacturer and a device owner would
+ * (test/e2e/harness.ts). RSS is the sum of VmRSS over the daemon's whole process tree (the zstd child
+ * and any health-check or tool child included), sampled from /proc every --sample-ms.
+ *
+ * Prints (goals from issue 16 in brackets):
+ *   idle       RSS 60 s after start, up to date, broker connected, first check done      [<= 48 MiB]
+ *   install    peak RSS while installing an N GiB release (start → `install verified`)    [<= 64 MiB]
+ *   cycles     growth over --cycles check cycles in ONE process                          [< 5 MiB]
+ *              (a cycle: a `check` command on the device's MQTT command topic → TUF refresh
+ *              from the retained metadata → selection (nothing new) → state + inventory
+ *              published; growth = settled RSS after the last cycle − settled RSS before the first)
+ *   An update cycle (release N+1 → install → trial → commit) ends with a reboot, i.e. a new daemon
+ *   process, by design: growth "in one process" is therefore measured over check cycles, which is
+ *   what a daemon does between updates for months; the installs below each run in a fresh process.
+ *
+ *   node dist/test/bench/memory-bench.js [--idle-seconds 60] [--sizes 1,4] [--cycles 100]
+ *       [--only idle,install,cycles] [--sample-ms 100] [--dir DIR]
+ *       [--node PATH] [--node-options=OPTS] [--env K=V]... [--show-stderr] [--json]
+ *
+ * --sizes is in GiB (fractions allowed: 0.25); the image is semi-compressible (test/bench/
+ * install-fixtures.ts), written and added once per size and cached in --dir (default a temp dir,
+ * removed at the end unless --dir is given). Needs ~2.5x the largest size free in --dir.
+ * --node runs the daemon (and the CLI) with another Node binary (default: this process's).
+ * The daemon gets the NODE_OPTIONS of systemd/slotflip.service (what a device runs) unless
+ * --node-options=OPTS replaces them (--node-options= for none); --env K=V sets more variables for
+ * the daemon only; --show-stderr prints the daemon's stderr (e.g. of an --import'ed probe).
+ * Exit code 0 whatever the figures (this is a bench, not a test); 1 when a run could not complete.
+ */
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { connect, type MqttClient } from 'mqtt';
+import { startMosquitto, type Mosquitto } from '../harness/mosquitto.js';
+import { CLI, HARDWARE, ROOT } from '../e2e/harness.js';
+import { writeImage } from './install-fixtures.js';
+import { deviceTopics } from '../../daemon/topics.js';
+
+const MIB = 1 << 20;
+const GIB = 1 << 30;
+
+const { values } = parseArgs({
+  options: {
+    'idle-seconds': { type: 'string', default: '60' },
+    sizes: { type: 'string', default: '1,4' },
+    cycles: { type: 'string', default: '100' },
+    only: { type: 'string', default: 'idle,install,cycles' },
+    'sample-ms': { type: 'string', default: '100' },
+    dir: { type: 'string' },
+    node: { type: 'string' },
+    'node-options': { type: 'string' },
+    env: { type: 'string', multiple: true },
+    'show-stderr': { type: 'boolean', default: false },
+    json: { type: 'boolean', default: false },
+  },
+});
+const idleSeconds = Number(values['idle-seconds']);
+const sizes = values.sizes.split(',').filter(Boolean).map(Number);
+const cycles = Number(values.cycles);
+const only = new Set(values.only.split(','));
+const sampleMs = Number(values['sample-ms']);
+const NODE = values.node ?? process.execPath;
+
+// ---------------------------------------------------------------------------------------------
+// /proc sampling
+
+/** pid → parent pid for every process now. */
+function parents(): Map<number, number> {
+  const m = new Map<number, number>();
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const s = readFileSync(`/proc/${d}/stat`, 'utf8');
+      m.set(Number(d), Number(s.slice(s.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      /* gone */
+    }
+  }
+  return m;
+}
+
+/** `root` and all its descendants. */
+function tree(root: number): number[] {
+  const pp = parents();
+  const want = new Set([root]);
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const [pid, parent] of pp) if (want.has(parent) && !want.has(pid)) { want.add(pid); grew = true; }
+  }
+  return [...want];
+}
+
+function vmRssKiB(pid: number): number {
+  try {
+    const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Sum of VmRSS (KiB) over the tree under `root`, and how many processes it had. */
+function treeRss(root: number): { kib: number; procs: number } {
+  const pids = tree(root);
+  return { kib: pids.reduce((n, p) => n + vmRssKiB(p), 0), procs: pids.length };
+}
+
+const mib = (kib: number): number => Math.round(kib / 102.4) / 10;
+
+// ---------------------------------------------------------------------------------------------
+// processes
+
+function run(args: string[], opts: { timeoutMs?: number } = {}): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(NODE, [CLI, ...args], { timeout: opts.timeoutMs ?? 600_000, maxBuffer: 16 * MIB }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`slotflip ${args.join(' ')}: ${err.message}\n${stderr}`));
+      else resolve(String(stdout));
+    });
+  });
+}
+
+type Line = Record<string, unknown>;
+
+interface Proc {
+  child: ChildProcess;
+  lines: Line[];
+  waitFor(pred: (l: Line) => boolean, timeoutMs: number, what: string, from?: number): Promise<Line>;
+  stop(): Promise<void>;
+  stderr(): string;
+}
+
+/** Spawns `slotflip ARGS` reading pino JSON lines from stdout. Only this child is ever signalled. */
+function startCli(args: string[], env: NodeJS.ProcessEnv = {}): Proc {
+  const child = spawn(NODE, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  const lines: Line[] = [];
+  const waiters = new Set<() => void>();
+  let buf = '';
+  let err = '';
+  child.stdout!.setEncoding('utf8');
+  child.stdout!.on('data', (c: string) => {
+    buf += c;
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const text = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      if (!text.trim()) continue;
+      try {
+        lines.push(JSON.parse(text) as Line);
+      } catch {
+        lines.push({ msg: text, unparsed: true });
+      }
+      for (const w of [...waiters]) w();
+    }
+  });
+  child.stderr!.setEncoding('utf8');
+  child.stderr!.on('data', (c: string) => { if (err.length < 65536) err += c; });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => { for (const w of [...waiters]) w(); resolve(); }));
+  return {
+    child,
+    lines,
+    stderr: () => err,
+    waitFor(pred, timeoutMs, what, from = 0) {
+      return new Promise((resolve, reject) => {
+        const check = (): void => {
+          const hit = lines.slice(from).find(pred);
+          if (hit) { done(); resolve(hit); return; }
+          if (child.exitCode !== null || child.signalCode !== null) { done(); reject(new Error(`${args[0]} exited before ${what}: ${err.slice(-2000)} ${JSON.stringify(lines.slice(-5))}`)); }
+        };
+        const timer = setTimeout(() => { done(); reject(new Error(`${args[0]}: no ${what} within ${timeoutMs} ms: ${err.slice(-2000)} ${JSON.stringify(lines.slice(-5))}`)); }, timeoutMs);
+        const done = (): void => { clearTimeout(timer); waiters.delete(check); };
+        waiters.add(check);
+        check();
+      });
+    },
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGTERM');
+        const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
+        await exited;
+        clearTimeout(t);
+      }
+    },
+  };
+}
+
+/** Samples the tree RSS of `pid` every `sampleMs` until stopped. */
+function sampler(pid: number): { samples: Array<{ t: number; kib: number; procs: number }>; stop(): void; now(): number } {
+  const t0 = Date.now();
+  const samples: Array<{ t: number; kib: number; procs: number }> = [];
+  const take = (): void => {
+    const r = treeRss(pid);
+    if (r.kib > 0) samples.push({ t: Date.now() - t0, ...r });
+  };
+  take();
+  const h = setInterval(take, sampleMs);
+  return { samples, stop: () => clearInterval(h), now: () => { take(); return samples.at(-1)?.kib ?? 0; } };
+}
+
+/** The NODE_OPTIONS the systemd unit starts the daemon with (its `Environment=NODE_OPTIONS=` line). */
+function unitNodeOptions(): string {
+  const unit = readFileSync(join(ROOT, 'systemd', 'slotflip.service'), 'utf8');
+  return /^Environment=NODE_OPTIONS=(.*)$/m.exec(unit)?.[1]?.trim() ?? '';
+}
+
+/** The daemon runs with the unit's NODE_OPTIONS (as on a device) unless --node-options says otherwise
+ * (`--node-options=` for none); --env K=V adds variables. Both reach the daemon only. */
+const NODE_OPTIONS = values['node-options'] ?? unitNodeOptions();
+function daemonEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { NODE_OPTIONS };
+  for (const kv of values.env ?? []) env[kv.slice(0, kv.indexOf('='))] = kv.slice(kv.indexOf('=') + 1);
+  return env;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** RSS settled: the minimum over `ms` of samples (the daemon is idle; GC and timers jitter it). */
+async function settled(pid: number, ms = 3000): Promise<number> {
+  let min = Infinity;
+  for (const end = Date.now() + ms; Date.now() < end; await sleep(100)) min = Math.min(min, treeRss(pid).kib);
+  return min;
+}
+
+// ---------------------------------------------------------------------------------------------
+// set-up through the CLI
+
+interface Env {
+  dir: string;
+  repo: string;
+  serve: Proc;
+  url: string;
+  configPath: string;
+  deviceId: string;
+}
+
+async function setupEnv(dir: string, broker: Mosquitto, o: { deviceId: string; slotSize: number; httpBehindBroker?: boolean }): Promise<Env> {
+  await mkdir(dir, { recursive: true });
+  const repo = join(dir, 'repo');
+  if (!existsSync(join(repo, 'repository'))) await run(['repo', 'init', repo, '--json']);
+  const serve = startCli(['repo', 'serve', repo, '--port', '0']);
+  // --oversize skip (here and in publish()): a targets.json with an inline chunk list of a multi-GiB
+  // image exceeds one MQTT message; the install devices have the repository behind the broker
+  // (trust.sources [mqtt, http]) and read it from there
+  const listening = await serve.waitFor((l) => typeof l.url === 'string', 20_000, 'listening');
+  const url = String(listening.url).replace(/\/?$/, '/');
+  await run(['repo', 'publish', repo, '--broker', broker.url, '--oversize', 'skip']);
+  const boardDir = join(dir, 'board');
+  await rm(boardDir, { recursive: true, force: true });
+  const board = JSON.parse(await run(['board', 'create', boardDir, '--backend', 'emulated', '--slot-size', String(o.slotSize), '--json'])) as { slots: { A: string; B: string }; bootConfig: Record<string, unknown> };
+  const stateDir = join(dir, 'state');
+  await rm(stateDir, { recursive: true, force: true });
+  const configPath = join(dir, 'config.json');
+  await writeFile(configPath, JSON.stringify({
+    deviceId: o.deviceId,
+    hardware: HARDWARE,
+    stateDir,
+    trust: { shippedRoot: join(repo, 'repository/metadata/1.root.json'), sources: o.httpBehindBroker ? [{ type: 'mqtt' }, { type: 'http', url }] : [{ type: 'mqtt' }], payloadBaseUrls: [`${url}targets/`] },
+    board: { slots: { A: { path: board.slots.A, size: o.slotSize }, B: { path: board.slots.B, size: o.slotSize } }, boot: board.bootConfig, tries: 2 },
+    broker: { urls: [broker.url], reconnect: { minMs: 100, maxMs: 1000 }, connectTimeoutMs: 2000 },
+    health: { deadlineSeconds: 60, checks: [{ type: 'command', name: 'application', argv: ['/bin/true'], timeoutSeconds: 30 }] },
+    reboot: { command: ['/bin/true'], graceSeconds: 1 },
+    // a daemon on a device logs at info (debug would be the bench measuring its log volume)
+    log: { level: 'info' },
+  }, null, 2));
+  return { dir, repo, serve, url, configPath, deviceId: o.deviceId };
+}
+
+async function addRelease(env: Env, image: string, version: string): Promise<{ length: number }> {
+  return JSON.parse(await run(['release', 'add', env.repo, '--image', image, '--version', version, '--security-version', '1', '--hardware', HARDWARE, '--channel', 'stable', '--compression', 'zstd', '--json'], { timeoutMs: 3_600_000 })) as { length: number };
+}
+
+async function publish(env: Env, broker: Mosquitto): Promise<void> {
+  await run(['repo', 'publish', env.repo, '--broker', broker.url, '--oversize', 'skip']);
+}
+
+// ---------------------------------------------------------------------------------------------
+// the runs
+
+interface Results {
+  node: string;
+  nodeOptions: string;
+  idle?: { at60sMiB: number; at5sMiB: number; maxMiB: number; seconds: number; procs: number };
+  install: Array<{ gib: number; peakMiB: number; peakProcs: number; seconds: number; payloadMiB: number }>;
+  cycles?: { n: number; beforeMiB: number; afterMiB: number; growthMiB: number; trace: number[]; seconds: number };
+}
+
+async function idleAndCycles(root: string, broker: Mosquitto, res: Results): Promise<void> {
+  const env = await setupEnv(join(root, 'idle'), broker, { deviceId: 'bench-idle', slotSize: 8 * MIB });
+  const d = startCli(['daemon', '--config', env.configPath], daemonEnv());
+  const s = sampler(d.child.pid!);
+  try {
+    await d.waitFor((l) => l.msg === 'cycle done', 60_000, 'first cycle done');
+    if (only.has('idle')) {
+      const t0 = Date.now();
+      await sleep(Math.max(0, idleSeconds * 1000 - (s.samples.at(-1)?.t ?? 0)));
+      const now = s.now();
+      const at5 = s.samples.find((x) => x.t >= 5000)?.kib ?? now;
+      res.idle = { at60sMiB: mib(now), at5sMiB: mib(at5), maxMiB: mib(Math.max(...s.samples.map((x) => x.kib))), seconds: Math.round((Date.now() - t0) / 1000), procs: treeRss(d.child.pid!).procs };
+      say(`idle: ${mib(now)} MiB after ${idleSeconds} s (5 s: ${mib(at5)} MiB, max ${res.idle.maxMiB} MiB)`);
+    }
+    if (only.has('cycles') && cycles > 0) {
+      const client = await mqttClient(broker.url);
+      try {
+        const topic = deviceTopics(env.deviceId).cmdCheck;
+        const t0 = Date.now();
+        const one = async (): Promise<void> => {
+          const from = d.lines.length;
+          await client.publishAsync(topic, '{}', { qos: 1 });
+          await d.waitFor((l) => l.msg === 'cycle done' && (l.reason === 'command' || l.reason === 'queued'), 60_000, 'command cycle done', from);
+        };
+        // two warm-up cycles: the first command cycle loads what only a cycle loads
+        await one();
+        await one();
+        const before = await settled(d.child.pid!);
+        const trace: number[] = [];
+        for (let i = 1; i <= cycles; i++) {
+          await one();
+          if (i % Math.max(1, Math.floor(cycles / 10)) === 0) trace.push(mib(s.now()));
+        }
+        const after = await settled(d.child.pid!);
+        res.cycles = { n: cycles, beforeMiB: mib(before), afterMiB: mib(after), growthMiB: mib(after - before), trace, seconds: Math.round((Date.now() - t0) / 1000) };
+        say(`cycles: ${cycles} check cycles, ${mib(before)} → ${mib(after)} MiB (${res.cycles.growthMiB >= 0 ? '+' : ''}${res.cycles.growthMiB} MiB); trace ${trace.join(' ')}`);
+      } finally {
+        client.end(true);
+      }
+    }
+  } finally {
+    s.stop();
+    await d.stop();
+    if (values['show-stderr']) process.stderr.write(d.stderr());
+    await env.serve.stop();
+  }
+}
+
+async function mqttClient(url: string): Promise<MqttClient> {
+  const c = connect(url, { clientId: `bench-${process.pid}`, reconnectPeriod: 500 });
+  await new Promise<void>((resolve, reject) => { c.once('connect', () => resolve()); c.once('error', reject); });
+  return c;
+}
+
+async function install(root: string, cache: string, broker: Mosquitto, gib: number, res: Results): Promise<void> {
+  const size = Math.round(gib * GIB);
+  const image = join(cache, `image-${gib}g.img`);
+  if (!existsSync(image) || (await stat(image)).size !== size) {
+    say(`writing a ${gib} GiB image ...`);
+    await writeImage(image, size, 7);
+  }
+  const env = await setupEnv(join(root, `install-${gib}g`), broker, { deviceId: `bench-install-${String(gib).replace('.', '-')}`, slotSize: size + MIB, httpBehindBroker: true });
+  try {
+    const added = join(env.dir, 'release.json');
+    if (!existsSync(added)) {
+      say(`adding the ${gib} GiB release ...`);
+      await writeFile(added, JSON.stringify(await addRelease(env, image, '2.0.0')));
+    }
+    const payload = (JSON.parse(readFileSync(added, 'utf8')) as { length: number }).length;
+    await publish(env, broker);
+    const d = startCli(['daemon', '--config', env.configPath], daemonEnv());
+    const s = sampler(d.child.pid!);
+    const t0 = Date.now();
+    try {
+      await d.waitFor((l) => l.msg === 'install verified', 3_600_000, 'install verified');
+      s.now();
+      const peak = s.samples.reduce((a, b) => (b.kib > a.kib ? b : a));
+      const r = { gib, peakMiB: mib(peak.kib), peakProcs: Math.max(...s.samples.map((x) => x.procs)), seconds: Math.round((Date.now() - t0) / 1000), payloadMiB: Math.round(payload / MIB) };
+      res.install.push(r);
+      say(`install ${gib} GiB: peak ${r.peakMiB} MiB (up to ${r.peakProcs} processes), ${r.seconds} s, payload ${r.payloadMiB} MiB`);
+    } finally {
+      s.stop();
+      await d.stop();
+      if (values['show-stderr']) process.stderr.write(d.stderr());
+    }
+  } finally {
+    await env.serve.stop();
+  }
+}
+
+function say(s: string): void {
+  process.stderr.write(`[bench:memory] ${s}\n`);
+}
+
+async function main(): Promise<number> {
+  const nodeVersion = await new Promise<string>((resolve) => execFile(NODE, ['--version'], (_e, out) => resolve(String(out).trim())));
+  say(`node ${nodeVersion} (${NODE}); daemon ${CLI}; NODE_OPTIONS="${NODE_OPTIONS}"`);
+  const root = values.dir ?? (await mkdtemp(join(tmpdir(), 'slotflip-membench-')));
+  const cache = join(root, 'cache');
+  await mkdir(cache, { recursive: true });
+  const res: Results = { node: nodeVersion, nodeOptions: NODE_OPTIONS, install: [] };
+  const broker = await startMosquitto();
+  let failed = false;
+  try {
+    if (only.has('idle') || only.has('cycles')) await idleAndCycles(root, broker, res);
+    if (only.has('install')) for (const g of sizes) await install(root, cache, broker, g, res);
+  } catch (e) {
+    failed = true;
+    say(`FAILED: ${(e as Error).stack ?? String(e)}`);
+  } finally {
+    await broker.stop();
+    if (!values.dir) await rm(root, { recursive: true, force: true });
+  }
+  printTable(res);
+  return failed ? 1 : 0;
+}
+
+function printTable(res: Results): void {
+  if (values.json) {
+    console.log(JSON.stringify(res));
+    return;
+  }
+  const rows: string[][] = [];
+  if (res.idle) rows.push([`idle RSS ${idleSeconds} s after start`, `${res.idle.at60sMiB} MiB`, '<= 48 MiB', `5 s: ${res.idle.at5sMiB}, max ${res.idle.maxMiB}`]);
+  for (const i of res.install) rows.push([`peak RSS installing ${i.gib} GiB`, `${i.peakMiB} MiB`, '<= 64 MiB', `${i.seconds} s, payload ${i.payloadMiB} MiB, up to ${i.peakProcs} processes`]);
+  if (res.cycles) rows.push([`growth over ${res.cycles.n} check cycles (one process)`, `${res.cycles.growthMiB} MiB`, '< 5 MiB', `${res.cycles.beforeMiB} → ${res.cycles.afterMiB} MiB in ${res.cycles.seconds} s`]);
+  console.log(`slotflip daemon memory (RSS of the whole process tree), node ${res.node}, NODE_OPTIONS="${res.nodeOptions}"`);
+  console.log('| figure | measured | goal | notes |');
+  console.log('| --- | --- | --- | --- |');
+  for (const r of rows) console.log(`| ${r.join(' | ')} |`);
+}
+
+process.exitCode = await main();

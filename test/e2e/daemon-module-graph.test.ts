@@ -1,0 +1,137 @@
+/**
+ * What an idle daemon loads (issue 16): the built `slotflip daemon`, up to date, connected to a real
+ * Mosquitto, after its first check, must not have loaded the code only other commands or an update
+ * use — systeminformation (resource health checks), the install path (installer, decoder, HTTP source,
+ * read-back), the data migration, the manufacturer side (repository signing, tuf-js, aedes, the
+ * fleet tools, the demo) — and `slotflip --help` must load no command at all. Memory figures belong
+ * to `npm run bench:memory`; this test keeps the lazy loading from silently regressing, untimed.
+ *
+ * Two views: the modules the running daemon actually loaded (a `module.registerHooks` load hook
+ * preloaded with --import, its list written at exit), and the static import graph of the built
+ * daemon command (dist/daemon/commands/daemon.js), which is what gets loaded before the first line
+ * runs whatever the config says.
+ */
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { startMosquitto } from '../harness/mosquitto.js';
+import { CLI, createBoard, initFleet, publishToBroker, requireBuilt, writeDeviceConfig } from './harness.js';
+
+/** Loaded by the daemon only for other commands, an update or a trial boot. */
+const NOT_AT_IDLE: Array<[RegExp, string]> = [
+  [/\/node_modules\/systeminformation\//, 'systeminformation'],
+  [/\/node_modules\/tuf-js\//, 'tuf-js'],
+  [/\/node_modules\/aedes[^/]*\//, 'aedes'],
+  [/\/dist\/daemon\/install\/(installer|decode|hasher|source|read-back|preflight|resume-state)\.js$/, 'the install path'],
+  [/\/dist\/daemon\/migration\.js$/, 'the data migration'],
+  [/\/dist\/manifests\/(repo|signers|keys|serve|payload)\.js$/, 'the manufacturer side'],
+  [/\/dist\/daemon\/fleet\//, 'the fleet tools'],
+  [/\/dist\/daemon\/demo\.js$/, 'the demo'],
+  [/\/dist\/daemon\/commands\/(?!daemon\.js|command\.js)[^/]+\.js$/, 'another command'],
+];
+
+function offenders(urls: string[]): string[] {
+  return urls.flatMap((u) => NOT_AT_IDLE.filter(([re]) => re.test(u)).map(([, what]) => `${what}: ${u}`));
+}
+
+const PRELOAD = `
+import { registerHooks } from 'node:module';
+import { writeFileSync } from 'node:fs';
+const seen = new Set();
+registerHooks({ load(url, context, next) { seen.add(url); return next(url, context); } });
+process.on('exit', () => writeFileSync(process.env.SLOTFLIP_TEST_MODULES_OUT, JSON.stringify([...seen])));
+`;
+
+/** Runs the built CLI with the load-recording preload; `until` decides when to SIGTERM it. */
+async function loadedBy(dir: string, args: string[], until?: (line: Record<string, unknown>) => boolean): Promise<{ urls: string[]; code: number | null; stderr: string }> {
+  const preload = join(dir, 'record-loads.mjs');
+  const out = join(dir, `loaded-${args[0] ?? 'none'}.json`);
+  await writeFile(preload, PRELOAD);
+  const child = spawn(process.execPath, ['--import', pathToFileURL(preload).href, CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, SLOTFLIP_TEST_MODULES_OUT: out } });
+  let stderr = '';
+  let buf = '';
+  let signalled = false;
+  child.stderr!.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
+  const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+  child.stdout!.setEncoding('utf8').on('data', (c: string) => {
+    buf += c;
+    for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+      const text = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      try {
+        // once: a second SIGTERM would find the daemon's one-shot handler gone and kill it outright
+        if (!signalled && until?.(JSON.parse(text) as Record<string, unknown>)) {
+          signalled = true;
+          child.kill('SIGTERM');
+        }
+      } catch {
+        /* not a log line */
+      }
+    }
+  });
+  const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+  clearTimeout(timer);
+  return { urls: existsSync(out) ? (JSON.parse(await readFile(out, 'utf8')) as string[]) : [], code, stderr };
+}
+
+requireBuilt();
+
+t.test('an idle daemon (up to date, broker connected, first check done) loaded none of the update-only or manufacturer code', async (t) => {
+  const broker = await startMosquitto();
+  t.teardown(() => broker.stop());
+  const dir = t.testdir();
+  const fleet = await initFleet(dir);
+  await publishToBroker(fleet, broker.url);
+  const board = await createBoard(join(dir, 'board'), 1 << 20);
+  const config = await writeDeviceConfig(join(dir, 'config.json'), { deviceId: 'dev-graph', board, fleet, stateDir: join(dir, 'state'), brokerUrl: broker.url, payloadBaseUrls: ['http://127.0.0.1:9/targets/'] });
+  let connected = false;
+  const r = await loadedBy(dir, ['daemon', '--config', config], (l) => {
+    if (l.msg === 'broker connected') connected = true;
+    return connected && l.msg === 'cycle done';
+  });
+  t.equal(r.code, 0, `the daemon stopped cleanly on SIGTERM: ${r.stderr}`);
+  t.ok(connected, 'it connected to the broker first');
+  // the recording works: what an idle daemon does need is in the list
+  for (const needed of [/\/dist\/daemon\/service\.js$/, /\/dist\/daemon\/mqtt\.js$/, /\/dist\/manifests\/client\.js$/, /\/node_modules\/mqtt\//]) {
+    t.ok(r.urls.some((u) => needed.test(u)), `loaded ${needed.source}`);
+  }
+  t.same(offenders(r.urls), [], 'nothing an idle daemon never uses');
+});
+
+t.test('`slotflip --help` loads no command module', async (t) => {
+  const dir = t.testdir();
+  const r = await loadedBy(dir, ['--help']);
+  t.equal(r.code, 0);
+  t.ok(r.urls.some((u) => u.endsWith('/dist/daemon/cli.js')), 'the entry was recorded');
+  t.same(r.urls.filter((u) => /\/dist\/daemon\/commands\//.test(u) || /\/node_modules\//.test(u)), [], 'no command, no dependency');
+});
+
+/** The static `import`/`export ... from` graph of a built ES module (dynamic `import()` excluded). */
+function staticGraph(entry: string): string[] {
+  const seen = new Set<string>();
+  const packages = new Set<string>();
+  const queue = [entry];
+  const re = /^\s*(?:import|export)\s[^;]*?\sfrom\s*['"]([^'"]+)['"]|^\s*import\s*['"]([^'"]+)['"]/gm;
+  while (queue.length) {
+    const file = queue.pop()!;
+    if (seen.has(file)) continue;
+    seen.add(file);
+    for (const m of readFileSync(file, 'utf8').matchAll(re)) {
+      const spec = m[1] ?? m[2]!;
+      if (spec.startsWith('node:')) continue;
+      if (spec.startsWith('.')) queue.push(resolve(dirname(file), spec));
+      // a package: named as its directory (its own imports are its business)
+      else packages.add(`/node_modules/${spec}/`);
+    }
+  }
+  return [...[...seen].map((f) => pathToFileURL(f).href), ...packages];
+}
+
+t.test('the built daemon command statically imports none of it either', async (t) => {
+  const graph = staticGraph(join(dirname(CLI), 'commands', 'daemon.js'));
+  t.ok(graph.some((u) => u.endsWith('/dist/daemon/service.js')) && graph.includes('/node_modules/mqtt/'), 'the graph was walked');
+  t.same(offenders(graph), []);
+});
