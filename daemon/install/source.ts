@@ -292,14 +292,16 @@ function plainGet(url: URL, headers: Record<string, string>, timeout: number, si
           continue;
         }
         head = undefined;
-        const cl = hs['content-length'];
-        if (cl !== undefined && !/^\d+$/.test(cl)) {
-          settle(new SlotflipError('INSTALL_NETWORK', `${where}: request failed (Content-Length "${cl}" is not one number); check the server`, { retryable: true, details: { url: where } }));
+        // a refusal by status first: error pages often come chunked, and need no second request
+        const chunked = hs['transfer-encoding'] !== undefined && hs['transfer-encoding'].toLowerCase() !== 'identity';
+        if (chunked && (status === 200 || status === 206)) {
+          settle(undefined, undefined); // left to node:http (status and headers checked there)
+          sock.destroy();
           return false;
         }
-        if (hs['transfer-encoding'] !== undefined && hs['transfer-encoding'].toLowerCase() !== 'identity') {
-          settle(undefined, undefined); // chunked: left to node:http (status and headers checked there)
-          sock.destroy();
+        const cl = hs['content-length'];
+        if (cl !== undefined && !chunked && !/^\d+$/.test(cl)) {
+          settle(new SlotflipError('INSTALL_NETWORK', `${where}: request failed (Content-Length "${cl}" is not one number); check the server`, { retryable: true, details: { url: where } }));
           return false;
         }
         const checked = checkResponse(status, hs, offset, length, where, mi, etags);
