@@ -9,7 +9,9 @@
  * device image needs no zstd package; `'cli'` / `'zlib'` force one. gzip goes through the same CLI
  * by default (it detects the format; Debian builds it with zlib). Its output
  * goes through a FIFO read with `net.Socket` `onread` straight into the installer's chunk buffers, so the
- * hot path neither copies nor allocates per read and memory stays flat. A local payload file can be
+ * hot path neither copies nor allocates per read and memory stays flat. Every decoder here is done
+ * with an input buffer when that write's callback runs (the installer reuses its input ring then);
+ * 'none' is a Writable that hands each write to the sink before calling back. A local payload file can be
  * handed to zstd as its stdin descriptor (`stdinFd`), but the installer does so only when no check of
  * the compressed bytes applies (releases carry packedSha256 or a target hash: those bytes pass
  * through Node to be hashed, see installer.ts). Measured again on Node 24.22 (zstd-decode-bench, 256

@@ -30,6 +30,12 @@
  *   bytes [0, resume offset) to hash them without decoding or writing them, and an install found
  *   complete on the slot at resume still streams the file once to hash it: the check is never skipped.
  *
+ * Memory: nothing on the byte path is allocated per read (V8 collects buffers outside the JS heap only
+ * with full mark-compacts, which cost CPU and keep tens of MiB resident): plain-HTTP bodies and local
+ * files are read into one reused buffer each (source.ts), compressed bytes wait for the decoder in a
+ * fixed ring (InputRing), the zstd CLI's output lands in the chunk buffers, and the read-back reuses
+ * one buffer in its worker. Only https and chunked responses still come through node:http.
+ *
  * Concurrency: zstd decompresses in its own process, the main thread copies and hashes chunks, writes
  * and fsyncs run on libuv's thread pool, and the read-back is hashed on a worker thread. The
  * whole-image SHA-256 is computed over the bytes READ BACK from the slot after they were flushed, which
@@ -121,8 +127,8 @@ export interface InstallOptions {
   budget?: BudgetOptions;
   /** fsync (and persist the resume hint) every this many image bytes (default 64 MiB). */
   flushEveryBytes?: number;
-  /** chunk buffers in the pool (default 4); memory ≈ (pool + 3) × chunkSize, plus up to ~1 MiB of
-   * compressed input queued for the decoder on streamed (HTTP) sources. */
+  /** chunk buffers in the pool (default 4); memory ≈ pool × chunkSize, plus 3 MiB of carry and
+   * scratch buffers and the 3 MiB ring of compressed input queued for the decoder. */
   buffers?: number;
   zstdPath?: string;
   /** gzip decoder: the `zstd` CLI (default: another core, flat memory) or node:zlib. */

@@ -113,3 +113,13 @@ for (const compression of ['none', 'gzip', 'zstd'] as const) {
     t.same(e.srv.requests.map((q) => q.status), [200], 'one plain request');
   });
 }
+
+t.test('a local payload file whose bytes are checked is read into one reused buffer and installs (v1 target hash, v2-less index)', async (t) => {
+  const e = await setup(t, 'zstd');
+  const targetSha256 = createHash('sha256').update(await readFile(e.p.file)).digest('hex');
+  const r = await e.install({ source: { path: e.p.file }, targetSha256 });
+  t.ok(await e.slotMatches());
+  t.equal(r.bytesReceived, e.p.length, 'every compressed byte passed through the check once');
+  const bad = await e.install({ source: { path: e.p.file }, targetSha256: 'f'.repeat(64) }).catch((x: unknown) => x);
+  t.equal(codeOf(bad), 'INSTALL_PAYLOAD_HASH_MISMATCH', 'a file that is not the signed one is refused (a file is not retried)');
+});
