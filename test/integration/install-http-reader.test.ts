@@ -16,7 +16,7 @@ import { setup } from '../harness/install-env.js';
 
 const SIZE = 3 * 1024 * 1024 + 12345;
 
-async function server(t: Tap.Test, faults: HttpFaults = {}): Promise<{ url: string; data: Buffer; srv: Awaited<ReturnType<typeof startHttpServer>> }> {
+async function server(t: { teardown(fn: () => unknown): void }, faults: HttpFaults = {}): Promise<{ url: string; data: Buffer; srv: Awaited<ReturnType<typeof startHttpServer>> }> {
   const dir = await mkdtemp(join(tmpdir(), 'slotflip-reader-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const data = randomBytes(SIZE);
