@@ -9,7 +9,9 @@
  * device image needs no zstd package; `'cli'` / `'zlib'` force one. gzip goes through the same CLI
  * by default (it detects the format; Debian builds it with zlib). Its output
  * goes through a FIFO read with `net.Socket` `onread` straight into the installer's chunk buffers, so the
- * hot path neither copies nor allocates per read and memory stays flat. A local payload file can be
+ * hot path neither copies nor allocates per read and memory stays flat. Every decoder here is done
+ * with an input buffer when that write's callback runs (the installer reuses its input ring then);
+ * 'none' is a Writable that hands each write to the sink before calling back. A local payload file can be
  * handed to zstd as its stdin descriptor (`stdinFd`), but the installer does so only when no check of
  * the compressed bytes applies (releases carry packedSha256 or a target hash: those bytes pass
  * through Node to be hashed, see installer.ts). Measured again on Node 24.22 (zstd-decode-bench, 256
@@ -29,7 +31,7 @@ import { spawn } from 'node:child_process';
 import { accessSync, closeSync, constants as fsc, openSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import { delimiter, isAbsolute, join } from 'node:path';
-import { PassThrough, type Readable, type Writable } from 'node:stream';
+import { type Readable, Writable } from 'node:stream';
 import zlib, { createGunzip } from 'node:zlib';
 import { SlotflipError } from '../../hal/errors.js';
 import { execTool, runChecked, type ToolRunner } from '../../hal/exec.js';
@@ -149,8 +151,8 @@ export async function prepareDecoder(compression: Compression, opts: Omit<Decode
     start() {
       if (used) throw new Error('decoder already started');
       used = true;
-      const s: Writable & Readable =
-        compression === 'gzip' ? createGunzip({ chunkSize: BUF }) : compression === 'zstd' ? createZstdDecompress!({ chunkSize: BUF }) : new PassThrough({ highWaterMark: BUF });
+      if (compression === 'none') return passDecoder();
+      const s: Writable & Readable = compression === 'gzip' ? createGunzip({ chunkSize: BUF }) : createZstdDecompress!({ chunkSize: BUF });
       return streamDecoder(s, compression);
     },
     dispose() {
@@ -162,6 +164,54 @@ export async function prepareDecoder(compression: Compression, opts: Omit<Decode
 /** prepareDecoder + start in one step. */
 export async function startDecoder(compression: Compression, opts: DecoderOptions): Promise<Decoder> {
   return (await prepareDecoder(compression, opts)).start(opts.stdinFd);
+}
+
+/**
+ * No compression: each write goes to the sink before its callback runs, so a caller may reuse the
+ * written buffer as soon as the callback fired (the installer's input ring does). While the sink is
+ * paused the callback waits for `resume`, and later writes queue in the Writable (not yet called back).
+ */
+function passDecoder(): Decoder {
+  let sink: Sink | undefined;
+  let held: (() => void) | undefined;
+  let waiting: { chunk: Buffer; cb: (e?: Error | null) => void } | undefined;
+  const deliver = (chunk: Buffer, cb: (e?: Error | null) => void): void => {
+    if (sink!(chunk)) cb();
+    else held = cb;
+  };
+  const w = new Writable({
+    highWaterMark: BUF,
+    write(chunk: Buffer, _enc, cb) {
+      if (sink === undefined) waiting = { chunk, cb };
+      else deliver(chunk, cb);
+    },
+  });
+  const done = new Promise<void>((resolve, reject) => {
+    w.on('finish', resolve);
+    w.on('error', (cause) => reject(new SlotflipError('INSTALL_DECOMPRESS', 'none: stopped', { cause, retryable: true })));
+    w.on('close', () => {
+      if (!w.writableFinished) reject(new SlotflipError('INSTALL_DECOMPRESS', 'none: stopped', { retryable: true }));
+    });
+  });
+  done.catch(() => undefined);
+  return {
+    input: w,
+    finishInput: () => void w.end(),
+    start(s) {
+      if (sink) return;
+      sink = s;
+      const q = waiting;
+      waiting = undefined;
+      if (q) deliver(q.chunk, q.cb);
+    },
+    resume() {
+      const cb = held;
+      held = undefined;
+      cb?.();
+    },
+    done,
+    kill: () => void w.destroy(),
+  };
 }
 
 function streamDecoder(s: Writable & Readable, compression: Compression): Decoder {

@@ -30,6 +30,12 @@
  *   bytes [0, resume offset) to hash them without decoding or writing them, and an install found
  *   complete on the slot at resume still streams the file once to hash it: the check is never skipped.
  *
+ * Memory: nothing on the byte path is allocated per read (V8 collects buffers outside the JS heap only
+ * with full mark-compacts, which cost CPU and keep tens of MiB resident): plain-HTTP bodies and local
+ * files are read into one reused buffer each (source.ts), compressed bytes wait for the decoder in a
+ * fixed ring (InputRing), the zstd CLI's output lands in the chunk buffers, and the read-back reuses
+ * one buffer in its worker. Only https and chunked responses still come through node:http.
+ *
  * Concurrency: zstd decompresses in its own process, the main thread copies and hashes chunks, writes
  * and fsyncs run on libuv's thread pool, and the read-back is hashed on a worker thread. The
  * whole-image SHA-256 is computed over the bytes READ BACK from the slot after they were flushed, which
@@ -42,7 +48,6 @@
  * INSTALL_PAYLOAD_HASH_MISMATCH.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import { SlotflipError, isCoded } from '../../hal/errors.js';
@@ -52,7 +57,7 @@ import { decodesInChild, prepareDecoder, type Decoder, type PreparedDecoder } fr
 import { ReadBackHasher } from './hasher.js';
 import { verifySlotImage } from './read-back.js';
 import { readResumeRecord, writeResumeHint, type ResumeExtra, type SpentBudget } from './resume-state.js';
-import { fileSource, httpSource, type OpenedStream, type PayloadSource, type TlsOptions } from './source.js';
+import { fileSource, httpSource, ReusedBufferStream, type ByteStream, type OpenedStream, type PayloadSource, type TlsOptions } from './source.js';
 
 export interface InstallProgress {
   /** image bytes verified and written so far (chunks already on the slot at resume included). */
@@ -122,8 +127,8 @@ export interface InstallOptions {
   budget?: BudgetOptions;
   /** fsync (and persist the resume hint) every this many image bytes (default 64 MiB). */
   flushEveryBytes?: number;
-  /** chunk buffers in the pool (default 4); memory ≈ (pool + 3) × chunkSize, plus up to ~1 MiB of
-   * compressed input queued for the decoder on streamed (HTTP) sources. */
+  /** chunk buffers in the pool (default 4); memory ≈ pool × chunkSize, plus 3 MiB of carry and
+   * scratch buffers and the 3 MiB ring of compressed input queued for the decoder. */
   buffers?: number;
   zstdPath?: string;
   /** gzip decoder: the `zstd` CLI (default: another core, flat memory) or node:zlib. */
@@ -157,6 +162,58 @@ const MIB = 1 << 20;
 const PRODUCER_QUEUE = 1 << 20;
 /** carry buffer size: at least one decoder read (1 MiB). */
 const BUF_CARRY = 1 << 20;
+
+/** compressed bytes queued for the decoder live in a ring of this size (see InputRing). */
+const INPUT_RING = 3 * MIB;
+/** the source is paused when the ring has less room than this (the largest piece a source here
+ * delivers: ReusedBufferStream reads 1 MiB, a socket 64 KiB). */
+const RING_PIECE = MIB;
+
+/**
+ * A fixed buffer for bytes on their way to the decoder: `put` copies a piece in (contiguously) and
+ * returns its view; `release` frees the oldest piece still held (decoder write callbacks come in
+ * write order). Nothing is allocated per piece, so the transfer makes no garbage outside the JS heap.
+ */
+class InputRing {
+  readonly #buf: Buffer;
+  /** [start, end) of every piece held, oldest first. */
+  readonly #held: number[] = [];
+  #head = 0;
+
+  constructor(size: number) {
+    this.#buf = Buffer.allocUnsafeSlow(size);
+  }
+
+  /** Contiguous bytes a `put` can take now (at the head or, wrapping, before the oldest piece). */
+  free(): number {
+    if (this.#held.length === 0) return this.#buf.length;
+    const tail = this.#held[0]!;
+    if (this.#head > tail) return Math.max(this.#buf.length - this.#head, tail - 1);
+    return Math.max(0, tail - this.#head - 1);
+  }
+
+  put(d: Buffer): Buffer | undefined {
+    const n = d.length;
+    let at: number;
+    if (this.#held.length === 0) at = 0;
+    else {
+      const tail = this.#held[0]!;
+      // one byte always stays free between the head and the oldest piece: head === tail means empty
+      if (this.#head > tail) at = this.#buf.length - this.#head >= n ? this.#head : tail > n ? 0 : -1;
+      else at = tail - this.#head > n ? this.#head : -1;
+    }
+    if (at < 0 || n === 0 || n > this.#buf.length) return undefined;
+    d.copy(this.#buf, at);
+    this.#held.push(at, at + n);
+    this.#head = at + n;
+    return this.#buf.subarray(at, at + n);
+  }
+
+  release(): void {
+    this.#held.splice(0, 2);
+    if (this.#held.length === 0) this.#head = 0;
+  }
+}
 
 /**
  * Installs `payload` into `slot`, resuming from the hint in `resumeStatePath` when it matches.
@@ -913,7 +970,11 @@ class InstallRun {
         src.close(); // zstd holds its own copy of the descriptor
         this.bytesReceived += this.payloadLength - offset;
       }
-      const stream = direct ? undefined : (src.stream ?? createReadStream('', { fd: src.fd!, highWaterMark: 1 << 20, autoClose: false }));
+      const stream: ByteStream | undefined = direct ? undefined : (src.stream ?? new ReusedBufferStream(src.fd!));
+      // compressed bytes wait for the decoder in a ring that is reused (no allocation per piece): the
+      // source's piece may be a view of a buffer it reuses, and the decoder holds on to what it was
+      // given until the write's callback
+      const ring = new InputRing(INPUT_RING);
 
       await new Promise<void>((resolve, reject) => {
         let settled = false;
@@ -1005,6 +1066,14 @@ class InstallRun {
           }
         }, Math.max(10, Math.min(1000, Math.floor(Math.min(stallMs, windowMs) / 4))));
         const input = dec.input!;
+        const release = (): void => ring.release();
+        /** hands `d` (valid only now) to the decoder: a copy in the ring, freed by the write's callback
+         * (in order); a piece that does not fit (never with the sources here) is copied on its own */
+        const feed = (d: Buffer): void => {
+          const v = ring.put(d);
+          if (v) input.write(v, release);
+          else input.write(Buffer.from(d));
+        };
         stream.on('data', (d: Buffer) => {
           lastByteAt = this.now();
           windowBytes += d.length;
@@ -1047,16 +1116,16 @@ class InstallRun {
             if (refused) d = d.subarray(0, 0);
           }
           if (refused) {
-            if (d.length > 0) input.write(d);
+            if (d.length > 0) feed(d);
             stopProducer(refused);
             return;
           }
           // pause the response only when the decoder really lags (a queue of PRODUCER_QUEUE bytes), not
           // at every write over the stream's small high-water mark: a reset while the response is
           // paused discards what it buffered, which a resume would then fetch again
-          input.write(d);
+          feed(d);
           if (this.#held.length > 0) this.#releaseHeld();
-          if (input.writableLength >= PRODUCER_QUEUE && !last) {
+          if ((input.writableLength >= PRODUCER_QUEUE || ring.free() < RING_PIECE) && !last) {
             paused = true;
             stream.pause();
             input.once('drain', () => {

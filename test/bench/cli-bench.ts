@@ -42,6 +42,7 @@ interface Sample {
   cpuS: number;
   rssMiB: number;
   phases?: Record<string, number>;
+  gc?: { full: number; young: number };
 }
 
 /** PIDs of the tree under `root` (root excluded: it is /usr/bin/time). */
@@ -201,12 +202,20 @@ async function main(): Promise<void> {
       port: { type: 'string', default: '18431' },
       profile: { type: 'boolean', default: false },
       module: { type: 'boolean', default: false },
+      'cli-only': { type: 'boolean', default: false },
+      'node-args': { type: 'string', default: '' },
+      env: { type: 'string', default: '' },
     },
   });
   const sizes = values.sizes.split(',').map(Number).filter((n) => n > 0);
   const rounds = Math.max(1, Number(values.rounds));
   const dir = values.dir;
   const port = Number(values.port);
+  // experiments: node flags for the CLI runs (e.g. --trace-gc: full / young collections are counted)
+  // and extra environment (K=V,K=V, e.g. MALLOC_ARENA_MAX=2); --cli-only skips the floor runs
+  const nodeArgs = values['node-args'].split(' ').filter((a) => a !== '');
+  const cliEnv = { ...process.env, ...Object.fromEntries(values.env.split(',').filter((kv) => kv.includes('=')).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])) };
+  const cliOnly = values['cli-only'];
   await mkdir(dir, { recursive: true });
   if (!existsSync(CLI)) throw new Error(`${CLI} missing: run npm run build`);
   if (!existsSync('/usr/bin/time')) throw new Error('/usr/bin/time missing (Debian: apt-get install time)');
@@ -290,11 +299,14 @@ async function main(): Promise<void> {
         await rm(state, { recursive: true, force: true });
         await copyFile(join(board, 'boot-state.json.orig'), join(board, 'boot-state.json'));
         await copyFile(join(board, 'cmdline.orig'), join(board, 'cmdline'));
-        const r = await measured(['node', ...extraNode, CLI, 'install', `http://127.0.0.1:${port}/`, '--config', config, '--json'], join(dir, 'time.txt'));
+        const r = await measured(['node', ...nodeArgs, ...extraNode, CLI, 'install', `http://127.0.0.1:${port}/`, '--config', config, '--json'], join(dir, 'time.txt'), cliEnv);
         if (r.code !== 0) throw new Error(`slotflip install exited ${r.code}: ${r.out.slice(0, 400)}\n${r.err.slice(-2000)}`);
         const verified = /"readBackSha256":"([0-9a-f]{64})"/.exec(r.err);
         if (verified?.[1] !== inp.sha256) throw new Error(`install read back ${verified?.[1]}, image is ${inp.sha256}`);
-        return { ...r.sample, phases: parsePhases(r.err, r.t0) };
+        const gc = { full: (r.out.match(/Mark-Compact|Mark-sweep/g) ?? []).length, young: (r.out.match(/Scavenge|Minor Mark/g) ?? []).length };
+        if (nodeArgs.includes('--trace-gc')) await writeFile(join(dir, 'trace-gc.txt'), r.out);
+        if (nodeArgs.includes('--trace-gc')) process.stderr.write(`CLI run: wall ${r.sample.wallS.toFixed(2)} s, CPU ${r.sample.cpuS.toFixed(2)} s, RSS ${r.sample.rssMiB.toFixed(0)} MiB, GC full ${gc.full} young ${gc.young}\n`);
+        return { ...r.sample, phases: parsePhases(r.err, r.t0), gc };
       };
       const runFloor = async (rb: boolean): Promise<Sample> => {
         const r = await measured([floor, inp.payload, dev, ...(rb ? ['rb'] : [])], join(dir, 'time.txt'));
@@ -303,12 +315,12 @@ async function main(): Promise<void> {
         return r.sample;
       };
 
-      await runFloor(false); // warm-up (not measured): payload into the page cache
+      if (!cliOnly) await runFloor(false); // warm-up (not measured): payload into the page cache
       const cli: Sample[] = [];
       const fl: Sample[] = [];
       const flrb: Sample[] = [];
       // the order rotates each round (whatever runs right after another writer pays for its leftovers)
-      const order: Array<() => Promise<void>> = [async () => void cli.push(await runCli()), async () => void fl.push(await runFloor(false)), async () => void flrb.push(await runFloor(true))];
+      const order: Array<() => Promise<void>> = cliOnly ? [async () => void cli.push(await runCli())] : [async () => void cli.push(await runCli()), async () => void fl.push(await runFloor(false)), async () => void flrb.push(await runFloor(true))];
       for (let i = 0; i < rounds; i++) {
         for (let k = 0; k < order.length; k++) await order[(i + k) % order.length]!();
       }
@@ -326,6 +338,8 @@ async function main(): Promise<void> {
       print(`CLI phases (median s): ${keys.map((k) => `${k} ${median(cli.map((x) => x.phases?.[k] ?? 0)).toFixed(2)}`).join(', ')}`);
       print('  (check = TUF refresh; writeSlot = download + compressed-byte check + decompress + chunk hash + write + fsync, with the O_DIRECT read-back and whole-image hash pipelined behind the fsync frontier; verifySlot = 0 when it takes that read-back (same process), else a second whole-slot read-back; armTrial = arm; start = spawn → first log line)');
       print(`# runs wall s: CLI ${cli.map((x) => x.wallS.toFixed(2)).join(' ')} | floor ${fl.map((x) => x.wallS.toFixed(2)).join(' ')} | floor+rb ${flrb.map((x) => x.wallS.toFixed(2)).join(' ')}`);
+      if (nodeArgs.includes('--trace-gc')) print(`# CLI garbage collections (--trace-gc): full ${cli.map((x) => x.gc?.full ?? 0).join(' ')} | young ${cli.map((x) => x.gc?.young ?? 0).join(' ')}`);
+      if (nodeArgs.length > 0 || values.env !== '') print(`# CLI node args: ${nodeArgs.join(' ') || '-'}; extra env: ${values.env || '-'}`);
       print(`# runs CPU s:  CLI ${cli.map((x) => x.cpuS.toFixed(2)).join(' ')} | floor ${fl.map((x) => x.cpuS.toFixed(2)).join(' ')} | floor+rb ${flrb.map((x) => x.cpuS.toFixed(2)).join(' ')}`);
 
       if (values.profile && gib === sizes[0]) {
