@@ -251,11 +251,12 @@ async function* readFrames(a: HttpAnswer, url: string, frames: { off: number; le
         }
         pending = pending.length === 0 ? d : Buffer.concat([pending, d]);
         d = Buffer.alloc(0);
-        if (pending.length > 64 << 10) throw new SlotflipError('INSTALL_HTTP_STATUS', `${url}: multipart part headers longer than 64 KiB`, { retryable: true, details: { url } });
         const b = pending.indexOf(delim);
-        if (b < 0) continue;
-        const hEnd = pending.indexOf('\r\n\r\n', b);
-        if (hEnd < 0) continue;
+        const hEnd = b < 0 ? -1 : pending.indexOf('\r\n\r\n', b);
+        if (hEnd < 0) {
+          if (pending.length > 64 << 10) throw new SlotflipError('INSTALL_HTTP_STATUS', `${url}: no multipart part header within 64 KiB`, { retryable: true, details: { url } });
+          continue;
+        }
         const head = pending.subarray(b + delim.length, hEnd).toString('latin1');
         if (head.startsWith('--')) break outer;
         const m = /content-range:\s*bytes (\d+)-(\d+)\/(\d+|\*)/i.exec(head);

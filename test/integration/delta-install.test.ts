@@ -98,6 +98,7 @@ t.test('seed in the running slot: copies hits, fetches misses in few multi-range
   t.ok(r.requests <= 50, `${r.requests} requests`);
   t.equal(r.requests, e.log.length, 'every request counted');
   t.equal(r.seedMismatches, 0);
+  t.equal(e.log.filter((l) => l.range).length, r.requests - 1, 'one request for the index, the rest ranged, none retried');
   const served = e.log.reduce((n, l) => n + l.bytes, 0);
   // the client stops reading at its last frame: what the server still had queued (the closing
   // multipart boundary) may be sent but not counted
