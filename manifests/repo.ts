@@ -22,6 +22,7 @@
  * Trade-off: rollout changes (setRollout, and automatic halts) re-sign targets, so the machine that
  * runs them needs the targets key; keep it on the release machine, not on the broker host.
  */
+import { buildReleaseDelta, type PublishedDelta } from './delta-publish.js';
 import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Key, MetaFile, Metadata, MetadataKind, Root, Snapshot, TargetFile, Targets, Timestamp } from '@tufjs/models';
@@ -574,6 +575,9 @@ export interface AddReleaseOptions extends RepoOptions {
   rollout?: Rollout;
   /** targets expiry override, days. */
   expiresDays?: number;
+  /** also publish a delta index and pack (manifests/delta-publish.ts) as targets of their own,
+   * referenced from the release's `delta` section (devices that do not know it ignore both). */
+  delta?: boolean;
 }
 
 export interface AddedRelease {
@@ -584,6 +588,8 @@ export interface AddedRelease {
   sha256: string;
   targetsVersion: number;
   custom: ReleaseCustom;
+  /** the delta files, when `delta` was asked for. */
+  delta?: PublishedDelta;
 }
 
 const TARGET_NAME = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._+-]+)*$/;
@@ -656,7 +662,10 @@ export async function addRelease(dir: string, opts: AddReleaseOptions): Promise<
   const finalPath = join(finalDir, `${built.sha256}.${basename(targetName)}`);
   await rename(staging, finalPath);
 
+  const delta = opts.delta ? await buildReleaseDelta(opts.image, targetsDir(dir), targetName) : undefined;
+
   const custom: ReleaseCustom = {
+    ...(delta ? ({ delta: delta.section } as object) : {}),
     slotflip: 1,
     hardware: [...opts.hardware],
     version: opts.version,
@@ -668,8 +677,9 @@ export async function addRelease(dir: string, opts: AddReleaseOptions): Promise<
   };
   const loaded = await updateTargets(dir, now, opts.expiresDays, opts.keys, (map) => {
     map[targetName] = new TargetFile({ path: targetName, length: built.length, hashes: { sha256: built.sha256 }, unrecognizedFields: { custom: custom as never } });
+    for (const d of delta?.targets ?? []) map[d.name] = new TargetFile({ path: d.name, length: d.length, hashes: { sha256: d.sha256 } });
   });
-  return { targetName, path: finalPath, length: built.length, sha256: built.sha256, targetsVersion: loaded.md.signed.version, custom };
+  return { targetName, path: finalPath, length: built.length, sha256: built.sha256, targetsVersion: loaded.md.signed.version, custom, ...(delta ? { delta } : {}) };
 }
 
 /** Replaces (or with `undefined` removes) a release's rollout and re-signs targets, snapshot, timestamp. */

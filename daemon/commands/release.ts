@@ -4,7 +4,9 @@
  * `slotflip release export DIR --out OUT`: write an offline bundle for a USB stick (repo.ts
  * exportBundle; format in manifests/README.md "Offline bundles").
  */
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { estimateDelta, latestDeltaIndex } from '../../manifests/delta-publish.js';
 import { SlotflipError } from '../../hal/errors.js';
 import { addRelease, exportBundle } from '../../manifests/repo.js';
 import { DEFAULT_CHUNK_SIZE } from '../../manifests/payload.js';
@@ -32,6 +34,11 @@ const HELP = [
   '  --rollout P             staged rollout: only devices whose bucket is below P percent',
   '  --name T                TUF target name instead of the default',
   '  --expires-days D        targets metadata lifetime (default from repo.json, 90)',
+  '  --delta                 also publish a delta index and pack (content-defined chunks): devices',
+  '                          holding any earlier image download only what they lack',
+  '  --delta-against F       (implies --delta) print what a device holding F downloads and what in',
+  '                          the image defeats reuse; F is an earlier image or .delta-index file',
+  '                          (default: the latest .delta-index in the repository); repeatable',
   '',
   'export: write an offline bundle to OUT (an empty directory, e.g. on a USB stick): the current',
   'metadata, the payloads, and offline.json, signed with the targets key, which lets a device',
@@ -68,6 +75,8 @@ export const command: Command = {
         'valid-days': { type: 'string' },
         target: { type: 'string', multiple: true },
         json: { type: 'boolean' },
+        delta: { type: 'boolean' },
+        'delta-against': { type: 'string', multiple: true },
       },
     });
     const [sub, dir, ...extra] = positionals;
@@ -95,7 +104,15 @@ export const command: Command = {
     };
     const compression = (values.compression ?? 'zstd') as Compression;
     if (!['zstd', 'gzip', 'none'].includes(compression)) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', '--compression must be zstd, gzip or none');
+    const wantDelta = values.delta === true || values['delta-against'] !== undefined;
+    // the earlier release to compare with, found before this one's files are written
+    const against = values['delta-against'] ?? [];
+    if (wantDelta && against.length === 0) {
+      const prev = await latestDeltaIndex(join(dir, 'repository', 'targets'));
+      if (prev) against.push(prev);
+    }
     const r = await addRelease(dir, {
+      ...(wantDelta ? { delta: true } : {}),
       keys,
       image: need(values.image, '--image'),
       version: need(values.version, '--version'),
@@ -109,8 +126,23 @@ export const command: Command = {
       ...(values.name ? { name: values.name } : {}),
       ...(values['expires-days'] ? { expiresDays: int(values['expires-days'], '--expires-days') } : {}),
     });
-    if (values.json) io.stdout.write(JSON.stringify({ targetName: r.targetName, path: r.path, length: r.length, sha256: r.sha256, targetsVersion: r.targetsVersion, version: r.custom.version, securityVersion: r.custom.securityVersion, chunks: r.custom.payload.chunks.length }) + '\n');
-    else io.stdout.write(`added ${r.targetName} (${r.custom.version}, securityVersion ${r.custom.securityVersion}, ${r.custom.payload.chunks.length} chunks, ${r.length} bytes) in targets v${r.targetsVersion}\n`);
+    const estimates = [];
+    if (r.delta) {
+      for (const a of against) {
+        const e = await estimateDelta(values.image!, r.delta.index, r.delta.section.index.length, a);
+        estimates.push({ against: a, ...e, percentOfFull: Math.round((1000 * e.expectedBytes) / r.length) / 10 });
+      }
+    }
+    const deltaJson = r.delta ? { delta: { index: r.delta.section.index, pack: r.delta.section.pack, chunks: r.delta.index.header.chunkCount, distinct: r.delta.index.header.uniqueCount, estimates } } : {};
+    if (values.json) io.stdout.write(JSON.stringify({ targetName: r.targetName, path: r.path, length: r.length, sha256: r.sha256, targetsVersion: r.targetsVersion, version: r.custom.version, securityVersion: r.custom.securityVersion, chunks: r.custom.payload.chunks.length, ...deltaJson }) + '\n');
+    else {
+      io.stdout.write(`added ${r.targetName} (${r.custom.version}, securityVersion ${r.custom.securityVersion}, ${r.custom.payload.chunks.length} chunks, ${r.length} bytes) in targets v${r.targetsVersion}\n`);
+      if (r.delta) io.stdout.write(`delta: ${r.delta.section.index.target} (${r.delta.section.index.length} bytes) and ${r.delta.section.pack.target} (${r.delta.section.pack.length} bytes), ${r.delta.index.header.chunkCount} chunks, ${r.delta.index.header.uniqueCount} distinct\n`);
+      for (const e of estimates) {
+        io.stdout.write(`a device holding ${e.against} downloads about ${(e.expectedBytes / 1e6).toFixed(1)} MB (${e.percentOfFull} % of the full payload)\n`);
+        for (const why of e.reasons) io.stdout.write(`  ${why}\n`);
+      }
+    }
     return 0;
   },
 };

@@ -56,7 +56,13 @@ install_kernel() {
   local t=$1 deb=$2
   local old; old=$(ls "$t/usr/lib/modules")
   rm -rf "$t/usr/lib/modules/$old" "$t/boot/vmlinuz-$old" "$t/boot/System.map-$old" "$t/boot/config-$old"
-  dpkg -x "$deb" "$t"
+  # unpacked aside: the package's /lib would replace the merged-/usr symlink
+  local x="$out/trees/kernel-unpack"
+  rm -rf "$x"; dpkg -x "$deb" "$x"
+  local mods=$x/lib/modules; [ -d "$mods" ] || mods=$x/usr/lib/modules
+  cp -a "$mods"/. "$t/usr/lib/modules/"
+  cp -a "$x/boot"/. "$t/boot/"
+  rm -rf "$x"
   local new; new=$(ls "$t/usr/lib/modules")
   # the same pruning as the base (test/hil/fullos/rootfs.ts)
   local k="$t/usr/lib/modules/$new/kernel"
@@ -108,7 +114,7 @@ build() { # build NAME [repro]: tree variant + image, skipped when cached
       meta=$(fetch linux-image-amd64)
       dep=$(dpkg-deb -f "$meta" Depends | tr ',' '\n' | sed -n 's/^ *\(linux-image-[0-9][^ ]*\).*/\1/p' | head -1)
       install_kernel "$t" "$(fetch "$dep")"
-      dpkg -x "$meta" "$t" ;;
+      ;;
   esac
   mkimg "$name${repro:+-repro}" "$t" "$repro"
   rm -rf "$t"
