@@ -147,7 +147,10 @@ export function zstdFrame(raw: Buffer, level: number): Promise<Buffer> {
   const z = zlib as unknown as ZstdZlib;
   if (!z.zstdCompress) return Promise.reject(new SlotflipError('MANIFEST_PAYLOAD_BUILD', `node ${process.version} has no built-in zstd; delta packs need Node 22.15 or later`));
   return new Promise((ok, fail) => {
-    z.zstdCompress!(raw, { params: { [z.constants.ZSTD_c_compressionLevel!]: level, [z.constants.ZSTD_c_checksumFlag!]: 0, [z.constants.ZSTD_c_contentSizeFlag!]: 1 } }, (e, r) => (e ? fail(e) : ok(r)));
+    // the window need not exceed the chunk: smaller tables (faster to set up per frame, less memory to decode)
+    const windowLog = Math.max(10, Math.ceil(Math.log2(Math.max(raw.length, 1024))));
+    const c = z.constants;
+    z.zstdCompress!(raw, { params: { [c.ZSTD_c_compressionLevel!]: level, [c.ZSTD_c_windowLog!]: windowLog, [c.ZSTD_c_hashLog!]: windowLog - 1, [c.ZSTD_c_chainLog!]: windowLog, [c.ZSTD_c_checksumFlag!]: 0, [c.ZSTD_c_contentSizeFlag!]: 1 } }, (e, r) => (e ? fail(e) : ok(r)));
   });
 }
 
