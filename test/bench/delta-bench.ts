@@ -15,7 +15,11 @@
  * of npm test, so test/ci/deps.sh does not install them). Everything built is cached under
  * ~/.cache/slotflip-delta ($SLOTFLIP_DELTA_CACHE): reruns only measure.
  *
- *   npm run bench:delta [-- --pairs config,onepkg] [--json out.json]
+ *   npm run bench:delta [-- --pairs config,onepkg] [--json out.json] [--level N] [--approx-denominator]
+ *
+ * --level: zstd level of the delta pack's frames (default 19, as `release add`; lower is faster to
+ * build and downloads a little more). --approx-denominator: when NEW's `zstd -19` size is not cached
+ * yet, divide by OLD's instead (marked ≈; the pairs differ by a few MB of 1 GiB).
  */
 import { execFile, spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
@@ -34,6 +38,7 @@ const here = fileURLToPath(new URL('.', import.meta.url));
 const cache = process.env.SLOTFLIP_DELTA_CACHE ?? join(homedir(), '.cache', 'slotflip-delta');
 const images = join(cache, 'images');
 const art = join(cache, 'artifacts');
+let level = 19;
 
 /** [pair name, OLD image, NEW image] */
 const PAIRS: [string, string, string][] = [
@@ -95,9 +100,9 @@ async function artifacts(name: string, tools: { casync: boolean; zck: boolean })
     log(`full payload of ${name}`);
     return buildPayload(img, join(dir, 'image.zst'), { compression: 'zstd', chunkSize: DEFAULT_CHUNK_SIZE });
   });
-  await cachedJson(join(dir, 'delta.json'), async () => {
-    log(`delta pack of ${name}`);
-    return buildDelta(img, join(dir, 'image.delta-index'), join(dir, 'image.delta-pack'), { frameCache: join(cache, 'frames') });
+  await cachedJson(join(dir, `delta-${level}.json`), async () => {
+    log(`delta pack of ${name} (frames at zstd level ${level})`);
+    return buildDelta(img, join(dir, `image-${level}.delta-index`), join(dir, `image-${level}.delta-pack`), { frameCache: join(cache, 'frames'), level });
   });
   if (tools.casync && !(await exists(join(dir, 'image.caibx')))) {
     log(`casync make of ${name} (16 KiB)`);
@@ -118,7 +123,8 @@ async function timed(cmd: string, args: string[], cwd?: string): Promise<{ wallM
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { pairs: { type: 'string' }, json: { type: 'string' } } });
+  const { values } = parseArgs({ options: { pairs: { type: 'string' }, json: { type: 'string' }, level: { type: 'string' }, 'approx-denominator': { type: 'boolean' } } });
+  level = values.level ? Number(values.level) : 19;
   if (process.getuid?.() !== 0) throw new Error('bench:delta builds filesystem images: run it as root');
   const want = values.pairs ? new Set(values.pairs.split(',')) : undefined;
   const pairs = PAIRS.filter(([p]) => !want || want.has(p));
@@ -143,6 +149,7 @@ async function main(): Promise<void> {
   await mkdir(work, { recursive: true });
   const results: Record<string, Record<string, Cell>> = {};
   const denominators: Record<string, number> = {};
+  const approx = new Set<string>();
   const node = process.execPath;
   const child = async (script: string, args: string[]): Promise<{ result: Record<string, number>; usage: { wallMs: number; maxRssKiB: number } }> => {
     const { stdout } = await execFileP(node, [join(here, script), ...args], { maxBuffer: 16 << 20 });
@@ -157,7 +164,10 @@ async function main(): Promise<void> {
   };
   for (const [pair, oldName, newName] of pairs) {
     log(`pair ${pair}: ${oldName} → ${newName}`);
-    denominators[pair] = await zstd19(newName);
+    if (values['approx-denominator'] && !(await exists(join(art, newName, 'zstd19.json'))) && (await exists(join(art, oldName, 'zstd19.json')))) {
+      denominators[pair] = await zstd19(oldName);
+      approx.add(pair);
+    } else denominators[pair] = await zstd19(newName);
     const row: Record<string, Cell> = {};
     const slot = join(work, 'slot.img');
     const fresh = async (): Promise<void> => {
@@ -174,7 +184,7 @@ async function main(): Promise<void> {
     await rm(join(work, 'resume.json'), { force: true });
     await fresh();
     row['slotflip delta'] = await measure(async () => {
-      const r = await child('delta-child.js', ['--built', join(art, newName, 'delta.json'), '--index-url', `${srv.url}${newName}/image.delta-index`, '--pack-url', `${srv.url}${newName}/image.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)]);
+      const r = await child('delta-child.js', ['--built', join(art, newName, `delta-${level}.json`), '--index-url', `${srv.url}${newName}/image-${level}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${level}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)]);
       return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB, note: `copied ${(r.result.copied! / 2 ** 20).toFixed(0)} MiB` };
     });
     if (tools.casync) {
@@ -202,11 +212,11 @@ async function main(): Promise<void> {
   const mechs = [...new Set(Object.values(results).flatMap((r) => Object.keys(r)))];
   const cols = pairs.map(([p]) => p);
   const lines: string[] = [];
-  lines.push(`bytes downloaded as % of NEW's \`zstd -19\` (MB in brackets); requests; wall s; peak RSS MiB`);
+  lines.push(`bytes downloaded as % of NEW's \`zstd -19\` (MB in brackets); requests; wall s; peak RSS MiB. Delta frames at zstd level ${level}.`);
   lines.push('');
   lines.push(`| mechanism | ${cols.join(' | ')} |`);
   lines.push(`| --- | ${cols.map(() => '---').join(' | ')} |`);
-  lines.push(`| zstd -19 of NEW (MB) | ${cols.map((c) => (denominators[c]! / 1e6).toFixed(1)).join(' | ')} |`);
+  lines.push(`| zstd -19 of NEW (MB) | ${cols.map((c) => `${approx.has(c) ? '≈ OLD ' : ''}${(denominators[c]! / 1e6).toFixed(1)}`).join(' | ')} |`);
   for (const m of mechs) lines.push(`| ${m} | ${cols.map((c) => { const x = results[c]?.[m]; return x ? `${((100 * x.bytes) / denominators[c]!).toFixed(2)} % (${(x.bytes / 1e6).toFixed(1)})` : 'n/a'; }).join(' | ')} |`);
   lines.push('');
   lines.push(`| requests / wall s / peak RSS MiB | ${cols.join(' | ')} |`);
