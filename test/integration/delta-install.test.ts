@@ -5,7 +5,8 @@
  * server side's multi-range answers.
  */
 import t, { type Test } from 'tap';
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { once } from 'node:events';
 import { randomBytes, createHash } from 'node:crypto';
 import { closeSync, openSync, writeSync } from 'node:fs';
@@ -254,4 +255,33 @@ t.test('a delta install from nginx (its own multipart/byteranges)', async (t) =>
   t.ok(r.requests <= 50 && r.copied > 0);
   const logText = await readFile(join(ng, 'access.log'), 'utf8');
   t.match(logText, / 206 /, 'nginx answered 206');
+});
+
+t.test('an installer process killed mid-way (SIGKILL) resumes from what it wrote', async (t) => {
+  const e = await setup(t);
+  const built = join(e.dir, 'built.json');
+  await writeFile(built, JSON.stringify(e.built));
+  const child = fileURLToPath(new URL('../../dist/test/bench/delta-child.js', import.meta.url));
+  const args = ['--built', built, '--index-url', `${e.base}targets/image.delta-index`, '--pack-url', `${e.base}targets/image.delta-pack`, '--slot', join(e.dir, 'target.img'), '--running', join(e.dir, 'running.img')];
+  const c = spawn(process.execPath, [child, ...args, '--progress'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let killedAt = -1;
+  let out = '';
+  c.stdout!.on('data', (d: Buffer) => {
+    out += d.toString();
+    for (const line of out.split('\n').slice(0, -1)) {
+      const m = /"bytes":(\d+)/.exec(line);
+      if (m && Number(m[1]) > SIZE / 3 && killedAt < 0) {
+        killedAt = Number(m[1]);
+        c.kill('SIGKILL');
+      }
+    }
+    out = out.slice(out.lastIndexOf('\n') + 1);
+  });
+  const [code, signal] = (await once(c, 'exit')) as [number | null, string | null];
+  t.ok(killedAt > 0 && signal === 'SIGKILL' && code === null, `killed at ${killedAt} bytes`);
+  t.not(sha(await readFile(join(e.dir, 'target.img'))), sha(e.newImg), 'the slot is half-written');
+  const again = await new Promise<string>((ok, fail) => execFile(process.execPath, [child, ...args], (err, stdout) => (err ? fail(err) : ok(stdout))));
+  const r = JSON.parse(again.trim().split('\n').at(-1)!).result;
+  t.ok(r.inPlace >= killedAt - (64 << 10), `the rerun found ${r.inPlace} bytes in place (killed at ${killedAt})`);
+  t.equal(sha(await readFile(join(e.dir, 'target.img'))), sha(e.newImg), 'slot holds NEW after the rerun');
 });
