@@ -145,7 +145,7 @@ async function main(): Promise<void> {
 
   const served: AccessLogEntry[] = [];
   const srv = await serveRepository(art, { onRequest: (e) => served.push(e) });
-  const work = join(cache, 'work');
+  const work = join(cache, `work-${process.pid}`);
   await mkdir(work, { recursive: true });
   const results: Record<string, Record<string, Cell>> = {};
   const denominators: Record<string, number> = {};
@@ -207,7 +207,7 @@ async function main(): Promise<void> {
     log(JSON.stringify({ pair, zstd19: denominators[pair], row }));
   }
   await srv.close();
-  await rm(join(work, 'slot.img'), { force: true });
+  await rm(work, { recursive: true, force: true });
 
   const mechs = [...new Set(Object.values(results).flatMap((r) => Object.keys(r)))];
   const cols = pairs.map(([p]) => p);
