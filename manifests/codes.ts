@@ -49,6 +49,7 @@ export const MANIFEST_CODES = {
   MANIFEST_KEY_PASSPHRASE: 'an encrypted key file could not be decrypted: wrong or missing passphrase (give it with --passphrase-fd N or $SLOTFLIP_KEY_PASSPHRASE)',
   MANIFEST_SIGNER_FAILED: 'an external signer (or the key it holds) failed: it exited non-zero, timed out, printed no hex signature, or signed with a key other than the one it names',
   MANIFEST_ROOT_PENDING: 'a root version is waiting for more root key holders\' signatures (repo sign-root); the operation needs the trusted root first',
+  MANIFEST_DELTA_INVALID: 'a release\'s delta index file is malformed (bad magic, counts, lengths or chunk order); the device installs the full payload instead',
 } as const;
 
 export type ManifestCode = keyof typeof MANIFEST_CODES;

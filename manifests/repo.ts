@@ -22,6 +22,7 @@
  * Trade-off: rollout changes (setRollout, and automatic halts) re-sign targets, so the machine that
  * runs them needs the targets key; keep it on the release machine, not on the broker host.
  */
+import { buildReleaseDelta, type PublishedDelta } from './delta-publish.js';
 import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Key, MetaFile, Metadata, MetadataKind, Root, Snapshot, TargetFile, Targets, Timestamp } from '@tufjs/models';
@@ -585,6 +586,10 @@ export interface AddReleaseOptions extends RepoOptions {
    * small. 1: the chunk list inline in the custom block, for fleets whose devices run a daemon that
    * predates format 2 (manifests/README.md "Moving a fleet to format 2"). */
   format?: 1 | 2;
+  /** also publish a delta index and pack (manifests/delta-publish.ts) as targets of their own,
+   * referenced from the format 2 chunk index file's `delta` section (devices that do not know it
+   * ignore it and install the full payload); not with format 1. */
+  delta?: boolean;
 }
 
 export interface AddedRelease {
@@ -599,6 +604,8 @@ export interface AddedRelease {
   chunks: number;
   /** format 2: the index target, its file under repository/targets/, length and SHA-256. */
   index?: { targetName: string; path: string; length: number; sha256: string };
+  /** the delta files, when `delta` was asked for. */
+  delta?: PublishedDelta;
 }
 
 const TARGET_NAME = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._+-]+)*$/;
@@ -678,6 +685,9 @@ export async function addRelease(dir: string, opts: AddReleaseOptions): Promise<
   const finalPath = join(finalDir, `${built.sha256}.${basename(targetName)}`);
   await rename(staging, finalPath);
 
+  if (opts.delta && format === 1) throw badArg('--delta needs format 2 (the delta section lives in the chunk index file): drop --inline-index');
+  const delta = opts.delta ? await buildReleaseDelta(opts.image, targetsDir(dir), targetName) : undefined;
+
   const base = {
     hardware: [...opts.hardware],
     version: opts.version,
@@ -695,7 +705,7 @@ export async function addRelease(dir: string, opts: AddReleaseOptions): Promise<
     // format 1's schema allows no other chunk field: older daemons refuse packedSha256
     custom = { slotflip: 1, ...base, payload: { compression, size, sha256: imageSha256, chunkSize, chunks: built.payload.chunks.map((c) => ({ sha256: c.sha256, offset: c.offset, length: c.length })) } };
   } else {
-    const bytes = encodeIndexFile(targetName, built.payload);
+    const bytes = encodeIndexFile(targetName, built.payload, delta ? (delta.section as unknown as Record<string, unknown>) : undefined);
     const indexSha = sha256(bytes);
     const indexPath = join(finalDir, `${indexSha}.${basename(indexName)}`);
     await writeFileAtomic(indexPath, bytes);
@@ -706,8 +716,9 @@ export async function addRelease(dir: string, opts: AddReleaseOptions): Promise<
     map[targetName] = new TargetFile({ path: targetName, length: built.length, hashes: { sha256: built.sha256 }, unrecognizedFields: { custom: custom as never } });
     if (index) map[indexName] = new TargetFile({ path: indexName, length: index.length, hashes: { sha256: index.sha256 } });
     else delete map[indexName]; // re-added as format 1: the old index goes with the old entry
+    for (const d of delta?.targets ?? []) map[d.name] = new TargetFile({ path: d.name, length: d.length, hashes: { sha256: d.sha256 } });
   });
-  return { targetName, path: finalPath, length: built.length, sha256: built.sha256, targetsVersion: loaded.md.signed.version, custom, chunks: built.payload.chunks.length, ...(index ? { index } : {}) };
+  return { targetName, path: finalPath, length: built.length, sha256: built.sha256, targetsVersion: loaded.md.signed.version, custom, chunks: built.payload.chunks.length, ...(index ? { index } : {}), ...(delta ? { delta } : {}) };
 }
 
 /** Replaces (or with `undefined` removes) a release's rollout and re-signs targets, snapshot, timestamp. */

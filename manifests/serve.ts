@@ -11,9 +11,11 @@
  * fleet waking together cannot exhaust file descriptors or memory: each response streams with a
  * 1 MiB buffer.
  *
- * Trade-off: no multi-range (`bytes=a-b,c-d`) answers — a multi-range request gets the whole file
- * (200), which RFC 9110 allows and every slotflip client handles; no compression (payloads are
- * compressed already, and a Content-Encoding would break byte ranges).
+ * Multi-range requests (`bytes=a-b,c-d,...`, what a delta install sends) get one 206
+ * `multipart/byteranges` answer with the parts in the order asked (RFC 9110 §14.6), up to
+ * MAX_RANGES ranges; more ranges than that get the whole file (200), which RFC 9110 allows.
+ * Trade-off: no compression (payloads are compressed already, and a Content-Encoding would break
+ * byte ranges).
  */
 import { createReadStream } from 'node:fs';
 import { realpath, stat } from 'node:fs/promises';
@@ -59,6 +61,26 @@ export interface ServeOptions {
 }
 
 export const DEFAULT_MAX_CONCURRENT = 64;
+/** Ranges one multi-range request may ask for; beyond it the whole file is sent. */
+export const MAX_RANGES = 1024;
+
+/** Parses `bytes=a-b,c-d,...` against `size`: the satisfiable ranges in the order asked; undefined
+ * when absent, not bytes, or more than MAX_RANGES (answered with the whole file), 'invalid' when none
+ * is satisfiable. Pure. */
+export function parseRanges(header: string | undefined, size: number): { start: number; end: number }[] | 'invalid' | undefined {
+  if (!header) return undefined;
+  const h = header.trim();
+  if (!h.startsWith('bytes=')) return undefined;
+  const specs = h.slice(6).split(',');
+  if (specs.length > MAX_RANGES) return undefined;
+  const out: { start: number; end: number }[] = [];
+  for (const spec of specs) {
+    const r = parseRange(`bytes=${spec.trim()}`, size);
+    if (r === undefined) return undefined;
+    if (r !== 'invalid') out.push(r);
+  }
+  return out.length === 0 ? 'invalid' : out;
+}
 
 /** Parses a single `bytes=a-b` / `bytes=a-` / `bytes=-n` range against `size`; undefined when absent
  * or not a single byte range (answered with the whole file), 'invalid' when unsatisfiable. Pure. */
@@ -99,6 +121,39 @@ async function fileFor(base: string, realBase: string, rawUrl: string): Promise<
   if (!st?.isFile()) return undefined;
   const etag = `"${st.ino.toString(16)}-${st.size.toString(16)}-${Math.trunc(st.mtimeMs).toString(16)}"`;
   return { path: real, size: st.size, etag, mtime: st.mtime };
+}
+
+/** Answers a multi-range request: 206 multipart/byteranges, parts streamed one after the other. */
+function sendMultipart(req: http.IncomingMessage, res: http.ServerResponse, file: { path: string; size: number }, ranges: { start: number; end: number }[], headers: http.OutgoingHttpHeaders): void {
+  const boundary = `slotflip-${Math.random().toString(16).slice(2)}${Date.now().toString(16)}`;
+  const type = headers['content-type'] as string;
+  const heads = ranges.map((r, i) => Buffer.from(`${i === 0 ? '' : '\r\n'}--${boundary}\r\ncontent-type: ${type}\r\ncontent-range: bytes ${r.start}-${r.end}/${file.size}\r\n\r\n`));
+  const tail = Buffer.from(`\r\n--${boundary}--\r\n`);
+  const length = heads.reduce((n, h, i) => n + h.length + ranges[i]!.end - ranges[i]!.start + 1, tail.length);
+  res.writeHead(206, { ...headers, 'content-type': `multipart/byteranges; boundary=${boundary}`, 'content-length': length });
+  if (req.method === 'HEAD') {
+    res.end();
+    return;
+  }
+  let i = 0;
+  let current: ReturnType<typeof createReadStream> | undefined;
+  res.once('close', () => current?.destroy());
+  const next = (): void => {
+    if (res.destroyed) return;
+    if (i === ranges.length) {
+      res.write(tail);
+      res.end();
+      return;
+    }
+    const r = ranges[i]!;
+    res.write(heads[i++]!);
+    const stream = createReadStream(file.path, { start: r.start, end: r.end, highWaterMark: 1 << 20 });
+    current = stream;
+    stream.on('error', () => res.destroy());
+    stream.on('end', next);
+    stream.pipe(res, { end: false });
+  };
+  next();
 }
 
 export async function serveRepository(root: string, opts: ServeOptions = {}): Promise<RepoServer> {
@@ -159,7 +214,16 @@ export async function serveRepository(root: string, opts: ServeOptions = {}): Pr
       }
       const ifRange = req.headers['if-range'];
       const rangeHeader = ifRange === undefined || ifRange === file.etag ? req.headers.range : undefined;
-      const range = parseRange(rangeHeader, file.size);
+      const multi = rangeHeader?.includes(',') ? parseRanges(rangeHeader, file.size) : undefined;
+      if (multi === 'invalid') {
+        res.writeHead(416, { ...headers, 'content-range': `bytes */${file.size}` }).end();
+        return;
+      }
+      if (multi && multi.length > 1) {
+        sendMultipart(req, res, file, multi, headers);
+        return;
+      }
+      const range = multi ? multi[0] : parseRange(rangeHeader, file.size);
       if (range === 'invalid') {
         res.writeHead(416, { ...headers, 'content-range': `bytes */${file.size}` }).end();
         return;

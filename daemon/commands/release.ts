@@ -4,7 +4,9 @@
  * `slotflip release export DIR --out OUT`: write an offline bundle for a USB stick (repo.ts
  * exportBundle; format in manifests/README.md "Offline bundles").
  */
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { estimateDelta, latestDeltaIndex } from '../../manifests/delta-publish.js';
 import { SlotflipError } from '../../hal/errors.js';
 import { addRelease, exportBundle } from '../../manifests/repo.js';
 import { DEFAULT_CHUNK_SIZE } from '../../manifests/payload.js';
@@ -41,6 +43,11 @@ const HELP = [
   '  --inline-index          format 1: the chunk index inline in targets.json (~190 bytes per chunk),',
   '                          for devices whose daemon predates format 2; default: format 2, the index',
   '                          is a signed target file of its own (<target>.index) fetched over HTTP',
+  '  --delta                 also publish a delta index and pack (content-defined chunks): devices',
+  '                          holding any earlier image download only what they lack',
+  '  --delta-against F       (implies --delta) print what a device holding F downloads and what in',
+  '                          the image defeats reuse; F is an earlier image or .delta-index file',
+  '                          (default: the latest .delta-index in the repository); repeatable',
   '',
   'export: write an offline bundle to OUT (an empty directory, e.g. on a USB stick): the current',
   'metadata, the payloads, and offline.json, signed with the targets key, which lets a device',
@@ -81,6 +88,8 @@ export const command: Command = {
         target: { type: 'string', multiple: true },
         'inline-index': { type: 'boolean' },
         json: { type: 'boolean' },
+        delta: { type: 'boolean' },
+        'delta-against': { type: 'string', multiple: true },
       },
     });
     const [sub, dir, ...extra] = positionals;
@@ -114,7 +123,15 @@ export const command: Command = {
       snapshot: values['migration-snapshot'] ?? [],
       ...(values['migration-timeout'] !== undefined ? { timeoutSeconds: int(values['migration-timeout'], '--migration-timeout') } : {}),
     };
+    const wantDelta = values.delta === true || values['delta-against'] !== undefined;
+    // the earlier release to compare with, found before this one's files are written
+    const against = values['delta-against'] ?? [];
+    if (wantDelta && against.length === 0) {
+      const prev = await latestDeltaIndex(join(dir, 'repository', 'targets'));
+      if (prev) against.push(prev);
+    }
     const r = await addRelease(dir, {
+      ...(wantDelta ? { delta: true } : {}),
       keys,
       image: need(values.image, '--image'),
       version: need(values.version, '--version'),
@@ -130,8 +147,23 @@ export const command: Command = {
       ...(values['expires-days'] ? { expiresDays: int(values['expires-days'], '--expires-days') } : {}),
       ...(values['inline-index'] ? { format: 1 as const } : {}),
     });
-    if (values.json) io.stdout.write(JSON.stringify({ targetName: r.targetName, path: r.path, length: r.length, sha256: r.sha256, targetsVersion: r.targetsVersion, version: r.custom.version, securityVersion: r.custom.securityVersion, format: r.custom.slotflip, chunks: r.chunks, ...(r.index ? { index: r.index } : {}) }) + '\n');
-    else io.stdout.write(`added ${r.targetName} (${r.custom.version}, securityVersion ${r.custom.securityVersion}, ${r.chunks} chunks, ${r.length} bytes) in targets v${r.targetsVersion}${r.index ? `; chunk index ${r.index.targetName} (${r.index.length} bytes)` : ' (format 1: chunk index inline)'}\n`);
+    const estimates = [];
+    if (r.delta) {
+      for (const a of against) {
+        const e = await estimateDelta(values.image!, r.delta.index, r.delta.section.index.length, a);
+        estimates.push({ against: a, ...e, percentOfFull: Math.round((1000 * e.expectedBytes) / r.length) / 10 });
+      }
+    }
+    const deltaJson = r.delta ? { delta: { index: r.delta.section.index, pack: r.delta.section.pack, chunks: r.delta.index.header.chunkCount, distinct: r.delta.index.header.uniqueCount, estimates } } : {};
+    if (values.json) io.stdout.write(JSON.stringify({ targetName: r.targetName, path: r.path, length: r.length, sha256: r.sha256, targetsVersion: r.targetsVersion, version: r.custom.version, securityVersion: r.custom.securityVersion, format: r.custom.slotflip, chunks: r.chunks, ...(r.index ? { index: r.index } : {}), ...deltaJson }) + '\n');
+    else {
+      io.stdout.write(`added ${r.targetName} (${r.custom.version}, securityVersion ${r.custom.securityVersion}, ${r.chunks} chunks, ${r.length} bytes) in targets v${r.targetsVersion}${r.index ? `; chunk index ${r.index.targetName} (${r.index.length} bytes)` : ' (format 1: chunk index inline)'}\n`);
+      if (r.delta) io.stdout.write(`delta: ${r.delta.section.index.target} (${r.delta.section.index.length} bytes) and ${r.delta.section.pack.target} (${r.delta.section.pack.length} bytes), ${r.delta.index.header.chunkCount} chunks, ${r.delta.index.header.uniqueCount} distinct\n`);
+      for (const e of estimates) {
+        io.stdout.write(`a device holding ${e.against} downloads about ${(e.expectedBytes / 1e6).toFixed(1)} MB (${e.percentOfFull} % of the full payload)\n`);
+        for (const why of e.reasons) io.stdout.write(`  ${why}\n`);
+      }
+    }
     return 0;
   },
 };

@@ -1,0 +1,245 @@
+/**
+ * The delta format: an image cut into content-defined chunks (cdc.ts), each distinct chunk
+ * compressed on its own (one zstd frame) into a pack file, plus a delta index that lists, for every
+ * chunk of the image in order, which distinct chunk it is; for every distinct chunk its SHA-256, its
+ * size and where its frame lies in the pack. Pack and index are TUF target files of their own
+ * (`<payload>.delta-pack`, `<payload>.delta-index`), referenced with length and SHA-256 from the
+ * release's index file (`delta` section), so a device verifies the index before trusting a byte of
+ * it, and every chunk — copied from a slot or fetched — against the index before writing it.
+ *
+ * No per-pair work: one pack and one index per release serve devices holding any earlier image.
+ *
+ * Index file (brotli-compressed; all integers little-endian):
+ *   "SFDI" | u32 header length | header JSON (DeltaHeader)
+ *   | unique × { sha256[32], u32 raw length, u32 frame length }
+ *   | chunkCount × u32 unique id
+ * A frame's pack offset is the sum of the frame lengths before it; a chunk's image offset is the sum
+ * of the raw lengths of the chunks before it. Frames lie in the pack in order of first use in the
+ * image, so a device that fetches misses in image order reads the pack front to back.
+ */
+import { createHash } from 'node:crypto';
+import { mkdir, open, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import zlib from 'node:zlib';
+import { SlotflipError } from '../hal/errors.js';
+import { fsyncDir } from '../hal/atomic-file.js';
+import { checkCdcParams, chunkFile, DEFAULT_CDC, type CdcParams } from './cdc.js';
+
+export const DELTA_FORMAT = 'slotflip-delta-1';
+const MAGIC = Buffer.from('SFDI');
+const ENTRY = 40;
+/** Largest decompressed index accepted (a 64 GiB image at 16 KiB average is ~170 MiB of refs: cap
+ * is for images up to ~16 GiB at the default sizes). */
+export const MAX_DELTA_INDEX_BYTES = 64 << 20;
+
+export interface DeltaHeader {
+  format: typeof DELTA_FORMAT;
+  imageSize: number;
+  imageSha256: string;
+  cdc: CdcParams;
+  compression: 'zstd';
+  uniqueCount: number;
+  chunkCount: number;
+  packLength: number;
+}
+
+/** What a release's index file carries in its optional `delta` section. */
+export interface DeltaSection {
+  format: typeof DELTA_FORMAT;
+  index: { target: string; length: number; sha256: string };
+  pack: { target: string; length: number; sha256: string };
+}
+
+export interface DeltaIndex {
+  header: DeltaHeader;
+  /** unique × 32 bytes. */
+  shas: Buffer;
+  rawLen: Uint32Array;
+  packLen: Uint32Array;
+  /** pack offset of each unique frame. */
+  packOff: Float64Array;
+  /** unique id of each chunk of the image, in image order. */
+  refs: Uint32Array;
+}
+
+function invalid(msg: string, details: Record<string, unknown> = {}): SlotflipError {
+  return new SlotflipError('MANIFEST_DELTA_INVALID', `delta index: ${msg}; the release's delta files are damaged or not slotflip's (the device falls back to the full payload)`, { details });
+}
+
+/** Parses and checks a delta index file (compressed bytes, already verified against its signed hash). */
+export function parseDeltaIndex(file: Buffer): DeltaIndex {
+  let raw: Buffer;
+  try {
+    raw = zlib.brotliDecompressSync(file, { maxOutputLength: MAX_DELTA_INDEX_BYTES });
+  } catch (cause) {
+    throw invalid(`cannot decompress (${(cause as Error).message})`);
+  }
+  if (raw.length < 8 || !raw.subarray(0, 4).equals(MAGIC)) throw invalid('bad magic');
+  const hl = raw.readUInt32LE(4);
+  if (8 + hl > raw.length) throw invalid('header runs past the end');
+  let h: DeltaHeader;
+  try {
+    h = JSON.parse(raw.subarray(8, 8 + hl).toString('utf8')) as DeltaHeader;
+  } catch {
+    throw invalid('header is not JSON');
+  }
+  const int = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0;
+  if (h.format !== DELTA_FORMAT || h.compression !== 'zstd' || !int(h.imageSize) || !int(h.uniqueCount) || !int(h.chunkCount) || !int(h.packLength) || typeof h.imageSha256 !== 'string' || !/^[0-9a-f]{64}$/.test(h.imageSha256) || typeof h.cdc !== 'object' || h.cdc === null) throw invalid('header fields are missing or wrong');
+  try {
+    checkCdcParams(h.cdc);
+  } catch (e) {
+    throw invalid((e as Error).message);
+  }
+  const body = 8 + hl;
+  if (raw.length !== body + h.uniqueCount * ENTRY + h.chunkCount * 4) throw invalid('length does not match the counts', { length: raw.length });
+  const shas = Buffer.allocUnsafe(h.uniqueCount * 32);
+  const rawLen = new Uint32Array(h.uniqueCount);
+  const packLen = new Uint32Array(h.uniqueCount);
+  const packOff = new Float64Array(h.uniqueCount);
+  let off = 0;
+  for (let u = 0; u < h.uniqueCount; u++) {
+    const e = body + u * ENTRY;
+    raw.copy(shas, u * 32, e, e + 32);
+    rawLen[u] = raw.readUInt32LE(e + 32);
+    packLen[u] = raw.readUInt32LE(e + 36);
+    if (rawLen[u] === 0 || rawLen[u]! > h.cdc.max || packLen[u] === 0) throw invalid(`chunk ${u} has length ${rawLen[u]} / frame ${packLen[u]}`);
+    packOff[u] = off;
+    off += packLen[u]!;
+  }
+  if (off !== h.packLength) throw invalid(`frames add up to ${off} bytes, header says ${h.packLength}`);
+  const refs = new Uint32Array(h.chunkCount);
+  const rb = body + h.uniqueCount * ENTRY;
+  let size = 0;
+  let nextNew = 0;
+  for (let i = 0; i < h.chunkCount; i++) {
+    const u = raw.readUInt32LE(rb + i * 4);
+    // frames are in order of first use: a reference is either to a seen chunk or the next new one
+    if (u > nextNew || u >= h.uniqueCount) throw invalid(`chunk ${i} refers to ${u}, out of order`);
+    if (u === nextNew) nextNew++;
+    refs[i] = u;
+    size += rawLen[u]!;
+  }
+  if (nextNew !== h.uniqueCount) throw invalid('some distinct chunks are never used');
+  if (size !== h.imageSize) throw invalid(`chunks add up to ${size} bytes, header says ${h.imageSize}`);
+  return { header: h, shas, rawLen, packLen, packOff, refs };
+}
+
+export interface BuildDeltaOptions {
+  cdc?: CdcParams;
+  /** zstd level of each frame (default 19: paid once by the manufacturer, saved by every device). */
+  level?: number;
+  /** frames compressed in parallel (default 4, node:zlib's thread pool). */
+  concurrency?: number;
+  /** directory of already compressed frames by SHA-256 and level (benches and repeated builds). */
+  frameCache?: string;
+}
+
+export interface BuiltDelta {
+  header: DeltaHeader;
+  index: { length: number; sha256: string };
+  pack: { length: number; sha256: string };
+}
+
+type ZstdZlib = { zstdCompress?: (b: Buffer, o: object, cb: (e: Error | null, r: Buffer) => void) => void; constants: Record<string, number> };
+
+/** One zstd frame of `raw` at `level` (node:zlib, Node >= 22.15). */
+export function zstdFrame(raw: Buffer, level: number): Promise<Buffer> {
+  const z = zlib as unknown as ZstdZlib;
+  if (!z.zstdCompress) return Promise.reject(new SlotflipError('MANIFEST_PAYLOAD_BUILD', `node ${process.version} has no built-in zstd; delta packs need Node 22.15 or later`));
+  return new Promise((ok, fail) => {
+    // the window need not exceed the chunk: smaller tables (faster to set up per frame, less memory to decode)
+    const windowLog = Math.max(10, Math.ceil(Math.log2(Math.max(raw.length, 1024))));
+    const c = z.constants;
+    z.zstdCompress!(raw, { params: { [c.ZSTD_c_compressionLevel!]: level, [c.ZSTD_c_windowLog!]: windowLog, [c.ZSTD_c_hashLog!]: windowLog - 1, [c.ZSTD_c_chainLog!]: windowLog, [c.ZSTD_c_checksumFlag!]: 0, [c.ZSTD_c_contentSizeFlag!]: 1 } }, (e, r) => (e ? fail(e) : ok(r)));
+  });
+}
+
+/**
+ * Cuts `imagePath` into chunks, writes the pack (distinct chunks' frames in first-use order) and the
+ * index, each atomically. Memory: the distinct-chunk table (~60 B per chunk) plus `concurrency`
+ * chunks in flight.
+ */
+export async function buildDelta(imagePath: string, indexPath: string, packPath: string, opts: BuildDeltaOptions = {}): Promise<BuiltDelta> {
+  const cdc = opts.cdc ?? DEFAULT_CDC;
+  const level = opts.level ?? 19;
+  const concurrency = Math.max(1, opts.concurrency ?? 4);
+  const tmpPack = join(dirname(packPath), `.${basename(packPath)}.${process.pid}.tmp`);
+  const tmpIndex = join(dirname(indexPath), `.${basename(indexPath)}.${process.pid}.tmp`);
+  if (opts.frameCache) await mkdir(opts.frameCache, { recursive: true });
+  const pack = await open(tmpPack, 'w', 0o644);
+  try {
+    const ids = new Map<string, number>();
+    const entries: Buffer[] = [];
+    const refs: number[] = [];
+    const packHash = createHash('sha256');
+    const imageHash = createHash('sha256');
+    let packLength = 0;
+    let imageSize = 0;
+    const queue: { sha: string; raw: Buffer; frame: Promise<Buffer> }[] = [];
+    const frameFor = async (sha: string, raw: Buffer): Promise<Buffer> => {
+      const cached = opts.frameCache ? join(opts.frameCache, `${sha}.${level}.zst`) : undefined;
+      if (cached) {
+        const hit = await readFile(cached).catch(() => undefined);
+        if (hit) return hit;
+      }
+      const f = await zstdFrame(raw, level);
+      if (cached) await writeFile(cached, f).catch(() => undefined);
+      return f;
+    };
+    const drain = async (): Promise<void> => {
+      const q = queue.shift()!;
+      const frame = await q.frame;
+      const e = Buffer.alloc(ENTRY);
+      Buffer.from(q.sha, 'hex').copy(e, 0);
+      e.writeUInt32LE(q.raw.length, 32);
+      e.writeUInt32LE(frame.length, 36);
+      entries.push(e);
+      packHash.update(frame);
+      await pack.write(frame, 0, frame.length, packLength);
+      packLength += frame.length;
+    };
+    await chunkFile(imagePath, cdc, {
+      onChunk: async (c, bytes) => {
+        imageHash.update(bytes);
+        imageSize += c.length;
+        let id = ids.get(c.sha256);
+        if (id === undefined) {
+          id = ids.size;
+          ids.set(c.sha256, id);
+          const raw = Buffer.from(bytes);
+          const frame = frameFor(c.sha256, raw);
+          frame.catch(() => undefined);
+          queue.push({ sha: c.sha256, raw, frame });
+          if (queue.length >= concurrency) await drain();
+        }
+        refs.push(id);
+      },
+    });
+    while (queue.length > 0) await drain();
+    await pack.sync();
+    await pack.close();
+    const header: DeltaHeader = { format: DELTA_FORMAT, imageSize, imageSha256: imageHash.digest('hex'), cdc: { ...cdc }, compression: 'zstd', uniqueCount: ids.size, chunkCount: refs.length, packLength };
+    const hj = Buffer.from(JSON.stringify(header));
+    const pre = Buffer.alloc(8);
+    MAGIC.copy(pre, 0);
+    pre.writeUInt32LE(hj.length, 4);
+    const r = Buffer.from(Uint32Array.from(refs).buffer);
+    const rawIndex = Buffer.concat([pre, hj, ...entries, r]);
+    const file = zlib.brotliCompressSync(rawIndex, { params: { [zlib.constants.BROTLI_PARAM_QUALITY]: 9, [zlib.constants.BROTLI_PARAM_SIZE_HINT]: rawIndex.length } });
+    await writeFile(tmpIndex, file, { mode: 0o644, flush: true });
+    await rename(tmpPack, packPath);
+    await rename(tmpIndex, indexPath);
+    await fsyncDir(dirname(packPath));
+    return {
+      header,
+      index: { length: file.length, sha256: createHash('sha256').update(file).digest('hex') },
+      pack: { length: packLength, sha256: packHash.digest('hex') },
+    };
+  } catch (cause) {
+    await pack.close().catch(() => undefined);
+    await unlink(tmpPack).catch(() => undefined);
+    await unlink(tmpIndex).catch(() => undefined);
+    if (cause instanceof SlotflipError) throw cause;
+    throw new SlotflipError('MANIFEST_PAYLOAD_BUILD', `building the delta pack for ${imagePath} failed: ${(cause as Error).message}; check disk space and the image`, { cause, details: { imagePath } });
+  }
+}

@@ -1,0 +1,235 @@
+/**
+ * `npm run bench:delta`: what a device holding OLD downloads to get NEW, for pairs of 1 GiB ext4
+ * root images built from scratch from real Debian packages (test/bench/delta-images.sh), as % of
+ * NEW compressed whole with `zstd -19`; plus HTTP requests, wall time and peak RSS of the client.
+ *
+ * Mechanisms, each a real client against a real HTTP server on loopback (`repo serve`, which counts
+ * the bytes it sends and the requests):
+ *   slotflip full   installPayload of the 4 MiB-frame zstd payload (`release add` defaults)
+ *   slotflip delta  installDelta: CDC chunks of both slots, coalesced multi-range fetches of the pack
+ *   casync 16 KiB   `casync extract --seed=OLD` from an HTTP chunk store (index bytes included)
+ *   zchunk          `zckdl -s OLD.zck` (the device keeps OLD as a zchunk file)
+ *
+ * Needs root (image builds), debootstrap's base from the full-OS lane (built if missing), and the
+ * Debian packages casync and zchunk (installed here with apt-get when missing; the bench is not part
+ * of npm test, so test/ci/deps.sh does not install them). Everything built is cached under
+ * ~/.cache/slotflip-delta ($SLOTFLIP_DELTA_CACHE): reruns only measure.
+ *
+ *   npm run bench:delta [-- --pairs config,onepkg] [--json out.json] [--level N] [--approx-denominator]
+ *
+ * --level: zstd level of the delta pack's frames (default 19, as `release add`; lower is faster to
+ * build and downloads a little more). --approx-denominator: when NEW's `zstd -19` size is not cached
+ * yet, divide by OLD's instead (marked ≈; the pairs differ by a few MB of 1 GiB).
+ */
+import { execFile, spawn } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
+import { access, mkdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs, promisify } from 'node:util';
+import { buildPayload, DEFAULT_CHUNK_SIZE } from '../../manifests/payload.js';
+import { buildDelta } from '../../manifests/delta.js';
+import { serveRepository, type AccessLogEntry } from '../../manifests/serve.js';
+import { ensureBaseRootfs, hostSuite } from '../hil/fullos/rootfs.js';
+
+const execFileP = promisify(execFile);
+const here = fileURLToPath(new URL('.', import.meta.url));
+const cache = process.env.SLOTFLIP_DELTA_CACHE ?? join(homedir(), '.cache', 'slotflip-delta');
+const images = join(cache, 'images');
+const art = join(cache, 'artifacts');
+let level = 19;
+
+/** [pair name, OLD image, NEW image] */
+const PAIRS: [string, string, string][] = [
+  ['config', 'old', 'config'],
+  ['onepkg', 'old', 'onepkg'],
+  ['rollup', 'old', 'rollup'],
+  ['rebuild', 'old', 'rebuild'],
+  ['kernel', 'old', 'kernel'],
+  ['config-repro', 'old-repro', 'config-repro'],
+  ['onepkg-repro', 'old-repro', 'onepkg-repro'],
+  ['rebuild-repro', 'old-repro', 'rebuild-repro'],
+];
+
+interface Cell {
+  bytes: number;
+  requests: number;
+  wallMs: number;
+  rssKiB?: number;
+  note?: string;
+}
+
+const exists = (p: string): Promise<boolean> => access(p).then(() => true, () => false);
+const log = (s: string): void => void process.stderr.write(`[bench:delta] ${s}\n`);
+
+async function have(bin: string): Promise<boolean> {
+  return execFileP('sh', ['-c', 'command -v "$1"', 'sh', bin]).then(() => true, () => false);
+}
+
+async function ensureTools(): Promise<{ casync: boolean; zck: boolean }> {
+  if (!(await have('casync')) || !(await have('zckdl'))) {
+    log('installing the Debian packages casync and zchunk for the anchor columns (apt-get install casync zchunk)');
+    await execFileP('apt-get', ['install', '-y', '--no-install-recommends', 'casync', 'zchunk'], { maxBuffer: 64 << 20 }).catch((e: Error) => log(`apt-get failed: ${e.message.split('\n')[0]}; those columns are left out`));
+  }
+  return { casync: await have('casync'), zck: await have('zckdl') };
+}
+
+async function cachedJson<T>(path: string, make: () => Promise<T>): Promise<T> {
+  const hit = await readFile(path, 'utf8').then((s) => JSON.parse(s) as T, () => undefined);
+  if (hit !== undefined) return hit;
+  const v = await make();
+  await writeFile(path, JSON.stringify(v));
+  return v;
+}
+
+/** `zstd -19` of the whole image: the denominator. */
+async function zstd19(name: string): Promise<number> {
+  return cachedJson(join(art, name, 'zstd19.json'), async () => {
+    log(`zstd -19 of ${name} (cached afterwards)`);
+    const { stdout } = await execFileP('sh', ['-c', 'zstd -q -19 -T2 -c "$1" | wc -c', 'sh', join(images, `${name}.img`)], { maxBuffer: 1 << 20 });
+    return Number(stdout.trim());
+  });
+}
+
+async function artifacts(name: string, tools: { casync: boolean; zck: boolean }): Promise<void> {
+  const dir = join(art, name);
+  await mkdir(dir, { recursive: true });
+  const img = join(images, `${name}.img`);
+  await cachedJson(join(dir, 'full.json'), async () => {
+    log(`full payload of ${name}`);
+    return buildPayload(img, join(dir, 'image.zst'), { compression: 'zstd', chunkSize: DEFAULT_CHUNK_SIZE });
+  });
+  await cachedJson(join(dir, `delta-${level}.json`), async () => {
+    log(`delta pack of ${name} (frames at zstd level ${level})`);
+    return buildDelta(img, join(dir, `image-${level}.delta-index`), join(dir, `image-${level}.delta-pack`), { frameCache: join(cache, 'frames'), level });
+  });
+  if (tools.casync && !(await exists(join(dir, 'image.caibx')))) {
+    log(`casync make of ${name} (16 KiB)`);
+    await execFileP('casync', ['make', `--store=${join(art, 'castr')}`, '--chunk-size=16384', join(dir, 'image.caibx'), img], { maxBuffer: 16 << 20 });
+  }
+  if (tools.zck && !(await exists(join(dir, 'image.zck')))) {
+    log(`zck of ${name}`);
+    await execFileP('zck', ['-o', join(dir, 'image.zck'), img], { maxBuffer: 16 << 20 });
+  }
+}
+
+/** Runs `cmd` with /usr/bin/time -f %M (peak RSS in KiB on the last stderr line). */
+async function timed(cmd: string, args: string[], cwd?: string): Promise<{ wallMs: number; rssKiB: number; stdout: string }> {
+  const t0 = performance.now();
+  const { stdout, stderr } = await execFileP('/usr/bin/time', ['-f', '%M', cmd, ...args], { maxBuffer: 64 << 20, ...(cwd ? { cwd } : {}) });
+  const rss = Number(stderr.trim().split('\n').at(-1));
+  return { wallMs: performance.now() - t0, rssKiB: rss, stdout };
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { pairs: { type: 'string' }, json: { type: 'string' }, level: { type: 'string' }, 'approx-denominator': { type: 'boolean' } } });
+  level = values.level ? Number(values.level) : 19;
+  if (process.getuid?.() !== 0) throw new Error('bench:delta builds filesystem images: run it as root');
+  const want = values.pairs ? new Set(values.pairs.split(',')) : undefined;
+  const pairs = PAIRS.filter(([p]) => !want || want.has(p));
+  const base = await ensureBaseRootfs({ cacheDir: process.env.SLOTFLIP_HIL_CACHE ?? join(homedir(), '.cache', 'slotflip-hil'), suite: await hostSuite(), mirror: process.env.SLOTFLIP_HIL_MIRROR ?? 'http://deb.debian.org/debian', log });
+  const missing = [];
+  for (const [, o, n] of pairs) for (const x of [o, n]) if (!(await exists(join(images, `${x}.img`)))) missing.push(x);
+  if (missing.length) {
+    log(`building images ${[...new Set(missing)].join(', ')} (test/bench/delta-images.sh)`);
+    await new Promise<void>((ok, fail) => {
+      const c = spawn('bash', [join(here, '../../../test/bench/delta-images.sh'), images, base.dir], { stdio: ['ignore', 'inherit', 'inherit'] });
+      c.on('exit', (code) => (code === 0 ? ok() : fail(new Error(`delta-images.sh exited ${code}`))));
+    });
+  }
+  const tools = await ensureTools();
+  await mkdir(art, { recursive: true });
+  const names = [...new Set(pairs.flatMap(([, o, n]) => [o, n]))];
+  for (const n of names) await artifacts(n, tools);
+
+  const served: AccessLogEntry[] = [];
+  const srv = await serveRepository(art, { onRequest: (e) => served.push(e) });
+  const work = join(cache, `work-${process.pid}`);
+  await mkdir(work, { recursive: true });
+  const results: Record<string, Record<string, Cell>> = {};
+  const denominators: Record<string, number> = {};
+  const approx = new Set<string>();
+  const node = process.execPath;
+  const child = async (script: string, args: string[]): Promise<{ result: Record<string, number>; usage: { wallMs: number; maxRssKiB: number } }> => {
+    const { stdout } = await execFileP(node, [join(here, script), ...args], { maxBuffer: 16 << 20 });
+    const out = JSON.parse(stdout.trim().split('\n').at(-1)!);
+    if (out.error) throw new Error(`${script}: ${JSON.stringify(out.error)}`);
+    return out;
+  };
+  const measure = async (f: () => Promise<{ wallMs: number; rssKiB?: number; note?: string }>): Promise<Cell> => {
+    served.length = 0;
+    const r = await f();
+    return { bytes: served.reduce((s, e) => s + e.bytes, 0), requests: served.length, ...r };
+  };
+  for (const [pair, oldName, newName] of pairs) {
+    log(`pair ${pair}: ${oldName} → ${newName}`);
+    if (values['approx-denominator'] && !(await exists(join(art, newName, 'zstd19.json'))) && (await exists(join(art, oldName, 'zstd19.json')))) {
+      denominators[pair] = await zstd19(oldName);
+      approx.add(pair);
+    } else denominators[pair] = await zstd19(newName);
+    const row: Record<string, Cell> = {};
+    const slot = join(work, 'slot.img');
+    const fresh = async (): Promise<void> => {
+      await rm(slot, { force: true });
+      await writeFile(slot, '');
+      await truncate(slot, (await stat(join(images, `${newName}.img`))).size);
+    };
+    await fresh();
+    await writeFile(join(work, 'full.json'), await readFile(join(art, newName, 'full.json')));
+    row['slotflip full'] = await measure(async () => {
+      const r = await child('install-child.js', ['--payload', join(work, 'full.json'), '--source', `${srv.url}${newName}/image.zst`, '--slot', slot, '--state', join(work, 'resume.json')]);
+      return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB };
+    });
+    await rm(join(work, 'resume.json'), { force: true });
+    await fresh();
+    row['slotflip delta'] = await measure(async () => {
+      const r = await child('delta-child.js', ['--built', join(art, newName, `delta-${level}.json`), '--index-url', `${srv.url}${newName}/image-${level}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${level}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)]);
+      return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB, note: `copied ${(r.result.copied! / 2 ** 20).toFixed(0)} MiB` };
+    });
+    if (tools.casync) {
+      await rm(slot, { force: true });
+      row['casync 16 KiB'] = await measure(async () => {
+        const r = await timed('casync', ['extract', `--store=${srv.url}castr`, `--seed=${join(images, `${oldName}.img`)}`, '--seed-output=no', `${srv.url}${newName}/image.caibx`, slot]);
+        return { wallMs: r.wallMs, rssKiB: r.rssKiB };
+      });
+    }
+    if (tools.zck) {
+      const zdir = join(work, 'zck');
+      await rm(zdir, { recursive: true, force: true });
+      await mkdir(zdir);
+      row.zchunk = await measure(async () => {
+        const r = await timed('zckdl', ['-q', '-s', join(art, oldName, 'image.zck'), `${srv.url}${newName}/image.zck`], zdir);
+        return { wallMs: r.wallMs, rssKiB: r.rssKiB };
+      });
+    }
+    results[pair] = row;
+    log(JSON.stringify({ pair, zstd19: denominators[pair], row }));
+  }
+  await srv.close();
+  await rm(work, { recursive: true, force: true });
+
+  const mechs = [...new Set(Object.values(results).flatMap((r) => Object.keys(r)))];
+  const cols = pairs.map(([p]) => p);
+  const lines: string[] = [];
+  lines.push(`bytes downloaded as % of NEW's \`zstd -19\` (MB in brackets); requests; wall s; peak RSS MiB. Delta frames at zstd level ${level}.`);
+  lines.push('');
+  lines.push(`| mechanism | ${cols.join(' | ')} |`);
+  lines.push(`| --- | ${cols.map(() => '---').join(' | ')} |`);
+  lines.push(`| zstd -19 of NEW (MB) | ${cols.map((c) => `${approx.has(c) ? '≈ OLD ' : ''}${(denominators[c]! / 1e6).toFixed(1)}`).join(' | ')} |`);
+  for (const m of mechs) lines.push(`| ${m} | ${cols.map((c) => { const x = results[c]?.[m]; return x ? `${((100 * x.bytes) / denominators[c]!).toFixed(2)} % (${(x.bytes / 1e6).toFixed(1)})` : 'n/a'; }).join(' | ')} |`);
+  lines.push('');
+  lines.push(`| requests / wall s / peak RSS MiB | ${cols.join(' | ')} |`);
+  lines.push(`| --- | ${cols.map(() => '---').join(' | ')} |`);
+  for (const m of mechs) lines.push(`| ${m} | ${cols.map((c) => { const x = results[c]?.[m]; return x ? `${x.requests} / ${(x.wallMs / 1000).toFixed(1)} / ${x.rssKiB !== undefined ? (x.rssKiB / 1024).toFixed(0) : '?'}` : 'n/a'; }).join(' | ')} |`);
+  process.stdout.write(lines.join('\n') + '\n');
+  if (values.json) {
+    const s = createWriteStream(values.json);
+    s.end(JSON.stringify({ denominators, results }, null, 2));
+  }
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`bench:delta failed: ${(e as Error).stack ?? String(e)}\n`);
+  process.exitCode = 1;
+});

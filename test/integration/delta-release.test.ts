@@ -1,0 +1,97 @@
+/**
+ * `slotflip release add --delta` through the built CLI: the delta index and pack become signed
+ * targets of their own, the release names them, the command says what a device holding the earlier
+ * release downloads and what defeats reuse (a fresh mke2fs: new UUID and hash seed), and a device
+ * holding the earlier image installs the new one from `repo serve` with a delta install.
+ */
+import t from 'tap';
+import { execFile } from 'node:child_process';
+import { mkdir, readFile, writeFile, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { createHash } from 'node:crypto';
+import { serveRepository } from '../../manifests/serve.js';
+import { installDelta } from '../../daemon/install/delta.js';
+import { createSlotWriter } from '../../hal/file-slot.js';
+
+const execFileP = promisify(execFile);
+const CLI = fileURLToPath(new URL('../../dist/daemon/cli.js', import.meta.url));
+
+async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const r = await execFileP(process.execPath, [CLI, ...args], { timeout: 120_000 });
+    return { code: 0, ...r };
+  } catch (e) {
+    const err = e as { code?: number; stdout?: string; stderr?: string };
+    return { code: typeof err.code === 'number' ? err.code : -1, stdout: err.stdout ?? '', stderr: err.stderr ?? '' };
+  }
+}
+
+/** an ext4 image of `tree`, built from scratch (random UUID and hash seed, like a normal build). */
+async function ext4(tree: string, out: string): Promise<void> {
+  await execFileP('mke2fs', ['-q', '-t', 'ext4', '-d', tree, '-F', out, '16M']);
+}
+
+t.test('release add --delta publishes index + pack targets and explains what defeats reuse', async (t) => {
+  const dir = t.testdir();
+  const repo = join(dir, 'repo');
+  const tree = join(dir, 'tree');
+  for (let d = 0; d < 8; d++) {
+    await mkdir(join(tree, `dir${d}`), { recursive: true });
+    for (let f = 0; f < 40; f++) await writeFile(join(tree, `dir${d}`, `file${f}.txt`), `file ${d}/${f}\n`.repeat(200 + f * 13));
+  }
+  await ext4(tree, join(dir, 'v1.img'));
+  await writeFile(join(tree, 'dir3', 'file7.txt'), 'a changed configuration file\n');
+  await ext4(tree, join(dir, 'v2.img'));
+
+  t.equal((await cli(['repo', 'init', repo])).code, 0);
+  const add = (v: string, img: string, extra: string[] = []): Promise<{ code: number; stdout: string; stderr: string }> =>
+    cli(['release', 'add', repo, '--image', img, '--version', v, '--security-version', '1', '--hardware', 'acme,delta', '--channel', 'stable', '--delta', '--json', ...extra]);
+  const a1 = await add('1.0.0', join(dir, 'v1.img'));
+  t.equal(a1.code, 0, a1.stderr);
+  const r1 = JSON.parse(a1.stdout);
+  t.equal(r1.delta.index.target, 'releases/1.0.0/v1.img.zst.delta-index');
+  t.same(r1.delta.estimates, [], 'nothing earlier to compare with');
+
+  const a2 = await add('1.1.0', join(dir, 'v2.img'));
+  t.equal(a2.code, 0, a2.stderr);
+  const r2 = JSON.parse(a2.stdout);
+  const est = r2.delta.estimates[0];
+  t.match(est.against, /v1\.img\.zst\.delta-index$/, 'compared with the previous release by default');
+  t.ok(est.expectedBytes < r2.length, `expected ${est.expectedBytes} bytes, full payload ${r2.length}`);
+  t.ok(est.reasons.some((x: string) => /fixed hash seed|fixed UUID/.test(x)), `says what defeats reuse: ${est.reasons.join(' | ')}`);
+
+  // the human output says the same
+  const a3 = await cli(['release', 'add', repo, '--image', join(dir, 'v2.img'), '--version', '1.1.1', '--security-version', '1', '--hardware', 'acme,delta', '--channel', 'stable', '--delta-against', join(dir, 'v1.img')]);
+  t.equal(a3.code, 0, a3.stderr);
+  t.match(a3.stdout, /a device holding .*v1\.img downloads about [\d.]+ MB \([\d.]+ % of the full payload\)/);
+
+  // signed targets: index and pack with their lengths and hashes; the release names them
+  const targetsFile = (await readdir(join(repo, 'repository', 'metadata'))).filter((f) => f.endsWith('.targets.json')).sort((a, b) => parseInt(b) - parseInt(a))[0]!;
+  const targets = JSON.parse(await readFile(join(repo, 'repository', 'metadata', targetsFile), 'utf8')).signed.targets;
+  const idxT = targets['releases/1.1.0/v2.img.zst.delta-index'];
+  t.same({ length: idxT.length, sha256: idxT.hashes.sha256 }, { length: r2.delta.index.length, sha256: r2.delta.index.sha256 });
+  // format 2: the release's chunk index file (a signed target) carries the delta section; the
+  // targets metadata stays small and devices that do not know the section install the full payload
+  t.notOk('delta' in targets['releases/1.1.0/v2.img.zst'].custom, 'no delta section in targets.json');
+  const indexFile = JSON.parse(await readFile(r2.index.path, 'utf8'));
+  t.same(indexFile.delta.pack, r2.delta.pack, 'the chunk index file names the delta pack');
+  t.same(indexFile.delta.index, r2.delta.index, 'and the delta index');
+
+  // a device running v1 (slot A) installs v2 into slot B from the served repository
+  const srv = await serveRepository(join(repo, 'repository'));
+  t.teardown(() => srv.close());
+  const url = (target: string, sha: string): string => `${srv.url}targets/${target.replace(/[^/]+$/, (b) => `${sha}.${b}`)}`;
+  await writeFile(join(dir, 'slotB.img'), Buffer.alloc(16 << 20));
+  const r = await installDelta({
+    index: { urls: [url(r2.delta.index.target, r2.delta.index.sha256)], length: r2.delta.index.length, sha256: r2.delta.index.sha256 },
+    pack: { urls: [url(r2.delta.pack.target, r2.delta.pack.sha256)], length: r2.delta.pack.length, sha256: r2.delta.pack.sha256 },
+    slot: createSlotWriter('B', { path: join(dir, 'slotB.img') }),
+    running: { path: join(dir, 'v1.img'), size: 16 << 20 },
+  });
+  const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+  t.equal(sha(await readFile(join(dir, 'slotB.img'))), sha(await readFile(join(dir, 'v2.img'))), 'slot B holds v2');
+  t.ok(r.downloaded < r2.length, `downloaded ${r.downloaded} < full payload ${r2.length}`);
+  t.ok(Math.abs(r.downloaded - est.expectedBytes) <= 4096 + r.requests * 512, `the estimate (${est.expectedBytes}) matches the real download (${r.downloaded})`);
+});
