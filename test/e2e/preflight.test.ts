@@ -36,7 +36,8 @@ const CASES: Record<string, { code: RegExp; spoil: (path: string) => Promise<voi
   'the payload is missing': { code: /^INSTALL_HTTP_STATUS/, spoil: (p) => rm(p) },
   'the payload is truncated': { code: /^INSTALL_PAYLOAD_TRUNCATED/, spoil: (p) => truncate(p, 1000) },
   'the first chunk is corrupt': {
-    code: /^INSTALL_(CHUNK_HASH_MISMATCH|DECOMPRESS)/,
+    // format 2: the frame's own signed hash (packedSha256) catches it before it is decoded
+    code: /^INSTALL_PACKED_HASH_MISMATCH/,
     spoil: async (p) => {
       const b = await readFile(p);
       b[Math.floor(b.length / 40)] ^= 0xff; // inside the first of ~5 frames

@@ -30,9 +30,14 @@ export interface TestLike {
   teardown(fn: () => unknown): void;
 }
 
-export async function setup(t: TestLike, compression: Compression = 'zstd', faults: HttpFaults = {}, chunkSize = CHUNK): Promise<Env> {
+/** An HTTP-served payload and a slot file. `format` 1 (default): the chunk list without per-frame
+ * `packedSha256`, so the chunk hashes (and, when a test passes `targetSha256`, the payload target's
+ * own hash) are what catch a changed byte; 2: every chunk carries its frame's `packedSha256`, as
+ * `release add` writes by default (then a changed frame is INSTALL_PACKED_HASH_MISMATCH first). */
+export async function setup(t: TestLike, compression: Compression = 'zstd', faults: HttpFaults = {}, chunkSize = CHUNK, format: 1 | 2 = 1): Promise<Env> {
   const dir = t.testdir();
-  const p = await makePayload(dir, { size: SIZE, chunkSize, compression });
+  const built = await makePayload(dir, { size: SIZE, chunkSize, compression });
+  const p: PayloadFixture = format === 2 ? built : { ...built, payload: { ...built.payload, chunks: built.payload.chunks.map(({ packedSha256: _, ...c }) => c) } };
   const srv = await startHttpServer({ root: dir, faults });
   t.teardown(() => srv.stop());
   const slotPath = join(dir, 'slot');
