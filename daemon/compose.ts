@@ -45,6 +45,9 @@ const installModule = (): Promise<InstallModule> => import('./install/index.js')
 async function installPayload(...a: Parameters<InstallModule['installPayload']>): ReturnType<InstallModule['installPayload']> {
   return (await installModule()).installPayload(...a);
 }
+async function installByDelta(...a: Parameters<typeof import('./install/route.js').installByDelta>): ReturnType<typeof import('./install/route.js').installByDelta> {
+  return (await import('./install/route.js')).installByDelta(...a);
+}
 async function verifySlotImage(...a: Parameters<typeof import('./install/read-back.js').verifySlotImage>): ReturnType<typeof import('./install/read-back.js').verifySlotImage> {
   return (await import('./install/read-back.js')).verifySlotImage(...a);
 }
@@ -223,6 +226,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   const index = {
     resolver: () => (resolver ??= import('./install/index-file.js').then((m) => new m.IndexResolver({ locate: (target) => src.payload(target), cacheDir: indexCache, log: log.child({ module: 'daemon.install.index' }) }))),
     payloadOf: async (release: Release) => (await index.resolver()).payloadOf(release),
+    indexOf: async (release: Release) => (await index.resolver()).indexOf(release),
     // an empty or absent cache has nothing to settle: the module stays unloaded
     settle: async (inFlight: Release | undefined) => ((await readdir(indexCache).catch(() => [])).length > 0 ? (await index.resolver()).settle(inFlight) : undefined),
   };
@@ -231,13 +235,30 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   // takes that result instead of reading and hashing the slot a second time; after a restart (or for
   // anything else) the verify step reads the slot itself
   let readBackDone: { slotPath: string; imageSha256: string } | undefined;
+  const slots = o.slots ?? {
+    A: createSlotWriter('A', { ...config.board.slots.A, runner }),
+    B: createSlotWriter('B', { ...config.board.slots.B, runner }),
+  };
+  const deltaMode = (config.install ?? configDefaults.install).delta;
   const installer: Installer = o.installer ?? {
     async write(release, slot) {
       readBackDone = undefined;
-      const payload = await index.payloadOf(release);
+      const { payload, delta } = await index.indexOf(release);
+      // by delta when the release offers one (install/route.ts): the other slot (the booted one) and
+      // the target itself are the seeds; the booted slot is only ever read
+      const viaDelta = await installByDelta({
+        release, payload, delta, mode: deltaMode, locate: (t) => src.payload(t), slot, running: slots[slot.slot === 'A' ? 'B' : 'A'],
+        resumeStatePath: paths.resume, budget, now, log: log.child({ module: 'daemon.install' }),
+        ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}),
+      });
+      if (viaDelta.installed) {
+        readBackDone = { slotPath: slot.path, imageSha256: viaDelta.readBackSha256 };
+        return viaDelta.stats;
+      }
       const r = await installPayload({ payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, readBack, budget, ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), logger: log.child({ module: 'daemon.install' }), now,
         ...(typeof release.hashes['sha256'] === 'string' ? { targetSha256: release.hashes['sha256'] } : {}) });
       readBackDone = { slotPath: slot.path, imageSha256: r.readBackSha256 };
+      return { method: 'full', imageBytes: payload.size, reusedBytes: 0, downloadedBytes: r.bytesReceived, ...(viaDelta.fallback ? { fallback: viaDelta.fallback } : {}) };
     },
     async verify(release, slot) {
       const done = readBackDone;
@@ -311,10 +332,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   const deps: AgentDeps = {
     identity: { deviceId: config.deviceId, hardware: config.hardware, channel: config.channel, ...slotSizeOf(config) },
     bootControl,
-    slots: o.slots ?? {
-      A: createSlotWriter('A', { ...config.board.slots.A, runner }),
-      B: createSlotWriter('B', { ...config.board.slots.B, runner }),
-    },
+    slots,
     releases,
     installer,
     health,

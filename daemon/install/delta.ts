@@ -70,6 +70,18 @@ export interface DeltaInstallOptions {
   signal?: AbortSignal;
   /** ms without response headers or body bytes before a request fails (default 30 000). */
   timeoutMs?: number;
+  /** the attempt's download budget left for this run: bytes received (index and pack together) and
+   * ms; past either: INSTALL_BUDGET_EXHAUSTED (not retryable), as for a full install. */
+  budget?: { bytes: number; ms: number };
+  /** called once, right before the first byte is written to the slot: until then a failure has
+   * changed nothing on the slot (the caller may install the full payload instead). */
+  onWriteStart?: () => void;
+  /** called once when the run ends, success or failure, with the bytes it received (for the
+   * attempt's spent budget). */
+  onReceived?: (bytes: number) => void;
+  /** the signed image (the release's payload): a delta index describing another image is refused
+   * before anything is written (INSTALL_BAD_INDEX). */
+  expect?: { size: number; sha256: string };
 }
 
 export interface DeltaInstallResult {
@@ -313,6 +325,9 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   let downloaded = fetched.bytes.length;
   const idx = parseDeltaIndex(fetched.bytes);
   const h = idx.header;
+  if (opts.expect && (h.imageSize !== opts.expect.size || h.imageSha256 !== opts.expect.sha256)) {
+    throw new SlotflipError('INSTALL_BAD_INDEX', `delta index describes an image of ${h.imageSize} bytes with SHA-256 ${h.imageSha256}, the release signs ${opts.expect.size} / ${opts.expect.sha256}; the release was published wrong`, { details: { imageSize: h.imageSize, imageSha256: h.imageSha256 } });
+  }
   if (h.packLength !== opts.pack.length) throw new SlotflipError('INSTALL_BAD_INDEX', `delta index says the pack is ${h.packLength} bytes, signed ${opts.pack.length}; the release metadata is wrong`, { details: {} });
   const capacity = await opts.slot.capacity();
   if (capacity < h.imageSize) {
@@ -431,6 +446,16 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   let done = 0;
   let lastReport = 0;
   let lastBytes = 0;
+  let writing = false;
+  const overBudget = (): void => {
+    const b = opts.budget;
+    if (!b) return;
+    const got = downloaded + wire.bytes;
+    const ms = performance.now() - started;
+    if (got > b.bytes || ms > b.ms) {
+      throw new SlotflipError('INSTALL_BUDGET_EXHAUSTED', `delta install: ${got > b.bytes ? `${got} bytes received, over the ${b.bytes} left in this attempt's download budget` : `${Math.round(ms / 1000)} s spent, over the ${Math.round(b.ms / 1000)} s left in this attempt's download budget`}; the attempt ends (config download.maxBytesFactor / maxMinutes)`, { details: { received: got, budgetBytes: b.bytes, ms: Math.round(ms), budgetMs: Math.round(b.ms) } });
+    }
+  };
   const report = (force = false): void => {
     if (!opts.onProgress) return;
     // every 250 ms or every 1/64 of the image, whichever comes first
@@ -471,14 +496,20 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
       }
       if (data) copied += len;
       else if (s.kind === 'fetch') {
+        overBudget();
         const r = await stream.next();
         if (r.done) throw new SlotflipError('INSTALL_PAYLOAD_TRUNCATED', 'pack answers ended early', { retryable: true });
         data = decodeChecked(u, r.value);
         fetchedRaw += len;
       } else {
+        overBudget();
         const fr = await fetchOne(u);
         data = decodeChecked(u, fr);
         fetchedRaw += len;
+      }
+      if (!writing) {
+        writing = true;
+        opts.onWriteStart?.();
       }
       await out.writeAt(data, pos);
       done += len;
@@ -487,6 +518,7 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
     }
     await out.flush();
   } finally {
+    opts.onReceived?.(downloaded + wire.bytes);
     await stream.return(undefined).catch(() => undefined);
     await out.close().catch(() => undefined);
     await runningFh?.close().catch(() => undefined);

@@ -68,6 +68,11 @@ export interface InstallProgress {
   rate: number;
   /** seconds left at the current rate; null until a rate is known. */
   etaSeconds: number | null;
+  /** how the image arrives: 'delta' (route.ts) or the full payload (absent). */
+  method?: 'delta';
+  /** delta: image bytes taken from a slot so far, and bytes downloaded so far. */
+  reused?: number;
+  downloaded?: number;
 }
 
 export type InstallSourceSpec =
