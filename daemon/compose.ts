@@ -270,7 +270,9 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
     async preflight(release) {
       // the index first: a release whose chunk index is missing, tampered with or wrong is refused
       // here, before the target slot is marked bad
-      const payload = await index.payloadOf(release);
+      const { payload, delta } = await index.indexOf(release);
+      // an install that will go by delta needs the delta files, not the payload (install/route.ts)
+      if (await (await import('./install/route.js')).probeDelta({ mode: deltaMode, delta, locate: (t) => src.payload(t) })) return;
       // the source the install will read; any mirror that serves the signed payload will do,
       // otherwise the first mirror's answer
       const source = (await installModule()).toSource(src.payload(release), undefined);

@@ -133,14 +133,15 @@ export function coalesce(frames: FetchRange[], budget: number): FetchRange[] {
   return out;
 }
 
-interface HttpAnswer {
+export interface HttpAnswer {
   status: number;
   headers: http.IncomingHttpHeaders;
   body: AsyncIterable<Buffer>;
   close(): void;
 }
 
-function request(url: string, headers: Record<string, string>, timeoutMs: number, signal?: AbortSignal): Promise<HttpAnswer> {
+/** One GET (no keep-alive, identity encoding); rejects with INSTALL_NETWORK / INSTALL_STALLED. */
+export function request(url: string, headers: Record<string, string>, timeoutMs: number, signal?: AbortSignal): Promise<HttpAnswer> {
   const u = new URL(url);
   const mod = u.protocol === 'https:' ? https : http;
   return new Promise((resolve, reject) => {

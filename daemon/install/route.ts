@@ -37,7 +37,7 @@ import type { SlotWriter } from '../../hal/slot-writer.js';
 import { parseDeltaSection, type DeltaSection } from '../../manifests/delta.js';
 import type { PayloadInfo, Release } from '../../manifests/types.js';
 import type { InstallTransfer } from '../machine.js';
-import { installDelta, type DeltaInstallResult } from './delta.js';
+import { installDelta, request, type DeltaInstallResult } from './delta.js';
 import type { BudgetOptions, InstallProgress } from './installer.js';
 import { readResumeRecord, writeResumeHint } from './resume-state.js';
 
@@ -80,6 +80,52 @@ export type DeltaRouteResult =
 /** Failures that say the delta files as served do not match what was signed: no retry cures them. */
 const PACK_FAULTS = new Set(['INSTALL_CHUNK_HASH_MISMATCH', 'INSTALL_PAYLOAD_OVERSIZED', 'MANIFEST_DELTA_INVALID', 'INSTALL_BAD_INDEX']);
 
+type Plan = { section: DeltaSection; index: string[]; pack: string[] };
+
+/** The delta to use, or why not (`undefined`: quietly not, e.g. mode off or a local source). */
+function plan(o: Pick<DeltaRouteOptions, 'mode' | 'delta' | 'locate'>): Plan | { code: string; message: string } | undefined {
+  if (o.mode === 'off' || o.delta === undefined) return undefined;
+  const parsed = parseDeltaSection(o.delta);
+  if (!parsed.ok) return { code: 'MANIFEST_DELTA_INVALID', message: parsed.why };
+  if (!zstdBuiltIn()) return { code: 'INSTALL_DECOMPRESS', message: `node ${process.version} has no built-in zstd (delta needs Node 22.15 or later)` };
+  const section = parsed.section;
+  let index, pack;
+  try {
+    index = o.locate({ targetName: section.index.target, hashes: { sha256: section.index.sha256 } });
+    pack = o.locate({ targetName: section.pack.target, hashes: { sha256: section.pack.sha256 } });
+  } catch (e) {
+    return { code: codeOf(e, 'DAEMON_NO_PAYLOAD_URL'), message: (e as Error).message };
+  }
+  // a directory or offline bundle: reading the whole payload costs no bandwidth
+  if (!('urls' in index) || !('urls' in pack)) return undefined;
+  return { section, index: index.urls, pack: pack.urls };
+}
+
+/**
+ * The preflight of a delta install (before the target is marked bad): some mirror serves the delta
+ * index and the pack with their signed lengths (one 1-byte Range request each). True: the install
+ * will go by delta and needs no payload preflight; false: check the full payload as usual (the
+ * install falls back to it). Never throws, never writes.
+ */
+export async function probeDelta(o: Pick<DeltaRouteOptions, 'mode' | 'delta' | 'locate' | 'headers'> & { timeoutMs?: number }): Promise<boolean> {
+  const p = plan(o);
+  if (p === undefined || !('section' in p)) return false;
+  const served = async (urls: string[], length: number): Promise<boolean> => {
+    for (const url of urls) {
+      try {
+        const a = await request(url, { ...o.headers, range: 'bytes=0-0' }, o.timeoutMs ?? 30_000);
+        a.close();
+        const total = /\/(\d+)$/.exec(String(a.headers['content-range'] ?? ''))?.[1];
+        if ((a.status === 206 && Number(total) === length) || (a.status === 200 && Number(a.headers['content-length']) === length)) return true;
+      } catch {
+        // the next mirror
+      }
+    }
+    return false;
+  };
+  return (await served(p.index, p.section.index.length)) && (await served(p.pack, p.section.pack.length));
+}
+
 /**
  * Installs `release` by delta when it can (see the module header). Resolves `installed: true` once
  * the slot holds the verified image (read back); `installed: false` when the caller must install the
@@ -87,27 +133,15 @@ const PACK_FAULTS = new Set(['INSTALL_CHUNK_HASH_MISMATCH', 'INSTALL_PAYLOAD_OVE
  * network errors, INSTALL_BUDGET_EXHAUSTED, slot I/O).
  */
 export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteResult> {
-  if (o.mode === 'off' || o.delta === undefined) return { installed: false };
   const log = o.log;
-  const skip = (code: string, message: string): DeltaRouteResult => {
-    log?.warn({ code, reason: message }, 'delta install not possible: installing the full payload');
-    return { installed: false, fallback: { code, message } };
-  };
-  const parsed = parseDeltaSection(o.delta);
-  if (!parsed.ok) return skip('MANIFEST_DELTA_INVALID', parsed.why);
-  if (!zstdBuiltIn()) return skip('INSTALL_DECOMPRESS', `node ${process.version} has no built-in zstd (delta needs Node 22.15 or later)`);
-  const section: DeltaSection = parsed.section;
-  let where: { index: { urls: string[] } | { path: string }; pack: { urls: string[] } | { path: string } };
-  try {
-    where = {
-      index: o.locate({ targetName: section.index.target, hashes: { sha256: section.index.sha256 } }),
-      pack: o.locate({ targetName: section.pack.target, hashes: { sha256: section.pack.sha256 } }),
-    };
-  } catch (e) {
-    return skip(codeOf(e, 'DAEMON_NO_PAYLOAD_URL'), (e as Error).message);
+  const p = plan(o);
+  if (p === undefined) return { installed: false };
+  if (!('section' in p)) {
+    log?.warn({ code: p.code, reason: p.message }, 'delta install not possible: installing the full payload');
+    return { installed: false, fallback: p };
   }
-  // a directory or offline bundle: reading the whole payload costs no bandwidth
-  if (!('urls' in where.index) || !('urls' in where.pack)) return { installed: false };
+  const section = p.section;
+  const where = { index: { urls: p.index }, pack: { urls: p.pack } };
 
   const now = o.now ?? Date.now;
   const started = now();
