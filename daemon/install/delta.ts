@@ -82,6 +82,10 @@ export interface DeltaInstallOptions {
   /** the signed image (the release's payload): a delta index describing another image is refused
    * before anything is written (INSTALL_BAD_INDEX). */
   expect?: { size: number; sha256: string };
+  /** how the slot is read back at the end: through the slot handle (default; any SlotWriter) or by
+   * `slot.path` with O_DIRECT into one reused buffer (the medium, not the page cache; no allocation
+   * per read: lower peak memory) for hal's own file and device slots (installer.ts `readBack`). */
+  readBack?: 'handle' | 'path';
 }
 
 export interface DeltaInstallResult {
@@ -105,6 +109,8 @@ export interface DeltaInstallResult {
 type Src = { kind: 'inplace' } | { kind: 'written' | 'target'; offset: number } | { kind: 'running'; offset: number } | { kind: 'fetch' };
 
 const KEY = (hex: string): string => hex.slice(0, 16);
+/** largest run of chunks read (and written) at once. */
+const RUN_BYTES = 1 << 20;
 
 /** Plan of where each pack frame range comes from: merged ranges and the frames in them. */
 interface FetchRange {
@@ -448,6 +454,8 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   let lastReport = 0;
   let lastBytes = 0;
   let writing = false;
+  const runBuf = Buffer.allocUnsafeSlow(RUN_BYTES);
+  let lastWritten: { u: number; data: Buffer } | undefined;
   const overBudget = (): void => {
     const b = opts.budget;
     if (!b) return;
@@ -474,6 +482,63 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
       const len = idx.rawLen[u]!;
       const s = sources[i]!;
       let data: Buffer | undefined;
+      // Runs: consecutive chunks in place, or contiguous in the running slot (an unchanged region),
+      // take one read of up to RUN_BYTES (and, for copies, one write) instead of one per chunk; each
+      // chunk of the run is still verified. A run stops before the first chunk that does not match,
+      // which then takes the single-chunk path below (counted, fetched instead).
+      if (s.kind === 'inplace' || s.kind === 'running') {
+        let j = i + 1;
+        let runLen = len;
+        for (; j < n; j++) {
+          const sj = sources[j]!;
+          const lj = idx.rawLen[idx.refs[j]!]!;
+          if (sj.kind !== s.kind || (s.kind === 'running' && (sj as { offset: number }).offset !== s.offset + runLen) || runLen + lj > RUN_BYTES) break;
+          runLen += lj;
+        }
+        if (j - i > 1) {
+          let buf: Buffer;
+          if (s.kind === 'inplace') {
+            const b = await out.readAt(runLen, pos);
+            buf = Buffer.from(b.buffer, b.byteOffset, b.length);
+          } else {
+            const { bytesRead } = await runningFh!.read(runBuf, 0, runLen, s.offset);
+            buf = runBuf.subarray(0, bytesRead);
+          }
+          let ok = 0;
+          let k = i;
+          for (; k < j; k++) {
+            const uk = idx.refs[k]!;
+            const lk = idx.rawLen[uk]!;
+            if (ok + lk > buf.length || !okBytes(uk, buf.subarray(ok, ok + lk))) break;
+            ok += lk;
+          }
+          if (k > i) {
+            if (s.kind === 'running') {
+              if (!writing) {
+                writing = true;
+                opts.onWriteStart?.();
+              }
+              await out.writeAt(buf.subarray(0, ok), pos);
+              copied += ok;
+            } else inPlace += ok;
+            done += ok;
+            pos += ok;
+            report();
+            i = k - 1; // the loop's i++ continues at k
+            continue;
+          }
+        }
+      }
+      // the same chunk as the one written last (runs of zeros, repeated blocks): its verified bytes
+      // are still in memory
+      if (s.kind === 'written' && lastWritten?.u === u) {
+        await out.writeAt(lastWritten.data, pos);
+        copied += len;
+        done += len;
+        pos += len;
+        report();
+        continue;
+      }
       if (s.kind === 'inplace') {
         const b = await out.readAt(len, pos);
         if (okBytes(u, Buffer.from(b.buffer, b.byteOffset, b.length))) {
@@ -513,6 +578,8 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
         opts.onWriteStart?.();
       }
       await out.writeAt(data, pos);
+      // (every `data` here is a buffer of its own, never a view of the reused run buffer)
+      lastWritten = { u, data };
       done += len;
       pos += len;
       report();
@@ -526,6 +593,6 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   }
   report(true);
   downloaded += wire.bytes;
-  await verifySlotImage(opts.slot, { compression: 'zstd', size: h.imageSize, sha256: h.imageSha256, chunkSize: 0, chunks: [] });
+  await verifySlotImage(opts.slot, { compression: 'zstd', size: h.imageSize, sha256: h.imageSha256, chunkSize: 0, chunks: [] }, { source: opts.readBack ?? 'handle' });
   return { imageSize: h.imageSize, inPlace, copied, fetchedRaw, downloaded, requests, seedMismatches, readBackSha256: h.imageSha256, durationMs: Math.round(performance.now() - started) };
 }

@@ -67,6 +67,8 @@ export interface DeltaRouteOptions {
   resumeStatePath: string;
   budget: BudgetOptions;
   headers?: Record<string, string>;
+  /** read-back through the slot handle or by path (installer.ts `readBack`). */
+  readBack?: 'handle' | 'path';
   onProgress?: (p: InstallProgress) => void;
   log?: Logger;
   now?: () => number;
@@ -160,6 +162,7 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
       pack: { urls: where.pack.urls, length: section.pack.length, sha256: section.pack.sha256 },
       slot: o.slot,
       expect: { size: o.payload.size, sha256: o.payload.sha256 },
+      ...(o.readBack ? { readBack: o.readBack } : {}),
       ...(o.running ? { running: { path: o.running.path, size: await o.running.capacity() } } : {}),
       ...(o.headers ? { headers: o.headers } : {}),
       budget: { bytes: Math.max(0, maxBytes - spent.bytes), ms: Math.max(0, maxMs - spent.ms) },
