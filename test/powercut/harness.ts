@@ -499,7 +499,7 @@ async function powerCycleless(boardDir: string): Promise<{ slot: string | null; 
   return s.booted ? { slot: s.booted, ...(s.images[s.booted].version ? { version: s.images[s.booted].version! } : {}) } : { slot: null };
 }
 
-async function readOutbox(stateDir: string): Promise<OutboxEntry[]> {
+export async function readOutbox(stateDir: string): Promise<OutboxEntry[]> {
   const snap = await new FileOutboxStore(statePaths(stateDir).outbox).load();
   return snap?.entries ?? [];
 }
@@ -548,20 +548,21 @@ export async function runPowercut(o: { iterations: number; seed: number; paralle
 
 /** The operations an uncut update performs on a fresh board (for named cuts: find the op number of
  * "the first environment write", "the commit", ...). Deterministic for a board kind and scenario. */
-export async function calibrate(kind: BoardKind, scenario: Scenario, tries: number, fx: Fixtures, workDir: string): Promise<JournalEntry[]> {
-  const dir = join(workDir, `calibrate-${kind.backend}-${kind.convention ?? 'none'}-${scenario}-${tries}`);
+export async function calibrate(kind: BoardKind, scenario: Scenario, tries: number, fx: Fixtures, workDir: string, delta = false, inspect?: (stateDir: string) => Promise<void>): Promise<JournalEntry[]> {
+  const dir = join(workDir, `calibrate-${kind.backend}-${kind.convention ?? 'none'}-${scenario}-${tries}${delta ? '-delta' : ''}`);
   await rm(dir, { recursive: true, force: true });
   const board = await createBoard(join(dir, 'board'), { backend: kind.backend, ...(kind.convention ? { convention: kind.convention } : {}), slotSize: SLOT_SIZE, factoryVersion: '1.0.0' });
-  const config = await writeConfig(join(dir, 'config.json'), { deviceId: 'calibrate', stateDir: join(dir, 'state'), root: fx.roots[scenario], url: `${fx.server.url}${scenario}/stage1/`, board, tries });
+  const config = await writeConfig(join(dir, 'config.json'), { deviceId: 'calibrate', stateDir: join(dir, 'state'), root: fx.roots[scenario], url: `${fx.server.url}${scenario}/stage1/`, board, tries, delta });
   await drive({ config, boardDir: join(dir, 'board'), journal: join(dir, 'journal.jsonl') });
   const j = await readJournal(join(dir, 'journal.jsonl'));
+  await inspect?.(join(dir, 'state'));
   await rm(dir, { recursive: true, force: true });
   return j;
 }
 
 /** An explicit plan (no random cuts); the lost-write model still draws from `seed`. */
-export function namedPlan(seed: number, kind: BoardKind, scenario: Scenario, tries: number, cuts: IterationPlan['cuts']): IterationPlan {
-  return { seed, kind, scenario, tries, cuts, r: rng(seed) };
+export function namedPlan(seed: number, kind: BoardKind, scenario: Scenario, tries: number, cuts: IterationPlan['cuts'], delta = false): IterationPlan {
+  return { seed, kind, scenario, tries, cuts, r: rng(seed), delta };
 }
 
 
