@@ -11,10 +11,13 @@
  * - SIGKILL mid-way (the pack answer stalls half-way), then `install` again: it resumes by delta
  *   (what is in place on the slot is verified and kept) to the right hash;
  * - `install.delta: "off"`: the full payload, no delta file requested;
+ * - a delta index that does not match its signed hash (a bad mirror): refused before a byte is
+ *   written, the full payload installed in the same run, the report names why;
  * - many scattered changes: the pack misses coalesce into a bounded number of requests (<= 50).
  */
 import t from 'tap';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { logLines, MIB, setupDelta, writeSlot, imageSha, type DeltaEnv } from './delta-scenarios.js';
 import { until } from './harness.js';
@@ -48,7 +51,7 @@ t.test('seed in the booted slot: delta install, slot B right, A untouched, few b
   t.teardown(() => env.stop());
   const aBefore = sha(await readFile(env.board.slots.A));
   const r = await env.install();
-  t.equal(r.code, 0, `install exits 0 (${r.stderr.slice(-2000)})`);
+  t.equal(r.code, 0, 'install exits 0', { stderr: r.stderr.slice(-2000) });
   t.equal(await env.slotB(), imageSha(env.newImg), 'slot B holds the new image');
   t.equal(sha(await readFile(env.board.slots.A)), aBefore, 'the booted slot A was only read');
   const w = wire(env);
@@ -66,14 +69,14 @@ t.test('seed in the target slot (the release before): delta install from the slo
   const env = await setupDelta(t.testdir(), { deviceId: 'dev-delta-inactive', seed: 'inactive' });
   t.teardown(() => env.stop());
   const r = await env.install();
-  t.equal(r.code, 0, `install exits 0 (${r.stderr.slice(-2000)})`);
+  t.equal(r.code, 0, 'install exits 0', { stderr: r.stderr.slice(-2000) });
   t.equal(await env.slotB(), imageSha(env.newImg), 'slot B holds the new image');
   const w = wire(env);
   t.comment(JSON.stringify(w));
   t.equal(w.payloadBytes, 0, 'the full payload was not downloaded');
   t.ok(w.packBytes < 0.5 * env.payloadLength, `${w.packBytes} pack bytes < half the full payload (${env.payloadLength})`);
   const tr = transferOf(r.stderr);
-  t.equal(tr?.method, 'delta');
+  t.equal(tr?.method, 'delta', 'the report says delta');
   t.ok(Number(tr?.reusedBytes) > 0.5 * env.newImg.length, `report: ${tr?.reusedBytes} bytes reused from slot B itself`);
 });
 
@@ -97,11 +100,11 @@ t.test('a seed chunk that changed after indexing is detected, fetched instead, s
   });
   t.teardown(() => env!.stop());
   const r = await env.install();
-  t.equal(r.code, 0, `install exits 0 (${r.stderr.slice(-2000)})`);
+  t.equal(r.code, 0, 'install exits 0', { stderr: r.stderr.slice(-2000) });
   t.ok(flipped, 'slot A was changed while the pack request was held');
   t.equal(await env.slotB(), imageSha(env.newImg), 'slot B holds the new image');
   const tr = transferOf(r.stderr);
-  t.equal(tr?.method, 'delta');
+  t.equal(tr?.method, 'delta', 'the report says delta');
   t.ok(Number(tr?.seedMismatches) >= 1, `report: ${tr?.seedMismatches} seed chunk(s) did not match and were fetched`);
   t.equal(wire(env).payloadBytes, 0, 'no fallback to the full payload');
 });
@@ -125,7 +128,7 @@ t.test('SIGKILL mid-way, then install again: resumes by delta to the right slot 
   stall = false;
   const before = wire(env);
   const r = await env.install();
-  t.equal(r.code, 0, `second install exits 0 (${r.stderr.slice(-2000)})`);
+  t.equal(r.code, 0, 'second install exits 0', { stderr: r.stderr.slice(-2000) });
   t.equal(await env.slotB(), imageSha(env.newImg), 'slot B holds the new image after the resume');
   const verified = logLines(r.stderr).find((l) => l.msg === 'install verified');
   t.equal(verified?.method, 'delta', 'the resumed install is a delta install');
@@ -140,7 +143,7 @@ t.test('install.delta "off": the full payload, no delta file requested', async (
   const env = await setupDelta(t.testdir(), { deviceId: 'dev-delta-off', seed: 'active', extra: { install: { delta: 'off' } } });
   t.teardown(() => env.stop());
   const r = await env.install();
-  t.equal(r.code, 0, `install exits 0 (${r.stderr.slice(-2000)})`);
+  t.equal(r.code, 0, 'install exits 0', { stderr: r.stderr.slice(-2000) });
   t.equal(await env.slotB(), imageSha(env.newImg), 'slot B holds the new image');
   const w = wire(env);
   t.equal(w.pack + w.indexRequests, 0, 'no delta index or pack request');
@@ -153,7 +156,7 @@ t.test('many scattered changes: pack misses coalesced into <= 50 requests', asyn
   const env = await setupDelta(t.testdir(), { deviceId: 'dev-delta-many', seed: 'active', derive: { scattered: 160 } });
   t.teardown(() => env.stop());
   const r = await env.install();
-  t.equal(r.code, 0, `install exits 0 (${r.stderr.slice(-2000)})`);
+  t.equal(r.code, 0, 'install exits 0', { stderr: r.stderr.slice(-2000) });
   t.equal(await env.slotB(), imageSha(env.newImg), 'slot B holds the new image');
   const w = wire(env);
   const ranges = env.proxy.requests.filter((q) => isPack(q.path)).reduce((n, q) => n + (q.range?.split(',').length ?? 1), 0);
@@ -161,4 +164,25 @@ t.test('many scattered changes: pack misses coalesced into <= 50 requests', asyn
   t.ok(ranges > 50, `${ranges} pack ranges asked for in ${w.pack} request(s): more ranges than the request bound`);
   t.ok(w.requests <= 50, `${w.requests} requests on the wire in all (metadata, index files, pack) <= 50`);
   t.equal(w.payloadBytes, 0, 'no full payload');
+});
+
+t.test('a delta index that does not match its signed hash: the full payload instead, in the same run', async (t) => {
+  const env = await setupDelta(t.testdir(), { deviceId: 'dev-delta-badindex', seed: 'active' });
+  t.teardown(() => env.stop());
+  const dir = join(env.fleet.repository, 'targets/releases/1.1.0');
+  const name = (await readdir(dir)).find((f) => f.endsWith('.delta-index'))!;
+  const bytes = await readFile(join(dir, name));
+  bytes[bytes.length >> 1] ^= 0xff; // same length: only the hash tells
+  await writeSlot(join(dir, name), bytes);
+  const aBefore = sha(await readFile(env.board.slots.A));
+  const r = await env.install();
+  t.equal(r.code, 0, 'install exits 0', { stderr: r.stderr.slice(-2000) });
+  t.equal(await env.slotB(), imageSha(env.newImg), 'slot B holds the new image');
+  t.equal(sha(await readFile(env.board.slots.A)), aBefore, 'slot A untouched');
+  const w = wire(env);
+  t.equal(w.pack, 1, 'the pack was only probed (1 byte), never fetched');
+  t.ok(w.payloadBytes >= env.payloadLength, `the full payload was downloaded (${w.payloadBytes} bytes)`);
+  const tr = transferOf(r.stderr);
+  t.equal(tr?.method, 'full', 'the report says full');
+  t.equal((tr?.fallback as { code?: string } | undefined)?.code, 'INSTALL_PAYLOAD_CORRUPT', 'and why the delta was not used');
 });
