@@ -248,7 +248,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
       // the target itself are the seeds; the booted slot is only ever read
       const viaDelta = await installByDelta({
         release, payload, delta, mode: deltaMode, locate: (t) => src.payload(t), slot, running: slots[slot.slot === 'A' ? 'B' : 'A'],
-        resumeStatePath: paths.resume, budget, now, readBack, log: log.child({ module: 'daemon.install' }),
+        resumeStatePath: paths.resume, seedDir: config.stateDir, budget, now, readBack, log: log.child({ module: 'daemon.install' }),
         ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}),
       });
       if (viaDelta.installed) {

@@ -17,6 +17,15 @@
  *    written; a local copy that does not match (a stale seed, a flipped bit) is fetched instead.
  *    The whole image is then read back and compared with the signed image hash.
  *
+ * Kept seed indexes (seed-index.ts): a slot this daemon last wrote by delta has the signed delta index
+ * of the image it wrote kept in the state dir. When the caller passes it (`seeds`), step 2 reads the
+ * slot's chunks from that index instead of cutting the slot (no slot byte read, no JS chunker on the
+ * critical path). Safety does not rest on the kept index: it only says where a chunk probably is;
+ * step 4 verifies every copied chunk against the NEW signed index before it is written, so a stale
+ * kept index (the slot changed behind the daemon's back) costs a mismatch and a fetch, never a wrong
+ * byte on the slot. A kept index cut with other CDC parameters than the new one is not used (its
+ * chunks would not line up): the slot is cut as before.
+ *
  * Resume needs no record: a restarted install re-cuts the target slot, and the part written before
  * the cut comes out as the same chunks at the same offsets (chunk boundaries depend only on
  * content), so it is found in place, verified, and skipped.
@@ -86,7 +95,13 @@ export interface DeltaInstallOptions {
    * `slot.path` with O_DIRECT into one reused buffer (the medium, not the page cache; no allocation
    * per read: lower peak memory) for hal's own file and device slots (installer.ts `readBack`). */
   readBack?: 'handle' | 'path';
+  /** kept delta indexes (seed-index.ts) of what the slots hold, used instead of cutting them. A
+   * hint only: every chunk copied on its word is verified against the new signed index first. */
+  seeds?: { target?: DeltaIndex; running?: DeltaIndex };
 }
+
+/** How a slot's chunks were found: from a kept index, by cutting the slot, or not at all. */
+export type SeedLookup = 'kept' | 'cut' | 'none';
 
 export interface DeltaInstallResult {
   imageSize: number;
@@ -102,6 +117,10 @@ export interface DeltaInstallResult {
   requests: number;
   /** local copies that did not match the index and were fetched instead. */
   seedMismatches: number;
+  /** how each slot's chunks were found, and the slot bytes read to cut slots into chunks. */
+  lookup: { target: SeedLookup; running: SeedLookup; cutBytes: number; lookupMs: number };
+  /** the delta index file as fetched and verified against its signed hash (to keep as a seed). */
+  indexFile: Buffer;
   readBackSha256: string;
   durationMs: number;
 }
@@ -320,6 +339,30 @@ async function lookupOf(path: string, size: number, idx: DeltaIndex, signal?: Ab
   return { byKey, at };
 }
 
+/** The same lookup from a kept index of what the slot holds (no slot byte read). */
+function lookupFromIndex(seed: DeltaIndex): { byKey: Map<string, number[]>; at: Map<number, string> } {
+  const byKey = new Map<string, number[]>();
+  const at = new Map<number, string>();
+  let off = 0;
+  for (let i = 0; i < seed.refs.length; i++) {
+    const u = seed.refs[i]!;
+    const k = seed.shas.toString('hex', u * 32, u * 32 + 8);
+    at.set(off, k);
+    const l = byKey.get(k);
+    if (l) l.push(off);
+    else byKey.set(k, [off]);
+    off += seed.rawLen[u]!;
+  }
+  return { byKey, at };
+}
+
+/** A kept index is usable for a slot of `size` bytes when it was cut like the new one and fits. */
+function seedFits(seed: DeltaIndex | undefined, idx: DeltaIndex, size: number): seed is DeltaIndex {
+  const a = seed?.header.cdc;
+  const b = idx.header.cdc;
+  return seed !== undefined && a!.min === b.min && a!.avg === b.avg && a!.max === b.max && seed.header.imageSize <= size;
+}
+
 export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInstallResult> {
   const started = performance.now();
   const timeoutMs = opts.timeoutMs ?? 30_000;
@@ -341,9 +384,29 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
     throw new SlotflipError('INSTALL_SLOT_TOO_SMALL', `slot ${opts.slot.slot} (${opts.slot.path}) holds ${capacity} bytes but the image needs ${h.imageSize}; repartition or pick a smaller image`, { details: { capacity, size: h.imageSize } });
   }
 
-  // 2. what both slots hold now
-  const target = await lookupOf(opts.slot.path, capacity, idx, opts.signal);
-  const running = opts.running ? await lookupOf(opts.running.path, opts.running.size, idx, opts.signal) : { byKey: new Map<string, number[]>(), at: new Map<number, string>() };
+  // 2. what both slots hold now: from a kept index where there is a usable one, else cut
+  const lookupStarted = performance.now();
+  let cutBytes = 0;
+  const lookup = { target: 'cut' as SeedLookup, running: 'none' as SeedLookup };
+  const seeds = opts.seeds ?? {};
+  let target;
+  if (seedFits(seeds.target, idx, capacity)) {
+    target = lookupFromIndex(seeds.target);
+    lookup.target = 'kept';
+  } else {
+    target = await lookupOf(opts.slot.path, capacity, idx, opts.signal);
+    cutBytes += capacity;
+  }
+  let running = { byKey: new Map<string, number[]>(), at: new Map<number, string>() };
+  if (opts.running && seedFits(seeds.running, idx, opts.running.size)) {
+    running = lookupFromIndex(seeds.running);
+    lookup.running = 'kept';
+  } else if (opts.running) {
+    running = await lookupOf(opts.running.path, opts.running.size, idx, opts.signal);
+    cutBytes += opts.running.size;
+    lookup.running = 'cut';
+  }
+  const lookupMs = Math.round(performance.now() - lookupStarted);
 
   // 3. plan
   const n = h.chunkCount;
@@ -594,5 +657,5 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   report(true);
   downloaded += wire.bytes;
   await verifySlotImage(opts.slot, { compression: 'zstd', size: h.imageSize, sha256: h.imageSha256, chunkSize: 0, chunks: [] }, { source: opts.readBack ?? 'handle' });
-  return { imageSize: h.imageSize, inPlace, copied, fetchedRaw, downloaded, requests, seedMismatches, readBackSha256: h.imageSha256, durationMs: Math.round(performance.now() - started) };
+  return { imageSize: h.imageSize, inPlace, copied, fetchedRaw, downloaded, requests, seedMismatches, lookup: { ...lookup, cutBytes, lookupMs }, indexFile: fetched.bytes, readBackSha256: h.imageSha256, durationMs: Math.round(performance.now() - started) };
 }

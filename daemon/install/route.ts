@@ -26,6 +26,11 @@
  * its signed length (and at MAX_DELTA_INDEX_FILE_BYTES), pack answers at the ranges asked for, and
  * every chunk, copied or fetched, matches the signed index before it is written.
  *
+ * Seed indexes (seed-index.ts): with `seedDir` set, the slots' kept delta indexes are loaded and
+ * passed to installDelta (a slot with a usable one is not read to cut it), the target's is dropped
+ * before anything can write the slot (whichever way the install then goes), and the new release's
+ * index is kept for the target once the slot was read back right.
+ *
  * Budget and resume record: a delta run spends the attempt's download budget like a full run (bytes
  * as a multiple of the FULL payload's length plus one chunk, and time; summed over runs in the resume
  * record install-resume.json), so a device that keeps failing by delta still ends the attempt.
@@ -34,12 +39,13 @@ import zlib from 'node:zlib';
 import type { Logger } from 'pino';
 import { codeOf, isCoded } from '../../hal/errors.js';
 import type { SlotWriter } from '../../hal/slot-writer.js';
-import { parseDeltaSection, type DeltaSection } from '../../manifests/delta.js';
+import { parseDeltaSection, type DeltaIndex, type DeltaSection } from '../../manifests/delta.js';
 import type { PayloadInfo, Release } from '../../manifests/types.js';
 import type { InstallTransfer } from '../machine.js';
 import { installDelta, request, type DeltaInstallResult } from './delta.js';
 import type { BudgetOptions, InstallProgress } from './installer.js';
 import { readResumeRecord, writeResumeHint } from './resume-state.js';
+import { dropSeedIndex, keepSeedIndex, loadSeedIndex } from './seed-index.js';
 
 /** What an install cost, for the log, the progress and the `UpdateInstalled` report. */
 export type TransferStats = InstallTransfer;
@@ -65,6 +71,8 @@ export interface DeltaRouteOptions {
   /** the booted slot: only ever read. */
   running?: SlotWriter;
   resumeStatePath: string;
+  /** the state dir that holds the slots' kept seed indexes (seed-index.ts); absent: none kept or used. */
+  seedDir?: string;
   budget: BudgetOptions;
   headers?: Record<string, string>;
   /** read-back through the slot handle or by path (installer.ts `readBack`). */
@@ -137,6 +145,20 @@ export async function probeDelta(o: Pick<DeltaRouteOptions, 'mode' | 'delta' | '
 export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteResult> {
   const log = o.log;
   const p = plan(o);
+  // the slots' kept indexes (loaded before the target's is dropped: the slot still holds what it
+  // describes until the first write, and every chunk taken on its word is verified anyway)
+  const seeds: { target?: DeltaIndex; running?: DeltaIndex } = {};
+  if (o.seedDir !== undefined) {
+    if (p !== undefined && 'section' in p) {
+      const target = await loadSeedIndex(o.seedDir, o.slot, o.resumeStatePath);
+      if (target.ok) seeds.target = target.index;
+      const running = o.running ? await loadSeedIndex(o.seedDir, o.running, o.resumeStatePath) : undefined;
+      if (running?.ok) seeds.running = running.index;
+      log?.info({ target: target.ok ? 'kept' : target.why, running: running === undefined ? 'no running slot' : running.ok ? 'kept' : running.why }, 'seed indexes');
+    }
+    // the slot is about to be written (by delta or in full): what it holds stops being what the index says
+    await dropSeedIndex(o.seedDir, o.slot.slot);
+  }
   if (p === undefined) return { installed: false };
   if (!('section' in p)) {
     log?.warn({ code: p.code, reason: p.message }, 'delta install not possible: installing the full payload');
@@ -165,6 +187,7 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
       ...(o.readBack ? { readBack: o.readBack } : {}),
       ...(o.running ? { running: { path: o.running.path, size: await o.running.capacity() } } : {}),
       ...(o.headers ? { headers: o.headers } : {}),
+      seeds,
       budget: { bytes: Math.max(0, maxBytes - spent.bytes), ms: Math.max(0, maxMs - spent.ms) },
       onWriteStart: () => {
         wrote = true;
@@ -196,6 +219,14 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
     throw e;
   }
   await writeResumeHint(o.resumeStatePath, o.payload, o.slot.path, o.payload.chunks.length, true);
+  // the slot holds the image the new index describes (read back): keep it for the next delta install
+  if (o.seedDir !== undefined) {
+    const kept = await keepSeedIndex(o.seedDir, o.slot, { size: r.imageSize, sha256: r.readBackSha256 }, r.indexFile).catch((err: unknown) => {
+      log?.warn({ err }, 'could not keep the seed index (the next delta install cuts the slot)');
+      return false;
+    });
+    if (!kept) log?.info({ slot: o.slot.slot, indexLength: r.indexFile.length }, 'seed index not kept');
+  }
   const stats: TransferStats = {
     method: 'delta',
     imageBytes: r.imageSize,
@@ -203,6 +234,7 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
     downloadedBytes: r.downloaded,
     requests: r.requests,
     seedMismatches: r.seedMismatches,
+    seedLookup: r.lookup,
   };
   log?.info({ ...stats, inPlace: r.inPlace, copied: r.copied, fetchedRaw: r.fetchedRaw, readBackSha256: r.readBackSha256, durationMs: r.durationMs }, 'install verified');
   return { installed: true, stats, readBackSha256: r.readBackSha256 };
