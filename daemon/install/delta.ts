@@ -318,9 +318,9 @@ function zstdDecode(frame: Buffer, rawLen: number): Buffer {
   return sync(frame, { maxOutputLength: rawLen });
 }
 
-/** Cuts a slot (or part of it) into chunks with the index's parameters: short key of SHA-256 → offsets,
+/** Cuts a slot (or part of it) into chunks with the index's parameters (exported for test/bench/cdc-speed-bench.ts): short key of SHA-256 → offsets,
  * and offset → key. */
-async function lookupOf(path: string, size: number, idx: DeltaIndex, signal?: AbortSignal): Promise<{ byKey: Map<string, number[]>; at: Map<number, string> }> {
+export async function lookupOf(path: string, size: number, idx: DeltaIndex, signal?: AbortSignal): Promise<{ byKey: Map<string, number[]>; at: Map<number, string> }> {
   const byKey = new Map<string, number[]>();
   const at = new Map<number, string>();
   if (size <= 0) return { byKey, at };

@@ -1,0 +1,119 @@
+/**
+ * Kept seed indexes (daemon/install/seed-index.ts) with installDelta over real HTTP (`repo serve`)
+ * into file slots: a slot with a kept index is not read to be cut (the result says `kept` and counts
+ * no cut bytes) and installs to the right hash; a kept index whose slot changed behind the daemon's
+ * back only costs mismatches and fetches (the slot hash still right); the binding refuses a torn
+ * file, another slot path, and an unfinished install into the slot; drop is durable and idempotent.
+ */
+import t, { type Test } from 'tap';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { buildDelta, parseDeltaIndex } from '../../manifests/delta.js';
+import { serveRepository } from '../../manifests/serve.js';
+import { createSlotWriter } from '../../hal/file-slot.js';
+import { installDelta, type DeltaInstallOptions } from '../../daemon/install/delta.js';
+import { dropSeedIndex, keepSeedIndex, loadSeedIndex, seedIndexDir } from '../../daemon/install/seed-index.js';
+import { writeResumeHint } from '../../daemon/install/resume-state.js';
+import { writeSlot } from '../e2e/delta-scenarios.js';
+import { deriveImage, makeImage } from '../harness/delta-images.js';
+
+const SIZE = 8 << 20;
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+async function setup(t: Test) {
+  const dir = t.testdir();
+  const oldImg = makeImage(7, SIZE);
+  const newImg = deriveImage(oldImg);
+  await mkdir(join(dir, 'repo/targets'), { recursive: true });
+  await writeFile(join(dir, 'old.img'), oldImg);
+  await writeFile(join(dir, 'new.img'), newImg);
+  // the old release's index: what the device kept when it installed OLD
+  const oldBuilt = await buildDelta(join(dir, 'old.img'), join(dir, 'old.delta-index'), join(dir, 'old.delta-pack'), { level: 3 });
+  const built = await buildDelta(join(dir, 'new.img'), join(dir, 'repo/targets/image.delta-index'), join(dir, 'repo/targets/image.delta-pack'), { level: 3 });
+  const oldIndexFile = await readFile(join(dir, 'old.delta-index'));
+  t.equal(oldIndexFile.length, oldBuilt.index.length);
+  const srv = await serveRepository(join(dir, 'repo'));
+  t.teardown(() => srv.close());
+  const target = join(dir, 'target.img');
+  await writeFile(target, oldImg);
+  const opts = (extra: Partial<DeltaInstallOptions> = {}): DeltaInstallOptions => ({
+    index: { urls: [`${srv.url}targets/image.delta-index`], ...built.index },
+    pack: { urls: [`${srv.url}targets/image.delta-pack`], ...built.pack },
+    slot: createSlotWriter('B', { path: target }),
+    ...extra,
+  });
+  return { dir, oldImg, newImg, target, oldIndexFile, built, opts };
+}
+
+t.test('a kept index for the target slot: the slot is not cut, the image lands right', async (t) => {
+  const e = await setup(t);
+  const cut = await installDelta(e.opts());
+  t.equal(cut.lookup.target, 'cut', 'without a kept index the target slot is cut');
+  t.ok(cut.lookup.cutBytes >= SIZE, `cut ${cut.lookup.cutBytes} slot bytes`);
+
+  await writeFile(e.target, e.oldImg);
+  const r = await installDelta(e.opts({ seeds: { target: parseDeltaIndex(e.oldIndexFile) } }));
+  t.equal(r.lookup.target, 'kept', 'the kept index was used');
+  t.equal(r.lookup.cutBytes, 0, 'no slot byte read to cut it');
+  t.equal(r.seedMismatches, 0, 'every chunk the kept index pointed at matched');
+  t.equal(sha(await readFile(e.target)), sha(e.newImg), 'slot holds NEW');
+  t.equal(r.fetchedRaw, cut.fetchedRaw, 'the same image bytes fetched as when the slot was cut');
+  t.equal(r.requests, cut.requests, 'in as many requests');
+  t.equal(sha(r.indexFile), e.built.index.sha256, 'the verified index file comes back to be kept');
+});
+
+t.test('a kept index whose slot changed: mismatches detected, fetched instead, slot hash right', async (t) => {
+  const e = await setup(t);
+  // the slot's bytes changed after OLD's index was kept (another tool wrote over 1 MiB of it)
+  await writeSlot(e.target, randomBytes(1 << 20), SIZE / 2);
+  const r = await installDelta(e.opts({ seeds: { target: parseDeltaIndex(e.oldIndexFile) } }));
+  t.equal(r.lookup.target, 'kept');
+  t.ok(r.seedMismatches > 0, `${r.seedMismatches} chunks did not match where the kept index said and were fetched`);
+  t.ok(r.fetchedRaw >= (1 << 20) - (64 << 10), `${r.fetchedRaw} image bytes fetched (the changed MiB among them)`);
+  t.equal(sha(await readFile(e.target)), sha(e.newImg), 'slot holds NEW');
+});
+
+t.test('a kept index cut with other CDC sizes is not used: the slot is cut', async (t) => {
+  const e = await setup(t);
+  await buildDelta(join(e.dir, 'old.img'), join(e.dir, 'old2.delta-index'), join(e.dir, 'old2.delta-pack'), { level: 3, cdc: { min: 2048, avg: 8192, max: 32768 } });
+  const r = await installDelta(e.opts({ seeds: { target: parseDeltaIndex(await readFile(join(e.dir, 'old2.delta-index'))) } }));
+  t.equal(r.lookup.target, 'cut');
+  t.equal(sha(await readFile(e.target)), sha(e.newImg));
+});
+
+t.test('keep, load, drop; the binding refuses what it must', async (t) => {
+  const e = await setup(t);
+  const state = join(e.dir, 'state');
+  const resume = join(state, 'install-resume.json');
+  const slot = { slot: 'B' as const, path: e.target };
+  t.same(await loadSeedIndex(state, slot, resume), { ok: false, why: 'none kept' });
+  t.ok(await keepSeedIndex(state, slot, { size: SIZE, sha256: sha(e.oldImg) }, e.oldIndexFile));
+  const ok = await loadSeedIndex(state, slot, resume);
+  t.ok(ok.ok, 'loads');
+  t.equal(ok.ok && ok.index.header.imageSha256, sha(e.oldImg));
+
+  const other = await loadSeedIndex(state, { slot: 'B', path: join(e.dir, 'elsewhere.img') }, resume);
+  t.match(other, { ok: false, why: /not B at/ }, 'another slot path');
+
+  // an install into the slot began (recorded) and did not finish: stale
+  const payload = { compression: 'zstd' as const, size: SIZE, sha256: sha(e.newImg), chunkSize: 1 << 20, chunks: [] };
+  await writeResumeHint(resume, payload, e.target, 3, false);
+  t.match(await loadSeedIndex(state, slot, resume), { ok: false, why: /another image/ });
+  await writeResumeHint(resume, { ...payload, sha256: sha(e.oldImg) }, e.target, 3, false);
+  t.match(await loadSeedIndex(state, slot, resume), { ok: false, why: /unfinished/ });
+  await writeResumeHint(resume, { ...payload, sha256: sha(e.oldImg) }, e.target, 8, true);
+  t.ok((await loadSeedIndex(state, slot, resume)).ok, 'the finished install of the image it describes');
+
+  // a flipped byte in the kept file
+  const file = join(seedIndexDir(state), 'B.seed');
+  const bytes = await readFile(file);
+  bytes[bytes.length - 10]! ^= 1;
+  await writeFile(file, bytes);
+  t.match(await loadSeedIndex(state, slot, resume), { ok: false, why: /torn or damaged/ });
+
+  await dropSeedIndex(state, 'B');
+  await dropSeedIndex(state, 'B');
+  t.same(await loadSeedIndex(state, slot, resume), { ok: false, why: 'none kept' }, 'dropped (twice: idempotent)');
+  t.notOk(await keepSeedIndex(state, slot, { size: SIZE, sha256: sha(e.oldImg) }, Buffer.alloc((16 << 20) + 1)), 'over the cap: not kept');
+});
