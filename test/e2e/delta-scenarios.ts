@@ -8,7 +8,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { open, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { deriveImage, makeImage, type DeriveOptions } from '../harness/delta-images.js';
+import { bootable, deriveImage, makeImage, type DeriveOptions } from '../harness/delta-images.js';
 import { startGateProxy, type GateProxy, type GateProxyOptions } from '../harness/gate-proxy.js';
 import {
   CLI, HARDWARE, createBoard, initFleet, requireBuilt, sha256, slotflip, slotflipJson, slotSha256, startRepoServe, writeDeviceConfig,
@@ -47,6 +47,9 @@ export interface DeltaSetup {
   /** extra device config keys (e.g. `{ install: { delta: 'off' } }`). */
   extra?: Record<string, unknown>;
   proxy?: Omit<GateProxyOptions, 'upstream'>;
+  /** the images bootable on the emulated board (a test image header, healthy: hal/image.ts), so the
+   * test can power-cycle into the trial and commit. */
+  bootable?: boolean;
 }
 
 /** `release add --delta` of an image buffer (version V, securityVersion N). */
@@ -69,8 +72,9 @@ export async function writeSlot(path: string, bytes: Buffer, at = 0): Promise<vo
 export async function setupDelta(dir: string, o: DeltaSetup): Promise<DeltaEnv> {
   const size = o.size ?? 8 * MIB;
   const fleet = await initFleet(dir);
-  const oldImg = makeImage(7, size);
-  const newImg = deriveImage(oldImg, o.derive);
+  const raw = makeImage(7, size);
+  const oldImg = o.bootable ? bootable(raw, '1.0.0') : raw;
+  const newImg = o.bootable ? bootable(deriveImage(raw, o.derive), '1.1.0') : deriveImage(raw, o.derive);
   await addImageRelease(fleet, dir, oldImg, '1.0.0', 1);
   const rel = await addImageRelease(fleet, dir, newImg, '1.1.0', 1);
   const serve = await startRepoServe(fleet.repo);

@@ -4,7 +4,8 @@
  * changes an image (a config line, a region shifted by an insertion, a new region, optionally many
  * small scattered edits). Deterministic for a seed, except the new regions' random bytes.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { IMAGE_HEADER_BYTES, IMAGE_MAGIC } from '../../hal/image.js';
 
 /** An image of `size` bytes from `seed`. */
 export function makeImage(seed: number, size: number): Buffer {
@@ -40,4 +41,15 @@ export function deriveImage(old: Buffer, o: DeriveOptions = {}): Buffer {
   const k = o.scattered ?? 0;
   for (let i = 0; i < k; i++) n.write(`edit ${i};`, Math.floor(((i + 0.5) * size) / k), 'latin1');
   return n;
+}
+
+/** `img` made bootable on an emulated board (hal/image.ts): its first 4 KiB replaced by a test image
+ * header (version, healthy) over the rest of its bytes. A copy; the body is unchanged. */
+export function bootable(img: Buffer, version: string): Buffer {
+  const out = Buffer.from(img);
+  const body = out.subarray(IMAGE_HEADER_BYTES);
+  const header = { version, size: out.length, boots: true, healthy: true, bodySha256: createHash('sha256').update(body).digest('hex') };
+  out.fill(0, 0, IMAGE_HEADER_BYTES);
+  out.write(IMAGE_MAGIC + JSON.stringify(header) + '\n', 'utf8');
+  return out;
 }
