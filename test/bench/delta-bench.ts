@@ -23,7 +23,7 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
-import { access, mkdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { access, copyFile, mkdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -187,6 +187,18 @@ async function main(): Promise<void> {
       const r = await child('delta-child.js', ['--built', join(art, newName, `delta-${level}.json`), '--index-url', `${srv.url}${newName}/image-${level}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${level}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)]);
       return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB, note: `copied ${(r.result.copied! / 2 ** 20).toFixed(0)} MiB` };
     });
+    // the device's usual state from its second update on: the target slot holds the release before
+    // (here OLD as well); both slots cut into chunks, then both looked up in their kept indexes
+    // (OLD's signed delta index, as the device kept it when it installed OLD): no slot read to cut
+    const deltaArgs = ['--built', join(art, newName, `delta-${level}.json`), '--index-url', `${srv.url}${newName}/image-${level}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${level}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)];
+    const oldIndex = join(art, oldName, `image-${level}.delta-index`);
+    for (const [name, seeds] of [['slotflip delta, OLD in both, cut', []], ['slotflip delta, OLD in both, kept index', ['--target-seed', oldIndex, '--running-seed', oldIndex]]] as const) {
+      await copyFile(join(images, `${oldName}.img`), slot);
+      row[name] = await measure(async () => {
+        const r = await child('delta-child.js', [...deltaArgs, ...seeds]);
+        return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB, note: `cut ${((r.result as unknown as { lookup: { cutBytes: number } }).lookup.cutBytes / 2 ** 20).toFixed(0)} MiB` };
+      });
+    }
     if (tools.casync) {
       await rm(slot, { force: true });
       row['casync 16 KiB'] = await measure(async () => {

@@ -3,22 +3,32 @@
  * installer alone). Prints one JSON line `{"result":…,"usage":…}` or `{"error":…}` (exit 1).
  *
  *   delta-child --built built.json --index-url URL --pack-url URL --slot PATH [--running PATH] [--progress]
+ *               [--target-seed INDEX] [--running-seed INDEX]
+ *
+ * --target-seed / --running-seed: delta index files describing what the slot / the running image
+ * holds, used as kept seed indexes (daemon/install/seed-index.ts) instead of cutting that slot.
  */
 import { readFile, stat } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { installDelta } from '../../daemon/install/delta.js';
 import { createSlotWriter } from '../../hal/file-slot.js';
-import type { BuiltDelta } from '../../manifests/delta.js';
+import { parseDeltaIndex, type BuiltDelta } from '../../manifests/delta.js';
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { built: { type: 'string' }, 'index-url': { type: 'string' }, 'pack-url': { type: 'string' }, slot: { type: 'string' }, running: { type: 'string' }, progress: { type: 'boolean', default: false } } });
+  const { values } = parseArgs({ options: { built: { type: 'string' }, 'index-url': { type: 'string' }, 'pack-url': { type: 'string' }, slot: { type: 'string' }, running: { type: 'string' }, progress: { type: 'boolean', default: false }, 'target-seed': { type: 'string' }, 'running-seed': { type: 'string' } } });
   if (!values.built || !values['index-url'] || !values['pack-url'] || !values.slot) throw new Error('usage: delta-child --built FILE --index-url URL --pack-url URL --slot PATH [--running PATH]');
   const built = JSON.parse(await readFile(values.built, 'utf8')) as BuiltDelta;
+  // reading and parsing a kept index is part of the install's cost: inside the timed span
   const t0 = process.hrtime.bigint();
+  const seeds = {
+    ...(values['target-seed'] ? { target: parseDeltaIndex(await readFile(values['target-seed'])) } : {}),
+    ...(values['running-seed'] ? { running: parseDeltaIndex(await readFile(values['running-seed'])) } : {}),
+  };
   const result = await installDelta({
     index: { urls: [values['index-url']], ...built.index },
     pack: { urls: [values['pack-url']], ...built.pack },
     slot: createSlotWriter('B', { path: values.slot }),
+    seeds,
     readBack: 'path', // as the daemon reads back hal's own slots (compose.ts)
     ...(values.running ? { running: { path: values.running, size: (await stat(values.running)).size } } : {}),
     ...(values.progress ? { onProgress: (p: object) => void process.stdout.write(`${JSON.stringify({ progress: p })}\n`) } : {}),
