@@ -3,7 +3,8 @@
  * into file slots: a slot with a kept index is not read to be cut (the result says `kept` and counts
  * no cut bytes) and installs to the right hash; a kept index whose slot changed behind the daemon's
  * back only costs mismatches and fetches (the slot hash still right); the binding refuses a torn
- * file, another slot path, and an unfinished install into the slot; drop is durable and idempotent.
+ * file, another slot path, and an unfinished install into the slot; drop is durable and idempotent;
+ * the install route drops the target's kept index even when the install then goes in full.
  */
 import t, { type Test } from 'tap';
 import { createHash, randomBytes } from 'node:crypto';
@@ -15,6 +16,8 @@ import { createSlotWriter } from '../../hal/file-slot.js';
 import { installDelta, type DeltaInstallOptions } from '../../daemon/install/delta.js';
 import { dropSeedIndex, keepSeedIndex, loadSeedIndex, seedIndexDir } from '../../daemon/install/seed-index.js';
 import { writeResumeHint } from '../../daemon/install/resume-state.js';
+import { installByDelta } from '../../daemon/install/route.js';
+import type { Release } from '../../manifests/types.js';
 import { writeSlot } from '../e2e/delta-scenarios.js';
 import { deriveImage, makeImage } from '../harness/delta-images.js';
 
@@ -116,4 +119,24 @@ t.test('keep, load, drop; the binding refuses what it must', async (t) => {
   await dropSeedIndex(state, 'B');
   t.same(await loadSeedIndex(state, slot, resume), { ok: false, why: 'none kept' }, 'dropped (twice: idempotent)');
   t.notOk(await keepSeedIndex(state, slot, { size: SIZE, sha256: sha(e.oldImg) }, Buffer.alloc((16 << 20) + 1)), 'over the cap: not kept');
+});
+
+t.test('any install into a slot drops its kept index first (here one that goes in full: delta off)', async (t) => {
+  const e = await setup(t);
+  const state = join(e.dir, 'state');
+  const running = join(e.dir, 'running.img');
+  await writeFile(running, e.oldImg);
+  const B = { slot: 'B' as const, path: e.target };
+  const A = { slot: 'A' as const, path: running };
+  t.ok(await keepSeedIndex(state, B, { size: SIZE, sha256: sha(e.oldImg) }, e.oldIndexFile));
+  t.ok(await keepSeedIndex(state, A, { size: SIZE, sha256: sha(e.oldImg) }, e.oldIndexFile));
+  const payload = { compression: 'zstd' as const, size: SIZE, sha256: sha(e.newImg), chunkSize: 1 << 20, chunks: [] };
+  const r = await installByDelta({
+    release: { length: 1 } as Release, payload, delta: undefined, mode: 'off', locate: () => ({ urls: [] }),
+    slot: createSlotWriter('B', { path: e.target }), running: createSlotWriter('A', { path: running }),
+    resumeStatePath: join(state, 'install-resume.json'), seedDir: state, budget: {},
+  });
+  t.same(r, { installed: false }, 'the caller installs the full payload');
+  t.same(await loadSeedIndex(state, B), { ok: false, why: 'none kept' }, 'the target slot B\'s kept index is gone before any byte is written');
+  t.ok((await loadSeedIndex(state, A)).ok, 'the running slot A\'s is kept');
 });
