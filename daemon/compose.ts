@@ -258,6 +258,8 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
       const r = await installPayload({ payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, readBack, budget, ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), logger: log.child({ module: 'daemon.install' }), now,
         ...(typeof release.hashes['sha256'] === 'string' ? { targetSha256: release.hashes['sha256'] } : {}) });
       readBackDone = { slotPath: slot.path, imageSha256: r.readBackSha256 };
+      // the release offers a delta: keep its index for this slot, so the next delta install need not cut it
+      await (await import('./install/route.js')).keepIndexAfterFull({ mode: deltaMode, delta, locate: (t) => src.payload(t), slot, payload, seedDir: config.stateDir, slotSha256: r.readBackSha256, log: log.child({ module: 'daemon.install' }) });
       return { method: 'full', imageBytes: payload.size, reusedBytes: 0, downloadedBytes: r.bytesReceived, ...(viaDelta.fallback ? { fallback: viaDelta.fallback } : {}) };
     },
     async verify(release, slot) {

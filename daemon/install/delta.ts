@@ -186,7 +186,7 @@ export function request(url: string, headers: Record<string, string>, timeoutMs:
 }
 
 /** Fetches a whole small file (the delta index), refusing more than `length` bytes and a hash other than `sha256`. */
-async function fetchVerified(file: DeltaFile, headers: Record<string, string>, timeoutMs: number, signal?: AbortSignal): Promise<{ bytes: Buffer; requests: number }> {
+export async function fetchVerified(file: DeltaFile, headers: Record<string, string>, timeoutMs: number, signal?: AbortSignal): Promise<{ bytes: Buffer; requests: number }> {
   let last: unknown;
   let requests = 0;
   for (const url of file.urls) {

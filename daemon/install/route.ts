@@ -39,10 +39,10 @@ import zlib from 'node:zlib';
 import type { Logger } from 'pino';
 import { codeOf, isCoded } from '../../hal/errors.js';
 import type { SlotWriter } from '../../hal/slot-writer.js';
-import { parseDeltaSection, type DeltaIndex, type DeltaSection } from '../../manifests/delta.js';
+import { parseDeltaIndex, parseDeltaSection, type DeltaIndex, type DeltaSection } from '../../manifests/delta.js';
 import type { PayloadInfo, Release } from '../../manifests/types.js';
 import type { InstallTransfer } from '../machine.js';
-import { installDelta, request, type DeltaInstallResult } from './delta.js';
+import { fetchVerified, installDelta, request, type DeltaInstallResult } from './delta.js';
 import type { BudgetOptions, InstallProgress } from './installer.js';
 import { readResumeRecord, writeResumeHint } from './resume-state.js';
 import { dropSeedIndex, keepSeedIndex, loadSeedIndex } from './seed-index.js';
@@ -238,4 +238,26 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
   };
   log?.info({ ...stats, inPlace: r.inPlace, copied: r.copied, fetchedRaw: r.fetchedRaw, readBackSha256: r.readBackSha256, durationMs: r.durationMs }, 'install verified');
   return { installed: true, stats, readBackSha256: r.readBackSha256 };
+}
+
+/**
+ * After a FULL install of a release that offers a delta (a fallback, or delta unused this time):
+ * fetches its delta index (capped at and checked against its signed length and SHA-256; a few
+ * hundred KiB per GiB of image) and keeps it for the slot, so the next delta install does not have
+ * to cut that slot. `slotSha256` is the image hash the slot was read back with. Best effort: never
+ * throws, returns whether an index was kept (false: no usable delta, local source, a fetch or check
+ * that failed, over the cap).
+ */
+export async function keepIndexAfterFull(o: Pick<DeltaRouteOptions, 'mode' | 'delta' | 'locate' | 'headers' | 'slot' | 'payload' | 'log'> & { seedDir: string; slotSha256: string }): Promise<boolean> {
+  const p = plan(o);
+  if (p === undefined || !('section' in p) || o.slotSha256 !== o.payload.sha256) return false;
+  try {
+    const f = await fetchVerified({ urls: p.index, length: p.section.index.length, sha256: p.section.index.sha256 }, o.headers ?? {}, 30_000);
+    const h = parseDeltaIndex(f.bytes).header;
+    if (h.imageSize !== o.payload.size || h.imageSha256 !== o.payload.sha256) return false;
+    return await keepSeedIndex(o.seedDir, o.slot, { size: h.imageSize, sha256: h.imageSha256 }, f.bytes);
+  } catch (err) {
+    o.log?.warn({ err }, 'could not keep the delta index after a full install (the next delta install cuts the slot)');
+    return false;
+  }
 }

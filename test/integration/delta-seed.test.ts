@@ -4,7 +4,8 @@
  * no cut bytes) and installs to the right hash; a kept index whose slot changed behind the daemon's
  * back only costs mismatches and fetches (the slot hash still right); the binding refuses a torn
  * file, another slot path, and an unfinished install into the slot; drop is durable and idempotent;
- * the install route drops the target's kept index even when the install then goes in full.
+ * the install route drops the target's kept index even when the install then goes in full, and after
+ * a full install keeps the release's delta index (fetched, checked against its signed hash).
  */
 import t, { type Test } from 'tap';
 import { createHash, randomBytes } from 'node:crypto';
@@ -16,7 +17,7 @@ import { createSlotWriter } from '../../hal/file-slot.js';
 import { installDelta, type DeltaInstallOptions } from '../../daemon/install/delta.js';
 import { dropSeedIndex, keepSeedIndex, loadSeedIndex, seedIndexDir } from '../../daemon/install/seed-index.js';
 import { writeResumeHint } from '../../daemon/install/resume-state.js';
-import { installByDelta } from '../../daemon/install/route.js';
+import { installByDelta, keepIndexAfterFull } from '../../daemon/install/route.js';
 import type { Release } from '../../manifests/types.js';
 import { writeSlot } from '../e2e/delta-scenarios.js';
 import { deriveImage, makeImage } from '../harness/delta-images.js';
@@ -139,4 +140,21 @@ t.test('any install into a slot drops its kept index first (here one that goes i
   t.same(r, { installed: false }, 'the caller installs the full payload');
   t.same(await loadSeedIndex(state, B), { ok: false, why: 'none kept' }, 'the target slot B\'s kept index is gone before any byte is written');
   t.ok((await loadSeedIndex(state, A)).ok, 'the running slot A\'s is kept');
+});
+
+t.test('after a full install of a release that offers a delta, its index is fetched and kept for the slot', async (t) => {
+  const e = await setup(t);
+  const state = join(e.dir, 'state');
+  const base = e.opts().index.urls[0]!.replace(/image\.delta-index$/, '');
+  const delta = { format: 'slotflip-delta-1', index: { target: 'image.delta-index', ...e.built.index }, pack: { target: 'image.delta-pack', ...e.built.pack } };
+  const payload = { compression: 'zstd' as const, size: SIZE, sha256: sha(e.newImg), chunkSize: 1 << 20, chunks: [] };
+  const B = createSlotWriter('B', { path: e.target });
+  const o = { mode: 'auto' as const, delta, locate: (x: { targetName: string }) => ({ urls: [base + x.targetName] }), slot: B, payload, seedDir: state };
+  t.notOk(await keepIndexAfterFull({ ...o, slotSha256: sha(e.oldImg) }), 'not kept when the slot was read back with another image');
+  t.notOk(await keepIndexAfterFull({ ...o, delta: { ...delta, index: { ...delta.index, sha256: '0'.repeat(64) } }, slotSha256: payload.sha256 }), 'not kept when the index fails its signed hash');
+  t.same(await loadSeedIndex(state, B), { ok: false, why: 'none kept' });
+  t.ok(await keepIndexAfterFull({ ...o, slotSha256: payload.sha256 }), 'kept');
+  const l = await loadSeedIndex(state, B);
+  t.equal(l.ok && l.index.header.imageSha256, payload.sha256, 'the kept index describes the image on the slot');
+  t.notOk(await keepIndexAfterFull({ ...o, mode: 'off', slotSha256: payload.sha256 }), 'delta "off": nothing fetched');
 });
