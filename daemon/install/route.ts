@@ -29,7 +29,9 @@
  * Seed indexes (seed-index.ts): with `seedDir` set, the slots' kept delta indexes are loaded and
  * passed to installDelta (a slot with a usable one is not read to cut it), the target's is dropped
  * before anything can write the slot (whichever way the install then goes), and the new release's
- * index is kept for the target once the slot was read back right.
+ * index is kept for the target once the slot was read back right. After a FULL install of a release
+ * that offers a delta, compose.ts calls keepIndexAfterFull: the delta index is fetched (signed length
+ * and hash) and kept the same way, so a fallback does not leave the slot to be cut next time.
  *
  * Budget and resume record: a delta run spends the attempt's download budget like a full run (bytes
  * as a multiple of the FULL payload's length plus one chunk, and time; summed over runs in the resume

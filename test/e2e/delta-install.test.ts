@@ -190,6 +190,8 @@ t.test('a delta index that does not match its signed hash: the full payload inst
   const tr = transferOf(r.stderr);
   t.equal(tr?.method, 'full', 'the report says full');
   t.equal((tr?.fallback as { code?: string } | undefined)?.code, 'INSTALL_PAYLOAD_CORRUPT', 'and why the delta was not used');
+  // after the full install the device tries to keep the release's delta index for B: this one fails its hash again
+  await access(join(env.dir, 'state/seed-index/B.seed')).then(() => t.fail('an index that failed its signed hash was kept'), () => t.pass('no index kept for B from a mirror serving a bad one'));
 });
 
 t.test('kept seed indexes: after two committed delta updates, the third cuts no slot at all', async (t) => {
