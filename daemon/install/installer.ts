@@ -54,8 +54,7 @@ import { SlotflipError, isCoded } from '../../hal/errors.js';
 import type { SlotHandle, SlotWriter } from '../../hal/slot-writer.js';
 import type { PayloadInfo } from '../../manifests/types.js';
 import { decodesInChild, prepareDecoder, type Decoder, type PreparedDecoder } from './decode.js';
-import { ReadBackHasher } from './hasher.js';
-import { verifySlotImage } from './read-back.js';
+import { chunkCrc, ReadBackChecker } from './hasher.js';
 import { readResumeRecord, writeResumeHint, type ResumeExtra, type SpentBudget } from './resume-state.js';
 import { fileSource, httpSource, ReusedBufferStream, type ByteStream, type OpenedStream, type PayloadSource, type TlsOptions } from './source.js';
 
@@ -244,15 +243,15 @@ export async function installPayload(opts: InstallOptions): Promise<InstallResul
   throwIfAborted(signal);
 
   const handle = await opts.slot.open();
-  const readBack = new ReadBackHasher(opts.readBack === 'path' ? { path: opts.slot.path, ...(log ? { log } : {}) } : { path: opts.slot.path, readAt: (l, o) => handle.readAt(l, o) });
+  const readBack = new ReadBackChecker({ path: opts.slot.path, chunkSize: payload.chunkSize, size: payload.size, ...(opts.readBack === 'path' ? {} : { readAt: (l: number, o: number) => handle.readAt(l, o) }), ...(log ? { log } : {}) });
   try {
     const record = await readResumeRecord(opts.resumeStatePath, payload, opts.slot.path);
-    const run = new InstallRun(opts, payload, payloadLength, source, handle, readBack, now, signal, record.spent, record.corruptChunk);
+    const run = new InstallRun(opts, payload, payloadLength, source, handle, readBack, now, signal, record.spent, record.corruptChunk, record.rewriteFrom);
     // no record for this payload on this slot: a fresh install, nothing of it can be on the slot yet;
     // record that it started, so a run killed before its first flush is resumed by re-hashing
     if (!record.found) await writeResumeHint(opts.resumeStatePath, payload, opts.slot.path, 0, false, { spent: record.spent });
     const resumedFrom = record.found ? await run.verifyExisting(record.nextChunk) : 0;
-    log?.info({ slot: opts.slot.slot, resumedFrom, chunks: payload.chunks.length, size: payload.size, spentBytes: record.spent.bytes, ...(record.corruptChunk !== undefined ? { corruptChunk: record.corruptChunk } : {}) }, 'install started');
+    log?.info({ slot: opts.slot.slot, resumedFrom, chunks: payload.chunks.length, size: payload.size, spentBytes: record.spent.bytes, ...(record.corruptChunk !== undefined ? { corruptChunk: record.corruptChunk } : {}), ...(record.rewriteFrom !== undefined ? { rewriteFrom: record.rewriteFrom } : {}) }, 'install started');
     try {
       await run.transferAll(resumedFrom);
     } catch (e) {
@@ -261,7 +260,13 @@ export async function installPayload(opts: InstallOptions): Promise<InstallResul
       await run.keepProgress(isCoded(e, 'INSTALL_PAYLOAD_CORRUPT') || isCoded(e, 'INSTALL_BUDGET_EXHAUSTED'));
       throw e;
     }
-    const readBackSha256 = await run.finish();
+    const readBackSha256 = await run.finish().catch(async (e: unknown) => {
+      // the medium did not keep chunk k: the next attempt must write it again even though the page
+      // cache (which a resume's re-hash reads) may still hold the verified bytes
+      const chunk = isCoded(e, 'INSTALL_READBACK_MISMATCH') ? ((e as SlotflipError).details as { chunk?: number } | undefined)?.chunk : undefined;
+      if (chunk !== undefined) await run.recordRewrite(chunk).catch((w: unknown) => log?.warn({ err: w }, 'could not record the chunk to write again'));
+      throw e;
+    });
     await writeResumeHint(opts.resumeStatePath, payload, opts.slot.path, payload.chunks.length, true);
     const result: InstallResult = {
       resumedFromChunk: resumedFrom,
@@ -352,6 +357,9 @@ class InstallRun {
   readonly #maxMs: number;
   /** a chunk an earlier attempt found corrupt on every mirror (until it verifies). */
   #corruptChunk: number | undefined;
+  /** the first chunk an earlier read-back found changed on the medium: written again from there
+   * (the resume scan stops before it) until a flush covers it. */
+  #rewriteFrom: number | undefined;
   #rate = 0;
   #lastProgressAt = 0;
   #lastProgressBytes = 0;
@@ -393,13 +401,15 @@ class InstallRun {
     private readonly payloadLength: number,
     private readonly source: PayloadSource,
     private readonly handle: SlotHandle,
-    private readonly readBack: ReadBackHasher,
+    private readonly readBack: ReadBackChecker,
     private readonly now: () => number,
     private readonly signal: AbortSignal,
     spent: SpentBudget,
     corruptChunk: number | undefined,
+    rewriteFrom: number | undefined,
   ) {
     this.#corruptChunk = corruptChunk;
+    this.#rewriteFrom = rewriteFrom;
     this.#chunkCount = payload.chunks.length;
     this.#packed = payload.chunks[0]?.packedSha256 !== undefined;
     this.#targetSha = this.#packed ? undefined : opts.targetSha256;
@@ -432,12 +442,15 @@ class InstallRun {
    */
   async verifyExisting(hint: number): Promise<number> {
     let i = 0;
-    for (; i < this.#chunkCount; i++) {
+    const limit = Math.min(this.#chunkCount, this.#rewriteFrom ?? this.#chunkCount);
+    for (; i < limit; i++) {
       throwIfAborted(this.signal);
       const len = this.#chunkLen(i);
       // a chunk that cannot be read is fetched and written again (the read-back judges the slot)
       const data = await this.handle.readAt(len, i * this.payload.chunkSize).catch(() => undefined);
       if (data === undefined || data.length !== len || createHash('sha256').update(data).digest('hex') !== this.payload.chunks[i]!.sha256) break;
+      // these verified bytes are what the read-back must find on the medium
+      this.readBack.expect(i, chunkCrc(data));
     }
     if (i > hint) {
       await this.handle.flush();
@@ -470,6 +483,9 @@ class InstallRun {
   #write(buf: Buffer, index: number): void {
     const len = this.#chunkLen(index);
     const offset = index * this.payload.chunkSize;
+    // over the same buffer whose SHA-256 just matched, before it goes anywhere: what the read-back
+    // must find on the medium
+    this.readBack.expect(index, chunkCrc(buf.subarray(0, len)));
     this.#writeTail = this.#writeTail
       .then(async () => {
         if (this.#ioError === undefined) await this.handle.writeAt(buf.subarray(0, len), offset);
@@ -789,7 +805,18 @@ class InstallRun {
 
   /** The record's extra fields: the spent budget (unless the attempt ended) and a known-corrupt chunk. */
   #extra(withSpent = true): ResumeExtra {
-    return { ...(withSpent ? { spent: this.#spentNow() } : {}), ...(this.#corruptChunk !== undefined && this.next <= this.#corruptChunk ? { corruptChunk: this.#corruptChunk } : {}) };
+    return {
+      ...(withSpent ? { spent: this.#spentNow() } : {}),
+      ...(this.#corruptChunk !== undefined && this.next <= this.#corruptChunk ? { corruptChunk: this.#corruptChunk } : {}),
+      ...(this.#rewriteFrom !== undefined && this.#durable <= this.#rewriteFrom ? { rewriteFrom: this.#rewriteFrom } : {}),
+    };
+  }
+
+  /** After a read-back mismatch at `chunk`: records that the next attempt writes again from there. */
+  async recordRewrite(chunk: number): Promise<void> {
+    this.#rewriteFrom = chunk;
+    this.#durable = Math.min(this.#durable, chunk);
+    await writeResumeHint(this.opts.resumeStatePath, this.payload, this.opts.slot.path, chunk, false, this.#extra());
   }
 
   /** What this attempt has spent so far (earlier runs included). */
@@ -1194,26 +1221,16 @@ class InstallRun {
     }
   }
 
-  /** Waits for writes, the last flush and the read-back; compares the whole-image hash. */
+  /** Waits for writes, the last flush and the read-back of every chunk (CRC-32 against what was
+   * written); returns the signed image SHA-256 the slot now holds. Throws INSTALL_READBACK_MISMATCH
+   * naming the first chunk the medium did not keep. */
   async finish(): Promise<string> {
     await this.#writeTail;
     await this.#flushTail;
     this.#checkIo();
     if (this.#durable < this.#chunkCount) await this.handle.flush();
-    const { sha256, bytes } = await this.readBack.finish(this.payload.size);
-    if (bytes !== this.payload.size || sha256 !== this.payload.sha256) {
-      // the slow path, only on a mismatch: read the slot once more chunk by chunk (the same way, by
-      // path with O_DIRECT or through the handle) to name the first chunk that differs
-      const named = await verifySlotImage(this.opts.slot, this.payload, { source: this.opts.readBack === 'path' ? 'path' : 'handle' }).then(
-        () => undefined,
-        (e: unknown) => (isCoded(e) ? ((e as SlotflipError).details as { chunk?: number; offset?: number; expected?: string; actual?: string } | undefined) : undefined),
-      );
-      const where = named?.chunk !== undefined ? `; chunk ${named.chunk} (bytes from ${named.offset}) reads back with SHA-256 ${named.actual}, signed ${named.expected}` : '';
-      throw new SlotflipError('INSTALL_READBACK_MISMATCH', `slot ${this.opts.slot.path} reads back ${bytes} bytes with SHA-256 ${sha256}; the signed image is ${this.payload.size} bytes with ${this.payload.sha256}${where}; the write did not land (failing flash?): the image will be written again on the next attempt`, {
-        details: { path: this.opts.slot.path, got: sha256, want: this.payload.sha256, bytes, ...(named?.chunk !== undefined ? { chunk: named.chunk, offset: named.offset, expected: named.expected, actual: named.actual } : {}) },
-      });
-    }
+    await this.readBack.finish(this.payload.size);
     this.#progress(this.payload.size, true);
-    return sha256;
+    return this.payload.sha256;
   }
 }

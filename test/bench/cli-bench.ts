@@ -43,6 +43,8 @@ interface Sample {
   rssMiB: number;
   phases?: Record<string, number>;
   gc?: { full: number; young: number };
+  /** per process of the tree (by command name): CPU s as last sampled, peak VmRSS / RssAnon / RssFile MiB */
+  procs?: Record<string, { cpuS: number; rssMiB: number; anonMiB: number; fileMiB: number }>;
 }
 
 /** PIDs of the tree under `root` (root excluded: it is /usr/bin/time). */
@@ -74,17 +76,44 @@ function descendants(root: number): number[] {
   return out;
 }
 
-function treeRssKiB(root: number): number {
+const TICK = 100; // USER_HZ: /proc/PID/stat's utime/stime unit on Linux
+
+interface ProcPeak { name: string; cpuS: number; rssKiB: number; anonKiB: number; fileKiB: number }
+
+/** Sum of VmRSS over the tree under `root`; also keeps, per PID, the last CPU and the peak RSS split. */
+function treeRssKiB(root: number, peaks?: Map<number, ProcPeak>): number {
   let sum = 0;
   for (const pid of descendants(root)) {
     try {
-      const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-      if (m) sum += Number(m[1]);
+      const st = readFileSync(`/proc/${pid}/status`, 'utf8');
+      const kib = (k: string): number => Number(new RegExp(`${k}:\\s+(\\d+) kB`).exec(st)?.[1] ?? 0);
+      const rss = kib('VmRSS');
+      sum += rss;
+      if (!peaks) continue;
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const name = /^Name:\s+(\S+)/m.exec(st)?.[1] ?? String(pid);
+      const p = peaks.get(pid) ?? { name, cpuS: 0, rssKiB: 0, anonKiB: 0, fileKiB: 0 };
+      p.name = name;
+      p.cpuS = (Number(f[11]) + Number(f[12])) / TICK;
+      if (rss > p.rssKiB) Object.assign(p, { rssKiB: rss, anonKiB: kib('RssAnon'), fileKiB: kib('RssFile') + kib('RssShmem') });
+      peaks.set(pid, p);
     } catch {
       /* gone */
     }
   }
   return sum;
+}
+
+/** Per command name: the summed CPU and the largest process's peak RSS split. */
+function byName(peaks: Map<number, ProcPeak>): NonNullable<Sample['procs']> {
+  const out: NonNullable<Sample['procs']> = {};
+  for (const p of peaks.values()) {
+    const o = (out[p.name] ??= { cpuS: 0, rssMiB: 0, anonMiB: 0, fileMiB: 0 });
+    o.cpuS += p.cpuS;
+    if (p.rssKiB / 1024 > o.rssMiB) Object.assign(o, { rssMiB: p.rssKiB / 1024, anonMiB: p.anonKiB / 1024, fileMiB: p.fileKiB / 1024 });
+  }
+  return out;
 }
 
 /** Runs argv under /usr/bin/time, samples tree RSS every 50 ms, then `sync`; wall includes the sync. */
@@ -96,10 +125,11 @@ function measured(argv: string[], timeFile: string, env?: NodeJS.ProcessEnv): Pr
     let out = '';
     let err = '';
     let peak = 0;
+    const peaks = new Map<number, ProcPeak>();
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr.on('data', (d: Buffer) => (err += d.toString()));
     const timer = setInterval(() => {
-      if (child.pid) peak = Math.max(peak, treeRssKiB(child.pid));
+      if (child.pid) peak = Math.max(peak, treeRssKiB(child.pid, peaks));
     }, 50);
     child.on('error', reject);
     child.on('close', (code) => {
@@ -107,7 +137,7 @@ function measured(argv: string[], timeFile: string, env?: NodeJS.ProcessEnv): Pr
       execFileSync('sync');
       const wallS = Number(process.hrtime.bigint() - t0) / 1e9;
       const [u, s] = readFileSync(timeFile, 'utf8').trim().split('\n').at(-1)!.split(' ').map(Number);
-      resolve({ out, err, code: code ?? -1, t0: t0Ms, sample: { wallS, cpuS: u! + s!, rssMiB: peak / 1024 } });
+      resolve({ out, err, code: code ?? -1, t0: t0Ms, sample: { wallS, cpuS: u! + s!, rssMiB: peak / 1024, procs: byName(peaks) } });
     });
   });
 }
@@ -337,6 +367,9 @@ async function main(): Promise<void> {
       const keys = ['start', 'check', 'markBad', 'writeSlot', 'verifySlot', 'armTrial', 'reboot'];
       print(`CLI phases (median s): ${keys.map((k) => `${k} ${median(cli.map((x) => x.phases?.[k] ?? 0)).toFixed(2)}`).join(', ')}`);
       print('  (check = TUF refresh; writeSlot = download + compressed-byte check + decompress + chunk hash + write + fsync, with the O_DIRECT read-back and whole-image hash pipelined behind the fsync frontier; verifySlot = 0 when it takes that read-back (same process), else a second whole-slot read-back; armTrial = arm; start = spawn → first log line)');
+      const names = [...new Set(cli.flatMap((x) => Object.keys(x.procs ?? {})))].sort();
+      const pm = (n: string, k: 'cpuS' | 'rssMiB' | 'anonMiB' | 'fileMiB'): string => median(cli.map((x) => x.procs?.[n]?.[k] ?? 0)).toFixed(k === 'cpuS' ? 2 : 0);
+      print(`CLI tree by process (median; CPU as last sampled, peak RSS of its largest process = anon + file/shmem): ${names.map((n) => `${n} CPU ${pm(n, 'cpuS')} s, RSS ${pm(n, 'rssMiB')} MiB (anon ${pm(n, 'anonMiB')}, file ${pm(n, 'fileMiB')})`).join('; ')}`);
       print(`# runs wall s: CLI ${cli.map((x) => x.wallS.toFixed(2)).join(' ')} | floor ${fl.map((x) => x.wallS.toFixed(2)).join(' ')} | floor+rb ${flrb.map((x) => x.wallS.toFixed(2)).join(' ')}`);
       if (nodeArgs.includes('--trace-gc')) print(`# CLI garbage collections (--trace-gc): full ${cli.map((x) => x.gc?.full ?? 0).join(' ')} | young ${cli.map((x) => x.gc?.young ?? 0).join(' ')}`);
       if (nodeArgs.length > 0 || values.env !== '') print(`# CLI node args: ${nodeArgs.join(' ') || '-'}; extra env: ${values.env || '-'}`);

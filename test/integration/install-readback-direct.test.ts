@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { verifySlotImage } from '../../daemon/install/read-back.js';
-import { ReadBackHasher } from '../../daemon/install/hasher.js';
+import { chunkCrc, ReadBackChecker } from '../../daemon/install/hasher.js';
 import { createSlotWriter } from '../../hal/file-slot.js';
 import { codeOf } from '../../hal/errors.js';
 import type { PayloadInfo } from '../../manifests/types.js';
@@ -30,6 +30,13 @@ function image(): Buffer {
   const b = Buffer.alloc(SIZE);
   for (let i = 0; i < SIZE; i++) b[i] = (i * 31 + (i >> 9)) & 0xff;
   return b;
+}
+
+/** A read-back checker for `img`'s chunks with their CRC-32 recorded as the installer does at write time. */
+function checkerFor(img: Buffer, path: string, log?: pino.Logger): ReadBackChecker {
+  const c = new ReadBackChecker({ path, chunkSize: CHUNK, size: img.length, ...(log ? { log } : {}) });
+  for (let k = 0; k * CHUNK < img.length; k++) c.expect(k, chunkCrc(img.subarray(k * CHUNK, (k + 1) * CHUNK)));
+  return c;
 }
 
 function payloadOf(img: Buffer): PayloadInfo {
@@ -115,21 +122,23 @@ t.test('read-back after the write sees a byte the medium changed underneath the 
   t.match((err as Error).message, /chunk 2 \(bytes 131072\.\.196607\)/);
   t.equal(await bufferedByte(dev, BAD), img[BAD], 'while the page cache still says all is well');
 
-  // the installer's whole-image read-back (worker, by path): hashes what the medium holds
+  // the installer's read-back (by path, behind the flush frontier): each chunk's CRC-32 against the
+  // one recorded over the written bytes
   await writeThrough(dev, img); // written again: medium and cache agree ...
   t.equal(await flipUnderneath(backing, BAD), changed, '... until the medium changes underneath again');
-  const hasher = new ReadBackHasher({ path: dev });
+  const checker = checkerFor(img, dev);
   try {
-    hasher.advance(3 * CHUNK + 100); // an unaligned flush frontier
-    const r = await hasher.finish(SIZE);
+    checker.advance(3 * CHUNK + 100); // an unaligned flush frontier
+    const e2 = await checker.finish(SIZE).then(() => undefined, (e: unknown) => e);
     const medium = Buffer.from(img);
     medium[BAD] = changed;
-    t.equal(r.bytes, SIZE);
-    t.equal(hasher.direct, true, 'read with O_DIRECT');
-    t.not(r.sha256, payload.sha256, 'not the hash of what was written (that is what INSTALL_READBACK_MISMATCH compares against)');
-    t.equal(r.sha256, createHash('sha256').update(medium).digest('hex'), 'the hash of what the medium holds');
+    t.equal(codeOf(e2, ''), 'INSTALL_READBACK_MISMATCH', 'the installer\'s read-back catches it');
+    t.equal(checker.direct, true, 'read with O_DIRECT');
+    const hex = (n: number): string => n.toString(16).padStart(8, '0');
+    t.match((e2 as { details: unknown }).details, { path: dev, chunk: 2, offset: 2 * CHUNK, expected: hex(chunkCrc(img.subarray(2 * CHUNK, 3 * CHUNK))), actual: hex(chunkCrc(medium.subarray(2 * CHUNK, 3 * CHUNK))), direct: true }, 'names the chunk, with the CRC written and the CRC the medium holds');
+    t.match((e2 as Error).message, /chunk 2 \(bytes 131072\.\.196607\)/);
   } finally {
-    await hasher.close();
+    await checker.close();
   }
 });
 
@@ -138,12 +147,13 @@ t.test('an intact slot passes the direct read-back (aligned windows, unaligned l
   const img = image();
   await writeThrough(dev, img);
   await verifySlotImage(createSlotWriter('A', { path: dev }), payloadOf(img), { source: 'path' });
-  const hasher = new ReadBackHasher({ path: dev });
+  const checker = checkerFor(img, dev);
   try {
-    for (const upto of [1, 4095, 4097, CHUNK + 3, 4 * CHUNK]) hasher.advance(upto);
-    t.equal((await hasher.finish(SIZE)).sha256, payloadOf(img).sha256);
+    for (const upto of [1, 4095, 4097, CHUNK + 3, 4 * CHUNK]) checker.advance(upto);
+    t.same(await checker.finish(SIZE), { bytes: SIZE }, 'every chunk read back and matched');
+    t.equal(checker.direct, true);
   } finally {
-    await hasher.close();
+    await checker.close();
   }
 });
 
@@ -178,11 +188,19 @@ t.test('tmpfs: where O_DIRECT is refused, falls back, says so in a debug log, st
   else t.same(lines, [], 'no fallback, nothing logged');
 
   await writeFile(path, img);
-  const hasher = new ReadBackHasher({ path, log });
+  const checker = checkerFor(img, path, log);
   try {
-    t.equal((await hasher.finish(SIZE)).sha256, payload.sha256, 'hashes the file');
-    t.equal(hasher.direct, !refused);
+    t.same(await checker.finish(SIZE), { bytes: SIZE }, 'checks the file');
+    t.equal(checker.direct, !refused);
   } finally {
-    await hasher.close();
+    await checker.close();
+  }
+  await writeFile(path, bad);
+  const failing = checkerFor(img, path, log);
+  try {
+    const e3 = await failing.finish(SIZE).then(() => undefined, (e: unknown) => e);
+    t.match((e3 as { code?: string; details?: unknown }), { code: 'INSTALL_READBACK_MISMATCH', details: { chunk: 5, offset: 5 * CHUNK, direct: !refused } }, 'names the last, short chunk');
+  } finally {
+    await failing.close();
   }
 });
