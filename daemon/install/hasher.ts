@@ -21,6 +21,7 @@
  * Error code (stable): INSTALL_READBACK_MISMATCH (details: path, and chunk, offset, expected and
  * actual CRC-32 when a chunk differs; errno when a read failed).
  */
+import { createHash } from 'node:crypto';
 import zlib from 'node:zlib';
 import type { Logger } from 'pino';
 import { SlotflipError } from '../../hal/errors.js';
@@ -82,6 +83,40 @@ export class ReadBackChecker {
   expect(index: number, crc: number): void {
     this.#expected[index] = crc >>> 0;
     this.#known[index] = 1;
+  }
+
+  /**
+   * Resume: reads the chunks from 0 the way the read-back does and SHA-256s each against the signed
+   * one (`sha256Of(k)`), up to the first that differs or cannot be read; returns how many matched.
+   * Those are checked (the read-back goes on after them). Call before `advance`.
+   */
+  async verifyPrefix(sha256Of: (chunk: number) => string, signal?: AbortSignal): Promise<number> {
+    if (this.#cursor !== 0 || this.#loop) throw new Error('verifyPrefix: the read-back already started');
+    const reader = await this.#open();
+    const { chunkSize, size } = this.#o;
+    let k = 0;
+    for (; k < this.#chunks; k++) {
+      if (signal?.aborted) throw new SlotflipError('INSTALL_ABORTED', 'install aborted', {});
+      const end = Math.min(size, (k + 1) * chunkSize);
+      const h = createHash('sha256');
+      let at = k * chunkSize;
+      try {
+        while (at < end) {
+          const len = Math.min(PIECE - (at % DIRECT_ALIGN), end - at);
+          const buf = await reader.read(len, at);
+          if (buf.length !== len) break;
+          h.update(buf);
+          at += len;
+        }
+      } catch {
+        break; // unreadable: fetched and written again (the read-back judges the slot)
+      }
+      if (this.#o.readAt === undefined) this.#direct = reader.direct;
+      if (at < end || h.digest('hex') !== sha256Of(k)) break;
+      this.#cursor = end;
+    }
+    this.#target = Math.max(this.#target, this.#cursor);
+    return k;
   }
 
   /** Reads and checks up to byte `upto` in the background (it must be flushed already); a chunk is

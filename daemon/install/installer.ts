@@ -1,14 +1,20 @@
 /**
  * The streaming installer: payload source → decompress → cut into chunks → SHA-256 each chunk and
- * compare with the signed index → positional write at the chunk's offset → periodic fsync → read the
- * slot back behind the fsync frontier and hash the whole image.
+ * compare with the signed index → CRC-32 of the same buffer → positional write at the chunk's offset
+ * → periodic fsync → read the slot back from the medium behind the fsync frontier and compare each
+ * chunk's CRC-32 with the one recorded at write time (hasher.ts).
  *
  * INVARIANTS
  * - No byte reaches the slot unless its chunk's SHA-256 matched the signed index first.
  * - The slot's capacity is checked before it is opened; a too-small slot is never written.
  * - The resume hint only ever claims chunks that were written and flushed; resuming re-hashes the
- *   slot from chunk 0 (past the hint too: a killed process's writes outlive it in the page cache)
- *   and restarts at the first chunk that does not match (the hint is never trusted alone).
+ *   slot from chunk 0 (past the hint too: a killed process's writes outlive it in the page cache),
+ *   reading it as the read-back does (the medium), and restarts at the first chunk that does not
+ *   match (the hint is never trusted alone).
+ * - The image is the signed one because every chunk of the signed, contiguous index was SHA-256
+ *   verified (in this run before its write, or on resume as read from the slot); the read-back then
+ *   proves the medium kept those bytes, chunk by chunk (CRC-32 recorded over the verified buffer). No
+ *   second whole-image SHA-256 pass is made (see hasher.ts for the trade-off).
  * - Memory is bounded by a fixed pool of chunk buffers plus stream buffers, whatever the image size.
  * - Compressed bytes read are capped by the signed payload length; image bytes by the signed size.
  * - One attempt spends a bounded download budget (bytes and time, summed over runs and restarts in
@@ -34,12 +40,11 @@
  * with full mark-compacts, which cost CPU and keep tens of MiB resident): plain-HTTP bodies and local
  * files are read into one reused buffer each (source.ts), compressed bytes wait for the decoder in a
  * fixed ring (InputRing), the zstd CLI's output lands in the chunk buffers, and the read-back reuses
- * one buffer in its worker. Only https and chunked responses still come through node:http.
+ * one page-aligned buffer. Only https and chunked responses still come through node:http.
  *
- * Concurrency: zstd decompresses in its own process, the main thread copies and hashes chunks, writes
- * and fsyncs run on libuv's thread pool, and the read-back is hashed on a worker thread. The
- * whole-image SHA-256 is computed over the bytes READ BACK from the slot after they were flushed, which
- * checks the in-flight data (already covered chunk by chunk) and the slot in one pass instead of two.
+ * Concurrency: zstd decompresses in its own process, the main thread hashes chunks (SHA-256, then
+ * CRC-32 over the same buffer), writes, fsyncs and the read-back's reads run on libuv's thread pool,
+ * and the read-back's CRC-32 runs on the main thread (native, a fraction of a SHA-256 pass).
  *
  * Error codes (stable): INSTALL_BAD_INDEX, INSTALL_SLOT_TOO_SMALL, INSTALL_CHUNK_HASH_MISMATCH,
  * INSTALL_PAYLOAD_TRUNCATED, INSTALL_PAYLOAD_OVERSIZED, INSTALL_DECOMPRESS, INSTALL_HTTP_STATUS,
@@ -246,12 +251,12 @@ export async function installPayload(opts: InstallOptions): Promise<InstallResul
   const readBack = new ReadBackChecker({ path: opts.slot.path, chunkSize: payload.chunkSize, size: payload.size, ...(opts.readBack === 'path' ? {} : { readAt: (l: number, o: number) => handle.readAt(l, o) }), ...(log ? { log } : {}) });
   try {
     const record = await readResumeRecord(opts.resumeStatePath, payload, opts.slot.path);
-    const run = new InstallRun(opts, payload, payloadLength, source, handle, readBack, now, signal, record.spent, record.corruptChunk, record.rewriteFrom);
+    const run = new InstallRun(opts, payload, payloadLength, source, handle, readBack, now, signal, record.spent, record.corruptChunk);
     // no record for this payload on this slot: a fresh install, nothing of it can be on the slot yet;
     // record that it started, so a run killed before its first flush is resumed by re-hashing
     if (!record.found) await writeResumeHint(opts.resumeStatePath, payload, opts.slot.path, 0, false, { spent: record.spent });
     const resumedFrom = record.found ? await run.verifyExisting(record.nextChunk) : 0;
-    log?.info({ slot: opts.slot.slot, resumedFrom, chunks: payload.chunks.length, size: payload.size, spentBytes: record.spent.bytes, ...(record.corruptChunk !== undefined ? { corruptChunk: record.corruptChunk } : {}), ...(record.rewriteFrom !== undefined ? { rewriteFrom: record.rewriteFrom } : {}) }, 'install started');
+    log?.info({ slot: opts.slot.slot, resumedFrom, chunks: payload.chunks.length, size: payload.size, spentBytes: record.spent.bytes, ...(record.corruptChunk !== undefined ? { corruptChunk: record.corruptChunk } : {}) }, 'install started');
     try {
       await run.transferAll(resumedFrom);
     } catch (e) {
@@ -260,13 +265,7 @@ export async function installPayload(opts: InstallOptions): Promise<InstallResul
       await run.keepProgress(isCoded(e, 'INSTALL_PAYLOAD_CORRUPT') || isCoded(e, 'INSTALL_BUDGET_EXHAUSTED'));
       throw e;
     }
-    const readBackSha256 = await run.finish().catch(async (e: unknown) => {
-      // the medium did not keep chunk k: the next attempt must write it again even though the page
-      // cache (which a resume's re-hash reads) may still hold the verified bytes
-      const chunk = isCoded(e, 'INSTALL_READBACK_MISMATCH') ? ((e as SlotflipError).details as { chunk?: number } | undefined)?.chunk : undefined;
-      if (chunk !== undefined) await run.recordRewrite(chunk).catch((w: unknown) => log?.warn({ err: w }, 'could not record the chunk to write again'));
-      throw e;
-    });
+    const readBackSha256 = await run.finish();
     await writeResumeHint(opts.resumeStatePath, payload, opts.slot.path, payload.chunks.length, true);
     const result: InstallResult = {
       resumedFromChunk: resumedFrom,
@@ -357,9 +356,6 @@ class InstallRun {
   readonly #maxMs: number;
   /** a chunk an earlier attempt found corrupt on every mirror (until it verifies). */
   #corruptChunk: number | undefined;
-  /** the first chunk an earlier read-back found changed on the medium: written again from there
-   * (the resume scan stops before it) until a flush covers it. */
-  #rewriteFrom: number | undefined;
   #rate = 0;
   #lastProgressAt = 0;
   #lastProgressBytes = 0;
@@ -406,10 +402,8 @@ class InstallRun {
     private readonly signal: AbortSignal,
     spent: SpentBudget,
     corruptChunk: number | undefined,
-    rewriteFrom: number | undefined,
   ) {
     this.#corruptChunk = corruptChunk;
-    this.#rewriteFrom = rewriteFrom;
     this.#chunkCount = payload.chunks.length;
     this.#packed = payload.chunks[0]?.packedSha256 !== undefined;
     this.#targetSha = this.#packed ? undefined : opts.targetSha256;
@@ -432,26 +426,21 @@ class InstallRun {
 
   /**
    * Re-hashes the chunks already on the slot, from chunk 0 up to the first that does not match the
-   * signed index, and returns that index: the download resumes there. The scan does not stop at the
-   * hint: the hint is persisted only at a flush (every `flushEveryBytes`), but a process that died
-   * (SIGKILL, OOM, a crash) left every chunk it wrote in the page cache, and a power cut leaves
-   * whatever the kernel had written back; a chunk that hashes right IS the signed chunk, wherever it
-   * came from. Chunks found past the hint are flushed and recorded before the download goes on, so
-   * the hint still only claims flushed chunks. Only called when a record says this payload's install
-   * started on this slot (a fresh install reads nothing back before writing).
+   * signed index, and returns that index: the download resumes there. The chunks are read the way the
+   * read-back reads (by path: O_DIRECT, the medium, whose direct read first writes back what a killed
+   * process left dirty in the page cache; else through the slot handle), so this scan IS their
+   * read-back: a chunk the medium lost or changed while no daemon ran is fetched and written again,
+   * not passed on the strength of the page cache. The scan does not stop at the hint: the hint is
+   * persisted only at a flush (every `flushEveryBytes`), but a process that died (SIGKILL, OOM, a
+   * crash) left every chunk it wrote in the page cache, and a power cut leaves whatever the kernel
+   * had written back; a chunk that hashes right IS the signed chunk, wherever it came from. Chunks
+   * found past the hint are flushed and recorded before the download goes on, so the hint still only
+   * claims flushed chunks. Only called when a record says this payload's install started on this
+   * slot (a fresh install reads nothing back before writing).
    */
   async verifyExisting(hint: number): Promise<number> {
-    let i = 0;
-    const limit = Math.min(this.#chunkCount, this.#rewriteFrom ?? this.#chunkCount);
-    for (; i < limit; i++) {
-      throwIfAborted(this.signal);
-      const len = this.#chunkLen(i);
-      // a chunk that cannot be read is fetched and written again (the read-back judges the slot)
-      const data = await this.handle.readAt(len, i * this.payload.chunkSize).catch(() => undefined);
-      if (data === undefined || data.length !== len || createHash('sha256').update(data).digest('hex') !== this.payload.chunks[i]!.sha256) break;
-      // these verified bytes are what the read-back must find on the medium
-      this.readBack.expect(i, chunkCrc(data));
-    }
+    const i = await this.readBack.verifyPrefix((k) => this.payload.chunks[k]!.sha256, this.signal);
+    if (i < hint) this.opts.logger?.warn({ hint, chunk: i, offset: i * this.payload.chunkSize }, 'resume: a chunk recorded as written no longer matches the signed index on the slot; writing again from it');
     if (i > hint) {
       await this.handle.flush();
       await writeResumeHint(this.opts.resumeStatePath, this.payload, this.opts.slot.path, i, false, this.#extra());
@@ -459,7 +448,6 @@ class InstallRun {
     this.opts.logger?.debug({ hint, verified: i }, 'resume hint checked');
     this.#durable = i;
     this.#lastProgressBytes = Math.min(this.payload.size, i * this.payload.chunkSize);
-    this.readBack.advance(this.#lastProgressBytes);
     return i;
   }
 
@@ -808,15 +796,7 @@ class InstallRun {
     return {
       ...(withSpent ? { spent: this.#spentNow() } : {}),
       ...(this.#corruptChunk !== undefined && this.next <= this.#corruptChunk ? { corruptChunk: this.#corruptChunk } : {}),
-      ...(this.#rewriteFrom !== undefined && this.#durable <= this.#rewriteFrom ? { rewriteFrom: this.#rewriteFrom } : {}),
     };
-  }
-
-  /** After a read-back mismatch at `chunk`: records that the next attempt writes again from there. */
-  async recordRewrite(chunk: number): Promise<void> {
-    this.#rewriteFrom = chunk;
-    this.#durable = Math.min(this.#durable, chunk);
-    await writeResumeHint(this.opts.resumeStatePath, this.payload, this.opts.slot.path, chunk, false, this.#extra());
   }
 
   /** What this attempt has spent so far (earlier runs included). */

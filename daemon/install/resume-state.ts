@@ -37,17 +37,12 @@ export interface ResumeRecord {
   /** a chunk that every mirror served corrupt when an earlier attempt ended (INSTALL_PAYLOAD_CORRUPT):
    * the next attempt asks each mirror for it once, alone, before anything else is fetched again. */
   corruptChunk?: number;
-  /** the first chunk a read-back found changed on the medium: the next run writes again from there
-   * without trusting its re-hash past it (that reads the page cache, which may still hold the
-   * verified bytes the medium lost). Kept until a flush covers the rewritten chunk. */
-  rewriteFrom?: number;
 }
 
 /** What a record carries besides the watermark. */
 export interface ResumeExtra {
   spent?: SpentBudget;
   corruptChunk?: number;
-  rewriteFrom?: number;
 }
 
 /** Reads the hint; returns 0 when the file is missing, unreadable or for another payload/slot. */
@@ -57,7 +52,7 @@ export async function readResumeHint(path: string, payload: PayloadInfo, slotPat
 
 /** Reads the hint and the spent budget (zero when missing, unreadable or for another payload/slot);
  * `found`: a record for this payload on this slot exists (an install of it was started before). */
-export async function readResumeRecord(path: string, payload: PayloadInfo, slotPath: string): Promise<{ found: boolean; nextChunk: number; spent: SpentBudget; corruptChunk?: number; rewriteFrom?: number }> {
+export async function readResumeRecord(path: string, payload: PayloadInfo, slotPath: string): Promise<{ found: boolean; nextChunk: number; spent: SpentBudget; corruptChunk?: number }> {
   const none = { found: false, nextChunk: 0, spent: emptyBudget() };
   let rec: Partial<ResumeRecord>;
   try {
@@ -70,9 +65,7 @@ export async function readResumeRecord(path: string, payload: PayloadInfo, slotP
   const nextChunk = typeof n === 'number' && Number.isInteger(n) && n >= 0 ? Math.min(n, payload.chunks.length) : 0;
   const c = rec.corruptChunk;
   const corruptChunk = typeof c === 'number' && Number.isInteger(c) && c >= 0 && c < payload.chunks.length ? c : undefined;
-  const w = rec.rewriteFrom;
-  const rewriteFrom = typeof w === 'number' && Number.isInteger(w) && w >= 0 && w < payload.chunks.length ? w : undefined;
-  return { found: true, nextChunk: rewriteFrom !== undefined ? Math.min(nextChunk, rewriteFrom) : nextChunk, spent: parseSpent(rec.spent), ...(corruptChunk !== undefined ? { corruptChunk } : {}), ...(rewriteFrom !== undefined ? { rewriteFrom } : {}) };
+  return { found: true, nextChunk, spent: parseSpent(rec.spent), ...(corruptChunk !== undefined ? { corruptChunk } : {}) };
 }
 
 /** Atomically records that chunks [0, nextChunk) are on the slot and flushed, and the spent budget. */
@@ -80,7 +73,6 @@ export async function writeResumeHint(path: string, payload: PayloadInfo, slotPa
   const rec: ResumeRecord = {
     schema: 1, imageSha256: payload.sha256, size: payload.size, chunkSize: payload.chunkSize, slotPath, nextChunk, complete,
     ...(extra.spent ? { spent: extra.spent } : {}), ...(extra.corruptChunk !== undefined ? { corruptChunk: extra.corruptChunk } : {}),
-    ...(extra.rewriteFrom !== undefined ? { rewriteFrom: extra.rewriteFrom } : {}),
   };
   await writeFileAtomic(path, `${JSON.stringify(rec)}\n`);
 }
