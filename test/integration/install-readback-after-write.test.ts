@@ -8,9 +8,7 @@
  *   the final flush, underneath the block device's page cache, which still holds the written bytes.
  */
 import t from 'tap';
-import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { open, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { installPayload } from '../../daemon/install/index.js';
 import { chunkCrc } from '../../daemon/install/hasher.js';
@@ -18,6 +16,7 @@ import { codeOf } from '../../hal/errors.js';
 import { createSlotWriter } from '../../hal/file-slot.js';
 import type { SlotHandle, SlotWriter } from '../../hal/slot-writer.js';
 import { makePayload, makeSlotFile } from '../bench/install-fixtures.js';
+import { flipUnderneath, loopAvailable, withLoop } from '../harness/loop-device.js';
 
 const CHUNK = 64 << 10;
 const SIZE = 6 * CHUNK + 777; // 7 chunks, the last one short
@@ -59,21 +58,10 @@ t.test('through the handle: a chunk that reads back different from what was writ
   t.match((err as Error).message, /differs in chunk 3 \(bytes 196608\.\.262143\): CRC-32 [0-9a-f]{8}, written [0-9a-f]{8}/);
 });
 
-function loopAvailable(): boolean {
-  try {
-    return process.getuid?.() === 0 && existsSync('/dev/loop-control') && execFileSync('losetup', ['-f'], { encoding: 'utf8' }).trim().startsWith('/dev/loop');
-  } catch {
-    return false;
-  }
-}
-
 t.test('by path (O_DIRECT): a byte the medium changed after the last flush is caught and named', { skip: loopAvailable() ? false : 'needs root and a loop device' }, async (t) => {
   const dir = t.testdir();
   const p = await makePayload(dir, { size: SIZE, chunkSize: CHUNK, compression: 'zstd' });
-  const backing = join(dir, 'flash.img');
-  await makeSlotFile(backing, 1 << 20);
-  const dev = execFileSync('losetup', ['-f', '--show', backing], { encoding: 'utf8' }).trim();
-  t.teardown(() => execFileSync('losetup', ['-d', dev]));
+  const { dev, backing } = await withLoop(t, dir, 1 << 20, false);
   let flips = 0;
   const slot = wrapped(createSlotWriter('B', { path: dev }), (h) => ({
     writeAt: (d, o) => h.writeAt(d, o),
@@ -83,17 +71,8 @@ t.test('by path (O_DIRECT): a byte the medium changed after the last flush is ca
       await h.flush();
       if (flips > 0) return;
       // after the flush that covers the whole image, change one byte underneath the page cache
-      const fh = await open(backing, 'r+');
-      try {
-        const one = Buffer.alloc(1);
-        await fh.read(one, 0, 1, BAD);
-        one[0] ^= 0x5a;
-        await fh.write(one, 0, 1, BAD);
-        await fh.sync();
-        flips++;
-      } finally {
-        await fh.close();
-      }
+      await flipUnderneath(backing, BAD);
+      flips++;
     },
   }));
   // one flush for the whole image (flushEveryBytes above its size): the change lands after it

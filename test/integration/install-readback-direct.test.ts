@@ -7,8 +7,7 @@
  * Needs root and a free loop device; skipped otherwise. Also: on tmpfs (no O_DIRECT) the read-back
  * falls back, says so in a debug log, and still catches a changed byte.
  */
-import t, { type Test } from 'tap';
-import { execFileSync } from 'node:child_process';
+import t from 'tap';
 import { createHash } from 'node:crypto';
 import { constants, existsSync } from 'node:fs';
 import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
@@ -20,6 +19,7 @@ import { chunkCrc, ReadBackChecker } from '../../daemon/install/hasher.js';
 import { createSlotWriter } from '../../hal/file-slot.js';
 import { codeOf } from '../../hal/errors.js';
 import type { PayloadInfo } from '../../manifests/types.js';
+import { bufferedBytes, flipUnderneath, loopAvailable, withLoop } from '../harness/loop-device.js';
 
 const CHUNK = 64 << 10;
 const SIZE = 5 * CHUNK + 777; // 6 chunks, the last one short and unaligned
@@ -57,62 +57,13 @@ async function writeThrough(path: string, img: Buffer): Promise<void> {
   }
 }
 
-async function flipUnderneath(backing: string, at: number): Promise<number> {
-  const fh = await open(backing, 'r+');
-  try {
-    const one = Buffer.alloc(1);
-    await fh.read(one, 0, 1, at);
-    const changed = one[0]! ^ 0x5a;
-    await fh.write(Buffer.from([changed]), 0, 1, at);
-    await fh.sync();
-    return changed;
-  } finally {
-    await fh.close();
-  }
-}
-
-async function bufferedByte(path: string, at: number): Promise<number> {
-  const fh = await open(path, 'r');
-  try {
-    const one = Buffer.alloc(1);
-    await fh.read(one, 0, 1, at);
-    return one[0]!;
-  } finally {
-    await fh.close();
-  }
-}
-
-function loopAvailable(): boolean {
-  try {
-    return process.getuid?.() === 0 && existsSync('/dev/loop-control') && execFileSync('losetup', ['-f'], { encoding: 'utf8' }).trim().startsWith('/dev/loop');
-  } catch {
-    return false;
-  }
-}
-
-async function withLoop(t: Test): Promise<{ dev: string; backing: string }> {
-  const backing = join(t.testdir(), 'flash.img');
-  const fh = await open(backing, 'w');
-  await fh.truncate(DEVICE);
-  await fh.close();
-  const dev = execFileSync('losetup', ['-f', '--show', backing], { encoding: 'utf8' }).trim();
-  // hold the device open for the whole test, as the installer holds its slot handle: the kernel
-  // drops a block device's page cache at its LAST close, which would hide what this test is about
-  const holder = await open(dev, 'r');
-  t.teardown(async () => {
-    await holder.close();
-    execFileSync('losetup', ['-d', dev]);
-  });
-  return { dev, backing };
-}
-
 t.test('read-back after the write sees a byte the medium changed underneath the page cache', { skip: loopAvailable() ? false : 'needs root and a loop device' }, async (t) => {
-  const { dev, backing } = await withLoop(t);
+  const { dev, backing } = await withLoop(t, t.testdir(), DEVICE);
   const img = image();
   const payload = payloadOf(img);
   await writeThrough(dev, img);
   const changed = await flipUnderneath(backing, BAD);
-  t.equal(await bufferedByte(dev, BAD), img[BAD], 'premise: a buffered read of the slot still returns the written byte (page cache)');
+  t.equal((await bufferedBytes(dev, BAD, 1))[0], img[BAD], 'premise: a buffered read of the slot still returns the written byte (page cache)');
 
   const slot = createSlotWriter('B', { path: dev });
   // Verify step: by path (what compose uses for hal's slot writers) reads the medium
@@ -120,7 +71,7 @@ t.test('read-back after the write sees a byte the medium changed underneath the 
   t.equal(codeOf(err, ''), 'DAEMON_VERIFY_MISMATCH', 'the changed byte is caught');
   t.match((err as { details: unknown }).details, { path: dev, chunk: 2, offset: 2 * CHUNK, expected: payload.chunks[2]!.sha256, direct: true }, 'names the chunk and its offset');
   t.match((err as Error).message, /chunk 2 \(bytes 131072\.\.196607\)/);
-  t.equal(await bufferedByte(dev, BAD), img[BAD], 'while the page cache still says all is well');
+  t.equal((await bufferedBytes(dev, BAD, 1))[0], img[BAD], 'while the page cache still says all is well');
 
   // the installer's read-back (by path, behind the flush frontier): each chunk's CRC-32 against the
   // one recorded over the written bytes
@@ -143,7 +94,7 @@ t.test('read-back after the write sees a byte the medium changed underneath the 
 });
 
 t.test('an intact slot passes the direct read-back (aligned windows, unaligned last chunk)', { skip: loopAvailable() ? false : 'needs root and a loop device' }, async (t) => {
-  const { dev } = await withLoop(t);
+  const { dev } = await withLoop(t, t.testdir(), DEVICE);
   const img = image();
   await writeThrough(dev, img);
   await verifySlotImage(createSlotWriter('A', { path: dev }), payloadOf(img), { source: 'path' });
