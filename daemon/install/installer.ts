@@ -131,8 +131,9 @@ export interface InstallOptions {
   budget?: BudgetOptions;
   /** fsync (and persist the resume hint) every this many image bytes (default 64 MiB). */
   flushEveryBytes?: number;
-  /** chunk buffers in the pool (default 4); memory ≈ pool × chunkSize, plus 3 MiB of carry and
-   * scratch buffers and the 3 MiB ring of compressed input queued for the decoder. */
+  /** chunk buffers in the pool (default 3: one filling, one being written, one of slack for a write
+   * that waits behind a flush); memory ≈ pool × chunkSize, plus 0.5 MiB of carry and scratch buffers,
+   * the 1 MiB ring of compressed input queued for the decoder and the read-back's 1 MiB buffer. */
   buffers?: number;
   zstdPath?: string;
   /** gzip decoder: the `zstd` CLI (default: another core, flat memory) or node:zlib. */
@@ -163,15 +164,17 @@ export interface InstallResult {
 
 const MIB = 1 << 20;
 /** compressed bytes queued at the decoder's input before the source is paused. */
-const PRODUCER_QUEUE = 1 << 20;
-/** carry buffer size: at least one decoder read (1 MiB). */
-const BUF_CARRY = 1 << 20;
+const PRODUCER_QUEUE = 512 << 10;
+/** scratch and carry buffer size: a decoder read that found no free chunk buffer lands in the scratch
+ * (so it is at most this long: the zstd FIFO delivers what the pipe holds, 64 KiB by default); a
+ * carry grows on demand to a larger piece (the in-process zlib decoders deliver 1 MiB). */
+const BUF_CARRY = 256 << 10;
 
 /** compressed bytes queued for the decoder live in a ring of this size (see InputRing). */
-const INPUT_RING = 3 * MIB;
+const INPUT_RING = MIB;
 /** the source is paused when the ring has less room than this (the largest piece a source here
- * delivers: ReusedBufferStream reads 1 MiB, a socket 64 KiB). */
-const RING_PIECE = MIB;
+ * delivers: ReusedBufferStream reads 256 KiB, a socket 64 KiB). */
+const RING_PIECE = 256 << 10;
 
 /**
  * A fixed buffer for bytes on their way to the decoder: `put` copies a piece in (contiguously) and
@@ -415,7 +418,7 @@ class InstallRun {
     const maxChunk = payload.chunks.reduce((m, c) => Math.max(m, c.length), 0);
     this.#maxBytes = Math.ceil((b.maxBytesFactor ?? 3) * payloadLength + maxChunk);
     this.#maxMs = b.maxMs ?? 24 * 3_600_000;
-    const n = Math.max(2, opts.buffers ?? 4);
+    const n = Math.max(2, opts.buffers ?? 3);
     for (let i = 0; i < n; i++) this.#pool.push(Buffer.allocUnsafeSlow(payload.chunkSize));
     this.#lastProgressAt = now();
   }
