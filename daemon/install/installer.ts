@@ -1076,13 +1076,26 @@ class InstallRun {
           }
         }, Math.max(10, Math.min(1000, Math.floor(Math.min(stallMs, windowMs) / 4))));
         const input = dec.input!;
-        const release = (): void => ring.release();
+        // the source is paused while the decoder lags (PRODUCER_QUEUE bytes queued at its input) or the
+        // ring is short of room, and resumed from the write callbacks once both are clear again: a
+        // 'drain' would come only if a write had returned false, i.e. past the input's own high-water
+        // mark, which for the pass-through decoder (1 MiB) lies beyond the ring
+        const mayResume = (): void => {
+          if (paused && input.writableLength < PRODUCER_QUEUE && ring.free() >= RING_PIECE) {
+            paused = false;
+            stream.resume();
+          }
+        };
+        const release = (): void => {
+          ring.release();
+          mayResume();
+        };
         /** hands `d` (valid only now) to the decoder: a copy in the ring, freed by the write's callback
          * (in order); a piece that does not fit (never with the sources here) is copied on its own */
         const feed = (d: Buffer): void => {
           const v = ring.put(d);
           if (v) input.write(v, release);
-          else input.write(Buffer.from(d));
+          else input.write(Buffer.from(d), mayResume);
         };
         stream.on('data', (d: Buffer) => {
           lastByteAt = this.now();
@@ -1138,10 +1151,6 @@ class InstallRun {
           if ((input.writableLength >= PRODUCER_QUEUE || ring.free() < RING_PIECE) && !last) {
             paused = true;
             stream.pause();
-            input.once('drain', () => {
-              paused = false;
-              stream.resume();
-            });
           }
           if (last) stopProducer();
         });
