@@ -3,14 +3,14 @@
  * chunk with what was written, by a CRC-32 recorded at write time over the same buffer whose SHA-256
  * had just matched the signed index (or, on resume, over the bytes whose SHA-256 was re-checked).
  *
- * Trade-off: the read-back used to hash the whole image with SHA-256 again on a worker thread. That
- * is a second full cryptographic pass (and a second V8 isolate, ~13 MiB RSS) to answer a question
- * the chunk hashes already answered: the bytes handed to the slot ARE the signed image (each chunk's
- * SHA-256 matched the signed, contiguous index before its write). What the read-back must still
- * catch is the medium not keeping them, and CRC-32 catches every burst of up to 32 flipped bits and
- * any other change with probability 1 - 2^-32 per chunk; it is not a defence against an attacker
- * who can write the inactive slot (such a one is root, and owns the state directory too). The
- * read-back runs on the main thread: its reads go to libuv's pool, and zlib.crc32 is native.
+ * Trade-off: each chunk is compared by CRC-32 (cheap, native, names the chunk), and the bytes read
+ * back are also fed, in order, into one SHA-256 of the whole image that the installer compares with
+ * the signed image hash at the end (`imageSha256`). The chunk SHA-256s already proved the bytes
+ * handed to the slot; the read-back proves the MEDIUM kept them: CRC-32 catches every burst of up to
+ * 32 flipped bits in a chunk and names it, and the whole-image SHA-256 closes the rest (any change at
+ * all, an offset bug, a collision) for one more hash pass. It replaced a second per-chunk SHA-256 on
+ * a worker thread (a second V8 isolate, ~13 MiB RSS). It runs on the main thread: its reads go to
+ * libuv's pool, and crc32 and SHA-256 are native.
  *
  * By path the descriptor is O_DIRECT (read-back.ts, `pathReader`): a buffered read right after the
  * write would check the page cache (the bytes just written), not what the medium kept. Where O_DIRECT
@@ -21,7 +21,7 @@
  * Error code (stable): INSTALL_READBACK_MISMATCH (details: path, and chunk, offset, expected and
  * actual CRC-32 when a chunk differs; errno when a read failed).
  */
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import zlib from 'node:zlib';
 import type { Logger } from 'pino';
 import { SlotflipError } from '../../hal/errors.js';
@@ -64,6 +64,10 @@ export class ReadBackChecker {
   #loop: Promise<void> | undefined;
   #error: SlotflipError | undefined;
   #direct: boolean | undefined;
+  /** SHA-256 of bytes [0, #cursor) as read back (the prefix re-hash and the read-back both read in
+   * order from 0, so at the end it is the whole image's hash, of what the medium holds). */
+  #whole: Hash = createHash('sha256');
+  #wholeDigest: string | undefined;
 
   constructor(o: ReadBackOptions) {
     this.#o = o;
@@ -99,6 +103,8 @@ export class ReadBackChecker {
       if (signal?.aborted) throw new SlotflipError('INSTALL_ABORTED', 'install aborted', {});
       const end = Math.min(size, (k + 1) * chunkSize);
       const h = createHash('sha256');
+      // the whole-image hash takes this chunk only if it matches (a copy to fall back to)
+      const before = this.#whole.copy();
       let at = k * chunkSize;
       try {
         while (at < end) {
@@ -106,13 +112,18 @@ export class ReadBackChecker {
           const buf = await reader.read(len, at);
           if (buf.length !== len) break;
           h.update(buf);
+          this.#whole.update(buf);
           at += len;
         }
       } catch {
+        this.#whole = before;
         break; // unreadable: fetched and written again (the read-back judges the slot)
       }
       if (this.#o.readAt === undefined) this.#direct = reader.direct;
-      if (at < end || h.digest('hex') !== sha256Of(k)) break;
+      if (at < end || h.digest('hex') !== sha256Of(k)) {
+        this.#whole = before;
+        break;
+      }
       this.#cursor = end;
     }
     this.#target = Math.max(this.#target, this.#cursor);
@@ -133,6 +144,14 @@ export class ReadBackChecker {
     while (this.#loop) await this.#loop;
     if (this.#error) throw this.#error;
     return { bytes: this.#cursor };
+  }
+
+  /** SHA-256 (hex) of the whole image as read back; only once every byte was read back and checked
+   * (after `finish(size)`), else undefined. */
+  imageSha256(): string | undefined {
+    if (this.#cursor < this.#o.size || this.#error) return undefined;
+    this.#wholeDigest ??= this.#whole.digest('hex');
+    return this.#wholeDigest;
   }
 
   /** Closes the descriptor; idempotent. */
@@ -174,6 +193,7 @@ export class ReadBackChecker {
           return;
         }
         this.#check(buf, at);
+        this.#whole.update(buf);
         this.#cursor = at + len;
       }
     })()

@@ -1227,6 +1227,14 @@ class InstallRun {
     this.#checkIo();
     if (this.#durable < this.#chunkCount) await this.handle.flush();
     await this.readBack.finish(this.payload.size);
+    // the whole image, hashed over what the medium returned: the chunk hashes already prove every
+    // chunk, this proves the slot holds exactly the signed image end to end (issue 24 keeps it)
+    const whole = this.readBack.imageSha256();
+    if (whole !== this.payload.sha256) {
+      throw new SlotflipError('INSTALL_READBACK_MISMATCH', `slot ${this.opts.slot.path} read back with image SHA-256 ${whole ?? '(incomplete)'}, the release signs ${this.payload.sha256}, although every chunk matched: the image will be written again on the next attempt`, {
+        details: { path: this.opts.slot.path, expected: this.payload.sha256, actual: whole ?? null },
+      });
+    }
     this.#progress(this.payload.size, true);
     return this.payload.sha256;
   }

@@ -103,8 +103,22 @@ t.test('an intact slot passes the direct read-back (aligned windows, unaligned l
     for (const upto of [1, 4095, 4097, CHUNK + 3, 4 * CHUNK]) checker.advance(upto);
     t.same(await checker.finish(SIZE), { bytes: SIZE }, 'every chunk read back and matched');
     t.equal(checker.direct, true);
+    t.equal(checker.imageSha256(), createHash('sha256').update(img).digest('hex'), 'the whole image hashed over what the medium returned');
   } finally {
     await checker.close();
+  }
+  // a resume: the prefix re-hash and the read-back after it make one whole-image hash
+  const resumed = checkerFor(img, dev);
+  try {
+    const sha = (k: number): string => createHash('sha256').update(img.subarray(k * CHUNK, (k + 1) * CHUNK)).digest('hex');
+    const wrongFrom = 2;
+    const matched = await resumed.verifyPrefix((k) => (k >= wrongFrom ? '0'.repeat(64) : sha(k)));
+    t.equal(matched, wrongFrom, 'the prefix stops at the first chunk that differs');
+    t.equal(resumed.imageSha256(), undefined, 'no whole-image hash before every byte was read back');
+    t.same(await resumed.finish(SIZE), { bytes: SIZE });
+    t.equal(resumed.imageSha256(), createHash('sha256').update(img).digest('hex'), 'prefix + read-back = the whole image, once each');
+  } finally {
+    await resumed.close();
   }
 });
 
