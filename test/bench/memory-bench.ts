@@ -202,10 +202,12 @@ function sampler(pid: number): { samples: Array<{ t: number; kib: number; procs:
   return { samples, stop: () => clearInterval(h), now: () => { take(); return samples.at(-1)?.kib ?? 0; } };
 }
 
-/** The NODE_OPTIONS the systemd unit starts the daemon with (its `Environment=NODE_OPTIONS=` line). */
+/** The NODE_OPTIONS the systemd unit starts the daemon with (its `Environment=NODE_OPTIONS=` line,
+ * quoted as systemd needs it when the value has spaces: `Environment="NODE_OPTIONS=a b"`). */
 function unitNodeOptions(): string {
   const unit = readFileSync(join(ROOT, 'systemd', 'slotflip.service'), 'utf8');
-  return /^Environment=NODE_OPTIONS=(.*)$/m.exec(unit)?.[1]?.trim() ?? '';
+  const m = /^Environment=(?:"NODE_OPTIONS=([^"]*)"|NODE_OPTIONS=(\S*))\s*$/m.exec(unit);
+  return (m?.[1] ?? m?.[2] ?? '').trim();
 }
 
 /** The daemon runs with the unit's NODE_OPTIONS (as on a device) unless --node-options says otherwise
