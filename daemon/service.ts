@@ -84,7 +84,7 @@ export interface ServiceOptions {
   /** timers for the retry (tests inject a fake); default the global ones. */
   timers?: TimerApi;
   /** called once no cycle has run or been queued for `reclaimAfterMs` (default 2 s): the daemon
-   * hands the heap's free pages back to the OS there (daemon/reclaim.ts). Not called after stop(). */
+   * hands the heap's free pages back to the OS there (daemon/footprint.ts). Not called after stop(). */
   reclaim?: () => void;
   reclaimAfterMs?: number;
 }

@@ -12,7 +12,7 @@ import { createNotifier, notifyOptionsFromEnv } from '../sd-notify.js';
 import { loadConfig, requireHealthChecks } from '../config.js';
 import { commandLogger, parseCommandArgs } from '../command-support.js';
 import { UpdateService } from '../service.js';
-import { exposedGc, reclaimHeap } from '../reclaim.js';
+import { exposedGc, reclaimHeap } from '../footprint.js';
 import type { Command } from './command.js';
 
 export const command: Command = {

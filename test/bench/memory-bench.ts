@@ -113,6 +113,20 @@ function treeRss(root: number): { kib: number; procs: number } {
 
 const mib = (kib: number): number => Math.round(kib / 102.4) / 10;
 
+/** CPU seconds `pid` used so far, its exited children (zstd) included: utime+stime+cutime+cstime
+ * from /proc/PID/stat, in clock ticks of 1/100 s (USER_HZ on Linux). Under load the wall time of an
+ * install says little; its CPU time is what a flag like --no-opt would change. */
+function cpuSeconds(pid: number): number {
+  try {
+    const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+    // fields 14-17 of stat(5); f[0] is field 3
+    return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / 100;
+  } catch {
+    return NaN;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // processes
 
@@ -287,7 +301,7 @@ interface Results {
   node: string;
   nodeOptions: string;
   idle?: { at60sMiB: number; at5sMiB: number; maxMiB: number; seconds: number; procs: number };
-  install: Array<{ gib: number; peakMiB: number; peakProcs: number; seconds: number; payloadMiB: number }>;
+  install: Array<{ gib: number; peakMiB: number; peakProcs: number; seconds: number; cpuSeconds: number; payloadMiB: number }>;
   cycles?: { n: number; beforeMiB: number; afterMiB: number; growthMiB: number; trace: number[]; seconds: number };
 }
 
@@ -366,11 +380,12 @@ async function install(root: string, cache: string, broker: Mosquitto, gib: numb
     const t0 = Date.now();
     try {
       await d.waitFor((l) => l.msg === 'install verified', 3_600_000, 'install verified');
+      const cpu = Math.round(cpuSeconds(d.child.pid!) * 10) / 10;
       s.now();
       const peak = s.samples.reduce((a, b) => (b.kib > a.kib ? b : a));
-      const r = { gib, peakMiB: mib(peak.kib), peakProcs: Math.max(...s.samples.map((x) => x.procs)), seconds: Math.round((Date.now() - t0) / 1000), payloadMiB: Math.round(payload / MIB) };
+      const r = { gib, peakMiB: mib(peak.kib), peakProcs: Math.max(...s.samples.map((x) => x.procs)), seconds: Math.round((Date.now() - t0) / 1000), cpuSeconds: cpu, payloadMiB: Math.round(payload / MIB) };
       res.install.push(r);
-      say(`install ${gib} GiB: peak ${r.peakMiB} MiB (up to ${r.peakProcs} processes), ${r.seconds} s, payload ${r.payloadMiB} MiB`);
+      say(`install ${gib} GiB: peak ${r.peakMiB} MiB (up to ${r.peakProcs} processes), ${r.seconds} s (CPU ${r.cpuSeconds} s), payload ${r.payloadMiB} MiB`);
     } finally {
       s.stop();
       await d.stop();
@@ -415,7 +430,7 @@ function printTable(res: Results): void {
   }
   const rows: string[][] = [];
   if (res.idle) rows.push([`idle RSS ${idleSeconds} s after start`, `${res.idle.at60sMiB} MiB`, '<= 48 MiB', `5 s: ${res.idle.at5sMiB}, max ${res.idle.maxMiB}`]);
-  for (const i of res.install) rows.push([`peak RSS installing ${i.gib} GiB`, `${i.peakMiB} MiB`, '<= 64 MiB', `${i.seconds} s, payload ${i.payloadMiB} MiB, up to ${i.peakProcs} processes`]);
+  for (const i of res.install) rows.push([`peak RSS installing ${i.gib} GiB`, `${i.peakMiB} MiB`, '<= 64 MiB', `${i.seconds} s (daemon CPU ${i.cpuSeconds} s), payload ${i.payloadMiB} MiB, up to ${i.peakProcs} processes`]);
   if (res.cycles) rows.push([`growth over ${res.cycles.n} check cycles (one process)`, `${res.cycles.growthMiB} MiB`, '< 5 MiB', `${res.cycles.beforeMiB} → ${res.cycles.afterMiB} MiB in ${res.cycles.seconds} s`]);
   console.log(`slotflip daemon memory (RSS of the whole process tree), node ${res.node}, NODE_OPTIONS="${res.nodeOptions}"`);
   console.log('| figure | measured | goal | notes |');
