@@ -19,11 +19,13 @@
  *
  *   node dist/test/bench/memory-bench.js [--idle-seconds 60] [--sizes 1,4] [--cycles 100]
  *       [--only idle,install,cycles] [--sample-ms 100] [--dir DIR]
- *       [--node PATH] [--node-options=OPTS] [--env K=V]... [--show-stderr] [--json]
+ *       [--metadata mqtt|http] [--node PATH] [--node-options=OPTS] [--env K=V]... [--show-stderr] [--json]
  *
  * --sizes is in GiB (fractions allowed: 0.25); the image is semi-compressible (test/bench/
  * install-fixtures.ts), written and added once per size and cached in --dir (default a temp dir,
  * removed at the end unless --dir is given). Needs ~2.5x the largest size free in --dir.
+ * --metadata http: the idle/cycles device reads its metadata only from the HTTP repository (every
+ * check an HTTP refresh) instead of the broker's retained messages (mqtt, the default).
  * --node runs the daemon (and the CLI) with another Node binary (default: this process's).
  * The daemon gets the NODE_OPTIONS of systemd/slotflip.service (what a device runs) unless
  * --node-options=OPTS replaces them (--node-options= for none); --env K=V sets more variables for
@@ -58,6 +60,7 @@ const { values } = parseArgs({
     env: { type: 'string', multiple: true },
     'show-stderr': { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
+    metadata: { type: 'string', default: 'mqtt' },
   },
 });
 const idleSeconds = Number(values['idle-seconds']);
@@ -66,6 +69,10 @@ const cycles = Number(values.cycles);
 const only = new Set(values.only.split(','));
 const sampleMs = Number(values['sample-ms']);
 const NODE = values.node ?? process.execPath;
+if (values.metadata !== 'mqtt' && values.metadata !== 'http') throw new Error(`--metadata mqtt|http, not ${values.metadata}`);
+/** where the idle/cycles device reads its TUF metadata: the broker's retained messages (default) or
+ * only the HTTP repository (a device without MQTT metadata; every check is an HTTP refresh). */
+const METADATA = values.metadata;
 
 // ---------------------------------------------------------------------------------------------
 // /proc sampling
@@ -254,7 +261,7 @@ interface Env {
   deviceId: string;
 }
 
-async function setupEnv(dir: string, broker: Mosquitto, o: { deviceId: string; slotSize: number; httpBehindBroker?: boolean }): Promise<Env> {
+async function setupEnv(dir: string, broker: Mosquitto, o: { deviceId: string; slotSize: number; httpBehindBroker?: boolean; httpOnly?: boolean }): Promise<Env> {
   await mkdir(dir, { recursive: true });
   const repo = join(dir, 'repo');
   if (!existsSync(join(repo, 'repository'))) await run(['repo', 'init', repo, '--json']);
@@ -275,7 +282,7 @@ async function setupEnv(dir: string, broker: Mosquitto, o: { deviceId: string; s
     deviceId: o.deviceId,
     hardware: HARDWARE,
     stateDir,
-    trust: { shippedRoot: join(repo, 'repository/metadata/1.root.json'), sources: o.httpBehindBroker ? [{ type: 'mqtt' }, { type: 'http', url }] : [{ type: 'mqtt' }], payloadBaseUrls: [`${url}targets/`] },
+    trust: { shippedRoot: join(repo, 'repository/metadata/1.root.json'), sources: o.httpOnly ? [{ type: 'http', url }] : o.httpBehindBroker ? [{ type: 'mqtt' }, { type: 'http', url }] : [{ type: 'mqtt' }], payloadBaseUrls: [`${url}targets/`] },
     board: { slots: { A: { path: board.slots.A, size: o.slotSize }, B: { path: board.slots.B, size: o.slotSize } }, boot: board.bootConfig, tries: 2 },
     broker: { urls: [broker.url], reconnect: { minMs: 100, maxMs: 1000 }, connectTimeoutMs: 2000 },
     health: { deadlineSeconds: 60, checks: [{ type: 'command', name: 'application', argv: ['/bin/true'], timeoutSeconds: 30 }] },
@@ -306,7 +313,7 @@ interface Results {
 }
 
 async function idleAndCycles(root: string, broker: Mosquitto, res: Results): Promise<void> {
-  const env = await setupEnv(join(root, 'idle'), broker, { deviceId: 'bench-idle', slotSize: 8 * MIB });
+  const env = await setupEnv(join(root, 'idle'), broker, { deviceId: 'bench-idle', slotSize: 8 * MIB, httpOnly: METADATA === 'http' });
   const d = startCli(['daemon', '--config', env.configPath], daemonEnv());
   const s = sampler(d.child.pid!);
   try {
@@ -432,7 +439,7 @@ function printTable(res: Results): void {
   if (res.idle) rows.push([`idle RSS ${idleSeconds} s after start`, `${res.idle.at60sMiB} MiB`, '<= 48 MiB', `5 s: ${res.idle.at5sMiB}, max ${res.idle.maxMiB}`]);
   for (const i of res.install) rows.push([`peak RSS installing ${i.gib} GiB`, `${i.peakMiB} MiB`, '<= 64 MiB', `${i.seconds} s (daemon CPU ${i.cpuSeconds} s), payload ${i.payloadMiB} MiB, up to ${i.peakProcs} processes`]);
   if (res.cycles) rows.push([`growth over ${res.cycles.n} check cycles (one process)`, `${res.cycles.growthMiB} MiB`, '< 5 MiB', `${res.cycles.beforeMiB} → ${res.cycles.afterMiB} MiB in ${res.cycles.seconds} s`]);
-  console.log(`slotflip daemon memory (RSS of the whole process tree), node ${res.node}, NODE_OPTIONS="${res.nodeOptions}"`);
+  console.log(`slotflip daemon memory (RSS of the whole process tree), node ${res.node}, NODE_OPTIONS="${res.nodeOptions}", metadata over ${METADATA}`);
   console.log('| figure | measured | goal | notes |');
   console.log('| --- | --- | --- | --- |');
   for (const r of rows) console.log(`| ${r.join(' | ')} |`);
