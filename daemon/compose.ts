@@ -25,6 +25,7 @@ import { createSlotWriter } from '../hal/file-slot.js';
 import type { SlotWriter } from '../hal/slot-writer.js';
 import { TrustClient, dirSource, httpSource, memorySource, targetUrl, type MetadataSource } from '../manifests/client.js';
 import type { Release } from '../manifests/types.js';
+import { withOptimizingCompilers } from './footprint.js';
 import type { InstallProgress } from './install/index.js';
 import type { IndexResolver as IndexResolverType } from './install/index-file.js';
 import { runHealthChecks, type HealthDeps } from './health.js';
@@ -43,7 +44,8 @@ import { guardTrials, kernelBootId, trialGuardDir } from './trial-guard.js';
 type InstallModule = typeof import('./install/index.js');
 const installModule = (): Promise<InstallModule> => import('./install/index.js');
 async function installPayload(...a: Parameters<InstallModule['installPayload']>): ReturnType<InstallModule['installPayload']> {
-  return (await installModule()).installPayload(...a);
+  // the daemon idles interpreted (daemon/footprint.ts); an install gets V8's optimizing compilers
+  return withOptimizingCompilers(async () => (await installModule()).installPayload(...a));
 }
 async function verifySlotImage(...a: Parameters<typeof import('./install/read-back.js').verifySlotImage>): ReturnType<typeof import('./install/read-back.js').verifySlotImage> {
   return (await import('./install/read-back.js')).verifySlotImage(...a);
