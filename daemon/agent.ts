@@ -23,7 +23,7 @@ import { SlotflipError } from '../hal/errors.js';
 import type { SlotWriter } from '../hal/slot-writer.js';
 import { selectRelease } from '../manifests/select.js';
 import type { Release, ReleaseMigration } from '../manifests/types.js';
-import { forgetFailed, releaseIdOf, releaseRefOf, resume, startRefusal, type ArmedTrial, type ErrorInfo, type Event, type HealthFailure, type HistoryEntry, type MachineState, type Phase, type Report, type TransitionOptions } from './machine.js';
+import { forgetFailed, releaseIdOf, releaseRefOf, resume, startRefusal, type ArmedTrial, type ErrorInfo, type Event, type HealthFailure, type HistoryEntry, type InstallTransfer, type MachineState, type Phase, type Report, type TransitionOptions } from './machine.js';
 import { Runner, toErrorInfo, type DriveResult, type Executors } from './runner.js';
 import type { StateStore } from './state-store.js';
 
@@ -39,7 +39,7 @@ export interface Installer {
   /** Writes `release`'s image into `slot`, verifying every chunk before it is written. Resumable:
    * calling it again after a crash re-hashes what is on the slot and continues. Not durable until it
    * resolves (it flushes). Throws INSTALL_* errors, `retryable` for network problems. */
-  write(release: Release, slot: SlotWriter): Promise<void>;
+  write(release: Release, slot: SlotWriter): Promise<void | InstallTransfer>;
   /** Reads the slot back and checks the whole image's length and SHA-256. Read-only. Throws
    * DAEMON_VERIFY_MISMATCH (or the installer's own code) when it does not match. */
   verify(release: Release, slot: SlotWriter): Promise<void>;
@@ -518,8 +518,8 @@ export class Agent {
       },
       writeSlot: async (e) => {
         try {
-          await d.installer.write(e.release, d.slots[e.slot]);
-          return { type: 'DownloadCompleted' };
+          const transfer = await d.installer.write(e.release, d.slots[e.slot]);
+          return transfer ? { type: 'DownloadCompleted', transfer } : { type: 'DownloadCompleted' };
         } catch (err) {
           return { type: 'DownloadFailed', error: toErrorInfo(err) };
         }
@@ -597,9 +597,10 @@ export class Agent {
             ...(r.reason ? { reason: r.reason } : {}),
             ...(r.failures ? { failures: r.failures } : {}),
             ...(r.warnings ? { warnings: r.warnings } : {}),
+            ...(r.transfer ? { transfer: r.transfer } : {}),
           });
         }
-        this.log.info({ report: REPORT_TYPES[r.kind], releaseId: r.release.id, attempt: r.attempt, reason: r.reason?.code, ...(r.warnings ? { warnings: r.warnings.map((w) => w.name) } : {}) }, 'report');
+        this.log.info({ report: REPORT_TYPES[r.kind], releaseId: r.release.id, attempt: r.attempt, reason: r.reason?.code, ...(r.warnings ? { warnings: r.warnings.map((w) => w.name) } : {}), ...(r.transfer ? { transfer: r.transfer } : {}) }, 'report');
         return { type: 'Reported' };
       },
     };

@@ -47,6 +47,9 @@ async function installPayload(...a: Parameters<InstallModule['installPayload']>)
   // the daemon idles interpreted (daemon/footprint.ts); an install gets V8's optimizing compilers
   return withOptimizingCompilers(async () => (await installModule()).installPayload(...a));
 }
+async function installByDelta(...a: Parameters<typeof import('./install/route.js').installByDelta>): ReturnType<typeof import('./install/route.js').installByDelta> {
+  return (await import('./install/route.js')).installByDelta(...a);
+}
 async function verifySlotImage(...a: Parameters<typeof import('./install/read-back.js').verifySlotImage>): ReturnType<typeof import('./install/read-back.js').verifySlotImage> {
   return (await import('./install/read-back.js')).verifySlotImage(...a);
 }
@@ -225,6 +228,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   const index = {
     resolver: () => (resolver ??= import('./install/index-file.js').then((m) => new m.IndexResolver({ locate: (target) => src.payload(target), cacheDir: indexCache, log: log.child({ module: 'daemon.install.index' }) }))),
     payloadOf: async (release: Release) => (await index.resolver()).payloadOf(release),
+    indexOf: async (release: Release) => (await index.resolver()).indexOf(release),
     // an empty or absent cache has nothing to settle: the module stays unloaded
     settle: async (inFlight: Release | undefined) => ((await readdir(indexCache).catch(() => [])).length > 0 ? (await index.resolver()).settle(inFlight) : undefined),
   };
@@ -233,13 +237,30 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   // takes that result instead of reading and hashing the slot a second time; after a restart (or for
   // anything else) the verify step reads the slot itself
   let readBackDone: { slotPath: string; imageSha256: string } | undefined;
+  const slots = o.slots ?? {
+    A: createSlotWriter('A', { ...config.board.slots.A, runner }),
+    B: createSlotWriter('B', { ...config.board.slots.B, runner }),
+  };
+  const deltaMode = (config.install ?? configDefaults.install).delta;
   const installer: Installer = o.installer ?? {
     async write(release, slot) {
       readBackDone = undefined;
-      const payload = await index.payloadOf(release);
+      const { payload, delta } = await index.indexOf(release);
+      // by delta when the release offers one (install/route.ts): the other slot (the booted one) and
+      // the target itself are the seeds; the booted slot is only ever read
+      const viaDelta = await installByDelta({
+        release, payload, delta, mode: deltaMode, locate: (t) => src.payload(t), slot, running: slots[slot.slot === 'A' ? 'B' : 'A'],
+        resumeStatePath: paths.resume, budget, now, readBack, log: log.child({ module: 'daemon.install' }),
+        ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}),
+      });
+      if (viaDelta.installed) {
+        readBackDone = { slotPath: slot.path, imageSha256: viaDelta.readBackSha256 };
+        return viaDelta.stats;
+      }
       const r = await installPayload({ payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, readBack, budget, ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), logger: log.child({ module: 'daemon.install' }), now,
         ...(typeof release.hashes['sha256'] === 'string' ? { targetSha256: release.hashes['sha256'] } : {}) });
       readBackDone = { slotPath: slot.path, imageSha256: r.readBackSha256 };
+      return { method: 'full', imageBytes: payload.size, reusedBytes: 0, downloadedBytes: r.bytesReceived, ...(viaDelta.fallback ? { fallback: viaDelta.fallback } : {}) };
     },
     async verify(release, slot) {
       const done = readBackDone;
@@ -251,7 +272,9 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
     async preflight(release) {
       // the index first: a release whose chunk index is missing, tampered with or wrong is refused
       // here, before the target slot is marked bad
-      const payload = await index.payloadOf(release);
+      const { payload, delta } = await index.indexOf(release);
+      // an install that will go by delta needs the delta files, not the payload (install/route.ts)
+      if (await (await import('./install/route.js')).probeDelta({ mode: deltaMode, delta, locate: (t) => src.payload(t) })) return;
       // the source the install will read; any mirror that serves the signed payload will do,
       // otherwise the first mirror's answer
       const source = (await installModule()).toSource(src.payload(release), undefined);
@@ -313,10 +336,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   const deps: AgentDeps = {
     identity: { deviceId: config.deviceId, hardware: config.hardware, channel: config.channel, ...slotSizeOf(config) },
     bootControl,
-    slots: o.slots ?? {
-      A: createSlotWriter('A', { ...config.board.slots.A, runner }),
-      B: createSlotWriter('B', { ...config.board.slots.B, runner }),
-    },
+    slots,
     releases,
     installer,
     health,

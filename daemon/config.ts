@@ -71,6 +71,15 @@ export interface Config {
      * ends failed (INSTALL_BUDGET_EXHAUSTED). */
     maxMinutes: number;
   };
+  /** how an update reaches the inactive slot. Always set by `resolveConfig`; optional for configs
+   * built in code (`configDefaults` apply). */
+  install?: {
+    /** 'auto': by delta when the release publishes one (format 2 `delta` section) and this Node has
+     * zstd, copying what either slot already holds and fetching only the rest; the full payload
+     * otherwise, or when the delta cannot be used (daemon/install/route.ts). 'off': always the full
+     * payload. */
+    delta: 'auto' | 'off';
+  };
   reboot: {
     command: string[];
     /** how a backend's reboot argument (rpi-tryboot: `0 tryboot`) reaches the kernel: 'logind'
@@ -113,6 +122,7 @@ export const configDefaults = {
   poll: { cron: '17 */6 * * *' },
   retry: { delaySeconds: 60, maxDelaySeconds: 3600 },
   download: { maxChunkFailures: 3, maxBytesFactor: 3, maxMinutes: 24 * 60 },
+  install: { delta: 'auto' as const },
   reboot: { command: ['systemctl', 'reboot'], graceSeconds: 300 },
   log: { level: 'info' as const },
   data: { dir: '/data', identity: ['etc/upper/slotflip', 'var/lib/slotflip'] },
@@ -204,6 +214,14 @@ export const configSchema = {
         maxChunkFailures: { type: 'integer', minimum: 1, maximum: 100, default: configDefaults.download.maxChunkFailures },
         maxBytesFactor: { type: 'number', minimum: 1.1, maximum: 1000, default: configDefaults.download.maxBytesFactor },
         maxMinutes: { type: 'integer', minimum: 1, maximum: 30 * 24 * 60, default: configDefaults.download.maxMinutes },
+      },
+    },
+    install: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        delta: { enum: ['auto', 'off'], default: configDefaults.install.delta },
       },
     },
     reboot: {

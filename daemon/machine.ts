@@ -126,6 +126,23 @@ export interface BootEvidence {
   oneShotPending?: boolean;
 }
 
+/** What the install of an attempt cost (the `UpdateInstalled` report carries it): how the image
+ * arrived, what was reused from the slots and what was downloaded. */
+export interface InstallTransfer {
+  method: 'delta' | 'full';
+  imageBytes: number;
+  /** image bytes taken from a slot (copied, or already in place) instead of downloaded. */
+  reusedBytes: number;
+  /** bytes received by the run that finished the install. */
+  downloadedBytes: number;
+  /** HTTP requests of a delta run (its index included). */
+  requests?: number;
+  /** local copies that did not match the signed index and were fetched instead. */
+  seedMismatches?: number;
+  /** why the release's delta was not used (the full payload was installed instead). */
+  fallback?: { code: string; message: string };
+}
+
 export interface Attempt {
   /** sequence number of this attempt on this device (1, 2, ...). */
   number: number;
@@ -142,6 +159,8 @@ export interface Attempt {
   /** failed `required: false` checks (greenboot's wanted.d) of a boot that passed: reported with the
    * outcome, never a reason to roll back. Set on HealthChecksPassed. */
   warnings?: HealthWarning[];
+  /** what the install cost (set on DownloadCompleted, reported with `installed`). */
+  transfer?: InstallTransfer;
   /** set on entering rebooting: what the trial looked like when armed (see ArmedTrial). */
   armed?: ArmedTrial;
   /** reboots into the trial requested so far (saved before each is issued); bounds re-issuing a
@@ -256,7 +275,7 @@ export type Event =
   | { type: 'NoReleaseFound'; reason: string }
   | { type: 'CheckFailed'; error: ErrorInfo }
   | { type: 'SlotMarkedBad' }
-  | { type: 'DownloadCompleted' }
+  | { type: 'DownloadCompleted'; transfer?: InstallTransfer }
   | { type: 'DownloadFailed'; error: ErrorInfo }
   | { type: 'SlotVerified' }
   | { type: 'VerificationFailed'; error: ErrorInfo }
@@ -290,6 +309,8 @@ export interface Report {
   reason?: ErrorInfo;
   failures?: HealthFailure[];
   warnings?: HealthWarning[];
+  /** `installed`: how the image arrived and what it cost (see InstallTransfer). */
+  transfer?: InstallTransfer;
 }
 
 export type Effect =
@@ -384,7 +405,7 @@ function decide(s: MachineState, e: Event, now: number, o: TransitionOptions): T
 
     case 'DownloadCompleted':
       if (s.phase !== 'downloading' || !a) return ignore(s);
-      return { state: { ...s, phase: 'verifying' }, effects: [{ type: 'verifySlot', slot: a.target, release: a.release }] };
+      return { state: { ...s, phase: 'verifying', ...(e.transfer ? { attempt: { ...a, transfer: e.transfer } } : {}) }, effects: [{ type: 'verifySlot', slot: a.target, release: a.release }] };
 
     case 'DownloadFailed':
       if (s.phase !== 'downloading' || !a) return ignore(s);
@@ -674,7 +695,7 @@ function finish(s: MachineState, outcome: Outcome, now: number, reason: ErrorInf
 }
 
 function report(kind: ReportKind, a: Attempt, now: number, reason?: ErrorInfo): Effect {
-  return { type: 'report', report: { kind, attempt: a.number, release: a.ref, at: now, ...(reason ? { reason } : {}) } };
+  return { type: 'report', report: { kind, attempt: a.number, release: a.ref, at: now, ...(reason ? { reason } : {}), ...(kind === 'installed' && a.transfer ? { transfer: a.transfer } : {}) } };
 }
 
 function ignore(s: MachineState): TransitionResult {

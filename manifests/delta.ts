@@ -50,6 +50,35 @@ export interface DeltaSection {
   pack: { target: string; length: number; sha256: string };
 }
 
+/** Largest delta index FILE (compressed) a device fetches: the read is capped at its signed length,
+ * and a section that signs a longer one is refused before any request. */
+export const MAX_DELTA_INDEX_FILE_BYTES = 32 << 20;
+
+/**
+ * Judges a chunk index file's `delta` section (already authenticated: the index file matched its
+ * signed hash). Pure. Returns the section, or why it is unusable (the device then installs the full
+ * payload: an unknown format is not an error, a newer publisher may add one).
+ */
+export function parseDeltaSection(v: unknown): { ok: true; section: DeltaSection } | { ok: false; why: string } {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return { ok: false, why: 'the delta section is not an object' };
+  const o = v as Record<string, unknown>;
+  if (o['format'] !== DELTA_FORMAT) return { ok: false, why: `delta format ${JSON.stringify(String(o['format']).slice(0, 40))} is not ${DELTA_FORMAT}` };
+  const file = (k: 'index' | 'pack', cap: number): DeltaSection['index'] | string => {
+    const f = o[k] as Record<string, unknown> | null | undefined;
+    if (typeof f !== 'object' || f === null) return `delta.${k} is missing`;
+    const { target, length, sha256 } = f;
+    if (typeof target !== 'string' || target.length === 0 || target.length > 512 || target.split('/').some((p) => p === '' || p === '.' || p === '..')) return `delta.${k}.target is not a target name`;
+    if (!Number.isSafeInteger(length) || (length as number) <= 0 || (length as number) > cap) return `delta.${k}.length ${JSON.stringify(length)} is not 1..${cap}`;
+    if (typeof sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(sha256)) return `delta.${k}.sha256 is not 64 hex digits`;
+    return { target, length: length as number, sha256 };
+  };
+  const index = file('index', MAX_DELTA_INDEX_FILE_BYTES);
+  if (typeof index === 'string') return { ok: false, why: index };
+  const pack = file('pack', Number.MAX_SAFE_INTEGER);
+  if (typeof pack === 'string') return { ok: false, why: pack };
+  return { ok: true, section: { format: DELTA_FORMAT, index, pack } };
+}
+
 export interface DeltaIndex {
   header: DeltaHeader;
   /** unique × 32 bytes. */

@@ -70,6 +70,22 @@ export interface DeltaInstallOptions {
   signal?: AbortSignal;
   /** ms without response headers or body bytes before a request fails (default 30 000). */
   timeoutMs?: number;
+  /** the attempt's download budget left for this run: bytes received (index and pack together) and
+   * ms; past either: INSTALL_BUDGET_EXHAUSTED (not retryable), as for a full install. */
+  budget?: { bytes: number; ms: number };
+  /** called once, right before the first byte is written to the slot: until then a failure has
+   * changed nothing on the slot (the caller may install the full payload instead). */
+  onWriteStart?: () => void;
+  /** called once when the run ends, success or failure, with the bytes it received (for the
+   * attempt's spent budget). */
+  onReceived?: (bytes: number) => void;
+  /** the signed image (the release's payload): a delta index describing another image is refused
+   * before anything is written (INSTALL_BAD_INDEX). */
+  expect?: { size: number; sha256: string };
+  /** how the slot is read back at the end: through the slot handle (default; any SlotWriter) or by
+   * `slot.path` with O_DIRECT into one reused buffer (the medium, not the page cache; no allocation
+   * per read: lower peak memory) for hal's own file and device slots (installer.ts `readBack`). */
+  readBack?: 'handle' | 'path';
 }
 
 export interface DeltaInstallResult {
@@ -93,6 +109,8 @@ export interface DeltaInstallResult {
 type Src = { kind: 'inplace' } | { kind: 'written' | 'target'; offset: number } | { kind: 'running'; offset: number } | { kind: 'fetch' };
 
 const KEY = (hex: string): string => hex.slice(0, 16);
+/** largest run of chunks read (and written) at once. */
+const RUN_BYTES = 1 << 20;
 
 /** Plan of where each pack frame range comes from: merged ranges and the frames in them. */
 interface FetchRange {
@@ -121,14 +139,15 @@ export function coalesce(frames: FetchRange[], budget: number): FetchRange[] {
   return out;
 }
 
-interface HttpAnswer {
+export interface HttpAnswer {
   status: number;
   headers: http.IncomingHttpHeaders;
   body: AsyncIterable<Buffer>;
   close(): void;
 }
 
-function request(url: string, headers: Record<string, string>, timeoutMs: number, signal?: AbortSignal): Promise<HttpAnswer> {
+/** One GET (no keep-alive, identity encoding); rejects with INSTALL_NETWORK / INSTALL_STALLED. */
+export function request(url: string, headers: Record<string, string>, timeoutMs: number, signal?: AbortSignal): Promise<HttpAnswer> {
   const u = new URL(url);
   const mod = u.protocol === 'https:' ? https : http;
   return new Promise((resolve, reject) => {
@@ -313,6 +332,9 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   let downloaded = fetched.bytes.length;
   const idx = parseDeltaIndex(fetched.bytes);
   const h = idx.header;
+  if (opts.expect && (h.imageSize !== opts.expect.size || h.imageSha256 !== opts.expect.sha256)) {
+    throw new SlotflipError('INSTALL_BAD_INDEX', `delta index describes an image of ${h.imageSize} bytes with SHA-256 ${h.imageSha256}, the release signs ${opts.expect.size} / ${opts.expect.sha256}; the release was published wrong`, { details: { imageSize: h.imageSize, imageSha256: h.imageSha256 } });
+  }
   if (h.packLength !== opts.pack.length) throw new SlotflipError('INSTALL_BAD_INDEX', `delta index says the pack is ${h.packLength} bytes, signed ${opts.pack.length}; the release metadata is wrong`, { details: {} });
   const capacity = await opts.slot.capacity();
   if (capacity < h.imageSize) {
@@ -431,6 +453,18 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   let done = 0;
   let lastReport = 0;
   let lastBytes = 0;
+  let writing = false;
+  const runBuf = Buffer.allocUnsafeSlow(RUN_BYTES);
+  let lastWritten: { u: number; data: Buffer } | undefined;
+  const overBudget = (): void => {
+    const b = opts.budget;
+    if (!b) return;
+    const got = downloaded + wire.bytes;
+    const ms = performance.now() - started;
+    if (got > b.bytes || ms > b.ms) {
+      throw new SlotflipError('INSTALL_BUDGET_EXHAUSTED', `delta install: ${got > b.bytes ? `${got} bytes received, over the ${b.bytes} left in this attempt's download budget` : `${Math.round(ms / 1000)} s spent, over the ${Math.round(b.ms / 1000)} s left in this attempt's download budget`}; the attempt ends (config download.maxBytesFactor / maxMinutes)`, { details: { received: got, budgetBytes: b.bytes, ms: Math.round(ms), budgetMs: Math.round(b.ms) } });
+    }
+  };
   const report = (force = false): void => {
     if (!opts.onProgress) return;
     // every 250 ms or every 1/64 of the image, whichever comes first
@@ -448,6 +482,63 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
       const len = idx.rawLen[u]!;
       const s = sources[i]!;
       let data: Buffer | undefined;
+      // Runs: consecutive chunks in place, or contiguous in the running slot (an unchanged region),
+      // take one read of up to RUN_BYTES (and, for copies, one write) instead of one per chunk; each
+      // chunk of the run is still verified. A run stops before the first chunk that does not match,
+      // which then takes the single-chunk path below (counted, fetched instead).
+      if (s.kind === 'inplace' || s.kind === 'running') {
+        let j = i + 1;
+        let runLen = len;
+        for (; j < n; j++) {
+          const sj = sources[j]!;
+          const lj = idx.rawLen[idx.refs[j]!]!;
+          if (sj.kind !== s.kind || (s.kind === 'running' && (sj as { offset: number }).offset !== s.offset + runLen) || runLen + lj > RUN_BYTES) break;
+          runLen += lj;
+        }
+        if (j - i > 1) {
+          let buf: Buffer;
+          if (s.kind === 'inplace') {
+            const b = await out.readAt(runLen, pos);
+            buf = Buffer.from(b.buffer, b.byteOffset, b.length);
+          } else {
+            const { bytesRead } = await runningFh!.read(runBuf, 0, runLen, s.offset);
+            buf = runBuf.subarray(0, bytesRead);
+          }
+          let ok = 0;
+          let k = i;
+          for (; k < j; k++) {
+            const uk = idx.refs[k]!;
+            const lk = idx.rawLen[uk]!;
+            if (ok + lk > buf.length || !okBytes(uk, buf.subarray(ok, ok + lk))) break;
+            ok += lk;
+          }
+          if (k > i) {
+            if (s.kind === 'running') {
+              if (!writing) {
+                writing = true;
+                opts.onWriteStart?.();
+              }
+              await out.writeAt(buf.subarray(0, ok), pos);
+              copied += ok;
+            } else inPlace += ok;
+            done += ok;
+            pos += ok;
+            report();
+            i = k - 1; // the loop's i++ continues at k
+            continue;
+          }
+        }
+      }
+      // the same chunk as the one written last (runs of zeros, repeated blocks): its verified bytes
+      // are still in memory
+      if (s.kind === 'written' && lastWritten?.u === u) {
+        await out.writeAt(lastWritten.data, pos);
+        copied += len;
+        done += len;
+        pos += len;
+        report();
+        continue;
+      }
       if (s.kind === 'inplace') {
         const b = await out.readAt(len, pos);
         if (okBytes(u, Buffer.from(b.buffer, b.byteOffset, b.length))) {
@@ -471,28 +562,37 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
       }
       if (data) copied += len;
       else if (s.kind === 'fetch') {
+        overBudget();
         const r = await stream.next();
         if (r.done) throw new SlotflipError('INSTALL_PAYLOAD_TRUNCATED', 'pack answers ended early', { retryable: true });
         data = decodeChecked(u, r.value);
         fetchedRaw += len;
       } else {
+        overBudget();
         const fr = await fetchOne(u);
         data = decodeChecked(u, fr);
         fetchedRaw += len;
       }
+      if (!writing) {
+        writing = true;
+        opts.onWriteStart?.();
+      }
       await out.writeAt(data, pos);
+      // (every `data` here is a buffer of its own, never a view of the reused run buffer)
+      lastWritten = { u, data };
       done += len;
       pos += len;
       report();
     }
     await out.flush();
   } finally {
+    opts.onReceived?.(downloaded + wire.bytes);
     await stream.return(undefined).catch(() => undefined);
     await out.close().catch(() => undefined);
     await runningFh?.close().catch(() => undefined);
   }
   report(true);
   downloaded += wire.bytes;
-  await verifySlotImage(opts.slot, { compression: 'zstd', size: h.imageSize, sha256: h.imageSha256, chunkSize: 0, chunks: [] });
+  await verifySlotImage(opts.slot, { compression: 'zstd', size: h.imageSize, sha256: h.imageSha256, chunkSize: 0, chunks: [] }, { source: opts.readBack ?? 'handle' });
   return { imageSize: h.imageSize, inPlace, copied, fetchedRaw, downloaded, requests, seedMismatches, readBackSha256: h.imageSha256, durationMs: Math.round(performance.now() - started) };
 }

@@ -62,7 +62,15 @@ export class IndexResolver {
    * a slot or the boot environment.
    */
   async payloadOf(release: Release): Promise<PayloadInfo> {
-    if (release.custom.slotflip !== 2) return release.custom.payload;
+    return (await this.indexOf(release)).payload;
+  }
+
+  /**
+   * Like `payloadOf`, plus the index file's optional `delta` section as found (authenticated with
+   * the file; its owner, manifests/delta.ts parseDeltaSection, judges its shape). Format 1 has none.
+   */
+  async indexOf(release: Release): Promise<{ payload: PayloadInfo; delta?: unknown }> {
+    if (release.custom.slotflip !== 2) return { payload: release.custom.payload };
     const ref = release.index;
     if (!ref) {
       throw new SlotflipError('MANIFEST_INDEX_NOT_FOUND', `release ${release.targetName}: its chunk index ${release.custom.payload.index.target} is not a target of the signed metadata; republish the release`, { details: { target: release.custom.payload.index.target } });
@@ -79,7 +87,7 @@ export class IndexResolver {
       throw new SlotflipError(parsed.code, parsed.message, { details: { target: ref.targetName } });
     }
     if (!cached) await this.store(sha, bytes);
-    return parsed.payload;
+    return { payload: parsed.payload, ...(parsed.file.delta !== undefined ? { delta: parsed.file.delta } : {}) };
   }
 
   /**

@@ -19,6 +19,7 @@ async function main(): Promise<void> {
     index: { urls: [values['index-url']], ...built.index },
     pack: { urls: [values['pack-url']], ...built.pack },
     slot: createSlotWriter('B', { path: values.slot }),
+    readBack: 'path', // as the daemon reads back hal's own slots (compose.ts)
     ...(values.running ? { running: { path: values.running, size: (await stat(values.running)).size } } : {}),
     ...(values.progress ? { onProgress: (p: object) => void process.stdout.write(`${JSON.stringify({ progress: p })}\n`) } : {}),
   });

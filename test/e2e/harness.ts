@@ -196,8 +196,14 @@ export interface Daemon {
 
 /** Starts `slotflip daemon --config F` (the built CLI) as a child process. */
 export function startDaemon(configPath: string, opts: { rssEveryMs?: number } = {}): Daemon {
+  return startSlotflip(['daemon', '--config', configPath], opts);
+}
+
+/** Starts `slotflip ARGS...` (the built CLI) as a child process that can be watched and killed; its
+ * stdout lines are parsed as log lines (a command's JSON result is one too), stderr kept as text. */
+export function startSlotflip(args: string[], opts: { rssEveryMs?: number } = {}): Daemon {
   requireBuilt();
-  const child = spawn(process.execPath, [CLI, 'daemon', '--config', configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   const lines: LogLine[] = [];
   const rss: number[] = [];
   const waiters = new Set<{ pred: (l: LogLine) => boolean; resolve: (l: LogLine) => void }>();
@@ -333,3 +339,42 @@ export async function ls(dir: string): Promise<string[]> {
 
 /** Whether `text` is a log line with message `msg`. */
 export const msg = (m: string) => (l: LogLine): boolean => l.msg === m;
+
+export interface RepoServe {
+  url: string;
+  /** access-log lines (`msg: 'request'`: path, range, status, bytes). */
+  lines: LogLine[];
+  stop(): Promise<void>;
+}
+
+/** `slotflip repo serve DIR --port 0` (the built CLI) as a child process; resolves once it listens. */
+export async function startRepoServe(repoDir: string): Promise<RepoServe> {
+  requireBuilt();
+  const proc = spawn(process.execPath, [CLI, 'repo', 'serve', repoDir, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const lines: LogLine[] = [];
+  let buf = '';
+  let err = '';
+  const url = new Promise<string>((ok, fail) => {
+    proc.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = JSON.parse(buf.slice(0, i)) as LogLine;
+        buf = buf.slice(i + 1);
+        lines.push(line);
+        if (line.msg === 'listening') ok(line.url as string);
+      }
+    });
+    proc.stderr!.on('data', (d: Buffer) => { if (err.length < 65536) err += d.toString(); });
+    proc.once('exit', (code) => fail(new Error(`repo serve exited ${code}: ${err}`)));
+  });
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  return {
+    url: await url,
+    lines,
+    async stop() {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+      await exited;
+    },
+  };
+}

@@ -18,36 +18,10 @@ import { serveRepository, type AccessLogEntry } from '../../manifests/serve.js';
 import { createSlotWriter } from '../../hal/file-slot.js';
 import { installDelta, coalesce, type DeltaInstallOptions } from '../../daemon/install/delta.js';
 import { freePort } from '../harness/mosquitto.js';
+import { deriveImage, makeImage } from '../harness/delta-images.js';
 import { codeOf } from '../../hal/errors.js';
 
 const SIZE = 8 << 20;
-
-/** An "image": 4 KiB blocks of pseudo-random text-like data, zero runs, repeated blocks. */
-function makeImage(seed: number): Buffer {
-  const img = Buffer.alloc(SIZE);
-  let x = seed;
-  const rnd = (): number => (x = (Math.imul(x, 1103515245) + 12345) >>> 0);
-  for (let off = 0; off < SIZE * 0.7; off += 4096) {
-    const kind = rnd() % 10;
-    if (kind < 2) continue; // zeros
-    const words = ['alpha', 'beta', 'gamma', 'delta', 'slot', 'flip', '\n', ' ', 'ext4', '0x1f'];
-    let s = '';
-    while (s.length < 4096) s += words[rnd() % words.length];
-    img.write(s.slice(0, 4096), off, 'latin1');
-    if (kind === 9) randomBytes(512).copy(img, off);
-  }
-  return img;
-}
-
-/** NEW from OLD: a few edits, an insertion that shifts a region, a new region. */
-function derive(old: Buffer): Buffer {
-  const n = Buffer.from(old);
-  n.write('changed config line\n', 100_000, 'latin1');
-  const shifted = Buffer.concat([Buffer.from('INSERTED'.repeat(300)), old.subarray(2 << 20, 3 << 20)]);
-  shifted.copy(n, 2 << 20, 0, Math.min(shifted.length, 1 << 20));
-  randomBytes(200_000).copy(n, 6 << 20);
-  return n;
-}
 
 interface Env {
   dir: string;
@@ -61,8 +35,8 @@ interface Env {
 
 async function setup(t: Test): Promise<Env> {
   const dir = t.testdir();
-  const oldImg = makeImage(7);
-  const newImg = derive(oldImg);
+  const oldImg = makeImage(7, SIZE);
+  const newImg = deriveImage(oldImg);
   await mkdir(join(dir, 'repo/targets'), { recursive: true });
   await writeFile(join(dir, 'new.img'), newImg);
   const built = await buildDelta(join(dir, 'new.img'), join(dir, 'repo/targets/image.delta-index'), join(dir, 'repo/targets/image.delta-pack'), { level: 3 });

@@ -67,6 +67,19 @@ t.test('release add --delta publishes index + pack targets and explains what def
   t.equal(a3.code, 0, a3.stderr);
   t.match(a3.stdout, /a device holding .*v1\.img downloads about [\d.]+ MB \([\d.]+ % of the full payload\)/);
 
+  // --no-delta publishes none; it contradicts --delta; --delta-level is checked and implies --delta
+  const plain = await add('1.1.2', join(dir, 'v2.img'), ['--no-delta']);
+  t.not(plain.code, 0, '--delta with --no-delta is refused');
+  t.match(plain.stderr, /MANIFEST_BAD_ARGUMENT.*--no-delta contradicts/);
+  const none = await cli(['release', 'add', repo, '--image', join(dir, 'v2.img'), '--version', '1.1.3', '--security-version', '1', '--hardware', 'acme,delta', '--channel', 'stable', '--no-delta', '--json']);
+  t.equal(none.code, 0, none.stderr);
+  t.notOk('delta' in JSON.parse(none.stdout), '--no-delta: no delta files');
+  const badLevel = await cli(['release', 'add', repo, '--image', join(dir, 'v2.img'), '--version', '1.1.4', '--security-version', '1', '--hardware', 'acme,delta', '--channel', 'stable', '--delta-level', '23']);
+  t.match(badLevel.stderr, /--delta-level must be 1-22/);
+  const level9 = await cli(['release', 'add', repo, '--image', join(dir, 'v2.img'), '--version', '1.1.5', '--security-version', '1', '--hardware', 'acme,delta', '--channel', 'stable', '--delta-level', '9', '--json']);
+  t.equal(level9.code, 0, level9.stderr);
+  t.ok(JSON.parse(level9.stdout).delta.pack.length > 0, '--delta-level alone publishes a delta');
+
   // signed targets: index and pack with their lengths and hashes; the release names them
   const targetsFile = (await readdir(join(repo, 'repository', 'metadata'))).filter((f) => f.endsWith('.targets.json')).sort((a, b) => parseInt(b) - parseInt(a))[0]!;
   const targets = JSON.parse(await readFile(join(repo, 'repository', 'metadata', targetsFile), 'utf8')).signed.targets;

@@ -22,6 +22,12 @@
  * 4. An uncut run finishes the attempt: phase idle, an outcome consistent with the scenario and the
  *    board (succeeded ⇒ the new image runs and is committed; rolled back ⇒ the factory image runs).
  * 5. The next update (1.2.0, securityVersion 2, published afterwards) completes.
+ * Delta installs (issue 25): the runner's fixtures also publish every release's delta files (the
+ * 1.1.x images share the factory image's body, 1.2.0 shares 1.1.x's), served with multi-range
+ * answers (manifests/serve.ts, what `repo serve` runs); each iteration draws whether its device
+ * installs by delta (`install.delta` auto) or the full payload (off). A delta install copies chunks
+ * from slot A and from slot B itself and fetches the rest; its slot writes are cut points like a full
+ * install's, and since it flushes only at the end, a cut loses (or tears) every copy it made.
  * 6. The outbox tells the truth: every finished attempt has its final report (committed, rolled
  *    back or failed) and no contradicting one; `UpdateCommitted` only for a succeeded attempt;
  *    nothing of an attempt after its final report; sequence numbers strictly increase.
@@ -37,7 +43,10 @@ import { resolveConfig, type Config } from '../../daemon/config.js';
 import { FileStateStore } from '../../daemon/state-store.js';
 import { FileOutboxStore, type OutboxEntry } from '../../daemon/outbox.js';
 import { statePaths } from '../../daemon/compose.js';
-import { startHttpServer, type HttpServerHandle } from '../harness/http-server.js';
+import { createHash } from 'node:crypto';
+import { IMAGE_HEADER_BYTES, IMAGE_MAGIC } from '../../hal/image.js';
+import { serveRepository } from '../../manifests/serve.js';
+import { startHttpServer } from '../harness/http-server.js';
 import { drive, type CutMode } from './driver.js';
 
 export const SLOT_SIZE = 256 * 1024;
@@ -96,16 +105,34 @@ export interface Fixtures {
   served: string;
   /** trust anchor per scenario (root v1). */
   roots: Record<Scenario, string>;
-  server: HttpServerHandle;
+  server: { url: string; stop(): Promise<void> };
+  /** the releases carry delta files (and the server answers multi-range requests). */
+  delta: boolean;
   versions: Record<Scenario, string>;
   /** versions of every image that may legitimately boot. */
   known: Set<string>;
   stop(): Promise<void>;
 }
 
+/** A test image (hal/image.ts format) whose body starts with `base`'s body (up to `share` bytes):
+ * what a delta install can copy from a slot holding `base`. */
+export function sharedTestImage(o: { version: string; size: number; healthy?: boolean; boots?: boolean }, base: Buffer, share: number): Buffer {
+  const img = makeTestImage({ version: o.version, size: o.size, ...(o.healthy !== undefined ? { healthy: o.healthy } : {}), ...(o.boots !== undefined ? { boots: o.boots } : {}) });
+  base.copy(img, IMAGE_HEADER_BYTES, IMAGE_HEADER_BYTES, Math.min(base.length, IMAGE_HEADER_BYTES + share));
+  const head = readImageHeader(img)!;
+  const header = { ...head, bodySha256: createHash('sha256').update(img.subarray(IMAGE_HEADER_BYTES)).digest('hex') };
+  img.fill(0, 0, IMAGE_HEADER_BYTES);
+  img.write(IMAGE_MAGIC + JSON.stringify(header) + '\n', 'utf8');
+  return img;
+}
+
 /** Builds one signed repository per scenario, snapshots it before and after the follow-up release,
- * and serves them all from one HTTP server. */
-export async function buildFixtures(dir: string): Promise<Fixtures> {
+ * and serves them all from one HTTP server. `delta`: the releases share bytes with the image before
+ * (the factory 1.0.0, then 1.1.x), carry delta files, and the server answers multi-range requests. */
+export async function buildFixtures(dir: string, o: { delta?: boolean } = {}): Promise<Fixtures> {
+  const delta = o.delta === true;
+  // the board's factory image (hal/board.ts createBoard with factoryVersion 1.0.0, 64 KiB)
+  const factory = makeTestImage({ version: '1.0.0', size: 64 * 1024 });
   await rm(dir, { recursive: true, force: true });
   const served = join(dir, 'served');
   await mkdir(served, { recursive: true });
@@ -115,18 +142,25 @@ export async function buildFixtures(dir: string): Promise<Fixtures> {
     const repo = join(dir, `repo-${sc}`);
     await initRepo(repo);
     const img = join(dir, `img-${sc}.img`);
-    await writeFile(img, makeTestImage({ version: versions[sc], size: 160 * 1024 + 123, healthy: sc !== 'unhealthy', boots: sc !== 'noboot' }));
-    await addRelease(repo, { image: img, version: versions[sc], securityVersion: 1, hardware: [HARDWARE], channel: 'stable', compression: 'zstd', chunkSize: 16 * 1024 });
+    const o1 = { version: versions[sc], size: 160 * 1024 + 123, healthy: sc !== 'unhealthy', boots: sc !== 'noboot' };
+    const image1 = delta ? sharedTestImage(o1, factory, 56 * 1024) : makeTestImage(o1);
+    await writeFile(img, image1);
+    await addRelease(repo, { image: img, version: versions[sc], securityVersion: 1, hardware: [HARDWARE], channel: 'stable', compression: 'zstd', chunkSize: 16 * 1024, ...(delta ? { delta: true } : {}) });
     await cp(join(repo, 'repository'), join(served, sc, 'stage1'), { recursive: true });
     const img2 = join(dir, `img-${sc}-next.img`);
-    await writeFile(img2, makeTestImage({ version: '1.2.0', size: 180 * 1024 + 7 }));
-    await addRelease(repo, { image: img2, version: '1.2.0', securityVersion: 2, hardware: [HARDWARE], channel: 'stable', compression: 'gzip', chunkSize: 32 * 1024 });
+    const o2 = { version: '1.2.0', size: 180 * 1024 + 7 };
+    await writeFile(img2, delta ? sharedTestImage(o2, image1, 120 * 1024) : makeTestImage(o2));
+    await addRelease(repo, { image: img2, version: '1.2.0', securityVersion: 2, hardware: [HARDWARE], channel: 'stable', compression: 'gzip', chunkSize: 32 * 1024, ...(delta ? { delta: true } : {}) });
     await cp(join(repo, 'repository'), join(served, sc, 'stage2'), { recursive: true });
     roots[sc] = join(repo, 'repository', 'metadata', '1.root.json');
   }
-  const server = await startHttpServer({ root: served });
+  let server: Fixtures['server'];
+  if (delta) {
+    const srv = await serveRepository(served);
+    server = { url: srv.url, stop: () => srv.close() };
+  } else server = await startHttpServer({ root: served });
   return {
-    served, roots, server, versions,
+    served, roots, server, versions, delta,
     known: new Set(['1.0.0', '1.2.0', ...Object.values(versions)]),
     stop: () => server.stop(),
   };
@@ -140,6 +174,8 @@ export interface IterationPlan {
   cuts: Array<{ mode: 'op'; killAt: number; cut: CutMode } | { mode: 'delay'; ms: number }>;
   /** per-cut choices for the lost-write model, drawn as needed. */
   r: () => number;
+  /** install by delta (config install.delta auto) when the fixtures carry delta files. */
+  delta?: boolean;
 }
 
 /** Everything an iteration does follows from its seed. `opsHint` ~ ops of an uncut run. */
@@ -154,7 +190,9 @@ export function planIteration(seed: number, opsHint = 45, kinds: readonly BoardK
     if (r() < 0.8) cuts.push({ mode: 'op', killAt: intIn(r, 1, opsHint), cut: pickOf(r, ['before', 'after', 'torn'] as const) });
     else cuts.push({ mode: 'delay', ms: intIn(r, 200, 2500) });
   }
-  return { seed, kind, scenario, tries, cuts, r };
+  // drawn last: the draws above stay what they were for a seed
+  const delta = r() < 0.5;
+  return { seed, kind, scenario, tries, cuts, r, delta };
 }
 
 export interface IterationResult {
@@ -162,6 +200,10 @@ export interface IterationResult {
   plan: string;
   violations: string[];
   cutsApplied: number;
+  /** the iteration installed by delta. */
+  delta: boolean;
+  /** cuts that landed at (before, in, after) a slot write. */
+  slotWriteCuts: number;
   ms: number;
 }
 
@@ -339,7 +381,7 @@ export interface HarnessOptions {
   keep?: boolean;
 }
 
-export async function writeConfig(path: string, o: { deviceId: string; stateDir: string; root: string; url: string; board: Awaited<ReturnType<typeof loadBoard>>; tries: number }): Promise<Config> {
+export async function writeConfig(path: string, o: { deviceId: string; stateDir: string; root: string; url: string; board: Awaited<ReturnType<typeof loadBoard>>; tries: number; delta?: boolean }): Promise<Config> {
   const raw = {
     deviceId: o.deviceId,
     hardware: HARDWARE,
@@ -347,6 +389,7 @@ export async function writeConfig(path: string, o: { deviceId: string; stateDir:
     trust: { shippedRoot: o.root, sources: [{ type: 'http', url: o.url }] },
     board: { slots: { A: { path: o.board.slots.A, size: SLOT_SIZE }, B: { path: o.board.slots.B, size: SLOT_SIZE } }, boot: o.board.bootConfig, tries: o.tries },
     log: { level: 'warn' },
+    install: { delta: o.delta ? 'auto' : 'off' },
   };
   await writeFile(path, JSON.stringify(raw, null, 2));
   return resolveConfig(raw, path);
@@ -369,7 +412,8 @@ export function parseKind(name: string): BoardKind {
 export async function runPlan(plan: IterationPlan, h: HarnessOptions): Promise<IterationResult> {
   const started = Date.now();
   const seed = plan.seed;
-  const desc = `seed=${seed} board=${plan.kind.backend}${plan.kind.convention ? '/' + plan.kind.convention : ''} scenario=${plan.scenario} tries=${plan.tries} cuts=${plan.cuts.map((c) => (c.mode === 'op' ? `op${c.killAt}:${c.cut}` : `delay${c.ms}ms`)).join(',')}`;
+  const delta = h.fixtures.delta && plan.delta === true;
+  const desc = `seed=${seed}${delta ? ' delta' : ''} board=${plan.kind.backend}${plan.kind.convention ? '/' + plan.kind.convention : ''} scenario=${plan.scenario} tries=${plan.tries} cuts=${plan.cuts.map((c) => (c.mode === 'op' ? `op${c.killAt}:${c.cut}` : `delay${c.ms}ms`)).join(',')}`;
   const violations: string[] = [];
   const dir = join(h.workDir, `it-${seed}`);
   await rm(dir, { recursive: true, force: true });
@@ -378,12 +422,13 @@ export async function runPlan(plan: IterationPlan, h: HarnessOptions): Promise<I
   const fx = h.fixtures;
   const driverPath = h.driverPath ?? defaultDriverPath();
   let cutsApplied = 0;
+  let slotWriteCuts = 0;
   try {
     const board = await createBoard(boardDir, { backend: plan.kind.backend, ...(plan.kind.convention ? { convention: plan.kind.convention } : {}), slotSize: SLOT_SIZE, factoryVersion: '1.0.0' });
     const stateDir = join(dir, 'state');
     const cfgPath = join(dir, 'config.json');
     const url = (stage: string) => `${fx.server.url}${plan.scenario}/${stage}/`;
-    const config = await writeConfig(cfgPath, { deviceId: `pc-${seed}`, stateDir, root: fx.roots[plan.scenario], url: url('stage1'), board, tries: plan.tries });
+    const config = await writeConfig(cfgPath, { deviceId: `pc-${seed}`, stateDir, root: fx.roots[plan.scenario], url: url('stage1'), board, tries: plan.tries, delta });
     const obs: Observed = { maxSecurityVersion: 0, maxSaves: 0 };
 
     for (const [i, c] of plan.cuts.entries()) {
@@ -392,7 +437,9 @@ export async function runPlan(plan: IterationPlan, h: HarnessOptions): Promise<I
       const r = c.mode === 'op' ? await runDriver(driverPath, [...args, '--kill-at', String(c.killAt), '--cut', c.cut]) : await runDriver(driverPath, args, c.ms);
       if (r.signal === 'SIGKILL') {
         cutsApplied++;
-        await loseUnsynced(await readJournal(journal), stateDir, plan.r);
+        const ops = await readJournal(journal);
+        if (ops.at(-1)?.op === 'slot-write') slotWriteCuts++;
+        await loseUnsynced(ops, stateDir, plan.r);
         await checkAtPowerOn({ boardDir, config, fx, obs, label: `after cut ${i + 1}`, tries: plan.tries }, violations);
       } else if (r.code !== 0) {
         violations.push(`cut ${i + 1}: driver exited ${r.code}${r.signal ? ' ' + r.signal : ''} without being cut: ${(r.stderr.split('\n').find((l) => /Error|driver:/.test(l)) ?? '').trim()} … ${r.stderr.trim().split('\n').slice(-2).join(' / ')}`);
@@ -427,7 +474,7 @@ export async function runPlan(plan: IterationPlan, h: HarnessOptions): Promise<I
         }
       }
       // the next update completes
-      const cfg2 = await writeConfig(cfgPath, { deviceId: `pc-${seed}`, stateDir, root: fx.roots[plan.scenario], url: url('stage2'), board, tries: plan.tries });
+      const cfg2 = await writeConfig(cfgPath, { deviceId: `pc-${seed}`, stateDir, root: fx.roots[plan.scenario], url: url('stage2'), board, tries: plan.tries, delta });
       const next = await drive({ config: cfg2, boardDir, maxReboots: 8 });
       const rec2 = await new FileStateStore({ stateDir, now: Date.now }).load();
       const b2 = await powerCycleless(boardDir);
@@ -442,7 +489,7 @@ export async function runPlan(plan: IterationPlan, h: HarnessOptions): Promise<I
   } finally {
     if (!h.keep && violations.length === 0) await rm(dir, { recursive: true, force: true });
   }
-  return { seed, plan: desc, violations, cutsApplied, ms: Date.now() - started };
+  return { seed, plan: desc, violations, cutsApplied, delta, slotWriteCuts, ms: Date.now() - started };
 }
 
 /** The running image per the cmdline (without power-cycling). */
@@ -452,7 +499,7 @@ async function powerCycleless(boardDir: string): Promise<{ slot: string | null; 
   return s.booted ? { slot: s.booted, ...(s.images[s.booted].version ? { version: s.images[s.booted].version! } : {}) } : { slot: null };
 }
 
-async function readOutbox(stateDir: string): Promise<OutboxEntry[]> {
+export async function readOutbox(stateDir: string): Promise<OutboxEntry[]> {
   const snap = await new FileOutboxStore(statePaths(stateDir).outbox).load();
   return snap?.entries ?? [];
 }
@@ -462,6 +509,9 @@ export interface RunSummary {
   violations: number;
   failedSeeds: number[];
   cuts: number;
+  deltaIterations: number;
+  deltaCuts: number;
+  deltaSlotWriteCuts: number;
   ms: number;
   results: IterationResult[];
 }
@@ -470,7 +520,7 @@ export interface RunSummary {
 export async function runPowercut(o: { iterations: number; seed: number; parallel?: number; workDir: string; driverPath?: string; keep?: boolean; kinds?: readonly BoardKind[]; onResult?: (r: IterationResult, i: number) => void }): Promise<RunSummary> {
   const started = Date.now();
   await mkdir(o.workDir, { recursive: true });
-  const fixtures = await buildFixtures(join(o.workDir, 'fixtures'));
+  const fixtures = await buildFixtures(join(o.workDir, 'fixtures'), { delta: true });
   const results: IterationResult[] = [];
   try {
     const seeds = Array.from({ length: o.iterations }, (_, i) => (Math.imul(o.seed ^ 0x9e3779b9, 2654435761) + i * 7919) >>> 0);
@@ -488,26 +538,31 @@ export async function runPowercut(o: { iterations: number; seed: number; paralle
     await fixtures.stop();
   }
   const bad = results.filter((r) => r.violations.length > 0);
-  return { iterations: results.length, violations: bad.reduce((n, r) => n + r.violations.length, 0), failedSeeds: bad.map((r) => r.seed), cuts: results.reduce((n, r) => n + r.cutsApplied, 0), ms: Date.now() - started, results };
+  return { iterations: results.length, violations: bad.reduce((n, r) => n + r.violations.length, 0), failedSeeds: bad.map((r) => r.seed), cuts: results.reduce((n, r) => n + r.cutsApplied, 0),
+    deltaIterations: results.filter((r) => r.delta).length,
+    deltaCuts: results.filter((r) => r.delta).reduce((n, r) => n + r.cutsApplied, 0),
+    deltaSlotWriteCuts: results.filter((r) => r.delta).reduce((n, r) => n + r.slotWriteCuts, 0),
+    ms: Date.now() - started, results };
 }
 
 
 /** The operations an uncut update performs on a fresh board (for named cuts: find the op number of
  * "the first environment write", "the commit", ...). Deterministic for a board kind and scenario. */
-export async function calibrate(kind: BoardKind, scenario: Scenario, tries: number, fx: Fixtures, workDir: string): Promise<JournalEntry[]> {
-  const dir = join(workDir, `calibrate-${kind.backend}-${kind.convention ?? 'none'}-${scenario}-${tries}`);
+export async function calibrate(kind: BoardKind, scenario: Scenario, tries: number, fx: Fixtures, workDir: string, delta = false, inspect?: (stateDir: string) => Promise<void>): Promise<JournalEntry[]> {
+  const dir = join(workDir, `calibrate-${kind.backend}-${kind.convention ?? 'none'}-${scenario}-${tries}${delta ? '-delta' : ''}`);
   await rm(dir, { recursive: true, force: true });
   const board = await createBoard(join(dir, 'board'), { backend: kind.backend, ...(kind.convention ? { convention: kind.convention } : {}), slotSize: SLOT_SIZE, factoryVersion: '1.0.0' });
-  const config = await writeConfig(join(dir, 'config.json'), { deviceId: 'calibrate', stateDir: join(dir, 'state'), root: fx.roots[scenario], url: `${fx.server.url}${scenario}/stage1/`, board, tries });
+  const config = await writeConfig(join(dir, 'config.json'), { deviceId: 'calibrate', stateDir: join(dir, 'state'), root: fx.roots[scenario], url: `${fx.server.url}${scenario}/stage1/`, board, tries, delta });
   await drive({ config, boardDir: join(dir, 'board'), journal: join(dir, 'journal.jsonl') });
   const j = await readJournal(join(dir, 'journal.jsonl'));
+  await inspect?.(join(dir, 'state'));
   await rm(dir, { recursive: true, force: true });
   return j;
 }
 
 /** An explicit plan (no random cuts); the lost-write model still draws from `seed`. */
-export function namedPlan(seed: number, kind: BoardKind, scenario: Scenario, tries: number, cuts: IterationPlan['cuts']): IterationPlan {
-  return { seed, kind, scenario, tries, cuts, r: rng(seed) };
+export function namedPlan(seed: number, kind: BoardKind, scenario: Scenario, tries: number, cuts: IterationPlan['cuts'], delta = false): IterationPlan {
+  return { seed, kind, scenario, tries, cuts, r: rng(seed), delta };
 }
 
 

@@ -48,7 +48,7 @@ async function main(): Promise<number> {
   const seed = values.seed !== undefined ? Number(values.seed) : Math.floor(Math.random() * 2 ** 31);
   const work = values.work ?? join(tmpdir(), `slotflip-powercut-${process.pid}`);
   if (values['only-seed'] !== undefined) {
-    const fx = await buildFixtures(join(work, 'fixtures'));
+    const fx = await buildFixtures(join(work, 'fixtures'), { delta: true });
     try {
       const r = await runIteration(Number(values['only-seed']), { workDir: work, fixtures: fx, keep: true }, kinds);
       process.stdout.write(`${r.plan}\n${r.violations.length ? r.violations.map((v) => '  VIOLATION ' + v).join('\n') : '  ok'}\n  kept in ${join(work, `it-${r.seed}`)}\n`);
@@ -67,7 +67,7 @@ async function main(): Promise<number> {
     },
   });
   if (!values.keep && s.violations === 0) await rm(work, { recursive: true, force: true });
-  process.stdout.write(`powercut summary: seed ${seed}, ${s.iterations} iterations, ${s.cuts} power cuts, ${s.violations} violations in ${s.failedSeeds.length} iterations, ${(s.ms / 1000).toFixed(1)} s${s.failedSeeds.length ? `; failing seeds: ${s.failedSeeds.join(' ')}` : ''}\n`);
+  process.stdout.write(`powercut summary: seed ${seed}, ${s.iterations} iterations, ${s.cuts} power cuts (${s.deltaIterations} iterations installed by delta: ${s.deltaCuts} cuts, ${s.deltaSlotWriteCuts} of them at a slot write), ${s.violations} violations in ${s.failedSeeds.length} iterations, ${(s.ms / 1000).toFixed(1)} s${s.failedSeeds.length ? `; failing seeds: ${s.failedSeeds.join(' ')}` : ''}\n`);
   return s.violations === 0 ? 0 : 1;
 }
 

@@ -44,6 +44,7 @@ t.test('a minimal config gets every default from the one defaults object', async
   t.equal(c.broker, undefined, 'no broker unless configured');
   t.same(c.retry, { delaySeconds: 60, maxDelaySeconds: 3600 }, 'retry delay: 60 s doubling up to 1 h');
   t.same(c.download, { maxChunkFailures: 3, maxBytesFactor: 3, maxMinutes: 1440 }, 'download budget per attempt');
+  t.same(c.install, { delta: 'auto' }, 'delta installs when a release offers one');
   t.same(minimal.trust, { shippedRoot: '/usr/share/slotflip/root.json' }, 'input not mutated');
 });
 
@@ -139,4 +140,12 @@ t.test('hardware read from a file (device-tree compatible, NUL-separated)', asyn
 
 t.test('an unreadable config file is DAEMON_CONFIG_READ', async (t) => {
   await t.rejects(loadConfig(join(t.testdir(), 'nope.json')), { code: 'DAEMON_CONFIG_READ' });
+});
+
+t.test('install.delta is "auto" or "off"; anything else is named', async (t) => {
+  const dir = t.testdir();
+  await writeFile(join(dir, 'off.json'), JSON.stringify({ ...minimal, install: { delta: 'off' } }));
+  t.same((await loadConfig(join(dir, 'off.json'))).install, { delta: 'off' }, '"off" validates');
+  const errs = await problems(t, { ...minimal, install: { delta: 'yes', deltaLevel: 3 } });
+  t.same(errs.map((e) => e.path).sort(), ['/install/delta', '/install/deltaLevel'], 'a wrong value and an unknown key, each by path');
 });

@@ -444,3 +444,18 @@ t.test('a payload corrupt at every mirror is not retried until an operator asks'
   t.same(f.state.rolledBack, ['other@x']);
   t.equal(transition({ ...f.state, phase: 'checking' }, { type: 'ReleaseFound', release: R1, bootedSlot: 'A', bootedState: 'good' }, NOW).state.phase, 'preparing');
 });
+
+t.test('the install\'s transfer figures ride from DownloadCompleted to the UpdateInstalled report only', async (t) => {
+  const transfer = { method: 'delta' as const, imageBytes: 100, reusedBytes: 90, downloadedBytes: 7, requests: 2, seedMismatches: 0 };
+  const d = transition(withAttempt('downloading'), { type: 'DownloadCompleted', transfer }, NOW);
+  t.equal(d.state.phase, 'verifying');
+  t.same(d.state.attempt?.transfer, transfer, 'kept in the attempt (persisted with the record)');
+  const v = transition(d.state, { type: 'SlotVerified' }, NOW);
+  const a = transition(v.state, { type: 'TrialArmed' }, NOW);
+  const reports = a.effects.filter((e): e is Extract<Effect, { type: 'report' }> => e.type === 'report').map((e) => e.report);
+  t.same(reports.map((r) => r.kind), ['installed', 'rebooting']);
+  t.same(reports[0]!.transfer, transfer, 'UpdateInstalled says how the image arrived');
+  t.equal(reports[1]!.transfer, undefined, 'other reports do not repeat it');
+  const plain = transition(withAttempt('downloading'), { type: 'DownloadCompleted' }, NOW);
+  t.equal(plain.state.attempt?.transfer, undefined, 'an installer that reports nothing leaves nothing');
+});

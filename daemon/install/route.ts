@@ -1,0 +1,209 @@
+/**
+ * How a release reaches the inactive slot: by delta (delta.ts: chunks copied from either slot, the
+ * rest fetched from the release's delta pack in a few multi-range requests) or as the full payload
+ * (installer.ts). The daemon's update and `slotflip install` both come through here (compose.ts).
+ *
+ * Delta is tried when all of these hold, else the full payload is installed without a word of
+ * complaint (a device that cannot use delta is not broken):
+ * - config `install.delta` is "auto" (the default);
+ * - the release's verified chunk index file (format 2) has a `delta` section this daemon understands
+ *   (manifests/delta.ts parseDeltaSection; format 1 releases have no index file, hence no delta);
+ * - the runtime has zstd in node:zlib (Node >= 22.15);
+ * - the payload comes from HTTP mirrors (a directory or an offline bundle is read whole: a local
+ *   copy costs no bandwidth, which is all delta saves).
+ *
+ * Falling back: a delta-specific failure BEFORE the first byte is written (the delta index cannot
+ * be fetched, does not match its signed length and SHA-256, does not parse, does not describe the
+ * signed image) installs the full payload in the same run. After writing began, a retryable failure
+ * (network) ends the run as a full install's would (the next cycle resumes by delta: the slot is
+ * re-cut and what is in place is verified and kept); a pack whose frames do not match the signed
+ * delta index (a publishing fault no retry cures) also falls back to the full payload. Both are safe
+ * at any point: the target slot was marked bad before this runs, and the full installer verifies
+ * every chunk it keeps or writes.
+ *
+ * Trust: the delta section's file lengths and SHA-256s come from the chunk index file, which matched
+ * its signed TUF target hash, so they are as authentic as targets.json; the index read is capped at
+ * its signed length (and at MAX_DELTA_INDEX_FILE_BYTES), pack answers at the ranges asked for, and
+ * every chunk, copied or fetched, matches the signed index before it is written.
+ *
+ * Budget and resume record: a delta run spends the attempt's download budget like a full run (bytes
+ * as a multiple of the FULL payload's length plus one chunk, and time; summed over runs in the resume
+ * record install-resume.json), so a device that keeps failing by delta still ends the attempt.
+ */
+import zlib from 'node:zlib';
+import type { Logger } from 'pino';
+import { codeOf, isCoded } from '../../hal/errors.js';
+import type { SlotWriter } from '../../hal/slot-writer.js';
+import { parseDeltaSection, type DeltaSection } from '../../manifests/delta.js';
+import type { PayloadInfo, Release } from '../../manifests/types.js';
+import type { InstallTransfer } from '../machine.js';
+import { installDelta, request, type DeltaInstallResult } from './delta.js';
+import type { BudgetOptions, InstallProgress } from './installer.js';
+import { readResumeRecord, writeResumeHint } from './resume-state.js';
+
+/** What an install cost, for the log, the progress and the `UpdateInstalled` report. */
+export type TransferStats = InstallTransfer;
+
+export type DeltaMode = 'auto' | 'off';
+
+/** node:zlib decodes zstd (Node >= 22.15). */
+export function zstdBuiltIn(): boolean {
+  return typeof (zlib as unknown as { zstdDecompressSync?: unknown }).zstdDecompressSync === 'function';
+}
+
+/** Where a target file is: mirrors' URLs or a local path (compose.ts sourceFor). */
+export type Locate = (target: Pick<Release, 'targetName' | 'hashes'>) => { urls: string[] } | { path: string };
+
+export interface DeltaRouteOptions {
+  release: Release;
+  payload: PayloadInfo;
+  /** the chunk index file's `delta` section as found (unjudged), if any. */
+  delta: unknown;
+  mode: DeltaMode;
+  locate: Locate;
+  slot: SlotWriter;
+  /** the booted slot: only ever read. */
+  running?: SlotWriter;
+  resumeStatePath: string;
+  budget: BudgetOptions;
+  headers?: Record<string, string>;
+  /** read-back through the slot handle or by path (installer.ts `readBack`). */
+  readBack?: 'handle' | 'path';
+  onProgress?: (p: InstallProgress) => void;
+  log?: Logger;
+  now?: () => number;
+}
+
+export type DeltaRouteResult =
+  | { installed: true; stats: TransferStats; readBackSha256: string }
+  /** install the full payload; `fallback` set when a delta was offered but could not be used. */
+  | { installed: false; fallback?: { code: string; message: string } };
+
+/** Failures that say the delta files as served do not match what was signed: no retry cures them. */
+const PACK_FAULTS = new Set(['INSTALL_CHUNK_HASH_MISMATCH', 'INSTALL_PAYLOAD_OVERSIZED', 'MANIFEST_DELTA_INVALID', 'INSTALL_BAD_INDEX']);
+
+type Plan = { section: DeltaSection; index: string[]; pack: string[] };
+
+/** The delta to use, or why not (`undefined`: quietly not, e.g. mode off or a local source). */
+function plan(o: Pick<DeltaRouteOptions, 'mode' | 'delta' | 'locate'>): Plan | { code: string; message: string } | undefined {
+  if (o.mode === 'off' || o.delta === undefined) return undefined;
+  const parsed = parseDeltaSection(o.delta);
+  if (!parsed.ok) return { code: 'MANIFEST_DELTA_INVALID', message: parsed.why };
+  if (!zstdBuiltIn()) return { code: 'INSTALL_DECOMPRESS', message: `node ${process.version} has no built-in zstd (delta needs Node 22.15 or later)` };
+  const section = parsed.section;
+  let index, pack;
+  try {
+    index = o.locate({ targetName: section.index.target, hashes: { sha256: section.index.sha256 } });
+    pack = o.locate({ targetName: section.pack.target, hashes: { sha256: section.pack.sha256 } });
+  } catch (e) {
+    return { code: codeOf(e, 'DAEMON_NO_PAYLOAD_URL'), message: (e as Error).message };
+  }
+  // a directory or offline bundle: reading the whole payload costs no bandwidth
+  if (!('urls' in index) || !('urls' in pack)) return undefined;
+  return { section, index: index.urls, pack: pack.urls };
+}
+
+/**
+ * The preflight of a delta install (before the target is marked bad): some mirror serves the delta
+ * index and the pack with their signed lengths (one 1-byte Range request each). True: the install
+ * will go by delta and needs no payload preflight; false: check the full payload as usual (the
+ * install falls back to it). Never throws, never writes.
+ */
+export async function probeDelta(o: Pick<DeltaRouteOptions, 'mode' | 'delta' | 'locate' | 'headers'> & { timeoutMs?: number }): Promise<boolean> {
+  const p = plan(o);
+  if (p === undefined || !('section' in p)) return false;
+  const served = async (urls: string[], length: number): Promise<boolean> => {
+    for (const url of urls) {
+      try {
+        const a = await request(url, { ...o.headers, range: 'bytes=0-0' }, o.timeoutMs ?? 30_000);
+        a.close();
+        const total = /\/(\d+)$/.exec(String(a.headers['content-range'] ?? ''))?.[1];
+        if ((a.status === 206 && Number(total) === length) || (a.status === 200 && Number(a.headers['content-length']) === length)) return true;
+      } catch {
+        // the next mirror
+      }
+    }
+    return false;
+  };
+  return (await served(p.index, p.section.index.length)) && (await served(p.pack, p.section.pack.length));
+}
+
+/**
+ * Installs `release` by delta when it can (see the module header). Resolves `installed: true` once
+ * the slot holds the verified image (read back); `installed: false` when the caller must install the
+ * full payload. Throws what a full install would throw for a failure after writing began (retryable
+ * network errors, INSTALL_BUDGET_EXHAUSTED, slot I/O).
+ */
+export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteResult> {
+  const log = o.log;
+  const p = plan(o);
+  if (p === undefined) return { installed: false };
+  if (!('section' in p)) {
+    log?.warn({ code: p.code, reason: p.message }, 'delta install not possible: installing the full payload');
+    return { installed: false, fallback: p };
+  }
+  const section = p.section;
+  const where = { index: { urls: p.index }, pack: { urls: p.pack } };
+
+  const now = o.now ?? Date.now;
+  const started = now();
+  const record = await readResumeRecord(o.resumeStatePath, o.payload, o.slot.path);
+  const spent = record.spent;
+  const maxBytes = (o.budget.maxBytesFactor ?? 3) * o.release.length + o.payload.chunkSize;
+  const maxMs = o.budget.maxMs ?? 24 * 3600_000;
+  let wrote = false;
+  let received = 0;
+  let last = { at: started, bytes: 0, rate: 0 };
+  log?.info({ method: 'delta', slot: o.slot.slot, size: o.payload.size, deltaIndex: section.index.target, pack: section.pack.target, packLength: section.pack.length, spentBytes: spent.bytes }, 'install started');
+  let r: DeltaInstallResult;
+  try {
+    r = await installDelta({
+      index: { urls: where.index.urls, length: section.index.length, sha256: section.index.sha256 },
+      pack: { urls: where.pack.urls, length: section.pack.length, sha256: section.pack.sha256 },
+      slot: o.slot,
+      expect: { size: o.payload.size, sha256: o.payload.sha256 },
+      ...(o.readBack ? { readBack: o.readBack } : {}),
+      ...(o.running ? { running: { path: o.running.path, size: await o.running.capacity() } } : {}),
+      ...(o.headers ? { headers: o.headers } : {}),
+      budget: { bytes: Math.max(0, maxBytes - spent.bytes), ms: Math.max(0, maxMs - spent.ms) },
+      onWriteStart: () => {
+        wrote = true;
+      },
+      onReceived: (b) => {
+        received = b;
+      },
+      onProgress: (p) => {
+        const t = now();
+        const dt = t - last.at;
+        if (dt > 0) {
+          const inst = ((p.bytes - last.bytes) * 1000) / dt;
+          last = { at: t, bytes: p.bytes, rate: last.rate === 0 ? inst : 0.7 * last.rate + 0.3 * inst };
+        }
+        const left = p.total - p.bytes;
+        o.onProgress?.({ bytes: p.bytes, total: p.total, rate: Math.round(last.rate), etaSeconds: last.rate > 0 ? left / last.rate : left === 0 ? 0 : null, method: 'delta', reused: p.reused, downloaded: p.downloaded });
+      },
+    });
+  } catch (e) {
+    const code = codeOf(e, 'INSTALL_NETWORK');
+    const ended = isCoded(e, 'INSTALL_BUDGET_EXHAUSTED');
+    // the spent budget rides in the resume record, summed over runs (cleared when the budget ended the attempt)
+    if (record.found || received > 0 || wrote) await writeResumeHint(o.resumeStatePath, o.payload, o.slot.path, record.nextChunk, false, ended ? {} : { spent: { ...spent, bytes: spent.bytes + received, ms: spent.ms + (now() - started) } }).catch((err: unknown) => log?.warn({ err }, 'could not record install progress'));
+    if (ended || codeOf(e) === 'INSTALL_ABORTED') throw e;
+    if (!wrote || PACK_FAULTS.has(code)) {
+      log?.warn({ code, reason: (e as Error).message, wrote }, 'delta install failed: installing the full payload');
+      return { installed: false, fallback: { code, message: (e as Error).message } };
+    }
+    throw e;
+  }
+  await writeResumeHint(o.resumeStatePath, o.payload, o.slot.path, o.payload.chunks.length, true);
+  const stats: TransferStats = {
+    method: 'delta',
+    imageBytes: r.imageSize,
+    reusedBytes: r.inPlace + r.copied,
+    downloadedBytes: r.downloaded,
+    requests: r.requests,
+    seedMismatches: r.seedMismatches,
+  };
+  log?.info({ ...stats, inPlace: r.inPlace, copied: r.copied, fetchedRaw: r.fetchedRaw, readBackSha256: r.readBackSha256, durationMs: r.durationMs }, 'install verified');
+  return { installed: true, stats, readBackSha256: r.readBackSha256 };
+}

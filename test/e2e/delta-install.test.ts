@@ -1,0 +1,188 @@
+/**
+ * Delta updates through the built CLI (issue 25): `slotflip install URL` against `slotflip repo
+ * serve` (multi-range answers) with releases published by `slotflip release add --delta`. What a
+ * device owner can check from outside: the exit code, slot B's hash, the requests and bytes on the
+ * wire (a proxy counts them), and the `UpdateInstalled` report's reused vs downloaded bytes.
+ *
+ * - the old image in the booted slot A (the seed is only read: A's bytes are unchanged after);
+ * - the old image in the target slot B itself (the release before);
+ * - a seed chunk that changes after the device indexed the slots (while the pack request is held):
+ *   detected at copy time, fetched instead, the slot hash still right;
+ * - SIGKILL mid-way (the pack answer stalls half-way), then `install` again: it resumes by delta
+ *   (what is in place on the slot is verified and kept) to the right hash;
+ * - `install.delta: "off"`: the full payload, no delta file requested;
+ * - a delta index that does not match its signed hash (a bad mirror): refused before a byte is
+ *   written, the full payload installed in the same run, the report names why;
+ * - many scattered changes: the pack misses coalesce into a bounded number of requests (<= 50).
+ */
+import t from 'tap';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { logLines, MIB, setupDelta, writeSlot, imageSha, type DeltaEnv } from './delta-scenarios.js';
+import { until } from './harness.js';
+
+const isPack = (p: string): boolean => p.endsWith('.delta-pack');
+const isDeltaIndex = (p: string): boolean => p.endsWith('.delta-index');
+const isPayload = (p: string): boolean => p.endsWith('.zst');
+
+function wire(env: DeltaEnv): { requests: number; pack: number; packBytes: number; payloadBytes: number; indexRequests: number; total: number } {
+  const r = env.proxy.requests;
+  return {
+    requests: r.length,
+    pack: r.filter((q) => isPack(q.path)).length,
+    packBytes: r.filter((q) => isPack(q.path)).reduce((n, q) => n + q.bytes, 0),
+    payloadBytes: r.filter((q) => isPayload(q.path)).reduce((n, q) => n + q.bytes, 0),
+    indexRequests: r.filter((q) => isDeltaIndex(q.path)).length,
+    total: r.reduce((n, q) => n + q.bytes, 0),
+  };
+}
+
+/** The `UpdateInstalled` report's transfer, from the install's log. */
+function transferOf(stderr: string): Record<string, unknown> | undefined {
+  const rep = logLines(stderr).find((l) => l.msg === 'report' && l.report === 'UpdateInstalled');
+  return rep?.transfer as Record<string, unknown> | undefined;
+}
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+t.test('seed in the booted slot: delta install, slot B right, A untouched, few bytes and requests', async (t) => {
+  const env = await setupDelta(t.testdir(), { deviceId: 'dev-delta-active', seed: 'active' });
+  t.teardown(() => env.stop());
+  const aBefore = sha(await readFile(env.board.slots.A));
+  const r = await env.install();
+  t.equal(r.code, 0, 'install exits 0', { stderr: r.stderr.slice(-2000) });
+  t.equal(await env.slotB(), imageSha(env.newImg), 'slot B holds the new image');
+  t.equal(sha(await readFile(env.board.slots.A)), aBefore, 'the booted slot A was only read');
+  const w = wire(env);
+  t.comment(JSON.stringify({ ...w, payloadLength: env.payloadLength, packLength: env.packLength }));
+  t.equal(w.payloadBytes, 0, 'the full payload was not downloaded');
+  t.ok(w.pack >= 1 && w.requests <= 50, `${w.requests} requests in all (${w.pack} for the pack) <= 50`);
+  t.ok(w.packBytes < 0.5 * env.payloadLength, `${w.packBytes} pack bytes < half the full payload (${env.payloadLength})`);
+  const tr = transferOf(r.stderr);
+  t.equal(tr?.method, 'delta', 'the UpdateInstalled report says delta');
+  t.ok(Number(tr?.reusedBytes) > 0.5 * env.newImg.length, `report: ${tr?.reusedBytes} bytes reused`);
+  t.ok(Number(tr?.downloadedBytes) >= w.packBytes && Number(tr?.downloadedBytes) <= w.total, `report: ${tr?.downloadedBytes} bytes downloaded (wire: pack ${w.packBytes}, all ${w.total})`);
+});
+
+t.test('seed in the target slot (the release before): delta install from the slot itself', async (t) => {
+  const env = await setupDelta(t.testdir(), { deviceId: 'dev-delta-inactive', seed: 'inactive' });
+  t.teardown(() => env.stop());
+  const r = await env.install();
+  t.equal(r.code, 0, 'install exits 0', { stderr: r.stderr.slice(-2000) });
+  t.equal(await env.slotB(), imageSha(env.newImg), 'slot B holds the new image');
+  const w = wire(env);
+  t.comment(JSON.stringify(w));
+  t.equal(w.payloadBytes, 0, 'the full payload was not downloaded');
+  t.ok(w.packBytes < 0.5 * env.payloadLength, `${w.packBytes} pack bytes < half the full payload (${env.payloadLength})`);
+  const tr = transferOf(r.stderr);
+  t.equal(tr?.method, 'delta', 'the report says delta');
+  t.ok(Number(tr?.reusedBytes) > 0.5 * env.newImg.length, `report: ${tr?.reusedBytes} bytes reused from slot B itself`);
+});
+
+t.test('a seed chunk that changed after indexing is detected, fetched instead, slot hash right', async (t) => {
+  let env: DeltaEnv | undefined;
+  let flipped = false;
+  // 1.5 MiB into the image the old text is unchanged in the new one (the first change, a config
+  // line, is at 100 kB): copied from slot A after the first pack request; damage it while that
+  // request is held (both slots were indexed by then)
+  const at = 1.5 * MIB;
+  env = await setupDelta(t.testdir(), {
+    deviceId: 'dev-delta-mismatch', seed: 'active',
+    proxy: {
+      hold: async (path, _n, range) => {
+        // the install's pack request (the preflight's is a 1-byte probe, before the slots are indexed)
+        if (!isPack(path) || range === 'bytes=0-0' || flipped) return;
+        flipped = true;
+        await writeSlot(env!.board.slots.A, Buffer.from('X'.repeat(4096)), at);
+      },
+    },
+  });
+  t.teardown(() => env!.stop());
+  const r = await env.install();
+  t.equal(r.code, 0, 'install exits 0', { stderr: r.stderr.slice(-2000) });
+  t.ok(flipped, 'slot A was changed while the pack request was held');
+  t.equal(await env.slotB(), imageSha(env.newImg), 'slot B holds the new image');
+  const tr = transferOf(r.stderr);
+  t.equal(tr?.method, 'delta', 'the report says delta');
+  t.ok(Number(tr?.seedMismatches) >= 1, `report: ${tr?.seedMismatches} seed chunk(s) did not match and were fetched`);
+  t.equal(wire(env).payloadBytes, 0, 'no fallback to the full payload');
+});
+
+t.test('SIGKILL mid-way, then install again: resumes by delta to the right slot hash', async (t) => {
+  let stall = true;
+  // the pack answer stops after CUT bytes (of ~500 kB asked for): the device has written the image
+  // up to there, then waits; it is killed in that state
+  const CUT = 150_000;
+  const env = await setupDelta(t.testdir(), {
+    deviceId: 'dev-delta-kill', seed: 'active', derive: { scattered: 64 },
+    proxy: { stallAfter: (path) => (stall && isPack(path) ? CUT : undefined) },
+  });
+  t.teardown(() => env.stop());
+  const first = env.spawnInstall();
+  await until(() => env.proxy.requests.some((q) => isPack(q.path) && q.bytes >= CUT), 60_000, `${CUT} pack bytes sent`);
+  await new Promise((r) => setTimeout(r, 300)); // let the device write what it received
+  first.child.kill('SIGKILL');
+  await first.exited;
+  t.not(await env.slotB(), imageSha(env.newImg), 'killed before the image was complete');
+  stall = false;
+  const before = wire(env);
+  const r = await env.install();
+  t.equal(r.code, 0, 'second install exits 0', { stderr: r.stderr.slice(-2000) });
+  t.equal(await env.slotB(), imageSha(env.newImg), 'slot B holds the new image after the resume');
+  const verified = logLines(r.stderr).find((l) => l.msg === 'install verified');
+  t.equal(verified?.method, 'delta', 'the resumed install is a delta install');
+  t.ok(Number(verified?.inPlace) > 0, `${verified?.inPlace} bytes found in place on slot B (written before the kill)`);
+  const after = wire(env);
+  t.comment(JSON.stringify({ before, after, packLength: env.packLength }));
+  t.equal(after.payloadBytes, 0, 'no full payload');
+  t.ok(after.packBytes - before.packBytes < env.packLength, `resumed run fetched ${after.packBytes - before.packBytes} pack bytes < the whole pack ${env.packLength}`);
+});
+
+t.test('install.delta "off": the full payload, no delta file requested', async (t) => {
+  const env = await setupDelta(t.testdir(), { deviceId: 'dev-delta-off', seed: 'active', extra: { install: { delta: 'off' } } });
+  t.teardown(() => env.stop());
+  const r = await env.install();
+  t.equal(r.code, 0, 'install exits 0', { stderr: r.stderr.slice(-2000) });
+  t.equal(await env.slotB(), imageSha(env.newImg), 'slot B holds the new image');
+  const w = wire(env);
+  t.equal(w.pack + w.indexRequests, 0, 'no delta index or pack request');
+  t.ok(w.payloadBytes >= env.payloadLength, `the full payload was downloaded (${w.payloadBytes} bytes)`);
+  t.equal(transferOf(r.stderr)?.method, 'full', 'the report says full');
+});
+
+t.test('many scattered changes: pack misses coalesced into <= 50 requests', async (t) => {
+  // an edit every ~52 kB: changed chunks with unchanged ones between them, each its own pack range
+  const env = await setupDelta(t.testdir(), { deviceId: 'dev-delta-many', seed: 'active', derive: { scattered: 160 } });
+  t.teardown(() => env.stop());
+  const r = await env.install();
+  t.equal(r.code, 0, 'install exits 0', { stderr: r.stderr.slice(-2000) });
+  t.equal(await env.slotB(), imageSha(env.newImg), 'slot B holds the new image');
+  const w = wire(env);
+  const ranges = env.proxy.requests.filter((q) => isPack(q.path)).reduce((n, q) => n + (q.range?.split(',').length ?? 1), 0);
+  t.comment(JSON.stringify({ ...w, ranges }));
+  t.ok(ranges > 50, `${ranges} pack ranges asked for in ${w.pack} request(s): more ranges than the request bound`);
+  t.ok(w.requests <= 50, `${w.requests} requests on the wire in all (metadata, index files, pack) <= 50`);
+  t.equal(w.payloadBytes, 0, 'no full payload');
+});
+
+t.test('a delta index that does not match its signed hash: the full payload instead, in the same run', async (t) => {
+  const env = await setupDelta(t.testdir(), { deviceId: 'dev-delta-badindex', seed: 'active' });
+  t.teardown(() => env.stop());
+  const dir = join(env.fleet.repository, 'targets/releases/1.1.0');
+  const name = (await readdir(dir)).find((f) => f.endsWith('.delta-index'))!;
+  const bytes = await readFile(join(dir, name));
+  bytes[bytes.length >> 1] ^= 0xff; // same length: only the hash tells
+  await writeSlot(join(dir, name), bytes);
+  const aBefore = sha(await readFile(env.board.slots.A));
+  const r = await env.install();
+  t.equal(r.code, 0, 'install exits 0', { stderr: r.stderr.slice(-2000) });
+  t.equal(await env.slotB(), imageSha(env.newImg), 'slot B holds the new image');
+  t.equal(sha(await readFile(env.board.slots.A)), aBefore, 'slot A untouched');
+  const w = wire(env);
+  t.equal(w.pack, 1, 'the pack was only probed (1 byte), never fetched');
+  t.ok(w.payloadBytes >= env.payloadLength, `the full payload was downloaded (${w.payloadBytes} bytes)`);
+  const tr = transferOf(r.stderr);
+  t.equal(tr?.method, 'full', 'the report says full');
+  t.equal((tr?.fallback as { code?: string } | undefined)?.code, 'INSTALL_PAYLOAD_CORRUPT', 'and why the delta was not used');
+});

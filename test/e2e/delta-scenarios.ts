@@ -1,0 +1,123 @@
+/**
+ * Delta updates end to end, as a manufacturer and a device owner would run them: the manufacturer
+ * publishes two releases with `slotflip release add --delta` and serves the repository with
+ * `slotflip repo serve` (Range and multi-range answers); the device runs the built
+ * `slotflip install URL --config F` against it, through a loopback proxy that counts every request
+ * and byte on the wire and lets the test step in (hold a request, stall an answer).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { open, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { deriveImage, makeImage, type DeriveOptions } from '../harness/delta-images.js';
+import { startGateProxy, type GateProxy, type GateProxyOptions } from '../harness/gate-proxy.js';
+import {
+  CLI, HARDWARE, createBoard, initFleet, requireBuilt, sha256, slotflip, slotflipJson, slotSha256, startRepoServe, writeDeviceConfig,
+  type Board, type CliResult, type Fleet, type LogLine, type RepoServe,
+} from './harness.js';
+
+export const MIB = 1 << 20;
+
+export interface DeltaEnv {
+  dir: string;
+  fleet: Fleet;
+  board: Board;
+  serve: RepoServe;
+  proxy: GateProxy;
+  configPath: string;
+  oldImg: Buffer;
+  newImg: Buffer;
+  /** the new release's full payload length (compressed) and its delta pack's length. */
+  payloadLength: number;
+  packLength: number;
+  /** `slotflip install PROXY --config F --json`. */
+  install(): Promise<CliResult>;
+  /** the same, as a child process the test may kill. */
+  spawnInstall(): { child: ChildProcess; stderr: () => string; exited: Promise<number | null> };
+  /** slot B's image hash (the target: the board boots A). */
+  slotB(): Promise<string>;
+  stop(): Promise<void>;
+}
+
+export interface DeltaSetup {
+  deviceId: string;
+  /** where the old image is on the device: the booted slot A, the target slot B, or nowhere. */
+  seed: 'active' | 'inactive' | 'none';
+  size?: number;
+  derive?: DeriveOptions;
+  /** extra device config keys (e.g. `{ install: { delta: 'off' } }`). */
+  extra?: Record<string, unknown>;
+  proxy?: Omit<GateProxyOptions, 'upstream'>;
+}
+
+/** `release add --delta` of an image buffer (version V, securityVersion N). */
+export async function addImageRelease(fleet: Fleet, dir: string, image: Buffer, version: string, securityVersion: number, flags: string[] = ['--delta']): Promise<{ length: number; delta?: { pack: { length: number } } }> {
+  const path = join(dir, `image-${version}.img`);
+  await writeFile(path, image);
+  return slotflipJson(['release', 'add', fleet.repo, '--image', path, '--version', version, '--security-version', String(securityVersion), '--hardware', HARDWARE, '--channel', 'stable', '--json', ...flags]);
+}
+
+/** Writes `bytes` at the start of a slot file (its size unchanged). */
+export async function writeSlot(path: string, bytes: Buffer, at = 0): Promise<void> {
+  const fh = await open(path, 'r+');
+  try {
+    await fh.write(bytes, 0, bytes.length, at);
+  } finally {
+    await fh.close();
+  }
+}
+
+export async function setupDelta(dir: string, o: DeltaSetup): Promise<DeltaEnv> {
+  const size = o.size ?? 8 * MIB;
+  const fleet = await initFleet(dir);
+  const oldImg = makeImage(7, size);
+  const newImg = deriveImage(oldImg, o.derive);
+  await addImageRelease(fleet, dir, oldImg, '1.0.0', 1);
+  const rel = await addImageRelease(fleet, dir, newImg, '1.1.0', 1);
+  const serve = await startRepoServe(fleet.repo);
+  const proxy = await startGateProxy({ upstream: serve.url, ...o.proxy });
+  const board = await createBoard(join(dir, 'board'), size + MIB);
+  const other = makeImage(99, size); // unrelated bytes: no seed there
+  await writeSlot(board.slots.A, o.seed === 'active' ? oldImg : other);
+  await writeSlot(board.slots.B, o.seed === 'inactive' ? oldImg : other);
+  const configPath = await writeDeviceConfig(join(dir, 'config.json'), {
+    deviceId: o.deviceId, board, fleet, stateDir: join(dir, 'state'), payloadBaseUrls: [`${proxy.url}targets/`], metadataUrl: proxy.url,
+    extra: { log: { level: 'info' }, ...o.extra },
+  });
+  const args = ['install', proxy.url, '--config', configPath, '--json'];
+  return {
+    dir, fleet, board, serve, proxy, configPath, oldImg, newImg,
+    payloadLength: rel.length,
+    packLength: rel.delta!.pack.length,
+    install: () => slotflip(args, { timeoutMs: 120_000 }),
+    spawnInstall() {
+      requireBuilt();
+      const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let err = '';
+      child.stderr!.on('data', (d: Buffer) => { if (err.length < 1 << 20) err += d.toString(); });
+      child.stdout!.resume();
+      const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+      return { child, stderr: () => err, exited };
+    },
+    slotB: () => slotSha256(board.slots.B, size),
+    async stop() {
+      await proxy.stop();
+      await serve.stop();
+    },
+  };
+}
+
+/** The JSON log lines of a one-shot command's stderr. */
+export function logLines(stderr: string): LogLine[] {
+  const out: LogLine[] = [];
+  for (const l of stderr.split('\n')) {
+    if (!l.startsWith('{')) continue;
+    try {
+      out.push(JSON.parse(l) as LogLine);
+    } catch {
+      // a line cut by a kill
+    }
+  }
+  return out;
+}
+
+export const imageSha = sha256;
