@@ -44,8 +44,7 @@ import { guardTrials, kernelBootId, trialGuardDir } from './trial-guard.js';
 type InstallModule = typeof import('./install/index.js');
 const installModule = (): Promise<InstallModule> => import('./install/index.js');
 async function installPayload(...a: Parameters<InstallModule['installPayload']>): ReturnType<InstallModule['installPayload']> {
-  // the daemon idles interpreted (daemon/footprint.ts); an install gets V8's optimizing compilers
-  return withOptimizingCompilers(async () => (await installModule()).installPayload(...a));
+  return (await installModule()).installPayload(...a);
 }
 async function installByDelta(...a: Parameters<typeof import('./install/route.js').installByDelta>): ReturnType<typeof import('./install/route.js').installByDelta> {
   return (await import('./install/route.js')).installByDelta(...a);
@@ -243,7 +242,9 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   };
   const deltaMode = (config.install ?? configDefaults.install).delta;
   const installer: Installer = o.installer ?? {
-    async write(release, slot) {
+    // the daemon idles interpreted (daemon/footprint.ts); an install, by delta (content-defined
+    // chunking in JS) or full, gets V8's optimizing compilers back
+    write: (release, slot) => withOptimizingCompilers(async () => {
       readBackDone = undefined;
       const { payload, delta } = await index.indexOf(release);
       // by delta when the release offers one (install/route.ts): the other slot (the booted one) and
@@ -261,7 +262,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
         ...(typeof release.hashes['sha256'] === 'string' ? { targetSha256: release.hashes['sha256'] } : {}) });
       readBackDone = { slotPath: slot.path, imageSha256: r.readBackSha256 };
       return { method: 'full', imageBytes: payload.size, reusedBytes: 0, downloadedBytes: r.bytesReceived, ...(viaDelta.fallback ? { fallback: viaDelta.fallback } : {}) };
-    },
+    }),
     async verify(release, slot) {
       const done = readBackDone;
       readBackDone = undefined;
