@@ -9,7 +9,8 @@ import { exitCodeForError } from './exit-codes.js';
 const registry: Record<string, () => Promise<{ command: Command }>> = {
   doctor: () => import('./commands/doctor.js'),
   health: () => import('./commands/doctor.js').then((m) => ({ command: m.healthCommand })),
-  daemon: () => import('./commands/daemon.js'),
+  // V8's optimizing compilers off before the daemon's modules load (daemon/footprint.ts)
+  daemon: () => import('./footprint.js').then((f) => (f.interpretOnly(), import('./commands/daemon.js'))),
   update: () => import('./commands/update.js'),
   status: () => import('./commands/status.js'),
   history: () => import('./commands/history.js'),

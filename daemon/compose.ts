@@ -25,6 +25,7 @@ import { createSlotWriter } from '../hal/file-slot.js';
 import type { SlotWriter } from '../hal/slot-writer.js';
 import { TrustClient, dirSource, httpSource, memorySource, targetUrl, type MetadataSource } from '../manifests/client.js';
 import type { Release } from '../manifests/types.js';
+import { withOptimizingCompilers } from './footprint.js';
 import type { InstallProgress } from './install/index.js';
 import type { IndexResolver as IndexResolverType } from './install/index-file.js';
 import { runHealthChecks, type HealthDeps } from './health.js';
@@ -241,7 +242,9 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   };
   const deltaMode = (config.install ?? configDefaults.install).delta;
   const installer: Installer = o.installer ?? {
-    async write(release, slot) {
+    // the daemon idles interpreted (daemon/footprint.ts); an install, by delta (content-defined
+    // chunking in JS) or full, gets V8's optimizing compilers back
+    write: (release, slot) => withOptimizingCompilers(async () => {
       readBackDone = undefined;
       const { payload, delta } = await index.indexOf(release);
       // by delta when the release offers one (install/route.ts): the other slot (the booted one) and
@@ -261,7 +264,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
       // the release offers a delta: keep its index for this slot, so the next delta install need not cut it
       await (await import('./install/route.js')).keepIndexAfterFull({ mode: deltaMode, delta, locate: (t) => src.payload(t), slot, payload, seedDir: config.stateDir, slotSha256: r.readBackSha256, log: log.child({ module: 'daemon.install' }) });
       return { method: 'full', imageBytes: payload.size, reusedBytes: 0, downloadedBytes: r.bytesReceived, ...(viaDelta.fallback ? { fallback: viaDelta.fallback } : {}) };
-    },
+    }),
     async verify(release, slot) {
       const done = readBackDone;
       readBackDone = undefined;

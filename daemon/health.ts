@@ -17,6 +17,7 @@ import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execTool, type ToolRunner } from '../hal/exec.js';
 import { codeOf } from '../hal/errors.js';
+import { httpGet } from '../manifests/http-get.js';
 
 export type HealthCheckConfig =
   | { type: 'command'; name: string; argv: string[]; timeoutSeconds: number; expectExit?: number; required?: boolean }
@@ -204,7 +205,8 @@ export interface ResourceProbe {
 
 export interface HealthDeps {
   runner?: ToolRunner;
-  fetch?: typeof fetch;
+  /** HTTP GET for `http` checks (tests inject a double); default node:http/https. */
+  httpGet?: typeof httpGet;
   /** broker reachability, e.g. `(ms) => transport.probe(ms)`. Without it a broker check fails. */
   brokerProbe?: (timeoutMs: number) => Promise<boolean>;
   resources?: ResourceProbe;
@@ -338,7 +340,7 @@ export async function runHealthChecks(config: HealthConfig, deps: HealthDeps = {
           return { ok: r.ok, output: r.output || (r.ok ? 'active' : 'not active') };
         });
       case 'http':
-        return timed(name, 'http', required, () => httpCheck(c.url, c.expectStatus, Math.min((c.timeoutSeconds ?? 10) * 1000, remaining()), deps.fetch ?? fetch, cap));
+        return timed(name, 'http', required, () => httpCheck(c.url, c.expectStatus, Math.min((c.timeoutSeconds ?? 10) * 1000, remaining()), deps.httpGet ?? httpGet, cap));
       case 'broker':
         return timed(name, 'broker', required, async () => {
           if (!deps.brokerProbe) return { ok: false, output: 'no broker configured for this device' };
@@ -437,22 +439,20 @@ async function settle(cfg: SettleConfig, deps: HealthDeps, now: () => number, ru
   return out;
 }
 
-async function httpCheck(url: string, expectStatus: number, timeoutMs: number, doFetch: typeof fetch, cap: number): Promise<{ ok: boolean; output: string }> {
-  const res = await doFetch(url, { redirect: 'manual', signal: AbortSignal.timeout(Math.max(1, timeoutMs)), headers: { 'accept-encoding': 'identity' } });
-  let body = '';
-  if (res.body) {
-    const reader = res.body.getReader();
-    const chunks: Uint8Array[] = [];
-    let size = 0;
-    while (size < cap) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      chunks.push(value);
-      size += value.length;
+async function httpCheck(url: string, expectStatus: number, timeoutMs: number, get: typeof httpGet, cap: number): Promise<{ ok: boolean; output: string }> {
+  const res = await get(url, { redirect: 'manual', signal: AbortSignal.timeout(Math.max(1, timeoutMs)), headers: { 'accept-encoding': 'identity' } });
+  const chunks: Buffer[] = [];
+  let size = 0;
+  try {
+    for await (const chunk of res.body) {
+      chunks.push(chunk);
+      size += chunk.length;
+      if (size >= cap) break;
     }
-    await reader.cancel().catch(() => undefined);
-    body = Buffer.concat(chunks).toString('utf8').slice(0, cap);
+  } finally {
+    res.cancel();
   }
+  const body = Buffer.concat(chunks).toString('utf8').slice(0, cap);
   const ok = res.status === expectStatus;
   const head = `HTTP ${res.status}${ok ? '' : ` (expected ${expectStatus})`}`;
   // keep the status line whole; the body gets what is left of the cap

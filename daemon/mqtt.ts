@@ -5,13 +5,14 @@
  * Topic layout: daemon/topics.ts.
  */
 import { EventEmitter } from 'node:events';
-import { connect as mqttConnect, type IClientOptions, type MqttClient, type IPublishPacket } from 'mqtt';
+import type { IClientOptions, MqttClient, IPublishPacket } from 'mqtt';
 import { pino, type Logger } from 'pino';
 import { readFileCapped } from '../hal/atomic-file.js';
 import { SlotflipError } from '../hal/errors.js';
 import type { Outbox, OutboxEntry } from './outbox.js';
 import { deviceTopics, metaFileOfTopic, commandOf, META_FILTERS, type DeviceTopics } from './topics.js';
 import { RetainedMeta, ProblemLog, type MetaProblem } from './retained-meta.js';
+import { connectMqtt } from './mqtt-connect.js';
 
 /** Broker connection settings (config key `broker`). */
 export interface BrokerConfig {
@@ -230,7 +231,7 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
     this.retained = new RetainedMeta(this.metadata, { maxTotalBytes: this.cfg.maxRetainedMetadataBytes ?? brokerConfigDefaults.maxRetainedMetadataBytes, maxRoots: 32 });
     this.memory = opts.protocolMemory;
     this.protocol = this.cfg.protocolVersion;
-    this.factory = opts.connect ?? ((url, o) => mqttConnect(url, o));
+    this.factory = opts.connect ?? connectMqtt;
     this.random = opts.random ?? Math.random;
     this.timers = opts.timers ?? defaultTimers;
     this.log = (opts.logger ?? pino({ level: 'silent' })).child({ module: 'daemon.mqtt' });

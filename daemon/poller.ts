@@ -6,6 +6,7 @@
  * `cmd/check` command, `slotflip check`), without jitter.
  */
 import { createTask, validate } from 'node-cron';
+import { parseLocalCron, type LocalCron } from './cron-local.js';
 
 export interface Schedule {
   stop(): void;
@@ -15,10 +16,52 @@ export interface Schedule {
 export type Scheduler = (cron: string, fn: () => void, opts: { timezone?: string }) => Schedule;
 
 export const cronScheduler: Scheduler = (cron, fn, opts) => {
+  // a plain numeric expression in local time needs no Intl (daemon/cron-local.ts: ~6 MiB idle)
+  const local = opts.timezone ? undefined : parseLocalCron(cron);
+  if (local) return localScheduler(local, fn);
   const task = createTask(cron, () => fn(), { ...(opts.timezone ? { timezone: opts.timezone } : {}), noOverlap: false });
   void task.start();
   return { stop: () => void task.destroy() };
 };
+
+export interface SchedulerClock {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+const systemClock: SchedulerClock = { now: Date.now, setTimeout: (fn, ms) => setTimeout(fn, ms), clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout) };
+/** the longest single wait: a wall clock that jumps (NTP setting a board without an RTC) is noticed
+ * within this long, in either direction. */
+const RECHECK_MS = 3_600_000;
+
+/** Calls `fn` at each match of `cron` (local time). Timers are not unref'd: on a brokerless device
+ * the schedule is what keeps the process alive, as node-cron's does. */
+export function localScheduler(cron: LocalCron, fn: () => void, clock: SchedulerClock = systemClock): Schedule {
+  let timer: unknown;
+  let stopped = false;
+  const wait = (target: number | undefined): void => {
+    if (target === undefined || stopped) return;
+    timer = clock.setTimeout(() => wake(target), Math.min(Math.max(0, target - clock.now()), RECHECK_MS));
+  };
+  const wake = (target: number): void => {
+    const now = clock.now();
+    if (now >= target) {
+      fn();
+      wait(cron.next(Math.max(now, target)));
+    } else {
+      // early (the periodic re-check) or the clock went back: the next match from now
+      wait(cron.next(now));
+    }
+  };
+  wait(cron.next(clock.now()));
+  return {
+    stop: () => {
+      stopped = true;
+      clock.clearTimeout(timer);
+    },
+  };
+}
 
 export interface PollerOptions {
   /** node-cron expression, e.g. "0 *\/6 * * *". */

@@ -83,6 +83,10 @@ export interface ServiceOptions {
   rebootGraceMs?: number;
   /** timers for the retry (tests inject a fake); default the global ones. */
   timers?: TimerApi;
+  /** called once no cycle has run or been queued for `reclaimAfterMs` (default 2 s): the daemon
+   * hands the heap's free pages back to the OS there (daemon/footprint.ts). Not called after stop(). */
+  reclaim?: () => void;
+  reclaimAfterMs?: number;
 }
 
 export interface RetryBounds {
@@ -132,6 +136,7 @@ export class UpdateService {
   private stopped = false;
   private poller: Poller | undefined;
   private retryTimer: unknown;
+  private reclaimTimer: unknown;
   private readonly timers: TimerApi;
   private readonly now: () => number;
   /** when the scheduled retry is due (ms since epoch), for tests and logs. */
@@ -223,9 +228,26 @@ export class UpdateService {
       this.again = true;
       return;
     }
+    this.cancelReclaim();
     this.running = this.loop(reason).finally(() => {
       this.running = undefined;
+      this.scheduleReclaim();
     });
+  }
+
+  private scheduleReclaim(): void {
+    const reclaim = this.o.reclaim;
+    if (!reclaim || this.stopped) return;
+    this.cancelReclaim();
+    this.reclaimTimer = this.timers.setTimeout(() => {
+      this.reclaimTimer = undefined;
+      if (!this.running && !this.stopped) reclaim();
+    }, this.o.reclaimAfterMs ?? 2000);
+  }
+
+  private cancelReclaim(): void {
+    if (this.reclaimTimer !== undefined) this.timers.clearTimeout(this.reclaimTimer);
+    this.reclaimTimer = undefined;
   }
 
   /** Resolves when no cycle is running or queued. */
@@ -242,6 +264,7 @@ export class UpdateService {
     this.retryDueAt = undefined;
     if (this.refreshTimer !== undefined) this.timers.clearTimeout(this.refreshTimer);
     this.refreshTimer = undefined;
+    this.cancelReclaim();
     await this.poller?.stop();
     await this.idle();
     await this.transport?.stop();

@@ -44,6 +44,7 @@ import type { ManifestCode } from './codes.js';
 import type { Release } from './types.js';
 import { indexTargetOf, releaseFromTarget, withIndexTarget } from './release.js';
 import { checkKeyScheme, checkTargetName } from './validate.js';
+import { httpGet, type HttpGetResponse } from './http-get.js';
 
 // ---------------------------------------------------------------- sources
 
@@ -106,40 +107,40 @@ export interface HttpSourceOptions {
   headers?: Record<string, string>;
 }
 
-/** GETs `url` with the built-in fetch, holding at most `maxBytes`; undefined on 404/403/410. */
+/** GETs `url` (node:http/https, manifests/http-get.ts), holding at most `maxBytes`; undefined on
+ * 404/403/410. Redirects are followed; `timeoutMs` covers the whole exchange, body included. */
 export async function fetchCapped(url: string, maxBytes: number, options: HttpSourceOptions = {}): Promise<Uint8Array | undefined> {
-  let res: Response;
+  let res: HttpGetResponse;
   const signal = AbortSignal.timeout(options.timeoutMs ?? 30_000);
   try {
-    // identity: fetch would otherwise ask for gzip and decode it, defeating the byte cap
-    res = await fetch(url, { headers: { 'accept-encoding': 'identity', ...options.headers }, signal, redirect: 'follow' });
+    // identity: a compressed body would defeat the byte cap
+    res = await httpGet(url, { headers: { 'accept-encoding': 'identity', ...options.headers }, signal, redirect: 'follow' });
   } catch (cause) {
     throw new SlotflipError('MANIFEST_FETCH_FAILED', `GET ${url} failed; check the URL and the network`, { cause, retryable: true, details: { url } });
   }
   if (res.status === 404 || res.status === 403 || res.status === 410) {
-    await res.body?.cancel().catch(() => undefined);
+    res.cancel();
     return undefined;
   }
-  if (!res.ok) {
-    await res.body?.cancel().catch(() => undefined);
+  if (res.status < 200 || res.status > 299) {
+    res.cancel();
     throw new SlotflipError('MANIFEST_FETCH_FAILED', `GET ${url} answered HTTP ${res.status}`, { retryable: res.status >= 500 || res.status === 429, details: { url, status: res.status } });
   }
-  const declared = Number(res.headers.get('content-length') ?? NaN);
+  const declared = Number(res.headers['content-length'] ?? NaN);
   if (Number.isFinite(declared) && declared > maxBytes) {
-    await res.body?.cancel().catch(() => undefined);
+    res.cancel();
     throw tooLarge(url, maxBytes);
   }
   const parts: Uint8Array[] = [];
   let total = 0;
   try {
-    if (res.body) {
-      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-        total += chunk.byteLength;
-        if (total > maxBytes) throw tooLarge(url, maxBytes);
-        parts.push(chunk);
-      }
+    for await (const chunk of res.body) {
+      total += chunk.byteLength;
+      if (total > maxBytes) throw tooLarge(url, maxBytes);
+      parts.push(chunk);
     }
   } catch (e) {
+    res.cancel();
     if (isCoded(e, 'MANIFEST_TOO_LARGE')) throw e;
     throw new SlotflipError('MANIFEST_FETCH_FAILED', `GET ${url}: body read failed`, { cause: e, retryable: true, details: { url } });
   }

@@ -12,6 +12,7 @@ import { createNotifier, notifyOptionsFromEnv } from '../sd-notify.js';
 import { loadConfig, requireHealthChecks } from '../config.js';
 import { commandLogger, parseCommandArgs } from '../command-support.js';
 import { UpdateService } from '../service.js';
+import { exposedGc, reclaimHeap } from '../footprint.js';
 import type { Command } from './command.js';
 
 export const command: Command = {
@@ -36,10 +37,13 @@ export const command: Command = {
     const log = commandLogger(config, true);
     const env = notifyOptionsFromEnv(io.env, process.pid);
     const notifier = createNotifier({ socketPath: env.socketPath, watchdogUsec: env.watchdogUsec, onError: (e) => log.warn({ err: e.toJSON() }, 'sd_notify failed') });
+    const gc = exposedGc();
     const service = new UpdateService({
       config,
       log,
       processLock: true,
+      // the unit runs node with --expose-gc: idle, the daemon returns its free heap pages
+      ...(gc ? { reclaim: () => log.debug(reclaimHeap(gc), 'heap reclaimed') } : {}),
       onCycle: (r) => {
         const text = 'error' in r ? `last cycle failed: ${r.error}` : `phase ${r.phase}${r.finished.length ? `, ${r.finished.map((h) => h.outcome).join(', ')}` : ''}`;
         notifier.status(text).catch(() => undefined);

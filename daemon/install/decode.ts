@@ -325,7 +325,8 @@ function startZstd(opts: Omit<DecoderOptions, 'stdinFd'>, readFd: number, wfd: n
   // all output first (a failing zstd still wrote every complete frame before it), then the exit status
   const done = ended.then(() => exited);
   done.catch(() => undefined);
-  const readBuf = Buffer.allocUnsafe(BUF);
+  // only when the caller gives no buffer to read into (the installer always does: no copy)
+  let readBuf: Buffer | undefined;
   return {
     input: child.stdin ?? undefined,
     finishInput() {
@@ -338,7 +339,7 @@ function startZstd(opts: Omit<DecoderOptions, 'stdinFd'>, readFd: number, wfd: n
         fd: rfd,
         readable: true,
         writable: false,
-        onread: { buffer: nextBuffer ?? readBuf, callback: (n, b) => sink(b.subarray(0, n)) },
+        onread: { buffer: nextBuffer ?? (readBuf ??= Buffer.allocUnsafeSlow(BUF)), callback: (n, b) => sink(b.subarray(0, n)) },
       };
       sock = new net.Socket(sockOpts);
       sock.on('end', endResolve);

@@ -1,14 +1,20 @@
 /**
  * The streaming installer: payload source → decompress → cut into chunks → SHA-256 each chunk and
- * compare with the signed index → positional write at the chunk's offset → periodic fsync → read the
- * slot back behind the fsync frontier and hash the whole image.
+ * compare with the signed index → CRC-32 of the same buffer → positional write at the chunk's offset
+ * → periodic fsync → read the slot back from the medium behind the fsync frontier and compare each
+ * chunk's CRC-32 with the one recorded at write time (hasher.ts).
  *
  * INVARIANTS
  * - No byte reaches the slot unless its chunk's SHA-256 matched the signed index first.
  * - The slot's capacity is checked before it is opened; a too-small slot is never written.
  * - The resume hint only ever claims chunks that were written and flushed; resuming re-hashes the
- *   slot from chunk 0 (past the hint too: a killed process's writes outlive it in the page cache)
- *   and restarts at the first chunk that does not match (the hint is never trusted alone).
+ *   slot from chunk 0 (past the hint too: a killed process's writes outlive it in the page cache),
+ *   reading it as the read-back does (the medium), and restarts at the first chunk that does not
+ *   match (the hint is never trusted alone).
+ * - The image is the signed one because every chunk of the signed, contiguous index was SHA-256
+ *   verified (in this run before its write, or on resume as read from the slot); the read-back then
+ *   proves the medium kept those bytes, chunk by chunk (CRC-32 recorded over the verified buffer). No
+ *   second whole-image SHA-256 pass is made (see hasher.ts for the trade-off).
  * - Memory is bounded by a fixed pool of chunk buffers plus stream buffers, whatever the image size.
  * - Compressed bytes read are capped by the signed payload length; image bytes by the signed size.
  * - One attempt spends a bounded download budget (bytes and time, summed over runs and restarts in
@@ -34,12 +40,11 @@
  * with full mark-compacts, which cost CPU and keep tens of MiB resident): plain-HTTP bodies and local
  * files are read into one reused buffer each (source.ts), compressed bytes wait for the decoder in a
  * fixed ring (InputRing), the zstd CLI's output lands in the chunk buffers, and the read-back reuses
- * one buffer in its worker. Only https and chunked responses still come through node:http.
+ * one page-aligned buffer. Only https and chunked responses still come through node:http.
  *
- * Concurrency: zstd decompresses in its own process, the main thread copies and hashes chunks, writes
- * and fsyncs run on libuv's thread pool, and the read-back is hashed on a worker thread. The
- * whole-image SHA-256 is computed over the bytes READ BACK from the slot after they were flushed, which
- * checks the in-flight data (already covered chunk by chunk) and the slot in one pass instead of two.
+ * Concurrency: zstd decompresses in its own process, the main thread hashes chunks (SHA-256, then
+ * CRC-32 over the same buffer), writes, fsyncs and the read-back's reads run on libuv's thread pool,
+ * and the read-back's CRC-32 runs on the main thread (native, a fraction of a SHA-256 pass).
  *
  * Error codes (stable): INSTALL_BAD_INDEX, INSTALL_SLOT_TOO_SMALL, INSTALL_CHUNK_HASH_MISMATCH,
  * INSTALL_PAYLOAD_TRUNCATED, INSTALL_PAYLOAD_OVERSIZED, INSTALL_DECOMPRESS, INSTALL_HTTP_STATUS,
@@ -54,8 +59,7 @@ import { SlotflipError, isCoded } from '../../hal/errors.js';
 import type { SlotHandle, SlotWriter } from '../../hal/slot-writer.js';
 import type { PayloadInfo } from '../../manifests/types.js';
 import { decodesInChild, prepareDecoder, type Decoder, type PreparedDecoder } from './decode.js';
-import { ReadBackHasher } from './hasher.js';
-import { verifySlotImage } from './read-back.js';
+import { chunkCrc, ReadBackChecker } from './hasher.js';
 import { readResumeRecord, writeResumeHint, type ResumeExtra, type SpentBudget } from './resume-state.js';
 import { fileSource, httpSource, ReusedBufferStream, type ByteStream, type OpenedStream, type PayloadSource, type TlsOptions } from './source.js';
 
@@ -132,8 +136,9 @@ export interface InstallOptions {
   budget?: BudgetOptions;
   /** fsync (and persist the resume hint) every this many image bytes (default 64 MiB). */
   flushEveryBytes?: number;
-  /** chunk buffers in the pool (default 4); memory ≈ pool × chunkSize, plus 3 MiB of carry and
-   * scratch buffers and the 3 MiB ring of compressed input queued for the decoder. */
+  /** chunk buffers in the pool (default 3: one filling, one being written, one of slack for a write
+   * that waits behind a flush); memory ≈ pool × chunkSize, plus 0.5 MiB of carry and scratch buffers,
+   * the 1 MiB ring of compressed input queued for the decoder and the read-back's 1 MiB buffer. */
   buffers?: number;
   zstdPath?: string;
   /** gzip decoder: the `zstd` CLI (default: another core, flat memory) or node:zlib. */
@@ -164,15 +169,17 @@ export interface InstallResult {
 
 const MIB = 1 << 20;
 /** compressed bytes queued at the decoder's input before the source is paused. */
-const PRODUCER_QUEUE = 1 << 20;
-/** carry buffer size: at least one decoder read (1 MiB). */
-const BUF_CARRY = 1 << 20;
+const PRODUCER_QUEUE = 512 << 10;
+/** scratch and carry buffer size: a decoder read that found no free chunk buffer lands in the scratch
+ * (so it is at most this long: the zstd FIFO delivers what the pipe holds, 64 KiB by default); a
+ * carry grows on demand to a larger piece (the in-process zlib decoders deliver 1 MiB). */
+const BUF_CARRY = 256 << 10;
 
 /** compressed bytes queued for the decoder live in a ring of this size (see InputRing). */
-const INPUT_RING = 3 * MIB;
+const INPUT_RING = MIB;
 /** the source is paused when the ring has less room than this (the largest piece a source here
- * delivers: ReusedBufferStream reads 1 MiB, a socket 64 KiB). */
-const RING_PIECE = MIB;
+ * delivers: ReusedBufferStream reads 256 KiB, a socket 64 KiB). */
+const RING_PIECE = 256 << 10;
 
 /**
  * A fixed buffer for bytes on their way to the decoder: `put` copies a piece in (contiguously) and
@@ -249,7 +256,7 @@ export async function installPayload(opts: InstallOptions): Promise<InstallResul
   throwIfAborted(signal);
 
   const handle = await opts.slot.open();
-  const readBack = new ReadBackHasher(opts.readBack === 'path' ? { path: opts.slot.path, ...(log ? { log } : {}) } : { path: opts.slot.path, readAt: (l, o) => handle.readAt(l, o) });
+  const readBack = new ReadBackChecker({ path: opts.slot.path, chunkSize: payload.chunkSize, size: payload.size, ...(opts.readBack === 'path' ? {} : { readAt: (l: number, o: number) => handle.readAt(l, o) }), ...(log ? { log } : {}) });
   try {
     const record = await readResumeRecord(opts.resumeStatePath, payload, opts.slot.path);
     const run = new InstallRun(opts, payload, payloadLength, source, handle, readBack, now, signal, record.spent, record.corruptChunk);
@@ -398,7 +405,7 @@ class InstallRun {
     private readonly payloadLength: number,
     private readonly source: PayloadSource,
     private readonly handle: SlotHandle,
-    private readonly readBack: ReadBackHasher,
+    private readonly readBack: ReadBackChecker,
     private readonly now: () => number,
     private readonly signal: AbortSignal,
     spent: SpentBudget,
@@ -416,7 +423,7 @@ class InstallRun {
     const maxChunk = payload.chunks.reduce((m, c) => Math.max(m, c.length), 0);
     this.#maxBytes = Math.ceil((b.maxBytesFactor ?? 3) * payloadLength + maxChunk);
     this.#maxMs = b.maxMs ?? 24 * 3_600_000;
-    const n = Math.max(2, opts.buffers ?? 4);
+    const n = Math.max(2, opts.buffers ?? 3);
     for (let i = 0; i < n; i++) this.#pool.push(Buffer.allocUnsafeSlow(payload.chunkSize));
     this.#lastProgressAt = now();
   }
@@ -427,23 +434,21 @@ class InstallRun {
 
   /**
    * Re-hashes the chunks already on the slot, from chunk 0 up to the first that does not match the
-   * signed index, and returns that index: the download resumes there. The scan does not stop at the
-   * hint: the hint is persisted only at a flush (every `flushEveryBytes`), but a process that died
-   * (SIGKILL, OOM, a crash) left every chunk it wrote in the page cache, and a power cut leaves
-   * whatever the kernel had written back; a chunk that hashes right IS the signed chunk, wherever it
-   * came from. Chunks found past the hint are flushed and recorded before the download goes on, so
-   * the hint still only claims flushed chunks. Only called when a record says this payload's install
-   * started on this slot (a fresh install reads nothing back before writing).
+   * signed index, and returns that index: the download resumes there. The chunks are read the way the
+   * read-back reads (by path: O_DIRECT, the medium, whose direct read first writes back what a killed
+   * process left dirty in the page cache; else through the slot handle), so this scan IS their
+   * read-back: a chunk the medium lost or changed while no daemon ran is fetched and written again,
+   * not passed on the strength of the page cache. The scan does not stop at the hint: the hint is
+   * persisted only at a flush (every `flushEveryBytes`), but a process that died (SIGKILL, OOM, a
+   * crash) left every chunk it wrote in the page cache, and a power cut leaves whatever the kernel
+   * had written back; a chunk that hashes right IS the signed chunk, wherever it came from. Chunks
+   * found past the hint are flushed and recorded before the download goes on, so the hint still only
+   * claims flushed chunks. Only called when a record says this payload's install started on this
+   * slot (a fresh install reads nothing back before writing).
    */
   async verifyExisting(hint: number): Promise<number> {
-    let i = 0;
-    for (; i < this.#chunkCount; i++) {
-      throwIfAborted(this.signal);
-      const len = this.#chunkLen(i);
-      // a chunk that cannot be read is fetched and written again (the read-back judges the slot)
-      const data = await this.handle.readAt(len, i * this.payload.chunkSize).catch(() => undefined);
-      if (data === undefined || data.length !== len || createHash('sha256').update(data).digest('hex') !== this.payload.chunks[i]!.sha256) break;
-    }
+    const i = await this.readBack.verifyPrefix((k) => this.payload.chunks[k]!.sha256, this.signal);
+    if (i < hint) this.opts.logger?.warn({ hint, chunk: i, offset: i * this.payload.chunkSize }, 'resume: a chunk recorded as written no longer matches the signed index on the slot; writing again from it');
     if (i > hint) {
       await this.handle.flush();
       await writeResumeHint(this.opts.resumeStatePath, this.payload, this.opts.slot.path, i, false, this.#extra());
@@ -451,7 +456,6 @@ class InstallRun {
     this.opts.logger?.debug({ hint, verified: i }, 'resume hint checked');
     this.#durable = i;
     this.#lastProgressBytes = Math.min(this.payload.size, i * this.payload.chunkSize);
-    this.readBack.advance(this.#lastProgressBytes);
     return i;
   }
 
@@ -475,6 +479,9 @@ class InstallRun {
   #write(buf: Buffer, index: number): void {
     const len = this.#chunkLen(index);
     const offset = index * this.payload.chunkSize;
+    // over the same buffer whose SHA-256 just matched, before it goes anywhere: what the read-back
+    // must find on the medium
+    this.readBack.expect(index, chunkCrc(buf.subarray(0, len)));
     this.#writeTail = this.#writeTail
       .then(async () => {
         if (this.#ioError === undefined) await this.handle.writeAt(buf.subarray(0, len), offset);
@@ -794,7 +801,10 @@ class InstallRun {
 
   /** The record's extra fields: the spent budget (unless the attempt ended) and a known-corrupt chunk. */
   #extra(withSpent = true): ResumeExtra {
-    return { ...(withSpent ? { spent: this.#spentNow() } : {}), ...(this.#corruptChunk !== undefined && this.next <= this.#corruptChunk ? { corruptChunk: this.#corruptChunk } : {}) };
+    return {
+      ...(withSpent ? { spent: this.#spentNow() } : {}),
+      ...(this.#corruptChunk !== undefined && this.next <= this.#corruptChunk ? { corruptChunk: this.#corruptChunk } : {}),
+    };
   }
 
   /** What this attempt has spent so far (earlier runs included). */
@@ -1071,13 +1081,26 @@ class InstallRun {
           }
         }, Math.max(10, Math.min(1000, Math.floor(Math.min(stallMs, windowMs) / 4))));
         const input = dec.input!;
-        const release = (): void => ring.release();
+        // the source is paused while the decoder lags (PRODUCER_QUEUE bytes queued at its input) or the
+        // ring is short of room, and resumed from the write callbacks once both are clear again: a
+        // 'drain' would come only if a write had returned false, i.e. past the input's own high-water
+        // mark, which for the pass-through decoder (1 MiB) lies beyond the ring
+        const mayResume = (): void => {
+          if (paused && input.writableLength < PRODUCER_QUEUE && ring.free() >= RING_PIECE) {
+            paused = false;
+            stream.resume();
+          }
+        };
+        const release = (): void => {
+          ring.release();
+          mayResume();
+        };
         /** hands `d` (valid only now) to the decoder: a copy in the ring, freed by the write's callback
          * (in order); a piece that does not fit (never with the sources here) is copied on its own */
         const feed = (d: Buffer): void => {
           const v = ring.put(d);
           if (v) input.write(v, release);
-          else input.write(Buffer.from(d));
+          else input.write(Buffer.from(d), mayResume);
         };
         stream.on('data', (d: Buffer) => {
           lastByteAt = this.now();
@@ -1133,10 +1156,6 @@ class InstallRun {
           if ((input.writableLength >= PRODUCER_QUEUE || ring.free() < RING_PIECE) && !last) {
             paused = true;
             stream.pause();
-            input.once('drain', () => {
-              paused = false;
-              stream.resume();
-            });
           }
           if (last) stopProducer();
         });
@@ -1199,26 +1218,24 @@ class InstallRun {
     }
   }
 
-  /** Waits for writes, the last flush and the read-back; compares the whole-image hash. */
+  /** Waits for writes, the last flush and the read-back of every chunk (CRC-32 against what was
+   * written); returns the signed image SHA-256 the slot now holds. Throws INSTALL_READBACK_MISMATCH
+   * naming the first chunk the medium did not keep. */
   async finish(): Promise<string> {
     await this.#writeTail;
     await this.#flushTail;
     this.#checkIo();
     if (this.#durable < this.#chunkCount) await this.handle.flush();
-    const { sha256, bytes } = await this.readBack.finish(this.payload.size);
-    if (bytes !== this.payload.size || sha256 !== this.payload.sha256) {
-      // the slow path, only on a mismatch: read the slot once more chunk by chunk (the same way, by
-      // path with O_DIRECT or through the handle) to name the first chunk that differs
-      const named = await verifySlotImage(this.opts.slot, this.payload, { source: this.opts.readBack === 'path' ? 'path' : 'handle' }).then(
-        () => undefined,
-        (e: unknown) => (isCoded(e) ? ((e as SlotflipError).details as { chunk?: number; offset?: number; expected?: string; actual?: string } | undefined) : undefined),
-      );
-      const where = named?.chunk !== undefined ? `; chunk ${named.chunk} (bytes from ${named.offset}) reads back with SHA-256 ${named.actual}, signed ${named.expected}` : '';
-      throw new SlotflipError('INSTALL_READBACK_MISMATCH', `slot ${this.opts.slot.path} reads back ${bytes} bytes with SHA-256 ${sha256}; the signed image is ${this.payload.size} bytes with ${this.payload.sha256}${where}; the write did not land (failing flash?): the image will be written again on the next attempt`, {
-        details: { path: this.opts.slot.path, got: sha256, want: this.payload.sha256, bytes, ...(named?.chunk !== undefined ? { chunk: named.chunk, offset: named.offset, expected: named.expected, actual: named.actual } : {}) },
+    await this.readBack.finish(this.payload.size);
+    // the whole image, hashed over what the medium returned: the chunk hashes already prove every
+    // chunk, this proves the slot holds exactly the signed image end to end (issue 24 keeps it)
+    const whole = this.readBack.imageSha256();
+    if (whole !== this.payload.sha256) {
+      throw new SlotflipError('INSTALL_READBACK_MISMATCH', `slot ${this.opts.slot.path} read back with image SHA-256 ${whole ?? '(incomplete)'}, the release signs ${this.payload.sha256}, although every chunk matched: the image will be written again on the next attempt`, {
+        details: { path: this.opts.slot.path, expected: this.payload.sha256, actual: whole ?? null },
       });
     }
     this.#progress(this.payload.size, true);
-    return sha256;
+    return this.payload.sha256;
   }
 }

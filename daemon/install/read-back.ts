@@ -46,13 +46,15 @@ export interface VerifyOptions {
 
 /** Reads bytes [offset, offset+length) of the slot; `direct` says whether the page cache was bypassed.
  * The result may be a view of a buffer the next read reuses: consume it before reading again. */
-interface Reader {
+export interface Reader {
   read(length: number, offset: number): Promise<Buffer>;
   close(): Promise<void>;
   readonly direct: boolean;
 }
 
-async function pathReader(path: string, log: Logger | undefined): Promise<Reader> {
+/** Reads the slot by path: O_DIRECT into one reused page-aligned 1 MiB buffer (buffered where the
+ * filesystem refuses O_DIRECT). A piece's aligned window must fit 1 MiB. */
+export async function pathReader(path: string, log: Logger | undefined): Promise<Reader> {
   let fh: FileHandle;
   let direct = false;
   const buffered = async (why: string): Promise<FileHandle> => {

@@ -443,7 +443,7 @@ export class ReusedBufferStream extends EventEmitter implements ByteStream {
   #reading = false;
   #destroyed = false;
 
-  constructor(fd: number, bufferSize = 1 << 20) {
+  constructor(fd: number, bufferSize = 256 << 10) {
     super();
     this.#fd = fd;
     this.#buf = Buffer.allocUnsafeSlow(bufferSize);

@@ -24,7 +24,8 @@
  *   (install-bench.js: the installer module in a child process, file slot, no HTTP) as a second table.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { copyFile, mkdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -36,6 +37,14 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = join(HERE, '..', '..', '..');
 const CLI = join(ROOT, 'dist', 'daemon', 'cli.js');
 const HARDWARE = 'bench,slotflip';
+/** the Node flags /usr/bin/slotflip (systemd/packaging/slotflip.sh) runs the CLI with: the bench runs
+ * the CLI the same way (checked against that file at start). */
+const WRAPPER = join(ROOT, 'systemd', 'packaging', 'slotflip.sh');
+function wrapperNodeFlags(): string[] {
+  const m = /^exec "\$node" (.*?)"\$lib\/dist\/daemon\/cli\.js" "\$@"$/m.exec(readFileSync(WRAPPER, 'utf8'));
+  if (!m) throw new Error(`${WRAPPER}: no exec line to take the Node flags from`);
+  return m[1]!.split(' ').filter((a) => a !== '');
+}
 
 interface Sample {
   wallS: number;
@@ -43,6 +52,8 @@ interface Sample {
   rssMiB: number;
   phases?: Record<string, number>;
   gc?: { full: number; young: number };
+  /** per process of the tree (by command name): CPU s as last sampled, peak VmRSS / RssAnon / RssFile MiB */
+  procs?: Record<string, { cpuS: number; rssMiB: number; anonMiB: number; fileMiB: number }>;
 }
 
 /** PIDs of the tree under `root` (root excluded: it is /usr/bin/time). */
@@ -74,17 +85,44 @@ function descendants(root: number): number[] {
   return out;
 }
 
-function treeRssKiB(root: number): number {
+const TICK = 100; // USER_HZ: /proc/PID/stat's utime/stime unit on Linux
+
+interface ProcPeak { name: string; cpuS: number; rssKiB: number; anonKiB: number; fileKiB: number }
+
+/** Sum of VmRSS over the tree under `root`; also keeps, per PID, the last CPU and the peak RSS split. */
+function treeRssKiB(root: number, peaks?: Map<number, ProcPeak>): number {
   let sum = 0;
   for (const pid of descendants(root)) {
     try {
-      const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-      if (m) sum += Number(m[1]);
+      const st = readFileSync(`/proc/${pid}/status`, 'utf8');
+      const kib = (k: string): number => Number(new RegExp(`${k}:\\s+(\\d+) kB`).exec(st)?.[1] ?? 0);
+      const rss = kib('VmRSS');
+      sum += rss;
+      if (!peaks) continue;
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const name = /^Name:\s+(\S+)/m.exec(st)?.[1] ?? String(pid);
+      const p = peaks.get(pid) ?? { name, cpuS: 0, rssKiB: 0, anonKiB: 0, fileKiB: 0 };
+      p.name = name;
+      p.cpuS = (Number(f[11]) + Number(f[12])) / TICK;
+      if (rss > p.rssKiB) Object.assign(p, { rssKiB: rss, anonKiB: kib('RssAnon'), fileKiB: kib('RssFile') + kib('RssShmem') });
+      peaks.set(pid, p);
     } catch {
       /* gone */
     }
   }
   return sum;
+}
+
+/** Per command name: the summed CPU and the largest process's peak RSS split. */
+function byName(peaks: Map<number, ProcPeak>): NonNullable<Sample['procs']> {
+  const out: NonNullable<Sample['procs']> = {};
+  for (const p of peaks.values()) {
+    const o = (out[p.name] ??= { cpuS: 0, rssMiB: 0, anonMiB: 0, fileMiB: 0 });
+    o.cpuS += p.cpuS;
+    if (p.rssKiB / 1024 > o.rssMiB) Object.assign(o, { rssMiB: p.rssKiB / 1024, anonMiB: p.anonKiB / 1024, fileMiB: p.fileKiB / 1024 });
+  }
+  return out;
 }
 
 /** Runs argv under /usr/bin/time, samples tree RSS every 50 ms, then `sync`; wall includes the sync. */
@@ -96,10 +134,11 @@ function measured(argv: string[], timeFile: string, env?: NodeJS.ProcessEnv): Pr
     let out = '';
     let err = '';
     let peak = 0;
+    const peaks = new Map<number, ProcPeak>();
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr.on('data', (d: Buffer) => (err += d.toString()));
     const timer = setInterval(() => {
-      if (child.pid) peak = Math.max(peak, treeRssKiB(child.pid));
+      if (child.pid) peak = Math.max(peak, treeRssKiB(child.pid, peaks));
     }, 50);
     child.on('error', reject);
     child.on('close', (code) => {
@@ -107,9 +146,16 @@ function measured(argv: string[], timeFile: string, env?: NodeJS.ProcessEnv): Pr
       execFileSync('sync');
       const wallS = Number(process.hrtime.bigint() - t0) / 1e9;
       const [u, s] = readFileSync(timeFile, 'utf8').trim().split('\n').at(-1)!.split(' ').map(Number);
-      resolve({ out, err, code: code ?? -1, t0: t0Ms, sample: { wallS, cpuS: u! + s!, rssMiB: peak / 1024 } });
+      resolve({ out, err, code: code ?? -1, t0: t0Ms, sample: { wallS, cpuS: u! + s!, rssMiB: peak / 1024, procs: byName(peaks) } });
     });
   });
+}
+
+/** SHA-256 of the first `bytes` bytes of `path`. */
+async function sha256Prefix(path: string, bytes: number): Promise<string> {
+  const h = createHash('sha256');
+  for await (const c of createReadStream(path, { start: 0, end: bytes - 1, highWaterMark: 1 << 20 })) h.update(c as Buffer);
+  return h.digest('hex');
 }
 
 const median = (xs: number[]): number => {
@@ -216,6 +262,7 @@ async function main(): Promise<void> {
   const nodeArgs = values['node-args'].split(' ').filter((a) => a !== '');
   const cliEnv = { ...process.env, ...Object.fromEntries(values.env.split(',').filter((kv) => kv.includes('=')).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])) };
   const cliOnly = values['cli-only'];
+  const wrapperFlags = wrapperNodeFlags();
   await mkdir(dir, { recursive: true });
   if (!existsSync(CLI)) throw new Error(`${CLI} missing: run npm run build`);
   if (!existsSync('/usr/bin/time')) throw new Error('/usr/bin/time missing (Debian: apt-get install time)');
@@ -248,7 +295,7 @@ async function main(): Promise<void> {
     process.stdout.write(`${s}\n`);
   };
   print(`# slotflip CLI install bench  node ${process.version}  ${new Date().toISOString()}  loadavg at start ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
-  print(`# CLI = node dist/daemon/cli.js install http://127.0.0.1:${port}/ --config F  (repo serve, loop-device slot B, zstd 4 MiB chunks); floor = test/bench/floor.c; floor+rb also reads the slot back`);
+  print(`# CLI = node ${wrapperFlags.join(' ')} dist/daemon/cli.js install http://127.0.0.1:${port}/ --config F  (repo serve, loop-device slot B, zstd 4 MiB chunks); floor = test/bench/floor.c; floor+rb also reads the slot back`);
   print(`# wall incl. a final sync; CPU = user+sys of the process tree; RSS = peak tree VmRSS (50 ms samples); medians of ${rounds} alternating rounds (order CLI, floor, floor+rb rotated each round)`);
   try {
     for (const gib of sizes) {
@@ -295,14 +342,21 @@ async function main(): Promise<void> {
         }),
       );
 
+      let slotChecked = false;
       const runCli = async (extraNode: string[] = []): Promise<Sample> => {
         await rm(state, { recursive: true, force: true });
         await copyFile(join(board, 'boot-state.json.orig'), join(board, 'boot-state.json'));
         await copyFile(join(board, 'cmdline.orig'), join(board, 'cmdline'));
-        const r = await measured(['node', ...nodeArgs, ...extraNode, CLI, 'install', `http://127.0.0.1:${port}/`, '--config', config, '--json'], join(dir, 'time.txt'), cliEnv);
+        const r = await measured(['node', ...wrapperFlags, ...nodeArgs, ...extraNode, CLI, 'install', `http://127.0.0.1:${port}/`, '--config', config, '--json'], join(dir, 'time.txt'), cliEnv);
         if (r.code !== 0) throw new Error(`slotflip install exited ${r.code}: ${r.out.slice(0, 400)}\n${r.err.slice(-2000)}`);
         const verified = /"readBackSha256":"([0-9a-f]{64})"/.exec(r.err);
         if (verified?.[1] !== inp.sha256) throw new Error(`install read back ${verified?.[1]}, image is ${inp.sha256}`);
+        // once per size, outside the timed run: the slot itself holds the image (not the CLI's word)
+        if (!slotChecked) {
+          const onSlot = await sha256Prefix(dev, inp.imageBytes);
+          if (onSlot !== inp.sha256) throw new Error(`slot ${dev} holds ${onSlot} after the install, image is ${inp.sha256}`);
+          slotChecked = true;
+        }
         const gc = { full: (r.out.match(/Mark-Compact|Mark-sweep/g) ?? []).length, young: (r.out.match(/Scavenge|Minor Mark/g) ?? []).length };
         if (nodeArgs.includes('--trace-gc')) await writeFile(join(dir, 'trace-gc.txt'), r.out);
         if (nodeArgs.includes('--trace-gc')) process.stderr.write(`CLI run: wall ${r.sample.wallS.toFixed(2)} s, CPU ${r.sample.cpuS.toFixed(2)} s, RSS ${r.sample.rssMiB.toFixed(0)} MiB, GC full ${gc.full} young ${gc.young}\n`);
@@ -336,7 +390,10 @@ async function main(): Promise<void> {
       row('floor+rb', flrb);
       const keys = ['start', 'check', 'markBad', 'writeSlot', 'verifySlot', 'armTrial', 'reboot'];
       print(`CLI phases (median s): ${keys.map((k) => `${k} ${median(cli.map((x) => x.phases?.[k] ?? 0)).toFixed(2)}`).join(', ')}`);
-      print('  (check = TUF refresh; writeSlot = download + compressed-byte check + decompress + chunk hash + write + fsync, with the O_DIRECT read-back and whole-image hash pipelined behind the fsync frontier; verifySlot = 0 when it takes that read-back (same process), else a second whole-slot read-back; armTrial = arm; start = spawn → first log line)');
+      print('  (check = TUF refresh; writeSlot = download + compressed-byte check + decompress + chunk SHA-256 + CRC-32 + write + fsync, with the O_DIRECT read-back (CRC-32 per chunk) pipelined behind the fsync frontier; verifySlot = 0 when it takes that read-back (same process), else a whole-slot read-back; armTrial = arm; start = spawn → first log line)');
+      const names = [...new Set(cli.flatMap((x) => Object.keys(x.procs ?? {})))].sort();
+      const pm = (n: string, k: 'cpuS' | 'rssMiB' | 'anonMiB' | 'fileMiB'): string => median(cli.map((x) => x.procs?.[n]?.[k] ?? 0)).toFixed(k === 'cpuS' ? 2 : 0);
+      print(`CLI tree by process (median; CPU as last sampled, peak RSS of its largest process = anon + file/shmem): ${names.map((n) => `${n} CPU ${pm(n, 'cpuS')} s, RSS ${pm(n, 'rssMiB')} MiB (anon ${pm(n, 'anonMiB')}, file ${pm(n, 'fileMiB')})`).join('; ')}`);
       print(`# runs wall s: CLI ${cli.map((x) => x.wallS.toFixed(2)).join(' ')} | floor ${fl.map((x) => x.wallS.toFixed(2)).join(' ')} | floor+rb ${flrb.map((x) => x.wallS.toFixed(2)).join(' ')}`);
       if (nodeArgs.includes('--trace-gc')) print(`# CLI garbage collections (--trace-gc): full ${cli.map((x) => x.gc?.full ?? 0).join(' ')} | young ${cli.map((x) => x.gc?.young ?? 0).join(' ')}`);
       if (nodeArgs.length > 0 || values.env !== '') print(`# CLI node args: ${nodeArgs.join(' ') || '-'}; extra env: ${values.env || '-'}`);

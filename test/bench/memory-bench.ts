@@ -19,11 +19,13 @@
  *
  *   node dist/test/bench/memory-bench.js [--idle-seconds 60] [--sizes 1,4] [--cycles 100]
  *       [--only idle,install,cycles] [--sample-ms 100] [--dir DIR]
- *       [--node PATH] [--node-options=OPTS] [--env K=V]... [--show-stderr] [--json]
+ *       [--metadata mqtt|http] [--node PATH] [--node-options=OPTS] [--env K=V]... [--show-stderr] [--json]
  *
  * --sizes is in GiB (fractions allowed: 0.25); the image is semi-compressible (test/bench/
  * install-fixtures.ts), written and added once per size and cached in --dir (default a temp dir,
  * removed at the end unless --dir is given). Needs ~2.5x the largest size free in --dir.
+ * --metadata http: the idle/cycles device reads its metadata only from the HTTP repository (every
+ * check an HTTP refresh) instead of the broker's retained messages (mqtt, the default).
  * --node runs the daemon (and the CLI) with another Node binary (default: this process's).
  * The daemon gets the NODE_OPTIONS of systemd/slotflip.service (what a device runs) unless
  * --node-options=OPTS replaces them (--node-options= for none); --env K=V sets more variables for
@@ -58,6 +60,7 @@ const { values } = parseArgs({
     env: { type: 'string', multiple: true },
     'show-stderr': { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
+    metadata: { type: 'string', default: 'mqtt' },
   },
 });
 const idleSeconds = Number(values['idle-seconds']);
@@ -66,6 +69,10 @@ const cycles = Number(values.cycles);
 const only = new Set(values.only.split(','));
 const sampleMs = Number(values['sample-ms']);
 const NODE = values.node ?? process.execPath;
+if (values.metadata !== 'mqtt' && values.metadata !== 'http') throw new Error(`--metadata mqtt|http, not ${values.metadata}`);
+/** where the idle/cycles device reads its TUF metadata: the broker's retained messages (default) or
+ * only the HTTP repository (a device without MQTT metadata; every check is an HTTP refresh). */
+const METADATA = values.metadata;
 
 // ---------------------------------------------------------------------------------------------
 // /proc sampling
@@ -112,6 +119,20 @@ function treeRss(root: number): { kib: number; procs: number } {
 }
 
 const mib = (kib: number): number => Math.round(kib / 102.4) / 10;
+
+/** CPU seconds `pid` used so far, its exited children (zstd) included: utime+stime+cutime+cstime
+ * from /proc/PID/stat, in clock ticks of 1/100 s (USER_HZ on Linux). Under load the wall time of an
+ * install says little; its CPU time is what a flag like --no-opt would change. */
+function cpuSeconds(pid: number): number {
+  try {
+    const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+    // fields 14-17 of stat(5); f[0] is field 3
+    return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / 100;
+  } catch {
+    return NaN;
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // processes
@@ -202,10 +223,12 @@ function sampler(pid: number): { samples: Array<{ t: number; kib: number; procs:
   return { samples, stop: () => clearInterval(h), now: () => { take(); return samples.at(-1)?.kib ?? 0; } };
 }
 
-/** The NODE_OPTIONS the systemd unit starts the daemon with (its `Environment=NODE_OPTIONS=` line). */
+/** The NODE_OPTIONS the systemd unit starts the daemon with (its `Environment=NODE_OPTIONS=` line,
+ * quoted as systemd needs it when the value has spaces: `Environment="NODE_OPTIONS=a b"`). */
 function unitNodeOptions(): string {
   const unit = readFileSync(join(ROOT, 'systemd', 'slotflip.service'), 'utf8');
-  return /^Environment=NODE_OPTIONS=(.*)$/m.exec(unit)?.[1]?.trim() ?? '';
+  const m = /^Environment=(?:"NODE_OPTIONS=([^"]*)"|NODE_OPTIONS=(\S*))\s*$/m.exec(unit);
+  return (m?.[1] ?? m?.[2] ?? '').trim();
 }
 
 /** The daemon runs with the unit's NODE_OPTIONS (as on a device) unless --node-options says otherwise
@@ -238,7 +261,7 @@ interface Env {
   deviceId: string;
 }
 
-async function setupEnv(dir: string, broker: Mosquitto, o: { deviceId: string; slotSize: number; httpBehindBroker?: boolean }): Promise<Env> {
+async function setupEnv(dir: string, broker: Mosquitto, o: { deviceId: string; slotSize: number; httpBehindBroker?: boolean; httpOnly?: boolean }): Promise<Env> {
   await mkdir(dir, { recursive: true });
   const repo = join(dir, 'repo');
   if (!existsSync(join(repo, 'repository'))) await run(['repo', 'init', repo, '--json']);
@@ -259,7 +282,7 @@ async function setupEnv(dir: string, broker: Mosquitto, o: { deviceId: string; s
     deviceId: o.deviceId,
     hardware: HARDWARE,
     stateDir,
-    trust: { shippedRoot: join(repo, 'repository/metadata/1.root.json'), sources: o.httpBehindBroker ? [{ type: 'mqtt' }, { type: 'http', url }] : [{ type: 'mqtt' }], payloadBaseUrls: [`${url}targets/`] },
+    trust: { shippedRoot: join(repo, 'repository/metadata/1.root.json'), sources: o.httpOnly ? [{ type: 'http', url }] : o.httpBehindBroker ? [{ type: 'mqtt' }, { type: 'http', url }] : [{ type: 'mqtt' }], payloadBaseUrls: [`${url}targets/`] },
     board: { slots: { A: { path: board.slots.A, size: o.slotSize }, B: { path: board.slots.B, size: o.slotSize } }, boot: board.bootConfig, tries: 2 },
     broker: { urls: [broker.url], reconnect: { minMs: 100, maxMs: 1000 }, connectTimeoutMs: 2000 },
     health: { deadlineSeconds: 60, checks: [{ type: 'command', name: 'application', argv: ['/bin/true'], timeoutSeconds: 30 }] },
@@ -285,12 +308,12 @@ interface Results {
   node: string;
   nodeOptions: string;
   idle?: { at60sMiB: number; at5sMiB: number; maxMiB: number; seconds: number; procs: number };
-  install: Array<{ gib: number; peakMiB: number; peakProcs: number; seconds: number; payloadMiB: number }>;
+  install: Array<{ gib: number; peakMiB: number; peakProcs: number; seconds: number; cpuSeconds: number; payloadMiB: number }>;
   cycles?: { n: number; beforeMiB: number; afterMiB: number; growthMiB: number; trace: number[]; seconds: number };
 }
 
 async function idleAndCycles(root: string, broker: Mosquitto, res: Results): Promise<void> {
-  const env = await setupEnv(join(root, 'idle'), broker, { deviceId: 'bench-idle', slotSize: 8 * MIB });
+  const env = await setupEnv(join(root, 'idle'), broker, { deviceId: 'bench-idle', slotSize: 8 * MIB, httpOnly: METADATA === 'http' });
   const d = startCli(['daemon', '--config', env.configPath], daemonEnv());
   const s = sampler(d.child.pid!);
   try {
@@ -364,11 +387,12 @@ async function install(root: string, cache: string, broker: Mosquitto, gib: numb
     const t0 = Date.now();
     try {
       await d.waitFor((l) => l.msg === 'install verified', 3_600_000, 'install verified');
+      const cpu = Math.round(cpuSeconds(d.child.pid!) * 10) / 10;
       s.now();
       const peak = s.samples.reduce((a, b) => (b.kib > a.kib ? b : a));
-      const r = { gib, peakMiB: mib(peak.kib), peakProcs: Math.max(...s.samples.map((x) => x.procs)), seconds: Math.round((Date.now() - t0) / 1000), payloadMiB: Math.round(payload / MIB) };
+      const r = { gib, peakMiB: mib(peak.kib), peakProcs: Math.max(...s.samples.map((x) => x.procs)), seconds: Math.round((Date.now() - t0) / 1000), cpuSeconds: cpu, payloadMiB: Math.round(payload / MIB) };
       res.install.push(r);
-      say(`install ${gib} GiB: peak ${r.peakMiB} MiB (up to ${r.peakProcs} processes), ${r.seconds} s, payload ${r.payloadMiB} MiB`);
+      say(`install ${gib} GiB: peak ${r.peakMiB} MiB (up to ${r.peakProcs} processes), ${r.seconds} s (CPU ${r.cpuSeconds} s), payload ${r.payloadMiB} MiB`);
     } finally {
       s.stop();
       await d.stop();
@@ -413,9 +437,9 @@ function printTable(res: Results): void {
   }
   const rows: string[][] = [];
   if (res.idle) rows.push([`idle RSS ${idleSeconds} s after start`, `${res.idle.at60sMiB} MiB`, '<= 48 MiB', `5 s: ${res.idle.at5sMiB}, max ${res.idle.maxMiB}`]);
-  for (const i of res.install) rows.push([`peak RSS installing ${i.gib} GiB`, `${i.peakMiB} MiB`, '<= 64 MiB', `${i.seconds} s, payload ${i.payloadMiB} MiB, up to ${i.peakProcs} processes`]);
+  for (const i of res.install) rows.push([`peak RSS installing ${i.gib} GiB`, `${i.peakMiB} MiB`, '<= 64 MiB', `${i.seconds} s (daemon CPU ${i.cpuSeconds} s), payload ${i.payloadMiB} MiB, up to ${i.peakProcs} processes`]);
   if (res.cycles) rows.push([`growth over ${res.cycles.n} check cycles (one process)`, `${res.cycles.growthMiB} MiB`, '< 5 MiB', `${res.cycles.beforeMiB} → ${res.cycles.afterMiB} MiB in ${res.cycles.seconds} s`]);
-  console.log(`slotflip daemon memory (RSS of the whole process tree), node ${res.node}, NODE_OPTIONS="${res.nodeOptions}"`);
+  console.log(`slotflip daemon memory (RSS of the whole process tree), node ${res.node}, NODE_OPTIONS="${res.nodeOptions}", metadata over ${METADATA}`);
   console.log('| figure | measured | goal | notes |');
   console.log('| --- | --- | --- | --- |');
   for (const r of rows) console.log(`| ${r.join(' | ')} |`);

@@ -19,6 +19,7 @@ import { dirname, join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { startMosquitto } from '../harness/mosquitto.js';
 import { CLI, createBoard, initFleet, publishToBroker, requireBuilt, writeDeviceConfig } from './harness.js';
+import { startHttpServer } from '../harness/http-server.js';
 
 /** Loaded by the daemon only for other commands, an update or a trial boot. */
 const NOT_AT_IDLE: Array<[RegExp, string]> = [
@@ -31,10 +32,20 @@ const NOT_AT_IDLE: Array<[RegExp, string]> = [
   [/\/dist\/daemon\/fleet\//, 'the fleet tools'],
   [/\/dist\/daemon\/demo\.js$/, 'the demo'],
   [/\/dist\/daemon\/commands\/(?!daemon\.js|command\.js)[^/]+\.js$/, 'another command'],
+  // MQTT.js's connect() registers every transport: WebSockets and SOCKS come with it (daemon/mqtt-connect.ts)
+  [/\/node_modules\/ws\//, 'ws (MQTT over WebSockets)'],
+  [/\/node_modules\/socks\//, 'socks (MQTT through a SOCKS proxy)'],
+  // Node's fetch: metadata and health checks use node:http (manifests/http-get.ts)
+  [/^node:internal\/deps\/undici\//, 'undici (fetch)'],
 ];
 
-function offenders(urls: string[]): string[] {
-  return urls.flatMap((u) => NOT_AT_IDLE.filter(([re]) => re.test(u)).map(([, what]) => `${what}: ${u}`));
+/** Not loaded by a daemon whose broker is mqtt:// and whose metadata comes only from it. */
+const NOT_WITHOUT_HTTP: Array<[RegExp, string]> = [
+  [/^node:(http|https|tls)$/, 'node:http, node:https or node:tls'],
+];
+
+function offenders(urls: string[], rules = NOT_AT_IDLE): string[] {
+  return urls.flatMap((u) => rules.filter(([re]) => re.test(u)).map(([, what]) => `${what}: ${u}`));
 }
 
 const PRELOAD = `
@@ -42,7 +53,9 @@ import { registerHooks } from 'node:module';
 import { writeFileSync } from 'node:fs';
 const seen = new Set();
 registerHooks({ load(url, context, next) { seen.add(url); return next(url, context); } });
-process.on('exit', () => writeFileSync(process.env.SLOTFLIP_TEST_MODULES_OUT, JSON.stringify([...seen])));
+// Node's own modules (node:http, undici behind fetch) never pass the hooks: process.moduleLoadList has them
+const builtins = () => process.moduleLoadList.filter((m) => m.startsWith('NativeModule ')).map((m) => 'node:' + m.slice('NativeModule '.length));
+process.on('exit', () => writeFileSync(process.env.SLOTFLIP_TEST_MODULES_OUT, JSON.stringify([...seen, ...builtins()])));
 `;
 
 /** Runs the built CLI with the load-recording preload; `until` decides when to SIGTERM it. */
@@ -99,6 +112,24 @@ t.test('an idle daemon (up to date, broker connected, first check done) loaded n
     t.ok(r.urls.some((u) => needed.test(u)), `loaded ${needed.source}`);
   }
   t.same(offenders(r.urls), [], 'nothing an idle daemon never uses');
+  t.ok(r.urls.includes('node:internal/modules/esm/loader'), 'Node\'s own modules were recorded too');
+  t.same(offenders(r.urls, NOT_WITHOUT_HTTP), [], 'no HTTP or TLS stack for an mqtt:// broker and metadata from it');
+});
+
+t.test('an idle daemon reading metadata over HTTP did not load fetch (undici) either', async (t) => {
+  const broker = await startMosquitto();
+  t.teardown(() => broker.stop());
+  const dir = t.testdir();
+  const fleet = await initFleet(dir);
+  const srv = await startHttpServer({ root: fleet.repository });
+  t.teardown(() => srv.stop());
+  const board = await createBoard(join(dir, 'board'), 1 << 20);
+  const config = await writeDeviceConfig(join(dir, 'config.json'), { deviceId: 'dev-graph-http', board, fleet, stateDir: join(dir, 'state'), brokerUrl: broker.url, metadataUrl: srv.url, payloadBaseUrls: [`${srv.url}targets/`] });
+  const r = await loadedBy(dir, ['daemon', '--config', config], (l) => l.msg === 'cycle done');
+  t.equal(r.code, 0, `the daemon stopped cleanly on SIGTERM: ${r.stderr}`);
+  t.ok(srv.requests.some((q) => q.path.endsWith('timestamp.json') && q.status === 200), 'it read timestamp.json over HTTP');
+  t.ok(r.urls.includes('node:http'), 'over node:http');
+  t.same(offenders(r.urls), [], 'nothing an idle daemon never uses');
 });
 
 t.test('`slotflip --help` loads no command module', async (t) => {
@@ -123,8 +154,8 @@ function staticGraph(entry: string): string[] {
       const spec = m[1] ?? m[2]!;
       if (spec.startsWith('node:')) continue;
       if (spec.startsWith('.')) queue.push(resolve(dirname(file), spec));
-      // a package: named as its directory (its own imports are its business)
-      else packages.add(`/node_modules/${spec}/`);
+      // a package: named as its directory (its own imports are its business; `mqtt/lib/client` is mqtt)
+      else packages.add(`/node_modules/${/^(@[^/]+\/)?[^/]+/.exec(spec)![0]}/`);
     }
   }
   return [...[...seen].map((f) => pathToFileURL(f).href), ...packages];

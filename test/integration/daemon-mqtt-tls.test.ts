@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import { connectAsync, type IClientOptions, type MqttClient } from 'mqtt';
 import { startMosquitto } from '../harness/mosquitto.js';
 import { MqttTransport, brokerConfigDefaults, type BrokerConfig } from '../../daemon/mqtt.js';
+import { connectMqtt } from '../../daemon/mqtt-connect.js';
 import { Outbox, MemoryOutboxStore } from '../../daemon/outbox.js';
 import { metaTopic } from '../../daemon/topics.js';
 import { waitFor } from '../harness/wait.js';
@@ -103,4 +104,33 @@ t.test('transport whose certificate does not match its device id: events refused
   t.match(problems.find((p) => p.code === 'DAEMON_MQTT_PUBLISH'), { reason: 0x87 });
   await waitFor(() => problems.filter((p) => p.code === 'DAEMON_MQTT_PUBLISH').length >= 3, 'retried with backoff', 5000);
   t.same((await outbox.pending()).map((e) => e.seq), [1], 'a refused event is never acked or dropped');
+});
+
+// daemon/mqtt-connect.ts builds the TLS socket itself (not MQTT.js's connect()): the same refusals
+function outcome(client: MqttClient): Promise<{ connected: boolean; error?: Error }> {
+  return new Promise((resolve) => {
+    let error: Error | undefined;
+    client.on('error', (e) => { error ??= e; });
+    client.once('connect', () => resolve({ connected: true }));
+    client.once('close', () => resolve({ connected: false, ...(error ? { error } : {}) }));
+  });
+}
+
+t.test('the device connector refuses a broker whose certificate its CA did not sign', async (t) => {
+  // no `ca`: the broker's test CA is not in the system store, so the handshake must not complete
+  const client = connectMqtt(tlsUrl, { ...tlsOpts('dev1', 5), ca: undefined, clientId: 'dev1-untrusted' });
+  t.teardown(() => client.end(true));
+  const r = await outcome(client);
+  t.equal(r.connected, false, 'never connected');
+  t.match(r.error?.message ?? '', /certificate|self.signed|issuer/i, `the TLS error reached the client: ${r.error?.message}`);
+});
+
+t.test('the device connector: a client certificate turns mqtt:// into TLS (as MQTT.js does); mqtts:// connects', async (t) => {
+  for (const url of [tlsUrl.replace(/^mqtts:/, 'mqtt:'), tlsUrl]) {
+    const client = connectMqtt(url, { ...tlsOpts('dev1', 5), clientId: 'dev1' });
+    const r = await outcome(client);
+    t.equal(r.connected, true, `${url}: connected (${r.error?.message ?? 'no error'})`);
+    t.ok((client.stream as { encrypted?: boolean }).encrypted, `${url}: over TLS`);
+    await client.endAsync();
+  }
 });

@@ -8,19 +8,29 @@
  *   the final flush, underneath the block device's page cache, which still holds the written bytes.
  */
 import t from 'tap';
-import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { installPayload } from '../../daemon/install/index.js';
+import { chunkCrc } from '../../daemon/install/hasher.js';
 import { codeOf } from '../../hal/errors.js';
 import { createSlotWriter } from '../../hal/file-slot.js';
 import type { SlotHandle, SlotWriter } from '../../hal/slot-writer.js';
 import { makePayload, makeSlotFile } from '../bench/install-fixtures.js';
+import { flipUnderneath, loopAvailable, withLoop } from '../harness/loop-device.js';
 
 const CHUNK = 64 << 10;
 const SIZE = 6 * CHUNK + 777; // 7 chunks, the last one short
 const BAD = 3 * CHUNK + 1234; // inside chunk 3
+
+/** CRC-32 (hex) of chunk `k` of the image file, before and after `BAD` is XORed with `flip`. */
+async function crcs(image: string, k: number, flip: number): Promise<{ expected: string; actual: string }> {
+  const img = await readFile(image);
+  const c = Buffer.from(img.subarray(k * CHUNK, (k + 1) * CHUNK));
+  const hex = (n: number): string => n.toString(16).padStart(8, '0');
+  const expected = hex(chunkCrc(c));
+  c[BAD - k * CHUNK] ^= flip;
+  return { expected, actual: hex(chunkCrc(c)) };
+}
 
 /** Wraps a slot writer: `onHandle` may replace methods of the handle it opens. */
 function wrapped(inner: SlotWriter, onHandle: (h: SlotHandle) => SlotHandle): SlotWriter {
@@ -44,25 +54,14 @@ t.test('through the handle: a chunk that reads back different from what was writ
   }));
   const err = await installPayload({ payload: p.payload, length: p.length, source: { path: p.file }, slot, resumeStatePath: join(dir, 'resume.json'), readBack: 'handle' }).catch((e: unknown) => e);
   t.equal(codeOf(err), 'INSTALL_READBACK_MISMATCH', 'the install does not resolve');
-  t.match((err as { details: unknown }).details, { path: slotPath, chunk: 3, offset: 3 * CHUNK, expected: p.payload.chunks[3]!.sha256 }, 'names the chunk that differs');
-  t.match((err as Error).message, /chunk 3 \(bytes from 196608\) reads back with SHA-256/);
+  t.match((err as { details: unknown }).details, { path: slotPath, chunk: 3, offset: 3 * CHUNK, ...(await crcs(p.image, 3, 0x10)) }, 'names the chunk that differs, with the CRC-32 written and the one read');
+  t.match((err as Error).message, /differs in chunk 3 \(bytes 196608\.\.262143\): CRC-32 [0-9a-f]{8}, written [0-9a-f]{8}/);
 });
-
-function loopAvailable(): boolean {
-  try {
-    return process.getuid?.() === 0 && existsSync('/dev/loop-control') && execFileSync('losetup', ['-f'], { encoding: 'utf8' }).trim().startsWith('/dev/loop');
-  } catch {
-    return false;
-  }
-}
 
 t.test('by path (O_DIRECT): a byte the medium changed after the last flush is caught and named', { skip: loopAvailable() ? false : 'needs root and a loop device' }, async (t) => {
   const dir = t.testdir();
   const p = await makePayload(dir, { size: SIZE, chunkSize: CHUNK, compression: 'zstd' });
-  const backing = join(dir, 'flash.img');
-  await makeSlotFile(backing, 1 << 20);
-  const dev = execFileSync('losetup', ['-f', '--show', backing], { encoding: 'utf8' }).trim();
-  t.teardown(() => execFileSync('losetup', ['-d', dev]));
+  const { dev, backing } = await withLoop(t, dir, 1 << 20, false);
   let flips = 0;
   const slot = wrapped(createSlotWriter('B', { path: dev }), (h) => ({
     writeAt: (d, o) => h.writeAt(d, o),
@@ -72,22 +71,13 @@ t.test('by path (O_DIRECT): a byte the medium changed after the last flush is ca
       await h.flush();
       if (flips > 0) return;
       // after the flush that covers the whole image, change one byte underneath the page cache
-      const fh = await open(backing, 'r+');
-      try {
-        const one = Buffer.alloc(1);
-        await fh.read(one, 0, 1, BAD);
-        one[0] ^= 0x5a;
-        await fh.write(one, 0, 1, BAD);
-        await fh.sync();
-        flips++;
-      } finally {
-        await fh.close();
-      }
+      await flipUnderneath(backing, BAD);
+      flips++;
     },
   }));
   // one flush for the whole image (flushEveryBytes above its size): the change lands after it
   const err = await installPayload({ payload: p.payload, length: p.length, source: { path: p.file }, slot, resumeStatePath: join(dir, 'resume.json'), readBack: 'path', flushEveryBytes: 1 << 30 }).catch((e: unknown) => e);
   t.equal(flips, 1, 'the medium changed after the flush');
   t.equal(codeOf(err), 'INSTALL_READBACK_MISMATCH', 'caught by the installer\'s O_DIRECT read-back');
-  t.match((err as { details: unknown }).details, { path: dev, chunk: 3, offset: 3 * CHUNK, expected: p.payload.chunks[3]!.sha256 }, 'names the chunk that differs');
+  t.match((err as { details: unknown }).details, { path: dev, chunk: 3, offset: 3 * CHUNK, direct: true, ...(await crcs(p.image, 3, 0x5a)) }, 'names the chunk that differs, with the CRC-32 written and the one the medium holds');
 });

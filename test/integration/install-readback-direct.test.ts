@@ -7,8 +7,7 @@
  * Needs root and a free loop device; skipped otherwise. Also: on tmpfs (no O_DIRECT) the read-back
  * falls back, says so in a debug log, and still catches a changed byte.
  */
-import t, { type Test } from 'tap';
-import { execFileSync } from 'node:child_process';
+import t from 'tap';
 import { createHash } from 'node:crypto';
 import { constants, existsSync } from 'node:fs';
 import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
@@ -16,10 +15,11 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { verifySlotImage } from '../../daemon/install/read-back.js';
-import { ReadBackHasher } from '../../daemon/install/hasher.js';
+import { chunkCrc, ReadBackChecker } from '../../daemon/install/hasher.js';
 import { createSlotWriter } from '../../hal/file-slot.js';
 import { codeOf } from '../../hal/errors.js';
 import type { PayloadInfo } from '../../manifests/types.js';
+import { bufferedBytes, flipUnderneath, loopAvailable, withLoop } from '../harness/loop-device.js';
 
 const CHUNK = 64 << 10;
 const SIZE = 5 * CHUNK + 777; // 6 chunks, the last one short and unaligned
@@ -30,6 +30,13 @@ function image(): Buffer {
   const b = Buffer.alloc(SIZE);
   for (let i = 0; i < SIZE; i++) b[i] = (i * 31 + (i >> 9)) & 0xff;
   return b;
+}
+
+/** A read-back checker for `img`'s chunks with their CRC-32 recorded as the installer does at write time. */
+function checkerFor(img: Buffer, path: string, log?: pino.Logger): ReadBackChecker {
+  const c = new ReadBackChecker({ path, chunkSize: CHUNK, size: img.length, ...(log ? { log } : {}) });
+  for (let k = 0; k * CHUNK < img.length; k++) c.expect(k, chunkCrc(img.subarray(k * CHUNK, (k + 1) * CHUNK)));
+  return c;
 }
 
 function payloadOf(img: Buffer): PayloadInfo {
@@ -50,62 +57,13 @@ async function writeThrough(path: string, img: Buffer): Promise<void> {
   }
 }
 
-async function flipUnderneath(backing: string, at: number): Promise<number> {
-  const fh = await open(backing, 'r+');
-  try {
-    const one = Buffer.alloc(1);
-    await fh.read(one, 0, 1, at);
-    const changed = one[0]! ^ 0x5a;
-    await fh.write(Buffer.from([changed]), 0, 1, at);
-    await fh.sync();
-    return changed;
-  } finally {
-    await fh.close();
-  }
-}
-
-async function bufferedByte(path: string, at: number): Promise<number> {
-  const fh = await open(path, 'r');
-  try {
-    const one = Buffer.alloc(1);
-    await fh.read(one, 0, 1, at);
-    return one[0]!;
-  } finally {
-    await fh.close();
-  }
-}
-
-function loopAvailable(): boolean {
-  try {
-    return process.getuid?.() === 0 && existsSync('/dev/loop-control') && execFileSync('losetup', ['-f'], { encoding: 'utf8' }).trim().startsWith('/dev/loop');
-  } catch {
-    return false;
-  }
-}
-
-async function withLoop(t: Test): Promise<{ dev: string; backing: string }> {
-  const backing = join(t.testdir(), 'flash.img');
-  const fh = await open(backing, 'w');
-  await fh.truncate(DEVICE);
-  await fh.close();
-  const dev = execFileSync('losetup', ['-f', '--show', backing], { encoding: 'utf8' }).trim();
-  // hold the device open for the whole test, as the installer holds its slot handle: the kernel
-  // drops a block device's page cache at its LAST close, which would hide what this test is about
-  const holder = await open(dev, 'r');
-  t.teardown(async () => {
-    await holder.close();
-    execFileSync('losetup', ['-d', dev]);
-  });
-  return { dev, backing };
-}
-
 t.test('read-back after the write sees a byte the medium changed underneath the page cache', { skip: loopAvailable() ? false : 'needs root and a loop device' }, async (t) => {
-  const { dev, backing } = await withLoop(t);
+  const { dev, backing } = await withLoop(t, t.testdir(), DEVICE);
   const img = image();
   const payload = payloadOf(img);
   await writeThrough(dev, img);
   const changed = await flipUnderneath(backing, BAD);
-  t.equal(await bufferedByte(dev, BAD), img[BAD], 'premise: a buffered read of the slot still returns the written byte (page cache)');
+  t.equal((await bufferedBytes(dev, BAD, 1))[0], img[BAD], 'premise: a buffered read of the slot still returns the written byte (page cache)');
 
   const slot = createSlotWriter('B', { path: dev });
   // Verify step: by path (what compose uses for hal's slot writers) reads the medium
@@ -113,37 +71,54 @@ t.test('read-back after the write sees a byte the medium changed underneath the 
   t.equal(codeOf(err, ''), 'DAEMON_VERIFY_MISMATCH', 'the changed byte is caught');
   t.match((err as { details: unknown }).details, { path: dev, chunk: 2, offset: 2 * CHUNK, expected: payload.chunks[2]!.sha256, direct: true }, 'names the chunk and its offset');
   t.match((err as Error).message, /chunk 2 \(bytes 131072\.\.196607\)/);
-  t.equal(await bufferedByte(dev, BAD), img[BAD], 'while the page cache still says all is well');
+  t.equal((await bufferedBytes(dev, BAD, 1))[0], img[BAD], 'while the page cache still says all is well');
 
-  // the installer's whole-image read-back (worker, by path): hashes what the medium holds
+  // the installer's read-back (by path, behind the flush frontier): each chunk's CRC-32 against the
+  // one recorded over the written bytes
   await writeThrough(dev, img); // written again: medium and cache agree ...
   t.equal(await flipUnderneath(backing, BAD), changed, '... until the medium changes underneath again');
-  const hasher = new ReadBackHasher({ path: dev });
+  const checker = checkerFor(img, dev);
   try {
-    hasher.advance(3 * CHUNK + 100); // an unaligned flush frontier
-    const r = await hasher.finish(SIZE);
+    checker.advance(3 * CHUNK + 100); // an unaligned flush frontier
+    const e2 = await checker.finish(SIZE).then(() => undefined, (e: unknown) => e);
     const medium = Buffer.from(img);
     medium[BAD] = changed;
-    t.equal(r.bytes, SIZE);
-    t.equal(hasher.direct, true, 'read with O_DIRECT');
-    t.not(r.sha256, payload.sha256, 'not the hash of what was written (that is what INSTALL_READBACK_MISMATCH compares against)');
-    t.equal(r.sha256, createHash('sha256').update(medium).digest('hex'), 'the hash of what the medium holds');
+    t.equal(codeOf(e2, ''), 'INSTALL_READBACK_MISMATCH', 'the installer\'s read-back catches it');
+    t.equal(checker.direct, true, 'read with O_DIRECT');
+    const hex = (n: number): string => n.toString(16).padStart(8, '0');
+    t.match((e2 as { details: unknown }).details, { path: dev, chunk: 2, offset: 2 * CHUNK, expected: hex(chunkCrc(img.subarray(2 * CHUNK, 3 * CHUNK))), actual: hex(chunkCrc(medium.subarray(2 * CHUNK, 3 * CHUNK))), direct: true }, 'names the chunk, with the CRC written and the CRC the medium holds');
+    t.match((e2 as Error).message, /chunk 2 \(bytes 131072\.\.196607\)/);
   } finally {
-    await hasher.close();
+    await checker.close();
   }
 });
 
 t.test('an intact slot passes the direct read-back (aligned windows, unaligned last chunk)', { skip: loopAvailable() ? false : 'needs root and a loop device' }, async (t) => {
-  const { dev } = await withLoop(t);
+  const { dev } = await withLoop(t, t.testdir(), DEVICE);
   const img = image();
   await writeThrough(dev, img);
   await verifySlotImage(createSlotWriter('A', { path: dev }), payloadOf(img), { source: 'path' });
-  const hasher = new ReadBackHasher({ path: dev });
+  const checker = checkerFor(img, dev);
   try {
-    for (const upto of [1, 4095, 4097, CHUNK + 3, 4 * CHUNK]) hasher.advance(upto);
-    t.equal((await hasher.finish(SIZE)).sha256, payloadOf(img).sha256);
+    for (const upto of [1, 4095, 4097, CHUNK + 3, 4 * CHUNK]) checker.advance(upto);
+    t.same(await checker.finish(SIZE), { bytes: SIZE }, 'every chunk read back and matched');
+    t.equal(checker.direct, true);
+    t.equal(checker.imageSha256(), createHash('sha256').update(img).digest('hex'), 'the whole image hashed over what the medium returned');
   } finally {
-    await hasher.close();
+    await checker.close();
+  }
+  // a resume: the prefix re-hash and the read-back after it make one whole-image hash
+  const resumed = checkerFor(img, dev);
+  try {
+    const sha = (k: number): string => createHash('sha256').update(img.subarray(k * CHUNK, (k + 1) * CHUNK)).digest('hex');
+    const wrongFrom = 2;
+    const matched = await resumed.verifyPrefix((k) => (k >= wrongFrom ? '0'.repeat(64) : sha(k)));
+    t.equal(matched, wrongFrom, 'the prefix stops at the first chunk that differs');
+    t.equal(resumed.imageSha256(), undefined, 'no whole-image hash before every byte was read back');
+    t.same(await resumed.finish(SIZE), { bytes: SIZE });
+    t.equal(resumed.imageSha256(), createHash('sha256').update(img).digest('hex'), 'prefix + read-back = the whole image, once each');
+  } finally {
+    await resumed.close();
   }
 });
 
@@ -178,11 +153,19 @@ t.test('tmpfs: where O_DIRECT is refused, falls back, says so in a debug log, st
   else t.same(lines, [], 'no fallback, nothing logged');
 
   await writeFile(path, img);
-  const hasher = new ReadBackHasher({ path, log });
+  const checker = checkerFor(img, path, log);
   try {
-    t.equal((await hasher.finish(SIZE)).sha256, payload.sha256, 'hashes the file');
-    t.equal(hasher.direct, !refused);
+    t.same(await checker.finish(SIZE), { bytes: SIZE }, 'checks the file');
+    t.equal(checker.direct, !refused);
   } finally {
-    await hasher.close();
+    await checker.close();
+  }
+  await writeFile(path, bad);
+  const failing = checkerFor(img, path, log);
+  try {
+    const e3 = await failing.finish(SIZE).then(() => undefined, (e: unknown) => e);
+    t.match((e3 as { code?: string; details?: unknown }), { code: 'INSTALL_READBACK_MISMATCH', details: { chunk: 5, offset: 5 * CHUNK, direct: !refused } }, 'names the last, short chunk');
+  } finally {
+    await failing.close();
   }
 });

@@ -130,7 +130,7 @@ t.test('the unit carries the directives the README promises', async (t) => {
     'NotifyAccess=main',
     'ExecStart=/usr/bin/slotflip daemon --config /etc/slotflip/config.json',
     // bench:memory measures the daemon with these NODE_OPTIONS (it reads them from this unit)
-    'Environment=NODE_OPTIONS=--max-semi-space-size=1',
+    'Environment="NODE_OPTIONS=--max-semi-space-size=1 --expose-gc"',
     'Wants=network-online.target',
     'Restart=on-failure',
     'ProtectSystem=strict',

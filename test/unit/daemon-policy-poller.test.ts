@@ -1,4 +1,4 @@
-// Poller: cron schedule + jitter + no overlap (injected scheduler/sleep), and one real node-cron run.
+// Poller: cron schedule + jitter + no overlap (injected scheduler/sleep), and real runs (local matcher, node-cron).
 import t from 'tap';
 import { Poller, type Scheduler } from '../../daemon/poller.js';
 
@@ -77,9 +77,10 @@ t.test('invalid schedule is refused', async (t) => {
   t.throws(() => new Poller({ cron: '* * * * *', jitterSeconds: -1, poll: async () => undefined }), RangeError);
 });
 
-t.test('real node-cron schedule fires', async (t) => {
+// a plain expression runs on daemon/cron-local.ts, one with names on node-cron: both really fire
+for (const cron of ['* * * * * *', '* * * * * SUN-SAT']) t.test(`real schedule fires: ${cron}`, async (t) => {
   let polls = 0;
-  const p = new Poller({ cron: '* * * * * *', jitterSeconds: 0, poll: async () => { polls++; } });
+  const p = new Poller({ cron, jitterSeconds: 0, poll: async () => { polls++; } });
   p.start();
   const until = Date.now() + 3000;
   while (polls === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));

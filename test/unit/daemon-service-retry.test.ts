@@ -88,11 +88,11 @@ async function setup(dir: string, lockPath?: string): Promise<Config> {
 
 interface Rig { svc: UpdateService; timers: FakeTimers; clock: { now: number }; reboots: number[]; cycles: CycleResult[] }
 
-function rig(config: Config, store: MemoryStateStore, clock: { now: number }, policies?: UpdatePolicies, reboots: number[] = []): Rig {
+function rig(config: Config, store: MemoryStateStore, clock: { now: number }, policies?: UpdatePolicies, reboots: number[] = [], reclaim?: () => void): Rig {
   const timers = new FakeTimers();
   const cycles: CycleResult[] = [];
   const svc = new UpdateService({
-    config, log: pino({ level: 'silent' }), schedule: false, transport: null, timers,
+    config, log: pino({ level: 'silent' }), schedule: false, transport: null, timers, ...(reclaim ? { reclaim } : {}),
     overrides: {
       now: () => clock.now, store, bootControl: board(), releases: { releases: async () => [] }, outbox: null,
       reboot: async () => { reboots.push(clock.now); },
@@ -251,4 +251,30 @@ t.test('failed cycles in a row back off from config retry.delaySeconds to retry.
   await svc.idle();
   t.equal(timers.soleDelay(), 5000, 'the next failure starts again at the base');
   await svc.stop();
+});
+
+t.test('idle again after a cycle: the heap is reclaimed once, 2 s later; never during a cycle, never after stop', async (t) => {
+  const config = await setup(t.testdir());
+  const clock = { now: at('2026-11-27T12:00:00Z') };
+  let reclaims = 0;
+  const r = rig(config, new MemoryStateStore(initialState(0)), clock, undefined, [], () => { reclaims++; });
+  await r.svc.start();
+  await r.svc.idle();
+  t.match(r.cycles, [{ phase: 'idle' }]);
+  t.equal(r.timers.soleDelay(), 2000, 'one reclaim pending, 2 s after the cycle');
+  t.equal(reclaims, 0, 'not yet');
+  r.timers.fire();
+  t.equal(reclaims, 1, 'reclaimed once idle');
+  t.equal(r.timers.pending.length, 0, 'nothing re-armed by itself: the next cycle arms it');
+
+  r.svc.trigger('command');
+  t.equal(r.timers.pending.length, 0, 'no reclaim while a cycle runs');
+  await r.svc.idle();
+  t.equal(r.timers.soleDelay(), 2000, 'armed again after that cycle');
+  r.svc.trigger('command');
+  t.equal(r.timers.pending.length, 0, 'a cycle starting cancels the pending reclaim');
+  await r.svc.idle();
+  await r.svc.stop();
+  t.equal(r.timers.pending.length, 0, 'stop cancels it');
+  t.equal(reclaims, 1);
 });

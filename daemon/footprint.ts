@@ -1,0 +1,79 @@
+/**
+ * The daemon's memory footprint (issue 16): V8 run without its optimizing compilers, and an idle
+ * daemon's free heap handed back to the OS. Figures: `npm run bench:memory`.
+ *
+ * Interpreter and baseline code only (`--no-turbofan --no-maglev`, set by the CLI before it loads the
+ * daemon command's modules): TurboFan and Maglev are several MiB of the node binary's code that stay resident
+ * once they have run, plus the optimized code and its metadata, for a process whose hot paths are
+ * native (SHA-256, zstd/gzip, file and socket I/O). Measured: idle RSS −9 MiB. The install runs with
+ * them on again (`withOptimizingCompilers`): a full install measured the same either way (CPU
+ * 7.5/7.6 s with, 7.6/6.6 s without, load 11; peak 10 MiB lower without), but a delta install's
+ * chunking is JS-heavy.
+ * `--jitless` would save ~3 MiB more but also removes WebAssembly, which the install's page-aligned
+ * O_DIRECT buffers are made of (daemon/install/hasher.ts, read-back.ts). These two flags are not
+ * accepted in NODE_OPTIONS, hence v8.setFlagsFromString: they only stop future tier-ups, which V8
+ * checks when a function gets hot, so setting them while running is safe.
+ *
+ * Heap reclaim:
+ * A check cycle leaves garbage behind: the TUF refresh parses and verifies whole metadata documents,
+ * the agent and its collaborators are rebuilt per cycle. V8 collects it at some later GC but keeps
+ * the pages it occupied committed, and releases them only in a collection asked to reduce memory,
+ * which a daemon that then sleeps for hours never triggers: measured ~10 MiB of RSS held for nothing
+ * (bench:memory). With `--expose-gc` in the unit's NODE_OPTIONS (systemd/slotflip.service) the daemon
+ * asks V8 for one memory-reducing ("last resort") collection once no cycle has run for a moment.
+ *
+ * Trade-off: a few full collections' CPU (tens of ms for a ~15 MiB heap) per idle period, i.e. per
+ * check, never during one; without `--expose-gc` nothing happens (the daemon works as before).
+ */
+import v8 from 'node:v8';
+
+// V8's flags are process-wide: so is this state (how many installs hold the compilers on)
+let interpreted = false;
+let holds = 0;
+
+function optimizing(on: boolean): void {
+  v8.setFlagsFromString(on ? '--turbofan' : '--no-turbofan');
+  v8.setFlagsFromString(on ? '--maglev' : '--no-maglev');
+}
+
+/** Turns V8's optimizing compilers off for this process, except inside `withOptimizingCompilers`. */
+export function interpretOnly(): void {
+  interpreted = true;
+  if (holds === 0) optimizing(false);
+}
+
+/**
+ * Runs `fn` with the optimizing compilers on (when `interpretOnly` turned them off), then off again.
+ * For the install: JS-heavy work there is cheap only when optimized — cutting a slot into
+ * content-defined chunks (manifests/cdc.ts, a delta install) takes 13x the CPU interpreted (64 MiB:
+ * 3.4-3.6 s instead of 0.25-0.27 s). An install ends in a reboot (a new, interpreted process) or
+ * in a failure, after which the compilers are off again for the next idle period.
+ */
+export async function withOptimizingCompilers<T>(fn: () => Promise<T>): Promise<T> {
+  if (!interpreted) return fn();
+  if (holds++ === 0) optimizing(true);
+  try {
+    return await fn();
+  } finally {
+    if (--holds === 0) optimizing(false);
+  }
+}
+
+/** V8's `gc()` extension (present with `--expose-gc`). Unknown options are ignored by older V8s. */
+export type GcFunction = (options?: { type?: 'major' | 'minor'; execution?: 'sync' | 'async'; flavor?: 'regular' | 'last-resort' }) => unknown;
+
+/** The `gc` function `--expose-gc` put on the global object, if any. Read by the composition root. */
+export function exposedGc(): GcFunction | undefined {
+  const g = (globalThis as { gc?: unknown }).gc;
+  return typeof g === 'function' ? (g as GcFunction) : undefined;
+}
+
+/** One memory-reducing collection; returns how long it took (ms) and the RSS before and after. */
+export function reclaimHeap(gc: GcFunction): { ms: number; rssBefore: number; rssAfter: number } {
+  const rssBefore = process.memoryUsage.rss();
+  const t0 = performance.now();
+  // last resort = V8's CollectAllAvailableGarbage: repeated full GCs that also shrink the heap and
+  // release its free pages (a regular major GC frees the objects but keeps the pages)
+  gc({ type: 'major', execution: 'sync', flavor: 'last-resort' });
+  return { ms: Math.round(performance.now() - t0), rssBefore, rssAfter: process.memoryUsage.rss() };
+}

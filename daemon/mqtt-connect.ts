@@ -1,0 +1,87 @@
+/**
+ * The device's MQTT connector: builds one MQTT.js `MqttClient` for one `mqtt://` or `mqtts://` URL
+ * over a plain `net` or `tls` socket, without MQTT.js's `connect()`.
+ *
+ * Why: MQTT.js's `connect()` registers every transport it knows at the first connection, which
+ * loads `ws` (and with it node:http, node:https, node:tls, node:zlib) and `socks` (ip-address,
+ * smart-buffer) into a daemon that only ever speaks TCP or TLS to its broker: about 8 MiB of RSS for
+ * an idle device (bench:memory, issue 16). Here node:tls is loaded only for an `mqtts://` URL (or
+ * client certificates), and the WebSocket URLs the config also accepts (`ws://`, `wss://`) go to
+ * MQTT.js's own `connect()`, loaded on first use.
+ *
+ * What is kept from MQTT.js's `connect()` (build/lib/connect/index.js, tcp.js, tls.js): the URL's
+ * host and port (default 1883 / 8883), user and password from the URL, `mqtt://` turned into TLS
+ * when a client certificate and key are given, the server name taken from a host name (not from an
+ * IP), `rejectUnauthorized` on unless explicitly false, a handshake that completes unauthorized
+ * refused with an error, and a no-op `error` listener on the client (the transport listens itself).
+ * Not kept: SOCKS proxies (`MQTTJS_SOCKS_PROXY`), unix sockets, `?clientId=` in the URL — the
+ * device config offers none of them.
+ */
+import { createRequire } from 'node:module';
+import net from 'node:net';
+import type { ConnectionOptions, TLSSocket } from 'node:tls';
+import type { IClientOptions, MqttClient } from 'mqtt';
+import clientCjs from 'mqtt/lib/client';
+import { SlotflipError } from '../hal/errors.js';
+
+const require = createRequire(import.meta.url);
+// build/lib/client.js is CommonJS: the default import is its module.exports, the class its `default`
+const MqttClientClass = clientCjs.default;
+
+/** One MQTT.js client for `url`; the socket opens on the client's first stream build (at once). */
+export function connectMqtt(url: string, options: IClientOptions): MqttClient {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch (cause) {
+    throw new SlotflipError('DAEMON_MQTT_CONNECT', `broker URL ${JSON.stringify(url)} is not a URL`, { cause, details: { url } });
+  }
+  let protocol = u.protocol.replace(/:$/, '') as 'mqtt' | 'mqtts' | 'ws' | 'wss';
+  if (protocol === 'ws' || protocol === 'wss') {
+    // WebSockets: MQTT.js's own connect, loaded only by a device configured for them
+    return (require('mqtt') as typeof import('mqtt')).connect(url, options);
+  }
+  if ((protocol as string) !== 'mqtt' && (protocol as string) !== 'mqtts') {
+    throw new SlotflipError('DAEMON_MQTT_CONNECT', `broker URL ${url}: unsupported protocol ${protocol}; use mqtt://, mqtts://, ws:// or wss://`, { details: { url } });
+  }
+  // as MQTT.js: a client certificate means TLS, whatever the scheme says
+  if (options.cert && options.key) protocol = 'mqtts';
+  const tlsOn = protocol === 'mqtts';
+  // WHATWG URL keeps the brackets of an IPv6 literal; sockets want the bare address
+  const host = u.hostname.replace(/^\[(.*)\]$/, '$1') || 'localhost';
+  const port = u.port ? Number(u.port) : tlsOn ? 8883 : 1883;
+  const opts: IClientOptions = { ...options, protocol, host, hostname: host, port };
+  if (u.username) opts.username = decodeURIComponent(u.username);
+  if (u.password) opts.password = decodeURIComponent(u.password);
+  const client = new MqttClientClass(tlsOn ? (c: MqttClient) => tlsStream(c, opts) : () => net.createConnection({ host, port }), opts);
+  // as MQTT.js's connect(): an unhandled 'error' must not kill the process; the transport listens
+  client.on('error', () => undefined);
+  return client;
+}
+
+function tlsStream(client: MqttClient, opts: IClientOptions): TLSSocket {
+  const tls = require('node:tls') as typeof import('node:tls');
+  const rejectUnauthorized = opts.rejectUnauthorized !== false;
+  const host = String(opts.host);
+  const o: ConnectionOptions = {
+    host,
+    port: Number(opts.port),
+    rejectUnauthorized,
+    ...(opts.ca !== undefined ? { ca: opts.ca } : {}),
+    ...(opts.cert !== undefined ? { cert: opts.cert } : {}),
+    ...(opts.key !== undefined ? { key: opts.key } : {}),
+    ...(opts.servername ? { servername: opts.servername } : net.isIP(host) === 0 ? { servername: host } : {}),
+    ...(opts.ALPNProtocols !== undefined ? { ALPNProtocols: opts.ALPNProtocols as string[] } : {}),
+  };
+  const socket = tls.connect(o);
+  const onError = (err: Error): void => {
+    if (rejectUnauthorized) client.emit('error', err);
+    socket.end();
+  };
+  socket.on('secureConnect', () => {
+    if (rejectUnauthorized && !socket.authorized) socket.emit('error', new Error('TLS not authorized'));
+    else socket.removeListener('error', onError);
+  });
+  socket.on('error', onError);
+  return socket;
+}

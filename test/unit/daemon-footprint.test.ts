@@ -1,0 +1,35 @@
+// daemon/footprint.ts: after interpretOnly() a hot function stays interpreted, inside
+// withOptimizingCompilers it is optimized, and after it the compilers are off again. V8's own
+// optimization status (--allow-natives-syntax) in a child process running the built module.
+import t from 'tap';
+import { execFile } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { ROOT, requireBuilt } from '../e2e/harness.js';
+
+requireBuilt();
+
+const PROBE = `
+const { interpretOnly, withOptimizingCompilers } = await import(process.argv[2]);
+// a distinct source each time: V8's compilation cache would otherwise hand one function's optimized code to the next
+const make = (tag) => new Function('a', '/* ' + tag + ' */ let s = 0; for (let i = 0; i < a.length; i++) s = (s + a[i] * 31) | 0; return s;');
+const arr = Array.from({ length: 1000 }, (_, i) => i);
+// hot, with turns of the event loop (concurrent compilation finishes between them). Bits 16/32/64
+// of the status: optimized by some tier — which bit says so differs between Node 22/24 and 26
+// (Node 26's Maglev sets 32 only); interpreted or baseline code sets none of them
+const hot = async (f) => { for (let k = 0; k < 20000; k++) { f(arr); if (k % 1000 === 0) await new Promise((r) => setImmediate(r)); } return (%GetOptimizationStatus(f) & (16 | 32 | 64)) !== 0; };
+const control = await hot(make('control'));
+interpretOnly();
+const before = await hot(make('before'));
+const during = await withOptimizingCompilers(() => hot(make('during')));
+const after = await hot(make('after'));
+console.log(JSON.stringify({ control, before, during, after }));
+`;
+
+t.test('interpreted while idle, optimizing compilers on for the install only', async (t) => {
+  const dir = t.testdir();
+  await writeFile(join(dir, 'probe.mjs'), PROBE);
+  const out = await new Promise<string>((resolve, reject) => execFile(process.execPath, ['--allow-natives-syntax', join(dir, 'probe.mjs'), pathToFileURL(join(ROOT, 'dist/daemon/footprint.js')).href], { timeout: 60_000 }, (e, stdout, stderr) => (e ? reject(new Error(`${e.message}\n${stderr}`)) : resolve(String(stdout)))));
+  t.same(JSON.parse(out), { control: true, before: false, during: true, after: false }, 'optimized before interpretOnly (the probe works), then only inside withOptimizingCompilers');
+});
