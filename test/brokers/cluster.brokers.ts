@@ -85,6 +85,14 @@ for (const k of kinds) {
     t.notOk(summaries.some((s) => s.stragglers?.some((g) => g.deviceId === 'dev-b')), 'never shown as a straggler');
     t.notOk(summaries.at(-1)?.withoutState?.includes('dev-b'), 'its live state arrived later');
 
+    // the device asked for its trial reboot (the board's reboot command returns and the daemon waits
+    // to go down, running no cycle): power-cycle it into 1.2.0, which it validates and commits
+    await d2.kill();
+    await powerCycle(dev.boardDir);
+    const d3 = startBuiltDaemon(dev.configPath);
+    t.teardown(() => d3.kill());
+    await d3.waitFor((l) => l['msg'] === 'cycle done', 60_000, 'cycle done');
+
     // a watcher started now on A sees nothing of dev-b (retained on B only) until `fleet check`
     // through A makes the device publish its state again
     const watch2 = cli(['fleet', 'watch', '--broker', nodeA, '--json', '--interval', '1', '--for', '20', ...fleetAuth], {}, 120_000);
@@ -95,6 +103,6 @@ for (const k of kinds) {
     const s2 = w2.stdout.trim().split('\n').map((l) => JSON.parse(l) as Summary).filter((s) => s.type === 'summary');
     t.equal(s2[0]?.devices, 0, 'before the nudge: nothing retained on node A');
     t.ok((s2.at(-1)?.devices ?? 0) >= 1 && !s2.at(-1)?.withoutState?.includes('dev-b'), 'after fleet check the watcher on A has the state of dev-b');
-    await d2.kill();
+    await d3.kill();
   });
 }
