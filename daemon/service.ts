@@ -239,7 +239,8 @@ export class UpdateService {
   trigger(reason: string): void {
     if (this.stopped) return;
     if (this.running) {
-      this.again = true;
+      // a fleet command waits in `commands` for the loop; it asks for no cycle of its own
+      if (reason !== 'fleet-command') this.again = true;
       return;
     }
     this.running = this.loop(reason).finally(() => {
@@ -269,18 +270,30 @@ export class UpdateService {
   }
 
   private async loop(reason: string): Promise<void> {
-    do {
+    // fleet commands run before the cycle, never during one; a command alone runs no cycle (a
+    // refused command must change nothing, not even the record a check rewrites)
+    let cycleWanted = reason !== 'fleet-command';
+    for (;;) {
       this.again = false;
       await this.runFleetCommands();
-      if (!(await this.resetPending(reason))) await this.cycle(reason);
-      // a command refused as busy is tried again once a cycle has ended the attempt
-      if (this.busyCommand && this.commands.length === 0) {
-        this.commands.push(this.busyCommand);
-        this.busyCommand = undefined;
-        await this.runFleetCommands();
+      if (cycleWanted && !(await this.resetPending(reason))) {
+        await this.cycle(reason);
+        // a command refused as busy is tried again once a cycle has moved the attempt on
+        if (this.busyCommand && this.commands.length === 0) {
+          this.commands.push(this.busyCommand);
+          this.busyCommand = undefined;
+          await this.runFleetCommands();
+        }
       }
-      reason = 'queued';
-    } while (this.again && !this.stopped);
+      if (this.stopped) return;
+      if (this.again) {
+        cycleWanted = true;
+        reason = 'queued';
+      } else if (this.commands.length > 0) {
+        cycleWanted = false;
+        reason = 'fleet-command';
+      } else return;
+    }
   }
 
   /**
