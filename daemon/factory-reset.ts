@@ -279,7 +279,7 @@ function keptPaths(m: ResetMarker): string[] {
 
 /** The update record at `path`, or undefined when there is none or it is unreadable (the marker's
  * floor then stands). */
-export async function readRecord(path: string): Promise<UpdateRecord | undefined> {
+async function readRecord(path: string): Promise<UpdateRecord | undefined> {
   try {
     return parseRecord(await readFile(path, 'utf8'), path);
   } catch {

@@ -25,7 +25,7 @@ import type { Root } from '@tufjs/models';
 import { writeFileAtomic } from '../hal/atomic-file.js';
 import { verifyCommand, type CommandRejectCode, type FactoryResetCommand } from '../manifests/command.js';
 import { configDefaults, type Config } from './config.js';
-import { FLEET_COMMANDS_FILE, readRecord, type ResetMarker } from './factory-reset.js';
+import { FLEET_COMMANDS_FILE, type ResetMarker } from './factory-reset.js';
 import { requestResetFromConfig } from './reset-request.js';
 import { RECORD_FILE } from './state-store.js';
 
@@ -74,6 +74,17 @@ async function readMemory(path: string): Promise<Remembered[]> {
   }
 }
 
+/** The phase the update record names, read leniently (any record that says where an attempt is
+ * counts, even one the state store would refuse); undefined when there is none. */
+async function recordPhase(path: string): Promise<string | undefined> {
+  try {
+    const phase = (JSON.parse(await readFile(path, 'utf8')) as { phase?: unknown }).phase;
+    return typeof phase === 'string' ? phase : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Judges the command in `bytes` and, when it is acceptable, requests the reset (see the header). */
 export async function runFleetCommand(bytes: Uint8Array, deps: FleetCommandDeps): Promise<FleetCommandOutcome> {
   const { config } = deps;
@@ -94,9 +105,9 @@ export async function runFleetCommand(bytes: Uint8Array, deps: FleetCommandDeps)
   if (!permitted.includes(command.mode)) {
     return { accepted: false, code: 'DAEMON_COMMAND_NOT_PERMITTED', message: `${deps.where}: reset mode "${command.mode}" is not one this device permits from the fleet (config /data/fleetResetModes: ${permitted.length > 0 ? permitted.join(', ') : 'none'})`, id, command };
   }
-  const record = await readRecord(join(config.stateDir, RECORD_FILE));
-  if (record && record.phase !== 'idle' && record.phase !== 'checking') {
-    return { accepted: false, code: 'DAEMON_COMMAND_BUSY', message: `${deps.where}: an update attempt is in flight (phase ${record.phase}); a reset now would forget it. The device runs the command once the attempt ends, or send it again then`, id, command };
+  const phase = await recordPhase(join(config.stateDir, RECORD_FILE));
+  if (phase !== undefined && phase !== 'idle' && phase !== 'checking') {
+    return { accepted: false, code: 'DAEMON_COMMAND_BUSY', message: `${deps.where}: an update attempt is in flight (phase ${phase}); a reset now would forget it. The device runs the command once the attempt ends, or send it again then`, id, command };
   }
   const marker = await requestResetFromConfig(config, command.mode, deps.now(), { id, nonce: command.nonce });
   // after the marker (see the header); expired entries go, they can no longer be replayed
