@@ -35,6 +35,11 @@
  * 5. sync the data dir, remove `.keep` (a cut after this: step 1 copies the restored state again).
  * 6. remove the marker, fsync the directory: the reset is done.
  *
+ * In every mode, `as-shipped` included, the replay memory of signed fleet commands
+ * (`<stateDir>/fleet-commands.json`, daemon/fleet-command.ts) is kept: a reset command still
+ * retained on the broker must not reset the device a second time. And the apply leaves
+ * `<stateDir>/factory-reset-done.json` (mode, the command that asked) for the daemon to report once.
+ *
  * The apply reads no config (it runs before /etc is assembled): everything it needs is in the marker.
  */
 import { cp, mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
