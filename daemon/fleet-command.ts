@@ -19,10 +19,9 @@
  * keeps it), and entries are dropped only once their command has expired (then it is refused as
  * expired anyway). A command may be valid for at most 7 days, so the memory stays small.
  */
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Root } from '@tufjs/models';
-import { writeFileAtomic } from '../hal/atomic-file.js';
+import { readFileCapped, writeFileAtomic } from '../hal/atomic-file.js';
 import { verifyCommand, type CommandRejectCode, type FactoryResetCommand } from '../manifests/command.js';
 import { configDefaults, type Config } from './config.js';
 import { FLEET_COMMANDS_FILE, type ResetMarker } from './factory-reset.js';
@@ -60,7 +59,8 @@ function memoryPath(config: Config): string {
 async function readMemory(path: string): Promise<Remembered[]> {
   let text: string;
   try {
-    text = await readFile(path, 'utf8');
+    // ~100 bytes an entry, MAX_REMEMBERED entries
+    text = (await readFileCapped(path, 1 << 20)).toString('utf8');
   } catch {
     return [];
   }
@@ -78,7 +78,7 @@ async function readMemory(path: string): Promise<Remembered[]> {
  * counts, even one the state store would refuse); undefined when there is none. */
 async function recordPhase(path: string): Promise<string | undefined> {
   try {
-    const phase = (JSON.parse(await readFile(path, 'utf8')) as { phase?: unknown }).phase;
+    const phase = (JSON.parse((await readFileCapped(path, 16 << 20)).toString('utf8')) as { phase?: unknown }).phase;
     return typeof phase === 'string' ? phase : undefined;
   } catch {
     return undefined;

@@ -38,7 +38,8 @@ import type { Logger } from 'pino';
 import { Outbox } from './outbox.js';
 import { Poller } from './poller.js';
 import { collectInventory } from './inventory.js';
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
+import { readFileCapped } from '../hal/atomic-file.js';
 import { join } from 'node:path';
 import { MqttTransport, type TimerApi } from './mqtt.js';
 import { createAgent, statePaths, type ComposeOverrides } from './compose.js';
@@ -391,7 +392,7 @@ export class UpdateService {
     const path = join(this.o.config.stateDir, RESET_DONE_FILE);
     let done: Record<string, unknown>;
     try {
-      done = JSON.parse(await readFile(path, 'utf8')) as Record<string, unknown>;
+      done = JSON.parse((await readFileCapped(path, 64 * 1024)).toString('utf8')) as Record<string, unknown>;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') this.log.warn({ err: toErrorInfo(e), path }, 'unreadable factory reset report; dropped');
       await rm(path, { force: true }).catch(() => undefined);
