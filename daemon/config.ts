@@ -106,6 +106,10 @@ export interface Config {
     imageRoot?: string;
     /** the size budget of the snapshot taken before a release's data migration (bytes). */
     snapshotMaxBytes?: number;
+    /** the reset modes a signed fleet command may ask for (`slotflip fleet factory-reset`); empty:
+     * the device refuses every fleet reset. Default `full` and `keep-identity`: both keep the
+     * anti-rollback floor and trust anchors, which `as-shipped` forgets (opt in for refurbishing). */
+    fleetResetModes?: ('full' | 'keep-identity' | 'as-shipped')[];
   };
   /** a data migration run on the first boot of every trial slot, before its health checks, after a
    * snapshot of `paths` (relative to data.dir); restored when the attempt does not commit
@@ -125,7 +129,7 @@ export const configDefaults = {
   install: { delta: 'auto' as const },
   reboot: { command: ['systemctl', 'reboot'], graceSeconds: 300 },
   log: { level: 'info' as const },
-  data: { dir: '/data', identity: ['etc/upper/slotflip', 'var/lib/slotflip'] },
+  data: { dir: '/data', identity: ['etc/upper/slotflip', 'var/lib/slotflip'], fleetResetModes: ['full', 'keep-identity'] as ('full' | 'keep-identity' | 'as-shipped')[] },
   health: healthConfigDefaults,
   policies: policiesConfigDefaults,
 } as const;
@@ -255,6 +259,7 @@ export const configSchema = {
         },
         imageRoot: { ...absPath, default: '/' },
         snapshotMaxBytes: { type: 'integer', minimum: 0, default: 64 * 1024 * 1024 },
+        fleetResetModes: { type: 'array', uniqueItems: true, maxItems: 3, items: { enum: ['full', 'keep-identity', 'as-shipped'] }, default: configDefaults.data.fleetResetModes },
       },
     },
     migration: {

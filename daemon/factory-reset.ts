@@ -35,6 +35,11 @@
  * 5. sync the data dir, remove `.keep` (a cut after this: step 1 copies the restored state again).
  * 6. remove the marker, fsync the directory: the reset is done.
  *
+ * In every mode, `as-shipped` included, the replay memory of signed fleet commands
+ * (`<stateDir>/fleet-commands.json`, daemon/fleet-command.ts) is kept: a reset command still
+ * retained on the broker must not reset the device a second time. And the apply leaves
+ * `<stateDir>/factory-reset-done.json` (mode, the command that asked) for the daemon to report once.
+ *
  * The apply reads no config (it runs before /etc is assembled): everything it needs is in the marker.
  */
 import { cp, mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
@@ -68,8 +73,20 @@ export interface ResetMarker {
   /** the committed securityVersion when the reset was requested (the apply keeps the higher of
    * this and the record's at boot, so a lost or torn record never lowers the floor). */
   floor?: number;
+  /** slotflip's state dir relative to the data dir, in every mode (absent when it is not on the data
+   * partition): the fleet commands already run (FLEET_COMMANDS_FILE) survive every reset, even
+   * `as-shipped`, or a command still retained on the broker would reset the device again; the apply
+   * leaves its report (RESET_DONE_FILE) there. */
+  stateDir?: string;
+  /** the signed fleet command that asked for this reset (absent: the local command). */
+  command?: { id: string; nonce: string };
   requestedAt: string;
 }
+
+/** The fleet commands a device has run (daemon/fleet-command.ts), under the state dir. */
+export const FLEET_COMMANDS_FILE = 'fleet-commands.json';
+/** What the apply leaves in the state dir for the daemon to report once (FactoryResetApplied). */
+export const RESET_DONE_FILE = 'factory-reset-done.json';
 
 /** What a reset keeps of slotflip's security state. */
 export interface SecurityState {
@@ -90,7 +107,7 @@ export function isKeepPath(p: string): boolean {
  * any, is replaced whole). Nothing is wiped now: the running system keeps using its data until the
  * reboot. Idempotent.
  */
-export async function requestFactoryReset(dataDir: string, mode: ResetMode, keep: string[], now: number, security?: SecurityState): Promise<ResetMarker> {
+export async function requestFactoryReset(dataDir: string, mode: ResetMode, keep: string[], now: number, security?: SecurityState, command?: { id: string; nonce: string }): Promise<ResetMarker> {
   for (const p of keep) {
     if (!isKeepPath(p)) throw new SlotflipError('DAEMON_BAD_ARGUMENT', `factory reset: keep path "${p}" must be relative to the data dir ${dataDir} and must not contain ".."; fix /data/identity in the config`, { details: { path: p } });
   }
@@ -102,6 +119,8 @@ export async function requestFactoryReset(dataDir: string, mode: ResetMode, keep
     mode,
     keep: mode === 'keep-identity' ? keep : [],
     ...(keepsSecurity ? { securityDir: security.dir, floor: security.floor } : {}),
+    ...(security?.dir !== undefined ? { stateDir: security.dir } : {}),
+    ...(command ? { command: { id: command.id, nonce: command.nonce } } : {}),
     requestedAt: new Date(now).toISOString(),
   };
   await writeFileAtomic(join(dataDir, MARKER), JSON.stringify(marker) + '\n');
@@ -124,7 +143,9 @@ export async function readResetMarker(dataDir: string): Promise<ResetMarker | un
     const security = mode !== 'as-shipped' && typeof m.securityDir === 'string' && isKeepPath(m.securityDir)
       ? { securityDir: m.securityDir, floor: Number.isSafeInteger(m.floor) && (m.floor as number) >= 0 ? (m.floor as number) : 0 }
       : {};
-    return { schema: 1, mode, keep: mode === 'keep-identity' ? keep : [], ...security, requestedAt: String(m.requestedAt ?? '') };
+    const stateDir = typeof m.stateDir === 'string' && isKeepPath(m.stateDir) ? { stateDir: m.stateDir } : {};
+    const command = typeof m.command?.id === 'string' && typeof m.command.nonce === 'string' ? { command: { id: m.command.id, nonce: m.command.nonce } } : {};
+    return { schema: 1, mode, keep: mode === 'keep-identity' ? keep : [], ...security, ...stateDir, ...command, requestedAt: String(m.requestedAt ?? '') };
   } catch {
     // a torn or garbled marker (it is written atomically, so only a foreign writer makes one):
     // the user asked for a reset; the safe reading keeps nothing
@@ -161,9 +182,15 @@ export async function applyFactoryReset(o: ApplyOptions): Promise<ApplyResult> {
   const kept: string[] = [];
   try {
     await step('keep');
-    if ((marker.keep.length > 0 || marker.securityDir !== undefined) && !(await exists(at(KEEP)))) {
+    const stateRel = marker.stateDir ?? marker.securityDir;
+    if ((marker.keep.length > 0 || stateRel !== undefined) && !(await exists(at(KEEP)))) {
       await rm(at(KEEP_TMP), { recursive: true, force: true });
       await mkdir(at(KEEP_TMP));
+      if (stateRel !== undefined && (await exists(at(join(stateRel, FLEET_COMMANDS_FILE))))) {
+        // every mode: the replay memory of fleet commands (see ResetMarker.stateDir)
+        await mkdir(join(at(KEEP_TMP), stateRel), { recursive: true });
+        await cp(at(join(stateRel, FLEET_COMMANDS_FILE)), join(at(KEEP_TMP), stateRel, FLEET_COMMANDS_FILE), { preserveTimestamps: true });
+      }
       if (marker.securityDir !== undefined) {
         // the security state first: identity paths that overlap it (the whole state dir) win
         const sec = marker.securityDir;
@@ -205,6 +232,11 @@ export async function applyFactoryReset(o: ApplyOptions): Promise<ApplyResult> {
         kept.push(p);
       }
     }
+    if (stateRel !== undefined) {
+      // the report the daemon sends once it runs (FactoryResetApplied); rewritten by a repeated run
+      await mkdir(at(stateRel), { recursive: true });
+      await writeFileAtomic(at(join(stateRel, RESET_DONE_FILE)), JSON.stringify({ mode: marker.mode, ...(marker.command ? { command: marker.command } : {}), kept }) + '\n');
+    }
     // everything on disk before the marker goes: a cut after this point must find a finished tree
     await syncTree(o.dataDir, new Set([MARKER, KEEP]));
     await step('dropKeep');
@@ -242,7 +274,12 @@ export async function stateDirOnData(dataDir: string, stateDir: string): Promise
 
 /** What `.keep` holds, in restore order (the security state, then the identity paths over it). */
 function keptPaths(m: ResetMarker): string[] {
-  return [...(m.securityDir !== undefined ? [join(m.securityDir, TRUST_DIR), join(m.securityDir, OUTBOX_DIR), join(m.securityDir, RECORD_FILE)] : []), ...m.keep];
+  const stateRel = m.stateDir ?? m.securityDir;
+  return [
+    ...(stateRel !== undefined ? [join(stateRel, FLEET_COMMANDS_FILE)] : []),
+    ...(m.securityDir !== undefined ? [join(m.securityDir, TRUST_DIR), join(m.securityDir, OUTBOX_DIR), join(m.securityDir, RECORD_FILE)] : []),
+    ...m.keep,
+  ];
 }
 
 /** The update record at `path`, or undefined when there is none or it is unreadable (the marker's

@@ -23,7 +23,8 @@
  * - during the migration: the next start finds a complete snapshot and no `migrated`: it restores
  *   the snapshot (undoing the half migration) and runs the migration again from the same data.
  * - during a restore: `meta.json` stays until the restore finished and is on disk; the next start
- *   restores again (each path is removed and copied whole).
+ *   restores again (each path is emptied and copied whole; a directory keeps its inode, since it
+ *   may be a bind mount's source).
  */
 import { execFile } from 'node:child_process';
 import { constants } from 'node:fs';
@@ -233,12 +234,25 @@ export class Migrations {
   }
 
   private async restoreFrom(m: Meta): Promise<void> {
+    const copyOpts = { recursive: true, force: true, preserveTimestamps: true, verbatimSymlinks: true, mode: constants.COPYFILE_FICLONE } as const;
     for (const p of m.paths ?? this.o.config?.paths ?? m.present) {
       const live = join(this.o.dataDir, p);
-      await rm(live, { recursive: true, force: true });
-      if (m.present.includes(p)) {
-        await mkdir(dirname(live), { recursive: true });
-        await cp(join(this.copy, p), live, { recursive: true, force: true, preserveTimestamps: true, verbatimSymlinks: true, mode: constants.COPYFILE_FICLONE });
+      const saved = join(this.copy, p);
+      const liveSt = await lstat(live).catch(() => undefined);
+      const savedSt = m.present.includes(p) ? await lstat(saved).catch(() => undefined) : undefined;
+      if (liveSt?.isDirectory() && savedSt?.isDirectory()) {
+        // in place, keeping the directory itself: it may be the source of a bind mount (the
+        // reference layout binds /var/lib/app from /data/var/lib/app, systemd/README.md), and a
+        // directory removed and made again leaves that mount on the deleted one, where the old
+        // slot's application can create nothing ("Directory nonexistent": found by the full-OS lane)
+        for (const e of await readdir(live)) await rm(join(live, e), { recursive: true, force: true });
+        for (const e of await readdir(saved)) await cp(join(saved, e), join(live, e), copyOpts);
+      } else {
+        await rm(live, { recursive: true, force: true });
+        if (m.present.includes(p)) {
+          await mkdir(dirname(live), { recursive: true });
+          await cp(saved, live, copyOpts);
+        }
       }
       // on disk before the snapshot may go (settle deletes it right after)
       const st = await lstat(live).catch(() => undefined);

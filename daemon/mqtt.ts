@@ -147,7 +147,7 @@ export interface MetadataUpdate {
 
 export interface MqttTransportEvents {
   metadata: [MetadataUpdate];
-  command: [{ name: 'check'; payload: Uint8Array }];
+  command: [{ name: 'check' | 'factory-reset'; payload: Uint8Array }];
   connected: [{ url: string }];
   disconnected: [{ url: string; error?: string }];
   reconnectScheduled: [{ attempt: number; delayMs: number }];
@@ -322,6 +322,17 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
     this.stateJson = JSON.stringify(state);
     this.stateDirty = true;
     return this.flushState();
+  }
+
+  /**
+   * Deletes the retained factory-reset command on this device's own topic (an empty retained
+   * message), once it has run: a command kept until it expires would only be refused as a replay
+   * at every connect. True when the broker acked it; never throws (the replay memory is what counts).
+   */
+  async clearFactoryResetCommand(timeoutMs = 5000): Promise<boolean> {
+    const client = this.client;
+    if (!client || !this.isConnected) return false;
+    return withTimeout(client.publishAsync(this.topics.cmdFactoryReset, '', { qos: 1, retain: true }), timeoutMs).then(() => true, () => false);
   }
 
   /**
@@ -539,6 +550,14 @@ export class MqttTransport extends EventEmitter<MqttTransportEvents> {
     }
     const name = commandOf(this.topics, topic);
     if (name === 'check') {
+      this.emit('command', { name, payload: Uint8Array.from(payload) });
+      return;
+    }
+    if (name === 'factory-reset') {
+      // empty: the retained command was cleared (by this device, after running it)
+      if (payload.length === 0) return;
+      // bounded by maxPacketSize; manifests/command.ts caps it again before parsing; the verdict
+      // (and its report) is the service's
       this.emit('command', { name, payload: Uint8Array.from(payload) });
       return;
     }

@@ -38,7 +38,9 @@ import type { Logger } from 'pino';
 import { Outbox } from './outbox.js';
 import { Poller } from './poller.js';
 import { collectInventory } from './inventory.js';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
+import { readFileCapped } from '../hal/atomic-file.js';
+import { join } from 'node:path';
 import { MqttTransport, type TimerApi } from './mqtt.js';
 import { createAgent, statePaths, type ComposeOverrides } from './compose.js';
 import { acquireStateLock, type ReleaseLock } from './state-store.js';
@@ -46,7 +48,7 @@ import { configDefaults, type Config } from './config.js';
 import type { CycleResult } from './agent.js';
 import { toErrorInfo } from './runner.js';
 import { isCoded } from '../hal/errors.js';
-import { stateLastResult } from './topics.js';
+import { deviceTopics, stateLastResult } from './topics.js';
 import { fileProtocolMemory, writeBrokerReport } from './broker-state.js';
 import { SlotflipError } from '../hal/errors.js';
 
@@ -129,8 +131,20 @@ const defaultTimers: TimerApi = {
   clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
 };
 
+/** fleet commands waiting for the running cycle to end, at most. */
+const MAX_QUEUED_COMMANDS = 4;
+/** how long an accepted reset waits for its report to reach the broker before rebooting. */
+const COMMAND_REPORT_WAIT_MS = 10_000;
+
 export class UpdateService {
   private readonly log: Logger;
+  /** fleet commands received, judged between cycles. */
+  private readonly commands: Uint8Array[] = [];
+  /** a command refused as busy, tried again after the next cycle. */
+  private busyCommand: Uint8Array | undefined;
+  private busyReported: string | undefined;
+  /** a fleet command requested a reset in this process: no more cycles until the reboot. */
+  private resetRequested = false;
   private running: Promise<void> | undefined;
   private again = false;
   private stopped = false;
@@ -202,6 +216,11 @@ export class UpdateService {
       this.scheduleHttpRefresh();
       t.on('command', (c) => {
         if (c.name === 'check') this.trigger('command');
+        if (c.name === 'factory-reset') {
+          // judged between cycles (loop); a flood cannot grow the queue
+          if (this.commands.length < MAX_QUEUED_COMMANDS) this.commands.push(c.payload);
+          this.trigger('fleet-command');
+        }
       });
       t.on('problem', (e) => this.log.warn({ err: e.toJSON() }, 'transport problem'));
       t.start();
@@ -218,6 +237,7 @@ export class UpdateService {
       });
       this.poller.start();
     }
+    await this.reportAppliedReset().catch((e: unknown) => this.log.warn({ err: toErrorInfo(e) }, 'cannot report the factory reset applied at this boot'));
     this.trigger('start');
   }
 
@@ -225,7 +245,8 @@ export class UpdateService {
   trigger(reason: string): void {
     if (this.stopped) return;
     if (this.running) {
-      this.again = true;
+      // a fleet command waits in `commands` for the loop; it asks for no cycle of its own
+      if (reason !== 'fleet-command') this.again = true;
       return;
     }
     this.cancelReclaim();
@@ -273,11 +294,137 @@ export class UpdateService {
   }
 
   private async loop(reason: string): Promise<void> {
-    do {
+    // fleet commands run before the cycle, never during one; a command alone runs no cycle (a
+    // refused command must change nothing, not even the record a check rewrites)
+    let cycleWanted = reason !== 'fleet-command';
+    for (;;) {
       this.again = false;
-      await this.cycle(reason);
-      reason = 'queued';
-    } while (this.again && !this.stopped);
+      await this.runFleetCommands();
+      if (cycleWanted && !(await this.resetPending(reason))) {
+        await this.cycle(reason);
+        // a command refused as busy is tried again once a cycle has moved the attempt on
+        if (this.busyCommand && this.commands.length === 0) {
+          this.commands.push(this.busyCommand);
+          this.busyCommand = undefined;
+          await this.runFleetCommands();
+        }
+      }
+      if (this.stopped) return;
+      if (this.again) {
+        cycleWanted = true;
+        reason = 'queued';
+      } else if (this.commands.length > 0) {
+        cycleWanted = false;
+        reason = 'fleet-command';
+      } else return;
+    }
+  }
+
+  /**
+   * True (and the cycle is skipped) when a factory reset waits for the next boot: an update now
+   * would arm a trial whose record the reset then forgets. Requested by a fleet command in this
+   * process, or by `slotflip factory-reset` (the marker in the data dir).
+   */
+  private async resetPending(reason: string): Promise<boolean> {
+    let pending = this.resetRequested;
+    if (!pending) {
+      const { readResetMarker } = await import('./factory-reset.js');
+      const { dataOf } = await import('./reset-request.js');
+      pending = (await readResetMarker(dataOf(this.o.config).dir).catch(() => undefined)) !== undefined;
+    }
+    if (pending) this.log.info({ reason }, 'factory reset pending: no update cycle until it is applied at the next boot');
+    return pending;
+  }
+
+  /** Judges and runs the queued fleet commands (daemon/fleet-command.ts), reporting each verdict. */
+  private async runFleetCommands(): Promise<void> {
+    while (this.commands.length > 0 && !this.stopped) {
+      const bytes = this.commands.shift()!;
+      try {
+        await this.runFleetCommand(bytes);
+      } catch (e) {
+        // an I/O failure writing the marker or the replay memory: the retained command comes again
+        this.log.error({ err: toErrorInfo(e) }, 'fleet command failed');
+      }
+    }
+  }
+
+  private async runFleetCommand(bytes: Uint8Array): Promise<void> {
+    const { runFleetCommand } = await import('./fleet-command.js');
+    const { TrustClient, memorySource } = await import('../manifests/client.js');
+    const config = this.o.config;
+    const trust = new TrustClient({ trustedDir: statePaths(config.stateDir).trusted, shippedRootPath: config.trust.shippedRoot, source: memorySource(new Map()), now: this.now });
+    const where = this.transport ? `command on ${deviceTopics(config.deviceId).cmdFactoryReset}` : 'fleet command';
+    const r = await runFleetCommand(bytes, { config, now: this.now, where, trust: async () => {
+      const c = await trust.currentTrust();
+      return { root: c.root.signed, trustedTime: c.trustedTime };
+    } });
+    if (!r.accepted) {
+      if (r.code === 'DAEMON_COMMAND_BUSY') {
+        this.busyCommand = bytes;
+        if (this.busyReported === r.id) return;
+        this.busyReported = r.id;
+      }
+      this.log.warn({ code: r.code, commandId: r.id, problem: r.message }, 'fleet command refused');
+      await this.outbox.append({ type: 'FleetCommandRejected', command: 'factory-reset', ...(r.id ? { commandId: r.id } : {}), ...(r.command?.nonce ? { nonce: r.command.nonce } : {}), reason: { code: r.code, message: r.message } });
+      return;
+    }
+    this.resetRequested = true;
+    const { command, id } = r;
+    this.log.warn({ commandId: id, mode: command.mode, reboot: command.reboot, dataDir: r.marker.dataDir }, 'factory reset requested by a signed fleet command');
+    const seq = await this.outbox.append({ type: 'FactoryResetRequested', via: 'fleet', commandId: id, nonce: command.nonce, mode: command.mode, reboot: command.reboot });
+    const t = this.transport;
+    if (t) {
+      // the report first (the reset may wipe the outbox: `as-shipped`), then the retained command
+      await this.delivered(t, seq, COMMAND_REPORT_WAIT_MS);
+      await t.clearFactoryResetCommand();
+    }
+    if (!command.reboot) return;
+    const [cmd, ...args] = config.reboot.command;
+    try {
+      const { execTool, runChecked } = await import('../hal/exec.js');
+      this.log.warn({ command: config.reboot.command }, 'rebooting to apply the factory reset');
+      await runChecked(execTool, 'DAEMON_REBOOT_FAILED', cmd!, args);
+      await this.awaitShutdown();
+    } catch (e) {
+      // the marker stays: the reset is applied at whichever boot comes next
+      this.log.error({ err: toErrorInfo(e) }, 'reboot for the factory reset failed; it is applied at the next boot');
+    }
+  }
+
+  /** Resolves when the outbox entry `seq` was delivered, or after `ms`. */
+  private delivered(t: MqttTransport, seq: number, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        t.off('delivered', onDelivered);
+        resolve();
+      };
+      const onDelivered = (d: { seq: number }): void => {
+        if (d.seq >= seq) done();
+      };
+      const timer = setTimeout(done, ms);
+      t.on('delivered', onDelivered);
+    });
+  }
+
+  /** After a boot that applied a factory reset: report it once (FactoryResetApplied), then drop the
+   * apply's note (a crash in between reports it twice: at least once, like every event). */
+  private async reportAppliedReset(): Promise<void> {
+    const { RESET_DONE_FILE } = await import('./factory-reset.js');
+    const path = join(this.o.config.stateDir, RESET_DONE_FILE);
+    let done: Record<string, unknown>;
+    try {
+      done = JSON.parse((await readFileCapped(path, 64 * 1024)).toString('utf8')) as Record<string, unknown>;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') this.log.warn({ err: toErrorInfo(e), path }, 'unreadable factory reset report; dropped');
+      await rm(path, { force: true }).catch(() => undefined);
+      return;
+    }
+    const command = done['command'] as { id?: unknown; nonce?: unknown } | undefined;
+    await this.outbox.append({ type: 'FactoryResetApplied', mode: String(done['mode'] ?? 'full'), via: command ? 'fleet' : 'local', ...(typeof command?.id === 'string' ? { commandId: command.id } : {}), ...(typeof command?.nonce === 'string' ? { nonce: command.nonce } : {}) });
+    this.log.info({ mode: done['mode'], commandId: command?.id }, 'factory reset applied at this boot');
+    await rm(path, { force: true });
   }
 
   private async cycle(reason: string): Promise<void> {

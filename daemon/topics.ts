@@ -12,6 +12,7 @@
  * | `slotflip/v2/devices/<id>/state` | device → fleet | 1 | yes | JSON: `at` (ISO 8601, when published, as in events), current phase, slots and versions, `lastResult` (see `StateLastResult`), `broker` (protocol in use, metadata problems), inventory |
  * | `slotflip/v2/devices/<id>/events` | device → fleet | 1 | no | JSON `{ "seq": N, "deviceId": "<id>", "type": "...", ... }`; delivered at least once and in `seq` order from a persisted outbox: consumers drop duplicates by `seq` |
  * | `slotflip/v2/devices/<id>/cmd/check` | fleet → device | 1 | no | any payload: refresh metadata (over HTTP too) and check for updates now |
+ * | `slotflip/v2/devices/<id>/cmd/factory-reset` | fleet → device | 1 | yes | a signed factory-reset command for this device (manifests/command.ts, `slotflip fleet factory-reset`); retained so a device offline now finds it when it connects, until it expires; the device clears it (empty retained message) once it has run it |
  *
  * `<id>` is the device id with every character outside `[A-Za-z0-9_-]` written `_xx` (its hex
  * code): `gw.7` → `gw_2e7`. Layout v1 (`slotflip/v1/meta/<file.json>`, `slotflip/v1/devices/<id>/...`)
@@ -74,6 +75,8 @@ export interface DeviceTopics {
   state: string;
   events: string;
   cmdCheck: string;
+  /** the signed factory-reset command (retained). */
+  cmdFactoryReset: string;
   /** subscription filter for every command. */
   cmdFilter: string;
 }
@@ -81,7 +84,7 @@ export interface DeviceTopics {
 export function deviceTopics(deviceId: string, layout: MetaLayout = 'v2'): DeviceTopics {
   if (!isTopicLevel(deviceId)) throw new RangeError(`device id "${deviceId}" is not a single safe topic level`);
   const root = layout === 'v2' ? `${TOPIC_ROOT}/devices/${deviceLevel(deviceId)}` : `${TOPIC_ROOT_V1}/devices/${deviceId}`;
-  return { root, online: `${root}/online`, state: `${root}/state`, events: `${root}/events`, cmdCheck: `${root}/cmd/check`, cmdFilter: `${root}/cmd/+` };
+  return { root, online: `${root}/online`, state: `${root}/state`, events: `${root}/events`, cmdCheck: `${root}/cmd/check`, cmdFactoryReset: `${root}/cmd/factory-reset`, cmdFilter: `${root}/cmd/+` };
 }
 
 /** The command name of a topic under this device's `cmd/`, or undefined. */

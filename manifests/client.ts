@@ -753,21 +753,39 @@ export class TrustClient {
   }
 
   private async loadTrustedRoot(warnings: RefreshResult['warnings']): Promise<Metadata<Root>> {
+    const chosen = await this.chooseRoot();
+    if (chosen.repair) {
+      if (chosen.storedError) {
+        warnings.push({ code: 'MANIFEST_ROOT_DAMAGED', message: `stored root.json was rejected (${chosen.storedError.code}); using the shipped root v${chosen.md.signed.version} and repairing the stored copy` });
+      }
+      await this.persist('root', chosen.repair);
+    }
+    return chosen.md;
+  }
+
+  /** The root trusted now: the stored one, else (absent, damaged, older) the shipped one, whose bytes
+   * then come back as `repair`. Reads only. MANIFEST_NO_TRUSTED_ROOT when neither is usable. */
+  private async chooseRoot(): Promise<{ md: Metadata<Root>; repair?: Uint8Array; storedError?: SlotflipError }> {
     const storedPath = join(this.dir, 'root.json');
     const stored = await this.readRootFile(storedPath, 'stored root.json');
     const sameFile = storedPath === this.shippedRootPath;
     const shipped = sameFile ? stored : await this.readRootFile(this.shippedRootPath, `shipped root ${this.shippedRootPath}`);
     const ok = (x: typeof stored): x is { md: Metadata<Root>; bytes: Uint8Array } => typeof x === 'object' && !(x instanceof Error);
-    if (ok(stored) && (!ok(shipped) || stored.md.signed.version >= shipped.md.signed.version)) return stored.md;
-    if (ok(shipped)) {
-      if (stored instanceof Error) {
-        warnings.push({ code: 'MANIFEST_ROOT_DAMAGED', message: `stored root.json was rejected (${stored.code}); using the shipped root v${shipped.md.signed.version} and repairing the stored copy` });
-      }
-      await this.persist('root', shipped.bytes);
-      return shipped.md;
-    }
+    if (ok(stored) && (!ok(shipped) || stored.md.signed.version >= shipped.md.signed.version)) return { md: stored.md };
+    if (ok(shipped)) return { md: shipped.md, repair: shipped.bytes, ...(stored instanceof Error ? { storedError: stored } : {}) };
     const why = shipped instanceof Error ? `${shipped.code}: ${shipped.message}` : 'missing';
     fail('MANIFEST_NO_TRUSTED_ROOT', `no usable trusted root: the shipped root ${this.shippedRootPath} is ${why}; reinstall the OS image or restore its root.json`, { shippedRootPath: this.shippedRootPath });
+  }
+
+  /**
+   * What the device trusts right now, without a refresh and without writing anything: the trusted
+   * root (stored, else shipped) and the trusted time (max of the clock and the persisted floor).
+   * For statements signed outside the TUF workflow (fleet commands: manifests/command.ts), which
+   * must never change the trusted directory, not even when they are refused.
+   */
+  async currentTrust(): Promise<{ root: Metadata<Root>; trustedTime: number }> {
+    const { md } = await this.chooseRoot();
+    return { root: md, trustedTime: Math.max(this.now(), await this.readFloor()) };
   }
 
   /** A locally stored document that still verifies under the current trust; undefined otherwise. */

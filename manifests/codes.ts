@@ -49,6 +49,10 @@ export const MANIFEST_CODES = {
   MANIFEST_KEY_PASSPHRASE: 'an encrypted key file could not be decrypted: wrong or missing passphrase (give it with --passphrase-fd N or $SLOTFLIP_KEY_PASSPHRASE)',
   MANIFEST_SIGNER_FAILED: 'an external signer (or the key it holds) failed: it exited non-zero, timed out, printed no hex signature, or signed with a key other than the one it names',
   MANIFEST_ROOT_PENDING: 'a root version is waiting for more root key holders\' signatures (repo sign-root); the operation needs the trusted root first',
+  MANIFEST_COMMAND_INVALID: 'a fleet command is malformed: too large, not JSON, wrong _type or version, unknown command or mode, bad nonce, or valid for longer than 7 days; nothing was done',
+  MANIFEST_COMMAND_SIGNATURE: 'a fleet command is not signed by a threshold of the targets keys of the root the device trusts; nothing was done',
+  MANIFEST_COMMAND_WRONG_DEVICE: 'a fleet command names another device id; nothing was done',
+  MANIFEST_COMMAND_EXPIRED: 'a fleet command (or the trusted root) is past its expiry at the device\'s trusted time; nothing was done',
   MANIFEST_DELTA_INVALID: 'a release\'s delta index file is malformed (bad magic, counts, lengths or chunk order); the device installs the full payload instead',
 } as const;
 

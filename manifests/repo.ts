@@ -174,6 +174,11 @@ async function readKey(dir: string, name: string, access: KeyAccess | undefined,
   throw new SlotflipError('MANIFEST_KEY_MISSING', `signing key ${base}.pem (or an external signer ${base}.signer.json) is missing; mount the offline key store for this step`, { details: { path: `${base}.pem` } });
 }
 
+/** The signer of the top-level role's key in DIR/keys (file or external signer); MANIFEST_KEY_MISSING. */
+export async function roleSigner(dir: string, role: 'targets' | 'snapshot' | 'timestamp', access?: KeyAccess): Promise<Signer> {
+  return readKey(dir, role, access);
+}
+
 /** All keys in DIR/keys whose name starts with `prefix` (root-1, root-2, …), files or signers. */
 async function readKeys(dir: string, prefix: string, access: KeyAccess | undefined): Promise<Signer[]> {
   let names: string[];

@@ -7,9 +7,7 @@
  */
 import { parseArgs } from 'node:util';
 import { SlotflipError } from '../../hal/errors.js';
-import { join } from 'node:path';
-import { applyFactoryReset, recordFloor, requestFactoryReset, stateDirOnData, MARKER, type ResetStep } from '../factory-reset.js';
-import { RECORD_FILE } from '../state-store.js';
+import { applyFactoryReset, MARKER, type ResetStep } from '../factory-reset.js';
 import type { Command, CommandIO } from './command.js';
 
 // `--apply` runs early at boot on a slow board: it loads no config code (ajv, pino, mqtt); the
@@ -72,16 +70,12 @@ export const command: Command = {
     }
     if (v.defaults !== undefined) throw new SlotflipError('DAEMON_USAGE', '--defaults goes with --apply; see --help');
     if (v['keep-identity'] && v['forget-security']) throw new SlotflipError('DAEMON_USAGE', '--keep-identity and --forget-security exclude each other: keeping the identity keeps the security state with it; see --help');
-    const { loadConfig, configDefaults } = await import('../config.js');
+    const { loadConfig } = await import('../config.js');
+    const { requestResetFromConfig } = await import('../reset-request.js');
     const config = await loadConfig(v.config ?? io.env['SLOTFLIP_CONFIG'] ?? '/etc/slotflip/config.json');
-    const data = config.data ?? { dir: configDefaults.data.dir, identity: [...configDefaults.data.identity] };
-    // the floor and trust anchors live in the state dir: kept when it lies on the data partition
-    // (outside it, the reset never touches them)
-    const onData = await stateDirOnData(data.dir, config.stateDir);
-    const security = { ...(onData !== undefined ? { dir: onData } : {}), floor: await recordFloor(join(config.stateDir, RECORD_FILE)) };
     const mode = v['keep-identity'] ? 'keep-identity' : v['forget-security'] ? 'as-shipped' : 'full';
-    const marker = await requestFactoryReset(data.dir, mode, data.identity, Date.now(), security);
-    write(io, v.json ? JSON.stringify({ dataDir: data.dir, ...marker }) : `factory reset (${marker.mode}) of ${data.dir} requested; it runs at the next boot`);
+    const marker = await requestResetFromConfig(config, mode, Date.now());
+    write(io, v.json ? JSON.stringify(marker) : `factory reset (${marker.mode}) of ${marker.dataDir} requested; it runs at the next boot`);
     return 0;
   },
 };

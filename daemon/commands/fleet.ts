@@ -19,6 +19,7 @@ import { formatSummary, haltPolicyProblem, type FleetSummary } from '../fleet/wa
 import type { Command, CommandIO } from './command.js';
 import { deviceTopics, isTopicLevel } from '../topics.js';
 import { connectOrFail } from '../../manifests/repo.js';
+import { MAX_VALIDITY_MS, RESET_MODE_NAMES } from '../../manifests/command.js';
 
 const TLS_HELP = [
   '  --ca FILE              CA bundle (PEM) for mqtts://',
@@ -261,6 +262,89 @@ async function check(argv: string[], io: CommandIO): Promise<number> {
   return 0;
 }
 
+const RESET_HELP = [
+  'usage: slotflip fleet factory-reset REPO --device ID [--mode full|keep-identity|as-shipped] [--valid-for DURATION]',
+  '                                    [--no-reboot] (--broker URL [TLS options] | --out FILE) [--json]',
+  '',
+  'Sends ONE device a factory reset, signed with REPO\'s targets key (keys/targets.pem, encrypted or',
+  'not, or keys/targets.signer.json): the device checks the signature against the targets keys of the',
+  'root it trusts, that the command names its own id, that it has not expired (its trusted time) and',
+  'that it never ran this command (nonce) before; then it resets as `slotflip factory-reset` does',
+  '(the mode must be in its config\'s data.fleetResetModes, default full and keep-identity), reports',
+  'FactoryResetRequested, reboots to apply it, and reports FactoryResetApplied after the reset boot.',
+  'A refusal is reported as FleetCommandRejected with its code, and changes nothing on the device.',
+  'Published retained (QoS 1) on slotflip/v2/devices/<id>/cmd/factory-reset, so a device that is',
+  'offline now runs it when it connects, until it expires; the device then clears it.',
+  '',
+  'options:',
+  '  --device ID            the device id (exactly one)',
+  '  --mode M               full (default): keep the anti-rollback floor and trust anchors;',
+  '                         keep-identity: also the config\'s data.identity paths;',
+  '                         as-shipped: keep nothing (the device must permit it)',
+  '  --valid-for D          how long the command may wait for the device: 30m, 2h, 7d (default 1d, at most 7d)',
+  '  --no-reboot            leave the reset for the device\'s next reboot',
+  '  --broker URL           publish it to this broker (mqtt://, mqtts://)',
+  '  --out FILE             write the signed command to FILE instead (publish it yourself)',
+  TLS_HELP,
+  '  --json                 print the command\'s id, nonce, expiry and topic as JSON',
+  '  -h, --help             this help',
+].join('\n');
+
+const DURATION = /^(\d+(?:\.\d+)?)(s|m|h|d)$/;
+
+async function factoryReset(argv: string[], io: CommandIO, deps: FleetCommandDeps): Promise<number> {
+  const p = parse(argv, {
+    device: { type: 'string' }, mode: { type: 'string' }, 'valid-for': { type: 'string' }, 'no-reboot': { type: 'boolean' },
+    broker: { type: 'string' }, out: { type: 'string' }, json: { type: 'boolean' }, ...TLS_OPTIONS,
+  }, true);
+  const v = p.values;
+  if (p.positionals.length !== 1) throw usage('give exactly one repository directory: slotflip fleet factory-reset REPO --device ID --broker URL');
+  const repo = p.positionals[0]!;
+  const device = v['device'];
+  if (typeof device !== 'string' || !isTopicLevel(device)) throw usage(`--device ID is required and must be a device id ([A-Za-z0-9._:-]), got ${JSON.stringify(device ?? null)}`);
+  const mode = (v['mode'] as string | undefined) ?? 'full';
+  if (!(RESET_MODE_NAMES as readonly string[]).includes(mode)) throw usage(`--mode ${JSON.stringify(mode)} is none of ${RESET_MODE_NAMES.join(', ')}`);
+  const validText = (v['valid-for'] as string | undefined) ?? '1d';
+  const m = DURATION.exec(validText);
+  if (!m) throw usage(`--valid-for ${JSON.stringify(validText)}: give a duration such as 30m, 2h or 7d`);
+  const validMs = Number(m[1]) * { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as 's' | 'm' | 'h' | 'd'];
+  if (validMs > MAX_VALIDITY_MS) throw usage(`--valid-for ${validText} is longer than devices accept (7d)`);
+  const broker = v['broker'];
+  const outFile = v['out'];
+  if ((typeof broker === 'string') === (typeof outFile === 'string')) throw usage('give exactly one of --broker URL and --out FILE');
+  const { signResetCommand } = await import('../../manifests/command-publish.js');
+  const { commandId } = await import('../../manifests/command.js');
+  const envelope = await signResetCommand(repo, {
+    deviceId: device, mode: mode as (typeof RESET_MODE_NAMES)[number], reboot: v['no-reboot'] !== true, validMs,
+    ...(deps.now ? { now: deps.now } : {}),
+    // encrypted key files: passphrase from $SLOTFLIP_KEY_PASSPHRASE (as `release add`); external signers get the environment
+    keys: { ...(io.env['SLOTFLIP_KEY_PASSPHRASE'] ? { passphrase: io.env['SLOTFLIP_KEY_PASSPHRASE'] } : {}), env: io.env },
+  });
+  const bytes = JSON.stringify(envelope, null, 1) + '\n';
+  const topic = deviceTopics(device).cmdFactoryReset;
+  if (typeof outFile === 'string') {
+    const { writeFileAtomic } = await import('../../hal/atomic-file.js');
+    await writeFileAtomic(outFile, bytes);
+  } else {
+    const auth = await brokerAuth(v);
+    let client;
+    try {
+      client = await connectOrFail(broker as string, { protocolVersion: 4, clean: true, connectTimeout: 10_000, ...auth });
+    } catch (cause) {
+      throw new SlotflipError('DAEMON_FLEET_CONNECT', `cannot connect to ${broker as string}: check the URL and credentials`, { cause, retryable: true, details: { brokerUrl: broker } });
+    }
+    try {
+      await client.publishAsync(topic, bytes, { qos: 1, retain: true });
+    } finally {
+      await client.endAsync().catch(() => undefined);
+    }
+  }
+  const s = envelope.signed;
+  const summary = { commandId: commandId(s), deviceId: s.deviceId, mode: s.mode, reboot: s.reboot, nonce: s.nonce, issued: s.issued, expires: s.expires, ...(typeof outFile === 'string' ? { out: outFile } : { topic, broker }) };
+  out(io, v['json'] ? JSON.stringify(summary) : `factory reset (${s.mode}${s.reboot ? '' : ', no reboot'}) for ${s.deviceId} signed (command ${summary.commandId}, valid until ${s.expires}); ${typeof outFile === 'string' ? `written to ${outFile}` : `published retained on ${topic}`}`);
+  return 0;
+}
+
 /** Runs `fleet <sub> ...` with injectable clock, stop signal and logger (tests). */
 export async function runFleet(argv: string[], io: CommandIO, deps: FleetCommandDeps = {}): Promise<number> {
   const [sub, ...rest] = argv;
@@ -279,11 +363,18 @@ export async function runFleet(argv: string[], io: CommandIO, deps: FleetCommand
     }
     return check(rest, io);
   }
-  throw usage(`unknown fleet subcommand ${sub === undefined ? '(none)' : JSON.stringify(sub)}: use rollout, watch or check`);
+  if (sub === 'factory-reset') {
+    if (help) {
+      out(io, RESET_HELP);
+      return 0;
+    }
+    return factoryReset(rest, io, deps);
+  }
+  throw usage(`unknown fleet subcommand ${sub === undefined ? '(none)' : JSON.stringify(sub)}: use rollout, watch, check or factory-reset`);
 }
 
 export const command: Command = {
-  help: ['usage: slotflip fleet rollout|watch|check ...', '', ROLLOUT_HELP, '', WATCH_HELP, '', CHECK_HELP].join('\n'),
+  help: ['usage: slotflip fleet rollout|watch|check|factory-reset ...', '', ROLLOUT_HELP, '', WATCH_HELP, '', CHECK_HELP, '', RESET_HELP].join('\n'),
   async run(argv, io) {
     const stopSignal = new Promise<void>((resolve) => {
       process.once('SIGINT', () => resolve());

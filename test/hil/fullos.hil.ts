@@ -50,6 +50,8 @@ interface DeviceEvent {
   seq: number;
   type: string;
   version?: string;
+  commandId?: string;
+  mode?: string;
   reason?: { code?: string; message?: string };
   failures?: Array<{ name: string; output?: string }>;
 }
@@ -61,6 +63,9 @@ let debBuild: Promise<string> | undefined;
 
 interface Lane {
   events: DeviceEvent[];
+  /** the manufacturer's repository (keys/, repository/) and the broker the device listens to. */
+  repoDir: string;
+  brokerUrl: string;
   board: FullOsBoard;
   tracker: EmulatorTracker;
   boots: string[];
@@ -157,7 +162,7 @@ async function setupLane(t: Tap, boardOpts: { grubReadsEnv?: string } = {}, fact
         }
       }, 200);
     });
-  return { events, board, tracker, boots, stamp, publish, powerOn, waitEvent };
+  return { events, repoDir, brokerUrl: broker.url, board, tracker, boots, stamp, publish, powerOn, waitEvent };
 }
 
 t.test('full OS: Debian under systemd updates itself and rolls back a bad release', async (t) => {
@@ -244,7 +249,7 @@ t.test('full OS: a board whose GRUB reads another grubenv — the update is repo
 });
 
 t.test('full OS: data migrates with a release and rolls back with it; a factory reset keeps the floor, and the device still updates', async (t) => {
-  const { events, board, tracker, boots, stamp, publish, powerOn, waitEvent } = await setupLane(t);
+  const { events, repoDir, brokerUrl, board, tracker, boots, stamp, publish, powerOn, waitEvent } = await setupLane(t);
   const record = async (): Promise<{ phase: string; committedSecurityVersion: number; history: unknown[] }> => JSON.parse((await board.readData('/var/lib/slotflip/update-record.json')) ?? 'null') as never;
 
   // 1.1.0 brings the application, which creates its data (schema 1)
@@ -275,28 +280,40 @@ t.test('full OS: data migrates with a release and rolls back with it; a factory 
   t.equal(await board.readData('/var/lib/slotflip/migration-snapshot/meta.json'), undefined, 'the snapshot is gone');
   t.match(await record(), { committedSecurityVersion: 1 });
 
-  // factory reset, requested as `slotflip factory-reset` leaves it (the marker; the request itself is
-  // covered by test/scenario/factory-reset.test.ts), applied by slotflip-factory-reset.service at boot
-  await board.writeData('/.slotflip-factory-reset', JSON.stringify({ schema: 1, mode: 'full', keep: [], securityDir: 'var/lib/slotflip', floor: 1, requestedAt: new Date().toISOString() }) + '\n');
-  await publish({ version: '1.3.0', healthy: true, app: true }, 3);
-  const p5 = await powerOn('factory reset at boot; 1.3.0 is published');
+  // factory reset as the fleet sends it: the manufacturer's built CLI signs a command for this one
+  // device with the repository's targets key and leaves it retained on the device's command topic;
+  // the device (powered off now) runs it when it comes up, reports it, and reboots; the reset is
+  // applied by slotflip-factory-reset.service at the next boot
+  const cli = await runChecked(execTool, 'HIL_FLEET', process.execPath, [join(projectDir, 'dist/daemon/cli.js'), 'fleet', 'factory-reset', repoDir, '--device', GUEST_DEVICE_ID, '--broker', brokerUrl, '--json']);
+  const sent = JSON.parse(String(cli.stdout)) as { commandId: string; nonce: string };
+  t.comment(`${stamp()} fleet factory-reset ${sent.commandId} sent to ${GUEST_DEVICE_ID}`);
+  const p5 = await powerOn('the device runs the signed factory-reset command and reboots');
   t.equal(p5.grubSlot, 'B', 'the committed slot boots');
-  t.match(p5.console, /slotflip: factory reset of the data partition/, 'the reset unit ran');
+  t.notOk(p5.timedOut, 'the device rebooted by itself to apply the reset');
+  t.ok(events.some((e) => e.type === 'FactoryResetRequested' && e.commandId === sent.commandId && e.mode === 'full'), 'the device reported the reset the signed command asked for');
+  t.match(JSON.parse((await board.readData('/.slotflip-factory-reset')) ?? 'null'), { mode: 'full', command: { id: sent.commandId } }, 'the marker waits for the next boot, naming the command');
+  t.equal(await board.readData('/var/lib/app/db'), 'schema 1 (created by 1.1.0)\n', 'nothing wiped before the reboot');
+  await publish({ version: '1.3.0', healthy: true, app: true }, 3);
+  const p6 = await powerOn('factory reset at boot; 1.3.0 is published');
+  t.equal(p6.grubSlot, 'B', 'the committed slot boots');
+  t.match(p6.console, /slotflip: factory reset of the data partition/, 'the reset unit ran');
   t.equal(await board.readData('/.slotflip-factory-reset'), undefined, 'the reset finished (marker gone)');
   t.equal(await board.readData('/var/lib/app/boots'), '1.1.0\n', 'first-boot data: only this boot of the application is recorded');
   t.equal(await board.readData('/var/lib/app/README'), 'application data (factory default)\n', "the image's defaults are back");
   const afterReset = await record();
   t.match(afterReset, { committedSecurityVersion: 1 }, 'the anti-rollback floor survived the reset');
   t.notOk(afterReset.history.some((h) => JSON.stringify(h).includes('1.2.0')), 'the earlier attempts are forgotten');
+  t.ok(events.some((e) => e.type === 'FactoryResetApplied' && e.commandId === sent.commandId), 'after the reset boot the device reported the reset applied');
   t.ok(events.some((e) => e.type === 'UpdateInstalled' && e.version === '1.3.0'), 'after the reset the device installed 1.3.0');
+  t.notOk(events.some((e) => e.type === 'FleetCommandRejected'), 'the command ran once: its retained copy was cleared, nothing was refused');
 
-  const p6Run = powerOn('trial of 1.3.0');
+  const p7Run = powerOn('trial of 1.3.0');
   await waitEvent('UpdateCommitted', '1.3.0');
   tracker.killAll();
-  const p6 = await p6Run;
-  t.equal(p6.grubSlot, 'A');
+  const p7 = await p7Run;
+  t.equal(p7.grubSlot, 'A');
   t.match(await record(), { phase: 'idle', committedSecurityVersion: 3 });
-  t.same(boots, ['A', 'B', 'A', 'B', 'B', 'A'], 'A (factory), B (1.1.0), A (1.2.0 trial), B (rolled back), B (reset), A (1.3.0)');
+  t.same(boots, ['A', 'B', 'A', 'B', 'B', 'B', 'A'], 'A (factory), B (1.1.0), A (1.2.0 trial), B (rolled back), B (runs the reset command), B (reset), A (1.3.0)');
   t.comment(`state lane total ${stamp()}`);
 });
 

@@ -234,7 +234,8 @@ t.test('after a full reset the device still updates, never below its floor; --fo
   const after = await tree(data);
   t.equal(after['var/lib/app/README'], 'empty', "the image's defaults");
   t.equal(after['var/lib/app/db.sqlite'], undefined, 'owner data gone');
-  t.same(Object.keys(after).filter((p) => p.startsWith('var/lib/slotflip/') && p !== 'var/lib/slotflip/' && !/^var\/lib\/slotflip\/(trusted|outbox)\/./.test(p)).sort(), ['var/lib/slotflip/outbox/', 'var/lib/slotflip/trusted/', 'var/lib/slotflip/update-record.json'], 'of slotflip state only the trust anchors, the outbox and a fresh record stay');
+  t.same(Object.keys(after).filter((p) => p.startsWith('var/lib/slotflip/') && p !== 'var/lib/slotflip/' && !/^var\/lib\/slotflip\/(trusted|outbox)\/./.test(p)).sort(), ['var/lib/slotflip/factory-reset-done.json', 'var/lib/slotflip/outbox/', 'var/lib/slotflip/trusted/', 'var/lib/slotflip/update-record.json'], 'of slotflip state only the trust anchors, the outbox and a fresh record stay (and the report the daemon sends once)');
+  t.same(JSON.parse(after['var/lib/slotflip/factory-reset-done.json']!), { mode: 'full', kept: ['var/lib/slotflip/trusted', 'var/lib/slotflip/outbox', 'var/lib/slotflip/update-record.json'] }, 'the apply leaves what it did for the daemon to report');
   t.match(JSON.parse(after['var/lib/slotflip/update-record.json']!), { phase: 'idle', history: [], committedSecurityVersion: 3, installed: { B: { version: '1.1.0' } } }, 'the record keeps the floor and what the slots hold');
 
   let st = await cli(['status', '--config', cfg, '--json']);
@@ -256,7 +257,7 @@ t.test('after a full reset the device still updates, never below its floor; --fo
   t.equal((await cli(['factory-reset', '--config', cfg, '--forget-security'])).code, 0);
   await powerCycle(boardDir);
   t.equal((await cli(['factory-reset', '--apply', data, '--defaults', defaults])).code, 0);
-  t.same(await tree(data), { 'var/': '', 'var/lib/': '', 'var/lib/app/': '', 'var/lib/app/README': 'empty' }, 'as shipped: slotflip state wiped with the rest');
+  t.same(await tree(data), { 'var/': '', 'var/lib/': '', 'var/lib/app/': '', 'var/lib/app/README': 'empty', 'var/lib/slotflip/': '', 'var/lib/slotflip/factory-reset-done.json': '{"mode":"as-shipped","kept":[]}\n' }, 'as shipped: slotflip state wiped with the rest; only the report of the reset for the daemon');
   st = await cli(['status', '--config', cfg, '--json']);
   t.match(JSON.parse(st.out), { bootedSlot: 'A', phase: 'idle', committedSecurityVersion: 0 });
 });

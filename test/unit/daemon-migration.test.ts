@@ -52,7 +52,7 @@ t.test('snapshot budget, settle: keep while the trial is judged, restore on anot
 
 // ---- a release's own migration (custom.migration) --------------------------------------------
 
-import { chmod, readdir, rm, symlink } from 'node:fs/promises';
+import { chmod, open, readdir, readlink, rm, symlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { migrationProblem } from '../../manifests/migration.js';
 import type { MigrationStep } from '../../daemon/migration.js';
@@ -133,6 +133,10 @@ const V2 = { 'var/lib/app/db': 'v2', 'var/lib/app2/new': 'by 2', 'etc/upper/app.
 
 t.test("a release's migration runs from the booted image; a rollback restores exactly its snapshot paths", async (t) => {
   const d = await releaseDevice(t.testdir(), MIGRATE);
+  // held open as a bind mount holds its source: if the restore replaced the directory, this
+  // handle points at a deleted one (Linux: /proc/self/fd/N ends in " (deleted)")
+  const held = await open(join(d.data, 'var/lib/app'), 'r');
+  t.teardown(() => held.close());
   const m = d.make();
   t.equal(await m.beforeChecks(1, 'r2@1', 'B', d.named), undefined);
   t.same(await tree(d.data), V2);
@@ -141,6 +145,7 @@ t.test("a release's migration runs from the booted image; a rollback restores ex
   const old = new Migrations({ dataDir: d.data, snapshotDir: join(d.data, 'var/lib/slotflip/migration-snapshot') });
   t.equal(await old.settle('A', []), 'restored');
   t.same(await tree(d.data), { ...V1, 'var/log/app.log': 'log+2' }, 'named paths back as they were (app2 removed); the unnamed log keeps its line');
+  t.equal(await readlink(`/proc/self/fd/${held.fd}`), join(d.data, 'var/lib/app'), 'var/lib/app restored in place: the same directory, so a bind mount of it (/var/lib/app from /data/var/lib/app) sees the restored data');
   t.notOk(existsSync(join(d.data, 'var/lib/slotflip/migration-snapshot')));
 });
 

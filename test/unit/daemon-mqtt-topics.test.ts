@@ -11,6 +11,7 @@ t.test('topic layout v2: no dots in any level', async (t) => {
     state: 'slotflip/v2/devices/dev-1/state',
     events: 'slotflip/v2/devices/dev-1/events',
     cmdCheck: 'slotflip/v2/devices/dev-1/cmd/check',
+    cmdFactoryReset: 'slotflip/v2/devices/dev-1/cmd/factory-reset',
     cmdFilter: 'slotflip/v2/devices/dev-1/cmd/+',
   });
   t.equal(deviceTopics('gw.7:a').root, 'slotflip/v2/devices/gw_2e7_3aa');
