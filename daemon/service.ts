@@ -41,6 +41,7 @@ import { collectInventory } from './inventory.js';
 import { mkdir, rm } from 'node:fs/promises';
 import { readFileCapped } from '../hal/atomic-file.js';
 import { join } from 'node:path';
+import { createHash } from 'node:crypto';
 import { MqttTransport, type TimerApi } from './mqtt.js';
 import { createAgent, statePaths, type ComposeOverrides } from './compose.js';
 import { acquireStateLock, type ReleaseLock } from './state-store.js';
@@ -135,6 +136,8 @@ const defaultTimers: TimerApi = {
 const MAX_QUEUED_COMMANDS = 4;
 /** how long an accepted reset waits for its report to reach the broker before rebooting. */
 const COMMAND_REPORT_WAIT_MS = 10_000;
+/** how many refused commands one process remembers so as not to report them twice. */
+const MAX_REFUSALS_REMEMBERED = 64;
 
 export class UpdateService {
   private readonly log: Logger;
@@ -142,7 +145,10 @@ export class UpdateService {
   private readonly commands: Uint8Array[] = [];
   /** a command refused as busy, tried again after the next cycle. */
   private busyCommand: Uint8Array | undefined;
-  private busyReported: string | undefined;
+  /** refusals already reported by this process (a digest of the command's bytes → the code): a
+   * refused command that stays retained on the broker comes again at every reconnect, and is then
+   * logged again but not reported again. Bounded: the oldest go first. */
+  private readonly refusalsReported = new Map<string, string>();
   /** a fleet command requested a reset in this process: no more cycles until the reboot. */
   private resetRequested = false;
   private running: Promise<void> | undefined;
@@ -360,11 +366,15 @@ export class UpdateService {
       return { root: c.root.signed, trustedTime: c.trustedTime };
     } });
     if (!r.accepted) {
-      if (r.code === 'DAEMON_COMMAND_BUSY') {
-        this.busyCommand = bytes;
-        if (this.busyReported === r.id) return;
-        this.busyReported = r.id;
+      if (r.code === 'DAEMON_COMMAND_BUSY') this.busyCommand = bytes;
+      const digest = createHash('sha256').update(bytes).digest('hex');
+      if (this.refusalsReported.get(digest) === r.code) {
+        this.log.debug({ code: r.code, commandId: r.id }, 'fleet command refused again (already reported)');
+        return;
       }
+      this.refusalsReported.delete(digest);
+      this.refusalsReported.set(digest, r.code);
+      if (this.refusalsReported.size > MAX_REFUSALS_REMEMBERED) this.refusalsReported.delete(this.refusalsReported.keys().next().value!);
       this.log.warn({ code: r.code, commandId: r.id, problem: r.message }, 'fleet command refused');
       await this.outbox.append({ type: 'FleetCommandRejected', command: 'factory-reset', ...(r.id ? { commandId: r.id } : {}), ...(r.command?.nonce ? { nonce: r.command.nonce } : {}), reason: { code: r.code, message: r.message } });
       return;

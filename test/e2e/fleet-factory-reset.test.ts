@@ -158,6 +158,15 @@ t.test('fleet factory-reset: signed for one device, refused with a code and noth
     t.notOk(existsSync(join(data, '.slotflip-factory-reset')), `${what}: no reset marker`);
     t.notOk(existsSync(rebootFlag), `${what}: no reboot`);
   }
+  // a refused command that stays retained comes again at every reconnect: reported once. The
+  // same bytes again, then a new refusal: commands are judged in order, so the next event being the
+  // new one's proves the repeat was judged and not reported.
+  await inject('reset please');
+  await inject('{"signed": 1}');
+  const next = await rejection(++n);
+  t.equal(events.filter((e) => e.type === 'FleetCommandRejected').length, n, 'a refused command delivered again is not reported again');
+  t.equal(next.reason?.code, 'MANIFEST_COMMAND_INVALID', 'the new refusal is the one reported');
+  t.not(next.reason?.message, events.filter((e) => e.type === 'FleetCommandRejected')[n - 2]?.reason?.message, 'and it is the new command\'s, not the repeat\'s');
   t.equal(daemon.child.exitCode, null, 'the daemon kept running through every refusal');
   t.equal(cyclesNow(), cyclesBefore, 'a command runs no update cycle of its own');
 
