@@ -72,6 +72,8 @@ export interface OpenedAgent {
   config: Config;
   agent: Agent;
   log: Logger;
+  /** the device's outbox, when connected to a broker. */
+  outbox?: Outbox;
   /** delivers queued events (bounded wait) and disconnects; no-op without a broker. */
   close(): Promise<void>;
 }
@@ -103,6 +105,7 @@ export async function openAgent(p: Parsed, overrides: ComposeOverrides = {}, opt
     config,
     agent,
     log,
+    outbox,
     async close() {
       const until = Date.now() + waitMs;
       while (transport.connected && (await outbox.pending()).length > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 50));

@@ -86,7 +86,7 @@ export interface ResetMarker {
 /** The fleet commands a device has run (daemon/fleet-command.ts), under the state dir. */
 export const FLEET_COMMANDS_FILE = 'fleet-commands.json';
 /** What the apply leaves in the state dir for the daemon to report once (FactoryResetApplied). */
-export const RESET_DONE_FILE = 'factory-reset-done.json';
+export const RESET_DONE_FILE = 'factory-reset-done.json'; // also named in daemon/reset-report.ts
 
 /** What a reset keeps of slotflip's security state. */
 export interface SecurityState {

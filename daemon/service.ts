@@ -38,9 +38,7 @@ import type { Logger } from 'pino';
 import { Outbox } from './outbox.js';
 import { Poller } from './poller.js';
 import { collectInventory } from './inventory.js';
-import { mkdir, rm } from 'node:fs/promises';
-import { readFileCapped } from '../hal/atomic-file.js';
-import { join } from 'node:path';
+import { mkdir } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { MqttTransport, type TimerApi } from './mqtt.js';
 import { createAgent, statePaths, type ComposeOverrides } from './compose.js';
@@ -418,23 +416,10 @@ export class UpdateService {
     });
   }
 
-  /** After a boot that applied a factory reset: report it once (FactoryResetApplied), then drop the
-   * apply's note (a crash in between reports it twice: at least once, like every event). */
+  /** After a boot that applied a factory reset: report it once (daemon/reset-report.ts). */
   private async reportAppliedReset(): Promise<void> {
-    const { RESET_DONE_FILE } = await import('./factory-reset.js');
-    const path = join(this.o.config.stateDir, RESET_DONE_FILE);
-    let done: Record<string, unknown>;
-    try {
-      done = JSON.parse((await readFileCapped(path, 64 * 1024)).toString('utf8')) as Record<string, unknown>;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') this.log.warn({ err: toErrorInfo(e), path }, 'unreadable factory reset report; dropped');
-      await rm(path, { force: true }).catch(() => undefined);
-      return;
-    }
-    const command = done['command'] as { id?: unknown; nonce?: unknown } | undefined;
-    await this.outbox.append({ type: 'FactoryResetApplied', mode: String(done['mode'] ?? 'full'), via: command ? 'fleet' : 'local', ...(typeof command?.id === 'string' ? { commandId: command.id } : {}), ...(typeof command?.nonce === 'string' ? { nonce: command.nonce } : {}) });
-    this.log.info({ mode: done['mode'], commandId: command?.id }, 'factory reset applied at this boot');
-    await rm(path, { force: true });
+    const { reportAppliedReset } = await import('./reset-report.js');
+    await reportAppliedReset(this.o.config.stateDir, this.outbox, this.log);
   }
 
   private async cycle(reason: string): Promise<void> {

@@ -35,6 +35,12 @@ export const command: Command = {
     let r;
     try {
       r = await opened.agent.runOnce({ check: !p.values['no-check'] });
+      // a device without a daemon reports a reset applied at boot here (the daemon does at start);
+      // after the cycle, which held the state lock: never beside a running daemon
+      if (opened.outbox) {
+        const { reportAppliedReset } = await import('../reset-report.js');
+        await reportAppliedReset(opened.config.stateDir, opened.outbox, opened.log).catch((e: unknown) => opened.log.warn({ err: e }, 'cannot report the factory reset applied at this boot'));
+      }
     } finally {
       await opened.close();
     }

@@ -215,4 +215,16 @@ t.test('fleet factory-reset: signed for one device, refused with a code and noth
   t.equal((await rejection(++n)).reason?.code, 'DAEMON_COMMAND_REPLAYED', 'the old command replayed after the reset: still refused, no second reset');
   t.notOk(existsSync(join(data, '.slotflip-factory-reset')), 'no new marker');
   t.equal(await daemon.stop(), 0, 'the daemon stops cleanly');
+
+  // a device without a daemon (cron runs `update --once`): a local reset, applied at boot, is
+  // reported by the next `update --once`
+  const local = await slotflip(['factory-reset', '--config', configPath]);
+  t.equal(local.code, 0, `a local reset request (${local.stderr})`);
+  t.match(await slotflipJson(['factory-reset', '--apply', data, '--defaults', defaults, '--json']), { applied: true, mode: 'full' }, 'applied at the next boot');
+  t.ok(existsSync(join(stateDir, 'factory-reset-done.json')), 'the apply left its report for slotflip to send');
+  const once = await slotflip(['update', '--once', '--config', configPath]);
+  t.equal(once.code, 0, `update --once on the reset device exits 0 (${once.stderr})`);
+  const appliedLocal = await until(() => events.find((e) => e.type === 'FactoryResetApplied' && e.seq > done.seq), 30_000, 'FactoryResetApplied from update --once', 50);
+  t.match(appliedLocal, { mode: 'full', via: 'local' }, 'update --once reports the local reset applied at boot');
+  t.notOk(existsSync(join(stateDir, 'factory-reset-done.json')), 'and drops the apply\'s note: reported once');
 });
