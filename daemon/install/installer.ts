@@ -55,6 +55,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
+import { alignedBuffer, DIRECT_ALIGN } from '../../hal/aligned.js';
 import { SlotflipError, isCoded } from '../../hal/errors.js';
 import type { SlotHandle, SlotWriter } from '../../hal/slot-writer.js';
 import type { PayloadInfo } from '../../manifests/types.js';
@@ -424,7 +425,11 @@ class InstallRun {
     this.#maxBytes = Math.ceil((b.maxBytesFactor ?? 3) * payloadLength + maxChunk);
     this.#maxMs = b.maxMs ?? 24 * 3_600_000;
     const n = Math.max(2, opts.buffers ?? 3);
-    for (let i = 0; i < n; i++) this.#pool.push(Buffer.allocUnsafeSlow(payload.chunkSize));
+    // one page-aligned block cut at page boundaries: a slot writer that can (hal's file and device
+    // slots) writes these buffers with O_DIRECT, past the page cache (hal/file-slot.ts)
+    const stride = Math.ceil(payload.chunkSize / DIRECT_ALIGN) * DIRECT_ALIGN;
+    const block = alignedBuffer(n * stride);
+    for (let i = 0; i < n; i++) this.#pool.push(block.subarray(i * stride, i * stride + payload.chunkSize));
     this.#lastProgressAt = now();
   }
 
