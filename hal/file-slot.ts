@@ -40,8 +40,6 @@ export interface SlotWriterOptions {
   sysfsRoot?: string;
   /** path of the blockdev tool (default `blockdev`). */
   blockdevTool?: string;
-  /** false: never write with O_DIRECT (default: where the kernel allows it, see above). */
-  direct?: boolean;
 }
 
 export const HASH_BLOCK_BYTES = 1 << 20;
@@ -82,12 +80,10 @@ class FileSlotWriter implements SlotWriter {
       throw new SlotflipError('HAL_SLOT_OPEN', `slot ${this.slot}: cannot open ${this.path} for writing (${(cause as NodeJS.ErrnoException).code ?? 'error'})`, { cause, details: { path: this.path } });
     }
     let direct: FileHandle | undefined;
-    if (this.#opts.direct !== false) {
-      try {
-        direct = await open(this.path, constants.O_RDWR | constants.O_DIRECT);
-      } catch {
-        // refused (EINVAL on tmpfs and some FUSE/overlay filesystems): buffered writes only
-      }
+    try {
+      direct = await open(this.path, constants.O_RDWR | constants.O_DIRECT);
+    } catch {
+      // refused (EINVAL on older tmpfs and some FUSE/overlay filesystems): buffered writes only
     }
     return new FileSlotHandle(fh, cap, this.path, direct);
   }
