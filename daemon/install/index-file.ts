@@ -209,7 +209,9 @@ async function readCapped(s: OpenedStream, cap: number, signal: AbortSignal): Pr
         done(tooLong());
         return;
       }
-      parts.push(b);
+      // a copy: a plain-HTTP body's pieces are views of the connection's ONE reused read buffer
+      // (source.ts), overwritten by the next read (an index over 64 KiB came out garbled)
+      parts.push(Buffer.from(b));
     });
     stream.once('end', () => done());
     stream.once('error', (cause) => done(new SlotflipError('INSTALL_NETWORK', `${s.where}: transfer failed while reading the chunk index`, { cause, retryable: true, details: { where: s.where } })));

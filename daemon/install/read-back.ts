@@ -21,21 +21,11 @@ import { open, type FileHandle } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { SlotflipError } from '../../hal/errors.js';
 import type { SlotWriter } from '../../hal/slot-writer.js';
+import { alignedBuffer, DIRECT_ALIGN } from '../../hal/aligned.js';
 import type { PayloadInfo } from '../../manifests/types.js';
 
-/** O_DIRECT offsets, lengths and buffer addresses are multiples of this (covers 512e and 4Kn). */
-export const DIRECT_ALIGN = 4096;
+export { alignedBuffer, DIRECT_ALIGN } from '../../hal/aligned.js';
 const PIECE = 1 << 20;
-const WASM_PAGE = 65536;
-
-/** A Buffer of `size` bytes whose first byte is page-aligned (a view of WebAssembly memory). */
-export function alignedBuffer(size: number): Buffer {
-  const pages = Math.max(1, Math.ceil(size / WASM_PAGE));
-  // lib ES2023 carries no WebAssembly declarations; the global is always there in Node
-  const wasm = (globalThis as unknown as { WebAssembly: { Memory: new (d: { initial: number; maximum: number }) => { buffer: ArrayBuffer } } }).WebAssembly;
-  const mem = new wasm.Memory({ initial: pages, maximum: pages });
-  return Buffer.from(mem.buffer, 0, size);
-}
 
 export interface VerifyOptions {
   /** 'path' (default for hal's own slot writers, see compose): a fresh O_DIRECT descriptor on the

@@ -9,7 +9,7 @@
  * package `time`), ~3× the image size free in --dir.
  *
  *   node dist/test/bench/cli-bench.js [--sizes 1,4] [--rounds 3] [--tree /usr/share] [--dir DIR]
- *                                     [--profile] [--module]
+ *                                     [--profile] [--module] [--base ROOT] [--cli-only]
  *
  * Per run: wall (spawn → exit → a final `sync`), CPU seconds of the process tree (user+sys from
  * /usr/bin/time: wait4's rusage includes reaped descendants), peak tree RSS (sum of VmRSS over the
@@ -22,6 +22,9 @@
  * --profile: one more CLI run under `node --cpu-prof`; prints the top self-time functions per thread
  *   and the GC / SHA-256 shares. --module: afterwards also runs the older module-level bench
  *   (install-bench.js: the installer module in a child process, file slot, no HTTP) as a second table.
+ * --base ROOT: also runs ROOT/dist/daemon/cli.js (another build, e.g. a copy of main's) as "CLI base",
+ *   in the same rotation, and prints the pairwise ratios CLI / base (an A/B in one run, for a change
+ *   measured on a busy machine). --cli-only: no floor runs (with --base: only the two CLIs).
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -250,6 +253,7 @@ async function main(): Promise<void> {
       module: { type: 'boolean', default: false },
       'cli-only': { type: 'boolean', default: false },
       'node-args': { type: 'string', default: '' },
+      base: { type: 'string', default: '' },
       env: { type: 'string', default: '' },
     },
   });
@@ -262,6 +266,8 @@ async function main(): Promise<void> {
   const nodeArgs = values['node-args'].split(' ').filter((a) => a !== '');
   const cliEnv = { ...process.env, ...Object.fromEntries(values.env.split(',').filter((kv) => kv.includes('=')).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])) };
   const cliOnly = values['cli-only'];
+  const baseCli = values.base === '' ? undefined : join(values.base, 'dist', 'daemon', 'cli.js');
+  if (baseCli !== undefined && !existsSync(baseCli)) throw new Error(`--base: ${baseCli} missing`);
   const wrapperFlags = wrapperNodeFlags();
   await mkdir(dir, { recursive: true });
   if (!existsSync(CLI)) throw new Error(`${CLI} missing: run npm run build`);
@@ -343,11 +349,11 @@ async function main(): Promise<void> {
       );
 
       let slotChecked = false;
-      const runCli = async (extraNode: string[] = []): Promise<Sample> => {
+      const runCli = async (extraNode: string[] = [], cliPath = CLI): Promise<Sample> => {
         await rm(state, { recursive: true, force: true });
         await copyFile(join(board, 'boot-state.json.orig'), join(board, 'boot-state.json'));
         await copyFile(join(board, 'cmdline.orig'), join(board, 'cmdline'));
-        const r = await measured(['node', ...wrapperFlags, ...nodeArgs, ...extraNode, CLI, 'install', `http://127.0.0.1:${port}/`, '--config', config, '--json'], join(dir, 'time.txt'), cliEnv);
+        const r = await measured(['node', ...wrapperFlags, ...nodeArgs, ...extraNode, cliPath, 'install', `http://127.0.0.1:${port}/`, '--config', config, '--json'], join(dir, 'time.txt'), cliEnv);
         if (r.code !== 0) throw new Error(`slotflip install exited ${r.code}: ${r.out.slice(0, 400)}\n${r.err.slice(-2000)}`);
         const verified = /"readBackSha256":"([0-9a-f]{64})"/.exec(r.err);
         if (verified?.[1] !== inp.sha256) throw new Error(`install read back ${verified?.[1]}, image is ${inp.sha256}`);
@@ -373,8 +379,10 @@ async function main(): Promise<void> {
       const cli: Sample[] = [];
       const fl: Sample[] = [];
       const flrb: Sample[] = [];
+      const base: Sample[] = [];
       // the order rotates each round (whatever runs right after another writer pays for its leftovers)
       const order: Array<() => Promise<void>> = cliOnly ? [async () => void cli.push(await runCli())] : [async () => void cli.push(await runCli()), async () => void fl.push(await runFloor(false)), async () => void flrb.push(await runFloor(true))];
+      if (baseCli !== undefined) order.splice(1, 0, async () => void base.push(await runCli([], baseCli)));
       for (let i = 0; i < rounds; i++) {
         for (let k = 0; k < order.length; k++) await order[(i + k) % order.length]!();
       }
@@ -386,18 +394,28 @@ async function main(): Promise<void> {
       const row = (name: string, xs: Sample[]): void =>
         print(`${name.padEnd(10)} | ${m(xs, 'wallS').toFixed(2).padStart(6)} | ${(mb / m(xs, 'wallS')).toFixed(0).padStart(5)} | ${m(xs, 'cpuS').toFixed(2).padStart(5)} | ${m(xs, 'rssMiB').toFixed(0).padStart(12)} | ${(m(xs, 'wallS') / m(fl, 'wallS')).toFixed(2).padStart(10)} | ${(m(xs, 'wallS') / m(flrb, 'wallS')).toFixed(2).padStart(13)} | ${(m(xs, 'cpuS') / m(fl, 'cpuS')).toFixed(2).padStart(9)}`);
       row('CLI', cli);
-      row('floor', fl);
-      row('floor+rb', flrb);
+      if (base.length > 0) row('CLI base', base);
+      if (fl.length > 0) row('floor', fl);
+      if (flrb.length > 0) row('floor+rb', flrb);
+      if (base.length > 0) {
+        const pair = (k: 'wallS' | 'cpuS' | 'rssMiB'): string => median(cli.map((x, i) => x[k] / base[i]![k])).toFixed(2);
+        print(`CLI / CLI base (median of the ${rounds} pairwise ratios; base = ${values.base}): wall ${pair('wallS')}, CPU ${pair('cpuS')}, peak RSS ${pair('rssMiB')}`);
+      }
       const keys = ['start', 'check', 'markBad', 'writeSlot', 'verifySlot', 'armTrial', 'reboot'];
       print(`CLI phases (median s): ${keys.map((k) => `${k} ${median(cli.map((x) => x.phases?.[k] ?? 0)).toFixed(2)}`).join(', ')}`);
+      if (base.length > 0) print(`CLI base phases (median s): ${keys.map((k) => `${k} ${median(base.map((x) => x.phases?.[k] ?? 0)).toFixed(2)}`).join(', ')}`);
       print('  (check = TUF refresh; writeSlot = download + compressed-byte check + decompress + chunk SHA-256 + CRC-32 + write + fsync, with the O_DIRECT read-back (CRC-32 per chunk + the whole-image SHA-256) pipelined behind the fsync frontier; verifySlot = 0 when it takes that read-back (same process), else a whole-slot read-back; armTrial = arm; start = spawn → first log line)');
       const names = [...new Set(cli.flatMap((x) => Object.keys(x.procs ?? {})))].sort();
       const pm = (n: string, k: 'cpuS' | 'rssMiB' | 'anonMiB' | 'fileMiB'): string => median(cli.map((x) => x.procs?.[n]?.[k] ?? 0)).toFixed(k === 'cpuS' ? 2 : 0);
       print(`CLI tree by process (median; CPU as last sampled, peak RSS of its largest process = anon + file/shmem): ${names.map((n) => `${n} CPU ${pm(n, 'cpuS')} s, RSS ${pm(n, 'rssMiB')} MiB (anon ${pm(n, 'anonMiB')}, file ${pm(n, 'fileMiB')})`).join('; ')}`);
-      print(`# runs wall s: CLI ${cli.map((x) => x.wallS.toFixed(2)).join(' ')} | floor ${fl.map((x) => x.wallS.toFixed(2)).join(' ')} | floor+rb ${flrb.map((x) => x.wallS.toFixed(2)).join(' ')}`);
+      if (base.length > 0) {
+        const bm = (n: string, k: 'cpuS' | 'rssMiB' | 'anonMiB' | 'fileMiB'): string => median(base.map((x) => x.procs?.[n]?.[k] ?? 0)).toFixed(k === 'cpuS' ? 2 : 0);
+        print(`CLI base tree by process: ${names.map((n) => `${n} CPU ${bm(n, 'cpuS')} s, RSS ${bm(n, 'rssMiB')} MiB (anon ${bm(n, 'anonMiB')}, file ${bm(n, 'fileMiB')})`).join('; ')}`);
+      }
+      print(`# runs wall s: CLI ${cli.map((x) => x.wallS.toFixed(2)).join(' ')} | base ${base.map((x) => x.wallS.toFixed(2)).join(' ')} | floor ${fl.map((x) => x.wallS.toFixed(2)).join(' ')} | floor+rb ${flrb.map((x) => x.wallS.toFixed(2)).join(' ')}`);
       if (nodeArgs.includes('--trace-gc')) print(`# CLI garbage collections (--trace-gc): full ${cli.map((x) => x.gc?.full ?? 0).join(' ')} | young ${cli.map((x) => x.gc?.young ?? 0).join(' ')}`);
       if (nodeArgs.length > 0 || values.env !== '') print(`# CLI node args: ${nodeArgs.join(' ') || '-'}; extra env: ${values.env || '-'}`);
-      print(`# runs CPU s:  CLI ${cli.map((x) => x.cpuS.toFixed(2)).join(' ')} | floor ${fl.map((x) => x.cpuS.toFixed(2)).join(' ')} | floor+rb ${flrb.map((x) => x.cpuS.toFixed(2)).join(' ')}`);
+      print(`# runs CPU s:  CLI ${cli.map((x) => x.cpuS.toFixed(2)).join(' ')} | base ${base.map((x) => x.cpuS.toFixed(2)).join(' ')} | floor ${fl.map((x) => x.cpuS.toFixed(2)).join(' ')} | floor+rb ${flrb.map((x) => x.cpuS.toFixed(2)).join(' ')}`);
 
       if (values.profile && gib === sizes[0]) {
         const pdir = join(dir, 'cpuprof');

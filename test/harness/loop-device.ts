@@ -78,3 +78,22 @@ export async function bufferedBytes(path: string, at: number, length: number): P
     await fh.close();
   }
 }
+
+/** Bytes of [0, length) of `path` resident in the page cache, by mincore(2) on a shared mapping
+ * (python3's ctypes: Node has no mincore; `fincore` reports 0 for block devices, whose st_size is 0).
+ * For a block device the cache is the one a buffered write fills and O_DIRECT bypasses. */
+export function cachedBytes(path: string, length: number): number {
+  const py = [
+    'import ctypes, mmap, os, sys',
+    'n = int(sys.argv[2]); fd = os.open(sys.argv[1], os.O_RDONLY)',
+    'libc = ctypes.CDLL(None, use_errno=True)',
+    'libc.mmap.restype = ctypes.c_void_p',
+    'p = libc.mmap(None, ctypes.c_size_t(n), mmap.PROT_READ, mmap.MAP_SHARED, fd, ctypes.c_long(0))',
+    'assert p not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())',
+    'pages = (n + mmap.PAGESIZE - 1) // mmap.PAGESIZE; vec = (ctypes.c_ubyte * pages)()',
+    'rc = libc.mincore(ctypes.c_void_p(p), ctypes.c_size_t(n), vec)',
+    'assert rc == 0, os.strerror(ctypes.get_errno())',
+    'print(sum(v & 1 for v in vec) * mmap.PAGESIZE)',
+  ].join('\n');
+  return Number(execFileSync('python3', ['-c', py, path, String(length)], { encoding: 'utf8' }).trim());
+}

@@ -67,6 +67,25 @@ t.test('fetch, cache, re-verify, settle', async (t) => {
   t.same(await readdir(cacheDir), [], 'removed once no attempt is in flight');
 });
 
+t.test('an index larger than the HTTP reader\'s reused 64 KiB buffer arrives whole (a 4 GiB image\'s is ~190 KiB)', async (t) => {
+  const dir = t.testdir();
+  const repo = join(dir, 'repo');
+  await initRepo(repo);
+  const image = join(dir, 'os.img');
+  await writeFile(image, makeTestImage({ version: '1.1.0', size: 3 * 1024 * 1024 }));
+  const added = await addRelease(repo, { image, version: '1.1.0', securityVersion: 1, hardware: [HW], channel: 'stable', compression: 'gzip', chunkSize: 4096 });
+  const indexBytes = await readFile(added.index!.path);
+  t.ok(indexBytes.length > 2 * 64 * 1024, `premise: the index (${indexBytes.length} bytes) spans several reads`);
+  const client = new TrustClient({ trustedDir: join(dir, 'trusted'), shippedRootPath: join(repo, 'repository/metadata/1.root.json'), source: dirSource(join(repo, 'repository/metadata')), now: Date.now });
+  const { releases } = await client.refresh();
+  const srv = await startHttpServer({ root: join(repo, 'repository') });
+  t.teardown(() => srv.stop());
+  const resolver = new IndexResolver({ locate: (tg: TargetRef) => ({ urls: [targetUrl(`${srv.url}targets/`, tg)] }), cacheDir: join(dir, 'state', 'install-index') });
+  const payload = await resolver.payloadOf(releases[0]!);
+  t.equal(payload.chunks.length, 768, '3 MiB in 4 KiB chunks');
+  t.same(await readFile(join(dir, 'state', 'install-index', `${releases[0]!.index!.hashes['sha256']}.index`)), indexBytes, 'cached byte for byte as signed');
+});
+
 t.test('every way the served index can be wrong has its code, and nothing is cached', async (t) => {
   const dir = t.testdir();
   const { release, repo, indexPath } = await fixture(dir);
