@@ -153,6 +153,8 @@ export const TRIES_VISIBLE: Readonly<Record<string, boolean>> = {
   custom: false,
 };
 
+/** phases of an attempt before its trial is armed (the arm itself included: its target is checked). */
+const BEFORE_TRIAL: ReadonlySet<Phase> = new Set<Phase>(['checking', 'preparing', 'downloading', 'verifying', 'arming']);
 const BOOT_ID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /** Reads the kernel's boot id; undefined when missing or not a UUID. Never throws. */
@@ -285,6 +287,12 @@ export class Agent {
     if (start.phase !== 'idle') {
       const target = start.attempt?.target;
       const targetState = target ? await this.d.bootControl.slotState(target).catch(() => undefined) : undefined;
+      // an attempt that has not armed its trial yet, resumed on the slot it started from: confirm
+      // that slot first, as at every boot (settleBootedSlot). RAUC-convention bootloaders count the
+      // committed slot down on every boot; a few power cuts during one long install would otherwise
+      // drain it, and the arm then finds no fallback (HAL_NO_FALLBACK) — or the bootloader finds no
+      // slot at all. Not once the target reads `trial`: confirming the source then cancels the trial.
+      if ((options.markGood ?? true) && start.attempt?.source === bootedSlot && BEFORE_TRIAL.has(start.phase) && targetState?.state !== 'trial') await this.confirmSource(bootedSlot);
       const bootId = await this.bootId();
       const oneShotPending = await this.oneShotPending();
       const event = resume(start, bootedSlot, targetState, { ...(bootId !== undefined ? { bootId } : {}), triesVisible: this.triesVisible(), ...(oneShotPending ? { oneShotPending } : {}) });
@@ -351,6 +359,21 @@ export class Agent {
       this.log.warn({ slot: booted, err: toErrorInfo(e) }, 'mark-good of the booted slot failed');
     }
     return false;
+  }
+
+  /** The running source slot of an attempt in flight, before its trial is armed: confirmed like the
+   * committed slot at every boot (same rule as settleBootedSlot: a `bad` source is confirmed only when
+   * the other slot is not good; a `trial` is left alone). Never fails the cycle. */
+  private async confirmSource(booted: SlotName): Promise<void> {
+    const boot = this.d.bootControl;
+    try {
+      const st = await boot.slotState(booted);
+      if (st.state === 'trial') return;
+      if (st.state === 'bad' && (await boot.slotState(otherSlot(booted)).catch(() => undefined))?.state === 'good') return;
+      await boot.commit(booted);
+    } catch (e) {
+      this.log.warn({ slot: booted, err: toErrorInfo(e) }, 'mark-good of the booted source slot failed');
+    }
   }
 
   /** A booted trial with no attempt in flight: health checks decide, as for a trial slotflip armed. */

@@ -38,6 +38,8 @@ export interface SetupOptions {
   mirrors?: number;
   /** the device's state directory (default DIR/state). */
   stateDir?: string;
+  /** the board's bootloader backend (`slotflip board create --backend`, default emulated). */
+  backend?: string;
 }
 
 /** Manufacturer: repo init, release add, HTTP server, repo publish. Device: board create, config. */
@@ -53,7 +55,7 @@ export async function setupDownload(dir: string, o: SetupOptions): Promise<Downl
   const mirrorsSrv: HttpServerHandle[] = [];
   for (let i = 1; i < (o.mirrors ?? 1); i++) mirrorsSrv.push(await startHttpServer({ root: fleet.repository, faults: faults() }));
   await publishToBroker(fleet, o.brokerUrl);
-  const board = await createBoard(join(dir, 'board'), size + MIB);
+  const board = await createBoard(join(dir, 'board'), size + MIB, o.backend);
   const stateDir = o.stateDir ?? join(dir, 'state');
   const configPath = await writeDeviceConfig(join(dir, 'config.json'), {
     deviceId: o.deviceId, board, fleet, stateDir, brokerUrl: o.brokerUrl,
