@@ -569,6 +569,9 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
 
   const out = await opts.slot.open();
   const runningFh = opts.running ? await open(opts.running.path, 'r') : undefined;
+  // hal's own slots (read back by path) are read through a descriptor of their own into reused
+  // buffers; an injected slot through its handle (a buffer per read)
+  const targetFh = opts.readBack === 'path' ? await open(opts.slot.path, 'r') : undefined;
   let inPlace = 0;
   let copied = 0;
   let fetchedRaw = 0;
@@ -577,8 +580,26 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   let lastReport = 0;
   let lastBytes = 0;
   let writing = false;
+  // Memory: every read goes into one of these (no buffer per chunk, whose garbage V8 collects only
+  // once tens of MiB of it piled up); the chunk written last is copied into `lastBuf` for repeats
   const runBuf = Buffer.allocUnsafeSlow(RUN_BYTES);
+  const chunkBuf = Buffer.allocUnsafeSlow(h.cdc.max);
+  const lastBuf = Buffer.allocUnsafeSlow(h.cdc.max);
   let lastWritten: { u: number; data: Buffer } | undefined;
+  /** `len` bytes of the target slot at `at`: a view of `into` (by path) or a buffer of its own. */
+  const readTarget = async (into: Buffer, len: number, at: number): Promise<Buffer> => {
+    if (!targetFh) {
+      const b = await out.readAt(len, at);
+      return Buffer.from(b.buffer, b.byteOffset, b.length);
+    }
+    let got = 0;
+    while (got < len) {
+      const { bytesRead } = await targetFh.read(into, got, len - got, at + got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    return into.subarray(0, got);
+  };
   const overBudget = (): void => {
     const b = opts.budget;
     if (!b) return;
@@ -620,10 +641,8 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
         }
         if (j - i > 1) {
           let buf: Buffer;
-          if (k0 === INPLACE) {
-            const b = await out.readAt(runLen, pos);
-            buf = Buffer.from(b.buffer, b.byteOffset, b.length);
-          } else {
+          if (k0 === INPLACE) buf = await readTarget(runBuf, runLen, pos);
+          else {
             const { bytesRead } = await runningFh!.read(runBuf, 0, runLen, off0);
             buf = runBuf.subarray(0, bytesRead);
           }
@@ -663,8 +682,7 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
         continue;
       }
       if (k0 === INPLACE) {
-        const b = await out.readAt(len, pos);
-        if (okBytes(u, Buffer.from(b.buffer, b.byteOffset, b.length))) {
+        if (okBytes(u, await readTarget(chunkBuf, len, pos))) {
           inPlace += len;
           done += len;
           pos += len;
@@ -673,13 +691,12 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
         }
         seedMismatches++;
       } else if (k0 === WRITTEN || k0 === TARGET) {
-        const b = await out.readAt(len, off0);
-        const buf = Buffer.from(b.buffer, b.byteOffset, b.length);
+        const buf = await readTarget(chunkBuf, len, off0);
         if (okBytes(u, buf)) data = buf;
         else seedMismatches++;
       } else if (k0 === RUNNING) {
-        const buf = Buffer.allocUnsafe(len);
-        const { bytesRead } = await runningFh!.read(buf, 0, len, off0);
+        const { bytesRead } = await runningFh!.read(chunkBuf, 0, len, off0);
+        const buf = chunkBuf.subarray(0, bytesRead);
         if (bytesRead === len && okBytes(u, buf)) data = buf;
         else seedMismatches++;
       }
@@ -701,8 +718,9 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
         opts.onWriteStart?.();
       }
       await out.writeAt(data, pos);
-      // (every `data` here is a buffer of its own, never a view of the reused run buffer)
-      lastWritten = { u, data };
+      // (`data` may be a view of chunkBuf, which the next read reuses: keep a copy)
+      data.copy(lastBuf, 0, 0, len);
+      lastWritten = { u, data: lastBuf.subarray(0, len) };
       done += len;
       pos += len;
       report();
@@ -713,6 +731,7 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
     await stream.return(undefined).catch(() => undefined);
     await out.close().catch(() => undefined);
     await runningFh?.close().catch(() => undefined);
+    await targetFh?.close().catch(() => undefined);
   }
   report(true);
   downloaded += wire.bytes;

@@ -26,9 +26,11 @@ export interface DeltaEnv {
   configPath: string;
   oldImg: Buffer;
   newImg: Buffer;
-  /** the new release's full payload length (compressed) and its delta pack's length. */
+  /** the new release's full payload length (compressed) and its delta pack's length (0 until it is published). */
   payloadLength: number;
   packLength: number;
+  /** publishes the new release (1.1.0) when setup was asked not to (`publishNew: false`). */
+  publishNew(): Promise<void>;
   /** `slotflip install PROXY --config F --json`. */
   install(): Promise<CliResult>;
   /** the same, as a child process the test may kill. */
@@ -50,6 +52,10 @@ export interface DeltaSetup {
   /** the images bootable on the emulated board (a test image header, healthy: hal/image.ts), so the
    * test can power-cycle into the trial and commit. */
   bootable?: boolean;
+  /** the board's slot size (default the image size + 1 MiB). */
+  slotSize?: number;
+  /** publish the new release at setup (default); false: the test calls `publishNew()` later. */
+  publishNew?: boolean;
 }
 
 /** `release add --delta` of an image buffer (version V, securityVersion N). */
@@ -76,10 +82,14 @@ export async function setupDelta(dir: string, o: DeltaSetup): Promise<DeltaEnv> 
   const oldImg = o.bootable ? bootable(raw, '1.0.0') : raw;
   const newImg = o.bootable ? bootable(deriveImage(raw, o.derive), '1.1.0') : deriveImage(raw, o.derive);
   await addImageRelease(fleet, dir, oldImg, '1.0.0', 1);
-  const rel = await addImageRelease(fleet, dir, newImg, '1.1.0', 1);
+  const publish = async (): Promise<void> => {
+    const rel = await addImageRelease(fleet, dir, newImg, '1.1.0', 1);
+    env.payloadLength = rel.length;
+    env.packLength = rel.delta!.pack.length;
+  };
   const serve = await startRepoServe(fleet.repo);
   const proxy = await startGateProxy({ upstream: serve.url, ...o.proxy });
-  const board = await createBoard(join(dir, 'board'), size + MIB);
+  const board = await createBoard(join(dir, 'board'), o.slotSize ?? size + MIB);
   const other = makeImage(99, size); // unrelated bytes: no seed there
   await writeSlot(board.slots.A, o.seed === 'active' ? oldImg : other);
   await writeSlot(board.slots.B, o.seed === 'inactive' ? oldImg : other);
@@ -88,10 +98,11 @@ export async function setupDelta(dir: string, o: DeltaSetup): Promise<DeltaEnv> 
     extra: { log: { level: 'info' }, ...o.extra },
   });
   const args = ['install', proxy.url, '--config', configPath, '--json'];
-  return {
+  const env: DeltaEnv = {
     dir, fleet, board, serve, proxy, configPath, oldImg, newImg,
-    payloadLength: rel.length,
-    packLength: rel.delta!.pack.length,
+    payloadLength: 0,
+    packLength: 0,
+    publishNew: publish,
     install: () => slotflip(args, { timeoutMs: 120_000 }),
     spawnInstall() {
       requireBuilt();
@@ -108,6 +119,8 @@ export async function setupDelta(dir: string, o: DeltaSetup): Promise<DeltaEnv> 
       await serve.stop();
     },
   };
+  if (o.publishNew !== false) await publish();
+  return env;
 }
 
 /** The JSON log lines of a one-shot command's stderr. */
