@@ -29,7 +29,8 @@ export interface DeltaEnv {
   /** the new release's full payload length (compressed) and its delta pack's length (0 until it is published). */
   payloadLength: number;
   packLength: number;
-  /** publishes the new release (1.1.0) when setup was asked not to (`publishNew: false`). */
+  /** publishes the new release (1.1.0: `newImg`, which the test may replace first) when setup was
+   * asked not to (`publishNew: false`). */
   publishNew(): Promise<void>;
   /** `slotflip install PROXY --config F --json`. */
   install(): Promise<CliResult>;
@@ -83,7 +84,7 @@ export async function setupDelta(dir: string, o: DeltaSetup): Promise<DeltaEnv> 
   const newImg = o.bootable ? bootable(deriveImage(raw, o.derive), '1.1.0') : deriveImage(raw, o.derive);
   await addImageRelease(fleet, dir, oldImg, '1.0.0', 1);
   const publish = async (): Promise<void> => {
-    const rel = await addImageRelease(fleet, dir, newImg, '1.1.0', 1);
+    const rel = await addImageRelease(fleet, dir, env.newImg, '1.1.0', 1);
     env.payloadLength = rel.length;
     env.packLength = rel.delta!.pack.length;
   };
