@@ -40,6 +40,9 @@ export interface IdleIndexOptions {
   busyFraction?: number;
   /** read buffer (default 1 MiB): how much is cut between two pauses. */
   bufferBytes?: number;
+  /** turn V8's optimizing compilers on for the build (default true; false: test/bench/seed-idle-bench.ts
+   * measures what interpreted cutting costs). */
+  optimize?: boolean;
 }
 
 export interface IdleIndexResult {
@@ -68,7 +71,7 @@ export async function indexSlotsWhileIdle(o: IdleIndexOptions): Promise<IdleInde
   }
   if (missing.length === 0 || o.signal.aborted) return { ...out, aborted: o.signal.aborted };
   const fraction = Math.min(1, Math.max(0.01, o.busyFraction ?? 0.5));
-  return withOptimizingCompilers(async () => {
+  const build = async (): Promise<IdleIndexResult> => {
     for (const name of missing) {
       const slot = { slot: name, path: o.slots[name].path };
       const started = performance.now();
@@ -103,5 +106,6 @@ export async function indexSlotsWhileIdle(o: IdleIndexOptions): Promise<IdleInde
       }
     }
     return out;
-  });
+  };
+  return o.optimize === false ? build() : withOptimizingCompilers(build);
 }
