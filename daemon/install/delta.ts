@@ -17,14 +17,24 @@
  *    written; a local copy that does not match (a stale seed, a flipped bit) is fetched instead.
  *    The whole image is then read back and compared with the signed image hash.
  *
- * Kept seed indexes (seed-index.ts): a slot this daemon last wrote by delta has the signed delta index
- * of the image it wrote kept in the state dir. When the caller passes it (`seeds`), step 2 reads the
+ * Kept seed indexes (seed-index.ts): a slot this daemon last wrote has the signed delta index of the
+ * image it wrote kept in the state dir, a slot it never wrote the index the idle daemon built of it
+ * (idle-index.ts). When the caller passes it (`seeds`), step 2 reads the
  * slot's chunks from that index instead of cutting the slot (no slot byte read, no JS chunker on the
  * critical path). Safety does not rest on the kept index: it only says where a chunk probably is;
  * step 4 verifies every copied chunk against the NEW signed index before it is written, so a stale
  * kept index (the slot changed behind the daemon's back) costs a mismatch and a fetch, never a wrong
  * byte on the slot. A kept index cut with other CDC parameters than the new one is not used (its
  * chunks would not line up): the slot is cut as before.
+ *
+ * Not worth it: once both slots are looked up (before a byte of the pack is fetched or the slot
+ * written), the pack ranges to fetch are known; when they come to more than `fullBytes` (the full
+ * payload), installDelta stops with INSTALL_DELTA_NOT_WORTH and the caller installs the full payload:
+ * an image the slots share little with costs the full payload plus the delta index, never more.
+ *
+ * Memory: the chunk lookups are typed arrays (SlotLookup, 20 bytes a chunk), the plan one byte and
+ * one offset a chunk; every slot read goes into one of three reused buffers (a 1 MiB run, one chunk,
+ * the chunk written last), so the install allocates per chunk only what it fetches and decodes.
  *
  * Resume needs no record: a restarted install re-cuts the target slot, and the part written before
  * the cut comes out as the same chunks at the same offsets (chunk boundaries depend only on
