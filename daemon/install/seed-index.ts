@@ -35,7 +35,7 @@ import { mkdir, open, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fsyncDir, readFileCapped, writeFileAtomic } from '../../hal/atomic-file.js';
 import type { SlotName } from '../../hal/boot-control.js';
-import { checkCdcParams, cutPoint, type CdcParams } from '../../manifests/cdc.js';
+import { checkCdcParams, chunkFile, type CdcParams } from '../../manifests/cdc.js';
 import { parseDeltaIndex, type DeltaIndex } from '../../manifests/delta.js';
 
 /** Largest seed index file kept per slot (a 1 GiB image at the default chunk sizes needs ~2-3 MiB
@@ -73,7 +73,7 @@ export function seedOfIndex(idx: DeltaIndex): SlotSeed {
 
 export interface CutOptions {
   signal?: AbortSignal;
-  /** awaited after every buffer (the idle build yields and paces itself here). */
+  /** awaited after every `bufferBytes` cut (the idle build yields and paces itself here). */
   pause?: () => Promise<void>;
   /** read buffer (default 8 MiB; at least 2 × cdc.max). */
   bufferBytes?: number;
@@ -82,9 +82,9 @@ export interface CutOptions {
 }
 
 /**
- * Reads `size` bytes of `path` (opened read-only: the booted slot is never written) and cuts them
- * into content-defined chunks with `cdc`, as manifests/cdc.ts chunkFile does, keeping 12 bytes a
- * chunk. Throws the signal's reason when aborted, an error naming the path when it ends early.
+ * Reads `size` bytes of `path` (manifests/cdc.ts chunkFile: opened read-only, the booted slot is
+ * never written) and cuts them into content-defined chunks with `cdc`, keeping 12 bytes a chunk.
+ * Throws the signal's reason when aborted, an error naming the path when it ends early.
  */
 export async function cutSlot(path: string, size: number, cdc: CdcParams, o: CutOptions = {}): Promise<{ seed: SlotSeed; sha256?: string }> {
   checkCdcParams(cdc);
@@ -93,32 +93,15 @@ export async function cutSlot(path: string, size: number, cdc: CdcParams, o: Cut
   let lens = new Uint32Array(cap);
   let count = 0;
   const all = o.hashAll ? createHash('sha256') : undefined;
-  if (size <= 0) return { seed: { cdc: { ...cdc }, size: 0, count, keys: keys.subarray(0, 0), lens: lens.subarray(0, 0) }, ...(all ? { sha256: all.digest('hex') } : {}) };
-  const fh = await open(path, 'r');
-  try {
-    const bufCap = Math.max(o.bufferBytes ?? 8 << 20, 2 * cdc.max);
-    const buf = Buffer.allocUnsafe(bufCap);
-    let filled = 0;
-    let pos = 0;
-    let readOff = 0;
-    for (;;) {
-      o.signal?.throwIfAborted();
-      if (pos > 0) {
-        buf.copy(buf, 0, pos, filled);
-        filled -= pos;
-        pos = 0;
-      }
-      while (filled < bufCap && readOff < size) {
-        const { bytesRead } = await fh.read(buf, filled, Math.min(bufCap - filled, size - readOff), readOff);
-        if (bytesRead === 0) throw new Error(`${path} ended at ${readOff} of ${size} bytes`);
-        filled += bytesRead;
-        readOff += bytesRead;
-      }
-      const eof = readOff >= size;
-      if (filled === 0) break;
-      const from = pos;
-      while (pos < filled && (eof || filled - pos >= cdc.max)) {
-        const len = cutPoint(buf, pos, filled, cdc);
+  const every = Math.max(o.bufferBytes ?? 8 << 20, 2 * cdc.max);
+  let sincePause = 0;
+  if (size > 0) {
+    await chunkFile(path, cdc, {
+      size,
+      keep: false,
+      bufferBytes: every,
+      ...(o.signal ? { signal: o.signal } : {}),
+      onChunk: async (c, bytes) => {
         if (count === cap) {
           cap *= 2;
           const k = Buffer.allocUnsafe(cap * 8);
@@ -128,18 +111,18 @@ export async function cutSlot(path: string, size: number, cdc: CdcParams, o: Cut
           l.set(lens.subarray(0, count));
           lens = l;
         }
-        createHash('sha256').update(buf.subarray(pos, pos + len)).digest().copy(keys, count * 8, 0, 8);
-        lens[count++] = len;
-        pos += len;
-      }
-      all?.update(buf.subarray(from, pos));
-      if (eof && pos >= filled) break;
-      if (o.pause) await o.pause();
-    }
-  } finally {
-    await fh.close();
+        keys.write(c.sha256.slice(0, 16), count * 8, 'hex');
+        lens[count++] = c.length;
+        all?.update(bytes);
+        sincePause += c.length;
+        if (o.pause && sincePause >= every) {
+          sincePause = 0;
+          await o.pause();
+        }
+      },
+    });
   }
-  return { seed: { cdc: { ...cdc }, size, count, keys: keys.subarray(0, count * 8), lens: lens.subarray(0, count) }, ...(all ? { sha256: all.digest('hex') } : {}) };
+  return { seed: { cdc: { ...cdc }, size: Math.max(0, size), count, keys: keys.subarray(0, count * 8), lens: lens.subarray(0, count) }, ...(all ? { sha256: all.digest('hex') } : {}) };
 }
 
 /** The install record's word on a slot path when a built seed was made (null: it names another slot or there is none). */

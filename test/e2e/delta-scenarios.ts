@@ -6,6 +6,7 @@
  * and byte on the wire and lets the test step in (hold a request, stall an answer).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { open, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { bootable, deriveImage, makeImage, type DeriveOptions } from '../harness/delta-images.js';
@@ -139,3 +140,27 @@ export function logLines(stderr: string): LogLine[] {
 }
 
 export const imageSha = sha256;
+
+export const isPack = (p: string): boolean => p.endsWith('.delta-pack');
+export const isDeltaIndex = (p: string): boolean => p.endsWith('.delta-index');
+export const isPayload = (p: string): boolean => p.endsWith('.zst');
+
+export function wire(env: DeltaEnv): { requests: number; pack: number; packBytes: number; payloadBytes: number; indexRequests: number; total: number } {
+  const r = env.proxy.requests;
+  return {
+    requests: r.length,
+    pack: r.filter((q) => isPack(q.path)).length,
+    packBytes: r.filter((q) => isPack(q.path)).reduce((n, q) => n + q.bytes, 0),
+    payloadBytes: r.filter((q) => isPayload(q.path)).reduce((n, q) => n + q.bytes, 0),
+    indexRequests: r.filter((q) => isDeltaIndex(q.path)).length,
+    total: r.reduce((n, q) => n + q.bytes, 0),
+  };
+}
+
+/** The `UpdateInstalled` report's transfer, from the install's log. */
+export function transferOf(stderr: string): Record<string, unknown> | undefined {
+  const rep = logLines(stderr).find((l) => l.msg === 'report' && l.report === 'UpdateInstalled');
+  return rep?.transfer as Record<string, unknown> | undefined;
+}
+
+export const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
