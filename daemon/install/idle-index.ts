@@ -9,11 +9,16 @@
  *   main thread may not raise it back (CAP_SYS_NICE), so after every 1 MiB buffer the build sleeps in
  *   proportion to the time it just spent (`busyFraction`, default 0.5 of one core); the event loop
  *   is free between buffers (MQTT, commands, a trigger).
+ * - Interpreted, like the rest of the idle daemon (daemon/footprint.ts), by default: measured
+ *   (`npm run bench:seed-idle`, 1 GiB slot, load ~10) 60 s of CPU per GiB interpreted against 3.9 s
+ *   with V8's optimizing compilers on, but with them the idle daemon's RSS did not come back (53 MiB
+ *   before, 62 MiB after, heap reclaimed) while interpreted it did (54 -> 55 MiB). The build runs
+ *   once per slot that slotflip never wrote (afterwards every install keeps the signed index), so
+ *   the CPU is a one-off; `optimize: true` trades it for the resident memory.
  * - Abortable, not resumable: an update (any cycle) aborts the build through `signal` before it does
  *   anything; the aborted slot keeps nothing (seed-index.ts keeps an index only of a slot it read
- *   whole) and is read again from its start at the next idle period. Redoing costs ~1-2 s of CPU per
- *   GiB with V8's optimizing compilers, which are on for the build (daemon/footprint.ts: the daemon
- *   idles interpreted, where cutting is ~17x slower); a checkpoint would cost a state write per step.
+ *   whole) and is read again from its start at the next idle period (a checkpoint would cost a state
+ *   write per step and a resumable whole-slot hash).
  * - Memory: one 1 MiB read buffer and 12 bytes a chunk (~0.8 MiB per GiB) while it runs; nothing
  *   after (the daemon's heap reclaim runs after it).
  * - Both slots are only read (opened read-only); the committed slot stays untouched.
@@ -40,8 +45,8 @@ export interface IdleIndexOptions {
   busyFraction?: number;
   /** read buffer (default 1 MiB): how much is cut between two pauses. */
   bufferBytes?: number;
-  /** turn V8's optimizing compilers on for the build (default true; false: test/bench/seed-idle-bench.ts
-   * measures what interpreted cutting costs). */
+  /** turn V8's optimizing compilers on for the build (default false: see the module header;
+   * test/bench/seed-idle-bench.ts measures both). */
   optimize?: boolean;
 }
 
@@ -107,5 +112,5 @@ export async function indexSlotsWhileIdle(o: IdleIndexOptions): Promise<IdleInde
     }
     return out;
   };
-  return o.optimize === false ? build() : withOptimizingCompilers(build);
+  return o.optimize === true ? withOptimizingCompilers(build) : build();
 }

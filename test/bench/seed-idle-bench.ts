@@ -3,8 +3,8 @@
  * costs on one slot image: wall and CPU time, the peak RSS while it runs, and the RSS once it is
  * done and the daemon reclaimed its heap (as `slotflip daemon` does after idle work) next to the RSS
  * before it, in a process that idles like the daemon (V8's optimizing compilers off:
- * daemon/footprint.ts interpretOnly). Two runs: the build with the optimizing compilers on (what the
- * daemon does) and interpreted (what it would cost without). Unpaced (busyFraction 1): the daemon's
+ * daemon/footprint.ts interpretOnly). Two runs: the build with the optimizing compilers on
+ * (`optimize: true`) and interpreted (the daemon's default). Unpaced (busyFraction 1): the daemon's
  * default pacing (0.5) doubles the wall time, not the CPU.
  *
  *   npm run bench:seed-idle [-- --image PATH] [--mib N]
@@ -74,7 +74,7 @@ async function main(): Promise<void> {
   console.log(`idle seed indexing of ${image} (${mib.toFixed(0)} MiB) per slot, two slots, node ${process.version}, load ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
   for (const mode of ['jit', 'interpreted']) {
     const f = JSON.parse(execFileSync(process.execPath, ['--expose-gc', self, '--child', image, mode], { encoding: 'utf8' }).trim().split('\n').at(-1)!) as Record<string, number>;
-    console.log(`${mode === 'jit' ? 'optimizing JIT on (daemon)' : 'interpreted             '}  per slot: wall ${f.perSlotWallS!.toFixed(2)} s, cpu ${f.perSlotCpuS!.toFixed(2)} s (${(mib / f.perSlotCpuS!).toFixed(0)} MiB/s of CPU)  RSS: idle before ${f.rssBefore!.toFixed(0)} MiB, peak ${f.peak!.toFixed(0)} MiB, idle after ${f.rssAfter!.toFixed(0)} MiB`);
+    console.log(`${mode === 'jit' ? 'optimizing JIT on          ' : 'interpreted (daemon)       '}  per slot: wall ${f.perSlotWallS!.toFixed(2)} s, cpu ${f.perSlotCpuS!.toFixed(2)} s (${(mib / f.perSlotCpuS!).toFixed(0)} MiB/s of CPU)  RSS: idle before ${f.rssBefore!.toFixed(0)} MiB, peak ${f.peak!.toFixed(0)} MiB, idle after ${f.rssAfter!.toFixed(0)} MiB`);
   }
   console.log(`load after: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
 }
