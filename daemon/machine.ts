@@ -140,9 +140,9 @@ export interface InstallTransfer {
   /** local copies that did not match the signed index and were fetched instead. */
   seedMismatches?: number;
   /** delta: how each slot's chunks were found (`kept`: from the slot's kept seed index, no slot byte
-   * read; `cut`: the slot was read and cut into chunks; `none`: no such slot), the slot bytes read to
+   * read; `built`: from the index the idle daemon built of a slot it never wrote; `cut`: the slot was read and cut into chunks; `none`: no such slot), the slot bytes read to
    * cut, and the ms that step took. */
-  seedLookup?: { target: 'kept' | 'cut' | 'none'; running: 'kept' | 'cut' | 'none'; cutBytes: number; lookupMs: number };
+  seedLookup?: { target: 'kept' | 'built' | 'cut' | 'none'; running: 'kept' | 'built' | 'cut' | 'none'; cutBytes: number; lookupMs: number };
   /** why the release's delta was not used (the full payload was installed instead). */
   fallback?: { code: string; message: string };
 }

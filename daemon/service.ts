@@ -31,8 +31,13 @@
  * Either way `slotflip status` and other read-only commands work while the daemon runs, and
  * `update --once` beside it refuses with DAEMON_LOCKED.
  *
- * INVARIANTS: at most one cycle runs at a time; `stop()` waits for the running cycle to finish its
- * current effect chain (it is never interrupted mid-write: the record makes that safe anyway).
+ * Idle work (`idleWork`: the daemon builds missing delta seed indexes, install/idle-index.ts) runs
+ * `idleAfterMs` after a cycle that ended idle, never beside a cycle: a trigger aborts it and the
+ * cycle starts only once it has stopped; so does `stop()`.
+ *
+ * INVARIANTS: at most one cycle runs at a time, and no idle work while one does; `stop()` waits for
+ * the running cycle to finish its current effect chain (it is never interrupted mid-write: the
+ * record makes that safe anyway).
  */
 import type { Logger } from 'pino';
 import { Outbox } from './outbox.js';
@@ -88,6 +93,11 @@ export interface ServiceOptions {
    * hands the heap's free pages back to the OS there (daemon/footprint.ts). Not called after stop(). */
   reclaim?: () => void;
   reclaimAfterMs?: number;
+  /** low-priority work for when the device is idle (after a cycle that ended in phase idle, once
+   * `idleAfterMs` (default 5 s) passed with no cycle): must stop soon after `signal` aborts, which
+   * happens before any cycle starts and on stop(). Errors are logged. */
+  idleWork?: (signal: AbortSignal) => Promise<unknown>;
+  idleAfterMs?: number;
 }
 
 export interface RetryBounds {
@@ -155,6 +165,10 @@ export class UpdateService {
   private poller: Poller | undefined;
   private retryTimer: unknown;
   private reclaimTimer: unknown;
+  private idleTimer: unknown;
+  private idleRun: { abort: AbortController; done: Promise<void> } | undefined;
+  /** the phase the last cycle ended in ('failed' when it threw). */
+  private lastPhase: string | undefined;
   private readonly timers: TimerApi;
   private readonly now: () => number;
   /** when the scheduled retry is due (ms since epoch), for tests and logs. */
@@ -254,10 +268,41 @@ export class UpdateService {
       return;
     }
     this.cancelReclaim();
-    this.running = this.loop(reason).finally(() => {
+    // idle work stops (and has stopped) before a cycle begins
+    this.running = this.quietIdleWork().then(() => this.loop(reason)).finally(() => {
       this.running = undefined;
+      this.scheduleIdleWork();
       this.scheduleReclaim();
     });
+  }
+
+  private scheduleIdleWork(): void {
+    const work = this.o.idleWork;
+    if (!work || this.stopped || this.lastPhase !== 'idle') return;
+    if (this.idleTimer !== undefined) this.timers.clearTimeout(this.idleTimer);
+    this.idleTimer = this.timers.setTimeout(() => {
+      this.idleTimer = undefined;
+      if (this.running || this.stopped || this.idleRun) return;
+      this.cancelReclaim();
+      const abort = new AbortController();
+      const done = work(abort.signal)
+        .then(() => undefined, (e: unknown) => this.log.warn({ err: toErrorInfo(e) }, 'idle work failed'))
+        .finally(() => {
+          this.idleRun = undefined;
+          this.scheduleReclaim();
+        });
+      this.idleRun = { abort, done };
+    }, this.o.idleAfterMs ?? 5000);
+  }
+
+  /** Cancels idle work due and stops the one running; resolves once it has stopped. */
+  private async quietIdleWork(): Promise<void> {
+    if (this.idleTimer !== undefined) this.timers.clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+    const run = this.idleRun;
+    if (!run) return;
+    run.abort.abort();
+    await run.done;
   }
 
   private scheduleReclaim(): void {
@@ -266,7 +311,7 @@ export class UpdateService {
     this.cancelReclaim();
     this.reclaimTimer = this.timers.setTimeout(() => {
       this.reclaimTimer = undefined;
-      if (!this.running && !this.stopped) reclaim();
+      if (!this.running && !this.stopped && !this.idleRun) reclaim();
     }, this.o.reclaimAfterMs ?? 2000);
   }
 
@@ -290,6 +335,7 @@ export class UpdateService {
     if (this.refreshTimer !== undefined) this.timers.clearTimeout(this.refreshTimer);
     this.refreshTimer = undefined;
     this.cancelReclaim();
+    await this.quietIdleWork();
     await this.poller?.stop();
     await this.idle();
     await this.transport?.stop();
@@ -433,6 +479,7 @@ export class UpdateService {
       // the booted committed slot is confirmed once per boot (this process lives for one boot):
       // on the first cycle that ends idle (see Agent.markBootedGood)
       const r = await agent.runOnce({ markGood: !this.markedGood });
+      this.lastPhase = r.rebooted ? 'rebooting' : r.phase;
       if (!r.rebooted && r.phase === 'idle') this.markedGood = true;
       log.info({ reason, phase: r.phase, rebooted: r.rebooted, finished: r.finished.map((h) => h.outcome), lastCheck: r.lastCheck?.result }, 'cycle done');
       this.warnFailedCheck(r.lastCheck, reason);
@@ -464,6 +511,7 @@ export class UpdateService {
       const err = toErrorInfo(e);
       log.error({ reason, err }, 'cycle failed');
       this.o.onCycle?.({ error: `${err.code}: ${err.message}` });
+      this.lastPhase = 'failed';
       this.failureStreak++;
       this.scheduleRetry();
     }

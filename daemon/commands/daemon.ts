@@ -9,7 +9,8 @@
  * holder's pid. A lock left by a dead process is taken over.
  */
 import { createNotifier, notifyOptionsFromEnv } from '../sd-notify.js';
-import { loadConfig, requireHealthChecks } from '../config.js';
+import { configDefaults, loadConfig, requireHealthChecks } from '../config.js';
+import { statePaths } from '../compose.js';
 import { commandLogger, parseCommandArgs } from '../command-support.js';
 import { UpdateService } from '../service.js';
 import { exposedGc, reclaimHeap } from '../footprint.js';
@@ -44,6 +45,8 @@ export const command: Command = {
       processLock: true,
       // the unit runs node with --expose-gc: idle, the daemon returns its free heap pages
       ...(gc ? { reclaim: () => log.debug(reclaimHeap(gc), 'heap reclaimed') } : {}),
+      // idle: build the delta seed index of a slot that has none (install/idle-index.ts)
+      ...((config.install ?? configDefaults.install).delta === 'auto' ? { idleWork: async (signal: AbortSignal) => (await import('../install/idle-index.js')).indexSlotsWhileIdle({ stateDir: config.stateDir, resumeStatePath: statePaths(config.stateDir).resume, slots: config.board.slots, signal, log: log.child({ module: 'daemon.idle-index' }) }) } : {}),
       onCycle: (r) => {
         const text = 'error' in r ? `last cycle failed: ${r.error}` : `phase ${r.phase}${r.finished.length ? `, ${r.finished.map((h) => h.outcome).join(', ')}` : ''}`;
         notifier.status(text).catch(() => undefined);

@@ -17,14 +17,24 @@
  *    written; a local copy that does not match (a stale seed, a flipped bit) is fetched instead.
  *    The whole image is then read back and compared with the signed image hash.
  *
- * Kept seed indexes (seed-index.ts): a slot this daemon last wrote by delta has the signed delta index
- * of the image it wrote kept in the state dir. When the caller passes it (`seeds`), step 2 reads the
+ * Kept seed indexes (seed-index.ts): a slot this daemon last wrote has the signed delta index of the
+ * image it wrote kept in the state dir, a slot it never wrote the index the idle daemon built of it
+ * (idle-index.ts). When the caller passes it (`seeds`), step 2 reads the
  * slot's chunks from that index instead of cutting the slot (no slot byte read, no JS chunker on the
  * critical path). Safety does not rest on the kept index: it only says where a chunk probably is;
  * step 4 verifies every copied chunk against the NEW signed index before it is written, so a stale
  * kept index (the slot changed behind the daemon's back) costs a mismatch and a fetch, never a wrong
  * byte on the slot. A kept index cut with other CDC parameters than the new one is not used (its
  * chunks would not line up): the slot is cut as before.
+ *
+ * Not worth it: once both slots are looked up (before a byte of the pack is fetched or the slot
+ * written), the pack ranges to fetch are known; when they come to more than `fullBytes` (the full
+ * payload), installDelta stops with INSTALL_DELTA_NOT_WORTH and the caller installs the full payload:
+ * an image the slots share little with costs the full payload plus the delta index, never more.
+ *
+ * Memory: the chunk lookups are typed arrays (SlotLookup, 20 bytes a chunk), the plan one byte and
+ * one offset a chunk; every slot read goes into one of three reused buffers (a 1 MiB run, one chunk,
+ * the chunk written last), so the install allocates per chunk only what it fetches and decodes.
  *
  * Resume needs no record: a restarted install re-cuts the target slot, and the part written before
  * the cut comes out as the same chunks at the same offsets (chunk boundaries depend only on
@@ -40,9 +50,9 @@ import https from 'node:https';
 import zlib from 'node:zlib';
 import { SlotflipError } from '../../hal/errors.js';
 import type { SlotWriter } from '../../hal/slot-writer.js';
-import { chunkFile } from '../../manifests/cdc.js';
 import { parseDeltaIndex, type DeltaIndex } from '../../manifests/delta.js';
 import { verifySlotImage } from './read-back.js';
+import { cutSlot, seedOfIndex, type SlotSeed } from './seed-index.js';
 
 export interface DeltaFile {
   /** URLs of the file (mirrors, tried in order). */
@@ -95,13 +105,23 @@ export interface DeltaInstallOptions {
    * `slot.path` with O_DIRECT into one reused buffer (the medium, not the page cache; no allocation
    * per read: lower peak memory) for hal's own file and device slots (installer.ts `readBack`). */
   readBack?: 'handle' | 'path';
-  /** kept delta indexes (seed-index.ts) of what the slots hold, used instead of cutting them. A
-   * hint only: every chunk copied on its word is verified against the new signed index first. */
-  seeds?: { target?: DeltaIndex; running?: DeltaIndex };
+  /** kept or built seed indexes (seed-index.ts) of what the slots hold, used instead of cutting
+   * them (a signed delta index is taken as is). A hint only: every chunk copied on its word is
+   * verified against the new signed index first. */
+  seeds?: { target?: SeedInput; running?: SeedInput };
+  /** the bytes a full install would download (the release's payload length): when the pack ranges
+   * this install would fetch come to more, it stops before fetching or writing anything with
+   * INSTALL_DELTA_NOT_WORTH (the caller installs the full payload: an image the slots share little
+   * with never costs more than the full update plus the delta index). */
+  fullBytes?: number;
 }
 
-/** How a slot's chunks were found: from a kept index, by cutting the slot, or not at all. */
-export type SeedLookup = 'kept' | 'cut' | 'none';
+/** A seed as the caller has it: a slot's seed (`origin` says kept or built), or a signed delta index. */
+export type SeedInput = (SlotSeed & { origin?: 'kept' | 'built' }) | DeltaIndex;
+
+/** How a slot's chunks were found: from a kept (signed) index, an index the idle daemon built, by
+ * cutting the slot, or not at all. */
+export type SeedLookup = 'kept' | 'built' | 'cut' | 'none';
 
 export interface DeltaInstallResult {
   imageSize: number;
@@ -125,9 +145,12 @@ export interface DeltaInstallResult {
   durationMs: number;
 }
 
-type Src = { kind: 'inplace' } | { kind: 'written' | 'target'; offset: number } | { kind: 'running'; offset: number } | { kind: 'fetch' };
-
-const KEY = (hex: string): string => hex.slice(0, 16);
+/** Where a chunk of the new image comes from (installDelta's plan: one byte a chunk). */
+const INPLACE = 0;
+const WRITTEN = 1;
+const TARGET = 2;
+const RUNNING = 3;
+const FETCH = 4;
 /** largest run of chunks read (and written) at once. */
 const RUN_BYTES = 1 << 20;
 
@@ -318,49 +341,92 @@ function zstdDecode(frame: Buffer, rawLen: number): Buffer {
   return sync(frame, { maxOutputLength: rawLen });
 }
 
-/** Cuts a slot (or part of it) into chunks with the index's parameters (exported for test/bench/cdc-speed-bench.ts): short key of SHA-256 → offsets,
- * and offset → key. */
-export async function lookupOf(path: string, size: number, idx: DeltaIndex, signal?: AbortSignal): Promise<{ byKey: Map<string, number[]>; at: Map<number, string> }> {
-  const byKey = new Map<string, number[]>();
-  const at = new Map<number, string>();
-  if (size <= 0) return { byKey, at };
-  await chunkFile(path, idx.header.cdc, {
-    size,
-    keep: false,
-    ...(signal ? { signal } : {}),
-    onChunk: (c) => {
-      const k = KEY(c.sha256);
-      at.set(c.offset, k);
-      const l = byKey.get(k);
-      if (l) l.push(c.offset);
-      else byKey.set(k, [c.offset]);
-    },
-  });
-  return { byKey, at };
-}
+/**
+ * A slot's chunks, by offset and by key (the first 8 bytes of their SHA-256), in typed arrays: 20
+ * bytes a chunk (a Map of hex strings to offset arrays took ~10x that, per slot, at the peak).
+ */
+export class SlotLookup {
+  readonly count: number;
+  private readonly hi: Uint32Array;
+  private readonly lo: Uint32Array;
+  private readonly off: Float64Array;
+  /** chunk numbers sorted by key, then offset. */
+  private readonly order: Uint32Array;
 
-/** The same lookup from a kept index of what the slot holds (no slot byte read). */
-function lookupFromIndex(seed: DeltaIndex): { byKey: Map<string, number[]>; at: Map<number, string> } {
-  const byKey = new Map<string, number[]>();
-  const at = new Map<number, string>();
-  let off = 0;
-  for (let i = 0; i < seed.refs.length; i++) {
-    const u = seed.refs[i]!;
-    const k = seed.shas.toString('hex', u * 32, u * 32 + 8);
-    at.set(off, k);
-    const l = byKey.get(k);
-    if (l) l.push(off);
-    else byKey.set(k, [off]);
-    off += seed.rawLen[u]!;
+  constructor(seed: SlotSeed) {
+    const n = seed.count;
+    this.count = n;
+    this.hi = new Uint32Array(n);
+    this.lo = new Uint32Array(n);
+    this.off = new Float64Array(n);
+    this.order = new Uint32Array(n);
+    let o = 0;
+    for (let i = 0; i < n; i++) {
+      this.hi[i] = seed.keys.readUInt32BE(i * 8);
+      this.lo[i] = seed.keys.readUInt32BE(i * 8 + 4);
+      this.off[i] = o;
+      o += seed.lens[i]!;
+      this.order[i] = i;
+    }
+    const { hi, lo } = this;
+    this.order.sort((a, b) => hi[a]! - hi[b]! || lo[a]! - lo[b]! || a - b);
   }
-  return { byKey, at };
+
+  static empty(): SlotLookup {
+    return new SlotLookup({ cdc: { min: 64, avg: 128, max: 256 }, size: 0, count: 0, keys: Buffer.alloc(0), lens: new Uint32Array(0) });
+  }
+
+  /** Whether a chunk with key (h, l) starts at `pos`. */
+  startsAt(pos: number, h: number, l: number): boolean {
+    let a = 0;
+    let b = this.count;
+    while (a < b) {
+      const m = (a + b) >>> 1;
+      if (this.off[m]! < pos) a = m + 1;
+      else b = m;
+    }
+    return a < this.count && this.off[a] === pos && this.hi[a] === h && this.lo[a] === l;
+  }
+
+  /** Offset of the first chunk with key (h, l) at or after `from`, or -1. */
+  find(h: number, l: number, from = 0): number {
+    const { hi, lo, off, order } = this;
+    let a = 0;
+    let b = this.count;
+    while (a < b) {
+      const m = (a + b) >>> 1;
+      const c = order[m]!;
+      if (hi[c]! < h || (hi[c] === h && (lo[c]! < l || (lo[c] === l && off[c]! < from)))) a = m + 1;
+      else b = m;
+    }
+    if (a === this.count) return -1;
+    const c = order[a]!;
+    return hi[c] === h && lo[c] === l ? off[c]! : -1;
+  }
 }
 
-/** A kept index is usable for a slot of `size` bytes when it was cut like the new one and fits. */
-function seedFits(seed: DeltaIndex | undefined, idx: DeltaIndex, size: number): seed is DeltaIndex {
-  const a = seed?.header.cdc;
+/** Cuts a slot (or part of it) into chunks with the index's parameters (exported for
+ * test/bench/cdc-speed-bench.ts). */
+export async function lookupOf(path: string, size: number, idx: Pick<DeltaIndex, 'header'>, signal?: AbortSignal): Promise<SlotLookup> {
+  return new SlotLookup((await cutSlot(path, size, idx.header.cdc, signal ? { signal } : {})).seed);
+}
+
+function asSeed(s: SeedInput | undefined): (SlotSeed & { origin?: 'kept' | 'built' }) | undefined {
+  return s === undefined ? undefined : 'refs' in s ? seedOfIndex(s) : s;
+}
+
+/** A seed is usable for a slot of `size` bytes when it was cut like the new index and fits. */
+function seedFits(seed: SlotSeed | undefined, idx: DeltaIndex, size: number): seed is SlotSeed {
+  const a = seed?.cdc;
   const b = idx.header.cdc;
-  return seed !== undefined && a!.min === b.min && a!.avg === b.avg && a!.max === b.max && seed.header.imageSize <= size;
+  return seed !== undefined && a!.min === b.min && a!.avg === b.avg && a!.max === b.max && seed.size <= size;
+}
+
+/** Image bytes of the distinct chunks in `fetch` (each counted once). */
+function fetchedImageBytes(idx: DeltaIndex, fetch: Uint32Array): number {
+  let sum = 0;
+  for (const u of fetch) sum += idx.rawLen[u]!;
+  return sum;
 }
 
 export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInstallResult> {
@@ -388,19 +454,20 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   const lookupStarted = performance.now();
   let cutBytes = 0;
   const lookup = { target: 'cut' as SeedLookup, running: 'none' as SeedLookup };
-  const seeds = opts.seeds ?? {};
-  let target;
-  if (seedFits(seeds.target, idx, capacity)) {
-    target = lookupFromIndex(seeds.target);
-    lookup.target = 'kept';
+  const seedT = asSeed(opts.seeds?.target);
+  const seedR = asSeed(opts.seeds?.running);
+  let target: SlotLookup;
+  if (seedFits(seedT, idx, capacity)) {
+    target = new SlotLookup(seedT);
+    lookup.target = seedT.origin ?? 'kept';
   } else {
     target = await lookupOf(opts.slot.path, capacity, idx, opts.signal);
     cutBytes += capacity;
   }
-  let running = { byKey: new Map<string, number[]>(), at: new Map<number, string>() };
-  if (opts.running && seedFits(seeds.running, idx, opts.running.size)) {
-    running = lookupFromIndex(seeds.running);
-    lookup.running = 'kept';
+  let running = SlotLookup.empty();
+  if (opts.running && seedFits(seedR, idx, opts.running.size)) {
+    running = new SlotLookup(seedR);
+    lookup.running = seedR.origin ?? 'kept';
   } else if (opts.running) {
     running = await lookupOf(opts.running.path, opts.running.size, idx, opts.signal);
     cutBytes += opts.running.size;
@@ -408,41 +475,44 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   }
   const lookupMs = Math.round(performance.now() - lookupStarted);
 
-  // 3. plan
+  // 3. plan: one byte (where from) and one offset a chunk; the distinct chunks to fetch, in pack order
   const n = h.chunkCount;
-  const sources: Src[] = new Array(n);
+  const kind = new Uint8Array(n);
+  const from = new Float64Array(n);
   const firstAt = new Float64Array(h.uniqueCount).fill(-1);
-  const toFetch: { u: number; off: number; len: number }[] = [];
+  const fetchU = new Uint32Array(n);
+  let fetchCount = 0;
   let pos = 0;
   for (let i = 0; i < n; i++) {
     const u = idx.refs[i]!;
-    const key = idx.shas.toString('hex', u * 32, u * 32 + 8);
+    const kh = idx.shas.readUInt32BE(u * 32);
+    const kl = idx.shas.readUInt32BE(u * 32 + 4);
     const len = idx.rawLen[u]!;
-    const inTarget = target.byKey.get(key);
-    const ahead = inTarget?.find((o) => o >= pos);
-    let s: Src;
-    if (target.at.get(pos) === key) s = { kind: 'inplace' };
-    else if (firstAt[u]! >= 0) s = { kind: 'written', offset: firstAt[u]! };
-    else if (running.byKey.has(key)) s = { kind: 'running', offset: running.byKey.get(key)![0]! };
-    else if (ahead !== undefined) s = { kind: 'target', offset: ahead };
+    let r: number;
+    if (target.startsAt(pos, kh, kl)) kind[i] = INPLACE;
+    else if (firstAt[u]! >= 0) (kind[i] = WRITTEN), (from[i] = firstAt[u]!);
+    else if ((r = running.find(kh, kl)) >= 0) (kind[i] = RUNNING), (from[i] = r);
+    else if ((r = target.find(kh, kl, pos)) >= 0) (kind[i] = TARGET), (from[i] = r);
     else {
-      s = { kind: 'fetch' };
-      toFetch.push({ u, off: idx.packOff[u]!, len: idx.packLen[u]! });
+      kind[i] = FETCH;
+      fetchU[fetchCount++] = u;
     }
     if (firstAt[u]! < 0) firstAt[u] = pos;
-    sources[i] = s;
     pos += len;
   }
-  target.byKey.clear();
-  target.at.clear();
-  running.byKey.clear();
-  running.at.clear();
+  const toFetch = fetchU.subarray(0, fetchCount);
 
   // 4. fetch requests: ranges bounded by maxRequests × perRequest, frames in pack order
-  const ranges = coalesce(
-    toFetch.map((f) => ({ start: f.off, end: f.off + f.len })),
-    maxRequests * perRequest,
-  );
+  const frameRanges: FetchRange[] = new Array(fetchCount);
+  for (let j = 0; j < fetchCount; j++) frameRanges[j] = { start: idx.packOff[toFetch[j]!]!, end: idx.packOff[toFetch[j]!]! + idx.packLen[toFetch[j]!]! };
+  const ranges = coalesce(frameRanges, maxRequests * perRequest);
+  frameRanges.length = 0;
+  // what the delta would download, known before a byte of the pack is fetched or the slot written
+  const packBytes = ranges.reduce((sum, r) => sum + (r.end - r.start), 0);
+  if (opts.fullBytes !== undefined && packBytes > opts.fullBytes) {
+    opts.onReceived?.(downloaded);
+    throw new SlotflipError('INSTALL_DELTA_NOT_WORTH', `delta install would fetch ${packBytes} bytes of the delta pack, more than the ${opts.fullBytes}-byte full payload: the slots hold little of the new image (${fetchedImageBytes(idx, toFetch)} of its ${h.imageSize} bytes are in neither slot); installing the full payload`, { details: { packBytes, fullBytes: opts.fullBytes, lookup: { ...lookup, cutBytes } } });
+  }
   const batches: FetchRange[][] = [];
   for (let i = 0; i < ranges.length; i += perRequest) batches.push(ranges.slice(i, i + perRequest));
   let fi = 0; // next frame of toFetch
@@ -451,7 +521,7 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
     for (const batch of batches) {
       const last = batch[batch.length - 1]!;
       const frames: { off: number; len: number }[] = [];
-      for (let j = fi; j < toFetch.length && toFetch[j]!.off < last.end; j++) frames.push(toFetch[j]!);
+      for (let j = fi; j < toFetch.length && idx.packOff[toFetch[j]!]! < last.end; j++) frames.push({ off: idx.packOff[toFetch[j]!]!, len: idx.packLen[toFetch[j]!]! });
       let attempt = 0;
       let delivered = 0;
       for (;;) {
@@ -509,6 +579,9 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
 
   const out = await opts.slot.open();
   const runningFh = opts.running ? await open(opts.running.path, 'r') : undefined;
+  // hal's own slots (read back by path) are read through a descriptor of their own into reused
+  // buffers; an injected slot through its handle (a buffer per read)
+  const targetFh = opts.readBack === 'path' ? await open(opts.slot.path, 'r') : undefined;
   let inPlace = 0;
   let copied = 0;
   let fetchedRaw = 0;
@@ -517,8 +590,26 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   let lastReport = 0;
   let lastBytes = 0;
   let writing = false;
+  // Memory: every read goes into one of these (no buffer per chunk, whose garbage V8 collects only
+  // once tens of MiB of it piled up); the chunk written last is copied into `lastBuf` for repeats
   const runBuf = Buffer.allocUnsafeSlow(RUN_BYTES);
+  const chunkBuf = Buffer.allocUnsafeSlow(h.cdc.max);
+  const lastBuf = Buffer.allocUnsafeSlow(h.cdc.max);
   let lastWritten: { u: number; data: Buffer } | undefined;
+  /** `len` bytes of the target slot at `at`: a view of `into` (by path) or a buffer of its own. */
+  const readTarget = async (into: Buffer, len: number, at: number): Promise<Buffer> => {
+    if (!targetFh) {
+      const b = await out.readAt(len, at);
+      return Buffer.from(b.buffer, b.byteOffset, b.length);
+    }
+    let got = 0;
+    while (got < len) {
+      const { bytesRead } = await targetFh.read(into, got, len - got, at + got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    return into.subarray(0, got);
+  };
   const overBudget = (): void => {
     const b = opts.budget;
     if (!b) return;
@@ -543,28 +634,26 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
       opts.signal?.throwIfAborted();
       const u = idx.refs[i]!;
       const len = idx.rawLen[u]!;
-      const s = sources[i]!;
+      const k0 = kind[i]!;
+      const off0 = from[i]!;
       let data: Buffer | undefined;
       // Runs: consecutive chunks in place, or contiguous in the running slot (an unchanged region),
       // take one read of up to RUN_BYTES (and, for copies, one write) instead of one per chunk; each
       // chunk of the run is still verified. A run stops before the first chunk that does not match,
       // which then takes the single-chunk path below (counted, fetched instead).
-      if (s.kind === 'inplace' || s.kind === 'running') {
+      if (k0 === INPLACE || k0 === RUNNING) {
         let j = i + 1;
         let runLen = len;
         for (; j < n; j++) {
-          const sj = sources[j]!;
           const lj = idx.rawLen[idx.refs[j]!]!;
-          if (sj.kind !== s.kind || (s.kind === 'running' && (sj as { offset: number }).offset !== s.offset + runLen) || runLen + lj > RUN_BYTES) break;
+          if (kind[j] !== k0 || (k0 === RUNNING && from[j] !== off0 + runLen) || runLen + lj > RUN_BYTES) break;
           runLen += lj;
         }
         if (j - i > 1) {
           let buf: Buffer;
-          if (s.kind === 'inplace') {
-            const b = await out.readAt(runLen, pos);
-            buf = Buffer.from(b.buffer, b.byteOffset, b.length);
-          } else {
-            const { bytesRead } = await runningFh!.read(runBuf, 0, runLen, s.offset);
+          if (k0 === INPLACE) buf = await readTarget(runBuf, runLen, pos);
+          else {
+            const { bytesRead } = await runningFh!.read(runBuf, 0, runLen, off0);
             buf = runBuf.subarray(0, bytesRead);
           }
           let ok = 0;
@@ -576,7 +665,7 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
             ok += lk;
           }
           if (k > i) {
-            if (s.kind === 'running') {
+            if (k0 === RUNNING) {
               if (!writing) {
                 writing = true;
                 opts.onWriteStart?.();
@@ -594,7 +683,7 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
       }
       // the same chunk as the one written last (runs of zeros, repeated blocks): its verified bytes
       // are still in memory
-      if (s.kind === 'written' && lastWritten?.u === u) {
+      if (k0 === WRITTEN && lastWritten?.u === u) {
         await out.writeAt(lastWritten.data, pos);
         copied += len;
         done += len;
@@ -602,9 +691,8 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
         report();
         continue;
       }
-      if (s.kind === 'inplace') {
-        const b = await out.readAt(len, pos);
-        if (okBytes(u, Buffer.from(b.buffer, b.byteOffset, b.length))) {
+      if (k0 === INPLACE) {
+        if (okBytes(u, await readTarget(chunkBuf, len, pos))) {
           inPlace += len;
           done += len;
           pos += len;
@@ -612,19 +700,18 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
           continue;
         }
         seedMismatches++;
-      } else if (s.kind === 'written' || s.kind === 'target') {
-        const b = await out.readAt(len, s.offset);
-        const buf = Buffer.from(b.buffer, b.byteOffset, b.length);
+      } else if (k0 === WRITTEN || k0 === TARGET) {
+        const buf = await readTarget(chunkBuf, len, off0);
         if (okBytes(u, buf)) data = buf;
         else seedMismatches++;
-      } else if (s.kind === 'running') {
-        const buf = Buffer.allocUnsafe(len);
-        const { bytesRead } = await runningFh!.read(buf, 0, len, s.offset);
+      } else if (k0 === RUNNING) {
+        const { bytesRead } = await runningFh!.read(chunkBuf, 0, len, off0);
+        const buf = chunkBuf.subarray(0, bytesRead);
         if (bytesRead === len && okBytes(u, buf)) data = buf;
         else seedMismatches++;
       }
       if (data) copied += len;
-      else if (s.kind === 'fetch') {
+      else if (k0 === FETCH) {
         overBudget();
         const r = await stream.next();
         if (r.done) throw new SlotflipError('INSTALL_PAYLOAD_TRUNCATED', 'pack answers ended early', { retryable: true });
@@ -641,8 +728,9 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
         opts.onWriteStart?.();
       }
       await out.writeAt(data, pos);
-      // (every `data` here is a buffer of its own, never a view of the reused run buffer)
-      lastWritten = { u, data };
+      // (`data` may be a view of chunkBuf, which the next read reuses: keep a copy)
+      data.copy(lastBuf, 0, 0, len);
+      lastWritten = { u, data: lastBuf.subarray(0, len) };
       done += len;
       pos += len;
       report();
@@ -653,6 +741,7 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
     await stream.return(undefined).catch(() => undefined);
     await out.close().catch(() => undefined);
     await runningFh?.close().catch(() => undefined);
+    await targetFh?.close().catch(() => undefined);
   }
   report(true);
   downloaded += wire.bytes;

@@ -21,6 +21,12 @@
  * at any point: the target slot was marked bad before this runs, and the full installer verifies
  * every chunk it keeps or writes.
  *
+ * Not worth it: when the slots hold so little of the new image that the pack ranges to fetch come
+ * to more than the full payload (judged from the seed indexes or the cut slots and the new delta
+ * index, before a byte of the pack is fetched), delta.ts says INSTALL_DELTA_NOT_WORTH and the full
+ * payload is installed in the same run (the report's `fallback` names it): such an update costs the
+ * full payload plus the delta index (~0.4 % of an 8 MiB random image; less for a compressible one).
+ *
  * Trust: the delta section's file lengths and SHA-256s come from the chunk index file, which matched
  * its signed TUF target hash, so they are as authentic as targets.json; the index read is capped at
  * its signed length (and at MAX_DELTA_INDEX_FILE_BYTES), pack answers at the ranges asked for, and
@@ -41,10 +47,10 @@ import zlib from 'node:zlib';
 import type { Logger } from 'pino';
 import { codeOf, isCoded } from '../../hal/errors.js';
 import type { SlotWriter } from '../../hal/slot-writer.js';
-import { parseDeltaIndex, parseDeltaSection, type DeltaIndex, type DeltaSection } from '../../manifests/delta.js';
+import { parseDeltaIndex, parseDeltaSection, type DeltaSection } from '../../manifests/delta.js';
 import type { PayloadInfo, Release } from '../../manifests/types.js';
 import type { InstallTransfer } from '../machine.js';
-import { fetchVerified, installDelta, request, type DeltaInstallResult } from './delta.js';
+import { fetchVerified, installDelta, request, type DeltaInstallResult, type SeedInput } from './delta.js';
 import type { BudgetOptions, InstallProgress } from './installer.js';
 import { readResumeRecord, writeResumeHint } from './resume-state.js';
 import { dropSeedIndex, keepSeedIndex, loadSeedIndex } from './seed-index.js';
@@ -149,14 +155,14 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
   const p = plan(o);
   // the slots' kept indexes (loaded before the target's is dropped: the slot still holds what it
   // describes until the first write, and every chunk taken on its word is verified anyway)
-  const seeds: { target?: DeltaIndex; running?: DeltaIndex } = {};
+  const seeds: { target?: SeedInput; running?: SeedInput } = {};
   if (o.seedDir !== undefined) {
     if (p !== undefined && 'section' in p) {
       const target = await loadSeedIndex(o.seedDir, o.slot, o.resumeStatePath);
-      if (target.ok) seeds.target = target.index;
+      if (target.ok) seeds.target = { ...target.seed, origin: target.kind };
       const running = o.running ? await loadSeedIndex(o.seedDir, o.running, o.resumeStatePath) : undefined;
-      if (running?.ok) seeds.running = running.index;
-      log?.info({ target: target.ok ? 'kept' : target.why, running: running === undefined ? 'no running slot' : running.ok ? 'kept' : running.why }, 'seed indexes');
+      if (running?.ok) seeds.running = { ...running.seed, origin: running.kind };
+      log?.info({ target: target.ok ? target.kind : target.why, running: running === undefined ? 'no running slot' : running.ok ? running.kind : running.why }, 'seed indexes');
     }
     // the slot is about to be written (by delta or in full): what it holds stops being what the index says
     await dropSeedIndex(o.seedDir, o.slot.slot);
@@ -190,6 +196,8 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
       ...(o.running ? { running: { path: o.running.path, size: await o.running.capacity() } } : {}),
       ...(o.headers ? { headers: o.headers } : {}),
       seeds,
+      // an image the slots share little with goes in full (issue 25: never more than 1.05x a full update)
+      fullBytes: o.release.length,
       budget: { bytes: Math.max(0, maxBytes - spent.bytes), ms: Math.max(0, maxMs - spent.ms) },
       onWriteStart: () => {
         wrote = true;
@@ -214,6 +222,10 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
     // the spent budget rides in the resume record, summed over runs (cleared when the budget ended the attempt)
     if (record.found || received > 0 || wrote) await writeResumeHint(o.resumeStatePath, o.payload, o.slot.path, record.nextChunk, false, ended ? {} : { spent: { ...spent, bytes: spent.bytes + received, ms: spent.ms + (now() - started) } }).catch((err: unknown) => log?.warn({ err }, 'could not record install progress'));
     if (ended || codeOf(e) === 'INSTALL_ABORTED') throw e;
+    if (code === 'INSTALL_DELTA_NOT_WORTH') {
+      log?.info({ code, reason: (e as Error).message, ...(e as { details?: object }).details }, 'delta not worth it: installing the full payload');
+      return { installed: false, fallback: { code, message: (e as Error).message } };
+    }
     if (!wrote || PACK_FAULTS.has(code)) {
       log?.warn({ code, reason: (e as Error).message, wrote }, 'delta install failed: installing the full payload');
       return { installed: false, fallback: { code, message: (e as Error).message } };

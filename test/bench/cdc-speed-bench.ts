@@ -32,7 +32,7 @@ async function child(path: string, size: number): Promise<void> {
   const r = await lookupOf(path, size, { header: { cdc: DEFAULT_CDC } } as DeltaIndex);
   const wallS = (performance.now() - t0) / 1000;
   const c = process.cpuUsage(cpu0);
-  process.stdout.write(`${JSON.stringify({ wallS, cpuS: (c.user + c.system) / 1e6, chunks: r.at.size, rssMiB: process.resourceUsage().maxRSS / 1024 })}\n`);
+  process.stdout.write(`${JSON.stringify({ wallS, cpuS: (c.user + c.system) / 1e6, chunks: r.count, rssMiB: process.resourceUsage().maxRSS / 1024 })}\n`);
 }
 
 async function main(): Promise<void> {

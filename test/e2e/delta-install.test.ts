@@ -18,38 +18,16 @@
  *   keeps each release's delta index for the slot it wrote, so the second cuts only the slot the
  *   daemon never wrote and the third, into the slot holding the release before, cuts none (the
  *   report's `seedLookup` says so and counts the slot bytes read to cut); every slot hash right.
+ *
+ * More in delta-idle.test.ts (seed indexes built by the idle daemon, an unrelated image); a file of
+ * its own so each stays within tap's per-file timeout.
  */
 import t from 'tap';
 import { access, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createHash } from 'node:crypto';
-import { addImageRelease, logLines, MIB, setupDelta, writeSlot, imageSha, type DeltaEnv } from './delta-scenarios.js';
+import { addImageRelease, isPack, logLines, MIB, setupDelta, sha, transferOf, wire, writeSlot, imageSha, type DeltaEnv } from './delta-scenarios.js';
 import { bootable, deriveImage } from '../harness/delta-images.js';
 import { slotflip, slotflipJson, slotSha256, until } from './harness.js';
-
-const isPack = (p: string): boolean => p.endsWith('.delta-pack');
-const isDeltaIndex = (p: string): boolean => p.endsWith('.delta-index');
-const isPayload = (p: string): boolean => p.endsWith('.zst');
-
-function wire(env: DeltaEnv): { requests: number; pack: number; packBytes: number; payloadBytes: number; indexRequests: number; total: number } {
-  const r = env.proxy.requests;
-  return {
-    requests: r.length,
-    pack: r.filter((q) => isPack(q.path)).length,
-    packBytes: r.filter((q) => isPack(q.path)).reduce((n, q) => n + q.bytes, 0),
-    payloadBytes: r.filter((q) => isPayload(q.path)).reduce((n, q) => n + q.bytes, 0),
-    indexRequests: r.filter((q) => isDeltaIndex(q.path)).length,
-    total: r.reduce((n, q) => n + q.bytes, 0),
-  };
-}
-
-/** The `UpdateInstalled` report's transfer, from the install's log. */
-function transferOf(stderr: string): Record<string, unknown> | undefined {
-  const rep = logLines(stderr).find((l) => l.msg === 'report' && l.report === 'UpdateInstalled');
-  return rep?.transfer as Record<string, unknown> | undefined;
-}
-
-const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 t.test('seed in the booted slot: delta install, slot B right, A untouched, few bytes and requests', async (t) => {
   const env = await setupDelta(t.testdir(), { deviceId: 'dev-delta-active', seed: 'active' });

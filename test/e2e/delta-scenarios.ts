@@ -6,6 +6,7 @@
  * and byte on the wire and lets the test step in (hold a request, stall an answer).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { open, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { bootable, deriveImage, makeImage, type DeriveOptions } from '../harness/delta-images.js';
@@ -26,9 +27,12 @@ export interface DeltaEnv {
   configPath: string;
   oldImg: Buffer;
   newImg: Buffer;
-  /** the new release's full payload length (compressed) and its delta pack's length. */
+  /** the new release's full payload length (compressed) and its delta pack's length (0 until it is published). */
   payloadLength: number;
   packLength: number;
+  /** publishes the new release (1.1.0: `newImg`, which the test may replace first) when setup was
+   * asked not to (`publishNew: false`). */
+  publishNew(): Promise<void>;
   /** `slotflip install PROXY --config F --json`. */
   install(): Promise<CliResult>;
   /** the same, as a child process the test may kill. */
@@ -50,6 +54,10 @@ export interface DeltaSetup {
   /** the images bootable on the emulated board (a test image header, healthy: hal/image.ts), so the
    * test can power-cycle into the trial and commit. */
   bootable?: boolean;
+  /** the board's slot size (default the image size + 1 MiB). */
+  slotSize?: number;
+  /** publish the new release at setup (default); false: the test calls `publishNew()` later. */
+  publishNew?: boolean;
 }
 
 /** `release add --delta` of an image buffer (version V, securityVersion N). */
@@ -76,10 +84,14 @@ export async function setupDelta(dir: string, o: DeltaSetup): Promise<DeltaEnv> 
   const oldImg = o.bootable ? bootable(raw, '1.0.0') : raw;
   const newImg = o.bootable ? bootable(deriveImage(raw, o.derive), '1.1.0') : deriveImage(raw, o.derive);
   await addImageRelease(fleet, dir, oldImg, '1.0.0', 1);
-  const rel = await addImageRelease(fleet, dir, newImg, '1.1.0', 1);
+  const publish = async (): Promise<void> => {
+    const rel = await addImageRelease(fleet, dir, env.newImg, '1.1.0', 1);
+    env.payloadLength = rel.length;
+    env.packLength = rel.delta!.pack.length;
+  };
   const serve = await startRepoServe(fleet.repo);
   const proxy = await startGateProxy({ upstream: serve.url, ...o.proxy });
-  const board = await createBoard(join(dir, 'board'), size + MIB);
+  const board = await createBoard(join(dir, 'board'), o.slotSize ?? size + MIB);
   const other = makeImage(99, size); // unrelated bytes: no seed there
   await writeSlot(board.slots.A, o.seed === 'active' ? oldImg : other);
   await writeSlot(board.slots.B, o.seed === 'inactive' ? oldImg : other);
@@ -88,10 +100,11 @@ export async function setupDelta(dir: string, o: DeltaSetup): Promise<DeltaEnv> 
     extra: { log: { level: 'info' }, ...o.extra },
   });
   const args = ['install', proxy.url, '--config', configPath, '--json'];
-  return {
+  const env: DeltaEnv = {
     dir, fleet, board, serve, proxy, configPath, oldImg, newImg,
-    payloadLength: rel.length,
-    packLength: rel.delta!.pack.length,
+    payloadLength: 0,
+    packLength: 0,
+    publishNew: publish,
     install: () => slotflip(args, { timeoutMs: 120_000 }),
     spawnInstall() {
       requireBuilt();
@@ -108,6 +121,8 @@ export async function setupDelta(dir: string, o: DeltaSetup): Promise<DeltaEnv> 
       await serve.stop();
     },
   };
+  if (o.publishNew !== false) await publish();
+  return env;
 }
 
 /** The JSON log lines of a one-shot command's stderr. */
@@ -125,3 +140,27 @@ export function logLines(stderr: string): LogLine[] {
 }
 
 export const imageSha = sha256;
+
+export const isPack = (p: string): boolean => p.endsWith('.delta-pack');
+export const isDeltaIndex = (p: string): boolean => p.endsWith('.delta-index');
+export const isPayload = (p: string): boolean => p.endsWith('.zst');
+
+export function wire(env: DeltaEnv): { requests: number; pack: number; packBytes: number; payloadBytes: number; indexRequests: number; total: number } {
+  const r = env.proxy.requests;
+  return {
+    requests: r.length,
+    pack: r.filter((q) => isPack(q.path)).length,
+    packBytes: r.filter((q) => isPack(q.path)).reduce((n, q) => n + q.bytes, 0),
+    payloadBytes: r.filter((q) => isPayload(q.path)).reduce((n, q) => n + q.bytes, 0),
+    indexRequests: r.filter((q) => isDeltaIndex(q.path)).length,
+    total: r.reduce((n, q) => n + q.bytes, 0),
+  };
+}
+
+/** The `UpdateInstalled` report's transfer, from the install's log. */
+export function transferOf(stderr: string): Record<string, unknown> | undefined {
+  const rep = logLines(stderr).find((l) => l.msg === 'report' && l.report === 'UpdateInstalled');
+  return rep?.transfer as Record<string, unknown> | undefined;
+}
+
+export const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
