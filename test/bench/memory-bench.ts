@@ -20,6 +20,7 @@
  *   node dist/test/bench/memory-bench.js [--idle-seconds 60] [--sizes 1,4] [--cycles 100]
  *       [--only idle,install,cycles] [--sample-ms 100] [--dir DIR]
  *       [--metadata mqtt|http] [--node PATH] [--node-options=OPTS] [--env K=V]... [--show-stderr] [--json]
+ *       [--where [--top N]] [--heap-snapshot DIR]
  *
  * --sizes is in GiB (fractions allowed: 0.25); the image is semi-compressible (test/bench/
  * install-fixtures.ts), written and added once per size and cached in --dir (default a temp dir,
@@ -30,6 +31,10 @@
  * The daemon gets the NODE_OPTIONS of systemd/slotflip.service (what a device runs) unless
  * --node-options=OPTS replaces them (--node-options= for none); --env K=V sets more variables for
  * the daemon only; --show-stderr prints the daemon's stderr (e.g. of an --import'ed probe).
+ * --where prints, after the table, where the idle daemon's RSS is (test/bench/resident.ts: the node
+ * binary's resident pages by content, anonymous memory; --top N names each part's biggest symbols);
+ * --heap-snapshot DIR writes the idle daemon's V8 heap snapshot there (after the idle sample; open it
+ * in Chrome DevTools' Memory tab, or `node dist/test/bench/heap-summary.js FILE`).
  * Exit code 0 whatever the figures (this is a bench, not a test); 1 when a run could not complete.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
@@ -43,6 +48,7 @@ import { startMosquitto, type Mosquitto } from '../harness/mosquitto.js';
 import { CLI, HARDWARE, ROOT } from '../e2e/harness.js';
 import { writeImage } from './install-fixtures.js';
 import { deviceTopics } from '../../daemon/topics.js';
+import { formatReport, residentReport } from './resident.js';
 
 const MIB = 1 << 20;
 const GIB = 1 << 30;
@@ -61,6 +67,9 @@ const { values } = parseArgs({
     'show-stderr': { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
     metadata: { type: 'string', default: 'mqtt' },
+    where: { type: 'boolean', default: false },
+    top: { type: 'string', default: '0' },
+    'heap-snapshot': { type: 'string' },
   },
 });
 const idleSeconds = Number(values['idle-seconds']);
@@ -232,8 +241,29 @@ function unitNodeOptions(): string {
 }
 
 /** The daemon runs with the unit's NODE_OPTIONS (as on a device) unless --node-options says otherwise
- * (`--node-options=` for none); --env K=V adds variables. Both reach the daemon only. */
-const NODE_OPTIONS = values['node-options'] ?? unitNodeOptions();
+ * (`--node-options=` for none); --env K=V adds variables. Both reach the daemon only.
+ * --heap-snapshot adds `--heapsnapshot-signal=SIGUSR2` (Node writes a snapshot on that signal; it
+ * costs nothing until then). */
+const NODE_OPTIONS = [values['node-options'] ?? unitNodeOptions(), ...(values['heap-snapshot'] ? [`--heapsnapshot-signal=SIGUSR2 --diagnostic-dir=${values['heap-snapshot']}`] : [])].filter(Boolean).join(' ');
+
+/** --where: where the idle daemon's RSS is (test/bench/resident.ts), printed after the table. */
+let whereReport = '';
+
+/** Signals the daemon to write a heap snapshot into `dir`; resolves with its path once Node has
+ * finished writing it (its size stops changing), after the idle RSS was sampled. */
+async function heapSnapshot(pid: number, dir: string): Promise<string> {
+  await mkdir(dir, { recursive: true });
+  const before = new Set(readdirSync(dir));
+  process.kill(pid, 'SIGUSR2');
+  for (let last = -1, end = Date.now() + 120_000; Date.now() < end; await sleep(500)) {
+    const f = readdirSync(dir).find((n) => !before.has(n) && n.endsWith('.heapsnapshot'));
+    if (!f) continue;
+    const size = (await stat(join(dir, f))).size;
+    if (size > 0 && size === last) return join(dir, f);
+    last = size;
+  }
+  throw new Error(`no heap snapshot in ${dir} within 120 s`);
+}
 function daemonEnv(): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { NODE_OPTIONS };
   for (const kv of values.env ?? []) env[kv.slice(0, kv.indexOf('='))] = kv.slice(kv.indexOf('=') + 1);
@@ -325,6 +355,8 @@ async function idleAndCycles(root: string, broker: Mosquitto, res: Results): Pro
       const at5 = s.samples.find((x) => x.t >= 5000)?.kib ?? now;
       res.idle = { at60sMiB: mib(now), at5sMiB: mib(at5), maxMiB: mib(Math.max(...s.samples.map((x) => x.kib))), seconds: Math.round((Date.now() - t0) / 1000), procs: treeRss(d.child.pid!).procs };
       say(`idle: ${mib(now)} MiB after ${idleSeconds} s (5 s: ${mib(at5)} MiB, max ${res.idle.maxMiB} MiB)`);
+      if (values.where) whereReport = formatReport(await residentReport(d.child.pid!, `idle daemon, ${idleSeconds} s`, { top: Number(values.top) }));
+      if (values['heap-snapshot']) say(`heap snapshot of the idle daemon: ${await heapSnapshot(d.child.pid!, values['heap-snapshot'])}`);
     }
     if (only.has('cycles') && cycles > 0) {
       const client = await mqttClient(broker.url);
@@ -443,6 +475,7 @@ function printTable(res: Results): void {
   console.log('| figure | measured | goal | notes |');
   console.log('| --- | --- | --- | --- |');
   for (const r of rows) console.log(`| ${r.join(' | ')} |`);
+  if (whereReport) console.log(whereReport);
 }
 
 process.exitCode = await main();
