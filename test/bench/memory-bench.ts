@@ -19,7 +19,8 @@
  *
  *   node dist/test/bench/memory-bench.js [--idle-seconds 60] [--sizes 1,4] [--cycles 100]
  *       [--only idle,install,cycles] [--sample-ms 100] [--dir DIR]
- *       [--metadata mqtt|http] [--node PATH] [--node-options=OPTS] [--env K=V]... [--show-stderr] [--json]
+ *       [--metadata mqtt|http] [--node PATH] [--node-options=OPTS] [--daemon-args=FLAGS] [--env K=V]...
+ *       [--show-stderr] [--json]
  *       [--where [--top N]] [--heap-snapshot DIR]
  *
  * --sizes is in GiB (fractions allowed: 0.25); the image is semi-compressible (test/bench/
@@ -28,8 +29,9 @@
  * --metadata http: the idle/cycles device reads its metadata only from the HTTP repository (every
  * check an HTTP refresh) instead of the broker's retained messages (mqtt, the default).
  * --node runs the daemon (and the CLI) with another Node binary (default: this process's).
- * The daemon gets the NODE_OPTIONS of systemd/slotflip.service (what a device runs) unless
- * --node-options=OPTS replaces them (--node-options= for none); --env K=V sets more variables for
+ * The daemon gets the NODE_OPTIONS of systemd/slotflip.service and the Node flags /usr/bin/slotflip
+ * starts `slotflip daemon` with (systemd/packaging/slotflip.sh), i.e. what a device runs, unless
+ * --node-options=OPTS or --daemon-args=FLAGS replace them (`=` with nothing for none); --env K=V sets more variables for
  * the daemon only; --show-stderr prints the daemon's stderr (e.g. of an --import'ed probe).
  * --where prints, after the table, where the idle daemon's RSS is (test/bench/resident.ts: the node
  * binary's resident pages by content, anonymous memory; --top N names each part's biggest symbols);
@@ -63,6 +65,7 @@ const { values } = parseArgs({
     dir: { type: 'string' },
     node: { type: 'string' },
     'node-options': { type: 'string' },
+    'daemon-args': { type: 'string' },
     env: { type: 'string', multiple: true },
     'show-stderr': { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
@@ -166,8 +169,8 @@ interface Proc {
 }
 
 /** Spawns `slotflip ARGS` reading pino JSON lines from stdout. Only this child is ever signalled. */
-function startCli(args: string[], env: NodeJS.ProcessEnv = {}): Proc {
-  const child = spawn(NODE, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+function startCli(args: string[], env: NodeJS.ProcessEnv = {}, nodeArgs: string[] = []): Proc {
+  const child = spawn(NODE, [...nodeArgs, CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   const lines: Line[] = [];
   const waiters = new Set<() => void>();
   let buf = '';
@@ -239,6 +242,16 @@ function unitNodeOptions(): string {
   const m = /^Environment=(?:"NODE_OPTIONS=([^"]*)"|NODE_OPTIONS=(\S*))\s*$/m.exec(unit);
   return (m?.[1] ?? m?.[2] ?? '').trim();
 }
+
+/** The Node flags /usr/bin/slotflip (systemd/packaging/slotflip.sh) starts `slotflip daemon` with
+ * (its `daemon) exec "$node" FLAGS ...` line); --daemon-args=FLAGS replaces them. */
+function launcherDaemonArgs(): string[] {
+  const launcher = join(ROOT, 'systemd', 'packaging', 'slotflip.sh');
+  const m = /^\s*daemon\) exec "\$node" (.*?)"\$lib\/dist\/daemon\/cli\.js" "\$@"/m.exec(readFileSync(launcher, 'utf8'));
+  if (!m) throw new Error(`${launcher}: no \`daemon) exec "$node" ...\` line to take the daemon's Node flags from`);
+  return m[1]!.split(' ').filter(Boolean);
+}
+const DAEMON_ARGS = values['daemon-args'] !== undefined ? values['daemon-args'].split(' ').filter(Boolean) : launcherDaemonArgs();
 
 /** The daemon runs with the unit's NODE_OPTIONS (as on a device) unless --node-options says otherwise
  * (`--node-options=` for none); --env K=V adds variables. Both reach the daemon only.
@@ -337,6 +350,7 @@ async function publish(env: Env, broker: Mosquitto): Promise<void> {
 interface Results {
   node: string;
   nodeOptions: string;
+  daemonArgs: string[];
   idle?: { at60sMiB: number; at5sMiB: number; maxMiB: number; seconds: number; procs: number };
   install: Array<{ gib: number; peakMiB: number; peakProcs: number; seconds: number; cpuSeconds: number; payloadMiB: number }>;
   cycles?: { n: number; beforeMiB: number; afterMiB: number; growthMiB: number; trace: number[]; seconds: number };
@@ -344,7 +358,7 @@ interface Results {
 
 async function idleAndCycles(root: string, broker: Mosquitto, res: Results): Promise<void> {
   const env = await setupEnv(join(root, 'idle'), broker, { deviceId: 'bench-idle', slotSize: 8 * MIB, httpOnly: METADATA === 'http' });
-  const d = startCli(['daemon', '--config', env.configPath], daemonEnv());
+  const d = startCli(['daemon', '--config', env.configPath], daemonEnv(), DAEMON_ARGS);
   const s = sampler(d.child.pid!);
   try {
     await d.waitFor((l) => l.msg === 'cycle done', 60_000, 'first cycle done');
@@ -414,7 +428,7 @@ async function install(root: string, cache: string, broker: Mosquitto, gib: numb
     }
     const payload = (JSON.parse(readFileSync(added, 'utf8')) as { length: number }).length;
     await publish(env, broker);
-    const d = startCli(['daemon', '--config', env.configPath], daemonEnv());
+    const d = startCli(['daemon', '--config', env.configPath], daemonEnv(), DAEMON_ARGS);
     const s = sampler(d.child.pid!);
     const t0 = Date.now();
     try {
@@ -441,11 +455,11 @@ function say(s: string): void {
 
 async function main(): Promise<number> {
   const nodeVersion = await new Promise<string>((resolve) => execFile(NODE, ['--version'], (_e, out) => resolve(String(out).trim())));
-  say(`node ${nodeVersion} (${NODE}); daemon ${CLI}; NODE_OPTIONS="${NODE_OPTIONS}"`);
+  say(`node ${nodeVersion} (${NODE}); daemon: node ${DAEMON_ARGS.join(' ')} ${CLI} daemon; NODE_OPTIONS="${NODE_OPTIONS}"`);
   const root = values.dir ?? (await mkdtemp(join(tmpdir(), 'slotflip-membench-')));
   const cache = join(root, 'cache');
   await mkdir(cache, { recursive: true });
-  const res: Results = { node: nodeVersion, nodeOptions: NODE_OPTIONS, install: [] };
+  const res: Results = { node: nodeVersion, nodeOptions: NODE_OPTIONS, daemonArgs: DAEMON_ARGS, install: [] };
   const broker = await startMosquitto();
   let failed = false;
   try {
@@ -471,7 +485,7 @@ function printTable(res: Results): void {
   if (res.idle) rows.push([`idle RSS ${idleSeconds} s after start`, `${res.idle.at60sMiB} MiB`, '<= 48 MiB', `5 s: ${res.idle.at5sMiB}, max ${res.idle.maxMiB}`]);
   for (const i of res.install) rows.push([`peak RSS installing ${i.gib} GiB`, `${i.peakMiB} MiB`, '<= 64 MiB', `${i.seconds} s (daemon CPU ${i.cpuSeconds} s), payload ${i.payloadMiB} MiB, up to ${i.peakProcs} processes`]);
   if (res.cycles) rows.push([`growth over ${res.cycles.n} check cycles (one process)`, `${res.cycles.growthMiB} MiB`, '< 5 MiB', `${res.cycles.beforeMiB} → ${res.cycles.afterMiB} MiB in ${res.cycles.seconds} s`]);
-  console.log(`slotflip daemon memory (RSS of the whole process tree), node ${res.node}, NODE_OPTIONS="${res.nodeOptions}", metadata over ${METADATA}`);
+  console.log(`slotflip daemon memory (RSS of the whole process tree), node ${res.node}, node flags "${DAEMON_ARGS.join(' ')}", NODE_OPTIONS="${res.nodeOptions}", metadata over ${METADATA}`);
   console.log('| figure | measured | goal | notes |');
   console.log('| --- | --- | --- | --- |');
   for (const r of rows) console.log(`| ${r.join(' | ')} |`);

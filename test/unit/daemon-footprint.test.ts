@@ -27,11 +27,18 @@ const after = await hot(make('after'));
 console.log(JSON.stringify({ control, before, during, after }));
 `;
 
-t.test('interpreted while idle, optimizing compilers on for the install only', async (t) => {
-  const dir = t.testdir();
+async function probe(dir: string, nodeFlags: string[]): Promise<unknown> {
   await writeFile(join(dir, 'probe.mjs'), PROBE);
-  const out = await new Promise<string>((resolve, reject) => execFile(process.execPath, ['--allow-natives-syntax', join(dir, 'probe.mjs'), pathToFileURL(join(ROOT, 'dist/daemon/footprint.js')).href], { timeout: 60_000 }, (e, stdout, stderr) => (e ? reject(new Error(`${e.message}\n${stderr}`)) : resolve(String(stdout)))));
-  t.same(JSON.parse(out), { control: true, before: false, during: true, after: false }, 'optimized before interpretOnly (the probe works), then only inside withOptimizingCompilers');
+  const out = await new Promise<string>((resolve, reject) => execFile(process.execPath, [...nodeFlags, '--allow-natives-syntax', join(dir, 'probe.mjs'), pathToFileURL(join(ROOT, 'dist/daemon/footprint.js')).href], { timeout: 60_000 }, (e, stdout, stderr) => (e ? reject(new Error(`${e.message}\n${stderr}`)) : resolve(String(stdout)))));
+  return JSON.parse(out);
+}
+
+t.test('interpreted while idle, optimizing compilers on for the install only', async (t) => {
+  t.same(await probe(t.testdir(), []), { control: true, before: false, during: true, after: false }, 'optimized before interpretOnly (the probe works), then only inside withOptimizingCompilers');
+});
+
+t.test('started with the compilers off (/usr/bin/slotflip daemon: --no-turbofan --no-maglev), the install still turns them on', async (t) => {
+  t.same(await probe(t.testdir(), ['--no-turbofan', '--no-maglev']), { control: false, before: false, during: true, after: false }, 'interpreted from the start, optimized only inside withOptimizingCompilers');
 });
 
 const FLUSH_PROBE = `
