@@ -12,7 +12,11 @@
  * `--jitless` would save ~3 MiB more but also removes WebAssembly, which the install's page-aligned
  * O_DIRECT buffers are made of (daemon/install/hasher.ts, read-back.ts). These two flags are not
  * accepted in NODE_OPTIONS, hence v8.setFlagsFromString: they only stop future tier-ups, which V8
- * checks when a function gets hot, so setting them while running is safe.
+ * checks when a function gets hot, so setting them while running is safe. /usr/bin/slotflip
+ * (systemd/packaging/slotflip.sh) also passes them on Node's command line for `slotflip daemon`:
+ * set from here they come too late for what got hot while Node started and the daemon's modules
+ * loaded, whose Maglev/TurboFan code stays resident (−1.9 MiB more, bench:memory); started that way,
+ * `withOptimizingCompilers` still turns them on (test/unit/daemon-footprint.test.ts).
  *
  * Heap reclaim:
  * A check cycle leaves garbage behind: the TUF refresh parses and verifies whole metadata documents,

@@ -1,12 +1,12 @@
 /**
  * `node dist/test/bench/node-floor.js`: the floor Node itself sets (issue 16). Runs, for every --node
- * (default: this Node) and every --flags set (default: none), `node FLAGS -e SCRIPT` (default: an idle
- * `setInterval`, i.e. a bare Node doing nothing) for --seconds, one at a time, and prints where its
+ * (default: this Node) and every --flags set (default: none), `node FLAGS -e SCRIPT` (default: nothing; every
+ * run idles on a `setInterval`, i.e. a bare Node doing nothing) for --seconds, one at a time, and prints where its
  * resident memory is (test/bench/resident.ts: the node binary's resident pages by content, anonymous
  * memory, other files) and its V8 heap; --pid PID reads a running process instead (a daemon).
  *
  *   node dist/test/bench/node-floor.js [--node PATH]... [--flags=F]... [--seconds 20]
- *       [--script JS] [--pid PID]... [--top N] [--brief] [--json]
+ *       [--script JS]... [--pid PID]... [--top N] [--brief] [--json]
  *
  * --flags takes one set of Node flags per occurrence (`--flags=` for none, `"--flags=--jitless --expose-gc"`);
  * --top N lists each category's N symbols with the most resident bytes; --brief prints one table row
@@ -24,7 +24,7 @@ const { values } = parseArgs({
     node: { type: 'string', multiple: true },
     flags: { type: 'string', multiple: true },
     seconds: { type: 'string', default: '20' },
-    script: { type: 'string', default: 'setInterval(() => {}, 1000)' },
+    script: { type: 'string', multiple: true },
     pid: { type: 'string', multiple: true },
     json: { type: 'boolean', default: false },
     top: { type: 'string', default: '0' },
@@ -34,10 +34,10 @@ const { values } = parseArgs({
 
 // ---------------------------------------------------------------------------------------------
 
-const PROBE = `;setTimeout(() => { const m = process.memoryUsage(); const h = require('v8').getHeapStatistics(); process.stdout.write(JSON.stringify({ heapTotal: m.heapTotal, heapUsed: m.heapUsed, external: m.external, arrayBuffers: m.arrayBuffers, codeAndMetadata: h.total_heap_size && (require('v8').getHeapCodeStatistics().bytecode_and_metadata_size) }) + '\\n'); }, SECONDS * 1000 - 500);`;
+const PROBE = `;setInterval(() => {}, 1000); setTimeout(() => { const m = process.memoryUsage(); const h = require('v8').getHeapStatistics(); process.stdout.write(JSON.stringify({ heapTotal: m.heapTotal, heapUsed: m.heapUsed, external: m.external, arrayBuffers: m.arrayBuffers, codeAndMetadata: h.total_heap_size && (require('v8').getHeapCodeStatistics().bytecode_and_metadata_size) }) + '\\n'); }, SECONDS * 1000 - 500);`;
 
-async function bare(node: string, flags: string[], seconds: number): Promise<Report> {
-  const child = spawn(node, [...flags, '-e', values.script + PROBE.replace('SECONDS', String(seconds))], { stdio: ['ignore', 'pipe', 'inherit'] });
+async function bare(node: string, flags: string[], script: string, seconds: number): Promise<Report> {
+  const child = spawn(node, [...flags, '-e', script + PROBE.replace('SECONDS', String(seconds))], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   child.stdout!.setEncoding('utf8').on('data', (c: string) => { out += c; });
   const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
@@ -50,7 +50,7 @@ async function bare(node: string, flags: string[], seconds: number): Promise<Rep
   } catch {
     heap = undefined;
   }
-  const r = await residentReport(child.pid!, `${version} ${flags.join(' ') || '(no flags)'}`, { heap, top: Number(values.top) });
+  const r = await residentReport(child.pid!, `${version} ${flags.join(' ') || '(no flags)'}${script ? ` -e ${script.slice(0, 60)}` : ''}`, { heap, top: Number(values.top) });
   child.kill('SIGTERM');
   await exited;
   return r;
@@ -81,7 +81,8 @@ async function main(): Promise<void> {
   } else {
     const nodes = values.node?.length ? values.node : [process.execPath];
     const flagSets = values.flags?.length ? values.flags : [''];
-    for (const n of nodes) for (const f of flagSets) out.push(await bare(n, f.split(/\s+/).filter(Boolean), Number(values.seconds)));
+    const scripts = values.script?.length ? values.script : [''];
+    for (const n of nodes) for (const f of flagSets) for (const sc of scripts) out.push(await bare(n, f.split(/\s+/).filter(Boolean), sc, Number(values.seconds)));
   }
   print(out);
 }
