@@ -353,6 +353,7 @@ interface Results {
   daemonArgs: string[];
   idle?: { at60sMiB: number; at5sMiB: number; maxMiB: number; seconds: number; procs: number };
   install: Array<{ gib: number; peakMiB: number; peakProcs: number; seconds: number; cpuSeconds: number; payloadMiB: number }>;
+  installFailures: Array<{ gib: number; error: string }>;
   cycles?: { n: number; beforeMiB: number; afterMiB: number; growthMiB: number; trace: number[]; seconds: number };
 }
 
@@ -432,7 +433,14 @@ async function install(root: string, cache: string, broker: Mosquitto, gib: numb
     const s = sampler(d.child.pid!);
     const t0 = Date.now();
     try {
-      await d.waitFor((l) => l.msg === 'install verified', 3_600_000, 'install verified');
+      // a cycle that ends with its check failed (the release refused, a mirror's bytes wrong) never
+      // gets to `install verified`: the daemon waits for its retry; say why at once instead of
+      // waiting out the hour
+      const end = await d.waitFor((l) => l.msg === 'install verified' || (l.msg === 'cycle done' && l.lastCheck === 'failed'), 3_600_000, 'install verified');
+      if (end.msg !== 'install verified') {
+        const record = JSON.parse(readFileSync(join(env.dir, 'state', 'update-record.json'), 'utf8')) as { lastCheck?: { detail?: string } };
+        throw new Error(`the daemon's check failed: ${record.lastCheck?.detail ?? 'no detail in its update record'}`);
+      }
       const cpu = Math.round(cpuSeconds(d.child.pid!) * 10) / 10;
       s.now();
       const peak = s.samples.reduce((a, b) => (b.kib > a.kib ? b : a));
@@ -459,12 +467,23 @@ async function main(): Promise<number> {
   const root = values.dir ?? (await mkdtemp(join(tmpdir(), 'slotflip-membench-')));
   const cache = join(root, 'cache');
   await mkdir(cache, { recursive: true });
-  const res: Results = { node: nodeVersion, nodeOptions: NODE_OPTIONS, daemonArgs: DAEMON_ARGS, install: [] };
+  const res: Results = { node: nodeVersion, nodeOptions: NODE_OPTIONS, daemonArgs: DAEMON_ARGS, install: [], installFailures: [] };
   const broker = await startMosquitto();
   let failed = false;
   try {
     if (only.has('idle') || only.has('cycles')) await idleAndCycles(root, broker, res);
-    if (only.has('install')) for (const g of sizes) await install(root, cache, broker, g, res);
+    if (only.has('install')) {
+      for (const g of sizes) {
+        // one size failing does not take the others' figures with it; the run still exits 1
+        try {
+          await install(root, cache, broker, g, res);
+        } catch (e) {
+          failed = true;
+          res.installFailures.push({ gib: g, error: (e as Error).message });
+          say(`install ${g} GiB FAILED: ${(e as Error).message}`);
+        }
+      }
+    }
   } catch (e) {
     failed = true;
     say(`FAILED: ${(e as Error).stack ?? String(e)}`);
@@ -484,6 +503,7 @@ function printTable(res: Results): void {
   const rows: string[][] = [];
   if (res.idle) rows.push([`idle RSS ${idleSeconds} s after start`, `${res.idle.at60sMiB} MiB`, '<= 48 MiB', `5 s: ${res.idle.at5sMiB}, max ${res.idle.maxMiB}`]);
   for (const i of res.install) rows.push([`peak RSS installing ${i.gib} GiB`, `${i.peakMiB} MiB`, '<= 64 MiB', `${i.seconds} s (daemon CPU ${i.cpuSeconds} s), payload ${i.payloadMiB} MiB, up to ${i.peakProcs} processes`]);
+  for (const f of res.installFailures) rows.push([`peak RSS installing ${f.gib} GiB`, 'FAILED', '<= 64 MiB', f.error.replace(/\|/g, '/').slice(0, 400)]);
   if (res.cycles) rows.push([`growth over ${res.cycles.n} check cycles (one process)`, `${res.cycles.growthMiB} MiB`, '< 5 MiB', `${res.cycles.beforeMiB} → ${res.cycles.afterMiB} MiB in ${res.cycles.seconds} s`]);
   console.log(`slotflip daemon memory (RSS of the whole process tree), node ${res.node}, node flags "${DAEMON_ARGS.join(' ')}", NODE_OPTIONS="${res.nodeOptions}", metadata over ${METADATA}`);
   console.log('| figure | measured | goal | notes |');
