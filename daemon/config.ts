@@ -285,15 +285,20 @@ export interface ConfigProblem {
 type AddFormats = (ajv: Ajv) => Ajv;
 const addFormats = ((addFormatsModule as unknown as { default?: AddFormats }).default ?? addFormatsModule) as unknown as AddFormats;
 
-let compiled: ReturnType<Ajv['compile']> | undefined;
+// Held weakly: compiled once and reused while in use (a validation, a test's loop), and left to the
+// garbage collector afterwards: a daemon validates its config once at start, and the compiled
+// validator (its generated source alone is ~230 KB) with the Ajv instance behind it would otherwise
+// stay in an idle daemon's heap for good (issue 16). A pure function of the constant schema: compiling
+// it again gives the same validator.
+let compiled: WeakRef<ReturnType<Ajv['compile']>> | undefined;
 function validator(): ReturnType<Ajv['compile']> {
-  // compiled once per process: a pure function of the constant schema, not mutable state
-  if (!compiled) {
-    const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
-    addFormats(ajv);
-    compiled = ajv.compile(configSchema);
-  }
-  return compiled;
+  const cached = compiled?.deref();
+  if (cached) return cached;
+  const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
+  addFormats(ajv);
+  const fresh = ajv.compile(configSchema);
+  compiled = new WeakRef(fresh);
+  return fresh;
 }
 
 /** Validates a parsed config object (defaults filled in place of a deep copy). Pure: returns the

@@ -10,4 +10,12 @@ node=$lib/node/bin/node
 # --max-semi-space-size=1: V8's young generation capped at 1 MiB per semi-space (default: grown to 16
 # MiB on allocation and never given back): ~28 MiB less peak RSS during an install (issue 16, 24);
 # slotflip.service sets the same through NODE_OPTIONS.
+# `slotflip daemon` also starts with V8's optimizing compilers off (daemon/footprint.ts: the daemon
+# idles interpreted and turns them on around an install). Off from the first line rather than from
+# the daemon's own `v8.setFlagsFromString`: Maglev and TurboFan otherwise compile what gets hot while
+# Node starts and the daemon's modules load, and their code stays resident: 2 MiB of idle RSS
+# (npm run bench:memory, which takes these flags from this line). Not in NODE_OPTIONS: Node refuses them there.
+case ${1-} in
+  daemon) exec "$node" --max-semi-space-size=1 --no-turbofan --no-maglev "$lib/dist/daemon/cli.js" "$@" ;;
+esac
 exec "$node" --max-semi-space-size=1 "$lib/dist/daemon/cli.js" "$@"

@@ -19,7 +19,9 @@
  *
  *   node dist/test/bench/memory-bench.js [--idle-seconds 60] [--sizes 1,4] [--cycles 100]
  *       [--only idle,install,cycles] [--sample-ms 100] [--dir DIR]
- *       [--metadata mqtt|http] [--node PATH] [--node-options=OPTS] [--env K=V]... [--show-stderr] [--json]
+ *       [--metadata mqtt|http] [--node PATH] [--node-options=OPTS] [--daemon-args=FLAGS] [--env K=V]...
+ *       [--show-stderr] [--json]
+ *       [--where [--top N]] [--heap-snapshot DIR]
  *
  * --sizes is in GiB (fractions allowed: 0.25); the image is semi-compressible (test/bench/
  * install-fixtures.ts), written and added once per size and cached in --dir (default a temp dir,
@@ -27,9 +29,14 @@
  * --metadata http: the idle/cycles device reads its metadata only from the HTTP repository (every
  * check an HTTP refresh) instead of the broker's retained messages (mqtt, the default).
  * --node runs the daemon (and the CLI) with another Node binary (default: this process's).
- * The daemon gets the NODE_OPTIONS of systemd/slotflip.service (what a device runs) unless
- * --node-options=OPTS replaces them (--node-options= for none); --env K=V sets more variables for
+ * The daemon gets the NODE_OPTIONS of systemd/slotflip.service and the Node flags /usr/bin/slotflip
+ * starts `slotflip daemon` with (systemd/packaging/slotflip.sh), i.e. what a device runs, unless
+ * --node-options=OPTS or --daemon-args=FLAGS replace them (`=` with nothing for none); --env K=V sets more variables for
  * the daemon only; --show-stderr prints the daemon's stderr (e.g. of an --import'ed probe).
+ * --where prints, after the table, where the idle daemon's RSS is (test/bench/resident.ts: the node
+ * binary's resident pages by content, anonymous memory; --top N names each part's biggest symbols);
+ * --heap-snapshot DIR writes the idle daemon's V8 heap snapshot there (after the idle sample; open it
+ * in Chrome DevTools' Memory tab, or `node dist/test/bench/heap-summary.js FILE`).
  * Exit code 0 whatever the figures (this is a bench, not a test); 1 when a run could not complete.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
@@ -43,6 +50,7 @@ import { startMosquitto, type Mosquitto } from '../harness/mosquitto.js';
 import { CLI, HARDWARE, ROOT } from '../e2e/harness.js';
 import { writeImage } from './install-fixtures.js';
 import { deviceTopics } from '../../daemon/topics.js';
+import { formatReport, residentReport } from './resident.js';
 
 const MIB = 1 << 20;
 const GIB = 1 << 30;
@@ -57,10 +65,14 @@ const { values } = parseArgs({
     dir: { type: 'string' },
     node: { type: 'string' },
     'node-options': { type: 'string' },
+    'daemon-args': { type: 'string' },
     env: { type: 'string', multiple: true },
     'show-stderr': { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
     metadata: { type: 'string', default: 'mqtt' },
+    where: { type: 'boolean', default: false },
+    top: { type: 'string', default: '0' },
+    'heap-snapshot': { type: 'string' },
   },
 });
 const idleSeconds = Number(values['idle-seconds']);
@@ -157,8 +169,8 @@ interface Proc {
 }
 
 /** Spawns `slotflip ARGS` reading pino JSON lines from stdout. Only this child is ever signalled. */
-function startCli(args: string[], env: NodeJS.ProcessEnv = {}): Proc {
-  const child = spawn(NODE, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+function startCli(args: string[], env: NodeJS.ProcessEnv = {}, nodeArgs: string[] = []): Proc {
+  const child = spawn(NODE, [...nodeArgs, CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   const lines: Line[] = [];
   const waiters = new Set<() => void>();
   let buf = '';
@@ -231,9 +243,40 @@ function unitNodeOptions(): string {
   return (m?.[1] ?? m?.[2] ?? '').trim();
 }
 
+/** The Node flags /usr/bin/slotflip (systemd/packaging/slotflip.sh) starts `slotflip daemon` with
+ * (its `daemon) exec "$node" FLAGS ...` line); --daemon-args=FLAGS replaces them. */
+function launcherDaemonArgs(): string[] {
+  const launcher = join(ROOT, 'systemd', 'packaging', 'slotflip.sh');
+  const m = /^\s*daemon\) exec "\$node" (.*?)"\$lib\/dist\/daemon\/cli\.js" "\$@"/m.exec(readFileSync(launcher, 'utf8'));
+  if (!m) throw new Error(`${launcher}: no \`daemon) exec "$node" ...\` line to take the daemon's Node flags from`);
+  return m[1]!.split(' ').filter(Boolean);
+}
+const DAEMON_ARGS = values['daemon-args'] !== undefined ? values['daemon-args'].split(' ').filter(Boolean) : launcherDaemonArgs();
+
 /** The daemon runs with the unit's NODE_OPTIONS (as on a device) unless --node-options says otherwise
- * (`--node-options=` for none); --env K=V adds variables. Both reach the daemon only. */
-const NODE_OPTIONS = values['node-options'] ?? unitNodeOptions();
+ * (`--node-options=` for none); --env K=V adds variables. Both reach the daemon only.
+ * --heap-snapshot adds `--heapsnapshot-signal=SIGUSR2` (Node writes a snapshot on that signal; it
+ * costs nothing until then). */
+const NODE_OPTIONS = [values['node-options'] ?? unitNodeOptions(), ...(values['heap-snapshot'] ? [`--heapsnapshot-signal=SIGUSR2 --diagnostic-dir=${values['heap-snapshot']}`] : [])].filter(Boolean).join(' ');
+
+/** --where: where the idle daemon's RSS is (test/bench/resident.ts), printed after the table. */
+let whereReport = '';
+
+/** Signals the daemon to write a heap snapshot into `dir`; resolves with its path once Node has
+ * finished writing it (its size stops changing), after the idle RSS was sampled. */
+async function heapSnapshot(pid: number, dir: string): Promise<string> {
+  await mkdir(dir, { recursive: true });
+  const before = new Set(readdirSync(dir));
+  process.kill(pid, 'SIGUSR2');
+  for (let last = -1, end = Date.now() + 120_000; Date.now() < end; await sleep(500)) {
+    const f = readdirSync(dir).find((n) => !before.has(n) && n.endsWith('.heapsnapshot'));
+    if (!f) continue;
+    const size = (await stat(join(dir, f))).size;
+    if (size > 0 && size === last) return join(dir, f);
+    last = size;
+  }
+  throw new Error(`no heap snapshot in ${dir} within 120 s`);
+}
 function daemonEnv(): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { NODE_OPTIONS };
   for (const kv of values.env ?? []) env[kv.slice(0, kv.indexOf('='))] = kv.slice(kv.indexOf('=') + 1);
@@ -307,14 +350,16 @@ async function publish(env: Env, broker: Mosquitto): Promise<void> {
 interface Results {
   node: string;
   nodeOptions: string;
+  daemonArgs: string[];
   idle?: { at60sMiB: number; at5sMiB: number; maxMiB: number; seconds: number; procs: number };
   install: Array<{ gib: number; peakMiB: number; peakProcs: number; seconds: number; cpuSeconds: number; payloadMiB: number }>;
+  installFailures: Array<{ gib: number; error: string }>;
   cycles?: { n: number; beforeMiB: number; afterMiB: number; growthMiB: number; trace: number[]; seconds: number };
 }
 
 async function idleAndCycles(root: string, broker: Mosquitto, res: Results): Promise<void> {
   const env = await setupEnv(join(root, 'idle'), broker, { deviceId: 'bench-idle', slotSize: 8 * MIB, httpOnly: METADATA === 'http' });
-  const d = startCli(['daemon', '--config', env.configPath], daemonEnv());
+  const d = startCli(['daemon', '--config', env.configPath], daemonEnv(), DAEMON_ARGS);
   const s = sampler(d.child.pid!);
   try {
     await d.waitFor((l) => l.msg === 'cycle done', 60_000, 'first cycle done');
@@ -325,6 +370,8 @@ async function idleAndCycles(root: string, broker: Mosquitto, res: Results): Pro
       const at5 = s.samples.find((x) => x.t >= 5000)?.kib ?? now;
       res.idle = { at60sMiB: mib(now), at5sMiB: mib(at5), maxMiB: mib(Math.max(...s.samples.map((x) => x.kib))), seconds: Math.round((Date.now() - t0) / 1000), procs: treeRss(d.child.pid!).procs };
       say(`idle: ${mib(now)} MiB after ${idleSeconds} s (5 s: ${mib(at5)} MiB, max ${res.idle.maxMiB} MiB)`);
+      if (values.where) whereReport = formatReport(await residentReport(d.child.pid!, `idle daemon, ${idleSeconds} s`, { top: Number(values.top) }));
+      if (values['heap-snapshot']) say(`heap snapshot of the idle daemon: ${await heapSnapshot(d.child.pid!, values['heap-snapshot'])}`);
     }
     if (only.has('cycles') && cycles > 0) {
       const client = await mqttClient(broker.url);
@@ -382,11 +429,18 @@ async function install(root: string, cache: string, broker: Mosquitto, gib: numb
     }
     const payload = (JSON.parse(readFileSync(added, 'utf8')) as { length: number }).length;
     await publish(env, broker);
-    const d = startCli(['daemon', '--config', env.configPath], daemonEnv());
+    const d = startCli(['daemon', '--config', env.configPath], daemonEnv(), DAEMON_ARGS);
     const s = sampler(d.child.pid!);
     const t0 = Date.now();
     try {
-      await d.waitFor((l) => l.msg === 'install verified', 3_600_000, 'install verified');
+      // a cycle that ends with its check failed (the release refused, a mirror's bytes wrong) never
+      // gets to `install verified`: the daemon waits for its retry; say why at once instead of
+      // waiting out the hour
+      const end = await d.waitFor((l) => l.msg === 'install verified' || (l.msg === 'cycle done' && l.lastCheck === 'failed'), 3_600_000, 'install verified');
+      if (end.msg !== 'install verified') {
+        const record = JSON.parse(readFileSync(join(env.dir, 'state', 'update-record.json'), 'utf8')) as { lastCheck?: { detail?: string } };
+        throw new Error(`the daemon's check failed: ${record.lastCheck?.detail ?? 'no detail in its update record'}`);
+      }
       const cpu = Math.round(cpuSeconds(d.child.pid!) * 10) / 10;
       s.now();
       const peak = s.samples.reduce((a, b) => (b.kib > a.kib ? b : a));
@@ -409,16 +463,27 @@ function say(s: string): void {
 
 async function main(): Promise<number> {
   const nodeVersion = await new Promise<string>((resolve) => execFile(NODE, ['--version'], (_e, out) => resolve(String(out).trim())));
-  say(`node ${nodeVersion} (${NODE}); daemon ${CLI}; NODE_OPTIONS="${NODE_OPTIONS}"`);
+  say(`node ${nodeVersion} (${NODE}); daemon: node ${DAEMON_ARGS.join(' ')} ${CLI} daemon; NODE_OPTIONS="${NODE_OPTIONS}"`);
   const root = values.dir ?? (await mkdtemp(join(tmpdir(), 'slotflip-membench-')));
   const cache = join(root, 'cache');
   await mkdir(cache, { recursive: true });
-  const res: Results = { node: nodeVersion, nodeOptions: NODE_OPTIONS, install: [] };
+  const res: Results = { node: nodeVersion, nodeOptions: NODE_OPTIONS, daemonArgs: DAEMON_ARGS, install: [], installFailures: [] };
   const broker = await startMosquitto();
   let failed = false;
   try {
     if (only.has('idle') || only.has('cycles')) await idleAndCycles(root, broker, res);
-    if (only.has('install')) for (const g of sizes) await install(root, cache, broker, g, res);
+    if (only.has('install')) {
+      for (const g of sizes) {
+        // one size failing does not take the others' figures with it; the run still exits 1
+        try {
+          await install(root, cache, broker, g, res);
+        } catch (e) {
+          failed = true;
+          res.installFailures.push({ gib: g, error: (e as Error).message });
+          say(`install ${g} GiB FAILED: ${(e as Error).message}`);
+        }
+      }
+    }
   } catch (e) {
     failed = true;
     say(`FAILED: ${(e as Error).stack ?? String(e)}`);
@@ -438,11 +503,13 @@ function printTable(res: Results): void {
   const rows: string[][] = [];
   if (res.idle) rows.push([`idle RSS ${idleSeconds} s after start`, `${res.idle.at60sMiB} MiB`, '<= 48 MiB', `5 s: ${res.idle.at5sMiB}, max ${res.idle.maxMiB}`]);
   for (const i of res.install) rows.push([`peak RSS installing ${i.gib} GiB`, `${i.peakMiB} MiB`, '<= 64 MiB', `${i.seconds} s (daemon CPU ${i.cpuSeconds} s), payload ${i.payloadMiB} MiB, up to ${i.peakProcs} processes`]);
+  for (const f of res.installFailures) rows.push([`peak RSS installing ${f.gib} GiB`, 'FAILED', '<= 64 MiB', f.error.replace(/\|/g, '/').slice(0, 400)]);
   if (res.cycles) rows.push([`growth over ${res.cycles.n} check cycles (one process)`, `${res.cycles.growthMiB} MiB`, '< 5 MiB', `${res.cycles.beforeMiB} → ${res.cycles.afterMiB} MiB in ${res.cycles.seconds} s`]);
-  console.log(`slotflip daemon memory (RSS of the whole process tree), node ${res.node}, NODE_OPTIONS="${res.nodeOptions}", metadata over ${METADATA}`);
+  console.log(`slotflip daemon memory (RSS of the whole process tree), node ${res.node}, node flags "${DAEMON_ARGS.join(' ')}", NODE_OPTIONS="${res.nodeOptions}", metadata over ${METADATA}`);
   console.log('| figure | measured | goal | notes |');
   console.log('| --- | --- | --- | --- |');
   for (const r of rows) console.log(`| ${r.join(' | ')} |`);
+  if (whereReport) console.log(whereReport);
 }
 
 process.exitCode = await main();
