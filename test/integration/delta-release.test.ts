@@ -108,3 +108,55 @@ t.test('release add --delta publishes index + pack targets and explains what def
   t.ok(r.downloaded < r2.length, `downloaded ${r.downloaded} < full payload ${r2.length}`);
   t.ok(Math.abs(r.downloaded - est.expectedBytes) <= 4096 + r.requests * 512, `the estimate (${est.expectedBytes}) matches the real download (${r.downloaded})`);
 });
+
+t.test('release add publishes a delta by default and estimates against the earlier release of the same hardware', async (t) => {
+  const dir = t.testdir();
+  const repo = join(dir, 'repo');
+  const tree = join(dir, 'tree');
+  for (let d = 0; d < 4; d++) {
+    await mkdir(join(tree, `dir${d}`), { recursive: true });
+    for (let f = 0; f < 30; f++) await writeFile(join(tree, `dir${d}`, `file${f}.txt`), `file ${d}/${f}\n`.repeat(300 + f * 17));
+  }
+  await ext4(tree, join(dir, 'v1.img'));
+  await writeFile(join(tree, 'dir2', 'file5.txt'), 'changed\n');
+  await ext4(tree, join(dir, 'v2.img'));
+  await writeFile(join(tree, 'dir1', 'file9.txt'), 'changed again\n');
+  await ext4(tree, join(dir, 'v3.img'));
+  t.equal((await cli(['repo', 'init', repo])).code, 0);
+  const add = (v: string, img: string, hw: string, extra: string[] = []): Promise<{ code: number; stdout: string; stderr: string }> =>
+    cli(['release', 'add', repo, '--image', join(dir, img), '--version', v, '--security-version', '1', '--hardware', hw, '--channel', 'stable', ...extra]);
+  const json = async (p: Promise<{ code: number; stdout: string; stderr: string }>): Promise<Record<string, any>> => { // eslint-disable-line @typescript-eslint/no-explicit-any
+    const r = await p;
+    t.equal(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout) as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+  };
+
+  const r1 = await json(add('1.0.0', 'v1.img', 'acme,a', ['--json']));
+  t.ok(r1.delta?.pack.length > 0, 'no flag: the delta index and pack are published');
+  t.equal(r1.delta.level, 12, 'at the default level');
+  t.same(r1.delta.estimates, [], 'nothing earlier of this hardware');
+  // another board's release is never the seed; a better one of the same board is (securityVersion, then semver)
+  await json(add('9.0.0', 'v3.img', 'acme,other', ['--json']));
+  const r2 = await json(add('1.1.0', 'v2.img', 'acme,a', ['--json']));
+  t.equal(r2.delta.estimates.length, 1);
+  t.equal(r2.delta.estimates[0].release, 'releases/1.0.0/v1.img.zst (1.0.0)', 'compared with 1.0.0 of the same hardware, not 9.0.0 of another');
+  t.equal(r2.delta.estimates[0].against, join(repo, 'repository', 'targets', 'releases', '1.0.0', `${r1.delta.index.sha256}.v1.img.zst.delta-index`), 'through its signed .delta-index file');
+  t.ok(r2.delta.estimates[0].expectedBytes < r2.length, 'expects less than the full payload');
+
+  // human output: the release named, the download, what defeats reuse
+  const h = await add('1.2.0', 'v3.img', 'acme,a');
+  t.equal(h.code, 0, h.stderr);
+  t.match(h.stdout, /^delta: releases\/1\.2\.0\/v3\.img\.zst\.delta-index \(\d+ bytes\)/m);
+  t.match(h.stdout, /^a device holding releases\/1\.1\.0\/v2\.img\.zst \(1\.1\.0\) downloads about [\d.]+ MB \([\d.]+ % of the full payload\)$/m);
+  t.match(h.stdout, /fixed hash seed|fixed UUID/, 'says what defeats reuse (each mke2fs picks a new UUID and hash seed)');
+
+  // the earlier release has no delta index: said, no estimate; format 1 publishes none by default
+  await json(add('1.3.0', 'v1.img', 'acme,a', ['--no-delta', '--json']));
+  const r4 = await json(add('1.4.0', 'v2.img', 'acme,a', ['--json']));
+  t.same(r4.delta.estimates, []);
+  t.match(r4.delta.noEstimate, /^releases\/1\.3\.0\/v1\.img\.zst \(1\.3\.0\) has no delta index/);
+  const f1 = await json(add('1.5.0', 'v2.img', 'acme,a', ['--inline-index', '--json']));
+  t.notOk('delta' in f1, '--inline-index (format 1): no delta files');
+  const both = await add('1.6.0', 'v2.img', 'acme,a', ['--inline-index', '--delta']);
+  t.match(both.stderr, /MANIFEST_BAD_ARGUMENT.*--delta needs format 2/, 'asking for both is refused');
+});
