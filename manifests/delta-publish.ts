@@ -11,7 +11,7 @@ import { createHash } from 'node:crypto';
 import { open, readFile, readdir, rename, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import zlib from 'node:zlib';
-import { chunkFile } from './cdc.js';
+import { chunkFile, looksLikeDirBlock } from './cdc.js';
 import { buildDelta, DELTA_FORMAT, parseDeltaIndex, type BuildDeltaOptions, type DeltaIndex, type DeltaSection } from './delta.js';
 
 export interface PublishedDelta {
@@ -124,21 +124,6 @@ function ext4Of(head: Buffer, read: (len: number, off: number) => Promise<Buffer
   })();
 }
 
-/** Whether a block looks like an ext4 directory block (a chain of valid entries filling it). */
-function looksLikeDirBlock(b: Buffer): boolean {
-  let off = 0;
-  let entries = 0;
-  while (off < b.length) {
-    if (off + 8 > b.length) return false;
-    const recLen = b.readUInt16LE(off + 4);
-    const nameLen = b[off + 6]!;
-    if (recLen < 8 || recLen % 4 !== 0 || off + recLen > b.length || (nameLen > 0 && 8 + nameLen > recLen)) return false;
-    off += recLen;
-    entries++;
-  }
-  return entries > 0 && off === b.length;
-}
-
 /**
  * What a device holding `against` (an image, or an earlier release's `.delta-index`) downloads to
  * get the image `newImage` described by `idx`, and why. `indexLength`: the new index file's size.
@@ -185,7 +170,7 @@ export async function estimateDelta(newImage: string, idx: DeltaIndex, indexLeng
             let kind = 'file data and other blocks';
             if (b === 0 || fs.bitmaps.includes(b) || b < 1 + Math.ceil(fs.inodeTables.length * 64 / bs)) kind = 'superblock, group descriptors and bitmaps';
             else if (fs.inodeTables.some(([s, e]) => b >= s && b < e)) kind = 'inode tables';
-            else if (from - pos >= 0 && to - pos <= data.length && n === bs && looksLikeDirBlock(data.subarray(from - pos, to - pos))) kind = 'directory blocks';
+            else if (from - pos >= 0 && to - pos <= data.length && n === bs && looksLikeDirBlock(data, from - pos, bs)) kind = 'directory blocks';
             add(kind, n);
           }
         } else add('image bytes', len);

@@ -161,7 +161,26 @@ export function parseDeltaIndex(file: Buffer): DeltaIndex {
  */
 export const DEFAULT_DELTA_LEVEL = 12;
 
+/**
+ * The chunking parameters `buildDelta` uses for an image: DEFAULT_CDC, and for an ext4 image its
+ * block size as `dirBlock` (directory blocks are chunks of their own: cdc.ts).
+ */
+export async function cdcForImage(imagePath: string, base: CdcParams = DEFAULT_CDC): Promise<CdcParams> {
+  const fh = await open(imagePath, 'r');
+  try {
+    const sb = Buffer.alloc(1024);
+    const { bytesRead } = await fh.read(sb, 0, 1024, 1024);
+    if (bytesRead < 1024 || sb.readUInt16LE(56) !== 0xef53) return { ...base };
+    const log = sb.readUInt32LE(24);
+    const bs = log <= 6 ? 1024 << log : 0;
+    return bs >= 1024 && bs <= Math.min(65536, base.max) ? { ...base, dirBlock: bs } : { ...base };
+  } finally {
+    await fh.close();
+  }
+}
+
 export interface BuildDeltaOptions {
+  /** chunking (default: cdcForImage). */
   cdc?: CdcParams;
   /** zstd level of each frame (default DEFAULT_DELTA_LEVEL). */
   level?: number;
@@ -197,7 +216,8 @@ export function zstdFrame(raw: Buffer, level: number): Promise<Buffer> {
  * chunks in flight.
  */
 export async function buildDelta(imagePath: string, indexPath: string, packPath: string, opts: BuildDeltaOptions = {}): Promise<BuiltDelta> {
-  const cdc = opts.cdc ?? DEFAULT_CDC;
+  const cdc = opts.cdc ?? (await cdcForImage(imagePath));
+  checkCdcParams(cdc);
   const level = opts.level ?? DEFAULT_DELTA_LEVEL;
   const concurrency = Math.max(1, opts.concurrency ?? 4);
   const tmpPack = join(dirname(packPath), `.${basename(packPath)}.${process.pid}.tmp`);
