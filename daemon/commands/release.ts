@@ -174,11 +174,11 @@ export const command: Command = {
         estimates.push({ against: a.path, ...(a.release ? { release: a.release } : {}), ...e, percentOfFull: Math.round((1000 * e.expectedBytes) / r.length) / 10 });
       }
     }
-    const deltaJson = r.delta ? { delta: { index: r.delta.section.index, pack: r.delta.section.pack, level: deltaLevel ?? DEFAULT_DELTA_LEVEL, chunks: r.delta.index.header.chunkCount, distinct: r.delta.index.header.uniqueCount, estimates, ...(noSeed ? { noEstimate: noSeed } : {}) } } : {};
+    const deltaJson = r.delta ? { delta: { index: r.delta.section.index, pack: r.delta.section.pack, level: deltaLevel ?? DEFAULT_DELTA_LEVEL, cdc: r.delta.index.header.cdc, chunks: r.delta.index.header.chunkCount, distinct: r.delta.index.header.uniqueCount, estimates, ...(noSeed ? { noEstimate: noSeed } : {}) } } : {};
     if (values.json) io.stdout.write(JSON.stringify({ targetName: r.targetName, path: r.path, length: r.length, sha256: r.sha256, targetsVersion: r.targetsVersion, version: r.custom.version, securityVersion: r.custom.securityVersion, format: r.custom.slotflip, chunks: r.chunks, ...(r.index ? { index: r.index } : {}), ...deltaJson }) + '\n');
     else {
       io.stdout.write(`added ${r.targetName} (${r.custom.version}, securityVersion ${r.custom.securityVersion}, ${r.chunks} chunks, ${r.length} bytes) in targets v${r.targetsVersion}${r.index ? `; chunk index ${r.index.targetName} (${r.index.length} bytes)` : ' (format 1: chunk index inline)'}\n`);
-      if (r.delta) io.stdout.write(`delta: ${r.delta.section.index.target} (${r.delta.section.index.length} bytes) and ${r.delta.section.pack.target} (${r.delta.section.pack.length} bytes), ${r.delta.index.header.chunkCount} chunks, ${r.delta.index.header.uniqueCount} distinct\n`);
+      if (r.delta) io.stdout.write(`delta: ${r.delta.section.index.target} (${r.delta.section.index.length} bytes) and ${r.delta.section.pack.target} (${r.delta.section.pack.length} bytes), ${r.delta.index.header.chunkCount} chunks, ${r.delta.index.header.uniqueCount} distinct (${[r.delta.index.header.cdc.min, r.delta.index.header.cdc.avg, r.delta.index.header.cdc.max].map((n) => n >> 10).join('/')} KiB${r.delta.index.header.cdc.dirBlock ? ', ext4 directory blocks on their own' : ''})\n`);
       for (const e of estimates) {
         io.stdout.write(`a device holding ${e.release ?? e.against} downloads about ${(e.expectedBytes / 1e6).toFixed(1)} MB (${e.percentOfFull} % of the full payload)\n`);
         for (const why of e.reasons) io.stdout.write(`  ${why}\n`);

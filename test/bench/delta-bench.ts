@@ -19,8 +19,8 @@
  *        [--approx-denominator]
  *
  * --level: zstd level of the delta pack's frames (default DEFAULT_DELTA_LEVEL, as `release add`).
- * --chunking: `dir` (default, as `release add`: ext4 directory blocks are chunks of their own) or
- * `plain` (FastCDC alone, what releases published before that use). --approx-denominator: when NEW's `zstd -19` size is not cached
+ * --chunking: `dir` (default, as `release add`: 8/32/128 KiB, ext4 directory blocks on their own) or
+ * `plain` (4/16/64 KiB FastCDC alone, what releases published before that use). --approx-denominator: when NEW's `zstd -19` size is not cached
  * yet, divide by OLD's instead (marked ≈; the pairs differ by a few MB of 1 GiB).
  */
 import { execFile, spawn } from 'node:child_process';
@@ -42,7 +42,7 @@ const cache = process.env.SLOTFLIP_DELTA_CACHE ?? join(homedir(), '.cache', 'slo
 const images = join(cache, 'images');
 const art = join(cache, 'artifacts');
 let level = 12;
-/** `-dir` (default: ext4 directory blocks as chunks of their own, as release add) or `-plain` (FastCDC alone). */
+/** `-dir` (default, as release add: for ext4 images EXT4_CDC with directory blocks as chunks of their own) or `-plain` (DEFAULT_CDC alone, as releases published before). */
 let cdcTag = '-dir';
 
 /** [pair name, OLD image, NEW image] */
