@@ -33,17 +33,27 @@ async function ext4(tree: string, out: string): Promise<void> {
   await execFileP('mke2fs', ['-q', '-t', 'ext4', '-d', tree, '-F', out, '16M']);
 }
 
+/** A tree of `dirs` × `files` text files, an ext4 image of it, then one per change (file, content). */
+async function ext4Versions(dir: string, dirs: number, files: number, changes: [string, string][]): Promise<string[]> {
+  const tree = join(dir, 'tree');
+  for (let d = 0; d < dirs; d++) {
+    await mkdir(join(tree, `dir${d}`), { recursive: true });
+    for (let f = 0; f < files; f++) await writeFile(join(tree, `dir${d}`, `file${f}.txt`), `file ${d}/${f}\n`.repeat(200 + f * 13));
+  }
+  const images = [join(dir, 'v1.img')];
+  await ext4(tree, images[0]!);
+  for (const [i, [file, content]] of changes.entries()) {
+    await writeFile(join(tree, file), content);
+    images.push(join(dir, `v${i + 2}.img`));
+    await ext4(tree, images.at(-1)!);
+  }
+  return images;
+}
+
 t.test('release add --delta publishes index + pack targets and explains what defeats reuse', async (t) => {
   const dir = t.testdir();
   const repo = join(dir, 'repo');
-  const tree = join(dir, 'tree');
-  for (let d = 0; d < 8; d++) {
-    await mkdir(join(tree, `dir${d}`), { recursive: true });
-    for (let f = 0; f < 40; f++) await writeFile(join(tree, `dir${d}`, `file${f}.txt`), `file ${d}/${f}\n`.repeat(200 + f * 13));
-  }
-  await ext4(tree, join(dir, 'v1.img'));
-  await writeFile(join(tree, 'dir3', 'file7.txt'), 'a changed configuration file\n');
-  await ext4(tree, join(dir, 'v2.img'));
+  await ext4Versions(dir, 8, 40, [['dir3/file7.txt', 'a changed configuration file\n']]);
 
   t.equal((await cli(['repo', 'init', repo])).code, 0);
   const add = (v: string, img: string, extra: string[] = []): Promise<{ code: number; stdout: string; stderr: string }> =>
@@ -112,16 +122,7 @@ t.test('release add --delta publishes index + pack targets and explains what def
 t.test('release add publishes a delta by default and estimates against the earlier release of the same hardware', async (t) => {
   const dir = t.testdir();
   const repo = join(dir, 'repo');
-  const tree = join(dir, 'tree');
-  for (let d = 0; d < 4; d++) {
-    await mkdir(join(tree, `dir${d}`), { recursive: true });
-    for (let f = 0; f < 30; f++) await writeFile(join(tree, `dir${d}`, `file${f}.txt`), `file ${d}/${f}\n`.repeat(300 + f * 17));
-  }
-  await ext4(tree, join(dir, 'v1.img'));
-  await writeFile(join(tree, 'dir2', 'file5.txt'), 'changed\n');
-  await ext4(tree, join(dir, 'v2.img'));
-  await writeFile(join(tree, 'dir1', 'file9.txt'), 'changed again\n');
-  await ext4(tree, join(dir, 'v3.img'));
+  await ext4Versions(dir, 4, 30, [['dir2/file5.txt', 'changed\n'], ['dir1/file9.txt', 'changed again\n']]);
   t.equal((await cli(['repo', 'init', repo])).code, 0);
   const add = (v: string, img: string, hw: string, extra: string[] = []): Promise<{ code: number; stdout: string; stderr: string }> =>
     cli(['release', 'add', repo, '--image', join(dir, img), '--version', v, '--security-version', '1', '--hardware', hw, '--channel', 'stable', ...extra]);
