@@ -4,6 +4,7 @@
  * `slotflip release export DIR --out OUT`: write an offline bundle for a USB stick (repo.ts
  * exportBundle; format in manifests/README.md "Offline bundles").
  */
+import { stat } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { estimateDelta } from '../../manifests/delta-publish.js';
 import { DEFAULT_DELTA_LEVEL } from '../../manifests/delta.js';
@@ -142,6 +143,9 @@ export const command: Command = {
     // the earlier release to compare with, found before this one replaces anything: the one a device
     // of the same hardware would hold (best by securityVersion, then semver), through its delta index
     const against: { path: string; release?: string }[] = (values['delta-against'] ?? []).map((path) => ({ path }));
+    for (const a of against) {
+      if (!(await stat(a.path).then((st) => st.isFile(), () => false))) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', `--delta-against ${a.path}: not a file (an earlier image or .delta-index); nothing was published`);
+    }
     let noSeed: string | undefined;
     if (wantDelta && against.length === 0 && values.image && values.version && values.hardware?.length) {
       const name = releaseTargetName({ image: values.image, version: values.version, compression, ...(values.name ? { name: values.name } : {}) });
@@ -169,9 +173,13 @@ export const command: Command = {
     });
     const estimates = [];
     if (r.delta) {
+      // the release is published by now: an estimate that cannot be made is said, never an error
       for (const a of against) {
-        const e = await estimateDelta(values.image!, r.delta.index, r.delta.section.index.length, a.path);
-        estimates.push({ against: a.path, ...(a.release ? { release: a.release } : {}), ...e, percentOfFull: Math.round((1000 * e.expectedBytes) / r.length) / 10 });
+        const e = await estimateDelta(values.image!, r.delta.index, r.delta.section.index.length, a.path).catch((cause: unknown) => {
+          noSeed = `no estimate against ${a.release ?? a.path}: ${(cause as Error).message}`;
+          return undefined;
+        });
+        if (e) estimates.push({ against: a.path, ...(a.release ? { release: a.release } : {}), ...e, percentOfFull: Math.round((1000 * e.expectedBytes) / r.length) / 10 });
       }
     }
     const deltaJson = r.delta ? { delta: { index: r.delta.section.index, pack: r.delta.section.pack, level: deltaLevel ?? DEFAULT_DELTA_LEVEL, cdc: r.delta.index.header.cdc, chunks: r.delta.index.header.chunkCount, distinct: r.delta.index.header.uniqueCount, estimates, ...(noSeed ? { noEstimate: noSeed } : {}) } } : {};

@@ -13,6 +13,8 @@ import { promisify } from 'node:util';
 import { createHash } from 'node:crypto';
 import { serveRepository } from '../../manifests/serve.js';
 import { installDelta } from '../../daemon/install/delta.js';
+import { buildReleaseDelta, estimateDelta } from '../../manifests/delta-publish.js';
+import { DEFAULT_CDC } from '../../manifests/cdc.js';
 import { createSlotWriter } from '../../hal/file-slot.js';
 
 const execFileP = promisify(execFile);
@@ -162,4 +164,21 @@ t.test('release add publishes a delta by default and estimates against the earli
   t.notOk('delta' in f1, '--inline-index (format 1): no delta files');
   const both = await add('1.6.0', 'v2.img', 'acme,a', ['--inline-index', '--delta']);
   t.match(both.stderr, /MANIFEST_BAD_ARGUMENT.*--delta needs format 2/, 'asking for both is refused');
+});
+
+t.test('an earlier release cut with other chunking parameters: the estimate rebuilds it from its pack and cuts it as a device would', async (t) => {
+  const dir = t.testdir();
+  const [v1, v2] = (await ext4Versions(dir, 6, 30, [['dir4/file3.txt', 'changed\n']])) as [string, string];
+  const targets = join(dir, 'targets');
+  await mkdir(join(targets, 'releases/1.0.0'), { recursive: true });
+  await mkdir(join(targets, 'releases/1.1.0'), { recursive: true });
+  const old = await buildReleaseDelta(v1, targets, 'releases/1.0.0/v1.img.zst', { cdc: DEFAULT_CDC }); // as published before the ext4 chunking
+  const cur = await buildReleaseDelta(v2, targets, 'releases/1.1.0/v2.img.zst');
+  t.not(cur.index.header.cdc.avg, old.index.header.cdc.avg, 'the two releases are cut differently');
+  const viaIndex = await estimateDelta(v2, cur.index, cur.section.index.length, old.targets[0]!.path);
+  const viaImage = await estimateDelta(v2, cur.index, cur.section.index.length, v1);
+  t.equal(viaIndex.expectedBytes, viaImage.expectedBytes, `the same estimate as from the earlier image itself (${viaImage.expectedBytes} bytes)`);
+  t.ok(viaIndex.expectedBytes < cur.section.pack.length, `below the whole pack (${viaIndex.expectedBytes} of ${cur.section.pack.length} bytes)`);
+  await writeFile(old.targets[1]!.path, Buffer.alloc(old.targets[1]!.length)); // a damaged earlier pack
+  await t.rejects(estimateDelta(v2, cur.index, cur.section.index.length, old.targets[0]!.path), /does not match its index|Unknown frame|zstd|decompress/i, 'a damaged pack gives no estimate, not a wrong one');
 });
