@@ -131,6 +131,14 @@ export function cutPoint(buf: Uint8Array, start: number, end: number, p: CdcPara
   return limit;
 }
 
+/** Where a window of `p.max` zero bytes cuts (as cutPoint and cutAroundDirs would: a zero block is
+ * no directory block) and that chunk's SHA-256. */
+function zeroWindow(p: CdcParams): { block: Buffer; cut: number; sha256: string } {
+  const block = Buffer.alloc(p.max);
+  const cut = cutPoint(block, 0, p.max, p);
+  return { block, cut, sha256: createHash('sha256').update(block.subarray(0, cut)).digest('hex') };
+}
+
 export interface CdcChunk {
   /** byte offset in the file or device. */
   offset: number;
@@ -162,6 +170,7 @@ export async function chunkFile(path: string, p: CdcParams, opts: ChunkFileOptio
     const size = opts.size ?? (await fh.stat()).size;
     const cap = Math.max(opts.bufferBytes ?? 8 << 20, 2 * p.max);
     const buf = Buffer.allocUnsafe(cap);
+    const zeros = zeroWindow(p);
     const out: CdcChunk[] = [];
     let filled = 0; // bytes valid in buf
     let bufStart = 0; // file offset of buf[0]
@@ -185,9 +194,12 @@ export async function chunkFile(path: string, p: CdcParams, opts: ChunkFileOptio
       const eof = readOff >= size;
       if (filled === 0) break;
       while (pos < filled && (eof || filled - pos >= p.max)) {
-        const len = p.dirBlock ? cutAroundDirs(buf, pos, filled, bufStart + pos, p) : cutPoint(buf, pos, filled, p);
+        // a window of zeros (unused filesystem space, sparse images) cuts like any other, found by a
+        // memcmp instead of the per-byte hash, and its SHA-256 is known
+        const zero = filled - pos >= p.max && buf.compare(zeros.block, 0, p.max, pos, pos + p.max) === 0;
+        const len = zero ? zeros.cut : p.dirBlock ? cutAroundDirs(buf, pos, filled, bufStart + pos, p) : cutPoint(buf, pos, filled, p);
         const bytes = buf.subarray(pos, pos + len);
-        const c: CdcChunk = { offset: bufStart + pos, length: len, sha256: createHash('sha256').update(bytes).digest('hex') };
+        const c: CdcChunk = { offset: bufStart + pos, length: len, sha256: zero ? zeros.sha256 : createHash('sha256').update(bytes).digest('hex') };
         if (opts.keep !== false) out.push(c);
         if (opts.onChunk) await opts.onChunk(c, bytes);
         pos += len;

@@ -3,7 +3,7 @@
  * (the property delta updates rely on), deterministic across runs, zero runs cut at max.
  */
 import t from 'tap';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { chunkFile, cutPoint, checkCdcParams, DEFAULT_CDC, looksLikeDirBlock } from '../../manifests/cdc.js';
@@ -89,4 +89,27 @@ t.test('dirBlock: directory blocks are chunks of their own, so a renumbered one 
   const missingPlain = (await chunkFile(join(dir, 'b'), P)).filter((c) => !oldPlain.has(c.sha256));
   t.ok(missingPlain.reduce((s, c) => s + c.length, 0) > 2 * 12 * B, 'without dirBlock each takes data chunks with it');
   t.throws(() => checkCdcParams({ ...P, dirBlock: 3000 }), RangeError, 'dirBlock must be a power of two');
+});
+
+t.test('zero windows (found by memcmp) cut exactly as the byte-by-byte hash does', async (t) => {
+  const dir = t.testdir();
+  // zero runs of many lengths between random and text runs, so windows start inside and across them
+  const parts: Buffer[] = [];
+  for (let i = 0; i < 40; i++) parts.push(Buffer.alloc(Math.floor(Math.random() * 3 * P.max)), i % 3 ? randomBytes(Math.floor(Math.random() * P.max)) : Buffer.from('x'.repeat(Math.floor(Math.random() * 5000))));
+  const data = Buffer.concat(parts);
+  await writeFile(join(dir, 'z'), data);
+  for (const p of [P, { ...P, dirBlock: 4096 }]) {
+    // reference: cutPoint over the whole buffer in memory, every chunk hashed
+    const ref: { offset: number; length: number }[] = [];
+    for (let pos = 0; pos < data.length; ) {
+      const len = cutPoint(data, pos, data.length, p);
+      ref.push({ offset: pos, length: len });
+      pos += len;
+    }
+    const got = await chunkFile(join(dir, 'z'), p, { bufferBytes: 2 * P.max + 4096 });
+    if (!p.dirBlock) t.same(got.map((c) => ({ offset: c.offset, length: c.length })), ref, 'same cuts as the plain hash');
+    const bad = got.filter((c) => c.sha256 !== createHash('sha256').update(data.subarray(c.offset, c.offset + c.length)).digest('hex'));
+    t.equal(bad.length, 0, `every chunk's SHA-256 is its bytes' (${got.length} chunks${p.dirBlock ? ', dirBlock' : ''})`);
+    t.ok(got.filter((c) => c.length === P.max).length > 5, 'zero windows were cut at max');
+  }
 });
