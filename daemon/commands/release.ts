@@ -49,7 +49,7 @@ const HELP = [
   '                          index and .delta-pack): devices holding any earlier image copy what',
   '                          their slots hold and download only the rest; devices without delta',
   '                          support (or with install.delta "off") ignore them and download the',
-  '                          full payload. It costs publishing time (a 1 GiB image: 14 s of 24 s)',
+  '                          full payload. It costs publishing time (a 1 GiB image: 10 s of 16 s)',
   '                          and server space (a pack ~1.1x the payload)',
   '  --delta                 publish the delta files (the default; an error with --inline-index)',
   `  --delta-level N         zstd level of the pack frames (1-22, default ${DEFAULT_DELTA_LEVEL})`,
