@@ -164,6 +164,9 @@ t.test('release add publishes a delta by default and estimates against the earli
   t.notOk('delta' in f1, '--inline-index (format 1): no delta files');
   const both = await add('1.6.0', 'v2.img', 'acme,a', ['--inline-index', '--delta']);
   t.match(both.stderr, /MANIFEST_BAD_ARGUMENT.*--delta needs format 2/, 'asking for both is refused');
+  const missing = await add('1.7.0', 'v2.img', 'acme,a', ['--delta-against', join(dir, 'no-such.img')]);
+  t.match(missing.stderr, /MANIFEST_BAD_ARGUMENT.*--delta-against .*no-such\.img: not a file/, 'a --delta-against that is not a file is refused');
+  await t.rejects(readdir(join(repo, 'repository', 'targets', 'releases', '1.7.0')), { code: 'ENOENT' }, 'before anything is written');
 });
 
 t.test('an earlier release cut with other chunking parameters: the estimate rebuilds it from its pack and cuts it as a device would', async (t) => {
