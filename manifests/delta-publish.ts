@@ -8,10 +8,11 @@
  * distinct chunks it holds), so no earlier image needs to be kept on the publishing machine.
  */
 import { createHash } from 'node:crypto';
-import { open, readFile, readdir, rename, stat } from 'node:fs/promises';
+import { mkdtemp, open, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import zlib from 'node:zlib';
-import { chunkFile } from './cdc.js';
+import { chunkFile, looksLikeDirBlock } from './cdc.js';
 import { buildDelta, DELTA_FORMAT, parseDeltaIndex, type BuildDeltaOptions, type DeltaIndex, type DeltaSection } from './delta.js';
 
 export interface PublishedDelta {
@@ -79,11 +80,59 @@ async function seedKeys(against: string, idx: DeltaIndex): Promise<Set<string>> 
   const keys = new Set<string>();
   if (against.endsWith('.delta-index')) {
     const old = parseDeltaIndex(await readFile(against));
-    for (let u = 0; u < old.header.uniqueCount; u++) keys.add(old.shas.toString('hex', u * 32, u * 32 + 8));
+    const a = old.header.cdc;
+    const b = idx.header.cdc;
+    if (a.min === b.min && a.avg === b.avg && a.max === b.max && a.dirBlock === b.dirBlock) {
+      for (let u = 0; u < old.header.uniqueCount; u++) keys.add(old.shas.toString('hex', u * 32, u * 32 + 8));
+      return keys;
+    }
+    // cut with other parameters (published before they changed): a device cuts its slot with the NEW
+    // ones, so rebuild the earlier image from its pack (every chunk checked) and cut it the same way
+    const tmp = await mkdtemp(join(tmpdir(), 'slotflip-estimate-'));
+    try {
+      await imageFromPack(against, old, join(tmp, 'earlier.img'));
+      await chunkFile(join(tmp, 'earlier.img'), b, { keep: false, onChunk: (c) => void keys.add(c.sha256.slice(0, 16)) });
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
     return keys;
   }
   await chunkFile(against, idx.header.cdc, { keep: false, onChunk: (c) => void keys.add(c.sha256.slice(0, 16)) });
   return keys;
+}
+
+/** The pack file beside an earlier release's `.delta-index` (same directory, same target name). */
+async function packBeside(indexPath: string): Promise<string | undefined> {
+  const dir = dirname(indexPath);
+  const packBase = basename(indexPath).replace(/^[0-9a-f]{64}\./, '').replace(/\.delta-index$/, '.delta-pack');
+  const name = (await readdir(dir)).find((n) => n.endsWith(`.${packBase}`) && /^[0-9a-f]{64}\./.test(n));
+  return name ? join(dir, name) : undefined;
+}
+
+/** Writes the image an earlier release's delta index describes to `out`, from its pack; throws when
+ * the pack is missing or a chunk does not match its SHA-256. */
+async function imageFromPack(indexPath: string, idx: DeltaIndex, out: string): Promise<void> {
+  const packPath = await packBeside(indexPath);
+  if (!packPath) throw new Error(`no .delta-pack beside ${indexPath}`);
+  const decode = (zlib as unknown as { zstdDecompressSync: (b: Buffer, o?: object) => Buffer }).zstdDecompressSync;
+  const pack = await open(packPath, 'r');
+  const img = await open(out, 'w', 0o600);
+  try {
+    let at = 0;
+    for (let i = 0; i < idx.refs.length; i++) {
+      const u = idx.refs[i]!;
+      const frame = Buffer.alloc(idx.packLen[u]!);
+      const { bytesRead } = await pack.read(frame, 0, frame.length, idx.packOff[u]!);
+      if (bytesRead !== frame.length) throw new Error(`${packPath} is shorter than its index says`);
+      const raw = decode(frame, { maxOutputLength: idx.rawLen[u]! });
+      if (raw.length !== idx.rawLen[u] || idx.shas.compare(createHash('sha256').update(raw).digest(), 0, 32, u * 32, u * 32 + 32) !== 0) throw new Error(`${packPath}: chunk ${i} does not match its index`);
+      await img.write(raw, 0, raw.length, at);
+      at += raw.length;
+    }
+  } finally {
+    await pack.close();
+    await img.close();
+  }
 }
 
 interface Ext4 {
@@ -122,21 +171,6 @@ function ext4Of(head: Buffer, read: (len: number, off: number) => Promise<Buffer
     }
     return { blockSize, uuid: sb.subarray(104, 120).toString('hex'), hashSeed: sb.subarray(236, 252).toString('hex'), mkfsTime: sb.readUInt32LE(264), inodeTables, bitmaps };
   })();
-}
-
-/** Whether a block looks like an ext4 directory block (a chain of valid entries filling it). */
-function looksLikeDirBlock(b: Buffer): boolean {
-  let off = 0;
-  let entries = 0;
-  while (off < b.length) {
-    if (off + 8 > b.length) return false;
-    const recLen = b.readUInt16LE(off + 4);
-    const nameLen = b[off + 6]!;
-    if (recLen < 8 || recLen % 4 !== 0 || off + recLen > b.length || (nameLen > 0 && 8 + nameLen > recLen)) return false;
-    off += recLen;
-    entries++;
-  }
-  return entries > 0 && off === b.length;
 }
 
 /**
@@ -185,7 +219,7 @@ export async function estimateDelta(newImage: string, idx: DeltaIndex, indexLeng
             let kind = 'file data and other blocks';
             if (b === 0 || fs.bitmaps.includes(b) || b < 1 + Math.ceil(fs.inodeTables.length * 64 / bs)) kind = 'superblock, group descriptors and bitmaps';
             else if (fs.inodeTables.some(([s, e]) => b >= s && b < e)) kind = 'inode tables';
-            else if (from - pos >= 0 && to - pos <= data.length && n === bs && looksLikeDirBlock(data.subarray(from - pos, to - pos))) kind = 'directory blocks';
+            else if (from - pos >= 0 && to - pos <= data.length && n === bs && looksLikeDirBlock(data, from - pos, bs)) kind = 'directory blocks';
             add(kind, n);
           }
         } else add('image bytes', len);
@@ -209,17 +243,15 @@ export async function estimateDelta(newImage: string, idx: DeltaIndex, indexLeng
 /** The ext4 superblock of an earlier release, from the first frame of its pack (beside its index). */
 async function superblockFromPack(indexPath: string): Promise<Ext4 | undefined> {
   const idx = parseDeltaIndex(await readFile(indexPath));
-  const dir = dirname(indexPath);
-  const packBase = basename(indexPath).replace(/^[0-9a-f]{64}\./, '').replace(/\.delta-index$/, '.delta-pack');
-  const name = (await readdir(dir)).find((n) => n.endsWith(`.${packBase}`));
-  if (!name) return undefined;
-  const fh = await open(join(dir, name), 'r');
+  const packPath = await packBeside(indexPath);
+  if (!packPath) return undefined;
+  const fh = await open(packPath, 'r');
   try {
     const u = idx.refs[0]!;
     const frame = Buffer.alloc(idx.packLen[u]!);
     await fh.read(frame, 0, frame.length, 0);
     const raw = (zlib as unknown as { zstdDecompressSync: (b: Buffer) => Buffer }).zstdDecompressSync(frame);
-    if (createHash('sha256').update(raw).digest().compare(idx.shas, 0, 32, u * 32, u * 32 + 32) !== 0) return undefined;
+    if (idx.shas.compare(createHash('sha256').update(raw).digest(), 0, 32, u * 32, u * 32 + 32) !== 0) return undefined;
     return await ext4Of(raw, async () => Buffer.alloc(0));
   } finally {
     await fh.close();

@@ -595,8 +595,7 @@ export interface AddReleaseOptions extends RepoOptions {
    * referenced from the format 2 chunk index file's `delta` section (devices that do not know it
    * ignore it and install the full payload); not with format 1. */
 delta?: boolean;
-  /** zstd level of the delta pack's frames (default 19: paid once by the publisher, saved by every
-   * device; 9 builds ~25x faster on compressible images for a pack ~12 % larger). */
+  /** zstd level of the delta pack's frames (default DEFAULT_DELTA_LEVEL, manifests/delta.ts). */
   deltaLevel?: number;
 }
 
@@ -660,6 +659,12 @@ async function updateTargets(dir: string, now: number, expiresDays: number | und
   return loaded;
 }
 
+/** The TUF target name `addRelease` gives a release: `--name`, or releases/V/<image name>.zst (.gz, or none). */
+export function releaseTargetName(opts: Pick<AddReleaseOptions, 'name' | 'version' | 'image' | 'compression'>): string {
+  const ext = opts.compression === 'zstd' ? '.zst' : opts.compression === 'gzip' ? '.gz' : '';
+  return opts.name ?? `releases/${opts.version}/${basename(opts.image)}${ext}`;
+}
+
 /**
  * Builds the payload from `image` (compress, chunk, index), places it under repository/targets/ as
  * `<dir>/<sha256>.<basename>`, adds the target with its slotflip custom block, and re-signs targets,
@@ -677,12 +682,12 @@ export async function addRelease(dir: string, opts: AddReleaseOptions): Promise<
   checkRollout(opts.rollout);
   const migrationBad = opts.migration ? migrationProblem(opts.migration) : null;
   if (migrationBad) throw badArg(`${migrationBad} (--migration, --migration-snapshot, --migration-timeout)`, { migration: opts.migration });
-  const ext = opts.compression === 'zstd' ? '.zst' : opts.compression === 'gzip' ? '.gz' : '';
-  const targetName = opts.name ?? `releases/${opts.version}/${basename(opts.image)}${ext}`;
+  const targetName = releaseTargetName(opts);
   const format = opts.format ?? 2;
   if (format !== 1 && format !== 2) throw badArg(`format ${String(format)}: use 2 (default) or 1 (inline chunk index, for daemons before format 2)`);
   checkTargetName(targetName);
   if (format === 2) checkTargetName(indexTargetName(targetName));
+  if (opts.delta && format === 1) throw badArg('--delta needs format 2 (the delta section lives in the chunk index file): drop --inline-index');
   await readSettings(dir);
   await readKey(dir, 'targets', opts.keys); // fail before the (slow) build if the key is absent
 
@@ -693,7 +698,6 @@ export async function addRelease(dir: string, opts: AddReleaseOptions): Promise<
   const finalPath = join(finalDir, `${built.sha256}.${basename(targetName)}`);
   await rename(staging, finalPath);
 
-  if (opts.delta && format === 1) throw badArg('--delta needs format 2 (the delta section lives in the chunk index file): drop --inline-index');
   const delta = opts.delta ? await buildReleaseDelta(opts.image, targetsDir(dir), targetName, opts.deltaLevel !== undefined ? { level: opts.deltaLevel } : {}) : undefined;
 
   const base = {
@@ -727,6 +731,36 @@ export async function addRelease(dir: string, opts: AddReleaseOptions): Promise<
     for (const d of delta?.targets ?? []) map[d.name] = new TargetFile({ path: d.name, length: d.length, hashes: { sha256: d.sha256 } });
   });
   return { targetName, path: finalPath, length: built.length, sha256: built.sha256, targetsVersion: loaded.md.signed.version, custom, chunks: built.payload.chunks.length, ...(index ? { index } : {}), ...(delta ? { delta } : {}) };
+}
+
+/** An earlier release, and its delta index file: the seed a device holding that release has. */
+export interface EarlierDeltaIndex {
+  targetName: string;
+  version: string;
+  /** its `.delta-index` file under repository/targets/ (content-addressed by its signed SHA-256);
+   * undefined when it has none (published with --no-delta or format 1). */
+  path: string | undefined;
+}
+
+/**
+ * The release a device of `hardware` most likely holds when `exceptTarget` reaches it: the best
+ * (devices' own order: securityVersion, then semver) other release that shares a hardware string,
+ * with the path of its `.delta-index` target file; `undefined` when there is none. Reads the current
+ * targets metadata: call it before the new release replaces anything.
+ */
+export async function earlierDeltaIndex(dir: string, hardware: readonly string[], exceptTarget: string): Promise<EarlierDeltaIndex | undefined> {
+  const map = (await loadTargets(dir)).md.signed.targets;
+  const earlier = Object.values(map)
+    .flatMap((t) => {
+      const r = releaseFromTarget(t);
+      return r.kind === 'release' && r.release.targetName !== exceptTarget && r.release.custom.hardware.some((h) => hardware.includes(h)) ? [r.release] : [];
+    })
+    .sort(compareReleases)[0];
+  if (!earlier) return undefined;
+  const idx = map[`${earlier.targetName}.delta-index`];
+  const sha = idx?.hashes['sha256'];
+  const path = idx && sha && /^[0-9a-f]{64}$/.test(sha) ? join(targetsDir(dir), dirname(idx.path), `${sha}.${basename(idx.path)}`) : undefined;
+  return { targetName: earlier.targetName, version: earlier.custom.version, path };
 }
 
 /** Replaces (or with `undefined` removes) a release's rollout and re-signs targets, snapshot, timestamp. */
@@ -1252,6 +1286,9 @@ export async function pruneReleases(dir: string, opts: PruneOptions): Promise<Pr
       delete map[n];
       // an index target another kept release still names stays
       if (idx && !kept.some((k) => indexOfCustom(map[k]?.custom) === idx)) delete map[idx];
+      // its delta files (manifests/delta-publish.ts) are named after it and go with it
+      delete map[`${n}.delta-index`];
+      delete map[`${n}.delta-pack`];
     }
   });
   return { removed, kept, targetsVersion: loaded.md.signed.version };

@@ -4,11 +4,12 @@
  * `slotflip release export DIR --out OUT`: write an offline bundle for a USB stick (repo.ts
  * exportBundle; format in manifests/README.md "Offline bundles").
  */
-import { join } from 'node:path';
+import { stat } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
-import { estimateDelta, latestDeltaIndex } from '../../manifests/delta-publish.js';
+import { estimateDelta } from '../../manifests/delta-publish.js';
+import { DEFAULT_DELTA_LEVEL } from '../../manifests/delta.js';
 import { SlotflipError } from '../../hal/errors.js';
-import { addRelease, exportBundle } from '../../manifests/repo.js';
+import { addRelease, earlierDeltaIndex, exportBundle, releaseTargetName } from '../../manifests/repo.js';
 import { DEFAULT_CHUNK_SIZE } from '../../manifests/payload.js';
 import type { Compression } from '../../manifests/types.js';
 import type { Command } from './command.js';
@@ -43,20 +44,19 @@ const HELP = [
   '  --inline-index          format 1: the chunk index inline in targets.json (~190 bytes per chunk),',
   '                          for devices whose daemon predates format 2; default: format 2, the index',
   '                          is a signed target file of its own (<target>.index) fetched over HTTP',
-  '  --delta                 also publish a delta index and pack (content-defined chunks, targets',
-  '                          <target>.delta-index and .delta-pack, format 2 only): devices holding',
-  '                          any earlier image copy what their slots hold and download only the',
-  '                          rest; devices without delta support (or with install.delta "off")',
-  '                          ignore them and download the full payload. Off by default: it costs',
-  '                          publishing time (zstd -19 per chunk: 4-30x a plain release add) and',
-  '                          server space (a pack about the size of the payload)',
-  '  --no-delta              publish no delta files (the default today; say it explicitly in',
-  '                          scripts that must not publish them if the default changes)',
-  '  --delta-level N         (implies --delta) zstd level of the pack frames (1-22, default 19; 9',
-  '                          builds ~25x faster on compressible images for a pack ~12 % larger)',
-  '  --delta-against F       (implies --delta) print what a device holding F downloads and what in',
-  '                          the image defeats reuse; F is an earlier image or .delta-index file',
-  '                          (default: the latest .delta-index in the repository); repeatable',
+  '  --no-delta              publish no delta files. By default a format 2 release also gets a',
+  '                          delta index and pack (content-defined chunks, targets <target>.delta-',
+  '                          index and .delta-pack): devices holding any earlier image copy what',
+  '                          their slots hold and download only the rest; devices without delta',
+  '                          support (or with install.delta "off") ignore them and download the',
+  '                          full payload. It costs publishing time (a 1 GiB image: 10 s of 16 s)',
+  '                          and server space (a pack ~1.1x the payload)',
+  '  --delta                 publish the delta files (the default; an error with --inline-index)',
+  `  --delta-level N         zstd level of the pack frames (1-22, default ${DEFAULT_DELTA_LEVEL})`,
+  '  --delta-against F       print what a device holding F downloads and what in the image',
+  '                          defeats reuse; F is an earlier image or .delta-index file; repeatable.',
+  '                          Default: against the best earlier release of the same hardware in',
+  '                          the repository (its .delta-index), as a device holding it would',
   '',
   'export: write an offline bundle to OUT (an empty directory, e.g. on a USB stick): the current',
   'metadata, the payloads, and offline.json, signed with the targets key, which lets a device',
@@ -134,15 +134,24 @@ export const command: Command = {
       snapshot: values['migration-snapshot'] ?? [],
       ...(values['migration-timeout'] !== undefined ? { timeoutSeconds: int(values['migration-timeout'], '--migration-timeout') } : {}),
     };
-    const wantDelta = values.delta === true || values['delta-against'] !== undefined || values['delta-level'] !== undefined;
-    if (values['no-delta'] && wantDelta) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', '--no-delta contradicts --delta / --delta-against / --delta-level: give one or the other');
+    // delta files by default for format 2 (format 1 cannot name them); --no-delta opts out
+    const askedDelta = values.delta === true || values['delta-against'] !== undefined || values['delta-level'] !== undefined;
+    if (values['no-delta'] && askedDelta) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', '--no-delta contradicts --delta / --delta-against / --delta-level: give one or the other');
+    const wantDelta = askedDelta || (!values['no-delta'] && !values['inline-index']);
     const deltaLevel = values['delta-level'] === undefined ? undefined : int(values['delta-level'], '--delta-level');
     if (deltaLevel !== undefined && (deltaLevel < 1 || deltaLevel > 22)) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', `--delta-level must be 1-22, got ${deltaLevel}`);
-    // the earlier release to compare with, found before this one's files are written
-    const against = values['delta-against'] ?? [];
-    if (wantDelta && against.length === 0) {
-      const prev = await latestDeltaIndex(join(dir, 'repository', 'targets'));
-      if (prev) against.push(prev);
+    // the earlier release to compare with, found before this one replaces anything: the one a device
+    // of the same hardware would hold (best by securityVersion, then semver), through its delta index
+    const against: { path: string; release?: string }[] = (values['delta-against'] ?? []).map((path) => ({ path }));
+    for (const a of against) {
+      if (!(await stat(a.path).then((st) => st.isFile(), () => false))) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', `--delta-against ${a.path}: not a file (an earlier image or .delta-index); nothing was published`);
+    }
+    let noSeed: string | undefined;
+    if (wantDelta && against.length === 0 && values.image && values.version && values.hardware?.length) {
+      const name = releaseTargetName({ image: values.image, version: values.version, compression, ...(values.name ? { name: values.name } : {}) });
+      const prev = await earlierDeltaIndex(dir, values.hardware, name);
+      if (prev?.path) against.push({ path: prev.path, release: `${prev.targetName} (${prev.version})` });
+      else if (prev) noSeed = `${prev.targetName} (${prev.version}) has no delta index (published with --no-delta or --inline-index): no estimate; devices holding it download what they cannot find in their slots (pass --delta-against IMAGE to see how much)`;
     }
     const r = await addRelease(dir, {
       ...(wantDelta ? { delta: true } : {}),
@@ -164,20 +173,25 @@ export const command: Command = {
     });
     const estimates = [];
     if (r.delta) {
+      // the release is published by now: an estimate that cannot be made is said, never an error
       for (const a of against) {
-        const e = await estimateDelta(values.image!, r.delta.index, r.delta.section.index.length, a);
-        estimates.push({ against: a, ...e, percentOfFull: Math.round((1000 * e.expectedBytes) / r.length) / 10 });
+        const e = await estimateDelta(values.image!, r.delta.index, r.delta.section.index.length, a.path).catch((cause: unknown) => {
+          noSeed = `no estimate against ${a.release ?? a.path}: ${(cause as Error).message}`;
+          return undefined;
+        });
+        if (e) estimates.push({ against: a.path, ...(a.release ? { release: a.release } : {}), ...e, percentOfFull: Math.round((1000 * e.expectedBytes) / r.length) / 10 });
       }
     }
-    const deltaJson = r.delta ? { delta: { index: r.delta.section.index, pack: r.delta.section.pack, chunks: r.delta.index.header.chunkCount, distinct: r.delta.index.header.uniqueCount, estimates } } : {};
+    const deltaJson = r.delta ? { delta: { index: r.delta.section.index, pack: r.delta.section.pack, level: deltaLevel ?? DEFAULT_DELTA_LEVEL, cdc: r.delta.index.header.cdc, chunks: r.delta.index.header.chunkCount, distinct: r.delta.index.header.uniqueCount, estimates, ...(noSeed ? { noEstimate: noSeed } : {}) } } : {};
     if (values.json) io.stdout.write(JSON.stringify({ targetName: r.targetName, path: r.path, length: r.length, sha256: r.sha256, targetsVersion: r.targetsVersion, version: r.custom.version, securityVersion: r.custom.securityVersion, format: r.custom.slotflip, chunks: r.chunks, ...(r.index ? { index: r.index } : {}), ...deltaJson }) + '\n');
     else {
       io.stdout.write(`added ${r.targetName} (${r.custom.version}, securityVersion ${r.custom.securityVersion}, ${r.chunks} chunks, ${r.length} bytes) in targets v${r.targetsVersion}${r.index ? `; chunk index ${r.index.targetName} (${r.index.length} bytes)` : ' (format 1: chunk index inline)'}\n`);
-      if (r.delta) io.stdout.write(`delta: ${r.delta.section.index.target} (${r.delta.section.index.length} bytes) and ${r.delta.section.pack.target} (${r.delta.section.pack.length} bytes), ${r.delta.index.header.chunkCount} chunks, ${r.delta.index.header.uniqueCount} distinct\n`);
+      if (r.delta) io.stdout.write(`delta: ${r.delta.section.index.target} (${r.delta.section.index.length} bytes) and ${r.delta.section.pack.target} (${r.delta.section.pack.length} bytes), ${r.delta.index.header.chunkCount} chunks, ${r.delta.index.header.uniqueCount} distinct (${[r.delta.index.header.cdc.min, r.delta.index.header.cdc.avg, r.delta.index.header.cdc.max].map((n) => n >> 10).join('/')} KiB${r.delta.index.header.cdc.dirBlock ? ', ext4 directory blocks on their own' : ''})\n`);
       for (const e of estimates) {
-        io.stdout.write(`a device holding ${e.against} downloads about ${(e.expectedBytes / 1e6).toFixed(1)} MB (${e.percentOfFull} % of the full payload)\n`);
+        io.stdout.write(`a device holding ${e.release ?? e.against} downloads about ${(e.expectedBytes / 1e6).toFixed(1)} MB (${e.percentOfFull} % of the full payload)\n`);
         for (const why of e.reasons) io.stdout.write(`  ${why}\n`);
       }
+      if (r.delta && noSeed) io.stdout.write(`${noSeed}\n`);
     }
     return 0;
   },

@@ -15,10 +15,12 @@
  * of npm test, so test/ci/deps.sh does not install them). Everything built is cached under
  * ~/.cache/slotflip-delta ($SLOTFLIP_DELTA_CACHE): reruns only measure.
  *
- *   npm run bench:delta [-- --pairs config,onepkg] [--json out.json] [--level N] [--approx-denominator]
+ *   npm run bench:delta [-- --pairs config,onepkg] [--json out.json] [--level N] [--chunking dir|plain]
+ *        [--approx-denominator]
  *
- * --level: zstd level of the delta pack's frames (default 19, as `release add`; lower is faster to
- * build and downloads a little more). --approx-denominator: when NEW's `zstd -19` size is not cached
+ * --level: zstd level of the delta pack's frames (default DEFAULT_DELTA_LEVEL, as `release add`).
+ * --chunking: `dir` (default, as `release add`: 8/32/128 KiB, ext4 directory blocks on their own) or
+ * `plain` (4/16/64 KiB FastCDC alone, what releases published before that use). --approx-denominator: when NEW's `zstd -19` size is not cached
  * yet, divide by OLD's instead (marked ≈; the pairs differ by a few MB of 1 GiB).
  */
 import { execFile, spawn } from 'node:child_process';
@@ -29,7 +31,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
 import { buildPayload, DEFAULT_CHUNK_SIZE } from '../../manifests/payload.js';
-import { buildDelta } from '../../manifests/delta.js';
+import { buildDelta, DEFAULT_DELTA_LEVEL } from '../../manifests/delta.js';
+import { DEFAULT_CDC } from '../../manifests/cdc.js';
 import { serveRepository, type AccessLogEntry } from '../../manifests/serve.js';
 import { ensureBaseRootfs, hostSuite } from '../hil/fullos/rootfs.js';
 
@@ -38,7 +41,9 @@ const here = fileURLToPath(new URL('.', import.meta.url));
 const cache = process.env.SLOTFLIP_DELTA_CACHE ?? join(homedir(), '.cache', 'slotflip-delta');
 const images = join(cache, 'images');
 const art = join(cache, 'artifacts');
-let level = 19;
+let level = 12;
+/** `-dir` (default, as release add: for ext4 images EXT4_CDC with directory blocks as chunks of their own) or `-plain` (DEFAULT_CDC alone, as releases published before). */
+let cdcTag = '-dir';
 
 /** [pair name, OLD image, NEW image] */
 const PAIRS: [string, string, string][] = [
@@ -100,9 +105,9 @@ async function artifacts(name: string, tools: { casync: boolean; zck: boolean })
     log(`full payload of ${name}`);
     return buildPayload(img, join(dir, 'image.zst'), { compression: 'zstd', chunkSize: DEFAULT_CHUNK_SIZE });
   });
-  await cachedJson(join(dir, `delta-${level}.json`), async () => {
-    log(`delta pack of ${name} (frames at zstd level ${level})`);
-    return buildDelta(img, join(dir, `image-${level}.delta-index`), join(dir, `image-${level}.delta-pack`), { frameCache: join(cache, 'frames'), level });
+  await cachedJson(join(dir, `delta-${level}${cdcTag}.json`), async () => {
+    log(`delta pack of ${name} (frames at zstd level ${level}, chunking ${cdcTag.slice(1)})`);
+    return buildDelta(img, join(dir, `image-${level}${cdcTag}.delta-index`), join(dir, `image-${level}${cdcTag}.delta-pack`), { frameCache: join(cache, 'frames'), level, ...(cdcTag === '-plain' ? { cdc: DEFAULT_CDC } : {}) });
   });
   if (tools.casync && !(await exists(join(dir, 'image.caibx')))) {
     log(`casync make of ${name} (16 KiB)`);
@@ -123,8 +128,10 @@ async function timed(cmd: string, args: string[], cwd?: string): Promise<{ wallM
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { pairs: { type: 'string' }, json: { type: 'string' }, level: { type: 'string' }, 'approx-denominator': { type: 'boolean' } } });
-  level = values.level ? Number(values.level) : 19;
+  const { values } = parseArgs({ options: { pairs: { type: 'string' }, json: { type: 'string' }, level: { type: 'string' }, chunking: { type: 'string' }, 'approx-denominator': { type: 'boolean' } } });
+  level = values.level ? Number(values.level) : DEFAULT_DELTA_LEVEL;
+  if (values.chunking !== undefined && values.chunking !== 'dir' && values.chunking !== 'plain') throw new Error('--chunking must be dir or plain');
+  cdcTag = `-${values.chunking ?? 'dir'}`;
   if (process.getuid?.() !== 0) throw new Error('bench:delta builds filesystem images: run it as root');
   const want = values.pairs ? new Set(values.pairs.split(',')) : undefined;
   const pairs = PAIRS.filter(([p]) => !want || want.has(p));
@@ -184,14 +191,14 @@ async function main(): Promise<void> {
     await rm(join(work, 'resume.json'), { force: true });
     await fresh();
     row['slotflip delta'] = await measure(async () => {
-      const r = await child('delta-child.js', ['--built', join(art, newName, `delta-${level}.json`), '--index-url', `${srv.url}${newName}/image-${level}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${level}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)]);
+      const r = await child('delta-child.js', ['--built', join(art, newName, `delta-${level}${cdcTag}.json`), '--index-url', `${srv.url}${newName}/image-${level}${cdcTag}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${level}${cdcTag}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)]);
       return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB, note: `copied ${(r.result.copied! / 2 ** 20).toFixed(0)} MiB` };
     });
     // the device's usual state from its second update on: the target slot holds the release before
     // (here OLD as well); both slots cut into chunks, then both looked up in their kept indexes
     // (OLD's signed delta index, as the device kept it when it installed OLD): no slot read to cut
-    const deltaArgs = ['--built', join(art, newName, `delta-${level}.json`), '--index-url', `${srv.url}${newName}/image-${level}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${level}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)];
-    const oldIndex = join(art, oldName, `image-${level}.delta-index`);
+    const deltaArgs = ['--built', join(art, newName, `delta-${level}${cdcTag}.json`), '--index-url', `${srv.url}${newName}/image-${level}${cdcTag}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${level}${cdcTag}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)];
+    const oldIndex = join(art, oldName, `image-${level}${cdcTag}.delta-index`);
     for (const [name, seeds] of [['slotflip delta, OLD in both, cut', []], ['slotflip delta, OLD in both, kept index', ['--target-seed', oldIndex, '--running-seed', oldIndex]]] as const) {
       await copyFile(join(images, `${oldName}.img`), slot);
       row[name] = await measure(async () => {
@@ -224,7 +231,7 @@ async function main(): Promise<void> {
   const mechs = [...new Set(Object.values(results).flatMap((r) => Object.keys(r)))];
   const cols = pairs.map(([p]) => p);
   const lines: string[] = [];
-  lines.push(`bytes downloaded as % of NEW's \`zstd -19\` (MB in brackets); requests; wall s; peak RSS MiB. Delta frames at zstd level ${level}.`);
+  lines.push(`bytes downloaded as % of NEW's \`zstd -19\` (MB in brackets); requests; wall s; peak RSS MiB. Delta frames at zstd level ${level}, chunking ${cdcTag.slice(1)}.`);
   lines.push('');
   lines.push(`| mechanism | ${cols.join(' | ')} |`);
   lines.push(`| --- | ${cols.map(() => '---').join(' | ')} |`);

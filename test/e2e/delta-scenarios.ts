@@ -60,8 +60,9 @@ export interface DeltaSetup {
   publishNew?: boolean;
 }
 
-/** `release add --delta` of an image buffer (version V, securityVersion N). */
-export async function addImageRelease(fleet: Fleet, dir: string, image: Buffer, version: string, securityVersion: number, flags: string[] = ['--delta']): Promise<{ length: number; delta?: { pack: { length: number } } }> {
+/** `release add` of an image buffer (version V, securityVersion N): with no flags, as a manufacturer
+ * runs it, which publishes the delta index and pack by default. */
+export async function addImageRelease(fleet: Fleet, dir: string, image: Buffer, version: string, securityVersion: number, flags: string[] = []): Promise<{ length: number; delta?: { pack: { length: number } } }> {
   const path = join(dir, `image-${version}.img`);
   await writeFile(path, image);
   return slotflipJson(['release', 'add', fleet.repo, '--image', path, '--version', version, '--security-version', String(securityVersion), '--hardware', HARDWARE, '--channel', 'stable', '--json', ...flags]);

@@ -90,15 +90,18 @@ export async function initFleet(dir: string): Promise<Fleet> {
   return { repo, repository: join(repo, 'repository'), shippedRoot: join(repo, 'repository/metadata/1.root.json') };
 }
 
-/** Builds a test image (incompressible body) and adds it with `slotflip release add`. */
-export async function addRelease(fleet: Fleet, dir: string, o: { version: string; securityVersion: number; size: number; chunkSize: number; compression?: 'zstd' | 'gzip' | 'none'; inlineIndex?: boolean }): Promise<PublishedRelease> {
+/** Builds a test image (incompressible body) and adds it with `slotflip release add`. The scenarios
+ * built on it exercise the full payload (corrupt frames, ranges, resume, what devices without delta
+ * support do), so it passes `--no-delta` unless `delta` is set; delta installs from the CLI's
+ * default publishing are driven by delta-scenarios.ts. */
+export async function addRelease(fleet: Fleet, dir: string, o: { version: string; securityVersion: number; size: number; chunkSize: number; compression?: 'zstd' | 'gzip' | 'none'; inlineIndex?: boolean; delta?: boolean }): Promise<PublishedRelease> {
   const image = join(dir, `image-${o.version}.img`);
   const bytes = makeTestImage({ version: o.version, size: o.size });
   await writeFile(image, bytes);
   const r = await slotflipJson<{ path: string; length: number; chunks: number; targetName: string }>([
     'release', 'add', fleet.repo, '--image', image, '--version', o.version, '--security-version', String(o.securityVersion),
     '--hardware', HARDWARE, '--channel', 'stable', '--chunk-size', String(o.chunkSize), '--compression', o.compression ?? 'zstd', '--json',
-    ...(o.inlineIndex ? ['--inline-index'] : []),
+    ...(o.inlineIndex ? ['--inline-index'] : o.delta ? [] : ['--no-delta']),
   ]);
   const payloadPath = r.path.startsWith('/') ? r.path : join(process.cwd(), r.path);
   const urlPath = '/' + payloadPath.slice(fleet.repository.length + 1);

@@ -49,7 +49,8 @@ const CASES: Record<string, { code: RegExp; spoil: (path: string) => Promise<voi
 for (const [name, c] of Object.entries(CASES)) {
   t.test(`${name}: the fallback slot stays good and untouched`, async (t) => {
     const { dev, shaA } = await committedDevice(t);
-    await dev.publish('1.2.0', 2, true);
+    // no delta files: these cases are about the full payload, which a device with a delta to use never reads
+    await dev.publish('1.2.0', 2, true, ['--no-delta']);
     await c.spoil(await payloadOf(dev, '1.2.0'));
     await dev.update();
     const s = await dev.status();

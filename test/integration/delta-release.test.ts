@@ -13,6 +13,8 @@ import { promisify } from 'node:util';
 import { createHash } from 'node:crypto';
 import { serveRepository } from '../../manifests/serve.js';
 import { installDelta } from '../../daemon/install/delta.js';
+import { buildReleaseDelta, estimateDelta } from '../../manifests/delta-publish.js';
+import { DEFAULT_CDC } from '../../manifests/cdc.js';
 import { createSlotWriter } from '../../hal/file-slot.js';
 
 const execFileP = promisify(execFile);
@@ -33,17 +35,27 @@ async function ext4(tree: string, out: string): Promise<void> {
   await execFileP('mke2fs', ['-q', '-t', 'ext4', '-d', tree, '-F', out, '16M']);
 }
 
+/** A tree of `dirs` × `files` text files, an ext4 image of it, then one per change (file, content). */
+async function ext4Versions(dir: string, dirs: number, files: number, changes: [string, string][]): Promise<string[]> {
+  const tree = join(dir, 'tree');
+  for (let d = 0; d < dirs; d++) {
+    await mkdir(join(tree, `dir${d}`), { recursive: true });
+    for (let f = 0; f < files; f++) await writeFile(join(tree, `dir${d}`, `file${f}.txt`), `file ${d}/${f}\n`.repeat(200 + f * 13));
+  }
+  const images = [join(dir, 'v1.img')];
+  await ext4(tree, images[0]!);
+  for (const [i, [file, content]] of changes.entries()) {
+    await writeFile(join(tree, file), content);
+    images.push(join(dir, `v${i + 2}.img`));
+    await ext4(tree, images.at(-1)!);
+  }
+  return images;
+}
+
 t.test('release add --delta publishes index + pack targets and explains what defeats reuse', async (t) => {
   const dir = t.testdir();
   const repo = join(dir, 'repo');
-  const tree = join(dir, 'tree');
-  for (let d = 0; d < 8; d++) {
-    await mkdir(join(tree, `dir${d}`), { recursive: true });
-    for (let f = 0; f < 40; f++) await writeFile(join(tree, `dir${d}`, `file${f}.txt`), `file ${d}/${f}\n`.repeat(200 + f * 13));
-  }
-  await ext4(tree, join(dir, 'v1.img'));
-  await writeFile(join(tree, 'dir3', 'file7.txt'), 'a changed configuration file\n');
-  await ext4(tree, join(dir, 'v2.img'));
+  await ext4Versions(dir, 8, 40, [['dir3/file7.txt', 'a changed configuration file\n']]);
 
   t.equal((await cli(['repo', 'init', repo])).code, 0);
   const add = (v: string, img: string, extra: string[] = []): Promise<{ code: number; stdout: string; stderr: string }> =>
@@ -107,4 +119,69 @@ t.test('release add --delta publishes index + pack targets and explains what def
   t.equal(sha(await readFile(join(dir, 'slotB.img'))), sha(await readFile(join(dir, 'v2.img'))), 'slot B holds v2');
   t.ok(r.downloaded < r2.length, `downloaded ${r.downloaded} < full payload ${r2.length}`);
   t.ok(Math.abs(r.downloaded - est.expectedBytes) <= 4096 + r.requests * 512, `the estimate (${est.expectedBytes}) matches the real download (${r.downloaded})`);
+});
+
+t.test('release add publishes a delta by default and estimates against the earlier release of the same hardware', async (t) => {
+  const dir = t.testdir();
+  const repo = join(dir, 'repo');
+  await ext4Versions(dir, 4, 30, [['dir2/file5.txt', 'changed\n'], ['dir1/file9.txt', 'changed again\n']]);
+  t.equal((await cli(['repo', 'init', repo])).code, 0);
+  const add = (v: string, img: string, hw: string, extra: string[] = []): Promise<{ code: number; stdout: string; stderr: string }> =>
+    cli(['release', 'add', repo, '--image', join(dir, img), '--version', v, '--security-version', '1', '--hardware', hw, '--channel', 'stable', ...extra]);
+  const json = async (p: Promise<{ code: number; stdout: string; stderr: string }>): Promise<Record<string, any>> => { // eslint-disable-line @typescript-eslint/no-explicit-any
+    const r = await p;
+    t.equal(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout) as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+  };
+
+  const r1 = await json(add('1.0.0', 'v1.img', 'acme,a', ['--json']));
+  t.ok(r1.delta?.pack.length > 0, 'no flag: the delta index and pack are published');
+  t.equal(r1.delta.level, 12, 'at the default level');
+  t.match(r1.delta.cdc, { min: 8192, avg: 32768, max: 131072 }, 'an ext4 image: 8/32/128 KiB chunks');
+  t.ok([1024, 2048, 4096].includes(r1.delta.cdc.dirBlock), `and its directory blocks on their own (block size ${r1.delta.cdc.dirBlock})`);
+  t.same(r1.delta.estimates, [], 'nothing earlier of this hardware');
+  // another board's release is never the seed; a better one of the same board is (securityVersion, then semver)
+  await json(add('9.0.0', 'v3.img', 'acme,other', ['--json']));
+  const r2 = await json(add('1.1.0', 'v2.img', 'acme,a', ['--json']));
+  t.equal(r2.delta.estimates.length, 1);
+  t.equal(r2.delta.estimates[0].release, 'releases/1.0.0/v1.img.zst (1.0.0)', 'compared with 1.0.0 of the same hardware, not 9.0.0 of another');
+  t.equal(r2.delta.estimates[0].against, join(repo, 'repository', 'targets', 'releases', '1.0.0', `${r1.delta.index.sha256}.v1.img.zst.delta-index`), 'through its signed .delta-index file');
+  t.ok(r2.delta.estimates[0].expectedBytes < r2.length, 'expects less than the full payload');
+
+  // human output: the release named, the download, what defeats reuse
+  const h = await add('1.2.0', 'v3.img', 'acme,a');
+  t.equal(h.code, 0, h.stderr);
+  t.match(h.stdout, /^delta: releases\/1\.2\.0\/v3\.img\.zst\.delta-index \(\d+ bytes\).*\(8\/32\/128 KiB, ext4 directory blocks on their own\)$/m);
+  t.match(h.stdout, /^a device holding releases\/1\.1\.0\/v2\.img\.zst \(1\.1\.0\) downloads about [\d.]+ MB \([\d.]+ % of the full payload\)$/m);
+  t.match(h.stdout, /fixed hash seed|fixed UUID/, 'says what defeats reuse (each mke2fs picks a new UUID and hash seed)');
+
+  // the earlier release has no delta index: said, no estimate; format 1 publishes none by default
+  await json(add('1.3.0', 'v1.img', 'acme,a', ['--no-delta', '--json']));
+  const r4 = await json(add('1.4.0', 'v2.img', 'acme,a', ['--json']));
+  t.same(r4.delta.estimates, []);
+  t.match(r4.delta.noEstimate, /^releases\/1\.3\.0\/v1\.img\.zst \(1\.3\.0\) has no delta index/);
+  const f1 = await json(add('1.5.0', 'v2.img', 'acme,a', ['--inline-index', '--json']));
+  t.notOk('delta' in f1, '--inline-index (format 1): no delta files');
+  const both = await add('1.6.0', 'v2.img', 'acme,a', ['--inline-index', '--delta']);
+  t.match(both.stderr, /MANIFEST_BAD_ARGUMENT.*--delta needs format 2/, 'asking for both is refused');
+  const missing = await add('1.7.0', 'v2.img', 'acme,a', ['--delta-against', join(dir, 'no-such.img')]);
+  t.match(missing.stderr, /MANIFEST_BAD_ARGUMENT.*--delta-against .*no-such\.img: not a file/, 'a --delta-against that is not a file is refused');
+  await t.rejects(readdir(join(repo, 'repository', 'targets', 'releases', '1.7.0')), { code: 'ENOENT' }, 'before anything is written');
+});
+
+t.test('an earlier release cut with other chunking parameters: the estimate rebuilds it from its pack and cuts it as a device would', async (t) => {
+  const dir = t.testdir();
+  const [v1, v2] = (await ext4Versions(dir, 6, 30, [['dir4/file3.txt', 'changed\n']])) as [string, string];
+  const targets = join(dir, 'targets');
+  await mkdir(join(targets, 'releases/1.0.0'), { recursive: true });
+  await mkdir(join(targets, 'releases/1.1.0'), { recursive: true });
+  const old = await buildReleaseDelta(v1, targets, 'releases/1.0.0/v1.img.zst', { cdc: DEFAULT_CDC }); // as published before the ext4 chunking
+  const cur = await buildReleaseDelta(v2, targets, 'releases/1.1.0/v2.img.zst');
+  t.not(cur.index.header.cdc.avg, old.index.header.cdc.avg, 'the two releases are cut differently');
+  const viaIndex = await estimateDelta(v2, cur.index, cur.section.index.length, old.targets[0]!.path);
+  const viaImage = await estimateDelta(v2, cur.index, cur.section.index.length, v1);
+  t.equal(viaIndex.expectedBytes, viaImage.expectedBytes, `the same estimate as from the earlier image itself (${viaImage.expectedBytes} bytes)`);
+  t.ok(viaIndex.expectedBytes < cur.section.pack.length, `below the whole pack (${viaIndex.expectedBytes} of ${cur.section.pack.length} bytes)`);
+  await writeFile(old.targets[1]!.path, Buffer.alloc(old.targets[1]!.length)); // a damaged earlier pack
+  await t.rejects(estimateDelta(v2, cur.index, cur.section.index.length, old.targets[0]!.path), /does not match its index|Unknown frame|zstd|decompress/i, 'a damaged pack gives no estimate, not a wrong one');
 });

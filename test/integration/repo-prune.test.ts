@@ -14,13 +14,13 @@ import { selectRelease } from '../../manifests/select.js';
 
 const HW = 'acme,prune';
 
-async function repoWith(dir: string, releases: { version: string; hardware?: string[]; channel?: string; format?: 1 | 2; devices?: string[] }[]): Promise<string> {
+async function repoWith(dir: string, releases: { version: string; hardware?: string[]; channel?: string; format?: 1 | 2; devices?: string[]; delta?: boolean }[]): Promise<string> {
   const repo = join(dir, 'repo');
   await initRepo(repo);
   for (const [i, r] of releases.entries()) {
     const image = join(dir, `os-${r.version}.img`);
     await writeFile(image, makeTestImage({ version: r.version, size: 40 * 1024 }));
-    await addRelease(repo, { image, version: r.version, securityVersion: i + 1, hardware: r.hardware ?? [HW], channel: r.channel ?? 'stable', compression: 'gzip', chunkSize: 16 * 1024, ...(r.format ? { format: r.format } : {}), ...(r.devices ? { devices: r.devices } : {}) });
+    await addRelease(repo, { image, version: r.version, securityVersion: i + 1, hardware: r.hardware ?? [HW], channel: r.channel ?? 'stable', compression: 'gzip', chunkSize: 16 * 1024, ...(r.format ? { format: r.format } : {}), ...(r.devices ? { devices: r.devices } : {}), ...(r.delta ? { delta: true } : {}) });
   }
   return repo;
 }
@@ -43,6 +43,14 @@ t.test('keeps the N best per hardware and channel; index targets go along', asyn
   t.same(await targetNames(repo), ['releases/1.0.1/os-1.0.1.img.gz', 'releases/1.0.1/os-1.0.1.img.gz.index', 'releases/1.2.0/os-1.2.0.img.gz', 'releases/1.2.0/os-1.2.0.img.gz.index']);
   t.same(await pruneReleases(repo, { keep: 1 }), { removed: [], kept: ['releases/1.0.1/os-1.0.1.img.gz', 'releases/1.2.0/os-1.2.0.img.gz'] }, 'idempotent: nothing left to remove');
   await t.rejects(pruneReleases(repo, { keep: 0 }), { code: 'MANIFEST_BAD_ARGUMENT' });
+});
+
+t.test('a release\'s delta index and pack targets go with it', async (t) => {
+  const dir = t.testdir();
+  const repo = await repoWith(dir, [{ version: '1.0.0', delta: true }, { version: '1.1.0', delta: true }]);
+  t.same((await targetNames(repo)).filter((n) => n.includes('.delta-')), ['releases/1.0.0/os-1.0.0.img.gz.delta-index', 'releases/1.0.0/os-1.0.0.img.gz.delta-pack', 'releases/1.1.0/os-1.1.0.img.gz.delta-index', 'releases/1.1.0/os-1.1.0.img.gz.delta-pack']);
+  await pruneReleases(repo, { keep: 1 });
+  t.same(await targetNames(repo), ['releases/1.1.0/os-1.1.0.img.gz', 'releases/1.1.0/os-1.1.0.img.gz.delta-index', 'releases/1.1.0/os-1.1.0.img.gz.delta-pack', 'releases/1.1.0/os-1.1.0.img.gz.index']);
 });
 
 t.test('a partial rollout, a halt or a device list keeps the release the other devices run', async (t) => {
