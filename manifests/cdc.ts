@@ -211,3 +211,23 @@ export async function chunkFile(path: string, p: CdcParams, opts: ChunkFileOptio
     await fh.close();
   }
 }
+
+/**
+ * The chunking parameters `buildDelta` uses for an image: for an ext4 image EXT4_CDC (or `base`)
+ * with its block size as `dirBlock` (directory blocks are chunks of their own: cdc.ts); for
+ * anything else DEFAULT_CDC (or `base`).
+ */
+export async function cdcForImage(imagePath: string, base?: CdcParams): Promise<CdcParams> {
+  const fh = await open(imagePath, 'r');
+  try {
+    const sb = Buffer.alloc(1024);
+    const { bytesRead } = await fh.read(sb, 0, 1024, 1024);
+    if (bytesRead < 1024 || sb.readUInt16LE(56) !== 0xef53) return { ...(base ?? DEFAULT_CDC) };
+    const p = base ?? EXT4_CDC;
+    const log = sb.readUInt32LE(24);
+    const bs = log <= 6 ? 1024 << log : 0;
+    return bs >= 1024 && bs <= Math.min(65536, p.max) ? { ...p, dirBlock: bs } : { ...p };
+  } finally {
+    await fh.close();
+  }
+}

@@ -23,7 +23,7 @@ import { basename, dirname, join } from 'node:path';
 import zlib from 'node:zlib';
 import { SlotflipError } from '../hal/errors.js';
 import { fsyncDir } from '../hal/atomic-file.js';
-import { checkCdcParams, chunkFile, DEFAULT_CDC, EXT4_CDC, type CdcParams } from './cdc.js';
+import { cdcForImage, checkCdcParams, chunkFile, type CdcParams } from './cdc.js';
 
 export const DELTA_FORMAT = 'slotflip-delta-1';
 const MAGIC = Buffer.from('SFDI');
@@ -161,25 +161,8 @@ export function parseDeltaIndex(file: Buffer): DeltaIndex {
  */
 export const DEFAULT_DELTA_LEVEL = 12;
 
-/**
- * The chunking parameters `buildDelta` uses for an image: for an ext4 image EXT4_CDC (or `base`)
- * with its block size as `dirBlock` (directory blocks are chunks of their own: cdc.ts); for
- * anything else DEFAULT_CDC (or `base`).
- */
-export async function cdcForImage(imagePath: string, base?: CdcParams): Promise<CdcParams> {
-  const fh = await open(imagePath, 'r');
-  try {
-    const sb = Buffer.alloc(1024);
-    const { bytesRead } = await fh.read(sb, 0, 1024, 1024);
-    if (bytesRead < 1024 || sb.readUInt16LE(56) !== 0xef53) return { ...(base ?? DEFAULT_CDC) };
-    const p = base ?? EXT4_CDC;
-    const log = sb.readUInt32LE(24);
-    const bs = log <= 6 ? 1024 << log : 0;
-    return bs >= 1024 && bs <= Math.min(65536, p.max) ? { ...p, dirBlock: bs } : { ...p };
-  } finally {
-    await fh.close();
-  }
-}
+// cdcForImage lives in cdc.ts (the device's idle indexer uses it without loading the publisher)
+export { cdcForImage };
 
 export interface BuildDeltaOptions {
   /** chunking (default: cdcForImage). */

@@ -419,7 +419,7 @@ function asSeed(s: SeedInput | undefined): (SlotSeed & { origin?: 'kept' | 'buil
 function seedFits(seed: SlotSeed | undefined, idx: DeltaIndex, size: number): seed is SlotSeed {
   const a = seed?.cdc;
   const b = idx.header.cdc;
-  return seed !== undefined && a!.min === b.min && a!.avg === b.avg && a!.max === b.max && seed.size <= size;
+  return seed !== undefined && a!.min === b.min && a!.avg === b.avg && a!.max === b.max && (a!.dirBlock ?? 0) === (b.dirBlock ?? 0) && seed.size <= size;
 }
 
 /** Image bytes of the distinct chunks in `fetch` (each counted once). */

@@ -22,14 +22,16 @@
  * - Memory: one 1 MiB read buffer and 12 bytes a chunk (~0.8 MiB per GiB) while it runs; nothing
  *   after (the daemon's heap reclaim runs after it).
  * - Both slots are only read (opened read-only); the committed slot stays untouched.
- * - CDC parameters: those of a seed built before, else the publisher's default (manifests/cdc.ts
- *   DEFAULT_CDC): a release cut otherwise finds the built index unusable and cuts the slot, as before.
+ * - CDC parameters: those of a seed built before, else what `release add` chooses for the slot's
+ *   image (manifests/cdc.ts cdcForImage: EXT4_CDC with the filesystem's directory blocks for an ext4
+ *   image, DEFAULT_CDC otherwise): a release cut otherwise finds the built index unusable and cuts
+ *   the slot, as before.
  */
 import type { Logger } from 'pino';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { SlotName } from '../../hal/boot-control.js';
 import { createSlotWriter } from '../../hal/file-slot.js';
-import { DEFAULT_CDC, type CdcParams } from '../../manifests/cdc.js';
+import { cdcForImage, type CdcParams } from '../../manifests/cdc.js';
 import { withOptimizingCompilers } from '../footprint.js';
 import { buildSeedIndex, seedPresent } from './seed-index.js';
 
@@ -95,7 +97,7 @@ export async function indexSlotsWhileIdle(o: IdleIndexOptions): Promise<IdleInde
       try {
         const size = await createSlotWriter(name, o.slots[name]).capacity();
         o.log?.info({ slot: name, path: slot.path, bytes: size }, 'seed index build started');
-        const r = await buildSeedIndex({ stateDir: o.stateDir, slot, size, cdc: cdc ?? DEFAULT_CDC, resumeStatePath: o.resumeStatePath, signal: o.signal, pause, bufferBytes: o.bufferBytes ?? 1 << 20 });
+        const r = await buildSeedIndex({ stateDir: o.stateDir, slot, size, cdc: cdc ?? (await cdcForImage(slot.path)), resumeStatePath: o.resumeStatePath, signal: o.signal, pause, bufferBytes: o.bufferBytes ?? 1 << 20 });
         const c = process.cpuUsage(cpu0);
         const figures = { slot: name, bytes: size, chunks: r.chunks, ms: Math.round(performance.now() - started), sleptMs: Math.round(slept), cpuMs: Math.round((c.user + c.system) / 1000) };
         if (r.kept) {
