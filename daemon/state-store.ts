@@ -17,7 +17,7 @@
  * at a time may drive the machine on this device.
  */
 import { randomBytes } from 'node:crypto';
-import { link, open, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { link, open, readdir, readFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../hal/atomic-file.js';
 import { fsyncDir } from '../hal/atomic-file.js';
@@ -128,8 +128,6 @@ export class MemoryStateStore implements StateStore {
 // ---------------------------------------------------------------------------------------------
 
 export const LOCK_FILE = 'lock';
-/** an unreadable lock younger than this may be one being written: not taken over. */
-const FRESH_LOCK_MS = 10_000;
 
 interface LockContent {
   pid: number;
@@ -183,9 +181,19 @@ function parseLock(text: string): LockContent | undefined {
   }
 }
 
+/** Removes what a crash left while taking or taking over the lock (`lock.new-PID-…`,
+ * `lock.stale-PID-…` of a process no longer running). Best effort. */
+async function removeDeadLockFiles(stateDir: string, alive: (pid: number) => boolean): Promise<void> {
+  const names = await readdir(stateDir).catch(() => [] as string[]);
+  for (const name of names) {
+    const m = /^lock\.(?:new|stale)-(\d+)-[0-9a-f]+$/.exec(name);
+    if (m && Number(m[1]) !== process.pid && !alive(Number(m[1]))) await unlink(join(stateDir, name)).catch(() => undefined);
+  }
+}
+
 /**
- * Takes the exclusive lock `<stateDir>/lock` (created with O_EXCL, holding this pid, the boot id and a
- * nonce). When it exists and its holder is alive (same boot, pid running), refuses with DAEMON_LOCKED
+ * Takes the exclusive lock `<stateDir>/lock` (written whole, then linked into place: holding this pid,
+ * the boot id and a nonce). When it exists and its holder is alive (same boot, pid running), refuses with DAEMON_LOCKED
  * naming the pid. A stale lock (holder dead, earlier boot, or unreadable content) is taken over
  * atomically: it is renamed aside (one rename: only one contender can move it), checked to be the
  * very lock judged stale (otherwise put back with link(), which never overwrites), and the O_EXCL
@@ -200,19 +208,32 @@ export async function acquireStateLock(o: StateLockOptions): Promise<ReleaseLock
   const mine: LockContent = { pid, ...(bootId ? { bootId } : {}), nonce: randomBytes(8).toString('hex'), at: (o.now ?? Date.now)(), started };
   const text = JSON.stringify(mine) + '\n';
   for (let tries = 0; tries < 3; tries++) {
+    // written whole to a file of its own, then linked into place (link never overwrites): a lock
+    // at `path` is always complete, so one that does not parse was left by a crash or a damaged
+    // filesystem, never one being written right now, and is taken over at once
+    const fresh = `${path}.new-${pid}-${mine.nonce}`;
+    let taken = false;
     try {
-      const fh = await open(path, 'wx', 0o644);
+      const fh = await open(fresh, 'wx', 0o644);
       try {
         await fh.writeFile(text);
         await fh.sync();
-      } catch (e) {
-        // e.g. ENOSPC: leave no empty lock behind
+      } finally {
         await fh.close().catch(() => undefined);
-        await unlink(path).catch(() => undefined);
-        throw e;
       }
-      await fh.close();
+      await link(fresh, path);
+      taken = true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') {
+        await unlink(fresh).catch(() => undefined);
+        throw new SlotflipError('DAEMON_LOCK_FAILED', `cannot create the state lock ${path}: ${(e as Error).message}; check that the state directory exists, is writable and has free space`, { cause: e, retryable: true, details: { path } });
+      }
+    } finally {
+      await unlink(fresh).catch(() => undefined);
+    }
+    if (taken) {
       await fsyncDir(o.stateDir).catch(() => undefined);
+      await removeDeadLockFiles(o.stateDir, alive);
       let released = false;
       return async () => {
         if (released) return;
@@ -224,10 +245,6 @@ export async function acquireStateLock(o: StateLockOptions): Promise<ReleaseLock
           // already gone: nothing to release
         }
       };
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') {
-        throw new SlotflipError('DAEMON_LOCK_FAILED', `cannot create the state lock ${path}: ${(e as Error).message}; check that the state directory exists, is writable and has free space`, { cause: e, retryable: true, details: { path } });
-      }
     }
     let seen: string;
     try {
@@ -238,11 +255,8 @@ export async function acquireStateLock(o: StateLockOptions): Promise<ReleaseLock
     }
     const holder = parseLock(seen);
     if (!holder) {
-      // empty or torn: either a crash while taking it (stale) or a lock being written right now
-      const age = (o.now ?? Date.now)() - (await stat(path).then((st) => st.mtimeMs, () => 0));
-      if (age < FRESH_LOCK_MS) {
-        throw new SlotflipError('DAEMON_LOCKED', `${path} is being taken by another process right now; retry in a few seconds`, { retryable: true, details: { path } });
-      }
+      // empty or torn (a lock is linked into place whole, so this is a crash's or an older
+      // slotflip's leftover, never one being written now): stale, taken over below
     } else if (
       (holder.bootId === undefined || bootId === undefined || holder.bootId === bootId) &&
       // our own pid: live only when it is this very process (another agent in it holds the lock)

@@ -1,7 +1,7 @@
 import t from 'tap';
 import { Writable } from 'node:stream';
 import { join } from 'node:path';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, utimes, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { pino } from 'pino';
 import { Runner, toErrorInfo, type Executors } from '../../daemon/runner.js';
@@ -217,6 +217,26 @@ t.test('state lock: exclusive, names the holder, takes over a stale one, release
   const r4 = await acquireStateLock({ stateDir });
   await r4();
   t.same((await readdir(stateDir)).filter((f) => f.startsWith('lock')), [], 'no lock or aside file left');
+});
+
+t.test('a torn lock (a power cut while an older slotflip wrote it) is taken over at once, whatever its age; what a cut leaves while taking one is cleaned up', async (t) => {
+  const stateDir = t.testdir();
+  const lockPath = join(stateDir, 'lock');
+  // written just now (fresh mtime), cut mid-write; and a device whose clock went back (mtime ahead)
+  for (const [what, mtime] of [['fresh', new Date()], ['mtime in the future', new Date(Date.now() + 86_400_000)]] as const) {
+    await writeFile(lockPath, '{"pid": 12');
+    await utimes(lockPath, mtime, mtime);
+    const r = await acquireStateLock({ stateDir, isAlive: () => true });
+    t.match(JSON.parse(await readFile(lockPath, 'utf8')), { pid: process.pid }, `${what}: taken over, not DAEMON_LOCKED`);
+    await r();
+  }
+  // a cut between writing a lock of its own and linking it, or while taking a stale one over
+  await writeFile(join(stateDir, 'lock.new-999999-0a1b'), '{"pid": 999999');
+  await writeFile(join(stateDir, 'lock.stale-999999-0a1c'), '{"pid": 1, "nonce": "q"}');
+  const r = await acquireStateLock({ stateDir, isAlive: (pid) => pid !== 999999 });
+  t.same((await readdir(stateDir)).filter((f) => f.startsWith('lock')).sort(), ['lock'], 'only the lock itself is left');
+  await r();
+  t.same((await readdir(stateDir)).filter((f) => f.startsWith('lock')), [], 'released');
 });
 
 t.test('a record without pendingReports (older daemon) loads; a malformed one is refused', async (t) => {
