@@ -42,6 +42,8 @@ export interface ReadBackOptions {
   imageSha256: string;
   /** the signed SHA-256 (hex) of chunk `k` (the index's): what a mismatch is located against. */
   chunkSha256: (chunk: number) => string;
+  /** ends the naming pass (a second read of the slot) early: INSTALL_ABORTED. */
+  signal?: AbortSignal;
 }
 
 const PIECE = 1 << 20;
@@ -76,7 +78,8 @@ export class ReadBackChecker {
 
   /**
    * Resume: reads the chunks from 0 the way the read-back does and SHA-256s each against the signed
-   * one (`sha256Of(k)`, by default the options' `chunkSha256`), up to the first that differs or cannot be read; returns how many matched.
+   * one (`sha256Of(k)`, by default the options' `chunkSha256`), up to the first that differs or
+   * cannot be read; returns how many matched.
    * Those are checked (the read-back goes on after them). Call before `advance`.
    */
   async verifyPrefix(sha256Of: (chunk: number) => string = this.#o.chunkSha256, signal?: AbortSignal): Promise<number> {
@@ -208,6 +211,7 @@ export class ReadBackChecker {
     let count = 0;
     let first: { chunk: number; offset: number; length: number; expected: string; actual: string } | undefined;
     for (let k = 0; k < this.#chunks; k++) {
+      if (this.#o.signal?.aborted) return new SlotflipError('INSTALL_ABORTED', 'install aborted', {});
       const offset = k * chunkSize;
       const end = Math.min(size, offset + chunkSize);
       const h = createHash('sha256');

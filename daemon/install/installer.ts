@@ -266,7 +266,7 @@ export async function installPayload(opts: InstallOptions): Promise<InstallResul
   throwIfAborted(signal);
 
   const handle = await opts.slot.open();
-  const readBack = new ReadBackChecker({ path: opts.slot.path, chunkSize: payload.chunkSize, size: payload.size, imageSha256: payload.sha256, chunkSha256: (k: number) => payload.chunks[k]!.sha256, ...(opts.readBack === 'path' ? {} : { readAt: (l: number, o: number) => handle.readAt(l, o) }), ...(log ? { log } : {}) });
+  const readBack = new ReadBackChecker({ path: opts.slot.path, chunkSize: payload.chunkSize, size: payload.size, imageSha256: payload.sha256, chunkSha256: (k: number) => payload.chunks[k]!.sha256, signal, ...(opts.readBack === 'path' ? {} : { readAt: (l: number, o: number) => handle.readAt(l, o) }), ...(log ? { log } : {}) });
   try {
     const record = await readResumeRecord(opts.resumeStatePath, payload, opts.slot.path);
     const run = new InstallRun(opts, payload, payloadLength, source, handle, readBack, now, signal, record.spent, record.corruptChunk);
