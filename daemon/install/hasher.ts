@@ -1,39 +1,33 @@
 /**
- * The read-back: behind the fsync frontier, read the slot back FROM THE MEDIUM and compare every
- * chunk with what was written, by a CRC-32 recorded at write time over the same buffer whose SHA-256
- * had just matched the signed index (or, on resume, over the bytes whose SHA-256 was re-checked).
+ * The read-back: behind the fsync frontier, read the slot back FROM THE MEDIUM and hash the whole
+ * image, in order, over the bytes the medium returns; `finish` compares that SHA-256 with the signed
+ * image hash. Every chunk's SHA-256 had already matched the signed index before it was written (or, on
+ * resume, as read from the slot), so the read-back proves the MEDIUM kept those bytes: any change at
+ * all, an offset bug, a lost write, fails the whole-image hash.
  *
- * Trade-off: each chunk is compared by CRC-32 (cheap, native, names the chunk), and the bytes read
- * back are also fed, in order, into one SHA-256 of the whole image that the installer compares with
- * the signed image hash at the end (`imageSha256`). The chunk SHA-256s already proved the bytes
- * handed to the slot; the read-back proves the MEDIUM kept them: CRC-32 catches every burst of up to
- * 32 flipped bits in a chunk and names it, and the whole-image SHA-256 closes the rest (any change at
- * all, an offset bug, a collision) for one more hash pass. It replaced a second per-chunk SHA-256 on
- * a worker thread (a second V8 isolate, ~13 MiB RSS). It runs on the main thread: its reads go to
- * libuv's pool, and crc32 and SHA-256 are native.
+ * Naming the chunk: only when the whole-image hash does not match, a second read-back pass SHA-256s
+ * each chunk from the medium against the signed chunk hashes of the index (the same hashes each chunk
+ * was verified against before its write) and the error names the chunk(s) that changed. The normal
+ * path therefore makes ONE hash pass over the medium and nothing per chunk at write time (issue 24: it
+ * replaced a CRC-32 recorded at write time and compared per chunk, two passes that only named the
+ * chunk the whole-image hash already caught). A failing medium costs one more read of the slot.
  *
  * By path the descriptor is O_DIRECT (read-back.ts, `pathReader`): a buffered read right after the
  * write would check the page cache (the bytes just written), not what the medium kept. Where O_DIRECT
  * is refused (tmpfs, some FUSE/overlay filesystems: EINVAL) it falls back to buffered reads and
  * reports that (`direct`, and a debug log when given a logger). Through a SlotHandle's `readAt`
- * (injected slots, fault tests) reads are whatever that writer does.
+ * (injected slots, fault tests) reads are whatever that writer does. Reads go to libuv's pool and
+ * SHA-256 is native; it runs on the main thread.
  *
- * Error code (stable): INSTALL_READBACK_MISMATCH (details: path, and chunk, offset, expected and
- * actual CRC-32 when a chunk differs; errno when a read failed).
+ * Error code (stable): INSTALL_READBACK_MISMATCH (details: path; when chunks differ: chunk, offset,
+ * length, expected (signed) and actual SHA-256 of the first, `chunks` (up to 16 changed chunk numbers)
+ * and `changed` (how many); when no chunk differs on the second pass: expected and actual image
+ * SHA-256; errno and offset when a read failed).
  */
 import { createHash, type Hash } from 'node:crypto';
-import zlib from 'node:zlib';
 import type { Logger } from 'pino';
 import { SlotflipError } from '../../hal/errors.js';
 import { DIRECT_ALIGN, pathReader, type Reader } from './read-back.js';
-
-/** node:zlib's crc32 (Node >= 22.2; the project's @types/node predates it). */
-const crc32 = (zlib as unknown as { crc32: (data: Uint8Array, value?: number) => number }).crc32;
-
-/** CRC-32 of `data` (continuing from `value`), as zlib computes it. */
-export function chunkCrc(data: Uint8Array, value = 0): number {
-  return crc32(data, value);
-}
 
 export interface ReadBackOptions {
   /** the slot's path (named in errors; opened O_DIRECT unless `readAt` is given). */
@@ -44,23 +38,25 @@ export interface ReadBackOptions {
   /** read through this instead of the path (a SlotHandle's readAt). */
   readAt?: (length: number, offset: number) => Promise<Buffer>;
   log?: Logger;
+  /** the signed SHA-256 (hex) of the whole image: what the read-back must find on the medium. */
+  imageSha256: string;
+  /** the signed SHA-256 (hex) of chunk `k` (the index's): what a mismatch is located against. */
+  chunkSha256: (chunk: number) => string;
+  /** ends the naming pass (a second read of the slot) early: INSTALL_ABORTED. */
+  signal?: AbortSignal;
 }
 
 const PIECE = 1 << 20;
-
-const hex = (n: number): string => n.toString(16).padStart(8, '0');
+/** changed chunks listed by number in a mismatch's details (all are counted). */
+const NAMED_MAX = 16;
 
 export class ReadBackChecker {
   readonly #o: ReadBackOptions;
   readonly #chunks: number;
-  /** CRC-32 of each chunk as written; `#known[i]` says whether it was recorded. */
-  readonly #expected: Uint32Array;
-  readonly #known: Uint8Array;
   #reader: Promise<Reader> | undefined;
   /** bytes [0, #cursor) were read back and checked. */
   #cursor = 0;
   #target = 0;
-  #crc = 0;
   #loop: Promise<void> | undefined;
   #error: SlotflipError | undefined;
   #direct: boolean | undefined;
@@ -72,8 +68,6 @@ export class ReadBackChecker {
   constructor(o: ReadBackOptions) {
     this.#o = o;
     this.#chunks = o.chunkSize > 0 ? Math.ceil(o.size / o.chunkSize) : 0;
-    this.#expected = new Uint32Array(this.#chunks);
-    this.#known = new Uint8Array(this.#chunks);
   }
 
   /** By path: true once the slot is read with O_DIRECT (the medium, not the page cache), false after a
@@ -82,19 +76,13 @@ export class ReadBackChecker {
     return this.#direct;
   }
 
-  /** Records the CRC-32 of chunk `index` as handed to the slot (its SHA-256 verified). A chunk written
-   * again (a retry) is recorded again: the same verified bytes, the same CRC. */
-  expect(index: number, crc: number): void {
-    this.#expected[index] = crc >>> 0;
-    this.#known[index] = 1;
-  }
-
   /**
    * Resume: reads the chunks from 0 the way the read-back does and SHA-256s each against the signed
-   * one (`sha256Of(k)`), up to the first that differs or cannot be read; returns how many matched.
+   * one (`sha256Of(k)`, by default the options' `chunkSha256`), up to the first that differs or
+   * cannot be read; returns how many matched.
    * Those are checked (the read-back goes on after them). Call before `advance`.
    */
-  async verifyPrefix(sha256Of: (chunk: number) => string, signal?: AbortSignal): Promise<number> {
+  async verifyPrefix(sha256Of: (chunk: number) => string = this.#o.chunkSha256, signal?: AbortSignal): Promise<number> {
     if (this.#cursor !== 0 || this.#loop) throw new Error('verifyPrefix: the read-back already started');
     const reader = await this.#open();
     const { chunkSize, size } = this.#o;
@@ -130,23 +118,31 @@ export class ReadBackChecker {
     return k;
   }
 
-  /** Reads and checks up to byte `upto` in the background (it must be flushed already); a chunk is
-   * checked when its last byte was read. The first mismatch stops the read-back; `finish` throws it. */
+  /** Reads and hashes up to byte `upto` in the background (it must be flushed already). A failed read
+   * stops the read-back; `finish` throws it. */
   advance(upto: number): void {
     this.#target = Math.max(this.#target, Math.min(upto, this.#o.size));
     this.#pump();
   }
 
-  /** Reads and checks everything up to `upto`; throws INSTALL_READBACK_MISMATCH naming the first chunk
-   * that differs (or the read that failed). Resolves with the bytes checked. */
+  /** Reads and hashes everything up to `upto`; once that is the whole image, compares its SHA-256 with
+   * the signed one and, when it differs, reads the slot again to name the chunk(s) that changed. Throws
+   * INSTALL_READBACK_MISMATCH (or the read that failed). Resolves with the bytes read back. */
   async finish(upto: number): Promise<{ bytes: number }> {
     this.advance(upto);
     while (this.#loop) await this.#loop;
     if (this.#error) throw this.#error;
+    if (this.#cursor >= this.#o.size) {
+      this.#wholeDigest ??= this.#whole.digest('hex');
+      if (this.#wholeDigest !== this.#o.imageSha256) {
+        this.#error = await this.#locate(this.#wholeDigest);
+        throw this.#error;
+      }
+    }
     return { bytes: this.#cursor };
   }
 
-  /** SHA-256 (hex) of the whole image as read back; only once every byte was read back and checked
+  /** SHA-256 (hex) of the whole image as read back; only once every byte was read back and it matched
    * (after `finish(size)`), else undefined. */
   imageSha256(): string | undefined {
     if (this.#cursor < this.#o.size || this.#error) return undefined;
@@ -192,7 +188,6 @@ export class ReadBackChecker {
           this.#error ??= new SlotflipError('INSTALL_READBACK_MISMATCH', `slot ${this.#o.path} ended at byte ${at + buf.length} while reading it back (the image is ${this.#o.size} bytes)`, { details: { path: this.#o.path, offset: at + buf.length } });
           return;
         }
-        this.#check(buf, at);
         this.#whole.update(buf);
         this.#cursor = at + len;
       }
@@ -206,34 +201,55 @@ export class ReadBackChecker {
       });
   }
 
-  /** Folds bytes [at, at + buf.length) into the running chunk CRC; compares each chunk it completes. */
-  #check(buf: Buffer, at: number): void {
-    const { chunkSize, size } = this.#o;
-    let p = 0;
-    while (p < buf.length) {
-      const k = Math.floor((at + p) / chunkSize);
-      const end = Math.min(size, (k + 1) * chunkSize);
-      const take = Math.min(buf.length - p, end - (at + p));
-      this.#crc = crc32(buf.subarray(p, p + take), this.#crc);
-      p += take;
-      if (at + p < end) continue;
-      const actual = this.#crc >>> 0;
-      this.#crc = 0;
-      if (this.#known[k] !== 1) {
-        // never the case when the installer drives it (a chunk is recorded before its write); fail
-        // closed rather than pass a chunk nobody vouched for
-        this.#error ??= new SlotflipError('INSTALL_READBACK_MISMATCH', `slot ${this.#o.path}: chunk ${k} was read back but no CRC was recorded when it was written`, { details: { path: this.#o.path, chunk: k } });
-        return;
+  /** The second pass, only after the whole image read back with another SHA-256 than the signed one:
+   * reads every chunk from the slot again, SHA-256s it against the signed chunk hash and returns the
+   * error naming those that differ (the first in full, up to NAMED_MAX by number, all counted). */
+  async #locate(actualImage: string): Promise<SlotflipError> {
+    const { chunkSize, size, path } = this.#o;
+    const reader = await this.#open();
+    const changed: number[] = [];
+    let count = 0;
+    let first: { chunk: number; offset: number; length: number; expected: string; actual: string } | undefined;
+    for (let k = 0; k < this.#chunks; k++) {
+      if (this.#o.signal?.aborted) return new SlotflipError('INSTALL_ABORTED', 'install aborted', {});
+      const offset = k * chunkSize;
+      const end = Math.min(size, offset + chunkSize);
+      const h = createHash('sha256');
+      let at = offset;
+      try {
+        while (at < end) {
+          const len = Math.min(PIECE - (at % DIRECT_ALIGN), end - at);
+          const buf = await reader.read(len, at);
+          if (buf.length !== len) {
+            return new SlotflipError('INSTALL_READBACK_MISMATCH', `slot ${path} ended at byte ${at + buf.length} while reading it back a second time to find the changed chunk (the image is ${size} bytes)`, { details: { path, offset: at + buf.length } });
+          }
+          h.update(buf);
+          at += len;
+        }
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code ?? 'error';
+        return new SlotflipError('INSTALL_READBACK_MISMATCH', `slot ${path} read back with image SHA-256 ${actualImage}, the release signs ${this.#o.imageSha256}; reading it again at byte ${at} to find the changed chunk failed (${code}); the device may be failing: the image will be written again on the next attempt`, { cause: e, details: { path, offset: at, errno: code, expected: this.#o.imageSha256, actual: actualImage } });
       }
-      const expected = this.#expected[k]!;
-      if (actual !== expected) {
-        const offset = k * chunkSize;
-        const how = this.#o.readAt ? 'through the slot handle' : this.#direct ? 'from the medium (O_DIRECT)' : 'through the page cache (no O_DIRECT here)';
-        this.#error ??= new SlotflipError('INSTALL_READBACK_MISMATCH', `slot ${this.#o.path} read back ${how} differs in chunk ${k} (bytes ${offset}..${end - 1}): CRC-32 ${hex(actual)}, written ${hex(expected)} (the chunk's SHA-256 had matched the signed index); the write did not land (failing flash?): the image will be written again from chunk ${k} on the next attempt`, {
-          details: { path: this.#o.path, chunk: k, offset, length: end - offset, expected: hex(expected), actual: hex(actual), ...(this.#direct !== undefined ? { direct: this.#direct } : {}) },
-        });
-        return;
-      }
+      const actual = h.digest('hex');
+      const expected = this.#o.chunkSha256(k);
+      if (actual === expected) continue;
+      count++;
+      if (changed.length < NAMED_MAX) changed.push(k);
+      first ??= { chunk: k, offset, length: end - offset, expected, actual };
     }
+    const direct = this.#o.readAt === undefined ? reader.direct : undefined;
+    const how = this.#o.readAt ? 'through the slot handle' : direct ? 'from the medium (O_DIRECT)' : 'through the page cache (no O_DIRECT here)';
+    if (first === undefined) {
+      // every chunk matched on the second read: the first read returned other bytes (a transient read
+      // fault), or the image and its index disagree; either way the slot is not trusted
+      return new SlotflipError('INSTALL_READBACK_MISMATCH', `slot ${path} read back ${how} with image SHA-256 ${actualImage}, the release signs ${this.#o.imageSha256}, although every chunk matched its signed hash when read again (unstable reads?): the image will be written again on the next attempt`, {
+        details: { path, expected: this.#o.imageSha256, actual: actualImage, changed: 0, ...(direct !== undefined ? { direct } : {}) },
+      });
+    }
+    const { chunk, offset, length, expected, actual } = first;
+    const others = count > 1 ? `; ${count} chunks differ in all (${changed.join(', ')}${count > changed.length ? ', ...' : ''})` : '';
+    return new SlotflipError('INSTALL_READBACK_MISMATCH', `slot ${path} read back ${how} differs in chunk ${chunk} (bytes ${offset}..${offset + length - 1}): SHA-256 ${actual}, signed ${expected} (the chunk had matched it before it was written)${others}; the write did not land (failing flash?): the image will be written again from chunk ${chunk} on the next attempt`, {
+      details: { path, chunk, offset, length, expected, actual, chunks: changed, changed: count, ...(direct !== undefined ? { direct } : {}) },
+    });
   }
 }

@@ -1,8 +1,9 @@
 /**
  * The streaming installer: payload source → decompress → cut into chunks → SHA-256 each chunk and
- * compare with the signed index → CRC-32 of the same buffer → positional write at the chunk's offset
- * → periodic fsync → read the slot back from the medium behind the fsync frontier and compare each
- * chunk's CRC-32 with the one recorded at write time (hasher.ts).
+ * compare with the signed index → positional write at the chunk's offset → periodic fsync → read the
+ * slot back from the medium behind the fsync frontier and hash the whole image over what it returns,
+ * against the signed image hash; only on a mismatch, a second read names the chunk(s) that changed by
+ * their signed chunk hashes (hasher.ts).
  *
  * INVARIANTS
  * - No byte reaches the slot unless its chunk's SHA-256 matched the signed index first.
@@ -13,8 +14,8 @@
  *   match (the hint is never trusted alone).
  * - The image is the signed one because every chunk of the signed, contiguous index was SHA-256
  *   verified (in this run before its write, or on resume as read from the slot); the read-back then
- *   proves the medium kept those bytes, chunk by chunk (CRC-32 recorded over the verified buffer). No
- *   second whole-image SHA-256 pass is made (see hasher.ts for the trade-off).
+ *   proves the medium kept those bytes: one SHA-256 of the whole image over the bytes read back from
+ *   the medium, against the signed image hash (see hasher.ts for the trade-off).
  * - Memory is bounded by a fixed pool of chunk buffers plus stream buffers, whatever the image size.
  * - Compressed bytes read are capped by the signed payload length; image bytes by the signed size.
  * - One attempt spends a bounded download budget (bytes and time, summed over runs and restarts in
@@ -50,9 +51,9 @@
  * flush points, the resume hint and the read-back are unchanged: a direct write is not durable before
  * the fsync either (the device's write cache), and the hint claims only flushed chunks.
  *
- * Concurrency: zstd decompresses in its own process, the main thread hashes chunks (SHA-256, then
- * CRC-32 over the same buffer), writes, fsyncs and the read-back's reads run on libuv's thread pool,
- * and the read-back's CRC-32 runs on the main thread (native, a fraction of a SHA-256 pass).
+ * Concurrency: zstd decompresses in its own process, the main thread hashes chunks (SHA-256), writes,
+ * fsyncs and the read-back's reads run on libuv's thread pool, and the read-back's whole-image SHA-256
+ * runs on the main thread (native).
  *
  * Error codes (stable): INSTALL_BAD_INDEX, INSTALL_SLOT_TOO_SMALL, INSTALL_CHUNK_HASH_MISMATCH,
  * INSTALL_PAYLOAD_TRUNCATED, INSTALL_PAYLOAD_OVERSIZED, INSTALL_DECOMPRESS, INSTALL_HTTP_STATUS,
@@ -68,7 +69,7 @@ import { SlotflipError, isCoded } from '../../hal/errors.js';
 import type { SlotHandle, SlotWriter } from '../../hal/slot-writer.js';
 import type { PayloadInfo } from '../../manifests/types.js';
 import { decodesInChild, prepareDecoder, type Decoder, type PreparedDecoder } from './decode.js';
-import { chunkCrc, ReadBackChecker } from './hasher.js';
+import { ReadBackChecker } from './hasher.js';
 import { readResumeRecord, writeResumeHint, type ResumeExtra, type SpentBudget } from './resume-state.js';
 import { fileSource, httpSource, ReusedBufferStream, type ByteStream, type OpenedStream, type PayloadSource, type TlsOptions } from './source.js';
 
@@ -265,7 +266,7 @@ export async function installPayload(opts: InstallOptions): Promise<InstallResul
   throwIfAborted(signal);
 
   const handle = await opts.slot.open();
-  const readBack = new ReadBackChecker({ path: opts.slot.path, chunkSize: payload.chunkSize, size: payload.size, ...(opts.readBack === 'path' ? {} : { readAt: (l: number, o: number) => handle.readAt(l, o) }), ...(log ? { log } : {}) });
+  const readBack = new ReadBackChecker({ path: opts.slot.path, chunkSize: payload.chunkSize, size: payload.size, imageSha256: payload.sha256, chunkSha256: (k: number) => payload.chunks[k]!.sha256, signal, ...(opts.readBack === 'path' ? {} : { readAt: (l: number, o: number) => handle.readAt(l, o) }), ...(log ? { log } : {}) });
   try {
     const record = await readResumeRecord(opts.resumeStatePath, payload, opts.slot.path);
     const run = new InstallRun(opts, payload, payloadLength, source, handle, readBack, now, signal, record.spent, record.corruptChunk);
@@ -460,7 +461,7 @@ class InstallRun {
    * slot (a fresh install reads nothing back before writing).
    */
   async verifyExisting(hint: number): Promise<number> {
-    const i = await this.readBack.verifyPrefix((k) => this.payload.chunks[k]!.sha256, this.signal);
+    const i = await this.readBack.verifyPrefix(undefined, this.signal);
     if (i < hint) this.opts.logger?.warn({ hint, chunk: i, offset: i * this.payload.chunkSize }, 'resume: a chunk recorded as written no longer matches the signed index on the slot; writing again from it');
     if (i > hint) {
       await this.handle.flush();
@@ -492,9 +493,6 @@ class InstallRun {
   #write(buf: Buffer, index: number): void {
     const len = this.#chunkLen(index);
     const offset = index * this.payload.chunkSize;
-    // over the same buffer whose SHA-256 just matched, before it goes anywhere: what the read-back
-    // must find on the medium
-    this.readBack.expect(index, chunkCrc(buf.subarray(0, len)));
     this.#writeTail = this.#writeTail
       .then(async () => {
         if (this.#ioError === undefined) await this.handle.writeAt(buf.subarray(0, len), offset);
@@ -1231,20 +1229,20 @@ class InstallRun {
     }
   }
 
-  /** Waits for writes, the last flush and the read-back of every chunk (CRC-32 against what was
-   * written); returns the signed image SHA-256 the slot now holds. Throws INSTALL_READBACK_MISMATCH
-   * naming the first chunk the medium did not keep. */
+  /** Waits for writes, the last flush and the read-back of the whole image (its SHA-256 over what the
+   * medium returned, against the signed one); returns the signed image SHA-256 the slot now holds.
+   * Throws INSTALL_READBACK_MISMATCH naming the chunk(s) the medium did not keep. */
   async finish(): Promise<string> {
     await this.#writeTail;
     await this.#flushTail;
     this.#checkIo();
     if (this.#durable < this.#chunkCount) await this.handle.flush();
     await this.readBack.finish(this.payload.size);
-    // the whole image, hashed over what the medium returned: the chunk hashes already prove every
-    // chunk, this proves the slot holds exactly the signed image end to end (issue 24 keeps it)
+    // the read-back compared it already (and named the chunks on a mismatch); checked here again so
+    // that no path through the checker can return without the slot holding the signed image
     const whole = this.readBack.imageSha256();
     if (whole !== this.payload.sha256) {
-      throw new SlotflipError('INSTALL_READBACK_MISMATCH', `slot ${this.opts.slot.path} read back with image SHA-256 ${whole ?? '(incomplete)'}, the release signs ${this.payload.sha256}, although every chunk matched: the image will be written again on the next attempt`, {
+      throw new SlotflipError('INSTALL_READBACK_MISMATCH', `slot ${this.opts.slot.path} read back with image SHA-256 ${whole ?? '(incomplete)'}, the release signs ${this.payload.sha256}: the image will be written again on the next attempt`, {
         details: { path: this.opts.slot.path, expected: this.payload.sha256, actual: whole ?? null },
       });
     }

@@ -7,6 +7,11 @@
  * Written atomically (temp file, fsync, rename) only after a flush of the slot. A torn or lost record
  * also loses the spent budget: it then restarts from zero, which bounds the cost of a corrupt
  * payload per restart rather than per attempt (a restart is a power cut, rare by comparison).
+ *
+ * Compatibility: fields a record does not name here are ignored, never refused: a record left by an
+ * older daemon (e.g. `rewriteFrom`, written while the read-back compared per-chunk CRC-32s) resumes,
+ * and the re-hash of the slot decides where. The record never held per-chunk digests: the read-back's
+ * CRC-32s lived in memory only, and the read-back no longer computes them (hasher.ts).
  */
 import { readFileCapped, writeFileAtomic } from '../../hal/atomic-file.js';
 import type { PayloadInfo } from '../../manifests/types.js';

@@ -404,7 +404,7 @@ async function main(): Promise<void> {
       const keys = ['start', 'check', 'markBad', 'writeSlot', 'verifySlot', 'armTrial', 'reboot'];
       print(`CLI phases (median s): ${keys.map((k) => `${k} ${median(cli.map((x) => x.phases?.[k] ?? 0)).toFixed(2)}`).join(', ')}`);
       if (base.length > 0) print(`CLI base phases (median s): ${keys.map((k) => `${k} ${median(base.map((x) => x.phases?.[k] ?? 0)).toFixed(2)}`).join(', ')}`);
-      print('  (check = TUF refresh; writeSlot = download + compressed-byte check + decompress + chunk SHA-256 + CRC-32 + write + fsync, with the O_DIRECT read-back (CRC-32 per chunk + the whole-image SHA-256) pipelined behind the fsync frontier; verifySlot = 0 when it takes that read-back (same process), else a whole-slot read-back; armTrial = arm; start = spawn → first log line)');
+      print('  (check = TUF refresh; writeSlot = download + compressed-byte check + decompress + chunk SHA-256 + write + fsync, with the O_DIRECT read-back (the whole-image SHA-256; a per-chunk naming pass only on a mismatch) pipelined behind the fsync frontier; verifySlot = 0 when it takes that read-back (same process), else a whole-slot read-back; armTrial = arm; start = spawn → first log line)');
       const names = [...new Set(cli.flatMap((x) => Object.keys(x.procs ?? {})))].sort();
       const pm = (n: string, k: 'cpuS' | 'rssMiB' | 'anonMiB' | 'fileMiB'): string => median(cli.map((x) => x.procs?.[n]?.[k] ?? 0)).toFixed(k === 'cpuS' ? 2 : 0);
       print(`CLI tree by process (median; CPU as last sampled, peak RSS of its largest process = anon + file/shmem): ${names.map((n) => `${n} CPU ${pm(n, 'cpuS')} s, RSS ${pm(n, 'rssMiB')} MiB (anon ${pm(n, 'anonMiB')}, file ${pm(n, 'fileMiB')})`).join('; ')}`);

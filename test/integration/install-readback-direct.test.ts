@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { verifySlotImage } from '../../daemon/install/read-back.js';
-import { chunkCrc, ReadBackChecker } from '../../daemon/install/hasher.js';
+import { ReadBackChecker } from '../../daemon/install/hasher.js';
 import { createSlotWriter } from '../../hal/file-slot.js';
 import { codeOf } from '../../hal/errors.js';
 import type { PayloadInfo } from '../../manifests/types.js';
@@ -32,11 +32,10 @@ function image(): Buffer {
   return b;
 }
 
-/** A read-back checker for `img`'s chunks with their CRC-32 recorded as the installer does at write time. */
+/** A read-back checker for `img`, given its signed image and chunk hashes as the installer gives them. */
 function checkerFor(img: Buffer, path: string, log?: pino.Logger): ReadBackChecker {
-  const c = new ReadBackChecker({ path, chunkSize: CHUNK, size: img.length, ...(log ? { log } : {}) });
-  for (let k = 0; k * CHUNK < img.length; k++) c.expect(k, chunkCrc(img.subarray(k * CHUNK, (k + 1) * CHUNK)));
-  return c;
+  const p = payloadOf(img);
+  return new ReadBackChecker({ path, chunkSize: CHUNK, size: img.length, imageSha256: p.sha256, chunkSha256: (k) => p.chunks[k]!.sha256, ...(log ? { log } : {}) });
 }
 
 function payloadOf(img: Buffer): PayloadInfo {
@@ -73,8 +72,8 @@ t.test('read-back after the write sees a byte the medium changed underneath the 
   t.match((err as Error).message, /chunk 2 \(bytes 131072\.\.196607\)/);
   t.equal((await bufferedBytes(dev, BAD, 1))[0], img[BAD], 'while the page cache still says all is well');
 
-  // the installer's read-back (by path, behind the flush frontier): each chunk's CRC-32 against the
-  // one recorded over the written bytes
+  // the installer's read-back (by path, behind the flush frontier): the whole image's SHA-256 against
+  // the signed one, then a second read naming the chunk by its signed SHA-256
   await writeThrough(dev, img); // written again: medium and cache agree ...
   t.equal(await flipUnderneath(backing, BAD), changed, '... until the medium changes underneath again');
   const checker = checkerFor(img, dev);
@@ -85,8 +84,8 @@ t.test('read-back after the write sees a byte the medium changed underneath the 
     medium[BAD] = changed;
     t.equal(codeOf(e2, ''), 'INSTALL_READBACK_MISMATCH', 'the installer\'s read-back catches it');
     t.equal(checker.direct, true, 'read with O_DIRECT');
-    const hex = (n: number): string => n.toString(16).padStart(8, '0');
-    t.match((e2 as { details: unknown }).details, { path: dev, chunk: 2, offset: 2 * CHUNK, expected: hex(chunkCrc(img.subarray(2 * CHUNK, 3 * CHUNK))), actual: hex(chunkCrc(medium.subarray(2 * CHUNK, 3 * CHUNK))), direct: true }, 'names the chunk, with the CRC written and the CRC the medium holds');
+    const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+    t.match((e2 as { details: unknown }).details, { path: dev, chunk: 2, offset: 2 * CHUNK, expected: payload.chunks[2]!.sha256, actual: sha(medium.subarray(2 * CHUNK, 3 * CHUNK)), chunks: [2], changed: 1, direct: true }, 'names the chunk, with its signed SHA-256 and the one the medium holds');
     t.match((e2 as Error).message, /chunk 2 \(bytes 131072\.\.196607\)/);
   } finally {
     await checker.close();
@@ -101,7 +100,7 @@ t.test('an intact slot passes the direct read-back (aligned windows, unaligned l
   const checker = checkerFor(img, dev);
   try {
     for (const upto of [1, 4095, 4097, CHUNK + 3, 4 * CHUNK]) checker.advance(upto);
-    t.same(await checker.finish(SIZE), { bytes: SIZE }, 'every chunk read back and matched');
+    t.same(await checker.finish(SIZE), { bytes: SIZE }, 'the whole image read back and matched');
     t.equal(checker.direct, true);
     t.equal(checker.imageSha256(), createHash('sha256').update(img).digest('hex'), 'the whole image hashed over what the medium returned');
   } finally {
