@@ -24,7 +24,7 @@
  * release whose application is broken), and optionally an application that keeps data on the data
  * partition and the data migration a release ships. Nothing in the guest knows it is a test.
  */
-import { chmod, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, realpath, rm, symlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { execTool, runChecked, type ToolRunner } from '../../../hal/exec.js';
 
@@ -100,8 +100,10 @@ export async function stageGuest(opts: StageOptions): Promise<void> {
   const runner = opts.runner ?? execTool;
   const root = opts.dir;
   await rm(root, { recursive: true, force: true });
-  // coreutils cp: device nodes (dev/ptmx, dev/null …), ownership, modes and links exactly as debootstrap left them
-  await runChecked(runner, 'HIL_ROOTFS', 'cp', ['-a', '--reflink=auto', '--', opts.baseDir, root], { timeoutMs: 5 * 60_000 });
+  // coreutils cp: device nodes (dev/ptmx, dev/null …), ownership, modes and links exactly as debootstrap left them.
+  // The base's real path: `cp -a` copies a symlinked base as the link, and everything below would
+  // then write into the shared cached base.
+  await runChecked(runner, 'HIL_ROOTFS', 'cp', ['-a', '--reflink=auto', '--', await realpath(opts.baseDir), root], { timeoutMs: 5 * 60_000 });
   await rm(join(root, '.slotflip-base-complete'), { force: true });
 
   // slotflip from its package, as an image build installs it (no maintainer scripts to run)
