@@ -1,7 +1,7 @@
 /**
  * The trial guard (issue 22, 4), from outside: the marker the daemon's boot-control wrapper writes
  * (daemon/trial-guard.ts) is read by the real shell script systemd runs
- * (systemd/slotflip-trial-reboot, ExecCondition= of slotflip-trial-failed@.service), with a fake
+ * (systemd/slotflip-trial-reboot, ExecStart= of slotflip-trial-failed@.service), with a fake
  * `systemctl` on PATH standing in for PID 1's answers. Exit 0 = systemd reboots (SuccessAction=),
  * 1 = it does not. What a user relies on:
  * - a trial boot whose daemon systemd gave up on, or that is still unjudged at the deadline, reboots;
