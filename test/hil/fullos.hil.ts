@@ -444,10 +444,14 @@ t.test('full OS: a committed slot whose daemon is SIGKILLed at every start is no
 // The full-OS lane once failed under load (load 15; fleetreset-logs/hil3.log, power-on 4): the trial's
 // required check failed, slotflip-health.service failed, and the guard (`@health`) rebooted the trial
 // unjudged because `systemctl is-active slotflip.service` was false, the daemon being only
-// (re)starting. The trial's try was spent without a verdict; GRUB booted the trial again. Here the
-// bad release's daemon deterministically waits DAEMON_RESTART_SEC in `activating (auto-restart)`
-// while the verdict fails: the guard must leave the trial to the daemon, which rolls back itself
-// once it runs, in that one trial boot.
+// (re)starting (the same run's power-on 2 shows why it restarts under load: a watchdog kill right
+// after READY=1, while slotflip-health's Node ran beside the Nice=10 daemon). The trial's try was
+// spent without a verdict; GRUB booted the trial again. Here the bad release's daemon
+// deterministically waits DAEMON_RESTART_SEC in `activating (auto-restart)` while the verdict
+// fails: the guard must leave the trial to the daemon, which rolls back itself once it runs, in
+// that one trial boot. Its first run found the deeper fault: the guard's script said "not
+// rebooting" and the device rebooted at once, because systemd runs SuccessAction=reboot after an
+// ExecCondition= skip too (systemd#42035); the script is now the guard unit's ExecStart=.
 t.test('full OS: a trial whose health verdict fails while its daemon waits to restart is judged by the daemon, not rebooted unjudged', async (t) => {
   const { events, board, tracker, boots, stamp, publish, powerOn, waitEvent } = await setupLane(t);
   await publish({ version: '1.1.0', healthy: false, daemonRestartsLate: true }, 1);
