@@ -31,7 +31,7 @@ import { deviceTopics } from '../../daemon/topics.js';
 import { startMosquitto } from '../harness/mosquitto.js';
 import { EmulatorTracker } from './emulator.js';
 import { ensureBaseRootfs, hostSuite } from './fullos/rootfs.js';
-import { buildDeb, buildSlotImage, FACTORY_DATA, GUEST_DEVICE_ID, GUEST_HARDWARE, RELEASE_MIGRATION, stageGuest, type ReleaseSpec } from './fullos/guest.js';
+import { buildDeb, buildSlotImage, DAEMON_RESTART_SEC, FACTORY_DATA, GUEST_DEVICE_ID, GUEST_HARDWARE, RELEASE_MIGRATION, stageGuest, type ReleaseSpec } from './fullos/guest.js';
 import { createFullOsBoard, type FullOsBoard } from './fullos/board.js';
 
 const projectDir = join(import.meta.dirname, '..', '..');
@@ -73,7 +73,22 @@ interface Lane {
   publish(spec: ReleaseSpec, securityVersion: number): Promise<void>;
   /** `until`: stop (power off) as soon as the console matches. */
   powerOn(why: string, until?: RegExp): ReturnType<FullOsBoard['powerOn']>;
-  waitEvent(type: string, version: string): Promise<DeviceEvent>;
+  /** `during`: the power-on the event must come from; when it ends without the event (guest
+   * reset or power-off), the wait fails AFTER_POWER_OFF_MS later instead of after POWER_ON_MS,
+   * naming the grubenv the device left. */
+  waitEvent(type: string, version: string, during?: Promise<unknown>): Promise<DeviceEvent>;
+}
+
+/** after a power-on ended, how long an event it queued may still take to reach the harness */
+const AFTER_POWER_OFF_MS = 60_000;
+
+/** The lines of a console that tell who did what to a trial: GRUB's choice, the guard, the units'
+ * state changes and restarts, the daemon's own log lines. A failed run prints them for every
+ * power-on (the last 120 lines alone are the shutdown). */
+function keyConsoleLines(console: string, max = 250): string[] {
+  const re = /SLOTFLIP-BOOT|slotflip-trial-reboot|slotflip-hil|slotflip(-health|-trial-failed@\w+)?\.service|slotflip\[\d+\]|hil-|Scheduled restart|[Ww]atchdog|timed out|self-test/;
+  const lines = console.split('\n').filter((l) => re.test(l));
+  return lines.length > max ? [...lines.slice(0, max / 2), `... ${lines.length - max} lines ...`, ...lines.slice(-max / 2)] : lines;
 }
 
 /** Builds the base (cached), the staged guest, the factory image, broker, repository, board. */
@@ -137,9 +152,17 @@ async function setupLane(t: Tap, boardOpts: { grubReadsEnv?: string } = {}, fact
   const consoleLogs: string[] = [];
   // a failed run shows what the guest said (its journal goes to the serial console), before the
   // test directory is removed
-  t.teardown(() => {
+  t.teardown(async () => {
     if (t.passing()) return;
-    consoleLogs.forEach((c, i) => t.comment(`--- console of power-on ${i + 1} (last 120 lines) ---\n${c.split('\n').slice(-120).join('\n')}`));
+    consoleLogs.forEach((c, i) => {
+      t.comment(`--- console of power-on ${i + 1}: key lines ---\n${keyConsoleLines(c).join('\n')}`);
+      t.comment(`--- console of power-on ${i + 1} (last 120 lines) ---\n${c.split('\n').slice(-120).join('\n')}`);
+    });
+    // the whole consoles outlive the test directory
+    const keep = join(cacheDir, 'failed-consoles', `${new Date().toISOString().replace(/[:.]/g, '-')}-${process.pid}`);
+    await mkdir(keep, { recursive: true });
+    for (const [i, c] of consoleLogs.entries()) await writeFile(join(keep, `console-${i + 1}.log`), c);
+    t.comment(`whole consoles kept in ${keep}`);
   });
   const powerOn = async (why: string, until?: RegExp) => {
     const r = await board.powerOn({ timeoutMs: POWER_ON_MS, ...(until ? { until } : {}) });
@@ -150,14 +173,34 @@ async function setupLane(t: Tap, boardOpts: { grubReadsEnv?: string } = {}, fact
     t.comment(`${stamp()} power-on ${consoles} (${why}): GRUB booted ${r.grubSlot ?? 'nothing'}, ${(r.durationMs / 1000).toFixed(0)} s, ${r.timedOut ? 'TIMED OUT' : r.stoppedOnMatch ? 'stopped' : `guest reset (exit ${r.code})`}`);
     return r;
   };
-  const waitEvent = (type: string, version: string): Promise<DeviceEvent> =>
+  const waitEvent = (type: string, version: string, during?: Promise<unknown>): Promise<DeviceEvent> =>
     new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no ${type} for ${version} within ${POWER_ON_MS / 1000} s; events: ${events.map((e) => `${e.type}:${e.version}`).join(', ')}`)), POWER_ON_MS);
+      const seen = (): string => events.map((e) => `${e.type}:${e.version}`).join(', ');
+      let done = false;
+      const stop = (): void => {
+        done = true;
+        clearTimeout(timer);
+        clearTimeout(afterOff);
+        clearInterval(poll);
+      };
+      const timer = setTimeout(() => {
+        stop();
+        reject(new Error(`no ${type} for ${version} within ${POWER_ON_MS / 1000} s; events: ${seen()}`));
+      }, POWER_ON_MS);
+      let afterOff: NodeJS.Timeout | undefined;
+      // the power-on ended without the event: nothing more will come until the next one
+      void during?.then(() => {
+        if (done) return;
+        afterOff = setTimeout(() => {
+          if (done) return;
+          stop();
+          void board.readGrubenv().then((env) => JSON.stringify(env), (e: unknown) => `unreadable: ${(e as Error).message}`).then((env) => reject(new Error(`no ${type} for ${version}: power-on ${consoles} ended (${stamp()}) and ${AFTER_POWER_OFF_MS / 1000} s later nothing came; grubenv now ${env}; events: ${seen()}`)));
+        }, AFTER_POWER_OFF_MS);
+      }, () => undefined);
       const poll = setInterval(() => {
         const e = events.find((x) => x.type === type && x.version === version);
         if (e) {
-          clearTimeout(timer);
-          clearInterval(poll);
+          stop();
           resolve(e);
         }
       }, 200);
@@ -204,7 +247,7 @@ t.test('full OS: Debian under systemd updates itself and rolls back a bad releas
   t.equal(p4.grubSlot, 'A', 'GRUB tried slot A for 1.2.0');
   t.match(p4.console, /application self-test failed/, 'the release\'s own required health check failed in the trial boot');
   const p5Run = powerOn('back to 1.1.0');
-  const rolledBack = await waitEvent('UpdateRolledBack', '1.2.0');
+  const rolledBack = await waitEvent('UpdateRolledBack', '1.2.0', p5Run);
   t.ok(rolledBack.failures?.some((f) => f.name.includes('50-application')), `the rollback names the failed check: ${JSON.stringify(rolledBack.failures)}`);
   tracker.killAll(); // power off: the device has nothing left to do
   const p5 = await p5Run;
@@ -396,4 +439,45 @@ t.test('full OS: a committed slot whose daemon is SIGKILLed at every start is no
   t.match(p.console, /slotflip\.service: (Start request repeated too quickly|Failed with result)/, 'systemd gave up on it (and triggered the guard, which found no trial)');
   t.same(boots, ['A']);
   t.comment(`committed crash-loop lane total ${stamp()}`);
+});
+
+// The full-OS lane once failed under load (load 15; fleetreset-logs/hil3.log, power-on 4): the trial's
+// required check failed, slotflip-health.service failed, and the guard (`@health`) rebooted the trial
+// unjudged because `systemctl is-active slotflip.service` was false, the daemon being only
+// (re)starting (the same run's power-on 2 shows why it restarts under load: a watchdog kill right
+// after READY=1, while slotflip-health's Node ran beside the Nice=10 daemon). The trial's try was
+// spent without a verdict; GRUB booted the trial again. Here the bad release's daemon
+// deterministically waits DAEMON_RESTART_SEC in `activating (auto-restart)` while the verdict
+// fails: the guard must leave the trial to the daemon, which rolls back itself once it runs, in
+// that one trial boot. Its first run found the deeper fault: the guard's script said "not
+// rebooting" and the device rebooted at once, because systemd runs SuccessAction=reboot after an
+// ExecCondition= skip too (systemd#42035); the script is now the guard unit's ExecStart=.
+t.test('full OS: a trial whose health verdict fails while its daemon waits to restart is judged by the daemon, not rebooted unjudged', async (t) => {
+  const { events, board, tracker, boots, stamp, publish, powerOn, waitEvent } = await setupLane(t);
+  await publish({ version: '1.1.0', healthy: false, daemonRestartsLate: true }, 1);
+  const p1 = await powerOn('factory 1.0.0 in A; 1.1.0 (bad; its daemon restarts late) is published');
+  t.equal(p1.grubSlot, 'A');
+  t.ok(events.some((e) => e.type === 'UpdateInstalled' && e.version === '1.1.0'), 'installed, trial armed, rebooted');
+
+  const p2 = await powerOn(`trial of 1.1.0: the verdict fails while the daemon waits ${DAEMON_RESTART_SEC} s to restart`);
+  t.equal(p2.grubSlot, 'B', 'GRUB tried B');
+  t.notOk(p2.timedOut, 'the trial boot ended by itself');
+  t.match(p2.console, /slotflip-hil: first start of this boot fails/, "the daemon's first start failed");
+  t.match(p2.console, /application self-test failed/, "the release's required check failed");
+  t.match(p2.console, /slotflip-trial-reboot: slotflip\.service is activating \(auto-restart\), not down/, 'the guard saw the failed verdict while the daemon waited to restart, and left the trial to it');
+  t.notMatch(p2.console, /slotflip-trial-reboot: trial of slot B cannot be judged/, 'the guard did not reboot the trial');
+  t.match(p2.console, /slotflip-hil: restarted/, 'the daemon restarted');
+
+  const p3Run = powerOn('back to 1.0.0');
+  const rolledBack = await waitEvent('UpdateRolledBack', '1.1.0', p3Run);
+  t.equal(rolledBack.reason?.code, 'DAEMON_HEALTH_CHECK_FAILED', 'rolled back on its own health verdict, not on a bootloader fallback');
+  t.ok(rolledBack.failures?.some((f) => f.name.includes('50-application')), `the rollback names the failed check: ${JSON.stringify(rolledBack.failures)}`);
+  tracker.killAll();
+  const p3 = await p3Run;
+  t.equal(p3.grubSlot, 'A', 'GRUB booted the committed slot A');
+  const env = await board.readGrubenv();
+  t.equal(env.slotflip_slot, 'A', 'grubenv: A primary');
+  t.equal(env.boot_success, '1', 'grubenv: no trial pending');
+  t.same(boots, ['A', 'B', 'A'], 'the trial was booted once and judged in that boot');
+  t.comment(`late-restart lane total ${stamp()}`);
 });

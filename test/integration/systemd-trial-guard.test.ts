@@ -1,7 +1,7 @@
 /**
  * The trial guard (issue 22, 4), from outside: the marker the daemon's boot-control wrapper writes
  * (daemon/trial-guard.ts) is read by the real shell script systemd runs
- * (systemd/slotflip-trial-reboot, ExecCondition= of slotflip-trial-failed@.service), with a fake
+ * (systemd/slotflip-trial-reboot, ExecStart= of slotflip-trial-failed@.service), with a fake
  * `systemctl` on PATH standing in for PID 1's answers. Exit 0 = systemd reboots (SuccessAction=),
  * 1 = it does not. What a user relies on:
  * - a trial boot whose daemon systemd gave up on, or that is still unjudged at the deadline, reboots;
@@ -22,13 +22,18 @@ import { guardTrials, readTrialMarker, kernelBootId } from '../../daemon/trial-g
 const SCRIPT = join(import.meta.dirname, '../../systemd/slotflip-trial-reboot');
 const OTHER_BOOT = '00000000-1111-2222-3333-444444444444';
 
-function script(why: string, dir: string, env: { subState?: string; active?: boolean; bootIdFile?: string } = {}, binDir?: string): Promise<{ code: number; out: string }> {
+/** What PID 1 says about slotflip.service: (ActiveState, SubState) as systemd's service state table
+ * maps them (src/core/service.c: start-pre/start/auto-restart are `activating`, stop-* `deactivating`). */
+interface UnitState { activeState: string; subState: string }
+const RUNNING: UnitState = { activeState: 'active', subState: 'running' };
+
+function script(why: string, dir: string, env: { unit?: UnitState | 'no-answer'; bootIdFile?: string } = {}, binDir?: string): Promise<{ code: number; out: string }> {
+  const unit = env.unit ?? RUNNING;
   return new Promise((resolve) => {
     execFile('/bin/sh', [SCRIPT, why, dir], {
       env: {
         PATH: `${binDir ?? ''}:/usr/bin:/bin`,
-        FAKE_SUBSTATE: env.subState ?? 'running',
-        FAKE_ACTIVE: env.active ? '0' : '3',
+        ...(unit === 'no-answer' ? { FAKE_NO_ANSWER: '1' } : { FAKE_ACTIVESTATE: unit.activeState, FAKE_SUBSTATE: unit.subState }),
         ...(env.bootIdFile ? { SLOTFLIP_BOOT_ID_FILE: env.bootIdFile } : {}),
       },
       timeout: 10_000,
@@ -36,15 +41,46 @@ function script(why: string, dir: string, env: { subState?: string; active?: boo
   });
 }
 
+/**
+ * A `systemctl` that answers like systemd's for one unit state, in every form the script might ask:
+ * `show [--value] -p P [-p P]... UNIT` prints `P=value` lines (or bare values with --value) in
+ * systemd's property order (ActiveState before SubState); `is-active [-q] UNIT` prints the
+ * ActiveState (unless -q) and exits 0 only for `active` / `reloading`, 3 otherwise (systemctl(1)).
+ * With FAKE_NO_ANSWER it fails as systemctl does when PID 1 cannot be reached (exit 1, stderr).
+ */
 async function fakeSystemctl(dir: string): Promise<string> {
   const bin = join(dir, 'bin');
   await mkdir(bin, { recursive: true });
   await writeFile(join(bin, 'systemctl'), [
     '#!/bin/sh',
-    'case "$*" in',
-    '  "show --value -p SubState slotflip.service") echo "$FAKE_SUBSTATE" ;;',
-    '  "-q is-active slotflip.service") exit "$FAKE_ACTIVE" ;;',
-    '  *) echo "fake systemctl: unexpected $*" >&2; exit 9 ;;',
+    'if [ -n "${FAKE_NO_ANSWER:-}" ]; then echo "Failed to connect to bus: No such file or directory" >&2; exit 1; fi',
+    'verb=; value=; quiet=; props=; unit=',
+    'while [ $# -gt 0 ]; do',
+    '  case $1 in',
+    '    --value) value=1 ;;',
+    '    -q | --quiet) quiet=1 ;;',
+    '    -p) shift; props="$props $1" ;;',
+    '    -p*) props="$props ${1#-p}" ;;',
+    '    --property=*) props="$props ${1#--property=}" ;;',
+    '    -*) echo "fake systemctl: unexpected option $1" >&2; exit 9 ;;',
+    '    *) if [ -z "$verb" ]; then verb=$1; else unit=$1; fi ;;',
+    '  esac',
+    '  shift',
+    'done',
+    '[ "$unit" = slotflip.service ] || { echo "fake systemctl: unexpected unit $unit" >&2; exit 9; }',
+    'case $verb in',
+    '  show)',
+    '    for p in ActiveState SubState; do',
+    '      case " $props " in *" $p "*) ;; *) continue ;; esac',
+    '      if [ "$p" = ActiveState ]; then v=$FAKE_ACTIVESTATE; else v=$FAKE_SUBSTATE; fi',
+    '      if [ -n "$value" ]; then echo "$v"; else echo "$p=$v"; fi',
+    '    done',
+    '    ;;',
+    '  is-active)',
+    '    [ -n "$quiet" ] || echo "$FAKE_ACTIVESTATE"',
+    '    case $FAKE_ACTIVESTATE in active | reloading) exit 0 ;; *) exit 3 ;; esac',
+    '    ;;',
+    '  *) echo "fake systemctl: unexpected verb $verb" >&2; exit 9 ;;',
     'esac',
     '',
   ].join('\n'));
@@ -113,7 +149,7 @@ t.test('the systemd side: the script reads the daemon\'s marker and decides', as
   const thisBoot = await kernelBootId();
   t.ok(thisBoot, 'this kernel has a boot id');
 
-  t.match(await script('daemon', dir, { subState: 'failed' }, bin), { code: 1, out: /no trial armed/ }, 'committed device (no marker): never reboots');
+  t.match(await script('daemon', dir, { unit: { activeState: 'failed', subState: 'failed' } }, bin), { code: 1, out: /no trial armed/ }, 'committed device (no marker): never reboots');
 
   // armed in THIS boot (reboot deferred by policy): the trial has not started
   await guardTrials(fakeBoot(), { dir, bootId: async () => thisBoot, log }).armTrial('B', 3);
@@ -121,24 +157,37 @@ t.test('the systemd side: the script reads the daemon\'s marker and decides', as
 
   // armed in an earlier boot: this boot is the trial (or what the bootloader fell back to)
   await guardTrials(fakeBoot(), { dir, bootId: async () => OTHER_BOOT, log }).armTrial('B', 3);
-  t.match(await script('daemon', dir, { subState: 'auto-restart' }, bin), { code: 1, out: /auto-restart, not given up on/ }, 'one crash is not a verdict: the daemon gets its restart');
-  t.match(await script('health', dir, { active: true }, bin), { code: 1, out: /rolls the trial back itself/ }, 'a running daemon rolls back itself (markBad + reboot)');
+  t.match(await script('daemon', dir, { unit: { activeState: 'activating', subState: 'auto-restart' } }, bin), { code: 1, out: /auto-restart, not given up on/ }, 'one crash is not a verdict: the daemon gets its restart');
+  t.match(await script('health', dir, { unit: RUNNING }, bin), { code: 1, out: /rolls the trial back itself/ }, 'a running daemon rolls back itself (markBad + reboot)');
+  // the full-OS lane's failure (fleetreset-logs/hil3.log, power-on 4): the verdict failed while the
+  // daemon was restarting, the guard took `is-active` = false for "no daemon" and rebooted the trial
+  // unjudged. A daemon that is starting or restarting judges the trial itself once it is up.
+  for (const unit of [
+    { activeState: 'activating', subState: 'auto-restart' }, // crashed or watchdog-killed, RestartSec= pending
+    { activeState: 'activating', subState: 'start' }, // Type=notify, READY=1 not sent yet
+    { activeState: 'activating', subState: 'start-pre' },
+    { activeState: 'deactivating', subState: 'stop-watchdog' }, // being killed, restart to follow
+    { activeState: 'reloading', subState: 'reload' },
+  ]) {
+    t.match(await script('health', dir, { unit }, bin), { code: 1, out: new RegExp(`slotflip.service is ${unit.activeState} \\(${unit.subState}\\), not down`) }, `failed verdict while the daemon is ${unit.activeState}/${unit.subState}: not rebooting an unjudged trial`);
+  }
+  t.match(await script('health', dir, { unit: 'no-answer' }, bin), { code: 1, out: /slotflip.service is unknown \(unknown\), not down/ }, 'systemctl cannot answer: not rebooting (the deadline still can)');
   t.equal(existsSync(join(dir, 'reboots')), false, 'nothing counted for skipped runs');
 
   // play several boots: the script reads the boot id from this file
   const bootIdFile = join(root, 'boot_id');
   const boot = (n: number) => writeFile(bootIdFile, `${String(n).padStart(8, '0')}-1111-2222-3333-444444444444\n`);
   await boot(1);
-  t.match(await script('daemon', dir, { subState: 'failed', bootIdFile }, bin), { code: 0, out: /rebooting \(1 of 3\)/ }, 'daemon given up on: reboot');
+  t.match(await script('daemon', dir, { unit: { activeState: 'failed', subState: 'failed' }, bootIdFile }, bin), { code: 0, out: /rebooting \(1 of 3\)/ }, 'daemon given up on: reboot');
   t.match(await script('deadline', dir, { bootIdFile }, bin), { code: 0, out: /already counted: rebooting/ }, 'a second trigger in the same boot shares that reboot');
   await boot(2);
-  t.match(await script('health', dir, { active: false, bootIdFile }, bin), { code: 0, out: /rebooting \(2 of 3\)/ }, 'failed verdict, no daemon: reboot');
+  t.match(await script('health', dir, { unit: { activeState: 'inactive', subState: 'dead' }, bootIdFile }, bin), { code: 0, out: /rebooting \(2 of 3\)/ }, 'failed verdict, no daemon: reboot');
   await boot(3);
   t.match(await script('deadline', dir, { bootIdFile }, bin), { code: 0, out: /rebooting \(3 of 3\)/ }, 'unjudged at the deadline: reboot');
   t.equal((await readFile(join(dir, 'reboots'), 'utf8')).trim(), '3', 'every reboot counted (synced before it happens), once per boot');
   for (let i = 4; i < 7; i++) {
     await boot(i);
-    t.match(await script('daemon', dir, { subState: 'failed', bootIdFile }, bin), { code: 1, out: /already rebooted 3 of 3/ }, 'bounded: no reboot loop, whatever keeps failing');
+    t.match(await script('daemon', dir, { unit: { activeState: 'failed', subState: 'failed' }, bootIdFile }, bin), { code: 1, out: /already rebooted 3 of 3/ }, 'bounded: no reboot loop, whatever keeps failing');
   }
 
   // a fresh arm resets the count

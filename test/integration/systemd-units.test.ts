@@ -160,8 +160,12 @@ t.test('the trial guard is wired as the README says (issue 22, 4)', async (t) =>
   t.ok(lines('slotflip-health.service').includes('OnFailure=slotflip-trial-failed@health.service'), 'a failed verdict triggers the guard');
   const guard = lines('slotflip-trial-failed@.service');
   t.ok(guard.includes('ConditionPathExists=/var/lib/slotflip/trial/armed'), 'only while a trial is armed');
-  t.ok(guard.includes('ExecCondition=/usr/lib/slotflip/slotflip-trial-reboot %i /var/lib/slotflip/trial'), 'the script decides, given why');
-  t.ok(guard.includes('SuccessAction=reboot'), 'PID 1 reboots');
+  t.ok(guard.includes('ExecStart=/usr/lib/slotflip/slotflip-trial-reboot %i /var/lib/slotflip/trial'), 'the script decides, given why');
+  t.ok(guard.includes('SuccessAction=reboot'), 'PID 1 reboots when the script exits 0');
+  // systemd runs SuccessAction= after an ExecCondition= skip as well (systemd#42035): a script there
+  // could say "not rebooting" and the device rebooted anyway (full-OS lane, late-restart scenario)
+  t.notOk(guard.some((l) => l.startsWith('ExecCondition=')), 'the decision is not an ExecCondition= (its skip would reboot too)');
+  t.notOk(guard.some((l) => /^(FailureAction|SuccessExitStatus)=/.test(l)), 'a decline (exit 1) fails the unit and nothing reboots');
   t.notOk(guard.some((l) => /^ExecStart=.*slotflip (daemon|health)/.test(l)), 'no slotflip (Node) code in the decision');
   const timer = lines('slotflip-trial-deadline.timer');
   t.ok(timer.includes('Unit=slotflip-trial-failed@deadline.service'));

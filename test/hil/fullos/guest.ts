@@ -24,7 +24,7 @@
  * release whose application is broken), and optionally an application that keeps data on the data
  * partition and the data migration a release ships. Nothing in the guest knows it is a test.
  */
-import { chmod, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, realpath, rm, symlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { execTool, runChecked, type ToolRunner } from '../../../hal/exec.js';
 
@@ -100,8 +100,10 @@ export async function stageGuest(opts: StageOptions): Promise<void> {
   const runner = opts.runner ?? execTool;
   const root = opts.dir;
   await rm(root, { recursive: true, force: true });
-  // coreutils cp: device nodes (dev/ptmx, dev/null …), ownership, modes and links exactly as debootstrap left them
-  await runChecked(runner, 'HIL_ROOTFS', 'cp', ['-a', '--reflink=auto', '--', opts.baseDir, root], { timeoutMs: 5 * 60_000 });
+  // coreutils cp: device nodes (dev/ptmx, dev/null …), ownership, modes and links exactly as debootstrap left them.
+  // The base's real path: `cp -a` copies a symlinked base as the link, and everything below would
+  // then write into the shared cached base.
+  await runChecked(runner, 'HIL_ROOTFS', 'cp', ['-a', '--reflink=auto', '--', await realpath(opts.baseDir), root], { timeoutMs: 5 * 60_000 });
   await rm(join(root, '.slotflip-base-complete'), { force: true });
 
   // slotflip from its package, as an image build installs it (no maintainer scripts to run)
@@ -133,6 +135,10 @@ export interface ReleaseSpec {
   /** true: in this image slotflip.service's process is SIGKILLed at every start (a drop-in replaces
    * ExecStart= with a shell that kills itself), so the daemon never judges anything. */
   daemonKilled?: boolean;
+  /** true: in this image the first start of slotflip.service in each boot fails (an ExecStartPre=
+   * that exits 1 once per boot id) and systemd restarts it only after DAEMON_RESTART_SEC: the daemon
+   * sits in `activating (auto-restart)` while slotflip-health.service gives its verdict. */
+  daemonRestartsLate?: boolean;
   /** true: the image runs the application (hil-app.service): at every boot it appends the version
    * to /var/lib/app/boots and creates /var/lib/app/db ("schema 1 (created by V)") if absent. */
   app?: boolean;
@@ -165,6 +171,25 @@ echo migrated
 /** The drop-in that makes `daemonKilled` images' daemon die by SIGKILL at every start. */
 export const KILLED_DAEMON_DROPIN = 'etc/systemd/system/slotflip.service.d/zz-hil-killed.conf';
 
+/** `daemonRestartsLate`: the drop-in, its ExecStartPre= script, and the restart delay (longer than a
+ * loaded TCG boot takes to reach slotflip-health's verdict and the guard's decision on it). */
+export const LATE_RESTART_DROPIN = 'etc/systemd/system/slotflip.service.d/zz-hil-late-restart.conf';
+export const LATE_RESTART_SCRIPT = 'usr/lib/slotflip-hil/first-start-fails';
+export const DAEMON_RESTART_SEC = 240;
+const FIRST_START_FAILS = `#!/bin/sh
+# slotflip-hil: the first start of slotflip.service in each boot fails (the unit then waits
+# RestartSec= in activating/auto-restart); later starts go on. Keyed by the kernel's boot id, kept in
+# the daemon's state directory (writable in its sandbox).
+b=$(cat /proc/sys/kernel/random/boot_id)
+f=/var/lib/slotflip/hil-first-start
+if [ "$(cat "$f" 2>/dev/null)" != "$b" ]; then
+  echo "$b" > "$f"
+  echo "slotflip-hil: first start of this boot fails; restart in ${DAEMON_RESTART_SEC} s"
+  exit 1
+fi
+echo "slotflip-hil: restarted"
+`;
+
 /** Pure: the release-specific files. */
 export function releaseFiles(spec: ReleaseSpec): Record<string, { content: string; mode: number }> {
   const check = spec.healthy ? '#!/bin/sh\necho "application self-test passed"\nexit 0\n' : '#!/bin/sh\necho "application self-test failed: cannot open /dev/app0" >&2\nexit 1\n';
@@ -173,6 +198,12 @@ export function releaseFiles(spec: ReleaseSpec): Record<string, { content: strin
     'etc/greenboot/check/required.d/50-application.sh': { content: check, mode: 0o755 },
     // `$$$$` is systemd's escape for the shell's `$$` (its own pid): the process SIGKILLs itself
     ...(spec.daemonKilled ? { [KILLED_DAEMON_DROPIN]: { content: "[Service]\nExecStart=\nExecStart=/bin/sh -c 'echo slotflip-hil: daemon killed; kill -KILL $$$$'\n", mode: 0o644 } } : {}),
+    ...(spec.daemonRestartsLate
+      ? {
+          [LATE_RESTART_SCRIPT]: { content: FIRST_START_FAILS, mode: 0o755 },
+          [LATE_RESTART_DROPIN]: { content: `[Service]\nExecStartPre=/${LATE_RESTART_SCRIPT}\nRestartSec=${DAEMON_RESTART_SEC}s\n`, mode: 0o644 },
+        }
+      : {}),
     ...(spec.app
       ? {
           'usr/lib/hil-app/start': { content: APP_START, mode: 0o755 },
@@ -187,7 +218,7 @@ export function releaseFiles(spec: ReleaseSpec): Record<string, { content: strin
  * mount, no root needed for this step). */
 export async function buildSlotImage(stagingDir: string, spec: ReleaseSpec, out: string, sizeMiB: number, runner: ToolRunner = execTool): Promise<void> {
   // the staging tree is shared by every image: drop what an earlier release spec added
-  for (const p of [KILLED_DAEMON_DROPIN, 'usr/lib/hil-app', APP_UNIT, APP_WANTS]) await rm(join(stagingDir, p), { recursive: true, force: true });
+  for (const p of [KILLED_DAEMON_DROPIN, LATE_RESTART_DROPIN, dirname(LATE_RESTART_SCRIPT), 'usr/lib/hil-app', APP_UNIT, APP_WANTS]) await rm(join(stagingDir, p), { recursive: true, force: true });
   for (const [path, f] of Object.entries(releaseFiles(spec))) await put(stagingDir, path, f.content, f.mode);
   // enabled as `systemctl enable` would (WantedBy=multi-user.target)
   if (spec.app) {
