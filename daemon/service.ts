@@ -478,11 +478,14 @@ export class UpdateService {
       const agent = await createAgent(this.o.config, { log: this.o.log, metadata: this.metadata, outbox: this.outbox, awaitShutdown: () => this.awaitShutdown(), ...(t ? { brokerMeta: t } : {}), ...(this.o.processLock ? { lock: null } : {}), ...this.o.overrides, ...(healthDeps ? { healthDeps } : {}) });
       // the booted committed slot is confirmed once per boot (this process lives for one boot):
       // on the first cycle that ends idle (see Agent.markBootedGood)
+      // whether the retained metadata had arrived when this cycle's check began (it may arrive
+      // while the check fails: see warnFailedCheck)
+      const hadMetadata = this.metadata.has('timestamp.json');
       const r = await agent.runOnce({ markGood: !this.markedGood });
       this.lastPhase = r.rebooted ? 'rebooting' : r.phase;
       if (!r.rebooted && r.phase === 'idle') this.markedGood = true;
       log.info({ reason, phase: r.phase, rebooted: r.rebooted, finished: r.finished.map((h) => h.outcome), lastCheck: r.lastCheck?.result }, 'cycle done');
-      this.warnFailedCheck(r.lastCheck, reason);
+      this.warnFailedCheck(r.lastCheck, reason, hadMetadata);
       this.o.onCycle?.(r);
       // a download that stopped short (server, network, budget) counts as a failure for the backoff
       this.failureStreak = !r.rebooted && r.phase === 'downloading' ? this.failureStreak + 1 : 0;
@@ -563,15 +566,16 @@ export class UpdateService {
    * message), so a device polling against the same broken repository does not repeat it every cycle.
    * A check that succeeds again re-arms it. The start cycle of an MQTT device usually runs before the
    * broker delivered the retained metadata: that MANIFEST_NOT_FOUND is normal (the arrival triggers
-   * the next check) and stays at info; a later one is a warning.
+   * the next check) and stays at info; a later one is a warning. Judged by what the cycle began with:
+   * the metadata often arrives while that check is failing.
    */
-  private warnFailedCheck(check: CycleResult['lastCheck'], reason: string): void {
+  private warnFailedCheck(check: CycleResult['lastCheck'], reason: string, hadMetadata: boolean): void {
     if (check?.result !== 'failed') {
       if (check) this.warnedCheck = undefined;
       return;
     }
     const detail = check.detail ?? '';
-    if (reason === 'start' && this.transport && this.o.config.trust.sources[0]?.type === 'mqtt' && detail.startsWith('MANIFEST_NOT_FOUND:') && !this.metadata.has('timestamp.json')) {
+    if (reason === 'start' && this.transport && this.o.config.trust.sources[0]?.type === 'mqtt' && detail.startsWith('MANIFEST_NOT_FOUND:') && !hadMetadata) {
       this.log.info({ detail }, 'check before the retained metadata arrived');
       return;
     }
