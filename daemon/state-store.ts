@@ -221,7 +221,19 @@ export async function acquireStateLock(o: StateLockOptions): Promise<ReleaseLock
       } finally {
         await fh.close().catch(() => undefined);
       }
-      await link(fresh, path);
+      try {
+        await link(fresh, path);
+      } catch (e) {
+        // a filesystem without hard links (vfat): create the lock in place as before (O_EXCL)
+        if (!['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS'].includes((e as NodeJS.ErrnoException).code ?? '')) throw e;
+        const lk = await open(path, 'wx', 0o644);
+        try {
+          await lk.writeFile(text);
+          await lk.sync();
+        } finally {
+          await lk.close().catch(() => undefined);
+        }
+      }
       taken = true;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') {
