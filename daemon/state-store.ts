@@ -181,6 +181,17 @@ function parseLock(text: string): LockContent | undefined {
   }
 }
 
+/** Creates `path` (O_EXCL: EEXIST when it exists) holding `text`, synced. */
+async function createSynced(path: string, text: string): Promise<void> {
+  const fh = await open(path, 'wx', 0o644);
+  try {
+    await fh.writeFile(text);
+    await fh.sync();
+  } finally {
+    await fh.close().catch(() => undefined);
+  }
+}
+
 /** Removes what a crash left while taking or taking over the lock (`lock.new-PID-…`,
  * `lock.stale-PID-…` of a process no longer running). Best effort. */
 async function removeDeadLockFiles(stateDir: string, alive: (pid: number) => boolean): Promise<void> {
@@ -214,25 +225,13 @@ export async function acquireStateLock(o: StateLockOptions): Promise<ReleaseLock
     const fresh = `${path}.new-${pid}-${mine.nonce}`;
     let taken = false;
     try {
-      const fh = await open(fresh, 'wx', 0o644);
-      try {
-        await fh.writeFile(text);
-        await fh.sync();
-      } finally {
-        await fh.close().catch(() => undefined);
-      }
+      await createSynced(fresh, text);
       try {
         await link(fresh, path);
       } catch (e) {
         // a filesystem without hard links (vfat): create the lock in place as before (O_EXCL)
         if (!['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS'].includes((e as NodeJS.ErrnoException).code ?? '')) throw e;
-        const lk = await open(path, 'wx', 0o644);
-        try {
-          await lk.writeFile(text);
-          await lk.sync();
-        } finally {
-          await lk.close().catch(() => undefined);
-        }
+        await createSynced(path, text);
       }
       taken = true;
     } catch (e) {
