@@ -31,7 +31,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
 import { buildPayload, DEFAULT_CHUNK_SIZE } from '../../manifests/payload.js';
-import { buildDelta, DEFAULT_DELTA_LEVEL } from '../../manifests/delta.js';
+import { buildDelta, DEFAULT_DELTA_LEVEL, FRAME_ENCODING } from '../../manifests/delta.js';
 import { DEFAULT_CDC } from '../../manifests/cdc.js';
 import { serveRepository, type AccessLogEntry } from '../../manifests/serve.js';
 import { ensureBaseRootfs, hostSuite } from '../hil/fullos/rootfs.js';
@@ -105,9 +105,9 @@ async function artifacts(name: string, tools: { casync: boolean; zck: boolean })
     log(`full payload of ${name}`);
     return buildPayload(img, join(dir, 'image.zst'), { compression: 'zstd', chunkSize: DEFAULT_CHUNK_SIZE });
   });
-  await cachedJson(join(dir, `delta-${level}${cdcTag}.json`), async () => {
+  await cachedJson(join(dir, `delta-${level}${cdcTag}-${FRAME_ENCODING}.json`), async () => {
     log(`delta pack of ${name} (frames at zstd level ${level}, chunking ${cdcTag.slice(1)})`);
-    return buildDelta(img, join(dir, `image-${level}${cdcTag}.delta-index`), join(dir, `image-${level}${cdcTag}.delta-pack`), { frameCache: join(cache, 'frames'), level, ...(cdcTag === '-plain' ? { cdc: DEFAULT_CDC } : {}) });
+    return buildDelta(img, join(dir, `image-${level}${cdcTag}-${FRAME_ENCODING}.delta-index`), join(dir, `image-${level}${cdcTag}-${FRAME_ENCODING}.delta-pack`), { frameCache: join(cache, 'frames'), level, ...(cdcTag === '-plain' ? { cdc: DEFAULT_CDC } : {}) });
   });
   if (tools.casync && !(await exists(join(dir, 'image.caibx')))) {
     log(`casync make of ${name} (16 KiB)`);
@@ -191,14 +191,14 @@ async function main(): Promise<void> {
     await rm(join(work, 'resume.json'), { force: true });
     await fresh();
     row['slotflip delta'] = await measure(async () => {
-      const r = await child('delta-child.js', ['--built', join(art, newName, `delta-${level}${cdcTag}.json`), '--index-url', `${srv.url}${newName}/image-${level}${cdcTag}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${level}${cdcTag}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)]);
+      const r = await child('delta-child.js', ['--built', join(art, newName, `delta-${level}${cdcTag}-${FRAME_ENCODING}.json`), '--index-url', `${srv.url}${newName}/image-${level}${cdcTag}-${FRAME_ENCODING}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${level}${cdcTag}-${FRAME_ENCODING}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)]);
       return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB, note: `copied ${(r.result.copied! / 2 ** 20).toFixed(0)} MiB` };
     });
     // the device's usual state from its second update on: the target slot holds the release before
     // (here OLD as well); both slots cut into chunks, then both looked up in their kept indexes
     // (OLD's signed delta index, as the device kept it when it installed OLD): no slot read to cut
-    const deltaArgs = ['--built', join(art, newName, `delta-${level}${cdcTag}.json`), '--index-url', `${srv.url}${newName}/image-${level}${cdcTag}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${level}${cdcTag}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)];
-    const oldIndex = join(art, oldName, `image-${level}${cdcTag}.delta-index`);
+    const deltaArgs = ['--built', join(art, newName, `delta-${level}${cdcTag}-${FRAME_ENCODING}.json`), '--index-url', `${srv.url}${newName}/image-${level}${cdcTag}-${FRAME_ENCODING}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${level}${cdcTag}-${FRAME_ENCODING}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)];
+    const oldIndex = join(art, oldName, `image-${level}${cdcTag}-${FRAME_ENCODING}.delta-index`);
     for (const [name, seeds] of [['slotflip delta, OLD in both, cut', []], ['slotflip delta, OLD in both, kept index', ['--target-seed', oldIndex, '--running-seed', oldIndex]]] as const) {
       await copyFile(join(images, `${oldName}.img`), slot);
       row[name] = await measure(async () => {
