@@ -228,10 +228,16 @@ export async function buildDelta(imagePath: string, indexPath: string, packPath:
       const cached = opts.frameCache ? join(opts.frameCache, `${sha}.${level}.${FRAME_ENCODING}.zst`) : undefined;
       if (cached) {
         const hit = await readFile(cached).catch(() => undefined);
-        if (hit) return hit;
+        if (hit && hit.length > 0) return hit;
       }
       const f = await zstdFrame(raw, level);
-      if (cached) await writeFile(cached, f).catch(() => undefined);
+      if (cached) {
+        // whole or not at all: a build killed while writing must not leave a cut frame to be reused
+        const tmp = `${cached}.${process.pid}.tmp`;
+        await writeFile(tmp, f)
+          .then(() => rename(tmp, cached))
+          .catch(() => unlink(tmp).catch(() => undefined));
+      }
       return f;
     };
     const drain = async (): Promise<void> => {
