@@ -154,12 +154,13 @@ export function parseDeltaIndex(file: Buffer): DeltaIndex {
 }
 
 /**
- * zstd level of the pack's frames when none is given. Chosen by `npm run bench:delta-level` on the
- * 1 GiB reproducible Debian image (README "Delta updates"): levels 3 / 9 / 12 build in about the
- * same time as a plain payload and a half (the cutting, hashing and writing dominate) and the pack
- * shrinks by ~2.5 % from 3 to 12; 19 costs many times the wall for about another 3 %.
+ * zstd level of the pack's frames when none is given. Chosen by `npm run bench:delta-level` and
+ * `npm run bench:delta-chunking` on the 1 GiB Debian images (README "Delta updates"): with each
+ * frame's length pledged, the frames of the chunks a one-package upgrade adds are 2.69 MB at 12,
+ * 2.56 at 14, 2.52 at 16, 2.51 at 19, for 1 / 2.1 / 3.1 / 6.7 times the CPU of level 12 (zstd's
+ * optimal parsers start at 16); what a device downloads is what counts, the manufacturer pays once.
  */
-export const DEFAULT_DELTA_LEVEL = 12;
+export const DEFAULT_DELTA_LEVEL = 16;
 
 // cdcForImage lives in cdc.ts (the device's idle indexer uses it without loading the publisher)
 export { cdcForImage };

@@ -9,10 +9,11 @@
  * split by the 4 KiB blocks it covers; its frame bytes in the same proportion.
  *
  *   npm run build && node dist/test/bench/delta-breakdown.js [--pairs onepkg-repro,config-repro]
- *        [--level 16] [--chunking dir] [--encoding p1] [--top 12]
+ *        [--tag 16-dir64-p1] [--top 12]
  *
- * --level / --chunking / --encoding pick the cached artifacts (`image-<level>-<chunking>-<encoding>`,
- * as bench:delta names them; `--encoding ''` for those built before frames were pledged).
+ * --tag picks the cached artifacts (`image-<tag>.delta-index`; default: what bench:delta names
+ * today's `release add` defaults; `12-dir` for those built at level 12, 8/32/128 KiB, before frames
+ * were pledged).
  *
  * TUF metadata and the release's chunk index file (which names the delta files) are fetched by a
  * device too; their sizes come from a `release add` of the pair's NEW payload (printed when the
@@ -23,7 +24,7 @@ import { open, readFile } from 'node:fs/promises';
 import { homedir, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs, promisify } from 'node:util';
-import { looksLikeDirBlock } from '../../manifests/cdc.js';
+import { EXT4_CDC, looksLikeDirBlock } from '../../manifests/cdc.js';
 import { DEFAULT_DELTA_LEVEL, FRAME_ENCODING, parseDeltaIndex, type DeltaIndex } from '../../manifests/delta.js';
 
 const execFileP = promisify(execFile);
@@ -110,11 +111,9 @@ function fileKind(path: string): string {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { pairs: { type: 'string' }, level: { type: 'string' }, chunking: { type: 'string' }, encoding: { type: 'string' }, top: { type: 'string' } } });
+  const { values } = parseArgs({ options: { pairs: { type: 'string' }, tag: { type: 'string' }, top: { type: 'string' } } });
   const cache = process.env.SLOTFLIP_DELTA_CACHE ?? join(homedir(), '.cache', 'slotflip-delta');
-  const level = Number(values.level ?? DEFAULT_DELTA_LEVEL);
-  const encoding = values.encoding ?? FRAME_ENCODING;
-  const tag = `${level}-${values.chunking ?? 'dir'}${encoding ? `-${encoding}` : ''}`;
+  const tag = values.tag ?? `${DEFAULT_DELTA_LEVEL}-dir${EXT4_CDC.avg >> 10}-${FRAME_ENCODING}`;
   const top = Number(values.top ?? 12);
   const pairs = (values.pairs ?? 'onepkg-repro').split(',');
   process.stdout.write(`load average ${loadavg().map((x) => x.toFixed(1)).join(' ')}\n`);
