@@ -35,6 +35,7 @@ import { buildDelta, DEFAULT_DELTA_LEVEL, FRAME_ENCODING } from '../../manifests
 import { DEFAULT_CDC, EXT4_CDC } from '../../manifests/cdc.js';
 import { serveRepository, type AccessLogEntry } from '../../manifests/serve.js';
 import { ensureBaseRootfs, hostSuite } from '../hil/fullos/rootfs.js';
+import { DELTA_PAIRS } from './delta-pairs.js';
 
 const execFileP = promisify(execFile);
 const here = fileURLToPath(new URL('.', import.meta.url));
@@ -48,17 +49,7 @@ let cdcTag = '-dir';
  * EXT4_CDC's average, which has changed), frame encoding. */
 const artTag = (): string => `${level}${cdcTag}${cdcTag === '-dir' ? EXT4_CDC.avg >> 10 : ''}-${FRAME_ENCODING}`;
 
-/** [pair name, OLD image, NEW image] */
-const PAIRS: [string, string, string][] = [
-  ['config', 'old', 'config'],
-  ['onepkg', 'old', 'onepkg'],
-  ['rollup', 'old', 'rollup'],
-  ['rebuild', 'old', 'rebuild'],
-  ['kernel', 'old', 'kernel'],
-  ['config-repro', 'old-repro', 'config-repro'],
-  ['onepkg-repro', 'old-repro', 'onepkg-repro'],
-  ['rebuild-repro', 'old-repro', 'rebuild-repro'],
-];
+const PAIRS = DELTA_PAIRS;
 
 interface Cell {
   bytes: number;

@@ -26,18 +26,10 @@ import { join } from 'node:path';
 import { parseArgs, promisify } from 'node:util';
 import { EXT4_CDC, looksLikeDirBlock } from '../../manifests/cdc.js';
 import { DEFAULT_DELTA_LEVEL, FRAME_ENCODING, parseDeltaIndex, type DeltaIndex } from '../../manifests/delta.js';
+import { PAIR_IMAGES } from './delta-pairs.js';
 
 const execFileP = promisify(execFile);
-const PAIRS: Record<string, [string, string]> = {
-  config: ['old', 'config'],
-  onepkg: ['old', 'onepkg'],
-  rollup: ['old', 'rollup'],
-  rebuild: ['old', 'rebuild'],
-  kernel: ['old', 'kernel'],
-  'config-repro': ['old-repro', 'config-repro'],
-  'onepkg-repro': ['old-repro', 'onepkg-repro'],
-  'rebuild-repro': ['old-repro', 'rebuild-repro'],
-};
+const PAIRS = PAIR_IMAGES;
 
 /** Unique chunks of `nu` whose SHA-256 `old` lacks, with the image offset of their first use. */
 export function missingChunks(nu: DeltaIndex, old: DeltaIndex): { u: number; off: number; len: number; frame: number }[] {
