@@ -10,7 +10,7 @@
  *   daemon never wrote and the third, into the slot holding the release before, cuts none (the
  *   report's `seedLookup` says so and counts the slot bytes read to cut); every slot hash right.
  *
- * A file of its own (moved out of delta-install.test.ts, the two longest of its cases): each file stays
+ * A file of its own (moved out of delta-install.test.ts: its two longest cases): each file stays
  * well within tap's per-file timeout, and `npm test` runs them side by side.
  */
 import t from 'tap';

@@ -8,18 +8,15 @@
  * - the old image in the target slot B itself (the release before);
  * - a seed chunk that changes after the device indexed the slots (while the pack request is held):
  *   detected at copy time, fetched instead, the slot hash still right;
- * - `install.delta: "off"`: the full payload, no delta file requested;
- * - a delta index that does not match its signed hash (a bad mirror): refused before a byte is
- *   written, the full payload installed in the same run, the report names why;
  * - many scattered changes: the pack misses coalesce into a bounded number of requests (<= 50).
  *
- * More in delta-across-runs.test.ts (a SIGKILLed install resumed; seed indexes kept across committed
- * updates) and delta-idle.test.ts (seed indexes built by the idle daemon, an unrelated image): files of
- * their own so each stays well within tap's per-file timeout and `npm test` runs them side by side.
+ * More in delta-full.test.ts (`install.delta: "off"`; a bad delta index: the full payload instead),
+ * delta-across-runs.test.ts (a SIGKILLed install resumed; seed indexes kept across committed updates)
+ * and delta-idle.test.ts (seed indexes built by the idle daemon, an unrelated image): files of their
+ * own so each stays well within tap's per-file timeout and `npm test` runs them side by side.
  */
 import t from 'tap';
-import { access, readdir, readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { isPack, MIB, setupDelta, sha, transferOf, wire, writeSlot, imageSha, type DeltaEnv } from './delta-scenarios.js';
 
 t.test('seed in the booted slot: delta install, slot B right, A untouched, few bytes and requests', async (t) => {
@@ -85,18 +82,6 @@ t.test('a seed chunk that changed after indexing is detected, fetched instead, s
   t.equal(wire(env).payloadBytes, 0, 'no fallback to the full payload');
 });
 
-t.test('install.delta "off": the full payload, no delta file requested', async (t) => {
-  const env = await setupDelta(t.testdir(), { deviceId: 'dev-delta-off', seed: 'active', extra: { install: { delta: 'off' } } });
-  t.teardown(() => env.stop());
-  const r = await env.install();
-  t.equal(r.code, 0, 'install exits 0', { stderr: r.stderr.slice(-2000) });
-  t.equal(await env.slotB(), imageSha(env.newImg), 'slot B holds the new image');
-  const w = wire(env);
-  t.equal(w.pack + w.indexRequests, 0, 'no delta index or pack request');
-  t.ok(w.payloadBytes >= env.payloadLength, `the full payload was downloaded (${w.payloadBytes} bytes)`);
-  t.equal(transferOf(r.stderr)?.method, 'full', 'the report says full');
-});
-
 t.test('many scattered changes: pack misses coalesced into <= 50 requests', async (t) => {
   // an edit every ~52 kB: changed chunks with unchanged ones between them, each its own pack range
   const env = await setupDelta(t.testdir(), { deviceId: 'dev-delta-many', seed: 'active', derive: { scattered: 160 } });
@@ -110,27 +95,4 @@ t.test('many scattered changes: pack misses coalesced into <= 50 requests', asyn
   t.ok(ranges > 50, `${ranges} pack ranges asked for in ${w.pack} request(s): more ranges than the request bound`);
   t.ok(w.requests <= 50, `${w.requests} requests on the wire in all (metadata, index files, pack) <= 50`);
   t.equal(w.payloadBytes, 0, 'no full payload');
-});
-
-t.test('a delta index that does not match its signed hash: the full payload instead, in the same run', async (t) => {
-  const env = await setupDelta(t.testdir(), { deviceId: 'dev-delta-badindex', seed: 'active' });
-  t.teardown(() => env.stop());
-  const dir = join(env.fleet.repository, 'targets/releases/1.1.0');
-  const name = (await readdir(dir)).find((f) => f.endsWith('.delta-index'))!;
-  const bytes = await readFile(join(dir, name));
-  bytes[bytes.length >> 1] ^= 0xff; // same length: only the hash tells
-  await writeSlot(join(dir, name), bytes);
-  const aBefore = sha(await readFile(env.board.slots.A));
-  const r = await env.install();
-  t.equal(r.code, 0, 'install exits 0', { stderr: r.stderr.slice(-2000) });
-  t.equal(await env.slotB(), imageSha(env.newImg), 'slot B holds the new image');
-  t.equal(sha(await readFile(env.board.slots.A)), aBefore, 'slot A untouched');
-  const w = wire(env);
-  t.equal(w.pack, 1, 'the pack was only probed (1 byte), never fetched');
-  t.ok(w.payloadBytes >= env.payloadLength, `the full payload was downloaded (${w.payloadBytes} bytes)`);
-  const tr = transferOf(r.stderr);
-  t.equal(tr?.method, 'full', 'the report says full');
-  t.equal((tr?.fallback as { code?: string } | undefined)?.code, 'INSTALL_PAYLOAD_CORRUPT', 'and why the delta was not used');
-  // after the full install the device tries to keep the release's delta index for B: this one fails its hash again
-  await access(join(env.dir, 'state/seed-index/B.seed')).then(() => t.fail('an index that failed its signed hash was kept'), () => t.pass('no index kept for B from a mirror serving a bad one'));
 });
