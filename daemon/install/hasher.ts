@@ -46,11 +46,22 @@ export interface ReadBackOptions {
   signal?: AbortSignal;
 }
 
+/** What the installer needs of a read-back (ReadBackChecker here; ThreadedReadBack in
+ * read-back-thread.ts runs the same checker on a worker thread). */
+export interface ReadBack {
+  readonly direct: boolean | undefined;
+  verifyPrefix(sha256Of?: (chunk: number) => string, signal?: AbortSignal): Promise<number>;
+  advance(upto: number): void;
+  finish(upto: number): Promise<{ bytes: number }>;
+  imageSha256(): string | undefined;
+  close(): Promise<void>;
+}
+
 const PIECE = 1 << 20;
 /** changed chunks listed by number in a mismatch's details (all are counted). */
 const NAMED_MAX = 16;
 
-export class ReadBackChecker {
+export class ReadBackChecker implements ReadBack {
   readonly #o: ReadBackOptions;
   readonly #chunks: number;
   #reader: Promise<Reader> | undefined;

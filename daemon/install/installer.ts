@@ -69,7 +69,8 @@ import { SlotflipError, isCoded } from '../../hal/errors.js';
 import type { SlotHandle, SlotWriter } from '../../hal/slot-writer.js';
 import type { PayloadInfo } from '../../manifests/types.js';
 import { decodesInChild, prepareDecoder, type Decoder, type PreparedDecoder } from './decode.js';
-import { ReadBackChecker } from './hasher.js';
+import { ReadBackChecker, type ReadBack } from './hasher.js';
+import { ThreadedReadBack } from './read-back-thread.js';
 import { readResumeRecord, writeResumeHint, type ResumeExtra, type SpentBudget } from './resume-state.js';
 import { fileSource, httpSource, ReusedBufferStream, type ByteStream, type OpenedStream, type PayloadSource, type TlsOptions } from './source.js';
 
@@ -266,7 +267,10 @@ export async function installPayload(opts: InstallOptions): Promise<InstallResul
   throwIfAborted(signal);
 
   const handle = await opts.slot.open();
-  const readBack = new ReadBackChecker({ path: opts.slot.path, chunkSize: payload.chunkSize, size: payload.size, imageSha256: payload.sha256, chunkSha256: (k: number) => payload.chunks[k]!.sha256, signal, ...(opts.readBack === 'path' ? {} : { readAt: (l: number, o: number) => handle.readAt(l, o) }), ...(log ? { log } : {}) });
+  // by path the read-back (its reads and its whole-image SHA-256) runs on a thread of its own, beside
+  // this thread's chunk hashing (read-back-thread.ts); through the handle it stays on this thread
+  const rbOpts = { path: opts.slot.path, chunkSize: payload.chunkSize, size: payload.size, imageSha256: payload.sha256, chunkSha256: (k: number) => payload.chunks[k]!.sha256, signal, ...(log ? { log } : {}) };
+  const readBack: ReadBack = opts.readBack === 'path' ? new ThreadedReadBack(rbOpts) : new ReadBackChecker({ ...rbOpts, readAt: (l: number, o: number) => handle.readAt(l, o) });
   try {
     const record = await readResumeRecord(opts.resumeStatePath, payload, opts.slot.path);
     const run = new InstallRun(opts, payload, payloadLength, source, handle, readBack, now, signal, record.spent, record.corruptChunk);
@@ -415,7 +419,7 @@ class InstallRun {
     private readonly payloadLength: number,
     private readonly source: PayloadSource,
     private readonly handle: SlotHandle,
-    private readonly readBack: ReadBackChecker,
+    private readonly readBack: ReadBack,
     private readonly now: () => number,
     private readonly signal: AbortSignal,
     spent: SpentBudget,
