@@ -297,7 +297,9 @@ export async function installPayload(opts: InstallOptions): Promise<InstallResul
       readBackSha256,
       durationMs: now() - startedAt,
     };
-    log?.info({ ...result }, 'install verified');
+    // readBackTailMs: how long the read-back ran after the last chunk's write completed (the wall an
+    // overlapping read-back did not hide; issue 24)
+    log?.info({ ...result, readBackTailMs: run.readBackTailMs }, 'install verified');
     return result;
   } finally {
     await readBack.close().catch(() => undefined);
@@ -358,6 +360,9 @@ class InstallRun {
   bytesWritten = 0;
   bytesReceived = 0;
   transfers = 0;
+  /** ms from the last chunk's write to the end of the read-back (undefined: no chunk written here). */
+  readBackTailMs: number | undefined;
+  #lastWriteAt: number | undefined;
   /** next chunk to verify and hand to the writer. */
   next = 0;
   readonly #chunkCount: number;
@@ -500,6 +505,7 @@ class InstallRun {
     this.#writeTail = this.#writeTail
       .then(async () => {
         if (this.#ioError === undefined) await this.handle.writeAt(buf.subarray(0, len), offset);
+        if (index === this.#chunkCount - 1) this.#lastWriteAt = this.now();
       })
       .catch((e: unknown) => this.#setIoError(e))
       .finally(() => this.#release(buf));
@@ -1242,6 +1248,7 @@ class InstallRun {
     this.#checkIo();
     if (this.#durable < this.#chunkCount) await this.handle.flush();
     await this.readBack.finish(this.payload.size);
+    if (this.#lastWriteAt !== undefined) this.readBackTailMs = this.now() - this.#lastWriteAt;
     // the read-back compared it already (and named the chunks on a mismatch); checked here again so
     // that no path through the checker can return without the slot holding the signed image
     const whole = this.readBack.imageSha256();

@@ -57,6 +57,8 @@ interface Sample {
   gc?: { full: number; young: number };
   /** per process of the tree (by command name): CPU s as last sampled, peak VmRSS / RssAnon / RssFile MiB */
   procs?: Record<string, { cpuS: number; rssMiB: number; anonMiB: number; fileMiB: number }>;
+  /** CPU s per thread name of the tree's processes ("process/thread"), as last sampled */
+  threads?: Record<string, number>;
 }
 
 /** PIDs of the tree under `root` (root excluded: it is /usr/bin/time). */
@@ -90,7 +92,7 @@ function descendants(root: number): number[] {
 
 const TICK = 100; // USER_HZ: /proc/PID/stat's utime/stime unit on Linux
 
-interface ProcPeak { name: string; cpuS: number; rssKiB: number; anonKiB: number; fileKiB: number }
+interface ProcPeak { name: string; cpuS: number; rssKiB: number; anonKiB: number; fileKiB: number; threads?: Map<string, number> }
 
 /** Sum of VmRSS over the tree under `root`; also keeps, per PID, the last CPU and the peak RSS split. */
 function treeRssKiB(root: number, peaks?: Map<number, ProcPeak>): number {
@@ -108,6 +110,20 @@ function treeRssKiB(root: number, peaks?: Map<number, ProcPeak>): number {
       const p = peaks.get(pid) ?? { name, cpuS: 0, rssKiB: 0, anonKiB: 0, fileKiB: 0 };
       p.name = name;
       p.cpuS = (Number(f[11]) + Number(f[12])) / TICK;
+      // per thread (by its name: the main thread, the read-back worker, libuv's pool, V8's helpers)
+      const threads = new Map<string, number>();
+      for (const tid of readdirSync(`/proc/${pid}/task`)) {
+        try {
+          const ts = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+          const comm = ts.slice(ts.indexOf('(') + 1, ts.lastIndexOf(')'));
+          const tf = ts.slice(ts.lastIndexOf(')') + 2).split(' ');
+          threads.set(comm, (threads.get(comm) ?? 0) + (Number(tf[11]) + Number(tf[12])) / TICK);
+        } catch {
+          /* gone */
+        }
+      }
+      // a thread that ended keeps its last figure
+      for (const [k, v] of threads) if (v >= (p.threads?.get(k) ?? 0)) (p.threads ??= new Map()).set(k, v);
       if (rss > p.rssKiB) Object.assign(p, { rssKiB: rss, anonKiB: kib('RssAnon'), fileKiB: kib('RssFile') + kib('RssShmem') });
       peaks.set(pid, p);
     } catch {
@@ -149,7 +165,9 @@ function measured(argv: string[], timeFile: string, env?: NodeJS.ProcessEnv): Pr
       execFileSync('sync');
       const wallS = Number(process.hrtime.bigint() - t0) / 1e9;
       const [u, s] = readFileSync(timeFile, 'utf8').trim().split('\n').at(-1)!.split(' ').map(Number);
-      resolve({ out, err, code: code ?? -1, t0: t0Ms, sample: { wallS, cpuS: u! + s!, rssMiB: peak / 1024, procs: byName(peaks) } });
+      const threads: Record<string, number> = {};
+      for (const p of peaks.values()) for (const [k, v] of p.threads ?? []) threads[`${p.name}/${k}`] = (threads[`${p.name}/${k}`] ?? 0) + v;
+      resolve({ out, err, code: code ?? -1, t0: t0Ms, sample: { wallS, cpuS: u! + s!, rssMiB: peak / 1024, procs: byName(peaks), threads } });
     });
   });
 }
@@ -207,6 +225,7 @@ function parsePhases(stderr: string, t0: number): Record<string, number> {
       const j = JSON.parse(line) as { time?: number; msg?: string; effect?: string; ms?: number };
       if (!first && j.time) first = j.time;
       if (j.msg === 'effect done' && j.effect && typeof j.ms === 'number') ph[j.effect] = (ph[j.effect] ?? 0) + j.ms / 1000;
+      if (j.msg === 'install verified' && typeof (j as { readBackTailMs?: number }).readBackTailMs === 'number') ph.rbTail = (j as { readBackTailMs: number }).readBackTailMs / 1000;
     } catch {
       /* not JSON */
     }
@@ -401,10 +420,10 @@ async function main(): Promise<void> {
         const pair = (k: 'wallS' | 'cpuS' | 'rssMiB'): string => median(cli.map((x, i) => x[k] / base[i]![k])).toFixed(2);
         print(`CLI / CLI base (median of the ${rounds} pairwise ratios; base = ${values.base}): wall ${pair('wallS')}, CPU ${pair('cpuS')}, peak RSS ${pair('rssMiB')}`);
       }
-      const keys = ['start', 'check', 'markBad', 'writeSlot', 'verifySlot', 'armTrial', 'reboot'];
+      const keys = ['start', 'check', 'markBad', 'writeSlot', 'rbTail', 'verifySlot', 'armTrial', 'reboot'];
       print(`CLI phases (median s): ${keys.map((k) => `${k} ${median(cli.map((x) => x.phases?.[k] ?? 0)).toFixed(2)}`).join(', ')}`);
       if (base.length > 0) print(`CLI base phases (median s): ${keys.map((k) => `${k} ${median(base.map((x) => x.phases?.[k] ?? 0)).toFixed(2)}`).join(', ')}`);
-      print('  (check = TUF refresh; writeSlot = download + compressed-byte check + decompress + chunk SHA-256 + write + fsync, with the O_DIRECT read-back (the whole-image SHA-256; a per-chunk naming pass only on a mismatch) pipelined behind the fsync frontier; verifySlot = 0 when it takes that read-back (same process), else a whole-slot read-back; armTrial = arm; start = spawn → first log line)');
+      print('  (check = TUF refresh; writeSlot = download + compressed-byte check + decompress + chunk SHA-256 + write + fsync, with the O_DIRECT read-back (the whole-image SHA-256; a per-chunk naming pass only on a mismatch) pipelined behind the fsync frontier; rbTail = the part of writeSlot after the last chunk write (final fsync + the read-back not yet done); verifySlot = 0 when it takes that read-back (same process), else a whole-slot read-back; armTrial = arm; start = spawn → first log line)');
       const names = [...new Set(cli.flatMap((x) => Object.keys(x.procs ?? {})))].sort();
       const pm = (n: string, k: 'cpuS' | 'rssMiB' | 'anonMiB' | 'fileMiB'): string => median(cli.map((x) => x.procs?.[n]?.[k] ?? 0)).toFixed(k === 'cpuS' ? 2 : 0);
       print(`CLI tree by process (median; CPU as last sampled, peak RSS of its largest process = anon + file/shmem): ${names.map((n) => `${n} CPU ${pm(n, 'cpuS')} s, RSS ${pm(n, 'rssMiB')} MiB (anon ${pm(n, 'anonMiB')}, file ${pm(n, 'fileMiB')})`).join('; ')}`);
@@ -412,6 +431,10 @@ async function main(): Promise<void> {
         const bm = (n: string, k: 'cpuS' | 'rssMiB' | 'anonMiB' | 'fileMiB'): string => median(base.map((x) => x.procs?.[n]?.[k] ?? 0)).toFixed(k === 'cpuS' ? 2 : 0);
         print(`CLI base tree by process: ${names.map((n) => `${n} CPU ${bm(n, 'cpuS')} s, RSS ${bm(n, 'rssMiB')} MiB (anon ${bm(n, 'anonMiB')}, file ${bm(n, 'fileMiB')})`).join('; ')}`);
       }
+      const tnames = (xs: Sample[]): string[] => [...new Set(xs.flatMap((x) => Object.keys(x.threads ?? {})))].filter((n) => median(xs.map((x) => x.threads?.[n] ?? 0)) >= 0.05).sort();
+      const tline = (xs: Sample[]): string => tnames(xs).map((n) => `${n} ${median(xs.map((x) => x.threads?.[n] ?? 0)).toFixed(2)}`).join(', ');
+      print(`CLI threads (median CPU s, >= 0.05): ${tline(cli)}`);
+      if (base.length > 0) print(`CLI base threads: ${tline(base)}`);
       print(`# runs wall s: CLI ${cli.map((x) => x.wallS.toFixed(2)).join(' ')} | base ${base.map((x) => x.wallS.toFixed(2)).join(' ')} | floor ${fl.map((x) => x.wallS.toFixed(2)).join(' ')} | floor+rb ${flrb.map((x) => x.wallS.toFixed(2)).join(' ')}`);
       if (nodeArgs.includes('--trace-gc')) print(`# CLI garbage collections (--trace-gc): full ${cli.map((x) => x.gc?.full ?? 0).join(' ')} | young ${cli.map((x) => x.gc?.young ?? 0).join(' ')}`);
       if (nodeArgs.length > 0 || values.env !== '') print(`# CLI node args: ${nodeArgs.join(' ') || '-'}; extra env: ${values.env || '-'}`);
