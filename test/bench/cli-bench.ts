@@ -10,6 +10,7 @@
  *
  *   node dist/test/bench/cli-bench.js [--sizes 1,4] [--rounds 3] [--tree /usr/share] [--dir DIR]
  *                                     [--profile] [--module] [--base ROOT] [--cli-only]
+ *                                     [--node-args ARGS] [--env K=V,..] [--base-env K=V,..]
  *
  * Per run: wall (spawn → exit → a final `sync`), CPU seconds of the process tree (user+sys from
  * /usr/bin/time: wait4's rusage includes reaped descendants), peak tree RSS (sum of VmRSS over the
@@ -274,6 +275,7 @@ async function main(): Promise<void> {
       'node-args': { type: 'string', default: '' },
       base: { type: 'string', default: '' },
       env: { type: 'string', default: '' },
+      'base-env': { type: 'string', default: '' },
     },
   });
   const sizes = values.sizes.split(',').map(Number).filter((n) => n > 0);
@@ -283,7 +285,11 @@ async function main(): Promise<void> {
   // experiments: node flags for the CLI runs (e.g. --trace-gc: full / young collections are counted)
   // and extra environment (K=V,K=V, e.g. MALLOC_ARENA_MAX=2); --cli-only skips the floor runs
   const nodeArgs = values['node-args'].split(' ').filter((a) => a !== '');
-  const cliEnv = { ...process.env, ...Object.fromEntries(values.env.split(',').filter((kv) => kv.includes('=')).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])) };
+  const envOf = (spec: string): NodeJS.ProcessEnv => ({ ...process.env, ...Object.fromEntries(spec.split(',').filter((kv) => kv.includes('=')).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])) });
+  const cliEnv = envOf(values.env);
+  // --base-env: extra environment for the base runs only (an A/B of one build under two settings, e.g.
+  // a PATH without the zstd CLI: --base . --base-env PATH=DIR)
+  const baseEnv = values['base-env'] === '' ? cliEnv : envOf(values['base-env']);
   const cliOnly = values['cli-only'];
   const baseCli = values.base === '' ? undefined : join(values.base, 'dist', 'daemon', 'cli.js');
   if (baseCli !== undefined && !existsSync(baseCli)) throw new Error(`--base: ${baseCli} missing`);
@@ -368,11 +374,11 @@ async function main(): Promise<void> {
       );
 
       let slotChecked = false;
-      const runCli = async (extraNode: string[] = [], cliPath = CLI): Promise<Sample> => {
+      const runCli = async (extraNode: string[] = [], cliPath = CLI, env = cliEnv): Promise<Sample> => {
         await rm(state, { recursive: true, force: true });
         await copyFile(join(board, 'boot-state.json.orig'), join(board, 'boot-state.json'));
         await copyFile(join(board, 'cmdline.orig'), join(board, 'cmdline'));
-        const r = await measured(['node', ...wrapperFlags, ...nodeArgs, ...extraNode, cliPath, 'install', `http://127.0.0.1:${port}/`, '--config', config, '--json'], join(dir, 'time.txt'), cliEnv);
+        const r = await measured(['node', ...wrapperFlags, ...nodeArgs, ...extraNode, cliPath, 'install', `http://127.0.0.1:${port}/`, '--config', config, '--json'], join(dir, 'time.txt'), env);
         if (r.code !== 0) throw new Error(`slotflip install exited ${r.code}: ${r.out.slice(0, 400)}\n${r.err.slice(-2000)}`);
         const verified = /"readBackSha256":"([0-9a-f]{64})"/.exec(r.err);
         if (verified?.[1] !== inp.sha256) throw new Error(`install read back ${verified?.[1]}, image is ${inp.sha256}`);
@@ -401,7 +407,7 @@ async function main(): Promise<void> {
       const base: Sample[] = [];
       // the order rotates each round (whatever runs right after another writer pays for its leftovers)
       const order: Array<() => Promise<void>> = cliOnly ? [async () => void cli.push(await runCli())] : [async () => void cli.push(await runCli()), async () => void fl.push(await runFloor(false)), async () => void flrb.push(await runFloor(true))];
-      if (baseCli !== undefined) order.splice(1, 0, async () => void base.push(await runCli([], baseCli)));
+      if (baseCli !== undefined) order.splice(1, 0, async () => void base.push(await runCli([], baseCli, baseEnv)));
       for (let i = 0; i < rounds; i++) {
         for (let k = 0; k < order.length; k++) await order[(i + k) % order.length]!();
       }
@@ -437,7 +443,7 @@ async function main(): Promise<void> {
       if (base.length > 0) print(`CLI base threads: ${tline(base)}`);
       print(`# runs wall s: CLI ${cli.map((x) => x.wallS.toFixed(2)).join(' ')} | base ${base.map((x) => x.wallS.toFixed(2)).join(' ')} | floor ${fl.map((x) => x.wallS.toFixed(2)).join(' ')} | floor+rb ${flrb.map((x) => x.wallS.toFixed(2)).join(' ')}`);
       if (nodeArgs.includes('--trace-gc')) print(`# CLI garbage collections (--trace-gc): full ${cli.map((x) => x.gc?.full ?? 0).join(' ')} | young ${cli.map((x) => x.gc?.young ?? 0).join(' ')}`);
-      if (nodeArgs.length > 0 || values.env !== '') print(`# CLI node args: ${nodeArgs.join(' ') || '-'}; extra env: ${values.env || '-'}`);
+      if (nodeArgs.length > 0 || values.env !== '' || values['base-env'] !== '') print(`# CLI node args: ${nodeArgs.join(' ') || '-'}; extra env: ${values.env || '-'}; base extra env: ${values['base-env'] || '-'}`);
       print(`# runs CPU s:  CLI ${cli.map((x) => x.cpuS.toFixed(2)).join(' ')} | base ${base.map((x) => x.cpuS.toFixed(2)).join(' ')} | floor ${fl.map((x) => x.cpuS.toFixed(2)).join(' ')} | floor+rb ${flrb.map((x) => x.cpuS.toFixed(2)).join(' ')}`);
 
       if (values.profile && gib === sizes[0]) {
