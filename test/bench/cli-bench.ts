@@ -54,6 +54,8 @@ interface Sample {
   wallS: number;
   cpuS: number;
   rssMiB: number;
+  /** peak tree RSS before the streaming install started (its 'install started' log line) */
+  rssPreMiB?: number;
   phases?: Record<string, number>;
   gc?: { full: number; young: number };
   /** per process of the tree (by command name): CPU s as last sampled, peak VmRSS / RssAnon / RssFile MiB */
@@ -157,8 +159,15 @@ function measured(argv: string[], timeFile: string, env?: NodeJS.ProcessEnv): Pr
     const peaks = new Map<number, ProcPeak>();
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    // the peak before the streaming install began (start-up, TUF refresh, config) and from then on
+    let peakPre = 0;
+    let streaming = false;
     const timer = setInterval(() => {
-      if (child.pid) peak = Math.max(peak, treeRssKiB(child.pid, peaks));
+      if (!child.pid) return;
+      const kib = treeRssKiB(child.pid, peaks);
+      peak = Math.max(peak, kib);
+      streaming ||= err.includes('"install started"');
+      if (!streaming) peakPre = Math.max(peakPre, kib);
     }, 50);
     child.on('error', reject);
     child.on('close', (code) => {
@@ -168,7 +177,7 @@ function measured(argv: string[], timeFile: string, env?: NodeJS.ProcessEnv): Pr
       const [u, s] = readFileSync(timeFile, 'utf8').trim().split('\n').at(-1)!.split(' ').map(Number);
       const threads: Record<string, number> = {};
       for (const p of peaks.values()) for (const [k, v] of p.threads ?? []) threads[`${p.name}/${k}`] = (threads[`${p.name}/${k}`] ?? 0) + v;
-      resolve({ out, err, code: code ?? -1, t0: t0Ms, sample: { wallS, cpuS: u! + s!, rssMiB: peak / 1024, procs: byName(peaks), threads } });
+      resolve({ out, err, code: code ?? -1, t0: t0Ms, sample: { wallS, cpuS: u! + s!, rssMiB: peak / 1024, rssPreMiB: peakPre / 1024, procs: byName(peaks), threads } });
     });
   });
 }
@@ -440,6 +449,7 @@ async function main(): Promise<void> {
       const tnames = (xs: Sample[]): string[] => [...new Set(xs.flatMap((x) => Object.keys(x.threads ?? {})))].filter((n) => median(xs.map((x) => x.threads?.[n] ?? 0)) >= 0.05).sort();
       const tline = (xs: Sample[]): string => tnames(xs).map((n) => `${n} ${median(xs.map((x) => x.threads?.[n] ?? 0)).toFixed(2)}`).join(', ');
       print(`CLI threads (median CPU s, >= 0.05): ${tline(cli)}`);
+      print(`CLI peak tree RSS before the install streamed (start-up, TUF refresh): ${median(cli.map((x) => x.rssPreMiB ?? 0)).toFixed(0)} MiB${base.length > 0 ? `; base ${median(base.map((x) => x.rssPreMiB ?? 0)).toFixed(0)} MiB` : ''} (the table's peak is over the whole run)`);
       if (base.length > 0) print(`CLI base threads: ${tline(base)}`);
       print(`# runs wall s: CLI ${cli.map((x) => x.wallS.toFixed(2)).join(' ')} | base ${base.map((x) => x.wallS.toFixed(2)).join(' ')} | floor ${fl.map((x) => x.wallS.toFixed(2)).join(' ')} | floor+rb ${flrb.map((x) => x.wallS.toFixed(2)).join(' ')}`);
       if (nodeArgs.includes('--trace-gc')) print(`# CLI garbage collections (--trace-gc): full ${cli.map((x) => x.gc?.full ?? 0).join(' ')} | young ${cli.map((x) => x.gc?.young ?? 0).join(' ')}`);
