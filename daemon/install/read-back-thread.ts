@@ -120,7 +120,11 @@ export class ThreadedReadBack implements ReadBack {
     this.#chunks = chunks;
     const init: Init = { role: 'slotflip-read-back', path: o.path, chunkSize: o.chunkSize, size: o.size, imageSha256: o.imageSha256, sums: Array.from({ length: chunks }, (_, k) => o.chunkSha256(k)) };
     // this module again (.js when built, .ts under the test runner's loader, which workers inherit)
-    this.#worker = new Worker(new URL(import.meta.url), { workerData: init, resourceLimits: { maxYoungGenerationSizeMb: 2 } });
+    const url = new URL(import.meta.url);
+    // from TypeScript sources (tests) the worker needs only the TypeScript loader of the flags this
+    // process runs with (a test runner's other hooks would load, and slow down, every worker)
+    const execArgv = url.pathname.endsWith('.ts') ? process.execArgv.filter((a) => /typescript|tsx|source-maps/.test(a)) : process.execArgv;
+    this.#worker = new Worker(url, { workerData: init, execArgv, resourceLimits: { maxYoungGenerationSizeMb: 2 } });
     this.#worker.on('message', (r: Reply) => {
       if (r.direct !== undefined && r.direct !== this.#direct) {
         this.#direct = r.direct;
