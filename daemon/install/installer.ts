@@ -273,7 +273,16 @@ export async function installPayload(opts: InstallOptions): Promise<InstallResul
   // by path the read-back (its reads and its whole-image SHA-256) runs on a thread of its own, beside
   // this thread's chunk hashing (read-back-thread.ts); through the handle it stays on this thread
   const rbOpts = { path: opts.slot.path, chunkSize: payload.chunkSize, size: payload.size, imageSha256: payload.sha256, chunkSha256: (k: number) => payload.chunks[k]!.sha256, signal, ...(log ? { log } : {}) };
-  const readBack: ReadBack = opts.readBack === 'path' ? new ThreadedReadBack(rbOpts) : new ReadBackChecker({ ...rbOpts, readAt: (l: number, o: number) => handle.readAt(l, o) });
+  let readBack: ReadBack;
+  if (opts.readBack === 'path') {
+    try {
+      readBack = new ThreadedReadBack(rbOpts);
+    } catch (e) {
+      // a worker that cannot even be created (resource limits, flags): the same read-back on this thread
+      log?.warn({ err: e }, 'read-back thread unavailable; reading back on the main thread');
+      readBack = new ReadBackChecker(rbOpts);
+    }
+  } else readBack = new ReadBackChecker({ ...rbOpts, readAt: (l: number, o: number) => handle.readAt(l, o) });
   try {
     const record = await readResumeRecord(opts.resumeStatePath, payload, opts.slot.path);
     const run = new InstallRun(opts, payload, payloadLength, source, handle, readBack, now, signal, record.spent, record.corruptChunk);

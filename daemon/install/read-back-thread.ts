@@ -123,8 +123,11 @@ export class ThreadedReadBack implements ReadBack {
     const url = new URL(import.meta.url);
     // from TypeScript sources (tests) the worker needs only the TypeScript loader of the flags this
     // process runs with (a test runner's other hooks would load, and slow down, every worker)
-    const execArgv = url.pathname.endsWith('.ts') ? process.execArgv.filter((a) => /typescript|tsx|source-maps/.test(a)) : process.execArgv;
-    this.#worker = new Worker(url, { workerData: init, execArgv, resourceLimits: { maxYoungGenerationSizeMb: 2 } });
+    // process runs with (a test runner's other hooks would load, and slow down, every worker). Built,
+    // it inherits them: an explicit execArgv must not name V8 flags (ERR_WORKER_INVALID_EXEC_ARGV for
+    // the --max-semi-space-size=1 that /usr/bin/slotflip runs with), inherited ones are fine
+    const execArgv = url.pathname.endsWith('.ts') ? process.execArgv.filter((a) => /typescript|tsx|source-maps/.test(a)) : undefined;
+    this.#worker = new Worker(url, { workerData: init, ...(execArgv ? { execArgv } : {}), resourceLimits: { maxYoungGenerationSizeMb: 2 } });
     this.#worker.on('message', (r: Reply) => {
       if (r.direct !== undefined && r.direct !== this.#direct) {
         this.#direct = r.direct;
