@@ -54,9 +54,10 @@
  * Concurrency: zstd decompresses in its own process, the main thread hashes chunks (SHA-256), writes
  * and fsyncs run on libuv's thread pool, and the read-back (its O_DIRECT reads and its whole-image
  * SHA-256) runs on a worker thread of its own when the slot is read by path (read-back-thread.ts; on
- * the main thread through a SlotHandle's readAt). Issue 24, one A/B run at load ~14 (cli-bench, 1 GiB,
- * 3 rounds): wall 0.87x, tree CPU 0.96x, main thread CPU 3.36 -> 2.34 s, peak tree RSS +16 MiB (the
- * worker's isolate).
+ * the main thread through a SlotHandle's readAt). Issue 24, cli-bench A/B against main in one run
+ * (load 10-16, other jobs on the machine): 1 GiB, 3 rounds: wall 0.70x, tree CPU 1.01x, main thread CPU
+ * 3.32 -> 2.45 s, peak tree RSS 113 -> 128 MiB (the worker's isolate); 4 GiB, 1 round: wall 0.71x,
+ * CPU 0.89x, RSS 116 -> 130 MiB.
  *
  * Error codes (stable): INSTALL_BAD_INDEX, INSTALL_SLOT_TOO_SMALL, INSTALL_CHUNK_HASH_MISMATCH,
  * INSTALL_PAYLOAD_TRUNCATED, INSTALL_PAYLOAD_OVERSIZED, INSTALL_DECOMPRESS, INSTALL_HTTP_STATUS,
