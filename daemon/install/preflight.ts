@@ -17,8 +17,9 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { read as readFd } from 'node:fs';
 import { promisify } from 'node:util';
-import { gunzipSync } from 'node:zlib';
+import zlib, { gunzipSync } from 'node:zlib';
 import { SlotflipError } from '../../hal/errors.js';
+import { zstdDecoderFor } from './decode.js';
 import type { PayloadInfo } from '../../manifests/types.js';
 import type { OpenedStream, PayloadSource } from './source.js';
 
@@ -32,6 +33,8 @@ export interface PreflightOptions {
   /** mirror to ask (default 0). */
   index?: number;
   zstdPath?: string;
+  /** which zstd decoder (decode.ts: 'auto' takes the built-in one when the CLI is missing). */
+  zstdDecoder?: 'auto' | 'cli' | 'zlib';
   /** whole preflight, ms (default 60 000). */
   timeoutMs?: number;
 }
@@ -58,7 +61,7 @@ export async function preflightPayload(o: PreflightOptions): Promise<void> {
       }
     }
     const cap = Math.min(o.payload.chunkSize, o.payload.size);
-    const image = await decompress(o.payload.compression, frame, cap, o.zstdPath);
+    const image = await decompress(o.payload.compression, frame, cap, o.zstdPath, o.zstdDecoder);
     const got = createHash('sha256').update(image).digest('hex');
     if (got !== first.sha256) {
       throw new SlotflipError('INSTALL_CHUNK_HASH_MISMATCH', `${opened.where}: chunk 0 decodes to SHA-256 ${got}, the signed index says ${first.sha256}; the payload on the server is not the one that was signed (nothing was changed on this device)`, {
@@ -112,7 +115,7 @@ async function readExactly(s: OpenedStream, offset: number, len: number, signal:
   return out;
 }
 
-async function decompress(compression: PayloadInfo['compression'], frame: Buffer, cap: number, zstdPath = 'zstd'): Promise<Buffer> {
+async function decompress(compression: PayloadInfo['compression'], frame: Buffer, cap: number, zstdPath = 'zstd', zstdDecoder?: PreflightOptions['zstdDecoder']): Promise<Buffer> {
   const corrupt = (cause?: unknown) => new SlotflipError('INSTALL_DECOMPRESS', `${compression}: chunk 0 of the payload is corrupt (nothing was changed on this device)`, { ...(cause ? { cause } : {}) });
   if (compression === 'none') return frame;
   if (compression === 'gzip') {
@@ -122,7 +125,15 @@ async function decompress(compression: PayloadInfo['compression'], frame: Buffer
       throw corrupt(e);
     }
   }
-  // zstd: the CLI the installer uses too, argv only; output capped at one chunk
+  // zstd: the decoder the installer will use (a device without the CLI decodes with Node's own, as
+  // the install does: preflight must not refuse what the install can do), output capped at one chunk
+  if (zstdDecoderFor({ zstdPath, ...(zstdDecoder ? { zstdDecoder } : {}) }) === 'zlib') {
+    try {
+      return (zlib as unknown as { zstdDecompressSync: (b: Buffer, o: { maxOutputLength: number }) => Buffer }).zstdDecompressSync(frame, { maxOutputLength: cap });
+    } catch (e) {
+      throw corrupt(e);
+    }
+  }
   return new Promise<Buffer>((resolve, reject) => {
     const child = spawn(zstdPath, ['-d', '-c', '-q'], { stdio: ['pipe', 'pipe', 'ignore'] });
     const parts: Buffer[] = [];
