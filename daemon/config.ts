@@ -11,7 +11,7 @@
  * a device-tree `compatible` file is NUL-separated: the first, most specific entry is used).
  */
 import type { ErrorObject, ValidateFunction } from 'ajv';
-import { validateConfigSchema } from './config-validate.generated.js';
+import { weakRequire } from './lazy.js';
 import { readFileCapped } from '../hal/atomic-file.js';
 import { SlotflipError } from '../hal/errors.js';
 import { bootBackendSchema, type BootBackendConfig } from '../hal/registry.js';
@@ -283,14 +283,17 @@ export interface ConfigProblem {
 }
 
 // Ajv standalone code generated from `configSchema` (test/tools/gen-validators.ts, checked in):
-// nothing compiles the schema at run time and Ajv's compiler is never loaded (issue 16: it was ~60
-// modules and a compiled validator held in the heap of every process that read a config).
-const validator = validateConfigSchema as unknown as ValidateFunction;
+// nothing compiles the schema at run time and Ajv's compiler is never loaded (issue 16: ~60 modules,
+// and the compile at every start). Held weakly: a daemon validates its config once at start, and the
+// validator's code (~250 KB of source, ~1.5 MiB of heap once run) would otherwise stay in an idle
+// daemon's heap for good; loaded again if ever needed (a test's loop keeps it while in use).
+const validatorModule = weakRequire<{ validateConfigSchema: ValidateFunction }>('./config-validate.generated.cjs');
 
 /** Validates a parsed config object (defaults filled in place of a deep copy). Pure: returns the
  * problems (empty when valid) and the defaulted value. `hardware` is left unresolved. */
 export function validateConfig(input: unknown): { ok: true; value: Record<string, unknown> } | { ok: false; errors: ConfigProblem[] } {
   const value = structuredClone(input);
+  const validator = validatorModule().validateConfigSchema;
   const valid = validator(value);
   // what the schema cannot say (cron expressions, time windows) is checked in the same run, on
   // whatever parts are well-formed, so one run lists every problem

@@ -17,3 +17,27 @@ export function lazyRequire<T>(specifier: string): () => T {
   let loaded: T | undefined;
   return () => (loaded ??= require(specifier) as T);
 }
+
+/**
+ * Like `lazyRequire`, for a module used once in a while whose code is big (the generated config
+ * validator: ~250 KB of source, ~1.5 MiB of heap once run): loaded at the first call, held only
+ * weakly afterwards and taken out of Node's module cache, so the garbage collector frees its code
+ * and data once the caller lets go of it; a later call loads it again. The module must be
+ * CommonJS and stateless (each load is a fresh copy). Its own dependencies stay cached as usual.
+ */
+export function weakRequire<T extends object>(specifier: string): () => T {
+  let held: WeakRef<T> | undefined;
+  return () => {
+    const cached = held?.deref();
+    if (cached) return cached;
+    const path = require.resolve(specifier);
+    const loaded = require(path) as T;
+    // Node keeps a loaded module in its cache and in the requiring module's `children`
+    const entry = require.cache[path];
+    delete require.cache[path];
+    const siblings = entry?.parent?.children;
+    if (entry && siblings?.includes(entry)) siblings.splice(siblings.indexOf(entry), 1);
+    held = new WeakRef(loaded);
+    return loaded;
+  };
+}

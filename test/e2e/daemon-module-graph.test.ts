@@ -155,7 +155,7 @@ t.test('`slotflip install URL` installs without loading MQTT.js or Ajv\'s schema
   t.equal(r.code, 0, r.code === 0 ? "installed and armed" : `installed and armed: ${r.stderr.slice(-500)}`);
   t.equal(await slotSha256(board.slots.B, rel.size), rel.imageSha256, 'slot B holds the image');
   // the recording works: the install path and the config validator were loaded
-  for (const needed of [/\/dist\/daemon\/install\/installer\.js$/, /\/dist\/daemon\/config-validate\.generated\.js$/, /\/node_modules\/pino\//]) {
+  for (const needed of [/\/dist\/daemon\/install\/installer\.js$/, /\/dist\/daemon\/config-validate\.generated\.cjs$/, /\/node_modules\/pino\//]) {
     t.ok(r.urls.some((u) => needed.test(u)), `loaded ${needed.source}`);
   }
   t.same(offenders(r.urls, [...NOT_WITHOUT_BROKER, AJV_COMPILER]), [], 'no MQTT.js, no Ajv compiler');
