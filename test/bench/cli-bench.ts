@@ -49,6 +49,15 @@ function wrapperNodeFlags(): string[] {
   return m[1]!.split(' ').filter((a) => a !== '');
 }
 
+/** Whether a build's launcher gives the CLI Node's compile cache (`export NODE_COMPILE_CACHE=` in
+ * its slotflip.sh; a build without the file: no). The bench then gives each build its own cache under
+ * --dir (not the device's /var/cache/slotflip), warmed by one untimed `install --help` first, as a
+ * device's cache is warm from its previous runs. */
+function launcherCompileCache(root: string): boolean {
+  const wrapper = join(root, 'systemd', 'packaging', 'slotflip.sh');
+  return existsSync(wrapper) && /^export NODE_COMPILE_CACHE=/m.test(readFileSync(wrapper, 'utf8'));
+}
+
 interface Sample {
   wallS: number;
   cpuS: number;
@@ -302,6 +311,7 @@ async function main(): Promise<void> {
   };
   print(`# slotflip CLI install bench  node ${process.version}  ${new Date().toISOString()}  loadavg at start ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
   print(`# CLI = node ${wrapperFlags.join(' ')} dist/daemon/cli.js install http://127.0.0.1:${port}/ --config F  (repo serve, loop-device slot B, zstd 4 MiB chunks); floor = test/bench/floor.c; floor+rb also reads the slot back`);
+  print(`# Node compile cache (the launcher's NODE_COMPILE_CACHE, warmed first): CLI ${launcherCompileCache(ROOT) ? 'on' : 'off'}${baseCli ? `, base ${launcherCompileCache(join(values.base)) ? 'on' : 'off'}` : ''}`);
   print(`# wall incl. a final sync; CPU = user+sys of the process tree; RSS = peak tree VmRSS (50 ms samples); medians of ${rounds} alternating rounds (order CLI, floor, floor+rb rotated each round)`);
   try {
     for (const gib of sizes) {
@@ -349,11 +359,19 @@ async function main(): Promise<void> {
       );
 
       let slotChecked = false;
+      const cacheOf = (cliPath: string): NodeJS.ProcessEnv => {
+        const root = join(dirname(cliPath), '..', '..');
+        return launcherCompileCache(root) ? { NODE_COMPILE_CACHE: join(dir, 'compile-cache', cliPath === CLI ? 'cli' : 'base') } : {};
+      };
+      for (const p of [CLI, ...(baseCli ? [baseCli] : [])]) {
+        const env = cacheOf(p);
+        if (env.NODE_COMPILE_CACHE) sh('env', [`NODE_COMPILE_CACHE=${env.NODE_COMPILE_CACHE}`, 'node', ...wrapperFlags, p, 'install', '--help']);
+      }
       const runCli = async (extraNode: string[] = [], cliPath = CLI): Promise<Sample> => {
         await rm(state, { recursive: true, force: true });
         await copyFile(join(board, 'boot-state.json.orig'), join(board, 'boot-state.json'));
         await copyFile(join(board, 'cmdline.orig'), join(board, 'cmdline'));
-        const r = await measured(['node', ...wrapperFlags, ...nodeArgs, ...extraNode, cliPath, 'install', `http://127.0.0.1:${port}/`, '--config', config, '--json'], join(dir, 'time.txt'), cliEnv);
+        const r = await measured(['node', ...wrapperFlags, ...nodeArgs, ...extraNode, cliPath, 'install', `http://127.0.0.1:${port}/`, '--config', config, '--json'], join(dir, 'time.txt'), { ...cliEnv, ...cacheOf(cliPath) });
         if (r.code !== 0) throw new Error(`slotflip install exited ${r.code}: ${r.out.slice(0, 400)}\n${r.err.slice(-2000)}`);
         const verified = /"readBackSha256":"([0-9a-f]{64})"/.exec(r.err);
         if (verified?.[1] !== inp.sha256) throw new Error(`install read back ${verified?.[1]}, image is ${inp.sha256}`);
