@@ -5,10 +5,12 @@
  * Interpreter and baseline code only (`--no-turbofan --no-maglev`, set by the CLI before it loads the
  * daemon command's modules): TurboFan and Maglev are several MiB of the node binary's code that stay resident
  * once they have run, plus the optimized code and its metadata, for a process whose hot paths are
- * native (SHA-256, zstd/gzip, file and socket I/O). Measured: idle RSS −9 MiB. The install runs with
- * them on again (`withOptimizingCompilers`): a full install measured the same either way (CPU
- * 7.5/7.6 s with, 7.6/6.6 s without, load 11; peak 10 MiB lower without), but a delta install's
- * chunking is JS-heavy.
+ * native (SHA-256, zstd/gzip, file and socket I/O). Measured: idle RSS −9 MiB. `slotflip install`
+ * and `update` run the same way (daemon/cli.ts, the launcher). A delta install runs with them on again
+ * (`withOptimizingCompilers` around it in daemon/compose.ts): its chunking is JS-heavy; a full install
+ * does not: its CPU measured the same either way (5.41 s with, 5.46 s without, CLI, 1 GiB, load 15-18;
+ * earlier 7.5/7.6 with, 7.6/6.6 without, load 11), and without them its peak RSS is 7-10 MiB lower
+ * (TurboFan and Maglev's pages of the node binary, their code and its metadata).
  * `--jitless` would save ~3 MiB more but also removes WebAssembly, which the install's page-aligned
  * O_DIRECT buffers are made of (daemon/install/hasher.ts, read-back.ts). These two flags are not
  * accepted in NODE_OPTIONS, hence v8.setFlagsFromString: they only stop future tier-ups, which V8

@@ -23,7 +23,12 @@ node=$lib/node/bin/node
 # damaged, Node compiles as without it (never an error). NODE_COMPILE_CACHE set by the caller wins;
 # NODE_DISABLE_COMPILE_CACHE=1 turns it off.
 export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE-/var/cache/slotflip}"
+# `slotflip install` and `update` too (an install from the CLI): a full install's hot work is native
+# (zstd, SHA-256, I/O), and with the compilers on TurboFan and Maglev page in ~7 MiB of the node
+# binary for nothing (peak RSS 102 -> 93 MiB, CPU the same within 1%, 1 GiB, cli-bench, load 15-18);
+# a delta install turns them on for its chunking (daemon/compose.ts, daemon/footprint.ts).
 case ${1-} in
   daemon) exec "$node" --max-semi-space-size=1 --no-turbofan --no-maglev "$lib/dist/daemon/cli.js" "$@" ;;
+  install|update) exec "$node" --max-semi-space-size=1 --no-turbofan --no-maglev "$lib/dist/daemon/cli.js" "$@" ;;
 esac
 exec "$node" --max-semi-space-size=1 "$lib/dist/daemon/cli.js" "$@"

@@ -1,9 +1,10 @@
 /**
  * /usr/bin/slotflip (systemd/packaging/slotflip.sh), run from a tree laid out as the .deb installs
- * it (bin/slotflip beside lib/slotflip/{dist,node_modules}): `slotflip daemon` starts Node with
- * V8's optimizing compilers off from the first line (issue 16: they would otherwise compile what
- * gets hot while the daemon loads, and their code stays resident), every other command with them
- * on (an install run from the CLI is JS-heavy), and both with the young generation capped. Node's
+ * it (bin/slotflip beside lib/slotflip/{dist,node_modules}): `slotflip daemon`, `install` and
+ * `update` start Node with V8's optimizing compilers off from the first line (issue 16: they would
+ * otherwise compile what gets hot while the daemon loads, and their code stays resident; a delta
+ * install turns them on for its chunking), every other command with them on, all with the young
+ * generation capped; and Node's compile cache in /var/cache/slotflip. Node's
  * own view of its flags (`process.execArgv`, recorded by a module preloaded through NODE_OPTIONS) are what count. That a daemon started with these flags still turns the compilers on for an
  * install: test/unit/daemon-footprint.test.ts.
  */
@@ -37,7 +38,7 @@ function installedTree(dir: string): { bin: string; PATH: string } {
   return { bin: join(dir, 'bin', 'slotflip'), PATH: `${join(process.execPath, '..')}:${process.env.PATH ?? ''}` };
 }
 
-t.test('the launcher starts `slotflip daemon` interpreted-only and every other command with the compilers on', async (t) => {
+t.test('the launcher starts `slotflip daemon` and `install` interpreted-only and every other command with the compilers on', async (t) => {
   const dir = t.testdir();
   const { bin, PATH } = installedTree(dir);
   await writeFile(join(dir, 'record.mjs'), RECORD);
@@ -53,6 +54,10 @@ t.test('the launcher starts `slotflip daemon` interpreted-only and every other c
   t.same(daemon.execArgv, ['--max-semi-space-size=1', '--no-turbofan', '--no-maglev'], 'slotflip daemon: compilers off from the start, young generation capped');
   const status = await argvOf(['status', '--config', join(dir, 'missing.json')]);
   t.same(status.execArgv, ['--max-semi-space-size=1'], 'slotflip status: compilers on (the default), young generation capped');
+  // an install from the CLI: interpreted too (only a delta install's chunking turns them on)
+  const install = await argvOf(['install', join(dir, 'no-repo'), '--config', join(dir, 'missing.json')]);
+  t.match(install.stderr, /missing\.json/, `slotflip install refused the missing config: ${install.stderr.trim()}`);
+  t.same(install.execArgv, ['--max-semi-space-size=1', '--no-turbofan', '--no-maglev'], 'slotflip install: compilers off from the start');
 });
 
 t.test("the launcher keeps Node's compile cache in /var/cache/slotflip; reused, and a damaged or unwritable cache changes nothing", async (t) => {
