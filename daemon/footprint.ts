@@ -11,8 +11,8 @@
  * does not: its CPU measured the same either way (5.41 s with, 5.46 s without, CLI, 1 GiB, load 15-18;
  * earlier 7.5/7.6 with, 7.6/6.6 without, load 11), and without them its peak RSS is 7-10 MiB lower
  * (TurboFan and Maglev's pages of the node binary, their code and its metadata). The daemon's own
- * full install (bench:memory, three pairs, load 11-21): peak 132 vs 157 MiB median but CPU +14%
- * (20.0 vs 17.6 s): unresolved; the README's bench notes keep the figures.
+ * full install (bench:memory, four pairs, load 9-21): peak 142 vs 157 MiB median but CPU +10%
+ * (20.5 vs 18.6 s): unresolved; the README's bench notes keep the figures.
  * `--jitless` would save ~3 MiB more but also removes WebAssembly, which the install's page-aligned
  * O_DIRECT buffers are made of (daemon/install/hasher.ts, read-back.ts). These two flags are not
  * accepted in NODE_OPTIONS, hence v8.setFlagsFromString: they only stop future tier-ups, which V8
