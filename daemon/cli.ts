@@ -11,13 +11,14 @@ const registry: Record<string, () => Promise<{ command: Command }>> = {
   health: () => import('./commands/doctor.js').then((m) => ({ command: m.healthCommand })),
   // V8's optimizing compilers off before the daemon's modules load (daemon/footprint.ts)
   daemon: () => import('./footprint.js').then((f) => (f.interpretOnly(), import('./commands/daemon.js'))),
-  update: () => import('./commands/update.js'),
+  // so do the commands that install: only a delta install's chunking turns them on (daemon/compose.ts)
+  update: () => import('./footprint.js').then((f) => (f.interpretOnly(), import('./commands/update.js'))),
   status: () => import('./commands/status.js'),
   history: () => import('./commands/history.js'),
   check: () => import('./commands/check.js'),
   'mark-good': () => import('./commands/mark-good.js'),
   rollback: () => import('./commands/rollback.js'),
-  install: () => import('./commands/install.js'),
+  install: () => import('./footprint.js').then((f) => (f.interpretOnly(), import('./commands/install.js'))),
   repo: () => import('./commands/repo.js'),
   release: () => import('./commands/release.js'),
   verify: () => import('./commands/verify.js'),

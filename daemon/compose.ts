@@ -242,18 +242,20 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
   };
   const deltaMode = (config.install ?? configDefaults.install).delta;
   const installer: Installer = o.installer ?? {
-    // the daemon idles interpreted (daemon/footprint.ts); an install, by delta (content-defined
-    // chunking in JS) or full, gets V8's optimizing compilers back
-    write: (release, slot) => withOptimizingCompilers(async () => {
+    write: async (release, slot) => {
       readBackDone = undefined;
       const { payload, delta } = await index.indexOf(release);
       // by delta when the release offers one (install/route.ts): the other slot (the booted one) and
-      // the target itself are the seeds; the booted slot is only ever read
-      const viaDelta = await installByDelta({
+      // the target itself are the seeds; the booted slot is only ever read.
+      // The daemon and `slotflip install`/`update` run interpreted (daemon/footprint.ts): a delta
+      // install cuts slots into content-defined chunks in JS (13x the CPU interpreted), so it gets
+      // V8's optimizing compilers back; the full path's hot work is native (zstd, SHA-256, I/O) and
+      // stays interpreted (TurboFan and Maglev would otherwise page in ~7 MiB of the node binary)
+      const viaDelta = await withOptimizingCompilers(() => installByDelta({
         release, payload, delta, mode: deltaMode, locate: (t) => src.payload(t), slot, running: slots[slot.slot === 'A' ? 'B' : 'A'],
         resumeStatePath: paths.resume, seedDir: config.stateDir, budget, now, readBack, log: log.child({ module: 'daemon.install' }),
         ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}),
-      });
+      }));
       if (viaDelta.installed) {
         readBackDone = { slotPath: slot.path, imageSha256: viaDelta.readBackSha256 };
         return viaDelta.stats;
@@ -264,7 +266,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
       // the release offers a delta: keep its index for this slot, so the next delta install need not cut it
       await (await import('./install/route.js')).keepIndexAfterFull({ mode: deltaMode, delta, locate: (t) => src.payload(t), slot, payload, seedDir: config.stateDir, slotSha256: r.readBackSha256, log: log.child({ module: 'daemon.install' }) });
       return { method: 'full', imageBytes: payload.size, reusedBytes: 0, downloadedBytes: r.bytesReceived, ...(viaDelta.fallback ? { fallback: viaDelta.fallback } : {}) };
-    }),
+    },
     async verify(release, slot) {
       const done = readBackDone;
       readBackDone = undefined;

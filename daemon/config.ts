@@ -10,8 +10,8 @@
  * `hardware` is the board's compatible string, or `{ "path": FILE }` to read it (read-only, capped;
  * a device-tree `compatible` file is NUL-separated: the first, most specific entry is used).
  */
-import { Ajv, type ErrorObject } from 'ajv';
-import addFormatsModule from 'ajv-formats';
+import type { ErrorObject, ValidateFunction } from 'ajv';
+import { weakRequire } from './lazy.js';
 import { readFileCapped } from '../hal/atomic-file.js';
 import { SlotflipError } from '../hal/errors.js';
 import { bootBackendSchema, type BootBackendConfig } from '../hal/registry.js';
@@ -282,34 +282,22 @@ export interface ConfigProblem {
   message: string;
 }
 
-type AddFormats = (ajv: Ajv) => Ajv;
-const addFormats = ((addFormatsModule as unknown as { default?: AddFormats }).default ?? addFormatsModule) as unknown as AddFormats;
-
-// Held weakly: compiled once and reused while in use (a validation, a test's loop), and left to the
-// garbage collector afterwards: a daemon validates its config once at start, and the compiled
-// validator (its generated source alone is ~230 KB) with the Ajv instance behind it would otherwise
-// stay in an idle daemon's heap for good (issue 16). A pure function of the constant schema: compiling
-// it again gives the same validator.
-let compiled: WeakRef<ReturnType<Ajv['compile']>> | undefined;
-function validator(): ReturnType<Ajv['compile']> {
-  const cached = compiled?.deref();
-  if (cached) return cached;
-  const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
-  addFormats(ajv);
-  const fresh = ajv.compile(configSchema);
-  compiled = new WeakRef(fresh);
-  return fresh;
-}
+// Ajv standalone code generated from `configSchema` (test/tools/gen-validators.ts, checked in):
+// nothing compiles the schema at run time and Ajv's compiler is never loaded (issue 16: ~60 modules,
+// and the compile at every start). Held weakly: a daemon validates its config once at start, and the
+// validator's code (~250 KB of source, ~1.5 MiB of heap once run) would otherwise stay in an idle
+// daemon's heap for good; loaded again if ever needed (a test's loop keeps it while in use).
+const validatorModule = weakRequire<{ validateConfigSchema: ValidateFunction }>('./config-validate.generated.cjs');
 
 /** Validates a parsed config object (defaults filled in place of a deep copy). Pure: returns the
  * problems (empty when valid) and the defaulted value. `hardware` is left unresolved. */
 export function validateConfig(input: unknown): { ok: true; value: Record<string, unknown> } | { ok: false; errors: ConfigProblem[] } {
   const value = structuredClone(input);
-  const validate = validator();
-  const valid = validate(value);
+  const validator = validatorModule().validateConfigSchema;
+  const valid = validator(value);
   // what the schema cannot say (cron expressions, time windows) is checked in the same run, on
   // whatever parts are well-formed, so one run lists every problem
-  const errors = [...(valid ? [] : formatErrors(validate.errors ?? [])), ...semanticProblems(value)];
+  const errors = [...(valid ? [] : formatErrors(validator.errors ?? [])), ...semanticProblems(value)];
   if (valid && errors.length === 0) return { ok: true, value: value as Record<string, unknown> };
   return { ok: false, errors };
 }

@@ -5,10 +5,14 @@
  * Interpreter and baseline code only (`--no-turbofan --no-maglev`, set by the CLI before it loads the
  * daemon command's modules): TurboFan and Maglev are several MiB of the node binary's code that stay resident
  * once they have run, plus the optimized code and its metadata, for a process whose hot paths are
- * native (SHA-256, zstd/gzip, file and socket I/O). Measured: idle RSS −9 MiB. The install runs with
- * them on again (`withOptimizingCompilers`): a full install measured the same either way (CPU
- * 7.5/7.6 s with, 7.6/6.6 s without, load 11; peak 10 MiB lower without), but a delta install's
- * chunking is JS-heavy.
+ * native (SHA-256, zstd/gzip, file and socket I/O). Measured: idle RSS −9 MiB. `slotflip install`
+ * and `update` run the same way (daemon/cli.ts, the launcher). A delta install runs with them on again
+ * (`withOptimizingCompilers` around it in daemon/compose.ts): its chunking is JS-heavy; a full install
+ * does not: its CPU measured the same either way (5.41 s with, 5.46 s without, CLI, 1 GiB, load 15-18;
+ * earlier 7.5/7.6 with, 7.6/6.6 without, load 11), and without them its peak RSS is 7-10 MiB lower
+ * (TurboFan and Maglev's pages of the node binary, their code and its metadata). The daemon's own
+ * full install (bench:memory, four pairs, load 9-21): peak 142 vs 157 MiB median but CPU +10%
+ * (20.5 vs 18.6 s): unresolved; the README's bench notes keep the figures.
  * `--jitless` would save ~3 MiB more but also removes WebAssembly, which the install's page-aligned
  * O_DIRECT buffers are made of (daemon/install/hasher.ts, read-back.ts). These two flags are not
  * accepted in NODE_OPTIONS, hence v8.setFlagsFromString: they only stop future tier-ups, which V8
@@ -29,6 +33,7 @@
  * Trade-off: a few full collections' CPU (tens of ms for a ~15 MiB heap) per idle period, i.e. per
  * check, never during one; without `--expose-gc` nothing happens (the daemon works as before).
  */
+import nodeModule from 'node:module';
 import v8 from 'node:v8';
 
 // V8's flags are process-wide: so is this state (how many installs hold the compilers on)
@@ -83,4 +88,14 @@ export function reclaimHeap(gc: GcFunction): { ms: number; rssBefore: number; rs
   // release its free pages (a regular major GC frees the objects but keeps the pages)
   gc({ type: 'major', execution: 'sync', flavor: 'last-resort' });
   return { ms: Math.round(performance.now() - t0), rssBefore, rssAfter: process.memoryUsage.rss() };
+}
+
+/**
+ * Writes Node's compile cache (NODE_COMPILE_CACHE, set by /usr/bin/slotflip) for the modules loaded
+ * so far. Node writes it only at a clean exit, which a daemon rarely has (it ends in a reboot or a
+ * SIGKILL); without this its next start would compile everything again. Silent by Node's design:
+ * with the cache off, unwritable, or on a Node without `flushCompileCache` (< 22.10) nothing happens.
+ */
+export function persistCompileCache(): void {
+  (nodeModule as { flushCompileCache?: () => void }).flushCompileCache?.();
 }

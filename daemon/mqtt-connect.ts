@@ -17,16 +17,18 @@
  * Not kept: SOCKS proxies (`MQTTJS_SOCKS_PROXY`), unix sockets, `?clientId=` in the URL — the
  * device config offers none of them.
  */
-import { createRequire } from 'node:module';
 import net from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import type { IClientOptions, MqttClient } from 'mqtt';
-import clientCjs from 'mqtt/lib/client';
 import { SlotflipError } from '../hal/errors.js';
+import { lazyRequire } from './lazy.js';
 
-const require = createRequire(import.meta.url);
-// build/lib/client.js is CommonJS: the default import is its module.exports, the class its `default`
-const MqttClientClass = clientCjs.default;
+// loaded at the first connection: a command that never connects (`slotflip install URL`, status)
+// does not load MQTT.js (~60 modules with its streams and timers)
+// build/lib/client.js is CommonJS: its module.exports holds the class as `default`
+const mqttClientModule = lazyRequire<typeof import('mqtt/lib/client')>('mqtt/lib/client');
+const mqttModule = lazyRequire<typeof import('mqtt')>('mqtt');
+const tlsModule = lazyRequire<typeof import('node:tls')>('node:tls');
 
 /** One MQTT.js client for `url`; the socket opens on the client's first stream build (at once). */
 export function connectMqtt(url: string, options: IClientOptions): MqttClient {
@@ -39,7 +41,7 @@ export function connectMqtt(url: string, options: IClientOptions): MqttClient {
   let protocol = u.protocol.replace(/:$/, '') as 'mqtt' | 'mqtts' | 'ws' | 'wss';
   if (protocol === 'ws' || protocol === 'wss') {
     // WebSockets: MQTT.js's own connect, loaded only by a device configured for them
-    return (require('mqtt') as typeof import('mqtt')).connect(url, options);
+    return mqttModule().connect(url, options);
   }
   if ((protocol as string) !== 'mqtt' && (protocol as string) !== 'mqtts') {
     throw new SlotflipError('DAEMON_MQTT_CONNECT', `broker URL ${url}: unsupported protocol ${protocol}; use mqtt://, mqtts://, ws:// or wss://`, { details: { url } });
@@ -53,14 +55,14 @@ export function connectMqtt(url: string, options: IClientOptions): MqttClient {
   const opts: IClientOptions = { ...options, protocol, host, hostname: host, port };
   if (u.username) opts.username = decodeURIComponent(u.username);
   if (u.password) opts.password = decodeURIComponent(u.password);
-  const client = new MqttClientClass(tlsOn ? (c: MqttClient) => tlsStream(c, opts) : () => net.createConnection({ host, port }), opts);
+  const client = new (mqttClientModule().default)(tlsOn ? (c: MqttClient) => tlsStream(c, opts) : () => net.createConnection({ host, port }), opts);
   // as MQTT.js's connect(): an unhandled 'error' must not kill the process; the transport listens
   client.on('error', () => undefined);
   return client;
 }
 
 function tlsStream(client: MqttClient, opts: IClientOptions): TLSSocket {
-  const tls = require('node:tls') as typeof import('node:tls');
+  const tls = tlsModule();
   const rejectUnauthorized = opts.rejectUnauthorized !== false;
   const host = String(opts.host);
   const o: ConnectionOptions = {

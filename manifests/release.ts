@@ -6,7 +6,8 @@
  * chunk entries allow no other field) and 2 (the payload names an index target; the chunk list is
  * in that file, parsed by chunk-index.ts).
  */
-import { Ajv } from 'ajv';
+import type { ValidateFunction } from 'ajv';
+import * as generated from './release-validate.generated.js';
 import type { TargetFile } from '@tufjs/models';
 import type { Release, ReleaseCustom } from './types.js';
 import { releaseMigrationSchema } from './migration.js';
@@ -102,9 +103,10 @@ export const releaseCustomV2Schema = {
   },
 } as const;
 
-const ajv = new Ajv({ allErrors: false, strict: true });
-const validateV1 = ajv.compile(releaseCustomSchema);
-const validateV2 = ajv.compile(releaseCustomV2Schema);
+// Ajv standalone code generated from the two schemas above (test/tools/gen-validators.ts, checked in):
+// no schema compiled and no Ajv compiler loaded at run time
+const validateV1 = generated.validateV1 as unknown as ValidateFunction;
+const validateV2 = generated.validateV2 as unknown as ValidateFunction;
 
 export type ReleaseParse =
   | { kind: 'release'; release: Release }

@@ -13,7 +13,7 @@ import { configDefaults, loadConfig, requireHealthChecks } from '../config.js';
 import { statePaths } from '../compose.js';
 import { commandLogger, parseCommandArgs } from '../command-support.js';
 import { UpdateService } from '../service.js';
-import { exposedGc, reclaimHeap } from '../footprint.js';
+import { exposedGc, persistCompileCache, reclaimHeap } from '../footprint.js';
 import type { Command } from './command.js';
 
 export const command: Command = {
@@ -66,6 +66,8 @@ export const command: Command = {
     await service.start();
     notifier.startWatchdog();
     await notifier.ready('running').catch(() => undefined);
+    // the modules of a started daemon, compiled: the next start (after the reboot) reads them
+    persistCompileCache();
     await stopped;
     notifier.stop();
     return 0;

@@ -44,10 +44,23 @@ const HARDWARE = 'bench,slotflip';
 /** the Node flags /usr/bin/slotflip (systemd/packaging/slotflip.sh) runs the CLI with: the bench runs
  * the CLI the same way (checked against that file at start). */
 const WRAPPER = join(ROOT, 'systemd', 'packaging', 'slotflip.sh');
-function wrapperNodeFlags(): string[] {
-  const m = /^exec "\$node" (.*?)"\$lib\/dist\/daemon\/cli\.js" "\$@"$/m.exec(readFileSync(WRAPPER, 'utf8'));
-  if (!m) throw new Error(`${WRAPPER}: no exec line to take the Node flags from`);
+/** The Node flags a build's launcher gives `slotflip install` (its `install|update) exec` line, else
+ * its generic last line); a build without a launcher (--base of a bare dist/) takes this one's. */
+function wrapperNodeFlags(root = ROOT): string[] {
+  const wrapper = existsSync(join(root, 'systemd', 'packaging', 'slotflip.sh')) ? join(root, 'systemd', 'packaging', 'slotflip.sh') : WRAPPER;
+  const text = readFileSync(wrapper, 'utf8');
+  const m = /^\s*install\|update\) exec "\$node" (.*?)"\$lib\/dist\/daemon\/cli\.js" "\$@" ;;$/m.exec(text) ?? /^exec "\$node" (.*?)"\$lib\/dist\/daemon\/cli\.js" "\$@"$/m.exec(text);
+  if (!m) throw new Error(`${wrapper}: no exec line to take the Node flags from`);
   return m[1]!.split(' ').filter((a) => a !== '');
+}
+
+/** Whether a build's launcher gives the CLI Node's compile cache (`export NODE_COMPILE_CACHE=` in
+ * its slotflip.sh; a build without the file: no). The bench then gives each build its own cache under
+ * --dir (not the device's /var/cache/slotflip), warmed by one untimed `install --help` first, as a
+ * device's cache is warm from its previous runs. */
+function launcherCompileCache(root: string): boolean {
+  const wrapper = join(root, 'systemd', 'packaging', 'slotflip.sh');
+  return existsSync(wrapper) && /^export NODE_COMPILE_CACHE=/m.test(readFileSync(wrapper, 'utf8'));
 }
 
 interface Sample {
@@ -303,6 +316,7 @@ async function main(): Promise<void> {
   const baseCli = values.base === '' ? undefined : join(values.base, 'dist', 'daemon', 'cli.js');
   if (baseCli !== undefined && !existsSync(baseCli)) throw new Error(`--base: ${baseCli} missing`);
   const wrapperFlags = wrapperNodeFlags();
+  const baseWrapperFlags = values.base === '' ? wrapperFlags : wrapperNodeFlags(values.base);
   await mkdir(dir, { recursive: true });
   if (!existsSync(CLI)) throw new Error(`${CLI} missing: run npm run build`);
   if (!existsSync('/usr/bin/time')) throw new Error('/usr/bin/time missing (Debian: apt-get install time)');
@@ -335,7 +349,8 @@ async function main(): Promise<void> {
     process.stdout.write(`${s}\n`);
   };
   print(`# slotflip CLI install bench  node ${process.version}  ${new Date().toISOString()}  loadavg at start ${loadavg().map((x) => x.toFixed(1)).join(' ')}`);
-  print(`# CLI = node ${wrapperFlags.join(' ')} dist/daemon/cli.js install http://127.0.0.1:${port}/ --config F  (repo serve, loop-device slot B, zstd 4 MiB chunks); floor = test/bench/floor.c; floor+rb also reads the slot back`);
+  print(`# CLI = node ${wrapperFlags.join(' ')} dist/daemon/cli.js install http://127.0.0.1:${port}/ --config F  (repo serve, loop-device slot B, zstd 4 MiB chunks)${values.base ? `; base = node ${baseWrapperFlags.join(' ')} BASE/dist/daemon/cli.js ...` : ''}; floor = test/bench/floor.c; floor+rb also reads the slot back`);
+  print(`# Node compile cache (the launcher's NODE_COMPILE_CACHE, warmed first): CLI ${launcherCompileCache(ROOT) ? 'on' : 'off'}${baseCli ? `, base ${launcherCompileCache(join(values.base)) ? 'on' : 'off'}` : ''}`);
   print(`# wall incl. a final sync; CPU = user+sys of the process tree; RSS = peak tree VmRSS (50 ms samples); medians of ${rounds} alternating rounds (order CLI, floor, floor+rb rotated each round)`);
   try {
     for (const gib of sizes) {
@@ -383,11 +398,19 @@ async function main(): Promise<void> {
       );
 
       let slotChecked = false;
+      const cacheOf = (cliPath: string): NodeJS.ProcessEnv => {
+        const root = join(dirname(cliPath), '..', '..');
+        return launcherCompileCache(root) ? { NODE_COMPILE_CACHE: join(dir, 'compile-cache', cliPath === CLI ? 'cli' : 'base') } : {};
+      };
+      for (const p of [CLI, ...(baseCli ? [baseCli] : [])]) {
+        const env = cacheOf(p);
+        if (env.NODE_COMPILE_CACHE) sh('env', [`NODE_COMPILE_CACHE=${env.NODE_COMPILE_CACHE}`, 'node', ...(p === CLI ? wrapperFlags : baseWrapperFlags), p, 'install', '--help']);
+      }
       const runCli = async (extraNode: string[] = [], cliPath = CLI, env = cliEnv): Promise<Sample> => {
         await rm(state, { recursive: true, force: true });
         await copyFile(join(board, 'boot-state.json.orig'), join(board, 'boot-state.json'));
         await copyFile(join(board, 'cmdline.orig'), join(board, 'cmdline'));
-        const r = await measured(['node', ...wrapperFlags, ...nodeArgs, ...extraNode, cliPath, 'install', `http://127.0.0.1:${port}/`, '--config', config, '--json'], join(dir, 'time.txt'), env);
+        const r = await measured(['node', ...(cliPath === CLI ? wrapperFlags : baseWrapperFlags), ...nodeArgs, ...extraNode, cliPath, 'install', `http://127.0.0.1:${port}/`, '--config', config, '--json'], join(dir, 'time.txt'), { ...env, ...cacheOf(cliPath) });
         if (r.code !== 0) throw new Error(`slotflip install exited ${r.code}: ${r.out.slice(0, 400)}\n${r.err.slice(-2000)}`);
         const verified = /"readBackSha256":"([0-9a-f]{64})"/.exec(r.err);
         if (verified?.[1] !== inp.sha256) throw new Error(`install read back ${verified?.[1]}, image is ${inp.sha256}`);

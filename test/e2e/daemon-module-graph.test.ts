@@ -3,7 +3,9 @@
  * Mosquitto, after its first check, must not have loaded the code only other commands or an update
  * use — systeminformation (resource health checks), the install path (installer, decoder, HTTP source,
  * read-back), the data migration, the manufacturer side (repository signing, tuf-js, aedes, the
- * fleet tools, the demo) — and `slotflip --help` must load no command at all. Memory figures belong
+ * fleet tools, the demo), nor Ajv's schema compiler (the validators are generated ahead of time:
+ * test/tools/gen-validators.ts) — and `slotflip --help` must load no command at all. `slotflip
+ * install URL` (an HTTP source, no broker) loads neither MQTT.js nor Ajv's compiler. Memory figures belong
  * to `npm run bench:memory`; this test keeps the lazy loading from silently regressing, untimed.
  *
  * Two views: the modules the running daemon actually loaded (a `module.registerHooks` load hook
@@ -18,8 +20,11 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { startMosquitto } from '../harness/mosquitto.js';
-import { CLI, createBoard, initFleet, publishToBroker, requireBuilt, writeDeviceConfig } from './harness.js';
+import { addRelease, CLI, createBoard, initFleet, publishToBroker, requireBuilt, slotSha256, writeDeviceConfig } from './harness.js';
 import { startHttpServer } from '../harness/http-server.js';
+
+/** The config and release validators are Ajv standalone code: only ajv/dist/runtime/* at run time. */
+const AJV_COMPILER: [RegExp, string] = [/\/node_modules\/ajv\/dist\/(?!runtime\/)/, "Ajv's schema compiler"];
 
 /** Loaded by the daemon only for other commands, an update or a trial boot. */
 const NOT_AT_IDLE: Array<[RegExp, string]> = [
@@ -37,6 +42,12 @@ const NOT_AT_IDLE: Array<[RegExp, string]> = [
   [/\/node_modules\/socks\//, 'socks (MQTT through a SOCKS proxy)'],
   // Node's fetch: metadata and health checks use node:http (manifests/http-get.ts)
   [/^node:internal\/deps\/undici\//, 'undici (fetch)'],
+  AJV_COMPILER,
+];
+
+/** Not loaded by a command that never connects to a broker. */
+const NOT_WITHOUT_BROKER: Array<[RegExp, string]> = [
+  [/\/node_modules\/(mqtt|mqtt-packet|worker-timers[^/]*|readable-stream)\//, 'MQTT.js'],
 ];
 
 /** Not loaded by a daemon whose broker is mqtt:// and whose metadata comes only from it. */
@@ -132,6 +143,24 @@ t.test('an idle daemon reading metadata over HTTP did not load fetch (undici) ei
   t.same(offenders(r.urls), [], 'nothing an idle daemon never uses');
 });
 
+t.test('`slotflip install URL` installs without loading MQTT.js or Ajv\'s schema compiler', async (t) => {
+  const dir = t.testdir();
+  const fleet = await initFleet(dir);
+  const rel = await addRelease(fleet, dir, { version: '1.1.0', securityVersion: 1, size: 256 << 10, chunkSize: 64 << 10 });
+  const srv = await startHttpServer({ root: fleet.repository });
+  t.teardown(() => srv.stop());
+  const board = await createBoard(join(dir, 'board'), 1 << 20);
+  const config = await writeDeviceConfig(join(dir, 'config.json'), { deviceId: 'dev-graph-install', board, fleet, stateDir: join(dir, 'state'), metadataUrl: srv.url, payloadBaseUrls: [`${srv.url}targets/`] });
+  const r = await loadedBy(dir, ['install', srv.url, '--config', config, '--json']);
+  t.equal(r.code, 0, r.code === 0 ? "installed and armed" : `installed and armed: ${r.stderr.slice(-500)}`);
+  t.equal(await slotSha256(board.slots.B, rel.size), rel.imageSha256, 'slot B holds the image');
+  // the recording works: the install path and the config validator were loaded
+  for (const needed of [/\/dist\/daemon\/install\/installer\.js$/, /\/dist\/daemon\/config-validate\.generated\.cjs$/, /\/node_modules\/pino\//]) {
+    t.ok(r.urls.some((u) => needed.test(u)), `loaded ${needed.source}`);
+  }
+  t.same(offenders(r.urls, [...NOT_WITHOUT_BROKER, AJV_COMPILER]), [], 'no MQTT.js, no Ajv compiler');
+});
+
 t.test('`slotflip --help` loads no command module', async (t) => {
   const dir = t.testdir();
   const r = await loadedBy(dir, ['--help']);
@@ -163,6 +192,7 @@ function staticGraph(entry: string): string[] {
 
 t.test('the built daemon command statically imports none of it either', async (t) => {
   const graph = staticGraph(join(dirname(CLI), 'commands', 'daemon.js'));
-  t.ok(graph.some((u) => u.endsWith('/dist/daemon/service.js')) && graph.includes('/node_modules/mqtt/'), 'the graph was walked');
+  // MQTT.js is loaded at the first connection (daemon/lazy.ts), so not part of the static graph
+  t.ok(graph.some((u) => u.endsWith('/dist/daemon/service.js')) && graph.includes('/node_modules/pino/'), 'the graph was walked');
   t.same(offenders(graph), []);
 });

@@ -135,6 +135,8 @@ t.test('the unit carries the directives the README promises', async (t) => {
     'Restart=on-failure',
     'ProtectSystem=strict',
     'ReadWritePaths=-/data',
+    // Node's compile cache: /usr/bin/slotflip points NODE_COMPILE_CACHE at /var/cache/slotflip
+    'CacheDirectory=slotflip',
     'NoNewPrivileges=yes',
     'PrivateTmp=yes',
     'CapabilityBoundingSet=',
@@ -191,6 +193,8 @@ t.test('tmpfiles.d creates a root-only state directory', async (t) => {
   t.ok(st.isDirectory(), '/var/lib/slotflip exists');
   t.equal(st.mode & 0o777, 0o700, 'mode 0700');
   t.equal(st.uid, 0, 'owned by root');
+  const cache = statSync(join(root, 'var/cache/slotflip'));
+  t.ok(cache.isDirectory() && (cache.mode & 0o777) === 0o700 && cache.uid === 0, '/var/cache/slotflip (Node compile cache) exists, root-only');
 });
 
 t.test('board examples: drop-ins verify and keep the exposure low; configs are valid', async (t) => {

@@ -1,0 +1,43 @@
+/**
+ * Loading on first use (issues 16, 24): the one helper for a module that a command or an idle daemon
+ * may never need, e.g. MQTT.js for `slotflip install URL` (an HTTP source) or TLS for a broker on
+ * plain TCP. A module loaded at start costs every process its parse, its bytecode and its heap, used
+ * or not; here the cost is paid by the first call, and by nothing when there is none.
+ *
+ * Synchronous (`require`): for CommonJS packages and node: builtins, where the caller cannot wait.
+ * An ES module loaded later is a plain `await import(...)` at its point of use.
+ */
+import { createRequire } from 'node:module';
+
+const require = createRequire(import.meta.url);
+
+/** A function that loads `specifier` at its first call and returns it (Node's cache from then on).
+ * `specifier` resolves from daemon/ (node_modules of the application, node: builtins). */
+export function lazyRequire<T>(specifier: string): () => T {
+  let loaded: T | undefined;
+  return () => (loaded ??= require(specifier) as T);
+}
+
+/**
+ * Like `lazyRequire`, for a module used once in a while whose code is big (the generated config
+ * validator: ~250 KB of source, ~1.5 MiB of heap once run): loaded at the first call, held only
+ * weakly afterwards and taken out of Node's module cache, so the garbage collector frees its code
+ * and data once the caller lets go of it; a later call loads it again. The module must be
+ * CommonJS and stateless (each load is a fresh copy). Its own dependencies stay cached as usual.
+ */
+export function weakRequire<T extends object>(specifier: string): () => T {
+  let held: WeakRef<T> | undefined;
+  return () => {
+    const cached = held?.deref();
+    if (cached) return cached;
+    const path = require.resolve(specifier);
+    const loaded = require(path) as T;
+    // Node keeps a loaded module in its cache and in the requiring module's `children`
+    const entry = require.cache[path];
+    delete require.cache[path];
+    const siblings = entry?.parent?.children;
+    if (entry && siblings?.includes(entry)) siblings.splice(siblings.indexOf(entry), 1);
+    held = new WeakRef(loaded);
+    return loaded;
+  };
+}
