@@ -36,6 +36,7 @@ import { Agent, type AgentDeps, type EventSink, type HealthRunner, type Installe
 import { acquireStateLock, FileStateStore, type StateStore } from './state-store.js';
 import { configDefaults, type Config, type SourceConfig } from './config.js';
 import { silentLogger } from './logger.js';
+import { releaseIdOf } from './machine.js';
 import { guardTrials, kernelBootId, trialGuardDir } from './trial-guard.js';
 
 // The install path (installer, decoder, hasher, HTTP source, read-back, preflight) and the data
@@ -241,6 +242,16 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
     B: createSlotWriter('B', { ...config.board.slots.B, runner }),
   };
   const deltaMode = (config.install ?? configDefaults.install).delta;
+  const store = o.store ?? new FileStateStore({ stateDir: config.stateDir, now });
+  // the release the booted slot holds by the device's state (committed there), as the signed targets
+  // of this process's last refresh still list it (same name, same image hash): its published delta
+  // index is the booted slot's seed when none is kept (install/route.ts); undefined when unknown,
+  // pruned, or nothing was refreshed in this process (then the slot is cut)
+  const heldBy = (running: SlotName) => async () => {
+    const ref = (await store.load()).installed[running];
+    const rel = ref ? trust.targets().find((r) => r.targetName === ref.targetName && releaseIdOf(r) === ref.id) : undefined;
+    return rel ? (await index.resolver()).indexOf(rel, { store: false }) : undefined;
+  };
   const installer: Installer = o.installer ?? {
     // the daemon idles interpreted (daemon/footprint.ts); an install, by delta (content-defined
     // chunking in JS) or full, gets V8's optimizing compilers back
@@ -250,7 +261,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
       // by delta when the release offers one (install/route.ts): the other slot (the booted one) and
       // the target itself are the seeds; the booted slot is only ever read
       const viaDelta = await installByDelta({
-        release, payload, delta, mode: deltaMode, locate: (t) => src.payload(t), slot, running: slots[slot.slot === 'A' ? 'B' : 'A'],
+        release, payload, delta, mode: deltaMode, locate: (t) => src.payload(t), slot, running: slots[slot.slot === 'A' ? 'B' : 'A'], runningRelease: heldBy(slot.slot === 'A' ? 'B' : 'A'),
         resumeStatePath: paths.resume, seedDir: config.stateDir, budget, now, readBack, log: log.child({ module: 'daemon.install' }),
         ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}),
       });
@@ -343,7 +354,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
     releases,
     installer,
     health,
-    store: o.store ?? new FileStateStore({ stateDir: config.stateDir, now }),
+    store,
     reboot,
     now,
     log,
