@@ -199,11 +199,15 @@ async function main(): Promise<void> {
     // (OLD's signed delta index, as the device kept it when it installed OLD): no slot read to cut
     const deltaArgs = ['--built', join(art, newName, `delta-${level}${cdcTag}.json`), '--index-url', `${srv.url}${newName}/image-${level}${cdcTag}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${level}${cdcTag}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)];
     const oldIndex = join(art, oldName, `image-${level}${cdcTag}.delta-index`);
-    for (const [name, seeds] of [['slotflip delta, OLD in both, cut', []], ['slotflip delta, OLD in both, kept index', ['--target-seed', oldIndex, '--running-seed', oldIndex]]] as const) {
+    // and a device that kept no index but knows what its booted slot holds (its committed release):
+    // OLD's delta index fetched from the repository for the running slot, the target probed
+    const oldPublished = ['--running-published', `${srv.url}${oldName}/image-${level}${cdcTag}.delta-index`, '--running-built', join(art, oldName, `delta-${level}${cdcTag}.json`)];
+    for (const [name, seeds] of [['slotflip delta, OLD in both, no index', []], ['slotflip delta, OLD in both, published index', oldPublished], ['slotflip delta, OLD in both, kept index', ['--target-seed', oldIndex, '--running-seed', oldIndex]]] as const) {
       await copyFile(join(images, `${oldName}.img`), slot);
       row[name] = await measure(async () => {
         const r = await child('delta-child.js', [...deltaArgs, ...seeds]);
-        return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB, note: `cut ${((r.result as unknown as { lookup: { cutBytes: number } }).lookup.cutBytes / 2 ** 20).toFixed(0)} MiB` };
+        const l = (r.result as unknown as { lookup: { cutBytes: number; probedBytes?: number; target: string; running: string } }).lookup;
+        return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB, note: `running ${l.running}, target ${l.target}; cut ${(l.cutBytes / 2 ** 20).toFixed(0)} MiB, probed ${((l.probedBytes ?? 0) / 2 ** 20).toFixed(0)} MiB` };
       });
     }
     if (tools.casync) {

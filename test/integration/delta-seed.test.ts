@@ -47,7 +47,7 @@ async function setup(t: Test) {
     slot: createSlotWriter('B', { path: target }),
     ...extra,
   });
-  return { dir, oldImg, newImg, target, oldIndexFile, built, opts };
+  return { dir, oldImg, newImg, target, oldIndexFile, built, opts, url: srv.url };
 }
 
 t.test('a kept index for the target slot: the slot is not cut, the image lands right', async (t) => {
@@ -193,4 +193,52 @@ t.test('after a full install of a release that offers a delta, its index is fetc
   const l = await loadSeedIndex(state, B);
   t.equal(l.ok && l.kind === 'kept' && l.index.header.imageSha256, payload.sha256, 'the kept index describes the image on the slot');
   t.notOk(await keepIndexAfterFull({ ...o, mode: 'off', slotSha256: payload.sha256 }), 'delta "off": nothing fetched');
+});
+
+t.test('the running slot\'s release\'s published delta index stands in for a kept one; one that does not fit is not used', async (t) => {
+  const e = await setup(t);
+  const state = join(e.dir, 'state');
+  const running = join(e.dir, 'running.img');
+  await writeFile(running, e.oldImg);
+  // OLD's delta index published next to NEW's (the repository still lists OLD's release)
+  await writeFile(join(e.dir, 'repo/targets/old.delta-index'), e.oldIndexFile);
+  const section = (name: string, idx: { length: number; sha256: string }) => ({ format: 'slotflip-delta-1', index: { target: name, ...idx }, pack: { target: 'image.delta-pack', ...e.built.pack } });
+  const oldSection = section('old.delta-index', { length: e.oldIndexFile.length, sha256: sha(e.oldIndexFile) });
+  const payloadOf = (img: Buffer) => ({ compression: 'zstd' as const, size: SIZE, sha256: sha(img), chunkSize: 1 << 20, chunks: [] });
+  const run = async (held: { payload: ReturnType<typeof payloadOf>; delta?: unknown } | undefined) => {
+    // both slots as a device that kept nothing: OLD in each (the target's index of NEW, kept by the
+    // run before, dropped with it)
+    await writeFile(e.target, e.oldImg);
+    await dropSeedIndex(state, 'A');
+    await dropSeedIndex(state, 'B');
+    const r = await installByDelta({
+      release: { length: 1 << 30 } as Release, payload: payloadOf(e.newImg), delta: section('image.delta-index', e.built.index), mode: 'auto',
+      locate: (target) => ({ urls: [`${e.url}targets/${target.targetName}`] }),
+      slot: createSlotWriter('B', { path: e.target }), running: createSlotWriter('A', { path: running }),
+      resumeStatePath: join(state, 'install-resume.json'), seedDir: state, budget: {}, runningRelease: async () => held,
+    });
+    t.equal(sha(await readFile(e.target)), sha(e.newImg), 'slot holds NEW');
+    t.equal(sha(await readFile(running)), sha(e.oldImg), 'the running slot only read');
+    return r.installed ? r.stats : undefined;
+  };
+  const used = await run({ payload: payloadOf(e.oldImg), delta: oldSection });
+  t.equal(used?.seedLookup?.running, 'published', 'the running slot looked up in its release\'s published index');
+  t.equal(used?.seedMismatches, 0, 'every chunk where it said');
+  const kept = await loadSeedIndex(state, { slot: 'A', path: running });
+  t.ok(kept.ok && kept.kind === 'kept', 'and kept as the running slot\'s seed index');
+
+  // the release signs another image than the index describes (or the device's state is wrong): cut
+  const other = await run({ payload: payloadOf(e.newImg), delta: oldSection });
+  t.equal(other?.seedLookup?.running, 'cut', 'an index of another image: the running slot cut');
+  t.notOk((await loadSeedIndex(state, { slot: 'A', path: running })).ok, 'and nothing kept');
+  // the index file on the mirror does not match its signed hash
+  const bad = await run({ payload: payloadOf(e.oldImg), delta: section('old.delta-index', { length: e.oldIndexFile.length, sha256: sha(Buffer.from('x')) }) });
+  t.equal(bad?.seedLookup?.running, 'cut', 'an index failing its signed hash: the running slot cut');
+  // the release is unknown or pruned
+  const gone = await run(undefined);
+  t.equal(gone?.seedLookup?.running, 'cut', 'no published release: the running slot cut');
+  // the published index lists the chunks a cut of the running slot finds: the same pack bytes
+  // fetched, plus the index file itself (one more request), counted in the report
+  t.equal(used?.downloadedBytes, Number(gone?.downloadedBytes) + e.oldIndexFile.length, `the published index's ${e.oldIndexFile.length} bytes counted in the ${used?.downloadedBytes} downloaded`);
+  t.equal(used?.requests, Number(gone?.requests) + 1, 'and its request');
 });
