@@ -253,9 +253,10 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
     return rel ? (await index.resolver()).indexOf(rel, { store: false }) : undefined;
   };
   const installer: Installer = o.installer ?? {
-    // the daemon idles interpreted (daemon/footprint.ts); an install, by delta (content-defined
-    // chunking in JS) or full, gets V8's optimizing compilers back
-    write: (release, slot) => withOptimizingCompilers(async () => {
+    // the daemon idles interpreted (daemon/footprint.ts); a full install gets V8's optimizing
+    // compilers back, a delta install only while it cuts a slot (content-defined chunking in JS):
+    // the rest of it is native hashing, I/O and zstd (measured: same time, ~10 MiB less RSS)
+    write: async (release, slot) => {
       readBackDone = undefined;
       const { payload, delta } = await index.indexOf(release);
       // by delta when the release offers one (install/route.ts): the other slot (the booted one) and
@@ -263,19 +264,22 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
       const viaDelta = await installByDelta({
         release, payload, delta, mode: deltaMode, locate: (t) => src.payload(t), slot, running: slots[slot.slot === 'A' ? 'B' : 'A'], runningRelease: heldBy(slot.slot === 'A' ? 'B' : 'A'),
         resumeStatePath: paths.resume, seedDir: config.stateDir, budget, now, readBack, log: log.child({ module: 'daemon.install' }),
-        ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}),
+        ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), cutting: withOptimizingCompilers,
       });
       if (viaDelta.installed) {
         readBackDone = { slotPath: slot.path, imageSha256: viaDelta.readBackSha256 };
         return viaDelta.stats;
       }
-      const r = await installPayload({ payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, readBack, budget, ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), logger: log.child({ module: 'daemon.install' }), now,
-        ...(typeof release.hashes['sha256'] === 'string' ? { targetSha256: release.hashes['sha256'] } : {}) });
-      readBackDone = { slotPath: slot.path, imageSha256: r.readBackSha256 };
-      // the release offers a delta: keep its index for this slot, so the next delta install need not cut it
-      await (await import('./install/route.js')).keepIndexAfterFull({ mode: deltaMode, delta, locate: (t) => src.payload(t), slot, payload, seedDir: config.stateDir, slotSha256: r.readBackSha256, log: log.child({ module: 'daemon.install' }) });
-      return { method: 'full', imageBytes: payload.size, reusedBytes: 0, downloadedBytes: r.bytesReceived, ...(viaDelta.fallback ? { fallback: viaDelta.fallback } : {}) };
-    }),
+      // the full payload, with the optimizing compilers on
+      return withOptimizingCompilers(async () => {
+        const r = await installPayload({ payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, readBack, budget, ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), logger: log.child({ module: 'daemon.install' }), now,
+          ...(typeof release.hashes['sha256'] === 'string' ? { targetSha256: release.hashes['sha256'] } : {}) });
+        readBackDone = { slotPath: slot.path, imageSha256: r.readBackSha256 };
+        // the release offers a delta: keep its index for this slot, so the next delta install need not cut it
+        await (await import('./install/route.js')).keepIndexAfterFull({ mode: deltaMode, delta, locate: (t) => src.payload(t), slot, payload, seedDir: config.stateDir, slotSha256: r.readBackSha256, log: log.child({ module: 'daemon.install' }) });
+        return { method: 'full', imageBytes: payload.size, reusedBytes: 0, downloadedBytes: r.bytesReceived, ...(viaDelta.fallback ? { fallback: viaDelta.fallback } : {}) } as const;
+      });
+    },
     async verify(release, slot) {
       const done = readBackDone;
       readBackDone = undefined;

@@ -94,6 +94,8 @@ export interface DeltaRouteOptions {
    * (unjudged); undefined when unknown or no longer published. Asked only when the running slot has
    * no usable kept or built seed index: its published delta index then stands in for one. */
   runningRelease?: () => Promise<{ payload: PayloadInfo; delta?: unknown } | undefined>;
+  /** wraps each slot cut (delta.ts DeltaInstallOptions.cutting). */
+  cutting?: <T>(fn: () => Promise<T>) => Promise<T>;
   budget: BudgetOptions;
   headers?: Record<string, string>;
   /** read-back through the slot handle or by path (installer.ts `readBack`). */
@@ -220,6 +222,7 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
       ...(o.running ? { running: { path: o.running.path, size: await o.running.capacity() } } : {}),
       ...(o.headers ? { headers: o.headers } : {}),
       seeds,
+      ...(o.cutting ? { cutting: o.cutting } : {}),
       // an image the slots share little with goes in full (issue 25: never more than 1.05x a full update)
       fullBytes: o.release.length,
       budget: { bytes: Math.max(0, maxBytes - spent.bytes), ms: Math.max(0, maxMs - spent.ms) },

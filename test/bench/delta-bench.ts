@@ -158,8 +158,11 @@ async function main(): Promise<void> {
   const denominators: Record<string, number> = {};
   const approx = new Set<string>();
   const node = process.execPath;
+  // a delta install as the daemon runs it: started interpreted, optimizing compilers only while cutting
+  // a slot (daemon/footprint.ts, systemd/packaging/slotflip.sh)
   const child = async (script: string, args: string[]): Promise<{ result: Record<string, number>; usage: { wallMs: number; maxRssKiB: number } }> => {
-    const { stdout } = await execFileP(node, [join(here, script), ...args], { maxBuffer: 16 << 20 });
+    const daemonLike = script === 'delta-child.js' ? ['--no-turbofan', '--no-maglev'] : [];
+    const { stdout } = await execFileP(node, [...daemonLike, join(here, script), ...args, ...(daemonLike.length > 0 ? ['--interpreted'] : [])], { maxBuffer: 16 << 20 });
     const out = JSON.parse(stdout.trim().split('\n').at(-1)!);
     if (out.error) throw new Error(`${script}: ${JSON.stringify(out.error)}`);
     return out;

@@ -10,15 +10,19 @@
  * --running-published URL --running-built FILE: the running image's release's delta index as a
  * device without a kept one fetches it (route.ts: capped at and checked against its signed length
  * and SHA-256 from FILE, the release's built.json), inside the timed span.
+ * --interpreted: as the daemon runs it (started with --no-turbofan --no-maglev, see
+ * daemon/footprint.ts): V8's optimizing compilers on only while a slot is cut.
  */
 import { readFile, stat } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { fetchVerified, installDelta, type SeedInput } from '../../daemon/install/delta.js';
 import { createSlotWriter } from '../../hal/file-slot.js';
+import { interpretOnly, withOptimizingCompilers } from '../../daemon/footprint.js';
 import { parseDeltaIndex, type BuiltDelta } from '../../manifests/delta.js';
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { built: { type: 'string' }, 'index-url': { type: 'string' }, 'pack-url': { type: 'string' }, slot: { type: 'string' }, running: { type: 'string' }, progress: { type: 'boolean', default: false }, 'target-seed': { type: 'string' }, 'running-seed': { type: 'string' }, 'running-published': { type: 'string' }, 'running-built': { type: 'string' } } });
+  const { values } = parseArgs({ options: { built: { type: 'string' }, 'index-url': { type: 'string' }, 'pack-url': { type: 'string' }, slot: { type: 'string' }, running: { type: 'string' }, progress: { type: 'boolean', default: false }, 'target-seed': { type: 'string' }, 'running-seed': { type: 'string' }, 'running-published': { type: 'string' }, 'running-built': { type: 'string' }, interpreted: { type: 'boolean', default: false } } });
+  if (values.interpreted) interpretOnly();
   if (!values.built || !values['index-url'] || !values['pack-url'] || !values.slot) throw new Error('usage: delta-child --built FILE --index-url URL --pack-url URL --slot PATH [--running PATH]');
   const built = JSON.parse(await readFile(values.built, 'utf8')) as BuiltDelta;
   // reading and parsing a kept index is part of the install's cost: inside the timed span
@@ -37,6 +41,7 @@ async function main(): Promise<void> {
     pack: { urls: [values['pack-url']], ...built.pack },
     slot: createSlotWriter('B', { path: values.slot }),
     seeds,
+    ...(values.interpreted ? { cutting: withOptimizingCompilers } : {}),
     readBack: 'path', // as the daemon reads back hal's own slots (compose.ts)
     ...(values.running ? { running: { path: values.running, size: (await stat(values.running)).size } } : {}),
     ...(values.progress ? { onProgress: (p: object) => void process.stdout.write(`${JSON.stringify({ progress: p })}\n`) } : {}),
