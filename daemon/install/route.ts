@@ -247,7 +247,7 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
     const code = codeOf(e, 'INSTALL_NETWORK');
     const ended = isCoded(e, 'INSTALL_BUDGET_EXHAUSTED');
     // the spent budget rides in the resume record, summed over runs (cleared when the budget ended the attempt)
-    if (record.found || received > 0 || wrote) await writeResumeHint(o.resumeStatePath, o.payload, o.slot.path, record.nextChunk, false, ended ? {} : { spent: { ...spent, bytes: spent.bytes + received, ms: spent.ms + (now() - started) } }).catch((err: unknown) => log?.warn({ err }, 'could not record install progress'));
+    if (record.found || received > 0 || extra.bytes > 0 || wrote) await writeResumeHint(o.resumeStatePath, o.payload, o.slot.path, record.nextChunk, false, ended ? {} : { spent: { ...spent, bytes: spent.bytes + received + extra.bytes, ms: spent.ms + (now() - started) } }).catch((err: unknown) => log?.warn({ err }, 'could not record install progress'));
     if (ended || codeOf(e) === 'INSTALL_ABORTED') throw e;
     if (code === 'INSTALL_DELTA_NOT_WORTH') {
       log?.info({ code, reason: (e as Error).message, ...(e as { details?: object }).details }, 'delta not worth it: installing the full payload');
