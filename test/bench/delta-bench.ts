@@ -6,7 +6,8 @@
  * Mechanisms, each a real client against a real HTTP server on loopback (`repo serve`, which counts
  * the bytes it sends and the requests):
  *   slotflip full   installPayload of the 4 MiB-frame zstd payload (`release add` defaults)
- *   slotflip delta  installDelta: CDC chunks of both slots, coalesced multi-range fetches of the pack
+ *   slotflip delta  installDelta: the running slot cut into CDC chunks, the target probed, coalesced
+ *                   multi-range fetches of the pack; run as the daemon runs it (interpreted but the cut)
  *   casync 16 KiB   `casync extract --seed=OLD` from an HTTP chunk store (index bytes included)
  *   zchunk          `zckdl -s OLD.zck` (the device keeps OLD as a zchunk file)
  *
