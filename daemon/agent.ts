@@ -343,18 +343,10 @@ export class Agent {
    * Returns true when it rebooted. Never fails the cycle: an unreadable environment is logged.
    */
   private async settleBootedSlot(booted: SlotName, markGood: boolean): Promise<boolean> {
-    const boot = this.d.bootControl;
-    const other = otherSlot(booted);
     try {
-      const st = await boot.slotState(booted);
-      const otherGood = (await boot.slotState(other).catch(() => undefined))?.state === 'good';
-      if (st.state === 'trial') return await this.validateStrayTrial(booted, otherGood);
-      if (!markGood) return false;
-      if (st.state === 'bad' && otherGood) {
-        this.log.warn({ slot: booted, fallback: other }, 'the running slot is marked bad and the other slot is good: not confirming it; the bootloader boots the good slot next time');
-        return false;
-      }
-      await boot.commit(booted);
+      const { state, otherGood } = await this.runningSlot(booted);
+      if (state === 'trial') return await this.validateStrayTrial(booted, otherGood);
+      if (markGood) await this.confirmRunning(booted, state, otherGood);
     } catch (e) {
       this.log.warn({ slot: booted, err: toErrorInfo(e) }, 'mark-good of the booted slot failed');
     }
@@ -362,18 +354,34 @@ export class Agent {
   }
 
   /** The running source slot of an attempt in flight, before its trial is armed: confirmed like the
-   * committed slot at every boot (same rule as settleBootedSlot: a `bad` source is confirmed only when
-   * the other slot is not good; a `trial` is left alone). Never fails the cycle. */
+   * committed slot at every boot (settleBootedSlot's rule, confirmRunning); a `trial` is left alone.
+   * Never fails the cycle. */
   private async confirmSource(booted: SlotName): Promise<void> {
-    const boot = this.d.bootControl;
     try {
-      const st = await boot.slotState(booted);
-      if (st.state === 'trial') return;
-      if (st.state === 'bad' && (await boot.slotState(otherSlot(booted)).catch(() => undefined))?.state === 'good') return;
-      await boot.commit(booted);
+      const { state, otherGood } = await this.runningSlot(booted);
+      if (state !== 'trial') await this.confirmRunning(booted, state, otherGood);
     } catch (e) {
       this.log.warn({ slot: booted, err: toErrorInfo(e) }, 'mark-good of the booted source slot failed');
     }
+  }
+
+  /** The running slot's state and whether the other slot reads good (unreadable: not good). */
+  private async runningSlot(booted: SlotName): Promise<{ state: SlotBootState['state']; otherGood: boolean }> {
+    const boot = this.d.bootControl;
+    const { state } = await boot.slotState(booted);
+    const otherGood = (await boot.slotState(otherSlot(booted)).catch(() => undefined))?.state === 'good';
+    return { state, otherGood };
+  }
+
+  /** The one rule for confirming a running slot that is not a trial (mark-good at every boot): a `bad`
+   * slot is confirmed only when the other slot is not good (it is then the only working slot); when the
+   * other slot is good it was marked bad on purpose and is left for the bootloader to leave. */
+  private async confirmRunning(booted: SlotName, state: SlotBootState['state'], otherGood: boolean): Promise<void> {
+    if (state === 'bad' && otherGood) {
+      this.log.warn({ slot: booted, fallback: otherSlot(booted) }, 'the running slot is marked bad and the other slot is good: not confirming it; the bootloader boots the good slot next time');
+      return;
+    }
+    await this.d.bootControl.commit(booted);
   }
 
   /** A booted trial with no attempt in flight: health checks decide, as for a trial slotflip armed. */

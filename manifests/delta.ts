@@ -154,12 +154,13 @@ export function parseDeltaIndex(file: Buffer): DeltaIndex {
 }
 
 /**
- * zstd level of the pack's frames when none is given. Chosen by `npm run bench:delta-level` on the
- * 1 GiB reproducible Debian image (README "Delta updates"): levels 3 / 9 / 12 build in about the
- * same time as a plain payload and a half (the cutting, hashing and writing dominate) and the pack
- * shrinks by ~2.5 % from 3 to 12; 19 costs many times the wall for about another 3 %.
+ * zstd level of the pack's frames when none is given. Chosen by `npm run bench:delta-level` and
+ * `npm run bench:delta-chunking` on the 1 GiB Debian images (README "Delta updates"): with each
+ * frame's length pledged, the frames of the chunks a one-package upgrade adds are 2.69 MB at 12,
+ * 2.56 at 14, 2.52 at 16, 2.51 at 19, for 1 / 2.1 / 3.1 / 6.7 times the CPU of level 12 (zstd's
+ * optimal parsers start at 16); what a device downloads is what counts, the manufacturer pays once.
  */
-export const DEFAULT_DELTA_LEVEL = 12;
+export const DEFAULT_DELTA_LEVEL = 16;
 
 // cdcForImage lives in cdc.ts (the device's idle indexer uses it without loading the publisher)
 export { cdcForImage };
@@ -183,6 +184,10 @@ export interface BuiltDelta {
 
 type ZstdZlib = { zstdCompress?: (b: Buffer, o: object, cb: (e: Error | null, r: Buffer) => void) => void; constants: Record<string, number> };
 
+/** What a frame cache must key on besides the chunk and level: how zstdFrame encodes (frames made
+ * before the length was pledged are valid but larger). */
+export const FRAME_ENCODING = 'p1';
+
 /** One zstd frame of `raw` at `level` (node:zlib, Node >= 22.15). */
 export function zstdFrame(raw: Buffer, level: number): Promise<Buffer> {
   const z = zlib as unknown as ZstdZlib;
@@ -191,7 +196,9 @@ export function zstdFrame(raw: Buffer, level: number): Promise<Buffer> {
     // the window need not exceed the chunk: smaller tables (faster to set up per frame, less memory to decode)
     const windowLog = Math.max(10, Math.ceil(Math.log2(Math.max(raw.length, 1024))));
     const c = z.constants;
-    z.zstdCompress!(raw, { params: { [c.ZSTD_c_compressionLevel!]: level, [c.ZSTD_c_windowLog!]: windowLog, [c.ZSTD_c_hashLog!]: windowLog - 1, [c.ZSTD_c_chainLog!]: windowLog, [c.ZSTD_c_checksumFlag!]: 0, [c.ZSTD_c_contentSizeFlag!]: 1 } }, (e, r) => (e ? fail(e) : ok(r)));
+    // pledgedSrcSize: without it node:zlib compresses as a stream of unknown length, and the frames
+    // come out ~3 % larger (the level's parameters are not fitted to the chunk; Node 26 pledges itself)
+    z.zstdCompress!(raw, { pledgedSrcSize: raw.length, params: { [c.ZSTD_c_compressionLevel!]: level, [c.ZSTD_c_windowLog!]: windowLog, [c.ZSTD_c_hashLog!]: windowLog - 1, [c.ZSTD_c_chainLog!]: windowLog, [c.ZSTD_c_checksumFlag!]: 0, [c.ZSTD_c_contentSizeFlag!]: 1 } }, (e, r) => (e ? fail(e) : ok(r)));
   });
 }
 
@@ -219,13 +226,19 @@ export async function buildDelta(imagePath: string, indexPath: string, packPath:
     let imageSize = 0;
     const queue: { sha: string; raw: Buffer; frame: Promise<Buffer> }[] = [];
     const frameFor = async (sha: string, raw: Buffer): Promise<Buffer> => {
-      const cached = opts.frameCache ? join(opts.frameCache, `${sha}.${level}.zst`) : undefined;
+      const cached = opts.frameCache ? join(opts.frameCache, `${sha}.${level}.${FRAME_ENCODING}.zst`) : undefined;
       if (cached) {
         const hit = await readFile(cached).catch(() => undefined);
-        if (hit) return hit;
+        if (hit && hit.length > 0) return hit;
       }
       const f = await zstdFrame(raw, level);
-      if (cached) await writeFile(cached, f).catch(() => undefined);
+      if (cached) {
+        // whole or not at all: a build killed while writing must not leave a cut frame to be reused
+        const tmp = `${cached}.${process.pid}.tmp`;
+        await writeFile(tmp, f)
+          .then(() => rename(tmp, cached))
+          .catch(() => unlink(tmp).catch(() => undefined));
+      }
       return f;
     };
     const drain = async (): Promise<void> => {

@@ -17,7 +17,8 @@
  * is refused (tmpfs, some FUSE/overlay filesystems: EINVAL) it falls back to buffered reads and
  * reports that (`direct`, and a debug log when given a logger). Through a SlotHandle's `readAt`
  * (injected slots, fault tests) reads are whatever that writer does. Reads go to libuv's pool and
- * SHA-256 is native; it runs on the main thread.
+ * SHA-256 is native; it runs on the thread that owns the checker: the installer's main thread through
+ * a SlotHandle, a worker thread of its own by path (read-back-thread.ts hosts this class there).
  *
  * Error code (stable): INSTALL_READBACK_MISMATCH (details: path; when chunks differ: chunk, offset,
  * length, expected (signed) and actual SHA-256 of the first, `chunks` (up to 16 changed chunk numbers)
@@ -46,11 +47,22 @@ export interface ReadBackOptions {
   signal?: AbortSignal;
 }
 
+/** What the installer needs of a read-back (ReadBackChecker here; ThreadedReadBack in
+ * read-back-thread.ts runs the same checker on a worker thread). */
+export interface ReadBack {
+  readonly direct: boolean | undefined;
+  verifyPrefix(sha256Of?: (chunk: number) => string, signal?: AbortSignal): Promise<number>;
+  advance(upto: number): void;
+  finish(upto: number): Promise<{ bytes: number }>;
+  imageSha256(): string | undefined;
+  close(): Promise<void>;
+}
+
 const PIECE = 1 << 20;
 /** changed chunks listed by number in a mismatch's details (all are counted). */
 const NAMED_MAX = 16;
 
-export class ReadBackChecker {
+export class ReadBackChecker implements ReadBack {
   readonly #o: ReadBackOptions;
   readonly #chunks: number;
   #reader: Promise<Reader> | undefined;

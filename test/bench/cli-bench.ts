@@ -10,6 +10,7 @@
  *
  *   node dist/test/bench/cli-bench.js [--sizes 1,4] [--rounds 3] [--tree /usr/share] [--dir DIR]
  *                                     [--profile] [--module] [--base ROOT] [--cli-only]
+ *                                     [--node-args ARGS] [--env K=V,..] [--base-env K=V,..]
  *
  * Per run: wall (spawn → exit → a final `sync`), CPU seconds of the process tree (user+sys from
  * /usr/bin/time: wait4's rusage includes reaped descendants), peak tree RSS (sum of VmRSS over the
@@ -53,10 +54,14 @@ interface Sample {
   wallS: number;
   cpuS: number;
   rssMiB: number;
+  /** peak tree RSS before the streaming install started (its 'install started' log line) */
+  rssPreMiB?: number;
   phases?: Record<string, number>;
   gc?: { full: number; young: number };
   /** per process of the tree (by command name): CPU s as last sampled, peak VmRSS / RssAnon / RssFile MiB */
   procs?: Record<string, { cpuS: number; rssMiB: number; anonMiB: number; fileMiB: number }>;
+  /** CPU s per thread name of the tree's processes ("process/thread"), as last sampled */
+  threads?: Record<string, number>;
 }
 
 /** PIDs of the tree under `root` (root excluded: it is /usr/bin/time). */
@@ -90,7 +95,7 @@ function descendants(root: number): number[] {
 
 const TICK = 100; // USER_HZ: /proc/PID/stat's utime/stime unit on Linux
 
-interface ProcPeak { name: string; cpuS: number; rssKiB: number; anonKiB: number; fileKiB: number }
+interface ProcPeak { name: string; cpuS: number; rssKiB: number; anonKiB: number; fileKiB: number; threads?: Map<string, number> }
 
 /** Sum of VmRSS over the tree under `root`; also keeps, per PID, the last CPU and the peak RSS split. */
 function treeRssKiB(root: number, peaks?: Map<number, ProcPeak>): number {
@@ -108,6 +113,20 @@ function treeRssKiB(root: number, peaks?: Map<number, ProcPeak>): number {
       const p = peaks.get(pid) ?? { name, cpuS: 0, rssKiB: 0, anonKiB: 0, fileKiB: 0 };
       p.name = name;
       p.cpuS = (Number(f[11]) + Number(f[12])) / TICK;
+      // per thread (by its name: the main thread, the read-back worker, libuv's pool, V8's helpers)
+      const threads = new Map<string, number>();
+      for (const tid of readdirSync(`/proc/${pid}/task`)) {
+        try {
+          const ts = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+          const comm = ts.slice(ts.indexOf('(') + 1, ts.lastIndexOf(')'));
+          const tf = ts.slice(ts.lastIndexOf(')') + 2).split(' ');
+          threads.set(comm, (threads.get(comm) ?? 0) + (Number(tf[11]) + Number(tf[12])) / TICK);
+        } catch {
+          /* gone */
+        }
+      }
+      // a thread that ended keeps its last figure
+      for (const [k, v] of threads) if (v >= (p.threads?.get(k) ?? 0)) (p.threads ??= new Map()).set(k, v);
       if (rss > p.rssKiB) Object.assign(p, { rssKiB: rss, anonKiB: kib('RssAnon'), fileKiB: kib('RssFile') + kib('RssShmem') });
       peaks.set(pid, p);
     } catch {
@@ -140,8 +159,15 @@ function measured(argv: string[], timeFile: string, env?: NodeJS.ProcessEnv): Pr
     const peaks = new Map<number, ProcPeak>();
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    // the peak before the streaming install began (start-up, TUF refresh, config) and from then on
+    let peakPre = 0;
+    let streaming = false;
     const timer = setInterval(() => {
-      if (child.pid) peak = Math.max(peak, treeRssKiB(child.pid, peaks));
+      if (!child.pid) return;
+      const kib = treeRssKiB(child.pid, peaks);
+      peak = Math.max(peak, kib);
+      streaming ||= err.includes('"install started"');
+      if (!streaming) peakPre = Math.max(peakPre, kib);
     }, 50);
     child.on('error', reject);
     child.on('close', (code) => {
@@ -149,7 +175,9 @@ function measured(argv: string[], timeFile: string, env?: NodeJS.ProcessEnv): Pr
       execFileSync('sync');
       const wallS = Number(process.hrtime.bigint() - t0) / 1e9;
       const [u, s] = readFileSync(timeFile, 'utf8').trim().split('\n').at(-1)!.split(' ').map(Number);
-      resolve({ out, err, code: code ?? -1, t0: t0Ms, sample: { wallS, cpuS: u! + s!, rssMiB: peak / 1024, procs: byName(peaks) } });
+      const threads: Record<string, number> = {};
+      for (const p of peaks.values()) for (const [k, v] of p.threads ?? []) threads[`${p.name}/${k}`] = (threads[`${p.name}/${k}`] ?? 0) + v;
+      resolve({ out, err, code: code ?? -1, t0: t0Ms, sample: { wallS, cpuS: u! + s!, rssMiB: peak / 1024, rssPreMiB: peakPre / 1024, procs: byName(peaks), threads } });
     });
   });
 }
@@ -207,6 +235,7 @@ function parsePhases(stderr: string, t0: number): Record<string, number> {
       const j = JSON.parse(line) as { time?: number; msg?: string; effect?: string; ms?: number };
       if (!first && j.time) first = j.time;
       if (j.msg === 'effect done' && j.effect && typeof j.ms === 'number') ph[j.effect] = (ph[j.effect] ?? 0) + j.ms / 1000;
+      if (j.msg === 'install verified' && typeof (j as { readBackTailMs?: number }).readBackTailMs === 'number') ph.rbTail = (j as { readBackTailMs: number }).readBackTailMs / 1000;
     } catch {
       /* not JSON */
     }
@@ -255,6 +284,7 @@ async function main(): Promise<void> {
       'node-args': { type: 'string', default: '' },
       base: { type: 'string', default: '' },
       env: { type: 'string', default: '' },
+      'base-env': { type: 'string', default: '' },
     },
   });
   const sizes = values.sizes.split(',').map(Number).filter((n) => n > 0);
@@ -264,7 +294,11 @@ async function main(): Promise<void> {
   // experiments: node flags for the CLI runs (e.g. --trace-gc: full / young collections are counted)
   // and extra environment (K=V,K=V, e.g. MALLOC_ARENA_MAX=2); --cli-only skips the floor runs
   const nodeArgs = values['node-args'].split(' ').filter((a) => a !== '');
-  const cliEnv = { ...process.env, ...Object.fromEntries(values.env.split(',').filter((kv) => kv.includes('=')).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])) };
+  const envOf = (spec: string): NodeJS.ProcessEnv => ({ ...process.env, ...Object.fromEntries(spec.split(',').filter((kv) => kv.includes('=')).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])) });
+  const cliEnv = envOf(values.env);
+  // --base-env: extra environment for the base runs only (an A/B of one build under two settings, e.g.
+  // a PATH without the zstd CLI: --base . --base-env PATH=DIR)
+  const baseEnv = values['base-env'] === '' ? cliEnv : envOf(values['base-env']);
   const cliOnly = values['cli-only'];
   const baseCli = values.base === '' ? undefined : join(values.base, 'dist', 'daemon', 'cli.js');
   if (baseCli !== undefined && !existsSync(baseCli)) throw new Error(`--base: ${baseCli} missing`);
@@ -349,11 +383,11 @@ async function main(): Promise<void> {
       );
 
       let slotChecked = false;
-      const runCli = async (extraNode: string[] = [], cliPath = CLI): Promise<Sample> => {
+      const runCli = async (extraNode: string[] = [], cliPath = CLI, env = cliEnv): Promise<Sample> => {
         await rm(state, { recursive: true, force: true });
         await copyFile(join(board, 'boot-state.json.orig'), join(board, 'boot-state.json'));
         await copyFile(join(board, 'cmdline.orig'), join(board, 'cmdline'));
-        const r = await measured(['node', ...wrapperFlags, ...nodeArgs, ...extraNode, cliPath, 'install', `http://127.0.0.1:${port}/`, '--config', config, '--json'], join(dir, 'time.txt'), cliEnv);
+        const r = await measured(['node', ...wrapperFlags, ...nodeArgs, ...extraNode, cliPath, 'install', `http://127.0.0.1:${port}/`, '--config', config, '--json'], join(dir, 'time.txt'), env);
         if (r.code !== 0) throw new Error(`slotflip install exited ${r.code}: ${r.out.slice(0, 400)}\n${r.err.slice(-2000)}`);
         const verified = /"readBackSha256":"([0-9a-f]{64})"/.exec(r.err);
         if (verified?.[1] !== inp.sha256) throw new Error(`install read back ${verified?.[1]}, image is ${inp.sha256}`);
@@ -382,7 +416,7 @@ async function main(): Promise<void> {
       const base: Sample[] = [];
       // the order rotates each round (whatever runs right after another writer pays for its leftovers)
       const order: Array<() => Promise<void>> = cliOnly ? [async () => void cli.push(await runCli())] : [async () => void cli.push(await runCli()), async () => void fl.push(await runFloor(false)), async () => void flrb.push(await runFloor(true))];
-      if (baseCli !== undefined) order.splice(1, 0, async () => void base.push(await runCli([], baseCli)));
+      if (baseCli !== undefined) order.splice(1, 0, async () => void base.push(await runCli([], baseCli, baseEnv)));
       for (let i = 0; i < rounds; i++) {
         for (let k = 0; k < order.length; k++) await order[(i + k) % order.length]!();
       }
@@ -401,10 +435,10 @@ async function main(): Promise<void> {
         const pair = (k: 'wallS' | 'cpuS' | 'rssMiB'): string => median(cli.map((x, i) => x[k] / base[i]![k])).toFixed(2);
         print(`CLI / CLI base (median of the ${rounds} pairwise ratios; base = ${values.base}): wall ${pair('wallS')}, CPU ${pair('cpuS')}, peak RSS ${pair('rssMiB')}`);
       }
-      const keys = ['start', 'check', 'markBad', 'writeSlot', 'verifySlot', 'armTrial', 'reboot'];
+      const keys = ['start', 'check', 'markBad', 'writeSlot', 'rbTail', 'verifySlot', 'armTrial', 'reboot'];
       print(`CLI phases (median s): ${keys.map((k) => `${k} ${median(cli.map((x) => x.phases?.[k] ?? 0)).toFixed(2)}`).join(', ')}`);
       if (base.length > 0) print(`CLI base phases (median s): ${keys.map((k) => `${k} ${median(base.map((x) => x.phases?.[k] ?? 0)).toFixed(2)}`).join(', ')}`);
-      print('  (check = TUF refresh; writeSlot = download + compressed-byte check + decompress + chunk SHA-256 + write + fsync, with the O_DIRECT read-back (the whole-image SHA-256; a per-chunk naming pass only on a mismatch) pipelined behind the fsync frontier; verifySlot = 0 when it takes that read-back (same process), else a whole-slot read-back; armTrial = arm; start = spawn → first log line)');
+      print('  (check = TUF refresh; writeSlot = download + compressed-byte check + decompress + chunk SHA-256 + write + fsync, with the O_DIRECT read-back (the whole-image SHA-256; a per-chunk naming pass only on a mismatch) pipelined behind the fsync frontier; rbTail = the part of writeSlot after the last chunk write (final fsync + the read-back not yet done); verifySlot = 0 when it takes that read-back (same process), else a whole-slot read-back; armTrial = arm; start = spawn → first log line)');
       const names = [...new Set(cli.flatMap((x) => Object.keys(x.procs ?? {})))].sort();
       const pm = (n: string, k: 'cpuS' | 'rssMiB' | 'anonMiB' | 'fileMiB'): string => median(cli.map((x) => x.procs?.[n]?.[k] ?? 0)).toFixed(k === 'cpuS' ? 2 : 0);
       print(`CLI tree by process (median; CPU as last sampled, peak RSS of its largest process = anon + file/shmem): ${names.map((n) => `${n} CPU ${pm(n, 'cpuS')} s, RSS ${pm(n, 'rssMiB')} MiB (anon ${pm(n, 'anonMiB')}, file ${pm(n, 'fileMiB')})`).join('; ')}`);
@@ -412,9 +446,14 @@ async function main(): Promise<void> {
         const bm = (n: string, k: 'cpuS' | 'rssMiB' | 'anonMiB' | 'fileMiB'): string => median(base.map((x) => x.procs?.[n]?.[k] ?? 0)).toFixed(k === 'cpuS' ? 2 : 0);
         print(`CLI base tree by process: ${names.map((n) => `${n} CPU ${bm(n, 'cpuS')} s, RSS ${bm(n, 'rssMiB')} MiB (anon ${bm(n, 'anonMiB')}, file ${bm(n, 'fileMiB')})`).join('; ')}`);
       }
+      const tnames = (xs: Sample[]): string[] => [...new Set(xs.flatMap((x) => Object.keys(x.threads ?? {})))].filter((n) => median(xs.map((x) => x.threads?.[n] ?? 0)) >= 0.05).sort();
+      const tline = (xs: Sample[]): string => tnames(xs).map((n) => `${n} ${median(xs.map((x) => x.threads?.[n] ?? 0)).toFixed(2)}`).join(', ');
+      print(`CLI threads (median CPU s, >= 0.05): ${tline(cli)}`);
+      print(`CLI peak tree RSS before the install streamed (start-up, TUF refresh): ${median(cli.map((x) => x.rssPreMiB ?? 0)).toFixed(0)} MiB${base.length > 0 ? `; base ${median(base.map((x) => x.rssPreMiB ?? 0)).toFixed(0)} MiB` : ''} (the table's peak is over the whole run)`);
+      if (base.length > 0) print(`CLI base threads: ${tline(base)}`);
       print(`# runs wall s: CLI ${cli.map((x) => x.wallS.toFixed(2)).join(' ')} | base ${base.map((x) => x.wallS.toFixed(2)).join(' ')} | floor ${fl.map((x) => x.wallS.toFixed(2)).join(' ')} | floor+rb ${flrb.map((x) => x.wallS.toFixed(2)).join(' ')}`);
       if (nodeArgs.includes('--trace-gc')) print(`# CLI garbage collections (--trace-gc): full ${cli.map((x) => x.gc?.full ?? 0).join(' ')} | young ${cli.map((x) => x.gc?.young ?? 0).join(' ')}`);
-      if (nodeArgs.length > 0 || values.env !== '') print(`# CLI node args: ${nodeArgs.join(' ') || '-'}; extra env: ${values.env || '-'}`);
+      if (nodeArgs.length > 0 || values.env !== '' || values['base-env'] !== '') print(`# CLI node args: ${nodeArgs.join(' ') || '-'}; extra env: ${values.env || '-'}; base extra env: ${values['base-env'] || '-'}`);
       print(`# runs CPU s:  CLI ${cli.map((x) => x.cpuS.toFixed(2)).join(' ')} | base ${base.map((x) => x.cpuS.toFixed(2)).join(' ')} | floor ${fl.map((x) => x.cpuS.toFixed(2)).join(' ')} | floor+rb ${flrb.map((x) => x.cpuS.toFixed(2)).join(' ')}`);
 
       if (values.profile && gib === sizes[0]) {

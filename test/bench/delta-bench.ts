@@ -20,7 +20,7 @@
  *        [--approx-denominator]
  *
  * --level: zstd level of the delta pack's frames (default DEFAULT_DELTA_LEVEL, as `release add`).
- * --chunking: `dir` (default, as `release add`: 8/32/128 KiB, ext4 directory blocks on their own) or
+ * --chunking: `dir` (default, as `release add`: EXT4_CDC, 16/64/256 KiB, ext4 directory blocks on their own) or
  * `plain` (4/16/64 KiB FastCDC alone, what releases published before that use). --approx-denominator: when NEW's `zstd -19` size is not cached
  * yet, divide by OLD's instead (marked ≈; the pairs differ by a few MB of 1 GiB).
  */
@@ -32,10 +32,11 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
 import { buildPayload, DEFAULT_CHUNK_SIZE } from '../../manifests/payload.js';
-import { buildDelta, DEFAULT_DELTA_LEVEL } from '../../manifests/delta.js';
-import { DEFAULT_CDC } from '../../manifests/cdc.js';
+import { buildDelta, DEFAULT_DELTA_LEVEL, FRAME_ENCODING } from '../../manifests/delta.js';
+import { DEFAULT_CDC, EXT4_CDC } from '../../manifests/cdc.js';
 import { serveRepository, type AccessLogEntry } from '../../manifests/serve.js';
 import { ensureBaseRootfs, hostSuite } from '../hil/fullos/rootfs.js';
+import { DELTA_PAIRS } from './delta-pairs.js';
 
 const execFileP = promisify(execFile);
 const here = fileURLToPath(new URL('.', import.meta.url));
@@ -45,18 +46,11 @@ const art = join(cache, 'artifacts');
 let level = 12;
 /** `-dir` (default, as release add: for ext4 images EXT4_CDC with directory blocks as chunks of their own) or `-plain` (DEFAULT_CDC alone, as releases published before). */
 let cdcTag = '-dir';
+/** Names a release's cached delta artifacts by what they depend on: level, chunking (dir: with
+ * EXT4_CDC's average, which has changed), frame encoding. */
+const artTag = (): string => `${level}${cdcTag}${cdcTag === '-dir' ? EXT4_CDC.avg >> 10 : ''}-${FRAME_ENCODING}`;
 
-/** [pair name, OLD image, NEW image] */
-const PAIRS: [string, string, string][] = [
-  ['config', 'old', 'config'],
-  ['onepkg', 'old', 'onepkg'],
-  ['rollup', 'old', 'rollup'],
-  ['rebuild', 'old', 'rebuild'],
-  ['kernel', 'old', 'kernel'],
-  ['config-repro', 'old-repro', 'config-repro'],
-  ['onepkg-repro', 'old-repro', 'onepkg-repro'],
-  ['rebuild-repro', 'old-repro', 'rebuild-repro'],
-];
+const PAIRS = DELTA_PAIRS;
 
 interface Cell {
   bytes: number;
@@ -106,9 +100,9 @@ async function artifacts(name: string, tools: { casync: boolean; zck: boolean })
     log(`full payload of ${name}`);
     return buildPayload(img, join(dir, 'image.zst'), { compression: 'zstd', chunkSize: DEFAULT_CHUNK_SIZE });
   });
-  await cachedJson(join(dir, `delta-${level}${cdcTag}.json`), async () => {
+  await cachedJson(join(dir, `delta-${artTag()}.json`), async () => {
     log(`delta pack of ${name} (frames at zstd level ${level}, chunking ${cdcTag.slice(1)})`);
-    return buildDelta(img, join(dir, `image-${level}${cdcTag}.delta-index`), join(dir, `image-${level}${cdcTag}.delta-pack`), { frameCache: join(cache, 'frames'), level, ...(cdcTag === '-plain' ? { cdc: DEFAULT_CDC } : {}) });
+    return buildDelta(img, join(dir, `image-${artTag()}.delta-index`), join(dir, `image-${artTag()}.delta-pack`), { frameCache: join(cache, 'frames'), level, ...(cdcTag === '-plain' ? { cdc: DEFAULT_CDC } : {}) });
   });
   if (tools.casync && !(await exists(join(dir, 'image.caibx')))) {
     log(`casync make of ${name} (16 KiB)`);
@@ -195,17 +189,17 @@ async function main(): Promise<void> {
     await rm(join(work, 'resume.json'), { force: true });
     await fresh();
     row['slotflip delta'] = await measure(async () => {
-      const r = await child('delta-child.js', ['--built', join(art, newName, `delta-${level}${cdcTag}.json`), '--index-url', `${srv.url}${newName}/image-${level}${cdcTag}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${level}${cdcTag}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)]);
+      const r = await child('delta-child.js', ['--built', join(art, newName, `delta-${artTag()}.json`), '--index-url', `${srv.url}${newName}/image-${artTag()}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${artTag()}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)]);
       return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB, note: `copied ${(r.result.copied! / 2 ** 20).toFixed(0)} MiB` };
     });
     // the device's usual state from its second update on: the target slot holds the release before
     // (here OLD as well); both slots cut into chunks, then both looked up in their kept indexes
     // (OLD's signed delta index, as the device kept it when it installed OLD): no slot read to cut
-    const deltaArgs = ['--built', join(art, newName, `delta-${level}${cdcTag}.json`), '--index-url', `${srv.url}${newName}/image-${level}${cdcTag}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${level}${cdcTag}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)];
-    const oldIndex = join(art, oldName, `image-${level}${cdcTag}.delta-index`);
+    const deltaArgs = ['--built', join(art, newName, `delta-${artTag()}.json`), '--index-url', `${srv.url}${newName}/image-${artTag()}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${artTag()}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)];
+    const oldIndex = join(art, oldName, `image-${artTag()}.delta-index`);
     // and a device that kept no index but knows what its booted slot holds (its committed release):
     // OLD's delta index fetched from the repository for the running slot, the target probed
-    const oldPublished = ['--running-published', `${srv.url}${oldName}/image-${level}${cdcTag}.delta-index`, '--running-built', join(art, oldName, `delta-${level}${cdcTag}.json`)];
+    const oldPublished = ['--running-published', `${srv.url}${oldName}/image-${artTag()}.delta-index`, '--running-built', join(art, oldName, `delta-${artTag()}.json`)];
     for (const [name, seeds] of [['slotflip delta, OLD in both, no index', []], ['slotflip delta, OLD in both, published index', oldPublished], ['slotflip delta, OLD in both, kept index', ['--target-seed', oldIndex, '--running-seed', oldIndex]]] as const) {
       await copyFile(join(images, `${oldName}.img`), slot);
       row[name] = await measure(async () => {

@@ -17,17 +17,9 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { chunkFile, type CdcParams } from '../../manifests/cdc.js';
 import { buildDelta, cdcForImage, parseDeltaIndex } from '../../manifests/delta.js';
+import { PAIR_IMAGES } from './delta-pairs.js';
 
-const PAIRS: Record<string, [string, string]> = {
-  config: ['old', 'config'],
-  onepkg: ['old', 'onepkg'],
-  rollup: ['old', 'rollup'],
-  rebuild: ['old', 'rebuild'],
-  kernel: ['old', 'kernel'],
-  'config-repro': ['old-repro', 'config-repro'],
-  'onepkg-repro': ['old-repro', 'onepkg-repro'],
-  'rebuild-repro': ['old-repro', 'rebuild-repro'],
-};
+const PAIRS = PAIR_IMAGES;
 
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { pairs: { type: 'string' }, cdc: { type: 'string' }, level: { type: 'string' } } });

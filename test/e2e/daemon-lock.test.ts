@@ -9,6 +9,7 @@ import t from 'tap';
 import { startMosquitto } from '../harness/mosquitto.js';
 import { deviceStatus, msg, slotflip, startDaemon } from './harness.js';
 import { setupDownload } from './scenarios.js';
+import { within } from '../harness/wait.js';
 
 const broker = await startMosquitto();
 t.teardown(() => broker.stop());
@@ -26,7 +27,7 @@ t.test('a second daemon on one state directory exits DAEMON_LOCKED; update --onc
   const started = Date.now();
   const second = startDaemon(env.configPath);
   t.teardown(() => second.kill());
-  const code = await Promise.race([second.exited, new Promise<'still running'>((r) => setTimeout(() => r('still running'), 15_000))]);
+  const code = await within(second.exited, 15_000, () => 'still running' as const);
   t.not(code, 'still running', 'the second daemon did not keep running');
   t.not(code, 0, `the second daemon exited non-zero (${String(code)})`);
   t.ok(Date.now() - started < 10_000, 'at start, not after some cycles');

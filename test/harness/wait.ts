@@ -12,3 +12,22 @@ export async function waitFor<T>(fn: () => T | undefined | false, what: string, 
     await new Promise((r) => setTimeout(r, pollMs));
   }
 }
+
+/**
+ * Settles as `p` does, or with `onTimeout()` after `ms` if `p` has not settled by then; the timer is
+ * cleared either way, so a test that got its answer early does not keep its process alive until the
+ * deadline (tap times a file until its event loop drains).
+ */
+export async function within<T, U>(p: Promise<T>, ms: number, onTimeout: () => U): Promise<T | U> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<U>((resolve, reject) => {
+    timer = setTimeout(() => {
+      try { resolve(onTimeout()); } catch (e) { reject(e); }
+    }, ms);
+  });
+  try {
+    return await Promise.race([p, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

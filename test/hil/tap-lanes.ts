@@ -21,7 +21,8 @@ export interface LaneOptions {
   /** per-scenario expectations that differ from the scenario's default (name → boots). */
   expectedBoots?: Record<string, string[]>;
   /** scenarios run this many at a time, each on its own board with its own emulator; default
-   * HIL_JOBS. (tap runs test FILES one at a time on a 2-CPU machine: it leaves one CPU free.) */
+   * HIL_JOBS. (`npm test` also runs two test FILES at a time: package.json sets tap's `jobs` to 2,
+   * where tap's default on a 2-CPU machine would be 1, leaving one CPU free.) */
   jobs?: number;
 }
 

@@ -187,6 +187,13 @@ t.test('daemon restart: events queued while the broker was unreachable are deliv
   t.equal(await second.append({ type: 'UpdateCommitted' }), 3, 'seq continues across the restart');
   await waitFor(() => obs.seen.length >= 3, 'three events');
   t.same(obs.seen.map((s) => [JSON.parse(s.payload).seq, JSON.parse(s.payload).type]), [[1, 'UpdateStarted'], [2, 'UpdateInstalled'], [3, 'UpdateCommitted']]);
+  // the device's ack of the last event is a durable write in `dir`: let it land and stop the transport
+  // before the test ends and its directory is removed (on a loaded machine the write came after: ENOENT)
+  for (const until = Date.now() + 20_000; (await second.stats()).pending > 0;) {
+    if (Date.now() > until) throw new Error('timed out waiting for the outbox to record the deliveries');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  await tr2.stop();
 });
 
 t.test('last will: a daemon process killed with SIGKILL goes "offline"', async (t) => {

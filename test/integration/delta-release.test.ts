@@ -14,7 +14,8 @@ import { createHash } from 'node:crypto';
 import { serveRepository } from '../../manifests/serve.js';
 import { installDelta } from '../../daemon/install/delta.js';
 import { buildReleaseDelta, estimateDelta } from '../../manifests/delta-publish.js';
-import { DEFAULT_CDC } from '../../manifests/cdc.js';
+import { DEFAULT_CDC, EXT4_CDC } from '../../manifests/cdc.js';
+import { DEFAULT_DELTA_LEVEL } from '../../manifests/delta.js';
 import { createSlotWriter } from '../../hal/file-slot.js';
 
 const execFileP = promisify(execFile);
@@ -136,8 +137,8 @@ t.test('release add publishes a delta by default and estimates against the earli
 
   const r1 = await json(add('1.0.0', 'v1.img', 'acme,a', ['--json']));
   t.ok(r1.delta?.pack.length > 0, 'no flag: the delta index and pack are published');
-  t.equal(r1.delta.level, 12, 'at the default level');
-  t.match(r1.delta.cdc, { min: 8192, avg: 32768, max: 131072 }, 'an ext4 image: 8/32/128 KiB chunks');
+  t.equal(r1.delta.level, DEFAULT_DELTA_LEVEL, `at the default level (${DEFAULT_DELTA_LEVEL})`);
+  t.match(r1.delta.cdc, { min: EXT4_CDC.min, avg: EXT4_CDC.avg, max: EXT4_CDC.max }, 'an ext4 image: EXT4_CDC chunk sizes');
   t.ok([1024, 2048, 4096].includes(r1.delta.cdc.dirBlock), `and its directory blocks on their own (block size ${r1.delta.cdc.dirBlock})`);
   t.same(r1.delta.estimates, [], 'nothing earlier of this hardware');
   // another board's release is never the seed; a better one of the same board is (securityVersion, then semver)
@@ -151,7 +152,8 @@ t.test('release add publishes a delta by default and estimates against the earli
   // human output: the release named, the download, what defeats reuse
   const h = await add('1.2.0', 'v3.img', 'acme,a');
   t.equal(h.code, 0, h.stderr);
-  t.match(h.stdout, /^delta: releases\/1\.2\.0\/v3\.img\.zst\.delta-index \(\d+ bytes\).*\(8\/32\/128 KiB, ext4 directory blocks on their own\)$/m);
+  const kib = `${EXT4_CDC.min >> 10}/${EXT4_CDC.avg >> 10}/${EXT4_CDC.max >> 10}`;
+  t.match(h.stdout, new RegExp(`^delta: releases/1\\.2\\.0/v3\\.img\\.zst\\.delta-index \\(\\d+ bytes\\).*\\(${kib} KiB, ext4 directory blocks on their own\\)$`, 'm'));
   t.match(h.stdout, /^a device holding releases\/1\.1\.0\/v2\.img\.zst \(1\.1\.0\) downloads about [\d.]+ MB \([\d.]+ % of the full payload\)$/m);
   t.match(h.stdout, /fixed hash seed|fixed UUID/, 'says what defeats reuse (each mke2fs picks a new UUID and hash seed)');
 

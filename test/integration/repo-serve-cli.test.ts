@@ -12,6 +12,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { within } from '../harness/wait.js';
 
 const execFileP = promisify(execFile);
 const CLI = fileURLToPath(new URL('../../dist/daemon/cli.js', import.meta.url));
@@ -50,7 +51,7 @@ async function serve(dir: string, extra: string[] = []): Promise<Served> {
     }
   });
   const exited = once(proc, 'exit').then(([code]) => code as number | null);
-  const u = await Promise.race([url, exited.then((c) => { throw new Error(`repo serve exited ${c}`); }), new Promise<never>((_, no) => setTimeout(() => no(new Error('repo serve did not start in 60 s')), 60_000))]);
+  const u = await within(Promise.race([url, exited.then((c) => { throw new Error(`repo serve exited ${c}`); })]), 60_000, () => { throw new Error('repo serve did not start in 60 s'); });
   return { proc, url: u, lines, exited };
 }
 
