@@ -140,12 +140,18 @@ export interface InstallTransfer {
   /** local copies that did not match the signed index and were fetched instead. */
   seedMismatches?: number;
   /** delta: how each slot's chunks were found (`kept`: from the slot's kept seed index, no slot byte
-   * read; `built`: from the index the idle daemon built of a slot it never wrote; `cut`: the slot was read and cut into chunks; `none`: no such slot), the slot bytes read to
-   * cut, and the ms that step took. */
-  seedLookup?: { target: 'kept' | 'built' | 'cut' | 'none'; running: 'kept' | 'built' | 'cut' | 'none'; cutBytes: number; lookupMs: number };
+   * read; `built`: from the index the idle daemon built of a slot it never wrote; `published`: from
+   * the signed delta index the booted slot's committed release still publishes; `probed`: the target
+   * read once, each new chunk hashed at the offset it goes to, no chunker; `cut`: the slot was read
+   * and cut into chunks; `none`: no such slot), the slot bytes read to cut and to probe, and the ms
+   * that step took. */
+  seedLookup?: { target: SeedLookupKind; running: SeedLookupKind; cutBytes: number; probedBytes?: number; lookupMs: number };
   /** why the release's delta was not used (the full payload was installed instead). */
   fallback?: { code: string; message: string };
 }
+
+/** How a delta install found a slot's chunks (see InstallTransfer.seedLookup). */
+export type SeedLookupKind = 'kept' | 'built' | 'published' | 'probed' | 'cut' | 'none';
 
 export interface Attempt {
   /** sequence number of this attempt on this device (1, 2, ...). */

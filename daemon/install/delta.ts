@@ -4,9 +4,15 @@
  *
  * 1. The delta index is fetched (capped at its signed length) and checked against its signed
  *    SHA-256, then parsed.
- * 2. Both slots are cut into content-defined chunks with the index's parameters: the running slot
- *    (only ever read) and the target slot (what is on it now: the release before, or a half-written
- *    copy of this one after a power cut).
+ * 2. What the slots hold: the running slot (only ever read) from its seed index (below) or cut into
+ *    content-defined chunks with the index's parameters; the target slot (what is on it now: the
+ *    release before, or a half-written copy of this one after a power cut) from its seed index, else
+ *    PROBED: read once in order, each chunk of the new image hashed at the offset it goes to (native
+ *    SHA-256, no JS chunker: what an earlier run wrote and what did not move are found in place).
+ *    The target is also cut (to find chunks that moved within it) only when more than
+ *    `cutTargetAboveBytes` (default 4 MiB per GiB of slot) of pack bytes are still to fetch after the
+ *    running slot and the probe: the cut reads and chunks the whole slot again and can save no more
+ *    than that (bandwidth is what a fleet pays for: a byte saved is worth 256 read).
  * 3. Every chunk of the new image, in image order, gets a source: already in place in the target
  *    slot (same offset: nothing to write), written earlier in this run, in the running slot, further
  *    ahead in the target slot (a region not yet overwritten: source offset >= the write position),
@@ -19,7 +25,8 @@
  *
  * Kept seed indexes (seed-index.ts): a slot this daemon last wrote has the signed delta index of the
  * image it wrote kept in the state dir, a slot it never wrote the index the idle daemon built of it
- * (idle-index.ts). When the caller passes it (`seeds`), step 2 reads the
+ * (idle-index.ts), and the booted slot's committed release may still publish its own signed delta
+ * index (route.ts fetches it when nothing is kept). When the caller passes it (`seeds`), step 2 reads the
  * slot's chunks from that index instead of cutting the slot (no slot byte read, no JS chunker on the
  * critical path). Safety does not rest on the kept index: it only says where a chunk probably is;
  * step 4 verifies every copied chunk against the NEW signed index before it is written, so a stale
@@ -36,9 +43,9 @@
  * one offset a chunk; every slot read goes into one of three reused buffers (a 1 MiB run, one chunk,
  * the chunk written last), so the install allocates per chunk only what it fetches and decodes.
  *
- * Resume needs no record: a restarted install re-cuts the target slot, and the part written before
- * the cut comes out as the same chunks at the same offsets (chunk boundaries depend only on
- * content), so it is found in place, verified, and skipped.
+ * Resume needs no record: a restarted install probes (or re-cuts) the target slot, and the part
+ * written before the cut is the new image's chunks at their own offsets, so it is found in place,
+ * verified, and skipped.
  *
  * Power-cut safety: the target slot is marked bad by the caller before this runs (as for a full
  * install); nothing here touches the running slot but reads.
@@ -114,14 +121,28 @@ export interface DeltaInstallOptions {
    * INSTALL_DELTA_NOT_WORTH (the caller installs the full payload: an image the slots share little
    * with never costs more than the full update plus the delta index). */
   fullBytes?: number;
+  /** a target slot without a usable seed index is probed (each new chunk hashed at the offset it
+   * goes to: what is in place is found, no JS chunker) and also cut (to find chunks that moved) only
+   * when more than this many pack bytes are still to fetch after that (default the slot's capacity /
+   * CUT_TARGET_READ_RATIO: 4 MiB per GiB; 0: always cut as well). */
+  cutTargetAboveBytes?: number;
+  /** wraps every slot cut (the JS chunker: the only JS-heavy step), e.g. with V8's optimizing
+   * compilers on (daemon/footprint.ts withOptimizingCompilers): the rest of a delta install is native
+   * hashing, I/O and zstd, and runs as well interpreted, ~10 MiB of RSS lighter. */
+  cutting?: <T>(fn: () => Promise<T>) => Promise<T>;
 }
 
 /** A seed as the caller has it: a slot's seed (`origin` says kept or built), or a signed delta index. */
-export type SeedInput = (SlotSeed & { origin?: 'kept' | 'built' }) | DeltaIndex;
+export type SeedInput = (SlotSeed & { origin?: SeedOrigin }) | (DeltaIndex & { origin?: SeedOrigin });
 
-/** How a slot's chunks were found: from a kept (signed) index, an index the idle daemon built, by
- * cutting the slot, or not at all. */
-export type SeedLookup = 'kept' | 'built' | 'cut' | 'none';
+/** Where a seed came from: the slot's kept (signed) index, one the idle daemon built, or the signed
+ * index its release still publishes (route.ts: the booted slot's committed release). */
+export type SeedOrigin = 'kept' | 'built' | 'published';
+
+/** How a slot's chunks were found: from a kept (signed) index, an index the idle daemon built, the
+ * signed index its release publishes, by probing (the target: each new chunk hashed where it goes),
+ * by cutting the slot, or not at all. */
+export type SeedLookup = SeedOrigin | 'probed' | 'cut' | 'none';
 
 export interface DeltaInstallResult {
   imageSize: number;
@@ -138,7 +159,7 @@ export interface DeltaInstallResult {
   /** local copies that did not match the index and were fetched instead. */
   seedMismatches: number;
   /** how each slot's chunks were found, and the slot bytes read to cut slots into chunks. */
-  lookup: { target: SeedLookup; running: SeedLookup; cutBytes: number; lookupMs: number };
+  lookup: { target: SeedLookup; running: SeedLookup; cutBytes: number; probedBytes: number; lookupMs: number };
   /** the delta index file as fetched and verified against its signed hash (to keep as a seed). */
   indexFile: Buffer;
   readBackSha256: string;
@@ -151,6 +172,12 @@ const WRITTEN = 1;
 const TARGET = 2;
 const RUNNING = 3;
 const FETCH = 4;
+/** in place, found so by the target's probe (already verified). */
+const PROBED = 5;
+/** A target slot without a usable seed index is cut (besides probed) only when the pack bytes still
+ * to fetch after the running slot and the probe exceed 1/CUT_TARGET_READ_RATIO of the slot bytes the
+ * cut reads (4 MiB per GiB): a byte not downloaded is worth that many read and chunked locally. */
+export const CUT_TARGET_READ_RATIO = 256;
 /** largest run of chunks read (and written) at once. */
 const RUN_BYTES = 1 << 20;
 
@@ -411,8 +438,48 @@ export async function lookupOf(path: string, size: number, idx: Pick<DeltaIndex,
   return new SlotLookup((await cutSlot(path, size, idx.header.cdc, signal ? { signal } : {})).seed);
 }
 
-function asSeed(s: SeedInput | undefined): (SlotSeed & { origin?: 'kept' | 'built' }) | undefined {
-  return s === undefined ? undefined : 'refs' in s ? seedOfIndex(s) : s;
+function asSeed(s: SeedInput | undefined): (SlotSeed & { origin?: SeedOrigin }) | undefined {
+  return s === undefined ? undefined : 'refs' in s ? { ...seedOfIndex(s), ...(s.origin ? { origin: s.origin } : {}) } : s;
+}
+
+/**
+ * The target probed: for each chunk of the new image, whether the target slot already holds it at
+ * the offset it goes to (SHA-256 against the signed index), reading the slot once in order (runs of
+ * up to RUN_BYTES into one reused buffer). What it finds: an earlier run's writes (resume), and the
+ * release before's bytes that did not move. One byte a chunk (1: in place). Read-only.
+ */
+async function probeInPlace(path: string, idx: DeltaIndex, signal?: AbortSignal): Promise<Uint8Array> {
+  const n = idx.header.chunkCount;
+  const hit = new Uint8Array(n);
+  const buf = Buffer.allocUnsafeSlow(Math.max(RUN_BYTES, idx.header.cdc.max));
+  const fh = await open(path, 'r');
+  try {
+    let pos = 0;
+    for (let i = 0; i < n; ) {
+      signal?.throwIfAborted();
+      let j = i;
+      let len = 0;
+      while (j < n && (j === i || len + idx.rawLen[idx.refs[j]!]! <= buf.length)) len += idx.rawLen[idx.refs[j++]!]!;
+      let got = 0;
+      while (got < len) {
+        const { bytesRead } = await fh.read(buf, got, len - got, pos + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      let at = 0;
+      for (let k = i; k < j; k++) {
+        const u = idx.refs[k]!;
+        const l = idx.rawLen[u]!;
+        if (at + l <= got && createHash('sha256').update(buf.subarray(at, at + l)).digest().equals(idx.shas.subarray(u * 32, u * 32 + 32))) hit[k] = 1;
+        at += l;
+      }
+      pos += len;
+      i = j;
+    }
+  } finally {
+    await fh.close();
+  }
+  return hit;
 }
 
 /** A seed is usable for a slot of `size` bytes when it was cut like the new index and fits. */
@@ -450,30 +517,32 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
     throw new SlotflipError('INSTALL_SLOT_TOO_SMALL', `slot ${opts.slot.slot} (${opts.slot.path}) holds ${capacity} bytes but the image needs ${h.imageSize}; repartition or pick a smaller image`, { details: { capacity, size: h.imageSize } });
   }
 
-  // 2. what both slots hold now: from a kept index where there is a usable one, else cut
+  // 2. what both slots hold now. The running slot: from a kept, built or published index where there
+  // is a usable one, else cut. The target slot: from a kept or built index where there is one; else
+  // probed (see the module header: each chunk of the new image hashed where it would be written, no
+  // JS chunker) and cut as well only when what is still missing after that is worth a cut.
   const lookupStarted = performance.now();
   let cutBytes = 0;
-  const lookup = { target: 'cut' as SeedLookup, running: 'none' as SeedLookup };
+  let probedBytes = 0;
+  const lookup = { target: 'probed' as SeedLookup, running: 'none' as SeedLookup };
   const seedT = asSeed(opts.seeds?.target);
   const seedR = asSeed(opts.seeds?.running);
-  let target: SlotLookup;
-  if (seedFits(seedT, idx, capacity)) {
+  const cut = (path: string, size: number): Promise<SlotLookup> => (opts.cutting ?? ((f) => f()))(() => lookupOf(path, size, idx, opts.signal));
+  let target = SlotLookup.empty();
+  const targetSeeded = seedFits(seedT, idx, capacity);
+  if (targetSeeded) {
     target = new SlotLookup(seedT);
     lookup.target = seedT.origin ?? 'kept';
-  } else {
-    target = await lookupOf(opts.slot.path, capacity, idx, opts.signal);
-    cutBytes += capacity;
   }
   let running = SlotLookup.empty();
   if (opts.running && seedFits(seedR, idx, opts.running.size)) {
     running = new SlotLookup(seedR);
     lookup.running = seedR.origin ?? 'kept';
   } else if (opts.running) {
-    running = await lookupOf(opts.running.path, opts.running.size, idx, opts.signal);
+    running = await cut(opts.running.path, opts.running.size);
     cutBytes += opts.running.size;
     lookup.running = 'cut';
   }
-  const lookupMs = Math.round(performance.now() - lookupStarted);
 
   // 3. plan: one byte (where from) and one offset a chunk; the distinct chunks to fetch, in pack order
   const n = h.chunkCount;
@@ -482,24 +551,45 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   const firstAt = new Float64Array(h.uniqueCount).fill(-1);
   const fetchU = new Uint32Array(n);
   let fetchCount = 0;
-  let pos = 0;
-  for (let i = 0; i < n; i++) {
-    const u = idx.refs[i]!;
-    const kh = idx.shas.readUInt32BE(u * 32);
-    const kl = idx.shas.readUInt32BE(u * 32 + 4);
-    const len = idx.rawLen[u]!;
-    let r: number;
-    if (target.startsAt(pos, kh, kl)) kind[i] = INPLACE;
-    else if (firstAt[u]! >= 0) (kind[i] = WRITTEN), (from[i] = firstAt[u]!);
-    else if ((r = running.find(kh, kl)) >= 0) (kind[i] = RUNNING), (from[i] = r);
-    else if ((r = target.find(kh, kl, pos)) >= 0) (kind[i] = TARGET), (from[i] = r);
-    else {
-      kind[i] = FETCH;
-      fetchU[fetchCount++] = u;
+  // the target probed: which chunks are already in place (verified here, not read again below)
+  const inPlace0 = targetSeeded ? undefined : await probeInPlace(opts.slot.path, idx, opts.signal);
+  if (inPlace0) probedBytes = h.imageSize;
+  const planAll = (): number => {
+    let fetchPack = 0;
+    fetchCount = 0;
+    firstAt.fill(-1);
+    let pos = 0;
+    for (let i = 0; i < n; i++) {
+      const u = idx.refs[i]!;
+      const kh = idx.shas.readUInt32BE(u * 32);
+      const kl = idx.shas.readUInt32BE(u * 32 + 4);
+      const len = idx.rawLen[u]!;
+      let r: number;
+      if (inPlace0 ? inPlace0[i] === 1 : target.startsAt(pos, kh, kl)) kind[i] = inPlace0 ? PROBED : INPLACE;
+      else if (firstAt[u]! >= 0) (kind[i] = WRITTEN), (from[i] = firstAt[u]!);
+      else if ((r = running.find(kh, kl)) >= 0) (kind[i] = RUNNING), (from[i] = r);
+      else if ((r = target.find(kh, kl, pos)) >= 0) (kind[i] = TARGET), (from[i] = r);
+      else {
+        kind[i] = FETCH;
+        fetchU[fetchCount++] = u;
+        fetchPack += idx.packLen[u]!;
+      }
+      if (firstAt[u]! < 0) firstAt[u] = pos;
+      pos += len;
     }
-    if (firstAt[u]! < 0) firstAt[u] = pos;
-    pos += len;
+    return fetchPack;
+  };
+  const missing = planAll();
+  // the cut's rule: reading and chunking the whole target costs local work (~3-8 s a GiB here) and
+  // can save no more than what is still to fetch; bandwidth is what a fleet pays for, so a byte
+  // saved is worth CUT_TARGET_READ_RATIO bytes read (`cutTargetAboveBytes` overrides)
+  if (inPlace0 && missing > (opts.cutTargetAboveBytes ?? capacity / CUT_TARGET_READ_RATIO)) {
+    target = await cut(opts.slot.path, capacity);
+    cutBytes += capacity;
+    lookup.target = 'cut';
+    planAll();
   }
+  const lookupMs = Math.round(performance.now() - lookupStarted);
   const toFetch = fetchU.subarray(0, fetchCount);
 
   // 4. fetch requests: ranges bounded by maxRequests × perRequest, frames in pack order
@@ -628,14 +718,23 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
     lastBytes = done;
     opts.onProgress({ bytes: done, total: h.imageSize, reused: inPlace + copied, downloaded: downloaded + wire.bytes });
   };
+  let pos = 0;
   try {
-    pos = 0;
     for (let i = 0; i < n; i++) {
       opts.signal?.throwIfAborted();
       const u = idx.refs[i]!;
       const len = idx.rawLen[u]!;
       const k0 = kind[i]!;
       const off0 = from[i]!;
+      // found in place by the probe (hashed against the signed index a moment ago; nothing has
+      // written this region since: every write lands at its own chunk's offset, in order)
+      if (k0 === PROBED) {
+        inPlace += len;
+        done += len;
+        pos += len;
+        report();
+        continue;
+      }
       let data: Buffer | undefined;
       // Runs: consecutive chunks in place, or contiguous in the running slot (an unchanged region),
       // take one read of up to RUN_BYTES (and, for copies, one write) instead of one per chunk; each
@@ -746,5 +845,5 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   report(true);
   downloaded += wire.bytes;
   await verifySlotImage(opts.slot, { compression: 'zstd', size: h.imageSize, sha256: h.imageSha256, chunkSize: 0, chunks: [] }, { source: opts.readBack ?? 'handle' });
-  return { imageSize: h.imageSize, inPlace, copied, fetchedRaw, downloaded, requests, seedMismatches, lookup: { ...lookup, cutBytes, lookupMs }, indexFile: fetched.bytes, readBackSha256: h.imageSha256, durationMs: Math.round(performance.now() - started) };
+  return { imageSize: h.imageSize, inPlace, copied, fetchedRaw, downloaded, requests, seedMismatches, lookup: { ...lookup, cutBytes, probedBytes, lookupMs }, indexFile: fetched.bytes, readBackSha256: h.imageSha256, durationMs: Math.round(performance.now() - started) };
 }

@@ -68,8 +68,10 @@ export class IndexResolver {
   /**
    * Like `payloadOf`, plus the index file's optional `delta` section as found (authenticated with
    * the file; its owner, manifests/delta.ts parseDeltaSection, judges its shape). Format 1 has none.
+   * `store: false`: a fetched file is not cached (a release other than the one being installed: the
+   * cache holds the in-flight release's index only, and storing drops the others).
    */
-  async indexOf(release: Release): Promise<{ payload: PayloadInfo; delta?: unknown }> {
+  async indexOf(release: Release, o: { store?: boolean } = {}): Promise<{ payload: PayloadInfo; delta?: unknown }> {
     if (release.custom.slotflip !== 2) return { payload: release.custom.payload };
     const ref = release.index;
     if (!ref) {
@@ -86,7 +88,7 @@ export class IndexResolver {
       if (cached) await rm(this.cachePath(sha), { force: true }).catch(() => undefined);
       throw new SlotflipError(parsed.code, parsed.message, { details: { target: ref.targetName } });
     }
-    if (!cached) await this.store(sha, bytes);
+    if (!cached && o.store !== false) await this.store(sha, bytes);
     return { payload: parsed.payload, ...(parsed.file.delta !== undefined ? { delta: parsed.file.delta } : {}) };
   }
 

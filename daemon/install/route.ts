@@ -16,7 +16,7 @@
  * be fetched, does not match its signed length and SHA-256, does not parse, does not describe the
  * signed image) installs the full payload in the same run. After writing began, a retryable failure
  * (network) ends the run as a full install's would (the next cycle resumes by delta: the slot is
- * re-cut and what is in place is verified and kept); a pack whose frames do not match the signed
+ * probed and what is in place is verified and kept); a pack whose frames do not match the signed
  * delta index (a publishing fault no retry cures) also falls back to the full payload. Both are safe
  * at any point: the target slot was marked bad before this runs, and the full installer verifies
  * every chunk it keeps or writes.
@@ -31,6 +31,14 @@
  * its signed TUF target hash, so they are as authentic as targets.json; the index read is capped at
  * its signed length (and at MAX_DELTA_INDEX_FILE_BYTES), pack answers at the ranges asked for, and
  * every chunk, copied or fetched, matches the signed index before it is written.
+ *
+ * The booted slot's release: when the running slot has no usable kept or built seed index and the
+ * device's state says which release it holds (committed there; compose.ts finds it in the current
+ * signed targets by name and image hash), that release's own signed delta index is fetched (capped
+ * at its signed length and MAX_KEPT_INDEX_BYTES, checked against its signed SHA-256, describing that
+ * release's signed image) and used instead of cutting the slot, then kept for it. A pruned or
+ * unreachable one costs nothing but the cut it would have saved. Copying by it is as safe as by a
+ * kept index: every chunk is verified against the NEW signed index before it is written.
  *
  * Seed indexes (seed-index.ts): with `seedDir` set, the slots' kept delta indexes are loaded and
  * passed to installDelta (a slot with a usable one is not read to cut it), the target's is dropped
@@ -53,7 +61,7 @@ import type { InstallTransfer } from '../machine.js';
 import { fetchVerified, installDelta, request, type DeltaInstallResult, type SeedInput } from './delta.js';
 import type { BudgetOptions, InstallProgress } from './installer.js';
 import { readResumeRecord, writeResumeHint } from './resume-state.js';
-import { dropSeedIndex, keepSeedIndex, loadSeedIndex } from './seed-index.js';
+import { dropSeedIndex, keepSeedIndex, loadSeedIndex, MAX_KEPT_INDEX_BYTES } from './seed-index.js';
 
 /** What an install cost, for the log, the progress and the `UpdateInstalled` report. */
 export type TransferStats = InstallTransfer;
@@ -81,6 +89,13 @@ export interface DeltaRouteOptions {
   resumeStatePath: string;
   /** the state dir that holds the slots' kept seed indexes (seed-index.ts); absent: none kept or used. */
   seedDir?: string;
+  /** the release the running slot holds by the device's state (its committed release), as found in
+   * the current signed targets metadata, with its chunk index file's payload and `delta` section
+   * (unjudged); undefined when unknown or no longer published. Asked only when the running slot has
+   * no usable kept or built seed index: its published delta index then stands in for one. */
+  runningRelease?: () => Promise<{ payload: PayloadInfo; delta?: unknown } | undefined>;
+  /** wraps each slot cut (delta.ts DeltaInstallOptions.cutting). */
+  cutting?: <T>(fn: () => Promise<T>) => Promise<T>;
   budget: BudgetOptions;
   headers?: Record<string, string>;
   /** read-back through the slot handle or by path (installer.ts `readBack`). */
@@ -156,13 +171,24 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
   // the slots' kept indexes (loaded before the target's is dropped: the slot still holds what it
   // describes until the first write, and every chunk taken on its word is verified anyway)
   const seeds: { target?: SeedInput; running?: SeedInput } = {};
+  // what fetching the running slot's published index cost (counted with the install's download)
+  let extra = { bytes: 0, requests: 0 };
   if (o.seedDir !== undefined) {
     if (p !== undefined && 'section' in p) {
       const target = await loadSeedIndex(o.seedDir, o.slot, o.resumeStatePath);
       if (target.ok) seeds.target = { ...target.seed, origin: target.kind };
       const running = o.running ? await loadSeedIndex(o.seedDir, o.running, o.resumeStatePath) : undefined;
       if (running?.ok) seeds.running = { ...running.seed, origin: running.kind };
-      log?.info({ target: target.ok ? target.kind : target.why, running: running === undefined ? 'no running slot' : running.ok ? running.kind : running.why }, 'seed indexes');
+      let published: string | undefined;
+      if (o.running && running?.ok !== true && o.runningRelease) {
+        const got = await publishedSeed(o, o.running, o.seedDir);
+        if (got.ok) {
+          seeds.running = got.index;
+          extra = got.fetched;
+        }
+        published = got.ok ? 'used' : got.why;
+      }
+      log?.info({ target: target.ok ? target.kind : target.why, running: running === undefined ? 'no running slot' : running.ok ? running.kind : running.why, ...(published !== undefined ? { published } : {}) }, 'seed indexes');
     }
     // the slot is about to be written (by delta or in full): what it holds stops being what the index says
     await dropSeedIndex(o.seedDir, o.slot.slot);
@@ -179,7 +205,7 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
   const started = now();
   const record = await readResumeRecord(o.resumeStatePath, o.payload, o.slot.path);
   const spent = record.spent;
-  const maxBytes = (o.budget.maxBytesFactor ?? 3) * o.release.length + o.payload.chunkSize;
+  const maxBytes = (o.budget.maxBytesFactor ?? 3) * o.release.length + o.payload.chunkSize - extra.bytes;
   const maxMs = o.budget.maxMs ?? 24 * 3600_000;
   let wrote = false;
   let received = 0;
@@ -196,6 +222,7 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
       ...(o.running ? { running: { path: o.running.path, size: await o.running.capacity() } } : {}),
       ...(o.headers ? { headers: o.headers } : {}),
       seeds,
+      ...(o.cutting ? { cutting: o.cutting } : {}),
       // an image the slots share little with goes in full (issue 25: never more than 1.05x a full update)
       fullBytes: o.release.length,
       budget: { bytes: Math.max(0, maxBytes - spent.bytes), ms: Math.max(0, maxMs - spent.ms) },
@@ -220,7 +247,7 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
     const code = codeOf(e, 'INSTALL_NETWORK');
     const ended = isCoded(e, 'INSTALL_BUDGET_EXHAUSTED');
     // the spent budget rides in the resume record, summed over runs (cleared when the budget ended the attempt)
-    if (record.found || received > 0 || wrote) await writeResumeHint(o.resumeStatePath, o.payload, o.slot.path, record.nextChunk, false, ended ? {} : { spent: { ...spent, bytes: spent.bytes + received, ms: spent.ms + (now() - started) } }).catch((err: unknown) => log?.warn({ err }, 'could not record install progress'));
+    if (record.found || received > 0 || extra.bytes > 0 || wrote) await writeResumeHint(o.resumeStatePath, o.payload, o.slot.path, record.nextChunk, false, ended ? {} : { spent: { ...spent, bytes: spent.bytes + received + extra.bytes, ms: spent.ms + (now() - started) } }).catch((err: unknown) => log?.warn({ err }, 'could not record install progress'));
     if (ended || codeOf(e) === 'INSTALL_ABORTED') throw e;
     if (code === 'INSTALL_DELTA_NOT_WORTH') {
       log?.info({ code, reason: (e as Error).message, ...(e as { details?: object }).details }, 'delta not worth it: installing the full payload');
@@ -245,13 +272,40 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
     method: 'delta',
     imageBytes: r.imageSize,
     reusedBytes: r.inPlace + r.copied,
-    downloadedBytes: r.downloaded,
-    requests: r.requests,
+    downloadedBytes: r.downloaded + extra.bytes,
+    requests: r.requests + extra.requests,
     seedMismatches: r.seedMismatches,
     seedLookup: r.lookup,
   };
   log?.info({ ...stats, inPlace: r.inPlace, copied: r.copied, fetchedRaw: r.fetchedRaw, readBackSha256: r.readBackSha256, durationMs: r.durationMs }, 'install verified');
   return { installed: true, stats, readBackSha256: r.readBackSha256 };
+}
+
+/**
+ * The running slot's seed from the signed delta index its committed release still publishes: the
+ * release (from `runningRelease`) must offer a delta this daemon understands, cut like the new one
+ * would need is judged later (delta.ts seedFits); the file is fetched capped at its signed length
+ * (and MAX_KEPT_INDEX_BYTES), checked against its signed SHA-256, parsed, and must describe that
+ * release's signed image. Then it is kept as the slot's seed index (the slot holds that image by
+ * the device's state), so a resumed or later install need not fetch it again. Never throws: any
+ * failure (pruned, unreachable, damaged) says why, and the running slot is cut as before.
+ */
+async function publishedSeed(o: DeltaRouteOptions, running: SlotWriter, seedDir: string): Promise<{ ok: true; index: SeedInput; fetched: { bytes: number; requests: number } } | { ok: false; why: string }> {
+  try {
+    const held = await o.runningRelease!();
+    if (held === undefined) return { ok: false, why: 'the running slot\'s release is unknown or no longer published' };
+    const p = plan({ mode: o.mode, delta: held.delta, locate: o.locate });
+    if (p === undefined || !('section' in p)) return { ok: false, why: 'the running slot\'s release offers no usable delta index' };
+    if (p.section.index.length > MAX_KEPT_INDEX_BYTES) return { ok: false, why: `its delta index is ${p.section.index.length} bytes, over the ${MAX_KEPT_INDEX_BYTES} cap` };
+    const f = await fetchVerified({ urls: p.index, length: p.section.index.length, sha256: p.section.index.sha256 }, o.headers ?? {}, 30_000);
+    const index = parseDeltaIndex(f.bytes);
+    if (index.header.imageSize !== held.payload.size || index.header.imageSha256 !== held.payload.sha256) return { ok: false, why: 'its delta index describes another image than the release signs' };
+    const kept = await keepSeedIndex(seedDir, running, { size: index.header.imageSize, sha256: index.header.imageSha256 }, f.bytes).catch(() => false);
+    o.log?.info({ slot: running.slot, target: p.section.index.target, indexLength: f.bytes.length, kept }, 'running slot: its release\'s published delta index used as its seed');
+    return { ok: true, index: Object.assign(index, { origin: 'published' as const }), fetched: { bytes: f.bytes.length, requests: f.requests } };
+  } catch (e) {
+    return { ok: false, why: `its delta index could not be used (${codeOf(e, 'error')})` };
+  }
 }
 
 /**

@@ -6,7 +6,8 @@
  * Mechanisms, each a real client against a real HTTP server on loopback (`repo serve`, which counts
  * the bytes it sends and the requests):
  *   slotflip full   installPayload of the 4 MiB-frame zstd payload (`release add` defaults)
- *   slotflip delta  installDelta: CDC chunks of both slots, coalesced multi-range fetches of the pack
+ *   slotflip delta  installDelta: the running slot cut into CDC chunks, the target probed, coalesced
+ *                   multi-range fetches of the pack; run as the daemon runs it (interpreted but the cut)
  *   casync 16 KiB   `casync extract --seed=OLD` from an HTTP chunk store (index bytes included)
  *   zchunk          `zckdl -s OLD.zck` (the device keeps OLD as a zchunk file)
  *
@@ -152,8 +153,11 @@ async function main(): Promise<void> {
   const denominators: Record<string, number> = {};
   const approx = new Set<string>();
   const node = process.execPath;
+  // a delta install as the daemon runs it: started interpreted, optimizing compilers only while cutting
+  // a slot (daemon/footprint.ts, systemd/packaging/slotflip.sh)
   const child = async (script: string, args: string[]): Promise<{ result: Record<string, number>; usage: { wallMs: number; maxRssKiB: number } }> => {
-    const { stdout } = await execFileP(node, [join(here, script), ...args], { maxBuffer: 16 << 20 });
+    const daemonLike = script === 'delta-child.js' ? ['--no-turbofan', '--no-maglev'] : [];
+    const { stdout } = await execFileP(node, [...daemonLike, join(here, script), ...args, ...(daemonLike.length > 0 ? ['--interpreted'] : [])], { maxBuffer: 16 << 20 });
     const out = JSON.parse(stdout.trim().split('\n').at(-1)!);
     if (out.error) throw new Error(`${script}: ${JSON.stringify(out.error)}`);
     return out;
@@ -193,11 +197,15 @@ async function main(): Promise<void> {
     // (OLD's signed delta index, as the device kept it when it installed OLD): no slot read to cut
     const deltaArgs = ['--built', join(art, newName, `delta-${artTag()}.json`), '--index-url', `${srv.url}${newName}/image-${artTag()}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${artTag()}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)];
     const oldIndex = join(art, oldName, `image-${artTag()}.delta-index`);
-    for (const [name, seeds] of [['slotflip delta, OLD in both, cut', []], ['slotflip delta, OLD in both, kept index', ['--target-seed', oldIndex, '--running-seed', oldIndex]]] as const) {
+    // and a device that kept no index but knows what its booted slot holds (its committed release):
+    // OLD's delta index fetched from the repository for the running slot, the target probed
+    const oldPublished = ['--running-published', `${srv.url}${oldName}/image-${artTag()}.delta-index`, '--running-built', join(art, oldName, `delta-${artTag()}.json`)];
+    for (const [name, seeds] of [['slotflip delta, OLD in both, no index', []], ['slotflip delta, OLD in both, published index', oldPublished], ['slotflip delta, OLD in both, kept index', ['--target-seed', oldIndex, '--running-seed', oldIndex]]] as const) {
       await copyFile(join(images, `${oldName}.img`), slot);
       row[name] = await measure(async () => {
         const r = await child('delta-child.js', [...deltaArgs, ...seeds]);
-        return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB, note: `cut ${((r.result as unknown as { lookup: { cutBytes: number } }).lookup.cutBytes / 2 ** 20).toFixed(0)} MiB` };
+        const l = (r.result as unknown as { lookup: { cutBytes: number; probedBytes?: number; target: string; running: string } }).lookup;
+        return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB, note: `running ${l.running}, target ${l.target}; cut ${(l.cutBytes / 2 ** 20).toFixed(0)} MiB, probed ${((l.probedBytes ?? 0) / 2 ** 20).toFixed(0)} MiB` };
       });
     }
     if (tools.casync) {

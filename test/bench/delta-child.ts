@@ -7,28 +7,41 @@
  *
  * --target-seed / --running-seed: delta index files describing what the slot / the running image
  * holds, used as kept seed indexes (daemon/install/seed-index.ts) instead of cutting that slot.
+ * --running-published URL --running-built FILE: the running image's release's delta index as a
+ * device without a kept one fetches it (route.ts: capped at and checked against its signed length
+ * and SHA-256 from FILE, the release's built.json), inside the timed span.
+ * --interpreted: as the daemon runs it (started with --no-turbofan --no-maglev, see
+ * daemon/footprint.ts): V8's optimizing compilers on only while a slot is cut.
  */
 import { readFile, stat } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
-import { installDelta } from '../../daemon/install/delta.js';
+import { fetchVerified, installDelta, type SeedInput } from '../../daemon/install/delta.js';
 import { createSlotWriter } from '../../hal/file-slot.js';
+import { interpretOnly, withOptimizingCompilers } from '../../daemon/footprint.js';
 import { parseDeltaIndex, type BuiltDelta } from '../../manifests/delta.js';
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { built: { type: 'string' }, 'index-url': { type: 'string' }, 'pack-url': { type: 'string' }, slot: { type: 'string' }, running: { type: 'string' }, progress: { type: 'boolean', default: false }, 'target-seed': { type: 'string' }, 'running-seed': { type: 'string' } } });
+  const { values } = parseArgs({ options: { built: { type: 'string' }, 'index-url': { type: 'string' }, 'pack-url': { type: 'string' }, slot: { type: 'string' }, running: { type: 'string' }, progress: { type: 'boolean', default: false }, 'target-seed': { type: 'string' }, 'running-seed': { type: 'string' }, 'running-published': { type: 'string' }, 'running-built': { type: 'string' }, interpreted: { type: 'boolean', default: false } } });
+  if (values.interpreted) interpretOnly();
   if (!values.built || !values['index-url'] || !values['pack-url'] || !values.slot) throw new Error('usage: delta-child --built FILE --index-url URL --pack-url URL --slot PATH [--running PATH]');
   const built = JSON.parse(await readFile(values.built, 'utf8')) as BuiltDelta;
   // reading and parsing a kept index is part of the install's cost: inside the timed span
   const t0 = process.hrtime.bigint();
-  const seeds = {
+  const seeds: { target?: SeedInput; running?: SeedInput } = {
     ...(values['target-seed'] ? { target: parseDeltaIndex(await readFile(values['target-seed'])) } : {}),
     ...(values['running-seed'] ? { running: parseDeltaIndex(await readFile(values['running-seed'])) } : {}),
   };
+  if (values['running-published'] && values['running-built']) {
+    const old = JSON.parse(await readFile(values['running-built'], 'utf8')) as BuiltDelta;
+    const f = await fetchVerified({ urls: [values['running-published']], ...old.index }, {}, 30_000);
+    seeds.running = Object.assign(parseDeltaIndex(f.bytes), { origin: 'published' as const });
+  }
   const result = await installDelta({
     index: { urls: [values['index-url']], ...built.index },
     pack: { urls: [values['pack-url']], ...built.pack },
     slot: createSlotWriter('B', { path: values.slot }),
     seeds,
+    ...(values.interpreted ? { cutting: withOptimizingCompilers } : {}),
     readBack: 'path', // as the daemon reads back hal's own slots (compose.ts)
     ...(values.running ? { running: { path: values.running, size: (await stat(values.running)).size } } : {}),
     ...(values.progress ? { onProgress: (p: object) => void process.stdout.write(`${JSON.stringify({ progress: p })}\n`) } : {}),

@@ -15,7 +15,7 @@ import { buildDelta, parseDeltaIndex } from '../../manifests/delta.js';
 import { serveRepository } from '../../manifests/serve.js';
 import { createSlotWriter } from '../../hal/file-slot.js';
 import { installDelta, type DeltaInstallOptions } from '../../daemon/install/delta.js';
-import { dropSeedIndex, keepSeedIndex, loadSeedIndex, seedIndexDir } from '../../daemon/install/seed-index.js';
+import { cutSlot, dropSeedIndex, keepSeedIndex, loadSeedIndex, seedIndexDir } from '../../daemon/install/seed-index.js';
 import { writeResumeHint } from '../../daemon/install/resume-state.js';
 import { installByDelta, keepIndexAfterFull } from '../../daemon/install/route.js';
 import type { Release } from '../../manifests/types.js';
@@ -47,24 +47,60 @@ async function setup(t: Test) {
     slot: createSlotWriter('B', { path: target }),
     ...extra,
   });
-  return { dir, oldImg, newImg, target, oldIndexFile, built, opts };
+  return { dir, oldImg, newImg, target, oldIndexFile, built, opts, url: srv.url };
 }
 
 t.test('a kept index for the target slot: the slot is not cut, the image lands right', async (t) => {
   const e = await setup(t);
-  const cut = await installDelta(e.opts());
-  t.equal(cut.lookup.target, 'cut', 'without a kept index the target slot is cut');
-  t.ok(cut.lookup.cutBytes >= SIZE, `cut ${cut.lookup.cutBytes} slot bytes`);
+  // the slot's chunks as a cut finds them, handed in as a seed: what cutting the slot yields
+  const cutSeed = { ...(await cutSlot(e.target, SIZE, e.built.header.cdc)).seed, origin: 'built' as const };
+  const cut = await installDelta(e.opts({ seeds: { target: cutSeed } }));
+  t.equal(sha(await readFile(e.target)), sha(e.newImg), 'slot holds NEW (from the cut seed)');
 
   await writeFile(e.target, e.oldImg);
   const r = await installDelta(e.opts({ seeds: { target: parseDeltaIndex(e.oldIndexFile) } }));
   t.equal(r.lookup.target, 'kept', 'the kept index was used');
   t.equal(r.lookup.cutBytes, 0, 'no slot byte read to cut it');
+  t.equal(r.lookup.probedBytes, 0, 'nor to probe it');
   t.equal(r.seedMismatches, 0, 'every chunk the kept index pointed at matched');
   t.equal(sha(await readFile(e.target)), sha(e.newImg), 'slot holds NEW');
   t.equal(r.fetchedRaw, cut.fetchedRaw, 'the same image bytes fetched as when the slot was cut');
   t.equal(r.requests, cut.requests, 'in as many requests');
   t.equal(sha(r.indexFile), e.built.index.sha256, 'the verified index file comes back to be kept');
+
+  // without a seed: the slot is probed (each new chunk hashed where it goes), and cut as well since
+  // more than 1/256 of its bytes' worth is still to fetch; what is in place at the same offset is
+  // found whatever the old chunk boundaries, so no more is fetched than by the kept index
+  await writeFile(e.target, e.oldImg);
+  const p = await installDelta(e.opts());
+  t.equal(p.lookup.target, 'cut', 'no seed: probed, then cut');
+  t.equal(p.lookup.probedBytes, SIZE, 'the probe read the image\'s length of the slot');
+  t.ok(p.lookup.cutBytes >= SIZE, `cut ${p.lookup.cutBytes} slot bytes`);
+  t.ok(p.fetchedRaw <= r.fetchedRaw, `probed and cut: ${p.fetchedRaw} image bytes fetched, kept index ${r.fetchedRaw}`);
+  t.equal(sha(await readFile(e.target)), sha(e.newImg), 'slot holds NEW');
+});
+
+t.test('no seed and little to fetch: the target is probed, not cut; a half-written slot resumes from what is in place', async (t) => {
+  const e = await setup(t);
+  // the running slot holds OLD (cut), the target OLD as well: the probe finds what did not move
+  const running = join(e.dir, 'running.img');
+  await writeFile(running, e.oldImg);
+  // (the default bound is 1/256 of the slot: 32 KiB for this 8 MiB one; 1 MiB here stands for a GiB slot's 4 MiB)
+  const r = await installDelta(e.opts({ running: { path: running, size: SIZE }, cutTargetAboveBytes: 1 << 20 }));
+  t.ok(r.fetchedRaw < 1 << 20, `${r.fetchedRaw} image bytes still to fetch after the running slot and the probe`);
+  t.match(r.lookup, { target: 'probed', running: 'cut', cutBytes: SIZE, probedBytes: SIZE }, 'the target probed, only the running slot cut');
+  t.ok(r.inPlace > SIZE / 2, `${r.inPlace} bytes found in place by the probe`);
+  t.equal(sha(await readFile(e.target)), sha(e.newImg), 'slot holds NEW');
+  t.equal(sha(await readFile(running)), sha(e.oldImg), 'the running slot only read');
+  // a run cut off half-way (NEW's first half written, OLD after it): the probe finds the written
+  // half in place and nothing of it is fetched again
+  const half = Buffer.concat([e.newImg.subarray(0, SIZE / 2), e.oldImg.subarray(SIZE / 2)]);
+  await writeFile(e.target, half);
+  const again = await installDelta(e.opts({ running: { path: running, size: SIZE }, cutTargetAboveBytes: Infinity }));
+  t.equal(again.lookup.target, 'probed');
+  t.ok(again.inPlace >= SIZE / 2 - 256 * 1024, `${again.inPlace} bytes in place (the written half among them)`);
+  t.ok(again.fetchedRaw <= r.fetchedRaw, `${again.fetchedRaw} image bytes fetched, no more than the first run's ${r.fetchedRaw}`);
+  t.equal(sha(await readFile(e.target)), sha(e.newImg), 'slot holds NEW');
 });
 
 t.test('a kept index whose slot changed: mismatches detected, fetched instead, slot hash right', async (t) => {
@@ -78,7 +114,7 @@ t.test('a kept index whose slot changed: mismatches detected, fetched instead, s
   t.equal(sha(await readFile(e.target)), sha(e.newImg), 'slot holds NEW');
 });
 
-t.test('a kept index cut with other CDC sizes is not used: the slot is cut', async (t) => {
+t.test('a kept index cut with other CDC sizes is not used: the slot is probed and cut', async (t) => {
   const e = await setup(t);
   await buildDelta(join(e.dir, 'old.img'), join(e.dir, 'old2.delta-index'), join(e.dir, 'old2.delta-pack'), { level: 3, cdc: { min: 2048, avg: 8192, max: 32768 } });
   const r = await installDelta(e.opts({ seeds: { target: parseDeltaIndex(await readFile(join(e.dir, 'old2.delta-index'))) } }));
@@ -157,4 +193,52 @@ t.test('after a full install of a release that offers a delta, its index is fetc
   const l = await loadSeedIndex(state, B);
   t.equal(l.ok && l.kind === 'kept' && l.index.header.imageSha256, payload.sha256, 'the kept index describes the image on the slot');
   t.notOk(await keepIndexAfterFull({ ...o, mode: 'off', slotSha256: payload.sha256 }), 'delta "off": nothing fetched');
+});
+
+t.test('the running slot\'s release\'s published delta index stands in for a kept one; one that does not fit is not used', async (t) => {
+  const e = await setup(t);
+  const state = join(e.dir, 'state');
+  const running = join(e.dir, 'running.img');
+  await writeFile(running, e.oldImg);
+  // OLD's delta index published next to NEW's (the repository still lists OLD's release)
+  await writeFile(join(e.dir, 'repo/targets/old.delta-index'), e.oldIndexFile);
+  const section = (name: string, idx: { length: number; sha256: string }) => ({ format: 'slotflip-delta-1', index: { target: name, ...idx }, pack: { target: 'image.delta-pack', ...e.built.pack } });
+  const oldSection = section('old.delta-index', { length: e.oldIndexFile.length, sha256: sha(e.oldIndexFile) });
+  const payloadOf = (img: Buffer) => ({ compression: 'zstd' as const, size: SIZE, sha256: sha(img), chunkSize: 1 << 20, chunks: [] });
+  const run = async (held: { payload: ReturnType<typeof payloadOf>; delta?: unknown } | undefined) => {
+    // both slots as a device that kept nothing: OLD in each (the target's index of NEW, kept by the
+    // run before, dropped with it)
+    await writeFile(e.target, e.oldImg);
+    await dropSeedIndex(state, 'A');
+    await dropSeedIndex(state, 'B');
+    const r = await installByDelta({
+      release: { length: 1 << 30 } as Release, payload: payloadOf(e.newImg), delta: section('image.delta-index', e.built.index), mode: 'auto',
+      locate: (target) => ({ urls: [`${e.url}targets/${target.targetName}`] }),
+      slot: createSlotWriter('B', { path: e.target }), running: createSlotWriter('A', { path: running }),
+      resumeStatePath: join(state, 'install-resume.json'), seedDir: state, budget: {}, runningRelease: async () => held,
+    });
+    t.equal(sha(await readFile(e.target)), sha(e.newImg), 'slot holds NEW');
+    t.equal(sha(await readFile(running)), sha(e.oldImg), 'the running slot only read');
+    return r.installed ? r.stats : undefined;
+  };
+  const used = await run({ payload: payloadOf(e.oldImg), delta: oldSection });
+  t.equal(used?.seedLookup?.running, 'published', 'the running slot looked up in its release\'s published index');
+  t.equal(used?.seedMismatches, 0, 'every chunk where it said');
+  const kept = await loadSeedIndex(state, { slot: 'A', path: running });
+  t.ok(kept.ok && kept.kind === 'kept', 'and kept as the running slot\'s seed index');
+
+  // the release signs another image than the index describes (or the device's state is wrong): cut
+  const other = await run({ payload: payloadOf(e.newImg), delta: oldSection });
+  t.equal(other?.seedLookup?.running, 'cut', 'an index of another image: the running slot cut');
+  t.notOk((await loadSeedIndex(state, { slot: 'A', path: running })).ok, 'and nothing kept');
+  // the index file on the mirror does not match its signed hash
+  const bad = await run({ payload: payloadOf(e.oldImg), delta: section('old.delta-index', { length: e.oldIndexFile.length, sha256: sha(Buffer.from('x')) }) });
+  t.equal(bad?.seedLookup?.running, 'cut', 'an index failing its signed hash: the running slot cut');
+  // the release is unknown or pruned
+  const gone = await run(undefined);
+  t.equal(gone?.seedLookup?.running, 'cut', 'no published release: the running slot cut');
+  // the published index lists the chunks a cut of the running slot finds: the same pack bytes
+  // fetched, plus the index file itself (one more request), counted in the report
+  t.equal(used?.downloadedBytes, Number(gone?.downloadedBytes) + e.oldIndexFile.length, `the published index's ${e.oldIndexFile.length} bytes counted in the ${used?.downloadedBytes} downloaded`);
+  t.equal(used?.requests, Number(gone?.requests) + 1, 'and its request');
 });
