@@ -605,13 +605,14 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   }
   const batches: FetchRange[][] = [];
   for (let i = 0; i < ranges.length; i += perRequest) batches.push(ranges.slice(i, i + perRequest));
-  let fi = 0; // next frame of toFetch
   const wire = { bytes: 0 }; // pack response body bytes received (gaps and multipart framing included)
-  async function* frameStream(): AsyncGenerator<Buffer> {
+  /** The frames of `list` (pack order), fetched by `batches` (their coalesced ranges, one request each). */
+  async function* frameStream(list: ArrayLike<number>, batches: FetchRange[][]): AsyncGenerator<Buffer> {
+    let fi = 0; // next frame of list
     for (const batch of batches) {
       const last = batch[batch.length - 1]!;
       const frames: { off: number; len: number }[] = [];
-      for (let j = fi; j < toFetch.length && idx.packOff[toFetch[j]!]! < last.end; j++) frames.push({ off: idx.packOff[toFetch[j]!]!, len: idx.packLen[toFetch[j]!]! });
+      for (let j = fi; j < list.length && idx.packOff[list[j]!]! < last.end; j++) frames.push({ off: idx.packOff[list[j]!]!, len: idx.packLen[list[j]!]! });
       let attempt = 0;
       let delivered = 0;
       for (;;) {
@@ -638,19 +639,15 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
       fi += frames.length;
     }
   }
-  const stream = frameStream();
-
-  const fetchOne = async (u: number): Promise<Buffer> => {
-    // a local copy that failed verification: this one frame, on its own request
-    const url = opts.pack.urls[0]!;
-    requests++;
-    const a = await request(url, { ...headers, range: `bytes=${idx.packOff[u]}-${idx.packOff[u]! + idx.packLen[u]! - 1}` }, timeoutMs, opts.signal);
-    try {
-      for await (const fr of readFrames(a, url, [{ off: idx.packOff[u]!, len: idx.packLen[u]! }], h.packLength, wire)) return fr;
-    } finally {
-      a.close();
-    }
-    throw new SlotflipError('INSTALL_PAYLOAD_TRUNCATED', `${url}: no frame`, { retryable: true });
+  const stream = frameStream(toFetch, batches);
+  /** Batches for `list` (pack order) within `requestsLeft` requests. */
+  const batchesOf = (list: ArrayLike<number>, requestsLeft: number): FetchRange[][] => {
+    const fr: FetchRange[] = [];
+    for (let j = 0; j < list.length; j++) fr.push({ start: idx.packOff[list[j]!]!, end: idx.packOff[list[j]!]! + idx.packLen[list[j]!]! });
+    const rs = coalesce(fr, Math.max(1, requestsLeft) * perRequest);
+    const out: FetchRange[][] = [];
+    for (let i = 0; i < rs.length; i += perRequest) out.push(rs.slice(i, i + perRequest));
+    return out;
   };
 
   const expect = (u: number): Buffer => idx.shas.subarray(u * 32, u * 32 + 32);
@@ -686,6 +683,12 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   const chunkBuf = Buffer.allocUnsafeSlow(h.cdc.max);
   const lastBuf = Buffer.allocUnsafeSlow(h.cdc.max);
   let lastWritten: { u: number; data: Buffer } | undefined;
+  // Seed chunks that failed verification (a slot that changed behind the daemon's back, a rw root
+  // filesystem's metadata): left as holes in the pass, then fetched together in coalesced requests
+  // and written at their offsets, so a few dozen of them cost one request, not one each (the
+  // request bound). Holes are written before the flush and the read-back; a cut meanwhile is resumed
+  // like any other (the target is probed or cut again, its kept index having been dropped).
+  const deferred: { u: number; pos: number }[] = [];
   /** `len` bytes of the target slot at `at`: a view of `into` (by path) or a buffer of its own. */
   const readTarget = async (into: Buffer, len: number, at: number): Promise<Buffer> => {
     if (!targetFh) {
@@ -817,10 +820,9 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
         data = decodeChecked(u, r.value);
         fetchedRaw += len;
       } else {
-        overBudget();
-        const fr = await fetchOne(u);
-        data = decodeChecked(u, fr);
-        fetchedRaw += len;
+        deferred.push({ u, pos });
+        pos += len;
+        continue;
       }
       if (!writing) {
         writing = true;
@@ -833,6 +835,29 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
       done += len;
       pos += len;
       report();
+    }
+    if (deferred.length > 0) {
+      overBudget();
+      const at = new Map<number, number[]>();
+      for (const d of deferred) at.set(d.u, [...(at.get(d.u) ?? []), d.pos]);
+      const list = [...at.keys()].sort((a, b) => idx.packOff[a]! - idx.packOff[b]!);
+      let j = 0;
+      for await (const fr of frameStream(list, batchesOf(list, maxRequests - batches.length))) {
+        const u = list[j++]!;
+        const data = decodeChecked(u, fr);
+        for (const p of at.get(u)!) {
+          if (!writing) {
+            writing = true;
+            opts.onWriteStart?.();
+          }
+          await out.writeAt(data, p);
+          fetchedRaw += data.length;
+          done += data.length;
+        }
+        overBudget();
+        report();
+      }
+      if (j < list.length) throw new SlotflipError('INSTALL_PAYLOAD_TRUNCATED', 'pack answers ended early', { retryable: true });
     }
     await out.flush();
   } finally {

@@ -114,6 +114,17 @@ t.test('a kept index whose slot changed: mismatches detected, fetched instead, s
   t.equal(sha(await readFile(e.target)), sha(e.newImg), 'slot holds NEW');
 });
 
+t.test('a kept index whose slot changed in many places: the mismatches are fetched together, within the request bound', async (t) => {
+  const e = await setup(t);
+  // 96 scattered 512-byte writes, one every 80 KiB: more changed chunks than the 50-request bound
+  for (let k = 0; k < 96; k++) await writeSlot(e.target, randomBytes(512), k * 80 * 1024 + 4096);
+  const r = await installDelta(e.opts({ seeds: { target: parseDeltaIndex(e.oldIndexFile) } }));
+  t.equal(r.lookup.target, 'kept');
+  t.ok(r.seedMismatches >= 60, `${r.seedMismatches} chunks did not match where the kept index said`);
+  t.ok(r.requests <= 50, `${r.requests} requests for the index and the pack (each mismatch used to take a request of its own)`);
+  t.equal(sha(await readFile(e.target)), sha(e.newImg), 'slot holds NEW');
+});
+
 t.test('a kept index cut with other CDC sizes is not used: the slot is probed and cut', async (t) => {
   const e = await setup(t);
   await buildDelta(join(e.dir, 'old.img'), join(e.dir, 'old2.delta-index'), join(e.dir, 'old2.delta-pack'), { level: 3, cdc: { min: 2048, avg: 8192, max: 32768 } });
