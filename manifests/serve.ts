@@ -17,6 +17,7 @@
  * Trade-off: no compression (payloads are compressed already, and a Content-Encoding would break
  * byte ranges).
  */
+import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { realpath, stat } from 'node:fs/promises';
 import http from 'node:http';
@@ -125,7 +126,8 @@ async function fileFor(base: string, realBase: string, rawUrl: string): Promise<
 
 /** Answers a multi-range request: 206 multipart/byteranges, parts streamed one after the other. */
 function sendMultipart(req: http.IncomingMessage, res: http.ServerResponse, file: { path: string; size: number }, ranges: { start: number; end: number }[], headers: http.OutgoingHttpHeaders): void {
-  const boundary = `slotflip-${Math.random().toString(16).slice(2)}${Date.now().toString(16)}`;
+  // fixed length (24 hex digits): the multipart framing of the same ranges is the same number of bytes
+  const boundary = `slotflip-${randomBytes(12).toString('hex')}`;
   const type = headers['content-type'] as string;
   const heads = ranges.map((r, i) => Buffer.from(`${i === 0 ? '' : '\r\n'}--${boundary}\r\ncontent-type: ${type}\r\ncontent-range: bytes ${r.start}-${r.end}/${file.size}\r\n\r\n`));
   const tail = Buffer.from(`\r\n--${boundary}--\r\n`);
