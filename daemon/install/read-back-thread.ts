@@ -122,7 +122,6 @@ export class ThreadedReadBack implements ReadBack {
     // this module again (.js when built, .ts under the test runner's loader, which workers inherit)
     const url = new URL(import.meta.url);
     // from TypeScript sources (tests) the worker needs only the TypeScript loader of the flags this
-    // process runs with (a test runner's other hooks would load, and slow down, every worker)
     // process runs with (a test runner's other hooks would load, and slow down, every worker). Built,
     // it inherits them: an explicit execArgv must not name V8 flags (ERR_WORKER_INVALID_EXEC_ARGV for
     // the --max-semi-space-size=1 that /usr/bin/slotflip runs with), inherited ones are fine
