@@ -150,7 +150,8 @@ export interface InstallTransfer {
   fallback?: { code: string; message: string };
 }
 
-/** How a delta install found a slot's chunks (see InstallTransfer.seedLookup). */
+/** How a delta install found a slot's chunks (see InstallTransfer.seedLookup; install/delta.ts
+ * SeedLookup is this type, SeedOrigin the first three). */
 export type SeedLookupKind = 'kept' | 'built' | 'published' | 'probed' | 'cut' | 'none';
 
 export interface Attempt {

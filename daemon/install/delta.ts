@@ -51,13 +51,14 @@
  * install); nothing here touches the running slot but reads.
  */
 import { createHash } from 'node:crypto';
-import { open } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
 import zlib from 'node:zlib';
 import { SlotflipError } from '../../hal/errors.js';
 import type { SlotWriter } from '../../hal/slot-writer.js';
 import { parseDeltaIndex, type DeltaIndex } from '../../manifests/delta.js';
+import type { SeedLookupKind } from '../machine.js';
 import { verifySlotImage } from './read-back.js';
 import { cutSlot, seedOfIndex, type SlotSeed } from './seed-index.js';
 
@@ -139,10 +140,10 @@ export type SeedInput = (SlotSeed & { origin?: SeedOrigin }) | (DeltaIndex & { o
  * index its release still publishes (route.ts: the booted slot's committed release). */
 export type SeedOrigin = 'kept' | 'built' | 'published';
 
-/** How a slot's chunks were found: from a kept (signed) index, an index the idle daemon built, the
- * signed index its release publishes, by probing (the target: each new chunk hashed where it goes),
- * by cutting the slot, or not at all. */
-export type SeedLookup = SeedOrigin | 'probed' | 'cut' | 'none';
+/** How a slot's chunks were found (the report's vocabulary, machine.ts SeedLookupKind): from a kept
+ * (signed) index, an index the idle daemon built, the signed index its release publishes, by probing
+ * (the target: each new chunk hashed where it goes), by cutting the slot, or not at all. */
+export type SeedLookup = SeedLookupKind;
 
 export interface DeltaInstallResult {
   imageSize: number;
@@ -460,17 +461,12 @@ async function probeInPlace(path: string, idx: DeltaIndex, signal?: AbortSignal)
       let j = i;
       let len = 0;
       while (j < n && (j === i || len + idx.rawLen[idx.refs[j]!]! <= buf.length)) len += idx.rawLen[idx.refs[j++]!]!;
-      let got = 0;
-      while (got < len) {
-        const { bytesRead } = await fh.read(buf, got, len - got, pos + got);
-        if (bytesRead === 0) break;
-        got += bytesRead;
-      }
+      const got = await readFull(fh, buf, len, pos);
       let at = 0;
       for (let k = i; k < j; k++) {
         const u = idx.refs[k]!;
         const l = idx.rawLen[u]!;
-        if (at + l <= got && createHash('sha256').update(buf.subarray(at, at + l)).digest().equals(idx.shas.subarray(u * 32, u * 32 + 32))) hit[k] = 1;
+        if (isChunk(idx, u, got.subarray(at, at + l))) hit[k] = 1;
         at += l;
       }
       pos += len;
@@ -480,6 +476,22 @@ async function probeInPlace(path: string, idx: DeltaIndex, signal?: AbortSignal)
     await fh.close();
   }
   return hit;
+}
+
+/** `len` bytes of `fh` at `at` read into `into` (fewer only at the end of the file): a view of `into`. */
+async function readFull(fh: FileHandle, into: Buffer, len: number, at: number): Promise<Buffer> {
+  let got = 0;
+  while (got < len) {
+    const { bytesRead } = await fh.read(into, got, len - got, at + got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return into.subarray(0, got);
+}
+
+/** Whether `b` is chunk `u` of the signed index: its length and its SHA-256. */
+function isChunk(idx: Pick<DeltaIndex, 'rawLen' | 'shas'>, u: number, b: Buffer): boolean {
+  return b.length === idx.rawLen[u] && createHash('sha256').update(b).digest().equals(idx.shas.subarray(u * 32, u * 32 + 32));
 }
 
 /** A seed is usable for a slot of `size` bytes when it was cut like the new index and fits. */
@@ -650,8 +662,7 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
     return out;
   };
 
-  const expect = (u: number): Buffer => idx.shas.subarray(u * 32, u * 32 + 32);
-  const okBytes = (u: number, b: Buffer): boolean => b.length === idx.rawLen[u] && createHash('sha256').update(b).digest().equals(expect(u));
+  const okBytes = (u: number, b: Buffer): boolean => isChunk(idx, u, b);
   const decodeChecked = (u: number, frame: Buffer, url = 'pack'): Buffer => {
     let raw: Buffer;
     try {
@@ -695,13 +706,7 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
       const b = await out.readAt(len, at);
       return Buffer.from(b.buffer, b.byteOffset, b.length);
     }
-    let got = 0;
-    while (got < len) {
-      const { bytesRead } = await targetFh.read(into, got, len - got, at + got);
-      if (bytesRead === 0) break;
-      got += bytesRead;
-    }
-    return into.subarray(0, got);
+    return readFull(targetFh, into, len, at);
   };
   const overBudget = (): void => {
     const b = opts.budget;
@@ -839,7 +844,11 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
     if (deferred.length > 0) {
       overBudget();
       const at = new Map<number, number[]>();
-      for (const d of deferred) at.set(d.u, [...(at.get(d.u) ?? []), d.pos]);
+      for (const d of deferred) {
+        const list = at.get(d.u);
+        if (list) list.push(d.pos);
+        else at.set(d.u, [d.pos]);
+      }
       const list = [...at.keys()].sort((a, b) => idx.packOff[a]! - idx.packOff[b]!);
       let j = 0;
       for await (const fr of frameStream(list, batchesOf(list, maxRequests - batches.length))) {

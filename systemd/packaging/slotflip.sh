@@ -28,7 +28,6 @@ export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE-/var/cache/slotflip}"
 # binary for nothing (peak RSS 102 -> 93 MiB, CPU the same within 1%, 1 GiB, cli-bench, load 15-18);
 # a delta install turns them on for its chunking (daemon/compose.ts, daemon/footprint.ts).
 case ${1-} in
-  daemon) exec "$node" --max-semi-space-size=1 --no-turbofan --no-maglev "$lib/dist/daemon/cli.js" "$@" ;;
-  install|update) exec "$node" --max-semi-space-size=1 --no-turbofan --no-maglev "$lib/dist/daemon/cli.js" "$@" ;;
+  daemon|install|update) exec "$node" --max-semi-space-size=1 --no-turbofan --no-maglev "$lib/dist/daemon/cli.js" "$@" ;;
 esac
 exec "$node" --max-semi-space-size=1 "$lib/dist/daemon/cli.js" "$@"

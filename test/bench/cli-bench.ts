@@ -35,6 +35,7 @@ import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { launcherFlags } from './launcher-flags.js';
 
 const GIB = 1 << 30;
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -44,14 +45,13 @@ const HARDWARE = 'bench,slotflip';
 /** the Node flags /usr/bin/slotflip (systemd/packaging/slotflip.sh) runs the CLI with: the bench runs
  * the CLI the same way (checked against that file at start). */
 const WRAPPER = join(ROOT, 'systemd', 'packaging', 'slotflip.sh');
-/** The Node flags a build's launcher gives `slotflip install` (its `install|update) exec` line, else
+/** The Node flags a build's launcher gives `slotflip install` (the `case` line naming install, else
  * its generic last line); a build without a launcher (--base of a bare dist/) takes this one's. */
 function wrapperNodeFlags(root = ROOT): string[] {
   const wrapper = existsSync(join(root, 'systemd', 'packaging', 'slotflip.sh')) ? join(root, 'systemd', 'packaging', 'slotflip.sh') : WRAPPER;
-  const text = readFileSync(wrapper, 'utf8');
-  const m = /^\s*install\|update\) exec "\$node" (.*?)"\$lib\/dist\/daemon\/cli\.js" "\$@" ;;$/m.exec(text) ?? /^exec "\$node" (.*?)"\$lib\/dist\/daemon\/cli\.js" "\$@"$/m.exec(text);
-  if (!m) throw new Error(`${wrapper}: no exec line to take the Node flags from`);
-  return m[1]!.split(' ').filter((a) => a !== '');
+  const flags = launcherFlags(wrapper, 'install', true);
+  if (!flags) throw new Error(`${wrapper}: no exec line to take the Node flags from`);
+  return flags;
 }
 
 /** Whether a build's launcher gives the CLI Node's compile cache (`export NODE_COMPILE_CACHE=` in

@@ -51,6 +51,7 @@ import { CLI, HARDWARE, ROOT } from '../e2e/harness.js';
 import { writeImage } from './install-fixtures.js';
 import { deviceTopics } from '../../daemon/topics.js';
 import { formatReport, residentReport } from './resident.js';
+import { launcherFlags } from './launcher-flags.js';
 
 const MIB = 1 << 20;
 const GIB = 1 << 30;
@@ -244,12 +245,12 @@ function unitNodeOptions(): string {
 }
 
 /** The Node flags /usr/bin/slotflip (systemd/packaging/slotflip.sh) starts `slotflip daemon` with
- * (its `daemon) exec "$node" FLAGS ...` line); --daemon-args=FLAGS replaces them. */
+ * (the `case` line naming daemon); --daemon-args=FLAGS replaces them. */
 function launcherDaemonArgs(): string[] {
   const launcher = join(ROOT, 'systemd', 'packaging', 'slotflip.sh');
-  const m = /^\s*daemon\) exec "\$node" (.*?)"\$lib\/dist\/daemon\/cli\.js" "\$@"/m.exec(readFileSync(launcher, 'utf8'));
-  if (!m) throw new Error(`${launcher}: no \`daemon) exec "$node" ...\` line to take the daemon's Node flags from`);
-  return m[1]!.split(' ').filter(Boolean);
+  const flags = launcherFlags(launcher, 'daemon');
+  if (!flags) throw new Error(`${launcher}: no \`daemon) exec "$node" ...\` line to take the daemon's Node flags from`);
+  return flags;
 }
 const DAEMON_ARGS = values['daemon-args'] !== undefined ? values['daemon-args'].split(' ').filter(Boolean) : launcherDaemonArgs();
 
