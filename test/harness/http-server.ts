@@ -179,7 +179,10 @@ export async function startHttpServer(options: { root: string; faults?: HttpFaul
         if (res.destroyed) return false;
         rec.bytesSent += data.length;
         if (!res.write(data)) {
-          await Promise.race([once(res, 'drain'), once(res, 'close')]);
+          // the losing `once` is cancelled: left waiting, each backpressure wait left a 'close' and an
+          // 'error' listener on the response (MaxListenersExceededWarning after 11 waits, in CI logs)
+          const settled = new AbortController();
+          await Promise.race([once(res, 'drain', { signal: settled.signal }), once(res, 'close', { signal: settled.signal })]).finally(() => settled.abort());
         }
         if (bps !== undefined) await sleep((data.length / bps) * 1000);
         return !res.destroyed;
