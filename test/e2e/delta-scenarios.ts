@@ -8,6 +8,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { open, writeFile } from 'node:fs/promises';
+import type { Test } from 'tap';
 import { join } from 'node:path';
 import { bootable, deriveImage, makeImage, type DeriveOptions } from '../harness/delta-images.js';
 import { startGateProxy, type GateProxy, type GateProxyOptions } from '../harness/gate-proxy.js';
@@ -165,3 +166,9 @@ export function transferOf(stderr: string): Record<string, unknown> | undefined 
 }
 
 export const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+/** What every delta scenario checks first: the install exited 0 and slot B holds the new image. */
+export async function installedNew(t: Test, env: DeltaEnv, r: CliResult): Promise<void> {
+  t.equal(r.code, 0, 'install exits 0', { stderr: r.stderr.slice(-2000) });
+  t.equal(await env.slotB(), imageSha(env.newImg), 'slot B holds the new image');
+}
