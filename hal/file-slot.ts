@@ -24,6 +24,7 @@ import { open, stat, readFile, realpath, type FileHandle } from 'node:fs/promise
 import { basename, join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { SlotflipError } from './errors.js';
+import { readFull } from './read-full.js';
 import { execTool, runChecked, type ToolRunner } from './exec.js';
 import { DIRECT_ALIGN, isAligned } from './aligned.js';
 import type { SlotName } from './boot-control.js';
@@ -150,12 +151,7 @@ class FileSlotHandle implements SlotHandle {
   async readAt(length: number, offset: number): Promise<Buffer> {
     const want = Math.max(0, Math.min(length, this.cap - offset));
     const buf = Buffer.alloc(want);
-    let done = 0;
-    while (done < want) {
-      const { bytesRead } = await this.fh.read(buf, done, want - done, offset + done);
-      if (bytesRead === 0) break;
-      done += bytesRead;
-    }
+    const done = await readFull(this.fh, buf, 0, want, offset);
     return done === want ? buf : buf.subarray(0, done);
   }
 

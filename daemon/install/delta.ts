@@ -56,6 +56,7 @@ import http from 'node:http';
 import https from 'node:https';
 import zlib from 'node:zlib';
 import { SlotflipError } from '../../hal/errors.js';
+import { readFull } from '../../hal/read-full.js';
 import type { SlotWriter } from '../../hal/slot-writer.js';
 import { parseDeltaIndex, type DeltaIndex } from '../../manifests/delta.js';
 import type { SeedLookupKind } from '../machine.js';
@@ -461,7 +462,7 @@ async function probeInPlace(path: string, idx: DeltaIndex, signal?: AbortSignal)
       let j = i;
       let len = 0;
       while (j < n && (j === i || len + idx.rawLen[idx.refs[j]!]! <= buf.length)) len += idx.rawLen[idx.refs[j++]!]!;
-      const got = await readFull(fh, buf, len, pos);
+      const got = await readView(fh, buf, len, pos);
       let at = 0;
       for (let k = i; k < j; k++) {
         const u = idx.refs[k]!;
@@ -479,14 +480,8 @@ async function probeInPlace(path: string, idx: DeltaIndex, signal?: AbortSignal)
 }
 
 /** `len` bytes of `fh` at `at` read into `into` (fewer only at the end of the file): a view of `into`. */
-async function readFull(fh: FileHandle, into: Buffer, len: number, at: number): Promise<Buffer> {
-  let got = 0;
-  while (got < len) {
-    const { bytesRead } = await fh.read(into, got, len - got, at + got);
-    if (bytesRead === 0) break;
-    got += bytesRead;
-  }
-  return into.subarray(0, got);
+async function readView(fh: FileHandle, into: Buffer, len: number, at: number): Promise<Buffer> {
+  return into.subarray(0, await readFull(fh, into, 0, len, at));
 }
 
 /** Whether `b` is chunk `u` of the signed index: its length and its SHA-256. */
@@ -706,7 +701,7 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
       const b = await out.readAt(len, at);
       return Buffer.from(b.buffer, b.byteOffset, b.length);
     }
-    return readFull(targetFh, into, len, at);
+    return readView(targetFh, into, len, at);
   };
   const overBudget = (): void => {
     const b = opts.budget;
@@ -759,10 +754,7 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
         if (j - i > 1) {
           let buf: Buffer;
           if (k0 === INPLACE) buf = await readTarget(runBuf, runLen, pos);
-          else {
-            const { bytesRead } = await runningFh!.read(runBuf, 0, runLen, off0);
-            buf = runBuf.subarray(0, bytesRead);
-          }
+          else buf = await readView(runningFh!, runBuf, runLen, off0);
           let ok = 0;
           let k = i;
           for (; k < j; k++) {
@@ -812,9 +804,8 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
         if (okBytes(u, buf)) data = buf;
         else seedMismatches++;
       } else if (k0 === RUNNING) {
-        const { bytesRead } = await runningFh!.read(chunkBuf, 0, len, off0);
-        const buf = chunkBuf.subarray(0, bytesRead);
-        if (bytesRead === len && okBytes(u, buf)) data = buf;
+        const buf = await readView(runningFh!, chunkBuf, len, off0);
+        if (okBytes(u, buf)) data = buf;
         else seedMismatches++;
       }
       if (data) copied += len;

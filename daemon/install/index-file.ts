@@ -23,19 +23,17 @@
  * whole list anyway.
  */
 import { createHash } from 'node:crypto';
-import { read as readFd } from 'node:fs';
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import type { Logger } from 'pino';
 import { SlotflipError, isCoded } from '../../hal/errors.js';
 import { readFileCapped, writeFileAtomic } from '../../hal/atomic-file.js';
+import { readFull } from '../../hal/read-full.js';
 import { parseIndexFile } from '../../manifests/chunk-index.js';
 import type { PayloadInfo, Release, TargetRef } from '../../manifests/types.js';
 import { toSource, type InstallSourceSpec } from './installer.js';
 import type { OpenedStream, PayloadSource } from './source.js';
 
-const readP = promisify(readFd);
 const SHA256 = /^[0-9a-f]{64}$/;
 
 export interface IndexResolverOptions {
@@ -184,13 +182,8 @@ async function readCapped(s: OpenedStream, cap: number, signal: AbortSignal): Pr
   const tooLong = (): SlotflipError => new SlotflipError('MANIFEST_INDEX_MISMATCH', `${s.where}: longer than the signed ${cap} bytes`, { details: { where: s.where, length: cap } });
   if (s.fd !== undefined) {
     const out = Buffer.alloc(cap + 1);
-    let got = 0;
-    for (;;) {
-      const { bytesRead } = await readP(s.fd, out, got, out.length - got, s.start + got);
-      if (bytesRead === 0) break;
-      got += bytesRead;
-      if (got > cap) throw tooLong();
-    }
+    const got = await readFull(s.fd, out, 0, out.length, s.start); // cap + 1: one byte more is too long
+    if (got > cap) throw tooLong();
     return out.subarray(0, got);
   }
   const stream = s.stream!;

@@ -15,15 +15,13 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { read as readFd } from 'node:fs';
-import { promisify } from 'node:util';
 import zlib, { gunzipSync } from 'node:zlib';
 import { SlotflipError } from '../../hal/errors.js';
+import { readFull } from '../../hal/read-full.js';
 import { zstdDecoderFor } from './decode.js';
 import type { PayloadInfo } from '../../manifests/types.js';
 import type { OpenedStream, PayloadSource } from './source.js';
 
-const readP = promisify(readFd);
 
 export interface PreflightOptions {
   payload: PayloadInfo;
@@ -78,13 +76,7 @@ export async function preflightPayload(o: PreflightOptions): Promise<void> {
 async function readExactly(s: OpenedStream, offset: number, len: number, signal: AbortSignal): Promise<Buffer> {
   const out = Buffer.alloc(len);
   if (s.fd !== undefined) {
-    let got = 0;
-    while (got < len) {
-      const { bytesRead } = await readP(s.fd, out, got, len - got, offset + got);
-      if (bytesRead === 0) break;
-      got += bytesRead;
-    }
-    if (got < len) throw new SlotflipError('INSTALL_PAYLOAD_TRUNCATED', `${s.where}: ends inside chunk 0`, { details: { where: s.where } });
+    if ((await readFull(s.fd, out, 0, len, offset)) < len) throw new SlotflipError('INSTALL_PAYLOAD_TRUNCATED', `${s.where}: ends inside chunk 0`, { details: { where: s.where } });
     return out;
   }
   const stream = s.stream!;
