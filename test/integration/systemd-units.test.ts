@@ -14,7 +14,7 @@
  */
 import t from 'tap';
 import { execFile } from 'node:child_process';
-import { copyFileSync, chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
 import { Ajv } from 'ajv';
@@ -195,6 +195,22 @@ t.test('tmpfiles.d creates a root-only state directory', async (t) => {
   t.equal(st.uid, 0, 'owned by root');
   const cache = statSync(join(root, 'var/cache/slotflip'));
   t.ok(cache.isDirectory() && (cache.mode & 0o777) === 0o700 && cache.uid === 0, '/var/cache/slotflip (Node compile cache) exists, root-only');
+
+  // --clean (systemd-tmpfiles-clean.timer): a compile-cache subdirectory of a Node no longer installed
+  // (untouched for 100 days) goes; today's stays; the state directory is never cleaned by age
+  const old = new Date(Date.now() - 100 * 86_400_000);
+  const entries = { 'var/cache/slotflip/node-22-old/entry': old, 'var/cache/slotflip/node-24-now/entry': new Date(), 'var/lib/slotflip/update.json': old };
+  for (const [rel, when] of Object.entries(entries)) {
+    mkdirSync(join(root, rel, '..'), { recursive: true });
+    writeFileSync(join(root, rel), 'x');
+    utimesSync(join(root, rel), when, when);
+  }
+  utimesSync(join(root, 'var/cache/slotflip/node-22-old'), old, old);
+  const c = await run('systemd-tmpfiles', ['--clean', `--root=${root}`, 'slotflip.conf']);
+  t.equal(c.code, 0, c.stderr);
+  t.notOk(existsSync(join(root, 'var/cache/slotflip/node-22-old/entry')), 'clean: a compile cache unused for 100 days is removed');
+  t.ok(existsSync(join(root, 'var/cache/slotflip/node-24-now/entry')), 'clean: the one in use stays');
+  t.ok(existsSync(join(root, 'var/lib/slotflip/update.json')), 'clean: the state directory is never cleaned by age');
 });
 
 t.test('board examples: drop-ins verify and keep the exposure low; configs are valid', async (t) => {
