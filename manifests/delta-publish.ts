@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import zlib from 'node:zlib';
 import { chunkFile, looksLikeDirBlock } from './cdc.js';
-import { buildDelta, DELTA_FORMAT, parseDeltaIndex, type BuildDeltaOptions, type DeltaIndex, type DeltaSection } from './delta.js';
+import { buildDelta, parseDeltaIndex, unfilterChunk, type BuildDeltaOptions, type DeltaIndex, type DeltaSection } from './delta.js';
 
 export interface PublishedDelta {
   section: DeltaSection;
@@ -38,7 +38,7 @@ export async function buildReleaseDelta(image: string, targetsRoot: string, targ
   await rename(tmpIndex, indexPath);
   await rename(tmpPack, packPath);
   return {
-    section: { format: DELTA_FORMAT, index: { target: indexName, ...built.index }, pack: { target: packName, ...built.pack } },
+    section: { format: built.header.format, index: { target: indexName, ...built.index }, pack: { target: packName, ...built.pack } },
     targets: [
       { name: indexName, path: indexPath, ...built.index },
       { name: packName, path: packPath, ...built.pack },
@@ -124,7 +124,7 @@ async function imageFromPack(indexPath: string, idx: DeltaIndex, out: string): P
       const frame = Buffer.alloc(idx.packLen[u]!);
       const { bytesRead } = await pack.read(frame, 0, frame.length, idx.packOff[u]!);
       if (bytesRead !== frame.length) throw new Error(`${packPath} is shorter than its index says`);
-      const raw = decode(frame, { maxOutputLength: idx.rawLen[u]! });
+      const raw = unfilterChunk(idx, u, decode(frame, { maxOutputLength: idx.rawLen[u]! }));
       if (raw.length !== idx.rawLen[u] || idx.shas.compare(createHash('sha256').update(raw).digest(), 0, 32, u * 32, u * 32 + 32) !== 0) throw new Error(`${packPath}: chunk ${i} does not match its index`);
       await img.write(raw, 0, raw.length, at);
       at += raw.length;

@@ -57,7 +57,7 @@ import https from 'node:https';
 import zlib from 'node:zlib';
 import { SlotflipError } from '../../hal/errors.js';
 import type { SlotWriter } from '../../hal/slot-writer.js';
-import { parseDeltaIndex, type DeltaIndex } from '../../manifests/delta.js';
+import { parseDeltaIndex, unfilterChunk, type DeltaIndex } from '../../manifests/delta.js';
 import type { SeedLookupKind } from '../machine.js';
 import { verifySlotImage } from './read-back.js';
 import { cutSlot, seedOfIndex, type SlotSeed } from './seed-index.js';
@@ -666,7 +666,8 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   const decodeChecked = (u: number, frame: Buffer, url = 'pack'): Buffer => {
     let raw: Buffer;
     try {
-      raw = zstdDecode(frame, idx.rawLen[u]!);
+      // format 2: a frame the signed index marks as x86-filtered is unfiltered before it is hashed
+      raw = unfilterChunk(idx, u, zstdDecode(frame, idx.rawLen[u]!));
     } catch (cause) {
       if (cause instanceof SlotflipError) throw cause;
       throw new SlotflipError('INSTALL_CHUNK_HASH_MISMATCH', `${url}: pack frame ${u} does not decompress; the mirror holds a different file`, { cause, retryable: true, details: { frame: u } });
