@@ -61,6 +61,10 @@ export interface DeltaSection {
   format: DeltaFormat;
   index: { target: string; length: number; sha256: string };
   pack: { target: string; length: number; sha256: string };
+  /** the index written against the earlier release's (delta-thin.ts), for a device that holds that
+   * one: `base` is the SHA-256 of the earlier index's uncompressed bytes, `rawSha256` that of this
+   * release's (what the device rebuilds and checks). Optional; a device without the base fetches `index`. */
+  thin?: { target: string; length: number; sha256: string; base: string; rawSha256: string };
 }
 
 /** Largest delta index FILE (compressed) a device fetches: the read is capped at its signed length,
@@ -77,7 +81,7 @@ export function parseDeltaSection(v: unknown): { ok: true; section: DeltaSection
   const o = v as Record<string, unknown>;
   const format = o['format'];
   if (typeof format !== 'string' || !FORMATS.includes(format)) return { ok: false, why: `delta format ${JSON.stringify(String(format).slice(0, 40))} is not ${FORMATS.join(' or ')}` };
-  const file = (k: 'index' | 'pack', cap: number): DeltaSection['index'] | string => {
+  const file = (k: 'index' | 'pack' | 'thin', cap: number): DeltaSection['index'] | string => {
     const f = o[k] as Record<string, unknown> | null | undefined;
     if (typeof f !== 'object' || f === null) return `delta.${k} is missing`;
     const { target, length, sha256 } = f;
@@ -90,7 +94,15 @@ export function parseDeltaSection(v: unknown): { ok: true; section: DeltaSection
   if (typeof index === 'string') return { ok: false, why: index };
   const pack = file('pack', Number.MAX_SAFE_INTEGER);
   if (typeof pack === 'string') return { ok: false, why: pack };
-  return { ok: true, section: { format: format as DeltaFormat, index, pack } };
+  let thin: DeltaSection['thin'];
+  if (o['thin'] !== undefined) {
+    const f = file('thin', MAX_DELTA_INDEX_FILE_BYTES);
+    if (typeof f === 'string') return { ok: false, why: f };
+    const { base, rawSha256 } = o['thin'] as Record<string, unknown>;
+    if (typeof base !== 'string' || !/^[0-9a-f]{64}$/.test(base) || typeof rawSha256 !== 'string' || !/^[0-9a-f]{64}$/.test(rawSha256)) return { ok: false, why: 'delta.thin.base and .rawSha256 must be 64 hex digits' };
+    thin = { ...f, base, rawSha256 };
+  }
+  return { ok: true, section: { format: format as DeltaFormat, index, pack, ...(thin ? { thin } : {}) } };
 }
 
 export interface DeltaIndex {
@@ -106,6 +118,8 @@ export interface DeltaIndex {
   /** format 2: 1 for each unique chunk whose frame holds it x86-filtered (undo with unfilterChunk);
    * undefined when no chunk is. */
   x86: Uint8Array | undefined;
+  /** SHA-256 of the index's uncompressed bytes (what a thin index names as its base: delta-thin.ts). */
+  rawSha256: string;
 }
 
 /** Undoes the filter the index says chunk `u`'s frame was made with (in place), before it is hashed. */
@@ -125,6 +139,11 @@ export function parseDeltaIndex(file: Buffer): DeltaIndex {
   } catch (cause) {
     throw invalid(`cannot decompress (${(cause as Error).message})`);
   }
+  return parseRawDeltaIndex(raw);
+}
+
+/** The same for an index's uncompressed bytes (rebuilt from a thin index and checked: delta-thin.ts). */
+export function parseRawDeltaIndex(raw: Buffer): DeltaIndex {
   if (raw.length < 8 || !raw.subarray(0, 4).equals(MAGIC)) throw invalid('bad magic');
   const hl = raw.readUInt32LE(4);
   if (8 + hl > raw.length) throw invalid('header runs past the end');
@@ -179,7 +198,7 @@ export function parseDeltaIndex(file: Buffer): DeltaIndex {
   }
   if (nextNew !== h.uniqueCount) throw invalid('some distinct chunks are never used');
   if (size !== h.imageSize) throw invalid(`chunks add up to ${size} bytes, header says ${h.imageSize}`);
-  return { header: h, shas, rawLen, packLen, packOff, refs, x86 };
+  return { header: h, shas, rawLen, packLen, packOff, refs, x86, rawSha256: createHash('sha256').update(raw).digest('hex') };
 }
 
 /**

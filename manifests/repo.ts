@@ -701,7 +701,9 @@ export async function addRelease(dir: string, opts: AddReleaseOptions): Promise<
   const finalPath = join(finalDir, `${built.sha256}.${basename(targetName)}`);
   await rename(staging, finalPath);
 
-  const delta = opts.delta ? await buildReleaseDelta(opts.image, targetsDir(dir), targetName, { ...(opts.deltaLevel !== undefined ? { level: opts.deltaLevel } : {}), ...(opts.deltaFormat !== undefined ? { format: opts.deltaFormat } : {}) }) : undefined;
+  // the earlier release devices of this hardware most likely hold: the thin index is written against its index
+  const deltaBase = opts.delta ? (await earlierDeltaIndex(dir, opts.hardware, targetName))?.path : undefined;
+  const delta = opts.delta ? await buildReleaseDelta(opts.image, targetsDir(dir), targetName, { ...(deltaBase ? { base: deltaBase } : {}), ...(opts.deltaLevel !== undefined ? { level: opts.deltaLevel } : {}), ...(opts.deltaFormat !== undefined ? { format: opts.deltaFormat } : {}) }) : undefined;
 
   const base = {
     hardware: [...opts.hardware],
@@ -1292,6 +1294,7 @@ export async function pruneReleases(dir: string, opts: PruneOptions): Promise<Pr
       // its delta files (manifests/delta-publish.ts) are named after it and go with it
       delete map[`${n}.delta-index`];
       delete map[`${n}.delta-pack`];
+      delete map[`${n}.delta-thin`];
     }
   });
   return { removed, kept, targetsVersion: loaded.md.signed.version };
