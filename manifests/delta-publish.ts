@@ -15,7 +15,7 @@ import zlib from 'node:zlib';
 import { writeFileAtomic } from '../hal/atomic-file.js';
 import { chunkFile, looksLikeDirBlock } from './cdc.js';
 import { encodeThinIndex, rawOfIndexFile } from './delta-thin.js';
-import { buildDelta, parseDeltaIndex, unfilterChunk, type BuildDeltaOptions, type DeltaIndex, type DeltaSection } from './delta.js';
+import { buildDelta, DELTA_FORMAT_1, parseDeltaIndex, unfilterChunk, type BuildDeltaOptions, type DeltaIndex, type DeltaSection } from './delta.js';
 
 export interface PublishedDelta {
   section: DeltaSection;
@@ -28,7 +28,7 @@ export interface PublishedDelta {
  * Builds `<targetName>.delta-index` and `<targetName>.delta-pack` for `image` under `targetsRoot`,
  * stored like payloads (`<dir>/<sha256>.<name>`, consistent snapshots); with `base` (the earlier
  * release's `.delta-index` file, the one devices most likely hold) also `<targetName>.delta-thin`,
- * the index written against it (delta-thin.ts), when that is smaller.
+ * the index written against it (delta-thin.ts), when that is smaller (format 2 only).
  */
 export async function buildReleaseDelta(image: string, targetsRoot: string, targetName: string, opts: BuildDeltaOptions & { base?: string } = {}): Promise<PublishedDelta> {
   const dir = join(targetsRoot, dirname(targetName));
@@ -48,7 +48,8 @@ export async function buildReleaseDelta(image: string, targetsRoot: string, targ
     { name: indexName, path: indexPath, ...built.index },
     { name: packName, path: packPath, ...built.pack },
   ];
-  const base = opts.base ? await readFile(opts.base).then(parseDeltaIndex, () => undefined) : undefined;
+  // format 1 is what daemons before format 2 read: published as it was then, without a thin index
+  const base = opts.base && built.header.format !== DELTA_FORMAT_1 ? await readFile(opts.base).then(parseDeltaIndex, () => undefined) : undefined;
   const thin = base ? encodeThinIndex(rawOfIndexFile(indexFile), index, base) : undefined;
   if (base && thin && thin.length < indexFile.length) {
     const thinName = `${targetName}.delta-thin`;
