@@ -56,8 +56,9 @@ t.test('kept seed indexes: after two committed delta updates, the third cuts no 
   const capacity = env.newImg.length + MIB; // the board's slots (setupDelta)
   const lookupOf = (r: { stderr: string }): { target: string; running: string; cutBytes: number } | undefined => transferOf(r.stderr)?.seedLookup as never;
   // install, reboot into the trial (the board's own slot selection), validate and commit
-  // which index files an install fetched: its release's full index, or the thin one against the release before
-  const indexFiles = (from: number): string[] => env.proxy.requests.slice(from).filter((q) => isDeltaIndex(q.path) || isDeltaThin(q.path)).map((q) => `${/\/releases\/([^/]+)\//.exec(q.path)?.[1]} ${isDeltaThin(q.path) ? 'delta-thin' : 'delta-index'}`);
+  // which index files an install downloaded (not the 1-byte preflight probe, route.ts probeDelta): its
+  // release's full index, or the thin one against the release before
+  const indexFiles = (from: number): string[] => env.proxy.requests.slice(from).filter((q) => (isDeltaIndex(q.path) || isDeltaThin(q.path)) && q.bytes > 1).map((q) => `${/\/releases\/([^/]+)\//.exec(q.path)?.[1]} ${isDeltaThin(q.path) ? 'delta-thin' : 'delta-index'}`);
   let from = 0;
   const cycle = async (what: string, slot: 'A' | 'B', image: Buffer) => {
     from = env.proxy.requests.length;
