@@ -190,7 +190,7 @@ export const command: Command = {
         if (e) estimates.push({ against: a.path, ...(a.release ? { release: a.release } : {}), ...e, percentOfFull: Math.round((1000 * e.expectedBytes) / r.length) / 10 });
       }
     }
-    const deltaJson = r.delta ? { delta: { index: r.delta.section.index, pack: r.delta.section.pack, level: deltaLevel ?? DEFAULT_DELTA_LEVEL, format: r.delta.section.format, cdc: r.delta.index.header.cdc, chunks: r.delta.index.header.chunkCount, distinct: r.delta.index.header.uniqueCount, estimates, ...(noSeed ? { noEstimate: noSeed } : {}) } } : {};
+    const deltaJson = r.delta ? { delta: { index: r.delta.section.index, pack: r.delta.section.pack, level: deltaLevel ?? DEFAULT_DELTA_LEVEL, format: r.delta.section.format, ...(r.delta.section.thin ? { thin: r.delta.section.thin } : {}), cdc: r.delta.index.header.cdc, chunks: r.delta.index.header.chunkCount, distinct: r.delta.index.header.uniqueCount, estimates, ...(noSeed ? { noEstimate: noSeed } : {}) } } : {};
     if (values.json) io.stdout.write(JSON.stringify({ targetName: r.targetName, path: r.path, length: r.length, sha256: r.sha256, targetsVersion: r.targetsVersion, version: r.custom.version, securityVersion: r.custom.securityVersion, format: r.custom.slotflip, chunks: r.chunks, ...(r.index ? { index: r.index } : {}), ...deltaJson }) + '\n');
     else {
       io.stdout.write(`added ${r.targetName} (${r.custom.version}, securityVersion ${r.custom.securityVersion}, ${r.chunks} chunks, ${r.length} bytes) in targets v${r.targetsVersion}${r.index ? `; chunk index ${r.index.targetName} (${r.index.length} bytes)` : ' (format 1: chunk index inline)'}\n`);
