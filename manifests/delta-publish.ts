@@ -12,8 +12,10 @@ import { mkdtemp, open, readFile, readdir, rename, rm, stat } from 'node:fs/prom
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import zlib from 'node:zlib';
+import { writeFileAtomic } from '../hal/atomic-file.js';
 import { chunkFile, looksLikeDirBlock } from './cdc.js';
-import { buildDelta, DELTA_FORMAT, parseDeltaIndex, type BuildDeltaOptions, type DeltaIndex, type DeltaSection } from './delta.js';
+import { encodeThinIndex, rawOfIndexFile } from './delta-thin.js';
+import { buildDelta, DELTA_FORMAT_1, parseDeltaIndex, unfilterChunk, type BuildDeltaOptions, type DeltaIndex, type DeltaSection } from './delta.js';
 
 export interface PublishedDelta {
   section: DeltaSection;
@@ -24,9 +26,11 @@ export interface PublishedDelta {
 
 /**
  * Builds `<targetName>.delta-index` and `<targetName>.delta-pack` for `image` under `targetsRoot`,
- * stored like payloads (`<dir>/<sha256>.<name>`, consistent snapshots).
+ * stored like payloads (`<dir>/<sha256>.<name>`, consistent snapshots); with `base` (the earlier
+ * release's `.delta-index` file, the one devices most likely hold) also `<targetName>.delta-thin`,
+ * the index written against it (delta-thin.ts), when that is smaller (format 2 only).
  */
-export async function buildReleaseDelta(image: string, targetsRoot: string, targetName: string, opts: BuildDeltaOptions = {}): Promise<PublishedDelta> {
+export async function buildReleaseDelta(image: string, targetsRoot: string, targetName: string, opts: BuildDeltaOptions & { base?: string } = {}): Promise<PublishedDelta> {
   const dir = join(targetsRoot, dirname(targetName));
   const tmpIndex = join(dir, `.build-${process.pid}.${basename(targetName)}.delta-index`);
   const tmpPack = join(dir, `.build-${process.pid}.${basename(targetName)}.delta-pack`);
@@ -37,14 +41,25 @@ export async function buildReleaseDelta(image: string, targetsRoot: string, targ
   const packPath = join(dir, `${built.pack.sha256}.${basename(packName)}`);
   await rename(tmpIndex, indexPath);
   await rename(tmpPack, packPath);
-  return {
-    section: { format: DELTA_FORMAT, index: { target: indexName, ...built.index }, pack: { target: packName, ...built.pack } },
-    targets: [
-      { name: indexName, path: indexPath, ...built.index },
-      { name: packName, path: packPath, ...built.pack },
-    ],
-    index: parseDeltaIndex(await readFile(indexPath)),
-  };
+  const indexFile = await readFile(indexPath);
+  const index = parseDeltaIndex(indexFile);
+  const section: DeltaSection = { format: built.header.format, index: { target: indexName, ...built.index }, pack: { target: packName, ...built.pack } };
+  const targets = [
+    { name: indexName, path: indexPath, ...built.index },
+    { name: packName, path: packPath, ...built.pack },
+  ];
+  // format 1 is what daemons before format 2 read: published as it was then, without a thin index
+  const base = opts.base && built.header.format !== DELTA_FORMAT_1 ? await readFile(opts.base).then(parseDeltaIndex, () => undefined) : undefined;
+  const thin = base ? encodeThinIndex(rawOfIndexFile(indexFile), index, base) : undefined;
+  if (base && thin && thin.length < indexFile.length) {
+    const thinName = `${targetName}.delta-thin`;
+    const sha256 = createHash('sha256').update(thin).digest('hex');
+    const thinPath = join(dir, `${sha256}.${basename(thinName)}`);
+    await writeFileAtomic(thinPath, thin);
+    section.thin = { target: thinName, length: thin.length, sha256, base: base.rawSha256, rawSha256: index.rawSha256 };
+    targets.push({ name: thinName, path: thinPath, length: thin.length, sha256 });
+  }
+  return { section, targets, index };
 }
 
 /** The most recently written `.delta-index` file under `targetsRoot` other than `except`. */
@@ -124,7 +139,7 @@ async function imageFromPack(indexPath: string, idx: DeltaIndex, out: string): P
       const frame = Buffer.alloc(idx.packLen[u]!);
       const { bytesRead } = await pack.read(frame, 0, frame.length, idx.packOff[u]!);
       if (bytesRead !== frame.length) throw new Error(`${packPath} is shorter than its index says`);
-      const raw = decode(frame, { maxOutputLength: idx.rawLen[u]! });
+      const raw = unfilterChunk(idx, u, decode(frame, { maxOutputLength: idx.rawLen[u]! }));
       if (raw.length !== idx.rawLen[u] || idx.shas.compare(createHash('sha256').update(raw).digest(), 0, 32, u * 32, u * 32 + 32) !== 0) throw new Error(`${packPath}: chunk ${i} does not match its index`);
       await img.write(raw, 0, raw.length, at);
       at += raw.length;

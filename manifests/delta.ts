@@ -13,6 +13,11 @@
  *   "SFDI" | u32 header length | header JSON (DeltaHeader)
  *   | unique × { sha256[32], u32 raw length, u32 frame length }
  *   | chunkCount × u32 unique id
+ * Format `slotflip-delta-2` (written by default since issue 25's x86 pass) is format 1 plus one bit:
+ * bit 31 of a raw length (X86_FLAG) says the chunk was x86-filtered (x86-filter.ts) before it was
+ * compressed, so its frame decompresses to the filtered bytes and the device undoes the filter before
+ * it hashes the chunk. A device that knows only format 1 refuses the section's format and installs the
+ * full payload (manifests/README "Delta index and pack"); this one reads both.
  * A frame's pack offset is the sum of the frame lengths before it; a chunk's image offset is the sum
  * of the raw lengths of the chunks before it. Frames lie in the pack in order of first use in the
  * image, so a device that fetches misses in image order reads the pack front to back.
@@ -24,8 +29,16 @@ import zlib from 'node:zlib';
 import { SlotflipError } from '../hal/errors.js';
 import { fsyncDir } from '../hal/atomic-file.js';
 import { cdcForImage, checkCdcParams, chunkFile, type CdcParams } from './cdc.js';
+import { X86_CANDIDATE_EVERY, x86Decode, x86Encode } from './x86-filter.js';
 
-export const DELTA_FORMAT = 'slotflip-delta-1';
+export const DELTA_FORMAT_1 = 'slotflip-delta-1';
+export const DELTA_FORMAT_2 = 'slotflip-delta-2';
+export type DeltaFormat = typeof DELTA_FORMAT_1 | typeof DELTA_FORMAT_2;
+/** What `release add` writes unless told `--delta-format 1`. */
+export const DELTA_FORMAT: DeltaFormat = DELTA_FORMAT_2;
+const FORMATS: readonly string[] = [DELTA_FORMAT_1, DELTA_FORMAT_2];
+/** Format 2: bit 31 of an entry's raw length, set when the chunk's frame holds it x86-filtered. */
+const X86_FLAG = 0x80000000;
 const MAGIC = Buffer.from('SFDI');
 const ENTRY = 40;
 /** Largest decompressed index accepted (a 64 GiB image at 16 KiB average is ~170 MiB of refs: cap
@@ -33,7 +46,7 @@ const ENTRY = 40;
 export const MAX_DELTA_INDEX_BYTES = 64 << 20;
 
 export interface DeltaHeader {
-  format: typeof DELTA_FORMAT;
+  format: DeltaFormat;
   imageSize: number;
   imageSha256: string;
   cdc: CdcParams;
@@ -45,9 +58,13 @@ export interface DeltaHeader {
 
 /** What a release's index file carries in its optional `delta` section. */
 export interface DeltaSection {
-  format: typeof DELTA_FORMAT;
+  format: DeltaFormat;
   index: { target: string; length: number; sha256: string };
   pack: { target: string; length: number; sha256: string };
+  /** the index written against the earlier release's (delta-thin.ts), for a device that holds that
+   * one: `base` is the SHA-256 of the earlier index's uncompressed bytes, `rawSha256` that of this
+   * release's (what the device rebuilds and checks). Optional; a device without the base fetches `index`. */
+  thin?: { target: string; length: number; sha256: string; base: string; rawSha256: string };
 }
 
 /** Largest delta index FILE (compressed) a device fetches: the read is capped at its signed length,
@@ -62,8 +79,9 @@ export const MAX_DELTA_INDEX_FILE_BYTES = 32 << 20;
 export function parseDeltaSection(v: unknown): { ok: true; section: DeltaSection } | { ok: false; why: string } {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) return { ok: false, why: 'the delta section is not an object' };
   const o = v as Record<string, unknown>;
-  if (o['format'] !== DELTA_FORMAT) return { ok: false, why: `delta format ${JSON.stringify(String(o['format']).slice(0, 40))} is not ${DELTA_FORMAT}` };
-  const file = (k: 'index' | 'pack', cap: number): DeltaSection['index'] | string => {
+  const format = o['format'];
+  if (typeof format !== 'string' || !FORMATS.includes(format)) return { ok: false, why: `delta format ${JSON.stringify(String(format).slice(0, 40))} is not ${FORMATS.join(' or ')}` };
+  const file = (k: 'index' | 'pack' | 'thin', cap: number): DeltaSection['index'] | string => {
     const f = o[k] as Record<string, unknown> | null | undefined;
     if (typeof f !== 'object' || f === null) return `delta.${k} is missing`;
     const { target, length, sha256 } = f;
@@ -76,7 +94,15 @@ export function parseDeltaSection(v: unknown): { ok: true; section: DeltaSection
   if (typeof index === 'string') return { ok: false, why: index };
   const pack = file('pack', Number.MAX_SAFE_INTEGER);
   if (typeof pack === 'string') return { ok: false, why: pack };
-  return { ok: true, section: { format: DELTA_FORMAT, index, pack } };
+  let thin: DeltaSection['thin'];
+  if (o['thin'] !== undefined) {
+    const f = file('thin', MAX_DELTA_INDEX_FILE_BYTES);
+    if (typeof f === 'string') return { ok: false, why: f };
+    const { base, rawSha256 } = o['thin'] as Record<string, unknown>;
+    if (typeof base !== 'string' || !/^[0-9a-f]{64}$/.test(base) || typeof rawSha256 !== 'string' || !/^[0-9a-f]{64}$/.test(rawSha256)) return { ok: false, why: 'delta.thin.base and .rawSha256 must be 64 hex digits' };
+    thin = { ...f, base, rawSha256 };
+  }
+  return { ok: true, section: { format: format as DeltaFormat, index, pack, ...(thin ? { thin } : {}) } };
 }
 
 export interface DeltaIndex {
@@ -89,6 +115,16 @@ export interface DeltaIndex {
   packOff: Float64Array;
   /** unique id of each chunk of the image, in image order. */
   refs: Uint32Array;
+  /** format 2: 1 for each unique chunk whose frame holds it x86-filtered (undo with unfilterChunk);
+   * undefined when no chunk is. */
+  x86: Uint8Array | undefined;
+  /** SHA-256 of the index's uncompressed bytes (what a thin index names as its base: delta-thin.ts). */
+  rawSha256: string;
+}
+
+/** Undoes the filter the index says chunk `u`'s frame was made with (in place), before it is hashed. */
+export function unfilterChunk(idx: Pick<DeltaIndex, 'x86'>, u: number, raw: Buffer): Buffer {
+  return idx.x86 !== undefined && idx.x86[u] === 1 ? x86Decode(raw) : raw;
 }
 
 function invalid(msg: string, details: Record<string, unknown> = {}): SlotflipError {
@@ -103,6 +139,11 @@ export function parseDeltaIndex(file: Buffer): DeltaIndex {
   } catch (cause) {
     throw invalid(`cannot decompress (${(cause as Error).message})`);
   }
+  return parseRawDeltaIndex(raw);
+}
+
+/** The same for an index's uncompressed bytes (rebuilt from a thin index and checked: delta-thin.ts). */
+export function parseRawDeltaIndex(raw: Buffer): DeltaIndex {
   if (raw.length < 8 || !raw.subarray(0, 4).equals(MAGIC)) throw invalid('bad magic');
   const hl = raw.readUInt32LE(4);
   if (8 + hl > raw.length) throw invalid('header runs past the end');
@@ -113,7 +154,7 @@ export function parseDeltaIndex(file: Buffer): DeltaIndex {
     throw invalid('header is not JSON');
   }
   const int = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0;
-  if (h.format !== DELTA_FORMAT || h.compression !== 'zstd' || !int(h.imageSize) || !int(h.uniqueCount) || !int(h.chunkCount) || !int(h.packLength) || typeof h.imageSha256 !== 'string' || !/^[0-9a-f]{64}$/.test(h.imageSha256) || typeof h.cdc !== 'object' || h.cdc === null) throw invalid('header fields are missing or wrong');
+  if (!FORMATS.includes(h.format) || h.compression !== 'zstd' || !int(h.imageSize) || !int(h.uniqueCount) || !int(h.chunkCount) || !int(h.packLength) || typeof h.imageSha256 !== 'string' || !/^[0-9a-f]{64}$/.test(h.imageSha256) || typeof h.cdc !== 'object' || h.cdc === null) throw invalid('header fields are missing or wrong');
   try {
     checkCdcParams(h.cdc);
   } catch (e) {
@@ -125,11 +166,18 @@ export function parseDeltaIndex(file: Buffer): DeltaIndex {
   const rawLen = new Uint32Array(h.uniqueCount);
   const packLen = new Uint32Array(h.uniqueCount);
   const packOff = new Float64Array(h.uniqueCount);
+  let x86: Uint8Array | undefined;
   let off = 0;
   for (let u = 0; u < h.uniqueCount; u++) {
     const e = body + u * ENTRY;
     raw.copy(shas, u * 32, e, e + 32);
-    rawLen[u] = raw.readUInt32LE(e + 32);
+    let len = raw.readUInt32LE(e + 32);
+    // the flag only in format 2: a format 1 length this large is refused below, as it always was
+    if (h.format === DELTA_FORMAT_2 && len >= X86_FLAG) {
+      len -= X86_FLAG;
+      (x86 ??= new Uint8Array(h.uniqueCount))[u] = 1;
+    }
+    rawLen[u] = len;
     packLen[u] = raw.readUInt32LE(e + 36);
     if (rawLen[u] === 0 || rawLen[u]! > h.cdc.max || packLen[u] === 0) throw invalid(`chunk ${u} has length ${rawLen[u]} / frame ${packLen[u]}`);
     packOff[u] = off;
@@ -150,7 +198,7 @@ export function parseDeltaIndex(file: Buffer): DeltaIndex {
   }
   if (nextNew !== h.uniqueCount) throw invalid('some distinct chunks are never used');
   if (size !== h.imageSize) throw invalid(`chunks add up to ${size} bytes, header says ${h.imageSize}`);
-  return { header: h, shas, rawLen, packLen, packOff, refs };
+  return { header: h, shas, rawLen, packLen, packOff, refs, x86, rawSha256: createHash('sha256').update(raw).digest('hex') };
 }
 
 /**
@@ -174,6 +222,9 @@ export interface BuildDeltaOptions {
   concurrency?: number;
   /** directory of already compressed frames by SHA-256 and level (benches and repeated builds). */
   frameCache?: string;
+  /** index format (default DELTA_FORMAT, i.e. 2: x86-filtered frames where that is smaller; 1 for
+   * fleets whose daemons predate format 2 and should still get deltas). */
+  format?: DeltaFormat;
 }
 
 export interface BuiltDelta {
@@ -187,6 +238,8 @@ type ZstdZlib = { zstdCompress?: (b: Buffer, o: object, cb: (e: Error | null, r:
 /** What a frame cache must key on besides the chunk and level: how zstdFrame encodes (frames made
  * before the length was pledged are valid but larger). */
 export const FRAME_ENCODING = 'p1';
+/** The same for a frame of the x86-filtered chunk. */
+const FRAME_ENCODING_X86 = `${FRAME_ENCODING}x86`;
 
 /** One zstd frame of `raw` at `level` (node:zlib, Node >= 22.15). */
 export function zstdFrame(raw: Buffer, level: number): Promise<Buffer> {
@@ -211,6 +264,8 @@ export async function buildDelta(imagePath: string, indexPath: string, packPath:
   const cdc = opts.cdc ?? (await cdcForImage(imagePath));
   checkCdcParams(cdc);
   const level = opts.level ?? DEFAULT_DELTA_LEVEL;
+  const format = opts.format ?? DELTA_FORMAT;
+  if (!FORMATS.includes(format)) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', `delta format ${JSON.stringify(format)} is not ${FORMATS.join(' or ')}`);
   const concurrency = Math.max(1, opts.concurrency ?? 4);
   const tmpPack = join(dirname(packPath), `.${basename(packPath)}.${process.pid}.tmp`);
   const tmpIndex = join(dirname(indexPath), `.${basename(indexPath)}.${process.pid}.tmp`);
@@ -224,9 +279,9 @@ export async function buildDelta(imagePath: string, indexPath: string, packPath:
     const imageHash = createHash('sha256');
     let packLength = 0;
     let imageSize = 0;
-    const queue: { sha: string; raw: Buffer; frame: Promise<Buffer> }[] = [];
-    const frameFor = async (sha: string, raw: Buffer): Promise<Buffer> => {
-      const cached = opts.frameCache ? join(opts.frameCache, `${sha}.${level}.${FRAME_ENCODING}.zst`) : undefined;
+    const queue: { sha: string; raw: Buffer; frame: Promise<{ frame: Buffer; x86: boolean }> }[] = [];
+    const compressed = async (sha: string, raw: Buffer, encoding: string): Promise<Buffer> => {
+      const cached = opts.frameCache ? join(opts.frameCache, `${sha}.${level}.${encoding}.zst`) : undefined;
       if (cached) {
         const hit = await readFile(cached).catch(() => undefined);
         if (hit && hit.length > 0) return hit;
@@ -241,12 +296,21 @@ export async function buildDelta(imagePath: string, indexPath: string, packPath:
       }
       return f;
     };
+    // format 2: a chunk that looks like x86 code is compressed filtered too, and the smaller frame kept
+    const frameFor = async (sha: string, raw: Buffer): Promise<{ frame: Buffer; x86: boolean }> => {
+      const plain = compressed(sha, raw, FRAME_ENCODING);
+      if (format !== DELTA_FORMAT_2) return { frame: await plain, x86: false };
+      const filtered = Buffer.from(raw);
+      if (x86Encode(filtered) * X86_CANDIDATE_EVERY <= raw.length) return { frame: await plain, x86: false };
+      const [p, f] = await Promise.all([plain, compressed(sha, filtered, FRAME_ENCODING_X86)]);
+      return f.length < p.length ? { frame: f, x86: true } : { frame: p, x86: false };
+    };
     const drain = async (): Promise<void> => {
       const q = queue.shift()!;
-      const frame = await q.frame;
+      const { frame, x86 } = await q.frame;
       const e = Buffer.alloc(ENTRY);
       Buffer.from(q.sha, 'hex').copy(e, 0);
-      e.writeUInt32LE(q.raw.length, 32);
+      e.writeUInt32LE(q.raw.length + (x86 ? X86_FLAG : 0), 32);
       e.writeUInt32LE(frame.length, 36);
       entries.push(e);
       packHash.update(frame);
@@ -273,7 +337,7 @@ export async function buildDelta(imagePath: string, indexPath: string, packPath:
     while (queue.length > 0) await drain();
     await pack.sync();
     await pack.close();
-    const header: DeltaHeader = { format: DELTA_FORMAT, imageSize, imageSha256: imageHash.digest('hex'), cdc: { ...cdc }, compression: 'zstd', uniqueCount: ids.size, chunkCount: refs.length, packLength };
+    const header: DeltaHeader = { format, imageSize, imageSha256: imageHash.digest('hex'), cdc: { ...cdc }, compression: 'zstd', uniqueCount: ids.size, chunkCount: refs.length, packLength };
     const hj = Buffer.from(JSON.stringify(header));
     const pre = Buffer.alloc(8);
     MAGIC.copy(pre, 0);

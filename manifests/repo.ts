@@ -23,6 +23,7 @@
  * runs them needs the targets key; keep it on the release machine, not on the broker host.
  */
 import { buildReleaseDelta, type PublishedDelta } from './delta-publish.js';
+import type { DeltaFormat } from './delta.js';
 import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Key, MetaFile, Metadata, MetadataKind, Root, Snapshot, TargetFile, Targets, Timestamp } from '@tufjs/models';
@@ -597,6 +598,8 @@ export interface AddReleaseOptions extends RepoOptions {
 delta?: boolean;
   /** zstd level of the delta pack's frames (default DEFAULT_DELTA_LEVEL, manifests/delta.ts). */
   deltaLevel?: number;
+  /** delta index format (default DELTA_FORMAT: 2, x86-filtered frames; 1 for daemons that predate it). */
+  deltaFormat?: DeltaFormat;
 }
 
 export interface AddedRelease {
@@ -698,7 +701,9 @@ export async function addRelease(dir: string, opts: AddReleaseOptions): Promise<
   const finalPath = join(finalDir, `${built.sha256}.${basename(targetName)}`);
   await rename(staging, finalPath);
 
-  const delta = opts.delta ? await buildReleaseDelta(opts.image, targetsDir(dir), targetName, opts.deltaLevel !== undefined ? { level: opts.deltaLevel } : {}) : undefined;
+  // the earlier release devices of this hardware most likely hold: the thin index is written against its index
+  const deltaBase = opts.delta ? (await earlierDeltaIndex(dir, opts.hardware, targetName))?.path : undefined;
+  const delta = opts.delta ? await buildReleaseDelta(opts.image, targetsDir(dir), targetName, { ...(deltaBase ? { base: deltaBase } : {}), ...(opts.deltaLevel !== undefined ? { level: opts.deltaLevel } : {}), ...(opts.deltaFormat !== undefined ? { format: opts.deltaFormat } : {}) }) : undefined;
 
   const base = {
     hardware: [...opts.hardware],
@@ -1289,6 +1294,7 @@ export async function pruneReleases(dir: string, opts: PruneOptions): Promise<Pr
       // its delta files (manifests/delta-publish.ts) are named after it and go with it
       delete map[`${n}.delta-index`];
       delete map[`${n}.delta-pack`];
+      delete map[`${n}.delta-thin`];
     }
   });
   return { removed, kept, targetsVersion: loaded.md.signed.version };

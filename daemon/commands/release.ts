@@ -7,7 +7,7 @@
 import { stat } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { estimateDelta } from '../../manifests/delta-publish.js';
-import { DEFAULT_DELTA_LEVEL } from '../../manifests/delta.js';
+import { DEFAULT_DELTA_LEVEL, DELTA_FORMAT_1, DELTA_FORMAT_2 } from '../../manifests/delta.js';
 import { SlotflipError } from '../../hal/errors.js';
 import { addRelease, earlierDeltaIndex, exportBundle, releaseTargetName } from '../../manifests/repo.js';
 import { DEFAULT_CHUNK_SIZE } from '../../manifests/payload.js';
@@ -53,6 +53,9 @@ const HELP = [
   '                          and server space (a pack ~1.1x the payload)',
   '  --delta                 publish the delta files (the default; an error with --inline-index)',
   `  --delta-level N         zstd level of the pack frames (1-22, default ${DEFAULT_DELTA_LEVEL})`,
+  '  --delta-format 1|2      delta index format (default 2: frames of x86 code chunks filtered, ~5 %',
+  '                          smaller; daemons before it refuse format 2 and download the full',
+  '                          payload, so publish 1 while a fleet still runs them)',
   '  --delta-against F       print what a device holding F downloads and what in the image',
   '                          defeats reuse; F is an earlier image or .delta-index file; repeatable.',
   '                          Default: against the best earlier release of the same hardware in',
@@ -100,6 +103,7 @@ export const command: Command = {
         delta: { type: 'boolean' },
         'no-delta': { type: 'boolean' },
         'delta-level': { type: 'string' },
+        'delta-format': { type: 'string' },
         'delta-against': { type: 'string', multiple: true },
       },
     });
@@ -135,8 +139,11 @@ export const command: Command = {
       ...(values['migration-timeout'] !== undefined ? { timeoutSeconds: int(values['migration-timeout'], '--migration-timeout') } : {}),
     };
     // delta files by default for format 2 (format 1 cannot name them); --no-delta opts out
-    const askedDelta = values.delta === true || values['delta-against'] !== undefined || values['delta-level'] !== undefined;
-    if (values['no-delta'] && askedDelta) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', '--no-delta contradicts --delta / --delta-against / --delta-level: give one or the other');
+    const askedDelta = values.delta === true || values['delta-against'] !== undefined || values['delta-level'] !== undefined || values['delta-format'] !== undefined;
+    if (values['no-delta'] && askedDelta) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', '--no-delta contradicts --delta / --delta-against / --delta-level / --delta-format: give one or the other');
+    const fmt = values['delta-format'];
+    if (fmt !== undefined && fmt !== '1' && fmt !== '2') throw new SlotflipError('MANIFEST_BAD_ARGUMENT', `--delta-format must be 1 or 2, got ${JSON.stringify(fmt)}`);
+    const deltaFormat = fmt === undefined ? undefined : fmt === '1' ? DELTA_FORMAT_1 : DELTA_FORMAT_2;
     const wantDelta = askedDelta || (!values['no-delta'] && !values['inline-index']);
     const deltaLevel = values['delta-level'] === undefined ? undefined : int(values['delta-level'], '--delta-level');
     if (deltaLevel !== undefined && (deltaLevel < 1 || deltaLevel > 22)) throw new SlotflipError('MANIFEST_BAD_ARGUMENT', `--delta-level must be 1-22, got ${deltaLevel}`);
@@ -156,6 +163,7 @@ export const command: Command = {
     const r = await addRelease(dir, {
       ...(wantDelta ? { delta: true } : {}),
       ...(deltaLevel !== undefined ? { deltaLevel } : {}),
+      ...(deltaFormat !== undefined ? { deltaFormat } : {}),
       keys,
       image: need(values.image, '--image'),
       version: need(values.version, '--version'),
@@ -182,7 +190,7 @@ export const command: Command = {
         if (e) estimates.push({ against: a.path, ...(a.release ? { release: a.release } : {}), ...e, percentOfFull: Math.round((1000 * e.expectedBytes) / r.length) / 10 });
       }
     }
-    const deltaJson = r.delta ? { delta: { index: r.delta.section.index, pack: r.delta.section.pack, level: deltaLevel ?? DEFAULT_DELTA_LEVEL, cdc: r.delta.index.header.cdc, chunks: r.delta.index.header.chunkCount, distinct: r.delta.index.header.uniqueCount, estimates, ...(noSeed ? { noEstimate: noSeed } : {}) } } : {};
+    const deltaJson = r.delta ? { delta: { index: r.delta.section.index, pack: r.delta.section.pack, level: deltaLevel ?? DEFAULT_DELTA_LEVEL, format: r.delta.section.format, ...(r.delta.section.thin ? { thin: r.delta.section.thin } : {}), cdc: r.delta.index.header.cdc, chunks: r.delta.index.header.chunkCount, distinct: r.delta.index.header.uniqueCount, estimates, ...(noSeed ? { noEstimate: noSeed } : {}) } } : {};
     if (values.json) io.stdout.write(JSON.stringify({ targetName: r.targetName, path: r.path, length: r.length, sha256: r.sha256, targetsVersion: r.targetsVersion, version: r.custom.version, securityVersion: r.custom.securityVersion, format: r.custom.slotflip, chunks: r.chunks, ...(r.index ? { index: r.index } : {}), ...deltaJson }) + '\n');
     else {
       io.stdout.write(`added ${r.targetName} (${r.custom.version}, securityVersion ${r.custom.securityVersion}, ${r.chunks} chunks, ${r.length} bytes) in targets v${r.targetsVersion}${r.index ? `; chunk index ${r.index.targetName} (${r.index.length} bytes)` : ' (format 1: chunk index inline)'}\n`);

@@ -3,7 +3,11 @@
  * holds plus a few coalesced multi-range fetches of the release's delta pack (manifests/delta.ts).
  *
  * 1. The delta index is fetched (capped at its signed length) and checked against its signed
- *    SHA-256, then parsed.
+ *    SHA-256, then parsed. When the release also publishes its index written against an earlier
+ *    release's (`thin`, manifests/delta-thin.ts) and a slot's kept index is that one (`bases`), the
+ *    thin file is fetched instead (signed length and SHA-256 as well), the full index rebuilt from it
+ *    and the kept one and checked against the signed SHA-256 of its bytes; anything that does not fit
+ *    and the full index is fetched after all.
  * 2. What the slots hold: the running slot (only ever read) from its seed index (below) or cut into
  *    content-defined chunks with the index's parameters; the target slot (what is on it now: the
  *    release before, or a half-written copy of this one after a power cut) from its seed index, else
@@ -58,7 +62,8 @@ import zlib from 'node:zlib';
 import { SlotflipError } from '../../hal/errors.js';
 import { readFull } from '../../hal/read-full.js';
 import type { SlotWriter } from '../../hal/slot-writer.js';
-import { parseDeltaIndex, type DeltaIndex } from '../../manifests/delta.js';
+import { parseDeltaIndex, parseRawDeltaIndex, unfilterChunk, type DeltaIndex } from '../../manifests/delta.js';
+import { applyThinIndex } from '../../manifests/delta-thin.js';
 import type { SeedLookupKind } from '../machine.js';
 import { verifySlotImage } from './read-back.js';
 import { cutSlot, seedOfIndex, type SlotSeed } from './seed-index.js';
@@ -83,6 +88,10 @@ export interface DeltaProgress {
 
 export interface DeltaInstallOptions {
   index: DeltaFile;
+  /** the index written against an earlier one (section `thin`): used when `bases` holds that one. */
+  thin?: DeltaFile & { base: string; rawSha256: string };
+  /** signed delta indexes the device holds (its slots' kept indexes): a thin index's possible bases. */
+  bases?: DeltaIndex[];
   pack: DeltaFile;
   /** the target slot, already marked bad by the caller. */
   slot: SlotWriter;
@@ -162,8 +171,11 @@ export interface DeltaInstallResult {
   seedMismatches: number;
   /** how each slot's chunks were found, and the slot bytes read to cut slots into chunks. */
   lookup: { target: SeedLookup; running: SeedLookup; cutBytes: number; probedBytes: number; lookupMs: number };
-  /** the delta index file as fetched and verified against its signed hash (to keep as a seed). */
+  /** the delta index file as fetched and verified against its signed hash, or rebuilt from the thin
+   * index and checked (to keep as a seed). */
   indexFile: Buffer;
+  /** how the index came: whole, or its thin form against a held base (`thin`). */
+  indexVia: 'full' | 'thin';
   readBackSha256: string;
   durationMs: number;
 }
@@ -364,6 +376,34 @@ async function* readFrames(a: HttpAnswer, url: string, frames: { off: number; le
   if (k < frames.length) throw new SlotflipError('INSTALL_PAYLOAD_TRUNCATED', `${url}: answer ended before pack byte ${frames[k]!.off + got}`, { retryable: true, details: { url } });
 }
 
+/**
+ * The release's delta index: rebuilt from its thin form and a held base when it has one and the
+ * device holds that base (verified against the signed SHA-256 of the index's bytes), else fetched
+ * whole. `file`: the index as a compressed file, to keep as the slot's seed afterwards.
+ */
+async function fetchIndex(opts: Pick<DeltaInstallOptions, 'index' | 'thin' | 'bases' | 'signal'>, headers: Record<string, string>, timeoutMs: number): Promise<{ idx: DeltaIndex; file: Buffer; requests: number; downloaded: number; thin: boolean }> {
+  let requests = 0;
+  let downloaded = 0;
+  const base = opts.thin ? opts.bases?.find((b) => b.rawSha256 === opts.thin!.base) : undefined;
+  if (opts.thin && base) {
+    try {
+      const t = await fetchVerified(opts.thin, headers, timeoutMs, opts.signal);
+      requests += t.requests;
+      downloaded += t.bytes.length;
+      const raw = applyThinIndex(t.bytes, base, opts.thin.rawSha256);
+      const idx = parseRawDeltaIndex(raw);
+      // kept as the slot's seed: any brotli stream of these bytes parses to the same index
+      const file = zlib.brotliCompressSync(raw, { params: { [zlib.constants.BROTLI_PARAM_QUALITY]: 5, [zlib.constants.BROTLI_PARAM_SIZE_HINT]: raw.length } });
+      return { idx, file, requests, downloaded, thin: true };
+    } catch (e) {
+      if (opts.signal?.aborted) throw e;
+      // a mirror without the thin file, or one that does not fit: the full index, as without it
+    }
+  }
+  const f = await fetchVerified(opts.index, headers, timeoutMs, opts.signal);
+  return { idx: parseDeltaIndex(f.bytes), file: f.bytes, requests: requests + f.requests, downloaded: downloaded + f.bytes.length, thin: false };
+}
+
 function zstdDecode(frame: Buffer, rawLen: number): Buffer {
   const sync = (zlib as unknown as { zstdDecompressSync?: (b: Buffer, o?: object) => Buffer }).zstdDecompressSync;
   if (!sync) throw new SlotflipError('INSTALL_DECOMPRESS', `node ${process.version} has no built-in zstd; delta installs need Node 22.15 or later (install the full payload instead)`);
@@ -510,10 +550,10 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   const maxRequests = opts.maxRequests ?? 50;
   const perRequest = opts.maxRangesPerRequest ?? 200;
 
-  const fetched = await fetchVerified(opts.index, headers, timeoutMs, opts.signal);
+  const fetched = await fetchIndex(opts, headers, timeoutMs);
   let requests = fetched.requests;
-  let downloaded = fetched.bytes.length;
-  const idx = parseDeltaIndex(fetched.bytes);
+  let downloaded = fetched.downloaded;
+  const idx = fetched.idx;
   const h = idx.header;
   if (opts.expect && (h.imageSize !== opts.expect.size || h.imageSha256 !== opts.expect.sha256)) {
     throw new SlotflipError('INSTALL_BAD_INDEX', `delta index describes an image of ${h.imageSize} bytes with SHA-256 ${h.imageSha256}, the release signs ${opts.expect.size} / ${opts.expect.sha256}; the release was published wrong`, { details: { imageSize: h.imageSize, imageSha256: h.imageSha256 } });
@@ -661,7 +701,8 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   const decodeChecked = (u: number, frame: Buffer, url = 'pack'): Buffer => {
     let raw: Buffer;
     try {
-      raw = zstdDecode(frame, idx.rawLen[u]!);
+      // format 2: a frame the signed index marks as x86-filtered is unfiltered before it is hashed
+      raw = unfilterChunk(idx, u, zstdDecode(frame, idx.rawLen[u]!));
     } catch (cause) {
       if (cause instanceof SlotflipError) throw cause;
       throw new SlotflipError('INSTALL_CHUNK_HASH_MISMATCH', `${url}: pack frame ${u} does not decompress; the mirror holds a different file`, { cause, retryable: true, details: { frame: u } });
@@ -870,5 +911,5 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   report(true);
   downloaded += wire.bytes;
   await verifySlotImage(opts.slot, { compression: 'zstd', size: h.imageSize, sha256: h.imageSha256, chunkSize: 0, chunks: [] }, { source: opts.readBack ?? 'handle' });
-  return { imageSize: h.imageSize, inPlace, copied, fetchedRaw, downloaded, requests, seedMismatches, lookup: { ...lookup, cutBytes, probedBytes, lookupMs }, indexFile: fetched.bytes, readBackSha256: h.imageSha256, durationMs: Math.round(performance.now() - started) };
+  return { imageSize: h.imageSize, inPlace, copied, fetchedRaw, downloaded, requests, seedMismatches, lookup: { ...lookup, cutBytes, probedBytes, lookupMs }, indexFile: fetched.file, indexVia: fetched.thin ? 'thin' : 'full', readBackSha256: h.imageSha256, durationMs: Math.round(performance.now() - started) };
 }

@@ -55,7 +55,7 @@ import zlib from 'node:zlib';
 import type { Logger } from 'pino';
 import { codeOf, isCoded } from '../../hal/errors.js';
 import type { SlotWriter } from '../../hal/slot-writer.js';
-import { parseDeltaIndex, parseDeltaSection, type DeltaSection } from '../../manifests/delta.js';
+import { parseDeltaIndex, parseDeltaSection, type DeltaIndex, type DeltaSection } from '../../manifests/delta.js';
 import type { PayloadInfo, Release } from '../../manifests/types.js';
 import type { InstallTransfer } from '../machine.js';
 import { fetchVerified, installDelta, request, type DeltaInstallResult, type SeedInput } from './delta.js';
@@ -113,7 +113,7 @@ export type DeltaRouteResult =
 /** Failures that say the delta files as served do not match what was signed: no retry cures them. */
 const PACK_FAULTS = new Set(['INSTALL_CHUNK_HASH_MISMATCH', 'INSTALL_PAYLOAD_OVERSIZED', 'MANIFEST_DELTA_INVALID', 'INSTALL_BAD_INDEX']);
 
-type Plan = { section: DeltaSection; index: string[]; pack: string[] };
+type Plan = { section: DeltaSection; index: string[]; pack: string[]; thin?: string[] };
 
 /** The delta to use, or why not (`undefined`: quietly not, e.g. mode off or a local source). */
 function plan(o: Pick<DeltaRouteOptions, 'mode' | 'delta' | 'locate'>): Plan | { code: string; message: string } | undefined {
@@ -131,7 +131,14 @@ function plan(o: Pick<DeltaRouteOptions, 'mode' | 'delta' | 'locate'>): Plan | {
   }
   // a directory or offline bundle: reading the whole payload costs no bandwidth
   if (!('urls' in index) || !('urls' in pack)) return undefined;
-  return { section, index: index.urls, pack: pack.urls };
+  // the thin index is optional: a device that cannot locate it fetches the full one
+  let thin: ReturnType<Locate> | undefined;
+  try {
+    thin = section.thin ? o.locate({ targetName: section.thin.target, hashes: { sha256: section.thin.sha256 } }) : undefined;
+  } catch {
+    thin = undefined;
+  }
+  return { section, index: index.urls, pack: pack.urls, ...(thin && 'urls' in thin ? { thin: thin.urls } : {}) };
 }
 
 /**
@@ -171,19 +178,24 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
   // the slots' kept indexes (loaded before the target's is dropped: the slot still holds what it
   // describes until the first write, and every chunk taken on its word is verified anyway)
   const seeds: { target?: SeedInput; running?: SeedInput } = {};
+  // the signed indexes held for the slots: what a thin index may be written against
+  const bases: DeltaIndex[] = [];
   // what fetching the running slot's published index cost (counted with the install's download)
   let extra = { bytes: 0, requests: 0 };
   if (o.seedDir !== undefined) {
     if (p !== undefined && 'section' in p) {
       const target = await loadSeedIndex(o.seedDir, o.slot, o.resumeStatePath);
       if (target.ok) seeds.target = { ...target.seed, origin: target.kind };
+      if (target.ok && target.kind === 'kept') bases.push(target.index);
       const running = o.running ? await loadSeedIndex(o.seedDir, o.running, o.resumeStatePath) : undefined;
       if (running?.ok) seeds.running = { ...running.seed, origin: running.kind };
+      if (running?.ok && running.kind === 'kept') bases.push(running.index);
       let published: string | undefined;
       if (o.running && running?.ok !== true && o.runningRelease) {
         const got = await publishedSeed(o, o.running, o.seedDir);
         if (got.ok) {
           seeds.running = got.index;
+          bases.push(got.index);
           extra = got.fetched;
         }
         published = got.ok ? 'used' : got.why;
@@ -215,6 +227,7 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
   try {
     r = await installDelta({
       index: { urls: where.index.urls, length: section.index.length, sha256: section.index.sha256 },
+      ...(section.thin && p.thin ? { thin: { urls: p.thin, length: section.thin.length, sha256: section.thin.sha256, base: section.thin.base, rawSha256: section.thin.rawSha256 }, bases } : {}),
       pack: { urls: where.pack.urls, length: section.pack.length, sha256: section.pack.sha256 },
       slot: o.slot,
       expect: { size: o.payload.size, sha256: o.payload.sha256 },
@@ -277,7 +290,7 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
     seedMismatches: r.seedMismatches,
     seedLookup: r.lookup,
   };
-  log?.info({ ...stats, inPlace: r.inPlace, copied: r.copied, fetchedRaw: r.fetchedRaw, readBackSha256: r.readBackSha256, durationMs: r.durationMs }, 'install verified');
+  log?.info({ ...stats, indexVia: r.indexVia, inPlace: r.inPlace, copied: r.copied, fetchedRaw: r.fetchedRaw, readBackSha256: r.readBackSha256, durationMs: r.durationMs }, 'install verified');
   return { installed: true, stats, readBackSha256: r.readBackSha256 };
 }
 
@@ -290,7 +303,7 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
  * the device's state), so a resumed or later install need not fetch it again. Never throws: any
  * failure (pruned, unreachable, damaged) says why, and the running slot is cut as before.
  */
-async function publishedSeed(o: DeltaRouteOptions, running: SlotWriter, seedDir: string): Promise<{ ok: true; index: SeedInput; fetched: { bytes: number; requests: number } } | { ok: false; why: string }> {
+async function publishedSeed(o: DeltaRouteOptions, running: SlotWriter, seedDir: string): Promise<{ ok: true; index: DeltaIndex & { origin: 'published' }; fetched: { bytes: number; requests: number } } | { ok: false; why: string }> {
   try {
     const held = await o.runningRelease!();
     if (held === undefined) return { ok: false, why: 'the running slot\'s release is unknown or no longer published' };

@@ -6,7 +6,11 @@
  * `<stateDir>/seed-index/<slot>.seed`: one JSON line binding the index to the slot (name and path)
  * and to the slot's content (the image's size and SHA-256, as verified by read-back after the
  * install), then the delta index file's bytes as fetched (they matched their signed SHA-256, which the
- * binding repeats so a torn or flipped file is refused on load). Written atomically; capped
+ * binding repeats so a torn or flipped file is refused on load) — or, when the install rebuilt the
+ * index from the release's thin index (manifests/delta-thin.ts; checked against the signed SHA-256 of
+ * its uncompressed bytes), those bytes brotli-compressed by the device, the binding holding their own
+ * SHA-256 (the next release's thin index names its base by the uncompressed bytes, which are the
+ * same either way). Written atomically; capped
  * (MAX_KEPT_INDEX_BYTES) on write and on read.
  *
  * Lifetime: kept after a delta install verified the slot (read back); dropped before the slot is

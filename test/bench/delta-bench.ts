@@ -17,14 +17,19 @@
  * ~/.cache/slotflip-delta ($SLOTFLIP_DELTA_CACHE): reruns only measure.
  *
  *   npm run bench:delta [-- --pairs config,onepkg] [--json out.json] [--level N] [--chunking dir|plain]
- *        [--approx-denominator]
+ *        [--approx-denominator] [--format 1,2]
  *
  * --level: zstd level of the delta pack's frames (default DEFAULT_DELTA_LEVEL, as `release add`).
  * --chunking: `dir` (default, as `release add`: EXT4_CDC, 16/64/256 KiB, ext4 directory blocks on their own) or
  * `plain` (4/16/64 KiB FastCDC alone, what releases published before that use). --approx-denominator: when NEW's `zstd -19` size is not cached
  * yet, divide by OLD's instead (marked ≈; the pairs differ by a few MB of 1 GiB).
+ * --format: delta index formats to measure in one run (default: what `release add` writes, 2): 1 as
+ * published before format 2 (no x86-filtered frames, no thin index); 2 with x86-filtered frames and
+ * the thin index written against OLD's (manifests/delta-thin.ts), which the device uses where it holds
+ * OLD's index (the kept and published rows). Rows are suffixed `f1` / `f2` when both are measured.
  */
 import { execFile, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { access, copyFile, mkdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
@@ -32,7 +37,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
 import { buildPayload, DEFAULT_CHUNK_SIZE } from '../../manifests/payload.js';
-import { buildDelta, DEFAULT_DELTA_LEVEL, FRAME_ENCODING } from '../../manifests/delta.js';
+import { buildDelta, DEFAULT_DELTA_LEVEL, DELTA_FORMAT, DELTA_FORMAT_1, DELTA_FORMAT_2, FRAME_ENCODING, parseDeltaIndex, type DeltaFormat } from '../../manifests/delta.js';
+import { encodeThinIndex, rawOfIndexFile } from '../../manifests/delta-thin.js';
 import { DEFAULT_CDC, EXT4_CDC } from '../../manifests/cdc.js';
 import { serveRepository, type AccessLogEntry } from '../../manifests/serve.js';
 import { ensureBaseRootfs, hostSuite } from '../hil/fullos/rootfs.js';
@@ -48,7 +54,24 @@ let level = 12;
 let cdcTag = '-dir';
 /** Names a release's cached delta artifacts by what they depend on: level, chunking (dir: with
  * EXT4_CDC's average, which has changed), frame encoding. */
-const artTag = (): string => `${level}${cdcTag}${cdcTag === '-dir' ? EXT4_CDC.avg >> 10 : ''}-${FRAME_ENCODING}`;
+let format: DeltaFormat = DELTA_FORMAT;
+const artTag = (): string => `${level}${cdcTag}${cdcTag === '-dir' ? EXT4_CDC.avg >> 10 : ''}-${FRAME_ENCODING}${format === DELTA_FORMAT_1 ? '' : '-f2'}`;
+
+/** NEW's thin index against OLD's (format 2), built once and cached: `--thin-url` / `--thin` for delta-child. */
+async function thinArgs(oldName: string, newName: string, url: string): Promise<string[]> {
+  if (format === DELTA_FORMAT_1) return [];
+  const name = `image-${artTag()}.delta-thin-${oldName}`;
+  const json = join(art, newName, `${name}.json`);
+  await cachedJson(json, async () => {
+    const nf = await readFile(join(art, newName, `image-${artTag()}.delta-index`));
+    const nu = parseDeltaIndex(nf);
+    const base = parseDeltaIndex(await readFile(join(art, oldName, `image-${artTag()}.delta-index`)));
+    const thin = encodeThinIndex(rawOfIndexFile(nf), nu, base);
+    await writeFile(join(art, newName, name), thin);
+    return { length: thin.length, sha256: createHash('sha256').update(thin).digest('hex'), base: base.rawSha256, rawSha256: nu.rawSha256 };
+  });
+  return ['--thin-url', `${url}${newName}/${name}`, '--thin', json];
+}
 
 const PAIRS = DELTA_PAIRS;
 
@@ -102,7 +125,7 @@ async function artifacts(name: string, tools: { casync: boolean; zck: boolean })
   });
   await cachedJson(join(dir, `delta-${artTag()}.json`), async () => {
     log(`delta pack of ${name} (frames at zstd level ${level}, chunking ${cdcTag.slice(1)})`);
-    return buildDelta(img, join(dir, `image-${artTag()}.delta-index`), join(dir, `image-${artTag()}.delta-pack`), { frameCache: join(cache, 'frames'), level, ...(cdcTag === '-plain' ? { cdc: DEFAULT_CDC } : {}) });
+    return buildDelta(img, join(dir, `image-${artTag()}.delta-index`), join(dir, `image-${artTag()}.delta-pack`), { frameCache: join(cache, 'frames'), level, format, ...(cdcTag === '-plain' ? { cdc: DEFAULT_CDC } : {}) });
   });
   if (tools.casync && !(await exists(join(dir, 'image.caibx')))) {
     log(`casync make of ${name} (16 KiB)`);
@@ -123,7 +146,12 @@ async function timed(cmd: string, args: string[], cwd?: string): Promise<{ wallM
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { pairs: { type: 'string' }, json: { type: 'string' }, level: { type: 'string' }, chunking: { type: 'string' }, 'approx-denominator': { type: 'boolean' } } });
+  const { values } = parseArgs({ options: { pairs: { type: 'string' }, json: { type: 'string' }, level: { type: 'string' }, chunking: { type: 'string' }, 'approx-denominator': { type: 'boolean' }, format: { type: 'string' } } });
+  const formats = (values.format ?? DELTA_FORMAT.slice(-1)).split(',').map((f) => {
+    if (f !== '1' && f !== '2') throw new Error(`--format: 1 or 2, got ${f}`);
+    return f === '1' ? DELTA_FORMAT_1 : DELTA_FORMAT_2;
+  });
+  const fx = (name: string): string => (formats.length > 1 ? `${name} f${format.slice(-1)}` : name);
   level = values.level ? Number(values.level) : DEFAULT_DELTA_LEVEL;
   if (values.chunking !== undefined && values.chunking !== 'dir' && values.chunking !== 'plain') throw new Error('--chunking must be dir or plain');
   cdcTag = `-${values.chunking ?? 'dir'}`;
@@ -143,7 +171,10 @@ async function main(): Promise<void> {
   const tools = await ensureTools();
   await mkdir(art, { recursive: true });
   const names = [...new Set(pairs.flatMap(([, o, n]) => [o, n]))];
-  for (const n of names) await artifacts(n, tools);
+  for (const f of formats) {
+    format = f;
+    for (const n of names) await artifacts(n, tools);
+  }
 
   const served: AccessLogEntry[] = [];
   const srv = await serveRepository(art, { onRequest: (e) => served.push(e) });
@@ -187,26 +218,29 @@ async function main(): Promise<void> {
       return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB };
     });
     await rm(join(work, 'resume.json'), { force: true });
-    await fresh();
-    row['slotflip delta'] = await measure(async () => {
-      const r = await child('delta-child.js', ['--built', join(art, newName, `delta-${artTag()}.json`), '--index-url', `${srv.url}${newName}/image-${artTag()}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${artTag()}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)]);
-      return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB, note: `copied ${(r.result.copied! / 2 ** 20).toFixed(0)} MiB` };
-    });
-    // the device's usual state from its second update on: the target slot holds the release before
-    // (here OLD as well); both slots cut into chunks, then both looked up in their kept indexes
-    // (OLD's signed delta index, as the device kept it when it installed OLD): no slot read to cut
-    const deltaArgs = ['--built', join(art, newName, `delta-${artTag()}.json`), '--index-url', `${srv.url}${newName}/image-${artTag()}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${artTag()}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)];
-    const oldIndex = join(art, oldName, `image-${artTag()}.delta-index`);
-    // and a device that kept no index but knows what its booted slot holds (its committed release):
-    // OLD's delta index fetched from the repository for the running slot, the target probed
-    const oldPublished = ['--running-published', `${srv.url}${oldName}/image-${artTag()}.delta-index`, '--running-built', join(art, oldName, `delta-${artTag()}.json`)];
-    for (const [name, seeds] of [['slotflip delta, OLD in both, no index', []], ['slotflip delta, OLD in both, published index', oldPublished], ['slotflip delta, OLD in both, kept index', ['--target-seed', oldIndex, '--running-seed', oldIndex]]] as const) {
-      await copyFile(join(images, `${oldName}.img`), slot);
-      row[name] = await measure(async () => {
-        const r = await child('delta-child.js', [...deltaArgs, ...seeds]);
-        const l = (r.result as unknown as { lookup: { cutBytes: number; probedBytes?: number; target: string; running: string } }).lookup;
-        return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB, note: `running ${l.running}, target ${l.target}; cut ${(l.cutBytes / 2 ** 20).toFixed(0)} MiB, probed ${((l.probedBytes ?? 0) / 2 ** 20).toFixed(0)} MiB` };
+    for (const f of formats) {
+      format = f;
+      await fresh();
+      row[fx('slotflip delta')] = await measure(async () => {
+        const r = await child('delta-child.js', ['--built', join(art, newName, `delta-${artTag()}.json`), '--index-url', `${srv.url}${newName}/image-${artTag()}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${artTag()}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)]);
+        return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB, note: `copied ${(r.result.copied! / 2 ** 20).toFixed(0)} MiB` };
       });
+      // the device's usual state from its second update on: the target slot holds the release before
+      // (here OLD as well); both slots cut into chunks, then both looked up in their kept indexes
+      // (OLD's signed delta index, as the device kept it when it installed OLD): no slot read to cut
+      const deltaArgs = ['--built', join(art, newName, `delta-${artTag()}.json`), '--index-url', `${srv.url}${newName}/image-${artTag()}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${artTag()}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`), ...(await thinArgs(oldName, newName, srv.url))];
+      const oldIndex = join(art, oldName, `image-${artTag()}.delta-index`);
+      // and a device that kept no index but knows what its booted slot holds (its committed release):
+      // OLD's delta index fetched from the repository for the running slot, the target probed
+      const oldPublished = ['--running-published', `${srv.url}${oldName}/image-${artTag()}.delta-index`, '--running-built', join(art, oldName, `delta-${artTag()}.json`)];
+      for (const [name, seeds] of [['slotflip delta, OLD in both, no index', []], ['slotflip delta, OLD in both, published index', oldPublished], ['slotflip delta, OLD in both, kept index', ['--target-seed', oldIndex, '--running-seed', oldIndex]]] as const) {
+        await copyFile(join(images, `${oldName}.img`), slot);
+        row[fx(name)] = await measure(async () => {
+          const r = await child('delta-child.js', [...deltaArgs, ...seeds]);
+          const { lookup: l, indexVia } = r.result as unknown as { lookup: { cutBytes: number; probedBytes?: number; target: string; running: string }; indexVia?: string };
+          return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB, note: `index ${indexVia ?? 'full'}, running ${l.running}, target ${l.target}; cut ${(l.cutBytes / 2 ** 20).toFixed(0)} MiB, probed ${((l.probedBytes ?? 0) / 2 ** 20).toFixed(0)} MiB` };
+        });
+      }
     }
     if (tools.casync) {
       await rm(slot, { force: true });

@@ -9,7 +9,7 @@
  * split by the 4 KiB blocks it covers; its frame bytes in the same proportion.
  *
  *   npm run build && node dist/test/bench/delta-breakdown.js [--pairs onepkg-repro,config-repro]
- *        [--tag 16-dir64-p1] [--top 12]
+ *        [--tag 16-dir64-p1-f2] [--top 12]
  *
  * --tag picks the cached artifacts (`image-<tag>.delta-index`; default: what bench:delta names
  * today's `release add` defaults; `12-dir` for those built at level 12, 8/32/128 KiB, before frames
@@ -25,7 +25,7 @@ import { homedir, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs, promisify } from 'node:util';
 import { EXT4_CDC, looksLikeDirBlock } from '../../manifests/cdc.js';
-import { DEFAULT_DELTA_LEVEL, FRAME_ENCODING, parseDeltaIndex, type DeltaIndex } from '../../manifests/delta.js';
+import { DEFAULT_DELTA_LEVEL, DELTA_FORMAT, DELTA_FORMAT_1, FRAME_ENCODING, parseDeltaIndex, type DeltaIndex } from '../../manifests/delta.js';
 import { PAIR_IMAGES } from './delta-pairs.js';
 
 const execFileP = promisify(execFile);
@@ -105,7 +105,7 @@ function fileKind(path: string): string {
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { pairs: { type: 'string' }, tag: { type: 'string' }, top: { type: 'string' } } });
   const cache = process.env.SLOTFLIP_DELTA_CACHE ?? join(homedir(), '.cache', 'slotflip-delta');
-  const tag = values.tag ?? `${DEFAULT_DELTA_LEVEL}-dir${EXT4_CDC.avg >> 10}-${FRAME_ENCODING}`;
+  const tag = values.tag ?? `${DEFAULT_DELTA_LEVEL}-dir${EXT4_CDC.avg >> 10}-${FRAME_ENCODING}${DELTA_FORMAT === DELTA_FORMAT_1 ? '' : '-f2'}`;
   const top = Number(values.top ?? 12);
   const pairs = (values.pairs ?? 'onepkg-repro').split(',');
   process.stdout.write(`load average ${loadavg().map((x) => x.toFixed(1)).join(' ')}\n`);
@@ -116,6 +116,8 @@ async function main(): Promise<void> {
     const nuFile = await readFile(join(cache, 'artifacts', newName, `image-${tag}.delta-index`));
     const nu = parseDeltaIndex(nuFile);
     const old = parseDeltaIndex(await readFile(join(cache, 'artifacts', oldName, `image-${tag}.delta-index`)));
+    // the thin index against OLD's (format 2; bench:delta builds it), what a device holding OLD's index fetches instead
+    const thinFile = await readFile(join(cache, 'artifacts', newName, `image-${tag}.delta-thin-${oldName}`)).then((b) => b.length, () => undefined);
     const chunkIndexFile = await readFile(join(cache, 'artifacts', newName, 'full.json')).then((b) => b.length, () => undefined);
     const denom = await readFile(join(cache, 'artifacts', newName, 'zstd19.json'), 'utf8').then(Number, () => readFile(join(cache, 'artifacts', oldName, 'zstd19.json'), 'utf8').then(Number));
     const miss = missingChunks(nu, old);
@@ -182,6 +184,7 @@ async function main(): Promise<void> {
       `| part | bytes fetched | % | detail |`,
       `| --- | --- | --- | --- |`,
       `| delta index file | ${mb(nuFile.length)} | ${pct(nuFile.length)} | ${h.uniqueCount} distinct chunks (${mb(h.uniqueCount * 32)} of SHA-256), ${h.chunkCount} chunks; ${mb(8 + h.uniqueCount * 40 + h.chunkCount * 4)} before brotli |`,
+      ...(thinFile !== undefined ? [`| · or thin index against OLD's | ${mb(thinFile)} | ${pct(thinFile)} | what a device holding OLD's index fetches instead (manifests/delta-thin.ts) |`] : []),
       ...(chunkIndexFile !== undefined ? [`| release's chunk index file (names the delta files) | ${mb(chunkIndexFile)} | ${pct(chunkIndexFile)} | format 2, fetched before the delta (uncompressed JSON) |`] : []),
       `| pack frames | ${mb(packBytes)} | ${pct(packBytes)} | ${miss.length} chunks OLD lacks, ${(miss.reduce((s, c) => s + c.len, 0) / 2 ** 20).toFixed(2)} MiB raw |`,
       ...[...byKind].sort((a, b) => b[1].frame - a[1].frame).map(([k, e]) => `| · ${k} | ${mb(e.frame)} | ${pct(e.frame)} | ${(e.raw / 2 ** 20).toFixed(2)} MiB raw in ~${e.chunks.toFixed(0)} chunks, ratio ${(e.raw / e.frame).toFixed(2)} |`),

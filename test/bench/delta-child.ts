@@ -10,6 +10,8 @@
  * --running-published URL --running-built FILE: the running image's release's delta index as a
  * device without a kept one fetches it (route.ts: capped at and checked against its signed length
  * and SHA-256 from FILE, the release's built.json), inside the timed span.
+ * --thin-url URL --thin FILE: the release's thin index (manifests/delta-thin.ts; FILE: its length, SHA-256,
+ * base and rawSha256 as the release signs them), used when a seed above is the index it names.
  * --interpreted: as the daemon runs it (started with --no-turbofan --no-maglev, see
  * daemon/footprint.ts): V8's optimizing compilers on only while a slot is cut.
  */
@@ -18,10 +20,10 @@ import { parseArgs } from 'node:util';
 import { fetchVerified, installDelta, type SeedInput } from '../../daemon/install/delta.js';
 import { createSlotWriter } from '../../hal/file-slot.js';
 import { interpretOnly, withOptimizingCompilers } from '../../daemon/footprint.js';
-import { parseDeltaIndex, type BuiltDelta } from '../../manifests/delta.js';
+import { parseDeltaIndex, type BuiltDelta, type DeltaIndex } from '../../manifests/delta.js';
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { built: { type: 'string' }, 'index-url': { type: 'string' }, 'pack-url': { type: 'string' }, slot: { type: 'string' }, running: { type: 'string' }, progress: { type: 'boolean', default: false }, 'target-seed': { type: 'string' }, 'running-seed': { type: 'string' }, 'running-published': { type: 'string' }, 'running-built': { type: 'string' }, interpreted: { type: 'boolean', default: false } } });
+  const { values } = parseArgs({ options: { built: { type: 'string' }, 'index-url': { type: 'string' }, 'pack-url': { type: 'string' }, slot: { type: 'string' }, running: { type: 'string' }, progress: { type: 'boolean', default: false }, 'target-seed': { type: 'string' }, 'running-seed': { type: 'string' }, 'running-published': { type: 'string' }, 'running-built': { type: 'string' }, 'thin-url': { type: 'string' }, thin: { type: 'string' }, interpreted: { type: 'boolean', default: false } } });
   if (values.interpreted) interpretOnly();
   if (!values.built || !values['index-url'] || !values['pack-url'] || !values.slot) throw new Error('usage: delta-child --built FILE --index-url URL --pack-url URL --slot PATH [--running PATH]');
   const built = JSON.parse(await readFile(values.built, 'utf8')) as BuiltDelta;
@@ -36,8 +38,11 @@ async function main(): Promise<void> {
     const f = await fetchVerified({ urls: [values['running-published']], ...old.index }, {}, 30_000);
     seeds.running = Object.assign(parseDeltaIndex(f.bytes), { origin: 'published' as const });
   }
+  const thin = values.thin && values['thin-url'] ? { urls: [values['thin-url']], ...(JSON.parse(await readFile(values.thin, 'utf8')) as { length: number; sha256: string; base: string; rawSha256: string }) } : undefined;
+  const bases = [seeds.target, seeds.running].filter((s): s is DeltaIndex => s !== undefined && 'rawSha256' in s);
   const result = await installDelta({
     index: { urls: [values['index-url']], ...built.index },
+    ...(thin ? { thin, bases } : {}),
     pack: { urls: [values['pack-url']], ...built.pack },
     slot: createSlotWriter('B', { path: values.slot }),
     seeds,

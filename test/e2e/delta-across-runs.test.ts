@@ -16,7 +16,7 @@
 import t from 'tap';
 import { access, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { addImageRelease, isPack, logLines, MIB, setupDelta, sha, transferOf, wire, imageSha } from './delta-scenarios.js';
+import { addImageRelease, isDeltaIndex, isDeltaThin, isPack, logLines, MIB, setupDelta, sha, transferOf, wire, imageSha } from './delta-scenarios.js';
 import { bootable, deriveImage } from '../harness/delta-images.js';
 import { slotflip, slotflipJson, slotSha256, until } from './harness.js';
 
@@ -56,7 +56,12 @@ t.test('kept seed indexes: after two committed delta updates, the third cuts no 
   const capacity = env.newImg.length + MIB; // the board's slots (setupDelta)
   const lookupOf = (r: { stderr: string }): { target: string; running: string; cutBytes: number } | undefined => transferOf(r.stderr)?.seedLookup as never;
   // install, reboot into the trial (the board's own slot selection), validate and commit
+  // which index files an install downloaded (not the 1-byte preflight probe, route.ts probeDelta): its
+  // release's full index, or the thin one against the release before
+  const indexFiles = (from: number): string[] => env.proxy.requests.slice(from).filter((q) => (isDeltaIndex(q.path) || isDeltaThin(q.path)) && q.bytes > 1).map((q) => `${/\/releases\/([^/]+)\//.exec(q.path)?.[1]} ${isDeltaThin(q.path) ? 'delta-thin' : 'delta-index'}`);
+  let from = 0;
   const cycle = async (what: string, slot: 'A' | 'B', image: Buffer) => {
+    from = env.proxy.requests.length;
     const r = await env.install();
     t.equal(r.code, 0, `${what}: install exits 0`, { stderr: r.stderr.slice(-2000) });
     t.equal(await slotSha256(env.board.slots[slot], image.length), imageSha(image), `${what}: slot ${slot} holds it`);
@@ -78,11 +83,13 @@ t.test('kept seed indexes: after two committed delta updates, the third cuts no 
   await addImageRelease(env.fleet, env.dir, v2, '1.2.0', 1);
   const second = await cycle('1.2.0', 'A', v2);
   t.match(lookupOf(second), { target: 'cut', running: 'kept', cutBytes: capacity }, '1.2.0: only slot A cut; B looked up in its kept index');
+  t.same(indexFiles(from), ['1.2.0 delta-thin'], '1.2.0: only its thin index fetched (written against 1.1.0\'s, which B keeps)');
 
   // 1.3.0 into B, which holds 1.1.0 (the release before): both slots looked up in kept indexes
   const v3 = bootable(deriveImage(v2, { scattered: 8 }), '1.3.0');
   await addImageRelease(env.fleet, env.dir, v3, '1.3.0', 1);
   const aBefore = sha(await readFile(env.board.slots.A));
+  from = env.proxy.requests.length;
   const third = await env.install();
   t.equal(third.code, 0, '1.3.0: install exits 0', { stderr: third.stderr.slice(-2000) });
   t.equal(await env.slotB(), imageSha(v3), '1.3.0: slot B holds it');
@@ -90,6 +97,7 @@ t.test('kept seed indexes: after two committed delta updates, the third cuts no 
   const tr = transferOf(third.stderr);
   t.equal(tr?.method, 'delta', '1.3.0: by delta');
   t.match(lookupOf(third), { target: 'kept', running: 'kept', cutBytes: 0 }, '1.3.0: report: no slot byte read to cut a slot');
+  t.same(indexFiles(from), ['1.3.0 delta-thin'], '1.3.0: only its thin index fetched, against 1.2.0\'s as A kept it (rebuilt from a thin one)');
   t.equal(tr?.seedMismatches, 0, '1.3.0: every chunk where the kept indexes said');
   t.ok(Number(tr?.reusedBytes) > 0.5 * v3.length, `1.3.0: report: ${tr?.reusedBytes} bytes reused`);
 });

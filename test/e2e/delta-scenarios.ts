@@ -59,6 +59,8 @@ export interface DeltaSetup {
   slotSize?: number;
   /** publish the new release at setup (default); false: the test calls `publishNew()` later. */
   publishNew?: boolean;
+  /** extra `release add` flags for both releases (e.g. `['--delta-format', '1']`). */
+  releaseFlags?: string[];
 }
 
 /** `release add` of an image buffer (version V, securityVersion N): with no flags, as a manufacturer
@@ -85,9 +87,9 @@ export async function setupDelta(dir: string, o: DeltaSetup): Promise<DeltaEnv> 
   const raw = makeImage(7, size);
   const oldImg = o.bootable ? bootable(raw, '1.0.0') : raw;
   const newImg = o.bootable ? bootable(deriveImage(raw, o.derive), '1.1.0') : deriveImage(raw, o.derive);
-  await addImageRelease(fleet, dir, oldImg, '1.0.0', 1);
+  await addImageRelease(fleet, dir, oldImg, '1.0.0', 1, o.releaseFlags);
   const publish = async (): Promise<void> => {
-    const rel = await addImageRelease(fleet, dir, env.newImg, '1.1.0', 1);
+    const rel = await addImageRelease(fleet, dir, env.newImg, '1.1.0', 1, o.releaseFlags);
     env.payloadLength = rel.length;
     env.packLength = rel.delta!.pack.length;
   };
@@ -145,6 +147,8 @@ export const imageSha = sha256;
 
 export const isPack = (p: string): boolean => p.endsWith('.delta-pack');
 export const isDeltaIndex = (p: string): boolean => p.endsWith('.delta-index');
+/** the thin index (written against the release before: manifests/delta-thin.ts). */
+export const isDeltaThin = (p: string): boolean => p.endsWith('.delta-thin');
 export const isPayload = (p: string): boolean => p.endsWith('.zst');
 
 export function wire(env: DeltaEnv): { requests: number; pack: number; packBytes: number; payloadBytes: number; indexRequests: number; total: number } {

@@ -15,7 +15,7 @@ import { serveRepository } from '../../manifests/serve.js';
 import { installDelta } from '../../daemon/install/delta.js';
 import { buildReleaseDelta, estimateDelta } from '../../manifests/delta-publish.js';
 import { DEFAULT_CDC, EXT4_CDC } from '../../manifests/cdc.js';
-import { DEFAULT_DELTA_LEVEL } from '../../manifests/delta.js';
+import { DEFAULT_DELTA_LEVEL, DELTA_FORMAT_2, parseDeltaIndex } from '../../manifests/delta.js';
 import { createSlotWriter } from '../../hal/file-slot.js';
 
 const execFileP = promisify(execFile);
@@ -148,6 +148,13 @@ t.test('release add publishes a delta by default and estimates against the earli
   t.equal(r2.delta.estimates[0].release, 'releases/1.0.0/v1.img.zst (1.0.0)', 'compared with 1.0.0 of the same hardware, not 9.0.0 of another');
   t.equal(r2.delta.estimates[0].against, join(repo, 'repository', 'targets', 'releases', '1.0.0', `${r1.delta.index.sha256}.v1.img.zst.delta-index`), 'through its signed .delta-index file');
   t.ok(r2.delta.estimates[0].expectedBytes < r2.length, 'expects less than the full payload');
+  // format 2 by default, with a thin index written against that same release's index
+  t.equal(r2.delta.format, DELTA_FORMAT_2, 'format 2 by default');
+  t.equal(r1.delta.thin, undefined, '1.0.0: nothing earlier, no thin index');
+  const base = parseDeltaIndex(await readFile(r2.delta.estimates[0].against));
+  t.equal(r2.delta.thin?.base, base.rawSha256, '1.1.0: a thin index against 1.0.0\'s (the release devices of this hardware hold)');
+  t.ok(r2.delta.thin.length < r2.delta.index.length, `smaller than the full index (${r2.delta.thin.length} < ${r2.delta.index.length} bytes)`);
+  t.ok(await readFile(join(repo, 'repository', 'targets', 'releases', '1.1.0', `${r2.delta.thin.sha256}.v2.img.zst.delta-thin`)).then((b) => createHash('sha256').update(b).digest('hex') === r2.delta.thin.sha256), 'published under its signed SHA-256');
 
   // human output: the release named, the download, what defeats reuse
   const h = await add('1.2.0', 'v3.img', 'acme,a');

@@ -253,3 +253,23 @@ t.test('the running slot\'s release\'s published delta index stands in for a kep
   t.equal(used?.downloadedBytes, Number(gone?.downloadedBytes) + e.oldIndexFile.length, `the published index's ${e.oldIndexFile.length} bytes counted in the ${used?.downloadedBytes} downloaded`);
   t.equal(used?.requests, Number(gone?.requests) + 1, 'and its request');
 });
+
+t.test('a delta section of a format this daemon does not know (as daemons of format 1 see format 2): the full payload, nothing fetched or written', async (t) => {
+  const e = await setup(t);
+  const state = join(e.dir, 'state');
+  const before = sha(await readFile(e.target));
+  const payload = { compression: 'zstd' as const, size: SIZE, sha256: sha(e.newImg), chunkSize: 1 << 20, chunks: [] };
+  const located: string[] = [];
+  const o = e.opts();
+  const r = await installByDelta({
+    release: { length: 1 } as Release, payload, mode: 'auto',
+    // every daemon since delta installs began (4c0f504) refuses a section whose format it does not list
+    delta: { format: 'slotflip-delta-9', index: { target: 'image.delta-index', length: o.index.length, sha256: o.index.sha256 }, pack: { target: 'image.delta-pack', length: o.pack.length, sha256: o.pack.sha256 } },
+    locate: (x) => (located.push(x.targetName), { urls: [`${e.url}targets/${x.targetName}`] }),
+    slot: createSlotWriter('B', { path: e.target }), resumeStatePath: join(state, 'install-resume.json'), seedDir: state, budget: {},
+  });
+  t.equal(r.installed, false, 'the caller installs the full payload');
+  t.match(r, { fallback: { code: 'MANIFEST_DELTA_INVALID', message: /delta format "slotflip-delta-9" is not slotflip-delta-1 or slotflip-delta-2/ } }, 'and is told why');
+  t.same(located, [], 'no delta file located or fetched');
+  t.equal(sha(await readFile(e.target)), before, 'the target slot untouched');
+});

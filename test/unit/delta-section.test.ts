@@ -23,7 +23,7 @@ t.test('refusals name the field', async (t) => {
   const cases: [unknown, RegExp][] = [
     [null, /not an object/],
     [[good], /not an object/],
-    [{ ...good, format: 'slotflip-delta-2' }, /delta format "slotflip-delta-2"/],
+    [{ ...good, format: 'slotflip-delta-3' }, /delta format "slotflip-delta-3" is not slotflip-delta-1 or slotflip-delta-2/],
     [{ ...good, index: undefined }, /delta\.index is missing/],
     [{ ...good, index: { ...good.index, target: '../../etc/passwd' } }, /delta\.index\.target/],
     [{ ...good, index: { ...good.index, target: '' } }, /delta\.index\.target/],
