@@ -23,7 +23,10 @@ export function lazyRequire<T>(specifier: string): () => T {
  * validator: ~250 KB of source, ~1.5 MiB of heap once run): loaded at the first call, held only
  * weakly afterwards and taken out of Node's module cache, so the garbage collector frees its code
  * and data once the caller lets go of it; a later call loads it again. The module must be
- * CommonJS and stateless (each load is a fresh copy). Its own dependencies stay cached as usual.
+ * CommonJS and stateless (each load is a fresh copy), and so must the modules it is the first to
+ * load (the config validator: ajv's runtime helpers and ajv-formats): they leave the cache with it,
+ * since each keeps its first requirer as its parent (Node >= 22, not writable from outside), which
+ * would hold it for good. Dependencies already loaded before stay cached as usual.
  */
 export function weakRequire<T extends object>(specifier: string): () => T {
   let held: WeakRef<T> | undefined;
@@ -31,10 +34,11 @@ export function weakRequire<T extends object>(specifier: string): () => T {
     const cached = held?.deref();
     if (cached) return cached;
     const path = require.resolve(specifier);
+    const before = new Set(Object.keys(require.cache));
     const loaded = require(path) as T;
     // Node keeps a loaded module in its cache and in the requiring module's `children`
     const entry = require.cache[path];
-    delete require.cache[path];
+    for (const key of Object.keys(require.cache)) if (!before.has(key)) delete require.cache[key];
     const siblings = entry?.parent?.children;
     if (entry && siblings?.includes(entry)) siblings.splice(siblings.indexOf(entry), 1);
     held = new WeakRef(loaded);
