@@ -17,7 +17,7 @@ import { SlotflipError } from '../hal/errors.js';
 import { bootBackendSchema, type BootBackendConfig } from '../hal/registry.js';
 import { brokerConfigSchema, type BrokerConfig } from './mqtt.js';
 import { healthConfigSchema, healthConfigDefaults, healthHasChecks, type HealthConfig } from './health.js';
-import cron from 'node-cron';
+import { nodeCron } from './cron-local.js';
 import { policiesConfigSchema, policiesConfigDefaults, validatePolicies, type PoliciesConfig } from './policies.js';
 
 export type SourceConfig = { type: 'mqtt' } | { type: 'http'; url: string } | { type: 'dir'; path: string };
@@ -390,7 +390,7 @@ function semanticProblems(v: unknown): ConfigProblem[] {
   if (typeof v !== 'object' || v === null) return out;
   const o = v as Record<string, unknown>;
   const poll = o.poll as Record<string, unknown> | undefined;
-  if (poll && typeof poll.cron === 'string' && poll.cron.length >= 9 && !cron.validate(poll.cron)) {
+  if (poll && typeof poll.cron === 'string' && poll.cron.length >= 9 && !nodeCron().validate(poll.cron)) {
     out.push({ path: '/poll/cron', message: `"${poll.cron}" is not a valid cron expression` });
   }
   const retry = o.retry as Record<string, unknown> | undefined;
