@@ -40,6 +40,8 @@ const NOT_AT_IDLE: Array<[RegExp, string]> = [
   // MQTT.js's connect() registers every transport: WebSockets and SOCKS come with it (daemon/mqtt-connect.ts)
   [/\/node_modules\/ws\//, 'ws (MQTT over WebSockets)'],
   [/\/node_modules\/socks\//, 'socks (MQTT through a SOCKS proxy)'],
+  // MQTT.js's Web Worker timers for browsers: Node's timers stand in (daemon/mqtt-connect.ts)
+  [/\/node_modules\/(worker-timers[^/]*|broker-factory|fast-unique-numbers|@babel\/runtime)\//, "MQTT.js's browser timers (worker-timers)"],
   // Node's fetch: metadata and health checks use node:http (manifests/http-get.ts)
   [/^node:internal\/deps\/undici\//, 'undici (fetch)'],
   AJV_COMPILER,
