@@ -11,7 +11,7 @@
  * a device-tree `compatible` file is NUL-separated: the first, most specific entry is used).
  */
 import type { ErrorObject, ValidateFunction } from 'ajv';
-import { weakRequire } from './lazy.js';
+import { weakRequire } from '../hal/lazy.js';
 import { readFileCapped } from '../hal/atomic-file.js';
 import { SlotflipError } from '../hal/errors.js';
 import { bootBackendSchema, type BootBackendConfig } from '../hal/registry.js';
@@ -287,7 +287,7 @@ export interface ConfigProblem {
 // and the compile at every start). Held weakly: a daemon validates its config once at start, and the
 // validator's code (~250 KB of source, ~1.5 MiB of heap once run) would otherwise stay in an idle
 // daemon's heap for good; loaded again if ever needed (a test's loop keeps it while in use).
-const validatorModule = weakRequire<{ validateConfigSchema: ValidateFunction }>('./config-validate.generated.cjs');
+const validatorModule = weakRequire<{ validateConfigSchema: ValidateFunction }>(new URL('./config-validate.generated.cjs', import.meta.url));
 
 /** Validates a parsed config object (defaults filled in place of a deep copy). Pure: returns the
  * problems (empty when valid) and the defaulted value. `hardware` is left unresolved. */

@@ -21,7 +21,7 @@ import net from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import type { IClientOptions, MqttClient } from 'mqtt';
 import { SlotflipError } from '../hal/errors.js';
-import { lazyRequire, standIn } from './lazy.js';
+import { lazyRequire, standIn } from '../hal/lazy.js';
 
 // loaded at the first connection: a command that never connects (`slotflip install URL`, status)
 // does not load MQTT.js (~60 modules with its streams and timers)

@@ -194,7 +194,7 @@ function staticGraph(entry: string): string[] {
 
 t.test('the built daemon command statically imports none of it either', async (t) => {
   const graph = staticGraph(join(dirname(CLI), 'commands', 'daemon.js'));
-  // MQTT.js is loaded at the first connection (daemon/lazy.ts), so not part of the static graph
+  // MQTT.js is loaded at the first connection (hal/lazy.ts), so not part of the static graph
   t.ok(graph.some((u) => u.endsWith('/dist/daemon/service.js')) && graph.includes('/node_modules/pino/'), 'the graph was walked');
   t.same(offenders(graph), []);
 });

@@ -22,7 +22,7 @@ interface Generated {
   from: string;
   options: Options;
   formats: boolean;
-  /** an ES module (imported) or CommonJS (a .cjs loaded by daemon/lazy.ts weakRequire, freed after use) */
+  /** an ES module (imported) or CommonJS (a .cjs loaded by hal/lazy.ts weakRequire, freed after use) */
   esm: boolean;
   schemas: () => Promise<Record<string, object>>;
 }

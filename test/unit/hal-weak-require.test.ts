@@ -1,4 +1,4 @@
-// daemon/lazy.ts weakRequire: a module it loaded is garbage once its caller lets go of it, also when
+// hal/lazy.ts weakRequire: a module it loaded is garbage once its caller lets go of it, also when
 // it was the first to load a dependency (Node >= 22 keeps a module's first requirer as the child's
 // parent: ajv's runtime helpers held the generated config validator for good), and a later call loads
 // a working copy again. Run in a child with --expose-gc against the built module.
@@ -40,6 +40,6 @@ t.test('a weakly required module that loaded its own dependency is collected, an
     'plain.cjs': "module.exports = { table: new Array(10000).fill('p') };",
   });
   await writeFile(join(dir, 'probe.mjs'), PROBE);
-  const out = await new Promise<string>((resolve, reject) => execFile(process.execPath, ['--expose-gc', join(dir, 'probe.mjs'), pathToFileURL(join(ROOT, 'dist/daemon/lazy.js')).href, dir], { timeout: 60_000 }, (e, stdout, stderr) => (e ? reject(new Error(`${e.message}\n${stderr}`)) : resolve(String(stdout)))));
+  const out = await new Promise<string>((resolve, reject) => execFile(process.execPath, ['--expose-gc', join(dir, 'probe.mjs'), pathToFileURL(join(ROOT, 'dist/hal/lazy.js')).href, dir], { timeout: 60_000 }, (e, stdout, stderr) => (e ? reject(new Error(`${e.message}\n${stderr}`)) : resolve(String(stdout)))));
   t.same(JSON.parse(out), { sum: 42, gone: true, again: 42, stays: true }, 'collected once let go (its first-loaded dependency does not hold it), a working copy on the next call; a cached module stays');
 });

@@ -8,14 +8,18 @@
  * An ES module loaded later is a plain `await import(...)` at its point of use.
  */
 import { createRequire, Module } from 'node:module';
+import { fileURLToPath } from 'node:url';
 
 const require = createRequire(import.meta.url);
 
+/** A module next to the caller is named by its URL (`new URL('./x.cjs', import.meta.url)`). */
+const toPath = (specifier: string | URL): string => (specifier instanceof URL ? fileURLToPath(specifier) : specifier);
+
 /** A function that loads `specifier` at its first call and returns it (Node's cache from then on).
- * `specifier` resolves from daemon/ (node_modules of the application, node: builtins). */
-export function lazyRequire<T>(specifier: string): () => T {
+ * `specifier`: a package of the application's node_modules, a node: builtin, or a file's URL. */
+export function lazyRequire<T>(specifier: string | URL): () => T {
   let loaded: T | undefined;
-  return () => (loaded ??= require(specifier) as T);
+  return () => (loaded ??= require(toPath(specifier)) as T);
 }
 
 /**
@@ -28,12 +32,12 @@ export function lazyRequire<T>(specifier: string): () => T {
  * since each keeps its first requirer as its parent (Node >= 22, not writable from outside), which
  * would hold it for good. Dependencies already loaded before stay cached as usual.
  */
-export function weakRequire<T extends object>(specifier: string): () => T {
+export function weakRequire<T extends object>(specifier: string | URL): () => T {
   let held: WeakRef<T> | undefined;
   return () => {
     const cached = held?.deref();
     if (cached) return cached;
-    const path = require.resolve(specifier);
+    const path = require.resolve(toPath(specifier));
     const before = new Set(Object.keys(require.cache));
     const loaded = require(path) as T;
     // Node keeps a loaded module in its cache and in the requiring module's `children`
