@@ -123,7 +123,7 @@ export function describeCycle(r: CycleResult): string {
   const lines: string[] = [];
   for (const h of r.finished) {
     const why = h.reason ? `: ${h.reason.code}: ${h.reason.message}` : '';
-    lines.push(`${h.outcome} ${h.release.version} (${h.release.id}) slot ${h.source} → ${h.target}${why}`);
+    lines.push(`${h.outcome} ${h.release.version} (${h.release.id}) slot ${h.source} \u2192 ${h.target}${why}`);
     for (const f of h.failures ?? []) lines.push(`  check ${f.name} failed: ${f.output.split('\n').slice(-3).join(' | ')}`);
   }
   if (r.rebooted) lines.push(`rebooting (phase ${r.phase}); run \`slotflip update --once\` again after the reboot to validate`);

@@ -11,13 +11,13 @@
  * a device-tree `compatible` file is NUL-separated: the first, most specific entry is used).
  */
 import type { ErrorObject, ValidateFunction } from 'ajv';
-import { weakRequire } from './lazy.js';
+import { weakRequire } from '../hal/lazy.js';
 import { readFileCapped } from '../hal/atomic-file.js';
 import { SlotflipError } from '../hal/errors.js';
 import { bootBackendSchema, type BootBackendConfig } from '../hal/registry.js';
 import { brokerConfigSchema, type BrokerConfig } from './mqtt.js';
 import { healthConfigSchema, healthConfigDefaults, healthHasChecks, type HealthConfig } from './health.js';
-import cron from 'node-cron';
+import { nodeCron } from './cron-local.js';
 import { policiesConfigSchema, policiesConfigDefaults, validatePolicies, type PoliciesConfig } from './policies.js';
 
 export type SourceConfig = { type: 'mqtt' } | { type: 'http'; url: string } | { type: 'dir'; path: string };
@@ -287,7 +287,7 @@ export interface ConfigProblem {
 // and the compile at every start). Held weakly: a daemon validates its config once at start, and the
 // validator's code (~250 KB of source, ~1.5 MiB of heap once run) would otherwise stay in an idle
 // daemon's heap for good; loaded again if ever needed (a test's loop keeps it while in use).
-const validatorModule = weakRequire<{ validateConfigSchema: ValidateFunction }>('./config-validate.generated.cjs');
+const validatorModule = weakRequire<{ validateConfigSchema: ValidateFunction }>(new URL('./config-validate.generated.cjs', import.meta.url));
 
 /** Validates a parsed config object (defaults filled in place of a deep copy). Pure: returns the
  * problems (empty when valid) and the defaulted value. `hardware` is left unresolved. */
@@ -390,7 +390,7 @@ function semanticProblems(v: unknown): ConfigProblem[] {
   if (typeof v !== 'object' || v === null) return out;
   const o = v as Record<string, unknown>;
   const poll = o.poll as Record<string, unknown> | undefined;
-  if (poll && typeof poll.cron === 'string' && poll.cron.length >= 9 && !cron.validate(poll.cron)) {
+  if (poll && typeof poll.cron === 'string' && poll.cron.length >= 9 && !nodeCron().validate(poll.cron)) {
     out.push({ path: '/poll/cron', message: `"${poll.cron}" is not a valid cron expression` });
   }
   const retry = o.retry as Record<string, unknown> | undefined;

@@ -13,6 +13,14 @@
  * against node-cron's own on random expressions and times.
  */
 
+import { weakRequire } from '../hal/lazy.js';
+
+/** node-cron, for what this matcher leaves to it (validation, names, time zones), held weakly
+ * (hal/lazy.ts): an idle daemon uses it only while it reads its config and when a maintenance
+ * window or a time zone asks for it, and its code (~0.3 MiB of heap) is freed in between. Its
+ * CommonJS build; node-cron's only state, its registry of tasks, is one no caller here reads. */
+export const nodeCron = weakRequire<typeof import('node-cron')>('node-cron');
+
 export interface LocalCron {
   /** true when `date`'s local second matches every field. */
   match(date: Date): boolean;

@@ -258,7 +258,7 @@ export function systemResources(): ResourceProbe {
 }
 
 function capTail(s: string, cap: number): string {
-  return s.length <= cap ? s : `…${s.slice(s.length - cap + 1)}`;
+  return s.length <= cap ? s : `\u2026${s.slice(s.length - cap + 1)}`;
 }
 
 function checkName(c: HealthCheckConfig): string {
@@ -457,7 +457,7 @@ async function httpCheck(url: string, expectStatus: number, timeoutMs: number, g
   const head = `HTTP ${res.status}${ok ? '' : ` (expected ${expectStatus})`}`;
   // keep the status line whole; the body gets what is left of the cap
   const room = Math.max(0, cap - head.length - 2);
-  return { ok, output: body ? `${head}\n${body.length > room ? `${body.slice(0, room)}…` : body}` : head };
+  return { ok, output: body ? `${head}\n${body.length > room ? `${body.slice(0, room)}\u2026` : body}` : head };
 }
 
 async function resourcesCheck(c: Extract<HealthCheckConfig, { type: 'resources' }>, probe: ResourceProbe): Promise<{ ok: boolean; output: string }> {

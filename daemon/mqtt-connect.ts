@@ -21,13 +21,19 @@ import net from 'node:net';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import type { IClientOptions, MqttClient } from 'mqtt';
 import { SlotflipError } from '../hal/errors.js';
-import { lazyRequire } from './lazy.js';
+import { lazyRequire, standIn } from '../hal/lazy.js';
 
 // loaded at the first connection: a command that never connects (`slotflip install URL`, status)
 // does not load MQTT.js (~60 modules with its streams and timers)
 // build/lib/client.js is CommonJS: its module.exports holds the class as `default`
-const mqttClientModule = lazyRequire<typeof import('mqtt/lib/client')>('mqtt/lib/client');
-const mqttModule = lazyRequire<typeof import('mqtt')>('mqtt');
+const loadClient = lazyRequire<typeof import('mqtt/lib/client')>('mqtt/lib/client');
+const loadMqtt = lazyRequire<typeof import('mqtt')>('mqtt');
+// MQTT.js's keepalive timer is `setInterval`, except in a browser page where it is the
+// `worker-timers` package's (Web Workers, a Babel runtime and a broker: ~0.8 MiB of idle RSS, issue
+// 16), which MQTT.js loads at once all the same: Node's own timers stand in for it
+const nodeTimers = (): void => standIn('worker-timers', 'mqtt/lib/client', { setInterval, clearInterval, setTimeout, clearTimeout });
+const mqttClientModule = (): typeof import('mqtt/lib/client') => (nodeTimers(), loadClient());
+const mqttModule = (): typeof import('mqtt') => (nodeTimers(), loadMqtt());
 const tlsModule = lazyRequire<typeof import('node:tls')>('node:tls');
 
 /** One MQTT.js client for `url`; the socket opens on the client's first stream build (at once). */

@@ -3,7 +3,7 @@
  * the update lock an application holds to defer a reboot (with a maximum deferral), minimum free
  * space, and `createUpdatePolicies`, the object the agent asks.
  */
-import { createTask, validate as cronValidate } from 'node-cron';
+import { nodeCron } from './cron-local.js';
 import { readFile } from 'node:fs/promises';
 import { execTool, type ToolRunner } from '../hal/exec.js';
 
@@ -80,7 +80,7 @@ export function validatePolicies(config: PoliciesConfig): string[] {
     (config.maintenanceWindows?.[phase] ?? []).forEach((w, i) => {
       const at = `/policies/maintenanceWindows/${phase}/${i}`;
       if (w.cron.trim().split(/\s+/).length !== 5) problems.push(`${at}/cron: "${w.cron}" must have 5 fields (minute hour day-of-month month day-of-week)`);
-      else if (!cronValidate(w.cron)) problems.push(`${at}/cron: "${w.cron}" is not a valid cron expression`);
+      else if (!nodeCron().validate(w.cron)) problems.push(`${at}/cron: "${w.cron}" is not a valid cron expression`);
       if (w.timezone !== undefined && !isTimeZone(w.timezone)) problems.push(`${at}/timezone: "${w.timezone}" is not an IANA time zone`);
     });
   }
@@ -98,7 +98,7 @@ function isTimeZone(tz: string): boolean {
 
 /** Runs `fn` with a matcher for `w`, then releases node-cron's registry entry. */
 function withMatcher<T>(w: MaintenanceWindow, fn: (match: (ms: number) => boolean) => T): T {
-  const task = createTask(w.cron, () => undefined, w.timezone ? { timezone: w.timezone } : {});
+  const task = nodeCron().createTask(w.cron, () => undefined, w.timezone ? { timezone: w.timezone } : {});
   try {
     return fn((ms) => task.match(new Date(ms)));
   } finally {

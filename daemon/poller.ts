@@ -5,8 +5,7 @@
  * a poll is still running (or waiting out its jitter) is skipped. `trigger()` polls now (the MQTT
  * `cmd/check` command, `slotflip check`), without jitter.
  */
-import { createTask, validate } from 'node-cron';
-import { parseLocalCron, type LocalCron } from './cron-local.js';
+import { nodeCron, parseLocalCron, type LocalCron } from './cron-local.js';
 
 export interface Schedule {
   stop(): void;
@@ -19,7 +18,7 @@ export const cronScheduler: Scheduler = (cron, fn, opts) => {
   // a plain numeric expression in local time needs no Intl (daemon/cron-local.ts: ~6 MiB idle)
   const local = opts.timezone ? undefined : parseLocalCron(cron);
   if (local) return localScheduler(local, fn);
-  const task = createTask(cron, () => fn(), { ...(opts.timezone ? { timezone: opts.timezone } : {}), noOverlap: false });
+  const task = nodeCron().createTask(cron, () => fn(), { ...(opts.timezone ? { timezone: opts.timezone } : {}), noOverlap: false });
   void task.start();
   return { stop: () => void task.destroy() };
 };
@@ -98,7 +97,7 @@ export class Poller {
   private skipped = 0;
 
   constructor(private readonly o: PollerOptions) {
-    if (!validate(o.cron)) throw new RangeError(`poller: "${o.cron}" is not a valid cron expression`);
+    if (!nodeCron().validate(o.cron)) throw new RangeError(`poller: "${o.cron}" is not a valid cron expression`);
     if (!(o.jitterSeconds >= 0)) throw new RangeError('poller: jitterSeconds must be >= 0');
   }
 

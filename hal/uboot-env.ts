@@ -167,6 +167,6 @@ export function fwEnvConfigProblem(copies: readonly FwEnvCopy[]): { message: str
   return {
     device: bad.device,
     line: bad.line,
-    message: `two environment copies (redundant) on the MTD block device ${bad.device} (line ${bad.line}): libubootenv then writes incrementing flag bytes, which a NOR-flash U-Boot does not understand — it silently boots with its default environment and never sees an A/B change; use the MTD character device ${chr} instead of ${bad.device} on both lines`,
+    message: `two environment copies (redundant) on the MTD block device ${bad.device} (line ${bad.line}): libubootenv then writes incrementing flag bytes, which a NOR-flash U-Boot does not understand \u2014 it silently boots with its default environment and never sees an A/B change; use the MTD character device ${chr} instead of ${bad.device} on both lines`,
   };
 }

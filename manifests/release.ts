@@ -7,7 +7,7 @@
  * in that file, parsed by chunk-index.ts).
  */
 import type { ValidateFunction } from 'ajv';
-import * as generated from './release-validate.generated.js';
+import { weakRequire } from '../hal/lazy.js';
 import type { TargetFile } from '@tufjs/models';
 import type { Release, ReleaseCustom } from './types.js';
 import { releaseMigrationSchema } from './migration.js';
@@ -105,8 +105,9 @@ export const releaseCustomV2Schema = {
 
 // Ajv standalone code generated from the two schemas above (test/tools/gen-validators.ts, checked in):
 // no schema compiled and no Ajv compiler loaded at run time
-const validateV1 = generated.validateV1 as unknown as ValidateFunction;
-const validateV2 = generated.validateV2 as unknown as ValidateFunction;
+// no schema compiled and no Ajv compiler loaded at run time; held weakly (hal/lazy.ts): loaded by a
+// check that reads releases, freed in the idle time between checks
+const validators = weakRequire<{ validateV1: ValidateFunction; validateV2: ValidateFunction }>(new URL('./release-validate.generated.cjs', import.meta.url));
 
 export type ReleaseParse =
   | { kind: 'release'; release: Release }
@@ -117,6 +118,7 @@ export type ReleaseParse =
 export function releaseFromTarget(target: TargetFile): ReleaseParse {
   const custom = target.custom as Record<string, unknown> | undefined;
   if (!custom || typeof custom !== 'object' || !('slotflip' in custom)) return { kind: 'not-slotflip' };
+  const { validateV1, validateV2 } = validators();
   const validate = custom['slotflip'] === 2 ? validateV2 : validateV1;
   if (!validate(custom)) {
     const e = validate.errors?.[0];

@@ -72,7 +72,7 @@ export function withGuards(core: BackendCore): GuardedBootControl {
     armTrial: (slot, tries) =>
       serial(async () => {
         checkSlot(slot);
-        if (!Number.isSafeInteger(tries) || tries < 1) throw new SlotflipError('HAL_BAD_ARGUMENT', `armTrial: tries must be a whole number ≥ 1, got ${tries}`, { details: { tries } });
+        if (!Number.isSafeInteger(tries) || tries < 1) throw new SlotflipError('HAL_BAD_ARGUMENT', `armTrial: tries must be a whole number \u2265 1, got ${tries}`, { details: { tries } });
         const other = await core.slotState(otherSlot(slot));
         if (other.state !== 'good') {
           throw new SlotflipError('HAL_NO_FALLBACK', `${core.backend}: refusing to arm slot ${slot}: its fallback, slot ${otherSlot(slot)}, is ${other.state}; commit a good slot first`, { details: { slot, other: other.state } });

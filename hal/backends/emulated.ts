@@ -59,7 +59,7 @@ export function parseEmulatedState(text: string): EmulatedState {
       if (Object.keys(e).length !== 1) throw bad(`slot ${s}: only trial slots carry triesLeft`);
       out[s] = { state: e.state };
     } else if (e.state === 'trial') {
-      if (Object.keys(e).length !== 2 || !Number.isSafeInteger(e.triesLeft) || (e.triesLeft as number) < 0) throw bad(`slot ${s}: trial needs a whole triesLeft ≥ 0`);
+      if (Object.keys(e).length !== 2 || !Number.isSafeInteger(e.triesLeft) || (e.triesLeft as number) < 0) throw bad(`slot ${s}: trial needs a whole triesLeft \u2265 0`);
       out[s] = { state: 'trial', triesLeft: e.triesLeft as number };
     } else throw bad(`slot ${s}: unknown state`);
   }

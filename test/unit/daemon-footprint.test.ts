@@ -40,3 +40,39 @@ t.test('interpreted while idle, optimizing compilers on for the install only', a
 t.test('started with the compilers off (/usr/bin/slotflip daemon: --no-turbofan --no-maglev), the install still turns them on', async (t) => {
   t.same(await probe(t.testdir(), ['--no-turbofan', '--no-maglev']), { control: false, before: false, during: true, after: false }, 'interpreted from the start, optimized only inside withOptimizingCompilers');
 });
+
+// reclaimHeap: the idle collection also drops compiled code (V8 flags set for that collection only).
+// V8's own bytecode statistics in a child run with --expose-gc and without the coverage collector
+// (which makes V8 keep all bytecode): functions run once, then an ordinary full collection (control:
+// their bytecode stays), then reclaimHeap (it goes), then run again (same results, compiled anew),
+// then an ordinary collection again (the flags were reset: it stays).
+const RECLAIM_PROBE = `
+import v8 from 'node:v8';
+const { exposedGc, reclaimHeap } = await import(process.argv[2]);
+const gc = exposedGc();
+const fns = Array.from({ length: 400 }, (_, i) => new Function('a', '/* f' + i + ' */ let s = ' + i + '; for (const x of a) s = (s * 31 + x + ' + i + ') | 0; return s;'));
+const run = () => fns.map((f) => f([1, 2, 3]));
+const bytecode = () => v8.getHeapCodeStatistics().bytecode_and_metadata_size;
+const first = run();
+gc({ type: 'major', execution: 'sync' });
+const afterPlainGc = bytecode();
+const r = reclaimHeap(gc);
+const afterReclaim = bytecode();
+const again = run();
+gc({ type: 'major', execution: 'sync' });
+const afterRerunAndPlainGc = bytecode();
+console.log(JSON.stringify({ afterPlainGc, afterReclaim, afterRerunAndPlainGc, same: JSON.stringify(first) === JSON.stringify(again), ms: r.ms }));
+`;
+
+t.test('the idle reclaim also flushes the bytecode of functions not running, and only in that collection', async (t) => {
+  const dir = t.testdir();
+  await writeFile(join(dir, 'reclaim.mjs'), RECLAIM_PROBE);
+  const env = { ...process.env };
+  delete env.NODE_V8_COVERAGE;
+  const out = await new Promise<string>((resolve, reject) => execFile(process.execPath, ['--expose-gc', join(dir, 'reclaim.mjs'), pathToFileURL(join(ROOT, 'dist/daemon/footprint.js')).href], { timeout: 60_000, env }, (e, stdout, stderr) => (e ? reject(new Error(`${e.message}\n${stderr}`)) : resolve(String(stdout)))));
+  const r = JSON.parse(out) as { afterPlainGc: number; afterReclaim: number; afterRerunAndPlainGc: number; same: boolean; ms: number };
+  t.ok(r.same, 'the functions give the same results after their code was flushed');
+  // 400 functions' bytecode and metadata: well over 100 KB
+  t.ok(r.afterPlainGc - r.afterReclaim > 100_000, `reclaimHeap dropped the bytecode an ordinary collection kept (${r.afterPlainGc} -> ${r.afterReclaim} bytes)`);
+  t.ok(r.afterRerunAndPlainGc - r.afterReclaim > 100_000, `compiled again when run, and kept by the next ordinary collection (${r.afterRerunAndPlainGc} bytes): the flush flags were reset`);
+});

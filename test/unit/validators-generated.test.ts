@@ -1,6 +1,6 @@
 /**
- * The checked-in Ajv standalone validators (daemon/config-validate.generated.ts,
- * manifests/release-validate.generated.ts) are what test/tools/gen-validators.ts makes from the
+ * The checked-in Ajv standalone validators (daemon/config-validate.generated.cjs,
+ * manifests/release-validate.generated.cjs) are what test/tools/gen-validators.ts makes from the
  * schemas today: a schema changed without `npm run gen:validators` fails here, naming the file.
  */
 import t from 'tap';
