@@ -51,13 +51,15 @@
  * flush points, the resume hint and the read-back are unchanged: a direct write is not durable before
  * the fsync either (the device's write cache), and the hint claims only flushed chunks.
  *
- * Concurrency: zstd decompresses in its own process, the main thread hashes chunks (SHA-256), writes
- * and fsyncs run on libuv's thread pool, and the read-back (its O_DIRECT reads and its whole-image
- * SHA-256) runs on a worker thread of its own when the slot is read by path (read-back-thread.ts; on
- * the main thread through a SlotHandle's readAt). Issue 24, cli-bench A/B against main in one run
- * (load 10-16, other jobs on the machine): 1 GiB, 3 rounds: wall 0.70x, tree CPU 1.01x, main thread CPU
- * 3.32 -> 2.45 s, peak tree RSS 113 -> 128 MiB (the worker's isolate); 4 GiB, 1 round: wall 0.71x,
- * CPU 0.89x, RSS 116 -> 130 MiB.
+ * Concurrency: zstd decompresses in its own process, the main thread hashes chunks (SHA-256) and the
+ * read-back's whole-image SHA-256, writes, fsyncs and the read-back's O_DIRECT reads run on libuv's
+ * thread pool. The read-back (hasher.ts) runs on this thread: a worker thread of its own
+ * (read-back-thread.ts, `readBackThread`) took its SHA-256 off the main thread but is one more V8
+ * isolate, +13-14 MiB of peak RSS (issue 16). Issue 24/16, cli-bench A/B against main in one run
+ * (1 GiB, 3 rounds, load 5-9): peak tree RSS 113 -> 99 MiB, wall 0.96x, tree CPU 0.96x; the main
+ * thread's CPU 2.31 -> 3.02 s (the worker's 0.90 s moved here), the read-back tail after the last
+ * write 0.37 -> 0.11 s. The hashing needs no other core than the main thread's on this path: the
+ * main thread waits on zstd and the writes for most of the install.
  *
  * Error codes (stable): INSTALL_BAD_INDEX, INSTALL_SLOT_TOO_SMALL, INSTALL_CHUNK_HASH_MISMATCH,
  * INSTALL_PAYLOAD_TRUNCATED, INSTALL_PAYLOAD_OVERSIZED, INSTALL_DECOMPRESS, INSTALL_HTTP_STATUS,
@@ -159,9 +161,13 @@ export interface InstallOptions {
   /** gzip decoder: the `zstd` CLI (default: another core, flat memory) or node:zlib. */
   gzipDecoder?: 'zstd-cli' | 'zlib';
   /** how the slot is read back: through the SlotHandle's `readAt` (default; any SlotWriter, fault
-   * injection included) or by `slot.path` on a worker-owned descriptor (no allocation per read: lower
-   * peak memory; only for slots whose path is the slot itself, as with hal's file and device slots). */
+   * injection included) or by `slot.path` on a descriptor of its own, O_DIRECT (no allocation per read:
+   * lower peak memory; only for slots whose path is the slot itself, as with hal's file and device slots). */
   readBack?: 'handle' | 'path';
+  /** by path: hash the read-back on a worker thread (read-back-thread.ts) instead of this one: the
+   * SHA-256 leaves the main thread for another core, at +13-14 MiB of RSS (the worker's isolate).
+   * Default false (see Concurrency above). */
+  readBackThread?: boolean;
   /** injectable clock, sleep and randomness (tests). */
   now?: () => number;
   sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
@@ -271,11 +277,11 @@ export async function installPayload(opts: InstallOptions): Promise<InstallResul
   throwIfAborted(signal);
 
   const handle = await opts.slot.open();
-  // by path the read-back (its reads and its whole-image SHA-256) runs on a thread of its own, beside
-  // this thread's chunk hashing (read-back-thread.ts); through the handle it stays on this thread
+  // by path the read-back reads the medium on a descriptor of its own (O_DIRECT) and hashes on this
+  // thread, or on a worker thread when asked (readBackThread); through the handle it reads with readAt
   const rbOpts = { path: opts.slot.path, chunkSize: payload.chunkSize, size: payload.size, imageSha256: payload.sha256, chunkSha256: (k: number) => payload.chunks[k]!.sha256, signal, ...(log ? { log } : {}) };
   let readBack: ReadBack;
-  if (opts.readBack === 'path') {
+  if (opts.readBack === 'path' && opts.readBackThread === true) {
     try {
       readBack = new ThreadedReadBack(rbOpts);
     } catch (e) {
@@ -283,7 +289,8 @@ export async function installPayload(opts: InstallOptions): Promise<InstallResul
       log?.warn({ err: e }, 'read-back thread unavailable; reading back on the main thread');
       readBack = new ReadBackChecker(rbOpts);
     }
-  } else readBack = new ReadBackChecker({ ...rbOpts, readAt: (l: number, o: number) => handle.readAt(l, o) });
+  } else if (opts.readBack === 'path') readBack = new ReadBackChecker(rbOpts);
+  else readBack = new ReadBackChecker({ ...rbOpts, readAt: (l: number, o: number) => handle.readAt(l, o) });
   try {
     const record = await readResumeRecord(opts.resumeStatePath, payload, opts.slot.path);
     const run = new InstallRun(opts, payload, payloadLength, source, handle, readBack, now, signal, record.spent, record.corruptChunk);
