@@ -61,8 +61,10 @@
  * isolate, +13-14 MiB of peak RSS (issue 16). Issue 24/16, cli-bench A/B against main in one run
  * (1 GiB, 3 rounds, load 5-9): peak tree RSS 113 -> 99 MiB, wall 0.96x, tree CPU 0.96x; the main
  * thread's CPU 2.31 -> 3.02 s (the worker's 0.90 s moved here), the read-back tail after the last
- * write 0.37 -> 0.11 s. The hashing needs no other core than the main thread's on this path: the
- * main thread waits on zstd and the writes for most of the install.
+ * write 0.37 -> 0.11 s. Trade-off: where zstd is not the bottleneck the main thread is: the 4 GiB
+ * bench image (mostly empty, zstd decodes it fast) took wall 16.3 -> 21.3 s (1.31x; still 0.77x the
+ * C floor in that run), main thread CPU 6.4 + 3.4 (worker) -> 10.0 s, load 6-7, 2 rounds; 1 GiB in
+ * the same run 1.06x. A device that has the memory and wants that wall back sets `readBackThread`.
  *
  * Error codes (stable): INSTALL_BAD_INDEX, INSTALL_SLOT_TOO_SMALL, INSTALL_CHUNK_HASH_MISMATCH,
  * INSTALL_PAYLOAD_TRUNCATED, INSTALL_PAYLOAD_OVERSIZED, INSTALL_DECOMPRESS, INSTALL_HTTP_STATUS,
