@@ -33,9 +33,6 @@ import { parseIndexFile } from '../../manifests/chunk-index.js';
 import type { PayloadInfo, Release, TargetRef } from '../../manifests/types.js';
 import { toSource, type InstallSourceSpec } from './installer.js';
 import type { OpenedStream, PayloadSource } from './source.js';
-import { nodeFs, nodeUtil } from '../../hal/builtins.js';
-const { read: readFd } = nodeFs;
-const { promisify } = nodeUtil;
 
 const SHA256 = /^[0-9a-f]{64}$/;
 

@@ -21,9 +21,6 @@ import { readFull } from '../../hal/read-full.js';
 import { startDecoder, zstdDecoderFor } from './decode.js';
 import type { PayloadInfo } from '../../manifests/types.js';
 import type { OpenedStream, PayloadSource } from './source.js';
-import { nodeFs, nodeUtil } from '../../hal/builtins.js';
-const { read: readFd } = nodeFs;
-const { promisify } = nodeUtil;
 
 /** the reused buffer the zstd CLI's output is read into (with a FIFO directory). */
 const PREFLIGHT_READ = 64 << 10;
