@@ -7,8 +7,6 @@
  * long-running daemon logs to stdout for journald.
  */
 import { fileProtocolMemory } from './broker-state.js';
-import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { pino } from 'pino';
 import { SlotflipError } from '../hal/errors.js';
@@ -19,6 +17,10 @@ import { Outbox } from './outbox.js';
 import { MqttTransport } from './mqtt.js';
 import type { Agent, CycleResult } from './agent.js';
 import { createLogger } from './logger.js';
+import type { ParseArgsConfig } from 'node:util';
+import { nodeFs, nodeUtil } from '../hal/builtins.js';
+const { parseArgs } = nodeUtil;
+const { readFileSync } = nodeFs;
 
 export const COMMON_OPTIONS_HELP = [
   '  --config FILE   device config (JSON); default $SLOTFLIP_CONFIG or /etc/slotflip/config.json',

@@ -298,7 +298,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
       let first: unknown;
       for (let i = 0; i < source.count; i++) {
         try {
-          await preflightPayload({ payload, length: release.length, source, index: i });
+          await preflightPayload({ payload, length: release.length, source, index: i, fifoDir: config.stateDir });
           return;
         } catch (e) {
           first ??= e;

@@ -27,7 +27,6 @@
  *   may be a bind mount's source).
  */
 import { execFile } from 'node:child_process';
-import { constants } from 'node:fs';
 import { cp, lstat, mkdir, open, readdir, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, sep } from 'node:path';
 import { fsyncDir, writeFileAtomic } from '../hal/atomic-file.js';
@@ -36,6 +35,8 @@ import type { ReleaseMigration } from '../manifests/types.js';
 import type { HealthFailure, HistoryEntry } from './machine.js';
 import { syncTree } from './factory-reset.js';
 import { configDefaults, type Config } from './config.js';
+import { nodeFs } from '../hal/builtins.js';
+const { constants } = nodeFs;
 
 export interface MigrationConfig {
   /** the migration command (argv, never a shell string); runs with SLOTFLIP_DATA_DIR set. */

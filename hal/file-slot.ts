@@ -19,7 +19,6 @@
  * wrote them). Mixing the two is coherent: a direct write invalidates the cached pages it covers, so
  * `readAt` (buffered) returns what was written.
  */
-import { constants } from 'node:fs';
 import { open, stat, readFile, realpath, type FileHandle } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { createHash } from 'node:crypto';
@@ -29,6 +28,8 @@ import { execTool, runChecked, type ToolRunner } from './exec.js';
 import { DIRECT_ALIGN, isAligned } from './aligned.js';
 import type { SlotName } from './boot-control.js';
 import type { SlotHandle, SlotWriter } from './slot-writer.js';
+import { nodeFs } from './builtins.js';
+const { constants } = nodeFs;
 
 export interface SlotWriterOptions {
   /** file or block device path. */

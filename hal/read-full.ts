@@ -3,9 +3,12 @@
  * (a signal, a device's request limit, a pipe-backed descriptor); only 0 means the end of the file.
  * One loop for every caller that needs `len` bytes at an offset (slots, payload files, chunk indexes).
  */
-import { read as readFd } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { promisify } from 'node:util';
+import { nodeFs, nodeUtil } from './builtins.js';
+
+// through require, not ES imports (hal/builtins.ts)
+const { read: readFd } = nodeFs;
+const { promisify } = nodeUtil;
 
 const readP = promisify(readFd);
 

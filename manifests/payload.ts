@@ -16,10 +16,11 @@ import { open, rename, unlink } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { dirname, basename, join } from 'node:path';
 import { gzip as gzipCb, constants as zlibConstants } from 'node:zlib';
-import { promisify } from 'node:util';
 import { SlotflipError } from '../hal/errors.js';
 import { fsyncDir } from '../hal/atomic-file.js';
 import type { ChunkEntry, Compression, PayloadInfo } from './types.js';
+import { nodeUtil } from '../hal/builtins.js';
+const { promisify } = nodeUtil;
 
 const gzip = promisify(gzipCb);
 

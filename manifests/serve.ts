@@ -18,11 +18,13 @@
  * byte ranges).
  */
 import { randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { realpath, stat } from 'node:fs/promises';
-import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { resolve, sep } from 'node:path';
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { nodeFs, nodeHttp } from '../hal/builtins.js';
+const { createReadStream } = nodeFs;
+const http = nodeHttp();
 
 export interface RepoServer {
   /** base URL with a trailing slash, e.g. `http://127.0.0.1:41234/`. */
@@ -125,7 +127,7 @@ async function fileFor(base: string, realBase: string, rawUrl: string): Promise<
 }
 
 /** Answers a multi-range request: 206 multipart/byteranges, parts streamed one after the other. */
-function sendMultipart(req: http.IncomingMessage, res: http.ServerResponse, file: { path: string; size: number }, ranges: { start: number; end: number }[], headers: http.OutgoingHttpHeaders): void {
+function sendMultipart(req: IncomingMessage, res: ServerResponse, file: { path: string; size: number }, ranges: { start: number; end: number }[], headers: OutgoingHttpHeaders): void {
   // fixed length (24 hex digits): the multipart framing of the same ranges is the same number of bytes
   const boundary = `slotflip-${randomBytes(12).toString('hex')}`;
   const type = headers['content-type'] as string;
@@ -202,7 +204,7 @@ export async function serveRepository(root: string, opts: ServeOptions = {}): Pr
         res.writeHead(404).end();
         return;
       }
-      const headers: http.OutgoingHttpHeaders = {
+      const headers: OutgoingHttpHeaders = {
         etag: file.etag,
         'last-modified': file.mtime.toUTCString(),
         'accept-ranges': 'bytes',

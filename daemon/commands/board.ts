@@ -7,11 +7,12 @@
  *   slotflip board probe DIR --health
  *   slotflip board image OUT --version V --size N [--unhealthy | --no-boot]
  */
-import { parseArgs } from 'node:util';
 import { BOARD_BACKENDS, boardStatus, createBoard, powerCycle, type BoardBackend } from '../../hal/board.js';
 import { SlotflipError } from '../../hal/errors.js';
 import { writeTestImage } from '../../hal/image.js';
 import type { Command, CommandIO } from './command.js';
+import { nodeUtil } from '../../hal/builtins.js';
+const { parseArgs } = nodeUtil;
 
 const HELP = `usage: slotflip board <create|power-cycle|status|probe|image> DIR [options]
 

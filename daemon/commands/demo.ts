@@ -2,9 +2,10 @@
  * `slotflip demo`: the whole loop on this machine (see daemon/demo.ts). Exit 0 only when release
  * 1.1 was committed and release 1.2 rolled back, and the fleet saw both reports on the broker.
  */
-import { parseArgs } from 'node:util';
 import { runDemo } from '../demo.js';
 import type { Command } from './command.js';
+import { nodeUtil } from '../../hal/builtins.js';
+const { parseArgs } = nodeUtil;
 
 export const command: Command = {
   help: [

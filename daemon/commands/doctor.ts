@@ -19,9 +19,7 @@
  * Also here, at the end: `slotflip health`, the boot-health gate slotflip-health.service runs before
  * boot-complete.target (the configured health checks, once; the exit status is the verdict).
  */
-import { parseArgs } from 'node:util';
 import { access, open, readFile, realpath, stat, unlink } from 'node:fs/promises';
-import { constants as fsc } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { delimiter, isAbsolute, join } from 'node:path';
 import { MetadataKind } from '@tufjs/models';
@@ -36,6 +34,9 @@ import { BOOTLOADER_IGNORED_ENV, type HistoryEntry } from '../machine.js';
 import { FileStateStore } from '../state-store.js';
 import { healthHasChecks, runHealthChecks, type HealthDeps, type HealthReport } from '../health.js';
 import type { Command, CommandIO } from './command.js';
+import { nodeFs, nodeUtil } from '../../hal/builtins.js';
+const { parseArgs } = nodeUtil;
+const { constants: fsc } = nodeFs;
 
 export type CheckStatus = 'pass' | 'warn' | 'fail' | 'skip';
 

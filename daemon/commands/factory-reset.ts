@@ -5,10 +5,11 @@
  * slotflip-factory-reset.service runs early at boot, before local-fs.target; reads no config).
  * See daemon/factory-reset.ts for the power-cut-safe order.
  */
-import { parseArgs } from 'node:util';
 import { SlotflipError } from '../../hal/errors.js';
 import { applyFactoryReset, MARKER, type ResetStep } from '../factory-reset.js';
 import type { Command, CommandIO } from './command.js';
+import { nodeUtil } from '../../hal/builtins.js';
+const { parseArgs } = nodeUtil;
 
 // `--apply` runs early at boot on a slow board: it loads no config code (ajv, pino, mqtt); the
 // request path imports config.js only when it runs

@@ -9,7 +9,6 @@
  * This module is the edge: it parses argv, reads files named on the command line, and wires the
  * signal handlers; the logic lives in daemon/fleet/.
  */
-import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { pino, type Logger } from 'pino';
 import { readFileCapped } from '../../hal/atomic-file.js';
 import { SlotflipError } from '../../hal/errors.js';
@@ -20,6 +19,9 @@ import type { Command, CommandIO } from './command.js';
 import { deviceTopics, isTopicLevel } from '../topics.js';
 import { connectOrFail } from '../../manifests/repo.js';
 import { MAX_VALIDITY_MS, RESET_MODE_NAMES } from '../../manifests/command.js';
+import type { ParseArgsConfig } from 'node:util';
+import { nodeUtil } from '../../hal/builtins.js';
+const { parseArgs } = nodeUtil;
 
 const TLS_HELP = [
   '  --ca FILE              CA bundle (PEM) for mqtts://',

@@ -5,7 +5,6 @@
  * exportBundle; format in manifests/README.md "Offline bundles").
  */
 import { stat } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
 import { estimateDelta } from '../../manifests/delta-publish.js';
 import { DEFAULT_DELTA_LEVEL, DELTA_FORMAT_1, DELTA_FORMAT_2 } from '../../manifests/delta.js';
 import { SlotflipError } from '../../hal/errors.js';
@@ -13,6 +12,8 @@ import { addRelease, earlierDeltaIndex, exportBundle, releaseTargetName } from '
 import { DEFAULT_CHUNK_SIZE } from '../../manifests/payload.js';
 import type { Compression } from '../../manifests/types.js';
 import type { Command } from './command.js';
+import { nodeUtil } from '../../hal/builtins.js';
+const { parseArgs } = nodeUtil;
 
 const HELP = [
   'usage: slotflip release add DIR --image F --version V --security-version N --hardware H',

@@ -9,12 +9,13 @@
  */
 import { stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { SlotflipError } from '../../hal/errors.js';
 import { DEFAULT_MAX_CONCURRENT, serveRepository } from '../../manifests/serve.js';
 import { packageVersion } from '../command-support.js';
 import type { CommandIO } from './command.js';
+import { nodeUtil } from '../../hal/builtins.js';
+const { parseArgs } = nodeUtil;
 
 export const REPO_SERVE_HELP = [
   '  serve DIR [--port P] [--bind ADDR] [--max-concurrent N]',

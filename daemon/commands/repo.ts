@@ -5,9 +5,7 @@
  * (passphrase from --passphrase-fd or $SLOTFLIP_KEY_PASSPHRASE, never argv), external signers.
  * Root and targets keys belong offline; see manifests/README.md for key handling.
  */
-import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
 import { SlotflipError } from '../../hal/errors.js';
 import {
   generateKeyFile, initRepo, publishTimeReset, publishToBroker, pruneReleases, readPublicKeyFile, resignTimestamp, rotateKey, setRollout, signerFromKeyFile, signerFromSpecFile, signPendingRoot,
@@ -17,6 +15,9 @@ import { parseSignerSpec, type ExternalSignerSpec, type Signer } from '../../man
 import type { Rollout } from '../../manifests/types.js';
 import type { Command, CommandIO } from './command.js';
 import { REPO_SERVE_HELP, runRepoServe } from './repo-serve.js';
+import { nodeFs, nodeUtil } from '../../hal/builtins.js';
+const { readFileSync } = nodeFs;
+const { parseArgs } = nodeUtil;
 
 const HELP = [
   'usage: slotflip repo <subcommand> DIR [options]   (keygen: no DIR)',

@@ -16,11 +16,12 @@
  */
 import { mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { codeOf } from '../../hal/errors.js';
 import { readFileCapped, writeFileAtomic } from '../../hal/atomic-file.js';
 import { DEFAULT_LIMITS, TrustClient, fetchCapped, httpSource, targetUrl, verifyTargetBytes } from '../../manifests/client.js';
 import type { Command } from './command.js';
+import { nodeUtil } from '../../hal/builtins.js';
+const { parseArgs } = nodeUtil;
 
 const HELP = [
   'usage: slotflip tuf-client --metadata-dir DIR init ROOT',

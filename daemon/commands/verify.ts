@@ -7,12 +7,13 @@ import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { parseArgs } from 'node:util';
 import { SlotflipError, codeOf } from '../../hal/errors.js';
 import { TrustClient, dirSource, httpSource, type MetadataSource } from '../../manifests/client.js';
 import { selectRelease } from '../../manifests/select.js';
 import type { Command } from './command.js';
 import { EXIT, exitCodeForRefusal } from '../exit-codes.js';
+import { nodeUtil } from '../../hal/builtins.js';
+const { parseArgs } = nodeUtil;
 
 const HELP = [
   'usage: slotflip verify --root ROOT --repo URL|DIR --hardware H [--channel C] [--device-id ID]',

@@ -28,7 +28,6 @@
  * watchdog and the next transfer restarts from the first chunk instead of resuming.
  */
 import { spawn } from 'node:child_process';
-import { accessSync, closeSync, constants as fsc, openSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import { delimiter, isAbsolute, join } from 'node:path';
 import { type Readable, Writable } from 'node:stream';
@@ -36,6 +35,8 @@ import zlib, { createGunzip } from 'node:zlib';
 import { SlotflipError } from '../../hal/errors.js';
 import { execTool, runChecked, type ToolRunner } from '../../hal/exec.js';
 import type { Compression } from '../../manifests/types.js';
+import { nodeFs } from '../../hal/builtins.js';
+const { accessSync, closeSync, constants: fsc, openSync, unlinkSync } = nodeFs;
 
 /** Receives image bytes; must consume `piece` before returning (its memory is reused). Returning
  * false pauses the decoder until `resume()`. */

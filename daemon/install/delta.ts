@@ -56,7 +56,6 @@
  */
 import { createHash } from 'node:crypto';
 import { open, type FileHandle } from 'node:fs/promises';
-import http from 'node:http';
 import https from 'node:https';
 import zlib from 'node:zlib';
 import { SlotflipError } from '../../hal/errors.js';
@@ -67,6 +66,9 @@ import { applyThinIndex } from '../../manifests/delta-thin.js';
 import type { SeedLookupKind } from '../machine.js';
 import { verifySlotImage } from './read-back.js';
 import { cutSlot, seedOfIndex, type SlotSeed } from './seed-index.js';
+import type { IncomingHttpHeaders } from 'node:http';
+import { nodeHttp } from '../../hal/builtins.js';
+const http = nodeHttp();
 
 export interface DeltaFile {
   /** URLs of the file (mirrors, tried in order). */
@@ -224,7 +226,7 @@ export function coalesce(frames: FetchRange[], budget: number): FetchRange[] {
 
 export interface HttpAnswer {
   status: number;
-  headers: http.IncomingHttpHeaders;
+  headers: IncomingHttpHeaders;
   body: AsyncIterable<Buffer>;
   close(): void;
 }

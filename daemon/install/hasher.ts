@@ -17,8 +17,9 @@
  * is refused (tmpfs, some FUSE/overlay filesystems: EINVAL) it falls back to buffered reads and
  * reports that (`direct`, and a debug log when given a logger). Through a SlotHandle's `readAt`
  * (injected slots, fault tests) reads are whatever that writer does. Reads go to libuv's pool and
- * SHA-256 is native; it runs on the thread that owns the checker: the installer's main thread through
- * a SlotHandle, a worker thread of its own by path (read-back-thread.ts hosts this class there).
+ * SHA-256 is native; it runs on the thread that owns the checker: the installer's main thread (by
+ * path and through a SlotHandle), or a worker thread when the installer is asked for one
+ * (`readBackThread`; read-back-thread.ts hosts this class there, at the cost of one more V8 isolate).
  *
  * Error code (stable): INSTALL_READBACK_MISMATCH (details: path; when chunks differ: chunk, offset,
  * length, expected (signed) and actual SHA-256 of the first, `chunks` (up to 16 changed chunk numbers)

@@ -16,7 +16,7 @@
  *   verified (in this run before its write, or on resume as read from the slot); the read-back then
  *   proves the medium kept those bytes: one SHA-256 of the whole image over the bytes read back from
  *   the medium, against the signed image hash (see hasher.ts for the trade-off).
- * - Memory is bounded by a fixed pool of chunk buffers plus stream buffers, whatever the image size.
+ * - Memory is bounded by a fixed pool of chunk pieces plus stream buffers, whatever the image size.
  * - Compressed bytes read are capped by the signed payload length; image bytes by the signed size.
  * - One attempt spends a bounded download budget (bytes and time, summed over runs and restarts in
  *   the resume record): a chunk that fails verification or decompression is fetched again ALONE
@@ -40,10 +40,13 @@
  * Memory: nothing on the byte path is allocated per read (V8 collects buffers outside the JS heap only
  * with full mark-compacts, which cost CPU and keep tens of MiB resident): plain-HTTP bodies and local
  * files are read into one reused buffer each (source.ts), compressed bytes wait for the decoder in a
- * fixed ring (InputRing), the zstd CLI's output lands in the chunk buffers, and the read-back reuses
- * one page-aligned buffer. Only https and chunked responses still come through node:http.
+ * fixed ring (InputRing), the zstd CLI's output lands in the chunk pieces, and the read-back reuses
+ * one page-aligned buffer. Only https and chunked responses still come through node:http. A chunk is
+ * assembled, verified and written in pieces of 1 MiB (PIECE) from a pool of one chunk's pieces plus
+ * two: each piece returns to the pool when its own write completed, so the next chunk fills behind
+ * the last one's writes; 6 MiB for 4 MiB chunks, where three whole chunk buffers took 12 MiB.
  *
- * Writes: the chunk buffers are cut from one page-aligned block (hal/aligned.ts), so hal's file and
+ * Writes: the chunk pieces are cut from one page-aligned block (hal/aligned.ts), so hal's file and
  * device slots write them with O_DIRECT (hal/file-slot.ts): the verified buffer goes to the medium
  * without the kernel's copy into the page cache and the dirty writeback behind it, which took about a
  * third of the install's CPU (issue 24: tree CPU 8.75 -> 5.81 s, wall 0.76x, same run). Slots that
@@ -51,13 +54,17 @@
  * flush points, the resume hint and the read-back are unchanged: a direct write is not durable before
  * the fsync either (the device's write cache), and the hint claims only flushed chunks.
  *
- * Concurrency: zstd decompresses in its own process, the main thread hashes chunks (SHA-256), writes
- * and fsyncs run on libuv's thread pool, and the read-back (its O_DIRECT reads and its whole-image
- * SHA-256) runs on a worker thread of its own when the slot is read by path (read-back-thread.ts; on
- * the main thread through a SlotHandle's readAt). Issue 24, cli-bench A/B against main in one run
- * (load 10-16, other jobs on the machine): 1 GiB, 3 rounds: wall 0.70x, tree CPU 1.01x, main thread CPU
- * 3.32 -> 2.45 s, peak tree RSS 113 -> 128 MiB (the worker's isolate); 4 GiB, 1 round: wall 0.71x,
- * CPU 0.89x, RSS 116 -> 130 MiB.
+ * Concurrency: zstd decompresses in its own process, the main thread hashes chunks (SHA-256) and the
+ * read-back's whole-image SHA-256, writes, fsyncs and the read-back's O_DIRECT reads run on libuv's
+ * thread pool. The read-back (hasher.ts) runs on this thread: a worker thread of its own
+ * (read-back-thread.ts, `readBackThread`) took its SHA-256 off the main thread but is one more V8
+ * isolate, +13-14 MiB of peak RSS (issue 16). Issue 24/16, cli-bench A/B against main in one run
+ * (1 GiB, 3 rounds, load 5-9): peak tree RSS 113 -> 99 MiB, wall 0.96x, tree CPU 0.96x; the main
+ * thread's CPU 2.31 -> 3.02 s (the worker's 0.90 s moved here), the read-back tail after the last
+ * write 0.37 -> 0.11 s. Trade-off: where zstd is not the bottleneck the main thread is: the 4 GiB
+ * bench image (mostly empty, zstd decodes it fast) took wall 16.3 -> 21.3 s (1.31x; still 0.77x the
+ * C floor in that run), main thread CPU 6.4 + 3.4 (worker) -> 10.0 s, load 6-7, 2 rounds; 1 GiB in
+ * the same run 1.06x. A device that has the memory and wants that wall back sets `readBackThread`.
  *
  * Error codes (stable): INSTALL_BAD_INDEX, INSTALL_SLOT_TOO_SMALL, INSTALL_CHUNK_HASH_MISMATCH,
  * INSTALL_PAYLOAD_TRUNCATED, INSTALL_PAYLOAD_OVERSIZED, INSTALL_DECOMPRESS, INSTALL_HTTP_STATUS,
@@ -151,17 +158,23 @@ export interface InstallOptions {
   budget?: BudgetOptions;
   /** fsync (and persist the resume hint) every this many image bytes (default 64 MiB). */
   flushEveryBytes?: number;
-  /** chunk buffers in the pool (default 3: one filling, one being written, one of slack for a write
-   * that waits behind a flush); memory ≈ pool × chunkSize, plus 0.5 MiB of carry and scratch buffers,
-   * the 1 MiB ring of compressed input queued for the decoder and the read-back's 1 MiB buffer. */
+  /** pieces in the buffer pool (see PIECE): a chunk is assembled in pieces of up to 1 MiB and each
+   * piece goes back to the pool as soon as its own write completed. Default: one chunk's pieces plus
+   * SLACK_PIECES (4 MiB chunks: 4 + 2 pieces, 6 MiB); at least one chunk's pieces. Memory ≈ pool ×
+   * piece, plus 0.75 MiB of carry and scratch buffers, the 1 MiB ring of compressed input queued for
+   * the decoder and the read-back's 1 MiB buffer. */
   buffers?: number;
   zstdPath?: string;
   /** gzip decoder: the `zstd` CLI (default: another core, flat memory) or node:zlib. */
   gzipDecoder?: 'zstd-cli' | 'zlib';
   /** how the slot is read back: through the SlotHandle's `readAt` (default; any SlotWriter, fault
-   * injection included) or by `slot.path` on a worker-owned descriptor (no allocation per read: lower
-   * peak memory; only for slots whose path is the slot itself, as with hal's file and device slots). */
+   * injection included) or by `slot.path` on a descriptor of its own, O_DIRECT (no allocation per read:
+   * lower peak memory; only for slots whose path is the slot itself, as with hal's file and device slots). */
   readBack?: 'handle' | 'path';
+  /** by path: hash the read-back on a worker thread (read-back-thread.ts) instead of this one: the
+   * SHA-256 leaves the main thread for another core, at +13-14 MiB of RSS (the worker's isolate).
+   * Default false (see Concurrency above). */
+  readBackThread?: boolean;
   /** injectable clock, sleep and randomness (tests). */
   now?: () => number;
   sleep?: (ms: number, signal: AbortSignal) => Promise<void>;
@@ -183,9 +196,16 @@ export interface InstallResult {
 }
 
 const MIB = 1 << 20;
+/** a chunk is held (until verified) and written in pieces of at most this size: a piece returns to
+ * the pool once its own write completed, so the next chunk fills behind the writes of the last one
+ * instead of waiting for a whole chunk buffer (issue 16: 3 whole 4 MiB chunk buffers were 12 MiB of
+ * the install's peak RSS). A multiple of DIRECT_ALIGN: pieces stay O_DIRECT-aligned. */
+const PIECE = MIB;
+/** pieces in the pool beyond one chunk's (see `buffers`). */
+const SLACK_PIECES = 2;
 /** compressed bytes queued at the decoder's input before the source is paused. */
 const PRODUCER_QUEUE = 512 << 10;
-/** scratch and carry buffer size: a decoder read that found no free chunk buffer lands in the scratch
+/** scratch and carry buffer size: a decoder read that found no free chunk piece lands in the scratch
  * (so it is at most this long: the zstd FIFO delivers what the pipe holds, 64 KiB by default); a
  * carry grows on demand to a larger piece (the in-process zlib decoders deliver 1 MiB). */
 const BUF_CARRY = 256 << 10;
@@ -271,11 +291,11 @@ export async function installPayload(opts: InstallOptions): Promise<InstallResul
   throwIfAborted(signal);
 
   const handle = await opts.slot.open();
-  // by path the read-back (its reads and its whole-image SHA-256) runs on a thread of its own, beside
-  // this thread's chunk hashing (read-back-thread.ts); through the handle it stays on this thread
+  // by path the read-back reads the medium on a descriptor of its own (O_DIRECT) and hashes on this
+  // thread, or on a worker thread when asked (readBackThread); through the handle it reads with readAt
   const rbOpts = { path: opts.slot.path, chunkSize: payload.chunkSize, size: payload.size, imageSha256: payload.sha256, chunkSha256: (k: number) => payload.chunks[k]!.sha256, signal, ...(log ? { log } : {}) };
   let readBack: ReadBack;
-  if (opts.readBack === 'path') {
+  if (opts.readBack === 'path' && opts.readBackThread === true) {
     try {
       readBack = new ThreadedReadBack(rbOpts);
     } catch (e) {
@@ -283,7 +303,8 @@ export async function installPayload(opts: InstallOptions): Promise<InstallResul
       log?.warn({ err: e }, 'read-back thread unavailable; reading back on the main thread');
       readBack = new ReadBackChecker(rbOpts);
     }
-  } else readBack = new ReadBackChecker({ ...rbOpts, readAt: (l: number, o: number) => handle.readAt(l, o) });
+  } else if (opts.readBack === 'path') readBack = new ReadBackChecker(rbOpts);
+  else readBack = new ReadBackChecker({ ...rbOpts, readAt: (l: number, o: number) => handle.readAt(l, o) });
   try {
     const record = await readResumeRecord(opts.resumeStatePath, payload, opts.slot.path);
     const run = new InstallRun(opts, payload, payloadLength, source, handle, readBack, now, signal, record.spent, record.corruptChunk);
@@ -400,8 +421,15 @@ class InstallRun {
   #lastProgressAt = 0;
   #lastProgressBytes = 0;
   // chunker state (per transfer)
+  /** the piece being filled, and its bytes so far */
   #buf: Buffer | undefined;
   #fill = 0;
+  /** the current chunk's full pieces (each `#piece` bytes but the chunk's last), in order */
+  #parts: Buffer[] = [];
+  /** bytes of the current chunk in `#parts` */
+  #done = 0;
+  /** piece size: PIECE, or one chunk's stride when chunks are smaller */
+  readonly #piece: number;
   #hash = createHash('sha256');
   #carry: [Buffer, Buffer] = [Buffer.alloc(0), Buffer.alloc(0)];
   #carrySide = 0;
@@ -425,7 +453,7 @@ class InstallRun {
   /** v1: the whole payload file hashed to its signed SHA-256 in this transfer. */
   #targetOk = false;
   /** chunks whose SHA-256 matched but whose compressed bytes are not yet proven (in order). */
-  readonly #held: Array<{ buf: Buffer; index: number }> = [];
+  readonly #held: Array<{ parts: Buffer[]; index: number }> = [];
   /** set per transfer: stop the transfer with this error. */
   #failTransfer: (e: unknown) => void = () => undefined;
   /** set per transfer: the decoder may deliver again. */
@@ -455,12 +483,14 @@ class InstallRun {
     const maxChunk = payload.chunks.reduce((m, c) => Math.max(m, c.length), 0);
     this.#maxBytes = Math.ceil((b.maxBytesFactor ?? 3) * payloadLength + maxChunk);
     this.#maxMs = b.maxMs ?? 24 * 3_600_000;
-    const n = Math.max(2, opts.buffers ?? 3);
     // one page-aligned block cut at page boundaries: a slot writer that can (hal's file and device
-    // slots) writes these buffers with O_DIRECT, past the page cache (hal/file-slot.ts)
-    const stride = Math.ceil(payload.chunkSize / DIRECT_ALIGN) * DIRECT_ALIGN;
+    // slots) writes these pieces with O_DIRECT, past the page cache (hal/file-slot.ts)
+    const stride = Math.min(PIECE, Math.ceil(payload.chunkSize / DIRECT_ALIGN) * DIRECT_ALIGN);
+    this.#piece = Math.min(stride, payload.chunkSize);
+    const perChunk = Math.ceil(payload.chunkSize / this.#piece);
+    const n = Math.max(perChunk, opts.buffers ?? perChunk + SLACK_PIECES);
     const block = alignedBuffer(n * stride);
-    for (let i = 0; i < n; i++) this.#pool.push(block.subarray(i * stride, i * stride + payload.chunkSize));
+    for (let i = 0; i < n; i++) this.#pool.push(block.subarray(i * stride, i * stride + this.#piece));
     this.#lastProgressAt = now();
   }
 
@@ -511,17 +541,23 @@ class InstallRun {
     this.#failTransfer(this.#ioError);
   }
 
-  /** Queues a verified chunk for writing; its buffer returns to the pool once written. */
-  #write(buf: Buffer, index: number): void {
+  /** Queues a verified chunk for writing, piece by piece; each piece returns to the pool once its
+   * own write completed. */
+  #write(parts: Buffer[], index: number): void {
     const len = this.#chunkLen(index);
     const offset = index * this.payload.chunkSize;
-    this.#writeTail = this.#writeTail
-      .then(async () => {
-        if (this.#ioError === undefined) await this.handle.writeAt(buf.subarray(0, len), offset);
-        if (index === this.#chunkCount - 1) this.#lastWriteAt = this.now();
-      })
-      .catch((e: unknown) => this.#setIoError(e))
-      .finally(() => this.#release(buf));
+    parts.forEach((buf, j) => {
+      const at = j * this.#piece;
+      const n = Math.min(this.#piece, len - at);
+      const last = index === this.#chunkCount - 1 && j === parts.length - 1;
+      this.#writeTail = this.#writeTail
+        .then(async () => {
+          if (this.#ioError === undefined) await this.handle.writeAt(buf.subarray(0, n), offset + at);
+          if (last) this.#lastWriteAt = this.now();
+        })
+        .catch((e: unknown) => this.#setIoError(e))
+        .finally(() => this.#release(buf));
+    });
     this.bytesWritten += len;
     this.#sinceFlush += len;
     if (this.#sinceFlush >= (this.opts.flushEveryBytes ?? 64 * MIB) || index === this.#chunkCount - 1) {
@@ -586,12 +622,12 @@ class InstallRun {
 
   readonly #scratch = Buffer.allocUnsafeSlow(BUF_CARRY);
 
-  /** Where the decoder's next read should land: straight into the current chunk buffer when there is
+  /** Where the decoder's next read should land: straight into the current chunk piece when there is
    * one (no copy), else a scratch buffer that `#eat` copies from. */
   #readTarget(): Buffer {
     if (!this.#blocked && this.next < this.#chunkCount) {
       if (this.#buf === undefined) this.#buf = this.#pool.pop();
-      if (this.#buf !== undefined) return this.#buf.subarray(this.#fill, this.#chunkLen(this.next));
+      if (this.#buf !== undefined) return this.#buf.subarray(this.#fill, this.#pieceLen());
     }
     return this.#scratch;
   }
@@ -601,12 +637,11 @@ class InstallRun {
     let p = from;
     // a read that landed in place (see #readTarget): hash it where it is
     if (from === 0 && this.#buf !== undefined && piece.buffer === this.#buf.buffer && piece.byteOffset === this.#buf.byteOffset + this.#fill && this.next < this.#chunkCount) {
-      const len = this.#chunkLen(this.next);
-      if (this.#fill + piece.length <= len) {
+      if (this.#fill + piece.length <= this.#pieceLen()) {
         this.#hash.update(piece);
         this.#fill += piece.length;
         p = piece.length;
-        if (this.#fill === len) this.#completeChunk();
+        if (this.#fill === this.#pieceLen()) this.#pieceFull();
       }
     }
     while (p < piece.length) {
@@ -623,18 +658,33 @@ class InstallRun {
       if (this.next >= this.#chunkCount) {
         throw new SlotflipError('INSTALL_PAYLOAD_OVERSIZED', `${this.#where}: image data runs past the signed size ${payload.size}`, { retryable: true, details: { url: this.#where, size: payload.size } });
       }
-      const len = this.#chunkLen(this.next);
+      const len = this.#pieceLen();
       const n = Math.min(len - this.#fill, piece.length - p);
       const part = piece.subarray(p, p + n);
       part.copy(this.#buf, this.#fill);
       this.#hash.update(part);
       this.#fill += n;
       p += n;
-      if (this.#fill === len) this.#completeChunk();
+      if (this.#fill === len) this.#pieceFull();
     }
   }
 
-  /** The current chunk buffer is full: verify it against the signed index, then queue the write. */
+  /** Bytes the current piece takes of the current chunk. */
+  #pieceLen(): number {
+    return Math.min(this.#piece, this.#chunkLen(this.next) - this.#done);
+  }
+
+  /** The current piece is full: keep it with its chunk; the chunk complete, verify it. */
+  #pieceFull(): void {
+    this.#parts.push(this.#buf!);
+    this.#done += this.#fill;
+    this.#buf = undefined;
+    this.#fill = 0;
+    if (this.#done === this.#chunkLen(this.next)) this.#completeChunk();
+  }
+
+  /** The current chunk is complete (all its pieces): verify it against the signed index, then queue
+   * the write. */
   #completeChunk(): void {
     const { payload } = this;
     const i = this.next;
@@ -647,14 +697,14 @@ class InstallRun {
         details: { chunk: i, offset: i * payload.chunkSize, payloadOffset: payload.chunks[i]!.offset, url: this.#where },
       });
     }
-    const buf = this.#buf!;
-    this.#buf = undefined;
-    this.#fill = 0;
+    const parts = this.#parts;
+    this.#parts = [];
+    this.#done = 0;
     this.next = i + 1;
     // verify before write covers the compressed bytes too: a chunk whose frame (v2) or, for the last
     // chunk, whose payload file (v1) is not proven yet waits for the producer's verdict
-    if (this.#held.length > 0 || !this.#frameOk(i)) this.#held.push({ buf, index: i });
-    else this.#write(buf, i);
+    if (this.#held.length > 0 || !this.#frameOk(i)) this.#held.push({ parts, index: i });
+    else this.#write(parts, i);
   }
 
   // ---- checks of the compressed bytes ----
@@ -670,7 +720,7 @@ class InstallRun {
   #releaseHeld(): void {
     while (this.#held.length > 0 && this.#frameOk(this.#held[0]!.index)) {
       const h = this.#held.shift()!;
-      this.#write(h.buf, h.index);
+      this.#write(h.parts, h.index);
     }
   }
 
@@ -817,6 +867,8 @@ class InstallRun {
     if (this.#buf !== undefined) this.#release(this.#buf);
     this.#buf = undefined;
     this.#fill = 0;
+    for (const b of this.#parts.splice(0)) this.#release(b);
+    this.#done = 0;
     this.#hash = createHash('sha256');
     this.#carryLen = 0;
     if (this.#blocked) {
@@ -827,7 +879,7 @@ class InstallRun {
     // chunks whose compressed bytes were never proven are dropped, unwritten: fetched again
     if (this.#held.length > 0) {
       this.next = Math.min(this.next, this.#held[0]!.index);
-      for (const h of this.#held.splice(0)) this.#release(h.buf);
+      for (const h of this.#held.splice(0)) for (const b of h.parts) this.#release(b);
     }
   }
 

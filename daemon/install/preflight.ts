@@ -16,12 +16,14 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import zlib, { gunzipSync } from 'node:zlib';
-import { SlotflipError } from '../../hal/errors.js';
+import { isCoded, SlotflipError } from '../../hal/errors.js';
 import { readFull } from '../../hal/read-full.js';
-import { zstdDecoderFor } from './decode.js';
+import { startDecoder, zstdDecoderFor } from './decode.js';
 import type { PayloadInfo } from '../../manifests/types.js';
 import type { OpenedStream, PayloadSource } from './source.js';
 
+/** the reused buffer the zstd CLI's output is read into (with a FIFO directory). */
+const PREFLIGHT_READ = 64 << 10;
 
 export interface PreflightOptions {
   payload: PayloadInfo;
@@ -35,6 +37,10 @@ export interface PreflightOptions {
   zstdDecoder?: 'auto' | 'cli' | 'zlib';
   /** whole preflight, ms (default 60 000). */
   timeoutMs?: number;
+  /** a directory for the zstd CLI's short-lived output FIFO (the installer's, decode.ts): its output is
+   * then read into one reused buffer. Without it the output comes through a pipe, a fresh 64 KiB
+   * Buffer per read (a chunk's worth of malloc'd memory, ~3 MiB of the install's peak RSS). */
+  fifoDir?: string;
 }
 
 /** Throws a coded INSTALL_* error when the payload cannot be installed as signed; resolves otherwise. */
@@ -59,8 +65,7 @@ export async function preflightPayload(o: PreflightOptions): Promise<void> {
       }
     }
     const cap = Math.min(o.payload.chunkSize, o.payload.size);
-    const image = await decompress(o.payload.compression, frame, cap, o.zstdPath, o.zstdDecoder);
-    const got = createHash('sha256').update(image).digest('hex');
+    const got = await decompressedSha256(o.payload.compression, frame, cap, o.zstdPath, o.zstdDecoder, o.fifoDir);
     if (got !== first.sha256) {
       throw new SlotflipError('INSTALL_CHUNK_HASH_MISMATCH', `${opened.where}: chunk 0 decodes to SHA-256 ${got}, the signed index says ${first.sha256}; the payload on the server is not the one that was signed (nothing was changed on this device)`, {
         details: { where: opened.where, chunk: 0, expected: first.sha256, actual: got },
@@ -107,12 +112,21 @@ async function readExactly(s: OpenedStream, offset: number, len: number, signal:
   return out;
 }
 
-async function decompress(compression: PayloadInfo['compression'], frame: Buffer, cap: number, zstdPath = 'zstd', zstdDecoder?: PreflightOptions['zstdDecoder']): Promise<Buffer> {
+/**
+ * SHA-256 (hex) of the frame decompressed, output capped at `cap` bytes. The zstd CLI's output is
+ * hashed as it arrives and not kept: a chunk-sized Buffer.concat of it (4 MiB, one mmap) stayed
+ * resident through the whole install that follows, because V8 frees a Buffer's memory only when a
+ * garbage collection finds it dead, and the streaming install makes almost no JS garbage to
+ * trigger one (issue 16: `slotflip install` peak tree RSS, see the commit). With `fifoDir` the
+ * output is read into one reused buffer (decode.ts's FIFO), not a fresh Buffer per pipe read.
+ */
+async function decompressedSha256(compression: PayloadInfo['compression'], frame: Buffer, cap: number, zstdPath = 'zstd', zstdDecoder?: PreflightOptions['zstdDecoder'], fifoDir?: string): Promise<string> {
   const corrupt = (cause?: unknown) => new SlotflipError('INSTALL_DECOMPRESS', `${compression}: chunk 0 of the payload is corrupt (nothing was changed on this device)`, { ...(cause ? { cause } : {}) });
-  if (compression === 'none') return frame;
+  const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+  if (compression === 'none') return sha(frame);
   if (compression === 'gzip') {
     try {
-      return gunzipSync(frame, { maxOutputLength: cap });
+      return sha(gunzipSync(frame, { maxOutputLength: cap }));
     } catch (e) {
       throw corrupt(e);
     }
@@ -121,14 +135,45 @@ async function decompress(compression: PayloadInfo['compression'], frame: Buffer
   // the install does: preflight must not refuse what the install can do), output capped at one chunk
   if (zstdDecoderFor({ zstdPath, ...(zstdDecoder ? { zstdDecoder } : {}) }) === 'zlib') {
     try {
-      return (zlib as unknown as { zstdDecompressSync: (b: Buffer, o: { maxOutputLength: number }) => Buffer }).zstdDecompressSync(frame, { maxOutputLength: cap });
+      return sha((zlib as unknown as { zstdDecompressSync: (b: Buffer, o: { maxOutputLength: number }) => Buffer }).zstdDecompressSync(frame, { maxOutputLength: cap }));
     } catch (e) {
       throw corrupt(e);
     }
   }
-  return new Promise<Buffer>((resolve, reject) => {
+  // the installer's zstd decoder: output through a FIFO into one reused buffer, nothing per read;
+  // where the FIFO cannot be made (mkfifo missing, the directory not writable) the pipe below
+  const dec = fifoDir === undefined ? undefined : await startDecoder('zstd', { zstdPath, zstdDecoder: 'cli', fifoDir }).catch(() => undefined);
+  if (dec !== undefined) {
+    const hash = createHash('sha256');
+    const piece = Buffer.allocUnsafeSlow(PREFLIGHT_READ);
+    let size = 0;
+    dec.start(
+      (b) => {
+        size += b.length;
+        if (size > cap) {
+          dec.kill();
+          return false;
+        }
+        hash.update(b);
+        return true;
+      },
+      () => piece,
+    );
+    dec.input!.write(frame);
+    dec.finishInput();
+    try {
+      await dec.done;
+    } catch (e) {
+      throw size > cap ? corrupt() : isCoded(e, 'INSTALL_DECOMPRESS') && /cannot start/.test(e.message) ? e : corrupt(e);
+    } finally {
+      dec.kill();
+    }
+    if (size > cap) throw corrupt();
+    return hash.digest('hex');
+  }
+  return new Promise<string>((resolve, reject) => {
     const child = spawn(zstdPath, ['-d', '-c', '-q'], { stdio: ['pipe', 'pipe', 'ignore'] });
-    const parts: Buffer[] = [];
+    const hash = createHash('sha256');
     let size = 0;
     child.stdout.on('data', (b: Buffer) => {
       size += b.length;
@@ -137,10 +182,10 @@ async function decompress(compression: PayloadInfo['compression'], frame: Buffer
         reject(corrupt());
         return;
       }
-      parts.push(b);
+      hash.update(b);
     });
     child.on('error', (cause) => reject(new SlotflipError('INSTALL_DECOMPRESS', `zstd: cannot run ${zstdPath}`, { cause })));
-    child.on('close', (code) => (code === 0 && size <= cap ? resolve(Buffer.concat(parts)) : reject(corrupt())));
+    child.on('close', (code) => (code === 0 && size <= cap ? resolve(hash.digest('hex')) : reject(corrupt())));
     child.stdin.on('error', () => undefined);
     child.stdin.end(frame);
   });

@@ -17,8 +17,11 @@
  * The worker dying unexpectedly fails whatever waits with INSTALL_READBACK_MISMATCH (the slot is then
  * not trusted, as for any failed read-back): the install fails, nothing is armed.
  *
- * Memory: the worker is one more V8 isolate (a few MiB; young generation capped below) plus the
- * checker's 1 MiB aligned read buffer. It exists only while an install runs (closed with the install).
+ * Memory: the worker is one more V8 isolate plus the checker's 1 MiB aligned read buffer: +13-14 MiB
+ * of the install's peak RSS (measured for a bare worker with its young generation capped as below,
+ * and in the CLI's install; the isolate's bootstrap heap, not what this module loads). Hence opt-in
+ * since issue 16 (installer.ts `readBackThread`): by default the read-back hashes on the main thread,
+ * which cost no wall in the 1 GiB cli-bench A/B. It exists only while an install runs.
  */
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import type { Logger } from 'pino';

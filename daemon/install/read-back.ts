@@ -16,13 +16,14 @@
  * a chunk differs).
  */
 import { createHash, type Hash } from 'node:crypto';
-import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { SlotflipError } from '../../hal/errors.js';
 import type { SlotWriter } from '../../hal/slot-writer.js';
 import { alignedBuffer, DIRECT_ALIGN } from '../../hal/aligned.js';
 import type { PayloadInfo } from '../../manifests/types.js';
+import { nodeFs } from '../../hal/builtins.js';
+const { constants } = nodeFs;
 
 export { alignedBuffer, DIRECT_ALIGN } from '../../hal/aligned.js';
 const PIECE = 1 << 20;

@@ -7,12 +7,13 @@
  * for anything but bytes: every chunk is checked against the signed index anyway.
  */
 import { EventEmitter } from 'node:events';
-import { read } from 'node:fs';
 import { open } from 'node:fs/promises';
-import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
 import { SlotflipError } from '../../hal/errors.js';
+import { nodeFs, nodeHttp } from '../../hal/builtins.js';
+const { read } = nodeFs;
+const http = nodeHttp();
 
 export interface OpenedStream {
   /** bytes of the payload file starting at `start` (which may be below the requested offset when a

@@ -57,6 +57,14 @@ const NOT_WITHOUT_HTTP: Array<[RegExp, string]> = [
   [/^node:(http|https|tls)$/, 'node:http, node:https or node:tls'],
 ];
 
+/** Loaded only when an ES module imports node:http or node:fs (their ES namespace runs every lazy
+ * getter: undici behind `http.WebSocket`, readline behind `fs.promises`' FileHandle): slotflip takes
+ * those builtins through require (hal/builtins.ts). */
+const NOT_BY_NAMESPACE: Array<[RegExp, string]> = [
+  [/^node:internal\/deps\/undici\//, 'undici (node:http imported as an ES module?)'],
+  [/^node:http2$/, 'node:http2 (node:http imported as an ES module?)'],
+];
+
 function offenders(urls: string[], rules = NOT_AT_IDLE): string[] {
   return urls.flatMap((u) => rules.filter(([re]) => re.test(u)).map(([, what]) => `${what}: ${u}`));
 }
@@ -161,6 +169,8 @@ t.test('`slotflip install URL` installs without loading MQTT.js or Ajv\'s schema
     t.ok(r.urls.some((u) => needed.test(u)), `loaded ${needed.source}`);
   }
   t.same(offenders(r.urls, [...NOT_WITHOUT_BROKER, AJV_COMPILER]), [], 'no MQTT.js, no Ajv compiler');
+  t.ok(r.urls.includes('node:http'), 'the recording sees Node\'s own modules (node:http is loaded)');
+  t.same(offenders(r.urls, NOT_BY_NAMESPACE), [], 'no undici, no http2: node:http and node:fs were not imported as ES modules');
 });
 
 t.test('`slotflip --help` loads no command module', async (t) => {
