@@ -1,22 +1,28 @@
 /**
  * Decompressors for one transfer: compressed bytes in, image bytes out through a push callback.
  *
- * zstd runs as the `zstd` CLI (argv array, no shell) when it is installed: it decompresses on the
- * second core while Node hashes and writes, and it beat node:zlib's built-in zstd on time at half the
- * peak RSS (test/bench/zstd-decode-bench.ts, 256 MiB in 4 MiB frames: 0.82 s and 61 MiB against
- * 0.89 s and 129 MiB). Without the CLI (`zstdDecoder: 'auto'`, the default) the built-in one decodes
- * (thread pool; Node 24 and later: Node 22's stops after the first frame, see `builtinZstd`), so a
- * device image needs no zstd package; `'cli'` / `'zlib'` force one. gzip goes through the same CLI
- * by default (it detects the format; Debian builds it with zlib). Its output
- * goes through a FIFO read with `net.Socket` `onread` straight into the installer's chunk buffers, so the
- * hot path neither copies nor allocates per read and memory stays flat. Every decoder here is done
+ * zstd, when the caller knows the transfer's frames (the installer: one frame per chunk, from the
+ * chunk index), is decoded frame by frame in-process (`frameDecoder`, 'frames'): each complete frame
+ * in one pass on the thread pool, straight into the buffer the installer offers when that holds the
+ * whole chunk (chunks up to its piece size), else into one buffer of the decoder's own that the
+ * installer copies from in slices; the next frame decodes while the main thread hashes the current
+ * one. This is the default ('auto') wherever Node has a built-in zstd (Node 22.15+, 24, 26); no child
+ * process, no pipe (the CLI's pipes copied every image byte twice). Figures: see the commit that made
+ * it the default (issue 24). `zstdDecoder: 'cli'` keeps the CLI.
+ * Without known frames (or a frame past zstd's bound for its chunk) zstd runs as the `zstd` CLI (argv
+ * array, no shell) when it is installed: it decompresses on the second core while Node hashes and
+ * writes. Without the CLI the built-in stream decoder decodes (thread pool; Node 24 and later: Node
+ * 22's stops after the first frame of one input, see `builtinZstd`), so a device image needs no zstd
+ * package; `'cli'` / `'zlib'` / `'frames'` force one. gzip goes through the same CLI by default (it
+ * detects the format; Debian builds it with zlib). The CLI's output goes through a FIFO read with
+ * `net.Socket` `onread` straight into the installer's chunk buffers. Every decoder here is done
  * with an input buffer when that write's callback runs (the installer reuses its input ring then);
  * 'none' is a Writable that hands each write to the sink before calling back. A local payload file can be
  * handed to zstd as its stdin descriptor (`stdinFd`), but the installer does so only when no check of
  * the compressed bytes applies (releases carry packedSha256 or a target hash: those bytes pass
- * through Node to be hashed, see installer.ts). Measured again on Node 24.22 (zstd-decode-bench, 256
- * MiB, best of 3, load ~13): CLI 1.05 s wall, 0.77 s CPU, 61 MiB tree; built-in 1.25 s, 0.57 s CPU,
- * 128 MiB: the CLI stays the default, the built-in decoder the fallback.
+ * through Node to be hashed, see installer.ts). The built-in stream decoder measured against the CLI
+ * (zstd-decode-bench, 256 MiB, Node 24.22, load ~13): CLI 1.05 s wall, 0.77 s CPU, 61 MiB tree;
+ * stream 1.25 s, 0.57 s CPU, 128 MiB (its output buffers are garbage; the frame decoder's are not).
  * `gzipDecoder: 'zlib'` uses node:zlib instead (thread pool; concatenated members are one stream).
  * A new decoder runs for every transfer because a resumed transfer starts at a frame boundary.
  *
@@ -58,6 +64,10 @@ export interface Decoder {
   done: Promise<void>;
   /** stops the decoder (kills the child process); idempotent. */
   kill(): void;
+  /** resolves once the decoder writes into no buffer `nextBuffer` returned any more (after `kill`,
+   * the in-process frame decoder may still be filling one on the thread pool): a caller reuses its
+   * buffers only then. */
+  idle(): Promise<void>;
 }
 
 export interface DecoderOptions {
@@ -68,12 +78,23 @@ export interface DecoderOptions {
   /** zstd through the `zstd` CLI, node:zlib's built-in zstd (Node >= 24, see `builtinZstd`), or
    * 'auto' (default): the CLI when `zstdPath` (default `zstd`, looked up on PATH) is there, else the
    * built-in one. Without the CLI, 'auto' decodes gzip with node:zlib too. */
-  zstdDecoder?: 'auto' | 'cli' | 'zlib';
+  zstdDecoder?: 'auto' | 'cli' | 'zlib' | 'frames';
+  /** the frames this transfer's compressed bytes consist of (one per chunk, from the chunk index):
+   * given, zstd is decoded frame by frame in-process (`'frames'`, the default where this Node has a
+   * built-in zstd, see `zstdFrames`). */
+  frames?: FrameList;
   /** directory for the short-lived FIFO (unlinked as soon as both ends are open). */
   fifoDir: string;
   /** a descriptor positioned at the first compressed byte: zstd reads it directly. */
   stdinFd?: number;
   runner?: ToolRunner;
+}
+
+/** The compressed frames of one transfer, in order: frame `i` is `lengths[i]` bytes of input and
+ * decodes to `outLength(i)` image bytes (chunk i of the transfer). */
+export interface FrameList {
+  lengths: readonly number[];
+  outLength: (i: number) => number;
 }
 
 const BUF = 1 << 20;
@@ -97,6 +118,16 @@ export const builtinZstd = ((): boolean => {
   }
 })();
 
+/** True when this Node has a built-in zstd decoder at all (Node >= 22.15 / 23.8): enough to decode
+ * the payload frame by frame ('frames'), Node 22's included. */
+export const zstdFrames = createZstdDecompress !== undefined && typeof (zlib as unknown as { zstdDecompressSync?: unknown }).zstdDecompressSync === 'function';
+
+/** A frame longer than this (for `chunk` image bytes) is not decoded in-process (the stream or the
+ * CLI takes the transfer): zstd's bound for a chunk is its length plus 1/256 and a few hundred bytes. */
+export function frameInputCap(chunk: number): number {
+  return chunk + (chunk >> 6) + (64 << 10);
+}
+
 const cliFound = new Map<string, boolean>();
 /** Whether `bin` names an executable, looked up the way spawn's execvp does (PATH for a bare name);
  * cached per name for the process's lifetime. */
@@ -117,20 +148,33 @@ function zstdCliFound(bin: string): boolean {
   return found;
 }
 
-/** Which zstd decoder `opts` selects: 'auto' falls back to the built-in one only when the CLI is
- * missing and this Node has one (otherwise the CLI's start-up error names what to install). */
-export function zstdDecoderFor(opts: Pick<DecoderOptions, 'zstdDecoder' | 'zstdPath'>): 'cli' | 'zlib' {
+/** Which zstd decoder `opts` selects. With `framed` (the caller hands over whole frames of a known
+ * index: `frames` for a transfer, one frame for preflight), 'auto' takes the in-process frame decoder
+ * wherever this Node has a built-in zstd (Node 22 too); otherwise it falls back to the built-in
+ * stream decoder only when the CLI is missing and this Node has one (otherwise the CLI's start-up
+ * error names what to install). */
+export function zstdDecoderFor(opts: Pick<DecoderOptions, 'zstdDecoder' | 'zstdPath'>, framed = false): 'cli' | 'zlib' | 'frames' {
   const want = opts.zstdDecoder ?? 'auto';
   if (want === 'zlib' && !builtinZstd) throw new SlotflipError('INSTALL_DECOMPRESS', `zstd: node ${process.version} has no built-in zstd that reads concatenated frames (Node 24 does); install the zstd CLI and set zstdDecoder to cli`);
+  if (want === 'frames' && !zstdFrames) throw new SlotflipError('INSTALL_DECOMPRESS', `zstd: node ${process.version} has no built-in zstd (Node >= 22.15 has); install the zstd CLI and set zstdDecoder to cli`);
+  if (want === 'frames') return framed ? 'frames' : builtinZstd ? 'zlib' : 'cli';
   if (want !== 'auto') return want;
+  if (framed && zstdFrames) return 'frames';
   return builtinZstd && !zstdCliFound(opts.zstdPath ?? 'zstd') ? 'zlib' : 'cli';
 }
 
+/** Whether `frames` can be decoded one by one in-process: every frame within `frameInputCap`. */
+function framesFit(frames: FrameList | undefined): frames is FrameList {
+  if (frames === undefined || frames.lengths.length === 0) return false;
+  for (let i = 0; i < frames.lengths.length; i++) if (frames.lengths[i]! > frameInputCap(frames.outLength(i))) return false;
+  return true;
+}
+
 /** True when the decoder for `compression` is a child process that can read a descriptor itself. */
-export function decodesInChild(compression: Compression, opts: Pick<DecoderOptions, 'gzipDecoder' | 'zstdDecoder' | 'zstdPath'>): boolean {
+export function decodesInChild(compression: Compression, opts: Pick<DecoderOptions, 'gzipDecoder' | 'zstdDecoder' | 'zstdPath' | 'frames'>): boolean {
   if (compression === 'none') return false;
   if (compression === 'gzip' && (opts.gzipDecoder ?? 'zstd-cli') !== 'zstd-cli') return false;
-  return zstdDecoderFor(opts) === 'cli';
+  return zstdDecoderFor(opts, compression === 'zstd' && framesFit(opts.frames)) === 'cli';
 }
 
 /** A decoder whose asynchronous setup is done; starting it does not yield to the event loop. */
@@ -147,12 +191,14 @@ export interface PreparedDecoder {
  * source so that nothing awaits between opening the source and consuming it. */
 export async function prepareDecoder(compression: Compression, opts: Omit<DecoderOptions, 'stdinFd'>): Promise<PreparedDecoder> {
   if (decodesInChild(compression, opts)) return prepareZstd(opts);
+  const frames = compression === 'zstd' && framesFit(opts.frames) && zstdDecoderFor(opts, true) === 'frames' ? opts.frames : undefined;
   let used = false;
   return {
     start() {
       if (used) throw new Error('decoder already started');
       used = true;
       if (compression === 'none') return passDecoder();
+      if (frames) return frameDecoder(frames);
       const s: Writable & Readable = compression === 'gzip' ? createGunzip({ chunkSize: BUF }) : createZstdDecompress!({ chunkSize: BUF });
       return streamDecoder(s, compression);
     },
@@ -212,6 +258,7 @@ function passDecoder(): Decoder {
     },
     done,
     kill: () => void w.destroy(),
+    idle: () => Promise.resolve(),
   };
 }
 
@@ -254,6 +301,355 @@ function streamDecoder(s: Writable & Readable, compression: Compression): Decode
     resume: () => s.resume(),
     done,
     kill: () => s.destroy(),
+    idle: () => Promise.resolve(),
+  };
+}
+
+/** frames decoding at once on the thread pool (the main thread hashes the previous one meanwhile).
+ * One: cli-bench A/B in one run (1 GiB, load 8-11) gave wall 1.06x the CLI decoder's with one, 1.3-1.9x
+ * with two (the second decodes into the decoder's own buffer, which the sink then copies and waits
+ * behind the chunk writes), at the same CPU. */
+const FRAMES_IN_FLIGHT = 1;
+/** a frame decoded into the decoder's own buffer reaches the sink in slices of at most this (the
+ * installer's carry then holds at most one slice when it has no free chunk buffer). */
+const SLICE = 256 << 10;
+
+interface FrameJob {
+  /** frame number within the transfer */
+  k: number;
+  input: Buffer;
+  len: number;
+  state: 'ready' | 'decoding' | 'done' | 'failed';
+  /** where it decodes to: the sink's next buffer (in place) or the decoder's own */
+  target: Buffer | undefined;
+  own: boolean;
+  pieces: Buffer[];
+  error?: SlotflipError;
+}
+
+/** node:zlib's stream internals the frame decoder lends its output buffer through. */
+interface ZlibOut {
+  _outBuffer?: Buffer;
+  _outOffset?: number;
+  _chunkSize?: number;
+}
+
+/**
+ * zstd in-process, one frame at a time (the chunk index says where each frame ends). A complete frame
+ * with its content size decodes in one pass (zstd's single-pass path: no window buffer, no internal
+ * copy) on the thread pool, straight into the sink's next chunk buffer when it offers one whole (zero
+ * copy), else into one buffer of its own (handed over in slices: one copy). Two frames decode at once
+ * (both cores), results are delivered in order. No child process, no pipe: the CLI's pipes copied
+ * every image byte twice and woke both processes per 64 KiB.
+ *
+ * Lending the buffer uses node:zlib's stream internals (`_outBuffer`, `_outOffset`, `_chunkSize`:
+ * unchanged from Node 12 to 26); where they differ, Node's own output buffers arrive instead and the
+ * sink copies them: slower, never wrong (what reaches the sink is whatever zstd decoded, and the
+ * installer verifies every chunk). Per frame a new stream: Node 22's built-in zstd stops after one
+ * frame, so decoding frame by frame works there too.
+ */
+function frameDecoder(frames: FrameList): Decoder {
+  const n = frames.lengths.length;
+  let maxIn = 0;
+  let maxOut = 0;
+  for (let i = 0; i < n; i++) {
+    maxIn = Math.max(maxIn, frames.lengths[i]!);
+    maxOut = Math.max(maxOut, frames.outLength(i));
+  }
+  const freeIn: Buffer[] = [];
+  let inCount = 0;
+  let own: Buffer | undefined;
+  let ownBusy = false;
+  /** frames accumulated, decoding or decoded, not yet delivered; in order */
+  const jobs: FrameJob[] = [];
+  let filling: { buf: Buffer; fill: number } | undefined;
+  let nextFrame = 0;
+  let inputEnded = false;
+  let stopped = false;
+  let settled = false;
+  let paused = false;
+  let inFlight = 0;
+  let sink: Sink | undefined;
+  let nextBuffer: (() => Buffer) | undefined;
+  let waitingWrite: { chunk: Buffer; from: number; cb: () => void } | undefined;
+  const idleWaiters: Array<() => void> = [];
+  let resolveDone!: () => void;
+  let rejectDone!: (e: unknown) => void;
+  const done = new Promise<void>((resolve, reject) => {
+    resolveDone = resolve;
+    rejectDone = reject;
+  });
+  done.catch(() => undefined);
+  const settle = (e?: SlotflipError): void => {
+    if (settled) return;
+    settled = true;
+    closeLanes();
+    if (e) rejectDone(e);
+    else resolveDone();
+  };
+
+  /** copies input from `chunk[from..]` into frame buffers; returns how far it got (short: no free one) */
+  const takeInput = (chunk: Buffer, from: number): number => {
+    let p = from;
+    while (p < chunk.length) {
+      if (nextFrame >= n) {
+        settle(new SlotflipError('INSTALL_DECOMPRESS', `zstd: more compressed bytes than the ${n} frames the chunk index lists`, { retryable: true }));
+        return chunk.length;
+      }
+      if (!filling) {
+        let b = freeIn.pop();
+        if (!b && inCount <= FRAMES_IN_FLIGHT) {
+          inCount++;
+          b = Buffer.allocUnsafeSlow(maxIn);
+        }
+        if (!b) return p;
+        filling = { buf: b, fill: 0 };
+      }
+      const want = frames.lengths[nextFrame]!;
+      const take = Math.min(want - filling.fill, chunk.length - p);
+      chunk.copy(filling.buf, filling.fill, p, p + take);
+      filling.fill += take;
+      p += take;
+      if (filling.fill === want) {
+        jobs.push({ k: nextFrame, input: filling.buf, len: want, state: 'ready', target: undefined, own: false, pieces: [] });
+        nextFrame++;
+        filling = undefined;
+      }
+    }
+    return p;
+  };
+
+  const finishJob = (j: FrameJob, e?: SlotflipError): void => {
+    if (j.state !== 'decoding') {
+      // its output was complete and handed on already (see the lane's 'data'); what failed after it
+      // (bytes past the frame's end) still fails the transfer
+      if (e && j.state === 'done') {
+        if (jobs.includes(j)) {
+          j.state = 'failed';
+          j.error = e;
+          pump();
+        } else settle(e);
+      }
+      return;
+    }
+    inFlight--;
+    j.state = e ? 'failed' : 'done';
+    if (e) j.error = e;
+    if (inFlight === 0) for (const w of idleWaiters.splice(0)) w();
+    if (settled) closeLanes();
+    pump();
+  };
+
+  /** One stream per lane, reused frame after frame (a zstd context allocates its buffers once: a
+   * stream per frame left each pool thread's malloc arena holding several MiB). One frame per write:
+   * Node 22's built-in zstd, which stops after the first frame of ONE input, decodes frame after
+   * frame of separate writes as well. */
+  const lanes: Array<{ s: ReturnType<ZstdDecompressFactory>; job: FrameJob | undefined; got: number; want: number }> = [];
+  const laneFor = (): (typeof lanes)[number] | undefined => {
+    const free = lanes.find((l) => l.job === undefined);
+    if (free) return free;
+    // one more lane than decodes in flight: a lane is busy a little longer than its frame's output
+    if (lanes.length > FRAMES_IN_FLIGHT) return undefined;
+    const s = createZstdDecompress!({ chunkSize: 64 });
+    const lane = { s, job: undefined as FrameJob | undefined, got: 0, want: 0 };
+    const z = s as unknown as ZlibOut;
+    s.on('data', (d: Buffer) => {
+      const j = lane.job;
+      // (a job whose output was handed on already still counts: bytes past its chunk fail it)
+      if (j === undefined) return;
+      lane.got += d.length;
+      if (lane.got > lane.want) {
+        failLane(lane, new SlotflipError('INSTALL_DECOMPRESS', `zstd: a frame decodes to more than its chunk's ${lane.want} bytes`, { retryable: true }));
+        return;
+      }
+      j.pieces.push(d);
+      if (lane.got === lane.want) {
+        // our buffer is full: whatever follows (nothing, for a well-formed frame) comes in small ones.
+        // The frame's output is complete: deliver it now, not after the stream's second round trip to
+        // the pool (node:zlib asks once more when the output buffer was filled exactly); the lane
+        // stays busy until its write calls back
+        z._chunkSize = 64;
+        queueMicrotask(() => finishJob(j));
+      }
+    });
+    s.on('error', (cause) => failLane(lane, new SlotflipError('INSTALL_DECOMPRESS', 'zstd: payload data is corrupt', { cause, retryable: true })));
+    lanes.push(lane);
+    return lane;
+  };
+  /** a lane whose stream failed (or decoded too much) is dropped with its input buffer: its write may
+   * still be running on the pool, so neither is used again */
+  const failLane = (lane: (typeof lanes)[number], e: SlotflipError): void => {
+    const i = lanes.indexOf(lane);
+    if (i >= 0) lanes.splice(i, 1);
+    lane.s.destroy();
+    const j = lane.job;
+    lane.job = undefined;
+    if (j) {
+      inCount--;
+      finishJob(j, e);
+    }
+  };
+
+  const startDecode = (j: FrameJob, target: Buffer): boolean => {
+    const lane = laneFor();
+    if (!lane) return false;
+    j.state = 'decoding';
+    j.target = target;
+    inFlight++;
+    lane.job = j;
+    lane.got = 0;
+    lane.want = target.length;
+    const z = lane.s as unknown as ZlibOut;
+    // lend `target` as the stream's output buffer (node:zlib internals, see above)
+    if (Buffer.isBuffer(z._outBuffer) && typeof z._outOffset === 'number' && typeof z._chunkSize === 'number') {
+      z._outBuffer = target;
+      z._outOffset = 0;
+      z._chunkSize = target.length;
+    }
+    lane.s.write(j.input.subarray(0, j.len), (e) => {
+      if (lane.job !== j) return;
+      if (e) {
+        failLane(lane, new SlotflipError('INSTALL_DECOMPRESS', 'zstd: payload data is corrupt', { cause: e, retryable: true }));
+        return;
+      }
+      lane.job = undefined;
+      freeIn.push(j.input);
+      finishJob(j);
+      if (settled) closeLanes();
+      pump();
+    });
+    return true;
+  };
+
+  /** destroys the lanes that decode nothing (one still decoding is destroyed when its write ends) */
+  function closeLanes(): void {
+    for (let i = lanes.length - 1; i >= 0; i--) {
+      if (lanes[i]!.job === undefined) lanes.splice(i, 1)[0]!.s.destroy();
+    }
+  }
+
+  const deliver = (): void => {
+    while (!paused && !settled && jobs.length > 0) {
+      const j = jobs[0]!;
+      if (j.state === 'failed') {
+        settle(j.error);
+        return;
+      }
+      if (j.state !== 'done') return;
+      while (j.pieces.length > 0) {
+        const d = j.pieces[0]!;
+        let piece = d;
+        // in place: one piece, where the sink asked for it; else in slices (it copies them)
+        if ((j.own || d.buffer !== j.target!.buffer) && d.length > SLICE) {
+          piece = d.subarray(0, SLICE);
+          j.pieces[0] = d.subarray(SLICE);
+        } else j.pieces.shift();
+        if (!sink!(piece)) {
+          paused = true;
+          return;
+        }
+        if (settled) return;
+      }
+      if (j.own) ownBusy = false;
+      jobs.shift();
+    }
+  };
+
+  function pump(): void {
+    if (settled) return;
+    if (waitingWrite) {
+      const w = waitingWrite;
+      const p = takeInput(w.chunk, w.from);
+      if (p < w.chunk.length) w.from = p;
+      else {
+        waitingWrite = undefined;
+        w.cb();
+      }
+    }
+    if (!sink || stopped) return;
+    // delivering a frame frees a buffer (and makes the next frame the head): start more, deliver more
+    let before: number;
+    do {
+      before = jobs.length;
+      startDecodes();
+      deliver();
+    } while (!settled && !paused && jobs.length < before);
+    // done only once every lane's write called back: what a frame yields past its chunk (an error)
+    // comes after its output was handed on
+    if (!settled && inputEnded && !waitingWrite && jobs.length === 0 && lanes.every((l) => l.job === undefined)) {
+      if (filling) settle(new SlotflipError('INSTALL_DECOMPRESS', `zstd: payload data is truncated inside frame ${nextFrame} (${filling.fill} of ${frames.lengths[nextFrame] ?? 0} bytes)`, { retryable: true }));
+      else settle();
+    }
+  }
+
+  function startDecodes(): void {
+    for (let i = 0; i < jobs.length && inFlight < FRAMES_IN_FLIGHT; i++) {
+      const j = jobs[i]!;
+      if (j.state !== 'ready') continue;
+      const len = frames.outLength(j.k);
+      let target: Buffer | undefined;
+      if (i === 0 && !paused && nextBuffer) {
+        const t = nextBuffer();
+        if (t.length >= len) target = t.subarray(0, len);
+      }
+      let mine = false;
+      if (!target) {
+        if (ownBusy) break;
+        own ??= Buffer.allocUnsafeSlow(maxOut);
+        target = own.subarray(0, len);
+        mine = true;
+      }
+      if (!startDecode(j, target)) break;
+      if (mine) {
+        ownBusy = true;
+        j.own = true;
+      }
+    }
+  }
+
+  const input = new Writable({
+    highWaterMark: BUF,
+    write(chunk: Buffer, _enc, cb) {
+      if (settled || stopped) {
+        cb();
+        return;
+      }
+      const p = takeInput(chunk, 0);
+      if (p < chunk.length) waitingWrite = { chunk, from: p, cb: () => cb() };
+      else cb();
+      pump();
+    },
+    final(cb) {
+      inputEnded = true;
+      cb();
+      pump();
+    },
+  });
+  input.on('error', () => undefined);
+  return {
+    input,
+    finishInput: () => void input.end(),
+    start(s, nb) {
+      if (sink) return;
+      sink = s;
+      nextBuffer = nb;
+      pump();
+    },
+    resume() {
+      if (!paused) return;
+      paused = false;
+      pump();
+    },
+    done,
+    kill() {
+      if (stopped) return;
+      stopped = true;
+      // decodes in flight finish on their own (their output is dropped): see idle()
+      settle(new SlotflipError('INSTALL_DECOMPRESS', 'zstd: stopped', { retryable: true }));
+      waitingWrite = undefined;
+      input.destroy();
+    },
+    idle: () => (inFlight === 0 ? Promise.resolve() : new Promise<void>((resolve) => idleWaiters.push(resolve))),
   };
 }
 
@@ -358,5 +754,7 @@ function startZstd(opts: Omit<DecoderOptions, 'stdinFd'>, readFd: number, wfd: n
       else if (rfd >= 0) closeSync(rfd);
       rfd = -1;
     },
+    // the FIFO is read on this thread: once destroyed, nothing lands in a buffer any more
+    idle: () => Promise.resolve(),
   };
 }

@@ -54,7 +54,9 @@
  * flush points, the resume hint and the read-back are unchanged: a direct write is not durable before
  * the fsync either (the device's write cache), and the hint claims only flushed chunks.
  *
- * Concurrency: zstd decompresses in its own process, the main thread hashes chunks (SHA-256) and the
+ * Concurrency: zstd decompresses frame by frame on libuv's thread pool (decode.ts: into a buffer of
+ * its own, handed over in slices, since a chunk's pieces are not one contiguous buffer), or in its
+ * own process (the CLI, where Node has no built-in zstd or the frames are unknown), the main thread hashes chunks (SHA-256) and the
  * read-back's whole-image SHA-256, writes, fsyncs and the read-back's O_DIRECT reads run on libuv's
  * thread pool. The read-back (hasher.ts) runs on this thread: a worker thread of its own
  * (read-back-thread.ts, `readBackThread`) took its SHA-256 off the main thread but is one more V8
@@ -167,6 +169,9 @@ export interface InstallOptions {
   zstdPath?: string;
   /** gzip decoder: the `zstd` CLI (default: another core, flat memory) or node:zlib. */
   gzipDecoder?: 'zstd-cli' | 'zlib';
+  /** zstd decoder (decode.ts): 'auto' (default: frame by frame in-process where Node has a built-in
+   * zstd, else the CLI), or one forced. */
+  zstdDecoder?: 'auto' | 'cli' | 'zlib' | 'frames';
   /** how the slot is read back: through the SlotHandle's `readAt` (default; any SlotWriter, fault
    * injection included) or by `slot.path` on a descriptor of its own, O_DIRECT (no allocation per read:
    * lower peak memory; only for slots whose path is the slot itself, as with hal's file and device slots). */
@@ -1054,17 +1059,21 @@ class InstallRun {
       // such a gap destroys the response together with the bytes it buffered, and its 'error' and
       // 'close' reach no listener: the cut would surface only through the stall watchdog, and the
       // next transfer would restart from the first chunk instead of resuming.
-      prepared = await prepareDecoder(payload.compression, {
+      // the transfer's frames (one per chunk): zstd decodes them one by one in-process (decode.ts)
+      const decodeOpts = {
         zstdPath: this.opts.zstdPath,
         gzipDecoder: this.opts.gzipDecoder,
+        ...(this.opts.zstdDecoder ? { zstdDecoder: this.opts.zstdDecoder } : {}),
         fifoDir: dirname(this.opts.resumeStatePath),
-      });
+        frames: { lengths: payload.chunks.slice(first, last).map((c) => c.length), outLength: (i: number) => this.#chunkLen(first + i) },
+      };
+      prepared = await prepareDecoder(payload.compression, decodeOpts);
       throwIfAborted(this.signal);
       opened = await this.source.open(mirrorIndex, openAt, this.payloadLength, ctl.signal, end);
       const src = opened;
       this.#where = src.where;
       // zstd reads a local file itself only when no compressed byte needs checking in here
-      const direct = src.fd !== undefined && !checking && decodesInChild(payload.compression, this.opts);
+      const direct = src.fd !== undefined && !checking && decodesInChild(payload.compression, decodeOpts);
       decoder = prepared.start(direct ? src.fd : undefined);
       const dec = decoder;
       if (direct) {
@@ -1283,8 +1292,12 @@ class InstallRun {
       this.#failTransfer = () => undefined;
       this.#unblocked = () => undefined;
       opened?.close();
-      if (decoder) decoder.kill();
-      else prepared?.dispose();
+      if (decoder) {
+        decoder.kill();
+        // a frame still decoding on the thread pool writes into a buffer the decoder was offered:
+        // reuse none before
+        await decoder.idle();
+      } else prepared?.dispose();
       this.#resetChunker();
     }
   }
