@@ -338,15 +338,16 @@ interface ZlibOut {
  * zstd in-process, one frame at a time (the chunk index says where each frame ends). A complete frame
  * with its content size decodes in one pass (zstd's single-pass path: no window buffer, no internal
  * copy) on the thread pool, straight into the sink's next chunk buffer when it offers one whole (zero
- * copy), else into one buffer of its own (handed over in slices: one copy). Two frames decode at once
- * (both cores), results are delivered in order. No child process, no pipe: the CLI's pipes copied
+ * copy), else into one buffer of its own (handed over in slices: one copy). One frame decodes at a time
+ * beside the main thread's hashing (FRAMES_IN_FLIGHT; two at once cost 1.3-1.9x wall under load),
+ * results are delivered in order. No child process, no pipe: the CLI's pipes copied
  * every image byte twice and woke both processes per 64 KiB.
  *
  * Lending the buffer uses node:zlib's stream internals (`_outBuffer`, `_outOffset`, `_chunkSize`:
  * unchanged from Node 12 to 26); where they differ, Node's own output buffers arrive instead and the
  * sink copies them: slower, never wrong (what reaches the sink is whatever zstd decoded, and the
- * installer verifies every chunk). Per frame a new stream: Node 22's built-in zstd stops after one
- * frame, so decoding frame by frame works there too.
+ * installer verifies every chunk). One frame per write on reused streams (lanes, below), so Node 22's
+ * built-in zstd, which stops after one frame of one input, works too.
  */
 function frameDecoder(frames: FrameList): Decoder {
   const n = frames.lengths.length;
