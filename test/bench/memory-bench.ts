@@ -20,7 +20,7 @@
  *   node dist/test/bench/memory-bench.js [--idle-seconds 60] [--sizes 1,4] [--cycles 100]
  *       [--only idle,install,cycles] [--sample-ms 100] [--dir DIR]
  *       [--metadata mqtt|http] [--node PATH] [--node-options=OPTS] [--daemon-args=FLAGS] [--env K=V]...
- *       [--show-stderr] [--json]
+ *       [--show-stderr] [--daemon-log] [--json]
  *       [--where [--top N]] [--heap-snapshot DIR]
  *
  * --sizes is in GiB (fractions allowed: 0.25); the image is semi-compressible (test/bench/
@@ -33,6 +33,8 @@
  * starts `slotflip daemon` with (systemd/packaging/slotflip.sh), i.e. what a device runs, unless
  * --node-options=OPTS or --daemon-args=FLAGS replace them (`=` with nothing for none); --env K=V sets more variables for
  * the daemon only; --show-stderr prints the daemon's stderr (e.g. of an --import'ed probe).
+ * After an install the bench prints the daemon's delta-route lines (a release with a delta section is
+ * tried by delta first: the lookup, or why it went full); --daemon-log prints every log line of it.
  * --where prints, after the table, where the idle daemon's RSS is (test/bench/resident.ts: the node
  * binary's resident pages by content, anonymous memory; --top N names each part's biggest symbols);
  * --heap-snapshot DIR writes the idle daemon's V8 heap snapshot there (after the idle sample; open it
@@ -69,6 +71,7 @@ const { values } = parseArgs({
     'daemon-args': { type: 'string' },
     env: { type: 'string', multiple: true },
     'show-stderr': { type: 'boolean', default: false },
+    'daemon-log': { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
     metadata: { type: 'string', default: 'mqtt' },
     where: { type: 'boolean', default: false },
@@ -448,6 +451,8 @@ async function install(root: string, cache: string, broker: Mosquitto, gib: numb
       const r = { gib, peakMiB: mib(peak.kib), peakProcs: Math.max(...s.samples.map((x) => x.procs)), seconds: Math.round((Date.now() - t0) / 1000), cpuSeconds: cpu, payloadMiB: Math.round(payload / MIB) };
       res.install.push(r);
       say(`install ${gib} GiB: peak ${r.peakMiB} MiB (up to ${r.peakProcs} processes), ${r.seconds} s (CPU ${r.cpuSeconds} s), payload ${r.payloadMiB} MiB`);
+      // which way the daemon went: a release with a delta section is tried by delta first (route.ts)
+      for (const l of d.lines) if (typeof l.msg === "string" && (values['daemon-log'] || /^delta |delta install/.test(l.msg))) say(`  daemon: ${l.msg} ${JSON.stringify({ ...l, msg: undefined, time: undefined, pid: undefined, hostname: undefined, level: undefined }).slice(0, 600)}`);
     } finally {
       s.stop();
       await d.stop();
