@@ -327,6 +327,19 @@ interface FrameJob {
   error?: SlotflipError;
 }
 
+/** A promise settled from outside (Promise.withResolvers, Node >= 22, is not in the ES2023 lib this
+ * builds against); a rejection nobody awaits yet is not an unhandled one. */
+function settledLater(): { promise: Promise<void>; resolve: () => void; reject: (e: unknown) => void } {
+  let resolve!: () => void;
+  let reject!: (e: unknown) => void;
+  const promise = new Promise<void>((ok, fail) => {
+    resolve = ok;
+    reject = fail;
+  });
+  promise.catch(() => undefined);
+  return { promise, resolve, reject };
+}
+
 /** node:zlib's stream internals the frame decoder lends its output buffer through. */
 interface ZlibOut {
   _outBuffer?: Buffer;
@@ -374,13 +387,7 @@ function frameDecoder(frames: FrameList): Decoder {
   let nextBuffer: (() => Buffer) | undefined;
   let waitingWrite: { chunk: Buffer; from: number; cb: () => void } | undefined;
   const idleWaiters: Array<() => void> = [];
-  let resolveDone!: () => void;
-  let rejectDone!: (e: unknown) => void;
-  const done = new Promise<void>((resolve, reject) => {
-    resolveDone = resolve;
-    rejectDone = reject;
-  });
-  done.catch(() => undefined);
+  const { promise: done, resolve: resolveDone, reject: rejectDone } = settledLater();
   const settle = (e?: SlotflipError): void => {
     if (settled) return;
     settled = true;
@@ -713,13 +720,7 @@ function startZstd(opts: Omit<DecoderOptions, 'stdinFd'>, readFd: number, wfd: n
   });
   exited.catch(() => undefined);
   let sock: net.Socket | undefined;
-  let endResolve!: () => void;
-  let endReject!: (e: unknown) => void;
-  const ended = new Promise<void>((resolve, reject) => {
-    endResolve = resolve;
-    endReject = reject;
-  });
-  ended.catch(() => undefined);
+  const { promise: ended, resolve: endResolve, reject: endReject } = settledLater();
   // all output first (a failing zstd still wrote every complete frame before it), then the exit status
   const done = ended.then(() => exited);
   done.catch(() => undefined);
