@@ -56,9 +56,9 @@
  *
  * Concurrency: zstd decompresses frame by frame on libuv's thread pool (decode.ts: into a buffer of
  * its own, handed over in slices, since a chunk's pieces are not one contiguous buffer), or in its
- * own process (the CLI, where Node has no built-in zstd or the frames are unknown), the main thread hashes chunks (SHA-256) and the
- * read-back's whole-image SHA-256, writes, fsyncs and the read-back's O_DIRECT reads run on libuv's
- * thread pool. The read-back (hasher.ts) runs on this thread: a worker thread of its own
+ * own process (the CLI, where Node has no built-in zstd or the frames are unknown); the main thread
+ * hashes chunks (SHA-256) and the read-back's whole-image SHA-256; writes, fsyncs and the read-back's
+ * O_DIRECT reads run on libuv's thread pool. The read-back (hasher.ts) runs on this thread: a worker thread of its own
  * (read-back-thread.ts, `readBackThread`) took its SHA-256 off the main thread but is one more V8
  * isolate, +13-14 MiB of peak RSS (issue 16). Issue 24/16, cli-bench A/B against main in one run
  * (1 GiB, 3 rounds, load 5-9): peak tree RSS 113 -> 99 MiB, wall 0.96x, tree CPU 0.96x; the main
