@@ -394,6 +394,10 @@ async function main(): Promise<void> {
             boot: { type: 'emulated', stateFile: join(board, 'boot-state.json'), cmdline: { path: join(board, 'cmdline') } },
           },
           reboot: { command: ['true'] },
+          // the full streaming install is what this bench times (issue 24): `release add` publishes a
+          // delta section by default, and a delta install onto slot B, which holds this very image from
+          // the round before, would find every chunk in place and write nothing
+          install: { delta: 'off' },
         }),
       );
 
@@ -412,6 +416,7 @@ async function main(): Promise<void> {
         await copyFile(join(board, 'cmdline.orig'), join(board, 'cmdline'));
         const r = await measured(['node', ...(cliPath === CLI ? wrapperFlags : baseWrapperFlags), ...nodeArgs, ...extraNode, cliPath, 'install', `http://127.0.0.1:${port}/`, '--config', config, '--json'], join(dir, 'time.txt'), { ...env, ...cacheOf(cliPath) });
         if (r.code !== 0) throw new Error(`slotflip install exited ${r.code}: ${r.out.slice(0, 400)}\n${r.err.slice(-2000)}`);
+        if (/"method":"delta"/.test(r.err)) throw new Error('slotflip install went by delta: this bench times the full streaming install (install.delta is off in its config)');
         const verified = /"readBackSha256":"([0-9a-f]{64})"/.exec(r.err);
         if (verified?.[1] !== inp.sha256) throw new Error(`install read back ${verified?.[1]}, image is ${inp.sha256}`);
         // once per size, outside the timed run: the slot itself holds the image (not the CLI's word)
