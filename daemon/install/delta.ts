@@ -40,7 +40,8 @@
  *
  * Not worth it: once both slots are looked up (before a byte of the pack is fetched or the slot
  * written), the pack ranges to fetch are known; when they come to more than 7/8 of `fullBytes` (the
- * full payload; `minSavedFraction`), installDelta stops with INSTALL_DELTA_NOT_WORTH and the caller
+ * full payload; `minSavedFraction`) and more than 4 MiB (SMALL_DELTA_BYTES: below that only more than
+ * the full payload counts, the work is small either way), installDelta stops with INSTALL_DELTA_NOT_WORTH and the caller
  * installs the full payload: an image the slots share little with costs the full payload plus the
  * delta index, never more. Why not up to the full payload itself: a byte fetched by delta costs far
  * more work than a streamed one (a frame at a time, each chunk decoded, verified and written on its
@@ -201,8 +202,10 @@ const PROBED = 5;
  * to fetch after the running slot and the probe exceed 1/CUT_TARGET_READ_RATIO of the slot bytes the
  * cut reads (4 MiB per GiB): a byte not downloaded is worth that many read and chunked locally. */
 export const CUT_TARGET_READ_RATIO = 256;
-/** the share of the full payload a delta install must save to go ahead (see "Not worth it" above). */
+/** the share of the full payload a delta install must save to go ahead (see "Not worth it" above)... */
 export const MIN_SAVED_FRACTION = 1 / 8;
+/** ...unless it fetches at most this many pack bytes: then it only must fetch less than the full payload. */
+export const SMALL_DELTA_BYTES = 4 * 1024 * 1024;
 /** largest run of chunks read (and written) at once. */
 const RUN_BYTES = 1 << 20;
 
@@ -658,7 +661,8 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   // what the delta would download, known before a byte of the pack is fetched or the slot written
   const packBytes = ranges.reduce((sum, r) => sum + (r.end - r.start), 0);
   const worthBytes = opts.fullBytes === undefined ? Infinity : Math.floor(opts.fullBytes * (1 - (opts.minSavedFraction ?? MIN_SAVED_FRACTION)));
-  if (packBytes > worthBytes) {
+  // (a small fetch costs little work either way: there only "more than the full payload" counts)
+  if (packBytes > worthBytes && (packBytes > SMALL_DELTA_BYTES || packBytes > opts.fullBytes!)) {
     opts.onReceived?.(downloaded);
     throw new SlotflipError('INSTALL_DELTA_NOT_WORTH', `delta install would fetch ${packBytes} bytes of the delta pack, more than ${worthBytes} (${Math.round(100 * (1 - (opts.minSavedFraction ?? MIN_SAVED_FRACTION)))} % of the ${opts.fullBytes}-byte full payload): the slots hold little of the new image (${fetchedImageBytes(idx, toFetch)} of its ${h.imageSize} bytes are in neither slot); installing the full payload`, { details: { packBytes, fullBytes: opts.fullBytes, worthBytes, lookup: { ...lookup, cutBytes } } });
   }
