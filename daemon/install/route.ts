@@ -22,8 +22,9 @@
  * every chunk it keeps or writes.
  *
  * Not worth it: when the slots hold so little of the new image that the pack ranges to fetch come
- * to more than 7/8 of the full payload and 4 MiB (delta.ts MIN_SAVED_FRACTION, SMALL_DELTA_BYTES; judged from the seed indexes or the cut slots and the new delta
- * index, before a byte of the pack is fetched), delta.ts says INSTALL_DELTA_NOT_WORTH and the full
+ * to more than 7/8 of the full payload and 4 MiB (delta.ts MIN_SAVED_FRACTION, SMALL_DELTA_BYTES;
+ * judged from the seed indexes or the cut slots and the new delta index, before a byte of the pack
+ * is fetched), delta.ts says INSTALL_DELTA_NOT_WORTH and the full
  * payload is installed in the same run (the report's `fallback` names it): such an update costs the
  * full payload plus the delta index (~0.4 % of an 8 MiB random image; less for a compressible one).
  *
