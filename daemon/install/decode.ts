@@ -544,6 +544,10 @@ function frameDecoder(frames: FrameList): Decoder {
         return;
       }
       if (j.state !== 'done') return;
+      // a frame handed on early (its output complete) may still yield bytes past its chunk until its
+      // write calls back: the next frame waits for that, so an error there stops the transfer before
+      // any later frame's output goes out (the other lane decodes it meanwhile)
+      if (lanes.some((l) => l.job !== undefined && l.job !== j && !jobs.includes(l.job))) return;
       while (j.pieces.length > 0) {
         const d = j.pieces[0]!;
         let piece = d;
