@@ -9,6 +9,8 @@
  * frame, checks its compressed bytes against the frame's signed `packedSha256` (format 2:
  * INSTALL_PACKED_HASH_MISMATCH), decompresses it (capped at one chunk) and compares its SHA-256 with
  * the signed index (INSTALL_CHUNK_HASH_MISMATCH, INSTALL_DECOMPRESS). Cost: one request, one chunk. Nothing is written.
+ * The frame is decoded the way the install will decode it (decode.ts): in-process where Node has a
+ * built-in zstd (no process spawned before the install's first byte), else by the zstd CLI.
  *
  * Trade-off: only the first chunk is proven; a payload corrupt further on is still caught chunk by
  * chunk before each write (after the mark-bad). Proving all of it first would download it twice.
@@ -18,7 +20,7 @@ import { createHash } from 'node:crypto';
 import zlib, { gunzipSync } from 'node:zlib';
 import { isCoded, SlotflipError } from '../../hal/errors.js';
 import { readFull } from '../../hal/read-full.js';
-import { startDecoder, zstdDecoderFor } from './decode.js';
+import { frameInputCap, startDecoder, zstdDecoderFor } from './decode.js';
 import type { PayloadInfo } from '../../manifests/types.js';
 import type { OpenedStream, PayloadSource } from './source.js';
 
@@ -33,11 +35,14 @@ export interface PreflightOptions {
   /** mirror to ask (default 0). */
   index?: number;
   zstdPath?: string;
-  /** which zstd decoder (decode.ts: 'auto' takes the built-in one when the CLI is missing). */
-  zstdDecoder?: 'auto' | 'cli' | 'zlib';
+  /** which zstd decoder (decode.ts's `zstdDecoderFor`, as for the install: 'auto' decodes the frame
+   * in-process where Node has a built-in zstd, else with the CLI, or the built-in stream decoder when the
+   * CLI is missing). */
+  zstdDecoder?: 'auto' | 'cli' | 'zlib' | 'frames';
   /** whole preflight, ms (default 60 000). */
   timeoutMs?: number;
-  /** a directory for the zstd CLI's short-lived output FIFO (the installer's, decode.ts): its output is
+  /** a directory for the zstd CLI's short-lived output FIFO (the installer's, decode.ts), where the CLI
+   * decodes: its output is
    * then read into one reused buffer. Without it the output comes through a pipe, a fresh 64 KiB
    * Buffer per read (a chunk's worth of malloc'd memory, ~3 MiB of the install's peak RSS). */
   fifoDir?: string;
@@ -132,8 +137,12 @@ async function decompressedSha256(compression: PayloadInfo['compression'], frame
     }
   }
   // zstd: the decoder the installer will use (a device without the CLI decodes with Node's own, as
-  // the install does: preflight must not refuse what the install can do), output capped at one chunk
-  if (zstdDecoderFor({ zstdPath, ...(zstdDecoder ? { zstdDecoder } : {}) }) === 'zlib') {
+  // the install does: preflight must not refuse what the install can do), output capped at one chunk.
+  // Where this Node has a built-in zstd that is the in-process frame decoder (decode.ts), as for the
+  // install: no mkfifo and zstd processes spawned before the first byte of the install (issue 24)
+  const kind = zstdDecoderFor({ zstdPath, ...(zstdDecoder ? { zstdDecoder } : {}) }, frame.length <= frameInputCap(cap));
+  if (kind === 'frames') return framedSha256(frame, cap, corrupt);
+  if (kind === 'zlib') {
     try {
       return sha((zlib as unknown as { zstdDecompressSync: (b: Buffer, o: { maxOutputLength: number }) => Buffer }).zstdDecompressSync(frame, { maxOutputLength: cap }));
     } catch (e) {
@@ -189,4 +198,36 @@ async function decompressedSha256(compression: PayloadInfo['compression'], frame
     child.stdin.on('error', () => undefined);
     child.stdin.end(frame);
   });
+}
+
+/**
+ * SHA-256 (hex) of one zstd frame decoded in-process by decode.ts's frame decoder (thread pool), the
+ * way the install decodes it, straight into one buffer of `cap` bytes that is freed (detached) as soon
+ * as it is hashed: a garbage buffer of a chunk's size would stay resident through the install that
+ * follows (V8 frees it only at a garbage collection the streaming install hardly triggers; see
+ * `decompressedSha256`). A frame that decodes past `cap` bytes is corrupt.
+ */
+async function framedSha256(frame: Buffer, cap: number, corrupt: (cause?: unknown) => SlotflipError): Promise<string> {
+  const out = Buffer.allocUnsafeSlow(cap);
+  const hash = createHash('sha256');
+  const dec = await startDecoder('zstd', { zstdDecoder: 'frames', frames: { lengths: [frame.length], outLength: () => cap }, fifoDir: '' });
+  try {
+    dec.start(
+      (b) => {
+        hash.update(b);
+        return true;
+      },
+      () => out,
+    );
+    dec.input!.end(frame);
+    await dec.done;
+    return hash.digest('hex');
+  } catch (e) {
+    throw corrupt(e);
+  } finally {
+    dec.kill();
+    await dec.idle();
+    // nothing decodes into it any more: give its memory back now, not at some later GC
+    (out.buffer as ArrayBuffer & { transfer?: (n: number) => ArrayBuffer }).transfer?.(0);
+  }
 }
