@@ -201,6 +201,11 @@ export class ReadBackChecker implements ReadBack {
           this.#error ??= new SlotflipError('INSTALL_READBACK_MISMATCH', `slot ${this.#o.path} ended at byte ${at + buf.length} while reading it back (the image is ${this.#o.size} bytes)`, { details: { path: this.#o.path, offset: at + buf.length } });
           return;
         }
+        // the next piece is read while this one is hashed (read-back.ts's read-ahead), when it lies
+        // behind the fsync frontier whole: the piece the next turn asks for, so the read is not wasted
+        const next = at + len;
+        const nextLen = Math.min(PIECE - (next % DIRECT_ALIGN), this.#target - next);
+        if (nextLen > 0 && (nextLen === PIECE - (next % DIRECT_ALIGN) || this.#target === this.#o.size)) reader.prefetch?.(nextLen, next);
         this.#whole.update(buf);
         this.#cursor = at + len;
       }

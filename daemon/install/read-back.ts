@@ -39,12 +39,19 @@ export interface VerifyOptions {
  * The result may be a view of a buffer the next read reuses: consume it before reading again. */
 export interface Reader {
   read(length: number, offset: number): Promise<Buffer>;
+  /** Optional read-ahead: starts reading [offset, offset+length) now, into a buffer other than the one
+   * the last `read` returned, so that the next `read` of exactly that range finds it read (or in
+   * flight) while the caller is still hashing the last one. A `read` of any other range first lets it
+   * finish and discards it. Only for ranges the caller may read now (the read-back: behind the fsync
+   * frontier); a failed read-ahead fails the `read` that asks for its range, as that read would have. */
+  prefetch?(length: number, offset: number): void;
   close(): Promise<void>;
   readonly direct: boolean;
 }
 
-/** Reads the slot by path: O_DIRECT into one reused page-aligned 1 MiB buffer (buffered where the
- * filesystem refuses O_DIRECT). A piece's aligned window must fit 1 MiB. */
+/** Reads the slot by path: O_DIRECT into two reused page-aligned 1 MiB buffers, one read ahead while
+ * the caller hashes the other (buffered where the filesystem refuses O_DIRECT). A piece's aligned
+ * window must fit 1 MiB. At most one read is in flight at any time. */
 export async function pathReader(path: string, log: Logger | undefined): Promise<Reader> {
   let fh: FileHandle;
   let direct = false;
@@ -59,38 +66,66 @@ export async function pathReader(path: string, log: Logger | undefined): Promise
     if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
     fh = await buffered('open with O_DIRECT: EINVAL');
   }
-  const buf = alignedBuffer(PIECE);
+  // one aligned block, two halves: the buffer the last read returned, and the read-ahead's
+  const block = alignedBuffer(2 * PIECE);
+  const bufs = [block.subarray(0, PIECE), block.subarray(PIECE)] as const;
+  /** the half the last read returned */
+  let current = 0;
+  let ahead: { length: number; offset: number; half: number; result: Promise<Buffer> } | undefined;
+  const readInto = async (buf: Buffer, length: number, offset: number): Promise<Buffer> => {
+    if (!direct) {
+      if (length > buf.length) throw new Error(`read-back piece of ${length} bytes exceeds the buffer`);
+      const { bytesRead } = await fh.read(buf, 0, length, offset);
+      return buf.subarray(0, bytesRead);
+    }
+    // aligned window around [offset, offset+length); the caller's pieces are aligned except the
+    // last, which ends at the image's size
+    const base = offset - (offset % DIRECT_ALIGN);
+    const span = Math.ceil((offset + length - base) / DIRECT_ALIGN) * DIRECT_ALIGN;
+    if (span > buf.length) throw new Error(`read-back piece of ${length} bytes exceeds the aligned buffer`);
+    let n: number;
+    try {
+      ({ bytesRead: n } = await fh.read(buf, 0, span, base));
+    } catch (e) {
+      // some filesystems accept the flag at open and refuse the read
+      if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
+      await fh.close();
+      fh = await buffered('read with O_DIRECT: EINVAL');
+      direct = false;
+      return readInto(buf, length, offset);
+    }
+    const end = Math.min(base + n, offset + length);
+    // a view, not a copy: no allocation per read (the caller consumes it before the next read)
+    return buf.subarray(offset - base, Math.max(offset - base, end - base));
+  };
   const reader: Reader = {
     get direct() {
       return direct;
     },
     async read(length, offset) {
-      if (!direct) {
-        if (length > buf.length) throw new Error(`read-back piece of ${length} bytes exceeds the buffer`);
-        const { bytesRead } = await fh.read(buf, 0, length, offset);
-        return buf.subarray(0, bytesRead);
+      const a = ahead;
+      ahead = undefined;
+      if (a !== undefined && a.length === length && a.offset === offset) {
+        current = a.half;
+        return a.result;
       }
-      // aligned window around [offset, offset+length); the caller's pieces are aligned except the
-      // last, which ends at the image's size
-      const base = offset - (offset % DIRECT_ALIGN);
-      const span = Math.ceil((offset + length - base) / DIRECT_ALIGN) * DIRECT_ALIGN;
-      if (span > buf.length) throw new Error(`read-back piece of ${length} bytes exceeds the aligned buffer`);
-      let n: number;
-      try {
-        ({ bytesRead: n } = await fh.read(buf, 0, span, base));
-      } catch (e) {
-        // some filesystems accept the flag at open and refuse the read
-        if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw e;
-        await fh.close();
-        fh = await buffered('read with O_DIRECT: EINVAL');
-        direct = false;
-        return reader.read(length, offset);
-      }
-      const end = Math.min(base + n, offset + length);
-      // a view, not a copy: no allocation per read (the caller consumes it before the next read)
-      return buf.subarray(offset - base, Math.max(offset - base, end - base));
+      // another range: the read-ahead (if any) ends first, one read at a time
+      if (a !== undefined) await a.result.catch(() => undefined);
+      return readInto(bufs[current]!, length, offset);
     },
-    close: () => fh.close(),
+    prefetch(length, offset) {
+      if (ahead !== undefined) return;
+      const half = current ^ 1;
+      const result = readInto(bufs[half]!, length, offset);
+      result.catch(() => undefined); // (its error reaches the read that takes it)
+      ahead = { length, offset, half, result };
+    },
+    async close() {
+      const a = ahead;
+      ahead = undefined;
+      if (a !== undefined) await a.result.catch(() => undefined);
+      await fh.close();
+    },
   };
   return reader;
 }
