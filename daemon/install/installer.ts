@@ -206,6 +206,11 @@ const MIB = 1 << 20;
  * instead of waiting for a whole chunk buffer (issue 16: 3 whole 4 MiB chunk buffers were 12 MiB of
  * the install's peak RSS). A multiple of DIRECT_ALIGN: pieces stay O_DIRECT-aligned. */
 const PIECE = MIB;
+/** slot writes running at once. Two: the next piece's write is already queued at the device when one
+ * completes, instead of waiting for this thread to come back from hashing to issue it (with one, the
+ * chunker waited for a free piece ~2 s of a 1 GiB install, issue 24). Writes before a flush all
+ * complete before it (`#writeTail`), so what a flush and the resume hint claim is unchanged. */
+const WRITES_IN_FLIGHT = 2;
 /** pieces in the pool beyond one chunk's (see `buffers`). */
 const SLACK_PIECES = 2;
 /** compressed bytes queued at the decoder's input before the source is paused. */
@@ -408,6 +413,8 @@ class InstallRun {
   readonly #pool: Buffer[] = [];
   readonly #poolWaiters: Array<(b: Buffer) => void> = [];
   #writeTail: Promise<void> = Promise.resolve();
+  #writesRunning = 0;
+  readonly #writeWaiters: Array<() => void> = [];
   #flushTail: Promise<void> = Promise.resolve();
   #ioError: unknown;
   #sinceFlush = 0;
@@ -546,23 +553,41 @@ class InstallRun {
     this.#failTransfer(this.#ioError);
   }
 
-  /** Queues a verified chunk for writing, piece by piece; each piece returns to the pool once its
-   * own write completed. */
+  /** Runs `write` once fewer than WRITES_IN_FLIGHT slot writes are running (in queue order). */
+  async #queueWrite(write: () => Promise<void>): Promise<void> {
+    if (this.#writesRunning < WRITES_IN_FLIGHT) this.#writesRunning++;
+    else await new Promise<void>((resolve) => this.#writeWaiters.push(resolve));
+    try {
+      await write();
+    } finally {
+      // hand the slot straight to the next queued write, if any
+      const next = this.#writeWaiters.shift();
+      if (next) next();
+      else this.#writesRunning--;
+    }
+  }
+
+  /** Queues a verified chunk for writing, piece by piece (up to WRITES_IN_FLIGHT pieces at once); each
+   * piece returns to the pool once its own write completed. `#writeTail` settles once every write
+   * queued so far has, whatever order they complete in: a flush waits for it. */
   #write(parts: Buffer[], index: number): void {
     const len = this.#chunkLen(index);
     const offset = index * this.payload.chunkSize;
     parts.forEach((buf, j) => {
       const at = j * this.#piece;
       const n = Math.min(this.#piece, len - at);
-      const last = index === this.#chunkCount - 1 && j === parts.length - 1;
-      this.#writeTail = this.#writeTail
-        .then(async () => {
-          if (this.#ioError === undefined) await this.handle.writeAt(buf.subarray(0, n), offset + at);
-          if (last) this.#lastWriteAt = this.now();
-        })
+      const written = this.#queueWrite(async () => {
+        if (this.#ioError === undefined) await this.handle.writeAt(buf.subarray(0, n), offset + at);
+      })
         .catch((e: unknown) => this.#setIoError(e))
         .finally(() => this.#release(buf));
+      this.#writeTail = Promise.all([this.#writeTail, written]).then(() => undefined);
     });
+    if (index === this.#chunkCount - 1) {
+      void this.#writeTail.then(() => {
+        this.#lastWriteAt = this.now();
+      });
+    }
     this.bytesWritten += len;
     this.#sinceFlush += len;
     if (this.#sinceFlush >= (this.opts.flushEveryBytes ?? 64 * MIB) || index === this.#chunkCount - 1) {
