@@ -41,7 +41,7 @@
  * with full mark-compacts, which cost CPU and keep tens of MiB resident): plain-HTTP bodies and local
  * files are read into one reused buffer each (source.ts), compressed bytes wait for the decoder in a
  * fixed ring (InputRing), the zstd CLI's output lands in the chunk pieces, and the read-back reuses
- * one page-aligned buffer. Only https and chunked responses still come through node:http. A chunk is
+ * two page-aligned 1 MiB buffers (one hashed, one read ahead). Only https and chunked responses still come through node:http. A chunk is
  * assembled, verified and written in pieces of 1 MiB (PIECE) from a pool of one chunk's pieces plus
  * two: each piece returns to the pool when its own write completed, so the next chunk fills behind
  * the last one's writes; 6 MiB for 4 MiB chunks, where three whole chunk buffers took 12 MiB.
@@ -57,8 +57,9 @@
  * Concurrency: zstd decompresses frame by frame on libuv's thread pool (decode.ts: into a buffer of
  * its own, handed over in slices, since a chunk's pieces are not one contiguous buffer), or in its
  * own process (the CLI, where Node has no built-in zstd or the frames are unknown); the main thread
- * hashes chunks (SHA-256) and the read-back's whole-image SHA-256; writes, fsyncs and the read-back's
- * O_DIRECT reads run on libuv's thread pool. The read-back (hasher.ts) runs on this thread: a worker thread of its own
+ * hashes chunks (SHA-256) and the read-back's whole-image SHA-256; writes (two in flight), fsyncs and
+ * the read-back's O_DIRECT reads (one read ahead) run on libuv's thread pool. The read-back
+ * (hasher.ts) runs on this thread: a worker thread of its own
  * (read-back-thread.ts, `readBackThread`) took its SHA-256 off the main thread but is one more V8
  * isolate, +13-14 MiB of peak RSS (issue 16). Issue 24/16, cli-bench A/B against main in one run
  * (1 GiB, 3 rounds, load 5-9): peak tree RSS 113 -> 99 MiB, wall 0.96x, tree CPU 0.96x; the main
@@ -164,7 +165,7 @@ export interface InstallOptions {
    * piece goes back to the pool as soon as its own write completed. Default: one chunk's pieces plus
    * SLACK_PIECES (4 MiB chunks: 4 + 2 pieces, 6 MiB); at least one chunk's pieces. Memory ≈ pool ×
    * piece, plus 0.75 MiB of carry and scratch buffers, the 1 MiB ring of compressed input queued for
-   * the decoder and the read-back's 1 MiB buffer. */
+   * the decoder and the read-back's 2 MiB (read-back.ts's read-ahead). */
   buffers?: number;
   zstdPath?: string;
   /** gzip decoder: the `zstd` CLI (default: another core, flat memory) or node:zlib. */
