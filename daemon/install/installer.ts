@@ -41,10 +41,11 @@
  * with full mark-compacts, which cost CPU and keep tens of MiB resident): plain-HTTP bodies and local
  * files are read into one reused buffer each (source.ts), compressed bytes wait for the decoder in a
  * fixed ring (InputRing), the zstd CLI's output lands in the chunk pieces, and the read-back reuses
- * two page-aligned 1 MiB buffers (one hashed, one read ahead). Only https and chunked responses still come through node:http. A chunk is
- * assembled, verified and written in pieces of 1 MiB (PIECE) from a pool of one chunk's pieces plus
- * two: each piece returns to the pool when its own write completed, so the next chunk fills behind
- * the last one's writes; 6 MiB for 4 MiB chunks, where three whole chunk buffers took 12 MiB.
+ * two page-aligned 1 MiB buffers (one hashed, one read ahead). Only https and chunked responses still
+ * come through node:http. A chunk is assembled, verified and written in pieces of 1 MiB (PIECE) from
+ * a pool of one chunk's pieces plus two: each piece returns to the pool when its own write completed,
+ * so the next chunk fills behind the last one's writes; 6 MiB for 4 MiB chunks, where three whole
+ * chunk buffers took 12 MiB.
  *
  * Writes: the chunk pieces are cut from one page-aligned block (hal/aligned.ts), so hal's file and
  * device slots write them with O_DIRECT (hal/file-slot.ts): the verified buffer goes to the medium
