@@ -18,6 +18,7 @@
  * device config offers none of them.
  */
 import net from 'node:net';
+import stream from 'node:stream';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import type { IClientOptions, MqttClient } from 'mqtt';
 import { SlotflipError } from '../hal/errors.js';
@@ -30,10 +31,37 @@ const loadClient = lazyRequire<typeof import('mqtt/lib/client')>('mqtt/lib/clien
 const loadMqtt = lazyRequire<typeof import('mqtt')>('mqtt');
 // MQTT.js's keepalive timer is `setInterval`, except in a browser page where it is the
 // `worker-timers` package's (Web Workers, a Babel runtime and a broker: ~0.8 MiB of idle RSS, issue
-// 16), which MQTT.js loads at once all the same: Node's own timers stand in for it
-const nodeTimers = (): void => standIn('worker-timers', 'mqtt/lib/client', { setInterval, clearInterval, setTimeout, clearTimeout });
-const mqttClientModule = (): typeof import('mqtt/lib/client') => (nodeTimers(), loadClient());
-const mqttModule = (): typeof import('mqtt') => (nodeTimers(), loadMqtt());
+// 16), which MQTT.js loads at once all the same: Node's own timers stand in for it.
+// MQTT.js, mqtt-packet and bl take their streams from `readable-stream`, a copy of Node's stream
+// implementation for browsers and old Nodes (24 modules): Node's own streams stand in for it, as
+// readable-stream itself does when READABLE_STREAM=disable (the same exports, taken from node:stream).
+const nodeStandIns = (): void => {
+  standIn('worker-timers', 'mqtt/lib/client', { setInterval, clearInterval, setTimeout, clearTimeout });
+  standIn('readable-stream', 'mqtt/lib/client', nodeStreams());
+};
+
+/**
+ * The `debug` package that MQTT.js and mqtt-packet log through (output only when the DEBUG variable
+ * names them) stood in for by a logger that writes nothing, for a process that will never show it
+ * (the daemon, when its DEBUG is unset: the composition root decides): `debug` checks the terminal
+ * (node:tty, supports-color) at load, ~0.5 MiB of an idle daemon's RSS (bench:memory, issue 16).
+ * Call before the first connection; once MQTT.js is loaded nothing changes.
+ */
+export function silenceMqttDebug(): void {
+  const logger = (namespace: string): unknown => Object.assign(() => undefined, { enabled: false, namespace, extend: (sub: string) => logger(`${namespace}:${sub}`), destroy: () => true });
+  const createDebug = Object.assign(logger, { enable: () => undefined, disable: () => '', enabled: () => false, names: [] as RegExp[], skips: [] as RegExp[] });
+  standIn('debug', 'mqtt/lib/client', createDebug);
+  standIn('debug', 'mqtt-packet', createDebug);
+}
+const mqttClientModule = (): typeof import('mqtt/lib/client') => (nodeStandIns(), loadClient());
+const mqttModule = (): typeof import('mqtt') => (nodeStandIns(), loadMqtt());
+
+/** readable-stream's exports with READABLE_STREAM=disable (its lib/ours/index.js), from node:stream. */
+function nodeStreams(): object {
+  const s = stream as unknown as Record<string, unknown>;
+  const names = ['_uint8ArrayToBuffer', '_isUint8Array', 'isDisturbed', 'isErrored', 'isReadable', 'Readable', 'Writable', 'Duplex', 'Transform', 'PassThrough', 'addAbortSignal', 'finished', 'destroy', 'pipeline', 'compose', 'Stream', 'promises'];
+  return Object.fromEntries(names.map((n) => [n, s[n]]));
+}
 const tlsModule = lazyRequire<typeof import('node:tls')>('node:tls');
 
 /** One MQTT.js client for `url`; the socket opens on the client's first stream build (at once). */

@@ -37,7 +37,8 @@
 import { mkdir } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import { Metadata, MetadataKind, Root, Snapshot, Targets, Timestamp, type Key, type MetaFile, type TargetFile } from '@tufjs/models';
+import type { Key, MetaFile, Metadata, MetadataKind, Root, Snapshot, TargetFile, Targets, Timestamp } from '@tufjs/models';
+import { weakRequire } from '../hal/lazy.js';
 import { SlotflipError, isCoded } from '../hal/errors.js';
 import { readFileCapped, writeFileAtomic } from '../hal/atomic-file.js';
 import type { ManifestCode } from './codes.js';
@@ -246,6 +247,24 @@ export interface TrustClientOptions {
 
 type AnyMeta = Metadata<Root | Timestamp | Snapshot | Targets>;
 
+/**
+ * @tufjs/models (with minimatch, brace-expansion), loaded for a refresh and held weakly afterwards
+ * (hal/lazy.ts `weakRequire`): an idle daemon holds no metadata object between checks (the agent,
+ * and with it its TrustClient, is built per cycle), so between checks the package's code and
+ * classes are freed with the rest of a check's garbage (bench:memory, issue 16). A TrustClient keeps
+ * the copy it started with for its whole life, so every object of one refresh comes from one copy
+ * of the package (its classes' `instanceof` checks hold).
+ */
+const tufModels = weakRequire<typeof import('@tufjs/models')>('@tufjs/models');
+
+/** @tufjs/models' `MetadataKind` values (a string enum), named without loading the package. */
+const Kind = { Root: 'root', Timestamp: 'timestamp', Snapshot: 'snapshot', Targets: 'targets' } as unknown as {
+  readonly Root: MetadataKind.Root;
+  readonly Timestamp: MetadataKind.Timestamp;
+  readonly Snapshot: MetadataKind.Snapshot;
+  readonly Targets: MetadataKind.Targets;
+};
+
 function fail(code: ManifestCode, message: string, details?: Record<string, unknown>, cause?: unknown): never {
   throw new SlotflipError(code, message, { details, cause });
 }
@@ -270,7 +289,7 @@ export function parseMetadata(bytes: Uint8Array, kind: MetadataKind, where: stri
   const type = (signed as { _type?: unknown })._type;
   if (type !== kind) fail('MANIFEST_WRONG_ROLE', `${where} has _type ${JSON.stringify(type)}, expected "${kind}"`, { where, type });
   const delegated = (signed as { delegations?: { roles?: unknown } }).delegations?.roles;
-  if (kind === MetadataKind.Targets && Array.isArray(delegated)) {
+  if (kind === Kind.Targets && Array.isArray(delegated)) {
     for (const r of delegated as { name?: unknown }[]) {
       if (typeof r?.name === 'string' && ['root', 'timestamp', 'snapshot', 'targets'].includes(r.name)) {
         fail('MANIFEST_DELEGATION_INVALID', `${where}: a delegated role may not be named "${r.name}"`, { where });
@@ -279,7 +298,7 @@ export function parseMetadata(bytes: Uint8Array, kind: MetadataKind, where: stri
   }
   let md: AnyMeta;
   try {
-    md = Metadata.fromJSON(kind as MetadataKind.Root, data as never) as AnyMeta;
+    md = tufModels().Metadata.fromJSON(kind as MetadataKind.Root, data as never) as AnyMeta;
   } catch (cause) {
     fail('MANIFEST_INVALID', `${where} is not well-formed TUF ${kind} metadata: ${(cause as Error).message}`, { where }, cause);
   }
@@ -295,12 +314,15 @@ export function parseMetadata(bytes: Uint8Array, kind: MetadataKind, where: stri
       if (!c.ok) fail(c.code, `${where}: ${c.message}`, { where, keyid });
     }
   };
-  if (s instanceof Root) {
-    checkKeys(s.keys);
-    for (const [n, r] of Object.entries(s.roles)) checkRole(n, r);
-  } else if (s instanceof Targets && s.delegations) {
-    checkKeys(s.delegations.keys);
-    for (const r of Object.values(s.delegations.roles ?? {})) {
+  // fromJSON built the class of `kind` (checked against _type above)
+  if (kind === Kind.Root) {
+    const root = s as Root;
+    checkKeys(root.keys);
+    for (const [n, r] of Object.entries(root.roles)) checkRole(n, r);
+  } else if (kind === Kind.Targets && (s as Targets).delegations) {
+    const t = s as Targets & { delegations: NonNullable<Targets['delegations']> };
+    checkKeys(t.delegations.keys);
+    for (const r of Object.values(t.delegations.roles ?? {})) {
       checkRole(r.name, r);
     }
   }
@@ -387,6 +409,8 @@ export class TrustClient {
   private staged: Map<string, Uint8Array> | undefined;
   /** the parsed offline statement of this refresh (null: none on the media). */
   private offline: ReturnType<TrustClient['parseOffline']> | null | undefined;
+  /** @tufjs/models, held for this client's life: its metadata objects come from this one copy. */
+  protected readonly models = tufModels();
 
   constructor(options: TrustClientOptions) {
     this.dir = options.trustedDir;
@@ -473,7 +497,7 @@ export class TrustClient {
       const name = `${next}.root.json`;
       const bytes = await this.source.fetch(name, this.limits.rootBytes);
       if (bytes === undefined) break;
-      const md: Metadata<Root> = parseMetadata(bytes, MetadataKind.Root, name);
+      const md: Metadata<Root> = parseMetadata(bytes, Kind.Root, name);
       verifyThreshold('root', root.signed.roles['root'], root.signed.keys, md, `${name} (old root keys)`);
       if (md.signed.version !== next) {
         fail('MANIFEST_ROOT_VERSION', `${name} has version ${md.signed.version}, expected ${next}`, { name });
@@ -500,10 +524,10 @@ export class TrustClient {
     }
 
     // 5.4: timestamp
-    const localTs = await this.loadLocal<Timestamp>('timestamp', MetadataKind.Timestamp, (md) => this.verifyTop('timestamp', md));
+    const localTs = await this.loadLocal<Timestamp>('timestamp', Kind.Timestamp, (md) => this.verifyTop('timestamp', md));
     const tsBytes = await this.source.fetch('timestamp.json', this.limits.timestampBytes);
     if (tsBytes === undefined) fail('MANIFEST_NOT_FOUND', 'timestamp.json is not published by the repository', { name: 'timestamp.json' });
-    const ts = parseMetadata(tsBytes, MetadataKind.Timestamp, 'timestamp.json');
+    const ts = parseMetadata(tsBytes, Kind.Timestamp, 'timestamp.json');
     this.verifyTop('timestamp', ts);
     let updated = true;
     let finalTs = ts;
@@ -526,7 +550,7 @@ export class TrustClient {
 
     // 5.5: snapshot
     const snapMeta = finalTs.signed.snapshotMeta;
-    const localSnap = await this.loadLocal<Snapshot>('snapshot', MetadataKind.Snapshot, (md) => this.verifyTop('snapshot', md));
+    const localSnap = await this.loadLocal<Snapshot>('snapshot', Kind.Snapshot, (md) => this.verifyTop('snapshot', md));
     let snapshot: Metadata<Snapshot>;
     if (localSnap && localSnap.signed.version === snapMeta.version && (!isExpired(localSnap.signed.expires, this.refTime) || (this.source.local && await this.offlineVouches('snapshot', localSnap.signed.version, await this.storedBytes('snapshot'))))) {
       snapshot = localSnap;
@@ -535,7 +559,7 @@ export class TrustClient {
       const bytes = await this.source.fetch(name, Math.min(snapMeta.length ?? Infinity, this.limits.snapshotBytes));
       if (bytes === undefined) fail('MANIFEST_NOT_FOUND', `${name} is listed by timestamp.json but not published`, { name });
       verifyMetaFile(snapMeta, bytes, name);
-      const snap = parseMetadata(bytes, MetadataKind.Snapshot, name);
+      const snap = parseMetadata(bytes, Kind.Snapshot, name);
       this.verifyTop('snapshot', snap);
       if (snap.signed.version !== snapMeta.version) {
         fail('MANIFEST_VERSION_MISMATCH', `${name} has version ${snap.signed.version}, timestamp.json lists ${snapMeta.version}`, { name });
@@ -742,7 +766,7 @@ export class TrustClient {
   private async readRootFile(path: string, where: string): Promise<{ md: Metadata<Root>; bytes: Uint8Array } | 'absent' | SlotflipError> {
     try {
       const bytes = new Uint8Array(await readFileCapped(path, this.limits.rootBytes));
-      const md = parseMetadata(bytes, MetadataKind.Root, where);
+      const md = parseMetadata(bytes, Kind.Root, where);
       verifyThreshold('root', md.signed.roles['root'], md.signed.keys, md, where);
       return { md, bytes };
     } catch (e) {
@@ -790,7 +814,7 @@ export class TrustClient {
 
   /** A locally stored document that still verifies under the current trust; undefined otherwise. */
   private async loadLocal<S extends Timestamp | Snapshot | Targets>(role: string, kind: MetadataKind, check: (md: Metadata<S>) => void): Promise<Metadata<S> | undefined> {
-    const cap = kind === MetadataKind.Timestamp ? this.limits.timestampBytes : kind === MetadataKind.Snapshot ? this.limits.snapshotBytes : this.limits.targetsBytes;
+    const cap = kind === Kind.Timestamp ? this.limits.timestampBytes : kind === Kind.Snapshot ? this.limits.snapshotBytes : this.limits.targetsBytes;
     try {
       const bytes = new Uint8Array(await readFileCapped(join(this.dir, roleFile(role)), cap));
       const md = parseMetadata(bytes, kind as MetadataKind.Targets, `stored ${roleFile(role)}`) as unknown as Metadata<S>;
@@ -825,7 +849,7 @@ export class TrustClient {
     if (!meta) fail(role === 'targets' ? 'MANIFEST_INVALID' : 'MANIFEST_DELEGATION_INVALID', `snapshot v${this.snapshot!.signed.version} does not list ${role}.json`, { role });
     const delegator = this.delegatorOf(parent);
     const check = (md: Metadata<Targets>, where: string): void => verifyThreshold(role, delegator.role(role), delegator.keys, md, where);
-    const local = await this.loadLocal<Targets>(role, MetadataKind.Targets, (md) => check(md, `stored ${file}`));
+    const local = await this.loadLocal<Targets>(role, Kind.Targets, (md) => check(md, `stored ${file}`));
     let md: Metadata<Targets>;
     if (local && local.signed.version === meta.version && !isExpired(local.signed.expires, this.refTime)) {
       md = local;
@@ -834,7 +858,7 @@ export class TrustClient {
       const bytes = await this.source.fetch(name, Math.min(meta.length ?? Infinity, this.limits.targetsBytes));
       if (bytes === undefined) fail('MANIFEST_NOT_FOUND', `${name} is listed by the snapshot but not published`, { name });
       verifyMetaFile(meta, bytes, name);
-      md = parseMetadata(bytes, MetadataKind.Targets, name);
+      md = parseMetadata(bytes, Kind.Targets, name);
       check(md, name);
       if (md.signed.version !== meta.version) {
         fail('MANIFEST_VERSION_MISMATCH', `${name} has version ${md.signed.version}, the snapshot lists ${meta.version}`, { name });
