@@ -38,6 +38,7 @@
  */
 import nodeModule from 'node:module';
 import v8 from 'node:v8';
+import { performance } from '../hal/monotonic.js';
 
 // V8's flags are process-wide: so is this state (how many installs hold the compilers on)
 let interpreted = false;

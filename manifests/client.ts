@@ -46,6 +46,7 @@ import type { Release } from './types.js';
 import { indexTargetOf, releaseFromTarget, withIndexTarget } from './release.js';
 import { checkKeyScheme, checkTargetName } from './validate.js';
 import { httpGet, type HttpGetResponse } from './http-get.js';
+import { isoTime } from '../hal/iso-time.js';
 
 // ---------------------------------------------------------------- sources
 
@@ -515,12 +516,12 @@ export class TrustClient {
     let floorBase = floor;
     if (timeReset !== undefined) {
       // recovery: the offline root keys say what the floor should be (it may go back)
-      warnings.push({ code: 'MANIFEST_TIME_RESET', message: `root v${root.signed.version} resets the trusted-time floor from ${new Date(floor).toISOString()} to ${new Date(timeReset).toISOString()}` });
+      warnings.push({ code: 'MANIFEST_TIME_RESET', message: `root v${root.signed.version} resets the trusted-time floor from ${isoTime(floor)} to ${isoTime(timeReset)}` });
       floorBase = timeReset;
       this.refTime = Math.max(this.now(), timeReset);
     }
     if (isExpired(root.signed.expires, this.refTime)) {
-      fail('MANIFEST_EXPIRED', `root v${root.signed.version} expired at ${root.signed.expires} (trusted time ${new Date(this.refTime).toISOString()}); the repository must publish a new root`, { role: 'root' });
+      fail('MANIFEST_EXPIRED', `root v${root.signed.version} expired at ${root.signed.expires} (trusted time ${isoTime(this.refTime)}); the repository must publish a new root`, { role: 'root' });
     }
 
     // 5.4: timestamp
@@ -544,7 +545,7 @@ export class TrustClient {
       }
     }
     if (isExpired(finalTs.signed.expires, this.refTime) && !(await this.offlineVouches('timestamp', finalTs.signed.version, tsBytes))) {
-      fail('MANIFEST_EXPIRED', `timestamp v${finalTs.signed.version} expired at ${finalTs.signed.expires} (trusted time ${new Date(this.refTime).toISOString()}); the repository's timestamp timer must re-sign it`, { role: 'timestamp' });
+      fail('MANIFEST_EXPIRED', `timestamp v${finalTs.signed.version} expired at ${finalTs.signed.expires} (trusted time ${isoTime(this.refTime)}); the repository's timestamp timer must re-sign it`, { role: 'timestamp' });
     }
     if (updated) await this.persist('timestamp', tsBytes);
 
@@ -572,7 +573,7 @@ export class TrustClient {
         }
       }
       if (isExpired(snap.signed.expires, this.refTime) && !(await this.offlineVouches('snapshot', snap.signed.version, bytes))) {
-        fail('MANIFEST_EXPIRED', `${name} expired at ${snap.signed.expires} (trusted time ${new Date(this.refTime).toISOString()})`, { role: 'snapshot' });
+        fail('MANIFEST_EXPIRED', `${name} expired at ${snap.signed.expires} (trusted time ${isoTime(this.refTime)})`, { role: 'snapshot' });
       }
       await this.persist('snapshot', bytes);
       snapshot = snap;
@@ -597,7 +598,7 @@ export class TrustClient {
       targetsVersion: targets.signed.version,
       rootsRotated: rotated,
       updated,
-      trustedTime: new Date(this.refTime).toISOString(),
+      trustedTime: isoTime(this.refTime),
       releases: [...this.releaseList],
       invalidTargets,
       warnings,
@@ -686,7 +687,7 @@ export class TrustClient {
       next = Math.max(next, Math.min(issued, ceiling, clockCap));
     }
     if (force || next - old >= FLOOR_WRITE_STEP_MS) {
-      const bytes = Buffer.from(JSON.stringify({ floor: new Date(next).toISOString() }) + '\n');
+      const bytes = Buffer.from(JSON.stringify({ floor: isoTime(next) }) + '\n');
       if (this.staged) this.staged.set(FLOOR_FILE, bytes);
       else await writeFileAtomic(join(this.dir, FLOOR_FILE), bytes);
     }
@@ -712,7 +713,7 @@ export class TrustClient {
     const o = this.offline;
     if (o === null) return false;
     if (isExpired(o.expires, this.refTime)) {
-      fail('MANIFEST_OFFLINE_EXPIRED', `the offline bundle expired at ${o.expires} (trusted time ${new Date(this.refTime).toISOString()}); export a new bundle with \`slotflip release export\``, { expires: o.expires });
+      fail('MANIFEST_OFFLINE_EXPIRED', `the offline bundle expired at ${o.expires} (trusted time ${isoTime(this.refTime)}); export a new bundle with \`slotflip release export\``, { expires: o.expires });
     }
     const want = o[role];
     const sha = createHash('sha256').update(bytes).digest('hex');
@@ -864,7 +865,7 @@ export class TrustClient {
         fail('MANIFEST_VERSION_MISMATCH', `${name} has version ${md.signed.version}, the snapshot lists ${meta.version}`, { name });
       }
       if (isExpired(md.signed.expires, this.refTime)) {
-        fail('MANIFEST_EXPIRED', `${name} expired at ${md.signed.expires} (trusted time ${new Date(this.refTime).toISOString()}); the targets key holder must re-sign it`, { role });
+        fail('MANIFEST_EXPIRED', `${name} expired at ${md.signed.expires} (trusted time ${isoTime(this.refTime)}); the targets key holder must re-sign it`, { role });
       }
       await this.persist(role, bytes);
     }
