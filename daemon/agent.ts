@@ -26,6 +26,7 @@ import type { Release, ReleaseMigration } from '../manifests/types.js';
 import { forgetFailed, releaseIdOf, releaseRefOf, resume, startRefusal, type ArmedTrial, type ErrorInfo, type Event, type HealthFailure, type HistoryEntry, type InstallTransfer, type MachineState, type Phase, type Report, type TransitionOptions } from './machine.js';
 import { Runner, toErrorInfo, type DriveResult, type Executors } from './runner.js';
 import type { StateStore } from './state-store.js';
+import { isoTime } from '../hal/iso-time.js';
 
 /** Fetches and verifies release metadata (TUF). */
 export interface ReleaseFinder {
@@ -624,7 +625,7 @@ export class Agent {
             releaseId: r.release.id,
             version: r.release.version,
             securityVersion: r.release.securityVersion,
-            at: new Date(r.at).toISOString(),
+            at: isoTime(r.at),
             ...(r.reason ? { reason: r.reason } : {}),
             ...(r.failures ? { failures: r.failures } : {}),
             ...(r.warnings ? { warnings: r.warnings } : {}),

@@ -38,6 +38,7 @@ import { configDefaults, type Config, type SourceConfig } from './config.js';
 import { silentLogger } from './logger.js';
 import { releaseIdOf } from './machine.js';
 import { guardTrials, kernelBootId, trialGuardDir } from './trial-guard.js';
+import { isoTime } from '../hal/iso-time.js';
 
 // The install path (installer, decoder, hasher, HTTP source, read-back, preflight) and the data
 // migration are loaded on first use: a daemon sits idle for weeks between updates and should not
@@ -114,7 +115,7 @@ export function statePaths(stateDir: string): { trusted: string; outbox: string;
 /** `slotflip check --retry`: leaves the request for the next cycle (the daemon may hold the lock). */
 export async function requestRetryOfFailed(stateDir: string, now: number): Promise<void> {
   await mkdir(stateDir, { recursive: true });
-  await writeFileAtomic(statePaths(stateDir).retryRequest, JSON.stringify({ requestedAt: new Date(now).toISOString() }) + '\n');
+  await writeFileAtomic(statePaths(stateDir).retryRequest, JSON.stringify({ requestedAt: isoTime(now) }) + '\n');
 }
 
 /** The reboot deferral's start, kept in a small file (atomic writes) so a restart does not reset it. */

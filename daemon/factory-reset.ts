@@ -48,6 +48,7 @@ import { SlotflipError } from '../hal/errors.js';
 import { fsyncDir, writeFileAtomic } from '../hal/atomic-file.js';
 import { initialState } from './machine.js';
 import { parseRecord, RECORD_FILE, RECORD_SCHEMA, type UpdateRecord } from './state-store.js';
+import { isoTime } from '../hal/iso-time.js';
 
 export const MARKER = '.slotflip-factory-reset';
 const KEEP = `${MARKER}.keep`;
@@ -121,7 +122,7 @@ export async function requestFactoryReset(dataDir: string, mode: ResetMode, keep
     ...(keepsSecurity ? { securityDir: security.dir, floor: security.floor } : {}),
     ...(security?.dir !== undefined ? { stateDir: security.dir } : {}),
     ...(command ? { command: { id: command.id, nonce: command.nonce } } : {}),
-    requestedAt: new Date(now).toISOString(),
+    requestedAt: isoTime(now),
   };
   await writeFileAtomic(join(dataDir, MARKER), JSON.stringify(marker) + '\n');
   return marker;

@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { execTool, type ToolRunner } from '../hal/exec.js';
 import { codeOf } from '../hal/errors.js';
 import { httpGet } from '../manifests/http-get.js';
+import { performance } from '../hal/monotonic.js';
 
 export type HealthCheckConfig =
   | { type: 'command'; name: string; argv: string[]; timeoutSeconds: number; expectExit?: number; required?: boolean }

@@ -18,6 +18,7 @@
  * device config offers none of them.
  */
 import net from 'node:net';
+import stream from 'node:stream';
 import type { ConnectionOptions, TLSSocket } from 'node:tls';
 import type { IClientOptions, MqttClient } from 'mqtt';
 import { SlotflipError } from '../hal/errors.js';
@@ -30,10 +31,76 @@ const loadClient = lazyRequire<typeof import('mqtt/lib/client')>('mqtt/lib/clien
 const loadMqtt = lazyRequire<typeof import('mqtt')>('mqtt');
 // MQTT.js's keepalive timer is `setInterval`, except in a browser page where it is the
 // `worker-timers` package's (Web Workers, a Babel runtime and a broker: ~0.8 MiB of idle RSS, issue
-// 16), which MQTT.js loads at once all the same: Node's own timers stand in for it
-const nodeTimers = (): void => standIn('worker-timers', 'mqtt/lib/client', { setInterval, clearInterval, setTimeout, clearTimeout });
-const mqttClientModule = (): typeof import('mqtt/lib/client') => (nodeTimers(), loadClient());
-const mqttModule = (): typeof import('mqtt') => (nodeTimers(), loadMqtt());
+// 16), which MQTT.js loads at once all the same: Node's own timers stand in for it.
+// MQTT.js, mqtt-packet and bl take their streams from `readable-stream`, a copy of Node's stream
+// implementation for browsers and old Nodes (24 modules): Node's own streams stand in for it, as
+// readable-stream itself does when READABLE_STREAM=disable (the same exports, taken from node:stream).
+// MQTT.js's topic-alias-send.js keeps the aliases of an MQTT 5 broker's CONNACK in lru-cache's
+// LRUCache, and lru-cache reads the global `performance` at load, which loads node:perf_hooks
+// (~0.3 MiB of idle RSS, bench:memory): `TopicAliasLru` stands in for it (the only user of that copy
+// of lru-cache here; the daemon never sends topic aliases, but MQTT.js builds the map all the same).
+const nodeStandIns = (): void => {
+  standIn('worker-timers', 'mqtt/lib/client', { setInterval, clearInterval, setTimeout, clearTimeout });
+  standIn('readable-stream', 'mqtt/lib/client', nodeStreams());
+  standIn('lru-cache', 'mqtt/lib/client', { LRUCache: TopicAliasLru });
+};
+
+/** lru-cache's `LRUCache` as far as MQTT.js uses it (topic-alias-send.js): `{ max }`, get (which
+ * makes the entry the most recently used), set (evicting the least recently used beyond `max`),
+ * size, clear, and keys() from the most to the least recently used. */
+export class TopicAliasLru<K, V> {
+  // least recently used first (a Map iterates in insertion order)
+  private readonly entries = new Map<K, V>();
+  private readonly max: number;
+  constructor(options: { max: number }) {
+    this.max = options.max;
+  }
+  get size(): number {
+    return this.entries.size;
+  }
+  get(key: K): V | undefined {
+    if (!this.entries.has(key)) return undefined;
+    const value = this.entries.get(key) as V;
+    this.entries.delete(key);
+    this.entries.set(key, value);
+    return value;
+  }
+  set(key: K, value: V): this {
+    this.entries.delete(key);
+    this.entries.set(key, value);
+    if (this.entries.size > this.max) this.entries.delete(this.entries.keys().next().value as K);
+    return this;
+  }
+  clear(): void {
+    this.entries.clear();
+  }
+  *keys(): IterableIterator<K> {
+    yield* [...this.entries.keys()].reverse();
+  }
+}
+
+/**
+ * The `debug` package that MQTT.js and mqtt-packet log through (output only when the DEBUG variable
+ * names them) stood in for by a logger that writes nothing, for a process that will never show it
+ * (the daemon, when its DEBUG is unset: the composition root decides): `debug` checks the terminal
+ * (node:tty, supports-color) at load, ~0.5 MiB of an idle daemon's RSS (bench:memory, issue 16).
+ * Call before the first connection; once MQTT.js is loaded nothing changes.
+ */
+export function silenceMqttDebug(): void {
+  const logger = (namespace: string): unknown => Object.assign(() => undefined, { enabled: false, namespace, extend: (sub: string) => logger(`${namespace}:${sub}`), destroy: () => true });
+  const createDebug = Object.assign(logger, { enable: () => undefined, disable: () => '', enabled: () => false, names: [] as RegExp[], skips: [] as RegExp[] });
+  standIn('debug', 'mqtt/lib/client', createDebug);
+  standIn('debug', 'mqtt-packet', createDebug);
+}
+const mqttClientModule = (): typeof import('mqtt/lib/client') => (nodeStandIns(), loadClient());
+const mqttModule = (): typeof import('mqtt') => (nodeStandIns(), loadMqtt());
+
+/** readable-stream's exports with READABLE_STREAM=disable (its lib/ours/index.js), from node:stream. */
+function nodeStreams(): object {
+  const s = stream as unknown as Record<string, unknown>;
+  const names = ['_uint8ArrayToBuffer', '_isUint8Array', 'isDisturbed', 'isErrored', 'isReadable', 'Readable', 'Writable', 'Duplex', 'Transform', 'PassThrough', 'addAbortSignal', 'finished', 'destroy', 'pipeline', 'compose', 'Stream', 'promises'];
+  return Object.fromEntries(names.map((n) => [n, s[n]]));
+}
 const tlsModule = lazyRequire<typeof import('node:tls')>('node:tls');
 
 /** One MQTT.js client for `url`; the socket opens on the client's first stream build (at once). */

@@ -55,6 +55,7 @@ import { isCoded } from '../hal/errors.js';
 import { deviceTopics, stateLastResult } from './topics.js';
 import { fileProtocolMemory, writeBrokerReport } from './broker-state.js';
 import { SlotflipError } from '../hal/errors.js';
+import { isoTime } from '../hal/iso-time.js';
 
 export interface ServiceOptions {
   config: Config;
@@ -506,7 +507,7 @@ export class UpdateService {
         // device that reported a minute ago from one silent for a week
         const broker = this.transport.brokerReport();
         await writeBrokerReport(this.o.config.stateDir, broker).catch(() => undefined);
-        await this.transport.publishState({ ...status, at: new Date(this.now()).toISOString(), ...(last ? { lastResult: stateLastResult(last) } : {}), broker, inventory, ...extra }).catch(() => false);
+        await this.transport.publishState({ ...status, at: isoTime(this.now()), ...(last ? { lastResult: stateLastResult(last) } : {}), broker, inventory, ...extra }).catch(() => false);
       }
     } catch (e) {
       // e.g. HAL_ATOMIC_WRITE (disk full: the record cannot be saved) or DAEMON_LOCKED (an
@@ -582,7 +583,7 @@ export class UpdateService {
     if (detail === this.warnedCheck) return;
     this.warnedCheck = detail;
     const code = /^([A-Z][A-Z0-9_]+):/.exec(detail)?.[1];
-    this.log.warn({ ...(code ? { code } : {}), detail, at: new Date(check.at).toISOString() }, 'check failed');
+    this.log.warn({ ...(code ? { code } : {}), detail, at: isoTime(check.at) }, 'check failed');
   }
 
   /** One more cycle without waiting for the poll schedule: at `at` (a policy's `until`, bounded by

@@ -37,7 +37,8 @@
 import { mkdir } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import { Metadata, MetadataKind, Root, Snapshot, Targets, Timestamp, type Key, type MetaFile, type TargetFile } from '@tufjs/models';
+import type { Key, MetaFile, Metadata, MetadataKind, Root, Snapshot, TargetFile, Targets, Timestamp } from '@tufjs/models';
+import { weakRequire } from '../hal/lazy.js';
 import { SlotflipError, isCoded } from '../hal/errors.js';
 import { readFileCapped, writeFileAtomic } from '../hal/atomic-file.js';
 import type { ManifestCode } from './codes.js';
@@ -45,6 +46,7 @@ import type { Release } from './types.js';
 import { indexTargetOf, releaseFromTarget, withIndexTarget } from './release.js';
 import { checkKeyScheme, checkTargetName } from './validate.js';
 import { httpGet, type HttpGetResponse } from './http-get.js';
+import { isoTime } from '../hal/iso-time.js';
 
 // ---------------------------------------------------------------- sources
 
@@ -246,6 +248,24 @@ export interface TrustClientOptions {
 
 type AnyMeta = Metadata<Root | Timestamp | Snapshot | Targets>;
 
+/**
+ * @tufjs/models (with minimatch, brace-expansion), loaded for a refresh and held weakly afterwards
+ * (hal/lazy.ts `weakRequire`): an idle daemon holds no metadata object between checks (the agent,
+ * and with it its TrustClient, is built per cycle), so between checks the package's code and
+ * classes are freed with the rest of a check's garbage (bench:memory, issue 16). A TrustClient keeps
+ * the copy it started with for its whole life, so every object of one refresh comes from one copy
+ * of the package (its classes' `instanceof` checks hold).
+ */
+const tufModels = weakRequire<typeof import('@tufjs/models')>('@tufjs/models');
+
+/** @tufjs/models' `MetadataKind` values (a string enum), named without loading the package. */
+const Kind = { Root: 'root', Timestamp: 'timestamp', Snapshot: 'snapshot', Targets: 'targets' } as unknown as {
+  readonly Root: MetadataKind.Root;
+  readonly Timestamp: MetadataKind.Timestamp;
+  readonly Snapshot: MetadataKind.Snapshot;
+  readonly Targets: MetadataKind.Targets;
+};
+
 function fail(code: ManifestCode, message: string, details?: Record<string, unknown>, cause?: unknown): never {
   throw new SlotflipError(code, message, { details, cause });
 }
@@ -270,7 +290,7 @@ export function parseMetadata(bytes: Uint8Array, kind: MetadataKind, where: stri
   const type = (signed as { _type?: unknown })._type;
   if (type !== kind) fail('MANIFEST_WRONG_ROLE', `${where} has _type ${JSON.stringify(type)}, expected "${kind}"`, { where, type });
   const delegated = (signed as { delegations?: { roles?: unknown } }).delegations?.roles;
-  if (kind === MetadataKind.Targets && Array.isArray(delegated)) {
+  if (kind === Kind.Targets && Array.isArray(delegated)) {
     for (const r of delegated as { name?: unknown }[]) {
       if (typeof r?.name === 'string' && ['root', 'timestamp', 'snapshot', 'targets'].includes(r.name)) {
         fail('MANIFEST_DELEGATION_INVALID', `${where}: a delegated role may not be named "${r.name}"`, { where });
@@ -279,7 +299,7 @@ export function parseMetadata(bytes: Uint8Array, kind: MetadataKind, where: stri
   }
   let md: AnyMeta;
   try {
-    md = Metadata.fromJSON(kind as MetadataKind.Root, data as never) as AnyMeta;
+    md = tufModels().Metadata.fromJSON(kind as MetadataKind.Root, data as never) as AnyMeta;
   } catch (cause) {
     fail('MANIFEST_INVALID', `${where} is not well-formed TUF ${kind} metadata: ${(cause as Error).message}`, { where }, cause);
   }
@@ -295,12 +315,15 @@ export function parseMetadata(bytes: Uint8Array, kind: MetadataKind, where: stri
       if (!c.ok) fail(c.code, `${where}: ${c.message}`, { where, keyid });
     }
   };
-  if (s instanceof Root) {
-    checkKeys(s.keys);
-    for (const [n, r] of Object.entries(s.roles)) checkRole(n, r);
-  } else if (s instanceof Targets && s.delegations) {
-    checkKeys(s.delegations.keys);
-    for (const r of Object.values(s.delegations.roles ?? {})) {
+  // fromJSON built the class of `kind` (checked against _type above)
+  if (kind === Kind.Root) {
+    const root = s as Root;
+    checkKeys(root.keys);
+    for (const [n, r] of Object.entries(root.roles)) checkRole(n, r);
+  } else if (kind === Kind.Targets && (s as Targets).delegations) {
+    const t = s as Targets & { delegations: NonNullable<Targets['delegations']> };
+    checkKeys(t.delegations.keys);
+    for (const r of Object.values(t.delegations.roles ?? {})) {
       checkRole(r.name, r);
     }
   }
@@ -387,6 +410,8 @@ export class TrustClient {
   private staged: Map<string, Uint8Array> | undefined;
   /** the parsed offline statement of this refresh (null: none on the media). */
   private offline: ReturnType<TrustClient['parseOffline']> | null | undefined;
+  /** @tufjs/models, held for this client's life: its metadata objects come from this one copy. */
+  protected readonly models = tufModels();
 
   constructor(options: TrustClientOptions) {
     this.dir = options.trustedDir;
@@ -473,7 +498,7 @@ export class TrustClient {
       const name = `${next}.root.json`;
       const bytes = await this.source.fetch(name, this.limits.rootBytes);
       if (bytes === undefined) break;
-      const md: Metadata<Root> = parseMetadata(bytes, MetadataKind.Root, name);
+      const md: Metadata<Root> = parseMetadata(bytes, Kind.Root, name);
       verifyThreshold('root', root.signed.roles['root'], root.signed.keys, md, `${name} (old root keys)`);
       if (md.signed.version !== next) {
         fail('MANIFEST_ROOT_VERSION', `${name} has version ${md.signed.version}, expected ${next}`, { name });
@@ -491,19 +516,19 @@ export class TrustClient {
     let floorBase = floor;
     if (timeReset !== undefined) {
       // recovery: the offline root keys say what the floor should be (it may go back)
-      warnings.push({ code: 'MANIFEST_TIME_RESET', message: `root v${root.signed.version} resets the trusted-time floor from ${new Date(floor).toISOString()} to ${new Date(timeReset).toISOString()}` });
+      warnings.push({ code: 'MANIFEST_TIME_RESET', message: `root v${root.signed.version} resets the trusted-time floor from ${isoTime(floor)} to ${isoTime(timeReset)}` });
       floorBase = timeReset;
       this.refTime = Math.max(this.now(), timeReset);
     }
     if (isExpired(root.signed.expires, this.refTime)) {
-      fail('MANIFEST_EXPIRED', `root v${root.signed.version} expired at ${root.signed.expires} (trusted time ${new Date(this.refTime).toISOString()}); the repository must publish a new root`, { role: 'root' });
+      fail('MANIFEST_EXPIRED', `root v${root.signed.version} expired at ${root.signed.expires} (trusted time ${isoTime(this.refTime)}); the repository must publish a new root`, { role: 'root' });
     }
 
     // 5.4: timestamp
-    const localTs = await this.loadLocal<Timestamp>('timestamp', MetadataKind.Timestamp, (md) => this.verifyTop('timestamp', md));
+    const localTs = await this.loadLocal<Timestamp>('timestamp', Kind.Timestamp, (md) => this.verifyTop('timestamp', md));
     const tsBytes = await this.source.fetch('timestamp.json', this.limits.timestampBytes);
     if (tsBytes === undefined) fail('MANIFEST_NOT_FOUND', 'timestamp.json is not published by the repository', { name: 'timestamp.json' });
-    const ts = parseMetadata(tsBytes, MetadataKind.Timestamp, 'timestamp.json');
+    const ts = parseMetadata(tsBytes, Kind.Timestamp, 'timestamp.json');
     this.verifyTop('timestamp', ts);
     let updated = true;
     let finalTs = ts;
@@ -520,13 +545,13 @@ export class TrustClient {
       }
     }
     if (isExpired(finalTs.signed.expires, this.refTime) && !(await this.offlineVouches('timestamp', finalTs.signed.version, tsBytes))) {
-      fail('MANIFEST_EXPIRED', `timestamp v${finalTs.signed.version} expired at ${finalTs.signed.expires} (trusted time ${new Date(this.refTime).toISOString()}); the repository's timestamp timer must re-sign it`, { role: 'timestamp' });
+      fail('MANIFEST_EXPIRED', `timestamp v${finalTs.signed.version} expired at ${finalTs.signed.expires} (trusted time ${isoTime(this.refTime)}); the repository's timestamp timer must re-sign it`, { role: 'timestamp' });
     }
     if (updated) await this.persist('timestamp', tsBytes);
 
     // 5.5: snapshot
     const snapMeta = finalTs.signed.snapshotMeta;
-    const localSnap = await this.loadLocal<Snapshot>('snapshot', MetadataKind.Snapshot, (md) => this.verifyTop('snapshot', md));
+    const localSnap = await this.loadLocal<Snapshot>('snapshot', Kind.Snapshot, (md) => this.verifyTop('snapshot', md));
     let snapshot: Metadata<Snapshot>;
     if (localSnap && localSnap.signed.version === snapMeta.version && (!isExpired(localSnap.signed.expires, this.refTime) || (this.source.local && await this.offlineVouches('snapshot', localSnap.signed.version, await this.storedBytes('snapshot'))))) {
       snapshot = localSnap;
@@ -535,7 +560,7 @@ export class TrustClient {
       const bytes = await this.source.fetch(name, Math.min(snapMeta.length ?? Infinity, this.limits.snapshotBytes));
       if (bytes === undefined) fail('MANIFEST_NOT_FOUND', `${name} is listed by timestamp.json but not published`, { name });
       verifyMetaFile(snapMeta, bytes, name);
-      const snap = parseMetadata(bytes, MetadataKind.Snapshot, name);
+      const snap = parseMetadata(bytes, Kind.Snapshot, name);
       this.verifyTop('snapshot', snap);
       if (snap.signed.version !== snapMeta.version) {
         fail('MANIFEST_VERSION_MISMATCH', `${name} has version ${snap.signed.version}, timestamp.json lists ${snapMeta.version}`, { name });
@@ -548,7 +573,7 @@ export class TrustClient {
         }
       }
       if (isExpired(snap.signed.expires, this.refTime) && !(await this.offlineVouches('snapshot', snap.signed.version, bytes))) {
-        fail('MANIFEST_EXPIRED', `${name} expired at ${snap.signed.expires} (trusted time ${new Date(this.refTime).toISOString()})`, { role: 'snapshot' });
+        fail('MANIFEST_EXPIRED', `${name} expired at ${snap.signed.expires} (trusted time ${isoTime(this.refTime)})`, { role: 'snapshot' });
       }
       await this.persist('snapshot', bytes);
       snapshot = snap;
@@ -573,7 +598,7 @@ export class TrustClient {
       targetsVersion: targets.signed.version,
       rootsRotated: rotated,
       updated,
-      trustedTime: new Date(this.refTime).toISOString(),
+      trustedTime: isoTime(this.refTime),
       releases: [...this.releaseList],
       invalidTargets,
       warnings,
@@ -662,7 +687,7 @@ export class TrustClient {
       next = Math.max(next, Math.min(issued, ceiling, clockCap));
     }
     if (force || next - old >= FLOOR_WRITE_STEP_MS) {
-      const bytes = Buffer.from(JSON.stringify({ floor: new Date(next).toISOString() }) + '\n');
+      const bytes = Buffer.from(JSON.stringify({ floor: isoTime(next) }) + '\n');
       if (this.staged) this.staged.set(FLOOR_FILE, bytes);
       else await writeFileAtomic(join(this.dir, FLOOR_FILE), bytes);
     }
@@ -688,7 +713,7 @@ export class TrustClient {
     const o = this.offline;
     if (o === null) return false;
     if (isExpired(o.expires, this.refTime)) {
-      fail('MANIFEST_OFFLINE_EXPIRED', `the offline bundle expired at ${o.expires} (trusted time ${new Date(this.refTime).toISOString()}); export a new bundle with \`slotflip release export\``, { expires: o.expires });
+      fail('MANIFEST_OFFLINE_EXPIRED', `the offline bundle expired at ${o.expires} (trusted time ${isoTime(this.refTime)}); export a new bundle with \`slotflip release export\``, { expires: o.expires });
     }
     const want = o[role];
     const sha = createHash('sha256').update(bytes).digest('hex');
@@ -742,7 +767,7 @@ export class TrustClient {
   private async readRootFile(path: string, where: string): Promise<{ md: Metadata<Root>; bytes: Uint8Array } | 'absent' | SlotflipError> {
     try {
       const bytes = new Uint8Array(await readFileCapped(path, this.limits.rootBytes));
-      const md = parseMetadata(bytes, MetadataKind.Root, where);
+      const md = parseMetadata(bytes, Kind.Root, where);
       verifyThreshold('root', md.signed.roles['root'], md.signed.keys, md, where);
       return { md, bytes };
     } catch (e) {
@@ -790,7 +815,7 @@ export class TrustClient {
 
   /** A locally stored document that still verifies under the current trust; undefined otherwise. */
   private async loadLocal<S extends Timestamp | Snapshot | Targets>(role: string, kind: MetadataKind, check: (md: Metadata<S>) => void): Promise<Metadata<S> | undefined> {
-    const cap = kind === MetadataKind.Timestamp ? this.limits.timestampBytes : kind === MetadataKind.Snapshot ? this.limits.snapshotBytes : this.limits.targetsBytes;
+    const cap = kind === Kind.Timestamp ? this.limits.timestampBytes : kind === Kind.Snapshot ? this.limits.snapshotBytes : this.limits.targetsBytes;
     try {
       const bytes = new Uint8Array(await readFileCapped(join(this.dir, roleFile(role)), cap));
       const md = parseMetadata(bytes, kind as MetadataKind.Targets, `stored ${roleFile(role)}`) as unknown as Metadata<S>;
@@ -825,7 +850,7 @@ export class TrustClient {
     if (!meta) fail(role === 'targets' ? 'MANIFEST_INVALID' : 'MANIFEST_DELEGATION_INVALID', `snapshot v${this.snapshot!.signed.version} does not list ${role}.json`, { role });
     const delegator = this.delegatorOf(parent);
     const check = (md: Metadata<Targets>, where: string): void => verifyThreshold(role, delegator.role(role), delegator.keys, md, where);
-    const local = await this.loadLocal<Targets>(role, MetadataKind.Targets, (md) => check(md, `stored ${file}`));
+    const local = await this.loadLocal<Targets>(role, Kind.Targets, (md) => check(md, `stored ${file}`));
     let md: Metadata<Targets>;
     if (local && local.signed.version === meta.version && !isExpired(local.signed.expires, this.refTime)) {
       md = local;
@@ -834,13 +859,13 @@ export class TrustClient {
       const bytes = await this.source.fetch(name, Math.min(meta.length ?? Infinity, this.limits.targetsBytes));
       if (bytes === undefined) fail('MANIFEST_NOT_FOUND', `${name} is listed by the snapshot but not published`, { name });
       verifyMetaFile(meta, bytes, name);
-      md = parseMetadata(bytes, MetadataKind.Targets, name);
+      md = parseMetadata(bytes, Kind.Targets, name);
       check(md, name);
       if (md.signed.version !== meta.version) {
         fail('MANIFEST_VERSION_MISMATCH', `${name} has version ${md.signed.version}, the snapshot lists ${meta.version}`, { name });
       }
       if (isExpired(md.signed.expires, this.refTime)) {
-        fail('MANIFEST_EXPIRED', `${name} expired at ${md.signed.expires} (trusted time ${new Date(this.refTime).toISOString()}); the targets key holder must re-sign it`, { role });
+        fail('MANIFEST_EXPIRED', `${name} expired at ${md.signed.expires} (trusted time ${isoTime(this.refTime)}); the targets key holder must re-sign it`, { role });
       }
       await this.persist(role, bytes);
     }

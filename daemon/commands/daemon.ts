@@ -14,6 +14,7 @@ import { statePaths } from '../compose.js';
 import { commandLogger, parseCommandArgs } from '../command-support.js';
 import { UpdateService } from '../service.js';
 import { exposedGc, persistCompileCache, reclaimHeap } from '../footprint.js';
+import { silenceMqttDebug } from '../mqtt-connect.js';
 import type { Command } from './command.js';
 
 export const command: Command = {
@@ -38,6 +39,8 @@ export const command: Command = {
     const log = commandLogger(config, true);
     const env = notifyOptionsFromEnv(io.env, process.pid);
     const notifier = createNotifier({ socketPath: env.socketPath, watchdogUsec: env.watchdogUsec, onError: (e) => log.warn({ err: e.toJSON() }, 'sd_notify failed') });
+    // MQTT.js's own debug output goes to stderr only when DEBUG names it: otherwise not even loaded
+    if (!io.env.DEBUG) silenceMqttDebug();
     const gc = exposedGc();
     const service = new UpdateService({
       config,

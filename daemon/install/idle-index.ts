@@ -34,6 +34,7 @@ import { createSlotWriter } from '../../hal/file-slot.js';
 import { cdcForImage, type CdcParams } from '../../manifests/cdc.js';
 import { withOptimizingCompilers } from '../footprint.js';
 import { buildSeedIndex, seedPresent } from './seed-index.js';
+import { performance } from '../../hal/monotonic.js';
 
 export interface IdleIndexOptions {
   stateDir: string;

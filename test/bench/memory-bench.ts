@@ -13,12 +13,18 @@
  *              (a cycle: a `check` command on the device's MQTT command topic → TUF refresh
  *              from the retained metadata → selection (nothing new) → state + inventory
  *              published; growth = settled RSS after the last cycle − settled RSS before the first)
+ *   checkcpu   the daemon's CPU per check cycle (a `check` command → `cycle done`): --check-cycles
+ *              cycles each after an idle pause of --check-gap-ms (the idle heap reclaim has run and
+ *              flushed the compiled code, so the cycle compiles it again) against as many back to
+ *              back (no reclaim between them: the code is still compiled), in the same process;
+ *              CPU from /proc/PID/stat (10 ms ticks, summed over the cycles)
  *   An update cycle (release N+1 → install → trial → commit) ends with a reboot, i.e. a new daemon
  *   process, by design: growth "in one process" is therefore measured over check cycles, which is
  *   what a daemon does between updates for months; the installs below each run in a fresh process.
  *
  *   node dist/test/bench/memory-bench.js [--idle-seconds 60] [--sizes 1,4] [--cycles 100]
- *       [--only idle,install,cycles] [--sample-ms 100] [--dir DIR]
+ *       [--only idle,install,cycles,checkcpu] [--sample-ms 100] [--dir DIR]
+ *       [--check-cycles 20] [--check-gap-ms 4000]
  *       [--metadata mqtt|http] [--node PATH] [--node-options=OPTS] [--daemon-args=FLAGS] [--env K=V]...
  *       [--show-stderr] [--daemon-log] [--json]
  *       [--where [--top N]] [--heap-snapshot DIR]
@@ -63,6 +69,8 @@ const { values } = parseArgs({
     'idle-seconds': { type: 'string', default: '60' },
     sizes: { type: 'string', default: '1,4' },
     cycles: { type: 'string', default: '100' },
+    'check-cycles': { type: 'string', default: '20' },
+    'check-gap-ms': { type: 'string', default: '4000' },
     only: { type: 'string', default: 'idle,install,cycles' },
     'sample-ms': { type: 'string', default: '100' },
     dir: { type: 'string' },
@@ -82,6 +90,8 @@ const { values } = parseArgs({
 const idleSeconds = Number(values['idle-seconds']);
 const sizes = values.sizes.split(',').filter(Boolean).map(Number);
 const cycles = Number(values.cycles);
+const checkCycles = Number(values['check-cycles']);
+const checkGapMs = Number(values['check-gap-ms']);
 const only = new Set(values.only.split(','));
 const sampleMs = Number(values['sample-ms']);
 const NODE = values.node ?? process.execPath;
@@ -359,6 +369,8 @@ interface Results {
   install: Array<{ gib: number; peakMiB: number; peakProcs: number; seconds: number; cpuSeconds: number; payloadMiB: number }>;
   installFailures: Array<{ gib: number; error: string }>;
   cycles?: { n: number; beforeMiB: number; afterMiB: number; growthMiB: number; trace: number[]; seconds: number };
+  /** CPU ms per check cycle: after an idle pause (heap reclaimed, code flushed) vs back to back */
+  checkCpu?: { n: number; gapMs: number; afterPauseMs: number; backToBackMs: number };
 }
 
 async function idleAndCycles(root: string, broker: Mosquitto, res: Results): Promise<void> {
@@ -377,11 +389,11 @@ async function idleAndCycles(root: string, broker: Mosquitto, res: Results): Pro
       if (values.where) whereReport = formatReport(await residentReport(d.child.pid!, `idle daemon, ${idleSeconds} s`, { top: Number(values.top) }));
       if (values['heap-snapshot']) say(`heap snapshot of the idle daemon: ${await heapSnapshot(d.child.pid!, values['heap-snapshot'])}`);
     }
-    if (only.has('cycles') && cycles > 0) {
+    const commandCycles = (only.has('cycles') && cycles > 0) || (only.has('checkcpu') && checkCycles > 0);
+    if (commandCycles) {
       const client = await mqttClient(broker.url);
       try {
         const topic = deviceTopics(env.deviceId).cmdCheck;
-        const t0 = Date.now();
         const one = async (): Promise<void> => {
           const from = d.lines.length;
           await client.publishAsync(topic, '{}', { qos: 1 });
@@ -390,15 +402,11 @@ async function idleAndCycles(root: string, broker: Mosquitto, res: Results): Pro
         // two warm-up cycles: the first command cycle loads what only a cycle loads
         await one();
         await one();
-        const before = await settled(d.child.pid!);
-        const trace: number[] = [];
-        for (let i = 1; i <= cycles; i++) {
-          await one();
-          if (i % Math.max(1, Math.floor(cycles / 10)) === 0) trace.push(mib(s.now()));
+        if (only.has('checkcpu') && checkCycles > 0) {
+          res.checkCpu = await checkCpu(d.child.pid!, one);
+          say(`checkcpu: ${res.checkCpu.afterPauseMs} ms CPU per check cycle after ${checkGapMs} ms idle (reclaimed, code flushed), ${res.checkCpu.backToBackMs} ms back to back (${checkCycles} each)`);
         }
-        const after = await settled(d.child.pid!);
-        res.cycles = { n: cycles, beforeMiB: mib(before), afterMiB: mib(after), growthMiB: mib(after - before), trace, seconds: Math.round((Date.now() - t0) / 1000) };
-        say(`cycles: ${cycles} check cycles, ${mib(before)} → ${mib(after)} MiB (${res.cycles.growthMiB >= 0 ? '+' : ''}${res.cycles.growthMiB} MiB); trace ${trace.join(' ')}`);
+        if (only.has('cycles') && cycles > 0) await growth(d.child.pid!, s, one, res);
       } finally {
         client.end(true);
       }
@@ -409,6 +417,37 @@ async function idleAndCycles(root: string, broker: Mosquitto, res: Results): Pro
     if (values['show-stderr']) process.stderr.write(d.stderr());
     await env.serve.stop();
   }
+}
+
+/** CPU ms per check cycle: `checkCycles` after an idle pause each, then as many back to back. */
+async function checkCpu(pid: number, one: () => Promise<void>): Promise<NonNullable<Results['checkCpu']>> {
+  const measure = async (gapMs: number): Promise<number> => {
+    let sum = 0;
+    for (let i = 0; i < checkCycles; i++) {
+      if (gapMs > 0) await sleep(gapMs);
+      const c0 = cpuSeconds(pid);
+      await one();
+      sum += cpuSeconds(pid) - c0;
+    }
+    return Math.round((sum * 1000) / checkCycles);
+  };
+  const afterPauseMs = await measure(checkGapMs);
+  const backToBackMs = await measure(0);
+  return { n: checkCycles, gapMs: checkGapMs, afterPauseMs, backToBackMs };
+}
+
+/** Growth over `cycles` check cycles in one process: settled RSS before and after. */
+async function growth(pid: number, s: ReturnType<typeof sampler>, one: () => Promise<void>, res: Results): Promise<void> {
+  const t0 = Date.now();
+  const before = await settled(pid);
+  const trace: number[] = [];
+  for (let i = 1; i <= cycles; i++) {
+    await one();
+    if (i % Math.max(1, Math.floor(cycles / 10)) === 0) trace.push(mib(s.now()));
+  }
+  const after = await settled(pid);
+  res.cycles = { n: cycles, beforeMiB: mib(before), afterMiB: mib(after), growthMiB: mib(after - before), trace, seconds: Math.round((Date.now() - t0) / 1000) };
+  say(`cycles: ${cycles} check cycles, ${mib(before)} → ${mib(after)} MiB (${res.cycles.growthMiB >= 0 ? '+' : ''}${res.cycles.growthMiB} MiB); trace ${trace.join(' ')}`);
 }
 
 async function mqttClient(url: string): Promise<MqttClient> {
@@ -477,7 +516,7 @@ async function main(): Promise<number> {
   const broker = await startMosquitto();
   let failed = false;
   try {
-    if (only.has('idle') || only.has('cycles')) await idleAndCycles(root, broker, res);
+    if (only.has('idle') || only.has('cycles') || only.has('checkcpu')) await idleAndCycles(root, broker, res);
     if (only.has('install')) {
       for (const g of sizes) {
         // one size failing does not take the others' figures with it; the run still exits 1
@@ -510,6 +549,7 @@ function printTable(res: Results): void {
   if (res.idle) rows.push([`idle RSS ${idleSeconds} s after start`, `${res.idle.at60sMiB} MiB`, '<= 48 MiB', `5 s: ${res.idle.at5sMiB}, max ${res.idle.maxMiB}`]);
   for (const i of res.install) rows.push([`peak RSS installing ${i.gib} GiB`, `${i.peakMiB} MiB`, '<= 64 MiB', `${i.seconds} s (daemon CPU ${i.cpuSeconds} s), payload ${i.payloadMiB} MiB, up to ${i.peakProcs} processes`]);
   for (const f of res.installFailures) rows.push([`peak RSS installing ${f.gib} GiB`, 'FAILED', '<= 64 MiB', f.error.replace(/\|/g, '/').slice(0, 400)]);
+  if (res.checkCpu) rows.push([`CPU per check cycle after ${res.checkCpu.gapMs} ms idle`, `${res.checkCpu.afterPauseMs} ms`, '-', `back to back (no reclaim, code kept): ${res.checkCpu.backToBackMs} ms; ${res.checkCpu.n} cycles each`]);
   if (res.cycles) rows.push([`growth over ${res.cycles.n} check cycles (one process)`, `${res.cycles.growthMiB} MiB`, '< 5 MiB', `${res.cycles.beforeMiB} → ${res.cycles.afterMiB} MiB in ${res.cycles.seconds} s`]);
   console.log(`slotflip daemon memory (RSS of the whole process tree), node ${res.node}, node flags "${DAEMON_ARGS.join(' ')}", NODE_OPTIONS="${res.nodeOptions}", metadata over ${METADATA}`);
   console.log('| figure | measured | goal | notes |');
