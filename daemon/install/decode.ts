@@ -305,27 +305,9 @@ function streamDecoder(s: Writable & Readable, compression: Compression): Decode
   };
 }
 
-/** frames decoding at once on the thread pool (the main thread hashes the previous one meanwhile).
- * One: cli-bench A/B in one run (1 GiB, load 8-11) gave wall 1.06x the CLI decoder's with one, 1.3-1.9x
- * with two (the second decodes into the decoder's own buffer, which the sink then copies and waits
- * behind the chunk writes), at the same CPU. */
-const FRAMES_IN_FLIGHT = 1;
-/** a frame decoded into the decoder's own buffer reaches the sink in slices of at most this (the
- * installer's carry then holds at most one slice when it has no free chunk buffer). */
+/** output a frame decoded into the decoder's own buffer reaches the sink in slices of at most this
+ * (the installer's carry then holds at most one slice when it has no free chunk buffer). */
 const SLICE = 256 << 10;
-
-interface FrameJob {
-  /** frame number within the transfer */
-  k: number;
-  input: Buffer;
-  len: number;
-  state: 'ready' | 'decoding' | 'done' | 'failed';
-  /** where it decodes to: the sink's next buffer (in place) or the decoder's own */
-  target: Buffer | undefined;
-  own: boolean;
-  pieces: Buffer[];
-  error?: SlotflipError;
-}
 
 /** A promise settled from outside (Promise.withResolvers, Node >= 22, is not in the ES2023 lib this
  * builds against); a rejection nobody awaits yet is not an unhandled one. */
@@ -348,275 +330,176 @@ interface ZlibOut {
 }
 
 /**
- * zstd in-process, one frame at a time (the chunk index says where each frame ends). A complete frame
- * with its content size decodes in one pass (zstd's single-pass path: no window buffer, no internal
- * copy) on the thread pool, straight into the sink's next chunk buffer when it offers one whole (zero
- * copy), else into one buffer of its own (handed over in slices: one copy). One frame decodes at a time
- * beside the main thread's hashing (FRAMES_IN_FLIGHT; two at once cost 1.3-1.9x wall under load),
- * results are delivered in order. No child process, no pipe: the CLI's pipes copied
- * every image byte twice and woke both processes per 64 KiB.
+ * zstd in-process, one frame after another on ONE reused stream (the chunk index says where each
+ * frame ends), on the thread pool. The compressed bytes go to zstd as they arrive, straight from the
+ * caller's input buffers (the installer's ring), cut at frame boundaries: no frame is gathered in a
+ * buffer of its own first. Each frame's output lands in one buffer lent to the stream for the whole
+ * frame: the sink's next buffer when that holds the whole chunk (chunks up to its piece size: zero
+ * copy), else one buffer of the decoder's own (chunk-sized, allocated at first use), whose bytes the
+ * sink copies in slices. Output reaches the sink as it is decoded, so the main thread hashes one
+ * slice while the pool decodes the next. No child process, no pipe: the CLI's pipes copied every
+ * image byte twice and woke both processes per 64 KiB.
+ *
+ * Why streaming and not one pass per whole frame: the payload's frames (release add, the zstd CLI
+ * reading a pipe) carry no content size, so zstd decodes them through its window buffer (2 MiB at
+ * the default level) whichever way they are fed; gathering a whole frame first only added two
+ * frame-sized input buffers (2 x 3.6 MiB for the bench image) and a copy. Issue 16/24: see the commit.
  *
  * Lending the buffer uses node:zlib's stream internals (`_outBuffer`, `_outOffset`, `_chunkSize`:
- * unchanged from Node 12 to 26); where they differ, Node's own output buffers arrive instead and the
- * sink copies them: slower, never wrong (what reaches the sink is whatever zstd decoded, and the
- * installer verifies every chunk). One frame per write on reused streams (lanes, below), so Node 22's
- * built-in zstd, which stops after one frame of one input, works too.
+ * unchanged from Node 12 to 26), set only between writes (no write in flight); where they differ,
+ * Node's own output buffers arrive instead and the sink copies them: slower, never wrong (what
+ * reaches the sink is whatever zstd decoded, and the installer verifies every chunk). A write never
+ * spans two frames, so Node 22's built-in zstd, which stops after the first frame of ONE input,
+ * decodes frame after frame as well. A frame that yields more than its chunk fails the transfer at
+ * once (INSTALL_DECOMPRESS), one that yields less when its last byte was decoded too, before any
+ * later frame's input goes in.
  */
 function frameDecoder(frames: FrameList): Decoder {
   const n = frames.lengths.length;
-  let maxIn = 0;
   let maxOut = 0;
-  for (let i = 0; i < n; i++) {
-    maxIn = Math.max(maxIn, frames.lengths[i]!);
-    maxOut = Math.max(maxOut, frames.outLength(i));
-  }
-  const freeIn: Buffer[] = [];
-  let inCount = 0;
+  for (let i = 0; i < n; i++) maxOut = Math.max(maxOut, frames.outLength(i));
   let own: Buffer | undefined;
-  let ownBusy = false;
-  /** frames accumulated, decoding or decoded, not yet delivered; in order */
-  const jobs: FrameJob[] = [];
-  let filling: { buf: Buffer; fill: number } | undefined;
-  let nextFrame = 0;
+  /** decoded bytes not yet taken by the sink, in order (views of the lent buffer) */
+  const out: Buffer[] = [];
+  /** the frame the next compressed byte belongs to, and how many of its bytes went to zstd */
+  let frame = 0;
+  let frameIn = 0;
+  /** what the frame being decoded yielded so far, and its chunk's length */
+  let got = 0;
+  let want = 0;
+  let target: Buffer | undefined;
+  /** the input write being fed to zstd (one at a time: the Writable queues the rest) */
+  let current: { chunk: Buffer; from: number; cb: () => void } | undefined;
+  let writing = false;
   let inputEnded = false;
   let stopped = false;
   let settled = false;
   let paused = false;
-  let inFlight = 0;
   let sink: Sink | undefined;
   let nextBuffer: (() => Buffer) | undefined;
-  let waitingWrite: { chunk: Buffer; from: number; cb: () => void } | undefined;
   const idleWaiters: Array<() => void> = [];
   const { promise: done, resolve: resolveDone, reject: rejectDone } = settledLater();
+  let s: ReturnType<ZstdDecompressFactory> | undefined;
+
+  const closeStream = (): void => {
+    // a write still on the pool ends first (its buffers are in use until then): see the write's callback
+    if (!writing && s) {
+      s.destroy();
+      s = undefined;
+    }
+  };
   const settle = (e?: SlotflipError): void => {
     if (settled) return;
     settled = true;
-    closeLanes();
+    closeStream();
     if (e) rejectDone(e);
     else resolveDone();
   };
 
-  /** copies input from `chunk[from..]` into frame buffers; returns how far it got (short: no free one) */
-  const takeInput = (chunk: Buffer, from: number): number => {
-    let p = from;
-    while (p < chunk.length) {
-      if (nextFrame >= n) {
-        settle(new SlotflipError('INSTALL_DECOMPRESS', `zstd: more compressed bytes than the ${n} frames the chunk index lists`, { retryable: true }));
-        return chunk.length;
+  const stream = (): ReturnType<ZstdDecompressFactory> => {
+    if (s) return s;
+    const z = createZstdDecompress!({ chunkSize: 64 });
+    z.on('data', (d: Buffer) => {
+      if (settled) return;
+      got += d.length;
+      if (got > want) {
+        settle(new SlotflipError('INSTALL_DECOMPRESS', `zstd: frame ${frame} decodes to more than its chunk's ${want} bytes`, { retryable: true }));
+        return;
       }
-      if (!filling) {
-        let b = freeIn.pop();
-        if (!b && inCount <= FRAMES_IN_FLIGHT) {
-          inCount++;
-          b = Buffer.allocUnsafeSlow(maxIn);
-        }
-        if (!b) return p;
-        filling = { buf: b, fill: 0 };
-      }
-      const want = frames.lengths[nextFrame]!;
-      const take = Math.min(want - filling.fill, chunk.length - p);
-      chunk.copy(filling.buf, filling.fill, p, p + take);
-      filling.fill += take;
-      p += take;
-      if (filling.fill === want) {
-        jobs.push({ k: nextFrame, input: filling.buf, len: want, state: 'ready', target: undefined, own: false, pieces: [] });
-        nextFrame++;
-        filling = undefined;
-      }
-    }
-    return p;
+      // the lent buffer is full: whatever follows (nothing, for a well-formed frame) comes in small
+      // ones (node:zlib allocates a new output buffer of _chunkSize after a full one)
+      if (got === want) (z as unknown as ZlibOut)._chunkSize = 64;
+      out.push(d);
+      deliver();
+    });
+    z.on('error', (cause) => settle(new SlotflipError('INSTALL_DECOMPRESS', 'zstd: payload data is corrupt', { cause, retryable: true })));
+    s = z;
+    return z;
   };
 
-  const finishJob = (j: FrameJob, e?: SlotflipError): void => {
-    if (j.state !== 'decoding') {
-      // its output was complete and handed on already (see the lane's 'data'); what failed after it
-      // (bytes past the frame's end) still fails the transfer
-      if (e && j.state === 'done') {
-        if (jobs.includes(j)) {
-          j.state = 'failed';
-          j.error = e;
-          pump();
-        } else settle(e);
+  function deliver(): void {
+    while (!paused && !settled && out.length > 0) {
+      const d = out[0]!;
+      let piece = d;
+      // in place: as it is, where the sink asked for it; else in slices (it copies them)
+      if ((target === undefined || d.buffer !== target.buffer) && d.length > SLICE) {
+        piece = d.subarray(0, SLICE);
+        out[0] = d.subarray(SLICE);
+      } else out.shift();
+      if (!sink!(piece)) {
+        paused = true;
+        return;
+      }
+    }
+  }
+
+  /** feeds zstd the next slice of input (one write at a time), starting a frame when everything
+   * before it was delivered */
+  function pump(): void {
+    if (settled || stopped || writing || !sink) return;
+    if (!current) {
+      if (inputEnded && out.length === 0) {
+        if (frameIn > 0) settle(new SlotflipError('INSTALL_DECOMPRESS', `zstd: payload data is truncated inside frame ${frame} (${frameIn} of ${frames.lengths[frame] ?? 0} bytes)`, { retryable: true }));
+        else settle();
       }
       return;
     }
-    inFlight--;
-    j.state = e ? 'failed' : 'done';
-    if (e) j.error = e;
-    if (inFlight === 0) for (const w of idleWaiters.splice(0)) w();
-    if (settled) closeLanes();
-    pump();
-  };
-
-  /** One stream per lane, reused frame after frame (a zstd context allocates its buffers once: a
-   * stream per frame left each pool thread's malloc arena holding several MiB). One frame per write:
-   * Node 22's built-in zstd, which stops after the first frame of ONE input, decodes frame after
-   * frame of separate writes as well. */
-  const lanes: Array<{ s: ReturnType<ZstdDecompressFactory>; job: FrameJob | undefined; got: number; want: number }> = [];
-  const laneFor = (): (typeof lanes)[number] | undefined => {
-    const free = lanes.find((l) => l.job === undefined);
-    if (free) return free;
-    // one more lane than decodes in flight: a lane is busy a little longer than its frame's output
-    if (lanes.length > FRAMES_IN_FLIGHT) return undefined;
-    const s = createZstdDecompress!({ chunkSize: 64 });
-    const lane = { s, job: undefined as FrameJob | undefined, got: 0, want: 0 };
-    const z = s as unknown as ZlibOut;
-    s.on('data', (d: Buffer) => {
-      const j = lane.job;
-      // (a job whose output was handed on already still counts: bytes past its chunk fail it)
-      if (j === undefined) return;
-      lane.got += d.length;
-      if (lane.got > lane.want) {
-        failLane(lane, new SlotflipError('INSTALL_DECOMPRESS', `zstd: a frame decodes to more than its chunk's ${lane.want} bytes`, { retryable: true }));
-        return;
-      }
-      j.pieces.push(d);
-      if (lane.got === lane.want) {
-        // our buffer is full: whatever follows (nothing, for a well-formed frame) comes in small ones.
-        // The frame's output is complete: deliver it now, not after the stream's second round trip to
-        // the pool (node:zlib asks once more when the output buffer was filled exactly); the lane
-        // stays busy until its write calls back
-        z._chunkSize = 64;
-        queueMicrotask(() => finishJob(j));
-      }
-    });
-    s.on('error', (cause) => failLane(lane, new SlotflipError('INSTALL_DECOMPRESS', 'zstd: payload data is corrupt', { cause, retryable: true })));
-    lanes.push(lane);
-    return lane;
-  };
-  /** a lane whose stream failed (or decoded too much) is dropped with its input buffer: its write may
-   * still be running on the pool, so neither is used again */
-  const failLane = (lane: (typeof lanes)[number], e: SlotflipError): void => {
-    const i = lanes.indexOf(lane);
-    if (i >= 0) lanes.splice(i, 1);
-    lane.s.destroy();
-    const j = lane.job;
-    lane.job = undefined;
-    if (j) {
-      inCount--;
-      finishJob(j, e);
-    }
-  };
-
-  const startDecode = (j: FrameJob, target: Buffer): boolean => {
-    const lane = laneFor();
-    if (!lane) return false;
-    j.state = 'decoding';
-    j.target = target;
-    inFlight++;
-    lane.job = j;
-    lane.got = 0;
-    lane.want = target.length;
-    const z = lane.s as unknown as ZlibOut;
-    // lend `target` as the stream's output buffer (node:zlib internals, see above)
-    if (Buffer.isBuffer(z._outBuffer) && typeof z._outOffset === 'number' && typeof z._chunkSize === 'number') {
-      z._outBuffer = target;
-      z._outOffset = 0;
-      z._chunkSize = target.length;
-    }
-    lane.s.write(j.input.subarray(0, j.len), (e) => {
-      if (lane.job !== j) return;
-      if (e) {
-        failLane(lane, new SlotflipError('INSTALL_DECOMPRESS', 'zstd: payload data is corrupt', { cause: e, retryable: true }));
-        return;
-      }
-      lane.job = undefined;
-      freeIn.push(j.input);
-      finishJob(j);
-      if (settled) closeLanes();
+    if (current.from === current.chunk.length) {
+      const cb = current.cb;
+      current = undefined;
+      cb();
       pump();
-    });
-    return true;
-  };
-
-  /** destroys the lanes that decode nothing (one still decoding is destroyed when its write ends) */
-  function closeLanes(): void {
-    for (let i = lanes.length - 1; i >= 0; i--) {
-      if (lanes[i]!.job === undefined) lanes.splice(i, 1)[0]!.s.destroy();
+      return;
     }
-  }
-
-  const deliver = (): void => {
-    while (!paused && !settled && jobs.length > 0) {
-      const j = jobs[0]!;
-      if (j.state === 'failed') {
-        settle(j.error);
+    if (frameIn === 0) {
+      if (frame >= n) {
+        settle(new SlotflipError('INSTALL_DECOMPRESS', `zstd: more compressed bytes than the ${n} frames the chunk index lists`, { retryable: true }));
         return;
       }
-      if (j.state !== 'done') return;
-      // a frame handed on early (its output complete) may still yield bytes past its chunk until its
-      // write calls back: the next frame waits for that, so an error there stops the transfer before
-      // any later frame's output goes out (the other lane decodes it meanwhile)
-      if (lanes.some((l) => l.job !== undefined && l.job !== j && !jobs.includes(l.job))) return;
-      while (j.pieces.length > 0) {
-        const d = j.pieces[0]!;
-        let piece = d;
-        // in place: one piece, where the sink asked for it; else in slices (it copies them)
-        if ((j.own || d.buffer !== j.target!.buffer) && d.length > SLICE) {
-          piece = d.subarray(0, SLICE);
-          j.pieces[0] = d.subarray(SLICE);
-        } else j.pieces.shift();
-        if (!sink!(piece)) {
-          paused = true;
+      // a frame starts once the one before was delivered: its output buffer (the sink's next one, or
+      // the decoder's own) is free then
+      if (paused || out.length > 0) return;
+      want = frames.outLength(frame);
+      got = 0;
+      const t = nextBuffer?.();
+      target = t !== undefined && t.length >= want ? t.subarray(0, want) : (own ??= Buffer.allocUnsafeSlow(maxOut)).subarray(0, want);
+      const z = stream() as unknown as ZlibOut;
+      // lend the buffer as the stream's output for the whole frame (node:zlib internals, see above)
+      if (Buffer.isBuffer(z._outBuffer) && typeof z._outOffset === 'number' && typeof z._chunkSize === 'number') {
+        z._outBuffer = target;
+        z._outOffset = 0;
+        z._chunkSize = target.length;
+      }
+      if (target.buffer !== t?.buffer) target = undefined; // the decoder's own: handed over in slices
+    }
+    const len = frames.lengths[frame]!;
+    const take = Math.min(len - frameIn, current.chunk.length - current.from);
+    const slice = current.chunk.subarray(current.from, current.from + take);
+    writing = true;
+    const z = stream();
+    z.write(slice, (e) => {
+      writing = false;
+      if (e) settle(new SlotflipError('INSTALL_DECOMPRESS', 'zstd: payload data is corrupt', { cause: e, retryable: true }));
+      if (settled) {
+        closeStream();
+        for (const w of idleWaiters.splice(0)) w();
+        return;
+      }
+      for (const w of idleWaiters.splice(0)) w();
+      current!.from += take;
+      frameIn += take;
+      if (frameIn === len) {
+        // the frame's input is all decoded: it must have yielded its whole chunk
+        if (got !== want) {
+          settle(new SlotflipError('INSTALL_DECOMPRESS', `zstd: frame ${frame} decodes to ${got} bytes, its chunk has ${want}`, { retryable: true }));
+          closeStream();
           return;
         }
-        if (settled) return;
+        frame++;
+        frameIn = 0;
       }
-      if (j.own) ownBusy = false;
-      jobs.shift();
-    }
-  };
-
-  function pump(): void {
-    if (settled) return;
-    if (waitingWrite) {
-      const w = waitingWrite;
-      const p = takeInput(w.chunk, w.from);
-      if (p < w.chunk.length) w.from = p;
-      else {
-        waitingWrite = undefined;
-        w.cb();
-      }
-    }
-    if (!sink || stopped) return;
-    // delivering a frame frees a buffer (and makes the next frame the head): start more, deliver more
-    let before: number;
-    do {
-      before = jobs.length;
-      startDecodes();
-      deliver();
-    } while (!settled && !paused && jobs.length < before);
-    // done only once every lane's write called back: what a frame yields past its chunk (an error)
-    // comes after its output was handed on
-    if (!settled && inputEnded && !waitingWrite && jobs.length === 0 && lanes.every((l) => l.job === undefined)) {
-      if (filling) settle(new SlotflipError('INSTALL_DECOMPRESS', `zstd: payload data is truncated inside frame ${nextFrame} (${filling.fill} of ${frames.lengths[nextFrame] ?? 0} bytes)`, { retryable: true }));
-      else settle();
-    }
-  }
-
-  function startDecodes(): void {
-    for (let i = 0; i < jobs.length && inFlight < FRAMES_IN_FLIGHT; i++) {
-      const j = jobs[i]!;
-      if (j.state !== 'ready') continue;
-      const len = frames.outLength(j.k);
-      let target: Buffer | undefined;
-      if (i === 0 && !paused && nextBuffer) {
-        const t = nextBuffer();
-        if (t.length >= len) target = t.subarray(0, len);
-      }
-      let mine = false;
-      if (!target) {
-        if (ownBusy) break;
-        own ??= Buffer.allocUnsafeSlow(maxOut);
-        target = own.subarray(0, len);
-        mine = true;
-      }
-      if (!startDecode(j, target)) break;
-      if (mine) {
-        ownBusy = true;
-        j.own = true;
-      }
-    }
+      pump();
+    });
   }
 
   const input = new Writable({
@@ -626,9 +509,8 @@ function frameDecoder(frames: FrameList): Decoder {
         cb();
         return;
       }
-      const p = takeInput(chunk, 0);
-      if (p < chunk.length) waitingWrite = { chunk, from: p, cb: () => cb() };
-      else cb();
+      // the caller reuses `chunk` once `cb` ran: it is called only when zstd has consumed all of it
+      current = { chunk, from: 0, cb: () => cb() };
       pump();
     },
     final(cb) {
@@ -641,27 +523,28 @@ function frameDecoder(frames: FrameList): Decoder {
   return {
     input,
     finishInput: () => void input.end(),
-    start(s, nb) {
+    start(sk, nb) {
       if (sink) return;
-      sink = s;
+      sink = sk;
       nextBuffer = nb;
       pump();
     },
     resume() {
       if (!paused) return;
       paused = false;
+      deliver();
       pump();
     },
     done,
     kill() {
       if (stopped) return;
       stopped = true;
-      // decodes in flight finish on their own (their output is dropped): see idle()
+      // a write in flight finishes on its own (its output is dropped): see idle()
       settle(new SlotflipError('INSTALL_DECOMPRESS', 'zstd: stopped', { retryable: true }));
-      waitingWrite = undefined;
+      current = undefined;
       input.destroy();
     },
-    idle: () => (inFlight === 0 ? Promise.resolve() : new Promise<void>((resolve) => idleWaiters.push(resolve))),
+    idle: () => (!writing ? Promise.resolve() : new Promise<void>((resolve) => idleWaiters.push(resolve))),
   };
 }
 
