@@ -368,8 +368,10 @@ function frameDecoder(frames: FrameList): Decoder {
   let got = 0;
   let want = 0;
   let target: Buffer | undefined;
-  /** the input write being fed to zstd (one at a time: the Writable queues the rest) */
-  let current: { chunk: Buffer; from: number; cb: () => void } | undefined;
+  /** the input being fed to zstd: the pieces of one write (or of several queued meanwhile, `writev`:
+   * pieces adjacent in memory, e.g. in the installer's ring, joined, so one zstd call takes them all) */
+  let current: { parts: Buffer[]; from: number; cb: () => void } | undefined;
+  let delivering = false;
   let writing = false;
   let inputEnded = false;
   let stopped = false;
@@ -410,7 +412,16 @@ function frameDecoder(frames: FrameList): Decoder {
       // ones (node:zlib allocates a new output buffer of _chunkSize after a full one)
       if (got === want) (z as unknown as ZlibOut)._chunkSize = 64;
       out.push(d);
-      deliver();
+      // handed on after this callback: the write's own callback (next, in the same turn) gives zstd
+      // the next input first, so the pool decodes while this thread hashes
+      if (!delivering) {
+        delivering = true;
+        process.nextTick(() => {
+          delivering = false;
+          deliver();
+          pump();
+        });
+      }
     });
     z.on('error', (cause) => settle(new SlotflipError('INSTALL_DECOMPRESS', 'zstd: payload data is corrupt', { cause, retryable: true })));
     s = z;
@@ -444,12 +455,16 @@ function frameDecoder(frames: FrameList): Decoder {
       }
       return;
     }
-    if (current.from === current.chunk.length) {
-      const cb = current.cb;
-      current = undefined;
-      cb();
-      pump();
-      return;
+    if (current.from === current.parts[0]!.length) {
+      current.parts.shift();
+      current.from = 0;
+      if (current.parts.length === 0) {
+        const cb = current.cb;
+        current = undefined;
+        cb();
+        pump();
+        return;
+      }
     }
     if (frameIn === 0) {
       if (frame >= n) {
@@ -473,8 +488,9 @@ function frameDecoder(frames: FrameList): Decoder {
       if (target.buffer !== t?.buffer) target = undefined; // the decoder's own: handed over in slices
     }
     const len = frames.lengths[frame]!;
-    const take = Math.min(len - frameIn, current.chunk.length - current.from);
-    const slice = current.chunk.subarray(current.from, current.from + take);
+    const part = current.parts[0]!;
+    const take = Math.min(len - frameIn, part.length - current.from);
+    const slice = part.subarray(current.from, current.from + take);
     writing = true;
     const z = stream();
     z.write(slice, (e) => {
@@ -510,7 +526,21 @@ function frameDecoder(frames: FrameList): Decoder {
         return;
       }
       // the caller reuses `chunk` once `cb` ran: it is called only when zstd has consumed all of it
-      current = { chunk, from: 0, cb: () => cb() };
+      current = { parts: [chunk], from: 0, cb: () => cb() };
+      pump();
+    },
+    writev(chunks: Array<{ chunk: Buffer }>, cb) {
+      if (settled || stopped) {
+        cb();
+        return;
+      }
+      const parts: Buffer[] = [];
+      for (const { chunk } of chunks) {
+        const last = parts.at(-1);
+        if (last && last.buffer === chunk.buffer && last.byteOffset + last.length === chunk.byteOffset) parts[parts.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + chunk.length);
+        else parts.push(chunk);
+      }
+      current = { parts, from: 0, cb: () => cb() };
       pump();
     },
     final(cb) {
