@@ -48,6 +48,9 @@ const { accessSync, closeSync, constants: fsc, openSync, unlinkSync } = nodeFs;
  * false pauses the decoder until `resume()`. */
 export type Sink = (piece: Buffer) => boolean;
 
+/** Where the decoder's next output should land (see `Decoder.start`). */
+export type NextBuffer = (whole?: number) => Buffer | undefined;
+
 export interface Decoder {
   /** where compressed bytes go; undefined when the decoder reads the source descriptor itself. */
   input: Writable | undefined;
@@ -55,9 +58,12 @@ export interface Decoder {
    * is still delivered before `done` settles. */
   finishInput(): void;
   /** starts delivering output to `sink`; call once. When `nextBuffer` is given and the decoder can,
-   * each read lands directly in the buffer it returns (zero copy); `sink` then gets a view of it. */
-  start(sink: Sink, nextBuffer?: () => Buffer): void;
-  /** resumes delivery after the sink returned false. */
+   * each read lands directly in the buffer it returns (zero copy); `sink` then gets a view of it.
+   * The frame decoder asks with `whole` (its next frame's output length): the sink returns a buffer
+   * of at least that many bytes, or a shorter one (the frame then decodes into the decoder's own
+   * buffer), or undefined: not now, and calls `resume()` once it can. */
+  start(sink: Sink, nextBuffer?: NextBuffer): void;
+  /** resumes delivery after the sink returned false, or after `nextBuffer` returned undefined. */
   resume(): void;
   /** resolves when all output was delivered and the decoder finished cleanly; rejects with
    * INSTALL_DECOMPRESS when the data was corrupt or truncated. */
@@ -170,6 +176,12 @@ function framesFit(frames: FrameList | undefined): frames is FrameList {
   return true;
 }
 
+/** True when `prepareDecoder` decodes `compression` with the in-process frame decoder (it then asks
+ * the sink for a buffer of a whole chunk per frame: see `Decoder.start`). */
+export function decodesFrames(compression: Compression, opts: Pick<DecoderOptions, 'zstdDecoder' | 'zstdPath' | 'frames'>): boolean {
+  return compression === 'zstd' && framesFit(opts.frames) && zstdDecoderFor(opts, true) === 'frames';
+}
+
 /** True when the decoder for `compression` is a child process that can read a descriptor itself. */
 export function decodesInChild(compression: Compression, opts: Pick<DecoderOptions, 'gzipDecoder' | 'zstdDecoder' | 'zstdPath' | 'frames'>): boolean {
   if (compression === 'none') return false;
@@ -191,7 +203,7 @@ export interface PreparedDecoder {
  * source so that nothing awaits between opening the source and consuming it. */
 export async function prepareDecoder(compression: Compression, opts: Omit<DecoderOptions, 'stdinFd'>): Promise<PreparedDecoder> {
   if (decodesInChild(compression, opts)) return prepareZstd(opts);
-  const frames = compression === 'zstd' && framesFit(opts.frames) && zstdDecoderFor(opts, true) === 'frames' ? opts.frames : undefined;
+  const frames = decodesFrames(compression, opts) ? opts.frames : undefined;
   let used = false;
   return {
     start() {
@@ -378,7 +390,9 @@ function frameDecoder(frames: FrameList): Decoder {
   let settled = false;
   let paused = false;
   let sink: Sink | undefined;
-  let nextBuffer: (() => Buffer) | undefined;
+  let nextBuffer: NextBuffer | undefined;
+  /** `nextBuffer` said "not now" for the next frame: it resumes us */
+  let waitingTarget = false;
   const idleWaiters: Array<() => void> = [];
   const { promise: done, resolve: resolveDone, reject: rejectDone } = settledLater();
   let s: ReturnType<ZstdDecompressFactory> | undefined;
@@ -476,7 +490,11 @@ function frameDecoder(frames: FrameList): Decoder {
       if (paused || out.length > 0) return;
       want = frames.outLength(frame);
       got = 0;
-      const t = nextBuffer?.();
+      const t = nextBuffer?.(want);
+      if (nextBuffer !== undefined && t === undefined) {
+        waitingTarget = true;
+        return;
+      }
       target = t !== undefined && t.length >= want ? t.subarray(0, want) : (own ??= Buffer.allocUnsafeSlow(maxOut)).subarray(0, want);
       const z = stream() as unknown as ZlibOut;
       // lend the buffer as the stream's output for the whole frame (node:zlib internals, see above)
@@ -560,8 +578,9 @@ function frameDecoder(frames: FrameList): Decoder {
       pump();
     },
     resume() {
-      if (!paused) return;
+      if (!paused && !waitingTarget) return;
       paused = false;
+      waitingTarget = false;
       deliver();
       pump();
     },
@@ -655,7 +674,7 @@ function startZstd(opts: Omit<DecoderOptions, 'stdinFd'>, readFd: number, wfd: n
         fd: rfd,
         readable: true,
         writable: false,
-        onread: { buffer: nextBuffer ?? (readBuf ??= Buffer.allocUnsafeSlow(BUF)), callback: (n, b) => sink(b.subarray(0, n)) },
+        onread: { buffer: nextBuffer ? () => nextBuffer() ?? (readBuf ??= Buffer.allocUnsafeSlow(BUF)) : (readBuf ??= Buffer.allocUnsafeSlow(BUF)), callback: (n, b) => sink(b.subarray(0, n)) },
       };
       sock = new net.Socket(sockOpts);
       sock.on('end', endResolve);
