@@ -2,11 +2,12 @@
  * Decompressors for one transfer: compressed bytes in, image bytes out through a push callback.
  *
  * zstd, when the caller knows the transfer's frames (the installer: one frame per chunk, from the
- * chunk index), is decoded frame by frame in-process (`frameDecoder`, 'frames'): each complete frame
- * in one pass on the thread pool, straight into the buffer the installer offers when that holds the
- * whole chunk (chunks up to its piece size), else into one buffer of the decoder's own that the
- * installer copies from in slices; the next frame decodes while the main thread hashes the current
- * one. This is the default ('auto') wherever Node has a built-in zstd (Node 22.15+, 24, 26); no child
+ * chunk index), is decoded frame by frame in-process (`frameDecoder`, 'frames') on one stream on the
+ * thread pool, fed the compressed bytes as they arrive, each frame straight into a buffer the
+ * installer offers for the whole chunk (a piece, or a region of contiguous pieces; else one buffer of
+ * the decoder's own that the installer copies from in slices); output is handed on as it is decoded,
+ * so the main thread hashes one slice while the pool decodes the next. This is the default ('auto')
+ * wherever Node has a built-in zstd (Node 22.15+, 24, 26); no child
  * process, no pipe (the CLI's pipes copied every image byte twice). Figures: see the commit that made
  * it the default (issue 24). `zstdDecoder: 'cli'` keeps the CLI.
  * Without known frames (or a frame past zstd's bound for its chunk) zstd runs as the `zstd` CLI (argv
@@ -346,9 +347,10 @@ interface ZlibOut {
  * frame ends), on the thread pool. The compressed bytes go to zstd as they arrive, straight from the
  * caller's input buffers (the installer's ring), cut at frame boundaries: no frame is gathered in a
  * buffer of its own first. Each frame's output lands in one buffer lent to the stream for the whole
- * frame: the sink's next buffer when that holds the whole chunk (chunks up to its piece size: zero
- * copy), else one buffer of the decoder's own (chunk-sized, allocated at first use), whose bytes the
- * sink copies in slices. Output reaches the sink as it is decoded, so the main thread hashes one
+ * frame: the sink's next buffer when that holds the whole chunk (the installer's piece, or a region
+ * of its contiguous pieces: zero copy; the sink may also say "not now" and resume the decoder once it
+ * has one), else one buffer of the decoder's own (chunk-sized, allocated at first use), whose bytes
+ * the sink copies in slices. Output reaches the sink as it is decoded, so the main thread hashes one
  * slice while the pool decodes the next. No child process, no pipe: the CLI's pipes copied every
  * image byte twice and woke both processes per 64 KiB.
  *

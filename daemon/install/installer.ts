@@ -44,7 +44,10 @@
  * one page-aligned buffer. Only https and chunked responses still come through node:http. A chunk is
  * assembled, verified and written in pieces of 1 MiB (PIECE) from a pool of one chunk's pieces plus
  * two: each piece returns to the pool when its own write completed, so the next chunk fills behind
- * the last one's writes; 6 MiB for 4 MiB chunks, where three whole chunk buffers took 12 MiB.
+ * the last one's writes; 6 MiB for 4 MiB chunks, where three whole chunk buffers took 12 MiB. With
+ * the in-process zstd frame decoder the pool holds two chunks' pieces instead (8 MiB), as two regions
+ * of contiguous pieces a frame decodes into whole: that replaced the decoder's own 4 MiB buffer and
+ * the copy from it (issue 16/24).
  *
  * Writes: the chunk pieces are cut from one page-aligned block (hal/aligned.ts), so hal's file and
  * device slots write them with O_DIRECT (hal/file-slot.ts): the verified buffer goes to the medium
@@ -54,9 +57,8 @@
  * flush points, the resume hint and the read-back are unchanged: a direct write is not durable before
  * the fsync either (the device's write cache), and the hint claims only flushed chunks.
  *
- * Concurrency: zstd decompresses frame by frame on libuv's thread pool (decode.ts: into a buffer of
- * its own, handed over in slices, since a chunk's pieces are not one contiguous buffer), or in its
- * own process (the CLI, where Node has no built-in zstd or the frames are unknown); the main thread
+ * Concurrency: zstd decompresses frame by frame on libuv's thread pool (decode.ts: each frame into
+ * the chunk's region of contiguous pieces, see `#readTarget`), or in its own process (the CLI, where Node has no built-in zstd or the frames are unknown); the main thread
  * hashes chunks (SHA-256) and the read-back's whole-image SHA-256; writes, fsyncs and the read-back's
  * O_DIRECT reads run on libuv's thread pool. The read-back (hasher.ts) runs on this thread: a worker thread of its own
  * (read-back-thread.ts, `readBackThread`) took its SHA-256 off the main thread but is one more V8
@@ -162,7 +164,8 @@ export interface InstallOptions {
   flushEveryBytes?: number;
   /** pieces in the buffer pool (see PIECE): a chunk is assembled in pieces of up to 1 MiB and each
    * piece goes back to the pool as soon as its own write completed. Default: one chunk's pieces plus
-   * SLACK_PIECES (4 MiB chunks: 4 + 2 pieces, 6 MiB); at least one chunk's pieces. Memory ≈ pool ×
+   * SLACK_PIECES (4 MiB chunks: 4 + 2 pieces, 6 MiB), or two chunks' pieces with the in-process zstd
+   * frame decoder and chunks of several pieces (two regions, 8 MiB); at least one chunk's pieces. Memory ≈ pool ×
    * piece, plus 0.75 MiB of carry and scratch buffers, the 1 MiB ring of compressed input queued for
    * the decoder and the read-back's 1 MiB buffer. */
   buffers?: number;

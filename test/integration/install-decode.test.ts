@@ -84,6 +84,39 @@ t.test('frames: a frame decodes straight into the buffer the sink offers when th
   t.same(inPlace, [FRAME, 0, FRAME], 'frames 0 and 2 landed whole in the offered buffers (no copy), frame 1 (offered too little) did not');
 });
 
+t.test('frames: a sink that has no buffer for the next frame yet says so (undefined) and resumes the decoder later; nothing is lost or decoded elsewhere', { skip: zstdFrames ? false : `node ${process.version} has no built-in zstd` }, async (t) => {
+  const dec = await startDecoder('zstd', { zstdDecoder: 'frames', fifoDir: t.testdir(), frames: frameList });
+  const buf = Buffer.alloc(FRAME);
+  let total = 0;
+  let inPlace = 0;
+  let refused = 0;
+  const parts: Buffer[] = [];
+  dec.start(
+    (piece) => {
+      if (piece.buffer === buf.buffer && piece.byteOffset === total % FRAME) inPlace += piece.length;
+      parts.push(Buffer.from(piece));
+      total += piece.length;
+      return true;
+    },
+    (whole) => {
+      t.equal(whole, FRAME, 'asked for a whole chunk');
+      // every frame is refused once: the decoder waits until resumed
+      if (refused <= Math.floor(total / FRAME)) {
+        refused++;
+        setTimeout(() => dec.resume(), 5);
+        return undefined;
+      }
+      return buf;
+    },
+  );
+  dec.input!.write(payload);
+  dec.finishInput();
+  await dec.done;
+  t.ok(Buffer.concat(parts).equals(image), 'the image, in order');
+  t.equal(refused, 3, 'each frame waited once');
+  t.equal(inPlace, image.length, 'every frame decoded into the buffer given after the wait (none into the decoder\'s own)');
+});
+
 t.test('frames: a frame that decodes to more than its chunk fails with INSTALL_DECOMPRESS after the frames before it', { skip: zstdFrames ? false : `node ${process.version} has no built-in zstd` }, async (t) => {
   const short: FrameList = { lengths: frameList.lengths, outLength: (i) => (i === 1 ? FRAME - 1 : FRAME) };
   const { out, err } = await decode(payload, { zstdDecoder: 'frames', fifoDir: t.testdir(), frames: short });
