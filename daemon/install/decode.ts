@@ -497,7 +497,11 @@ function frameDecoder(frames: FrameList): Decoder {
         waitingTarget = true;
         return;
       }
-      target = t !== undefined && t.length >= want ? t.subarray(0, want) : (own ??= Buffer.allocUnsafeSlow(maxOut)).subarray(0, want);
+      // one byte more than the chunk where the buffer has it (the sink's guard, the decoder's own): a
+      // frame that fills its chunk then leaves room, and node:zlib does not go back to the pool once
+      // more to look for further output (a second round trip per frame, queued behind the slot's
+      // I/O); a byte past the chunk fails the frame (see 'data')
+      target = t !== undefined && t.length >= want ? t.subarray(0, Math.min(t.length, want + 1)) : (own ??= Buffer.allocUnsafeSlow(maxOut + 1)).subarray(0, want + 1);
       const z = stream() as unknown as ZlibOut;
       // lend the buffer as the stream's output for the whole frame (node:zlib internals, see above)
       if (Buffer.isBuffer(z._outBuffer) && typeof z._outOffset === 'number' && typeof z._chunkSize === 'number') {
