@@ -318,6 +318,17 @@ function streamDecoder(s: Writable & Readable, compression: Compression): Decode
   };
 }
 
+/** compressed bytes go to zstd in calls of up to this (two such staging buffers; see frameDecoder):
+ * one call per 64 KiB socket read cost ~0.4 s more thread-pool CPU per GiB than whole frames did */
+const STAGE = 512 << 10;
+
+interface Stage {
+  buf: Buffer;
+  len: number;
+  /** holds the last bytes of its frame */
+  endsFrame: boolean;
+}
+
 /** output a frame decoded into the decoder's own buffer reaches the sink in slices of at most this
  * (the installer's carry then holds at most one slice when it has no free chunk buffer). */
 const SLICE = 256 << 10;
@@ -344,9 +355,9 @@ interface ZlibOut {
 
 /**
  * zstd in-process, one frame after another on ONE reused stream (the chunk index says where each
- * frame ends), on the thread pool. The compressed bytes go to zstd as they arrive, straight from the
- * caller's input buffers (the installer's ring), cut at frame boundaries: no frame is gathered in a
- * buffer of its own first. Each frame's output lands in one buffer lent to the stream for the whole
+ * frame ends), on the thread pool. The compressed bytes go to zstd as they arrive, gathered in two
+ * staging buffers of 512 KiB (STAGE: zstd decodes one while the other fills), cut at frame
+ * boundaries: no frame is gathered whole first. Each frame's output lands in one buffer lent to the stream for the whole
  * frame: the sink's next buffer when that holds the whole chunk (the installer's piece, or a region
  * of its contiguous pieces: zero copy; the sink may also say "not now" and resume the decoder once it
  * has one), else one buffer of the decoder's own (chunk-sized, allocated at first use), whose bytes
@@ -357,7 +368,7 @@ interface ZlibOut {
  * Why streaming and not one pass per whole frame: the payload's frames (release add, the zstd CLI
  * reading a pipe) carry no content size, so zstd decodes them through its window buffer (2 MiB at
  * the default level) whichever way they are fed; gathering a whole frame first only added two
- * frame-sized input buffers (2 x 3.6 MiB for the bench image) and a copy. Issue 16/24: see the commit.
+ * frame-sized input buffers (2 x 3.6 MiB for the bench image). Issue 16/24: see the commits.
  *
  * Lending the buffer uses node:zlib's stream internals (`_outBuffer`, `_outOffset`, `_chunkSize`:
  * unchanged from Node 12 to 26), set only between writes (no write in flight); where they differ,
@@ -382,10 +393,50 @@ function frameDecoder(frames: FrameList): Decoder {
   let got = 0;
   let want = 0;
   let target: Buffer | undefined;
-  /** the input being fed to zstd: the pieces of one write (or of several queued meanwhile, `writev`:
-   * pieces adjacent in memory, e.g. in the installer's ring, joined, so one zstd call takes them all) */
-  let current: { parts: Buffer[]; from: number; cb: () => void } | undefined;
+  /** compressed bytes are gathered in two staging buffers (STAGE): zstd decodes one while the other
+   * fills; a stage holds bytes of one frame only and goes to zstd when full or when its frame ends */
+  const stages: Stage[] = [];
+  /** the stage being filled, and the stages full or ending a frame, oldest first */
+  let filling: Stage | undefined;
+  const ready: Stage[] = [];
+  /** the frame the next input byte belongs to, and how many of its bytes came in */
+  let inFrame = 0;
+  let inFrameBytes = 0;
+  /** an input write not yet all copied into a stage (both were busy): its callback waits */
+  let waitingWrite: { chunk: Buffer; from: number; cb: () => void } | undefined;
   let delivering = false;
+
+  /** copies input from `chunk[from..]` into stages; returns how far it got (short: no free stage) */
+  const takeInput = (chunk: Buffer, from: number): number => {
+    let p = from;
+    while (p < chunk.length) {
+      if (inFrame >= n) {
+        settle(new SlotflipError('INSTALL_DECOMPRESS', `zstd: more compressed bytes than the ${n} frames the chunk index lists`, { retryable: true }));
+        return chunk.length;
+      }
+      if (!filling) {
+        filling = stages.find((g) => g.len === 0 && !ready.includes(g) && g !== writingStage);
+        if (!filling && stages.length < 2) stages.push((filling = { buf: Buffer.allocUnsafeSlow(STAGE), len: 0, endsFrame: false }));
+        if (!filling) return p;
+      }
+      const take = Math.min(frames.lengths[inFrame]! - inFrameBytes, STAGE - filling.len, chunk.length - p);
+      chunk.copy(filling.buf, filling.len, p, p + take);
+      filling.len += take;
+      inFrameBytes += take;
+      p += take;
+      if (inFrameBytes === frames.lengths[inFrame]) {
+        filling.endsFrame = true;
+        inFrame++;
+        inFrameBytes = 0;
+      }
+      if (filling.endsFrame || filling.len === STAGE) {
+        ready.push(filling);
+        filling = undefined;
+      }
+    }
+    return p;
+  };
+  let writingStage: Stage | undefined;
   let writing = false;
   let inputEnded = false;
   let stopped = false;
@@ -463,30 +514,31 @@ function frameDecoder(frames: FrameList): Decoder {
   /** feeds zstd the next slice of input (one write at a time), starting a frame when everything
    * before it was delivered */
   function pump(): void {
-    if (settled || stopped || writing || !sink) return;
-    if (!current) {
-      if (inputEnded && out.length === 0) {
+    if (settled) return;
+    if (waitingWrite) {
+      const w = waitingWrite;
+      const p = takeInput(w.chunk, w.from);
+      if (p < w.chunk.length) w.from = p;
+      else {
+        waitingWrite = undefined;
+        w.cb();
+      }
+    }
+    if (stopped || writing || !sink) return;
+    // input ended inside a stage that neither filled nor ended its frame: what came goes to zstd
+    if (inputEnded && !waitingWrite && filling && filling.len > 0) {
+      ready.push(filling);
+      filling = undefined;
+    }
+    const stage = ready[0];
+    if (!stage) {
+      if (inputEnded && !waitingWrite && out.length === 0) {
         if (frameIn > 0) settle(new SlotflipError('INSTALL_DECOMPRESS', `zstd: payload data is truncated inside frame ${frame} (${frameIn} of ${frames.lengths[frame] ?? 0} bytes)`, { retryable: true }));
         else settle();
       }
       return;
     }
-    if (current.from === current.parts[0]!.length) {
-      current.parts.shift();
-      current.from = 0;
-      if (current.parts.length === 0) {
-        const cb = current.cb;
-        current = undefined;
-        cb();
-        pump();
-        return;
-      }
-    }
     if (frameIn === 0) {
-      if (frame >= n) {
-        settle(new SlotflipError('INSTALL_DECOMPRESS', `zstd: more compressed bytes than the ${n} frames the chunk index lists`, { retryable: true }));
-        return;
-      }
       // a frame starts once the one before was delivered: its output buffer (the sink's next one, or
       // the decoder's own) is free then
       if (paused || out.length > 0) return;
@@ -512,12 +564,12 @@ function frameDecoder(frames: FrameList): Decoder {
       if (target.buffer !== t?.buffer) target = undefined; // the decoder's own: handed over in slices
     }
     const len = frames.lengths[frame]!;
-    const part = current.parts[0]!;
-    const take = Math.min(len - frameIn, part.length - current.from);
-    const slice = part.subarray(current.from, current.from + take);
+    const take = stage.len;
+    ready.shift();
     writing = true;
+    writingStage = stage;
     const z = stream();
-    z.write(slice, (e) => {
+    z.write(stage.buf.subarray(0, take), (e) => {
       writing = false;
       if (e) settle(new SlotflipError('INSTALL_DECOMPRESS', 'zstd: payload data is corrupt', { cause: e, retryable: true }));
       if (settled) {
@@ -526,7 +578,10 @@ function frameDecoder(frames: FrameList): Decoder {
         return;
       }
       for (const w of idleWaiters.splice(0)) w();
-      current!.from += take;
+      // the stage is free again (not while zstd may still read it: see `settled` above)
+      stage.len = 0;
+      stage.endsFrame = false;
+      writingStage = undefined;
       frameIn += take;
       if (frameIn === len) {
         // the frame's input is all decoded: it must have yielded its whole chunk
@@ -549,22 +604,10 @@ function frameDecoder(frames: FrameList): Decoder {
         cb();
         return;
       }
-      // the caller reuses `chunk` once `cb` ran: it is called only when zstd has consumed all of it
-      current = { parts: [chunk], from: 0, cb: () => cb() };
-      pump();
-    },
-    writev(chunks: Array<{ chunk: Buffer }>, cb) {
-      if (settled || stopped) {
-        cb();
-        return;
-      }
-      const parts: Buffer[] = [];
-      for (const { chunk } of chunks) {
-        const last = parts.at(-1);
-        if (last && last.buffer === chunk.buffer && last.byteOffset + last.length === chunk.byteOffset) parts[parts.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + chunk.length);
-        else parts.push(chunk);
-      }
-      current = { parts, from: 0, cb: () => cb() };
+      // copied into a stage: the caller may reuse `chunk` once `cb` ran
+      const p = takeInput(chunk, 0);
+      if (p < chunk.length) waitingWrite = { chunk, from: p, cb: () => cb() };
+      else cb();
       pump();
     },
     final(cb) {
@@ -596,7 +639,7 @@ function frameDecoder(frames: FrameList): Decoder {
       stopped = true;
       // a write in flight finishes on its own (its output is dropped): see idle()
       settle(new SlotflipError('INSTALL_DECOMPRESS', 'zstd: stopped', { retryable: true }));
-      current = undefined;
+      waitingWrite = undefined;
       input.destroy();
     },
     idle: () => (!writing ? Promise.resolve() : new Promise<void>((resolve) => idleWaiters.push(resolve))),
