@@ -89,6 +89,10 @@ export interface ComposeOverrides {
   store?: StateStore;
   /** download progress of the installer (the CLI's progress bar, the demo). */
   onInstallProgress?: (p: InstallProgress) => void;
+  /** called once per full install, after the TUF refresh, preflight, mark-bad and the delta decision
+   * and before the payload streams: a memory-reducing GC (footprint.ts `reclaimHeap`) returns what
+   * those left on the heap before the install's buffers come on top (its peak RSS, issue 16/24). */
+  reclaim?: () => void;
   /** the per-cycle state lock; default `<stateDir>/lock` taken for each `runOnce`. `null`: none,
    * because the caller holds the lock for its whole life (the daemon, see UpdateService). */
   lock?: (() => Promise<() => Promise<void>>) | null;
@@ -273,6 +277,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
         readBackDone = { slotPath: slot.path, imageSha256: viaDelta.readBackSha256 };
         return viaDelta.stats;
       }
+      o.reclaim?.();
       const r = await installPayload({ payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, readBack, budget, ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), logger: log.child({ module: 'daemon.install' }), now,
         ...(typeof release.hashes['sha256'] === 'string' ? { targetSha256: release.hashes['sha256'] } : {}) });
       readBackDone = { slotPath: slot.path, imageSha256: r.readBackSha256 };

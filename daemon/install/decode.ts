@@ -2,11 +2,12 @@
  * Decompressors for one transfer: compressed bytes in, image bytes out through a push callback.
  *
  * zstd, when the caller knows the transfer's frames (the installer: one frame per chunk, from the
- * chunk index), is decoded frame by frame in-process (`frameDecoder`, 'frames'): each complete frame
- * in one pass on the thread pool, straight into the buffer the installer offers when that holds the
- * whole chunk (chunks up to its piece size), else into one buffer of the decoder's own that the
- * installer copies from in slices; the next frame decodes while the main thread hashes the current
- * one. This is the default ('auto') wherever Node has a built-in zstd (Node 22.15+, 24, 26); no child
+ * chunk index), is decoded frame by frame in-process (`frameDecoder`, 'frames') on one stream on the
+ * thread pool, fed the compressed bytes as they arrive, each frame straight into a buffer the
+ * installer offers for the whole chunk (a piece, or a region of contiguous pieces; else one buffer of
+ * the decoder's own that the installer copies from in slices); output is handed on as it is decoded,
+ * so the main thread hashes one slice while the pool decodes the next. This is the default ('auto')
+ * wherever Node has a built-in zstd (Node 22.15+, 24, 26); no child
  * process, no pipe (the CLI's pipes copied every image byte twice). Figures: see the commit that made
  * it the default (issue 24). `zstdDecoder: 'cli'` keeps the CLI.
  * Without known frames (or a frame past zstd's bound for its chunk) zstd runs as the `zstd` CLI (argv
@@ -48,6 +49,9 @@ const { accessSync, closeSync, constants: fsc, openSync, unlinkSync } = nodeFs;
  * false pauses the decoder until `resume()`. */
 export type Sink = (piece: Buffer) => boolean;
 
+/** Where the decoder's next output should land (see `Decoder.start`). */
+export type NextBuffer = (whole?: number) => Buffer | undefined;
+
 export interface Decoder {
   /** where compressed bytes go; undefined when the decoder reads the source descriptor itself. */
   input: Writable | undefined;
@@ -55,9 +59,12 @@ export interface Decoder {
    * is still delivered before `done` settles. */
   finishInput(): void;
   /** starts delivering output to `sink`; call once. When `nextBuffer` is given and the decoder can,
-   * each read lands directly in the buffer it returns (zero copy); `sink` then gets a view of it. */
-  start(sink: Sink, nextBuffer?: () => Buffer): void;
-  /** resumes delivery after the sink returned false. */
+   * each read lands directly in the buffer it returns (zero copy); `sink` then gets a view of it.
+   * The frame decoder asks with `whole` (its next frame's output length): the sink returns a buffer
+   * of at least that many bytes, or a shorter one (the frame then decodes into the decoder's own
+   * buffer), or undefined: not now, and calls `resume()` once it can. */
+  start(sink: Sink, nextBuffer?: NextBuffer): void;
+  /** resumes delivery after the sink returned false, or after `nextBuffer` returned undefined. */
   resume(): void;
   /** resolves when all output was delivered and the decoder finished cleanly; rejects with
    * INSTALL_DECOMPRESS when the data was corrupt or truncated. */
@@ -170,6 +177,12 @@ function framesFit(frames: FrameList | undefined): frames is FrameList {
   return true;
 }
 
+/** True when `prepareDecoder` decodes `compression` with the in-process frame decoder (it then asks
+ * the sink for a buffer of a whole chunk per frame: see `Decoder.start`). */
+export function decodesFrames(compression: Compression, opts: Pick<DecoderOptions, 'zstdDecoder' | 'zstdPath' | 'frames'>): boolean {
+  return compression === 'zstd' && framesFit(opts.frames) && zstdDecoderFor(opts, true) === 'frames';
+}
+
 /** True when the decoder for `compression` is a child process that can read a descriptor itself. */
 export function decodesInChild(compression: Compression, opts: Pick<DecoderOptions, 'gzipDecoder' | 'zstdDecoder' | 'zstdPath' | 'frames'>): boolean {
   if (compression === 'none') return false;
@@ -191,7 +204,7 @@ export interface PreparedDecoder {
  * source so that nothing awaits between opening the source and consuming it. */
 export async function prepareDecoder(compression: Compression, opts: Omit<DecoderOptions, 'stdinFd'>): Promise<PreparedDecoder> {
   if (decodesInChild(compression, opts)) return prepareZstd(opts);
-  const frames = compression === 'zstd' && framesFit(opts.frames) && zstdDecoderFor(opts, true) === 'frames' ? opts.frames : undefined;
+  const frames = decodesFrames(compression, opts) ? opts.frames : undefined;
   let used = false;
   return {
     start() {
@@ -305,27 +318,20 @@ function streamDecoder(s: Writable & Readable, compression: Compression): Decode
   };
 }
 
-/** frames decoding at once on the thread pool (the main thread hashes the previous one meanwhile).
- * One: cli-bench A/B in one run (1 GiB, load 8-11) gave wall 1.06x the CLI decoder's with one, 1.3-1.9x
- * with two (the second decodes into the decoder's own buffer, which the sink then copies and waits
- * behind the chunk writes), at the same CPU. */
-const FRAMES_IN_FLIGHT = 1;
-/** a frame decoded into the decoder's own buffer reaches the sink in slices of at most this (the
- * installer's carry then holds at most one slice when it has no free chunk buffer). */
-const SLICE = 256 << 10;
+/** compressed bytes go to zstd in calls of up to this (two such staging buffers; see frameDecoder):
+ * one call per 64 KiB socket read cost ~0.4 s more thread-pool CPU per GiB than whole frames did */
+const STAGE = 512 << 10;
 
-interface FrameJob {
-  /** frame number within the transfer */
-  k: number;
-  input: Buffer;
+interface Stage {
+  buf: Buffer;
   len: number;
-  state: 'ready' | 'decoding' | 'done' | 'failed';
-  /** where it decodes to: the sink's next buffer (in place) or the decoder's own */
-  target: Buffer | undefined;
-  own: boolean;
-  pieces: Buffer[];
-  error?: SlotflipError;
+  /** holds the last bytes of its frame */
+  endsFrame: boolean;
 }
+
+/** output a frame decoded into the decoder's own buffer reaches the sink in slices of at most this
+ * (the installer's carry then holds at most one slice when it has no free chunk buffer). */
+const SLICE = 256 << 10;
 
 /** A promise settled from outside (Promise.withResolvers, Node >= 22, is not in the ES2023 lib this
  * builds against); a rejection nobody awaits yet is not an unhandled one. */
@@ -348,225 +354,165 @@ interface ZlibOut {
 }
 
 /**
- * zstd in-process, one frame at a time (the chunk index says where each frame ends). A complete frame
- * with its content size decodes in one pass (zstd's single-pass path: no window buffer, no internal
- * copy) on the thread pool, straight into the sink's next chunk buffer when it offers one whole (zero
- * copy), else into one buffer of its own (handed over in slices: one copy). One frame decodes at a time
- * beside the main thread's hashing (FRAMES_IN_FLIGHT; two at once cost 1.3-1.9x wall under load),
- * results are delivered in order. No child process, no pipe: the CLI's pipes copied
- * every image byte twice and woke both processes per 64 KiB.
+ * zstd in-process, one frame after another on ONE reused stream (the chunk index says where each
+ * frame ends), on the thread pool. The compressed bytes go to zstd as they arrive, gathered in two
+ * staging buffers of 512 KiB (STAGE: zstd decodes one while the other fills), cut at frame
+ * boundaries: no frame is gathered whole first. Each frame's output lands in one buffer lent to the stream for the whole
+ * frame: the sink's next buffer when that holds the whole chunk (the installer's piece, or a region
+ * of its contiguous pieces: zero copy; the sink may also say "not now" and resume the decoder once it
+ * has one), else one buffer of the decoder's own (chunk-sized, allocated at first use), whose bytes
+ * the sink copies in slices. Output reaches the sink as it is decoded, so the main thread hashes one
+ * slice while the pool decodes the next. No child process, no pipe: the CLI's pipes copied every
+ * image byte twice and woke both processes per 64 KiB.
+ *
+ * Why streaming and not one pass per whole frame: the payload's frames (release add, the zstd CLI
+ * reading a pipe) carry no content size, so zstd decodes them through its window buffer (2 MiB at
+ * the default level) whichever way they are fed; gathering a whole frame first only added two
+ * frame-sized input buffers (2 x 3.6 MiB for the bench image). Issue 16/24: see the commits.
  *
  * Lending the buffer uses node:zlib's stream internals (`_outBuffer`, `_outOffset`, `_chunkSize`:
- * unchanged from Node 12 to 26); where they differ, Node's own output buffers arrive instead and the
- * sink copies them: slower, never wrong (what reaches the sink is whatever zstd decoded, and the
- * installer verifies every chunk). One frame per write on reused streams (lanes, below), so Node 22's
- * built-in zstd, which stops after one frame of one input, works too.
+ * unchanged from Node 12 to 26), set only between writes (no write in flight); where they differ,
+ * Node's own output buffers arrive instead and the sink copies them: slower, never wrong (what
+ * reaches the sink is whatever zstd decoded, and the installer verifies every chunk). A write never
+ * spans two frames, so Node 22's built-in zstd, which stops after the first frame of ONE input,
+ * decodes frame after frame as well. A frame that yields more than its chunk fails the transfer at
+ * once (INSTALL_DECOMPRESS), one that yields less when its last byte was decoded too, before any
+ * later frame's input goes in.
  */
 function frameDecoder(frames: FrameList): Decoder {
   const n = frames.lengths.length;
-  let maxIn = 0;
   let maxOut = 0;
-  for (let i = 0; i < n; i++) {
-    maxIn = Math.max(maxIn, frames.lengths[i]!);
-    maxOut = Math.max(maxOut, frames.outLength(i));
-  }
-  const freeIn: Buffer[] = [];
-  let inCount = 0;
+  for (let i = 0; i < n; i++) maxOut = Math.max(maxOut, frames.outLength(i));
   let own: Buffer | undefined;
-  let ownBusy = false;
-  /** frames accumulated, decoding or decoded, not yet delivered; in order */
-  const jobs: FrameJob[] = [];
-  let filling: { buf: Buffer; fill: number } | undefined;
-  let nextFrame = 0;
-  let inputEnded = false;
-  let stopped = false;
-  let settled = false;
-  let paused = false;
-  let inFlight = 0;
-  let sink: Sink | undefined;
-  let nextBuffer: (() => Buffer) | undefined;
+  /** decoded bytes not yet taken by the sink, in order (views of the lent buffer) */
+  const out: Buffer[] = [];
+  /** the frame the next compressed byte belongs to, and how many of its bytes went to zstd */
+  let frame = 0;
+  let frameIn = 0;
+  /** what the frame being decoded yielded so far, and its chunk's length */
+  let got = 0;
+  let want = 0;
+  let target: Buffer | undefined;
+  /** compressed bytes are gathered in two staging buffers (STAGE): zstd decodes one while the other
+   * fills; a stage holds bytes of one frame only and goes to zstd when full or when its frame ends */
+  const stages: Stage[] = [];
+  /** the stage being filled, and the stages full or ending a frame, oldest first */
+  let filling: Stage | undefined;
+  const ready: Stage[] = [];
+  /** the frame the next input byte belongs to, and how many of its bytes came in */
+  let inFrame = 0;
+  let inFrameBytes = 0;
+  /** an input write not yet all copied into a stage (both were busy): its callback waits */
   let waitingWrite: { chunk: Buffer; from: number; cb: () => void } | undefined;
-  const idleWaiters: Array<() => void> = [];
-  const { promise: done, resolve: resolveDone, reject: rejectDone } = settledLater();
-  const settle = (e?: SlotflipError): void => {
-    if (settled) return;
-    settled = true;
-    closeLanes();
-    if (e) rejectDone(e);
-    else resolveDone();
-  };
+  let delivering = false;
 
-  /** copies input from `chunk[from..]` into frame buffers; returns how far it got (short: no free one) */
+  /** copies input from `chunk[from..]` into stages; returns how far it got (short: no free stage) */
   const takeInput = (chunk: Buffer, from: number): number => {
     let p = from;
     while (p < chunk.length) {
-      if (nextFrame >= n) {
+      if (inFrame >= n) {
         settle(new SlotflipError('INSTALL_DECOMPRESS', `zstd: more compressed bytes than the ${n} frames the chunk index lists`, { retryable: true }));
         return chunk.length;
       }
       if (!filling) {
-        let b = freeIn.pop();
-        if (!b && inCount <= FRAMES_IN_FLIGHT) {
-          inCount++;
-          b = Buffer.allocUnsafeSlow(maxIn);
-        }
-        if (!b) return p;
-        filling = { buf: b, fill: 0 };
+        filling = stages.find((g) => g.len === 0 && !ready.includes(g) && g !== writingStage);
+        if (!filling && stages.length < 2) stages.push((filling = { buf: Buffer.allocUnsafeSlow(STAGE), len: 0, endsFrame: false }));
+        if (!filling) return p;
       }
-      const want = frames.lengths[nextFrame]!;
-      const take = Math.min(want - filling.fill, chunk.length - p);
-      chunk.copy(filling.buf, filling.fill, p, p + take);
-      filling.fill += take;
+      const take = Math.min(frames.lengths[inFrame]! - inFrameBytes, STAGE - filling.len, chunk.length - p);
+      chunk.copy(filling.buf, filling.len, p, p + take);
+      filling.len += take;
+      inFrameBytes += take;
       p += take;
-      if (filling.fill === want) {
-        jobs.push({ k: nextFrame, input: filling.buf, len: want, state: 'ready', target: undefined, own: false, pieces: [] });
-        nextFrame++;
+      if (inFrameBytes === frames.lengths[inFrame]) {
+        filling.endsFrame = true;
+        inFrame++;
+        inFrameBytes = 0;
+      }
+      if (filling.endsFrame || filling.len === STAGE) {
+        ready.push(filling);
         filling = undefined;
       }
     }
     return p;
   };
+  let writingStage: Stage | undefined;
+  let writing = false;
+  let inputEnded = false;
+  let stopped = false;
+  let settled = false;
+  let paused = false;
+  let sink: Sink | undefined;
+  let nextBuffer: NextBuffer | undefined;
+  /** `nextBuffer` said "not now" for the next frame: it resumes us */
+  let waitingTarget = false;
+  const idleWaiters: Array<() => void> = [];
+  const { promise: done, resolve: resolveDone, reject: rejectDone } = settledLater();
+  let s: ReturnType<ZstdDecompressFactory> | undefined;
 
-  const finishJob = (j: FrameJob, e?: SlotflipError): void => {
-    if (j.state !== 'decoding') {
-      // its output was complete and handed on already (see the lane's 'data'); what failed after it
-      // (bytes past the frame's end) still fails the transfer
-      if (e && j.state === 'done') {
-        if (jobs.includes(j)) {
-          j.state = 'failed';
-          j.error = e;
+  const closeStream = (): void => {
+    // a write still on the pool ends first (its buffers are in use until then): see the write's callback
+    if (!writing && s) {
+      s.destroy();
+      s = undefined;
+    }
+  };
+  const settle = (e?: SlotflipError): void => {
+    if (settled) return;
+    settled = true;
+    closeStream();
+    if (e) rejectDone(e);
+    else resolveDone();
+  };
+
+  const stream = (): ReturnType<ZstdDecompressFactory> => {
+    if (s) return s;
+    const z = createZstdDecompress!({ chunkSize: 64 });
+    z.on('data', (d: Buffer) => {
+      if (settled) return;
+      got += d.length;
+      if (got > want) {
+        settle(new SlotflipError('INSTALL_DECOMPRESS', `zstd: frame ${frame} decodes to more than its chunk's ${want} bytes`, { retryable: true }));
+        return;
+      }
+      // the lent buffer is full: whatever follows (nothing, for a well-formed frame) comes in small
+      // ones (node:zlib allocates a new output buffer of _chunkSize after a full one)
+      if (got === want) (z as unknown as ZlibOut)._chunkSize = 64;
+      out.push(d);
+      // handed on after this callback: the write's own callback (next, in the same turn) gives zstd
+      // the next input first, so the pool decodes while this thread hashes
+      if (!delivering) {
+        delivering = true;
+        process.nextTick(() => {
+          delivering = false;
+          deliver();
           pump();
-        } else settle(e);
-      }
-      return;
-    }
-    inFlight--;
-    j.state = e ? 'failed' : 'done';
-    if (e) j.error = e;
-    if (inFlight === 0) for (const w of idleWaiters.splice(0)) w();
-    if (settled) closeLanes();
-    pump();
-  };
-
-  /** One stream per lane, reused frame after frame (a zstd context allocates its buffers once: a
-   * stream per frame left each pool thread's malloc arena holding several MiB). One frame per write:
-   * Node 22's built-in zstd, which stops after the first frame of ONE input, decodes frame after
-   * frame of separate writes as well. */
-  const lanes: Array<{ s: ReturnType<ZstdDecompressFactory>; job: FrameJob | undefined; got: number; want: number }> = [];
-  const laneFor = (): (typeof lanes)[number] | undefined => {
-    const free = lanes.find((l) => l.job === undefined);
-    if (free) return free;
-    // one more lane than decodes in flight: a lane is busy a little longer than its frame's output
-    if (lanes.length > FRAMES_IN_FLIGHT) return undefined;
-    const s = createZstdDecompress!({ chunkSize: 64 });
-    const lane = { s, job: undefined as FrameJob | undefined, got: 0, want: 0 };
-    const z = s as unknown as ZlibOut;
-    s.on('data', (d: Buffer) => {
-      const j = lane.job;
-      // (a job whose output was handed on already still counts: bytes past its chunk fail it)
-      if (j === undefined) return;
-      lane.got += d.length;
-      if (lane.got > lane.want) {
-        failLane(lane, new SlotflipError('INSTALL_DECOMPRESS', `zstd: a frame decodes to more than its chunk's ${lane.want} bytes`, { retryable: true }));
-        return;
-      }
-      j.pieces.push(d);
-      if (lane.got === lane.want) {
-        // our buffer is full: whatever follows (nothing, for a well-formed frame) comes in small ones.
-        // The frame's output is complete: deliver it now, not after the stream's second round trip to
-        // the pool (node:zlib asks once more when the output buffer was filled exactly); the lane
-        // stays busy until its write calls back
-        z._chunkSize = 64;
-        queueMicrotask(() => finishJob(j));
+        });
       }
     });
-    s.on('error', (cause) => failLane(lane, new SlotflipError('INSTALL_DECOMPRESS', 'zstd: payload data is corrupt', { cause, retryable: true })));
-    lanes.push(lane);
-    return lane;
-  };
-  /** a lane whose stream failed (or decoded too much) is dropped with its input buffer: its write may
-   * still be running on the pool, so neither is used again */
-  const failLane = (lane: (typeof lanes)[number], e: SlotflipError): void => {
-    const i = lanes.indexOf(lane);
-    if (i >= 0) lanes.splice(i, 1);
-    lane.s.destroy();
-    const j = lane.job;
-    lane.job = undefined;
-    if (j) {
-      inCount--;
-      finishJob(j, e);
-    }
+    z.on('error', (cause) => settle(new SlotflipError('INSTALL_DECOMPRESS', 'zstd: payload data is corrupt', { cause, retryable: true })));
+    s = z;
+    return z;
   };
 
-  const startDecode = (j: FrameJob, target: Buffer): boolean => {
-    const lane = laneFor();
-    if (!lane) return false;
-    j.state = 'decoding';
-    j.target = target;
-    inFlight++;
-    lane.job = j;
-    lane.got = 0;
-    lane.want = target.length;
-    const z = lane.s as unknown as ZlibOut;
-    // lend `target` as the stream's output buffer (node:zlib internals, see above)
-    if (Buffer.isBuffer(z._outBuffer) && typeof z._outOffset === 'number' && typeof z._chunkSize === 'number') {
-      z._outBuffer = target;
-      z._outOffset = 0;
-      z._chunkSize = target.length;
-    }
-    lane.s.write(j.input.subarray(0, j.len), (e) => {
-      if (lane.job !== j) return;
-      if (e) {
-        failLane(lane, new SlotflipError('INSTALL_DECOMPRESS', 'zstd: payload data is corrupt', { cause: e, retryable: true }));
+  function deliver(): void {
+    while (!paused && !settled && out.length > 0) {
+      const d = out[0]!;
+      let piece = d;
+      // in place: as it is, where the sink asked for it; else in slices (it copies them)
+      if ((target === undefined || d.buffer !== target.buffer) && d.length > SLICE) {
+        piece = d.subarray(0, SLICE);
+        out[0] = d.subarray(SLICE);
+      } else out.shift();
+      if (!sink!(piece)) {
+        paused = true;
         return;
       }
-      lane.job = undefined;
-      freeIn.push(j.input);
-      finishJob(j);
-      if (settled) closeLanes();
-      pump();
-    });
-    return true;
-  };
-
-  /** destroys the lanes that decode nothing (one still decoding is destroyed when its write ends) */
-  function closeLanes(): void {
-    for (let i = lanes.length - 1; i >= 0; i--) {
-      if (lanes[i]!.job === undefined) lanes.splice(i, 1)[0]!.s.destroy();
     }
   }
 
-  const deliver = (): void => {
-    while (!paused && !settled && jobs.length > 0) {
-      const j = jobs[0]!;
-      if (j.state === 'failed') {
-        settle(j.error);
-        return;
-      }
-      if (j.state !== 'done') return;
-      // a frame handed on early (its output complete) may still yield bytes past its chunk until its
-      // write calls back: the next frame waits for that, so an error there stops the transfer before
-      // any later frame's output goes out (the other lane decodes it meanwhile)
-      if (lanes.some((l) => l.job !== undefined && l.job !== j && !jobs.includes(l.job))) return;
-      while (j.pieces.length > 0) {
-        const d = j.pieces[0]!;
-        let piece = d;
-        // in place: one piece, where the sink asked for it; else in slices (it copies them)
-        if ((j.own || d.buffer !== j.target!.buffer) && d.length > SLICE) {
-          piece = d.subarray(0, SLICE);
-          j.pieces[0] = d.subarray(SLICE);
-        } else j.pieces.shift();
-        if (!sink!(piece)) {
-          paused = true;
-          return;
-        }
-        if (settled) return;
-      }
-      if (j.own) ownBusy = false;
-      jobs.shift();
-    }
-  };
-
+  /** feeds zstd the next slice of input (one write at a time), starting a frame when everything
+   * before it was delivered */
   function pump(): void {
     if (settled) return;
     if (waitingWrite) {
@@ -578,45 +524,77 @@ function frameDecoder(frames: FrameList): Decoder {
         w.cb();
       }
     }
-    if (!sink || stopped) return;
-    // delivering a frame frees a buffer (and makes the next frame the head): start more, deliver more
-    let before: number;
-    do {
-      before = jobs.length;
-      startDecodes();
-      deliver();
-    } while (!settled && !paused && jobs.length < before);
-    // done only once every lane's write called back: what a frame yields past its chunk (an error)
-    // comes after its output was handed on
-    if (!settled && inputEnded && !waitingWrite && jobs.length === 0 && lanes.every((l) => l.job === undefined)) {
-      if (filling) settle(new SlotflipError('INSTALL_DECOMPRESS', `zstd: payload data is truncated inside frame ${nextFrame} (${filling.fill} of ${frames.lengths[nextFrame] ?? 0} bytes)`, { retryable: true }));
-      else settle();
+    if (stopped || writing || !sink) return;
+    // input ended inside a stage that neither filled nor ended its frame: what came goes to zstd
+    if (inputEnded && !waitingWrite && filling && filling.len > 0) {
+      ready.push(filling);
+      filling = undefined;
     }
-  }
-
-  function startDecodes(): void {
-    for (let i = 0; i < jobs.length && inFlight < FRAMES_IN_FLIGHT; i++) {
-      const j = jobs[i]!;
-      if (j.state !== 'ready') continue;
-      const len = frames.outLength(j.k);
-      let target: Buffer | undefined;
-      if (i === 0 && !paused && nextBuffer) {
-        const t = nextBuffer();
-        if (t.length >= len) target = t.subarray(0, len);
+    const stage = ready[0];
+    if (!stage) {
+      if (inputEnded && !waitingWrite && out.length === 0) {
+        if (frameIn > 0) settle(new SlotflipError('INSTALL_DECOMPRESS', `zstd: payload data is truncated inside frame ${frame} (${frameIn} of ${frames.lengths[frame] ?? 0} bytes)`, { retryable: true }));
+        else settle();
       }
-      let mine = false;
-      if (!target) {
-        if (ownBusy) break;
-        own ??= Buffer.allocUnsafeSlow(maxOut);
-        target = own.subarray(0, len);
-        mine = true;
-      }
-      if (!startDecode(j, target)) break;
-      if (mine) {
-        ownBusy = true;
-        j.own = true;
-      }
+      return;
     }
+    if (frameIn === 0) {
+      // a frame starts once the one before was delivered: its output buffer (the sink's next one, or
+      // the decoder's own) is free then
+      if (paused || out.length > 0) return;
+      want = frames.outLength(frame);
+      got = 0;
+      const t = nextBuffer?.(want);
+      if (nextBuffer !== undefined && t === undefined) {
+        waitingTarget = true;
+        return;
+      }
+      // one byte more than the chunk where the buffer has it (the sink's guard, the decoder's own): a
+      // frame that fills its chunk then leaves room, and node:zlib does not go back to the pool once
+      // more to look for further output (a second round trip per frame, queued behind the slot's
+      // I/O); a byte past the chunk fails the frame (see 'data')
+      target = t !== undefined && t.length >= want ? t.subarray(0, Math.min(t.length, want + 1)) : (own ??= Buffer.allocUnsafeSlow(maxOut + 1)).subarray(0, want + 1);
+      const z = stream() as unknown as ZlibOut;
+      // lend the buffer as the stream's output for the whole frame (node:zlib internals, see above)
+      if (Buffer.isBuffer(z._outBuffer) && typeof z._outOffset === 'number' && typeof z._chunkSize === 'number') {
+        z._outBuffer = target;
+        z._outOffset = 0;
+        z._chunkSize = target.length;
+      }
+      if (target.buffer !== t?.buffer) target = undefined; // the decoder's own: handed over in slices
+    }
+    const len = frames.lengths[frame]!;
+    const take = stage.len;
+    ready.shift();
+    writing = true;
+    writingStage = stage;
+    const z = stream();
+    z.write(stage.buf.subarray(0, take), (e) => {
+      writing = false;
+      if (e) settle(new SlotflipError('INSTALL_DECOMPRESS', 'zstd: payload data is corrupt', { cause: e, retryable: true }));
+      if (settled) {
+        closeStream();
+        for (const w of idleWaiters.splice(0)) w();
+        return;
+      }
+      for (const w of idleWaiters.splice(0)) w();
+      // the stage is free again (not while zstd may still read it: see `settled` above)
+      stage.len = 0;
+      stage.endsFrame = false;
+      writingStage = undefined;
+      frameIn += take;
+      if (frameIn === len) {
+        // the frame's input is all decoded: it must have yielded its whole chunk
+        if (got !== want) {
+          settle(new SlotflipError('INSTALL_DECOMPRESS', `zstd: frame ${frame} decodes to ${got} bytes, its chunk has ${want}`, { retryable: true }));
+          closeStream();
+          return;
+        }
+        frame++;
+        frameIn = 0;
+      }
+      pump();
+    });
   }
 
   const input = new Writable({
@@ -626,6 +604,7 @@ function frameDecoder(frames: FrameList): Decoder {
         cb();
         return;
       }
+      // copied into a stage: the caller may reuse `chunk` once `cb` ran
       const p = takeInput(chunk, 0);
       if (p < chunk.length) waitingWrite = { chunk, from: p, cb: () => cb() };
       else cb();
@@ -641,27 +620,29 @@ function frameDecoder(frames: FrameList): Decoder {
   return {
     input,
     finishInput: () => void input.end(),
-    start(s, nb) {
+    start(sk, nb) {
       if (sink) return;
-      sink = s;
+      sink = sk;
       nextBuffer = nb;
       pump();
     },
     resume() {
-      if (!paused) return;
+      if (!paused && !waitingTarget) return;
       paused = false;
+      waitingTarget = false;
+      deliver();
       pump();
     },
     done,
     kill() {
       if (stopped) return;
       stopped = true;
-      // decodes in flight finish on their own (their output is dropped): see idle()
+      // a write in flight finishes on its own (its output is dropped): see idle()
       settle(new SlotflipError('INSTALL_DECOMPRESS', 'zstd: stopped', { retryable: true }));
       waitingWrite = undefined;
       input.destroy();
     },
-    idle: () => (inFlight === 0 ? Promise.resolve() : new Promise<void>((resolve) => idleWaiters.push(resolve))),
+    idle: () => (!writing ? Promise.resolve() : new Promise<void>((resolve) => idleWaiters.push(resolve))),
   };
 }
 
@@ -742,7 +723,7 @@ function startZstd(opts: Omit<DecoderOptions, 'stdinFd'>, readFd: number, wfd: n
         fd: rfd,
         readable: true,
         writable: false,
-        onread: { buffer: nextBuffer ?? (readBuf ??= Buffer.allocUnsafeSlow(BUF)), callback: (n, b) => sink(b.subarray(0, n)) },
+        onread: { buffer: nextBuffer ? () => nextBuffer() ?? (readBuf ??= Buffer.allocUnsafeSlow(BUF)) : (readBuf ??= Buffer.allocUnsafeSlow(BUF)), callback: (n, b) => sink(b.subarray(0, n)) },
       };
       sock = new net.Socket(sockOpts);
       sock.on('end', endResolve);

@@ -45,7 +45,9 @@
  * come through node:http. A chunk is assembled, verified and written in pieces of 1 MiB (PIECE) from
  * a pool of one chunk's pieces plus two: each piece returns to the pool when its own write completed,
  * so the next chunk fills behind the last one's writes; 6 MiB for 4 MiB chunks, where three whole
- * chunk buffers took 12 MiB.
+ * chunk buffers took 12 MiB. With the in-process zstd frame decoder the pool holds two chunks' pieces
+ * instead (8 MiB), as two regions of contiguous pieces a frame decodes into whole: that replaced the
+ * decoder's own 4 MiB buffer and the copy from it (issue 16/24).
  *
  * Writes: the chunk pieces are cut from one page-aligned block (hal/aligned.ts), so hal's file and
  * device slots write them with O_DIRECT (hal/file-slot.ts): the verified buffer goes to the medium
@@ -55,12 +57,12 @@
  * flush points, the resume hint and the read-back are unchanged: a direct write is not durable before
  * the fsync either (the device's write cache), and the hint claims only flushed chunks.
  *
- * Concurrency: zstd decompresses frame by frame on libuv's thread pool (decode.ts: into a buffer of
- * its own, handed over in slices, since a chunk's pieces are not one contiguous buffer), or in its
- * own process (the CLI, where Node has no built-in zstd or the frames are unknown); the main thread
- * hashes chunks (SHA-256) and the read-back's whole-image SHA-256; writes (two in flight), fsyncs and
- * the read-back's O_DIRECT reads (one read ahead) run on libuv's thread pool. The read-back
- * (hasher.ts) runs on this thread: a worker thread of its own
+ * Concurrency: zstd decompresses frame by frame on libuv's thread pool (decode.ts: each frame into
+ * the chunk's region of contiguous pieces, see `#readTarget`), or in its own process (the CLI, where
+ * Node has no built-in zstd or the frames are unknown); the main thread hashes chunks (SHA-256) and
+ * the read-back's whole-image SHA-256; writes (two in flight), fsyncs and the read-back's O_DIRECT
+ * reads (one read ahead) run on libuv's thread pool. The read-back (hasher.ts) runs on this thread: a
+ * worker thread of its own
  * (read-back-thread.ts, `readBackThread`) took its SHA-256 off the main thread but is one more V8
  * isolate, +13-14 MiB of peak RSS (issue 16). Issue 24/16, cli-bench A/B against main in one run
  * (1 GiB, 3 rounds, load 5-9): peak tree RSS 113 -> 99 MiB, wall 0.96x, tree CPU 0.96x; the main
@@ -83,7 +85,7 @@ import { alignedBuffer, DIRECT_ALIGN } from '../../hal/aligned.js';
 import { SlotflipError, isCoded } from '../../hal/errors.js';
 import type { SlotHandle, SlotWriter } from '../../hal/slot-writer.js';
 import type { PayloadInfo } from '../../manifests/types.js';
-import { decodesInChild, prepareDecoder, type Decoder, type PreparedDecoder } from './decode.js';
+import { decodesFrames, decodesInChild, prepareDecoder, type Decoder, type PreparedDecoder } from './decode.js';
 import { ReadBackChecker, type ReadBack } from './hasher.js';
 import { ThreadedReadBack } from './read-back-thread.js';
 import { readResumeRecord, writeResumeHint, type ResumeExtra, type SpentBudget } from './resume-state.js';
@@ -164,7 +166,8 @@ export interface InstallOptions {
   flushEveryBytes?: number;
   /** pieces in the buffer pool (see PIECE): a chunk is assembled in pieces of up to 1 MiB and each
    * piece goes back to the pool as soon as its own write completed. Default: one chunk's pieces plus
-   * SLACK_PIECES (4 MiB chunks: 4 + 2 pieces, 6 MiB); at least one chunk's pieces. Memory ≈ pool ×
+   * SLACK_PIECES (4 MiB chunks: 4 + 2 pieces, 6 MiB), or two chunks' pieces with the in-process zstd
+   * frame decoder and chunks of several pieces (two regions, 8 MiB); at least one chunk's pieces. Memory ≈ pool ×
    * piece, plus 0.75 MiB of carry and scratch buffers, the 1 MiB ring of compressed input queued for
    * the decoder and the read-back's 2 MiB (read-back.ts's read-ahead). */
   buffers?: number;
@@ -215,6 +218,13 @@ const PIECE = MIB;
 const WRITES_IN_FLIGHT = 2;
 /** pieces in the pool beyond one chunk's (see `buffers`). */
 const SLACK_PIECES = 2;
+/** bytes after each region of contiguous pieces (see `#readTarget`) that belong to no piece: the frame
+ * decoder lends zstd the chunk plus one byte of it, so a frame that fills its chunk leaves output room
+ * and node:zlib does not ask the thread pool once more per frame (measured: a mostly empty 4 GiB image,
+ * 1,024 tiny frames, took 1.6x the wall with the extra round trip queued behind the slot's I/O); a
+ * frame that decodes to more than its chunk writes at most that byte here and fails. One page, so
+ * the next region's pieces stay O_DIRECT-aligned. */
+const REGION_GUARD = DIRECT_ALIGN;
 /** compressed bytes queued at the decoder's input before the source is paused. */
 const PRODUCER_QUEUE = 512 << 10;
 /** scratch and carry buffer size: a decoder read that found no free chunk piece lands in the scratch
@@ -444,6 +454,17 @@ class InstallRun {
   #done = 0;
   /** piece size: PIECE, or one chunk's stride when chunks are smaller */
   readonly #piece: number;
+  /** the pool's one block, and how many whole-chunk regions it holds (chunks of several pieces, frame
+   * decoder only: see `#readTarget`) */
+  readonly #block: Buffer;
+  readonly #perChunk: number;
+  readonly #regions: number;
+  /** bytes from one region's start to the next's: its pieces plus REGION_GUARD */
+  readonly #regionStride: number;
+  /** the rest of the claimed region's pieces, in order: the current chunk's next pieces */
+  #reserved: Buffer[] = [];
+  /** the decoder waits for a free region (`#readTarget` said "not now"): resumed from `#release` */
+  #wantRegion = false;
   #hash = createHash('sha256');
   #carry: [Buffer, Buffer] = [Buffer.alloc(0), Buffer.alloc(0)];
   #carrySide = 0;
@@ -502,9 +523,22 @@ class InstallRun {
     const stride = Math.min(PIECE, Math.ceil(payload.chunkSize / DIRECT_ALIGN) * DIRECT_ALIGN);
     this.#piece = Math.min(stride, payload.chunkSize);
     const perChunk = Math.ceil(payload.chunkSize / this.#piece);
-    const n = Math.max(perChunk, opts.buffers ?? perChunk + SLACK_PIECES);
-    const block = alignedBuffer(n * stride);
-    for (let i = 0; i < n; i++) this.#pool.push(block.subarray(i * stride, i * stride + this.#piece));
+    // the in-process zstd frame decoder decodes a frame into one buffer: a chunk of several pieces
+    // then takes a region of contiguous pieces (two regions: one fills while the other's pieces are
+    // written), where otherwise the decoder's own chunk-sized buffer took the frame and the pieces a
+    // copy of it (4 MiB chunks: 8 MiB of pieces instead of 6 plus 4)
+    const regions = perChunk > 1 && decodesFrames(payload.compression, { ...opts, frames: { lengths: payload.chunks.map((c) => c.length), outLength: (i) => this.#chunkLen(i) } });
+    const n = Math.max(perChunk, opts.buffers ?? (regions ? 2 * perChunk : perChunk + SLACK_PIECES));
+    // regions first (each followed by its guard), then any pieces left over
+    const groups = regions ? Math.floor(n / perChunk) : 0;
+    const regionStride = perChunk * stride + REGION_GUARD;
+    const block = alignedBuffer(groups * regionStride + (n - groups * perChunk) * stride);
+    for (let g = 0; g < groups; g++) for (let j = 0; j < perChunk; j++) this.#pool.push(block.subarray(g * regionStride + j * stride, g * regionStride + j * stride + this.#piece));
+    for (let i = 0; i < n - groups * perChunk; i++) this.#pool.push(block.subarray(groups * regionStride + i * stride, groups * regionStride + i * stride + this.#piece));
+    this.#block = block;
+    this.#perChunk = perChunk;
+    this.#regions = groups;
+    this.#regionStride = regionStride;
     this.#lastProgressAt = now();
   }
 
@@ -542,7 +576,24 @@ class InstallRun {
   #release(b: Buffer): void {
     const w = this.#poolWaiters.shift();
     if (w) w(b);
-    else this.#pool.push(b);
+    else {
+      this.#pool.push(b);
+      if (this.#wantRegion && this.#freeRegion() !== undefined) {
+        this.#wantRegion = false;
+        this.#unblocked();
+      }
+    }
+  }
+
+  /** A region (`#perChunk` contiguous pieces of the block) whose pieces are all in the pool. */
+  #freeRegion(): number | undefined {
+    const free = new Set(this.#pool.map((b) => b.byteOffset - this.#block.byteOffset));
+    for (let g = 0; g < this.#regions; g++) {
+      let all = true;
+      for (let j = 0; j < this.#perChunk && all; j++) all = free.has(g * this.#regionStride + j * this.#piece);
+      if (all) return g;
+    }
+    return undefined;
   }
 
   #checkIo(): void {
@@ -655,10 +706,30 @@ class InstallRun {
   readonly #scratch = Buffer.allocUnsafeSlow(BUF_CARRY);
 
   /** Where the decoder's next read should land: straight into the current chunk piece when there is
-   * one (no copy), else a scratch buffer that `#eat` copies from. */
-  #readTarget(): Buffer {
+   * one (no copy), else a scratch buffer that `#eat` copies from. Asked for a `whole` chunk (the frame
+   * decoder, at a chunk's start) with chunks of several pieces: a free region of contiguous pieces
+   * for the whole chunk, or undefined when none is free yet (the decoder waits: `#release` resumes
+   * it once one is). */
+  #readTarget(whole?: number): Buffer | undefined {
     if (!this.#blocked && this.next < this.#chunkCount) {
-      if (this.#buf === undefined) this.#buf = this.#pool.pop();
+      if (whole !== undefined && this.#regions > 0 && this.#buf === undefined && this.#reserved.length === 0 && this.#done === 0) {
+        const len = this.#chunkLen(this.next);
+        const g = this.#freeRegion();
+        if (g === undefined) {
+          this.#wantRegion = true;
+          return undefined;
+        }
+        const start = g * this.#regionStride;
+        const pieces = Math.ceil(len / this.#piece);
+        for (let j = 0; j < pieces; j++) {
+          const at = this.#pool.findIndex((b) => b.byteOffset - this.#block.byteOffset === start + j * this.#piece);
+          this.#reserved.push(this.#pool.splice(at, 1)[0]!);
+        }
+        this.#buf = this.#reserved.shift();
+        // with the guard: the decoder lends zstd one byte more than the chunk (see REGION_GUARD)
+        return this.#block.subarray(start, start + len + 1);
+      }
+      if (this.#buf === undefined) this.#buf = this.#reserved.shift() ?? this.#pool.pop();
       if (this.#buf !== undefined) return this.#buf.subarray(this.#fill, this.#pieceLen());
     }
     return this.#scratch;
@@ -667,18 +738,23 @@ class InstallRun {
   #eat(piece: Buffer, from: number): void {
     const { payload } = this;
     let p = from;
-    // a read that landed in place (see #readTarget): hash it where it is
+    // a read that landed in place (see #readTarget): hash it where it is, in the current piece and,
+    // in a claimed region, on into its next pieces (contiguous)
     if (from === 0 && this.#buf !== undefined && piece.buffer === this.#buf.buffer && piece.byteOffset === this.#buf.byteOffset + this.#fill && this.next < this.#chunkCount) {
-      if (this.#fill + piece.length <= this.#pieceLen()) {
-        this.#hash.update(piece);
-        this.#fill += piece.length;
-        p = piece.length;
-        if (this.#fill === this.#pieceLen()) this.#pieceFull();
+      if (this.#fill + piece.length <= this.#pieceLen() + this.#reserved.length * this.#piece && piece.length <= this.#chunkLen(this.next) - this.#done - this.#fill) {
+        while (p < piece.length) {
+          this.#buf ??= this.#reserved.shift()!;
+          const n = Math.min(this.#pieceLen() - this.#fill, piece.length - p);
+          this.#hash.update(piece.subarray(p, p + n));
+          this.#fill += n;
+          p += n;
+          if (this.#fill === this.#pieceLen()) this.#pieceFull();
+        }
       }
     }
     while (p < piece.length) {
       if (this.#buf === undefined) {
-        const b = this.#pool.pop();
+        const b = this.#reserved.shift() ?? this.#pool.pop();
         if (b === undefined) {
           this.#stash(piece, p);
           this.#blocked = true;
@@ -898,6 +974,8 @@ class InstallRun {
     for (const w of this.#idleWaiters.splice(0)) w();
     if (this.#buf !== undefined) this.#release(this.#buf);
     this.#buf = undefined;
+    for (const b of this.#reserved.splice(0)) this.#release(b);
+    this.#wantRegion = false;
     this.#fill = 0;
     for (const b of this.#parts.splice(0)) this.#release(b);
     this.#done = 0;
@@ -1152,7 +1230,7 @@ class InstallRun {
               return false;
             }
           },
-          () => this.#readTarget(),
+          (whole) => this.#readTarget(whole),
         );
         dec.done.then(
           // the decoder may end while the last bytes still wait in the carry for a free buffer

@@ -27,7 +27,10 @@ export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE-/var/cache/slotflip}"
 # (zstd, SHA-256, I/O), and with the compilers on TurboFan and Maglev page in ~7 MiB of the node
 # binary for nothing (peak RSS 102 -> 93 MiB, CPU the same within 1%, 1 GiB, cli-bench, load 15-18);
 # a delta install turns them on for its chunking (daemon/compose.ts, daemon/footprint.ts).
+# --expose-gc (as slotflip.service's NODE_OPTIONS gives the daemon): a full install returns the heap
+# its TUF refresh and preflight left behind before the payload streams (daemon/command-support.ts,
+# footprint.ts reclaimHeap); the idle daemon returns its free heap pages.
 case ${1-} in
-  daemon|install|update) exec "$node" --max-semi-space-size=1 --no-turbofan --no-maglev "$lib/dist/daemon/cli.js" "$@" ;;
+  daemon|install|update) exec "$node" --max-semi-space-size=1 --no-turbofan --no-maglev --expose-gc "$lib/dist/daemon/cli.js" "$@" ;;
 esac
 exec "$node" --max-semi-space-size=1 "$lib/dist/daemon/cli.js" "$@"

@@ -51,13 +51,13 @@ t.test('the launcher starts `slotflip daemon` and `install` interpreted-only and
   const daemon = await argvOf(['daemon', '--config', join(dir, 'missing.json')]);
   t.not(daemon.code, 0, `the daemon refused the missing config: ${daemon.stderr.trim()}`);
   t.match(daemon.stderr, /missing\.json/, 'and said which file');
-  t.same(daemon.execArgv, ['--max-semi-space-size=1', '--no-turbofan', '--no-maglev'], 'slotflip daemon: compilers off from the start, young generation capped');
+  t.same(daemon.execArgv, ['--max-semi-space-size=1', '--no-turbofan', '--no-maglev', '--expose-gc'], 'slotflip daemon: compilers off from the start, young generation capped, gc() for the idle reclaim');
   const status = await argvOf(['status', '--config', join(dir, 'missing.json')]);
   t.same(status.execArgv, ['--max-semi-space-size=1'], 'slotflip status: compilers on (the default), young generation capped');
   // an install from the CLI: interpreted too (only a delta install's chunking turns them on)
   const install = await argvOf(['install', join(dir, 'no-repo'), '--config', join(dir, 'missing.json')]);
   t.match(install.stderr, /missing\.json/, `slotflip install refused the missing config: ${install.stderr.trim()}`);
-  t.same(install.execArgv, ['--max-semi-space-size=1', '--no-turbofan', '--no-maglev'], 'slotflip install: compilers off from the start');
+  t.same(install.execArgv, ['--max-semi-space-size=1', '--no-turbofan', '--no-maglev', '--expose-gc'], 'slotflip install: compilers off from the start, gc() for the reclaim before the stream');
 });
 
 t.test("the launcher keeps Node's compile cache in /var/cache/slotflip; reused, and a damaged or unwritable cache changes nothing", async (t) => {
