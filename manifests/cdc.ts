@@ -174,12 +174,20 @@ export function cutPoint(buf: Uint8Array, start: number, end: number, p: CdcPara
 }
 
 /** Where a window of `p.max` zero bytes cuts (as cutPoint and cutAroundDirs would: a zero block is
- * no directory block) and that chunk's SHA-256. */
+ * no directory block) and that chunk's SHA-256; remembered per parameters (cutPoint in JS over
+ * `max` bytes: milliseconds interpreted, and a sampled slot is cut in many short runs). */
 function zeroWindow(p: CdcParams): { block: Buffer; cut: number; sha256: string } {
+  const key = `${p.min}/${p.avg}/${p.max}`;
+  const known = zeroWindows.get(key);
+  if (known) return known;
   const block = Buffer.alloc(p.max);
   const cut = cutPoint(block, 0, p.max, p);
-  return { block, cut, sha256: createHash('sha256').update(block.subarray(0, cut)).digest('hex') };
+  const z = { block, cut, sha256: createHash('sha256').update(block.subarray(0, cut)).digest('hex') };
+  if (zeroWindows.size >= 4) zeroWindows.clear();
+  zeroWindows.set(key, z);
+  return z;
 }
+const zeroWindows = new Map<string, ReturnType<typeof zeroWindow>>();
 
 export interface CdcChunk {
   /** byte offset in the file or device. */
@@ -190,10 +198,16 @@ export interface CdcChunk {
 }
 
 export interface ChunkFileOptions {
-  /** bytes to chunk from the start (default: the file's size; a block device needs it). */
+  /** where to start (default 0): chunks are cut from there as if the data began there, but aligned
+   * to directory blocks (`dirBlock`) by their file offset. */
+  offset?: number;
+  /** bytes to chunk from `offset` (default: the file's size; a block device needs it). */
   size?: number;
   /** read buffer (default 8 MiB; at least 2 × max). */
   bufferBytes?: number;
+  /** the read buffer and loops to use (cutBuffer), so repeated calls share one; its buffer must hold
+   * at least 2 × max (`bufferBytes` is then ignored). */
+  cutter?: ReturnType<typeof cutBuffer>;
   /** called for each chunk in order with its bytes (valid only during the call). */
   onChunk?: (c: CdcChunk, bytes: Buffer) => void | Promise<void>;
   signal?: AbortSignal;
@@ -209,17 +223,19 @@ export async function chunkFile(path: string, p: CdcParams, opts: ChunkFileOptio
   checkCdcParams(p);
   const fh = await open(path, 'r');
   try {
-    const size = opts.size ?? (await fh.stat()).size;
-    const cap = Math.max(opts.bufferBytes ?? 8 << 20, 2 * p.max);
+    const offset = opts.offset ?? 0;
+    const size = offset + (opts.size ?? (await fh.stat()).size - offset);
     // the read buffer lives in the wasm gear loop's memory (cdc-wasm.ts), which cuts in place
-    const cutter = cutBuffer(cap);
+    const cutter = opts.cutter ?? cutBuffer(Math.max(opts.bufferBytes ?? 8 << 20, 2 * p.max));
+    const cap = cutter.buf.length;
+    if (cap < 2 * p.max) throw new RangeError(`chunkFile: a ${cap}-byte buffer for chunks of up to ${p.max}`);
     const { buf, cut } = cutter;
     const zeros = zeroWindow(p);
     const out: CdcChunk[] = [];
     let filled = 0; // bytes valid in buf
-    let bufStart = 0; // file offset of buf[0]
+    let bufStart = offset; // file offset of buf[0]
     let pos = 0; // next chunk start within buf
-    let readOff = 0; // next file offset to read
+    let readOff = offset; // next file offset to read
     for (;;) {
       opts.signal?.throwIfAborted();
       // refill: keep the unconsumed tail, read up to the buffer's end
