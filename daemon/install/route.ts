@@ -23,8 +23,8 @@
  *
  * Not worth it: when the slots hold so little of the new image that the pack ranges to fetch come
  * to more than 7/8 of the full payload and 4 MiB (delta.ts MIN_SAVED_FRACTION, SMALL_DELTA_BYTES;
- * judged from the seed indexes or the cut slots and the new delta index, before a byte of the pack
- * is fetched), delta.ts says INSTALL_DELTA_NOT_WORTH and the full
+ * judged from the seed indexes, samples of the slots without one, or the cut slots, and the new delta
+ * index, before a byte of the pack is fetched), delta.ts says INSTALL_DELTA_NOT_WORTH and the full
  * payload is installed in the same run (the report's `fallback` names it): such an update costs the
  * full payload plus the delta index (~0.4 % of an 8 MiB random image; less for a compressible one).
  *
@@ -95,8 +95,6 @@ export interface DeltaRouteOptions {
    * (unjudged); undefined when unknown or no longer published. Asked only when the running slot has
    * no usable kept or built seed index: its published delta index then stands in for one. */
   runningRelease?: () => Promise<{ payload: PayloadInfo; delta?: unknown } | undefined>;
-  /** wraps each slot cut (delta.ts DeltaInstallOptions.cutting). */
-  cutting?: <T>(fn: () => Promise<T>) => Promise<T>;
   budget: BudgetOptions;
   headers?: Record<string, string>;
   /** read-back through the slot handle or by path (installer.ts `readBack`). */
@@ -236,7 +234,6 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
       ...(o.running ? { running: { path: o.running.path, size: await o.running.capacity() } } : {}),
       ...(o.headers ? { headers: o.headers } : {}),
       seeds,
-      ...(o.cutting ? { cutting: o.cutting } : {}),
       // an image the slots share little with goes in full (issue 25: never more than 1.05x a full update)
       fullBytes: o.release.length,
       budget: { bytes: Math.max(0, maxBytes - spent.bytes), ms: Math.max(0, maxMs - spent.ms) },

@@ -13,13 +13,14 @@
  * --thin-url URL --thin FILE: the release's thin index (manifests/delta-thin.ts; FILE: its length, SHA-256,
  * base and rawSha256 as the release signs them), used when a seed above is the index it names.
  * --interpreted: as the daemon runs it (started with --no-turbofan --no-maglev, see
- * daemon/footprint.ts): V8's optimizing compilers on only while a slot is cut.
+ * daemon/footprint.ts): V8's optimizing compilers off throughout (a slot cut runs as WebAssembly:
+ * manifests/cdc-wasm.ts).
  */
 import { readFile, stat } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { fetchVerified, installDelta, type SeedInput } from '../../daemon/install/delta.js';
 import { createSlotWriter } from '../../hal/file-slot.js';
-import { interpretOnly, withOptimizingCompilers } from '../../daemon/footprint.js';
+import { interpretOnly } from '../../daemon/footprint.js';
 import { parseDeltaIndex, type BuiltDelta, type DeltaIndex } from '../../manifests/delta.js';
 
 async function main(): Promise<void> {
@@ -46,7 +47,6 @@ async function main(): Promise<void> {
     pack: { urls: [values['pack-url']], ...built.pack },
     slot: createSlotWriter('B', { path: values.slot }),
     seeds,
-    ...(values.interpreted ? { cutting: withOptimizingCompilers } : {}),
     readBack: 'path', // as the daemon reads back hal's own slots (compose.ts)
     ...(values.running ? { running: { path: values.running, size: (await stat(values.running)).size } } : {}),
     ...(values.progress ? { onProgress: (p: object) => void process.stdout.write(`${JSON.stringify({ progress: p })}\n`) } : {}),
