@@ -187,8 +187,9 @@ export interface DeltaInstallResult {
   requests: number;
   /** local copies that did not match the index and were fetched instead. */
   seedMismatches: number;
-  /** how each slot's chunks were found, and the slot bytes read to cut slots into chunks. */
-  lookup: { target: SeedLookup; running: SeedLookup; cutBytes: number; probedBytes: number; lookupMs: number };
+  /** how each slot's chunks were found, and the slot bytes read to cut slots into chunks, to probe
+   * the target, and to sample slots without a seed index (the early "not worth it"). */
+  lookup: { target: SeedLookup; running: SeedLookup; cutBytes: number; probedBytes: number; sampledBytes: number; lookupMs: number };
   /** the delta index file as fetched and verified against its signed hash, or rebuilt from the thin
    * index and checked (to keep as a seed). */
   indexFile: Buffer;
@@ -310,12 +311,15 @@ export async function fetchVerified(file: DeltaFile, headers: Record<string, str
 /**
  * Reads the frames `[start,end)` of `frames` (sorted, inside `ranges`) from one multi-range answer,
  * yielding each frame's bytes complete and in order. Handles 206 multipart/byteranges, a single-part
- * 206, and a 200 whole-file answer (bytes outside the frames are dropped).
+ * 206, and a 200 whole-file answer (bytes outside the frames are dropped). Every frame is yielded in
+ * one buffer reused for the next (memory: no buffer per frame to collect): a frame is valid until
+ * the next one is asked for.
  */
 async function* readFrames(a: HttpAnswer, url: string, frames: { off: number; len: number }[], packLength: number, count: { bytes: number }): AsyncGenerator<Buffer> {
   let k = 0;
   let cur: Buffer | undefined;
   let got = 0;
+  const hold = Buffer.allocUnsafeSlow(frames.reduce((m, f) => Math.max(m, f.len), 0));
   // feed a body slice at absolute pack offset `at`; returns the frames completed by it
   function* feed(at: number, d: Buffer): Generator<Buffer> {
     let pos = at;
@@ -327,7 +331,7 @@ async function* readFrames(a: HttpAnswer, url: string, frames: { off: number; le
       if (want >= end) return;
       const from = want - at;
       const take = Math.min(f.len - got, end - want);
-      cur ??= Buffer.allocUnsafe(f.len);
+      cur ??= hold.subarray(0, f.len);
       d.copy(cur, got, from, from + take);
       got += take;
       pos = want + take;
@@ -429,7 +433,9 @@ async function fetchIndex(opts: Pick<DeltaInstallOptions, 'index' | 'thin' | 'ba
 function zstdDecode(frame: Buffer, rawLen: number): Buffer {
   const sync = (zlib as unknown as { zstdDecompressSync?: (b: Buffer, o?: object) => Buffer }).zstdDecompressSync;
   if (!sync) throw new SlotflipError('INSTALL_DECOMPRESS', `node ${process.version} has no built-in zstd; delta installs need Node 22.15 or later (install the full payload instead)`);
-  return sync(frame, { maxOutputLength: rawLen });
+  // one output buffer of the chunk's size (the default 16 KiB pieces, concatenated, left 2-4x the
+  // chunk's size of garbage per frame: ~24 MB in a 1 GiB install fetching ~1000 small chunks)
+  return sync(frame, { maxOutputLength: rawLen, chunkSize: Math.max(64, rawLen) });
 }
 
 /**
@@ -795,7 +801,8 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   const batches: FetchRange[][] = [];
   for (let i = 0; i < ranges.length; i += perRequest) batches.push(ranges.slice(i, i + perRequest));
   const wire = { bytes: 0 }; // pack response body bytes received (gaps and multipart framing included)
-  /** The frames of `list` (pack order), fetched by `batches` (their coalesced ranges, one request each). */
+  /** The frames of `list` (pack order), fetched by `batches` (their coalesced ranges, one request
+   * each); each valid until the next is asked for (readFrames). */
   async function* frameStream(list: ArrayLike<number>, batches: FetchRange[][]): AsyncGenerator<Buffer> {
     let fi = 0; // next frame of list
     for (const batch of batches) {
@@ -1053,5 +1060,5 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   report(true);
   downloaded += wire.bytes;
   await verifySlotImage(opts.slot, { compression: 'zstd', size: h.imageSize, sha256: h.imageSha256, chunkSize: 0, chunks: [] }, { source: opts.readBack ?? 'handle' });
-  return { imageSize: h.imageSize, inPlace, copied, fetchedRaw, downloaded, requests, seedMismatches, lookup: { ...lookup, cutBytes, probedBytes, lookupMs }, indexFile: fetched.file, indexVia: fetched.thin ? 'thin' : 'full', readBackSha256: h.imageSha256, durationMs: Math.round(performance.now() - started) };
+  return { imageSize: h.imageSize, inPlace, copied, fetchedRaw, downloaded, requests, seedMismatches, lookup: { ...lookup, cutBytes, probedBytes, sampledBytes, lookupMs }, indexFile: fetched.file, indexVia: fetched.thin ? 'thin' : 'full', readBackSha256: h.imageSha256, durationMs: Math.round(performance.now() - started) };
 }
