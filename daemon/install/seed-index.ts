@@ -28,7 +28,7 @@
  * GiB), bound to the slot (name, path, bytes read) and to the SHA-256 of every byte it read, plus the
  * install record's word on that slot at the time (an install into the slot that begins later changes
  * it, and drops the seed first anyway). Nothing is kept unless the whole slot was read: an aborted
- * build leaves nothing (it is redone from the start: ~1-2 s of CPU per GiB with the optimizing JIT).
+ * build leaves nothing (it is redone from the start: ~1-2 s of CPU per GiB, the cut running as WebAssembly).
  * `<slot>.seed` again, schema 2 (a daemon that knows only schema 1 refuses it and cuts the slot).
  *
  * In memory every seed, kept or built, is a `SlotSeed`: one 8-byte key (the start of the chunk's
