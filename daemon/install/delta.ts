@@ -52,7 +52,8 @@
  * install stops when even that leaves the delta not worth it, and again after the running slot is
  * cut, with the target's estimate, before the target is read whole. An estimate can be wrong only
  * towards a full install (bandwidth, never safety): reusable bytes would have to sit between the
- * windows, which are never more than 1/64 of the image apart. Why not up to the full payload itself: a byte fetched by delta costs far
+ * windows, which are never more than 1/64 of the image apart.
+ * Why not up to the full payload itself: a byte fetched by delta costs far
  * more work than a streamed one (a frame at a time, each chunk decoded, verified and written on its
  * own, interpreted), and what it reuses is copied from the slots; bench:memory's 1 GiB install of a
  * semi-random image went by delta for a 0.7 % saving in 39 s, 27 s of CPU and 130 MiB, where the
