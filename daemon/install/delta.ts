@@ -505,8 +505,8 @@ export class SlotLookup {
 
 /** Cuts a slot (or part of it) into chunks with the index's parameters (exported for
  * test/bench/cdc-speed-bench.ts). */
-export async function lookupOf(path: string, size: number, idx: Pick<DeltaIndex, 'header'>, signal?: AbortSignal): Promise<SlotLookup> {
-  return new SlotLookup((await cutSlot(path, size, idx.header.cdc, { bufferBytes: RUN_BYTES, ...(signal ? { signal } : {}) })).seed);
+export async function lookupOf(path: string, size: number, idx: Pick<DeltaIndex, 'header'>, signal?: AbortSignal, cutter?: ReturnType<typeof cutBuffer>): Promise<SlotLookup> {
+  return new SlotLookup((await cutSlot(path, size, idx.header.cdc, { bufferBytes: RUN_BYTES, ...(cutter ? { cutter } : {}), ...(signal ? { signal } : {}) })).seed);
 }
 
 /** The new index's distinct chunks by key (the first 8 bytes of their SHA-256): an open-addressing
@@ -560,11 +560,10 @@ export const SAMPLE_MARGIN = 2;
  * read. Undefined when the image is too small for windows of SAMPLE_WINDOW_CHUNKS × cdc.max (the
  * slot is then judged whole, as before). Read-only.
  */
-async function sampleSlot(path: string, size: number, idx: DeltaIndex, keys: UniqueKeys, taken: Uint8Array, signal?: AbortSignal): Promise<{ packBytes: number; readBytes: number } | undefined> {
+async function sampleSlot(path: string, size: number, idx: DeltaIndex, keys: UniqueKeys, taken: Uint8Array, cutter: ReturnType<typeof cutBuffer>, signal?: AbortSignal): Promise<{ packBytes: number; readBytes: number } | undefined> {
   const spacing = Math.floor(idx.header.imageSize / SAMPLE_WINDOWS);
   const window = Math.floor(spacing / SAMPLE_EVERY);
   if (window < SAMPLE_WINDOW_CHUNKS * idx.header.cdc.max) return undefined;
-  const cutter = cutBuffer(Math.max(window, 2 * idx.header.cdc.max));
   const seen = new Uint8Array(idx.header.uniqueCount);
   let found = 0;
   let readBytes = 0;
@@ -590,12 +589,12 @@ function asSeed(s: SeedInput | undefined): (SlotSeed & { origin?: SeedOrigin }) 
  * The target probed: for each chunk of the new image, whether the target slot already holds it at
  * the offset it goes to (SHA-256 against the signed index), reading the slot once in order (runs of
  * up to RUN_BYTES into one reused buffer). What it finds: an earlier run's writes (resume), and the
- * release before's bytes that did not move. One byte a chunk (1: in place). Read-only.
+ * release before's bytes that did not move. One byte a chunk (1: in place). Read-only. `buf`: at
+ * least max(RUN_BYTES, cdc.max) bytes.
  */
-async function probeInPlace(path: string, idx: DeltaIndex, signal?: AbortSignal): Promise<Uint8Array> {
+async function probeInPlace(path: string, idx: DeltaIndex, buf: Buffer, signal?: AbortSignal): Promise<Uint8Array> {
   const n = idx.header.chunkCount;
   const hit = new Uint8Array(n);
-  const buf = Buffer.allocUnsafeSlow(Math.max(RUN_BYTES, idx.header.cdc.max));
   const fh = await open(path, 'r');
   try {
     let pos = 0;
@@ -676,7 +675,10 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   const lookup = { target: 'probed' as SeedLookup, running: 'none' as SeedLookup };
   const seedT = asSeed(opts.seeds?.target);
   const seedR = asSeed(opts.seeds?.running);
-  const cut = (path: string, size: number): Promise<SlotLookup> => lookupOf(path, size, idx, opts.signal);
+  // one read buffer for every sample and cut of this install (wasm memory: cdc.ts cutBuffer)
+  let cutter: ReturnType<typeof cutBuffer> | undefined;
+  const cutterOnce = (): ReturnType<typeof cutBuffer> => (cutter ??= cutBuffer(Math.max(RUN_BYTES, 2 * h.cdc.max)));
+  const cut = (path: string, size: number): Promise<SlotLookup> => lookupOf(path, size, idx, opts.signal, cutterOnce());
   let target = SlotLookup.empty();
   const targetSeeded = seedFits(seedT, idx, capacity);
   if (targetSeeded) {
@@ -722,8 +724,8 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
     const known = missingFrom([target, running]);
     if (hopeless(known.bytes)) {
       const keys = new UniqueKeys(idx.shas, h.uniqueCount);
-      const t = targetSeeded ? { packBytes: 0, readBytes: 0 } : await sampleSlot(opts.slot.path, capacity, idx, keys, known.taken, opts.signal);
-      const r = !opts.running || runningSeeded ? { packBytes: 0, readBytes: 0 } : await sampleSlot(opts.running.path, opts.running.size, idx, keys, known.taken, opts.signal);
+      const t = targetSeeded ? { packBytes: 0, readBytes: 0 } : await sampleSlot(opts.slot.path, capacity, idx, keys, known.taken, cutterOnce(), opts.signal);
+      const r = !opts.running || runningSeeded ? { packBytes: 0, readBytes: 0 } : await sampleSlot(opts.running.path, opts.running.size, idx, keys, known.taken, cutterOnce(), opts.signal);
       if (t && r) {
         sampledBytes = t.readBytes + r.readBytes;
         if (!targetSeeded) targetEstimate = t.packBytes;
@@ -751,7 +753,7 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   const fetchU = new Uint32Array(n);
   let fetchCount = 0;
   // the target probed: which chunks are already in place (verified here, not read again below)
-  const inPlace0 = targetSeeded ? undefined : await probeInPlace(opts.slot.path, idx, opts.signal);
+  const inPlace0 = targetSeeded ? undefined : await probeInPlace(opts.slot.path, idx, cutterOnce().buf, opts.signal);
   if (inPlace0) probedBytes = h.imageSize;
   const planAll = (): number => {
     let fetchPack = 0;
