@@ -25,7 +25,6 @@ import { createSlotWriter } from '../hal/file-slot.js';
 import type { SlotWriter } from '../hal/slot-writer.js';
 import { TrustClient, dirSource, httpSource, memorySource, targetUrl, type MetadataSource } from '../manifests/client.js';
 import type { Release } from '../manifests/types.js';
-import { withOptimizingCompilers } from './footprint.js';
 import type { InstallProgress } from './install/index.js';
 import type { IndexResolver as IndexResolverType } from './install/index-file.js';
 import { runHealthChecks, type HealthDeps } from './health.js';
@@ -263,15 +262,13 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
       const { payload, delta } = await index.indexOf(release);
       // by delta when the release offers one (install/route.ts): the other slot (the booted one) and
       // the target itself are the seeds; the booted slot is only ever read.
-      // The daemon and `slotflip install`/`update` run interpreted (daemon/footprint.ts); a delta
-      // install gets V8's optimizing compilers back only while it cuts a slot (content-defined
-      // chunking in JS, 13x the CPU interpreted). The rest of it and the full path are native work
-      // (zstd, SHA-256, I/O) and stay interpreted: TurboFan and Maglev would otherwise page in ~7 MiB
-      // of the node binary (measured: same time, ~10 MiB less peak RSS)
+      // The daemon and `slotflip install`/`update` run interpreted (daemon/footprint.ts), a delta
+      // install included: its one JS-heavy step, cutting a slot into content-defined chunks, runs as
+      // WebAssembly (manifests/cdc-wasm.ts); the rest is native work (zstd, SHA-256, I/O)
       const viaDelta = await installByDelta({
         release, payload, delta, mode: deltaMode, locate: (t) => src.payload(t), slot, running: slots[slot.slot === 'A' ? 'B' : 'A'], runningRelease: heldBy(slot.slot === 'A' ? 'B' : 'A'),
         resumeStatePath: paths.resume, seedDir: config.stateDir, budget, now, readBack, log: log.child({ module: 'daemon.install' }),
-        ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), cutting: withOptimizingCompilers,
+        ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}),
       });
       if (viaDelta.installed) {
         readBackDone = { slotPath: slot.path, imageSha256: viaDelta.readBackSha256 };

@@ -6,9 +6,9 @@
  * daemon command's modules): TurboFan and Maglev are several MiB of the node binary's code that stay resident
  * once they have run, plus the optimized code and its metadata, for a process whose hot paths are
  * native (SHA-256, zstd/gzip, file and socket I/O). Measured: idle RSS −9 MiB. `slotflip install`
- * and `update` run the same way (daemon/cli.ts, the launcher). A delta install turns them on again only while it
- * cuts a slot (`withOptimizingCompilers` as delta.ts's `cutting`, daemon/compose.ts): that chunking is
- * JS-heavy, the rest of it is not; a full install never does: its CPU measured the same either way (5.41 s with, 5.46 s without, CLI, 1 GiB, load 15-18;
+ * and `update` run the same way (daemon/cli.ts, the launcher). A delta install no longer turns them on
+ * while it cuts a slot: that chunking's loops run as WebAssembly (manifests/cdc-wasm.ts), as fast
+ * interpreted as optimized; a full install never did: its CPU measured the same either way (5.41 s with, 5.46 s without, CLI, 1 GiB, load 15-18;
  * earlier 7.5/7.6 with, 7.6/6.6 without, load 11), and without them its peak RSS is 7-10 MiB lower
  * (TurboFan and Maglev's pages of the node binary, their code and its metadata). The daemon's own
  * full install (bench:memory, four pairs, load 9-21): peak 142 vs 157 MiB median but CPU +10%
@@ -61,10 +61,9 @@ export function interpretOnly(): void {
 
 /**
  * Runs `fn` with the optimizing compilers on (when `interpretOnly` turned them off), then off again.
- * For the install: JS-heavy work there is cheap only when optimized — cutting a slot into
- * content-defined chunks (manifests/cdc.ts, a delta install) takes 13x the CPU interpreted (64 MiB:
- * 3.4-3.6 s instead of 0.25-0.27 s). An install ends in a reboot (a new, interpreted process) or
- * in a failure, after which the compilers are off again for the next idle period.
+ * For JS-heavy work that is cheap only when optimized (the idle seed-index build's `optimize`
+ * option, for its bench; a slot cut in JS took 13x the CPU interpreted before it ran as WebAssembly).
+ * Afterwards the compilers are off again.
  */
 export async function withOptimizingCompilers<T>(fn: () => Promise<T>): Promise<T> {
   if (!interpreted) return fn();

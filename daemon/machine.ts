@@ -145,7 +145,7 @@ export interface InstallTransfer {
    * read once, each new chunk hashed at the offset it goes to, no chunker; `cut`: the slot was read
    * and cut into chunks; `none`: no such slot), the slot bytes read to cut and to probe, and the ms
    * that step took. */
-  seedLookup?: { target: SeedLookupKind; running: SeedLookupKind; cutBytes: number; probedBytes?: number; lookupMs: number };
+  seedLookup?: { target: SeedLookupKind; running: SeedLookupKind; cutBytes: number; probedBytes?: number; sampledBytes?: number; lookupMs: number };
   /** why the release's delta was not used (the full payload was installed instead). */
   fallback?: { code: string; message: string };
 }

@@ -43,7 +43,17 @@
  * full payload; `minSavedFraction`) and more than 4 MiB (SMALL_DELTA_BYTES: below that only more than
  * the full payload counts, the work is small either way), installDelta stops with INSTALL_DELTA_NOT_WORTH and the caller
  * installs the full payload: an image the slots share little with costs the full payload plus the
- * delta index, never more. Why not up to the full payload itself: a byte fetched by delta costs far
+ * delta index, never more. Judged early too, so that such an install costs little more than the
+ * full one (bench:memory's 1 GiB install onto empty slots: 26 s before, both slots read and cut,
+ * where the full install takes ~5 s): what the slots looked up by their seed indexes do not hold
+ * bounds the fetch from below; a slot with no usable seed is SAMPLED first (SAMPLE_EVERY: 1/16 of it,
+ * in 64 or more windows spread over it, each cut into chunks; images under ~256 MiB-1 GiB, whose
+ * windows would be too short, are not sampled) and its estimate counted SAMPLE_MARGIN (2) times; the
+ * install stops when even that leaves the delta not worth it, and again after the running slot is
+ * cut, with the target's estimate, before the target is read whole. An estimate can be wrong only
+ * towards a full install (bandwidth, never safety): reusable bytes would have to sit between the
+ * windows, which are never more than 1/64 of the image apart.
+ * Why not up to the full payload itself: a byte fetched by delta costs far
  * more work than a streamed one (a frame at a time, each chunk decoded, verified and written on its
  * own, interpreted), and what it reuses is copied from the slots; bench:memory's 1 GiB install of a
  * semi-random image went by delta for a 0.7 % saving in 39 s, 27 s of CPU and 130 MiB, where the
@@ -51,7 +61,9 @@
  *
  * Memory: the chunk lookups are typed arrays (SlotLookup, 20 bytes a chunk), the plan one byte and
  * one offset a chunk; every slot read goes into one of three reused buffers (a 1 MiB run, one chunk,
- * the chunk written last), so the install allocates per chunk only what it fetches and decodes.
+ * the chunk written last), so the install allocates per chunk only what it fetches and decodes. A slot
+ * cut runs as WebAssembly (manifests/cdc-wasm.ts) over a 1 MiB buffer, with V8's optimizing compilers
+ * left off (they cost ~13 MiB of RSS that stayed).
  *
  * Resume needs no record: a restarted install probes (or re-cuts) the target slot, and the part
  * written before the cut is the new image's chunks at their own offsets, so it is found in place,
@@ -71,6 +83,7 @@ import { parseDeltaIndex, parseRawDeltaIndex, unfilterChunk, type DeltaIndex } f
 import { applyThinIndex } from '../../manifests/delta-thin.js';
 import type { SeedLookupKind } from '../machine.js';
 import { verifySlotImage } from './read-back.js';
+import { cutBuffer } from '../../manifests/cdc.js';
 import { cutSlot, seedOfIndex, type SlotSeed } from './seed-index.js';
 import type { IncomingHttpHeaders } from 'node:http';
 import { nodeHttp } from '../../hal/builtins.js';
@@ -147,10 +160,6 @@ export interface DeltaInstallOptions {
    * when more than this many pack bytes are still to fetch after that (default the slot's capacity /
    * CUT_TARGET_READ_RATIO: 4 MiB per GiB; 0: always cut as well). */
   cutTargetAboveBytes?: number;
-  /** wraps every slot cut (the JS chunker: the only JS-heavy step), e.g. with V8's optimizing
-   * compilers on (daemon/footprint.ts withOptimizingCompilers): the rest of a delta install is native
-   * hashing, I/O and zstd, and runs as well interpreted, ~10 MiB of RSS lighter. */
-  cutting?: <T>(fn: () => Promise<T>) => Promise<T>;
 }
 
 /** A seed as the caller has it: a slot's seed (`origin` says kept or built), or a signed delta index. */
@@ -179,8 +188,9 @@ export interface DeltaInstallResult {
   requests: number;
   /** local copies that did not match the index and were fetched instead. */
   seedMismatches: number;
-  /** how each slot's chunks were found, and the slot bytes read to cut slots into chunks. */
-  lookup: { target: SeedLookup; running: SeedLookup; cutBytes: number; probedBytes: number; lookupMs: number };
+  /** how each slot's chunks were found, and the slot bytes read to cut slots into chunks, to probe
+   * the target, and to sample slots without a seed index (the early "not worth it"). */
+  lookup: { target: SeedLookup; running: SeedLookup; cutBytes: number; probedBytes: number; sampledBytes: number; lookupMs: number };
   /** the delta index file as fetched and verified against its signed hash, or rebuilt from the thin
    * index and checked (to keep as a seed). */
   indexFile: Buffer;
@@ -302,12 +312,15 @@ export async function fetchVerified(file: DeltaFile, headers: Record<string, str
 /**
  * Reads the frames `[start,end)` of `frames` (sorted, inside `ranges`) from one multi-range answer,
  * yielding each frame's bytes complete and in order. Handles 206 multipart/byteranges, a single-part
- * 206, and a 200 whole-file answer (bytes outside the frames are dropped).
+ * 206, and a 200 whole-file answer (bytes outside the frames are dropped). Every frame is yielded in
+ * one buffer reused for the next (memory: no buffer per frame to collect): a frame is valid until
+ * the next one is asked for.
  */
 async function* readFrames(a: HttpAnswer, url: string, frames: { off: number; len: number }[], packLength: number, count: { bytes: number }): AsyncGenerator<Buffer> {
   let k = 0;
   let cur: Buffer | undefined;
   let got = 0;
+  const hold = Buffer.allocUnsafeSlow(frames.reduce((m, f) => Math.max(m, f.len), 0));
   // feed a body slice at absolute pack offset `at`; returns the frames completed by it
   function* feed(at: number, d: Buffer): Generator<Buffer> {
     let pos = at;
@@ -319,7 +332,7 @@ async function* readFrames(a: HttpAnswer, url: string, frames: { off: number; le
       if (want >= end) return;
       const from = want - at;
       const take = Math.min(f.len - got, end - want);
-      cur ??= Buffer.allocUnsafe(f.len);
+      cur ??= hold.subarray(0, f.len);
       d.copy(cur, got, from, from + take);
       got += take;
       pos = want + take;
@@ -421,7 +434,9 @@ async function fetchIndex(opts: Pick<DeltaInstallOptions, 'index' | 'thin' | 'ba
 function zstdDecode(frame: Buffer, rawLen: number): Buffer {
   const sync = (zlib as unknown as { zstdDecompressSync?: (b: Buffer, o?: object) => Buffer }).zstdDecompressSync;
   if (!sync) throw new SlotflipError('INSTALL_DECOMPRESS', `node ${process.version} has no built-in zstd; delta installs need Node 22.15 or later (install the full payload instead)`);
-  return sync(frame, { maxOutputLength: rawLen });
+  // one output buffer of the chunk's size (the default 16 KiB pieces, concatenated, left 2-4x the
+  // chunk's size of garbage per frame: ~24 MB in a 1 GiB install fetching ~1000 small chunks)
+  return sync(frame, { maxOutputLength: rawLen, chunkSize: Math.max(64, rawLen) });
 }
 
 /**
@@ -490,8 +505,80 @@ export class SlotLookup {
 
 /** Cuts a slot (or part of it) into chunks with the index's parameters (exported for
  * test/bench/cdc-speed-bench.ts). */
-export async function lookupOf(path: string, size: number, idx: Pick<DeltaIndex, 'header'>, signal?: AbortSignal): Promise<SlotLookup> {
-  return new SlotLookup((await cutSlot(path, size, idx.header.cdc, signal ? { signal } : {})).seed);
+export async function lookupOf(path: string, size: number, idx: Pick<DeltaIndex, 'header'>, signal?: AbortSignal, cutter?: ReturnType<typeof cutBuffer>): Promise<SlotLookup> {
+  return new SlotLookup((await cutSlot(path, size, idx.header.cdc, { bufferBytes: RUN_BYTES, ...(cutter ? { cutter } : {}), ...(signal ? { signal } : {}) })).seed);
+}
+
+/** The new index's distinct chunks by key (the first 8 bytes of their SHA-256): an open-addressing
+ * table (8-16 bytes a chunk) built in one pass, no sort (interpreted JS sorts slowly). */
+class UniqueKeys {
+  private readonly slots: Int32Array;
+  private readonly mask: number;
+
+  constructor(private readonly shas: Buffer, count: number) {
+    let size = 2;
+    while (size < 2 * count) size *= 2;
+    this.slots = new Int32Array(size);
+    this.mask = size - 1;
+    for (let u = 0; u < count; u++) {
+      const h = shas.readUInt32BE(u * 32);
+      const l = shas.readUInt32BE(u * 32 + 4);
+      let i = l & this.mask;
+      // a key seen before keeps its first chunk (two distinct chunks sharing 8 bytes of SHA-256: never, in practice)
+      while (this.slots[i] !== 0 && !this.is(this.slots[i]! - 1, h, l)) i = (i + 1) & this.mask;
+      if (this.slots[i] === 0) this.slots[i] = u + 1;
+    }
+  }
+
+  private is(u: number, h: number, l: number): boolean {
+    return this.shas.readUInt32BE(u * 32) === h && this.shas.readUInt32BE(u * 32 + 4) === l;
+  }
+
+  /** The distinct chunk with key (h, l), or -1. */
+  find(h: number, l: number): number {
+    for (let i = l & this.mask; this.slots[i] !== 0; i = (i + 1) & this.mask) if (this.is(this.slots[i]! - 1, h, l)) return this.slots[i]! - 1;
+    return -1;
+  }
+}
+
+/** A slot is sampled (see "Not worth it") in windows this far apart per window byte... */
+export const SAMPLE_EVERY = 16;
+/** ...at least this many windows over the new image's length (a region of the slot the image could
+ * reuse, 1/64 of it or more, holds a few windows)... */
+const SAMPLE_WINDOWS = 64;
+/** ...each at least this many of the largest chunks long (the first chunk of a window is cut where
+ * no whole-slot cut would, and is not counted). */
+const SAMPLE_WINDOW_CHUNKS = 4;
+/** A sampled estimate may be this many times too small before it misleads the judgement. */
+export const SAMPLE_MARGIN = 2;
+
+/**
+ * Pack bytes of the new image's distinct chunks that a slot holds (`taken` excepted), ESTIMATED from
+ * a sample of it: windows of 1/SAMPLE_EVERY of the spacing, SAMPLE_WINDOWS or more spread evenly over
+ * the slot, each cut into chunks as a whole-slot cut would (first and last chunk of each window left
+ * out); the new chunks found, weighted by their frames' length, scaled up by the slot bytes per byte
+ * read. Undefined when the image is too small for windows of SAMPLE_WINDOW_CHUNKS × cdc.max (the
+ * slot is then judged whole, as before). Read-only.
+ */
+async function sampleSlot(path: string, size: number, idx: DeltaIndex, keys: UniqueKeys, taken: Uint8Array, cutter: ReturnType<typeof cutBuffer>, signal?: AbortSignal): Promise<{ packBytes: number; readBytes: number } | undefined> {
+  const spacing = Math.floor(idx.header.imageSize / SAMPLE_WINDOWS);
+  const window = Math.floor(spacing / SAMPLE_EVERY);
+  if (window < SAMPLE_WINDOW_CHUNKS * idx.header.cdc.max) return undefined;
+  const seen = new Uint8Array(idx.header.uniqueCount);
+  let found = 0;
+  let readBytes = 0;
+  for (let at = 0; at + window <= size; at += spacing) {
+    const { seed } = await cutSlot(path, window, idx.header.cdc, { offset: at, cutter, ...(signal ? { signal } : {}) });
+    readBytes += window;
+    for (let i = 1; i < seed.count - 1; i++) {
+      const u = keys.find(seed.keys.readUInt32BE(i * 8), seed.keys.readUInt32BE(i * 8 + 4));
+      if (u >= 0 && taken[u] === 0 && seen[u] === 0) {
+        seen[u] = 1;
+        found += idx.packLen[u]!;
+      }
+    }
+  }
+  return readBytes === 0 ? undefined : { packBytes: Math.round((found * size) / readBytes), readBytes };
 }
 
 function asSeed(s: SeedInput | undefined): (SlotSeed & { origin?: SeedOrigin }) | undefined {
@@ -502,12 +589,12 @@ function asSeed(s: SeedInput | undefined): (SlotSeed & { origin?: SeedOrigin }) 
  * The target probed: for each chunk of the new image, whether the target slot already holds it at
  * the offset it goes to (SHA-256 against the signed index), reading the slot once in order (runs of
  * up to RUN_BYTES into one reused buffer). What it finds: an earlier run's writes (resume), and the
- * release before's bytes that did not move. One byte a chunk (1: in place). Read-only.
+ * release before's bytes that did not move. One byte a chunk (1: in place). Read-only. `buf`: at
+ * least max(RUN_BYTES, cdc.max) bytes.
  */
-async function probeInPlace(path: string, idx: DeltaIndex, signal?: AbortSignal): Promise<Uint8Array> {
+async function probeInPlace(path: string, idx: DeltaIndex, buf: Buffer, signal?: AbortSignal): Promise<Uint8Array> {
   const n = idx.header.chunkCount;
   const hit = new Uint8Array(n);
-  const buf = Buffer.allocUnsafeSlow(Math.max(RUN_BYTES, idx.header.cdc.max));
   const fh = await open(path, 'r');
   try {
     let pos = 0;
@@ -588,7 +675,10 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   const lookup = { target: 'probed' as SeedLookup, running: 'none' as SeedLookup };
   const seedT = asSeed(opts.seeds?.target);
   const seedR = asSeed(opts.seeds?.running);
-  const cut = (path: string, size: number): Promise<SlotLookup> => (opts.cutting ?? ((f) => f()))(() => lookupOf(path, size, idx, opts.signal));
+  // one read buffer for every sample and cut of this install (wasm memory: cdc.ts cutBuffer)
+  let cutter: ReturnType<typeof cutBuffer> | undefined;
+  const cutterOnce = (): ReturnType<typeof cutBuffer> => (cutter ??= cutBuffer(Math.max(RUN_BYTES, 2 * h.cdc.max)));
+  const cut = (path: string, size: number): Promise<SlotLookup> => lookupOf(path, size, idx, opts.signal, cutterOnce());
   let target = SlotLookup.empty();
   const targetSeeded = seedFits(seedT, idx, capacity);
   if (targetSeeded) {
@@ -596,13 +686,63 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
     lookup.target = seedT.origin ?? 'kept';
   }
   let running = SlotLookup.empty();
-  if (opts.running && seedFits(seedR, idx, opts.running.size)) {
-    running = new SlotLookup(seedR);
-    lookup.running = seedR.origin ?? 'kept';
-  } else if (opts.running) {
+  const runningSeeded = opts.running !== undefined && seedFits(seedR, idx, opts.running.size);
+  if (runningSeeded) {
+    running = new SlotLookup(seedR!);
+    lookup.running = seedR!.origin ?? 'kept';
+  }
+
+  // Not worth it (module header): judged as soon as it can be, so that an image the slots share
+  // little with costs little more than its full install. The pack bytes of the distinct chunks that
+  // no slot looked up so far holds bound what the delta fetches from below; a slot not looked up yet
+  // is first SAMPLED (1/SAMPLE_EVERY of it read and cut), and only when even SAMPLE_MARGIN times the
+  // estimate would leave the delta worth it is it read whole (cut, or probed).
+  const minSaved = opts.minSavedFraction ?? MIN_SAVED_FRACTION;
+  const worthBytes = opts.fullBytes === undefined ? Infinity : Math.floor(opts.fullBytes * (1 - minSaved));
+  // (a small fetch costs little work either way: there only "more than the full payload" counts)
+  const hopeless = (packBytes: number): boolean => packBytes > worthBytes && (packBytes > SMALL_DELTA_BYTES || packBytes > opts.fullBytes!);
+  let sampledBytes = 0;
+  const notWorth = (packBytes: number, why: string, extra: object = {}): SlotflipError => {
+    opts.onReceived?.(downloaded);
+    return new SlotflipError('INSTALL_DELTA_NOT_WORTH', `delta install would fetch ${packBytes} bytes of the delta pack, more than ${worthBytes} (${Math.round(100 * (1 - minSaved))} % of the ${opts.fullBytes}-byte full payload): ${why}; installing the full payload`, { details: { packBytes, fullBytes: opts.fullBytes, worthBytes, ...extra, lookup: { ...lookup, cutBytes, probedBytes, sampledBytes, lookupMs: Math.round(performance.now() - lookupStarted) } } });
+  };
+  /** Pack bytes of the distinct chunks none of `lookups` holds (anywhere), and which those are. */
+  const missingFrom = (lookups: SlotLookup[]): { bytes: number; taken: Uint8Array } => {
+    const taken = new Uint8Array(h.uniqueCount);
+    let bytes = 0;
+    for (let u = 0; u < h.uniqueCount; u++) {
+      const kh = idx.shas.readUInt32BE(u * 32);
+      const kl = idx.shas.readUInt32BE(u * 32 + 4);
+      if (lookups.some((l) => l.find(kh, kl) >= 0)) taken[u] = 1;
+      else bytes += idx.packLen[u]!;
+    }
+    return { bytes, taken };
+  };
+  let targetEstimate: number | undefined;
+  const unseeded = !targetSeeded || (opts.running !== undefined && !runningSeeded);
+  if (opts.fullBytes !== undefined && unseeded) {
+    const known = missingFrom([target, running]);
+    if (hopeless(known.bytes)) {
+      const keys = new UniqueKeys(idx.shas, h.uniqueCount);
+      const t = targetSeeded ? { packBytes: 0, readBytes: 0 } : await sampleSlot(opts.slot.path, capacity, idx, keys, known.taken, cutterOnce(), opts.signal);
+      const r = !opts.running || runningSeeded ? { packBytes: 0, readBytes: 0 } : await sampleSlot(opts.running.path, opts.running.size, idx, keys, known.taken, cutterOnce(), opts.signal);
+      if (t && r) {
+        sampledBytes = t.readBytes + r.readBytes;
+        if (!targetSeeded) targetEstimate = t.packBytes;
+        const best = Math.max(0, known.bytes - SAMPLE_MARGIN * (t.packBytes + r.packBytes));
+        if (hopeless(best)) throw notWorth(best, `the slots hold little of the new image (estimated from ${sampledBytes} bytes of them read: at most ~${t.packBytes + r.packBytes} pack bytes' worth; counted ${SAMPLE_MARGIN}x)`, { estimated: true });
+      }
+    }
+  }
+  if (opts.running && !runningSeeded) {
     running = await cut(opts.running.path, opts.running.size);
     cutBytes += opts.running.size;
     lookup.running = 'cut';
+    // the running slot known: the target's estimate alone may now say it (before it is read whole)
+    if (targetEstimate !== undefined) {
+      const best = Math.max(0, missingFrom([target, running]).bytes - SAMPLE_MARGIN * targetEstimate);
+      if (hopeless(best)) throw notWorth(best, `the slots hold little of the new image (the running slot cut; the target estimated from a sample: ~${targetEstimate} pack bytes' worth, counted ${SAMPLE_MARGIN}x)`, { estimated: true });
+    }
   }
 
   // 3. plan: one byte (where from) and one offset a chunk; the distinct chunks to fetch, in pack order
@@ -613,7 +753,7 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   const fetchU = new Uint32Array(n);
   let fetchCount = 0;
   // the target probed: which chunks are already in place (verified here, not read again below)
-  const inPlace0 = targetSeeded ? undefined : await probeInPlace(opts.slot.path, idx, opts.signal);
+  const inPlace0 = targetSeeded ? undefined : await probeInPlace(opts.slot.path, idx, cutterOnce().buf, opts.signal);
   if (inPlace0) probedBytes = h.imageSize;
   const planAll = (): number => {
     let fetchPack = 0;
@@ -660,16 +800,12 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   frameRanges.length = 0;
   // what the delta would download, known before a byte of the pack is fetched or the slot written
   const packBytes = ranges.reduce((sum, r) => sum + (r.end - r.start), 0);
-  const worthBytes = opts.fullBytes === undefined ? Infinity : Math.floor(opts.fullBytes * (1 - (opts.minSavedFraction ?? MIN_SAVED_FRACTION)));
-  // (a small fetch costs little work either way: there only "more than the full payload" counts)
-  if (packBytes > worthBytes && (packBytes > SMALL_DELTA_BYTES || packBytes > opts.fullBytes!)) {
-    opts.onReceived?.(downloaded);
-    throw new SlotflipError('INSTALL_DELTA_NOT_WORTH', `delta install would fetch ${packBytes} bytes of the delta pack, more than ${worthBytes} (${Math.round(100 * (1 - (opts.minSavedFraction ?? MIN_SAVED_FRACTION)))} % of the ${opts.fullBytes}-byte full payload): the slots hold little of the new image (${fetchedImageBytes(idx, toFetch)} of its ${h.imageSize} bytes are in neither slot); installing the full payload`, { details: { packBytes, fullBytes: opts.fullBytes, worthBytes, lookup: { ...lookup, cutBytes } } });
-  }
+  if (hopeless(packBytes)) throw notWorth(packBytes, `the slots hold little of the new image (${fetchedImageBytes(idx, toFetch)} of its ${h.imageSize} bytes are in neither slot)`);
   const batches: FetchRange[][] = [];
   for (let i = 0; i < ranges.length; i += perRequest) batches.push(ranges.slice(i, i + perRequest));
   const wire = { bytes: 0 }; // pack response body bytes received (gaps and multipart framing included)
-  /** The frames of `list` (pack order), fetched by `batches` (their coalesced ranges, one request each). */
+  /** The frames of `list` (pack order), fetched by `batches` (their coalesced ranges, one request
+   * each); each valid until the next is asked for (readFrames). */
   async function* frameStream(list: ArrayLike<number>, batches: FetchRange[][]): AsyncGenerator<Buffer> {
     let fi = 0; // next frame of list
     for (const batch of batches) {
@@ -927,5 +1063,5 @@ export async function installDelta(opts: DeltaInstallOptions): Promise<DeltaInst
   report(true);
   downloaded += wire.bytes;
   await verifySlotImage(opts.slot, { compression: 'zstd', size: h.imageSize, sha256: h.imageSha256, chunkSize: 0, chunks: [] }, { source: opts.readBack ?? 'handle' });
-  return { imageSize: h.imageSize, inPlace, copied, fetchedRaw, downloaded, requests, seedMismatches, lookup: { ...lookup, cutBytes, probedBytes, lookupMs }, indexFile: fetched.file, indexVia: fetched.thin ? 'thin' : 'full', readBackSha256: h.imageSha256, durationMs: Math.round(performance.now() - started) };
+  return { imageSize: h.imageSize, inPlace, copied, fetchedRaw, downloaded, requests, seedMismatches, lookup: { ...lookup, cutBytes, probedBytes, sampledBytes, lookupMs }, indexFile: fetched.file, indexVia: fetched.thin ? 'thin' : 'full', readBackSha256: h.imageSha256, durationMs: Math.round(performance.now() - started) };
 }

@@ -2,19 +2,19 @@
  * Seed indexes built while the daemon is idle (issue 25): a slot with no usable seed index (the
  * factory image in both slots, a slot written before delta was enabled, a kept index that was
  * dropped) is read and cut into chunks now, so the next delta install looks its chunks up instead of
- * cutting both slots on the update's critical path (1 GiB slots: seconds of JS per slot).
+ * cutting both slots on the update's critical path (1 GiB slots: a second or two of CPU per slot).
  *
  * Trade-offs:
  * - Low priority by pacing, not by nice: Linux nice is per thread and a daemon that lowered its own
  *   main thread may not raise it back (CAP_SYS_NICE), so after every 1 MiB buffer the build sleeps in
  *   proportion to the time it just spent (`busyFraction`, default 0.5 of one core); the event loop
  *   is free between buffers (MQTT, commands, a trigger).
- * - Interpreted, like the rest of the idle daemon (daemon/footprint.ts), by default: measured
- *   (`npm run bench:seed-idle`, 1 GiB slot, load ~10) 60 s of CPU per GiB interpreted against 3.9 s
- *   with V8's optimizing compilers on, but with them the idle daemon's RSS did not come back (53 MiB
- *   before, 62 MiB after, heap reclaimed) while interpreted it did (54 -> 55 MiB). The build runs
- *   once per slot that slotflip never wrote (afterwards every install keeps the signed index), so
- *   the CPU is a one-off; `optimize: true` trades it for the resident memory.
+ * - Interpreted, like the rest of the idle daemon (daemon/footprint.ts), by default. The cut's loops
+ *   run as WebAssembly (manifests/cdc-wasm.ts), which costs the same either way: 1 GiB ext4 image
+ *   (config-repro), cut alone, 0.68 s of CPU interpreted, 0.72 s with V8's optimizing compilers on
+ *   (before the wasm loops: 60 s of CPU per GiB interpreted against 3.9 s, `npm run bench:seed-idle`).
+ *   With the compilers on the idle daemon's RSS did not come back (53 MiB before, 62 MiB after, heap
+ *   reclaimed); `optimize: true` is kept for that bench's comparison.
  * - Abortable, not resumable: an update (any cycle) aborts the build through `signal` before it does
  *   anything; the aborted slot keeps nothing (seed-index.ts keeps an index only of a slot it read
  *   whole) and is read again from its start at the next idle period (a checkpoint would cost a state

@@ -23,8 +23,8 @@
  *
  * Not worth it: when the slots hold so little of the new image that the pack ranges to fetch come
  * to more than 7/8 of the full payload and 4 MiB (delta.ts MIN_SAVED_FRACTION, SMALL_DELTA_BYTES;
- * judged from the seed indexes or the cut slots and the new delta index, before a byte of the pack
- * is fetched), delta.ts says INSTALL_DELTA_NOT_WORTH and the full
+ * judged from the seed indexes, samples of the slots without one, or the cut slots, and the new delta
+ * index, before a byte of the pack is fetched), delta.ts says INSTALL_DELTA_NOT_WORTH and the full
  * payload is installed in the same run (the report's `fallback` names it): such an update costs the
  * full payload plus the delta index (~0.4 % of an 8 MiB random image; less for a compressible one).
  *
@@ -59,6 +59,7 @@ import type { SlotWriter } from '../../hal/slot-writer.js';
 import { parseDeltaIndex, parseDeltaSection, type DeltaIndex, type DeltaSection } from '../../manifests/delta.js';
 import type { PayloadInfo, Release } from '../../manifests/types.js';
 import type { InstallTransfer } from '../machine.js';
+import { exposedGc } from '../footprint.js';
 import { fetchVerified, installDelta, request, type DeltaInstallResult, type SeedInput } from './delta.js';
 import type { BudgetOptions, InstallProgress } from './installer.js';
 import { readResumeRecord, writeResumeHint } from './resume-state.js';
@@ -95,8 +96,6 @@ export interface DeltaRouteOptions {
    * (unjudged); undefined when unknown or no longer published. Asked only when the running slot has
    * no usable kept or built seed index: its published delta index then stands in for one. */
   runningRelease?: () => Promise<{ payload: PayloadInfo; delta?: unknown } | undefined>;
-  /** wraps each slot cut (delta.ts DeltaInstallOptions.cutting). */
-  cutting?: <T>(fn: () => Promise<T>) => Promise<T>;
   budget: BudgetOptions;
   headers?: Record<string, string>;
   /** read-back through the slot handle or by path (installer.ts `readBack`). */
@@ -236,7 +235,6 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
       ...(o.running ? { running: { path: o.running.path, size: await o.running.capacity() } } : {}),
       ...(o.headers ? { headers: o.headers } : {}),
       seeds,
-      ...(o.cutting ? { cutting: o.cutting } : {}),
       // an image the slots share little with goes in full (issue 25: never more than 1.05x a full update)
       fullBytes: o.release.length,
       budget: { bytes: Math.max(0, maxBytes - spent.bytes), ms: Math.max(0, maxMs - spent.ms) },
@@ -265,6 +263,9 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
     if (ended || codeOf(e) === 'INSTALL_ABORTED') throw e;
     if (code === 'INSTALL_DELTA_NOT_WORTH') {
       log?.info({ code, reason: (e as Error).message, ...(e as { details?: object }).details }, 'delta not worth it: installing the full payload');
+      // what the delta's lookup left (its index, the samples' buffers) goes before the full install
+      // allocates its own, not on top of it (with --expose-gc, as the unit starts the daemon)
+      exposedGc()?.({ type: 'major', execution: 'sync' });
       return { installed: false, fallback: { code, message: (e as Error).message } };
     }
     if (!wrote || PACK_FAULTS.has(code)) {

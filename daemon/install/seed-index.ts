@@ -28,7 +28,7 @@
  * GiB), bound to the slot (name, path, bytes read) and to the SHA-256 of every byte it read, plus the
  * install record's word on that slot at the time (an install into the slot that begins later changes
  * it, and drops the seed first anyway). Nothing is kept unless the whole slot was read: an aborted
- * build leaves nothing (it is redone from the start: ~1-2 s of CPU per GiB with the optimizing JIT).
+ * build leaves nothing (it is redone from the start: ~1-2 s of CPU per GiB, the cut running as WebAssembly).
  * `<slot>.seed` again, schema 2 (a daemon that knows only schema 1 refuses it and cuts the slot).
  *
  * In memory every seed, kept or built, is a `SlotSeed`: one 8-byte key (the start of the chunk's
@@ -39,7 +39,7 @@ import { mkdir, open, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fsyncDir, readFileCapped, writeFileAtomic } from '../../hal/atomic-file.js';
 import type { SlotName } from '../../hal/boot-control.js';
-import { checkCdcParams, chunkFile, type CdcParams } from '../../manifests/cdc.js';
+import { checkCdcParams, chunkFile, type cutBuffer, type CdcParams } from '../../manifests/cdc.js';
 import { parseDeltaIndex, type DeltaIndex } from '../../manifests/delta.js';
 
 /** Largest seed index file kept per slot (a 1 GiB image at the default chunk sizes needs ~2-3 MiB
@@ -83,6 +83,10 @@ export interface CutOptions {
   bufferBytes?: number;
   /** also hash every byte read (the built seed's binding). */
   hashAll?: boolean;
+  /** cut from this slot offset (default 0; `size` bytes from there). */
+  offset?: number;
+  /** the read buffer and loops to reuse (cdc.ts cutBuffer). */
+  cutter?: ReturnType<typeof cutBuffer>;
 }
 
 /**
@@ -101,6 +105,8 @@ export async function cutSlot(path: string, size: number, cdc: CdcParams, o: Cut
   let sincePause = 0;
   if (size > 0) {
     await chunkFile(path, cdc, {
+      ...(o.offset ? { offset: o.offset } : {}),
+      ...(o.cutter ? { cutter: o.cutter } : {}),
       size,
       keep: false,
       bufferBytes: every,

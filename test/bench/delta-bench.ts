@@ -7,7 +7,9 @@
  * the bytes it sends and the requests):
  *   slotflip full   installPayload of the 4 MiB-frame zstd payload (`release add` defaults)
  *   slotflip delta  installDelta: the running slot cut into CDC chunks, the target probed, coalesced
- *                   multi-range fetches of the pack; run as the daemon runs it (interpreted but the cut)
+ *                   multi-range fetches of the pack; run as the daemon runs it (interpreted, the cut's
+ *                   loops as WebAssembly; given the full payload's length, so slots without a seed
+ *                   index are sampled first to judge whether the delta is worth it)
  *   casync 16 KiB   `casync extract --seed=OLD` from an HTTP chunk store (index bytes included)
  *   zchunk          `zckdl -s OLD.zck` (the device keeps OLD as a zchunk file)
  *
@@ -218,17 +220,21 @@ async function main(): Promise<void> {
       return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB };
     });
     await rm(join(work, 'resume.json'), { force: true });
+    // the full payload's length, as the daemon passes it: a delta the slots would save too little
+    // with stops before fetching (INSTALL_DELTA_NOT_WORTH; the row then says so)
+    const fullBytes = ['--full-bytes', String((await stat(join(art, newName, 'image.zst'))).size)];
     for (const f of formats) {
       format = f;
       await fresh();
       row[fx('slotflip delta')] = await measure(async () => {
-        const r = await child('delta-child.js', ['--built', join(art, newName, `delta-${artTag()}.json`), '--index-url', `${srv.url}${newName}/image-${artTag()}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${artTag()}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`)]);
-        return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB, note: `copied ${(r.result.copied! / 2 ** 20).toFixed(0)} MiB` };
+        const r = await child('delta-child.js', ['--built', join(art, newName, `delta-${artTag()}.json`), '--index-url', `${srv.url}${newName}/image-${artTag()}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${artTag()}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`), ...fullBytes]);
+        const sampled = (r.result as unknown as { lookup: { sampledBytes?: number } }).lookup.sampledBytes ?? 0;
+        return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB, note: `copied ${(r.result.copied! / 2 ** 20).toFixed(0)} MiB, sampled ${(sampled / 2 ** 20).toFixed(0)} MiB` };
       });
       // the device's usual state from its second update on: the target slot holds the release before
       // (here OLD as well); both slots cut into chunks, then both looked up in their kept indexes
       // (OLD's signed delta index, as the device kept it when it installed OLD): no slot read to cut
-      const deltaArgs = ['--built', join(art, newName, `delta-${artTag()}.json`), '--index-url', `${srv.url}${newName}/image-${artTag()}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${artTag()}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`), ...(await thinArgs(oldName, newName, srv.url))];
+      const deltaArgs = ['--built', join(art, newName, `delta-${artTag()}.json`), '--index-url', `${srv.url}${newName}/image-${artTag()}.delta-index`, '--pack-url', `${srv.url}${newName}/image-${artTag()}.delta-pack`, '--slot', slot, '--running', join(images, `${oldName}.img`), ...fullBytes, ...(await thinArgs(oldName, newName, srv.url))];
       const oldIndex = join(art, oldName, `image-${artTag()}.delta-index`);
       // and a device that kept no index but knows what its booted slot holds (its committed release):
       // OLD's delta index fetched from the repository for the running slot, the target probed
@@ -237,8 +243,8 @@ async function main(): Promise<void> {
         await copyFile(join(images, `${oldName}.img`), slot);
         row[fx(name)] = await measure(async () => {
           const r = await child('delta-child.js', [...deltaArgs, ...seeds]);
-          const { lookup: l, indexVia } = r.result as unknown as { lookup: { cutBytes: number; probedBytes?: number; target: string; running: string }; indexVia?: string };
-          return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB, note: `index ${indexVia ?? 'full'}, running ${l.running}, target ${l.target}; cut ${(l.cutBytes / 2 ** 20).toFixed(0)} MiB, probed ${((l.probedBytes ?? 0) / 2 ** 20).toFixed(0)} MiB` };
+          const { lookup: l, indexVia } = r.result as unknown as { lookup: { cutBytes: number; probedBytes?: number; sampledBytes?: number; target: string; running: string }; indexVia?: string };
+          return { wallMs: r.usage.wallMs, rssKiB: r.usage.maxRssKiB, note: `index ${indexVia ?? 'full'}, running ${l.running}, target ${l.target}; cut ${(l.cutBytes / 2 ** 20).toFixed(0)} MiB, probed ${((l.probedBytes ?? 0) / 2 ** 20).toFixed(0)} MiB, sampled ${((l.sampledBytes ?? 0) / 2 ** 20).toFixed(0)} MiB` };
         });
       }
     }

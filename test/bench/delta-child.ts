@@ -12,18 +12,22 @@
  * and SHA-256 from FILE, the release's built.json), inside the timed span.
  * --thin-url URL --thin FILE: the release's thin index (manifests/delta-thin.ts; FILE: its length, SHA-256,
  * base and rawSha256 as the release signs them), used when a seed above is the index it names.
+ * --full-bytes N: the full payload's length, as the daemon passes it (route.ts): the install stops with
+ * INSTALL_DELTA_NOT_WORTH when the slots would save too little (judged early from samples of slots
+ * without a seed index: daemon/install/delta.ts).
  * --interpreted: as the daemon runs it (started with --no-turbofan --no-maglev, see
- * daemon/footprint.ts): V8's optimizing compilers on only while a slot is cut.
+ * daemon/footprint.ts): V8's optimizing compilers off throughout (a slot cut runs as WebAssembly:
+ * manifests/cdc-wasm.ts).
  */
 import { readFile, stat } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { fetchVerified, installDelta, type SeedInput } from '../../daemon/install/delta.js';
 import { createSlotWriter } from '../../hal/file-slot.js';
-import { interpretOnly, withOptimizingCompilers } from '../../daemon/footprint.js';
+import { interpretOnly } from '../../daemon/footprint.js';
 import { parseDeltaIndex, type BuiltDelta, type DeltaIndex } from '../../manifests/delta.js';
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { built: { type: 'string' }, 'index-url': { type: 'string' }, 'pack-url': { type: 'string' }, slot: { type: 'string' }, running: { type: 'string' }, progress: { type: 'boolean', default: false }, 'target-seed': { type: 'string' }, 'running-seed': { type: 'string' }, 'running-published': { type: 'string' }, 'running-built': { type: 'string' }, 'thin-url': { type: 'string' }, thin: { type: 'string' }, interpreted: { type: 'boolean', default: false } } });
+  const { values } = parseArgs({ options: { built: { type: 'string' }, 'index-url': { type: 'string' }, 'pack-url': { type: 'string' }, slot: { type: 'string' }, running: { type: 'string' }, progress: { type: 'boolean', default: false }, 'target-seed': { type: 'string' }, 'running-seed': { type: 'string' }, 'running-published': { type: 'string' }, 'running-built': { type: 'string' }, 'thin-url': { type: 'string' }, thin: { type: 'string' }, interpreted: { type: 'boolean', default: false }, 'full-bytes': { type: 'string' } } });
   if (values.interpreted) interpretOnly();
   if (!values.built || !values['index-url'] || !values['pack-url'] || !values.slot) throw new Error('usage: delta-child --built FILE --index-url URL --pack-url URL --slot PATH [--running PATH]');
   const built = JSON.parse(await readFile(values.built, 'utf8')) as BuiltDelta;
@@ -46,8 +50,8 @@ async function main(): Promise<void> {
     pack: { urls: [values['pack-url']], ...built.pack },
     slot: createSlotWriter('B', { path: values.slot }),
     seeds,
-    ...(values.interpreted ? { cutting: withOptimizingCompilers } : {}),
     readBack: 'path', // as the daemon reads back hal's own slots (compose.ts)
+    ...(values['full-bytes'] ? { fullBytes: Number(values['full-bytes']) } : {}),
     ...(values.running ? { running: { path: values.running, size: (await stat(values.running)).size } } : {}),
     ...(values.progress ? { onProgress: (p: object) => void process.stdout.write(`${JSON.stringify({ progress: p })}\n`) } : {}),
   });

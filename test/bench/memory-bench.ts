@@ -491,7 +491,7 @@ async function install(root: string, cache: string, broker: Mosquitto, gib: numb
       res.install.push(r);
       say(`install ${gib} GiB: peak ${r.peakMiB} MiB (up to ${r.peakProcs} processes), ${r.seconds} s (CPU ${r.cpuSeconds} s), payload ${r.payloadMiB} MiB`);
       // which way the daemon went: a release with a delta section is tried by delta first (route.ts)
-      for (const l of d.lines) if (typeof l.msg === "string" && (values['daemon-log'] || /^delta |delta install/.test(l.msg))) say(`  daemon: ${l.msg} ${JSON.stringify({ ...l, msg: undefined, time: undefined, pid: undefined, hostname: undefined, level: undefined }).slice(0, 600)}`);
+      for (const l of d.lines) if (typeof l.msg === "string" && (values['daemon-log'] || /^delta |delta install/.test(l.msg))) say(`  daemon +${typeof l.time === 'number' ? `${((l.time - t0) / 1000).toFixed(1)} s, peak so far ${mib(Math.max(0, ...s.samples.filter((x) => x.t <= (l.time as number) - t0).map((x) => x.kib)))} MiB` : '?'}: ${l.msg} ${JSON.stringify({ ...l, msg: undefined, time: undefined, pid: undefined, hostname: undefined, level: undefined }).slice(0, 600)}`);
     } finally {
       s.stop();
       await d.stop();
