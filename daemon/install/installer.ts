@@ -71,6 +71,15 @@
  * bench image (mostly empty, zstd decodes it fast) took wall 16.3 -> 21.3 s (1.31x; still 0.77x the
  * C floor in that run), main thread CPU 6.4 + 3.4 (worker) -> 10.0 s, load 6-7, 2 rounds; 1 GiB in
  * the same run 1.06x. A device that has the memory and wants that wall back sets `readBackThread`.
+ * Tried and refused (issue 24): the chunk SHA-256 on libuv's pool through WebCrypto
+ * (`crypto.subtle.digest` of a chunk's region, decoded in place in order; the chunk held unwritten
+ * until its digest matched). subtle.digest copies its input on this thread before queueing the job
+ * (checked: changing the buffer after the call does not change the digest), a 4 MiB malloc + memcpy
+ * per chunk (~2 ms of this thread, load 6; createHash ~5 ms), freed when the job ends but kept
+ * resident by malloc. cli-bench 1 GiB, 3 rounds, --cli-only, A/B vs main ca70c13 (load 6.6-6.5):
+ * wall 1.20x, tree CPU 1.10x, peak RSS 79 -> 87 MiB (two copies in flight); main thread 2.49 -> 2.25
+ * s, pool 1.26 -> 1.93 s (a region now waits for its digest too, so the decoder waits for regions).
+ * Against the session's start (load 6.2-8.6): wall 1.05x, CPU 1.20x. The patch is not kept.
  *
  * Error codes (stable): INSTALL_BAD_INDEX, INSTALL_SLOT_TOO_SMALL, INSTALL_CHUNK_HASH_MISMATCH,
  * INSTALL_PAYLOAD_TRUNCATED, INSTALL_PAYLOAD_OVERSIZED, INSTALL_DECOMPRESS, INSTALL_HTTP_STATUS,
