@@ -11,6 +11,12 @@
  * every field must match (day of month AND day of week), day of week 0 and 7 are Sunday.
  * Validation stays node-cron's (`validate`); test/unit/cron-local.test.ts checks this matcher
  * against node-cron's own on random expressions and times.
+ *
+ * The Date getters still read the local time through ICU's time-zone data (~0.3-0.45 MiB of an idle
+ * daemon, issue 16). V8's `--no-icu-timezone-data` reads it through localtime_r instead and saves that,
+ * but it is wrong where daylight saving time is not one hour: in Australia/Lord_Howe (30 min) on
+ * 15 July 2026 12:00 UTC it gives 22:00, offset -600, where the zone's time is 22:30, -630 (ICU's
+ * answer; Node 24.22, checked by idlemem3). A poll schedule must not shift with the zone: not used.
  */
 
 import { weakRequire } from '../hal/lazy.js';

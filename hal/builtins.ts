@@ -15,6 +15,13 @@
  * process's module graph costs it all; test/e2e/daemon-module-graph.test.ts checks that
  * `slotflip install URL` loads no undici, readline or http2.
  *
+ * node:fs/promises itself (with readline and the REPL's history module behind it): 22 modules of the
+ * idle daemon import it, and the default config's idle indexing (install.delta 'auto':
+ * daemon/install/idle-index.ts -> seed-index, manifests/cdc, hal/file-slot) works through FileHandles
+ * while idle. Measured (issue 16, idlemem3) with every dist/ import of it redirected by a preloaded
+ * hook to callback fs + promisify and a FileHandle stand-in: idle 56.4/56.5 vs 56.9/57.0 MiB
+ * (memory-bench --only idle, load 7-10), ~0.5 MiB for rewriting all of them: not done.
+ *
  * Types: `import type` from the builtin as usual (erased at build time).
  */
 import { createRequire } from 'node:module';
