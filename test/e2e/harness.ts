@@ -198,15 +198,15 @@ export interface Daemon {
 }
 
 /** Starts `slotflip daemon --config F` (the built CLI) as a child process. */
-export function startDaemon(configPath: string, opts: { rssEveryMs?: number } = {}): Daemon {
+export function startDaemon(configPath: string, opts: { rssEveryMs?: number; nodeArgs?: string[] } = {}): Daemon {
   return startSlotflip(['daemon', '--config', configPath], opts);
 }
 
-/** Starts `slotflip ARGS...` (the built CLI) as a child process that can be watched and killed; its
+/** Starts `slotflip ARGS...` (the built CLI; `nodeArgs`: Node flags before it, e.g. the launcher's) as a child process that can be watched and killed; its
  * stdout lines are parsed as log lines (a command's JSON result is one too), stderr kept as text. */
-export function startSlotflip(args: string[], opts: { rssEveryMs?: number } = {}): Daemon {
+export function startSlotflip(args: string[], opts: { rssEveryMs?: number; nodeArgs?: string[] } = {}): Daemon {
   requireBuilt();
-  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   const lines: LogLine[] = [];
   const rss: number[] = [];
   const waiters = new Set<{ pred: (l: LogLine) => boolean; resolve: (l: LogLine) => void }>();
