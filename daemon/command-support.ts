@@ -17,7 +17,6 @@ import { Outbox } from './outbox.js';
 import { MqttTransport } from './mqtt.js';
 import type { Agent, CycleResult } from './agent.js';
 import { createLogger } from './logger.js';
-import { exposedGc, reclaimHeap } from './footprint.js';
 import type { ParseArgsConfig } from 'node:util';
 import { nodeFs, nodeUtil } from '../hal/builtins.js';
 const { parseArgs } = nodeUtil;
@@ -90,10 +89,6 @@ export async function openAgent(p: Parsed, overrides: ComposeOverrides = {}, opt
   const config = await loadConfig(p.config);
   const log = overrides.log ?? commandLogger(config);
   const source = overrides.source ?? config.trust.sources[0];
-  // run with --expose-gc (/usr/bin/slotflip does for install and update): the heap the TUF refresh
-  // and preflight leave behind is returned before a full install streams
-  const gc = exposedGc();
-  if (gc && !overrides.reclaim) overrides = { ...overrides, reclaim: () => log.info(reclaimHeap(gc), 'heap reclaimed before the install streams') };
   if (!(opts.connect ?? true) || !config.broker) {
     const agent = await createAgent(config, { ...overrides, log });
     return { config, agent, log, close: async () => undefined };

@@ -38,6 +38,7 @@ import { silentLogger } from './logger.js';
 import { releaseIdOf } from './machine.js';
 import { guardTrials, kernelBootId, trialGuardDir } from './trial-guard.js';
 import { isoTime } from '../hal/iso-time.js';
+import { exposedGc, reclaimHeap } from './footprint.js';
 
 // The install path (installer, decoder, hasher, HTTP source, read-back, preflight) and the data
 // migration are loaded on first use: a daemon sits idle for weeks between updates and should not
@@ -90,7 +91,9 @@ export interface ComposeOverrides {
   onInstallProgress?: (p: InstallProgress) => void;
   /** called once per full install, after the TUF refresh, preflight, mark-bad and the delta decision
    * and before the payload streams: a memory-reducing GC (footprint.ts `reclaimHeap`) returns what
-   * those left on the heap before the install's buffers come on top (its peak RSS, issue 16/24). */
+   * those left on the heap before the install's buffers come on top (its peak RSS, issue 16/24).
+   * Default: that GC where node runs with --expose-gc (/usr/bin/slotflip's daemon, install and
+   * update lines), logged; else nothing. */
   reclaim?: () => void;
   /** the per-cycle state lock; default `<stateDir>/lock` taken for each `runOnce`. `null`: none,
    * because the caller holds the lock for its whole life (the daemon, see UpdateService). */
@@ -205,6 +208,8 @@ function lazyMigrations(config: Config): NonNullable<AgentDeps['migration']> {
 export async function createAgent(config: Config, o: ComposeOverrides = {}): Promise<Agent> {
   const now = o.now ?? Date.now;
   const log = o.log ?? silentLogger();
+  const gc = o.reclaim ? undefined : exposedGc();
+  const reclaim = o.reclaim ?? (gc ? () => log.info(reclaimHeap(gc), 'heap reclaimed before the install streams') : undefined);
   const runner = o.runner ?? execTool;
   const paths = statePaths(config.stateDir);
   await mkdir(paths.trusted, { recursive: true });
@@ -274,7 +279,7 @@ export async function createAgent(config: Config, o: ComposeOverrides = {}): Pro
         readBackDone = { slotPath: slot.path, imageSha256: viaDelta.readBackSha256 };
         return viaDelta.stats;
       }
-      o.reclaim?.();
+      reclaim?.();
       const r = await installPayload({ payload, source: src.payload(release), slot, resumeStatePath: paths.resume, length: release.length, readBack, budget, ...(o.onInstallProgress ? { onProgress: o.onInstallProgress } : {}), logger: log.child({ module: 'daemon.install' }), now,
         ...(typeof release.hashes['sha256'] === 'string' ? { targetSha256: release.hashes['sha256'] } : {}) });
       readBackDone = { slotPath: slot.path, imageSha256: r.readBackSha256 };

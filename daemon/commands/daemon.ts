@@ -48,9 +48,6 @@ export const command: Command = {
       processLock: true,
       // the unit runs node with --expose-gc: idle, the daemon returns its free heap pages
       ...(gc ? { reclaim: () => log.debug(reclaimHeap(gc), 'heap reclaimed') } : {}),
-      // and, as `slotflip install` does, once more before a full install streams: what the TUF
-      // refresh, preflight and the delta decision left is returned first (bench:memory's install)
-      ...(gc ? { overrides: { reclaim: () => log.info(reclaimHeap(gc), 'heap reclaimed before the install streams') } } : {}),
       // idle: build the delta seed index of a slot that has none (install/idle-index.ts)
       ...((config.install ?? configDefaults.install).delta === 'auto' ? { idleWork: async (signal: AbortSignal) => (await import('../install/idle-index.js')).indexSlotsWhileIdle({ stateDir: config.stateDir, resumeStatePath: statePaths(config.stateDir).resume, slots: config.board.slots, signal, log: log.child({ module: 'daemon.idle-index' }) }) } : {}),
       onCycle: (r) => {

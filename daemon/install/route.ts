@@ -59,7 +59,6 @@ import type { SlotWriter } from '../../hal/slot-writer.js';
 import { parseDeltaIndex, parseDeltaSection, type DeltaIndex, type DeltaSection } from '../../manifests/delta.js';
 import type { PayloadInfo, Release } from '../../manifests/types.js';
 import type { InstallTransfer } from '../machine.js';
-import { exposedGc } from '../footprint.js';
 import { fetchVerified, installDelta, request, type DeltaInstallResult, type SeedInput } from './delta.js';
 import type { BudgetOptions, InstallProgress } from './installer.js';
 import { readResumeRecord, writeResumeHint } from './resume-state.js';
@@ -263,9 +262,6 @@ export async function installByDelta(o: DeltaRouteOptions): Promise<DeltaRouteRe
     if (ended || codeOf(e) === 'INSTALL_ABORTED') throw e;
     if (code === 'INSTALL_DELTA_NOT_WORTH') {
       log?.info({ code, reason: (e as Error).message, ...(e as { details?: object }).details }, 'delta not worth it: installing the full payload');
-      // what the delta's lookup left (its index, the samples' buffers) goes before the full install
-      // allocates its own, not on top of it (with --expose-gc, as the unit starts the daemon)
-      exposedGc()?.({ type: 'major', execution: 'sync' });
       return { installed: false, fallback: { code, message: (e as Error).message } };
     }
     if (!wrote || PACK_FAULTS.has(code)) {
